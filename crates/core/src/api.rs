@@ -1,0 +1,320 @@
+//! The JSON shapes of the HTTP API (`/v1`). The server and the Rust SDK share these types, so
+//! they cannot drift apart; `docs/API.md` describes the same shapes for other languages.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::function::FunctionSpec;
+use crate::ids::{CallId, WorkerId};
+use crate::state::{CallCounts, CallState};
+
+/// Every error the API returns: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// A stable machine-readable `code` and a message for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// `POST /v1/apps`: deploy a manifest as a new version of its app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// The manifest's TOML text.
+    pub manifest: String,
+    /// How to name the manifest in errors, e.g. `examples/quickstart/hopper.toml`.
+    pub file: String,
+    /// Absolute directory that relative `workdir`s are resolved against.
+    pub base_dir: String,
+}
+
+/// An app at its current version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppView {
+    pub name: String,
+    pub version: i64,
+    pub deployed_at: String,
+    pub functions: Vec<FunctionView>,
+}
+
+/// A function at one version of its app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionView {
+    /// `app.function`.
+    pub name: String,
+    pub version: i64,
+    pub spec: FunctionSpec,
+}
+
+/// `POST /v1/functions/{name}/calls`: spawn a call with one input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    pub input: Value,
+    /// The same key returns the same call instead of spawning another. The
+    /// `Idempotency-Key` header does the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// What made a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Spawn,
+    Map,
+    Schedule,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Spawn => "spawn",
+            Origin::Map => "map",
+            Origin::Schedule => "schedule",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Origin::Spawn, Origin::Map, Origin::Schedule].into_iter().find(|o| o.as_str() == text)
+    }
+}
+
+/// A call as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallView {
+    pub id: CallId,
+    /// `app.function`.
+    pub function: String,
+    pub version: i64,
+    pub origin: Origin,
+    pub state: CallState,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    pub inputs: CallCounts,
+    /// For a one-input call: the output once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// For a one-input call: the last error once it failed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<InputError>,
+    /// For a one-input call: attempts started so far.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `GET /v1/calls`: a page of calls, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallPage {
+    pub calls: Vec<CallView>,
+    /// Pass as `cursor` to get the next (older) page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Why an attempt or an input failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputError {
+    /// `exit_code`, `timeout`, `bad_output`, `spawn_failed`, `lease_lost`, `cancelled`, or
+    /// a code chosen by the worker.
+    pub code: String,
+    pub message: String,
+}
+
+/// One attempt at one input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub index: i64,
+    pub attempt: u32,
+    pub worker_id: Option<WorkerId>,
+    /// `running`, `succeeded`, `failed`, `lost` (the lease ran out) or `cancelled`.
+    pub outcome: String,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<InputError>,
+    /// A result that came after the lease was lost: kept here, never as the input's result.
+    pub late: bool,
+}
+
+/// A stream of a command's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// Lines written by the worker itself, e.g. "killed after timeout".
+    System,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::System => "system",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [LogStream::Stdout, LogStream::Stderr, LogStream::System]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// A log line as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogView {
+    /// Position in the call's log; pass the last one seen as `after` to read on.
+    pub seq: i64,
+    pub index: i64,
+    pub attempt: u32,
+    pub stream: LogStream,
+    pub ts: String,
+    pub line: String,
+}
+
+/// `GET /v1/calls/{id}/logs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogPage {
+    pub lines: Vec<LogView>,
+}
+
+// ---- the worker protocol ----
+
+/// `POST /v1/workers`: a worker announces itself and the functions it serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRegister {
+    /// `app.function` names.
+    pub functions: Vec<String>,
+    pub host: String,
+    pub pid: u32,
+    /// Inputs the worker runs at once.
+    pub concurrency: u32,
+}
+
+/// The server's answer to a registration: the worker's id and the lease protocol's timing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRegistered {
+    pub worker_id: WorkerId,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_ms: u64,
+    /// How often the worker should heartbeat its leases.
+    pub heartbeat_ms: u64,
+}
+
+/// A worker as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub id: WorkerId,
+    pub host: String,
+    pub pid: u32,
+    pub functions: Vec<String>,
+    pub concurrency: u32,
+    /// Inputs it holds leases on now.
+    pub running: i64,
+    pub registered_at: String,
+    pub last_seen_at: String,
+    /// `active`, `stopped` (deregistered) or `lost` (not heard from for longer than a lease).
+    pub state: String,
+}
+
+/// A worker's claim on one input: the input and which attempt it is. A result or heartbeat
+/// for a lease that is no longer current is refused by the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lease {
+    pub input_id: i64,
+    pub attempt: u32,
+}
+
+/// `POST /v1/workers/{id}/lease`: ask for up to `max` inputs, waiting up to `wait_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub max: u32,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// Leased inputs, and the specs of the function versions they belong to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub inputs: Vec<LeasedInput>,
+    /// Keyed by [`LeasedInput::function`], e.g. `quickstart.greet@3`.
+    pub functions: BTreeMap<String, FunctionSpec>,
+}
+
+/// One leased input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeasedInput {
+    pub lease: Lease,
+    pub call_id: CallId,
+    pub index: i64,
+    /// `app.function@version`, a key of [`LeaseResponse::functions`].
+    pub function: String,
+    pub input: Value,
+}
+
+/// `POST /v1/workers/{id}/heartbeat`: keep these leases alive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub leases: Vec<Lease>,
+}
+
+/// The leases the worker no longer holds (cancelled, or expired): it should stop them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub lost: Vec<Lease>,
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded { output: Value },
+    Failed { error: InputError },
+}
+
+/// One result in a completion batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputResult {
+    pub lease: Lease,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// `POST /v1/workers/{id}/complete`: a batch of results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    pub results: Vec<InputResult>,
+}
+
+/// For each result, in order: whether it was recorded as the input's result (false when the
+/// lease had been lost; the attempt is kept all the same).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompleteResponse {
+    pub recorded: Vec<bool>,
+}
+
+/// One captured line of an attempt's output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    pub lease: Lease,
+    pub stream: LogStream,
+    pub ts_ms: i64,
+    pub line: String,
+}
+
+/// `POST /v1/workers/{id}/logs`: a batch of log lines.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogBatch {
+    pub lines: Vec<LogLine>,
+}

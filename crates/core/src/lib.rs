@@ -1,0 +1,30 @@
+//! Hopper's domain model: the vocabulary every other crate speaks.
+//!
+//! Nothing here does I/O, so the rules of the queue (which state may follow which,
+//! when a retry may start, what a valid manifest is) are tested once, here.
+//!
+//! # Layout
+//! - [`ids`]: call, worker and lease identifiers (`hc-…`, sortable by time).
+//! - [`state`]: the input and call state machine.
+//! - [`retry`]: the retry policy and its backoff.
+//! - [`duration`]: the `"60s"`, `"1m30s"`, `"7d"` durations used in manifests and flags.
+//! - [`function`]: a function's resolved specification (command and policy).
+//! - [`manifest`]: parsing `hopper.toml` into an app, with errors that name file, line and key.
+//! - [`clock`]: injected time, so tests drive components with a manual clock.
+//! - [`api`]: the JSON shapes of the HTTP API, shared by the server and the SDK.
+
+pub mod api;
+pub mod clock;
+pub mod duration;
+pub mod function;
+pub mod ids;
+pub mod manifest;
+pub mod retry;
+pub mod state;
+
+pub use function::{FunctionName, FunctionSpec};
+pub use ids::{CallId, WorkerId};
+pub use state::{CallCounts, CallState, InputState};
+
+/// Milliseconds since the Unix epoch: the one time representation in the store and the engine.
+pub type UnixMillis = i64;

@@ -1,0 +1,384 @@
+//! `hopper.toml`: an app and its functions.
+//!
+//! Parsing is two passes: TOML into raw, position-carrying structs, then validation into
+//! [`FunctionSpec`]s. Every fault is collected and reported together, each naming the file,
+//! line, column and key, so one deploy attempt shows everything to fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::duration;
+use crate::function::{validate_name, FunctionSpec, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MS};
+use crate::retry::RetryPolicy;
+
+/// Largest per-worker concurrency a manifest may ask for.
+pub const MAX_CONCURRENCY: u32 = 10_000;
+/// Largest number of retries a manifest may ask for.
+pub const MAX_RETRIES: u32 = 1_000;
+
+/// A manifest, resolved: the app's name and its functions, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppManifest {
+    pub app: String,
+    pub functions: Vec<FunctionSpec>,
+}
+
+/// One fault in a manifest, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFault {
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, e.g. `functions.greet.timeout`, when the fault belongs to a key.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+/// Why a manifest was refused: every fault found, each with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: String,
+    pub faults: Vec<ManifestFault>,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, fault) in self.faults.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: ", self.file, fault.line, fault.column)?;
+            if let Some(key) = &fault.key {
+                write!(f, "{key}: ")?;
+            }
+            write!(f, "{}", fault.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    app: Spanned<String>,
+    #[serde(default)]
+    functions: BTreeMap<String, Spanned<RawFunction>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunction {
+    command: Option<Spanned<Vec<String>>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<RawRetries>>,
+    concurrency: Option<Spanned<i64>>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    workdir: Option<Spanned<String>>,
+}
+
+/// `retries = 3` or `retries = { max_retries = 3, … }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRetries {
+    Count(i64),
+    Policy(RawRetryPolicy),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetryPolicy {
+    max_retries: Option<i64>,
+    backoff_coefficient: Option<f64>,
+    initial_delay: Option<String>,
+    max_delay: Option<String>,
+}
+
+/// Parses and validates a manifest.
+///
+/// `file` is how the manifest is named in errors; `base_dir` is the absolute directory that
+/// relative `workdir`s are resolved against (the manifest's own directory).
+pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<AppManifest, ManifestError> {
+    let mut faults = Faults { text, list: Vec::new() };
+    let raw: RawManifest = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(err) => {
+            let span = err.span().unwrap_or(0..0);
+            faults.push(span, None, err.message().to_string());
+            return Err(faults.into_error(file));
+        }
+    };
+    if !base_dir.is_absolute() {
+        faults.push(0..0, None, format!("base directory {} is not absolute", base_dir.display()));
+    }
+    let app = raw.app.get_ref().clone();
+    if let Err(e) = validate_name(&app, "app") {
+        faults.push(raw.app.span(), Some("app".into()), e.to_string());
+    }
+    if raw.functions.is_empty() {
+        faults.push(0..0, Some("functions".into()), "the app declares no functions: add a [functions.NAME] table".into());
+    }
+    let mut functions = Vec::new();
+    for (name, raw_fn) in &raw.functions {
+        let key = format!("functions.{name}");
+        if let Err(e) = validate_name(name, "function") {
+            faults.push(raw_fn.span(), Some(key.clone()), e.to_string());
+        }
+        if let Some(spec) = function(&mut faults, &key, &app, name, raw_fn, base_dir) {
+            functions.push(spec);
+        }
+    }
+    if faults.list.is_empty() {
+        Ok(AppManifest { app, functions })
+    } else {
+        Err(faults.into_error(file))
+    }
+}
+
+fn function(
+    faults: &mut Faults<'_>,
+    key: &str,
+    app: &str,
+    name: &str,
+    raw: &Spanned<RawFunction>,
+    base_dir: &Path,
+) -> Option<FunctionSpec> {
+    let before = faults.list.len();
+    let f = raw.get_ref();
+    let command = match &f.command {
+        None => {
+            faults.push(raw.span(), Some(key.to_string()), "`command` is missing: give the program and its arguments, e.g. command = [\"python3\", \"job.py\"]".into());
+            Vec::new()
+        }
+        Some(c) if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() => {
+            faults.push(c.span(), Some(format!("{key}.command")), "the command is empty: give at least the program".into());
+            Vec::new()
+        }
+        Some(c) => c.get_ref().clone(),
+    };
+    let timeout_ms = match &f.timeout {
+        None => DEFAULT_TIMEOUT_MS,
+        Some(t) => match duration::parse(t.get_ref()) {
+            Ok(d) if d.as_millis() == 0 => {
+                faults.push(t.span(), Some(format!("{key}.timeout")), "the timeout must be more than zero".into());
+                0
+            }
+            Ok(d) => d.as_millis() as u64,
+            Err(e) => {
+                faults.push(t.span(), Some(format!("{key}.timeout")), e.to_string());
+                0
+            }
+        },
+    };
+    let concurrency = match &f.concurrency {
+        None => DEFAULT_CONCURRENCY,
+        Some(c) if (1..=MAX_CONCURRENCY as i64).contains(c.get_ref()) => *c.get_ref() as u32,
+        Some(c) => {
+            faults.push(c.span(), Some(format!("{key}.concurrency")), format!("must be between 1 and {MAX_CONCURRENCY}, not {}", c.get_ref()));
+            1
+        }
+    };
+    let retries = match &f.retries {
+        None => RetryPolicy::default(),
+        Some(r) => retry_policy(faults, &format!("{key}.retries"), r),
+    };
+    let mut env = BTreeMap::new();
+    for (var, value) in &f.env {
+        if var.is_empty() || var.contains('=') || var.contains('\0') || value.get_ref().contains('\0') {
+            faults.push(value.span(), Some(format!("{key}.env.{var}")), "an environment variable name must be non-empty and contain neither '=' nor NUL".into());
+        }
+        env.insert(var.clone(), value.get_ref().clone());
+    }
+    let workdir = match &f.workdir {
+        None => normalize(base_dir),
+        Some(w) => normalize(&base_dir.join(w.get_ref())),
+    };
+    if faults.list.len() > before {
+        return None;
+    }
+    Some(FunctionSpec {
+        app: app.to_string(),
+        name: name.to_string(),
+        command,
+        workdir: workdir.to_string_lossy().into_owned(),
+        env,
+        timeout_ms,
+        retries,
+        concurrency,
+    })
+}
+
+fn retry_policy(faults: &mut Faults<'_>, key: &str, raw: &Spanned<RawRetries>) -> RetryPolicy {
+    let span = raw.span();
+    let mut policy = RetryPolicy::default();
+    let mut set_retries = |faults: &mut Faults<'_>, n: i64| {
+        if (0..=MAX_RETRIES as i64).contains(&n) {
+            policy.max_retries = n as u32;
+        } else {
+            faults.push(span.clone(), Some(format!("{key}.max_retries")), format!("must be between 0 and {MAX_RETRIES}, not {n}"));
+        }
+    };
+    match raw.get_ref() {
+        RawRetries::Count(n) => set_retries(faults, *n),
+        RawRetries::Policy(p) => {
+            if let Some(n) = p.max_retries {
+                set_retries(faults, n);
+            }
+            if let Some(c) = p.backoff_coefficient {
+                if c.is_finite() && (1.0..=100.0).contains(&c) {
+                    policy.backoff_coefficient = c;
+                } else {
+                    faults.push(span.clone(), Some(format!("{key}.backoff_coefficient")), format!("must be between 1.0 and 100.0, not {c}"));
+                }
+            }
+            for (field, value, slot) in [
+                ("initial_delay", &p.initial_delay, &mut policy.initial_delay_ms),
+                ("max_delay", &p.max_delay, &mut policy.max_delay_ms),
+            ] {
+                if let Some(text) = value {
+                    match duration::parse(text) {
+                        Ok(d) => *slot = d.as_millis() as u64,
+                        Err(e) => faults.push(span.clone(), Some(format!("{key}.{field}")), e.to_string()),
+                    }
+                }
+            }
+            if policy.max_delay_ms < policy.initial_delay_ms {
+                faults.push(span, Some(format!("{key}.max_delay")), "max_delay is shorter than initial_delay".into());
+            }
+        }
+    }
+    policy
+}
+
+/// Removes `.` and resolves `..` lexically, so stored paths are tidy without touching the disk.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+struct Faults<'a> {
+    text: &'a str,
+    list: Vec<ManifestFault>,
+}
+
+impl Faults<'_> {
+    fn push(&mut self, span: Range<usize>, key: Option<String>, message: String) {
+        let (line, column) = line_column(self.text, span.start);
+        self.list.push(ManifestFault { line, column, key, message });
+    }
+
+    fn into_error(self, file: &str) -> ManifestError {
+        ManifestError {
+            file: file.to_string(),
+            faults: self.list,
+        }
+    }
+}
+
+/// One-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+app = "quickstart"
+
+[functions.greet]
+command = ["python3", "greet.py"]
+timeout = "60s"
+retries = { max_retries = 3, backoff_coefficient = 2.0, initial_delay = "1s", max_delay = "60s" }
+concurrency = 4
+env = { GREETING = "hello" }
+workdir = "scripts/.."
+
+[functions.fail]
+command = ["sh", "-c", "exit 1"]
+retries = 2
+"#;
+
+    fn parse_ok(text: &str) -> AppManifest {
+        parse("hopper.toml", text, Path::new("/srv/app")).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse("hopper.toml", text, Path::new("/srv/app")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_manifest_resolves_every_field() {
+        let m = parse_ok(GOOD);
+        assert_eq!(m.app, "quickstart");
+        let greet = m.functions.iter().find(|f| f.name == "greet").unwrap();
+        assert_eq!(greet.command, ["python3", "greet.py"]);
+        assert_eq!(greet.timeout_ms, 60_000);
+        assert_eq!(greet.retries.max_retries, 3);
+        assert_eq!(greet.retries.max_delay_ms, 60_000);
+        assert_eq!(greet.concurrency, 4);
+        assert_eq!(greet.env["GREETING"], "hello");
+        assert_eq!(greet.workdir, "/srv/app");
+        let fail = m.functions.iter().find(|f| f.name == "fail").unwrap();
+        assert_eq!(fail.retries.max_retries, 2);
+        assert_eq!(fail.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(fail.concurrency, 1);
+    }
+
+    #[test]
+    fn a_bad_value_names_file_line_and_key() {
+        let text = "app = \"a\"\n[functions.f]\ncommand = [\"true\"]\ntimeout = \"60x\"\n";
+        let err = parse_err(text);
+        assert!(err.starts_with("hopper.toml:4:11: functions.f.timeout: invalid duration \"60x\""), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_position() {
+        let err = parse_err("app = \"a\"\n[functions.f]\ncommand = [\"true\"]\ntimout = \"1s\"\n");
+        assert!(err.starts_with("hopper.toml:4:1:"), "{err}");
+        assert!(err.contains("timout"), "{err}");
+    }
+
+    #[test]
+    fn broken_toml_is_refused_with_its_position() {
+        let err = parse_err("app = \"a\"\n[functions.f\n");
+        assert!(err.starts_with("hopper.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn every_fault_is_reported_together() {
+        let err = parse_err("app = \"Bad App\"\n[functions.f]\ncommand = []\nconcurrency = 0\n");
+        assert_eq!(err.lines().count(), 3, "{err}");
+        assert!(err.contains(":1:7: app: invalid app name"), "{err}");
+        assert!(err.contains("functions.f.command: the command is empty"), "{err}");
+        assert!(err.contains("functions.f.concurrency: must be between 1 and"), "{err}");
+    }
+
+    #[test]
+    fn missing_command_and_missing_functions_are_refused() {
+        assert!(parse_err("app = \"a\"\n[functions.f]\ntimeout = \"1s\"\n").contains("`command` is missing"));
+        assert!(parse_err("app = \"a\"\n").contains("declares no functions"));
+        assert!(parse_err("[functions.f]\ncommand=[\"x\"]\n").contains("app"));
+    }
+}

@@ -1,0 +1,161 @@
+//! Hopper's embedded default store: one SQLite file in WAL mode.
+//!
+//! All writes go through one connection (SQLite allows one writer at a time, and queueing
+//! them here is cheaper than retrying on `SQLITE_BUSY`); reads use a small pool of their own,
+//! which WAL lets run beside the writer. Commits are `synchronous = FULL`: an acknowledged
+//! call survives a power cut, not only a crash.
+//!
+//! # Layout
+//! - [`migrate`]: the embedded migrations, applied at open under the write lock.
+//! - `map`: database rows and errors into the store's types.
+//! - `apps`, `calls`, `inputs`, `workers`: the [`Store`] methods, by the noun they start with.
+
+mod apps;
+mod calls;
+mod inputs;
+mod map;
+pub mod migrate;
+mod workers;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hopper_core::api::Lease;
+use hopper_core::{CallId, WorkerId};
+use hopper_store::*;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::map::db_err;
+
+/// The SQLite implementation of [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(db_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-65536");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(db_err)?;
+        migrate::apply(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(db_err)?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn app_deploy(&self, params: AppDeploy) -> Result<AppRow, StoreError> {
+        apps::deploy(&self.writer, params).await
+    }
+
+    async fn app_list(&self) -> Result<Vec<AppRow>, StoreError> {
+        apps::list(&self.reader).await
+    }
+
+    async fn function_find(&self, params: FunctionFind) -> Result<Vec<FunctionRow>, StoreError> {
+        apps::function_find(&self.reader, params).await
+    }
+
+    async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
+        calls::insert(&self.writer, params).await
+    }
+
+    async fn call_get(&self, id: &CallId) -> Result<Option<CallRow>, StoreError> {
+        calls::get(&self.reader, id).await
+    }
+
+    async fn call_list(&self, params: CallList) -> Result<Vec<CallRow>, StoreError> {
+        calls::list(&self.reader, params).await
+    }
+
+    async fn call_cancel(&self, params: CallCancel) -> Result<Option<CallRow>, StoreError> {
+        calls::cancel(&self.writer, params).await
+    }
+
+    async fn call_prune_finished(&self, params: CallPrune) -> Result<u64, StoreError> {
+        calls::prune(&self.writer, params).await
+    }
+
+    async fn input_get(&self, call_id: &CallId, index: i64) -> Result<Option<InputRow>, StoreError> {
+        inputs::get(&self.reader, call_id, index).await
+    }
+
+    async fn input_lease_available(&self, params: InputLease) -> Result<Vec<LeasedRow>, StoreError> {
+        inputs::lease(&self.writer, params).await
+    }
+
+    async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {
+        inputs::next_due(&self.reader, functions).await
+    }
+
+    async fn input_complete_many(&self, params: InputCompleteMany) -> Result<Vec<CompletionRow>, StoreError> {
+        inputs::complete_many(&self.writer, params).await
+    }
+
+    async fn lease_heartbeat(&self, params: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {
+        inputs::heartbeat(&self.writer, params).await
+    }
+
+    async fn lease_rescue_expired(&self, params: LeaseRescue) -> Result<RescueReport, StoreError> {
+        inputs::rescue_expired(&self.writer, params).await
+    }
+
+    async fn attempt_list(&self, call_id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
+        inputs::attempt_list(&self.reader, call_id).await
+    }
+
+    async fn log_append_many(&self, lines: Vec<LogInsert>) -> Result<(), StoreError> {
+        workers::log_append_many(&self.writer, lines).await
+    }
+
+    async fn log_list(&self, params: LogList) -> Result<Vec<LogRow>, StoreError> {
+        workers::log_list(&self.reader, params).await
+    }
+
+    async fn worker_register(&self, params: WorkerRegisterParams) -> Result<(), StoreError> {
+        workers::register(&self.writer, params).await
+    }
+
+    async fn worker_deregister(&self, params: WorkerDeregister) -> Result<u64, StoreError> {
+        inputs::worker_deregister(&self.writer, params).await
+    }
+
+    async fn worker_touch(&self, id: &WorkerId, now: i64) -> Result<bool, StoreError> {
+        workers::touch(&self.writer, id, now).await
+    }
+
+    async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
+        workers::list(&self.reader, seen_after).await
+    }
+}

@@ -1,0 +1,9 @@
+//! The store conformance suite, against SQLite.
+
+async fn setup() -> Option<(hopper_store_sqlite::SqliteStore, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hopper_store_sqlite::SqliteStore::open(&dir.path().join("hopper.db")).await.unwrap();
+    Some((store, dir))
+}
+
+hopper_store::conformance_suite!(setup());

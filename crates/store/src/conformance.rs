@@ -1,0 +1,675 @@
+//! The conformance suite: one set of behaviours every [`Store`] backend must show, written once
+//! and expanded per backend by [`conformance_suite!`](crate::conformance_suite).
+//!
+//! This is test code shipped as a library (behind the `conformance` feature) so that each
+//! backend's tests run exactly the same checks; that is why it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use hopper_core::api::{InputError, Lease, LogStream, Origin, Outcome};
+use hopper_core::retry::RetryPolicy;
+use hopper_core::{CallId, CallState, FunctionSpec, InputState, WorkerId};
+use serde_json::json;
+
+use crate::*;
+
+/// Expands the whole suite into `#[tokio::test]`s. `$setup` is an async expression giving
+/// `Option<(store, guard)>`; `None` means the backend is not available here (the setup prints
+/// why), and the tests return after saying they skipped.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($setup:expr) => {
+        $crate::conformance_suite!(@each $setup;
+            deploy_makes_a_new_version_each_time,
+            functions_are_found_by_bare_or_qualified_name,
+            a_call_starts_with_all_inputs_pending,
+            an_idempotency_key_returns_the_same_call,
+            an_idempotency_key_of_another_function_conflicts,
+            leasing_takes_due_inputs_oldest_first_up_to_max,
+            leasing_skips_inputs_not_yet_due_and_other_functions,
+            a_success_is_recorded_once_and_ends_the_call,
+            a_failure_with_retries_left_waits_for_its_backoff,
+            a_failure_without_retries_left_fails_the_call,
+            an_expired_lease_goes_back_to_pending,
+            a_lease_past_its_deadline_times_out,
+            a_late_result_is_kept_as_an_attempt_not_a_result,
+            heartbeats_extend_leases_and_report_lost_ones,
+            cancel_ends_pending_and_running_inputs,
+            cancel_of_an_ended_call_changes_nothing,
+            calls_are_listed_newest_first_with_filters_and_cursor,
+            pruning_removes_only_old_ended_calls,
+            logs_are_kept_per_attempt_in_order,
+            a_stopped_worker_hands_its_leases_back,
+            a_lease_lost_too_often_fails_the_input,
+            concurrent_leasing_never_hands_an_input_out_twice,
+        );
+    };
+    (@each $setup:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some((store, _guard)) = $setup.await else {
+                    println!("SKIP {}: backend not available", stringify!($name));
+                    return;
+                };
+                $crate::conformance::$name(std::sync::Arc::new(store)).await;
+            }
+        )*
+    };
+}
+
+const T0: i64 = 1_700_000_000_000;
+const LEASE_MS: i64 = 10_000;
+const SLACK_MS: i64 = 5_000;
+
+fn spec(app: &str, name: &str, max_retries: u32, timeout_ms: u64) -> FunctionSpec {
+    FunctionSpec {
+        app: app.into(),
+        name: name.into(),
+        command: vec!["true".into()],
+        workdir: "/".into(),
+        env: Default::default(),
+        timeout_ms,
+        retries: RetryPolicy {
+            max_retries,
+            backoff_coefficient: 2.0,
+            initial_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+        },
+        concurrency: 1,
+    }
+}
+
+/// Deploys app `a` with `ok` (no retries), `retry` (2 retries) and `slow` (1 s timeout).
+async fn deploy(store: &dyn Store) {
+    store
+        .app_deploy(AppDeploy {
+            app: "a".into(),
+            manifest: "app = \"a\"".into(),
+            functions: vec![spec("a", "ok", 0, 60_000), spec("a", "retry", 2, 60_000), spec("a", "slow", 0, 1_000)],
+            now: T0,
+        })
+        .await
+        .unwrap();
+}
+
+fn key(function: &str) -> FunctionKey {
+    FunctionKey {
+        app: "a".into(),
+        function: function.into(),
+    }
+}
+
+async fn spawn_n(store: &dyn Store, function: &str, inputs: usize, now: i64) -> CallRow {
+    let inserted = store
+        .call_insert(CallInsert {
+            id: CallId::generate(),
+            app: "a".into(),
+            function: function.into(),
+            version: 1,
+            origin: if inputs == 1 { Origin::Spawn } else { Origin::Map },
+            idempotency_key: None,
+            inputs: (0..inputs).map(|i| json!({ "i": i }).to_string()).collect(),
+            now,
+        })
+        .await
+        .unwrap();
+    match inserted {
+        CallInserted::Created(call) => call,
+        CallInserted::Existing(_) => panic!("no key was given"),
+    }
+}
+
+async fn lease(store: &dyn Store, worker: &WorkerId, function: &str, max: u32, now: i64) -> Vec<LeasedRow> {
+    store
+        .input_lease_available(InputLease {
+            worker_id: worker.clone(),
+            functions: vec![key(function)],
+            max,
+            now,
+            lease_ms: LEASE_MS,
+            deadline_slack_ms: SLACK_MS,
+        })
+        .await
+        .unwrap()
+}
+
+async fn complete(store: &dyn Store, worker: &WorkerId, lease: Lease, outcome: Outcome, now: i64) -> CompletionRow {
+    store
+        .input_complete_many(InputCompleteMany {
+            worker_id: worker.clone(),
+            results: vec![(lease, outcome)],
+            now,
+        })
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+async fn worker(store: &dyn Store) -> WorkerId {
+    let id = WorkerId::generate();
+    store
+        .worker_register(WorkerRegisterParams {
+            id: id.clone(),
+            host: "test".into(),
+            pid: 1,
+            functions: vec!["a.ok".into()],
+            concurrency: 4,
+            now: T0,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+fn failed(code: &str) -> Outcome {
+    Outcome::Failed {
+        error: InputError {
+            code: code.into(),
+            message: format!("{code} happened"),
+        },
+    }
+}
+
+async fn state_of(store: &dyn Store, call: &CallId) -> CallState {
+    store.call_get(call).await.unwrap().unwrap().state
+}
+
+pub async fn deploy_makes_a_new_version_each_time(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let second = store
+        .app_deploy(AppDeploy {
+            app: "a".into(),
+            manifest: String::new(),
+            functions: vec![spec("a", "ok", 5, 1_000)],
+            now: T0 + 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+    let apps = store.app_list().await.unwrap();
+    assert_eq!(apps.len(), 1);
+    assert_eq!(apps[0].version, 2);
+    assert_eq!(apps[0].functions.len(), 1, "only the current version's functions are listed");
+    assert_eq!(apps[0].functions[0].spec.retries.max_retries, 5);
+}
+
+pub async fn functions_are_found_by_bare_or_qualified_name(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    store
+        .app_deploy(AppDeploy {
+            app: "b".into(),
+            manifest: String::new(),
+            functions: vec![spec("b", "ok", 0, 1_000)],
+            now: T0,
+        })
+        .await
+        .unwrap();
+    let bare = store.function_find(FunctionFind { app: None, function: "ok".into() }).await.unwrap();
+    assert_eq!(bare.len(), 2, "a bare name shared by two apps is ambiguous");
+    let qualified = store
+        .function_find(FunctionFind {
+            app: Some("b".into()),
+            function: "ok".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(qualified.len(), 1);
+    assert_eq!(qualified[0].spec.app, "b");
+    let missing = store.function_find(FunctionFind { app: None, function: "nope".into() }).await.unwrap();
+    assert!(missing.is_empty());
+}
+
+pub async fn a_call_starts_with_all_inputs_pending(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let call = spawn_n(&*store, "ok", 3, T0).await;
+    assert_eq!(call.state, InputState::Pending);
+    assert_eq!(call.counts.total, 3);
+    assert_eq!(call.counts.pending, 3);
+    let input = store.input_get(&call.id, 2).await.unwrap().unwrap();
+    assert_eq!(input.state, InputState::Pending);
+    assert_eq!(input.input, json!({"i": 2}).to_string());
+    assert!(store.input_get(&call.id, 3).await.unwrap().is_none());
+}
+
+pub async fn an_idempotency_key_returns_the_same_call(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let insert = |id: CallId| CallInsert {
+        id,
+        app: "a".into(),
+        function: "ok".into(),
+        version: 1,
+        origin: Origin::Spawn,
+        idempotency_key: Some("order-42".into()),
+        inputs: vec!["1".into()],
+        now: T0,
+    };
+    let first = match store.call_insert(insert(CallId::generate())).await.unwrap() {
+        CallInserted::Created(c) => c,
+        other => panic!("expected a new call, got {other:?}"),
+    };
+    match store.call_insert(insert(CallId::generate())).await.unwrap() {
+        CallInserted::Existing(c) => assert_eq!(c.id, first.id),
+        other => panic!("expected the existing call, got {other:?}"),
+    }
+    let all = store.call_list(CallList { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 1, "the second spawn created nothing");
+}
+
+pub async fn an_idempotency_key_of_another_function_conflicts(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let insert = |function: &str| CallInsert {
+        id: CallId::generate(),
+        app: "a".into(),
+        function: function.into(),
+        version: 1,
+        origin: Origin::Spawn,
+        idempotency_key: Some("k".into()),
+        inputs: vec!["1".into()],
+        now: T0,
+    };
+    store.call_insert(insert("ok")).await.unwrap();
+    let err = store.call_insert(insert("retry")).await.unwrap_err();
+    assert!(matches!(err, StoreError::IdempotencyConflict { .. }), "{err}");
+}
+
+pub async fn leasing_takes_due_inputs_oldest_first_up_to_max(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let first = spawn_n(&*store, "ok", 1, T0).await;
+    let second = spawn_n(&*store, "ok", 1, T0 + 1).await;
+    let third = spawn_n(&*store, "ok", 1, T0 + 2).await;
+    let leased = lease(&*store, &w, "ok", 2, T0 + 10).await;
+    let ids: Vec<_> = leased.iter().map(|l| l.call_id.clone()).collect();
+    assert_eq!(ids, [first.id.clone(), second.id.clone()]);
+    assert_eq!(leased[0].lease.attempt, 1);
+    assert_eq!(leased[0].spec.name, "ok");
+    assert_eq!(state_of(&*store, &first.id).await, InputState::Running);
+    assert_eq!(state_of(&*store, &third.id).await, InputState::Pending);
+    let rest = lease(&*store, &w, "ok", 10, T0 + 10).await;
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].call_id, third.id);
+    assert!(lease(&*store, &w, "ok", 10, T0 + 10).await.is_empty());
+}
+
+pub async fn leasing_skips_inputs_not_yet_due_and_other_functions(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    spawn_n(&*store, "retry", 1, T0).await;
+    assert!(lease(&*store, &w, "ok", 10, T0).await.is_empty(), "inputs of other functions are not leased");
+    let l = lease(&*store, &w, "retry", 1, T0).await.remove(0);
+    complete(&*store, &w, l.lease, failed("boom"), T0 + 100).await;
+    assert!(lease(&*store, &w, "retry", 1, T0 + 500).await.is_empty(), "not before its backoff");
+    assert_eq!(store.input_next_due(&[key("retry")]).await.unwrap(), Some(T0 + 1_100));
+    assert_eq!(lease(&*store, &w, "retry", 1, T0 + 1_100).await.len(), 1);
+}
+
+pub async fn a_success_is_recorded_once_and_ends_the_call(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    let done = complete(&*store, &w, l.lease, Outcome::Succeeded { output: json!({"hello": "world"}) }, T0 + 5).await;
+    assert!(done.recorded);
+    assert_eq!(done.call_finished, Some((call.id.clone(), InputState::Succeeded)));
+    let again = complete(&*store, &w, l.lease, Outcome::Succeeded { output: json!("second") }, T0 + 6).await;
+    assert!(!again.recorded, "a second result for the same lease is not recorded");
+    let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+    assert_eq!(input.state, InputState::Succeeded);
+    assert_eq!(input.output.as_deref(), Some(json!({"hello": "world"}).to_string().as_str()));
+    let row = store.call_get(&call.id).await.unwrap().unwrap();
+    assert_eq!(row.finished_at, Some(T0 + 5));
+    assert_eq!(row.counts.succeeded, 1);
+}
+
+pub async fn a_failure_with_retries_left_waits_for_its_backoff(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "retry", 1, T0).await;
+    let mut now = T0;
+    let mut delays = Vec::new();
+    for _ in 0..2 {
+        let l = lease(&*store, &w, "retry", 1, now).await.remove(0);
+        let done = complete(&*store, &w, l.lease, failed("boom"), now).await;
+        assert!(done.recorded && done.call_finished.is_none());
+        let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+        assert_eq!(input.state, InputState::Pending);
+        delays.push(input.not_before - now);
+        now = input.not_before;
+    }
+    assert_eq!(delays, [1_000, 2_000], "initial delay, then times the coefficient");
+    let l = lease(&*store, &w, "retry", 1, now).await.remove(0);
+    assert_eq!(l.lease.attempt, 3);
+    let done = complete(&*store, &w, l.lease, failed("boom"), now).await;
+    assert_eq!(done.call_finished, Some((call.id.clone(), InputState::Failed)));
+    let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+    assert_eq!((input.attempts, input.failures), (3, 3), "1 attempt + max_retries 2");
+    assert_eq!(input.error.unwrap().code, "boom");
+    assert_eq!(store.attempt_list(&call.id).await.unwrap().len(), 3);
+}
+
+pub async fn a_failure_without_retries_left_fails_the_call(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    let done = complete(&*store, &w, l.lease, failed("exit_code"), T0).await;
+    assert_eq!(done.call_finished, Some((call.id.clone(), InputState::Failed)));
+    let attempts = store.attempt_list(&call.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "failed");
+    assert_eq!(attempts[0].worker_id.as_ref(), Some(&w));
+}
+
+pub async fn an_expired_lease_goes_back_to_pending(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    lease(&*store, &w, "ok", 1, T0).await;
+    let early = store.lease_rescue_expired(LeaseRescue { now: T0 + LEASE_MS - 1, limit: 100 }).await.unwrap();
+    assert_eq!(early.requeued, 0, "the lease has not run out yet");
+    let report = store.lease_rescue_expired(LeaseRescue { now: T0 + LEASE_MS, limit: 100 }).await.unwrap();
+    assert_eq!(report.requeued, 1);
+    let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+    assert_eq!(input.state, InputState::Pending);
+    assert_eq!(input.failures, 0, "a lost worker does not use up a retry");
+    let again = lease(&*store, &w, "ok", 1, T0 + LEASE_MS).await;
+    assert_eq!(again[0].lease.attempt, 2);
+    let attempts = store.attempt_list(&call.id).await.unwrap();
+    assert_eq!(attempts.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>(), ["lost", "running"]);
+}
+
+pub async fn a_lease_past_its_deadline_times_out(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "slow", 1, T0).await;
+    let l = lease(&*store, &w, "slow", 1, T0).await.remove(0);
+    // A hung worker keeps heartbeating, but a lease cannot outlive the attempt's deadline.
+    let deadline = T0 + 1_000 + SLACK_MS;
+    let lost = store
+        .lease_heartbeat(LeaseHeartbeat {
+            worker_id: w.clone(),
+            leases: vec![l.lease],
+            now: deadline - 1,
+            lease_ms: LEASE_MS,
+        })
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    let report = store.lease_rescue_expired(LeaseRescue { now: deadline, limit: 100 }).await.unwrap();
+    assert_eq!(report.timed_out, 1);
+    assert_eq!(report.finished_calls, [(call.id.clone(), InputState::Failed)]);
+    assert_eq!(store.input_get(&call.id, 0).await.unwrap().unwrap().error.unwrap().code, "timeout");
+}
+
+pub async fn a_late_result_is_kept_as_an_attempt_not_a_result(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w1 = worker(&*store).await;
+    let w2 = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    let first = lease(&*store, &w1, "ok", 1, T0).await.remove(0);
+    store.lease_rescue_expired(LeaseRescue { now: T0 + LEASE_MS, limit: 10 }).await.unwrap();
+    let second = lease(&*store, &w2, "ok", 1, T0 + LEASE_MS).await.remove(0);
+    let done = complete(&*store, &w2, second.lease, Outcome::Succeeded { output: json!("from w2") }, T0 + LEASE_MS + 1).await;
+    assert!(done.recorded);
+    let late = complete(&*store, &w1, first.lease, Outcome::Succeeded { output: json!("from w1") }, T0 + LEASE_MS + 2).await;
+    assert!(!late.recorded);
+    let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+    assert_eq!(input.output.as_deref(), Some("\"from w2\""));
+    let attempts = store.attempt_list(&call.id).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert!(attempts[0].late, "the first attempt's result came late");
+    assert!(!attempts[1].late);
+    assert_eq!(store.call_get(&call.id).await.unwrap().unwrap().counts.succeeded, 1);
+}
+
+pub async fn heartbeats_extend_leases_and_report_lost_ones(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    spawn_n(&*store, "ok", 2, T0).await;
+    let leased = lease(&*store, &w, "ok", 2, T0).await;
+    let (a, b) = (leased[0].lease, leased[1].lease);
+    let bogus = Lease { input_id: a.input_id, attempt: 99 };
+    let lost = store
+        .lease_heartbeat(LeaseHeartbeat {
+            worker_id: w.clone(),
+            leases: vec![a, bogus],
+            now: T0 + LEASE_MS - 1,
+            lease_ms: LEASE_MS,
+        })
+        .await
+        .unwrap();
+    assert_eq!(lost, [bogus]);
+    let report = store.lease_rescue_expired(LeaseRescue { now: T0 + LEASE_MS, limit: 10 }).await.unwrap();
+    assert_eq!(report.requeued, 1, "only the lease that was not renewed ran out");
+    let lost = store
+        .lease_heartbeat(LeaseHeartbeat {
+            worker_id: w.clone(),
+            leases: vec![a, b],
+            now: T0 + LEASE_MS + 1,
+            lease_ms: LEASE_MS,
+        })
+        .await
+        .unwrap();
+    assert_eq!(lost, [b]);
+}
+
+pub async fn cancel_ends_pending_and_running_inputs(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 3, T0).await;
+    let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    let after = store.call_cancel(CallCancel { id: call.id.clone(), now: T0 + 1 }).await.unwrap().unwrap();
+    assert_eq!(after.state, InputState::Cancelled);
+    assert_eq!(after.counts.cancelled, 3);
+    assert_eq!(after.finished_at, Some(T0 + 1));
+    let lost = store
+        .lease_heartbeat(LeaseHeartbeat {
+            worker_id: w.clone(),
+            leases: vec![l.lease],
+            now: T0 + 2,
+            lease_ms: LEASE_MS,
+        })
+        .await
+        .unwrap();
+    assert_eq!(lost, [l.lease], "the worker learns its input was cancelled");
+    let late = complete(&*store, &w, l.lease, Outcome::Succeeded { output: json!(1) }, T0 + 3).await;
+    assert!(!late.recorded);
+    assert_eq!(state_of(&*store, &call.id).await, InputState::Cancelled);
+    assert!(lease(&*store, &w, "ok", 10, T0 + 4).await.is_empty());
+    let missing = store.call_cancel(CallCancel { id: CallId::generate(), now: T0 }).await.unwrap();
+    assert!(missing.is_none());
+}
+
+pub async fn cancel_of_an_ended_call_changes_nothing(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    complete(&*store, &w, l.lease, Outcome::Succeeded { output: json!(1) }, T0).await;
+    let after = store.call_cancel(CallCancel { id: call.id.clone(), now: T0 + 1 }).await.unwrap().unwrap();
+    assert_eq!(after.state, InputState::Succeeded);
+    assert_eq!(after.finished_at, Some(T0));
+}
+
+pub async fn calls_are_listed_newest_first_with_filters_and_cursor(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let mut ok_ids = Vec::new();
+    for i in 0..5 {
+        ok_ids.push(spawn_n(&*store, "ok", 1, T0 + i).await.id);
+    }
+    let retry = spawn_n(&*store, "retry", 1, T0 + 10).await;
+    let page1 = store.call_list(CallList { limit: 2, function: Some("ok".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(page1.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), [ok_ids[4].clone(), ok_ids[3].clone()]);
+    let page2 = store
+        .call_list(CallList {
+            limit: 10,
+            function: Some("ok".into()),
+            before: Some(page1[1].id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page2.len(), 3);
+    assert_eq!(page2[0].id, ok_ids[2]);
+    let l = lease(&*store, &w, "retry", 1, T0 + 20).await.remove(0);
+    assert_eq!(l.call_id, retry.id);
+    let running = store
+        .call_list(CallList {
+            limit: 10,
+            state: Some(InputState::Running),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), [retry.id.clone()]);
+    let by_origin = store
+        .call_list(CallList {
+            limit: 10,
+            origin: Some(Origin::Map),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(by_origin.is_empty());
+}
+
+pub async fn pruning_removes_only_old_ended_calls(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let old = spawn_n(&*store, "ok", 1, T0).await;
+    let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    store
+        .log_append_many(vec![LogInsert {
+            lease: l.lease,
+            stream: LogStream::Stdout,
+            ts: T0,
+            line: "hi".into(),
+        }])
+        .await
+        .unwrap();
+    complete(&*store, &w, l.lease, Outcome::Succeeded { output: json!(1) }, T0 + 1).await;
+    let unfinished = spawn_n(&*store, "ok", 1, T0).await;
+    let pruned = store.call_prune_finished(CallPrune { finished_before: T0 + 2, limit: 100 }).await.unwrap();
+    assert_eq!(pruned, 1);
+    assert!(store.call_get(&old.id).await.unwrap().is_none());
+    assert!(store.input_get(&old.id, 0).await.unwrap().is_none());
+    assert!(store.attempt_list(&old.id).await.unwrap().is_empty());
+    let logs = store
+        .log_list(LogList {
+            call_id: old.id.clone(),
+            index: None,
+            after_seq: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert!(logs.is_empty());
+    assert!(store.call_get(&unfinished.id).await.unwrap().is_some(), "a call that has not ended is kept");
+}
+
+pub async fn logs_are_kept_per_attempt_in_order(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 2, T0).await;
+    let leased = lease(&*store, &w, "ok", 2, T0).await;
+    let lines = (0..5)
+        .map(|i| LogInsert {
+            lease: leased[i % 2].lease,
+            stream: if i % 2 == 0 { LogStream::Stdout } else { LogStream::Stderr },
+            ts: T0 + i as i64,
+            line: format!("line {i}"),
+        })
+        .collect();
+    store.log_append_many(lines).await.unwrap();
+    let all = store
+        .log_list(LogList {
+            call_id: call.id.clone(),
+            index: None,
+            after_seq: 0,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["line 0", "line 1", "line 2", "line 3", "line 4"]);
+    assert_eq!(all[1].stream, LogStream::Stderr);
+    let second_input = store
+        .log_list(LogList {
+            call_id: call.id.clone(),
+            index: Some(leased[1].index),
+            after_seq: 0,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(second_input.len(), 2);
+    let after = store
+        .log_list(LogList {
+            call_id: call.id.clone(),
+            index: None,
+            after_seq: all[2].seq,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 2);
+}
+
+pub async fn a_stopped_worker_hands_its_leases_back(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 2, T0).await;
+    lease(&*store, &w, "ok", 2, T0).await;
+    assert_eq!(store.worker_list(0).await.unwrap()[0].running, 2);
+    let handed_back = store.worker_deregister(WorkerDeregister { id: w.clone(), now: T0 + 1 }).await.unwrap();
+    assert_eq!(handed_back, 2);
+    assert_eq!(store.call_get(&call.id).await.unwrap().unwrap().counts.pending, 2);
+    assert!(!store.worker_touch(&w, T0 + 2).await.unwrap(), "a stopped worker must register again");
+    let workers = store.worker_list(0).await.unwrap();
+    assert_eq!(workers[0].stopped_at, Some(T0 + 1));
+}
+
+pub async fn a_lease_lost_too_often_fails_the_input(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    let mut now = T0;
+    for _ in 0..MAX_LOST_LEASES {
+        assert_eq!(lease(&*store, &w, "ok", 1, now).await.len(), 1);
+        now += LEASE_MS;
+        store.lease_rescue_expired(LeaseRescue { now, limit: 10 }).await.unwrap();
+    }
+    let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+    assert_eq!(input.state, InputState::Failed);
+    assert_eq!(input.error.unwrap().code, "lease_lost");
+}
+
+pub async fn concurrent_leasing_never_hands_an_input_out_twice(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    spawn_n(&*store, "ok", 500, T0).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let w = worker(&*store).await;
+            let mut got = Vec::new();
+            loop {
+                let batch = lease(&*store, &w, "ok", 7, T0).await;
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|l| l.lease.input_id));
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    for task in tasks {
+        for id in task.await.unwrap() {
+            assert!(seen.insert(id), "input {id} was leased twice");
+        }
+    }
+    assert_eq!(seen.len(), 500);
+}

@@ -1,0 +1,23 @@
+//! The one error type of every store backend.
+
+/// What went wrong in a store. Backends map their own errors here, so nothing above the store
+/// matches on database error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The idempotency key belongs to a call of another function.
+    #[error("idempotency key {key:?} is already used by call {call_id} of {function}")]
+    IdempotencyConflict {
+        key: String,
+        call_id: String,
+        function: String,
+    },
+    /// The database cannot be reached or is busy; the operation changed nothing and may be retried.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be read back (e.g. JSON that does not parse).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// Anything else the database reported.
+    #[error("database error: {0}")]
+    Database(String),
+}

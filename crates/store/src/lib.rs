@@ -1,0 +1,105 @@
+//! The [`Store`] trait: the only door to Hopper's durable state.
+//!
+//! Every method is one atomic operation, named noun first (`call_insert`,
+//! `input_lease_available`, `input_complete_many`, `lease_rescue_expired`), taking a params
+//! struct and returning typed rows. State guards live behind this trait: a result is recorded
+//! only while its lease is current, so a late result from a rescued lease can never become a
+//! second result, whatever the caller does.
+//!
+//! # Layout
+//! - [`params`]: what each method takes.
+//! - [`rows`]: what each method returns.
+//! - [`error`]: [`StoreError`], to which every backend maps its own errors.
+//! - `conformance` (feature `conformance`): the test suite every backend runs.
+
+pub mod error;
+pub mod params;
+pub mod rows;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use async_trait::async_trait;
+use hopper_core::api::Lease;
+use hopper_core::CallId;
+
+pub use error::StoreError;
+pub use params::*;
+pub use rows::*;
+
+/// Durable state of apps, calls, inputs, attempts, logs and workers.
+///
+/// Times are passed in by the caller (from its [`hopper_core::clock::Clock`]), never read by
+/// the store, so tests can drive time by hand.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new version of an app with its functions; the version is one more than the last.
+    async fn app_deploy(&self, params: AppDeploy) -> Result<AppRow, StoreError>;
+
+    /// Every app at its current version, by name.
+    async fn app_list(&self) -> Result<Vec<AppRow>, StoreError>;
+
+    /// Functions at their app's current version named `function`, in `app` if given.
+    async fn function_find(&self, params: FunctionFind) -> Result<Vec<FunctionRow>, StoreError>;
+
+    /// Creates a call and its inputs, all pending, in one transaction. With an idempotency key
+    /// that is already taken, returns the existing call and creates nothing.
+    async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError>;
+
+    async fn call_get(&self, id: &CallId) -> Result<Option<CallRow>, StoreError>;
+
+    /// Calls newest first, filtered, one page at a time.
+    async fn call_list(&self, params: CallList) -> Result<Vec<CallRow>, StoreError>;
+
+    /// Cancels every input of the call that has not ended. Returns the call after, or `None` if
+    /// there is no such call. Cancelling an ended call changes nothing.
+    async fn call_cancel(&self, params: CallCancel) -> Result<Option<CallRow>, StoreError>;
+
+    /// Deletes calls that ended before `finished_before`, with their inputs, attempts and logs.
+    async fn call_prune_finished(&self, params: CallPrune) -> Result<u64, StoreError>;
+
+    /// One input of a call.
+    async fn input_get(&self, call_id: &CallId, index: i64) -> Result<Option<InputRow>, StoreError>;
+
+    /// Leases up to `max` pending inputs that are due, of the given functions, oldest first.
+    async fn input_lease_available(&self, params: InputLease) -> Result<Vec<LeasedRow>, StoreError>;
+
+    /// The earliest `not_before` of a pending input of these functions, to sleep until.
+    async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError>;
+
+    /// Applies a batch of results. Each applies only while its lease is current; a result for
+    /// a lost lease is kept as a late attempt. Returns one outcome per result, in order.
+    async fn input_complete_many(&self, params: InputCompleteMany) -> Result<Vec<CompletionRow>, StoreError>;
+
+    /// Extends the given leases; returns those the worker no longer holds.
+    async fn lease_heartbeat(&self, params: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError>;
+
+    /// Takes back leases that ran out: the input goes back to pending (a lost worker), or fails
+    /// with `timeout` once its attempt's deadline has passed too (a hung worker).
+    async fn lease_rescue_expired(&self, params: LeaseRescue) -> Result<RescueReport, StoreError>;
+
+    /// Every attempt of a call, finished or running, by input then attempt.
+    async fn attempt_list(&self, call_id: &CallId) -> Result<Vec<AttemptRow>, StoreError>;
+
+    /// Appends log lines; lines for inputs that no longer exist are dropped.
+    async fn log_append_many(&self, lines: Vec<LogInsert>) -> Result<(), StoreError>;
+
+    /// A call's log lines after `after_seq`, in order.
+    async fn log_list(&self, params: LogList) -> Result<Vec<LogRow>, StoreError>;
+
+    async fn worker_register(&self, params: WorkerRegisterParams) -> Result<(), StoreError>;
+
+    /// Marks a worker stopped and hands its leases back to the queue at once.
+    async fn worker_deregister(&self, params: WorkerDeregister) -> Result<u64, StoreError>;
+
+    /// Records that a worker was heard from. Returns false for an unknown or stopped worker.
+    async fn worker_touch(&self, id: &hopper_core::WorkerId, now: i64) -> Result<bool, StoreError>;
+
+    /// Workers not stopped, and those stopped or last seen after `seen_after`.
+    async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError>;
+}
+
+/// An input whose lease is lost this many times (its worker died or was stopped each time)
+/// fails with `lease_lost` instead of going back to the queue: it is probably what kills its
+/// workers. Lost leases do not count against `max_retries`.
+pub const MAX_LOST_LEASES: i64 = 10;

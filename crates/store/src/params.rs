@@ -1,0 +1,129 @@
+//! Parameters of the [`crate::Store`] methods.
+
+use hopper_core::api::{Lease, LogStream, Origin, Outcome};
+use hopper_core::{CallId, FunctionSpec, InputState, UnixMillis, WorkerId};
+
+/// An app and function name pair: which queue an input belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionKey {
+    pub app: String,
+    pub function: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppDeploy {
+    pub app: String,
+    /// The manifest text, kept with the version for the record.
+    pub manifest: String,
+    pub functions: Vec<FunctionSpec>,
+    pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone)]
+pub struct FunctionFind {
+    pub app: Option<String>,
+    pub function: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallInsert {
+    pub id: CallId,
+    pub app: String,
+    pub function: String,
+    pub version: i64,
+    pub origin: Origin,
+    pub idempotency_key: Option<String>,
+    /// Each input's JSON text, in index order.
+    pub inputs: Vec<String>,
+    pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CallList {
+    pub app: Option<String>,
+    pub function: Option<String>,
+    pub state: Option<InputState>,
+    pub origin: Option<Origin>,
+    /// Only calls older than this one (the cursor).
+    pub before: Option<CallId>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallCancel {
+    pub id: CallId,
+    pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallPrune {
+    pub finished_before: UnixMillis,
+    /// At most this many calls per run, so pruning never holds the writer for long.
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct InputLease {
+    pub worker_id: WorkerId,
+    pub functions: Vec<FunctionKey>,
+    pub max: u32,
+    pub now: UnixMillis,
+    /// The lease lasts this long unless renewed by a heartbeat.
+    pub lease_ms: i64,
+    /// Added to the function's timeout to give the attempt's hard deadline: time for the
+    /// worker to kill the command and report, after which the lease cannot be renewed.
+    pub deadline_slack_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct InputCompleteMany {
+    pub worker_id: WorkerId,
+    pub results: Vec<(Lease, Outcome)>,
+    pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaseHeartbeat {
+    pub worker_id: WorkerId,
+    pub leases: Vec<Lease>,
+    pub now: UnixMillis,
+    pub lease_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaseRescue {
+    pub now: UnixMillis,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogInsert {
+    pub lease: Lease,
+    pub stream: LogStream,
+    pub ts: UnixMillis,
+    pub line: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogList {
+    pub call_id: CallId,
+    pub index: Option<i64>,
+    pub after_seq: i64,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerRegisterParams {
+    pub id: WorkerId,
+    pub host: String,
+    pub pid: u32,
+    pub functions: Vec<String>,
+    pub concurrency: u32,
+    pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerDeregister {
+    pub id: WorkerId,
+    pub now: UnixMillis,
+}

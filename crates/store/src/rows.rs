@@ -1,0 +1,124 @@
+//! Rows returned by the [`crate::Store`] methods.
+
+use hopper_core::api::{InputError, Lease, LogStream, Origin};
+use hopper_core::{CallCounts, CallId, CallState, FunctionSpec, InputState, UnixMillis, WorkerId};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRow {
+    pub name: String,
+    pub version: i64,
+    pub deployed_at: UnixMillis,
+    pub functions: Vec<FunctionRow>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionRow {
+    pub version: i64,
+    pub spec: FunctionSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRow {
+    pub id: CallId,
+    pub app: String,
+    pub function: String,
+    pub version: i64,
+    pub origin: Origin,
+    pub state: CallState,
+    pub counts: CallCounts,
+    pub idempotency_key: Option<String>,
+    pub created_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallInserted {
+    Created(CallRow),
+    /// The idempotency key was taken: this is the call it belongs to.
+    Existing(CallRow),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputRow {
+    pub id: i64,
+    pub call_id: CallId,
+    pub index: i64,
+    pub state: InputState,
+    /// JSON text.
+    pub input: String,
+    /// JSON text, once succeeded.
+    pub output: Option<String>,
+    pub error: Option<InputError>,
+    /// Attempts started (leases granted) so far.
+    pub attempts: u32,
+    /// Attempts that failed (they count against `max_retries`).
+    pub failures: u32,
+    pub not_before: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedRow {
+    pub lease: Lease,
+    pub call_id: CallId,
+    pub index: i64,
+    pub version: i64,
+    /// JSON text.
+    pub input: String,
+    pub spec: FunctionSpec,
+}
+
+/// What one result of a completion batch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRow {
+    /// Whether it became the input's result (or retry); false for a lost lease.
+    pub recorded: bool,
+    /// Set when this result ended its call.
+    pub call_finished: Option<(CallId, CallState)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RescueReport {
+    /// Inputs whose worker was lost, back to pending.
+    pub requeued: u64,
+    /// Inputs past their deadline, failed (or retried) as timed out.
+    pub timed_out: u64,
+    /// Calls that ended because of this rescue.
+    pub finished_calls: Vec<(CallId, CallState)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRow {
+    pub index: i64,
+    pub attempt: u32,
+    pub worker_id: Option<WorkerId>,
+    /// `running`, `succeeded`, `failed`, `lost` or `cancelled`.
+    pub outcome: String,
+    pub started_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+    pub error: Option<InputError>,
+    pub late: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub seq: i64,
+    pub index: i64,
+    pub attempt: u32,
+    pub stream: LogStream,
+    pub ts: UnixMillis,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRow {
+    pub id: WorkerId,
+    pub host: String,
+    pub pid: u32,
+    pub functions: Vec<String>,
+    pub concurrency: u32,
+    pub running: i64,
+    pub registered_at: UnixMillis,
+    pub last_seen_at: UnixMillis,
+    pub stopped_at: Option<UnixMillis>,
+}
