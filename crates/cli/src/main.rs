@@ -1,1 +1,37 @@
-fn main(){}
+//! `hopper`: the one binary. Parses arguments, runs the command, prints the error chain and
+//! maps it to a documented exit code.
+//!
+//! # Layout
+//! - [`args`]: the command line, as clap parses it.
+//! - [`exit`]: exit codes and the error that carries one.
+//! - [`output`]: printing for people and for `--json`.
+//! - `commands/`: one module per subcommand.
+
+mod args;
+mod commands;
+mod exit;
+mod output;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = args::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::Code::Internal.into();
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(code) => code.into(),
+        Err(e) => {
+            let code = exit::code_of(&e);
+            eprintln!("error: {e:#}");
+            code.into()
+        }
+    }
+}

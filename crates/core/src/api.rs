@@ -81,7 +81,9 @@ impl Origin {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Origin::Spawn, Origin::Map, Origin::Schedule].into_iter().find(|o| o.as_str() == text)
+        [Origin::Spawn, Origin::Map, Origin::Schedule]
+            .into_iter()
+            .find(|o| o.as_str() == text)
     }
 }
 

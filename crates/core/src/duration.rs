@@ -30,7 +30,9 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         if digits == 0 {
             return Err(err("each part must start with a whole number"));
         }
-        let number: u128 = rest[..digits].parse().map_err(|_| err("the number is too large"))?;
+        let number: u128 = rest[..digits]
+            .parse()
+            .map_err(|_| err("the number is too large"))?;
         rest = &rest[digits..];
         let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
         let unit_ms: u128 = match &rest[..unit_len] {
@@ -68,7 +70,13 @@ impl fmt::Display for Human {
         if ms == 0 {
             return write!(f, "0s");
         }
-        for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        for (unit, size) in [
+            ("d", 86_400_000u128),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+            ("ms", 1),
+        ] {
             if ms >= size {
                 write!(f, "{}{}", ms / size, unit)?;
                 ms %= size;
@@ -93,10 +101,21 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_duration() {
-        for bad in ["", "60", "s", "1.5s", "10x", "-1s", "99999999999999999999999999d"] {
+        for bad in [
+            "",
+            "60",
+            "s",
+            "1.5s",
+            "10x",
+            "-1s",
+            "99999999999999999999999999d",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should not parse");
         }
-        assert!(parse("10x").unwrap_err().to_string().contains("unknown unit"));
+        assert!(parse("10x")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub fn validate_name(text: &str, what: &'static str) -> Result<(), NameError> {
     let mut chars = text.chars();
     match chars.next() {
         None => return Err(err("it is empty")),
-        Some(c) if !c.is_ascii_lowercase() => return Err(err("it must start with a lowercase letter")),
+        Some(c) if !c.is_ascii_lowercase() => {
+            return Err(err("it must start with a lowercase letter"))
+        }
         Some(_) => {}
     }
     if text.len() > 64 {

@@ -131,15 +131,33 @@ mod tests {
     fn call_ids_parse_back_and_reject_garbage() {
         let id = CallId::generate();
         assert_eq!(id.as_str().parse::<CallId>().unwrap(), id);
-        assert_eq!(id.as_str().to_lowercase().replace("HC-", "hc-").parse::<CallId>().unwrap(), id);
-        for bad in ["", "hc-", "hw-01JD0000000000000000000000", "hc-!!", "hc-ZZZZZZZZZZZZZZZZZZZZZZZZZZ"] {
+        assert_eq!(
+            id.as_str()
+                .to_lowercase()
+                .replace("HC-", "hc-")
+                .parse::<CallId>()
+                .unwrap(),
+            id
+        );
+        for bad in [
+            "",
+            "hc-",
+            "hw-01JD0000000000000000000000",
+            "hc-!!",
+            "hc-ZZZZZZZZZZZZZZZZZZZZZZZZZZ",
+        ] {
             assert!(bad.parse::<CallId>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn encoding_round_trips() {
-        for v in [0u128, 1, u128::MAX, 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef] {
+        for v in [
+            0u128,
+            1,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+        ] {
             assert_eq!(decode(&encode(v)), Some(v));
         }
     }

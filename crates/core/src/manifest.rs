@@ -105,7 +105,10 @@ struct RawRetryPolicy {
 /// `file` is how the manifest is named in errors; `base_dir` is the absolute directory that
 /// relative `workdir`s are resolved against (the manifest's own directory).
 pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<AppManifest, ManifestError> {
-    let mut faults = Faults { text, list: Vec::new() };
+    let mut faults = Faults {
+        text,
+        list: Vec::new(),
+    };
     let raw: RawManifest = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(err) => {
@@ -115,14 +118,22 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<AppManifest, Man
         }
     };
     if !base_dir.is_absolute() {
-        faults.push(0..0, None, format!("base directory {} is not absolute", base_dir.display()));
+        faults.push(
+            0..0,
+            None,
+            format!("base directory {} is not absolute", base_dir.display()),
+        );
     }
     let app = raw.app.get_ref().clone();
     if let Err(e) = validate_name(&app, "app") {
         faults.push(raw.app.span(), Some("app".into()), e.to_string());
     }
     if raw.functions.is_empty() {
-        faults.push(0..0, Some("functions".into()), "the app declares no functions: add a [functions.NAME] table".into());
+        faults.push(
+            0..0,
+            Some("functions".into()),
+            "the app declares no functions: add a [functions.NAME] table".into(),
+        );
     }
     let mut functions = Vec::new();
     for (name, raw_fn) in &raw.functions {
@@ -157,7 +168,11 @@ fn function(
             Vec::new()
         }
         Some(c) if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() => {
-            faults.push(c.span(), Some(format!("{key}.command")), "the command is empty: give at least the program".into());
+            faults.push(
+                c.span(),
+                Some(format!("{key}.command")),
+                "the command is empty: give at least the program".into(),
+            );
             Vec::new()
         }
         Some(c) => c.get_ref().clone(),
@@ -166,7 +181,11 @@ fn function(
         None => DEFAULT_TIMEOUT_MS,
         Some(t) => match duration::parse(t.get_ref()) {
             Ok(d) if d.as_millis() == 0 => {
-                faults.push(t.span(), Some(format!("{key}.timeout")), "the timeout must be more than zero".into());
+                faults.push(
+                    t.span(),
+                    Some(format!("{key}.timeout")),
+                    "the timeout must be more than zero".into(),
+                );
                 0
             }
             Ok(d) => d.as_millis() as u64,
@@ -180,7 +199,14 @@ fn function(
         None => DEFAULT_CONCURRENCY,
         Some(c) if (1..=MAX_CONCURRENCY as i64).contains(c.get_ref()) => *c.get_ref() as u32,
         Some(c) => {
-            faults.push(c.span(), Some(format!("{key}.concurrency")), format!("must be between 1 and {MAX_CONCURRENCY}, not {}", c.get_ref()));
+            faults.push(
+                c.span(),
+                Some(format!("{key}.concurrency")),
+                format!(
+                    "must be between 1 and {MAX_CONCURRENCY}, not {}",
+                    c.get_ref()
+                ),
+            );
             1
         }
     };
@@ -190,8 +216,17 @@ fn function(
     };
     let mut env = BTreeMap::new();
     for (var, value) in &f.env {
-        if var.is_empty() || var.contains('=') || var.contains('\0') || value.get_ref().contains('\0') {
-            faults.push(value.span(), Some(format!("{key}.env.{var}")), "an environment variable name must be non-empty and contain neither '=' nor NUL".into());
+        if var.is_empty()
+            || var.contains('=')
+            || var.contains('\0')
+            || value.get_ref().contains('\0')
+        {
+            faults.push(
+                value.span(),
+                Some(format!("{key}.env.{var}")),
+                "an environment variable name must be non-empty and contain neither '=' nor NUL"
+                    .into(),
+            );
         }
         env.insert(var.clone(), value.get_ref().clone());
     }
@@ -221,7 +256,11 @@ fn retry_policy(faults: &mut Faults<'_>, key: &str, raw: &Spanned<RawRetries>) -
         if (0..=MAX_RETRIES as i64).contains(&n) {
             policy.max_retries = n as u32;
         } else {
-            faults.push(span.clone(), Some(format!("{key}.max_retries")), format!("must be between 0 and {MAX_RETRIES}, not {n}"));
+            faults.push(
+                span.clone(),
+                Some(format!("{key}.max_retries")),
+                format!("must be between 0 and {MAX_RETRIES}, not {n}"),
+            );
         }
     };
     match raw.get_ref() {
@@ -234,22 +273,36 @@ fn retry_policy(faults: &mut Faults<'_>, key: &str, raw: &Spanned<RawRetries>) -
                 if c.is_finite() && (1.0..=100.0).contains(&c) {
                     policy.backoff_coefficient = c;
                 } else {
-                    faults.push(span.clone(), Some(format!("{key}.backoff_coefficient")), format!("must be between 1.0 and 100.0, not {c}"));
+                    faults.push(
+                        span.clone(),
+                        Some(format!("{key}.backoff_coefficient")),
+                        format!("must be between 1.0 and 100.0, not {c}"),
+                    );
                 }
             }
             for (field, value, slot) in [
-                ("initial_delay", &p.initial_delay, &mut policy.initial_delay_ms),
+                (
+                    "initial_delay",
+                    &p.initial_delay,
+                    &mut policy.initial_delay_ms,
+                ),
                 ("max_delay", &p.max_delay, &mut policy.max_delay_ms),
             ] {
                 if let Some(text) = value {
                     match duration::parse(text) {
                         Ok(d) => *slot = d.as_millis() as u64,
-                        Err(e) => faults.push(span.clone(), Some(format!("{key}.{field}")), e.to_string()),
+                        Err(e) => {
+                            faults.push(span.clone(), Some(format!("{key}.{field}")), e.to_string())
+                        }
                     }
                 }
             }
             if policy.max_delay_ms < policy.initial_delay_ms {
-                faults.push(span, Some(format!("{key}.max_delay")), "max_delay is shorter than initial_delay".into());
+                faults.push(
+                    span,
+                    Some(format!("{key}.max_delay")),
+                    "max_delay is shorter than initial_delay".into(),
+                );
             }
         }
     }
@@ -279,7 +332,12 @@ struct Faults<'a> {
 impl Faults<'_> {
     fn push(&mut self, span: Range<usize>, key: Option<String>, message: String) {
         let (line, column) = line_column(self.text, span.start);
-        self.list.push(ManifestFault { line, column, key, message });
+        self.list.push(ManifestFault {
+            line,
+            column,
+            key,
+            message,
+        });
     }
 
     fn into_error(self, file: &str) -> ManifestError {
@@ -295,8 +353,14 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     (line, column)
 }
 
@@ -325,7 +389,9 @@ retries = 2
     }
 
     fn parse_err(text: &str) -> String {
-        parse("hopper.toml", text, Path::new("/srv/app")).unwrap_err().to_string()
+        parse("hopper.toml", text, Path::new("/srv/app"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -350,7 +416,10 @@ retries = 2
     fn a_bad_value_names_file_line_and_key() {
         let text = "app = \"a\"\n[functions.f]\ncommand = [\"true\"]\ntimeout = \"60x\"\n";
         let err = parse_err(text);
-        assert!(err.starts_with("hopper.toml:4:11: functions.f.timeout: invalid duration \"60x\""), "{err}");
+        assert!(
+            err.starts_with("hopper.toml:4:11: functions.f.timeout: invalid duration \"60x\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -371,13 +440,20 @@ retries = 2
         let err = parse_err("app = \"Bad App\"\n[functions.f]\ncommand = []\nconcurrency = 0\n");
         assert_eq!(err.lines().count(), 3, "{err}");
         assert!(err.contains(":1:7: app: invalid app name"), "{err}");
-        assert!(err.contains("functions.f.command: the command is empty"), "{err}");
-        assert!(err.contains("functions.f.concurrency: must be between 1 and"), "{err}");
+        assert!(
+            err.contains("functions.f.command: the command is empty"),
+            "{err}"
+        );
+        assert!(
+            err.contains("functions.f.concurrency: must be between 1 and"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_command_and_missing_functions_are_refused() {
-        assert!(parse_err("app = \"a\"\n[functions.f]\ntimeout = \"1s\"\n").contains("`command` is missing"));
+        assert!(parse_err("app = \"a\"\n[functions.f]\ntimeout = \"1s\"\n")
+            .contains("`command` is missing"));
         assert!(parse_err("app = \"a\"\n").contains("declares no functions"));
         assert!(parse_err("[functions.f]\ncommand=[\"x\"]\n").contains("app"));
     }

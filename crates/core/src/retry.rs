@@ -40,7 +40,11 @@ impl RetryPolicy {
         }
         let exponent = (failures - 1).min(1_000) as i32;
         let delay = self.initial_delay_ms as f64 * self.backoff_coefficient.powi(exponent);
-        let capped = if delay.is_finite() { delay.min(self.max_delay_ms as f64) } else { self.max_delay_ms as f64 };
+        let capped = if delay.is_finite() {
+            delay.min(self.max_delay_ms as f64)
+        } else {
+            self.max_delay_ms as f64
+        };
         Some(Duration::from_millis(capped.max(0.0) as u64))
     }
 }
@@ -61,7 +65,9 @@ mod tests {
     #[test]
     fn delays_grow_by_the_coefficient_up_to_the_cap() {
         let p = policy(10);
-        let delays: Vec<u64> = (1..=5).map(|n| p.delay_after(n).unwrap().as_millis() as u64).collect();
+        let delays: Vec<u64> = (1..=5)
+            .map(|n| p.delay_after(n).unwrap().as_millis() as u64)
+            .collect();
         assert_eq!(delays, [1_000, 2_000, 4_000, 5_000, 5_000]);
     }
 
@@ -70,12 +76,21 @@ mod tests {
         let p = policy(3);
         assert!(p.delay_after(3).is_some());
         assert!(p.delay_after(4).is_none());
-        assert!(RetryPolicy::default().delay_after(1).is_none(), "default is no retries");
+        assert!(
+            RetryPolicy::default().delay_after(1).is_none(),
+            "default is no retries"
+        );
     }
 
     #[test]
     fn a_huge_coefficient_is_capped_not_overflowed() {
-        let p = RetryPolicy { backoff_coefficient: 1e300, ..policy(u32::MAX) };
-        assert_eq!(p.delay_after(1_000_000).unwrap(), Duration::from_millis(5_000));
+        let p = RetryPolicy {
+            backoff_coefficient: 1e300,
+            ..policy(u32::MAX)
+        };
+        assert_eq!(
+            p.delay_after(1_000_000).unwrap(),
+            Duration::from_millis(5_000)
+        );
     }
 }

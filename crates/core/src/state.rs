@@ -46,7 +46,10 @@ impl InputState {
 
     /// A terminal state is final: nothing moves an input out of it.
     pub fn is_terminal(self) -> bool {
-        matches!(self, InputState::Succeeded | InputState::Failed | InputState::Cancelled)
+        matches!(
+            self,
+            InputState::Succeeded | InputState::Failed | InputState::Cancelled
+        )
     }
 
     /// Whether the state machine allows `self → next`.
@@ -165,7 +168,10 @@ mod tests {
     #[test]
     fn retries_and_lost_leases_go_back_to_pending() {
         assert!(Running.can_become(Pending));
-        assert!(!Pending.can_become(Succeeded), "a result needs a lease first");
+        assert!(
+            !Pending.can_become(Succeeded),
+            "a result needs a lease first"
+        );
         assert!(Pending.can_become(Cancelled));
     }
 
@@ -180,7 +186,11 @@ mod tests {
 
     #[test]
     fn call_state_follows_its_inputs() {
-        let mut counts = CallCounts { total: 3, pending: 3, ..Default::default() };
+        let mut counts = CallCounts {
+            total: 3,
+            pending: 3,
+            ..Default::default()
+        };
         assert_eq!(counts.state(), Pending);
         counts.shift(Pending, Running);
         assert_eq!(counts.state(), Running);
@@ -192,7 +202,11 @@ mod tests {
         assert_eq!(counts.state(), Cancelled);
         counts.shift(Cancelled, Failed);
         assert_eq!(counts.state(), Failed);
-        let all_good = CallCounts { total: 2, succeeded: 2, ..Default::default() };
+        let all_good = CallCounts {
+            total: 2,
+            succeeded: 2,
+            ..Default::default()
+        };
         assert_eq!(all_good.state(), Succeeded);
     }
 }

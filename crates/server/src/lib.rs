@@ -1,1 +1,115 @@
+//! Hopper's server: the HTTP API and the engine components around one [`Store`].
+//!
+//! # Layout
+//! - [`config`]: the server's resolved configuration and its defaults.
+//! - [`api`]: the axum router (`/v1`, `/healthz`), its error type and token check.
+//! - [`dispatcher`]: hands inputs to workers, long-polling while the queue is empty.
+//! - [`reaper`]: takes back leases that ran out and fails attempts past their deadline.
+//! - [`pruner`]: deletes ended calls after the retention period.
+//! - [`provisioner`]: starts and supervises a local worker process per command function.
+//! - [`events`]: in-process wake-ups (new inputs, ended calls, deploys).
+//! - [`deploy`]: turning a manifest into a stored app version.
+//!
+//! [`run`] starts everything from one place and stops it on one cancellation token, in order:
+//! stop accepting requests, stop the local workers (they hand their inputs back), then the
+//! background loops.
 
+pub mod api;
+pub mod config;
+pub mod deploy;
+pub mod dispatcher;
+pub mod events;
+pub mod provisioner;
+pub mod pruner;
+pub mod reaper;
+pub mod state;
+
+use std::sync::Arc;
+
+use hopper_store::Store;
+use std::future::IntoFuture;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ServerConfig;
+pub use state::AppState;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("refusing to listen on {0} without a token: set --token or HOPPER_TOKEN, or listen on a loopback address")]
+    TokenRequired(std::net::SocketAddr),
+    #[error("cannot deploy {file}: {message}")]
+    Deploy { file: String, message: String },
+    #[error(transparent)]
+    Store(#[from] hopper_store::StoreError),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the API on `listener` and runs the engine until `shutdown` is cancelled.
+pub async fn run(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let local = listener.local_addr()?;
+    if !local.ip().is_loopback() && config.token.is_none() {
+        return Err(ServerError::TokenRequired(local));
+    }
+    // Cancelled by the caller, or by this function if serving fails.
+    let stop = shutdown.child_token();
+    let state = AppState::new(
+        config.clone(),
+        store,
+        hopper_core::clock::system(),
+        stop.clone(),
+    );
+    for path in &config.deploy {
+        deploy::from_file(&state, path).await?;
+    }
+    let engine = CancellationToken::new();
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(reaper::Reaper::new(state.clone()).run(engine.clone()));
+    loops.spawn(pruner::Pruner::new(state.clone()).run(engine.clone()));
+    let provisioner = match &config.worker_program {
+        Some(program) => {
+            let server_url = format!("http://{local}");
+            let p = provisioner::Provisioner::new(state.clone(), program.clone(), server_url);
+            Some(tokio::spawn(p.run(stop.clone())))
+        }
+        None => None,
+    };
+    tracing::info!(address = %local, "hopper is serving");
+    // The API outlives the local workers, so that on shutdown they can still hand back or
+    // finish their inputs; then the API stops, then the background loops.
+    let http_stop = CancellationToken::new();
+    let app = api::router(state.clone());
+    let mut serving = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    let early = tokio::select! {
+        r = &mut serving => Some(r),
+        _ = stop.cancelled() => None,
+    };
+    stop.cancel();
+    if let Some(p) = provisioner {
+        let _ = p.await;
+    }
+    http_stop.cancel();
+    let served = match early {
+        Some(r) => r,
+        None => serving.await,
+    };
+    engine.cancel();
+    while loops.join_next().await.is_some() {}
+    match served {
+        Ok(result) => result?,
+        Err(e) => return Err(ServerError::Io(std::io::Error::other(e))),
+    }
+    Ok(())
+}

@@ -24,14 +24,16 @@ pub async fn deploy(pool: &SqlitePool, p: AppDeploy) -> Result<AppRow, StoreErro
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
-    sqlx::query("INSERT INTO app_versions (app, version, manifest, deployed_at) VALUES ($1, $2, $3, $4)")
-        .bind(&p.app)
-        .bind(version)
-        .bind(&p.manifest)
-        .bind(p.now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    sqlx::query(
+        "INSERT INTO app_versions (app, version, manifest, deployed_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&p.app)
+    .bind(version)
+    .bind(&p.manifest)
+    .bind(p.now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
     let mut functions = Vec::with_capacity(p.functions.len());
     for spec in p.functions {
         let json = serde_json::to_string(&spec).map_err(|e| corrupt("function spec", e))?;
@@ -81,7 +83,10 @@ pub async fn list(pool: &SqlitePool) -> Result<Vec<AppRow>, StoreError> {
     Ok(apps)
 }
 
-pub async fn function_find(pool: &SqlitePool, p: FunctionFind) -> Result<Vec<FunctionRow>, StoreError> {
+pub async fn function_find(
+    pool: &SqlitePool,
+    p: FunctionFind,
+) -> Result<Vec<FunctionRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT f.version, f.spec FROM functions f
          JOIN apps a ON a.name = f.app AND a.version = f.version

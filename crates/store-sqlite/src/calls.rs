@@ -1,7 +1,9 @@
 //! `call_*`: calls and their per-state input counters.
 
 use hopper_core::{CallId, CallState, InputState, UnixMillis};
-use hopper_store::{CallCancel, CallInsert, CallInserted, CallList, CallPrune, CallRow, StoreError};
+use hopper_store::{
+    CallCancel, CallInsert, CallInserted, CallList, CallPrune, CallRow, StoreError,
+};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
@@ -13,11 +15,13 @@ const INSERT_CHUNK: usize = 500;
 pub async fn insert(pool: &SqlitePool, p: CallInsert) -> Result<CallInserted, StoreError> {
     let mut tx = pool.begin().await.map_err(db_err)?;
     if let Some(key) = &p.idempotency_key {
-        let existing = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE idempotency_key = $1"))
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let existing = sqlx::query(&format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE idempotency_key = $1"
+        ))
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
         if let Some(row) = existing {
             let call = call_row(&row)?;
             if call.app != p.app || call.function != p.function {
@@ -48,8 +52,9 @@ pub async fn insert(pool: &SqlitePool, p: CallInsert) -> Result<CallInserted, St
     .map_err(db_err)?;
     let call = call_row(&row)?;
     for (chunk_no, chunk) in p.inputs.chunks(INSERT_CHUNK).enumerate() {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO inputs (call_id, idx, app, function, version, state, input, not_before) ");
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO inputs (call_id, idx, app, function, version, state, input, not_before) ",
+        );
         q.push_values(chunk.iter().enumerate(), |mut b, (i, input)| {
             b.push_bind(p.id.as_str())
                 .push_bind((chunk_no * INSERT_CHUNK + i) as i64)
@@ -76,7 +81,8 @@ pub async fn get(pool: &SqlitePool, id: &CallId) -> Result<Option<CallRow>, Stor
 }
 
 pub async fn list(pool: &SqlitePool, p: CallList) -> Result<Vec<CallRow>, StoreError> {
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {CALL_COLUMNS} FROM calls WHERE 1 = 1"));
+    let mut q: QueryBuilder<Sqlite> =
+        QueryBuilder::new(format!("SELECT {CALL_COLUMNS} FROM calls WHERE 1 = 1"));
     if let Some(app) = &p.app {
         q.push(" AND app = ").push_bind(app);
     }

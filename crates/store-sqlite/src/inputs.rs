@@ -14,7 +14,11 @@ use crate::apps::spec;
 use crate::calls::shift;
 use crate::map::{call_id, db_err, error_json, error_text, state, worker_id};
 
-pub async fn get(pool: &SqlitePool, id: &CallId, index: i64) -> Result<Option<InputRow>, StoreError> {
+pub async fn get(
+    pool: &SqlitePool,
+    id: &CallId,
+    index: i64,
+) -> Result<Option<InputRow>, StoreError> {
     let row = sqlx::query(
         "SELECT id, call_id, idx, state, input, output, error, attempt, failures, not_before, finished_at
          FROM inputs WHERE call_id = $1 AND idx = $2",
@@ -58,14 +62,20 @@ impl Specs {
         if let Some(spec) = self.0.get(&key) {
             return Ok(spec.clone());
         }
-        let text: Option<String> = sqlx::query_scalar("SELECT spec FROM functions WHERE app = $1 AND name = $2 AND version = $3")
-            .bind(app)
-            .bind(function)
-            .bind(version)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_err)?;
-        let text = text.ok_or_else(|| StoreError::Corrupt(format!("function {app}.{function} version {version} is missing")))?;
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT spec FROM functions WHERE app = $1 AND name = $2 AND version = $3",
+        )
+        .bind(app)
+        .bind(function)
+        .bind(version)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        let text = text.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "function {app}.{function} version {version} is missing"
+            ))
+        })?;
         let parsed = spec(&text)?;
         self.0.insert(key, parsed.clone());
         Ok(parsed)
@@ -78,7 +88,11 @@ fn push_function_filter(q: &mut QueryBuilder<'_, Sqlite>, functions: &[FunctionK
         if i > 0 {
             q.push(" OR ");
         }
-        q.push("(app = ").push_bind(f.app.clone()).push(" AND function = ").push_bind(f.function.clone()).push(")");
+        q.push("(app = ")
+            .push_bind(f.app.clone())
+            .push(" AND function = ")
+            .push_bind(f.function.clone())
+            .push(")");
     }
     q.push(")");
 }
@@ -93,7 +107,8 @@ pub async fn lease(pool: &SqlitePool, p: InputLease) -> Result<Vec<LeasedRow>, S
     );
     q.push_bind(p.now);
     push_function_filter(&mut q, &p.functions);
-    q.push(" ORDER BY not_before, id LIMIT ").push_bind(p.max as i64);
+    q.push(" ORDER BY not_before, id LIMIT ")
+        .push_bind(p.max as i64);
     let rows = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
     let mut specs = Specs::default();
     let mut leased = Vec::with_capacity(rows.len());
@@ -134,17 +149,29 @@ pub async fn lease(pool: &SqlitePool, p: InputLease) -> Result<Vec<LeasedRow>, S
         });
     }
     for (call, n) in per_call {
-        shift(&mut tx, &call_id(&call)?, InputState::Pending, InputState::Running, n, p.now).await?;
+        shift(
+            &mut tx,
+            &call_id(&call)?,
+            InputState::Pending,
+            InputState::Running,
+            n,
+            p.now,
+        )
+        .await?;
     }
     tx.commit().await.map_err(db_err)?;
     Ok(leased)
 }
 
-pub async fn next_due(pool: &SqlitePool, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {
+pub async fn next_due(
+    pool: &SqlitePool,
+    functions: &[FunctionKey],
+) -> Result<Option<i64>, StoreError> {
     if functions.is_empty() {
         return Ok(None);
     }
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT MIN(not_before) FROM inputs WHERE state = 'pending'");
+    let mut q: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT MIN(not_before) FROM inputs WHERE state = 'pending'");
     push_function_filter(&mut q, functions);
     let row = q.build().fetch_one(pool).await.map_err(db_err)?;
     row.try_get::<Option<i64>, _>(0).map_err(db_err)
@@ -177,7 +204,10 @@ fn running(row: &SqliteRow) -> Result<Running, StoreError> {
         failures: row.try_get("failures").map_err(db_err)?,
         lost: row.try_get("lost").map_err(db_err)?,
         worker_id: row.try_get("worker_id").map_err(db_err)?,
-        started_at: row.try_get::<Option<i64>, _>("started_at").map_err(db_err)?.unwrap_or(0),
+        started_at: row
+            .try_get::<Option<i64>, _>("started_at")
+            .map_err(db_err)?
+            .unwrap_or(0),
         app: row.try_get("app").map_err(db_err)?,
         function: row.try_get("function").map_err(db_err)?,
         version: row.try_get("version").map_err(db_err)?,
@@ -225,7 +255,9 @@ async fn fail(
     now: UnixMillis,
 ) -> Result<Option<(CallId, hopper_core::CallState)>, StoreError> {
     attempt_record(conn, input, "failed", Some(error), now, false).await?;
-    let spec = specs.get(conn, &input.app, &input.function, input.version).await?;
+    let spec = specs
+        .get(conn, &input.app, &input.function, input.version)
+        .await?;
     let failures = input.failures + 1;
     match spec.retries.delay_after(failures as u32) {
         Some(delay) => {
@@ -240,7 +272,15 @@ async fn fail(
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
-            shift(conn, &input.call_id, InputState::Running, InputState::Pending, 1, now).await
+            shift(
+                conn,
+                &input.call_id,
+                InputState::Running,
+                InputState::Pending,
+                1,
+                now,
+            )
+            .await
         }
         None => {
             sqlx::query(
@@ -254,7 +294,15 @@ async fn fail(
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
-            shift(conn, &input.call_id, InputState::Running, InputState::Failed, 1, now).await
+            shift(
+                conn,
+                &input.call_id,
+                InputState::Running,
+                InputState::Failed,
+                1,
+                now,
+            )
+            .await
         }
     }
 }
@@ -283,7 +331,15 @@ async fn requeue_lost(
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
-        return shift(conn, &input.call_id, InputState::Running, InputState::Failed, 1, now).await;
+        return shift(
+            conn,
+            &input.call_id,
+            InputState::Running,
+            InputState::Failed,
+            1,
+            now,
+        )
+        .await;
     }
     sqlx::query(
         "UPDATE inputs SET state = 'pending', lost = $2, not_before = $3, worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
@@ -294,24 +350,41 @@ async fn requeue_lost(
     .execute(&mut *conn)
     .await
     .map_err(db_err)?;
-    shift(conn, &input.call_id, InputState::Running, InputState::Pending, 1, now).await
+    shift(
+        conn,
+        &input.call_id,
+        InputState::Running,
+        InputState::Pending,
+        1,
+        now,
+    )
+    .await
 }
 
-pub async fn complete_many(pool: &SqlitePool, p: InputCompleteMany) -> Result<Vec<CompletionRow>, StoreError> {
+pub async fn complete_many(
+    pool: &SqlitePool,
+    p: InputCompleteMany,
+) -> Result<Vec<CompletionRow>, StoreError> {
     let mut tx = pool.begin().await.map_err(db_err)?;
     let mut specs = Specs::default();
     let mut out = Vec::with_capacity(p.results.len());
     for (lease, outcome) in &p.results {
-        let row = sqlx::query(&format!("SELECT {RUNNING_COLUMNS} FROM inputs WHERE id = $1"))
-            .bind(lease.input_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query(&format!(
+            "SELECT {RUNNING_COLUMNS} FROM inputs WHERE id = $1"
+        ))
+        .bind(lease.input_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
         let Some(row) = row else {
-            out.push(CompletionRow { recorded: false, call_finished: None });
+            out.push(CompletionRow {
+                recorded: false,
+                call_finished: None,
+            });
             continue;
         };
-        let current = state(&row.try_get::<String, _>("state").map_err(db_err)?)? == InputState::Running
+        let current = state(&row.try_get::<String, _>("state").map_err(db_err)?)?
+            == InputState::Running
             && row.try_get::<i64, _>("attempt").map_err(db_err)? == lease.attempt as i64;
         let mut input = running(&row)?;
         if !current {
@@ -323,7 +396,10 @@ pub async fn complete_many(pool: &SqlitePool, p: InputCompleteMany) -> Result<Ve
                 Outcome::Failed { error } => ("failed", Some(error)),
             };
             attempt_record(&mut tx, &input, name, error, p.now, true).await?;
-            out.push(CompletionRow { recorded: false, call_finished: None });
+            out.push(CompletionRow {
+                recorded: false,
+                call_finished: None,
+            });
             continue;
         }
         let call_finished = match outcome {
@@ -339,11 +415,22 @@ pub async fn complete_many(pool: &SqlitePool, p: InputCompleteMany) -> Result<Ve
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
-                shift(&mut tx, &input.call_id, InputState::Running, InputState::Succeeded, 1, p.now).await?
+                shift(
+                    &mut tx,
+                    &input.call_id,
+                    InputState::Running,
+                    InputState::Succeeded,
+                    1,
+                    p.now,
+                )
+                .await?
             }
             Outcome::Failed { error } => fail(&mut tx, &mut specs, &input, error, p.now).await?,
         };
-        out.push(CompletionRow { recorded: true, call_finished });
+        out.push(CompletionRow {
+            recorded: true,
+            call_finished,
+        });
     }
     tx.commit().await.map_err(db_err)?;
     Ok(out)
@@ -398,7 +485,8 @@ pub async fn rescue_expired(pool: &SqlitePool, p: LeaseRescue) -> Result<RescueR
             report.timed_out += 1;
             let error = InputError {
                 code: "timeout".into(),
-                message: "no result before the attempt's deadline: the worker stopped responding".into(),
+                message: "no result before the attempt's deadline: the worker stopped responding"
+                    .into(),
             };
             fail(&mut tx, &mut specs, &input, &error, p.now).await?
         } else {
@@ -423,11 +511,13 @@ pub async fn worker_deregister(pool: &SqlitePool, p: WorkerDeregister) -> Result
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-    let rows = sqlx::query(&format!("SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND worker_id = $1"))
-        .bind(p.id.as_str())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    let rows = sqlx::query(&format!(
+        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND worker_id = $1"
+    ))
+    .bind(p.id.as_str())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
     let error = InputError {
         code: "worker_stopped".into(),
         message: "the worker stopped and handed the input back".into(),
@@ -457,7 +547,10 @@ pub async fn attempt_list(pool: &SqlitePool, id: &CallId) -> Result<Vec<AttemptR
                 attempt: row.try_get::<i64, _>("attempt").map_err(db_err)? as u32,
                 worker_id: worker_id(row.try_get("worker_id").map_err(db_err)?)?,
                 outcome: row.try_get("outcome").map_err(db_err)?,
-                started_at: row.try_get::<Option<i64>, _>("started_at").map_err(db_err)?.unwrap_or(0),
+                started_at: row
+                    .try_get::<Option<i64>, _>("started_at")
+                    .map_err(db_err)?
+                    .unwrap_or(0),
                 finished_at: row.try_get("finished_at").map_err(db_err)?,
                 error: error_json(row.try_get("error").map_err(db_err)?)?,
                 late: row.try_get::<i64, _>("late").map_err(db_err)? != 0,

@@ -25,7 +25,9 @@ use async_trait::async_trait;
 use hopper_core::api::Lease;
 use hopper_core::{CallId, WorkerId};
 use hopper_store::*;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::map::db_err;
 
@@ -107,11 +109,18 @@ impl Store for SqliteStore {
         calls::prune(&self.writer, params).await
     }
 
-    async fn input_get(&self, call_id: &CallId, index: i64) -> Result<Option<InputRow>, StoreError> {
+    async fn input_get(
+        &self,
+        call_id: &CallId,
+        index: i64,
+    ) -> Result<Option<InputRow>, StoreError> {
         inputs::get(&self.reader, call_id, index).await
     }
 
-    async fn input_lease_available(&self, params: InputLease) -> Result<Vec<LeasedRow>, StoreError> {
+    async fn input_lease_available(
+        &self,
+        params: InputLease,
+    ) -> Result<Vec<LeasedRow>, StoreError> {
         inputs::lease(&self.writer, params).await
     }
 
@@ -119,7 +128,10 @@ impl Store for SqliteStore {
         inputs::next_due(&self.reader, functions).await
     }
 
-    async fn input_complete_many(&self, params: InputCompleteMany) -> Result<Vec<CompletionRow>, StoreError> {
+    async fn input_complete_many(
+        &self,
+        params: InputCompleteMany,
+    ) -> Result<Vec<CompletionRow>, StoreError> {
         inputs::complete_many(&self.writer, params).await
     }
 

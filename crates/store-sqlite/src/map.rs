@@ -9,8 +9,12 @@ use sqlx::Row;
 /// Maps a sqlx error to the store's error: busy and I/O faults are `Unavailable` (retryable).
 pub fn db_err(e: sqlx::Error) -> StoreError {
     match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => StoreError::Unavailable(e.to_string()),
-        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517")) => {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517")) =>
+        {
             StoreError::Unavailable(e.to_string())
         }
         _ => StoreError::Database(e.to_string()),
@@ -30,11 +34,13 @@ pub fn call_id(text: &str) -> Result<CallId, StoreError> {
 }
 
 pub fn worker_id(text: Option<String>) -> Result<Option<WorkerId>, StoreError> {
-    text.map(|t| t.parse().map_err(|e| corrupt("worker id", e))).transpose()
+    text.map(|t| t.parse().map_err(|e| corrupt("worker id", e)))
+        .transpose()
 }
 
 pub fn error_json(text: Option<String>) -> Result<Option<InputError>, StoreError> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("error", e))).transpose()
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("error", e)))
+        .transpose()
 }
 
 pub fn error_text(error: &InputError) -> String {

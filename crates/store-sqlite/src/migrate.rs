@@ -6,7 +6,8 @@ use crate::map::db_err;
 use hopper_store::StoreError;
 
 /// `(number, name, SQL)`, in order. The numbers and names are the same in every backend.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write
 /// lock (`BEGIN IMMEDIATE`), so two processes opening the same file cannot both apply one.
@@ -19,11 +20,12 @@ pub async fn apply(pool: &SqlitePool) -> Result<(), StoreError> {
     .map_err(db_err)?;
     for (version, name, sql) in MIGRATIONS {
         conn.execute("BEGIN IMMEDIATE").await.map_err(db_err)?;
-        let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM hopper_migrations WHERE version = $1")
-            .bind(version)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_err)?;
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM hopper_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_err)?;
         if applied.is_some() {
             conn.execute("COMMIT").await.map_err(db_err)?;
             continue;
@@ -45,7 +47,9 @@ pub async fn apply(pool: &SqlitePool) -> Result<(), StoreError> {
             }
             Err(e) => {
                 let _ = conn.execute("ROLLBACK").await;
-                return Err(StoreError::Database(format!("migration {version:04}_{name} failed: {e}")));
+                return Err(StoreError::Database(format!(
+                    "migration {version:04}_{name} failed: {e}"
+                )));
             }
         }
     }

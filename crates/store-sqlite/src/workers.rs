@@ -7,7 +7,8 @@ use sqlx::{Row, SqlitePool};
 use crate::map::{corrupt, db_err, stream};
 
 pub async fn register(pool: &SqlitePool, p: WorkerRegisterParams) -> Result<(), StoreError> {
-    let functions = serde_json::to_string(&p.functions).map_err(|e| corrupt("worker functions", e))?;
+    let functions =
+        serde_json::to_string(&p.functions).map_err(|e| corrupt("worker functions", e))?;
     sqlx::query(
         "INSERT INTO workers (id, host, pid, functions, concurrency, registered_at, last_seen_at)
          VALUES ($1, $2, $3, $4, $5, $6, $6)",
@@ -25,13 +26,14 @@ pub async fn register(pool: &SqlitePool, p: WorkerRegisterParams) -> Result<(), 
 }
 
 pub async fn touch(pool: &SqlitePool, id: &WorkerId, now: i64) -> Result<bool, StoreError> {
-    let n = sqlx::query("UPDATE workers SET last_seen_at = $2 WHERE id = $1 AND stopped_at IS NULL")
-        .bind(id.as_str())
-        .bind(now)
-        .execute(pool)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
+    let n =
+        sqlx::query("UPDATE workers SET last_seen_at = $2 WHERE id = $1 AND stopped_at IS NULL")
+            .bind(id.as_str())
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
     Ok(n > 0)
 }
 
@@ -53,7 +55,8 @@ pub async fn list(pool: &SqlitePool, seen_after: i64) -> Result<Vec<WorkerRow>, 
                 id: id.parse().map_err(|e| corrupt("worker id", e))?,
                 host: row.try_get("host").map_err(db_err)?,
                 pid: row.try_get::<i64, _>("pid").map_err(db_err)? as u32,
-                functions: serde_json::from_str(&functions).map_err(|e| corrupt("worker functions", e))?,
+                functions: serde_json::from_str(&functions)
+                    .map_err(|e| corrupt("worker functions", e))?,
                 concurrency: row.try_get::<i64, _>("concurrency").map_err(db_err)? as u32,
                 running: row.try_get("running").map_err(db_err)?,
                 registered_at: row.try_get("registered_at").map_err(db_err)?,

@@ -88,7 +88,11 @@ async fn deploy(store: &dyn Store) {
         .app_deploy(AppDeploy {
             app: "a".into(),
             manifest: "app = \"a\"".into(),
-            functions: vec![spec("a", "ok", 0, 60_000), spec("a", "retry", 2, 60_000), spec("a", "slow", 0, 1_000)],
+            functions: vec![
+                spec("a", "ok", 0, 60_000),
+                spec("a", "retry", 2, 60_000),
+                spec("a", "slow", 0, 1_000),
+            ],
             now: T0,
         })
         .await
@@ -109,7 +113,11 @@ async fn spawn_n(store: &dyn Store, function: &str, inputs: usize, now: i64) -> 
             app: "a".into(),
             function: function.into(),
             version: 1,
-            origin: if inputs == 1 { Origin::Spawn } else { Origin::Map },
+            origin: if inputs == 1 {
+                Origin::Spawn
+            } else {
+                Origin::Map
+            },
             idempotency_key: None,
             inputs: (0..inputs).map(|i| json!({ "i": i }).to_string()).collect(),
             now,
@@ -122,7 +130,13 @@ async fn spawn_n(store: &dyn Store, function: &str, inputs: usize, now: i64) -> 
     }
 }
 
-async fn lease(store: &dyn Store, worker: &WorkerId, function: &str, max: u32, now: i64) -> Vec<LeasedRow> {
+async fn lease(
+    store: &dyn Store,
+    worker: &WorkerId,
+    function: &str,
+    max: u32,
+    now: i64,
+) -> Vec<LeasedRow> {
     store
         .input_lease_available(InputLease {
             worker_id: worker.clone(),
@@ -136,7 +150,13 @@ async fn lease(store: &dyn Store, worker: &WorkerId, function: &str, max: u32, n
         .unwrap()
 }
 
-async fn complete(store: &dyn Store, worker: &WorkerId, lease: Lease, outcome: Outcome, now: i64) -> CompletionRow {
+async fn complete(
+    store: &dyn Store,
+    worker: &WorkerId,
+    lease: Lease,
+    outcome: Outcome,
+    now: i64,
+) -> CompletionRow {
     store
         .input_complete_many(InputCompleteMany {
             worker_id: worker.clone(),
@@ -192,7 +212,11 @@ pub async fn deploy_makes_a_new_version_each_time(store: Arc<dyn Store>) {
     let apps = store.app_list().await.unwrap();
     assert_eq!(apps.len(), 1);
     assert_eq!(apps[0].version, 2);
-    assert_eq!(apps[0].functions.len(), 1, "only the current version's functions are listed");
+    assert_eq!(
+        apps[0].functions.len(),
+        1,
+        "only the current version's functions are listed"
+    );
     assert_eq!(apps[0].functions[0].spec.retries.max_retries, 5);
 }
 
@@ -207,7 +231,13 @@ pub async fn functions_are_found_by_bare_or_qualified_name(store: Arc<dyn Store>
         })
         .await
         .unwrap();
-    let bare = store.function_find(FunctionFind { app: None, function: "ok".into() }).await.unwrap();
+    let bare = store
+        .function_find(FunctionFind {
+            app: None,
+            function: "ok".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(bare.len(), 2, "a bare name shared by two apps is ambiguous");
     let qualified = store
         .function_find(FunctionFind {
@@ -218,7 +248,13 @@ pub async fn functions_are_found_by_bare_or_qualified_name(store: Arc<dyn Store>
         .unwrap();
     assert_eq!(qualified.len(), 1);
     assert_eq!(qualified[0].spec.app, "b");
-    let missing = store.function_find(FunctionFind { app: None, function: "nope".into() }).await.unwrap();
+    let missing = store
+        .function_find(FunctionFind {
+            app: None,
+            function: "nope".into(),
+        })
+        .await
+        .unwrap();
     assert!(missing.is_empty());
 }
 
@@ -254,7 +290,13 @@ pub async fn an_idempotency_key_returns_the_same_call(store: Arc<dyn Store>) {
         CallInserted::Existing(c) => assert_eq!(c.id, first.id),
         other => panic!("expected the existing call, got {other:?}"),
     }
-    let all = store.call_list(CallList { limit: 10, ..Default::default() }).await.unwrap();
+    let all = store
+        .call_list(CallList {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 1, "the second spawn created nothing");
 }
 
@@ -272,7 +314,10 @@ pub async fn an_idempotency_key_of_another_function_conflicts(store: Arc<dyn Sto
     };
     store.call_insert(insert("ok")).await.unwrap();
     let err = store.call_insert(insert("retry")).await.unwrap_err();
-    assert!(matches!(err, StoreError::IdempotencyConflict { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::IdempotencyConflict { .. }),
+        "{err}"
+    );
 }
 
 pub async fn leasing_takes_due_inputs_oldest_first_up_to_max(store: Arc<dyn Store>) {
@@ -298,11 +343,20 @@ pub async fn leasing_skips_inputs_not_yet_due_and_other_functions(store: Arc<dyn
     deploy(&*store).await;
     let w = worker(&*store).await;
     spawn_n(&*store, "retry", 1, T0).await;
-    assert!(lease(&*store, &w, "ok", 10, T0).await.is_empty(), "inputs of other functions are not leased");
+    assert!(
+        lease(&*store, &w, "ok", 10, T0).await.is_empty(),
+        "inputs of other functions are not leased"
+    );
     let l = lease(&*store, &w, "retry", 1, T0).await.remove(0);
     complete(&*store, &w, l.lease, failed("boom"), T0 + 100).await;
-    assert!(lease(&*store, &w, "retry", 1, T0 + 500).await.is_empty(), "not before its backoff");
-    assert_eq!(store.input_next_due(&[key("retry")]).await.unwrap(), Some(T0 + 1_100));
+    assert!(
+        lease(&*store, &w, "retry", 1, T0 + 500).await.is_empty(),
+        "not before its backoff"
+    );
+    assert_eq!(
+        store.input_next_due(&[key("retry")]).await.unwrap(),
+        Some(T0 + 1_100)
+    );
     assert_eq!(lease(&*store, &w, "retry", 1, T0 + 1_100).await.len(), 1);
 }
 
@@ -311,14 +365,41 @@ pub async fn a_success_is_recorded_once_and_ends_the_call(store: Arc<dyn Store>)
     let w = worker(&*store).await;
     let call = spawn_n(&*store, "ok", 1, T0).await;
     let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
-    let done = complete(&*store, &w, l.lease, Outcome::Succeeded { output: json!({"hello": "world"}) }, T0 + 5).await;
+    let done = complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Succeeded {
+            output: json!({"hello": "world"}),
+        },
+        T0 + 5,
+    )
+    .await;
     assert!(done.recorded);
-    assert_eq!(done.call_finished, Some((call.id.clone(), InputState::Succeeded)));
-    let again = complete(&*store, &w, l.lease, Outcome::Succeeded { output: json!("second") }, T0 + 6).await;
-    assert!(!again.recorded, "a second result for the same lease is not recorded");
+    assert_eq!(
+        done.call_finished,
+        Some((call.id.clone(), InputState::Succeeded))
+    );
+    let again = complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Succeeded {
+            output: json!("second"),
+        },
+        T0 + 6,
+    )
+    .await;
+    assert!(
+        !again.recorded,
+        "a second result for the same lease is not recorded"
+    );
     let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
     assert_eq!(input.state, InputState::Succeeded);
-    assert_eq!(input.output.as_deref(), Some(json!({"hello": "world"}).to_string().as_str()));
+    assert_eq!(
+        input.output.as_deref(),
+        Some(json!({"hello": "world"}).to_string().as_str())
+    );
     let row = store.call_get(&call.id).await.unwrap().unwrap();
     assert_eq!(row.finished_at, Some(T0 + 5));
     assert_eq!(row.counts.succeeded, 1);
@@ -339,13 +420,24 @@ pub async fn a_failure_with_retries_left_waits_for_its_backoff(store: Arc<dyn St
         delays.push(input.not_before - now);
         now = input.not_before;
     }
-    assert_eq!(delays, [1_000, 2_000], "initial delay, then times the coefficient");
+    assert_eq!(
+        delays,
+        [1_000, 2_000],
+        "initial delay, then times the coefficient"
+    );
     let l = lease(&*store, &w, "retry", 1, now).await.remove(0);
     assert_eq!(l.lease.attempt, 3);
     let done = complete(&*store, &w, l.lease, failed("boom"), now).await;
-    assert_eq!(done.call_finished, Some((call.id.clone(), InputState::Failed)));
+    assert_eq!(
+        done.call_finished,
+        Some((call.id.clone(), InputState::Failed))
+    );
     let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
-    assert_eq!((input.attempts, input.failures), (3, 3), "1 attempt + max_retries 2");
+    assert_eq!(
+        (input.attempts, input.failures),
+        (3, 3),
+        "1 attempt + max_retries 2"
+    );
     assert_eq!(input.error.unwrap().code, "boom");
     assert_eq!(store.attempt_list(&call.id).await.unwrap().len(), 3);
 }
@@ -356,7 +448,10 @@ pub async fn a_failure_without_retries_left_fails_the_call(store: Arc<dyn Store>
     let call = spawn_n(&*store, "ok", 1, T0).await;
     let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
     let done = complete(&*store, &w, l.lease, failed("exit_code"), T0).await;
-    assert_eq!(done.call_finished, Some((call.id.clone(), InputState::Failed)));
+    assert_eq!(
+        done.call_finished,
+        Some((call.id.clone(), InputState::Failed))
+    );
     let attempts = store.attempt_list(&call.id).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].outcome, "failed");
@@ -368,9 +463,21 @@ pub async fn an_expired_lease_goes_back_to_pending(store: Arc<dyn Store>) {
     let w = worker(&*store).await;
     let call = spawn_n(&*store, "ok", 1, T0).await;
     lease(&*store, &w, "ok", 1, T0).await;
-    let early = store.lease_rescue_expired(LeaseRescue { now: T0 + LEASE_MS - 1, limit: 100 }).await.unwrap();
+    let early = store
+        .lease_rescue_expired(LeaseRescue {
+            now: T0 + LEASE_MS - 1,
+            limit: 100,
+        })
+        .await
+        .unwrap();
     assert_eq!(early.requeued, 0, "the lease has not run out yet");
-    let report = store.lease_rescue_expired(LeaseRescue { now: T0 + LEASE_MS, limit: 100 }).await.unwrap();
+    let report = store
+        .lease_rescue_expired(LeaseRescue {
+            now: T0 + LEASE_MS,
+            limit: 100,
+        })
+        .await
+        .unwrap();
     assert_eq!(report.requeued, 1);
     let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
     assert_eq!(input.state, InputState::Pending);
@@ -378,7 +485,13 @@ pub async fn an_expired_lease_goes_back_to_pending(store: Arc<dyn Store>) {
     let again = lease(&*store, &w, "ok", 1, T0 + LEASE_MS).await;
     assert_eq!(again[0].lease.attempt, 2);
     let attempts = store.attempt_list(&call.id).await.unwrap();
-    assert_eq!(attempts.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>(), ["lost", "running"]);
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| a.outcome.as_str())
+            .collect::<Vec<_>>(),
+        ["lost", "running"]
+    );
 }
 
 pub async fn a_lease_past_its_deadline_times_out(store: Arc<dyn Store>) {
@@ -398,10 +511,29 @@ pub async fn a_lease_past_its_deadline_times_out(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(lost.is_empty());
-    let report = store.lease_rescue_expired(LeaseRescue { now: deadline, limit: 100 }).await.unwrap();
+    let report = store
+        .lease_rescue_expired(LeaseRescue {
+            now: deadline,
+            limit: 100,
+        })
+        .await
+        .unwrap();
     assert_eq!(report.timed_out, 1);
-    assert_eq!(report.finished_calls, [(call.id.clone(), InputState::Failed)]);
-    assert_eq!(store.input_get(&call.id, 0).await.unwrap().unwrap().error.unwrap().code, "timeout");
+    assert_eq!(
+        report.finished_calls,
+        [(call.id.clone(), InputState::Failed)]
+    );
+    assert_eq!(
+        store
+            .input_get(&call.id, 0)
+            .await
+            .unwrap()
+            .unwrap()
+            .error
+            .unwrap()
+            .code,
+        "timeout"
+    );
 }
 
 pub async fn a_late_result_is_kept_as_an_attempt_not_a_result(store: Arc<dyn Store>) {
@@ -410,11 +542,35 @@ pub async fn a_late_result_is_kept_as_an_attempt_not_a_result(store: Arc<dyn Sto
     let w2 = worker(&*store).await;
     let call = spawn_n(&*store, "ok", 1, T0).await;
     let first = lease(&*store, &w1, "ok", 1, T0).await.remove(0);
-    store.lease_rescue_expired(LeaseRescue { now: T0 + LEASE_MS, limit: 10 }).await.unwrap();
+    store
+        .lease_rescue_expired(LeaseRescue {
+            now: T0 + LEASE_MS,
+            limit: 10,
+        })
+        .await
+        .unwrap();
     let second = lease(&*store, &w2, "ok", 1, T0 + LEASE_MS).await.remove(0);
-    let done = complete(&*store, &w2, second.lease, Outcome::Succeeded { output: json!("from w2") }, T0 + LEASE_MS + 1).await;
+    let done = complete(
+        &*store,
+        &w2,
+        second.lease,
+        Outcome::Succeeded {
+            output: json!("from w2"),
+        },
+        T0 + LEASE_MS + 1,
+    )
+    .await;
     assert!(done.recorded);
-    let late = complete(&*store, &w1, first.lease, Outcome::Succeeded { output: json!("from w1") }, T0 + LEASE_MS + 2).await;
+    let late = complete(
+        &*store,
+        &w1,
+        first.lease,
+        Outcome::Succeeded {
+            output: json!("from w1"),
+        },
+        T0 + LEASE_MS + 2,
+    )
+    .await;
     assert!(!late.recorded);
     let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
     assert_eq!(input.output.as_deref(), Some("\"from w2\""));
@@ -422,7 +578,16 @@ pub async fn a_late_result_is_kept_as_an_attempt_not_a_result(store: Arc<dyn Sto
     assert_eq!(attempts.len(), 2);
     assert!(attempts[0].late, "the first attempt's result came late");
     assert!(!attempts[1].late);
-    assert_eq!(store.call_get(&call.id).await.unwrap().unwrap().counts.succeeded, 1);
+    assert_eq!(
+        store
+            .call_get(&call.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .counts
+            .succeeded,
+        1
+    );
 }
 
 pub async fn heartbeats_extend_leases_and_report_lost_ones(store: Arc<dyn Store>) {
@@ -431,7 +596,10 @@ pub async fn heartbeats_extend_leases_and_report_lost_ones(store: Arc<dyn Store>
     spawn_n(&*store, "ok", 2, T0).await;
     let leased = lease(&*store, &w, "ok", 2, T0).await;
     let (a, b) = (leased[0].lease, leased[1].lease);
-    let bogus = Lease { input_id: a.input_id, attempt: 99 };
+    let bogus = Lease {
+        input_id: a.input_id,
+        attempt: 99,
+    };
     let lost = store
         .lease_heartbeat(LeaseHeartbeat {
             worker_id: w.clone(),
@@ -442,8 +610,17 @@ pub async fn heartbeats_extend_leases_and_report_lost_ones(store: Arc<dyn Store>
         .await
         .unwrap();
     assert_eq!(lost, [bogus]);
-    let report = store.lease_rescue_expired(LeaseRescue { now: T0 + LEASE_MS, limit: 10 }).await.unwrap();
-    assert_eq!(report.requeued, 1, "only the lease that was not renewed ran out");
+    let report = store
+        .lease_rescue_expired(LeaseRescue {
+            now: T0 + LEASE_MS,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        report.requeued, 1,
+        "only the lease that was not renewed ran out"
+    );
     let lost = store
         .lease_heartbeat(LeaseHeartbeat {
             worker_id: w.clone(),
@@ -461,7 +638,14 @@ pub async fn cancel_ends_pending_and_running_inputs(store: Arc<dyn Store>) {
     let w = worker(&*store).await;
     let call = spawn_n(&*store, "ok", 3, T0).await;
     let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
-    let after = store.call_cancel(CallCancel { id: call.id.clone(), now: T0 + 1 }).await.unwrap().unwrap();
+    let after = store
+        .call_cancel(CallCancel {
+            id: call.id.clone(),
+            now: T0 + 1,
+        })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(after.state, InputState::Cancelled);
     assert_eq!(after.counts.cancelled, 3);
     assert_eq!(after.finished_at, Some(T0 + 1));
@@ -475,11 +659,24 @@ pub async fn cancel_ends_pending_and_running_inputs(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(lost, [l.lease], "the worker learns its input was cancelled");
-    let late = complete(&*store, &w, l.lease, Outcome::Succeeded { output: json!(1) }, T0 + 3).await;
+    let late = complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Succeeded { output: json!(1) },
+        T0 + 3,
+    )
+    .await;
     assert!(!late.recorded);
     assert_eq!(state_of(&*store, &call.id).await, InputState::Cancelled);
     assert!(lease(&*store, &w, "ok", 10, T0 + 4).await.is_empty());
-    let missing = store.call_cancel(CallCancel { id: CallId::generate(), now: T0 }).await.unwrap();
+    let missing = store
+        .call_cancel(CallCancel {
+            id: CallId::generate(),
+            now: T0,
+        })
+        .await
+        .unwrap();
     assert!(missing.is_none());
 }
 
@@ -488,8 +685,22 @@ pub async fn cancel_of_an_ended_call_changes_nothing(store: Arc<dyn Store>) {
     let w = worker(&*store).await;
     let call = spawn_n(&*store, "ok", 1, T0).await;
     let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
-    complete(&*store, &w, l.lease, Outcome::Succeeded { output: json!(1) }, T0).await;
-    let after = store.call_cancel(CallCancel { id: call.id.clone(), now: T0 + 1 }).await.unwrap().unwrap();
+    complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Succeeded { output: json!(1) },
+        T0,
+    )
+    .await;
+    let after = store
+        .call_cancel(CallCancel {
+            id: call.id.clone(),
+            now: T0 + 1,
+        })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(after.state, InputState::Succeeded);
     assert_eq!(after.finished_at, Some(T0));
 }
@@ -502,8 +713,18 @@ pub async fn calls_are_listed_newest_first_with_filters_and_cursor(store: Arc<dy
         ok_ids.push(spawn_n(&*store, "ok", 1, T0 + i).await.id);
     }
     let retry = spawn_n(&*store, "retry", 1, T0 + 10).await;
-    let page1 = store.call_list(CallList { limit: 2, function: Some("ok".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(page1.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), [ok_ids[4].clone(), ok_ids[3].clone()]);
+    let page1 = store
+        .call_list(CallList {
+            limit: 2,
+            function: Some("ok".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page1.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        [ok_ids[4].clone(), ok_ids[3].clone()]
+    );
     let page2 = store
         .call_list(CallList {
             limit: 10,
@@ -525,7 +746,8 @@ pub async fn calls_are_listed_newest_first_with_filters_and_cursor(store: Arc<dy
         })
         .await
         .unwrap();
-    assert_eq!(running.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), [retry.id.clone()]);
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].id, retry.id);
     let by_origin = store
         .call_list(CallList {
             limit: 10,
@@ -551,9 +773,22 @@ pub async fn pruning_removes_only_old_ended_calls(store: Arc<dyn Store>) {
         }])
         .await
         .unwrap();
-    complete(&*store, &w, l.lease, Outcome::Succeeded { output: json!(1) }, T0 + 1).await;
+    complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Succeeded { output: json!(1) },
+        T0 + 1,
+    )
+    .await;
     let unfinished = spawn_n(&*store, "ok", 1, T0).await;
-    let pruned = store.call_prune_finished(CallPrune { finished_before: T0 + 2, limit: 100 }).await.unwrap();
+    let pruned = store
+        .call_prune_finished(CallPrune {
+            finished_before: T0 + 2,
+            limit: 100,
+        })
+        .await
+        .unwrap();
     assert_eq!(pruned, 1);
     assert!(store.call_get(&old.id).await.unwrap().is_none());
     assert!(store.input_get(&old.id, 0).await.unwrap().is_none());
@@ -568,7 +803,10 @@ pub async fn pruning_removes_only_old_ended_calls(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(logs.is_empty());
-    assert!(store.call_get(&unfinished.id).await.unwrap().is_some(), "a call that has not ended is kept");
+    assert!(
+        store.call_get(&unfinished.id).await.unwrap().is_some(),
+        "a call that has not ended is kept"
+    );
 }
 
 pub async fn logs_are_kept_per_attempt_in_order(store: Arc<dyn Store>) {
@@ -579,7 +817,11 @@ pub async fn logs_are_kept_per_attempt_in_order(store: Arc<dyn Store>) {
     let lines = (0..5)
         .map(|i| LogInsert {
             lease: leased[i % 2].lease,
-            stream: if i % 2 == 0 { LogStream::Stdout } else { LogStream::Stderr },
+            stream: if i % 2 == 0 {
+                LogStream::Stdout
+            } else {
+                LogStream::Stderr
+            },
             ts: T0 + i as i64,
             line: format!("line {i}"),
         })
@@ -594,7 +836,10 @@ pub async fn logs_are_kept_per_attempt_in_order(store: Arc<dyn Store>) {
         })
         .await
         .unwrap();
-    assert_eq!(all.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["line 0", "line 1", "line 2", "line 3", "line 4"]);
+    assert_eq!(
+        all.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+        ["line 0", "line 1", "line 2", "line 3", "line 4"]
+    );
     assert_eq!(all[1].stream, LogStream::Stderr);
     let second_input = store
         .log_list(LogList {
@@ -624,10 +869,28 @@ pub async fn a_stopped_worker_hands_its_leases_back(store: Arc<dyn Store>) {
     let call = spawn_n(&*store, "ok", 2, T0).await;
     lease(&*store, &w, "ok", 2, T0).await;
     assert_eq!(store.worker_list(0).await.unwrap()[0].running, 2);
-    let handed_back = store.worker_deregister(WorkerDeregister { id: w.clone(), now: T0 + 1 }).await.unwrap();
+    let handed_back = store
+        .worker_deregister(WorkerDeregister {
+            id: w.clone(),
+            now: T0 + 1,
+        })
+        .await
+        .unwrap();
     assert_eq!(handed_back, 2);
-    assert_eq!(store.call_get(&call.id).await.unwrap().unwrap().counts.pending, 2);
-    assert!(!store.worker_touch(&w, T0 + 2).await.unwrap(), "a stopped worker must register again");
+    assert_eq!(
+        store
+            .call_get(&call.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .counts
+            .pending,
+        2
+    );
+    assert!(
+        !store.worker_touch(&w, T0 + 2).await.unwrap(),
+        "a stopped worker must register again"
+    );
     let workers = store.worker_list(0).await.unwrap();
     assert_eq!(workers[0].stopped_at, Some(T0 + 1));
 }
@@ -640,7 +903,10 @@ pub async fn a_lease_lost_too_often_fails_the_input(store: Arc<dyn Store>) {
     for _ in 0..MAX_LOST_LEASES {
         assert_eq!(lease(&*store, &w, "ok", 1, now).await.len(), 1);
         now += LEASE_MS;
-        store.lease_rescue_expired(LeaseRescue { now, limit: 10 }).await.unwrap();
+        store
+            .lease_rescue_expired(LeaseRescue { now, limit: 10 })
+            .await
+            .unwrap();
     }
     let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
     assert_eq!(input.state, InputState::Failed);

@@ -59,17 +59,22 @@ pub trait Store: Send + Sync + 'static {
     async fn call_prune_finished(&self, params: CallPrune) -> Result<u64, StoreError>;
 
     /// One input of a call.
-    async fn input_get(&self, call_id: &CallId, index: i64) -> Result<Option<InputRow>, StoreError>;
+    async fn input_get(&self, call_id: &CallId, index: i64)
+        -> Result<Option<InputRow>, StoreError>;
 
     /// Leases up to `max` pending inputs that are due, of the given functions, oldest first.
-    async fn input_lease_available(&self, params: InputLease) -> Result<Vec<LeasedRow>, StoreError>;
+    async fn input_lease_available(&self, params: InputLease)
+        -> Result<Vec<LeasedRow>, StoreError>;
 
     /// The earliest `not_before` of a pending input of these functions, to sleep until.
     async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError>;
 
     /// Applies a batch of results. Each applies only while its lease is current; a result for
     /// a lost lease is kept as a late attempt. Returns one outcome per result, in order.
-    async fn input_complete_many(&self, params: InputCompleteMany) -> Result<Vec<CompletionRow>, StoreError>;
+    async fn input_complete_many(
+        &self,
+        params: InputCompleteMany,
+    ) -> Result<Vec<CompletionRow>, StoreError>;
 
     /// Extends the given leases; returns those the worker no longer holds.
     async fn lease_heartbeat(&self, params: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError>;

@@ -1,0 +1,198 @@
+//! The command line. Parsed by clap, then resolved once per command into validated config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hopper",
+    version,
+    about = "A self-hosted job queue and batch engine",
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a client command finds its server.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(
+        long,
+        env = "HOPPER_SERVER",
+        default_value = "http://127.0.0.1:7433",
+        global = true
+    )]
+    pub server: String,
+    /// The server's token, if it has one.
+    #[arg(long, env = "HOPPER_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server: the API, the engine and a local worker per command function.
+    Serve(ServeArgs),
+    /// Deploy a manifest (hopper.toml) as a new version of its app.
+    Deploy {
+        /// The manifest file.
+        manifest: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a function once without a server: start one in a temporary folder, run, print, exit.
+    Run {
+        /// The manifest file.
+        manifest: PathBuf,
+        /// The function, by its name in the manifest.
+        function: String,
+        #[command(flatten)]
+        input: InputArgs,
+        /// Give up after this long (exit 3). Default: wait until the call ends.
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Print the result as JSON (the whole call).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Spawn a call and print its id.
+    Spawn {
+        /// The function: app.function, or a bare name deployed in one app only.
+        function: String,
+        #[command(flatten)]
+        input: InputArgs,
+        /// Spawning again with the same key returns the same call.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a call's output (exit 0), or its error (exit 1); wait up to --timeout for it.
+    Get {
+        call_id: String,
+        /// How long to wait for the call to end (e.g. 30s). Default: do not wait.
+        #[arg(long, default_value = "0s")]
+        timeout: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a call: its pending inputs never run, running ones are killed.
+    Cancel {
+        call_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List calls, newest first.
+    Calls {
+        /// Only calls of this function (app.function or a bare name).
+        #[arg(long)]
+        function: Option<String>,
+        /// Only calls of this app.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only calls in this state: pending, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only calls made by: spawn, map or schedule.
+        #[arg(long)]
+        origin: Option<String>,
+        /// How many calls.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Continue from a previous page's cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a call's logs.
+    Logs {
+        call_id: String,
+        /// Only this input of a map.
+        #[arg(long)]
+        input: Option<i64>,
+        /// Keep printing new lines until the call ends.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List deployed apps and their functions.
+    Apps {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List workers.
+    Workers {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a worker that serves functions of a server (on this or any other machine).
+    Worker(WorkerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InputArgs {
+    /// The input as JSON, e.g. '"world"' or '{"n": 3}'.
+    #[arg(long, conflicts_with = "input_file")]
+    pub input: Option<String>,
+    /// Read the input JSON from a file, or from stdin with '-'.
+    #[arg(long)]
+    pub input_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Where the data lives (the SQLite file and its journal).
+    #[arg(long, env = "HOPPER_DATA", default_value = ".hopper")]
+    pub data: PathBuf,
+    /// Address to listen on. Anything but loopback requires --token.
+    #[arg(long, env = "HOPPER_LISTEN", default_value = "127.0.0.1:7433")]
+    pub listen: SocketAddr,
+    /// Deploy this manifest at start (repeatable).
+    #[arg(long)]
+    pub deploy: Vec<PathBuf>,
+    /// Require this bearer token on every request.
+    #[arg(long, env = "HOPPER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How long a lease lasts without a heartbeat: a lost worker costs at most this.
+    #[arg(long, default_value = "30s")]
+    pub lease: String,
+    /// Ended calls, results and logs are deleted after this.
+    #[arg(long, default_value = "7d")]
+    pub retention: String,
+    /// Largest input or output, e.g. 4MiB, 512KiB or a number of bytes.
+    #[arg(long, default_value = "4MiB")]
+    pub max_payload: String,
+    /// Time between SIGTERM and SIGKILL for a command over its timeout.
+    #[arg(long, default_value = "5s")]
+    pub kill_grace: String,
+    /// Do not start local workers (run `hopper worker` yourself).
+    #[arg(long)]
+    pub no_workers: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// Serve this function, as app.function (repeatable).
+    #[arg(long = "function", required = true)]
+    pub functions: Vec<String>,
+    /// Inputs run at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: u32,
+    /// After SIGTERM, running inputs get this long to finish before they are handed back.
+    #[arg(long, default_value = "30s")]
+    pub drain: String,
+    /// Time between SIGTERM and SIGKILL for a command over its timeout.
+    #[arg(long, default_value = "5s")]
+    pub kill_grace: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}

@@ -1,0 +1,116 @@
+//! `hopper deploy`, `apps` and `workers`.
+
+use std::path::Path;
+
+use hopper_core::api::DeployRequest;
+
+use super::client;
+use crate::args::ClientArgs;
+use crate::exit::{self, Code};
+use crate::output;
+
+/// Reads a manifest file into a deploy request: its text, and its folder as the base for
+/// relative `workdir`s.
+pub fn deploy_request(path: &Path) -> anyhow::Result<DeployRequest> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
+    let absolute =
+        std::path::absolute(path).map_err(|e| exit::usage(format!("{}: {e}", path.display())))?;
+    let base_dir = absolute
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_string_lossy()
+        .into_owned();
+    Ok(DeployRequest {
+        manifest: text,
+        file: path.display().to_string(),
+        base_dir,
+    })
+}
+
+pub async fn deploy(args: &ClientArgs, path: &Path) -> anyhow::Result<Code> {
+    let req = deploy_request(path)?;
+    let app = client(args)?.deploy(&req).await?;
+    if args.json {
+        output::json(&app);
+    } else {
+        let names: Vec<String> = app.functions.iter().map(|f| f.name.clone()).collect();
+        println!(
+            "deployed {} version {}: {}",
+            app.name,
+            app.version,
+            names.join(", ")
+        );
+    }
+    Ok(Code::Ok)
+}
+
+pub async fn apps(args: &ClientArgs) -> anyhow::Result<Code> {
+    let apps = client(args)?.apps().await?;
+    if args.json {
+        output::json(&apps);
+        return Ok(Code::Ok);
+    }
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .flat_map(|a| {
+            a.functions.iter().map(move |f| {
+                vec![
+                    f.name.clone(),
+                    a.version.to_string(),
+                    f.spec.command.join(" "),
+                    hopper_core::duration::format(std::time::Duration::from_millis(
+                        f.spec.timeout_ms,
+                    )),
+                    f.spec.retries.max_retries.to_string(),
+                    f.spec.concurrency.to_string(),
+                ]
+            })
+        })
+        .collect();
+    output::table(
+        &[
+            "FUNCTION",
+            "VERSION",
+            "COMMAND",
+            "TIMEOUT",
+            "RETRIES",
+            "CONCURRENCY",
+        ],
+        &rows,
+    );
+    Ok(Code::Ok)
+}
+
+pub async fn workers(args: &ClientArgs) -> anyhow::Result<Code> {
+    let workers = client(args)?.workers().await?;
+    if args.json {
+        output::json(&workers);
+        return Ok(Code::Ok);
+    }
+    let rows: Vec<Vec<String>> = workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.to_string(),
+                w.state.clone(),
+                format!("{}:{}", w.host, w.pid),
+                w.functions.join(","),
+                format!("{}/{}", w.running, w.concurrency),
+                w.last_seen_at.clone(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "WORKER",
+            "STATE",
+            "HOST:PID",
+            "FUNCTIONS",
+            "RUNNING",
+            "LAST SEEN",
+        ],
+        &rows,
+    );
+    Ok(Code::Ok)
+}

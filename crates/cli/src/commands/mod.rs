@@ -1,0 +1,139 @@
+//! One module per subcommand, and what they share: the client, input parsing, durations.
+
+mod apps;
+mod calls;
+mod run;
+mod serve;
+mod worker;
+
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::Context;
+use hopper_core::CallId;
+use hopper_sdk::Client;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{Cli, ClientArgs, Command, InputArgs};
+use crate::exit::{self, Code};
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Worker(args) => worker::run(args).await,
+        Command::Run {
+            manifest,
+            function,
+            input,
+            timeout,
+            json,
+        } => run::run(&manifest, &function, &input, timeout.as_deref(), json).await,
+        Command::Deploy { manifest, client } => apps::deploy(&client, &manifest).await,
+        Command::Apps { client } => apps::apps(&client).await,
+        Command::Workers { client } => apps::workers(&client).await,
+        Command::Spawn {
+            function,
+            input,
+            idempotency_key,
+            client,
+        } => calls::spawn(&client, &function, &input, idempotency_key).await,
+        Command::Get {
+            call_id,
+            timeout,
+            client,
+        } => calls::get(&client, &call_id, &timeout).await,
+        Command::Cancel { call_id, client } => calls::cancel(&client, &call_id).await,
+        Command::Calls {
+            function,
+            app,
+            state,
+            origin,
+            limit,
+            cursor,
+            client,
+        } => {
+            let filter = hopper_sdk::CallFilter {
+                app,
+                function,
+                state,
+                origin,
+                cursor,
+                limit: Some(limit),
+            };
+            calls::list(&client, filter).await
+        }
+        Command::Logs {
+            call_id,
+            input,
+            follow,
+            client,
+        } => calls::logs(&client, &call_id, input, follow).await,
+    }
+}
+
+/// Logging to stderr; `RUST_LOG` overrides the default level.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
+    Client::new(&args.server, args.token.clone()).context("cannot create the HTTP client")
+}
+
+/// The input JSON from `--input` or `--input-file` (`-` for stdin); `null` if neither.
+pub fn read_input(args: &InputArgs) -> anyhow::Result<Value> {
+    let (text, source) = match (&args.input, &args.input_file) {
+        (Some(text), _) => (text.clone(), "--input".to_string()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| exit::usage(format!("cannot read the input from stdin: {e}")))?;
+            (text, "stdin".to_string())
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
+            (text, path.display().to_string())
+        }
+        (None, None) => return Ok(Value::Null),
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        exit::usage(format!(
+            "the input in {source} is not valid JSON: {e} (a string needs its quotes, e.g. --input '\"world\"')"
+        ))
+    })
+}
+
+pub fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    hopper_core::duration::parse(text).map_err(|e| exit::usage(format!("{flag}: {e}")))
+}
+
+pub fn call_id(text: &str) -> anyhow::Result<CallId> {
+    text.parse()
+        .map_err(|e: hopper_core::ids::IdError| exit::usage(e.to_string()))
+}
+
+/// A token cancelled by SIGINT or SIGTERM.
+pub fn stop_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping");
+        t.cancel();
+    });
+    Ok(token)
+}

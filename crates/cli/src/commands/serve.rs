@@ -1,0 +1,125 @@
+//! `hopper serve`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use hopper_server::ServerConfig;
+use hopper_store_sqlite::SqliteStore;
+
+use super::{duration, init_logging, stop_on_signals};
+use crate::args::ServeArgs;
+use crate::exit::{self, Code};
+
+/// Resolves the flags into a server configuration; every bad flag is reported together.
+fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    let mut faults = Vec::new();
+    let mut config = ServerConfig {
+        token: args.token.clone().filter(|t| !t.is_empty()),
+        deploy: args.deploy.clone(),
+        ..ServerConfig::default()
+    };
+    match duration("--lease", &args.lease) {
+        Ok(d) if d.as_millis() >= 100 => config.lease = d,
+        Ok(_) => faults.push("--lease: must be at least 100ms".to_string()),
+        Err(e) => faults.push(e.to_string()),
+    }
+    match duration("--retention", &args.retention) {
+        Ok(d) => config.retention = d,
+        Err(e) => faults.push(e.to_string()),
+    }
+    match duration("--kill-grace", &args.kill_grace) {
+        Ok(d) => config.kill_grace = d,
+        Err(e) => faults.push(e.to_string()),
+    }
+    match parse_bytes(&args.max_payload) {
+        Some(n) if n > 0 => config.max_payload_bytes = n,
+        _ => faults.push(format!(
+            "--max-payload: {:?} is not a size (expected e.g. 4MiB, 512KiB or 1000000)",
+            args.max_payload
+        )),
+    }
+    if !args.listen.ip().is_loopback() && config.token.is_none() {
+        faults.push(format!(
+            "--listen {}: refusing to listen beyond loopback without a token; set --token or HOPPER_TOKEN",
+            args.listen
+        ));
+    }
+    for path in &args.deploy {
+        if !path.is_file() {
+            faults.push(format!("--deploy {}: no such file", path.display()));
+        }
+    }
+    if !args.no_workers {
+        config.worker_program = Some(
+            std::env::current_exe().context("cannot find this program's path for local workers")?,
+        );
+    }
+    if faults.is_empty() {
+        Ok(config)
+    } else {
+        Err(exit::usage(faults.join("\n")))
+    }
+}
+
+/// `4MiB`, `512KiB`, `1GiB`, `4MB` or plain bytes.
+fn parse_bytes(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<Code> {
+    init_logging("info");
+    let config = config(&args)?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create the data folder {}", args.data.display()))?;
+    let db = args.data.join("hopper.db");
+    let store = SqliteStore::open(&db)
+        .await
+        .with_context(|| format!("cannot open {}", db.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    // On stdout, so scripts and tests can learn the address when `--listen` says port 0.
+    println!("hopper listening on http://{address}");
+    let shutdown = stop_on_signals()?;
+    let result = hopper_server::run(config, Arc::new(store.clone()), listener, shutdown).await;
+    store.close().await;
+    match result {
+        Ok(()) => Ok(Code::Ok),
+        Err(e @ hopper_server::ServerError::Deploy { .. }) => Err(exit::usage(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("4MiB"), Some(4 << 20));
+        assert_eq!(parse_bytes("512KiB"), Some(512 << 10));
+        assert_eq!(parse_bytes("1000"), Some(1000));
+        assert_eq!(parse_bytes("2MB"), Some(2_000_000));
+        assert_eq!(parse_bytes("4 lots"), None);
+        assert_eq!(parse_bytes("MiB"), None);
+    }
+}

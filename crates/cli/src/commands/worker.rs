@@ -1,0 +1,55 @@
+//! `hopper worker`.
+
+use hopper_worker::WorkerConfig;
+
+use super::{duration, init_logging, stop_on_signals};
+use crate::args::WorkerArgs;
+use crate::exit::{self, Code};
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
+    init_logging("info");
+    let mut faults = Vec::new();
+    for f in &args.functions {
+        match hopper_core::FunctionName::parse(f) {
+            Ok(name) if name.app.is_some() => {}
+            Ok(_) => faults.push(format!("--function {f}: name it as app.function")),
+            Err(e) => faults.push(format!("--function {f}: {e}")),
+        }
+    }
+    if args.concurrency == 0 {
+        faults.push("--concurrency: must be at least 1".to_string());
+    }
+    let drain = duration("--drain", &args.drain);
+    let kill_grace = duration("--kill-grace", &args.kill_grace);
+    for e in [drain.as_ref().err(), kill_grace.as_ref().err()]
+        .into_iter()
+        .flatten()
+    {
+        faults.push(e.to_string());
+    }
+    if !faults.is_empty() {
+        return Err(exit::usage(faults.join("\n")));
+    }
+    let config = WorkerConfig {
+        server: args.client.server.clone(),
+        token: args.client.token.clone(),
+        functions: args.functions.clone(),
+        concurrency: args.concurrency,
+        host: host_name(),
+        drain: drain?,
+        kill_grace: kill_grace?,
+    };
+    let shutdown = stop_on_signals()?;
+    hopper_worker::run(config, shutdown).await?;
+    Ok(Code::Ok)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}

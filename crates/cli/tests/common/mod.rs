@@ -1,0 +1,172 @@
+//! Test harness: the real `hopper` binary on a temporary data dir and a free loopback port.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hopper_core::api::CallView;
+use hopper_core::CallId;
+use hopper_sdk::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hopper");
+
+/// A running `hopper serve`, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl Server {
+    /// Starts `hopper serve` on `data` with extra flags, and waits until it listens.
+    pub fn start(data: &Path, args: &[&str]) -> Server {
+        let mut all: Vec<String> = vec![
+            "serve".into(),
+            "--data".into(),
+            data.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut child = Command::new(BIN)
+            .args(&all)
+            .env("RUST_LOG", "warn")
+            .env_remove("HOPPER_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start hopper serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("read the listening line");
+        let url = first
+            .trim()
+            .strip_prefix("hopper listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from serve: {first:?}"))
+            .to_string();
+        Server {
+            child: Some(child),
+            url,
+            data: data.to_path_buf(),
+            args: all,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, None).unwrap()
+    }
+
+    pub fn client_with_token(&self, token: &str) -> Client {
+        Client::new(&self.url, Some(token.into())).unwrap()
+    }
+
+    /// SIGKILL: nothing gets a chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            sigterm(child.id());
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Writes a manifest into `dir` and returns its path.
+pub fn manifest(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("hopper.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs the CLI against a server and returns its output.
+pub fn cli(server_url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("HOPPER_SERVER", server_url)
+        .env("RUST_LOG", "warn")
+        .env_remove("HOPPER_TOKEN")
+        .output()
+        .unwrap()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Waits for a call to end, failing the test after `timeout`.
+pub async fn wait_done(client: &Client, id: &CallId, timeout: Duration) -> CallView {
+    let call = client.wait(id, timeout).await.unwrap();
+    assert!(
+        call.state.is_terminal(),
+        "call {id} did not end within {timeout:?}: {call:?}"
+    );
+    call
+}
+
+/// Polls `check` every 50 ms until it returns Some, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a process is alive (a zombie, dead but not yet reaped, counts as gone).
+pub fn alive(pid: i32) -> bool {
+    // /proc/PID exists for live processes and zombies; a zombie has state Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Reads a pid written by a test command.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}

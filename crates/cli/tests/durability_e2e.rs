@@ -1,0 +1,151 @@
+//! Durability: SIGKILL of the server or of a worker loses nothing that was acknowledged, and
+//! every input ends with exactly one result.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use hopper_core::InputState;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_server_mid_run_loses_no_call_and_records_each_result_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each run appends a line to runs.log, so we can count executions (at-least-once) while
+    // checking that each call has exactly one recorded result.
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "demo"
+[functions.double]
+command = ["sh", "-c", "read n; echo \"$n\" >> runs.log; sleep 0.05; echo $((n * 2))"]
+concurrency = 4
+"#,
+    );
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &["--deploy", m.to_str().unwrap(), "--lease", "1s"]);
+    let client = server.client();
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        ids.push(
+            client
+                .spawn("demo.double", json!(n), None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Let some finish and some be running, then pull the plug.
+    let runs = dir.path().join("runs.log");
+    eventually("some inputs have run", Duration::from_secs(30), || async {
+        let n = std::fs::read_to_string(&runs)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        (n >= 20).then_some(())
+    })
+    .await;
+    server.kill9();
+    let before_restart = client.get(&ids[0], Duration::ZERO).await;
+    assert!(before_restart.is_err(), "the server is down");
+
+    let server = Server::start(&data, &["--lease", "1s"]);
+    let client = server.client();
+    for (n, id) in ids.iter().enumerate() {
+        let call = wait_done(&client, id, Duration::from_secs(120)).await;
+        assert_eq!(call.state, InputState::Succeeded, "call {n}: {call:?}");
+        assert_eq!(call.output, Some(json!(n * 2)), "call {n}");
+        let attempts = client.attempts(id).await.unwrap();
+        let recorded: Vec<_> = attempts
+            .iter()
+            .filter(|a| a.outcome == "succeeded" && !a.late)
+            .collect();
+        assert_eq!(
+            recorded.len(),
+            1,
+            "call {n} has exactly one recorded result: {attempts:?}"
+        );
+    }
+    let ran: HashSet<String> = std::fs::read_to_string(&runs)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(ran.len(), 200, "every input ran at least once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_worker_mid_input_runs_the_input_again_after_the_lease_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "demo"
+[functions.slow]
+command = ["sh", "-c", "echo $HOPPER_ATTEMPT >> attempts.log; sleep 2; echo '\"done\"'"]
+"#,
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--deploy", m.to_str().unwrap(), "--lease", "1s"],
+    );
+    let client = server.client();
+    let call = client.spawn("slow", json!(null), None).await.unwrap();
+    let log = dir.path().join("attempts.log");
+    eventually(
+        "the first attempt starts",
+        Duration::from_secs(20),
+        || async { log.exists().then_some(()) },
+    )
+    .await;
+    let worker = client
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.running == 1)
+        .expect("a worker holds the input");
+    let killed_at = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &worker.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let call = wait_done(&client, &call.id, Duration::from_secs(60)).await;
+    assert_eq!(call.state, InputState::Succeeded, "{call:?}");
+    assert_eq!(call.output, Some(json!("done")));
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(2),
+        "the second attempt ran in full"
+    );
+    let attempts = client.attempts(&call.id).await.unwrap();
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| a.outcome.as_str())
+            .collect::<Vec<_>>(),
+        ["lost", "succeeded"],
+        "{attempts:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        ["1", "2"]
+    );
+    let workers = client.workers().await.unwrap();
+    let dead = workers.iter().find(|w| w.id == worker.id).unwrap();
+    assert_ne!(
+        dead.state, "active",
+        "the killed worker is no longer active: {dead:?}"
+    );
+    assert!(
+        workers
+            .iter()
+            .any(|w| w.state == "active" && w.functions == ["demo.slow"]),
+        "the provisioner started a new worker"
+    );
+}

@@ -1,0 +1,84 @@
+//! `/v1/apps` and `/v1/functions`: deploying manifests and finding functions.
+
+use std::path::Path;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::Json;
+use hopper_core::api::{AppView, DeployRequest, FunctionView};
+use hopper_core::FunctionName;
+use hopper_store::{FunctionFind, FunctionRow};
+
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::views;
+use crate::deploy;
+use crate::state::AppState;
+
+pub async fn deploy(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<DeployRequest>,
+) -> Result<(StatusCode, Json<AppView>), ApiError> {
+    let base_dir = Path::new(&req.base_dir);
+    if !base_dir.is_absolute() {
+        return Err(ApiError::bad_request(
+            "invalid_manifest",
+            format!("base_dir {:?} must be an absolute path", req.base_dir),
+        ));
+    }
+    let row = deploy::manifest_text(&state, &req.file, &req.manifest, base_dir).await?;
+    Ok((StatusCode::CREATED, Json(views::app(&row))))
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<AppView>>, ApiError> {
+    let apps = state.store.app_list().await?;
+    Ok(Json(apps.iter().map(views::app).collect()))
+}
+
+pub async fn functions(State(state): State<AppState>) -> Result<Json<Vec<FunctionView>>, ApiError> {
+    let apps = state.store.app_list().await?;
+    Ok(Json(
+        apps.iter()
+            .flat_map(|a| a.functions.iter().map(views::function))
+            .collect(),
+    ))
+}
+
+pub async fn function(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<FunctionView>, ApiError> {
+    Ok(Json(views::function(&resolve(&state, &name).await?)))
+}
+
+/// Finds the deployed function a user means: `app.function`, or a bare name unique across apps.
+pub async fn resolve(state: &AppState, text: &str) -> Result<FunctionRow, ApiError> {
+    let name = FunctionName::parse(text)
+        .map_err(|e| ApiError::bad_request("invalid_function_name", e.to_string()))?;
+    let mut found = state
+        .store
+        .function_find(FunctionFind {
+            app: name.app.clone(),
+            function: name.function.clone(),
+        })
+        .await?;
+    match found.len() {
+        0 => Err(ApiError::not_found(
+            "unknown_function",
+            format!(
+                "no function named {name} is deployed (see GET /v1/functions or `hopper deploy`)"
+            ),
+        )),
+        1 => Ok(found.remove(0)),
+        _ => {
+            let names: Vec<String> = found.iter().map(|f| f.spec.qualified_name()).collect();
+            Err(ApiError::bad_request(
+                "ambiguous_function",
+                format!(
+                    "{name} is deployed in several apps ({}); name it as app.function",
+                    names.join(", ")
+                ),
+            ))
+        }
+    }
+}

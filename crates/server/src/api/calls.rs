@@ -1,0 +1,305 @@
+//! `/v1/functions/{name}/calls` and `/v1/calls`: spawning, reading, waiting for and cancelling
+//! calls.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use hopper_core::api::{AttemptView, CallPage, CallView, LogPage, Origin, SpawnRequest};
+use hopper_core::{CallId, FunctionName, InputState};
+use hopper_store::{CallCancel, CallInsert, CallInserted, CallList, CallRow, LogList};
+use serde::Deserialize;
+
+use super::apps::resolve;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery};
+use super::views;
+use crate::state::AppState;
+
+/// Longest a single `GET /v1/calls/{id}?wait=` may wait; clients wait longer by asking again.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// Longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 255;
+
+pub async fn spawn(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<SpawnRequest>,
+) -> Result<(StatusCode, Json<CallView>), ApiError> {
+    let function = resolve(&state, &name).await?;
+    let input = req.input.to_string();
+    if input.len() > state.config.max_payload_bytes {
+        return Err(ApiError::payload_too_large(
+            "the input",
+            input.len(),
+            state.config.max_payload_bytes,
+        ));
+    }
+    let header_key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "the Idempotency-Key header is not visible ASCII",
+                    )
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let key = match (header_key, req.idempotency_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                "the Idempotency-Key header and the body's idempotency_key differ",
+            ))
+        }
+        (h, b) => h.or(b),
+    };
+    if let Some(k) = &key {
+        if k.is_empty() || k.len() > MAX_KEY_LEN {
+            return Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                format!("an idempotency key must be 1 to {MAX_KEY_LEN} bytes long"),
+            ));
+        }
+    }
+    let inserted = state
+        .store
+        .call_insert(CallInsert {
+            id: CallId::generate(),
+            app: function.spec.app.clone(),
+            function: function.spec.name.clone(),
+            version: function.version,
+            origin: Origin::Spawn,
+            idempotency_key: key,
+            inputs: vec![input],
+            now: state.now(),
+        })
+        .await?;
+    match inserted {
+        CallInserted::Created(call) => {
+            state.events.inputs_available();
+            Ok((StatusCode::CREATED, Json(views::call(&call, None))))
+        }
+        CallInserted::Existing(call) => Ok((StatusCode::OK, Json(view(&state, &call).await?))),
+    }
+}
+
+async fn view(state: &AppState, call: &CallRow) -> Result<CallView, ApiError> {
+    let first = if call.counts.total == 1 {
+        state.store.input_get(&call.id, 0).await?
+    } else {
+        None
+    };
+    Ok(views::call(call, first.as_ref()))
+}
+
+fn parse_id(text: &str) -> Result<CallId, ApiError> {
+    text.parse().map_err(|e: hopper_core::ids::IdError| {
+        ApiError::bad_request("invalid_call_id", e.to_string())
+    })
+}
+
+async fn load(state: &AppState, id: &CallId) -> Result<CallRow, ApiError> {
+    state.store.call_get(id).await?.ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_call",
+            format!("no call {id} (it may have been pruned after the retention period)"),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+pub struct GetQuery {
+    /// Seconds to wait for the call to end before answering.
+    #[serde(default)]
+    wait: Option<f64>,
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<GetQuery>,
+) -> Result<Json<CallView>, ApiError> {
+    let id = parse_id(&id)?;
+    let wait = match q.wait {
+        None => Duration::ZERO,
+        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s).min(MAX_WAIT),
+        Some(s) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("wait must be a number of seconds >= 0, not {s}"),
+            ))
+        }
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut finished = state.events.watch_calls();
+    loop {
+        let call = load(&state, &id).await?;
+        if call.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(view(&state, &call).await?));
+        }
+        // Wake on this call ending, on shutdown, or after a second (another server may have
+        // ended it: the store is the truth, the event only saves waiting).
+        let tick = tokio::time::Instant::now() + Duration::from_secs(1);
+        let until = deadline.min(tick);
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = state.shutdown.cancelled() => {
+                return Ok(Json(view(&state, &call).await?));
+            }
+            _ = async {
+                loop {
+                    match finished.recv().await {
+                        Ok(done) if done == id => return,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            } => {}
+        }
+    }
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CallView>, ApiError> {
+    let id = parse_id(&id)?;
+    let call = state
+        .store
+        .call_cancel(CallCancel {
+            id: id.clone(),
+            now: state.now(),
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_call", format!("no call {id}")))?;
+    if call.state.is_terminal() {
+        state.events.call_finished(id);
+    }
+    Ok(Json(view(&state, &call).await?))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    app: Option<String>,
+    function: Option<String>,
+    state: Option<String>,
+    origin: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<CallPage>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and 1000, not {limit}"),
+        ));
+    }
+    let mut app = q.app.clone();
+    let function = match &q.function {
+        Some(text) => {
+            let name = FunctionName::parse(text)
+                .map_err(|e| ApiError::bad_request("invalid_function_name", e.to_string()))?;
+            if name.app.is_some() {
+                app = name.app;
+            }
+            Some(name.function)
+        }
+        None => None,
+    };
+    let call_state = q
+        .state
+        .as_deref()
+        .map(|s| s.parse::<InputState>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let origin = match q.origin.as_deref() {
+        None => None,
+        Some(o) => Some(Origin::parse(o).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("unknown origin {o:?} (expected spawn, map or schedule)"),
+            )
+        })?),
+    };
+    let before = q.cursor.as_deref().map(parse_id).transpose()?;
+    let rows = state
+        .store
+        .call_list(CallList {
+            app,
+            function,
+            state: call_state,
+            origin,
+            before,
+            limit: limit + 1,
+        })
+        .await?;
+    let more = rows.len() > limit as usize;
+    let page: Vec<&CallRow> = rows.iter().take(limit as usize).collect();
+    let mut calls = Vec::with_capacity(page.len());
+    for row in &page {
+        calls.push(view(&state, row).await?);
+    }
+    Ok(Json(CallPage {
+        next_cursor: if more {
+            page.last().map(|c| c.id.to_string())
+        } else {
+            None
+        },
+        calls,
+    }))
+}
+
+pub async fn attempts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<AttemptView>>, ApiError> {
+    let id = parse_id(&id)?;
+    load(&state, &id).await?;
+    let rows = state.store.attempt_list(&id).await?;
+    Ok(Json(rows.iter().map(views::attempt).collect()))
+}
+
+#[derive(Deserialize)]
+pub struct LogQuery {
+    /// Only lines after this `seq`.
+    #[serde(default)]
+    after: i64,
+    /// Only lines of this input.
+    index: Option<i64>,
+    limit: Option<u32>,
+}
+
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Json<LogPage>, ApiError> {
+    let id = parse_id(&id)?;
+    load(&state, &id).await?;
+    let rows = state
+        .store
+        .log_list(LogList {
+            call_id: id,
+            index: q.index,
+            after_seq: q.after,
+            limit: q.limit.unwrap_or(1000).clamp(1, 10_000),
+        })
+        .await?;
+    Ok(Json(LogPage {
+        lines: rows.iter().map(views::log).collect(),
+    }))
+}

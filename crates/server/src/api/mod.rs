@@ -1,0 +1,90 @@
+//! The HTTP API under `/v1`, plus `/healthz`.
+//!
+//! `router(state)` is apart from serving, so tests can call it without a socket.
+
+pub mod apps;
+pub mod calls;
+pub mod error;
+pub mod extract;
+pub mod views;
+pub mod workers;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use self::error::ApiError;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/apps", post(apps::deploy).get(apps::list))
+        .route("/functions", get(apps::functions))
+        .route("/functions/{name}", get(apps::function))
+        .route("/functions/{name}/calls", post(calls::spawn))
+        .route("/calls", get(calls::list))
+        .route("/calls/{id}", get(calls::get))
+        .route("/calls/{id}/cancel", post(calls::cancel))
+        .route("/calls/{id}/attempts", get(calls::attempts))
+        .route("/calls/{id}/logs", get(calls::logs))
+        .route("/workers", post(workers::register).get(workers::list))
+        .route("/workers/{id}", axum::routing::delete(workers::deregister))
+        .route("/workers/{id}/lease", post(workers::lease))
+        .route("/workers/{id}/heartbeat", post(workers::heartbeat))
+        .route("/workers/{id}/complete", post(workers::complete))
+        .route("/workers/{id}/logs", post(workers::logs))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({ "ok": true })) }),
+        )
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint; the API is under /v1")
+}
+
+/// With a token configured, every `/v1` request must carry `Authorization: Bearer <token>`.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = state.config.token.as_deref() else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the token is not valid",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this server requires a token: send Authorization: Bearer <token>",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

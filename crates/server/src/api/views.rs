@@ -1,0 +1,98 @@
+//! Store rows into the API's JSON views.
+
+use hopper_core::api::{AppView, AttemptView, CallView, FunctionView, LogView, WorkerView};
+use hopper_core::{InputState, UnixMillis};
+use hopper_store::{AppRow, AttemptRow, CallRow, FunctionRow, InputRow, LogRow, WorkerRow};
+
+/// RFC 3339 with milliseconds, in UTC.
+pub fn time(ms: UnixMillis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub fn function(row: &FunctionRow) -> FunctionView {
+    FunctionView {
+        name: row.spec.qualified_name(),
+        version: row.version,
+        spec: row.spec.clone(),
+    }
+}
+
+pub fn app(row: &AppRow) -> AppView {
+    AppView {
+        name: row.name.clone(),
+        version: row.version,
+        deployed_at: time(row.deployed_at),
+        functions: row.functions.iter().map(function).collect(),
+    }
+}
+
+/// A call; `first` is its input 0, shown inline for one-input calls.
+pub fn call(row: &CallRow, first: Option<&InputRow>) -> CallView {
+    let single = first.filter(|_| row.counts.total == 1);
+    CallView {
+        id: row.id.clone(),
+        function: format!("{}.{}", row.app, row.function),
+        version: row.version,
+        origin: row.origin,
+        state: row.state,
+        created_at: time(row.created_at),
+        finished_at: row.finished_at.map(time),
+        inputs: row.counts,
+        output: single
+            .filter(|i| i.state == InputState::Succeeded)
+            .and_then(|i| i.output.as_deref())
+            .and_then(|o| serde_json::from_str(o).ok()),
+        error: single
+            .filter(|i| i.state != InputState::Succeeded)
+            .and_then(|i| i.error.clone()),
+        attempts: single.map_or(0, |i| i.attempts),
+        idempotency_key: row.idempotency_key.clone(),
+    }
+}
+
+pub fn attempt(row: &AttemptRow) -> AttemptView {
+    AttemptView {
+        index: row.index,
+        attempt: row.attempt,
+        worker_id: row.worker_id.clone(),
+        outcome: row.outcome.clone(),
+        started_at: time(row.started_at),
+        finished_at: row.finished_at.map(time),
+        error: row.error.clone(),
+        late: row.late,
+    }
+}
+
+pub fn log(row: &LogRow) -> LogView {
+    LogView {
+        seq: row.seq,
+        index: row.index,
+        attempt: row.attempt,
+        stream: row.stream,
+        ts: time(row.ts),
+        line: row.line.clone(),
+    }
+}
+
+pub fn worker(row: &WorkerRow, now: UnixMillis, lease_ms: i64) -> WorkerView {
+    let state = if row.stopped_at.is_some() {
+        "stopped"
+    } else if now - row.last_seen_at > lease_ms {
+        "lost"
+    } else {
+        "active"
+    };
+    WorkerView {
+        id: row.id.clone(),
+        host: row.host.clone(),
+        pid: row.pid,
+        functions: row.functions.clone(),
+        concurrency: row.concurrency,
+        running: row.running,
+        registered_at: time(row.registered_at),
+        last_seen_at: time(row.last_seen_at),
+        state: state.to_string(),
+    }
+}

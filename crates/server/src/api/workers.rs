@@ -1,0 +1,305 @@
+//! `/v1/workers`: the worker protocol. Register, lease a batch (long-poll), heartbeat,
+//! complete a batch, append logs, deregister. Leases and completions carry lists so a worker
+//! moves many inputs per round trip.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use hopper_core::api::{
+    CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
+    LeaseResponse, LogBatch, Outcome, WorkerRegister, WorkerRegistered, WorkerView,
+};
+use hopper_core::{FunctionName, WorkerId};
+use hopper_store::{
+    FunctionKey, InputCompleteMany, LeaseHeartbeat, LogInsert, WorkerDeregister,
+    WorkerRegisterParams,
+};
+
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::views;
+use crate::dispatcher;
+use crate::state::AppState;
+
+/// Most inputs one lease request may ask for.
+pub const MAX_LEASE_BATCH: u32 = 1_000;
+/// Longest line kept in a log; longer ones are cut, with a marker.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+fn parse_worker(text: &str) -> Result<WorkerId, ApiError> {
+    text.parse().map_err(|e: hopper_core::ids::IdError| {
+        ApiError::bad_request("invalid_worker_id", e.to_string())
+    })
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<WorkerRegister>,
+) -> Result<(StatusCode, Json<WorkerRegistered>), ApiError> {
+    if req.functions.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_worker",
+            "a worker must serve at least one function",
+        ));
+    }
+    let mut keys = Vec::new();
+    for f in &req.functions {
+        let name = FunctionName::parse(f)
+            .map_err(|e| ApiError::bad_request("invalid_function_name", e.to_string()))?;
+        let app = name.app.ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_function_name",
+                format!("a worker names its functions as app.function, not {f:?}"),
+            )
+        })?;
+        keys.push(FunctionKey {
+            app,
+            function: name.function,
+        });
+    }
+    if req.concurrency == 0 {
+        return Err(ApiError::bad_request(
+            "invalid_worker",
+            "concurrency must be at least 1",
+        ));
+    }
+    let id = WorkerId::generate();
+    state
+        .store
+        .worker_register(WorkerRegisterParams {
+            id: id.clone(),
+            host: req.host,
+            pid: req.pid,
+            functions: req.functions,
+            concurrency: req.concurrency,
+            now: state.now(),
+        })
+        .await?;
+    state
+        .worker_functions
+        .lock()
+        .map_err(|_| poisoned())?
+        .insert(id.clone(), Arc::new(keys));
+    Ok((
+        StatusCode::CREATED,
+        Json(WorkerRegistered {
+            worker_id: id,
+            lease_ms: state.config.lease_ms() as u64,
+            heartbeat_ms: state.config.heartbeat_ms(),
+        }),
+    ))
+}
+
+fn poisoned() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; see the server's log",
+    )
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>, ApiError> {
+    let now = state.now();
+    let rows = state.store.worker_list(now - 3_600_000).await?;
+    Ok(Json(
+        rows.iter()
+            .map(|w| views::worker(w, now, state.config.lease_ms()))
+            .collect(),
+    ))
+}
+
+/// The functions a worker registered for; an unknown or stopped worker must register again.
+async fn worker_functions(
+    state: &AppState,
+    id: &WorkerId,
+) -> Result<Arc<Vec<FunctionKey>>, ApiError> {
+    if !state.store.worker_touch(id, state.now()).await? {
+        return Err(ApiError::not_found(
+            "unknown_worker",
+            format!("no active worker {id}: register again"),
+        ));
+    }
+    if let Some(keys) = state
+        .worker_functions
+        .lock()
+        .map_err(|_| poisoned())?
+        .get(id)
+    {
+        return Ok(keys.clone());
+    }
+    // Registered through another server (or before a restart): read it from the store.
+    let rows = state.store.worker_list(0).await?;
+    let row = rows.into_iter().find(|w| &w.id == id).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_worker",
+            format!("no active worker {id}: register again"),
+        )
+    })?;
+    let keys: Vec<FunctionKey> = row
+        .functions
+        .iter()
+        .filter_map(|f| FunctionName::parse(f).ok())
+        .filter_map(|n| {
+            n.app.map(|app| FunctionKey {
+                app,
+                function: n.function,
+            })
+        })
+        .collect();
+    let keys = Arc::new(keys);
+    state
+        .worker_functions
+        .lock()
+        .map_err(|_| poisoned())?
+        .insert(id.clone(), keys.clone());
+    Ok(keys)
+}
+
+pub async fn lease(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<LeaseRequest>,
+) -> Result<Json<LeaseResponse>, ApiError> {
+    let id = parse_worker(&id)?;
+    if req.max == 0 || req.max > MAX_LEASE_BATCH {
+        return Err(ApiError::bad_request(
+            "invalid_lease",
+            format!(
+                "max must be between 1 and {MAX_LEASE_BATCH}, not {}",
+                req.max
+            ),
+        ));
+    }
+    let functions = worker_functions(&state, &id).await?;
+    Ok(Json(dispatcher::lease(&state, &id, &functions, req).await?))
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let id = parse_worker(&id)?;
+    if !state.store.worker_touch(&id, state.now()).await? {
+        return Err(ApiError::not_found(
+            "unknown_worker",
+            format!("no active worker {id}: register again"),
+        ));
+    }
+    let lost = state
+        .store
+        .lease_heartbeat(LeaseHeartbeat {
+            worker_id: id,
+            leases: req.leases,
+            now: state.now(),
+            lease_ms: state.config.lease_ms(),
+        })
+        .await?;
+    Ok(Json(HeartbeatResponse { lost }))
+}
+
+pub async fn complete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CompleteRequest>,
+) -> Result<Json<CompleteResponse>, ApiError> {
+    let id = parse_worker(&id)?;
+    let limit = state.config.max_payload_bytes;
+    let mut results = Vec::with_capacity(req.results.len());
+    for r in req.results {
+        let outcome = match r.outcome {
+            Outcome::Succeeded { output } => {
+                let size = output.to_string().len();
+                if size > limit {
+                    Outcome::Failed {
+                        error: hopper_core::api::InputError {
+                            code: "output_too_large".into(),
+                            message: format!("the output is {size} bytes, over the inline limit of {limit} bytes"),
+                        },
+                    }
+                } else {
+                    Outcome::Succeeded { output }
+                }
+            }
+            failed => failed,
+        };
+        results.push((r.lease, outcome));
+    }
+    let rows = state
+        .store
+        .input_complete_many(InputCompleteMany {
+            worker_id: id,
+            results,
+            now: state.now(),
+        })
+        .await?;
+    let mut requeued = false;
+    for row in &rows {
+        if let Some((call, _)) = &row.call_finished {
+            state.events.call_finished(call.clone());
+        } else if row.recorded {
+            requeued = true;
+        }
+    }
+    if requeued {
+        state.events.inputs_available();
+    }
+    Ok(Json(CompleteResponse {
+        recorded: rows.iter().map(|r| r.recorded).collect(),
+    }))
+}
+
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<LogBatch>,
+) -> Result<StatusCode, ApiError> {
+    parse_worker(&id)?;
+    let lines = req
+        .lines
+        .into_iter()
+        .map(|l| LogInsert {
+            lease: l.lease,
+            stream: l.stream,
+            ts: l.ts_ms,
+            line: cut(l.line),
+        })
+        .collect();
+    state.store.log_append_many(lines).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn cut(mut line: String) -> String {
+    if line.len() > MAX_LOG_LINE {
+        let mut end = MAX_LOG_LINE;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push_str(" …[line cut]");
+    }
+    line
+}
+
+pub async fn deregister(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_worker(&id)?;
+    let handed_back = state
+        .store
+        .worker_deregister(WorkerDeregister {
+            id: id.clone(),
+            now: state.now(),
+        })
+        .await?;
+    if let Ok(mut cache) = state.worker_functions.lock() {
+        cache.remove(&id);
+    }
+    if handed_back > 0 {
+        state.events.inputs_available();
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

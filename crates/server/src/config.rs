@@ -1,0 +1,62 @@
+//! The server's configuration, resolved once by the CLI; nothing downstream re-validates it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default inline payload limit: 4 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Bearer token required on every request but `/healthz`. Default none, which is allowed
+    /// only on a loopback address.
+    pub token: Option<String>,
+    /// How long a lease lasts without a heartbeat; a lost worker costs at most this. Default 30 s.
+    pub lease: Duration,
+    /// Time a worker gets between SIGTERM and SIGKILL of a timed-out command. Default 5 s.
+    pub kill_grace: Duration,
+    /// Ended calls, their results and logs are deleted after this. Default 7 days.
+    pub retention: Duration,
+    /// Largest input or output JSON, in bytes; larger ones are refused, never truncated.
+    /// Default 4 MiB.
+    pub max_payload_bytes: usize,
+    /// Manifests deployed at start-up.
+    pub deploy: Vec<PathBuf>,
+    /// The program that runs `worker` for local workers (normally this binary). Default none:
+    /// no local workers are started.
+    pub worker_program: Option<PathBuf>,
+    /// `RUST_LOG` filter for local workers. Default none: they inherit the server's environment.
+    pub worker_log: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            lease: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(5),
+            retention: Duration::from_secs(7 * 86_400),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            deploy: Vec::new(),
+            worker_program: None,
+            worker_log: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn lease_ms(&self) -> i64 {
+        self.lease.as_millis() as i64
+    }
+
+    /// How long after its timeout an attempt may still report: the kill grace, plus a lease
+    /// period for the report to arrive. After that the reaper fails it as timed out.
+    pub fn deadline_slack_ms(&self) -> i64 {
+        (self.kill_grace + self.lease).as_millis() as i64
+    }
+
+    /// How often workers should heartbeat: three times per lease.
+    pub fn heartbeat_ms(&self) -> u64 {
+        (self.lease.as_millis() as u64 / 3).max(50)
+    }
+}

@@ -1,0 +1,49 @@
+//! Deploying a manifest: parse and validate it, then store it as the app's next version.
+
+use std::path::Path;
+
+use hopper_core::manifest;
+use hopper_store::{AppDeploy, AppRow};
+
+use crate::api::error::ApiError;
+use crate::state::AppState;
+use crate::ServerError;
+
+/// Validates the manifest text and stores it as a new version of its app.
+pub async fn manifest_text(
+    state: &AppState,
+    file: &str,
+    text: &str,
+    base_dir: &Path,
+) -> Result<AppRow, ApiError> {
+    let parsed = manifest::parse(file, text, base_dir)
+        .map_err(|e| ApiError::bad_request("invalid_manifest", e.to_string()))?;
+    let row = state
+        .store
+        .app_deploy(AppDeploy {
+            app: parsed.app,
+            manifest: text.to_string(),
+            functions: parsed.functions,
+            now: state.now(),
+        })
+        .await?;
+    tracing::info!(app = %row.name, version = row.version, "deployed");
+    state.events.deployed();
+    Ok(row)
+}
+
+/// Deploys a manifest file given on the command line (`serve --deploy FILE`).
+pub async fn from_file(state: &AppState, path: &Path) -> Result<AppRow, ServerError> {
+    let fail = |message: String| ServerError::Deploy {
+        file: path.display().to_string(),
+        message,
+    };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let absolute = std::path::absolute(path).map_err(|e| fail(e.to_string()))?;
+    let base_dir = absolute.parent().unwrap_or(Path::new("/"));
+    manifest_text(state, &path.display().to_string(), &text, base_dir)
+        .await
+        .map_err(|e| fail(e.message))
+}

@@ -1,0 +1,82 @@
+//! The dispatcher hands inputs to workers: never more than the free slots a worker asks for,
+//! and when nothing is due it holds the request open (long-poll) until an input arrives, one
+//! falls due, or the wait runs out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hopper_core::api::{LeaseRequest, LeaseResponse, LeasedInput};
+use hopper_core::WorkerId;
+use hopper_store::{FunctionKey, InputLease, LeasedRow};
+
+use crate::api::error::ApiError;
+use crate::state::AppState;
+
+/// Longest a lease request is held open; the worker simply asks again.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn lease(
+    state: &AppState,
+    worker: &WorkerId,
+    functions: &[FunctionKey],
+    req: LeaseRequest,
+) -> Result<LeaseResponse, ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_WAIT);
+    let mut wake = state.events.watch_inputs();
+    loop {
+        wake.borrow_and_update();
+        let rows = state
+            .store
+            .input_lease_available(InputLease {
+                worker_id: worker.clone(),
+                functions: functions.to_vec(),
+                max: req.max,
+                now: state.now(),
+                lease_ms: state.config.lease_ms(),
+                deadline_slack_ms: state.config.deadline_slack_ms(),
+            })
+            .await?;
+        let now = tokio::time::Instant::now();
+        if !rows.is_empty() || now >= deadline {
+            return response(rows);
+        }
+        // Sleep until the next retry falls due, new inputs arrive, or the wait ends.
+        let until = match state.store.input_next_due(functions).await? {
+            Some(due) => {
+                let in_ms = (due - state.now()).max(1) as u64;
+                deadline.min(now + Duration::from_millis(in_ms))
+            }
+            None => deadline,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = wake.changed() => {}
+            _ = state.shutdown.cancelled() => return response(Vec::new()),
+        }
+    }
+}
+
+fn response(rows: Vec<LeasedRow>) -> Result<LeaseResponse, ApiError> {
+    let mut functions = BTreeMap::new();
+    let mut inputs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = format!("{}@{}", row.spec.qualified_name(), row.version);
+        let input = serde_json::from_str(&row.input).map_err(|e| {
+            tracing::error!(error = %e, call = %row.call_id, "stored input is not JSON");
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the server's log",
+            )
+        })?;
+        inputs.push(LeasedInput {
+            lease: row.lease,
+            call_id: row.call_id,
+            index: row.index,
+            function: key.clone(),
+            input,
+        });
+        functions.entry(key).or_insert(row.spec);
+    }
+    Ok(LeaseResponse { inputs, functions })
+}

@@ -1,0 +1,52 @@
+//! In-process wake-ups. They make waiting cheap (a lease long-poll or a `get ?wait=` sleeps
+//! until something happens); correctness never depends on them, since every waiter re-reads the
+//! store and also wakes on a timer.
+
+use hopper_core::CallId;
+use tokio::sync::{broadcast, watch};
+
+#[derive(Clone)]
+pub struct Events {
+    inputs: watch::Sender<u64>,
+    calls: broadcast::Sender<CallId>,
+    deploys: watch::Sender<u64>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            inputs: watch::channel(0).0,
+            calls: broadcast::channel(1024).0,
+            deploys: watch::channel(0).0,
+        }
+    }
+}
+
+impl Events {
+    /// New inputs may be available to lease.
+    pub fn inputs_available(&self) {
+        self.inputs.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn watch_inputs(&self) -> watch::Receiver<u64> {
+        self.inputs.subscribe()
+    }
+
+    /// A call reached a terminal state.
+    pub fn call_finished(&self, id: CallId) {
+        let _ = self.calls.send(id);
+    }
+
+    pub fn watch_calls(&self) -> broadcast::Receiver<CallId> {
+        self.calls.subscribe()
+    }
+
+    /// An app was deployed.
+    pub fn deployed(&self) {
+        self.deploys.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn watch_deploys(&self) -> watch::Receiver<u64> {
+        self.deploys.subscribe()
+    }
+}

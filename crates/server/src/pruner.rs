@@ -1,0 +1,60 @@
+//! The pruner deletes calls (with their inputs, attempts and logs) that ended longer ago than
+//! the retention period.
+
+use std::time::Duration;
+
+use hopper_store::{CallPrune, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::AppState;
+
+/// Calls deleted per transaction, so pruning never holds the writer for long.
+const BATCH: u32 = 500;
+
+pub struct Pruner {
+    state: AppState,
+}
+
+impl Pruner {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+
+    /// One pass: deletes every call past retention, in batches. Returns how many.
+    pub async fn run_once(&self) -> Result<u64, StoreError> {
+        let retention = self.state.config.retention.as_millis() as i64;
+        let mut total = 0;
+        loop {
+            let n = self
+                .state
+                .store
+                .call_prune_finished(CallPrune {
+                    finished_before: self.state.now() - retention,
+                    limit: BATCH,
+                })
+                .await?;
+            total += n;
+            if n < BATCH as u64 {
+                if total > 0 {
+                    tracing::info!(calls = total, "pruned ended calls past retention");
+                }
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs a pass every tenth of the retention period (between 1 s and 10 min) until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let every = (self.state.config.retention / 10)
+            .clamp(Duration::from_secs(1), Duration::from_secs(600));
+        loop {
+            if let Err(e) = self.run_once().await {
+                tracing::warn!(error = %e, "pruner pass failed; retrying");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The one `Clone` state every handler and component shares.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use hopper_core::clock::Clock;
+use hopper_core::WorkerId;
+use hopper_store::{FunctionKey, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::events::Events;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ServerConfig>,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub events: Events,
+    /// The functions each worker registered for, cached; read from the store on a miss, so any
+    /// server can answer any worker.
+    pub worker_functions: Arc<Mutex<HashMap<WorkerId, Arc<Vec<FunctionKey>>>>>,
+    /// Cancelled when the server shuts down: long-polls return at once.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(
+        config: ServerConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            config: Arc::new(config),
+            store,
+            clock,
+            events: Events::default(),
+            worker_functions: Arc::default(),
+            shutdown,
+        }
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+}

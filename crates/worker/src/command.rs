@@ -1,0 +1,325 @@
+//! Running one input as a command: one process per input, in its own process group.
+//!
+//! The input JSON goes to stdin. The output is the JSON written to the file named by
+//! `HOPPER_OUTPUT`, or else the whole of stdout (empty means `null`). Every line of stdout and
+//! stderr becomes a log line. A non-zero exit, a timeout or output that is not JSON is a failed
+//! attempt whose error says which.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hopper_core::api::{InputError, Lease, LogLine, LogStream, Outcome};
+use hopper_core::FunctionSpec;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::Outbox;
+use crate::process;
+
+/// Stdout kept for parsing as the output; a command printing more fails with `output_too_large`.
+const MAX_STDOUT: usize = 64 * 1024 * 1024;
+/// Stderr lines quoted in the error of a failed attempt.
+const STDERR_TAIL: usize = 5;
+
+/// Which input this is, for the command's environment and its log lines.
+pub struct InputContext<'a> {
+    pub lease: Lease,
+    pub call_id: &'a str,
+    pub index: i64,
+    pub input: &'a Value,
+}
+
+/// Runs the command for one input. Returns `None` if `cancel` fired (the lease was lost or
+/// the call cancelled): the process group is killed and nothing is reported.
+pub async fn run(
+    spec: &FunctionSpec,
+    ctx: InputContext<'_>,
+    kill_grace: Duration,
+    cancel: &CancellationToken,
+    outbox: &Outbox,
+) -> Option<Outcome> {
+    let log = |stream: LogStream, line: String| {
+        outbox.log(LogLine {
+            lease: ctx.lease,
+            stream,
+            ts_ms: now_ms(),
+            line,
+        })
+    };
+    let output_path = std::env::temp_dir().join(format!(
+        "hopper-output-{}-{}-{}.json",
+        std::process::id(),
+        ctx.lease.input_id,
+        ctx.lease.attempt
+    ));
+    let _cleanup = RemoveOnDrop(output_path.clone());
+    let Some((program, args)) = spec.command.split_first() else {
+        return Some(failed("spawn_failed", "the function has no command".into()));
+    };
+    let workdir = Path::new(&spec.workdir);
+    let program_path = resolve_program(program, workdir);
+    let mut cmd = Command::new(&program_path);
+    cmd.args(args)
+        .current_dir(workdir)
+        .envs(&spec.env)
+        .env("HOPPER_OUTPUT", &output_path)
+        .env("HOPPER_CALL_ID", ctx.call_id)
+        .env("HOPPER_INPUT_INDEX", ctx.index.to_string())
+        .env("HOPPER_ATTEMPT", ctx.lease.attempt.to_string())
+        .env("HOPPER_FUNCTION", spec.qualified_name())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    process::isolate(&mut cmd, process::SIGKILL);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let message = format!("cannot start {program:?} in {}: {e}", workdir.display());
+            log(LogStream::System, message.clone());
+            return Some(failed("spawn_failed", message));
+        }
+    };
+    let pid = child.id();
+    if let Some(mut stdin) = child.stdin.take() {
+        let bytes = ctx.input.to_string().into_bytes();
+        // A command that never reads its input closes the pipe early; that is not an error.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&bytes).await;
+            let _ = stdin.shutdown().await;
+        });
+    }
+    let stdout = child.stdout.take().map(|out| {
+        let outbox = outbox.clone();
+        let lease = ctx.lease;
+        tokio::spawn(read_lines(out, LogStream::Stdout, lease, outbox, true))
+    });
+    let stderr = child.stderr.take().map(|err| {
+        let outbox = outbox.clone();
+        let lease = ctx.lease;
+        tokio::spawn(read_lines(err, LogStream::Stderr, lease, outbox, false))
+    });
+
+    let timeout = Duration::from_millis(spec.timeout_ms);
+    enum End {
+        Exited(std::io::Result<ExitStatus>),
+        TimedOut,
+        Cancelled,
+    }
+    let end = tokio::select! {
+        status = child.wait() => End::Exited(status),
+        _ = tokio::time::sleep(timeout) => End::TimedOut,
+        _ = cancel.cancelled() => End::Cancelled,
+    };
+    let signal_group = |signal| {
+        if let Some(pid) = pid {
+            let _ = process::signal_group(pid, signal);
+        }
+    };
+    let status = match end {
+        End::Exited(status) => Some(status),
+        End::Cancelled => {
+            signal_group(process::SIGKILL);
+            let _ = child.wait().await;
+            None
+        }
+        End::TimedOut => {
+            log(
+                LogStream::System,
+                format!(
+                    "timed out after {}; sending SIGTERM to the process group",
+                    hopper_core::duration::format(timeout)
+                ),
+            );
+            signal_group(process::SIGTERM);
+            if tokio::time::timeout(kill_grace, child.wait())
+                .await
+                .is_err()
+            {
+                log(
+                    LogStream::System,
+                    format!(
+                        "still running {} after SIGTERM; sending SIGKILL",
+                        hopper_core::duration::format(kill_grace)
+                    ),
+                );
+                signal_group(process::SIGKILL);
+                let _ = child.wait().await;
+            }
+            None
+        }
+    };
+    // Whatever the command left running in its group ends with the attempt.
+    signal_group(process::SIGKILL);
+    let stdout = join_reader(stdout).await;
+    let stderr = join_reader(stderr).await;
+    let Some(status) = status else {
+        if cancel.is_cancelled() {
+            return None;
+        }
+        return Some(failed(
+            "timeout",
+            format!(
+                "timed out after {} and was killed",
+                hopper_core::duration::format(timeout)
+            ),
+        ));
+    };
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => {
+            return Some(failed(
+                "spawn_failed",
+                format!("cannot wait for the command: {e}"),
+            ))
+        }
+    };
+    if !status.success() {
+        let how = match (
+            status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&status),
+        ) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            (None, None) => "failed".to_string(),
+        };
+        let tail = stderr.tail.join("\n");
+        let message = if tail.is_empty() {
+            format!("the command {how}")
+        } else {
+            format!("the command {how}: {tail}")
+        };
+        return Some(failed("exit_code", message));
+    }
+    Some(parse_output(&output_path, stdout).await)
+}
+
+async fn parse_output(output_path: &Path, stdout: Captured) -> Outcome {
+    let (text, source) = match tokio::fs::read(output_path).await {
+        Ok(bytes) if !bytes.iter().all(|b| b.is_ascii_whitespace()) => {
+            (bytes, "the file named by HOPPER_OUTPUT")
+        }
+        _ => {
+            if stdout.overflow {
+                return failed(
+                    "output_too_large",
+                    format!("stdout is over {MAX_STDOUT} bytes; write large output elsewhere"),
+                );
+            }
+            (stdout.bytes, "stdout")
+        }
+    };
+    if text.iter().all(|b| b.is_ascii_whitespace()) {
+        return Outcome::Succeeded {
+            output: Value::Null,
+        };
+    }
+    match serde_json::from_slice::<Value>(&text) {
+        Ok(output) => Outcome::Succeeded { output },
+        Err(e) => {
+            let start: String = String::from_utf8_lossy(&text).chars().take(120).collect();
+            failed(
+                "bad_output",
+                format!("the output in {source} is not JSON ({e}); it starts with {start:?}"),
+            )
+        }
+    }
+}
+
+/// A program with a `/` in it is relative to the working directory; a bare name is looked up
+/// on `PATH`.
+fn resolve_program(program: &str, workdir: &Path) -> PathBuf {
+    let path = Path::new(program);
+    if program.contains('/') && path.is_relative() {
+        workdir.join(path)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    overflow: bool,
+    tail: Vec<String>,
+}
+
+async fn read_lines(
+    stream: impl AsyncRead + Unpin,
+    which: LogStream,
+    lease: Lease,
+    outbox: Outbox,
+    keep_bytes: bool,
+) -> Captured {
+    let mut reader = BufReader::new(stream);
+    let mut captured = Captured::default();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if keep_bytes {
+            if captured.bytes.len() + buf.len() <= MAX_STDOUT {
+                captured.bytes.extend_from_slice(&buf);
+            } else {
+                captured.overflow = true;
+            }
+        }
+        let line = String::from_utf8_lossy(&buf)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        if !keep_bytes {
+            if captured.tail.len() == STDERR_TAIL {
+                captured.tail.remove(0);
+            }
+            captured.tail.push(line.clone());
+        }
+        outbox.log(LogLine {
+            lease,
+            stream: which,
+            ts_ms: now_ms(),
+            line,
+        });
+    }
+    captured
+}
+
+async fn join_reader(handle: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
+    let Some(handle) = handle else {
+        return Captured::default();
+    };
+    // A process that left the group may hold the pipe open; do not wait on it forever.
+    match tokio::time::timeout(Duration::from_secs(5), handle).await {
+        Ok(Ok(captured)) => captured,
+        _ => Captured::default(),
+    }
+}
+
+fn failed(code: &str, message: String) -> Outcome {
+    Outcome::Failed {
+        error: InputError {
+            code: code.to_string(),
+            message,
+        },
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

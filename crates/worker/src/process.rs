@@ -1,0 +1,74 @@
+//! Process groups and parent-death signals: every process Hopper starts runs in its own group,
+//! so a timeout or a cancel kills the command and everything it started, and it dies with the
+//! process that started it instead of running on as an orphan.
+
+use std::io;
+
+/// Makes `command` start in a new process group, and receive `death_signal` when the thread
+/// that spawned it exits (Linux `PR_SET_PDEATHSIG`; elsewhere only the group is set).
+pub fn isolate(command: &mut tokio::process::Command, death_signal: libc::c_int) {
+    command.process_group(0);
+    set_death_signal(command, death_signal);
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_death_signal(command: &mut tokio::process::Command, signal: libc::c_int) {
+    // SAFETY: the closure runs in the child between fork and exec and calls only `prctl`,
+    // which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_death_signal(_command: &mut tokio::process::Command, _signal: libc::c_int) {}
+
+/// Sends `signal` to every process in the group led by `pid`. A group that is already gone
+/// is not an error.
+#[allow(unsafe_code)]
+pub fn signal_group(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let Ok(pgid) = libc::pid_t::try_from(pid) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "pid out of range",
+        ));
+    };
+    // SAFETY: `killpg` takes plain integers and has no memory effects.
+    let rc = unsafe { libc::killpg(pgid, signal) };
+    if rc == -1 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Sends `signal` to one process.
+#[allow(unsafe_code)]
+pub fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "pid out of range",
+        ));
+    };
+    // SAFETY: `kill` takes plain integers and has no memory effects.
+    if unsafe { libc::kill(pid, signal) } == -1 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+pub use libc::{SIGKILL, SIGTERM};
