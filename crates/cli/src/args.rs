@@ -83,6 +83,46 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Map a function over many inputs (one JSON value a line), printing results as JSON lines.
+    Map {
+        /// The function: app.function, or a bare name deployed in one app only.
+        function: String,
+        /// A file of inputs, one JSON value a line; '-' reads stdin.
+        inputs: PathBuf,
+        /// Print results as they finish (each tagged with its index), not in input order.
+        #[arg(long)]
+        unordered: bool,
+        /// A failed input yields {"index", "error"} in its place instead of stopping the map.
+        #[arg(long)]
+        return_exceptions: bool,
+        /// Each input is a list of arguments.
+        #[arg(long)]
+        starmap: bool,
+        /// Keep no outputs: print only which inputs succeeded or failed.
+        #[arg(long)]
+        for_each: bool,
+        /// Inputs per request.
+        #[arg(long, default_value_t = 1000)]
+        chunk_size: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a map's results from a cursor (to resume after a disconnect).
+    Results {
+        call_id: String,
+        /// The last index already received (ordered), or the last completion position
+        /// (--unordered); results after it are printed.
+        #[arg(long, allow_negative_numbers = true)]
+        after: Option<i64>,
+        /// In the order inputs finished.
+        #[arg(long)]
+        unordered: bool,
+        /// A failed input yields its error in its place instead of stopping.
+        #[arg(long)]
+        return_exceptions: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Cancel a call: its pending inputs never run, running ones are killed.
     Cancel {
         call_id: String,
@@ -136,6 +176,24 @@ pub enum Command {
     },
     /// Run a worker that serves functions of a server (on this or any other machine).
     Worker(WorkerArgs),
+    /// Measure throughput and latency on this machine (starts its own servers).
+    Bench(BenchArgs),
+    /// A no-op `serve` process, used by `hopper bench`.
+    #[command(hide = true)]
+    BenchServe,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Run one scenario: enqueue, in-process, command, latency or map.
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// Inputs per scenario (default: enqueue, in-process, command 100,000; latency 1,000; map 1,000,000).
+    #[arg(long)]
+    pub inputs: Option<u64>,
+    /// Print a JSON array, one object per scenario.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -110,6 +110,64 @@ pub struct CallView {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// A map still taking inputs (`POST /v1/calls/{id}/inputs`); it cannot end before they stop.
+    #[serde(default)]
+    pub accepting_inputs: bool,
+    /// The call keeps no outputs (`for_each`).
+    #[serde(default)]
+    pub discard_results: bool,
+}
+
+/// `POST /v1/functions/{name}/map`: start a map, with a first chunk of inputs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MapRequest {
+    #[serde(default)]
+    pub inputs: Vec<Value>,
+    /// No more inputs will come; otherwise send them with `POST /v1/calls/{id}/inputs`.
+    #[serde(default)]
+    pub done: bool,
+    /// Each input is a list of arguments (`starmap`); refused unless every input is an array.
+    #[serde(default)]
+    pub starmap: bool,
+    /// Keep no outputs, only successes, failures and errors (`for_each`).
+    #[serde(default)]
+    pub discard_results: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `POST /v1/calls/{id}/inputs`: the next chunk of a map's inputs. `start` is the index of the
+/// first; a chunk sent again (same `start`) is accepted once, so a client can retry safely.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InputChunk {
+    pub start: i64,
+    #[serde(default)]
+    pub inputs: Vec<Value>,
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// One input's result in a result stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputResultView {
+    pub index: i64,
+    pub state: crate::InputState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<InputError>,
+}
+
+/// `GET /v1/calls/{id}/results?order=index|completion&after=…&wait=…`: the next results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultPage {
+    pub results: Vec<InputResultView>,
+    /// Pass as `after` for the next page: the last index (order=index, starting at -1) or the
+    /// last completion position (order=completion, starting at 0).
+    pub next: i64,
+    /// No result will come after these: the call has ended and every result was read.
+    pub done: bool,
+    pub call: CallView,
 }
 
 /// `GET /v1/calls`: a page of calls, newest first.
@@ -281,8 +339,17 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
-    Succeeded { output: Value },
-    Failed { error: InputError },
+    Succeeded {
+        output: Value,
+    },
+    Failed {
+        error: InputError,
+    },
+    /// The worker gives the input back without it counting as a failure (its long-lived
+    /// process crashed, or the worker is stopping): it runs again at once.
+    Returned {
+        error: InputError,
+    },
 }
 
 /// One result in a completion batch.

@@ -20,7 +20,13 @@ pub struct FunctionSpec {
     pub app: String,
     pub name: String,
     /// Program and arguments, run without a shell; one process per input.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// Program and arguments of a long-lived process fed inputs as newline-delimited JSON
+    /// (see docs/SERVE_PROTOCOL.md). Exactly one of `command` and `serve` is set for a
+    /// function run by `hopper worker`; neither for one served by an in-process SDK handler.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serve: Vec<String>,
     /// Absolute working directory of the command.
     pub workdir: String,
     /// Extra environment variables for the command.
@@ -30,14 +36,78 @@ pub struct FunctionSpec {
     pub timeout_ms: u64,
     #[serde(default)]
     pub retries: RetryPolicy,
-    /// Inputs one worker runs at once. Default 1.
+    /// Inputs one worker runs at once (batches at once, for a batched function). Default 1.
     pub concurrency: u32,
+    /// Dynamic batching; none means one input at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchPolicy>,
+    #[serde(default)]
+    pub scaling: ScalingPolicy,
+}
+
+/// Dynamic batching: a batch closes when it holds `max_size` inputs or `wait_ms` has passed
+/// since its first input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchPolicy {
+    pub max_size: u32,
+    pub wait_ms: u64,
+}
+
+/// How many local workers the provisioner runs for a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScalingPolicy {
+    /// Workers kept running with no work. Default 1.
+    pub min_workers: u32,
+    /// Most workers at once. Default `max(min_workers, 1)`.
+    pub max_workers: u32,
+    /// Idle workers kept warm beyond current demand. Default 0.
+    pub buffer_workers: u32,
+    /// A worker not needed for this long is stopped. Default 60 s.
+    pub scaledown_window_ms: u64,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        Self {
+            min_workers: 1,
+            max_workers: 1,
+            buffer_workers: 0,
+            scaledown_window_ms: 60_000,
+        }
+    }
+}
+
+/// How a function's inputs are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner<'a> {
+    /// One process per input.
+    Command(&'a [String]),
+    /// One long-lived process per worker, fed newline-delimited JSON.
+    Serve(&'a [String]),
+    /// An in-process handler in a program built on the Rust SDK; no local worker is started.
+    External,
 }
 
 impl FunctionSpec {
     /// `app.function`, the name users type.
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", self.app, self.name)
+    }
+
+    pub fn runner(&self) -> Runner<'_> {
+        if !self.serve.is_empty() {
+            Runner::Serve(&self.serve)
+        } else if !self.command.is_empty() {
+            Runner::Command(&self.command)
+        } else {
+            Runner::External
+        }
+    }
+
+    /// Inputs one worker holds at once: `concurrency`, times the batch size when batched.
+    pub fn slots(&self) -> u32 {
+        self.concurrency
+            .saturating_mul(self.batch.map_or(1, |b| b.max_size.max(1)))
     }
 }
 

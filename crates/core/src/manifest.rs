@@ -13,11 +13,18 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::duration;
-use crate::function::{validate_name, FunctionSpec, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MS};
+use crate::function::{
+    validate_name, BatchPolicy, FunctionSpec, ScalingPolicy, DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT_MS,
+};
 use crate::retry::RetryPolicy;
 
 /// Largest per-worker concurrency a manifest may ask for.
 pub const MAX_CONCURRENCY: u32 = 10_000;
+/// Largest batch a manifest may ask for.
+pub const MAX_BATCH: u32 = 10_000;
+/// Most local workers per function.
+pub const MAX_WORKERS: u32 = 1_000;
 /// Largest number of retries a manifest may ask for.
 pub const MAX_RETRIES: u32 = 1_000;
 
@@ -75,12 +82,27 @@ struct RawManifest {
 #[serde(deny_unknown_fields)]
 struct RawFunction {
     command: Option<Spanned<Vec<String>>>,
+    serve: Option<Spanned<Vec<String>>>,
+    /// Served by a worker you run yourself (the Rust SDK, or any language through the API).
+    external: Option<Spanned<bool>>,
+    batch: Option<Spanned<RawBatch>>,
+    min_workers: Option<Spanned<i64>>,
+    max_workers: Option<Spanned<i64>>,
+    buffer_workers: Option<Spanned<i64>>,
+    scaledown_window: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<RawRetries>>,
     concurrency: Option<Spanned<i64>>,
     #[serde(default)]
     env: BTreeMap<String, Spanned<String>>,
     workdir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    max_size: i64,
+    wait: String,
 }
 
 /// `retries = 3` or `retries = { max_retries = 3, … }`.
@@ -162,21 +184,73 @@ fn function(
 ) -> Option<FunctionSpec> {
     let before = faults.list.len();
     let f = raw.get_ref();
-    let command = match &f.command {
-        None => {
-            faults.push(raw.span(), Some(key.to_string()), "`command` is missing: give the program and its arguments, e.g. command = [\"python3\", \"job.py\"]".into());
-            Vec::new()
-        }
-        Some(c) if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() => {
+    let argv =
+        |field: &str, value: &Option<Spanned<Vec<String>>>, faults: &mut Faults<'_>| match value {
+            None => Vec::new(),
+            Some(c) if c.get_ref().is_empty() || c.get_ref()[0].trim().is_empty() => {
+                faults.push(
+                    c.span(),
+                    Some(format!("{key}.{field}")),
+                    format!("the {field} is empty: give at least the program"),
+                );
+                Vec::new()
+            }
+            Some(c) => c.get_ref().clone(),
+        };
+    let command = argv("command", &f.command, faults);
+    let serve = argv("serve", &f.serve, faults);
+    let external = f.external.as_ref().is_some_and(|e| *e.get_ref());
+    if external && (f.command.is_some() || f.serve.is_some()) {
+        if let Some(e) = &f.external {
             faults.push(
-                c.span(),
-                Some(format!("{key}.command")),
-                "the command is empty: give at least the program".into(),
+                e.span(),
+                Some(format!("{key}.external")),
+                "an external function has no `command` or `serve`: its workers run it".into(),
             );
-            Vec::new()
         }
-        Some(c) => c.get_ref().clone(),
+    }
+    if !external && f.command.is_none() && f.serve.is_none() {
+        faults.push(raw.span(), Some(key.to_string()), "`command` is missing: give the program and its arguments, e.g. command = [\"python3\", \"job.py\"] (or serve = [...] for a long-lived process)".into());
+    }
+    if let (Some(_), Some(s)) = (&f.command, &f.serve) {
+        faults.push(s.span(), Some(format!("{key}.serve")), "give either `command` (a process per input) or `serve` (a long-lived process), not both".into());
+    }
+    let batch = match &f.batch {
+        None => None,
+        Some(b) => {
+            let raw_batch = b.get_ref();
+            let bkey = format!("{key}.batch");
+            if f.serve.is_none() && !external {
+                faults.push(
+                    b.span(),
+                    Some(bkey.clone()),
+                    "batching needs a long-lived process: set `serve` instead of `command`".into(),
+                );
+            }
+            if !(1..=MAX_BATCH as i64).contains(&raw_batch.max_size) {
+                faults.push(
+                    b.span(),
+                    Some(format!("{bkey}.max_size")),
+                    format!(
+                        "must be between 1 and {MAX_BATCH}, not {}",
+                        raw_batch.max_size
+                    ),
+                );
+            }
+            let wait_ms = match duration::parse(&raw_batch.wait) {
+                Ok(d) => d.as_millis() as u64,
+                Err(e) => {
+                    faults.push(b.span(), Some(format!("{bkey}.wait")), e.to_string());
+                    0
+                }
+            };
+            Some(BatchPolicy {
+                max_size: raw_batch.max_size.clamp(1, MAX_BATCH as i64) as u32,
+                wait_ms,
+            })
+        }
     };
+    let scaling = scaling(faults, key, f);
     let timeout_ms = match &f.timeout {
         None => DEFAULT_TIMEOUT_MS,
         Some(t) => match duration::parse(t.get_ref()) {
@@ -241,12 +315,75 @@ fn function(
         app: app.to_string(),
         name: name.to_string(),
         command,
+        serve,
+        batch,
+        scaling,
         workdir: workdir.to_string_lossy().into_owned(),
         env,
         timeout_ms,
         retries,
         concurrency,
     })
+}
+
+fn scaling(faults: &mut Faults<'_>, key: &str, f: &RawFunction) -> ScalingPolicy {
+    let mut count = |field: &str, value: &Option<Spanned<i64>>| -> Option<u32> {
+        let v = value.as_ref()?;
+        if (0..=MAX_WORKERS as i64).contains(v.get_ref()) {
+            Some(*v.get_ref() as u32)
+        } else {
+            faults.push(
+                v.span(),
+                Some(format!("{key}.{field}")),
+                format!("must be between 0 and {MAX_WORKERS}, not {}", v.get_ref()),
+            );
+            None
+        }
+    };
+    let min = count("min_workers", &f.min_workers);
+    let max = count("max_workers", &f.max_workers);
+    let buffer = count("buffer_workers", &f.buffer_workers);
+    let defaults = ScalingPolicy::default();
+    let min_workers = min.unwrap_or(defaults.min_workers);
+    let max_workers = max.unwrap_or(min_workers.max(1));
+    if max == Some(0) {
+        if let Some(v) = &f.max_workers {
+            faults.push(
+                v.span(),
+                Some(format!("{key}.max_workers")),
+                "must be at least 1".into(),
+            );
+        }
+    }
+    if min_workers > max_workers {
+        if let Some(v) = f.min_workers.as_ref().or(f.max_workers.as_ref()) {
+            faults.push(
+                v.span(),
+                Some(format!("{key}.min_workers")),
+                format!("min_workers ({min_workers}) is more than max_workers ({max_workers})"),
+            );
+        }
+    }
+    let scaledown_window_ms = match &f.scaledown_window {
+        None => defaults.scaledown_window_ms,
+        Some(w) => match duration::parse(w.get_ref()) {
+            Ok(d) => d.as_millis() as u64,
+            Err(e) => {
+                faults.push(
+                    w.span(),
+                    Some(format!("{key}.scaledown_window")),
+                    e.to_string(),
+                );
+                0
+            }
+        },
+    };
+    ScalingPolicy {
+        min_workers,
+        max_workers,
+        buffer_workers: buffer.unwrap_or(0),
+        scaledown_window_ms,
+    }
 }
 
 fn retry_policy(faults: &mut Faults<'_>, key: &str, raw: &Spanned<RawRetries>) -> RetryPolicy {
@@ -448,6 +585,52 @@ retries = 2
             err.contains("functions.f.concurrency: must be between 1 and"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_serve_function_with_batching_and_scaling_resolves() {
+        let m = parse_ok(
+            "app = \"a\"\n[functions.embed]\nserve = [\"python3\", \"embed_server.py\"]\nconcurrency = 16\nbatch = { max_size = 64, wait = \"50ms\" }\nmin_workers = 0\nmax_workers = 8\nbuffer_workers = 1\nscaledown_window = \"60s\"\n",
+        );
+        let f = &m.functions[0];
+        assert_eq!(f.serve, ["python3", "embed_server.py"]);
+        assert!(f.command.is_empty());
+        assert_eq!(
+            f.batch,
+            Some(BatchPolicy {
+                max_size: 64,
+                wait_ms: 50
+            })
+        );
+        assert_eq!(
+            f.scaling,
+            ScalingPolicy {
+                min_workers: 0,
+                max_workers: 8,
+                buffer_workers: 1,
+                scaledown_window_ms: 60_000
+            }
+        );
+        assert_eq!(f.slots(), 16 * 64);
+    }
+
+    #[test]
+    fn batching_needs_serve_and_scaling_must_be_consistent() {
+        let err = parse_err("app = \"a\"\n[functions.f]\ncommand = [\"x\"]\nbatch = { max_size = 0, wait = \"1s\" }\nmin_workers = 3\nmax_workers = 2\n");
+        assert!(
+            err.contains("functions.f.batch: batching needs a long-lived process"),
+            "{err}"
+        );
+        assert!(
+            err.contains("functions.f.batch.max_size: must be between 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("min_workers (3) is more than max_workers (2)"),
+            "{err}"
+        );
+        let both = parse_err("app = \"a\"\n[functions.f]\ncommand = [\"x\"]\nserve = [\"y\"]\n");
+        assert!(both.contains("not both"), "{both}");
     }
 
     #[test]

@@ -124,6 +124,20 @@ impl CallCounts {
         }
     }
 
+    /// The state of a call that may still be taking inputs: while it is, it has not ended.
+    pub fn state_while(&self, accepting_inputs: bool) -> CallState {
+        match self.state() {
+            s if s.is_terminal() && accepting_inputs => {
+                if self.total == 0 {
+                    InputState::Pending
+                } else {
+                    InputState::Running
+                }
+            }
+            s => s,
+        }
+    }
+
     /// Moves one input from `from` to `to`.
     pub fn shift(&mut self, from: InputState, to: InputState) {
         *self.slot(from) -= 1;

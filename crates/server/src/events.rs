@@ -10,6 +10,7 @@ pub struct Events {
     inputs: watch::Sender<u64>,
     calls: broadcast::Sender<CallId>,
     deploys: watch::Sender<u64>,
+    results: watch::Sender<u64>,
 }
 
 impl Default for Events {
@@ -18,6 +19,7 @@ impl Default for Events {
             inputs: watch::channel(0).0,
             calls: broadcast::channel(1024).0,
             deploys: watch::channel(0).0,
+            results: watch::channel(0).0,
         }
     }
 }
@@ -39,6 +41,15 @@ impl Events {
 
     pub fn watch_calls(&self) -> broadcast::Receiver<CallId> {
         self.calls.subscribe()
+    }
+
+    /// Some inputs ended (result streams may have more to read).
+    pub fn results_recorded(&self) {
+        self.results.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn watch_results(&self) -> watch::Receiver<u64> {
+        self.results.subscribe()
     }
 
     /// An app was deployed.

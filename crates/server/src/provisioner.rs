@@ -1,12 +1,17 @@
-//! The provisioner starts and supervises local workers: one `hopper worker` process per
-//! deployed command function, restarted if it exits, replaced when a deploy changes its
-//! concurrency, and stopped (SIGTERM, then SIGKILL) when the server stops.
+//! The provisioner starts, scales and supervises local workers: `hopper worker` processes for
+//! each deployed command or `serve` function, as many as its backlog needs within
+//! `min_workers..=max_workers` plus `buffer_workers` kept warm, stopping surplus workers once
+//! they have not been needed for `scaledown_window`. A worker that exits is replaced; a deploy
+//! that changes a function replaces its workers; the server's stop stops them all (SIGTERM,
+//! then SIGKILL).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use hopper_core::function::Runner;
+use hopper_core::FunctionSpec;
 use hopper_worker::process;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -16,23 +21,41 @@ use crate::state::AppState;
 
 /// How long stopping workers get to hand back or finish their inputs before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// A worker that exits sooner than this after starting is restarted only after this delay,
+/// A worker that exits sooner than this after starting is replaced only after this delay,
 /// so a broken setup does not spin.
 const RESTART_BACKOFF: Duration = Duration::from_secs(2);
+/// Fewest time between two passes, however many inputs arrive.
+const MIN_PASS_GAP: Duration = Duration::from_millis(50);
 
 struct Local {
     child: Child,
-    concurrency: u32,
     started: Instant,
+}
+
+/// The workers of one function.
+struct Pool {
+    /// The spec the workers were started with; a deploy that changes it replaces them.
+    spec: FunctionSpec,
+    workers: Vec<Local>,
+    /// Since when fewer workers than run have been needed.
+    surplus_since: Option<Instant>,
+    not_before: Option<Instant>,
 }
 
 pub struct Provisioner {
     state: AppState,
     program: PathBuf,
     server_url: String,
-    running: HashMap<String, Local>,
+    pools: HashMap<String, Pool>,
     stopping: Vec<Child>,
-    not_before: HashMap<String, Instant>,
+}
+
+/// Workers a function needs: enough slots for its backlog, plus the buffer, within its bounds.
+pub fn wanted(spec: &FunctionSpec, backlog: i64) -> u32 {
+    let slots = spec.slots().max(1) as i64;
+    let needed = ((backlog.max(0) + slots - 1) / slots) as u32;
+    let s = spec.scaling;
+    (needed + s.buffer_workers).clamp(s.min_workers, s.max_workers.max(s.min_workers))
 }
 
 impl Provisioner {
@@ -41,22 +64,25 @@ impl Provisioner {
             state,
             program,
             server_url,
-            running: HashMap::new(),
+            pools: HashMap::new(),
             stopping: Vec::new(),
-            not_before: HashMap::new(),
         }
     }
 
     /// Supervises workers until `shutdown`, then stops them all.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut deploys = self.state.events.watch_deploys();
+        let mut inputs = self.state.events.watch_inputs();
         loop {
             deploys.borrow_and_update();
+            inputs.borrow_and_update();
             if let Err(e) = self.reconcile().await {
                 tracing::warn!(error = %e, "provisioner pass failed; retrying");
             }
+            tokio::time::sleep(MIN_PASS_GAP).await;
             tokio::select! {
                 _ = deploys.changed() => {}
+                _ = inputs.changed() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.cancelled() => break,
             }
@@ -64,117 +90,224 @@ impl Provisioner {
         self.stop_all().await;
     }
 
-    /// Brings the running workers in line with the deployed functions.
+    /// Brings the running workers in line with the deployed functions and their backlogs.
     pub async fn reconcile(&mut self) -> Result<(), hopper_store::StoreError> {
-        let mut desired: HashMap<String, u32> = HashMap::new();
+        let mut specs: HashMap<String, FunctionSpec> = HashMap::new();
         for app in self.state.store.app_list().await? {
             for f in app.functions {
-                desired.insert(f.spec.qualified_name(), f.spec.concurrency);
-            }
-        }
-        let names: Vec<String> = self.running.keys().cloned().collect();
-        for name in names {
-            let Some(local) = self.running.get_mut(&name) else {
-                continue;
-            };
-            if let Ok(Some(status)) = local.child.try_wait() {
-                tracing::warn!(function = %name, %status, "local worker exited; restarting it");
-                if local.started.elapsed() < RESTART_BACKOFF {
-                    self.not_before
-                        .insert(name.clone(), Instant::now() + RESTART_BACKOFF);
-                }
-                self.running.remove(&name);
-                continue;
-            }
-            if desired.get(&name) != Some(&local.concurrency) {
-                if let Some(local) = self.running.remove(&name) {
-                    tracing::info!(function = %name, "replacing local worker after a deploy");
-                    self.terminate(local.child);
+                if f.spec.runner() != Runner::External {
+                    specs.insert(f.spec.qualified_name(), f.spec);
                 }
             }
         }
+        let backlog: HashMap<String, i64> = self
+            .state
+            .store
+            .function_backlog()
+            .await?
+            .into_iter()
+            .map(|b| (format!("{}.{}", b.app, b.function), b.pending + b.running))
+            .collect();
         self.stopping
             .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
-        for (name, concurrency) in desired {
-            if self.running.contains_key(&name) {
-                continue;
-            }
-            if self
-                .not_before
-                .get(&name)
-                .is_some_and(|t| Instant::now() < *t)
-            {
-                continue;
-            }
-            match self.start(&name, concurrency) {
-                Ok(child) => {
-                    tracing::info!(function = %name, pid = child.id(), "started local worker");
-                    self.running.insert(
-                        name,
-                        Local {
-                            child,
-                            concurrency,
-                            started: Instant::now(),
-                        },
-                    );
+
+        // Functions removed or changed by a deploy: their workers go.
+        let names: Vec<String> = self.pools.keys().cloned().collect();
+        for name in names {
+            if specs.get(&name) != self.pools.get(&name).map(|p| &p.spec) {
+                if let Some(pool) = self.pools.remove(&name) {
+                    tracing::info!(function = %name, workers = pool.workers.len(), "replacing local workers after a deploy");
+                    for w in pool.workers {
+                        self.terminate(w.child);
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(function = %name, error = %e, program = %self.program.display(), "cannot start local worker");
-                    self.not_before
-                        .insert(name, Instant::now() + RESTART_BACKOFF);
+            }
+        }
+
+        let now = Instant::now();
+        for (name, spec) in specs {
+            let want = wanted(&spec, backlog.get(&name).copied().unwrap_or(0)) as usize;
+            let window = Duration::from_millis(spec.scaling.scaledown_window_ms);
+            let pool = self.pools.entry(name.clone()).or_insert_with(|| Pool {
+                spec: spec.clone(),
+                workers: Vec::new(),
+                surplus_since: None,
+                not_before: None,
+            });
+            // Workers that exited are replaced (after a pause if they died young).
+            let mut exited_young = false;
+            pool.workers.retain_mut(|w| match w.child.try_wait() {
+                Ok(Some(status)) => {
+                    tracing::warn!(function = %name, %status, "local worker exited");
+                    exited_young |= w.started.elapsed() < RESTART_BACKOFF;
+                    false
+                }
+                _ => true,
+            });
+            if exited_young {
+                pool.not_before = Some(now + RESTART_BACKOFF);
+            }
+            let have = pool.workers.len();
+            if have > want {
+                let since = *pool.surplus_since.get_or_insert(now);
+                if now.duration_since(since) >= window {
+                    let surplus: Vec<Local> = pool.workers.drain(want..).collect();
+                    tracing::info!(function = %name, stopping = surplus.len(), left = want, "scaling down idle workers");
+                    pool.surplus_since = None;
+                    for w in surplus {
+                        terminate(&mut self.stopping, w.child);
+                    }
+                }
+                continue;
+            }
+            pool.surplus_since = None;
+            if have == want || pool.not_before.is_some_and(|t| now < t) {
+                continue;
+            }
+            if want > 0 {
+                tracing::info!(function = %name, from = have, to = want, "scaling up workers");
+            }
+            for _ in have..want {
+                match start(&self.state, &self.program, &self.server_url, &spec) {
+                    Ok(child) => pool.workers.push(Local {
+                        child,
+                        started: now,
+                    }),
+                    Err(e) => {
+                        tracing::error!(function = %name, error = %e, program = %self.program.display(), "cannot start local worker");
+                        pool.not_before = Some(now + RESTART_BACKOFF);
+                        break;
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    fn start(&self, function: &str, concurrency: u32) -> std::io::Result<Child> {
-        let mut cmd = Command::new(&self.program);
-        cmd.arg("worker")
-            .arg("--server")
-            .arg(&self.server_url)
-            .arg("--function")
-            .arg(function)
-            .arg("--concurrency")
-            .arg(concurrency.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
-        if let Some(filter) = &self.state.config.worker_log {
-            cmd.env("RUST_LOG", filter);
-        }
-        match &self.state.config.token {
-            Some(token) => cmd.env("HOPPER_TOKEN", token),
-            None => cmd.env_remove("HOPPER_TOKEN"),
-        };
-        // A local worker must not outlive its server, even one killed with SIGKILL.
-        process::isolate(&mut cmd, process::SIGKILL);
-        cmd.spawn()
-    }
-
     fn terminate(&mut self, child: Child) {
-        if let Some(pid) = child.id() {
-            let _ = process::signal_process(pid, process::SIGTERM);
-        }
-        self.stopping.push(child);
+        terminate(&mut self.stopping, child);
     }
 
     async fn stop_all(&mut self) {
-        let running: Vec<Local> = self.running.drain().map(|(_, l)| l).collect();
-        for local in running {
-            self.terminate(local.child);
+        let pools: Vec<Pool> = self.pools.drain().map(|(_, p)| p).collect();
+        for pool in pools {
+            for w in pool.workers {
+                self.terminate(w.child);
+            }
         }
         let deadline = Instant::now() + STOP_GRACE;
         for mut child in self.stopping.drain(..) {
-            match tokio::time::timeout_at(deadline, child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    if let Some(pid) = child.id() {
-                        let _ = process::signal_group(pid, process::SIGKILL);
-                    }
-                    let _ = child.wait().await;
+            if tokio::time::timeout_at(deadline, child.wait())
+                .await
+                .is_err()
+            {
+                if let Some(pid) = child.id() {
+                    let _ = process::signal_group(pid, process::SIGKILL);
                 }
+                let _ = child.wait().await;
             }
         }
+    }
+}
+
+fn terminate(stopping: &mut Vec<Child>, child: Child) {
+    if let Some(pid) = child.id() {
+        let _ = process::signal_process(pid, process::SIGTERM);
+    }
+    stopping.push(child);
+}
+
+fn start(
+    state: &AppState,
+    program: &PathBuf,
+    server_url: &str,
+    spec: &FunctionSpec,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.arg("worker")
+        .arg("--server")
+        .arg(server_url)
+        .arg("--function")
+        .arg(spec.qualified_name())
+        .arg("--concurrency")
+        .arg(spec.slots().to_string())
+        .arg("--kill-grace")
+        .arg(format!("{}ms", state.config.kill_grace.as_millis()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if let Some(filter) = &state.config.worker_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    match &state.config.token {
+        Some(token) => cmd.env("HOPPER_TOKEN", token),
+        None => cmd.env_remove("HOPPER_TOKEN"),
+    };
+    // A local worker must not outlive its server, even one killed with SIGKILL.
+    process::isolate(&mut cmd, process::SIGKILL);
+    cmd.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wanted;
+    use hopper_core::function::{BatchPolicy, ScalingPolicy};
+    use hopper_core::FunctionSpec;
+
+    fn spec(concurrency: u32, batch: Option<u32>, scaling: ScalingPolicy) -> FunctionSpec {
+        FunctionSpec {
+            app: "a".into(),
+            name: "f".into(),
+            command: vec!["true".into()],
+            serve: Vec::new(),
+            workdir: "/".into(),
+            env: Default::default(),
+            timeout_ms: 1_000,
+            retries: Default::default(),
+            concurrency,
+            batch: batch.map(|max_size| BatchPolicy {
+                max_size,
+                wait_ms: 10,
+            }),
+            scaling,
+        }
+    }
+
+    #[test]
+    fn workers_follow_the_backlog_within_bounds() {
+        let s = ScalingPolicy {
+            min_workers: 0,
+            max_workers: 8,
+            buffer_workers: 1,
+            scaledown_window_ms: 1_000,
+        };
+        let f = spec(4, None, s);
+        assert_eq!(wanted(&f, 0), 1, "the buffer stays warm");
+        assert_eq!(wanted(&f, 4), 2);
+        assert_eq!(wanted(&f, 5), 3);
+        assert_eq!(wanted(&f, 10_000), 8, "never more than max_workers");
+        let no_buffer = spec(
+            4,
+            None,
+            ScalingPolicy {
+                buffer_workers: 0,
+                ..s
+            },
+        );
+        assert_eq!(wanted(&no_buffer, 0), 0, "scales to zero");
+        let batched = spec(
+            2,
+            Some(64),
+            ScalingPolicy {
+                buffer_workers: 0,
+                ..s
+            },
+        );
+        assert_eq!(
+            wanted(&batched, 128),
+            1,
+            "a worker holds concurrency x batch size inputs"
+        );
+        assert_eq!(wanted(&batched, 129), 2);
     }
 }

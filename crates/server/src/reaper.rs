@@ -41,6 +41,9 @@ impl Reaper {
                 );
                 self.state.events.inputs_available();
             }
+            if report.timed_out > 0 {
+                self.state.events.results_recorded();
+            }
             for (call, _) in &report.finished_calls {
                 self.state.events.call_finished(call.clone());
             }

@@ -2,12 +2,13 @@
 
 use hopper_core::{CallId, CallState, InputState, UnixMillis};
 use hopper_store::{
-    CallCancel, CallInsert, CallInserted, CallList, CallPrune, CallRow, StoreError,
+    CallCancel, CallInsert, CallInserted, CallList, CallPrune, CallRow, FunctionBacklog,
+    InputAppend, InputResultRow, InputResults, ResultOrder, StoreError,
 };
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use crate::map::{call_row, count_column, db_err, error_text, CALL_COLUMNS};
+use crate::map::{call_row, count_column, db_err, error_json, error_text, state, CALL_COLUMNS};
 
 /// Inputs per multi-row `INSERT`; 7 parameters each stays far below SQLite's 32,766.
 const INSERT_CHUNK: usize = 500;
@@ -36,8 +37,9 @@ pub async fn insert(pool: &SqlitePool, p: CallInsert) -> Result<CallInserted, St
     }
     let total = p.inputs.len() as i64;
     let row = sqlx::query(&format!(
-        "INSERT INTO calls (id, app, function, version, origin, state, idempotency_key, n_total, n_pending, created_at)
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8) RETURNING {CALL_COLUMNS}"
+        "INSERT INTO calls (id, app, function, version, origin, state, idempotency_key, n_total, n_pending,
+                            accepting_inputs, discard_results, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10) RETURNING {CALL_COLUMNS}"
     ))
     .bind(p.id.as_str())
     .bind(&p.app)
@@ -46,29 +48,165 @@ pub async fn insert(pool: &SqlitePool, p: CallInsert) -> Result<CallInserted, St
     .bind(p.origin.as_str())
     .bind(&p.idempotency_key)
     .bind(total)
+    .bind(p.accepting_inputs as i64)
+    .bind(p.discard_results as i64)
     .bind(p.now)
     .fetch_one(&mut *tx)
     .await
     .map_err(db_err)?;
-    let call = call_row(&row)?;
-    for (chunk_no, chunk) in p.inputs.chunks(INSERT_CHUNK).enumerate() {
+    let mut call = call_row(&row)?;
+    insert_inputs(&mut tx, &call, 0, &p.inputs, p.now).await?;
+    // An empty map that takes no more inputs has ended already.
+    if settle(&mut tx, &p.id, &call, p.now).await?.is_some() {
+        call = reload(&mut tx, &p.id).await?;
+    }
+    tx.commit().await.map_err(db_err)?;
+    Ok(CallInserted::Created(call))
+}
+
+async fn insert_inputs(
+    conn: &mut SqliteConnection,
+    call: &CallRow,
+    start: i64,
+    inputs: &[String],
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    for (chunk_no, chunk) in inputs.chunks(INSERT_CHUNK).enumerate() {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO inputs (call_id, idx, app, function, version, state, input, not_before) ",
         );
         q.push_values(chunk.iter().enumerate(), |mut b, (i, input)| {
-            b.push_bind(p.id.as_str())
-                .push_bind((chunk_no * INSERT_CHUNK + i) as i64)
-                .push_bind(&p.app)
-                .push_bind(&p.function)
-                .push_bind(p.version)
+            b.push_bind(call.id.as_str())
+                .push_bind(start + (chunk_no * INSERT_CHUNK + i) as i64)
+                .push_bind(&call.app)
+                .push_bind(&call.function)
+                .push_bind(call.version)
                 .push("'pending'")
                 .push_bind(input)
-                .push_bind(p.now);
+                .push_bind(now);
         });
-        q.build().execute(&mut *tx).await.map_err(db_err)?;
+        q.build().execute(&mut *conn).await.map_err(db_err)?;
     }
+    Ok(())
+}
+
+async fn reload(conn: &mut SqliteConnection, id: &CallId) -> Result<CallRow, StoreError> {
+    let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    call_row(&row)
+}
+
+pub async fn append(pool: &SqlitePool, p: InputAppend) -> Result<CallRow, StoreError> {
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
+        .bind(p.call_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let Some(row) = row else {
+        return Err(StoreError::NotFound(format!("no call {}", p.call_id)));
+    };
+    let call = call_row(&row)?;
+    let total = call.counts.total;
+    let end = p.start + p.inputs.len() as i64;
+    if p.start < total && end <= total {
+        // A chunk we already have: the client retried a request whose answer it lost.
+        if p.done && call.accepting_inputs {
+            sqlx::query("UPDATE calls SET accepting_inputs = 0 WHERE id = $1")
+                .bind(p.call_id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let closed = reload(&mut tx, &p.call_id).await?;
+            settle(&mut tx, &p.call_id, &closed, p.now).await?;
+        }
+        let call = reload(&mut tx, &p.call_id).await?;
+        tx.commit().await.map_err(db_err)?;
+        return Ok(call);
+    }
+    if !call.accepting_inputs {
+        return Err(StoreError::Conflict(format!(
+            "call {} takes no more inputs (it is {} with {total} inputs)",
+            p.call_id, call.state
+        )));
+    }
+    if p.start != total {
+        return Err(StoreError::Conflict(format!(
+            "the chunk starts at index {} but call {} has {total} inputs: send start = {total}",
+            p.start, p.call_id
+        )));
+    }
+    insert_inputs(&mut tx, &call, p.start, &p.inputs, p.now).await?;
+    let n = p.inputs.len() as i64;
+    sqlx::query(
+        "UPDATE calls SET n_total = n_total + $2, n_pending = n_pending + $2, accepting_inputs = $3 WHERE id = $1",
+    )
+    .bind(p.call_id.as_str())
+    .bind(n)
+    .bind((!p.done) as i64)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let after = reload(&mut tx, &p.call_id).await?;
+    settle(&mut tx, &p.call_id, &after, p.now).await?;
+    let call = reload(&mut tx, &p.call_id).await?;
     tx.commit().await.map_err(db_err)?;
-    Ok(CallInserted::Created(call))
+    Ok(call)
+}
+
+pub async fn results(
+    pool: &SqlitePool,
+    p: InputResults,
+) -> Result<Vec<InputResultRow>, StoreError> {
+    let sql = match p.order {
+        ResultOrder::Index => {
+            "SELECT idx, state, output, error, done_seq FROM inputs WHERE call_id = $1 AND idx > $2 ORDER BY idx LIMIT $3"
+        }
+        ResultOrder::Completion => {
+            "SELECT idx, state, output, error, done_seq FROM inputs WHERE call_id = $1 AND done_seq > $2 ORDER BY done_seq LIMIT $3"
+        }
+    };
+    let rows = sqlx::query(sql)
+        .bind(p.call_id.as_str())
+        .bind(p.after)
+        .bind(p.limit as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(InputResultRow {
+                index: row.try_get("idx").map_err(db_err)?,
+                state: state(&row.try_get::<String, _>("state").map_err(db_err)?)?,
+                output: row.try_get("output").map_err(db_err)?,
+                error: error_json(row.try_get("error").map_err(db_err)?)?,
+                done_seq: row.try_get("done_seq").map_err(db_err)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn backlog(pool: &SqlitePool) -> Result<Vec<FunctionBacklog>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT app, function, SUM(n_pending) AS pending, SUM(n_running) AS running FROM calls
+         WHERE state IN ('pending', 'running') GROUP BY app, function",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(FunctionBacklog {
+                app: row.try_get("app").map_err(db_err)?,
+                function: row.try_get("function").map_err(db_err)?,
+                pending: row.try_get("pending").map_err(db_err)?,
+                running: row.try_get("running").map_err(db_err)?,
+            })
+        })
+        .collect()
 }
 
 pub async fn get(pool: &SqlitePool, id: &CallId) -> Result<Option<CallRow>, StoreError> {
@@ -138,14 +276,25 @@ pub async fn cancel(pool: &SqlitePool, p: CallCancel) -> Result<Option<CallRow>,
     .rows_affected();
     if moved > 0 {
         let row = sqlx::query(&format!(
-            "UPDATE calls SET n_cancelled = n_cancelled + n_pending + n_running, n_pending = 0, n_running = 0
-             WHERE id = $1 RETURNING {CALL_COLUMNS}"
+            "UPDATE calls SET n_cancelled = n_cancelled + n_pending + n_running, n_pending = 0, n_running = 0,
+             accepting_inputs = 0 WHERE id = $1 RETURNING {CALL_COLUMNS}"
         ))
         .bind(p.id.as_str())
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
         settle(&mut tx, &p.id, &call_row(&row)?, p.now).await?;
+    } else if exists
+        .as_deref()
+        .is_some_and(|s| s == "pending" || s == "running")
+    {
+        // A map still taking inputs whose inputs so far have all ended: cancelling it closes it.
+        sqlx::query("UPDATE calls SET accepting_inputs = 0, state = 'cancelled', finished_at = $2 WHERE id = $1")
+            .bind(p.id.as_str())
+            .bind(p.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
     }
     let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
         .bind(p.id.as_str())
@@ -190,8 +339,16 @@ pub async fn prune(pool: &SqlitePool, p: CallPrune) -> Result<u64, StoreError> {
     Ok(deleted)
 }
 
+/// What moving inputs between states did to their call.
+pub struct Shifted {
+    /// Set when the move ended the call.
+    pub finished: Option<(CallId, CallState)>,
+    /// The call after the move; none if the call is gone.
+    pub call: Option<CallRow>,
+}
+
 /// Moves `n` of a call's inputs from one state's counter to another's, and updates the call's
-/// derived state. Returns the call's new state when this move ended the call.
+/// derived state.
 pub async fn shift(
     conn: &mut SqliteConnection,
     id: &CallId,
@@ -199,7 +356,7 @@ pub async fn shift(
     to: InputState,
     n: i64,
     now: UnixMillis,
-) -> Result<Option<(CallId, CallState)>, StoreError> {
+) -> Result<Shifted, StoreError> {
     let (from_col, to_col) = (count_column(from), count_column(to));
     let row = sqlx::query(&format!(
         "UPDATE calls SET {from_col} = {from_col} - $1, {to_col} = {to_col} + $1 WHERE id = $2 RETURNING {CALL_COLUMNS}"
@@ -210,8 +367,18 @@ pub async fn shift(
     .await
     .map_err(db_err)?;
     match row {
-        Some(row) => settle(conn, id, &call_row(&row)?, now).await,
-        None => Ok(None),
+        Some(row) => {
+            let call = call_row(&row)?;
+            let finished = settle(conn, id, &call, now).await?;
+            Ok(Shifted {
+                finished,
+                call: Some(call),
+            })
+        }
+        None => Ok(Shifted {
+            finished: None,
+            call: None,
+        }),
     }
 }
 
@@ -222,7 +389,7 @@ async fn settle(
     call: &CallRow,
     now: UnixMillis,
 ) -> Result<Option<(CallId, CallState)>, StoreError> {
-    let derived = call.counts.state();
+    let derived = call.counts.state_while(call.accepting_inputs);
     if derived == call.state {
         return Ok(None);
     }

@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::apps::spec;
-use crate::calls::shift;
+use crate::calls::{shift, Shifted};
 use crate::map::{call_id, db_err, error_json, error_text, state, worker_id};
 
 pub async fn get(
@@ -272,7 +272,7 @@ async fn fail(
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
-            shift(
+            Ok(shift(
                 conn,
                 &input.call_id,
                 InputState::Running,
@@ -280,21 +280,11 @@ async fn fail(
                 1,
                 now,
             )
-            .await
+            .await?
+            .finished)
         }
         None => {
-            sqlx::query(
-                "UPDATE inputs SET state = 'failed', failures = $2, error = $3, finished_at = $4,
-                 worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
-            )
-            .bind(input.id)
-            .bind(failures)
-            .bind(error_text(error))
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
-            shift(
+            let shifted = shift(
                 conn,
                 &input.call_id,
                 InputState::Running,
@@ -302,9 +292,30 @@ async fn fail(
                 1,
                 now,
             )
+            .await?;
+            sqlx::query(
+                "UPDATE inputs SET state = 'failed', failures = $2, error = $3, finished_at = $4,
+                 worker_id = NULL, lease_expires_at = NULL, done_seq = $5 WHERE id = $1",
+            )
+            .bind(input.id)
+            .bind(failures)
+            .bind(error_text(error))
+            .bind(now)
+            .bind(done_seq(&shifted))
+            .execute(&mut *conn)
             .await
+            .map_err(db_err)?;
+            Ok(shifted.finished)
         }
     }
+}
+
+/// The input's position in the order its call's inputs ended.
+fn done_seq(shifted: &Shifted) -> Option<i64> {
+    shifted
+        .call
+        .as_ref()
+        .map(|c| c.counts.succeeded + c.counts.failed)
 }
 
 /// A lost lease: back to the queue at once, unless it was lost too often.
@@ -331,7 +342,7 @@ async fn requeue_lost(
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
-        return shift(
+        return Ok(shift(
             conn,
             &input.call_id,
             InputState::Running,
@@ -339,7 +350,8 @@ async fn requeue_lost(
             1,
             now,
         )
-        .await;
+        .await?
+        .finished);
     }
     sqlx::query(
         "UPDATE inputs SET state = 'pending', lost = $2, not_before = $3, worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
@@ -350,7 +362,7 @@ async fn requeue_lost(
     .execute(&mut *conn)
     .await
     .map_err(db_err)?;
-    shift(
+    Ok(shift(
         conn,
         &input.call_id,
         InputState::Running,
@@ -358,7 +370,8 @@ async fn requeue_lost(
         1,
         now,
     )
-    .await
+    .await?
+    .finished)
 }
 
 pub async fn complete_many(
@@ -394,6 +407,7 @@ pub async fn complete_many(
             let (name, error) = match outcome {
                 Outcome::Succeeded { .. } => ("succeeded", None),
                 Outcome::Failed { error } => ("failed", Some(error)),
+                Outcome::Returned { error } => ("lost", Some(error)),
             };
             attempt_record(&mut tx, &input, name, error, p.now, true).await?;
             out.push(CompletionRow {
@@ -405,17 +419,7 @@ pub async fn complete_many(
         let call_finished = match outcome {
             Outcome::Succeeded { output } => {
                 attempt_record(&mut tx, &input, "succeeded", None, p.now, false).await?;
-                sqlx::query(
-                    "UPDATE inputs SET state = 'succeeded', output = $2, error = NULL, finished_at = $3,
-                     worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
-                )
-                .bind(input.id)
-                .bind(output.to_string())
-                .bind(p.now)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                shift(
+                let shifted = shift(
                     &mut tx,
                     &input.call_id,
                     InputState::Running,
@@ -423,9 +427,23 @@ pub async fn complete_many(
                     1,
                     p.now,
                 )
-                .await?
+                .await?;
+                let keep = !shifted.call.as_ref().is_some_and(|c| c.discard_results);
+                sqlx::query(
+                    "UPDATE inputs SET state = 'succeeded', output = $2, error = NULL, finished_at = $3,
+                     worker_id = NULL, lease_expires_at = NULL, done_seq = $4 WHERE id = $1",
+                )
+                .bind(input.id)
+                .bind(keep.then(|| output.to_string()))
+                .bind(p.now)
+                .bind(done_seq(&shifted))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                shifted.finished
             }
             Outcome::Failed { error } => fail(&mut tx, &mut specs, &input, error, p.now).await?,
+            Outcome::Returned { error } => requeue_lost(&mut tx, &input, error, p.now).await?,
         };
         out.push(CompletionRow {
             recorded: true,

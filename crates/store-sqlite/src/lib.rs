@@ -109,6 +109,18 @@ impl Store for SqliteStore {
         calls::prune(&self.writer, params).await
     }
 
+    async fn input_append(&self, params: InputAppend) -> Result<CallRow, StoreError> {
+        calls::append(&self.writer, params).await
+    }
+
+    async fn input_results(&self, params: InputResults) -> Result<Vec<InputResultRow>, StoreError> {
+        calls::results(&self.reader, params).await
+    }
+
+    async fn function_backlog(&self) -> Result<Vec<FunctionBacklog>, StoreError> {
+        calls::backlog(&self.reader).await
+    }
+
     async fn input_get(
         &self,
         call_id: &CallId,

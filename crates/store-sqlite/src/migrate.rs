@@ -6,8 +6,10 @@ use crate::map::db_err;
 use hopper_store::StoreError;
 
 /// `(number, name, SQL)`, in order. The numbers and names are the same in every backend.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "map", include_str!("../migrations/0002_map.sql")),
+];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write
 /// lock (`BEGIN IMMEDIATE`), so two processes opening the same file cannot both apply one.

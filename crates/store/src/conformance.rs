@@ -44,6 +44,13 @@ macro_rules! conformance_suite {
             a_stopped_worker_hands_its_leases_back,
             a_lease_lost_too_often_fails_the_input,
             concurrent_leasing_never_hands_an_input_out_twice,
+            a_streaming_map_takes_chunks_and_ends_only_when_closed,
+            a_retried_chunk_is_taken_once_and_a_gap_is_refused,
+            results_stream_by_index_and_by_completion,
+            for_each_keeps_no_outputs,
+            a_returned_input_runs_again_without_using_a_retry,
+            backlog_counts_unfinished_inputs_per_function,
+            an_empty_closed_map_has_ended,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -69,6 +76,9 @@ fn spec(app: &str, name: &str, max_retries: u32, timeout_ms: u64) -> FunctionSpe
         app: app.into(),
         name: name.into(),
         command: vec!["true".into()],
+        serve: Vec::new(),
+        batch: None,
+        scaling: Default::default(),
         workdir: "/".into(),
         env: Default::default(),
         timeout_ms,
@@ -120,6 +130,8 @@ async fn spawn_n(store: &dyn Store, function: &str, inputs: usize, now: i64) -> 
             },
             idempotency_key: None,
             inputs: (0..inputs).map(|i| json!({ "i": i }).to_string()).collect(),
+            accepting_inputs: false,
+            discard_results: false,
             now,
         })
         .await
@@ -280,6 +292,8 @@ pub async fn an_idempotency_key_returns_the_same_call(store: Arc<dyn Store>) {
         origin: Origin::Spawn,
         idempotency_key: Some("order-42".into()),
         inputs: vec!["1".into()],
+        accepting_inputs: false,
+        discard_results: false,
         now: T0,
     };
     let first = match store.call_insert(insert(CallId::generate())).await.unwrap() {
@@ -310,6 +324,8 @@ pub async fn an_idempotency_key_of_another_function_conflicts(store: Arc<dyn Sto
         origin: Origin::Spawn,
         idempotency_key: Some("k".into()),
         inputs: vec!["1".into()],
+        accepting_inputs: false,
+        discard_results: false,
         now: T0,
     };
     store.call_insert(insert("ok")).await.unwrap();
@@ -938,4 +954,262 @@ pub async fn concurrent_leasing_never_hands_an_input_out_twice(store: Arc<dyn St
         }
     }
     assert_eq!(seen.len(), 500);
+}
+
+async fn open_map(store: &dyn Store, first: usize, discard_results: bool) -> CallRow {
+    match store
+        .call_insert(CallInsert {
+            id: CallId::generate(),
+            app: "a".into(),
+            function: "ok".into(),
+            version: 1,
+            origin: Origin::Map,
+            idempotency_key: None,
+            inputs: (0..first).map(|i| json!(i).to_string()).collect(),
+            accepting_inputs: true,
+            discard_results,
+            now: T0,
+        })
+        .await
+        .unwrap()
+    {
+        CallInserted::Created(c) => c,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn append(
+    store: &dyn Store,
+    call: &CallId,
+    start: i64,
+    n: i64,
+    done: bool,
+) -> Result<CallRow, StoreError> {
+    store
+        .input_append(InputAppend {
+            call_id: call.clone(),
+            start,
+            inputs: (start..start + n).map(|i| json!(i).to_string()).collect(),
+            done,
+            now: T0,
+        })
+        .await
+}
+
+async fn run_all(store: &dyn Store, w: &WorkerId, output: impl Fn(&str) -> Outcome) {
+    loop {
+        let batch = lease(store, w, "ok", 100, T0).await;
+        if batch.is_empty() {
+            return;
+        }
+        for l in batch {
+            complete(store, w, l.lease, output(&l.input), T0).await;
+        }
+    }
+}
+
+pub async fn a_streaming_map_takes_chunks_and_ends_only_when_closed(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = open_map(&*store, 2, false).await;
+    assert!(call.accepting_inputs);
+    run_all(&*store, &w, |i| Outcome::Succeeded {
+        output: serde_json::from_str(i).unwrap(),
+    })
+    .await;
+    let after_first = store.call_get(&call.id).await.unwrap().unwrap();
+    assert_eq!(after_first.counts.succeeded, 2);
+    assert_eq!(
+        after_first.state,
+        InputState::Running,
+        "a map taking inputs has not ended"
+    );
+    let more = append(&*store, &call.id, 2, 3, true).await.unwrap();
+    assert_eq!(more.counts.total, 5);
+    assert!(!more.accepting_inputs);
+    run_all(&*store, &w, |i| Outcome::Succeeded {
+        output: serde_json::from_str(i).unwrap(),
+    })
+    .await;
+    let done = store.call_get(&call.id).await.unwrap().unwrap();
+    assert_eq!(done.state, InputState::Succeeded);
+    let err = append(&*store, &call.id, 5, 1, false).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+}
+
+pub async fn a_retried_chunk_is_taken_once_and_a_gap_is_refused(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let call = open_map(&*store, 0, false).await;
+    assert_eq!(call.state, InputState::Pending);
+    append(&*store, &call.id, 0, 10, false).await.unwrap();
+    let again = append(&*store, &call.id, 0, 10, false).await.unwrap();
+    assert_eq!(again.counts.total, 10, "the same chunk twice is taken once");
+    let gap = append(&*store, &call.id, 12, 1, false).await.unwrap_err();
+    assert!(gap.to_string().contains("send start = 10"), "{gap}");
+    let overlap = append(&*store, &call.id, 5, 10, false).await.unwrap_err();
+    assert!(matches!(overlap, StoreError::Conflict(_)), "{overlap}");
+    let missing = append(&*store, &CallId::generate(), 0, 1, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound(_)), "{missing}");
+}
+
+pub async fn results_stream_by_index_and_by_completion(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = open_map(&*store, 3, false).await;
+    append(&*store, &call.id, 3, 0, true).await.unwrap();
+    let leased = lease(&*store, &w, "ok", 3, T0).await;
+    // Finish in the order 2, 0; input 1 is still running.
+    complete(
+        &*store,
+        &w,
+        leased[2].lease,
+        Outcome::Succeeded {
+            output: json!("two"),
+        },
+        T0,
+    )
+    .await;
+    complete(&*store, &w, leased[0].lease, failed("bad"), T0).await;
+    let by_index = store
+        .input_results(InputResults {
+            call_id: call.id.clone(),
+            order: ResultOrder::Index,
+            after: -1,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_index.iter().map(|r| r.state).collect::<Vec<_>>(),
+        [
+            InputState::Failed,
+            InputState::Running,
+            InputState::Succeeded
+        ]
+    );
+    assert_eq!(by_index[0].error.as_ref().unwrap().code, "bad");
+    let by_completion = store
+        .input_results(InputResults {
+            call_id: call.id.clone(),
+            order: ResultOrder::Completion,
+            after: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_completion.iter().map(|r| r.index).collect::<Vec<_>>(),
+        [2, 0]
+    );
+    assert_eq!(by_completion[0].output.as_deref(), Some("\"two\""));
+    let rest = store
+        .input_results(InputResults {
+            call_id: call.id.clone(),
+            order: ResultOrder::Completion,
+            after: by_completion[1].done_seq.unwrap(),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert!(rest.is_empty());
+}
+
+pub async fn for_each_keeps_no_outputs(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = open_map(&*store, 2, true).await;
+    append(&*store, &call.id, 2, 0, true).await.unwrap();
+    run_all(&*store, &w, |_| Outcome::Succeeded {
+        output: json!("big"),
+    })
+    .await;
+    let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+    assert_eq!(input.state, InputState::Succeeded);
+    assert_eq!(input.output, None);
+    assert_eq!(
+        store.call_get(&call.id).await.unwrap().unwrap().state,
+        InputState::Succeeded
+    );
+}
+
+pub async fn a_returned_input_runs_again_without_using_a_retry(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    let done = complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Returned {
+            error: InputError {
+                code: "serve_crashed".into(),
+                message: "the process died".into(),
+            },
+        },
+        T0,
+    )
+    .await;
+    assert!(done.recorded);
+    let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+    assert_eq!((input.state, input.failures), (InputState::Pending, 0));
+    assert_eq!(
+        lease(&*store, &w, "ok", 1, T0).await.len(),
+        1,
+        "it runs again at once"
+    );
+}
+
+pub async fn backlog_counts_unfinished_inputs_per_function(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    spawn_n(&*store, "ok", 5, T0).await;
+    spawn_n(&*store, "retry", 2, T0).await;
+    lease(&*store, &w, "ok", 2, T0).await;
+    let mut backlog = store.function_backlog().await.unwrap();
+    backlog.sort_by(|a, b| a.function.cmp(&b.function));
+    assert_eq!(backlog.len(), 2);
+    assert_eq!(
+        (
+            backlog[0].function.as_str(),
+            backlog[0].pending,
+            backlog[0].running
+        ),
+        ("ok", 3, 2)
+    );
+    assert_eq!(
+        (
+            backlog[1].function.as_str(),
+            backlog[1].pending,
+            backlog[1].running
+        ),
+        ("retry", 2, 0)
+    );
+}
+
+pub async fn an_empty_closed_map_has_ended(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let call = match store
+        .call_insert(CallInsert {
+            id: CallId::generate(),
+            app: "a".into(),
+            function: "ok".into(),
+            version: 1,
+            origin: Origin::Map,
+            idempotency_key: None,
+            inputs: Vec::new(),
+            accepting_inputs: false,
+            discard_results: false,
+            now: T0,
+        })
+        .await
+        .unwrap()
+    {
+        CallInserted::Created(c) => c,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(call.state, InputState::Succeeded);
+    assert_eq!(call.finished_at, Some(T0));
 }

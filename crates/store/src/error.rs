@@ -11,6 +11,12 @@ pub enum StoreError {
         call_id: String,
         function: String,
     },
+    /// The thing named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The operation does not fit the current state (e.g. inputs for a map that was closed).
+    #[error("{0}")]
+    Conflict(String),
     /// The database cannot be reached or is busy; the operation changed nothing and may be retried.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),

@@ -58,6 +58,17 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes calls that ended before `finished_before`, with their inputs, attempts and logs.
     async fn call_prune_finished(&self, params: CallPrune) -> Result<u64, StoreError>;
 
+    /// Appends a chunk of inputs to a call that is accepting them. A chunk whose inputs are
+    /// already there (a retried request) changes nothing; a gap or an overlap is a conflict.
+    async fn input_append(&self, params: InputAppend) -> Result<CallRow, StoreError>;
+
+    /// Results of a call's inputs after a cursor: by index (every input, ended or not, so the
+    /// caller can stop at the first that has not ended) or in the order they ended.
+    async fn input_results(&self, params: InputResults) -> Result<Vec<InputResultRow>, StoreError>;
+
+    /// Pending and running inputs per function, over calls that have not ended.
+    async fn function_backlog(&self) -> Result<Vec<FunctionBacklog>, StoreError>;
+
     /// One input of a call.
     async fn input_get(&self, call_id: &CallId, index: i64)
         -> Result<Option<InputRow>, StoreError>;

@@ -35,7 +35,39 @@ pub struct CallInsert {
     pub idempotency_key: Option<String>,
     /// Each input's JSON text, in index order.
     pub inputs: Vec<String>,
+    /// More inputs will be appended (a streaming map); the call cannot end until they stop.
+    pub accepting_inputs: bool,
+    /// Keep no outputs (`for_each`).
+    pub discard_results: bool,
     pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone)]
+pub struct InputAppend {
+    pub call_id: CallId,
+    /// Index of the first input in `inputs`.
+    pub start: i64,
+    pub inputs: Vec<String>,
+    /// No more inputs after these.
+    pub done: bool,
+    pub now: UnixMillis,
+}
+
+/// The order of a result stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultOrder {
+    /// By input index; `after` is the last index read (-1 to start).
+    Index,
+    /// In the order inputs ended; `after` is the last completion position read (0 to start).
+    Completion,
+}
+
+#[derive(Debug, Clone)]
+pub struct InputResults {
+    pub call_id: CallId,
+    pub order: ResultOrder,
+    pub after: i64,
+    pub limit: u32,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -27,8 +27,31 @@ pub struct CallRow {
     pub state: CallState,
     pub counts: CallCounts,
     pub idempotency_key: Option<String>,
+    pub accepting_inputs: bool,
+    pub discard_results: bool,
     pub created_at: UnixMillis,
     pub finished_at: Option<UnixMillis>,
+}
+
+/// One input's state and result, for a result stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputResultRow {
+    pub index: i64,
+    pub state: InputState,
+    /// JSON text.
+    pub output: Option<String>,
+    pub error: Option<InputError>,
+    /// Position in the order inputs ended (succeeded or failed); none until then.
+    pub done_seq: Option<i64>,
+}
+
+/// Unfinished work of one function, summed over its calls that have not ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionBacklog {
+    pub app: String,
+    pub function: String,
+    pub pending: i64,
+    pub running: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

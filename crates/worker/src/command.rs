@@ -7,16 +7,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use hopper_core::api::{InputError, Lease, LogLine, LogStream, Outcome};
+use hopper_core::api::{InputError, Lease, LogStream, Outcome};
 use hopper_core::FunctionSpec;
+use hopper_sdk::runtime::{Job, LogSink};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
 
-use crate::outbox::Outbox;
 use crate::process;
 
 /// Stdout kept for parsing as the output; a command printing more fails with `output_too_large`.
@@ -24,31 +23,17 @@ const MAX_STDOUT: usize = 64 * 1024 * 1024;
 /// Stderr lines quoted in the error of a failed attempt.
 const STDERR_TAIL: usize = 5;
 
-/// Which input this is, for the command's environment and its log lines.
-pub struct InputContext<'a> {
-    pub lease: Lease,
-    pub call_id: &'a str,
-    pub index: i64,
-    pub input: &'a Value,
-}
-
-/// Runs the command for one input. Returns `None` if `cancel` fired (the lease was lost or
-/// the call cancelled): the process group is killed and nothing is reported.
+/// Runs the command for one input. Returns `None` if the job's `cancel` fired (the lease was
+/// lost, the call cancelled, or the worker is stopping): the process group is killed and
+/// nothing is reported.
 pub async fn run(
     spec: &FunctionSpec,
-    ctx: InputContext<'_>,
+    ctx: &Job,
     kill_grace: Duration,
-    cancel: &CancellationToken,
-    outbox: &Outbox,
+    logs: &LogSink,
 ) -> Option<Outcome> {
-    let log = |stream: LogStream, line: String| {
-        outbox.log(LogLine {
-            lease: ctx.lease,
-            stream,
-            ts_ms: now_ms(),
-            line,
-        })
-    };
+    let cancel = &ctx.cancel;
+    let log = |stream: LogStream, line: String| logs.line(ctx.lease, stream, line);
     let output_path = std::env::temp_dir().join(format!(
         "hopper-output-{}-{}-{}.json",
         std::process::id(),
@@ -66,7 +51,7 @@ pub async fn run(
         .current_dir(workdir)
         .envs(&spec.env)
         .env("HOPPER_OUTPUT", &output_path)
-        .env("HOPPER_CALL_ID", ctx.call_id)
+        .env("HOPPER_CALL_ID", ctx.call_id.as_str())
         .env("HOPPER_INPUT_INDEX", ctx.index.to_string())
         .env("HOPPER_ATTEMPT", ctx.lease.attempt.to_string())
         .env("HOPPER_FUNCTION", spec.qualified_name())
@@ -93,14 +78,22 @@ pub async fn run(
         });
     }
     let stdout = child.stdout.take().map(|out| {
-        let outbox = outbox.clone();
-        let lease = ctx.lease;
-        tokio::spawn(read_lines(out, LogStream::Stdout, lease, outbox, true))
+        tokio::spawn(read_lines(
+            out,
+            LogStream::Stdout,
+            ctx.lease,
+            logs.clone(),
+            true,
+        ))
     });
     let stderr = child.stderr.take().map(|err| {
-        let outbox = outbox.clone();
-        let lease = ctx.lease;
-        tokio::spawn(read_lines(err, LogStream::Stderr, lease, outbox, false))
+        tokio::spawn(read_lines(
+            err,
+            LogStream::Stderr,
+            ctx.lease,
+            logs.clone(),
+            false,
+        ))
     });
 
     let timeout = Duration::from_millis(spec.timeout_ms);
@@ -251,7 +244,7 @@ async fn read_lines(
     stream: impl AsyncRead + Unpin,
     which: LogStream,
     lease: Lease,
-    outbox: Outbox,
+    logs: LogSink,
     keep_bytes: bool,
 ) -> Captured {
     let mut reader = BufReader::new(stream);
@@ -279,12 +272,7 @@ async fn read_lines(
             }
             captured.tail.push(line.clone());
         }
-        outbox.log(LogLine {
-            lease,
-            stream: which,
-            ts_ms: now_ms(),
-            line,
-        });
+        logs.line(lease, which, line);
     }
     captured
 }
@@ -307,13 +295,6 @@ fn failed(code: &str, message: String) -> Outcome {
             message,
         },
     }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 struct RemoveOnDrop(PathBuf);

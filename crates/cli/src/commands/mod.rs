@@ -1,7 +1,9 @@
 //! One module per subcommand, and what they share: the client, input parsing, durations.
 
 mod apps;
+mod bench;
 mod calls;
+mod map;
 mod run;
 mod serve;
 mod worker;
@@ -22,6 +24,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::BenchServe => bench::serve_noop().await,
         Command::Run {
             manifest,
             function,
@@ -43,6 +47,32 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             timeout,
             client,
         } => calls::get(&client, &call_id, &timeout).await,
+        Command::Map {
+            function,
+            inputs,
+            unordered,
+            return_exceptions,
+            starmap,
+            for_each,
+            chunk_size,
+            client,
+        } => {
+            let options = hopper_sdk::MapOptions {
+                ordered: !unordered,
+                return_exceptions,
+                starmap,
+                discard_results: for_each,
+                chunk_size,
+            };
+            map::map(&client, &function, &inputs, options).await
+        }
+        Command::Results {
+            call_id,
+            after,
+            unordered,
+            return_exceptions,
+            client,
+        } => map::results(&client, &call_id, after, !unordered, return_exceptions).await,
         Command::Cancel { call_id, client } => calls::cancel(&client, &call_id).await,
         Command::Calls {
             function,

@@ -37,10 +37,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
         concurrency: args.concurrency,
         host: host_name(),
         drain: drain?,
-        kill_grace: kill_grace?,
     };
     let shutdown = stop_on_signals()?;
-    hopper_worker::run(config, shutdown).await?;
+    hopper_worker::run(config, kill_grace?, shutdown).await?;
     Ok(Code::Ok)
 }
 

@@ -37,7 +37,37 @@ pub async fn spawn(
             state.config.max_payload_bytes,
         ));
     }
-    let header_key = match headers.get("idempotency-key") {
+    let key = idempotency_key(&headers, req.idempotency_key)?;
+    let inserted = state
+        .store
+        .call_insert(CallInsert {
+            id: CallId::generate(),
+            app: function.spec.app.clone(),
+            function: function.spec.name.clone(),
+            version: function.version,
+            origin: Origin::Spawn,
+            idempotency_key: key,
+            inputs: vec![input],
+            accepting_inputs: false,
+            discard_results: false,
+            now: state.now(),
+        })
+        .await?;
+    match inserted {
+        CallInserted::Created(call) => {
+            state.events.inputs_available();
+            Ok((StatusCode::CREATED, Json(views::call(&call, None))))
+        }
+        CallInserted::Existing(call) => Ok((StatusCode::OK, Json(view(&state, &call).await?))),
+    }
+}
+
+/// The idempotency key from the `Idempotency-Key` header or the body, checked.
+pub fn idempotency_key(
+    headers: &HeaderMap,
+    body: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let header = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
                 .map_err(|_| {
@@ -50,7 +80,7 @@ pub async fn spawn(
         ),
         None => None,
     };
-    let key = match (header_key, req.idempotency_key) {
+    let key = match (header, body) {
         (Some(h), Some(b)) if h != b => {
             return Err(ApiError::bad_request(
                 "invalid_idempotency_key",
@@ -67,29 +97,10 @@ pub async fn spawn(
             ));
         }
     }
-    let inserted = state
-        .store
-        .call_insert(CallInsert {
-            id: CallId::generate(),
-            app: function.spec.app.clone(),
-            function: function.spec.name.clone(),
-            version: function.version,
-            origin: Origin::Spawn,
-            idempotency_key: key,
-            inputs: vec![input],
-            now: state.now(),
-        })
-        .await?;
-    match inserted {
-        CallInserted::Created(call) => {
-            state.events.inputs_available();
-            Ok((StatusCode::CREATED, Json(views::call(&call, None))))
-        }
-        CallInserted::Existing(call) => Ok((StatusCode::OK, Json(view(&state, &call).await?))),
-    }
+    Ok(key)
 }
 
-async fn view(state: &AppState, call: &CallRow) -> Result<CallView, ApiError> {
+pub async fn view(state: &AppState, call: &CallRow) -> Result<CallView, ApiError> {
     let first = if call.counts.total == 1 {
         state.store.input_get(&call.id, 0).await?
     } else {
@@ -98,13 +109,13 @@ async fn view(state: &AppState, call: &CallRow) -> Result<CallView, ApiError> {
     Ok(views::call(call, first.as_ref()))
 }
 
-fn parse_id(text: &str) -> Result<CallId, ApiError> {
+pub fn parse_id(text: &str) -> Result<CallId, ApiError> {
     text.parse().map_err(|e: hopper_core::ids::IdError| {
         ApiError::bad_request("invalid_call_id", e.to_string())
     })
 }
 
-async fn load(state: &AppState, id: &CallId) -> Result<CallRow, ApiError> {
+pub async fn load(state: &AppState, id: &CallId) -> Result<CallRow, ApiError> {
     state.store.call_get(id).await?.ok_or_else(|| {
         ApiError::not_found(
             "unknown_call",

@@ -46,6 +46,8 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyConflict { .. } => {
                 Self::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
             }
+            StoreError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "unknown_call", m),
+            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Unavailable(_) => {
                 tracing::warn!(error = %e, "store unavailable");
                 Self::new(

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod calls;
 pub mod error;
 pub mod extract;
+pub mod maps;
 pub mod views;
 pub mod workers;
 
@@ -25,6 +26,9 @@ pub fn router(state: AppState) -> Router {
         .route("/functions", get(apps::functions))
         .route("/functions/{name}", get(apps::function))
         .route("/functions/{name}/calls", post(calls::spawn))
+        .route("/functions/{name}/map", post(maps::map))
+        .route("/calls/{id}/inputs", post(maps::append))
+        .route("/calls/{id}/results", get(maps::results))
         .route("/calls", get(calls::list))
         .route("/calls/{id}", get(calls::get))
         .route("/calls/{id}/cancel", post(calls::cancel))

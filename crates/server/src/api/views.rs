@@ -49,6 +49,8 @@ pub fn call(row: &CallRow, first: Option<&InputRow>) -> CallView {
             .and_then(|i| i.error.clone()),
         attempts: single.map_or(0, |i| i.attempts),
         idempotency_key: row.idempotency_key.clone(),
+        accepting_inputs: row.accepting_inputs,
+        discard_results: row.discard_results,
     }
 }
 

@@ -236,6 +236,9 @@ pub async fn complete(
         })
         .await?;
     let mut requeued = false;
+    if rows.iter().any(|r| r.recorded) {
+        state.events.results_recorded();
+    }
     for row in &rows {
         if let Some((call, _)) = &row.call_finished {
             state.events.call_finished(call.clone());

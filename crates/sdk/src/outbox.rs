@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::client::{Client, Error};
 use hopper_core::api::{InputResult, LogLine};
 use hopper_core::WorkerId;
-use hopper_sdk::{Client, Error};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

@@ -1,0 +1,363 @@
+//! `hopper bench`: throughput and latency on this machine, each scenario against a fresh
+//! `hopper serve` on a temporary data dir, with nothing given up on durability.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use hopper_core::api::DeployRequest;
+use hopper_sdk::handlers::FunctionOptions;
+use hopper_sdk::{Client, MapOptions, Worker};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::BenchArgs;
+use crate::exit::{self, Code};
+use crate::output;
+
+const SCENARIOS: [&str; 5] = ["enqueue", "in-process", "command", "latency", "map"];
+
+/// One scenario's figures.
+#[derive(Debug, Serialize)]
+struct Figures {
+    scenario: String,
+    inputs: u64,
+    seconds: f64,
+    inputs_per_s: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    peak_rss_bytes: Option<u64>,
+}
+
+/// A `hopper serve` child on a temporary data dir.
+struct BenchServer {
+    child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl BenchServer {
+    fn start() -> anyhow::Result<Self> {
+        let data = tempfile::tempdir().context("cannot create a temporary folder")?;
+        let exe = std::env::current_exe().context("cannot find this program")?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start hopper serve")?;
+        let stdout = child.stdout.take().context("no stdout from hopper serve")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix("hopper listening on ")
+            .with_context(|| format!("unexpected output from hopper serve: {line:?}"))?
+            .to_string();
+        Ok(Self {
+            child,
+            url,
+            _data: data,
+        })
+    }
+
+    /// The server's peak resident memory so far (Linux `VmHWM`).
+    fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn manifest() -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("cannot find this program")?;
+    Ok(format!(
+        r#"app = "bench"
+
+[functions.noop]
+external = true
+concurrency = 1000
+min_workers = 0
+
+[functions.serve_noop]
+serve = [{exe:?}, "bench-serve"]
+concurrency = 16
+batch = {{ max_size = 64, wait = "2ms" }}
+min_workers = 1
+max_workers = 1
+"#,
+        exe = exe.display().to_string()
+    ))
+}
+
+async fn deployed(server: &BenchServer) -> anyhow::Result<Client> {
+    let client = Client::new(&server.url, None)?;
+    client
+        .deploy(&DeployRequest {
+            manifest: manifest()?,
+            file: "<bench>".into(),
+            base_dir: "/".into(),
+        })
+        .await?;
+    Ok(client)
+}
+
+/// An in-process worker serving `bench.noop`, until the token is cancelled.
+fn in_process_worker(client: &Client) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let options = FunctionOptions {
+        concurrency: 1000,
+        ..FunctionOptions::default()
+    };
+    let worker = Worker::new(client.clone(), "bench")
+        .function_with("noop", options, |_: Value| async {
+            Ok::<Value, String>(Value::Null)
+        })
+        .drain(Duration::from_secs(5));
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = worker.run(token).await {
+            eprintln!("bench worker: {e}");
+        }
+    });
+    (stop, task)
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> Option<f64> {
+    if sorted_ms.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * (sorted_ms.len() - 1) as f64).round() as usize;
+    sorted_ms.get(rank.min(sorted_ms.len() - 1)).copied()
+}
+
+fn figures(
+    scenario: &str,
+    inputs: u64,
+    elapsed: Duration,
+    mut latencies: Vec<f64>,
+    server: &BenchServer,
+) -> Figures {
+    latencies.sort_by(f64::total_cmp);
+    let seconds = elapsed.as_secs_f64();
+    Figures {
+        scenario: scenario.into(),
+        inputs,
+        seconds: (seconds * 1000.0).round() / 1000.0,
+        inputs_per_s: if seconds > 0.0 {
+            (inputs as f64 / seconds).round()
+        } else {
+            0.0
+        },
+        p50_ms: percentile(&latencies, 50.0).map(|v| (v * 1000.0).round() / 1000.0),
+        p99_ms: percentile(&latencies, 99.0).map(|v| (v * 1000.0).round() / 1000.0),
+        peak_rss_bytes: server.peak_rss(),
+    }
+}
+
+async fn enqueue(n: u64) -> anyhow::Result<Figures> {
+    let server = BenchServer::start()?;
+    let client = deployed(&server).await?;
+    let started = Instant::now();
+    let latencies: Vec<f64> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let t = Instant::now();
+                client
+                    .spawn("bench.noop", Value::from(i), None)
+                    .await
+                    .map(|_| t.elapsed().as_secs_f64() * 1000.0)
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    Ok(figures("enqueue", n, started.elapsed(), latencies, &server))
+}
+
+/// Maps `n` no-op inputs over `function` and reads every result back.
+async fn map_through(
+    scenario: &str,
+    function: &str,
+    n: u64,
+    in_process: bool,
+) -> anyhow::Result<Figures> {
+    let server = BenchServer::start()?;
+    let client = deployed(&server).await?;
+    let worker = in_process.then(|| in_process_worker(&client));
+    let started = Instant::now();
+    let options = MapOptions {
+        ordered: false,
+        discard_results: true,
+        chunk_size: 5_000,
+        ..MapOptions::default()
+    };
+    let mut run = client
+        .map::<u64, Value, _>(function, futures_util::stream::iter(0..n), options)
+        .await?;
+    let mut got = 0u64;
+    while let Some(item) = run.next().await {
+        item?;
+        got += 1;
+    }
+    let elapsed = started.elapsed();
+    if got != n {
+        bail!("{scenario}: {got} results for {n} inputs");
+    }
+    let out = figures(scenario, n, elapsed, Vec::new(), &server);
+    if let Some((stop, task)) = worker {
+        stop.cancel();
+        let _ = task.await;
+    }
+    Ok(out)
+}
+
+async fn latency(n: u64) -> anyhow::Result<Figures> {
+    let server = BenchServer::start()?;
+    let client = deployed(&server).await?;
+    let (stop, task) = in_process_worker(&client);
+    // Warm up: the worker is registered and long-polling.
+    for _ in 0..20 {
+        let call = client.spawn("bench.noop", Value::Null, None).await?;
+        client.wait(&call.id, Duration::from_secs(30)).await?;
+    }
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let t = Instant::now();
+        let call = client.spawn("bench.noop", Value::from(i), None).await?;
+        let done = client.wait(&call.id, Duration::from_secs(30)).await?;
+        if !done.state.is_terminal() {
+            bail!("latency: call {} did not end", call.id);
+        }
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let out = figures("latency", n, started.elapsed(), latencies, &server);
+    stop.cancel();
+    let _ = task.await;
+    Ok(out)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
+    let scenarios: Vec<&str> = match args.scenario.as_deref() {
+        None => SCENARIOS.to_vec(),
+        Some(s) if SCENARIOS.contains(&s) => vec![s],
+        Some(s) => {
+            return Err(exit::usage(format!(
+                "unknown scenario {s:?} (expected one of: {})",
+                SCENARIOS.join(", ")
+            )))
+        }
+    };
+    if args.inputs == Some(0) {
+        return Err(exit::usage("--inputs must be at least 1"));
+    }
+    let count = |default: u64| args.inputs.unwrap_or(default);
+    let mut all = Vec::new();
+    for scenario in scenarios {
+        if !args.json {
+            eprintln!("running {scenario} …");
+        }
+        let figures = match scenario {
+            "enqueue" => enqueue(count(100_000)).await?,
+            "in-process" => map_through("in-process", "bench.noop", count(100_000), true).await?,
+            "command" => map_through("command", "bench.serve_noop", count(100_000), false).await?,
+            "latency" => latency(count(1_000)).await?,
+            _ => map_through("map", "bench.noop", count(1_000_000), true).await?,
+        };
+        all.push(figures);
+    }
+    if args.json {
+        output::json(&all);
+    } else {
+        let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+        let rows: Vec<Vec<String>> = all
+            .iter()
+            .map(|f| {
+                vec![
+                    f.scenario.clone(),
+                    f.inputs.to_string(),
+                    format!("{:.2}", f.seconds),
+                    format!("{:.0}", f.inputs_per_s),
+                    ms(f.p50_ms),
+                    ms(f.p99_ms),
+                    f.peak_rss_bytes
+                        .map(|b| format!("{:.1} MiB", b as f64 / 1_048_576.0))
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        output::table(
+            &[
+                "SCENARIO",
+                "INPUTS",
+                "SECONDS",
+                "INPUTS/S",
+                "P50 MS",
+                "P99 MS",
+                "SERVER PEAK RSS",
+            ],
+            &rows,
+        );
+        println!(
+            "machine: {} cores, {}; SQLite (WAL, synchronous=FULL)",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            std::env::consts::ARCH
+        );
+    }
+    Ok(Code::Ok)
+}
+
+/// `hopper bench-serve`: answers every `serve` request with `null`.
+pub async fn serve_noop() -> anyhow::Result<Code> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let request: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let items = match request.get("batch").and_then(Value::as_array) {
+            Some(batch) => batch.clone(),
+            None => vec![request],
+        };
+        for item in items {
+            if let Some(id) = item.get("id") {
+                writeln!(out, "{}", serde_json::json!({ "id": id, "output": null }))?;
+            }
+        }
+        out.flush()?;
+    }
+    Ok(Code::Ok)
+}

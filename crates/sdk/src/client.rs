@@ -1,0 +1,362 @@
+//! The client of Hopper's HTTP API.
+//!
+//! [`Client`] covers the user API (deploy, spawn, get with wait, cancel, list calls, logs) and
+//! the worker protocol (register, lease, heartbeat, complete, logs). It depends on the shared
+//! wire types of `hopper-core` only, never on a store or the server.
+//! [`Error`] is an API error with its stable code, or a transport failure.
+
+use std::time::Duration;
+
+use hopper_core::api::*;
+use hopper_core::{CallId, WorkerId};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// What went wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The server could not be reached.
+    #[error("cannot reach the Hopper server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// Anything else on the way: a broken connection, a timeout, an answer that is not JSON.
+    #[error("talking to the Hopper server failed: {0}")]
+    Transport(String),
+}
+
+impl Error {
+    /// The API error code, if the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Filters for [`Client::calls`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A client of one Hopper server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:7433`), sending `token` if given.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Starts a map with a first chunk of inputs (`done` when there are no more).
+    pub async fn map_start(&self, function: &str, req: &MapRequest) -> Result<CallView, Error> {
+        self.send(
+            self.request(Method::POST, &format!("/v1/functions/{function}/map"))
+                .json(req),
+        )
+        .await
+    }
+
+    /// Appends a chunk of inputs to a map. Safe to retry: a chunk is taken once.
+    pub async fn map_append(&self, id: &CallId, chunk: &InputChunk) -> Result<CallView, Error> {
+        self.send(
+            self.request(Method::POST, &format!("/v1/calls/{id}/inputs"))
+                .json(chunk),
+        )
+        .await
+    }
+
+    /// The next page of a call's results after the cursor `after`, waiting up to `wait` for one.
+    pub async fn results(
+        &self,
+        id: &CallId,
+        ordered: bool,
+        after: i64,
+        wait: Duration,
+    ) -> Result<ResultPage, Error> {
+        let order = if ordered { "index" } else { "completion" };
+        let query = [
+            ("order", order.to_string()),
+            ("after", after.to_string()),
+            ("wait", format!("{:.3}", wait.as_secs_f64())),
+        ];
+        self.send(
+            self.request(Method::GET, &format!("/v1/calls/{id}/results"))
+                .query(&query)
+                .timeout(wait + Duration::from_secs(30)),
+        )
+        .await
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        req
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, Error> {
+        let response = self.send_raw(req).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| Error::Transport(format!("the answer is not the expected JSON: {e}")))
+    }
+
+    async fn send_raw(&self, req: RequestBuilder) -> Result<reqwest::Response, Error> {
+        let response = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                Error::Unreachable {
+                    url: self.base.clone(),
+                    reason: root_cause(&e),
+                }
+            } else {
+                Error::Transport(root_cause(&e))
+            }
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => Err(Error::Api {
+                status: status.as_u16(),
+                code: body.error.code,
+                message: body.error.message,
+            }),
+            Err(_) => Err(Error::Api {
+                status: status.as_u16(),
+                code: if status == StatusCode::UNAUTHORIZED {
+                    "unauthorized"
+                } else {
+                    "http_error"
+                }
+                .into(),
+                message: format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                ),
+            }),
+        }
+    }
+
+    /// Deploys a manifest; see [`DeployRequest`].
+    pub async fn deploy(&self, req: &DeployRequest) -> Result<AppView, Error> {
+        self.send(self.request(Method::POST, "/v1/apps").json(req))
+            .await
+    }
+
+    pub async fn apps(&self) -> Result<Vec<AppView>, Error> {
+        self.send(self.request(Method::GET, "/v1/apps")).await
+    }
+
+    pub async fn functions(&self) -> Result<Vec<FunctionView>, Error> {
+        self.send(self.request(Method::GET, "/v1/functions")).await
+    }
+
+    /// Spawns a call of `function` (`app.function` or a unique bare name) with one input.
+    pub async fn spawn(
+        &self,
+        function: &str,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<CallView, Error> {
+        let body = SpawnRequest {
+            input,
+            idempotency_key,
+        };
+        self.send(
+            self.request(Method::POST, &format!("/v1/functions/{function}/calls"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Reads a call, waiting up to `wait` for it to end.
+    pub async fn get(&self, id: &CallId, wait: Duration) -> Result<CallView, Error> {
+        let mut req = self.request(Method::GET, &format!("/v1/calls/{id}"));
+        if !wait.is_zero() {
+            req = req
+                .query(&[("wait", format!("{:.3}", wait.as_secs_f64()))])
+                .timeout(wait + Duration::from_secs(30));
+        }
+        self.send(req).await
+    }
+
+    /// Waits for a call to end, up to `timeout`, asking again as long-polls expire. Returns the
+    /// call as it is then, ended or not.
+    pub async fn wait(&self, id: &CallId, timeout: Duration) -> Result<CallView, Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let call = self.get(id, left.min(Duration::from_secs(60))).await?;
+            if call.state.is_terminal() || left.is_zero() {
+                return Ok(call);
+            }
+        }
+    }
+
+    pub async fn cancel(&self, id: &CallId) -> Result<CallView, Error> {
+        self.send(self.request(Method::POST, &format!("/v1/calls/{id}/cancel")))
+            .await
+    }
+
+    pub async fn calls(&self, filter: &CallFilter) -> Result<CallPage, Error> {
+        self.send(self.request(Method::GET, "/v1/calls").query(filter))
+            .await
+    }
+
+    pub async fn attempts(&self, id: &CallId) -> Result<Vec<AttemptView>, Error> {
+        self.send(self.request(Method::GET, &format!("/v1/calls/{id}/attempts")))
+            .await
+    }
+
+    /// Log lines of a call after `after` (a `seq`), of one input if `index` is given.
+    pub async fn logs(
+        &self,
+        id: &CallId,
+        after: i64,
+        index: Option<i64>,
+    ) -> Result<LogPage, Error> {
+        let mut query = vec![("after", after.to_string())];
+        if let Some(i) = index {
+            query.push(("index", i.to_string()));
+        }
+        self.send(
+            self.request(Method::GET, &format!("/v1/calls/{id}/logs"))
+                .query(&query),
+        )
+        .await
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerView>, Error> {
+        self.send(self.request(Method::GET, "/v1/workers")).await
+    }
+
+    // ---- the worker protocol ----
+
+    pub async fn worker_register(&self, req: &WorkerRegister) -> Result<WorkerRegistered, Error> {
+        self.send(self.request(Method::POST, "/v1/workers").json(req))
+            .await
+    }
+
+    /// Leases up to `max` inputs, waiting up to `wait` for some to arrive.
+    pub async fn worker_lease(
+        &self,
+        id: &WorkerId,
+        max: u32,
+        wait: Duration,
+    ) -> Result<LeaseResponse, Error> {
+        let body = LeaseRequest {
+            max,
+            wait_ms: wait.as_millis() as u64,
+        };
+        self.send(
+            self.request(Method::POST, &format!("/v1/workers/{id}/lease"))
+                .json(&body)
+                .timeout(wait + Duration::from_secs(30)),
+        )
+        .await
+    }
+
+    pub async fn worker_heartbeat(
+        &self,
+        id: &WorkerId,
+        leases: Vec<Lease>,
+    ) -> Result<HeartbeatResponse, Error> {
+        let body = HeartbeatRequest { leases };
+        self.send(
+            self.request(Method::POST, &format!("/v1/workers/{id}/heartbeat"))
+                .json(&body)
+                .timeout(Duration::from_secs(30)),
+        )
+        .await
+    }
+
+    pub async fn worker_complete(
+        &self,
+        id: &WorkerId,
+        results: Vec<InputResult>,
+    ) -> Result<CompleteResponse, Error> {
+        let body = CompleteRequest { results };
+        self.send(
+            self.request(Method::POST, &format!("/v1/workers/{id}/complete"))
+                .json(&body)
+                .timeout(Duration::from_secs(60)),
+        )
+        .await
+    }
+
+    pub async fn worker_logs(&self, id: &WorkerId, lines: Vec<LogLine>) -> Result<(), Error> {
+        let body = LogBatch { lines };
+        self.send_raw(
+            self.request(Method::POST, &format!("/v1/workers/{id}/logs"))
+                .json(&body)
+                .timeout(Duration::from_secs(60)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn worker_deregister(&self, id: &WorkerId) -> Result<(), Error> {
+        self.send_raw(
+            self.request(Method::DELETE, &format!("/v1/workers/{id}"))
+                .timeout(Duration::from_secs(30)),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// The innermost error message: reqwest's top-level ones rarely say what happened.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,469 @@
+//! The worker runtime: register, lease as many inputs as there are free slots, group them
+//! into batches where the function batches, hand them to an [`Executor`], heartbeat the
+//! leases, and on shutdown stop leasing, let running inputs finish for a drain period, hand
+//! back the rest and deregister.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use hopper_core::api::{
+    InputError, InputResult, Lease, LeasedInput, LogLine, LogStream, Outcome, WorkerRegister,
+    WorkerRegistered,
+};
+use hopper_core::{CallId, FunctionSpec, WorkerId};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, Error};
+use crate::outbox::{is_transient, Outbox};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Base URL of the server, e.g. `http://127.0.0.1:7433`.
+    pub server: String,
+    pub token: Option<String>,
+    /// `app.function` names served.
+    pub functions: Vec<String>,
+    /// Inputs held at once (for a batched function, batch size × batches at once).
+    pub concurrency: u32,
+    /// Reported to the server; the machine's host name.
+    pub host: String,
+    /// After a stop is asked for, running inputs get this long to finish before they are
+    /// stopped and handed back. Default 30 s.
+    pub drain: Duration,
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the server refused this worker: {0}")]
+    Refused(Error),
+    #[error("the server no longer knows this worker (it was deregistered); start it again")]
+    Forgotten,
+}
+
+/// One leased input handed to an executor.
+pub struct Job {
+    pub lease: Lease,
+    pub call_id: CallId,
+    pub index: i64,
+    pub input: Value,
+    /// Fires when the lease is lost or the call cancelled: stop, and report nothing.
+    pub cancel: CancellationToken,
+}
+
+/// Where an executor writes an input's log lines; they travel to the server in batches.
+#[derive(Clone)]
+pub struct LogSink {
+    outbox: Outbox,
+}
+
+impl LogSink {
+    pub fn line(&self, lease: Lease, stream: LogStream, line: String) {
+        self.outbox.log(LogLine {
+            lease,
+            stream,
+            ts_ms: now_ms(),
+            line,
+        });
+    }
+}
+
+/// Runs inputs. A batch has one job unless the function batches.
+pub trait Executor: Send + Sync + 'static {
+    /// Runs `jobs` of the function `spec` and returns one outcome per job, in order: `None`
+    /// for a job whose `cancel` fired (nothing is reported for it).
+    fn run(
+        &self,
+        spec: Arc<FunctionSpec>,
+        jobs: Vec<Job>,
+        logs: LogSink,
+    ) -> BoxFuture<'static, Vec<Option<Outcome>>>;
+}
+
+/// Most inputs one lease request asks for (the server's limit).
+const MAX_LEASE: u32 = 1_000;
+/// Long-poll of one lease request.
+const LEASE_WAIT: Duration = Duration::from_secs(20);
+
+type InFlight = Arc<Mutex<HashMap<Lease, CancellationToken>>>;
+
+/// A batch being filled for one function version.
+struct Pending {
+    spec: Arc<FunctionSpec>,
+    jobs: Vec<Job>,
+    deadline: Instant,
+}
+
+/// Runs a worker with `executor` until `shutdown` is cancelled, then drains and deregisters.
+pub async fn run(
+    config: WorkerConfig,
+    executor: Arc<dyn Executor>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let client = Client::new(&config.server, config.token.clone()).map_err(WorkerError::Refused)?;
+    let Some(registered) = register(&client, &config, &shutdown).await? else {
+        return Ok(());
+    };
+    let worker = registered.worker_id.clone();
+    tracing::info!(worker = %worker, functions = ?config.functions, concurrency = config.concurrency, "worker registered");
+    let (outbox, outbox_task) = Outbox::start(client.clone(), worker.clone());
+    let logs = LogSink {
+        outbox: outbox.clone(),
+    };
+    let in_flight: InFlight = Arc::default();
+    let slot_freed = Arc::new(Notify::new());
+    let kill_all = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let heartbeat_stop = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        worker.clone(),
+        Duration::from_millis(registered.heartbeat_ms),
+        in_flight.clone(),
+        heartbeat_stop.clone(),
+    ));
+    let mut specs: BTreeMap<String, Arc<FunctionSpec>> = BTreeMap::new();
+    let mut batches: BTreeMap<String, Pending> = BTreeMap::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut result = Ok(());
+    let shared = Shared {
+        executor,
+        logs: logs.clone(),
+        outbox: outbox.clone(),
+        in_flight: in_flight.clone(),
+        slot_freed: slot_freed.clone(),
+        stopping: kill_all.clone(),
+    };
+    let dispatch =
+        |tasks: &mut tokio::task::JoinSet<()>, spec: Arc<FunctionSpec>, jobs: Vec<Job>| {
+            tasks.spawn(run_batch(shared.clone(), spec, jobs));
+        };
+
+    while !shutdown.is_cancelled() {
+        while tasks.try_join_next().is_some() {}
+        // Batches that are full or waited long enough go now.
+        let now = Instant::now();
+        let due: Vec<String> = batches
+            .iter()
+            .filter(|(_, b)| b.deadline <= now || b.jobs.len() >= batch_size(&b.spec))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(b) = batches.remove(&key) {
+                dispatch(&mut tasks, b.spec, b.jobs);
+            }
+        }
+        let next_flush = batches.values().map(|b| b.deadline).min();
+        let free = config.concurrency.saturating_sub(in_flight_len(&in_flight));
+        if free == 0 {
+            let flush = async {
+                match next_flush {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = slot_freed.notified() => {}
+                _ = flush => {}
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        let wait = match next_flush {
+            Some(at) => at.saturating_duration_since(Instant::now()).min(LEASE_WAIT),
+            None => LEASE_WAIT,
+        };
+        let leased = tokio::select! {
+            r = client.worker_lease(&worker, free.min(MAX_LEASE), wait) => r,
+            _ = shutdown.cancelled() => break,
+        };
+        let response = match leased {
+            Ok(response) => {
+                backoff = Duration::from_millis(100);
+                response
+            }
+            Err(e) if e.code() == Some("unknown_worker") => {
+                result = Err(WorkerError::Forgotten);
+                break;
+            }
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(error = %e, "cannot lease; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(e) => {
+                result = Err(WorkerError::Refused(e));
+                break;
+            }
+        };
+        for (key, spec) in response.functions {
+            specs.insert(key, Arc::new(spec));
+        }
+        for input in response.inputs {
+            let Some(spec) = specs.get(&input.function).cloned() else {
+                tracing::error!(function = %input.function, "leased an input without its function's spec");
+                continue;
+            };
+            let job = job(input.clone(), &kill_all, &in_flight);
+            match spec.batch {
+                None => dispatch(&mut tasks, spec, vec![job]),
+                Some(policy) => {
+                    let pending =
+                        batches
+                            .entry(input.function.clone())
+                            .or_insert_with(|| Pending {
+                                spec: spec.clone(),
+                                jobs: Vec::new(),
+                                deadline: Instant::now() + Duration::from_millis(policy.wait_ms),
+                            });
+                    pending.jobs.push(job);
+                    if pending.jobs.len() >= batch_size(&spec) {
+                        if let Some(b) = batches.remove(&input.function) {
+                            dispatch(&mut tasks, b.spec, b.jobs);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Inputs waiting in unfilled batches go now, then the drain.
+    for (_, b) in std::mem::take(&mut batches) {
+        dispatch(&mut tasks, b.spec, b.jobs);
+    }
+    if !tasks.is_empty() {
+        tracing::info!(
+            running = tasks.len(),
+            "stopping: letting running inputs finish"
+        );
+    }
+    let drained = tokio::time::timeout(config.drain, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            running = tasks.len(),
+            "drain period over: stopping running inputs and handing them back"
+        );
+        kill_all.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
+    heartbeat_stop.cancel();
+    let _ = heartbeat.await;
+    drop(shared);
+    drop(logs);
+    drop(outbox);
+    if tokio::time::timeout(Duration::from_secs(30), outbox_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not send every result before stopping; their leases will run out and they run again");
+    }
+    if let Err(e) = client.worker_deregister(&worker).await {
+        tracing::warn!(error = %e, "could not deregister; the server will notice after a lease period");
+    }
+    tracing::info!(worker = %worker, "worker stopped");
+    result
+}
+
+fn batch_size(spec: &FunctionSpec) -> usize {
+    spec.batch.map_or(1, |b| b.max_size.max(1) as usize)
+}
+
+fn job(input: LeasedInput, kill_all: &CancellationToken, in_flight: &InFlight) -> Job {
+    let cancel = kill_all.child_token();
+    if let Ok(mut map) = in_flight.lock() {
+        map.insert(input.lease, cancel.clone());
+    }
+    Job {
+        lease: input.lease,
+        call_id: input.call_id,
+        index: input.index,
+        input: input.input,
+        cancel,
+    }
+}
+
+fn in_flight_len(in_flight: &InFlight) -> u32 {
+    in_flight.lock().map(|m| m.len() as u32).unwrap_or(u32::MAX)
+}
+
+async fn register(
+    client: &Client,
+    config: &WorkerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<WorkerRegistered>, WorkerError> {
+    let req = WorkerRegister {
+        functions: config.functions.clone(),
+        host: config.host.clone(),
+        pid: std::process::id(),
+        concurrency: config.concurrency,
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.worker_register(&req).await {
+            Ok(r) => return Ok(Some(r)),
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(error = %e, "cannot register; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return Ok(None),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(WorkerError::Refused(e)),
+        }
+    }
+}
+
+/// What every running batch needs from its worker.
+#[derive(Clone)]
+struct Shared {
+    executor: Arc<dyn Executor>,
+    logs: LogSink,
+    outbox: Outbox,
+    in_flight: InFlight,
+    slot_freed: Arc<Notify>,
+    /// Cancelled when the worker stops inputs at the end of its drain period.
+    stopping: CancellationToken,
+}
+
+async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
+    let Shared {
+        executor,
+        logs,
+        outbox,
+        in_flight,
+        slot_freed,
+        stopping,
+    } = shared;
+    let leases: Vec<Lease> = jobs.iter().map(|j| j.lease).collect();
+    // The executor runs in its own task, so a panic in it fails the batch instead of the worker.
+    let outcomes = match tokio::spawn(executor.run(spec, jobs, logs)).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            let message = match e.try_into_panic() {
+                Ok(panic) => panic_message(panic.as_ref()),
+                Err(e) => e.to_string(),
+            };
+            leases
+                .iter()
+                .map(|_| {
+                    Some(Outcome::Failed {
+                        error: InputError {
+                            code: "panic".into(),
+                            message: format!("the handler panicked: {message}"),
+                        },
+                    })
+                })
+                .collect()
+        }
+    };
+    if let Ok(mut map) = in_flight.lock() {
+        for lease in &leases {
+            map.remove(lease);
+        }
+    }
+    let mut outcomes = outcomes;
+    if outcomes.len() != leases.len() {
+        let message = format!(
+            "the executor answered {} of {} inputs",
+            outcomes.len(),
+            leases.len()
+        );
+        tracing::error!("{message}");
+        outcomes.resize_with(leases.len(), || {
+            Some(Outcome::Failed {
+                error: InputError {
+                    code: "no_answer".into(),
+                    message: message.clone(),
+                },
+            })
+        });
+    }
+    for (lease, outcome) in leases.into_iter().zip(outcomes) {
+        match outcome {
+            Some(outcome) => outbox.result(InputResult { lease, outcome }),
+            // Stopped because the worker is stopping: hand the input back rather than letting
+            // its lease run out. (Stopped because the lease was lost: there is nothing to say.)
+            None if stopping.is_cancelled() => outbox.result(InputResult {
+                lease,
+                outcome: Outcome::Returned {
+                    error: InputError {
+                        code: "worker_stopped".into(),
+                        message: "the worker stopped before the input finished".into(),
+                    },
+                },
+            }),
+            None => {}
+        }
+    }
+    slot_freed.notify_one();
+}
+
+/// The message of a panic payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+/// Renews every held lease on a timer; leases the server says are gone (cancelled, or lost
+/// while this worker was unreachable) are stopped at once.
+async fn heartbeat_loop(
+    client: Client,
+    worker: WorkerId,
+    every: Duration,
+    in_flight: InFlight,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let leases: Vec<Lease> = match in_flight.lock() {
+            Ok(map) => map.keys().copied().collect(),
+            Err(_) => return,
+        };
+        match client.worker_heartbeat(&worker, leases).await {
+            Ok(response) => {
+                if let Ok(map) = in_flight.lock() {
+                    for lease in &response.lost {
+                        if let Some(token) = map.get(lease) {
+                            tracing::info!(
+                                input = lease.input_id,
+                                attempt = lease.attempt,
+                                "lease lost or call cancelled; stopping the input"
+                            );
+                            token.cancel();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

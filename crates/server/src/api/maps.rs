@@ -1,0 +1,248 @@
+//! `/v1/functions/{name}/map`, `/v1/calls/{id}/inputs` and `/v1/calls/{id}/results`: maps
+//! whose inputs stream in by chunks and whose results stream out by cursor, so neither the
+//! client nor the server ever holds them all.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use hopper_core::api::{CallView, InputChunk, InputResultView, MapRequest, Origin, ResultPage};
+use hopper_core::{CallId, InputState};
+use hopper_store::{CallInsert, CallInserted, InputAppend, InputResults, ResultOrder};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::apps::resolve;
+use super::calls::{idempotency_key, load, parse_id, view};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery};
+use super::views;
+use crate::state::AppState;
+
+/// Most inputs in one request; send more in further chunks.
+pub const MAX_CHUNK: usize = 10_000;
+/// Longest a results request waits for new results.
+const MAX_RESULTS_WAIT: Duration = Duration::from_secs(60);
+
+fn encode_inputs(
+    state: &AppState,
+    inputs: &[Value],
+    starmap: bool,
+    start: i64,
+) -> Result<Vec<String>, ApiError> {
+    if inputs.len() > MAX_CHUNK {
+        return Err(ApiError::bad_request(
+            "too_many_inputs",
+            format!(
+                "{} inputs in one request; send at most {MAX_CHUNK} per chunk",
+                inputs.len()
+            ),
+        ));
+    }
+    let limit = state.config.max_payload_bytes;
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let index = start + i as i64;
+            if starmap && !v.is_array() {
+                return Err(ApiError::bad_request(
+                    "invalid_input",
+                    format!("input {index} is not a list of arguments, as starmap needs"),
+                ));
+            }
+            let text = v.to_string();
+            if text.len() > limit {
+                return Err(ApiError::payload_too_large(
+                    &format!("input {index}"),
+                    text.len(),
+                    limit,
+                ));
+            }
+            Ok(text)
+        })
+        .collect()
+}
+
+pub async fn map(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<MapRequest>,
+) -> Result<(StatusCode, Json<CallView>), ApiError> {
+    let function = resolve(&state, &name).await?;
+    let key = idempotency_key(&headers, req.idempotency_key)?;
+    let inputs = encode_inputs(&state, &req.inputs, req.starmap, 0)?;
+    let any = !inputs.is_empty();
+    let inserted = state
+        .store
+        .call_insert(CallInsert {
+            id: CallId::generate(),
+            app: function.spec.app.clone(),
+            function: function.spec.name.clone(),
+            version: function.version,
+            origin: Origin::Map,
+            idempotency_key: key,
+            inputs,
+            accepting_inputs: !req.done,
+            discard_results: req.discard_results,
+            now: state.now(),
+        })
+        .await?;
+    match inserted {
+        CallInserted::Created(call) => {
+            if any {
+                state.events.inputs_available();
+            }
+            if call.state.is_terminal() {
+                state.events.call_finished(call.id.clone());
+            }
+            Ok((StatusCode::CREATED, Json(views::call(&call, None))))
+        }
+        CallInserted::Existing(call) => Ok((StatusCode::OK, Json(view(&state, &call).await?))),
+    }
+}
+
+pub async fn append(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(chunk): ApiJson<InputChunk>,
+) -> Result<Json<CallView>, ApiError> {
+    let id = parse_id(&id)?;
+    if chunk.start < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            "start must be 0 or more",
+        ));
+    }
+    let inputs = encode_inputs(&state, &chunk.inputs, false, chunk.start)?;
+    let any = !inputs.is_empty();
+    let call = state
+        .store
+        .input_append(InputAppend {
+            call_id: id.clone(),
+            start: chunk.start,
+            inputs,
+            done: chunk.done,
+            now: state.now(),
+        })
+        .await?;
+    if any {
+        state.events.inputs_available();
+    }
+    if call.state.is_terminal() {
+        state.events.call_finished(id);
+        state.events.results_recorded();
+    }
+    Ok(Json(views::call(&call, None)))
+}
+
+#[derive(Deserialize)]
+pub struct ResultsQuery {
+    /// `index` (default): results in input order, stopping at the first input not ended yet;
+    /// `completion`: results as inputs end.
+    order: Option<String>,
+    /// Cursor: the `next` of the previous page (default: the start).
+    after: Option<i64>,
+    limit: Option<u32>,
+    /// Seconds to wait for at least one result (default 0).
+    wait: Option<f64>,
+}
+
+pub async fn results(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ResultsQuery>,
+) -> Result<Json<ResultPage>, ApiError> {
+    let id = parse_id(&id)?;
+    let order = match q.order.as_deref() {
+        None | Some("index") => ResultOrder::Index,
+        Some("completion") => ResultOrder::Completion,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("order must be index or completion, not {other:?}"),
+            ))
+        }
+    };
+    let after = q.after.unwrap_or(match order {
+        ResultOrder::Index => -1,
+        ResultOrder::Completion => 0,
+    });
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let wait = match q.wait {
+        None => Duration::ZERO,
+        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s).min(MAX_RESULTS_WAIT),
+        Some(s) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("wait must be seconds >= 0, not {s}"),
+            ))
+        }
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut wake = state.events.watch_results();
+    loop {
+        wake.borrow_and_update();
+        // The call is read first: if it had ended, every result is already in the rows below.
+        let call = load(&state, &id).await?;
+        let rows = state
+            .store
+            .input_results(InputResults {
+                call_id: id.clone(),
+                order,
+                after,
+                limit,
+            })
+            .await?;
+        let mut results = Vec::with_capacity(rows.len());
+        let mut next = after;
+        for row in rows {
+            let ended = row.state.is_terminal();
+            if !ended {
+                // In index order, a result waits for every input before it.
+                break;
+            }
+            next = match order {
+                ResultOrder::Index => row.index,
+                ResultOrder::Completion => row.done_seq.unwrap_or(next),
+            };
+            results.push(InputResultView {
+                index: row.index,
+                state: row.state,
+                output: if row.state == InputState::Succeeded {
+                    row.output
+                        .as_deref()
+                        .and_then(|o| serde_json::from_str(o).ok())
+                } else {
+                    None
+                },
+                error: if row.state == InputState::Succeeded {
+                    None
+                } else {
+                    row.error
+                },
+            });
+        }
+        let read_all = match order {
+            ResultOrder::Index => next + 1 >= call.counts.total,
+            ResultOrder::Completion => next >= call.counts.succeeded + call.counts.failed,
+        };
+        let done = call.state.is_terminal() && read_all;
+        if !results.is_empty() || done || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(ResultPage {
+                results,
+                next,
+                done,
+                call: views::call(&call, None),
+            }));
+        }
+        let tick = tokio::time::Instant::now() + Duration::from_secs(1);
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.min(tick)) => {}
+            _ = wake.changed() => {}
+            _ = state.shutdown.cancelled() => {}
+        }
+    }
+}
