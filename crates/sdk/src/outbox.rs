@@ -17,6 +17,8 @@ const MAX_RESULT_BATCH: usize = 500;
 enum Item {
     Log(LogLine),
     Result(InputResult),
+    /// Send what came before, then stop.
+    Close,
 }
 
 /// The sending side; cheap to clone into every running input.
@@ -41,17 +43,28 @@ impl Outbox {
     pub fn result(&self, result: InputResult) {
         let _ = self.tx.send(Item::Result(result));
     }
+
+    /// Asks the sending task to send everything queued so far and stop, even while clones of
+    /// this outbox are still held (say, by a `serve` process's log reader).
+    pub fn close(&self) {
+        let _ = self.tx.send(Item::Close);
+    }
 }
 
 async fn send_loop(client: Client, worker: WorkerId, mut rx: mpsc::UnboundedReceiver<Item>) {
     let mut logs = Vec::new();
     let mut results = Vec::new();
+    let mut closed = false;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
                 Item::Log(l) => logs.push(l),
                 Item::Result(r) => results.push(r),
+                Item::Close => {
+                    closed = true;
+                    break;
+                }
             }
             if logs.len() >= MAX_LOG_BATCH || results.len() >= MAX_RESULT_BATCH {
                 break;
@@ -83,6 +96,9 @@ async fn send_loop(client: Client, worker: WorkerId, mut rx: mpsc::UnboundedRece
                     tracing::error!(error = %e, results = batch.len(), "the server refused results")
                 }
             }
+        }
+        if closed {
+            return;
         }
     }
 }

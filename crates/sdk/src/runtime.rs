@@ -263,6 +263,7 @@ pub async fn run(
     let _ = heartbeat.await;
     drop(shared);
     drop(logs);
+    outbox.close();
     drop(outbox);
     if tokio::time::timeout(Duration::from_secs(30), outbox_task)
         .await
