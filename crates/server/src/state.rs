@@ -20,6 +20,9 @@ pub struct AppState {
     /// The functions each worker registered for, cached; read from the store on a miss, so any
     /// server can answer any worker.
     pub worker_functions: Arc<Mutex<HashMap<WorkerId, Arc<Vec<FunctionKey>>>>>,
+    /// When each worker was last recorded as seen, so a busy worker's leases do not each cost
+    /// a write.
+    pub worker_touched: Arc<Mutex<HashMap<WorkerId, std::time::Instant>>>,
     /// Cancelled when the server shuts down: long-polls return at once.
     pub shutdown: CancellationToken,
 }
@@ -37,6 +40,7 @@ impl AppState {
             clock,
             events: Events::default(),
             worker_functions: Arc::default(),
+            worker_touched: Arc::default(),
             shutdown,
         }
     }

@@ -2,12 +2,14 @@
 
 use hopper_core::FunctionSpec;
 use hopper_store::{AppDeploy, AppRow, FunctionFind, FunctionRow, StoreError};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::Connection;
 use sqlx::{Row, SqlitePool};
 
 use crate::map::{corrupt, db_err};
 
-pub async fn deploy(pool: &SqlitePool, p: AppDeploy) -> Result<AppRow, StoreError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+pub async fn deploy(conn: &mut SqliteConnection, p: AppDeploy) -> Result<AppRow, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
     let last: Option<i64> = sqlx::query_scalar("SELECT version FROM apps WHERE name = $1")
         .bind(&p.app)
         .fetch_optional(&mut *tx)

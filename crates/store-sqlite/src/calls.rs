@@ -6,6 +6,7 @@ use hopper_store::{
     InputAppend, InputResultRow, InputResults, ResultOrder, StoreError,
 };
 use sqlx::sqlite::SqliteConnection;
+use sqlx::Connection;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::map::{call_row, count_column, db_err, error_json, error_text, state, CALL_COLUMNS};
@@ -13,8 +14,11 @@ use crate::map::{call_row, count_column, db_err, error_json, error_text, state, 
 /// Inputs per multi-row `INSERT`; 7 parameters each stays far below SQLite's 32,766.
 const INSERT_CHUNK: usize = 500;
 
-pub async fn insert(pool: &SqlitePool, p: CallInsert) -> Result<CallInserted, StoreError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    p: CallInsert,
+) -> Result<CallInserted, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
     if let Some(key) = &p.idempotency_key {
         let existing = sqlx::query(&format!(
             "SELECT {CALL_COLUMNS} FROM calls WHERE idempotency_key = $1"
@@ -99,8 +103,8 @@ async fn reload(conn: &mut SqliteConnection, id: &CallId) -> Result<CallRow, Sto
     call_row(&row)
 }
 
-pub async fn append(pool: &SqlitePool, p: InputAppend) -> Result<CallRow, StoreError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+pub async fn append(conn: &mut SqliteConnection, p: InputAppend) -> Result<CallRow, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
     let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
         .bind(p.call_id.as_str())
         .fetch_optional(&mut *tx)
@@ -241,8 +245,11 @@ pub async fn list(pool: &SqlitePool, p: CallList) -> Result<Vec<CallRow>, StoreE
     rows.iter().map(call_row).collect()
 }
 
-pub async fn cancel(pool: &SqlitePool, p: CallCancel) -> Result<Option<CallRow>, StoreError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+pub async fn cancel(
+    conn: &mut SqliteConnection,
+    p: CallCancel,
+) -> Result<Option<CallRow>, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
     let exists: Option<String> = sqlx::query_scalar("SELECT state FROM calls WHERE id = $1")
         .bind(p.id.as_str())
         .fetch_optional(&mut *tx)
@@ -312,8 +319,8 @@ pub fn cancelled_error() -> hopper_core::api::InputError {
     }
 }
 
-pub async fn prune(pool: &SqlitePool, p: CallPrune) -> Result<u64, StoreError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+pub async fn prune(conn: &mut SqliteConnection, p: CallPrune) -> Result<u64, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
     let doomed = "SELECT id FROM calls WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2";
     for table in ["logs", "attempts", "inputs"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE call_id IN ({doomed})"))

@@ -8,6 +8,7 @@ use hopper_core::api::{InputError, Lease, Outcome};
 use hopper_core::{CallId, FunctionSpec, InputState, UnixMillis};
 use hopper_store::*;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::Connection;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::apps::spec;
@@ -97,19 +98,38 @@ fn push_function_filter(q: &mut QueryBuilder<'_, Sqlite>, functions: &[FunctionK
     q.push(")");
 }
 
-pub async fn lease(pool: &SqlitePool, p: InputLease) -> Result<Vec<LeasedRow>, StoreError> {
+pub async fn lease(
+    conn: &mut SqliteConnection,
+    p: InputLease,
+) -> Result<Vec<LeasedRow>, StoreError> {
     if p.functions.is_empty() || p.max == 0 {
         return Ok(Vec::new());
     }
-    let mut tx = pool.begin().await.map_err(db_err)?;
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    // One statement claims the whole batch. The deadline comes from each input's own function
+    // version; the lease (`now + lease_ms`) is always shorter, as the slack includes a lease.
     let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT id, call_id, idx, app, function, version, input, attempt FROM inputs WHERE state = 'pending' AND not_before <= ",
+        "UPDATE inputs SET state = 'running', attempt = attempt + 1, worker_id = ",
     );
-    q.push_bind(p.now);
+    q.push_bind(p.worker_id.as_str())
+        .push(", started_at = ")
+        .push_bind(p.now)
+        .push(", lease_expires_at = ")
+        .push_bind(p.now + p.lease_ms)
+        .push(", deadline_at = ")
+        .push_bind(p.now + p.deadline_slack_ms)
+        .push(
+            " + COALESCE((SELECT json_extract(f.spec, '$.timeout_ms') FROM functions f
+               WHERE f.app = inputs.app AND f.name = inputs.function AND f.version = inputs.version), 0)
+             WHERE id IN (SELECT id FROM inputs WHERE state = 'pending' AND not_before <= ",
+        )
+        .push_bind(p.now);
     push_function_filter(&mut q, &p.functions);
     q.push(" ORDER BY not_before, id LIMIT ")
-        .push_bind(p.max as i64);
-    let rows = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
+        .push_bind(p.max as i64)
+        .push(") RETURNING id, call_id, idx, app, function, version, input, attempt");
+    let mut rows = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
+    rows.sort_by_key(|r| r.try_get::<i64, _>("id").unwrap_or(0));
     let mut specs = Specs::default();
     let mut leased = Vec::with_capacity(rows.len());
     let mut per_call: BTreeMap<String, i64> = BTreeMap::new();
@@ -119,22 +139,8 @@ pub async fn lease(pool: &SqlitePool, p: InputLease) -> Result<Vec<LeasedRow>, S
         let app: String = row.try_get("app").map_err(db_err)?;
         let function: String = row.try_get("function").map_err(db_err)?;
         let version: i64 = row.try_get("version").map_err(db_err)?;
-        let attempt = row.try_get::<i64, _>("attempt").map_err(db_err)? + 1;
+        let attempt: i64 = row.try_get("attempt").map_err(db_err)?;
         let spec = specs.get(&mut tx, &app, &function, version).await?;
-        let deadline = p.now + spec.timeout_ms as i64 + p.deadline_slack_ms;
-        sqlx::query(
-            "UPDATE inputs SET state = 'running', attempt = $2, worker_id = $3, started_at = $4,
-             lease_expires_at = MIN($5, $6), deadline_at = $6 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(attempt)
-        .bind(p.worker_id.as_str())
-        .bind(p.now)
-        .bind(p.now + p.lease_ms)
-        .bind(deadline)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
         *per_call.entry(call.clone()).or_default() += 1;
         leased.push(LeasedRow {
             lease: Lease {
@@ -374,34 +380,122 @@ async fn requeue_lost(
     .finished)
 }
 
+/// Successes recorded per multi-row statement.
+const COMPLETE_CHUNK: usize = 300;
+
 pub async fn complete_many(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     p: InputCompleteMany,
 ) -> Result<Vec<CompletionRow>, StoreError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+    let mut tx = conn.begin().await.map_err(db_err)?;
     let mut specs = Specs::default();
-    let mut out = Vec::with_capacity(p.results.len());
-    for (lease, outcome) in &p.results {
-        let row = sqlx::query(&format!(
-            "SELECT {RUNNING_COLUMNS} FROM inputs WHERE id = $1"
-        ))
-        .bind(lease.input_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let Some(row) = row else {
-            out.push(CompletionRow {
-                recorded: false,
-                call_finished: None,
-            });
-            continue;
+    // One read for the whole batch.
+    let mut current: HashMap<i64, (SqliteRow, bool)> = HashMap::new();
+    for chunk in p.results.chunks(COMPLETE_CHUNK) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {RUNNING_COLUMNS} FROM inputs WHERE id IN ("
+        ));
+        let mut ids = q.separated(", ");
+        for (lease, _) in chunk {
+            ids.push_bind(lease.input_id);
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *tx).await.map_err(db_err)? {
+            let id: i64 = row.try_get("id").map_err(db_err)?;
+            current.insert(id, (row, false));
+        }
+    }
+    let mut out: Vec<CompletionRow> = (0..p.results.len())
+        .map(|_| CompletionRow {
+            recorded: false,
+            call_finished: None,
+        })
+        .collect();
+    // Successes of current leases, by call, in order: recorded together.
+    let mut successes: BTreeMap<String, Vec<(usize, Running, &serde_json::Value)>> =
+        BTreeMap::new();
+    let mut others: Vec<(usize, Running, bool, &Outcome)> = Vec::new();
+    for (n, (lease, outcome)) in p.results.iter().enumerate() {
+        let Some((row, taken)) = current.get_mut(&lease.input_id) else {
+            continue; // the input is gone (pruned)
         };
-        let current = state(&row.try_get::<String, _>("state").map_err(db_err)?)?
-            == InputState::Running
+        let is_current = !*taken
+            && state(&row.try_get::<String, _>("state").map_err(db_err)?)? == InputState::Running
             && row.try_get::<i64, _>("attempt").map_err(db_err)? == lease.attempt as i64;
-        let mut input = running(&row)?;
-        if !current {
+        let input = running(row)?;
+        if is_current {
+            // A second result for the same lease in this batch is late.
+            *taken = true;
+        }
+        match outcome {
+            Outcome::Succeeded { output } if is_current => {
+                successes
+                    .entry(input.call_id.to_string())
+                    .or_default()
+                    .push((n, input, output));
+            }
+            _ => others.push((n, input, is_current, outcome)),
+        }
+    }
+    for (call, group) in successes {
+        let shifted = shift(
+            &mut tx,
+            &call_id(&call)?,
+            InputState::Running,
+            InputState::Succeeded,
+            group.len() as i64,
+            p.now,
+        )
+        .await?;
+        let keep = !shifted.call.as_ref().is_some_and(|c| c.discard_results);
+        let base = shifted
+            .call
+            .as_ref()
+            .map(|c| c.counts.succeeded + c.counts.failed - group.len() as i64);
+        for (k, chunk) in group.chunks(COMPLETE_CHUNK).enumerate() {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at) ",
+            );
+            q.push_values(chunk, |mut b, (_, input, _)| {
+                b.push_bind(input.id)
+                    .push_bind(input.attempt)
+                    .push_bind(input.call_id.as_str())
+                    .push_bind(input.index)
+                    .push_bind(input.worker_id.clone())
+                    .push("'succeeded'")
+                    .push_bind(input.started_at)
+                    .push_bind(p.now);
+            });
+            q.push(" ON CONFLICT (input_id, attempt) DO NOTHING");
+            q.build().execute(&mut *tx).await.map_err(db_err)?;
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("WITH r(id, output, done_seq) AS (");
+            q.push_values(
+                chunk.iter().enumerate(),
+                |mut b, (i, (_, input, output))| {
+                    b.push_bind(input.id)
+                        .push_bind(keep.then(|| output.to_string()))
+                        .push_bind(base.map(|base| base + (k * COMPLETE_CHUNK + i) as i64 + 1));
+                },
+            );
+            q.push(
+                ") UPDATE inputs SET state = 'succeeded', output = r.output, error = NULL, finished_at = ",
+            )
+            .push_bind(p.now)
+            .push(", worker_id = NULL, lease_expires_at = NULL, done_seq = r.done_seq FROM r WHERE inputs.id = r.id");
+            q.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        for (n, _, _) in &group {
+            out[*n].recorded = true;
+        }
+        if let (Some(finished), Some((n, _, _))) = (shifted.finished, group.last()) {
+            out[*n].call_finished = Some(finished);
+        }
+    }
+    for (n, mut input, is_current, outcome) in others {
+        if !is_current {
             // The lease was lost: keep what the attempt said, but not as the input's result.
+            let (lease, _) = &p.results[n];
             input.attempt = lease.attempt as i64;
             input.worker_id = Some(p.worker_id.to_string());
             let (name, error) = match outcome {
@@ -410,52 +504,27 @@ pub async fn complete_many(
                 Outcome::Returned { error } => ("lost", Some(error)),
             };
             attempt_record(&mut tx, &input, name, error, p.now, true).await?;
-            out.push(CompletionRow {
-                recorded: false,
-                call_finished: None,
-            });
             continue;
         }
         let call_finished = match outcome {
-            Outcome::Succeeded { output } => {
-                attempt_record(&mut tx, &input, "succeeded", None, p.now, false).await?;
-                let shifted = shift(
-                    &mut tx,
-                    &input.call_id,
-                    InputState::Running,
-                    InputState::Succeeded,
-                    1,
-                    p.now,
-                )
-                .await?;
-                let keep = !shifted.call.as_ref().is_some_and(|c| c.discard_results);
-                sqlx::query(
-                    "UPDATE inputs SET state = 'succeeded', output = $2, error = NULL, finished_at = $3,
-                     worker_id = NULL, lease_expires_at = NULL, done_seq = $4 WHERE id = $1",
-                )
-                .bind(input.id)
-                .bind(keep.then(|| output.to_string()))
-                .bind(p.now)
-                .bind(done_seq(&shifted))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                shifted.finished
-            }
             Outcome::Failed { error } => fail(&mut tx, &mut specs, &input, error, p.now).await?,
             Outcome::Returned { error } => requeue_lost(&mut tx, &input, error, p.now).await?,
+            Outcome::Succeeded { .. } => None, // recorded above
         };
-        out.push(CompletionRow {
+        out[n] = CompletionRow {
             recorded: true,
             call_finished,
-        });
+        };
     }
     tx.commit().await.map_err(db_err)?;
     Ok(out)
 }
 
-pub async fn heartbeat(pool: &SqlitePool, p: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+pub async fn heartbeat(
+    conn: &mut SqliteConnection,
+    p: LeaseHeartbeat,
+) -> Result<Vec<Lease>, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
     let mut lost = Vec::new();
     for lease in &p.leases {
         let held = sqlx::query(
@@ -484,8 +553,11 @@ pub async fn heartbeat(pool: &SqlitePool, p: LeaseHeartbeat) -> Result<Vec<Lease
     Ok(lost)
 }
 
-pub async fn rescue_expired(pool: &SqlitePool, p: LeaseRescue) -> Result<RescueReport, StoreError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+pub async fn rescue_expired(
+    conn: &mut SqliteConnection,
+    p: LeaseRescue,
+) -> Result<RescueReport, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
     let rows = sqlx::query(&format!(
         "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2"
     ))
@@ -521,8 +593,11 @@ pub async fn rescue_expired(pool: &SqlitePool, p: LeaseRescue) -> Result<RescueR
     Ok(report)
 }
 
-pub async fn worker_deregister(pool: &SqlitePool, p: WorkerDeregister) -> Result<u64, StoreError> {
-    let mut tx = pool.begin().await.map_err(db_err)?;
+pub async fn worker_deregister(
+    conn: &mut SqliteConnection,
+    p: WorkerDeregister,
+) -> Result<u64, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
     sqlx::query("UPDATE workers SET stopped_at = $2, last_seen_at = $2 WHERE id = $1")
         .bind(p.id.as_str())
         .bind(p.now)

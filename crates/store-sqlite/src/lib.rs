@@ -5,6 +5,10 @@
 //! which WAL lets run beside the writer. Commits are `synchronous = FULL`: an acknowledged
 //! call survives a power cut, not only a crash.
 //!
+//! Writes are group-committed: the [`writer`] task runs every write waiting in its queue in
+//! one transaction (each in its own savepoint, so one failing write does not undo the others)
+//! and answers them all after the one commit. Under load, one fsync serves many writes.
+//!
 //! # Layout
 //! - [`migrate`]: the embedded migrations, applied at open under the write lock.
 //! - `map`: database rows and errors into the store's types.
@@ -16,6 +20,7 @@ mod inputs;
 mod map;
 pub mod migrate;
 mod workers;
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -34,7 +39,8 @@ use crate::map::db_err;
 /// The SQLite implementation of [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: writer::Writer,
+    writer_pool: SqlitePool,
     reader: SqlitePool,
 }
 
@@ -65,20 +71,26 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(db_err)?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer: writer::Writer::start(writer.clone()),
+            writer_pool: writer,
+            reader,
+        })
     }
 
     /// Closes both pools, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.reader.close().await;
-        self.writer.close().await;
+        self.writer_pool.close().await;
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn app_deploy(&self, params: AppDeploy) -> Result<AppRow, StoreError> {
-        apps::deploy(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(apps::deploy(conn, params)))
+            .await
     }
 
     async fn app_list(&self) -> Result<Vec<AppRow>, StoreError> {
@@ -90,7 +102,9 @@ impl Store for SqliteStore {
     }
 
     async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
-        calls::insert(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(calls::insert(conn, params)))
+            .await
     }
 
     async fn call_get(&self, id: &CallId) -> Result<Option<CallRow>, StoreError> {
@@ -102,15 +116,21 @@ impl Store for SqliteStore {
     }
 
     async fn call_cancel(&self, params: CallCancel) -> Result<Option<CallRow>, StoreError> {
-        calls::cancel(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(calls::cancel(conn, params)))
+            .await
     }
 
     async fn call_prune_finished(&self, params: CallPrune) -> Result<u64, StoreError> {
-        calls::prune(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(calls::prune(conn, params)))
+            .await
     }
 
     async fn input_append(&self, params: InputAppend) -> Result<CallRow, StoreError> {
-        calls::append(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(calls::append(conn, params)))
+            .await
     }
 
     async fn input_results(&self, params: InputResults) -> Result<Vec<InputResultRow>, StoreError> {
@@ -133,7 +153,9 @@ impl Store for SqliteStore {
         &self,
         params: InputLease,
     ) -> Result<Vec<LeasedRow>, StoreError> {
-        inputs::lease(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(inputs::lease(conn, params)))
+            .await
     }
 
     async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {
@@ -144,15 +166,21 @@ impl Store for SqliteStore {
         &self,
         params: InputCompleteMany,
     ) -> Result<Vec<CompletionRow>, StoreError> {
-        inputs::complete_many(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(inputs::complete_many(conn, params)))
+            .await
     }
 
     async fn lease_heartbeat(&self, params: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {
-        inputs::heartbeat(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(inputs::heartbeat(conn, params)))
+            .await
     }
 
     async fn lease_rescue_expired(&self, params: LeaseRescue) -> Result<RescueReport, StoreError> {
-        inputs::rescue_expired(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(inputs::rescue_expired(conn, params)))
+            .await
     }
 
     async fn attempt_list(&self, call_id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
@@ -160,7 +188,9 @@ impl Store for SqliteStore {
     }
 
     async fn log_append_many(&self, lines: Vec<LogInsert>) -> Result<(), StoreError> {
-        workers::log_append_many(&self.writer, lines).await
+        self.writer
+            .run(move |conn| Box::pin(workers::log_append_many(conn, lines)))
+            .await
     }
 
     async fn log_list(&self, params: LogList) -> Result<Vec<LogRow>, StoreError> {
@@ -168,15 +198,22 @@ impl Store for SqliteStore {
     }
 
     async fn worker_register(&self, params: WorkerRegisterParams) -> Result<(), StoreError> {
-        workers::register(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(workers::register(conn, params)))
+            .await
     }
 
     async fn worker_deregister(&self, params: WorkerDeregister) -> Result<u64, StoreError> {
-        inputs::worker_deregister(&self.writer, params).await
+        self.writer
+            .run(move |conn| Box::pin(inputs::worker_deregister(conn, params)))
+            .await
     }
 
     async fn worker_touch(&self, id: &WorkerId, now: i64) -> Result<bool, StoreError> {
-        workers::touch(&self.writer, id, now).await
+        let id = id.clone();
+        self.writer
+            .run(move |conn| Box::pin(async move { workers::touch(conn, &id, now).await }))
+            .await
     }
 
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {

@@ -2,11 +2,16 @@
 
 use hopper_core::WorkerId;
 use hopper_store::{LogInsert, LogList, LogRow, StoreError, WorkerRegisterParams, WorkerRow};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::Connection;
 use sqlx::{Row, SqlitePool};
 
 use crate::map::{corrupt, db_err, stream};
 
-pub async fn register(pool: &SqlitePool, p: WorkerRegisterParams) -> Result<(), StoreError> {
+pub async fn register(
+    conn: &mut SqliteConnection,
+    p: WorkerRegisterParams,
+) -> Result<(), StoreError> {
     let functions =
         serde_json::to_string(&p.functions).map_err(|e| corrupt("worker functions", e))?;
     sqlx::query(
@@ -19,18 +24,22 @@ pub async fn register(pool: &SqlitePool, p: WorkerRegisterParams) -> Result<(), 
     .bind(functions)
     .bind(p.concurrency as i64)
     .bind(p.now)
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(db_err)?;
     Ok(())
 }
 
-pub async fn touch(pool: &SqlitePool, id: &WorkerId, now: i64) -> Result<bool, StoreError> {
+pub async fn touch(
+    conn: &mut SqliteConnection,
+    id: &WorkerId,
+    now: i64,
+) -> Result<bool, StoreError> {
     let n =
         sqlx::query("UPDATE workers SET last_seen_at = $2 WHERE id = $1 AND stopped_at IS NULL")
             .bind(id.as_str())
             .bind(now)
-            .execute(pool)
+            .execute(&mut *conn)
             .await
             .map_err(db_err)?
             .rows_affected();
@@ -67,11 +76,14 @@ pub async fn list(pool: &SqlitePool, seen_after: i64) -> Result<Vec<WorkerRow>, 
         .collect()
 }
 
-pub async fn log_append_many(pool: &SqlitePool, lines: Vec<LogInsert>) -> Result<(), StoreError> {
+pub async fn log_append_many(
+    conn: &mut SqliteConnection,
+    lines: Vec<LogInsert>,
+) -> Result<(), StoreError> {
     if lines.is_empty() {
         return Ok(());
     }
-    let mut tx = pool.begin().await.map_err(db_err)?;
+    let mut tx = conn.begin().await.map_err(db_err)?;
     for line in &lines {
         sqlx::query(
             "INSERT INTO logs (call_id, idx, attempt, stream, ts, line)

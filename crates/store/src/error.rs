@@ -2,7 +2,7 @@
 
 /// What went wrong in a store. Backends map their own errors here, so nothing above the store
 /// matches on database error codes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The idempotency key belongs to a call of another function.
     #[error("idempotency key {key:?} is already used by call {call_id} of {function}")]

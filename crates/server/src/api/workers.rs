@@ -23,6 +23,8 @@ use super::views;
 use crate::dispatcher;
 use crate::state::AppState;
 
+/// A worker's `last_seen` is written at most this often by its lease requests.
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most inputs one lease request may ask for.
 pub const MAX_LEASE_BATCH: u32 = 1_000;
 /// Longest line kept in a log; longer ones are cut, with a marker.
@@ -115,11 +117,24 @@ async fn worker_functions(
     state: &AppState,
     id: &WorkerId,
 ) -> Result<Arc<Vec<FunctionKey>>, ApiError> {
-    if !state.store.worker_touch(id, state.now()).await? {
-        return Err(ApiError::not_found(
-            "unknown_worker",
-            format!("no active worker {id}: register again"),
-        ));
+    let recently = state
+        .worker_touched
+        .lock()
+        .map_err(|_| poisoned())?
+        .get(id)
+        .is_some_and(|t| t.elapsed() < TOUCH_EVERY);
+    if !recently {
+        if !state.store.worker_touch(id, state.now()).await? {
+            return Err(ApiError::not_found(
+                "unknown_worker",
+                format!("no active worker {id}: register again"),
+            ));
+        }
+        state
+            .worker_touched
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(id.clone(), std::time::Instant::now());
     }
     if let Some(keys) = state
         .worker_functions
@@ -300,6 +315,9 @@ pub async fn deregister(
         .await?;
     if let Ok(mut cache) = state.worker_functions.lock() {
         cache.remove(&id);
+    }
+    if let Ok(mut touched) = state.worker_touched.lock() {
+        touched.remove(&id);
     }
     if handed_back > 0 {
         state.events.inputs_available();
