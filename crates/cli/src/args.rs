@@ -169,6 +169,13 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List schedules with their next and last firings; or trigger, pause or resume one.
+    Schedules {
+        #[command(subcommand)]
+        action: Option<ScheduleAction>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List workers.
     Workers {
         #[command(flatten)]
@@ -194,6 +201,18 @@ pub struct BenchArgs {
     /// Print a JSON array, one object per scenario.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleAction {
+    /// Show one schedule and its recent firings.
+    Show { name: String },
+    /// Fire a schedule now (its regular due times are unchanged).
+    Trigger { name: String },
+    /// Stop firing a schedule until it is resumed.
+    Pause { name: String },
+    /// Fire a paused schedule again, from its next due time after now.
+    Resume { name: String },
 }
 
 #[derive(Args, Debug)]

@@ -116,6 +116,55 @@ pub struct CallView {
     /// The call keeps no outputs (`for_each`).
     #[serde(default)]
     pub discard_results: bool,
+    /// The schedule (`app.name`) that started the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The due time the schedule fired for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<String>,
+}
+
+/// A schedule as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleView {
+    /// `app.schedule`.
+    pub name: String,
+    /// `app.function`.
+    pub function: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// The period, e.g. `15m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    pub timezone: String,
+    /// `allow` or `skip`.
+    pub overlap: String,
+    pub input: Value,
+    pub paused: bool,
+    /// Next due time in UTC, and the same in the schedule's zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_due_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_due_local: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_due_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_call_id: Option<CallId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_call_state: Option<CallState>,
+    /// Recent due times, newest first (only on `GET /v1/schedules/{name}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firings: Vec<FiringView>,
+}
+
+/// One recorded due time of a schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FiringView {
+    pub due_at: String,
+    /// `fired`, `triggered` (run now), `skipped` (overlap) or `missed` (the server was down).
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<CallId>,
 }
 
 /// `POST /v1/functions/{name}/map`: start a map, with a first chunk of inputs.

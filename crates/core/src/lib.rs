@@ -10,16 +10,20 @@
 //! - [`duration`]: the `"60s"`, `"1m30s"`, `"7d"` durations used in manifests and flags.
 //! - [`function`]: a function's resolved specification (command and policy).
 //! - [`manifest`]: parsing `hopper.toml` into an app, with errors that name file, line and key.
+//! - [`cron`]: cron expressions in time zones, correct across daylight-saving changes.
+//! - [`schedule`]: schedules (cron or period) and their next due times.
 //! - [`clock`]: injected time, so tests drive components with a manual clock.
 //! - [`api`]: the JSON shapes of the HTTP API, shared by the server and the SDK.
 
 pub mod api;
 pub mod clock;
+pub mod cron;
 pub mod duration;
 pub mod function;
 pub mod ids;
 pub mod manifest;
 pub mod retry;
+pub mod schedule;
 pub mod state;
 
 pub use function::{FunctionName, FunctionSpec};

@@ -12,12 +12,14 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::cron::{self, Cron};
 use crate::duration;
 use crate::function::{
     validate_name, BatchPolicy, FunctionSpec, ScalingPolicy, DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_MS,
 };
 use crate::retry::RetryPolicy;
+use crate::schedule::{Overlap, ScheduleSpec, When};
 
 /// Largest per-worker concurrency a manifest may ask for.
 pub const MAX_CONCURRENCY: u32 = 10_000;
@@ -33,6 +35,7 @@ pub const MAX_RETRIES: u32 = 1_000;
 pub struct AppManifest {
     pub app: String,
     pub functions: Vec<FunctionSpec>,
+    pub schedules: Vec<ScheduleSpec>,
 }
 
 /// One fault in a manifest, with where it is.
@@ -76,6 +79,19 @@ struct RawManifest {
     app: Spanned<String>,
     #[serde(default)]
     functions: BTreeMap<String, Spanned<RawFunction>>,
+    #[serde(default)]
+    schedules: BTreeMap<String, Spanned<RawSchedule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    function: Spanned<String>,
+    cron: Option<Spanned<String>>,
+    every: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    input: Option<toml::Value>,
+    overlap: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -167,8 +183,22 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<AppManifest, Man
             functions.push(spec);
         }
     }
+    let mut schedules = Vec::new();
+    for (name, raw_schedule) in &raw.schedules {
+        let key = format!("schedules.{name}");
+        if let Err(e) = validate_name(name, "schedule") {
+            faults.push(raw_schedule.span(), Some(key.clone()), e.to_string());
+        }
+        if let Some(s) = schedule(&mut faults, &key, &app, name, raw_schedule, &raw.functions) {
+            schedules.push(s);
+        }
+    }
     if faults.list.is_empty() {
-        Ok(AppManifest { app, functions })
+        Ok(AppManifest {
+            app,
+            functions,
+            schedules,
+        })
     } else {
         Err(faults.into_error(file))
     }
@@ -323,6 +353,135 @@ fn function(
         timeout_ms,
         retries,
         concurrency,
+    })
+}
+
+fn schedule(
+    faults: &mut Faults<'_>,
+    key: &str,
+    app: &str,
+    name: &str,
+    raw: &Spanned<RawSchedule>,
+    functions: &BTreeMap<String, Spanned<RawFunction>>,
+) -> Option<ScheduleSpec> {
+    let before = faults.list.len();
+    let s = raw.get_ref();
+    let function = s.function.get_ref().clone();
+    if !functions.contains_key(&function) {
+        let known: Vec<&str> = functions.keys().map(String::as_str).collect();
+        faults.push(
+            s.function.span(),
+            Some(format!("{key}.function")),
+            format!(
+                "the app has no function {function:?} (it has: {})",
+                known.join(", ")
+            ),
+        );
+    }
+    let timezone = s
+        .timezone
+        .as_ref()
+        .map_or_else(|| "UTC".to_string(), |t| t.get_ref().clone());
+    if let Some(t) = &s.timezone {
+        if let Err(e) = cron::zone(t.get_ref()) {
+            faults.push(t.span(), Some(format!("{key}.timezone")), e);
+        }
+    }
+    let when = match (&s.cron, &s.every) {
+        (Some(c), None) => match Cron::parse(c.get_ref()) {
+            Ok(_) => Some(When::Cron(c.get_ref().clone())),
+            Err(e) => {
+                // Point at the faulty field inside the string (after the opening quote).
+                let mut span = c.span();
+                if let Some(n) = e.field {
+                    let expr = c.get_ref();
+                    let fields: Vec<usize> = expr
+                        .char_indices()
+                        .filter(|(i, ch)| {
+                            !ch.is_whitespace()
+                                && (*i == 0 || expr[..*i].ends_with(char::is_whitespace))
+                        })
+                        .map(|(i, _)| i)
+                        .collect();
+                    let with_seconds = fields.len() == 6;
+                    let index = if with_seconds {
+                        n - 1
+                    } else {
+                        n.saturating_sub(1)
+                    };
+                    if let Some(offset) = fields.get(index) {
+                        span.start += 1 + offset;
+                    }
+                }
+                faults.push(
+                    span,
+                    Some(format!("{key}.cron")),
+                    format!("invalid cron expression: {e}"),
+                );
+                None
+            }
+        },
+        (None, Some(every)) => match duration::parse(every.get_ref()) {
+            Ok(d) if d.as_millis() >= 1_000 => Some(When::EveryMs(d.as_millis() as u64)),
+            Ok(_) => {
+                faults.push(
+                    every.span(),
+                    Some(format!("{key}.every")),
+                    "the period must be at least 1s".into(),
+                );
+                None
+            }
+            Err(e) => {
+                faults.push(every.span(), Some(format!("{key}.every")), e.to_string());
+                None
+            }
+        },
+        (Some(_), Some(every)) => {
+            faults.push(
+                every.span(),
+                Some(key.to_string()),
+                "give either `cron` or `every`, not both".into(),
+            );
+            None
+        }
+        (None, None) => {
+            faults.push(
+                raw.span(),
+                Some(key.to_string()),
+                "a schedule needs `cron = \"…\"` or `every = \"15m\"`".into(),
+            );
+            None
+        }
+    };
+    let overlap = match s.overlap.as_ref().map(|o| o.get_ref().as_str()) {
+        None | Some("allow") => Overlap::Allow,
+        Some("skip") => Overlap::Skip,
+        Some(other) => {
+            if let Some(o) = &s.overlap {
+                faults.push(
+                    o.span(),
+                    Some(format!("{key}.overlap")),
+                    format!("{other:?} is not \"skip\" or \"allow\""),
+                );
+            }
+            Overlap::Allow
+        }
+    };
+    let input = match &s.input {
+        None => serde_json::Value::Null,
+        Some(v) => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+    };
+    if faults.list.len() > before {
+        return None;
+    }
+    Some(ScheduleSpec {
+        app: app.to_string(),
+        name: name.to_string(),
+        function,
+        when: when?,
+        timezone,
+        input,
+        overlap,
     })
 }
 
@@ -631,6 +790,33 @@ retries = 2
         );
         let both = parse_err("app = \"a\"\n[functions.f]\ncommand = [\"x\"]\nserve = [\"y\"]\n");
         assert!(both.contains("not both"), "{both}");
+    }
+
+    #[test]
+    fn schedules_resolve_and_a_bad_cron_names_its_field() {
+        let ok = parse_ok(
+            "app = \"a\"\n[functions.report]\ncommand = [\"x\"]\n[schedules.nightly]\nfunction = \"report\"\ncron = \"0 3 * * *\"\ntimezone = \"Europe/Berlin\"\ninput = { day = \"yesterday\" }\n[schedules.often]\nfunction = \"report\"\nevery = \"15m\"\noverlap = \"skip\"\n",
+        );
+        assert_eq!(ok.schedules.len(), 2);
+        let nightly = ok.schedules.iter().find(|s| s.name == "nightly").unwrap();
+        assert_eq!(nightly.when, When::Cron("0 3 * * *".into()));
+        assert_eq!(nightly.input, serde_json::json!({"day": "yesterday"}));
+        let often = ok.schedules.iter().find(|s| s.name == "often").unwrap();
+        assert_eq!(
+            (often.when.clone(), often.overlap),
+            (When::EveryMs(900_000), Overlap::Skip)
+        );
+        let err = parse_err("app = \"a\"\n[functions.f]\ncommand = [\"x\"]\n[schedules.s]\nfunction = \"f\"\ncron = \"0 25 * * *\"\ntimezone = \"Mars/Base\"\n");
+        assert!(err.contains("hopper.toml:6:11: schedules.s.cron: invalid cron expression: field 2 (hour) \"25\""), "{err}");
+        assert!(
+            err.contains("schedules.s.timezone: unknown time zone \"Mars/Base\""),
+            "{err}"
+        );
+        let err = parse_err("app = \"a\"\n[functions.f]\ncommand = [\"x\"]\n[schedules.s]\nfunction = \"g\"\nevery = \"1m\"\n");
+        assert!(
+            err.contains("schedules.s.function: the app has no function \"g\""),
+            "{err}"
+        );
     }
 
     #[test]

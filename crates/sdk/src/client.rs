@@ -273,6 +273,22 @@ impl Client {
         .await
     }
 
+    pub async fn schedules(&self) -> Result<Vec<ScheduleView>, Error> {
+        self.send(self.request(Method::GET, "/v1/schedules")).await
+    }
+
+    /// One schedule with its recent firings.
+    pub async fn schedule(&self, name: &str) -> Result<ScheduleView, Error> {
+        self.send(self.request(Method::GET, &format!("/v1/schedules/{name}")))
+            .await
+    }
+
+    /// `action` is `trigger`, `pause` or `resume`.
+    pub async fn schedule_action(&self, name: &str, action: &str) -> Result<Value, Error> {
+        self.send(self.request(Method::POST, &format!("/v1/schedules/{name}/{action}")))
+            .await
+    }
+
     pub async fn workers(&self) -> Result<Vec<WorkerView>, Error> {
         self.send(self.request(Method::GET, "/v1/workers")).await
     }

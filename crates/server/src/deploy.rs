@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use hopper_core::manifest;
-use hopper_store::{AppDeploy, AppRow};
+use hopper_store::{AppDeploy, AppRow, ScheduleDeploy};
 
 use crate::api::error::ApiError;
 use crate::state::AppState;
@@ -24,6 +24,17 @@ pub async fn manifest_text(
             app: parsed.app,
             manifest: text.to_string(),
             functions: parsed.functions,
+            schedules: parsed
+                .schedules
+                .into_iter()
+                .map(|spec| {
+                    let now = state.now();
+                    ScheduleDeploy {
+                        next_due_at: spec.next_after(now, now),
+                        spec,
+                    }
+                })
+                .collect(),
             now: state.now(),
         })
         .await?;

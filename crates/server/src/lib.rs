@@ -5,6 +5,7 @@
 //! - [`api`]: the axum router (`/v1`, `/healthz`), its error type and token check.
 //! - [`dispatcher`]: hands inputs to workers, long-polling while the queue is empty.
 //! - [`reaper`]: takes back leases that ran out and fails attempts past their deadline.
+//! - [`cron`]: fires due schedules, each due time once.
 //! - [`pruner`]: deletes ended calls after the retention period.
 //! - [`provisioner`]: starts and supervises a local worker process per command function.
 //! - [`events`]: in-process wake-ups (new inputs, ended calls, deploys).
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod config;
+pub mod cron;
 pub mod deploy;
 pub mod dispatcher;
 pub mod events;
@@ -74,6 +76,7 @@ pub async fn run(
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(reaper::Reaper::new(state.clone()).run(engine.clone()));
     loops.spawn(pruner::Pruner::new(state.clone()).run(engine.clone()));
+    loops.spawn(cron::Cron::new(state.clone()).run(engine.clone()));
     let provisioner = match &config.worker_program {
         Some(program) => {
             let server_url = format!("http://{local}");

@@ -49,6 +49,7 @@ pub async fn deploy(conn: &mut SqliteConnection, p: AppDeploy) -> Result<AppRow,
             .map_err(db_err)?;
         functions.push(FunctionRow { version, spec });
     }
+    crate::schedules::deploy(&mut tx, &p.app, &p.schedules, p.now).await?;
     tx.commit().await.map_err(db_err)?;
     Ok(AppRow {
         name: p.app,

@@ -42,8 +42,8 @@ pub async fn insert(
     let total = p.inputs.len() as i64;
     let row = sqlx::query(&format!(
         "INSERT INTO calls (id, app, function, version, origin, state, idempotency_key, n_total, n_pending,
-                            accepting_inputs, discard_results, created_at)
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10) RETURNING {CALL_COLUMNS}"
+                            accepting_inputs, discard_results, created_at, schedule, due_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12) RETURNING {CALL_COLUMNS}"
     ))
     .bind(p.id.as_str())
     .bind(&p.app)
@@ -55,6 +55,8 @@ pub async fn insert(
     .bind(p.accepting_inputs as i64)
     .bind(p.discard_results as i64)
     .bind(p.now)
+    .bind(p.schedule.as_ref().map(|(s, _)| s.clone()))
+    .bind(p.schedule.as_ref().map(|(_, d)| *d))
     .fetch_one(&mut *tx)
     .await
     .map_err(db_err)?;

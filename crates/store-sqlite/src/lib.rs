@@ -19,6 +19,7 @@ mod calls;
 mod inputs;
 mod map;
 pub mod migrate;
+mod schedules;
 mod workers;
 mod writer;
 
@@ -214,6 +215,38 @@ impl Store for SqliteStore {
         self.writer
             .run(move |conn| Box::pin(async move { workers::touch(conn, &id, now).await }))
             .await
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<ScheduleRow>, StoreError> {
+        schedules::list(&self.reader).await
+    }
+
+    async fn schedule_due(&self, now: i64) -> Result<Vec<ScheduleRow>, StoreError> {
+        schedules::due(&self.reader, now).await
+    }
+
+    async fn schedule_fire(&self, params: ScheduleFire) -> Result<FireOutcome, StoreError> {
+        self.writer
+            .run(move |conn| Box::pin(schedules::fire(conn, params)))
+            .await
+    }
+
+    async fn schedule_pause(
+        &self,
+        params: SchedulePause,
+    ) -> Result<Option<ScheduleRow>, StoreError> {
+        self.writer
+            .run(move |conn| Box::pin(schedules::pause(conn, params)))
+            .await
+    }
+
+    async fn schedule_firings(
+        &self,
+        app: &str,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<FiringRow>, StoreError> {
+        schedules::firings(&self.reader, app, name, limit).await
     }
 
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {

@@ -52,7 +52,7 @@ pub fn stream(text: &str) -> Result<LogStream, StoreError> {
 }
 
 /// The columns [`call_row`] reads, in a `SELECT` or `RETURNING`.
-pub const CALL_COLUMNS: &str = "id, app, function, version, origin, state, idempotency_key, n_total, n_pending, n_running, n_succeeded, n_failed, n_cancelled, accepting_inputs, discard_results, created_at, finished_at";
+pub const CALL_COLUMNS: &str = "id, app, function, version, origin, state, idempotency_key, n_total, n_pending, n_running, n_succeeded, n_failed, n_cancelled, accepting_inputs, discard_results, schedule, due_at, created_at, finished_at";
 
 pub fn call_row(row: &SqliteRow) -> Result<CallRow, StoreError> {
     let origin: String = row.try_get("origin").map_err(db_err)?;
@@ -67,6 +67,14 @@ pub fn call_row(row: &SqliteRow) -> Result<CallRow, StoreError> {
         idempotency_key: row.try_get("idempotency_key").map_err(db_err)?,
         accepting_inputs: row.try_get::<i64, _>("accepting_inputs").map_err(db_err)? != 0,
         discard_results: row.try_get::<i64, _>("discard_results").map_err(db_err)? != 0,
+        schedule: match (
+            row.try_get::<Option<String>, _>("schedule")
+                .map_err(db_err)?,
+            row.try_get::<Option<i64>, _>("due_at").map_err(db_err)?,
+        ) {
+            (Some(s), Some(d)) => Some((s, d)),
+            _ => None,
+        },
         created_at: row.try_get("created_at").map_err(db_err)?,
         finished_at: row.try_get("finished_at").map_err(db_err)?,
     })

@@ -9,6 +9,11 @@ use hopper_store::StoreError;
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "map", include_str!("../migrations/0002_map.sql")),
+    (
+        3,
+        "schedules",
+        include_str!("../migrations/0003_schedules.sql"),
+    ),
 ];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write

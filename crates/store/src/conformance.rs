@@ -51,6 +51,11 @@ macro_rules! conformance_suite {
             a_returned_input_runs_again_without_using_a_retry,
             backlog_counts_unfinished_inputs_per_function,
             an_empty_closed_map_has_ended,
+            a_deploy_replaces_and_removes_schedules,
+            a_due_time_fires_once,
+            missed_due_times_are_recorded_not_fired,
+            an_overlapping_firing_is_skipped_when_the_schedule_says_so,
+            a_paused_schedule_is_not_due_and_resumes_from_now,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -103,6 +108,7 @@ async fn deploy(store: &dyn Store) {
                 spec("a", "retry", 2, 60_000),
                 spec("a", "slow", 0, 1_000),
             ],
+            schedules: Vec::new(),
             now: T0,
         })
         .await
@@ -132,6 +138,7 @@ async fn spawn_n(store: &dyn Store, function: &str, inputs: usize, now: i64) -> 
             inputs: (0..inputs).map(|i| json!({ "i": i }).to_string()).collect(),
             accepting_inputs: false,
             discard_results: false,
+            schedule: None,
             now,
         })
         .await
@@ -216,6 +223,7 @@ pub async fn deploy_makes_a_new_version_each_time(store: Arc<dyn Store>) {
             app: "a".into(),
             manifest: String::new(),
             functions: vec![spec("a", "ok", 5, 1_000)],
+            schedules: Vec::new(),
             now: T0 + 1,
         })
         .await
@@ -239,6 +247,7 @@ pub async fn functions_are_found_by_bare_or_qualified_name(store: Arc<dyn Store>
             app: "b".into(),
             manifest: String::new(),
             functions: vec![spec("b", "ok", 0, 1_000)],
+            schedules: Vec::new(),
             now: T0,
         })
         .await
@@ -294,6 +303,7 @@ pub async fn an_idempotency_key_returns_the_same_call(store: Arc<dyn Store>) {
         inputs: vec!["1".into()],
         accepting_inputs: false,
         discard_results: false,
+        schedule: None,
         now: T0,
     };
     let first = match store.call_insert(insert(CallId::generate())).await.unwrap() {
@@ -326,6 +336,7 @@ pub async fn an_idempotency_key_of_another_function_conflicts(store: Arc<dyn Sto
         inputs: vec!["1".into()],
         accepting_inputs: false,
         discard_results: false,
+        schedule: None,
         now: T0,
     };
     store.call_insert(insert("ok")).await.unwrap();
@@ -968,6 +979,7 @@ async fn open_map(store: &dyn Store, first: usize, discard_results: bool) -> Cal
             inputs: (0..first).map(|i| json!(i).to_string()).collect(),
             accepting_inputs: true,
             discard_results,
+            schedule: None,
             now: T0,
         })
         .await
@@ -1202,6 +1214,7 @@ pub async fn an_empty_closed_map_has_ended(store: Arc<dyn Store>) {
             inputs: Vec::new(),
             accepting_inputs: false,
             discard_results: false,
+            schedule: None,
             now: T0,
         })
         .await
@@ -1212,4 +1225,281 @@ pub async fn an_empty_closed_map_has_ended(store: Arc<dyn Store>) {
     };
     assert_eq!(call.state, InputState::Succeeded);
     assert_eq!(call.finished_at, Some(T0));
+}
+
+fn schedule_spec(
+    name: &str,
+    overlap: hopper_core::schedule::Overlap,
+) -> hopper_core::schedule::ScheduleSpec {
+    hopper_core::schedule::ScheduleSpec {
+        app: "a".into(),
+        name: name.into(),
+        function: "ok".into(),
+        when: hopper_core::schedule::When::EveryMs(60_000),
+        timezone: "UTC".into(),
+        input: json!({"from": name}),
+        overlap,
+    }
+}
+
+async fn deploy_schedules(
+    store: &dyn Store,
+    schedules: Vec<hopper_core::schedule::ScheduleSpec>,
+    now: i64,
+) {
+    store
+        .app_deploy(AppDeploy {
+            app: "a".into(),
+            manifest: String::new(),
+            functions: vec![spec("a", "ok", 0, 60_000)],
+            schedules: schedules
+                .into_iter()
+                .map(|spec| ScheduleDeploy {
+                    next_due_at: spec.next_after(now, now),
+                    spec,
+                })
+                .collect(),
+            now,
+        })
+        .await
+        .unwrap();
+}
+
+fn fire_params(name: &str, due_at: i64, missed: Vec<i64>, manual: bool) -> ScheduleFire {
+    ScheduleFire {
+        app: "a".into(),
+        name: name.into(),
+        expected_due_at: due_at,
+        due_at,
+        missed,
+        next_due_at: Some(due_at + 60_000),
+        call: CallInsert {
+            id: CallId::generate(),
+            app: "a".into(),
+            function: "ok".into(),
+            version: 1,
+            origin: Origin::Schedule,
+            idempotency_key: None,
+            inputs: vec!["null".into()],
+            accepting_inputs: false,
+            discard_results: false,
+            schedule: Some((format!("a.{name}"), due_at)),
+            now: due_at,
+        },
+        manual,
+        now: due_at,
+    }
+}
+
+pub async fn a_deploy_replaces_and_removes_schedules(store: Arc<dyn Store>) {
+    use hopper_core::schedule::Overlap;
+    deploy_schedules(
+        &*store,
+        vec![
+            schedule_spec("one", Overlap::Allow),
+            schedule_spec("two", Overlap::Allow),
+        ],
+        T0,
+    )
+    .await;
+    let listed = store.schedule_list().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].next_due_at, Some(T0 + 60_000));
+    // Unchanged: keeps its due time. Changed: due from the new definition. Removed: gone.
+    let mut changed = schedule_spec("one", Overlap::Skip);
+    changed.when = hopper_core::schedule::When::EveryMs(10_000);
+    deploy_schedules(&*store, vec![changed], T0 + 5_000).await;
+    let listed = store.schedule_list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].spec.name, "one");
+    assert_eq!(listed[0].next_due_at, Some(T0 + 15_000));
+    deploy_schedules(&*store, vec![listed[0].spec.clone()], T0 + 9_000).await;
+    assert_eq!(
+        store.schedule_list().await.unwrap()[0].next_due_at,
+        Some(T0 + 15_000),
+        "an unchanged schedule keeps its due time"
+    );
+}
+
+pub async fn a_due_time_fires_once(store: Arc<dyn Store>) {
+    use hopper_core::schedule::Overlap;
+    deploy_schedules(&*store, vec![schedule_spec("s", Overlap::Allow)], T0).await;
+    let due = T0 + 60_000;
+    assert!(store.schedule_due(due - 1).await.unwrap().is_empty());
+    assert_eq!(store.schedule_due(due).await.unwrap().len(), 1);
+    let first = store
+        .schedule_fire(fire_params("s", due, vec![], false))
+        .await
+        .unwrap();
+    let FireOutcome::Fired(call) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(call.origin, Origin::Schedule);
+    assert_eq!(call.schedule, Some(("a.s".to_string(), due)));
+    // A second server (or the same one after a restart) firing the same due time: nothing.
+    let again = store
+        .schedule_fire(fire_params("s", due, vec![], false))
+        .await
+        .unwrap();
+    assert_eq!(again, FireOutcome::AlreadyFired);
+    let calls = store
+        .call_list(CallList {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(calls.len(), 1);
+    let row = &store.schedule_list().await.unwrap()[0];
+    assert_eq!(
+        (row.next_due_at, row.last_due_at),
+        (Some(due + 60_000), Some(due))
+    );
+    assert_eq!(row.last_call_id.as_ref(), Some(&call.id));
+    assert_eq!(row.last_call_state, Some(InputState::Pending));
+}
+
+pub async fn missed_due_times_are_recorded_not_fired(store: Arc<dyn Store>) {
+    use hopper_core::schedule::Overlap;
+    deploy_schedules(&*store, vec![schedule_spec("s", Overlap::Allow)], T0).await;
+    let (d1, d2, d3) = (T0 + 60_000, T0 + 120_000, T0 + 180_000);
+    // The server was down over d1, d2 and d3: the scheduler fires the schedule's recorded due
+    // time as the most recent one, d3, and records d1 and d2 as missed.
+    let fire = ScheduleFire {
+        expected_due_at: d1,
+        missed: vec![d1, d2],
+        ..fire_params("s", d3, vec![], false)
+    };
+    let outcome = store.schedule_fire(fire).await.unwrap();
+    assert!(matches!(outcome, FireOutcome::Fired(_)));
+    let firings = store.schedule_firings("a", "s", 10).await.unwrap();
+    assert_eq!(firings.iter().filter(|f| f.outcome == "fired").count(), 1);
+    assert_eq!(firings[0].due_at, d3);
+    let mut missed: Vec<i64> = firings
+        .iter()
+        .filter(|f| f.outcome == "missed")
+        .map(|f| f.due_at)
+        .collect();
+    missed.sort();
+    assert_eq!(missed, [d1, d2]);
+    let again = store
+        .schedule_fire(ScheduleFire {
+            expected_due_at: d1,
+            ..fire_params("s", d3, vec![], false)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        FireOutcome::AlreadyFired,
+        "the schedule moved past d1"
+    );
+    let calls = store
+        .call_list(CallList {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(calls.len(), 1, "nothing is back-filled");
+}
+
+pub async fn an_overlapping_firing_is_skipped_when_the_schedule_says_so(store: Arc<dyn Store>) {
+    use hopper_core::schedule::Overlap;
+    deploy_schedules(&*store, vec![schedule_spec("s", Overlap::Skip)], T0).await;
+    let due = T0 + 60_000;
+    assert!(matches!(
+        store
+            .schedule_fire(fire_params("s", due, vec![], false))
+            .await
+            .unwrap(),
+        FireOutcome::Fired(_)
+    ));
+    let next = store
+        .schedule_fire(fire_params("s", due + 60_000, vec![], false))
+        .await
+        .unwrap();
+    assert_eq!(next, FireOutcome::Skipped, "the first call has not ended");
+    let firings = store.schedule_firings("a", "s", 10).await.unwrap();
+    assert_eq!(firings[0].outcome, "skipped");
+    // Once the last call ended, the next firing runs.
+    let w = worker(&*store).await;
+    let l = lease(&*store, &w, "ok", 1, due).await.remove(0);
+    complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Succeeded { output: json!(1) },
+        due,
+    )
+    .await;
+    let third = store
+        .schedule_fire(fire_params("s", due + 120_000, vec![], false))
+        .await
+        .unwrap();
+    assert!(matches!(third, FireOutcome::Fired(_)), "{third:?}");
+    // Run now fires whatever the due time, without moving the schedule.
+    let before = store.schedule_list().await.unwrap()[0].next_due_at;
+    let w2 = worker(&*store).await;
+    let l = lease(&*store, &w2, "ok", 1, due + 200_000).await.remove(0);
+    complete(
+        &*store,
+        &w2,
+        l.lease,
+        Outcome::Succeeded { output: json!(1) },
+        due,
+    )
+    .await;
+    let now = store
+        .schedule_fire(fire_params("s", due + 130_000, vec![], true))
+        .await
+        .unwrap();
+    assert!(matches!(now, FireOutcome::Fired(_)), "{now:?}");
+    assert_eq!(store.schedule_list().await.unwrap()[0].next_due_at, before);
+}
+
+pub async fn a_paused_schedule_is_not_due_and_resumes_from_now(store: Arc<dyn Store>) {
+    use hopper_core::schedule::Overlap;
+    deploy_schedules(&*store, vec![schedule_spec("s", Overlap::Allow)], T0).await;
+    let paused = store
+        .schedule_pause(SchedulePause {
+            app: "a".into(),
+            name: "s".into(),
+            paused: true,
+            next_due_at: None,
+            now: T0,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(paused.paused);
+    assert!(store.schedule_due(T0 + 600_000).await.unwrap().is_empty());
+    let resumed = store
+        .schedule_pause(SchedulePause {
+            app: "a".into(),
+            name: "s".into(),
+            paused: false,
+            next_due_at: Some(T0 + 660_000),
+            now: T0 + 600_000,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!resumed.paused);
+    assert_eq!(
+        resumed.next_due_at,
+        Some(T0 + 660_000),
+        "the due times missed while paused are not fired"
+    );
+    let missing = store
+        .schedule_pause(SchedulePause {
+            app: "a".into(),
+            name: "nope".into(),
+            paused: true,
+            next_due_at: None,
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert!(missing.is_none());
 }

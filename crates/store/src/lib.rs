@@ -111,6 +111,29 @@ pub trait Store: Send + Sync + 'static {
     /// Records that a worker was heard from. Returns false for an unknown or stopped worker.
     async fn worker_touch(&self, id: &hopper_core::WorkerId, now: i64) -> Result<bool, StoreError>;
 
+    /// Every schedule, by app and name, with its last call's state.
+    async fn schedule_list(&self) -> Result<Vec<ScheduleRow>, StoreError>;
+
+    /// Schedules not paused whose next due time is at or before `now`.
+    async fn schedule_due(&self, now: i64) -> Result<Vec<ScheduleRow>, StoreError>;
+
+    /// Fires a due time once; see [`ScheduleFire`].
+    async fn schedule_fire(&self, params: ScheduleFire) -> Result<FireOutcome, StoreError>;
+
+    /// Pauses or resumes a schedule; `None` if there is no such schedule.
+    async fn schedule_pause(
+        &self,
+        params: SchedulePause,
+    ) -> Result<Option<ScheduleRow>, StoreError>;
+
+    /// A schedule's most recent recorded due times, newest first.
+    async fn schedule_firings(
+        &self,
+        app: &str,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<FiringRow>, StoreError>;
+
     /// Workers not stopped, and those stopped or last seen after `seen_after`.
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError>;
 }

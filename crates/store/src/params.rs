@@ -1,6 +1,7 @@
 //! Parameters of the [`crate::Store`] methods.
 
 use hopper_core::api::{Lease, LogStream, Origin, Outcome};
+use hopper_core::schedule::ScheduleSpec;
 use hopper_core::{CallId, FunctionSpec, InputState, UnixMillis, WorkerId};
 
 /// An app and function name pair: which queue an input belongs to.
@@ -16,6 +17,48 @@ pub struct AppDeploy {
     /// The manifest text, kept with the version for the record.
     pub manifest: String,
     pub functions: Vec<FunctionSpec>,
+    /// The app's schedules: each replaces the one of its name, and the app's schedules not
+    /// listed are removed. A schedule whose definition did not change keeps its due time.
+    pub schedules: Vec<ScheduleDeploy>,
+    pub now: UnixMillis,
+}
+
+/// A schedule to deploy, with its first due time computed from `now`.
+#[derive(Debug, Clone)]
+pub struct ScheduleDeploy {
+    pub spec: ScheduleSpec,
+    pub next_due_at: Option<UnixMillis>,
+}
+
+/// Fire one due time of a schedule, atomically: record the firing (once per due time), the
+/// missed due times before it, start the call (unless the schedule skips overlaps and its
+/// last call is still running), and move the schedule to its next due time.
+#[derive(Debug, Clone)]
+pub struct ScheduleFire {
+    pub app: String,
+    pub name: String,
+    /// The schedule's recorded next due time: the firing happens only if it still is, so two
+    /// servers (or one before and after a restart) cannot both fire it.
+    pub expected_due_at: UnixMillis,
+    /// The due time fired: the most recent one that has passed.
+    pub due_at: UnixMillis,
+    /// Due times that passed while nothing fired them (the server was down); recorded only.
+    pub missed: Vec<UnixMillis>,
+    pub next_due_at: Option<UnixMillis>,
+    /// The call to start; its id, function and version are the caller's.
+    pub call: CallInsert,
+    /// A "run now": fires at `due_at` without moving the schedule.
+    pub manual: bool,
+    pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulePause {
+    pub app: String,
+    pub name: String,
+    pub paused: bool,
+    /// On resume: the next due time, from now.
+    pub next_due_at: Option<UnixMillis>,
     pub now: UnixMillis,
 }
 
@@ -39,6 +82,8 @@ pub struct CallInsert {
     pub accepting_inputs: bool,
     /// Keep no outputs (`for_each`).
     pub discard_results: bool,
+    /// The schedule (`app.name`) and due time that started the call, if one did.
+    pub schedule: Option<(String, UnixMillis)>,
     pub now: UnixMillis,
 }
 

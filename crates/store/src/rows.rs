@@ -29,6 +29,8 @@ pub struct CallRow {
     pub idempotency_key: Option<String>,
     pub accepting_inputs: bool,
     pub discard_results: bool,
+    /// The schedule (`app.name`) and due time that started the call.
+    pub schedule: Option<(String, UnixMillis)>,
     pub created_at: UnixMillis,
     pub finished_at: Option<UnixMillis>,
 }
@@ -144,4 +146,36 @@ pub struct WorkerRow {
     pub registered_at: UnixMillis,
     pub last_seen_at: UnixMillis,
     pub stopped_at: Option<UnixMillis>,
+}
+
+/// A schedule with its state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRow {
+    pub spec: hopper_core::schedule::ScheduleSpec,
+    pub paused: bool,
+    pub anchor_at: UnixMillis,
+    pub next_due_at: Option<UnixMillis>,
+    pub last_due_at: Option<UnixMillis>,
+    pub last_call_id: Option<CallId>,
+    pub last_call_state: Option<CallState>,
+}
+
+/// What a firing did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FireOutcome {
+    /// The call started.
+    Fired(Box<CallRow>),
+    /// The previous call was still running and the schedule skips overlaps.
+    Skipped,
+    /// This due time had fired already (another server, or before a restart).
+    AlreadyFired,
+}
+
+/// One recorded due time of a schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FiringRow {
+    pub due_at: UnixMillis,
+    /// `fired`, `triggered` (run now), `skipped` or `missed`.
+    pub outcome: String,
+    pub call_id: Option<CallId>,
 }

@@ -114,3 +114,112 @@ pub async fn workers(args: &ClientArgs) -> anyhow::Result<Code> {
     );
     Ok(Code::Ok)
 }
+
+pub async fn schedules(
+    args: &ClientArgs,
+    action: Option<crate::args::ScheduleAction>,
+) -> anyhow::Result<Code> {
+    use crate::args::ScheduleAction;
+    let client = client(args)?;
+    let (name, verb) = match action {
+        None => {
+            let list = client.schedules().await?;
+            if args.json {
+                output::json(&list);
+                return Ok(Code::Ok);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.function.clone(),
+                        s.cron
+                            .clone()
+                            .or_else(|| s.every.as_ref().map(|e| format!("every {e}")))
+                            .unwrap_or_default(),
+                        if s.paused {
+                            "paused".into()
+                        } else {
+                            s.next_due_local.clone().unwrap_or_else(|| "-".into())
+                        },
+                        s.next_due_at.clone().unwrap_or_else(|| "-".into()),
+                        s.last_due_at.clone().unwrap_or_else(|| "-".into()),
+                        s.last_call_state
+                            .map(|st| st.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            output::table(
+                &[
+                    "SCHEDULE",
+                    "FUNCTION",
+                    "WHEN",
+                    "NEXT (ZONE)",
+                    "NEXT (UTC)",
+                    "LAST",
+                    "LAST CALL",
+                ],
+                &rows,
+            );
+            return Ok(Code::Ok);
+        }
+        Some(ScheduleAction::Show { name }) => {
+            let s = client.schedule(&name).await?;
+            if args.json {
+                output::json(&s);
+            } else {
+                println!(
+                    "{} → {} ({}, {})",
+                    s.name,
+                    s.function,
+                    s.cron
+                        .clone()
+                        .or(s.every.clone().map(|e| format!("every {e}")))
+                        .unwrap_or_default(),
+                    s.timezone
+                );
+                println!(
+                    "next: {} ({} UTC)",
+                    s.next_due_local.as_deref().unwrap_or("-"),
+                    s.next_due_at.as_deref().unwrap_or("-")
+                );
+                for f in &s.firings {
+                    println!(
+                        "{}  {:<9} {}",
+                        f.due_at,
+                        f.outcome,
+                        f.call_id
+                            .as_ref()
+                            .map(|c| c.to_string())
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            return Ok(Code::Ok);
+        }
+        Some(ScheduleAction::Trigger { name }) => (name, "trigger"),
+        Some(ScheduleAction::Pause { name }) => (name, "pause"),
+        Some(ScheduleAction::Resume { name }) => (name, "resume"),
+    };
+    let answer = client.schedule_action(&name, verb).await?;
+    if args.json {
+        output::json(&answer);
+    } else if verb == "trigger" {
+        match answer
+            .get("call")
+            .and_then(|c| c.get("id"))
+            .and_then(|i| i.as_str())
+        {
+            Some(id) => println!("{id}"),
+            None => println!("skipped: the previous call of {name} is still running"),
+        }
+    } else {
+        println!(
+            "{name} {}",
+            if verb == "pause" { "paused" } else { "resumed" }
+        );
+    }
+    Ok(Code::Ok)
+}

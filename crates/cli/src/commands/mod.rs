@@ -36,6 +36,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
         Command::Deploy { manifest, client } => apps::deploy(&client, &manifest).await,
         Command::Apps { client } => apps::apps(&client).await,
         Command::Workers { client } => apps::workers(&client).await,
+        Command::Schedules { action, client } => apps::schedules(&client, action).await,
         Command::Spawn {
             function,
             input,

@@ -50,6 +50,7 @@ pub async fn spawn(
             inputs: vec![input],
             accepting_inputs: false,
             discard_results: false,
+            schedule: None,
             now: state.now(),
         })
         .await?;

@@ -87,6 +87,7 @@ pub async fn map(
             inputs,
             accepting_inputs: !req.done,
             discard_results: req.discard_results,
+            schedule: None,
             now: state.now(),
         })
         .await?;

@@ -7,6 +7,7 @@ pub mod calls;
 pub mod error;
 pub mod extract;
 pub mod maps;
+pub mod schedules;
 pub mod views;
 pub mod workers;
 
@@ -34,6 +35,11 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/{id}/cancel", post(calls::cancel))
         .route("/calls/{id}/attempts", get(calls::attempts))
         .route("/calls/{id}/logs", get(calls::logs))
+        .route("/schedules", get(schedules::list))
+        .route("/schedules/{name}", get(schedules::get))
+        .route("/schedules/{name}/trigger", post(schedules::trigger))
+        .route("/schedules/{name}/pause", post(schedules::pause))
+        .route("/schedules/{name}/resume", post(schedules::resume))
         .route("/workers", post(workers::register).get(workers::list))
         .route("/workers/{id}", axum::routing::delete(workers::deregister))
         .route("/workers/{id}/lease", post(workers::lease))

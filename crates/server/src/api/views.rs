@@ -51,6 +51,8 @@ pub fn call(row: &CallRow, first: Option<&InputRow>) -> CallView {
         idempotency_key: row.idempotency_key.clone(),
         accepting_inputs: row.accepting_inputs,
         discard_results: row.discard_results,
+        schedule: row.schedule.as_ref().map(|(s, _)| s.clone()),
+        due_at: row.schedule.as_ref().map(|(_, d)| time(*d)),
     }
 }
 
@@ -96,5 +98,56 @@ pub fn worker(row: &WorkerRow, now: UnixMillis, lease_ms: i64) -> WorkerView {
         registered_at: time(row.registered_at),
         last_seen_at: time(row.last_seen_at),
         state: state.to_string(),
+    }
+}
+
+pub fn schedule(
+    row: &hopper_store::ScheduleRow,
+    firings: &[hopper_store::FiringRow],
+) -> hopper_core::api::ScheduleView {
+    use hopper_core::schedule::{Overlap, When};
+    let spec = &row.spec;
+    let local = |ms: i64| {
+        let tz = hopper_core::cron::zone(&spec.timezone).ok()?;
+        let t = chrono::DateTime::from_timestamp_millis(ms)?;
+        Some(
+            t.with_timezone(&tz)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+        )
+    };
+    hopper_core::api::ScheduleView {
+        name: spec.qualified_name(),
+        function: format!("{}.{}", spec.app, spec.function),
+        cron: match &spec.when {
+            When::Cron(c) => Some(c.clone()),
+            When::EveryMs(_) => None,
+        },
+        every: match &spec.when {
+            When::EveryMs(ms) => Some(hopper_core::duration::format(
+                std::time::Duration::from_millis(*ms),
+            )),
+            When::Cron(_) => None,
+        },
+        timezone: spec.timezone.clone(),
+        overlap: match spec.overlap {
+            Overlap::Allow => "allow",
+            Overlap::Skip => "skip",
+        }
+        .to_string(),
+        input: spec.input.clone(),
+        paused: row.paused,
+        next_due_at: row.next_due_at.filter(|_| !row.paused).map(time),
+        next_due_local: row.next_due_at.filter(|_| !row.paused).and_then(local),
+        last_due_at: row.last_due_at.map(time),
+        last_call_id: row.last_call_id.clone(),
+        last_call_state: row.last_call_state,
+        firings: firings
+            .iter()
+            .map(|f| hopper_core::api::FiringView {
+                due_at: time(f.due_at),
+                outcome: f.outcome.clone(),
+                call_id: f.call_id.clone(),
+            })
+            .collect(),
     }
 }
