@@ -254,6 +254,19 @@ pub struct ServeArgs {
     /// Do not start local workers (run `hopper worker` yourself).
     #[arg(long)]
     pub no_workers: bool,
+    /// SMTP server for e-mail notifications: smtp://[user:pass@]host[:port], smtps://… or
+    /// smtp+starttls://…
+    #[arg(long, env = "HOPPER_SMTP", hide_env_values = true)]
+    pub smtp: Option<String>,
+    /// Sender of notification e-mails.
+    #[arg(long, default_value = "hopper@localhost")]
+    pub smtp_from: String,
+    /// Base URL of this server in notification links (default: the listening address).
+    #[arg(long, env = "HOPPER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How long a burst of failures is gathered into one notification.
+    #[arg(long, default_value = "2s")]
+    pub notify_gather: String,
 }
 
 #[derive(Args, Debug)]

@@ -436,3 +436,21 @@ pub struct LogLine {
 pub struct LogBatch {
     pub lines: Vec<LogLine>,
 }
+
+/// A notification channel and how its deliveries go. Its target is shown redacted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChannelView {
+    pub app: String,
+    /// `webhook` or `email`.
+    pub kind: String,
+    /// The webhook's scheme and host, or the e-mail addresses.
+    pub target: String,
+    /// `ok`, `retrying` or `failing` (its last message could not be delivered).
+    pub state: String,
+    pub delivered: u64,
+    pub failed_attempts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivered_at: Option<String>,
+}

@@ -12,6 +12,7 @@
 //! - [`manifest`]: parsing `hopper.toml` into an app, with errors that name file, line and key.
 //! - [`cron`]: cron expressions in time zones, correct across daylight-saving changes.
 //! - [`schedule`]: schedules (cron or period) and their next due times.
+//! - [`notify`]: notification rules and secret redaction.
 //! - [`clock`]: injected time, so tests drive components with a manual clock.
 //! - [`api`]: the JSON shapes of the HTTP API, shared by the server and the SDK.
 
@@ -22,6 +23,7 @@ pub mod duration;
 pub mod function;
 pub mod ids;
 pub mod manifest;
+pub mod notify;
 pub mod retry;
 pub mod schedule;
 pub mod state;

@@ -18,6 +18,7 @@ use crate::function::{
     validate_name, BatchPolicy, FunctionSpec, ScalingPolicy, DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_MS,
 };
+use crate::notify::{NotifyOn, NotifyRule, DEFAULT_QUIET_MS};
 use crate::retry::RetryPolicy;
 use crate::schedule::{Overlap, ScheduleSpec, When};
 
@@ -36,6 +37,7 @@ pub struct AppManifest {
     pub app: String,
     pub functions: Vec<FunctionSpec>,
     pub schedules: Vec<ScheduleSpec>,
+    pub notify: Vec<NotifyRule>,
 }
 
 /// One fault in a manifest, with where it is.
@@ -81,6 +83,18 @@ struct RawManifest {
     functions: BTreeMap<String, Spanned<RawFunction>>,
     #[serde(default)]
     schedules: BTreeMap<String, Spanned<RawSchedule>>,
+    #[serde(default)]
+    notify: Vec<Spanned<RawNotify>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    on: Spanned<Vec<String>>,
+    functions: Option<Spanned<Vec<String>>>,
+    webhook: Option<Spanned<String>>,
+    email: Option<Spanned<Vec<String>>>,
+    quiet: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -193,11 +207,23 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<AppManifest, Man
             schedules.push(s);
         }
     }
+    let mut notify = Vec::new();
+    for (i, raw_rule) in raw.notify.iter().enumerate() {
+        if let Some(rule) = notify_rule(
+            &mut faults,
+            &format!("notify[{i}]"),
+            raw_rule,
+            &raw.functions,
+        ) {
+            notify.push(rule);
+        }
+    }
     if faults.list.is_empty() {
         Ok(AppManifest {
             app,
             functions,
             schedules,
+            notify,
         })
     } else {
         Err(faults.into_error(file))
@@ -482,6 +508,111 @@ fn schedule(
         timezone,
         input,
         overlap,
+    })
+}
+
+fn notify_rule(
+    faults: &mut Faults<'_>,
+    key: &str,
+    raw: &Spanned<RawNotify>,
+    functions: &BTreeMap<String, Spanned<RawFunction>>,
+) -> Option<NotifyRule> {
+    let before = faults.list.len();
+    let r = raw.get_ref();
+    let mut on = Vec::new();
+    for event in r.on.get_ref() {
+        match NotifyOn::parse(event) {
+            Some(e) => on.push(e),
+            None => faults.push(
+                r.on.span(),
+                Some(format!("{key}.on")),
+                format!("unknown event {event:?} (expected failed, timed_out, schedule_missed or recovered)"),
+            ),
+        }
+    }
+    if r.on.get_ref().is_empty() {
+        faults.push(
+            r.on.span(),
+            Some(format!("{key}.on")),
+            "list at least one event".into(),
+        );
+    }
+    let named: Vec<String> = r
+        .functions
+        .as_ref()
+        .map(|f| f.get_ref().clone())
+        .unwrap_or_default();
+    for f in &named {
+        if !functions.contains_key(f) {
+            if let Some(span) = r.functions.as_ref().map(|f| f.span()) {
+                faults.push(
+                    span,
+                    Some(format!("{key}.functions")),
+                    format!("the app has no function {f:?}"),
+                );
+            }
+        }
+    }
+    if let Some(w) = &r.webhook {
+        let url = w.get_ref();
+        let host = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("");
+        if host.is_empty() {
+            faults.push(
+                w.span(),
+                Some(format!("{key}.webhook")),
+                "the webhook must be an http:// or https:// URL".into(),
+            );
+        }
+    }
+    let email: Vec<String> = r
+        .email
+        .as_ref()
+        .map(|e| e.get_ref().clone())
+        .unwrap_or_default();
+    for address in &email {
+        let valid = address
+            .split_once('@')
+            .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
+        if !valid {
+            if let Some(span) = r.email.as_ref().map(|e| e.span()) {
+                faults.push(
+                    span,
+                    Some(format!("{key}.email")),
+                    format!("{address:?} is not an e-mail address"),
+                );
+            }
+        }
+    }
+    if r.webhook.is_none() && email.is_empty() {
+        faults.push(
+            raw.span(),
+            Some(key.to_string()),
+            "give a channel: `webhook = \"https://…\"` or `email = [\"ops@example.com\"]`".into(),
+        );
+    }
+    let quiet_ms = match &r.quiet {
+        None => DEFAULT_QUIET_MS,
+        Some(q) => match duration::parse(q.get_ref()) {
+            Ok(d) => d.as_millis() as u64,
+            Err(e) => {
+                faults.push(q.span(), Some(format!("{key}.quiet")), e.to_string());
+                0
+            }
+        },
+    };
+    if faults.list.len() > before {
+        return None;
+    }
+    Some(NotifyRule {
+        on,
+        functions: named,
+        webhook: r.webhook.as_ref().map(|w| w.get_ref().clone()),
+        email,
+        quiet_ms,
     })
 }
 
@@ -815,6 +946,27 @@ retries = 2
         let err = parse_err("app = \"a\"\n[functions.f]\ncommand = [\"x\"]\n[schedules.s]\nfunction = \"g\"\nevery = \"1m\"\n");
         assert!(
             err.contains("schedules.s.function: the app has no function \"g\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn notify_rules_resolve_and_bad_ones_are_refused() {
+        let ok = parse_ok("app = \"a\"\n[functions.f]\ncommand = [\"x\"]\n[[notify]]\non = [\"failed\", \"recovered\"]\nfunctions = [\"f\"]\nwebhook = \"https://hooks.example.com/T/B\"\nemail = [\"ops@example.com\"]\nquiet = \"1m\"\n");
+        assert_eq!(ok.notify.len(), 1);
+        assert_eq!(ok.notify[0].on, [NotifyOn::Failed, NotifyOn::Recovered]);
+        assert_eq!(ok.notify[0].quiet_ms, 60_000);
+        let err = parse_err("app = \"a\"\n[functions.f]\ncommand = [\"x\"]\n[[notify]]\non = [\"exploded\"]\nwebhook = \"ftp://x\"\nemail = [\"nobody\"]\n");
+        assert!(
+            err.contains("notify[0].on: unknown event \"exploded\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("notify[0].webhook: the webhook must be an http"),
+            "{err}"
+        );
+        assert!(
+            err.contains("notify[0].email: \"nobody\" is not an e-mail address"),
             "{err}"
         );
     }

@@ -27,6 +27,15 @@ pub struct ServerConfig {
     pub worker_program: Option<PathBuf>,
     /// `RUST_LOG` filter for local workers. Default none: they inherit the server's environment.
     pub worker_log: Option<String>,
+    /// The SMTP server for e-mail notifications: `smtp://[user:pass@]host[:port]` (plain),
+    /// `smtps://…` (TLS) or `smtp+starttls://…`. A secret: never logged. Default none.
+    pub smtp: Option<String>,
+    /// Sender of notification e-mails. Default `hopper@localhost`.
+    pub smtp_from: String,
+    /// Base URL of the dashboard in notification links. Default the listening address.
+    pub public_url: Option<String>,
+    /// How long the notifier gathers a burst of events into one message. Default 2 s.
+    pub notify_gather: Duration,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +49,10 @@ impl Default for ServerConfig {
             deploy: Vec::new(),
             worker_program: None,
             worker_log: None,
+            smtp: None,
+            smtp_from: "hopper@localhost".into(),
+            public_url: None,
+            notify_gather: Duration::from_secs(2),
         }
     }
 }

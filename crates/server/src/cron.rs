@@ -63,6 +63,9 @@ impl Cron {
         let missed: Vec<i64> = dues.iter().rev().take(MAX_MISSED).copied().collect();
         if !missed.is_empty() {
             tracing::warn!(schedule = %row.spec.qualified_name(), missed = dues.len(), "due times passed while the server was down; firing the most recent");
+            self.state
+                .events
+                .schedule_missed(row.spec.qualified_name(), dues.len());
         }
         let next = row.spec.next_after(now.max(fire_at), row.anchor_at);
         let outcome = self

@@ -35,6 +35,7 @@ pub async fn manifest_text(
                     }
                 })
                 .collect(),
+            notify: parsed.notify,
             now: state.now(),
         })
         .await?;

@@ -11,6 +11,7 @@ pub struct Events {
     calls: broadcast::Sender<CallId>,
     deploys: watch::Sender<u64>,
     results: watch::Sender<u64>,
+    missed: broadcast::Sender<(String, usize)>,
 }
 
 impl Default for Events {
@@ -20,6 +21,7 @@ impl Default for Events {
             calls: broadcast::channel(1024).0,
             deploys: watch::channel(0).0,
             results: watch::channel(0).0,
+            missed: broadcast::channel(256).0,
         }
     }
 }
@@ -50,6 +52,15 @@ impl Events {
 
     pub fn watch_results(&self) -> watch::Receiver<u64> {
         self.results.subscribe()
+    }
+
+    /// A schedule (`app.name`) missed due times while the server was down.
+    pub fn schedule_missed(&self, schedule: String, count: usize) {
+        let _ = self.missed.send((schedule, count));
+    }
+
+    pub fn watch_missed(&self) -> broadcast::Receiver<(String, usize)> {
+        self.missed.subscribe()
     }
 
     /// An app was deployed.

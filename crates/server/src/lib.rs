@@ -7,6 +7,7 @@
 //! - [`reaper`]: takes back leases that ran out and fails attempts past their deadline.
 //! - [`cron`]: fires due schedules, each due time once.
 //! - [`pruner`]: deletes ended calls after the retention period.
+//! - [`notifier`]: failure notifications by webhook and e-mail.
 //! - [`provisioner`]: starts and supervises a local worker process per command function.
 //! - [`events`]: in-process wake-ups (new inputs, ended calls, deploys).
 //! - [`deploy`]: turning a manifest into a stored app version.
@@ -21,6 +22,7 @@ pub mod cron;
 pub mod deploy;
 pub mod dispatcher;
 pub mod events;
+pub mod notifier;
 pub mod provisioner;
 pub mod pruner;
 pub mod reaper;
@@ -42,6 +44,8 @@ pub use state::AppState;
 pub enum ServerError {
     #[error("refusing to listen on {0} without a token: set --token or HOPPER_TOKEN, or listen on a loopback address")]
     TokenRequired(std::net::SocketAddr),
+    #[error("{0}")]
+    Config(String),
     #[error("cannot deploy {file}: {message}")]
     Deploy { file: String, message: String },
     #[error(transparent)]
@@ -61,6 +65,10 @@ pub async fn run(
     if !local.ip().is_loopback() && config.token.is_none() {
         return Err(ServerError::TokenRequired(local));
     }
+    let mut config = config;
+    if config.public_url.is_none() {
+        config.public_url = Some(format!("http://{local}"));
+    }
     // Cancelled by the caller, or by this function if serving fails.
     let stop = shutdown.child_token();
     let state = AppState::new(
@@ -77,6 +85,8 @@ pub async fn run(
     loops.spawn(reaper::Reaper::new(state.clone()).run(engine.clone()));
     loops.spawn(pruner::Pruner::new(state.clone()).run(engine.clone()));
     loops.spawn(cron::Cron::new(state.clone()).run(engine.clone()));
+    let notifier = notifier::Notifier::new(state.clone()).map_err(ServerError::Config)?;
+    loops.spawn(notifier.run(engine.clone()));
     let provisioner = match &config.worker_program {
         Some(program) => {
             let server_url = format!("http://{local}");

@@ -23,6 +23,8 @@ pub struct AppState {
     /// When each worker was last recorded as seen, so a busy worker's leases do not each cost
     /// a write.
     pub worker_touched: Arc<Mutex<HashMap<WorkerId, std::time::Instant>>>,
+    /// Delivery status of each notification channel, for the API.
+    pub channels: Arc<Mutex<std::collections::BTreeMap<String, hopper_core::api::ChannelView>>>,
     /// Cancelled when the server shuts down: long-polls return at once.
     pub shutdown: CancellationToken,
 }
@@ -41,6 +43,7 @@ impl AppState {
             events: Events::default(),
             worker_functions: Arc::default(),
             worker_touched: Arc::default(),
+            channels: Arc::default(),
             shutdown,
         }
     }

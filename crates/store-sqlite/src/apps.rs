@@ -17,12 +17,14 @@ pub async fn deploy(conn: &mut SqliteConnection, p: AppDeploy) -> Result<AppRow,
         .map_err(db_err)?;
     let version = last.unwrap_or(0) + 1;
     sqlx::query(
-        "INSERT INTO apps (name, version, deployed_at) VALUES ($1, $2, $3)
-         ON CONFLICT (name) DO UPDATE SET version = excluded.version, deployed_at = excluded.deployed_at",
+        "INSERT INTO apps (name, version, deployed_at, notify) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO UPDATE SET version = excluded.version, deployed_at = excluded.deployed_at,
+           notify = excluded.notify",
     )
     .bind(&p.app)
     .bind(version)
     .bind(p.now)
+    .bind(serde_json::to_string(&p.notify).map_err(|e| corrupt("notify rules", e))?)
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -56,12 +58,13 @@ pub async fn deploy(conn: &mut SqliteConnection, p: AppDeploy) -> Result<AppRow,
         version,
         deployed_at: p.now,
         functions,
+        notify: p.notify,
     })
 }
 
 pub async fn list(pool: &SqlitePool) -> Result<Vec<AppRow>, StoreError> {
     let rows = sqlx::query(
-        "SELECT a.name, a.version, a.deployed_at, f.spec FROM apps a
+        "SELECT a.name, a.version, a.deployed_at, a.notify, f.spec FROM apps a
          JOIN functions f ON f.app = a.name AND f.version = a.version
          ORDER BY a.name, f.name",
     )
@@ -80,6 +83,8 @@ pub async fn list(pool: &SqlitePool) -> Result<Vec<AppRow>, StoreError> {
                 version,
                 deployed_at: row.try_get("deployed_at").map_err(db_err)?,
                 functions: vec![FunctionRow { version, spec }],
+                notify: serde_json::from_str(&row.try_get::<String, _>("notify").map_err(db_err)?)
+                    .map_err(|e| corrupt("notify rules", e))?,
             }),
         }
     }

@@ -412,3 +412,48 @@ async fn settle(
         .map_err(db_err)?;
     Ok(derived.is_terminal().then(|| (id.clone(), derived)))
 }
+
+pub async fn finished_since(
+    pool: &SqlitePool,
+    p: hopper_store::CallsFinished,
+) -> Result<Vec<CallRow>, StoreError> {
+    let after_id = p
+        .after_id
+        .as_ref()
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    let rows = sqlx::query(&format!(
+        "SELECT {CALL_COLUMNS} FROM calls WHERE finished_at IS NOT NULL
+           AND (finished_at > $1 OR (finished_at = $1 AND id > $2))
+         ORDER BY finished_at, id LIMIT $3"
+    ))
+    .bind(p.after_at)
+    .bind(after_id)
+    .bind(p.limit as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    rows.iter().map(call_row).collect()
+}
+
+pub async fn setting_get(pool: &SqlitePool, key: &str) -> Result<Option<String>, StoreError> {
+    sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)
+}
+
+pub async fn setting_put(
+    conn: &mut SqliteConnection,
+    key: String,
+    value: String,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .bind(key)
+        .bind(value)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}

@@ -249,6 +249,21 @@ impl Store for SqliteStore {
         schedules::firings(&self.reader, app, name, limit).await
     }
 
+    async fn call_list_finished(&self, params: CallsFinished) -> Result<Vec<CallRow>, StoreError> {
+        calls::finished_since(&self.reader, params).await
+    }
+
+    async fn setting_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        calls::setting_get(&self.reader, key).await
+    }
+
+    async fn setting_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.writer
+            .run(move |conn| Box::pin(calls::setting_put(conn, key, value)))
+            .await
+    }
+
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
         workers::list(&self.reader, seen_after).await
     }

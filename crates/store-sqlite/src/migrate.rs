@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "schedules",
         include_str!("../migrations/0003_schedules.sql"),
     ),
+    (4, "notify", include_str!("../migrations/0004_notify.sql")),
 ];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write

@@ -56,6 +56,8 @@ macro_rules! conformance_suite {
             missed_due_times_are_recorded_not_fired,
             an_overlapping_firing_is_skipped_when_the_schedule_says_so,
             a_paused_schedule_is_not_due_and_resumes_from_now,
+            ended_calls_are_listed_in_the_order_they_ended,
+            settings_are_kept,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -109,6 +111,7 @@ async fn deploy(store: &dyn Store) {
                 spec("a", "slow", 0, 1_000),
             ],
             schedules: Vec::new(),
+            notify: Vec::new(),
             now: T0,
         })
         .await
@@ -224,6 +227,7 @@ pub async fn deploy_makes_a_new_version_each_time(store: Arc<dyn Store>) {
             manifest: String::new(),
             functions: vec![spec("a", "ok", 5, 1_000)],
             schedules: Vec::new(),
+            notify: Vec::new(),
             now: T0 + 1,
         })
         .await
@@ -248,6 +252,7 @@ pub async fn functions_are_found_by_bare_or_qualified_name(store: Arc<dyn Store>
             manifest: String::new(),
             functions: vec![spec("b", "ok", 0, 1_000)],
             schedules: Vec::new(),
+            notify: Vec::new(),
             now: T0,
         })
         .await
@@ -1259,6 +1264,7 @@ async fn deploy_schedules(
                     spec,
                 })
                 .collect(),
+            notify: Vec::new(),
             now,
         })
         .await
@@ -1502,4 +1508,50 @@ pub async fn a_paused_schedule_is_not_due_and_resumes_from_now(store: Arc<dyn St
         .await
         .unwrap();
     assert!(missing.is_none());
+}
+
+pub async fn ended_calls_are_listed_in_the_order_they_ended(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let a = spawn_n(&*store, "ok", 1, T0).await;
+    let b = spawn_n(&*store, "ok", 1, T0).await;
+    let leased = lease(&*store, &w, "ok", 2, T0).await;
+    complete(&*store, &w, leased[1].lease, failed("x"), T0 + 5).await;
+    complete(
+        &*store,
+        &w,
+        leased[0].lease,
+        Outcome::Succeeded { output: json!(1) },
+        T0 + 9,
+    )
+    .await;
+    let all = store
+        .call_list_finished(CallsFinished {
+            after_at: 0,
+            after_id: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        [b.id.clone(), a.id.clone()]
+    );
+    let after = store
+        .call_list_finished(CallsFinished {
+            after_at: T0 + 5,
+            after_id: Some(b.id.clone()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id, a.id);
+}
+
+pub async fn settings_are_kept(store: Arc<dyn Store>) {
+    assert_eq!(store.setting_get("k").await.unwrap(), None);
+    store.setting_put("k", "1").await.unwrap();
+    store.setting_put("k", "2").await.unwrap();
+    assert_eq!(store.setting_get("k").await.unwrap().as_deref(), Some("2"));
 }

@@ -134,6 +134,14 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<FiringRow>, StoreError>;
 
+    /// Calls that ended after a position, oldest first (the notifier's feed).
+    async fn call_list_finished(&self, params: CallsFinished) -> Result<Vec<CallRow>, StoreError>;
+
+    /// A durable setting, e.g. a component's cursor.
+    async fn setting_get(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    async fn setting_put(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
     /// Workers not stopped, and those stopped or last seen after `seen_after`.
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError>;
 }

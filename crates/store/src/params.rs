@@ -20,7 +20,18 @@ pub struct AppDeploy {
     /// The app's schedules: each replaces the one of its name, and the app's schedules not
     /// listed are removed. A schedule whose definition did not change keeps its due time.
     pub schedules: Vec<ScheduleDeploy>,
+    /// The app's notification rules (they replace the previous version's).
+    pub notify: Vec<hopper_core::notify::NotifyRule>,
     pub now: UnixMillis,
+}
+
+/// Calls that ended after a position, oldest first.
+#[derive(Debug, Clone)]
+pub struct CallsFinished {
+    /// Calls that ended after this time, or at it with an id after `after_id`.
+    pub after_at: UnixMillis,
+    pub after_id: Option<CallId>,
+    pub limit: u32,
 }
 
 /// A schedule to deploy, with its first due time computed from `now`.

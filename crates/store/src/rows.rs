@@ -9,6 +9,7 @@ pub struct AppRow {
     pub version: i64,
     pub deployed_at: UnixMillis,
     pub functions: Vec<FunctionRow>,
+    pub notify: Vec<hopper_core::notify::NotifyRule>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

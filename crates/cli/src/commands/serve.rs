@@ -31,6 +31,24 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         Ok(d) => config.kill_grace = d,
         Err(e) => faults.push(e.to_string()),
     }
+    match duration("--notify-gather", &args.notify_gather) {
+        Ok(d) => config.notify_gather = d,
+        Err(e) => faults.push(e.to_string()),
+    }
+    if let Some(smtp) = &args.smtp {
+        match hopper_server::notifier::smtp_transport(smtp) {
+            Ok(_) => config.smtp = Some(smtp.clone()),
+            Err(e) => faults.push(e),
+        }
+    }
+    if !hopper_server::notifier::valid_sender(&args.smtp_from) {
+        faults.push(format!(
+            "--smtp-from {:?}: not an e-mail address",
+            args.smtp_from
+        ));
+    }
+    config.smtp_from = args.smtp_from.clone();
+    config.public_url = args.public_url.clone();
     match parse_bytes(&args.max_payload) {
         Some(n) if n > 0 => config.max_payload_bytes = n,
         _ => faults.push(format!(

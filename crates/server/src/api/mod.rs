@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/schedules/{name}/trigger", post(schedules::trigger))
         .route("/schedules/{name}/pause", post(schedules::pause))
         .route("/schedules/{name}/resume", post(schedules::resume))
+        .route("/notifications", get(notifications))
         .route("/workers", post(workers::register).get(workers::list))
         .route("/workers/{id}", axum::routing::delete(workers::deregister))
         .route("/workers/{id}/lease", post(workers::lease))
@@ -56,6 +57,20 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Notification channels and how their deliveries go (targets redacted).
+async fn notifications(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<hopper_core::api::ChannelView>>, ApiError> {
+    let channels = state.channels.lock().map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?;
+    Ok(Json(channels.values().cloned().collect()))
 }
 
 async fn not_found() -> ApiError {
