@@ -67,6 +67,8 @@ pub struct Notifier {
     from: Option<Mailbox>,
     windows: HashMap<(String, String), Window>,
     failing: HashMap<String, bool>,
+    /// The first pass stores its starting cursor even when nothing ended.
+    cursor_unsaved: bool,
 }
 
 /// Builds an SMTP transport from `smtp://[user:pass@]host[:port]`, `smtps://…` or
@@ -151,6 +153,7 @@ impl Notifier {
             from: Some(from),
             windows: HashMap::new(),
             failing: HashMap::new(),
+            cursor_unsaved: true,
         })
     }
 
@@ -214,7 +217,10 @@ impl Notifier {
                 after_id.map(|i: CallId| i.to_string()).unwrap_or_default()
             ),
         };
-        self.state.store.setting_put(CURSOR_KEY, &cursor).await?;
+        if !calls.is_empty() || self.cursor_unsaved {
+            self.state.store.setting_put(CURSOR_KEY, &cursor).await?;
+            self.cursor_unsaved = false;
+        }
         if !events.is_empty() {
             let rules: HashMap<String, Vec<NotifyRule>> = self
                 .state

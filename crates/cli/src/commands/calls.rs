@@ -69,14 +69,29 @@ pub fn report(call: &CallView, json: bool) -> anyhow::Result<Code> {
             }
             .into())
         }
-        InputState::Pending | InputState::Running => Err(Coded {
-            code: Code::NotFinished,
-            message: format!(
+        InputState::Pending | InputState::Running => {
+            if !json && call.inputs.total != 1 {
+                let c = call.inputs;
+                println!(
+                    "{} of {} inputs done: {} succeeded, {} failed, {} cancelled, {} running, {} pending",
+                    c.succeeded + c.failed + c.cancelled,
+                    c.total,
+                    c.succeeded,
+                    c.failed,
+                    c.cancelled,
+                    c.running,
+                    c.pending
+                );
+            }
+            Err(Coded {
+                code: Code::NotFinished,
+                message: format!(
                 "call {} is still {} (it goes on; ask again with `hopper get {} --timeout 60s`)",
                 call.id, call.state, call.id
             ),
+            }
+            .into())
         }
-        .into()),
     }
 }
 

@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/schedules/{name}/pause", post(schedules::pause))
         .route("/schedules/{name}/resume", post(schedules::resume))
         .route("/notifications", get(notifications))
+        .route("/openapi.json", get(openapi))
         .route("/workers", post(workers::register).get(workers::list))
         .route("/workers/{id}", axum::routing::delete(workers::deregister))
         .route("/workers/{id}/lease", post(workers::lease))
@@ -57,6 +58,13 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .fallback(not_found)
         .with_state(state)
+}
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 /// Notification channels and how their deliveries go (targets redacted).
@@ -112,4 +120,67 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI;
+
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().unwrap();
+        // The routes of `router()`, by method and path.
+        let routes = [
+            ("post", "/v1/apps"),
+            ("get", "/v1/apps"),
+            ("get", "/v1/functions"),
+            ("get", "/v1/functions/{name}"),
+            ("post", "/v1/functions/{name}/calls"),
+            ("post", "/v1/functions/{name}/map"),
+            ("post", "/v1/calls/{id}/inputs"),
+            ("get", "/v1/calls/{id}/results"),
+            ("get", "/v1/calls"),
+            ("get", "/v1/calls/{id}"),
+            ("post", "/v1/calls/{id}/cancel"),
+            ("get", "/v1/calls/{id}/attempts"),
+            ("get", "/v1/calls/{id}/logs"),
+            ("get", "/v1/schedules"),
+            ("get", "/v1/schedules/{name}"),
+            ("post", "/v1/schedules/{name}/trigger"),
+            ("post", "/v1/schedules/{name}/pause"),
+            ("post", "/v1/schedules/{name}/resume"),
+            ("get", "/v1/notifications"),
+            ("get", "/v1/openapi.json"),
+            ("post", "/v1/workers"),
+            ("get", "/v1/workers"),
+            ("delete", "/v1/workers/{id}"),
+            ("post", "/v1/workers/{id}/lease"),
+            ("post", "/v1/workers/{id}/heartbeat"),
+            ("post", "/v1/workers/{id}/complete"),
+            ("post", "/v1/workers/{id}/logs"),
+            ("get", "/healthz"),
+        ];
+        for (method, path) in routes {
+            assert!(
+                paths.get(path).and_then(|p| p.get(method)).is_some(),
+                "{method} {path} is not in openapi.json"
+            );
+        }
+        let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+        assert_eq!(
+            operations,
+            routes.len(),
+            "openapi.json describes a route the router does not have"
+        );
+        let text = OPENAPI;
+        for reference in text.split("#/components/schemas/").skip(1) {
+            let name = reference.split('"').next().unwrap();
+            assert!(
+                doc["components"]["schemas"].get(name).is_some(),
+                "missing schema {name}"
+            );
+        }
+    }
 }
