@@ -138,9 +138,16 @@ impl Cron {
         match &outcome {
             FireOutcome::Fired(call) => {
                 tracing::info!(schedule = %spec.qualified_name(), call = %call.id, "schedule fired");
+                crate::metrics::firing(
+                    spec.qualified_name(),
+                    if manual { "triggered" } else { "fired" },
+                    1,
+                );
+                crate::metrics::call_started(format!("{}.{}", call.app, call.function), "schedule");
                 self.state.events.inputs_available();
             }
             FireOutcome::Skipped => {
+                crate::metrics::firing(spec.qualified_name(), "skipped", 1);
                 tracing::info!(schedule = %spec.qualified_name(), "skipped a firing: the previous call is still running")
             }
             FireOutcome::AlreadyFired => {}

@@ -9,6 +9,7 @@
 //! - [`pruner`]: deletes ended calls after the retention period.
 //! - [`notifier`]: failure notifications by webhook and e-mail.
 //! - [`provisioner`]: starts and supervises a local worker process per command function.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`events`]: in-process wake-ups (new inputs, ended calls, deploys).
 //! - [`deploy`]: turning a manifest into a stored app version.
 //!
@@ -22,6 +23,7 @@ pub mod cron;
 pub mod deploy;
 pub mod dispatcher;
 pub mod events;
+pub mod metrics;
 pub mod notifier;
 pub mod provisioner;
 pub mod pruner;
@@ -65,6 +67,8 @@ pub async fn run(
     if !local.ip().is_loopback() && config.token.is_none() {
         return Err(ServerError::TokenRequired(local));
     }
+    // Install the metrics recorder before anything is recorded.
+    let _ = metrics::handle();
     let mut config = config;
     if config.public_url.is_none() {
         config.public_url = Some(format!("http://{local}"));

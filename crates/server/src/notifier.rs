@@ -511,6 +511,7 @@ impl Delivery {
             };
             match result {
                 Ok(()) => {
+                    crate::metrics::notification(self.kind(&target), "delivered");
                     self.update(|c| {
                         c.delivered += 1;
                         c.state = "ok".into();
@@ -519,6 +520,7 @@ impl Delivery {
                     return;
                 }
                 Err(e) => {
+                    crate::metrics::notification(self.kind(&target), "failed");
                     tracing::warn!(channel = %self.channel, attempt, error = %e, "notification delivery failed");
                     let last = attempt == DELIVERY_ATTEMPTS;
                     self.update(|c| {
@@ -538,6 +540,13 @@ impl Delivery {
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
+        }
+    }
+
+    fn kind(&self, target: &Target) -> String {
+        match target {
+            Target::Webhook(_) => "webhook".into(),
+            Target::Email(_) => "email".into(),
         }
     }
 

@@ -259,7 +259,7 @@ async fn fail(
     input: &Running,
     error: &InputError,
     now: UnixMillis,
-) -> Result<Option<(CallId, hopper_core::CallState)>, StoreError> {
+) -> Result<(Option<(CallId, hopper_core::CallState)>, bool), StoreError> {
     attempt_record(conn, input, "failed", Some(error), now, false).await?;
     let spec = specs
         .get(conn, &input.app, &input.function, input.version)
@@ -278,7 +278,7 @@ async fn fail(
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
-            Ok(shift(
+            let shifted = shift(
                 conn,
                 &input.call_id,
                 InputState::Running,
@@ -286,8 +286,8 @@ async fn fail(
                 1,
                 now,
             )
-            .await?
-            .finished)
+            .await?;
+            Ok((shifted.finished, true))
         }
         None => {
             let shifted = shift(
@@ -311,7 +311,7 @@ async fn fail(
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
-            Ok(shifted.finished)
+            Ok((shifted.finished, false))
         }
     }
 }
@@ -409,6 +409,9 @@ pub async fn complete_many(
         .map(|_| CompletionRow {
             recorded: false,
             call_finished: None,
+            function: None,
+            duration_ms: None,
+            effect: "late",
         })
         .collect();
     // Successes of current leases, by call, in order: recorded together.
@@ -485,8 +488,11 @@ pub async fn complete_many(
             .push(", worker_id = NULL, lease_expires_at = NULL, done_seq = r.done_seq FROM r WHERE inputs.id = r.id");
             q.build().execute(&mut *tx).await.map_err(db_err)?;
         }
-        for (n, _, _) in &group {
+        for (n, input, _) in &group {
             out[*n].recorded = true;
+            out[*n].effect = "succeeded";
+            out[*n].function = Some(format!("{}.{}", input.app, input.function));
+            out[*n].duration_ms = Some(p.now - input.started_at);
         }
         if let (Some(finished), Some((n, _, _))) = (shifted.finished, group.last()) {
             out[*n].call_finished = Some(finished);
@@ -504,16 +510,28 @@ pub async fn complete_many(
                 Outcome::Returned { error } => ("lost", Some(error)),
             };
             attempt_record(&mut tx, &input, name, error, p.now, true).await?;
+            out[n].function = Some(format!("{}.{}", input.app, input.function));
             continue;
         }
-        let call_finished = match outcome {
-            Outcome::Failed { error } => fail(&mut tx, &mut specs, &input, error, p.now).await?,
-            Outcome::Returned { error } => requeue_lost(&mut tx, &input, error, p.now).await?,
-            Outcome::Succeeded { .. } => None, // recorded above
+        let (call_finished, effect) = match outcome {
+            Outcome::Failed { error } => {
+                match fail(&mut tx, &mut specs, &input, error, p.now).await? {
+                    (finished, true) => (finished, "retried"),
+                    (finished, false) => (finished, "failed"),
+                }
+            }
+            Outcome::Returned { error } => (
+                requeue_lost(&mut tx, &input, error, p.now).await?,
+                "returned",
+            ),
+            Outcome::Succeeded { .. } => (None, "succeeded"), // recorded above
         };
         out[n] = CompletionRow {
             recorded: true,
             call_finished,
+            function: Some(format!("{}.{}", input.app, input.function)),
+            duration_ms: Some(p.now - input.started_at),
+            effect,
         };
     }
     tx.commit().await.map_err(db_err)?;
@@ -578,7 +596,7 @@ pub async fn rescue_expired(
                 message: "no result before the attempt's deadline: the worker stopped responding"
                     .into(),
             };
-            fail(&mut tx, &mut specs, &input, &error, p.now).await?
+            fail(&mut tx, &mut specs, &input, &error, p.now).await?.0
         } else {
             report.requeued += 1;
             let error = InputError {

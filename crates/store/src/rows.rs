@@ -101,6 +101,12 @@ pub struct CompletionRow {
     pub recorded: bool,
     /// Set when this result ended its call.
     pub call_finished: Option<(CallId, CallState)>,
+    /// `app.function` of the input, when it still exists.
+    pub function: Option<String>,
+    /// How long the attempt ran, from its lease to its result.
+    pub duration_ms: Option<i64>,
+    /// What the result did: `succeeded`, `failed`, `retried`, `returned` or `late`.
+    pub effect: &'static str,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

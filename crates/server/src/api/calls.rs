@@ -56,6 +56,7 @@ pub async fn spawn(
         .await?;
     match inserted {
         CallInserted::Created(call) => {
+            crate::metrics::call_started(format!("{}.{}", call.app, call.function), "spawn");
             state.events.inputs_available();
             Ok((StatusCode::CREATED, Json(views::call(&call, None))))
         }

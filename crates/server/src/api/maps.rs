@@ -93,6 +93,7 @@ pub async fn map(
         .await?;
     match inserted {
         CallInserted::Created(call) => {
+            crate::metrics::call_started(format!("{}.{}", call.app, call.function), "map");
             if any {
                 state.events.inputs_available();
             }

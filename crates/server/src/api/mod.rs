@@ -50,14 +50,24 @@ pub fn router(state: AppState) -> Router {
         .route("/workers/{id}/logs", post(workers::logs))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // `/metrics` needs the token too when there is one (give it to the scraper).
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({ "ok": true })) }),
         )
+        .merge(metrics)
         .nest("/v1", v1)
         .fallback(not_found)
         .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let text = crate::metrics::render(&state).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 /// The OpenAPI document of this API.
@@ -161,6 +171,7 @@ mod tests {
             ("post", "/v1/workers/{id}/complete"),
             ("post", "/v1/workers/{id}/logs"),
             ("get", "/healthz"),
+            ("get", "/metrics"),
         ];
         for (method, path) in routes {
             assert!(

@@ -250,6 +250,7 @@ pub async fn complete(
             now: state.now(),
         })
         .await?;
+    crate::metrics::completions(&rows);
     let mut requeued = false;
     if rows.iter().any(|r| r.recorded) {
         state.events.results_recorded();

@@ -1,0 +1,141 @@
+//! Prometheus metrics at `/metrics`. Counters and histograms are recorded where things happen
+//! (completions, firings, deliveries); gauges of the queue and the workers are read from the
+//! store at each scrape, so every server of a cluster reports the same truth.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::state::AppState;
+
+/// Buckets of `hopper_attempt_duration_seconds`: 1 ms to 1 hour.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's recorder, installed on first use. `None` if another recorder was installed
+/// first (metrics are then not served).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &DURATION_BUCKETS)
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "hopper_inputs_total",
+        "Inputs that ended, by function and state."
+    );
+    metrics::describe_counter!(
+        "hopper_attempts_total",
+        "Attempts reported, by function and what they did."
+    );
+    metrics::describe_counter!(
+        "hopper_retries_total",
+        "Failed attempts that will run again, by function."
+    );
+    metrics::describe_histogram!(
+        "hopper_attempt_duration_seconds",
+        "How long attempts ran, from lease to result."
+    );
+    metrics::describe_gauge!(
+        "hopper_queue_pending",
+        "Inputs waiting to run, by function (scale workers on this)."
+    );
+    metrics::describe_gauge!(
+        "hopper_queue_running",
+        "Inputs leased to workers, by function."
+    );
+    metrics::describe_gauge!("hopper_workers", "Registered workers, by state.");
+    metrics::describe_counter!(
+        "hopper_calls_total",
+        "Calls started, by function and origin."
+    );
+    metrics::describe_counter!(
+        "hopper_schedule_firings_total",
+        "Schedule due times, by schedule and outcome."
+    );
+    metrics::describe_counter!(
+        "hopper_notifications_total",
+        "Notification deliveries, by channel kind and outcome."
+    );
+}
+
+/// Records what a batch of completions did.
+pub fn completions(rows: &[hopper_store::CompletionRow]) {
+    for row in rows {
+        let Some(function) = row.function.clone() else {
+            continue;
+        };
+        metrics::counter!("hopper_attempts_total", "function" => function.clone(), "effect" => row.effect).increment(1);
+        if let Some(ms) = row.duration_ms {
+            metrics::histogram!("hopper_attempt_duration_seconds", "function" => function.clone())
+                .record(ms.max(0) as f64 / 1000.0);
+        }
+        match row.effect {
+            "retried" => metrics::counter!("hopper_retries_total", "function" => function).increment(1),
+            "succeeded" | "failed" => {
+                metrics::counter!("hopper_inputs_total", "function" => function, "state" => row.effect).increment(1)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A call started.
+pub fn call_started(function: String, origin: &'static str) {
+    metrics::counter!("hopper_calls_total", "function" => function, "origin" => origin)
+        .increment(1);
+}
+
+/// A schedule's due time was fired, skipped or missed.
+pub fn firing(schedule: String, outcome: &'static str, n: u64) {
+    metrics::counter!("hopper_schedule_firings_total", "schedule" => schedule, "outcome" => outcome).increment(n);
+}
+
+/// A notification was delivered, or a delivery attempt failed.
+pub fn notification(kind: String, outcome: &'static str) {
+    metrics::counter!("hopper_notifications_total", "channel" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
+/// The text exposition: the store's gauges, read now, and everything recorded.
+pub async fn render(state: &AppState) -> Result<String, hopper_store::StoreError> {
+    let Some(handle) = handle() else {
+        return Ok(String::new());
+    };
+    let mut functions: Vec<String> = Vec::new();
+    for app in state.store.app_list().await? {
+        functions.extend(app.functions.iter().map(|f| f.spec.qualified_name()));
+    }
+    let backlog = state.store.function_backlog().await?;
+    for f in &functions {
+        let (pending, running) = backlog
+            .iter()
+            .find(|b| format!("{}.{}", b.app, b.function) == *f)
+            .map_or((0, 0), |b| (b.pending, b.running));
+        metrics::gauge!("hopper_queue_pending", "function" => f.clone()).set(pending as f64);
+        metrics::gauge!("hopper_queue_running", "function" => f.clone()).set(running as f64);
+    }
+    let now = state.now();
+    let workers = state.store.worker_list(now - 3_600_000).await?;
+    for s in ["active", "lost", "stopped"] {
+        let n = workers
+            .iter()
+            .filter(|w| crate::api::views::worker(w, now, state.config.lease_ms()).state == s)
+            .count();
+        metrics::gauge!("hopper_workers", "state" => s).set(n as f64);
+    }
+    Ok(handle.render())
+}
