@@ -80,7 +80,9 @@ async fn write_loop(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Job>) {
                 continue;
             }
         };
-        let mut tx = match conn.begin().await {
+        // IMMEDIATE takes the write lock now, waiting (busy_timeout) for another process's
+        // writer rather than failing later when a read would upgrade to a write.
+        let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
             Ok(tx) => tx,
             Err(e) => {
                 tracing::error!(error = %e, writes = group.len(), "cannot begin a write transaction");

@@ -224,7 +224,7 @@ async fn parse_output(output_path: &Path, stdout: Captured) -> Outcome {
 
 /// A program with a `/` in it is relative to the working directory; a bare name is looked up
 /// on `PATH`.
-fn resolve_program(program: &str, workdir: &Path) -> PathBuf {
+pub fn resolve_program(program: &str, workdir: &Path) -> PathBuf {
     let path = Path::new(program);
     if program.contains('/') && path.is_relative() {
         workdir.join(path)

@@ -58,7 +58,7 @@ impl Executor for ProcessExecutor {
                 }
                 .boxed()
             }
-            Runner::Serve(_) => self.serve.run(spec, jobs, logs, self.kill_grace).boxed(),
+            Runner::Serve(_) => self.serve.run(spec, jobs, logs).boxed(),
             Runner::External => {
                 let message = format!(
                     "{} is external: it is served by its own workers, not by `hopper worker`",

@@ -14,12 +14,18 @@ pub fn isolate(command: &mut tokio::process::Command, death_signal: libc::c_int)
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn set_death_signal(command: &mut tokio::process::Command, signal: libc::c_int) {
-    // SAFETY: the closure runs in the child between fork and exec and calls only `prctl`,
-    // which is async-signal-safe; it touches no memory of the parent.
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and calls only `prctl` and
+    // `getppid`, which are async-signal-safe; it reads a copied integer, nothing else.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) == -1 {
                 return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then the signal never comes,
+            // so do not start at all.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::other("the parent process exited"));
             }
             Ok(())
         });

@@ -110,7 +110,6 @@ impl ServePool {
         spec: Arc<FunctionSpec>,
         jobs: Vec<Job>,
         logs: LogSink,
-        _kill_grace: Duration,
     ) -> impl std::future::Future<Output = Vec<Option<Outcome>>> + Send + 'static {
         let started = self.get_or_start(&spec, &logs);
         async move {
@@ -219,12 +218,7 @@ fn start(spec: &FunctionSpec, logs: LogSink) -> Result<Arc<ServeProcess>, String
         return Err("the function has no serve command".into());
     };
     let workdir = Path::new(&spec.workdir);
-    let program_path = if program.contains('/') && Path::new(program).is_relative() {
-        workdir.join(program)
-    } else {
-        Path::new(program).to_path_buf()
-    };
-    let mut cmd = Command::new(&program_path);
+    let mut cmd = Command::new(crate::command::resolve_program(program, workdir));
     cmd.args(args)
         .current_dir(workdir)
         .envs(&spec.env)
