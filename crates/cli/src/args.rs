@@ -264,6 +264,9 @@ pub struct ServeArgs {
     /// Base URL of this server in notification links (default: the listening address).
     #[arg(long, env = "HOPPER_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Log lines kept per attempt; past it one marker line says the rest were dropped.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_log_lines: u32,
     /// How long a burst of failures is gathered into one notification.
     #[arg(long, default_value = "2s")]
     pub notify_gather: String,

@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// How long the notifier gathers a burst of events into one message. Default 2 s.
     pub notify_gather: Duration,
+    /// Log lines kept per attempt; past it one marker line says lines were dropped.
+    /// Default 10,000.
+    pub max_log_lines: u32,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             smtp_from: "hopper@localhost".into(),
             public_url: None,
             notify_gather: Duration::from_secs(2),
+            max_log_lines: 10_000,
         }
     }
 }

@@ -324,6 +324,12 @@ pub fn cancelled_error() -> hopper_core::api::InputError {
 pub async fn prune(conn: &mut SqliteConnection, p: CallPrune) -> Result<u64, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let doomed = "SELECT id FROM calls WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2";
+    sqlx::query(&format!("DELETE FROM log_counts WHERE input_id IN (SELECT id FROM inputs WHERE call_id IN ({doomed}))"))
+        .bind(p.finished_before)
+        .bind(p.limit as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
     for table in ["logs", "attempts", "inputs"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE call_id IN ({doomed})"))
             .bind(p.finished_before)

@@ -188,7 +188,7 @@ impl Store for SqliteStore {
         inputs::attempt_list(&self.reader, call_id).await
     }
 
-    async fn log_append_many(&self, lines: Vec<LogInsert>) -> Result<(), StoreError> {
+    async fn log_append_many(&self, lines: LogAppend) -> Result<(), StoreError> {
         self.writer
             .run(move |conn| Box::pin(workers::log_append_many(conn, lines)))
             .await

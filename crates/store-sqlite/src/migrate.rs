@@ -15,6 +15,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0003_schedules.sql"),
     ),
     (4, "notify", include_str!("../migrations/0004_notify.sql")),
+    (
+        5,
+        "log_caps",
+        include_str!("../migrations/0005_log_caps.sql"),
+    ),
 ];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write

@@ -1,7 +1,12 @@
 //! `worker_*` and `log_*`: registered workers and the attempts' log lines.
 
 use hopper_core::WorkerId;
-use hopper_store::{LogInsert, LogList, LogRow, StoreError, WorkerRegisterParams, WorkerRow};
+use std::collections::HashMap;
+
+use hopper_core::api::Lease;
+use hopper_store::{
+    LogAppend, LogInsert, LogList, LogRow, StoreError, WorkerRegisterParams, WorkerRow,
+};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
 use sqlx::{Row, SqlitePool};
@@ -76,24 +81,67 @@ pub async fn list(pool: &SqlitePool, seen_after: i64) -> Result<Vec<WorkerRow>, 
         .collect()
 }
 
-pub async fn log_append_many(
-    conn: &mut SqliteConnection,
-    lines: Vec<LogInsert>,
-) -> Result<(), StoreError> {
-    if lines.is_empty() {
+pub async fn log_append_many(conn: &mut SqliteConnection, p: LogAppend) -> Result<(), StoreError> {
+    if p.lines.is_empty() {
         return Ok(());
     }
     let mut tx = conn.begin().await.map_err(db_err)?;
-    for line in &lines {
+    let cap = p.max_lines_per_attempt as i64;
+    // Lines already kept, and whether the marker was written, per attempt in this batch.
+    let mut kept: HashMap<Lease, (i64, bool)> = HashMap::new();
+    let mut rows: Vec<(&LogInsert, bool)> = Vec::with_capacity(p.lines.len());
+    for line in &p.lines {
+        let entry = match kept.entry(line.lease) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let row: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT lines, dropped FROM log_counts WHERE input_id = $1 AND attempt = $2",
+                )
+                .bind(line.lease.input_id)
+                .bind(line.lease.attempt as i64)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let (lines, dropped) = row.unwrap_or((0, 0));
+                e.insert((lines, dropped > 0))
+            }
+        };
+        if entry.0 < cap {
+            entry.0 += 1;
+            rows.push((line, false));
+        } else if !entry.1 {
+            entry.1 = true;
+            rows.push((line, true));
+        }
+    }
+    for (line, marker) in &rows {
+        let (stream, text) = if *marker {
+            ("system", format!("[hopper] this attempt's log reached its cap of {cap} lines; later lines are dropped"))
+        } else {
+            (line.stream.as_str(), line.line.clone())
+        };
         sqlx::query(
             "INSERT INTO logs (call_id, idx, attempt, stream, ts, line)
              SELECT call_id, idx, $2, $3, $4, $5 FROM inputs WHERE id = $1",
         )
         .bind(line.lease.input_id)
         .bind(line.lease.attempt as i64)
-        .bind(line.stream.as_str())
+        .bind(stream)
         .bind(line.ts)
-        .bind(&line.line)
+        .bind(text)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    for (lease, (lines, dropped)) in kept {
+        sqlx::query(
+            "INSERT INTO log_counts (input_id, attempt, lines, dropped) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (input_id, attempt) DO UPDATE SET lines = excluded.lines, dropped = excluded.dropped",
+        )
+        .bind(lease.input_id)
+        .bind(lease.attempt as i64)
+        .bind(lines)
+        .bind(dropped as i64)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;

@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
             an_overlapping_firing_is_skipped_when_the_schedule_says_so,
             a_paused_schedule_is_not_due_and_resumes_from_now,
             ended_calls_are_listed_in_the_order_they_ended,
+            an_attempts_log_is_capped_with_a_marker,
             settings_are_kept,
         );
     };
@@ -797,12 +798,15 @@ pub async fn pruning_removes_only_old_ended_calls(store: Arc<dyn Store>) {
     let old = spawn_n(&*store, "ok", 1, T0).await;
     let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
     store
-        .log_append_many(vec![LogInsert {
-            lease: l.lease,
-            stream: LogStream::Stdout,
-            ts: T0,
-            line: "hi".into(),
-        }])
+        .log_append_many(LogAppend {
+            lines: vec![LogInsert {
+                lease: l.lease,
+                stream: LogStream::Stdout,
+                ts: T0,
+                line: "hi".into(),
+            }],
+            max_lines_per_attempt: 100,
+        })
         .await
         .unwrap();
     complete(
@@ -858,7 +862,13 @@ pub async fn logs_are_kept_per_attempt_in_order(store: Arc<dyn Store>) {
             line: format!("line {i}"),
         })
         .collect();
-    store.log_append_many(lines).await.unwrap();
+    store
+        .log_append_many(LogAppend {
+            lines,
+            max_lines_per_attempt: 100,
+        })
+        .await
+        .unwrap();
     let all = store
         .log_list(LogList {
             call_id: call.id.clone(),
@@ -1554,4 +1564,42 @@ pub async fn settings_are_kept(store: Arc<dyn Store>) {
     store.setting_put("k", "1").await.unwrap();
     store.setting_put("k", "2").await.unwrap();
     assert_eq!(store.setting_get("k").await.unwrap().as_deref(), Some("2"));
+}
+
+pub async fn an_attempts_log_is_capped_with_a_marker(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    let batch = |from: usize, n: usize| LogAppend {
+        lines: (from..from + n)
+            .map(|i| LogInsert {
+                lease: l.lease,
+                stream: LogStream::Stdout,
+                ts: T0,
+                line: format!("line {i}"),
+            })
+            .collect(),
+        max_lines_per_attempt: 5,
+    };
+    store.log_append_many(batch(0, 3)).await.unwrap();
+    store.log_append_many(batch(3, 4)).await.unwrap();
+    store.log_append_many(batch(7, 4)).await.unwrap();
+    let lines = store
+        .log_list(LogList {
+            call_id: call.id.clone(),
+            index: None,
+            after_seq: 0,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let texts: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(
+        &texts[..5],
+        ["line 0", "line 1", "line 2", "line 3", "line 4"]
+    );
+    assert_eq!(texts.len(), 6, "the cap, then one marker: {texts:?}");
+    assert_eq!(lines[5].stream, LogStream::System);
+    assert!(texts[5].contains("cap of 5 lines"), "{texts:?}");
 }

@@ -97,8 +97,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every attempt of a call, finished or running, by input then attempt.
     async fn attempt_list(&self, call_id: &CallId) -> Result<Vec<AttemptRow>, StoreError>;
 
-    /// Appends log lines; lines for inputs that no longer exist are dropped.
-    async fn log_append_many(&self, lines: Vec<LogInsert>) -> Result<(), StoreError>;
+    /// Appends log lines, at most `max_lines_per_attempt` per attempt (then one marker line);
+    /// lines for inputs that no longer exist are dropped.
+    async fn log_append_many(&self, params: LogAppend) -> Result<(), StoreError>;
 
     /// A call's log lines after `after_seq`, in order.
     async fn log_list(&self, params: LogList) -> Result<Vec<LogRow>, StoreError>;

@@ -184,6 +184,14 @@ pub struct LeaseRescue {
     pub limit: u32,
 }
 
+/// A batch of log lines, bounded per attempt.
+#[derive(Debug, Clone)]
+pub struct LogAppend {
+    pub lines: Vec<LogInsert>,
+    /// Lines kept per attempt; past it lines are dropped, and one `system` line says so.
+    pub max_lines_per_attempt: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct LogInsert {
     pub lease: Lease,

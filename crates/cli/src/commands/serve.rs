@@ -48,6 +48,10 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         ));
     }
     config.smtp_from = args.smtp_from.clone();
+    if args.max_log_lines == 0 {
+        faults.push("--max-log-lines: must be at least 1".to_string());
+    }
+    config.max_log_lines = args.max_log_lines;
     config.public_url = args.public_url.clone();
     match parse_bytes(&args.max_payload) {
         Some(n) if n > 0 => config.max_payload_bytes = n,

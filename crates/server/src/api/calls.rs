@@ -316,3 +316,90 @@ pub async fn logs(
         lines: rows.iter().map(views::log).collect(),
     }))
 }
+
+/// `GET /v1/calls/{id}/logs/stream`: log lines as server-sent events (`line`, data: the line
+/// as JSON) as they are written, then one `end` event (data: the call) once the call has ended
+/// and every line was sent.
+pub async fn log_stream(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let id = parse_id(&id)?;
+    load(&state, &id).await?;
+    struct Follow {
+        state: AppState,
+        id: CallId,
+        index: Option<i64>,
+        after: i64,
+        ended: bool,
+    }
+    let start = Follow {
+        state,
+        id,
+        index: q.index,
+        after: q.after,
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(start, |mut f| async move {
+        if f.ended {
+            return None;
+        }
+        loop {
+            // The state first: lines written before the call ended are then in this read.
+            let call = f.state.store.call_get(&f.id).await.ok().flatten();
+            let ended = call.as_ref().is_none_or(|c| c.state.is_terminal());
+            let lines = f
+                .state
+                .store
+                .log_list(LogList {
+                    call_id: f.id.clone(),
+                    index: f.index,
+                    after_seq: f.after,
+                    limit: 1_000,
+                })
+                .await
+                .unwrap_or_default();
+            if let Some(last) = lines.last() {
+                f.after = last.seq;
+                let events: Vec<Event> = lines
+                    .iter()
+                    .map(|l| {
+                        Event::default()
+                            .event("line")
+                            .json_data(views::log(l))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                return Some((events, f));
+            }
+            if ended {
+                f.ended = true;
+                let end = match &call {
+                    Some(c) => Event::default()
+                        .event("end")
+                        .json_data(views::call(c, None))
+                        .unwrap_or_default(),
+                    None => Event::default().event("end").data("{}"),
+                };
+                return Some((vec![end], f));
+            }
+            let mut wake = f.state.events.watch_results();
+            wake.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = wake.changed() => {}
+                _ = f.state.shutdown.cancelled() => return None,
+            }
+        }
+    })
+    .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

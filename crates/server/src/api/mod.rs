@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/{id}/cancel", post(calls::cancel))
         .route("/calls/{id}/attempts", get(calls::attempts))
         .route("/calls/{id}/logs", get(calls::logs))
+        .route("/calls/{id}/logs/stream", get(calls::log_stream))
         .route("/schedules", get(schedules::list))
         .route("/schedules/{name}", get(schedules::get))
         .route("/schedules/{name}/trigger", post(schedules::trigger))
@@ -156,6 +157,7 @@ mod tests {
             ("post", "/v1/calls/{id}/cancel"),
             ("get", "/v1/calls/{id}/attempts"),
             ("get", "/v1/calls/{id}/logs"),
+            ("get", "/v1/calls/{id}/logs/stream"),
             ("get", "/v1/schedules"),
             ("get", "/v1/schedules/{name}"),
             ("post", "/v1/schedules/{name}/trigger"),

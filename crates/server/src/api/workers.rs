@@ -13,7 +13,7 @@ use hopper_core::api::{
 };
 use hopper_core::{FunctionName, WorkerId};
 use hopper_store::{
-    FunctionKey, InputCompleteMany, LeaseHeartbeat, LogInsert, WorkerDeregister,
+    FunctionKey, InputCompleteMany, LeaseHeartbeat, LogAppend, LogInsert, WorkerDeregister,
     WorkerRegisterParams,
 };
 
@@ -286,7 +286,13 @@ pub async fn logs(
             line: cut(l.line),
         })
         .collect();
-    state.store.log_append_many(lines).await?;
+    state
+        .store
+        .log_append_many(LogAppend {
+            lines,
+            max_lines_per_attempt: state.config.max_log_lines,
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

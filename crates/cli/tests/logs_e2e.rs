@@ -1,0 +1,77 @@
+//! Logs: both streams, the cap per attempt and its marker, following a running call to its
+//! end from the CLI and as server-sent events.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const APP: &str = r#"
+app = "l"
+[functions.chatty]
+command = ["sh", "-c", "for i in $(seq 1 20); do echo \"out $i\"; echo \"err $i\" >&2; done"]
+[functions.slow]
+command = ["sh", "-c", "for i in 1 2 3 4 5; do echo \"tick $i\" >&2; sleep 0.3; done"]
+"#;
+
+#[tokio::test]
+async fn an_attempts_log_is_capped_with_a_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), APP);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--deploy", m.to_str().unwrap(), "--max-log-lines", "10"],
+    );
+    let client = server.client();
+    let call = client.spawn("l.chatty", json!(null), None).await.unwrap();
+    wait_done(&client, &call.id, Duration::from_secs(30)).await;
+    let out = cli(&server.url, &["logs", call.id.as_str(), "--json"]);
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 11, "10 lines, then the marker: {lines:?}");
+    assert_eq!(lines[10]["stream"], "system");
+    assert!(lines[10]["line"]
+        .as_str()
+        .unwrap()
+        .contains("cap of 10 lines"));
+}
+
+#[tokio::test]
+async fn following_a_running_call_prints_lines_as_they_come_and_ends_with_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), APP);
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let client = server.client();
+    let call = client.spawn("l.slow", json!(null), None).await.unwrap();
+    // The CLI follows until the call ends, then exits 0 with every line.
+    let follow = tokio::process::Command::new(BIN)
+        .args(["logs", call.id.as_str(), "-f"])
+        .env("HOPPER_SERVER", &server.url)
+        .output();
+    // Server-sent events: the stream ends by itself after the `end` event.
+    let sse = async {
+        let response = reqwest::get(format!("{}/v1/calls/{}/logs/stream", server.url, call.id))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        response.text().await.unwrap()
+    };
+    let (out, events) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(follow, sse) })
+            .await
+            .unwrap();
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for i in 1..=5 {
+        assert!(text.contains(&format!("tick {i}")), "{text}");
+    }
+    assert_eq!(events.matches("event: line").count(), 5, "{events}");
+    assert!(events.contains("event: end"), "{events}");
+    assert!(events.contains("\"state\":\"succeeded\""), "{events}");
+}
