@@ -72,23 +72,38 @@ fn describe() {
     );
 }
 
-/// Records what a batch of completions did.
+/// Records what a batch of completions did: counters once per function and effect, each
+/// duration in the histogram.
 pub fn completions(rows: &[hopper_store::CompletionRow]) {
+    let mut counts: std::collections::HashMap<(&str, &'static str), u64> =
+        std::collections::HashMap::new();
+    let mut durations: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
     for row in rows {
-        let Some(function) = row.function.clone() else {
+        let Some(function) = row.function.as_deref() else {
             continue;
         };
-        metrics::counter!("hopper_attempts_total", "function" => function.clone(), "effect" => row.effect).increment(1);
+        *counts.entry((function, row.effect)).or_default() += 1;
         if let Some(ms) = row.duration_ms {
-            metrics::histogram!("hopper_attempt_duration_seconds", "function" => function.clone())
-                .record(ms.max(0) as f64 / 1000.0);
+            durations
+                .entry(function)
+                .or_default()
+                .push(ms.max(0) as f64 / 1000.0);
         }
-        match row.effect {
-            "retried" => metrics::counter!("hopper_retries_total", "function" => function).increment(1),
+    }
+    for ((function, effect), n) in counts {
+        metrics::counter!("hopper_attempts_total", "function" => function.to_string(), "effect" => effect).increment(n);
+        match effect {
+            "retried" => metrics::counter!("hopper_retries_total", "function" => function.to_string()).increment(n),
             "succeeded" | "failed" => {
-                metrics::counter!("hopper_inputs_total", "function" => function, "state" => row.effect).increment(1)
+                metrics::counter!("hopper_inputs_total", "function" => function.to_string(), "state" => effect).increment(n)
             }
             _ => {}
+        }
+    }
+    for (function, seconds) in durations {
+        let histogram = metrics::histogram!("hopper_attempt_duration_seconds", "function" => function.to_string());
+        for s in seconds {
+            histogram.record(s);
         }
     }
 }

@@ -3,7 +3,8 @@
 //! Each write arrives as a job. The task takes every job waiting (up to [`MAX_GROUP`]), runs
 //! them in one transaction — each inside its own savepoint, so a write that fails is undone
 //! alone — commits once, and only then answers each job: nothing is acknowledged before it is
-//! durable. A job whose group could not start or commit is answered with `Unavailable`.
+//! durable. A job alone in its group runs in its own transaction, committed before it
+//! answers. A job whose group could not start or commit is answered with `Unavailable`.
 
 use futures_util::future::BoxFuture;
 use hopper_store::StoreError;
@@ -80,6 +81,15 @@ async fn write_loop(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Job>) {
                 continue;
             }
         };
+        // A write alone commits in its own transaction: no savepoint round trips, which is
+        // what a lone request's latency is made of.
+        if group.len() == 1 {
+            if let Some(job) = group.pop() {
+                let deliver = job(&mut conn).await;
+                deliver(Ok(()));
+            }
+            continue;
+        }
         // IMMEDIATE takes the write lock now, waiting (busy_timeout) for another process's
         // writer rather than failing later when a read would upgrade to a write.
         let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
