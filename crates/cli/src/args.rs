@@ -236,9 +236,13 @@ pub struct ServeArgs {
     /// Deploy this manifest at start (repeatable).
     #[arg(long)]
     pub deploy: Vec<PathBuf>,
-    /// Require this bearer token on every request.
+    /// Require this bearer token on every request (it has every scope).
     #[arg(long, env = "HOPPER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A token limited to some scopes, as SCOPES=TOKEN with scopes read, submit, work, admin
+    /// (e.g. read,submit=s3cret); repeatable.
+    #[arg(long = "scoped-token", value_name = "SCOPES=TOKEN")]
+    pub scoped_tokens: Vec<String>,
     /// How long a lease lasts without a heartbeat: a lost worker costs at most this.
     #[arg(long, default_value = "30s")]
     pub lease: String,

@@ -275,3 +275,79 @@ async fn with_a_token_every_request_needs_it() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn scoped_tokens_allow_only_their_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "app = \"demo\"\n[functions.echo]\ncommand = [\"cat\"]\n",
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--deploy",
+            m.to_str().unwrap(),
+            "--scoped-token",
+            "read=r34d",
+            "--scoped-token",
+            "read,submit=subm1t",
+        ],
+    );
+    let reader = server.client_with_token("r34d");
+    let submitter = server.client_with_token("subm1t");
+    // Reading works with a read token; spawning does not.
+    assert!(reader.calls(&Default::default()).await.is_ok());
+    let denied = reader.spawn("demo.echo", json!(1), None).await.unwrap_err();
+    assert_eq!(denied.code(), Some("forbidden"));
+    assert!(denied.to_string().contains("needs submit"), "{denied}");
+    // A submit token spawns; local workers (with their own work token) run the call.
+    let call = submitter
+        .spawn("demo.echo", json!("scoped"), None)
+        .await
+        .unwrap();
+    let done = wait_done(&submitter, &call.id, std::time::Duration::from_secs(30)).await;
+    assert_eq!(done.output, Some(json!("scoped")));
+    // Deploying needs admin; the worker protocol needs work.
+    let deploy = submitter
+        .deploy(&hopper_core::api::DeployRequest {
+            manifest: std::fs::read_to_string(&m).unwrap(),
+            file: "hopper.toml".into(),
+            base_dir: dir.path().display().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(deploy.code(), Some("forbidden"));
+    let register = submitter
+        .worker_register(&hopper_core::api::WorkerRegister {
+            functions: vec!["demo.echo".into()],
+            host: "x".into(),
+            pid: 1,
+            concurrency: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(register.code(), Some("forbidden"));
+    let (status, _) = raw(
+        reqwest::Method::GET,
+        format!("{}/metrics", server.url),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "metrics need a token too");
+    // A bad scope is refused at start.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--scoped-token",
+            "root=x",
+            "--data",
+        ])
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown scope"), "{}", stderr(&out));
+}

@@ -91,6 +91,11 @@ macro_rules! prefixed_id {
     };
 }
 
+/// 32 random hex characters (a v4 UUID's bits), for secrets such as tokens.
+pub fn random_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// Why a string is not an id.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{text:?} is not a {what} id (expected {prefix} followed by 26 base32 characters)")]

@@ -6,11 +6,49 @@ use std::time::Duration;
 /// Default inline payload limit: 4 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
 
+/// What a token may do. `Admin` may do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Read apps, calls, results, logs, workers, schedules, metrics.
+    Read,
+    /// Spawn, map, cancel, trigger schedules.
+    Submit,
+    /// The worker protocol.
+    Work,
+    /// Deploy, pause and resume schedules, and everything else.
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "read" => Some(Scope::Read),
+            "submit" => Some(Scope::Submit),
+            "work" => Some(Scope::Work),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Submit => "submit",
+            Scope::Work => "work",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Bearer token required on every request but `/healthz`. Default none, which is allowed
-    /// only on a loopback address.
+    /// Bearer token with every scope, required on every request but `/healthz`. Default none,
+    /// which is allowed only on a loopback address (and with no scoped tokens either).
     pub token: Option<String>,
+    /// Tokens limited to some scopes (`--scoped-token read,submit=TOKEN`).
+    pub scoped_tokens: Vec<(Vec<Scope>, String)>,
+    /// The `work` token given to local workers; set by the server at start.
+    pub worker_token: Option<String>,
     /// How long a lease lasts without a heartbeat; a lost worker costs at most this. Default 30 s.
     pub lease: Duration,
     /// Time a worker gets between SIGTERM and SIGKILL of a timed-out command. Default 5 s.
@@ -45,6 +83,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             token: None,
+            scoped_tokens: Vec::new(),
+            worker_token: None,
             lease: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
             retention: Duration::from_secs(7 * 86_400),
@@ -62,6 +102,23 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// Whether requests must carry a token.
+    pub fn requires_token(&self) -> bool {
+        self.token.is_some() || !self.scoped_tokens.is_empty()
+    }
+
+    /// The scopes of a presented token; `None` for an unknown token.
+    pub fn scopes_of(&self, presented: &str) -> Option<Vec<Scope>> {
+        let matches = |expected: &str| constant_time_eq(presented.as_bytes(), expected.as_bytes());
+        if self.token.as_deref().is_some_and(matches) {
+            return Some(vec![Scope::Admin]);
+        }
+        self.scoped_tokens
+            .iter()
+            .find(|(_, t)| matches(t))
+            .map(|(scopes, _)| scopes.clone())
+    }
+
     pub fn lease_ms(&self) -> i64 {
         self.lease.as_millis() as i64
     }
@@ -76,4 +133,12 @@ impl ServerConfig {
     pub fn heartbeat_ms(&self) -> u64 {
         (self.lease.as_millis() as u64 / 3).max(50)
     }
+}
+
+/// Compares without stopping at the first difference, so timing does not leak a token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -64,12 +64,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let local = listener.local_addr()?;
-    if !local.ip().is_loopback() && config.token.is_none() {
+    if !local.ip().is_loopback() && !config.requires_token() {
         return Err(ServerError::TokenRequired(local));
     }
     // Install the metrics recorder before anything is recorded.
     let _ = metrics::handle();
     let mut config = config;
+    if config.requires_token() {
+        // Local workers get a token of their own, with only the `work` scope.
+        let worker_token = format!("hw-{}", uuid_like());
+        config
+            .scoped_tokens
+            .push((vec![config::Scope::Work], worker_token.clone()));
+        config.worker_token = Some(worker_token);
+    }
     if config.public_url.is_none() {
         config.public_url = Some(format!("http://{local}"));
     }
@@ -129,4 +137,9 @@ pub async fn run(
         Err(e) => return Err(ServerError::Io(std::io::Error::other(e))),
     }
     Ok(())
+}
+
+/// A random token for local workers, from the OS's randomness via a v4 UUID.
+fn uuid_like() -> String {
+    hopper_core::ids::random_hex()
 }

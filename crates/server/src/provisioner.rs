@@ -239,7 +239,7 @@ fn start(
     if let Some(filter) = &state.config.worker_log {
         cmd.env("RUST_LOG", filter);
     }
-    match &state.config.token {
+    match &state.config.worker_token {
         Some(token) => cmd.env("HOPPER_TOKEN", token),
         None => cmd.env_remove("HOPPER_TOKEN"),
     };

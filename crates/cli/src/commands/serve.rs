@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use hopper_server::config::Scope;
 use hopper_server::ServerConfig;
 use hopper_store_sqlite::SqliteStore;
 
@@ -60,7 +61,26 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             args.max_payload
         )),
     }
-    if !args.listen.ip().is_loopback() && config.token.is_none() {
+    for (n, spec) in args.scoped_tokens.iter().enumerate() {
+        let Some((scopes, token)) = spec.split_once('=') else {
+            faults.push(format!(
+                "--scoped-token #{}: expected SCOPES=TOKEN, e.g. read,submit=s3cret",
+                n + 1
+            ));
+            continue;
+        };
+        let parsed: Option<Vec<Scope>> =
+            scopes.split(',').map(|s| Scope::parse(s.trim())).collect();
+        match parsed {
+            Some(list) if !list.is_empty() && !token.is_empty() => config.scoped_tokens.push((list, token.to_string())),
+            Some(_) => faults.push(format!("--scoped-token #{}: give at least one scope and a token", n + 1)),
+            None => faults.push(format!(
+                "--scoped-token #{}: unknown scope in {scopes:?} (expected read, submit, work or admin)",
+                n + 1
+            )),
+        }
+    }
+    if !args.listen.ip().is_loopback() && !config.requires_token() {
         faults.push(format!(
             "--listen {}: refusing to listen beyond loopback without a token; set --token or HOPPER_TOKEN",
             args.listen

@@ -12,13 +12,14 @@ pub mod views;
 pub mod workers;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use self::error::ApiError;
+use crate::config::Scope;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -51,7 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workers/{id}/logs", post(workers::logs))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    // `/metrics` needs the token too when there is one (give it to the scraper).
+    // `/metrics` needs a token too when there are any (a `read` token is enough).
     let metrics = Router::new()
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -96,41 +97,65 @@ async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such endpoint; the API is under /v1")
 }
 
-/// With a token configured, every `/v1` request must carry `Authorization: Bearer <token>`.
+/// The scope a request needs.
+fn required_scope(method: &Method, path: &str) -> Scope {
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    if path.starts_with("/workers") && !(method == Method::GET && path == "/workers") {
+        return Scope::Work;
+    }
+    if method == Method::GET {
+        return Scope::Read;
+    }
+    if path == "/apps" || path.ends_with("/pause") || path.ends_with("/resume") {
+        return Scope::Admin;
+    }
+    Scope::Submit
+}
+
+/// With tokens configured, every request but `/healthz` must carry `Authorization: Bearer
+/// <token>` (401 without a valid one), of a token whose scopes allow it (403 otherwise).
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.config.token.as_deref() else {
+    if !state.config.requires_token() {
         return next.run(req).await;
-    };
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
-            next.run(req).await
-        }
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the token is not valid",
-        )
-        .into_response(),
-        None => ApiError::new(
+    let Some(token) = given else {
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "this server requires a token: send Authorization: Bearer <token>",
         )
-        .into_response(),
+        .into_response();
+    };
+    let Some(scopes) = state.config.scopes_of(token) else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the token is not valid",
+        )
+        .into_response();
+    };
+    let needed = required_scope(req.method(), req.uri().path());
+    if scopes.contains(&Scope::Admin) || scopes.contains(&needed) {
+        return next.run(req).await;
     }
-}
-
-/// Compares without stopping at the first difference, so timing does not leak the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let have: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "this token has the scopes {}; {} {} needs {}",
+            have.join(", "),
+            req.method(),
+            req.uri().path(),
+            needed.as_str()
+        ),
+    )
+    .into_response()
 }
 
 #[cfg(test)]
