@@ -39,7 +39,7 @@ pub struct ClientArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server: the API, the engine and a local worker per command function.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Deploy a manifest (hopper.toml) as a new version of its app.
     Deploy {
         /// The manifest file.
@@ -201,6 +201,9 @@ pub struct BenchArgs {
     /// Print a JSON array, one object per scenario.
     #[arg(long)]
     pub json: bool,
+    /// Run against PostgreSQL (each scenario in a fresh schema) instead of SQLite.
+    #[arg(long)]
+    pub database: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,6 +233,17 @@ pub struct ServeArgs {
     /// Where the data lives (the SQLite file and its journal).
     #[arg(long, env = "HOPPER_DATA", default_value = ".hopper")]
     pub data: PathBuf,
+    /// Keep the data in PostgreSQL instead of SQLite, e.g. postgres://user:pass@host/db; any
+    /// number of servers can share one database.
+    #[arg(long, env = "HOPPER_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+    /// Most connections to PostgreSQL per server.
+    #[arg(long, default_value_t = 16)]
+    pub database_pool: u32,
+    /// Keep Hopper's tables in this PostgreSQL schema (created if missing); default the
+    /// connection's search path.
+    #[arg(long)]
+    pub database_schema: Option<String>,
     /// Address to listen on. Anything but loopback requires --token.
     #[arg(long, env = "HOPPER_LISTEN", default_value = "127.0.0.1:7433")]
     pub listen: SocketAddr,

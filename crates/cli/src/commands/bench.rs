@@ -37,14 +37,30 @@ struct BenchServer {
     child: Child,
     url: String,
     _data: tempfile::TempDir,
+    /// With PostgreSQL: the database URL and the scenario's own schema, dropped after.
+    postgres: Option<(String, String)>,
 }
+
+/// The database the bench runs on: `None` for SQLite.
+static DATABASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
 impl BenchServer {
     fn start() -> anyhow::Result<Self> {
         let data = tempfile::tempdir().context("cannot create a temporary folder")?;
         let exe = std::env::current_exe().context("cannot find this program")?;
-        let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        let postgres = DATABASE.get().cloned().flatten().map(|url| {
+            (
+                url,
+                format!("hopper_bench_{}", hopper_core::ids::random_hex()),
+            )
+        });
+        let mut command = Command::new(exe);
+        command.arg("serve");
+        if let Some((url, schema)) = &postgres {
+            command.args(["--database", url, "--database-schema", schema]);
+        }
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(data.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -63,6 +79,7 @@ impl BenchServer {
             child,
             url,
             _data: data,
+            postgres,
         })
     }
 
@@ -90,6 +107,19 @@ impl Drop for BenchServer {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl BenchServer {
+    /// Stops the server and drops its schema, if it had one.
+    async fn finish(self) {
+        let postgres = self.postgres.clone();
+        drop(self);
+        if let Some((url, schema)) = postgres {
+            if let Err(e) = hopper_store_postgres::PgStore::drop_schema(&url, &schema).await {
+                eprintln!("cannot drop the bench schema {schema}: {e}");
+            }
+        }
     }
 }
 
@@ -199,7 +229,9 @@ async fn enqueue(n: u64) -> anyhow::Result<Figures> {
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    Ok(figures("enqueue", n, started.elapsed(), latencies, &server))
+    let out = figures("enqueue", n, started.elapsed(), latencies, &server);
+    server.finish().await;
+    Ok(out)
 }
 
 /// Maps `n` no-op inputs over `function` and reads every result back.
@@ -236,6 +268,7 @@ async fn map_through(
         stop.cancel();
         let _ = task.await;
     }
+    server.finish().await;
     Ok(out)
 }
 
@@ -262,6 +295,7 @@ async fn latency(n: u64) -> anyhow::Result<Figures> {
     let out = figures("latency", n, started.elapsed(), latencies, &server);
     stop.cancel();
     let _ = task.await;
+    server.finish().await;
     Ok(out)
 }
 
@@ -279,6 +313,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
     if args.inputs == Some(0) {
         return Err(exit::usage("--inputs must be at least 1"));
     }
+    if let Some(url) = &args.database {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(exit::usage("--database: expected a postgres:// URL"));
+        }
+    }
+    let _ = DATABASE.set(args.database.clone());
     let count = |default: u64| args.inputs.unwrap_or(default);
     let mut all = Vec::new();
     for scenario in scenarios {
@@ -327,11 +367,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
             &rows,
         );
         println!(
-            "machine: {} cores, {}; SQLite (WAL, synchronous=FULL)",
+            "machine: {} cores, {}; {}",
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-            std::env::consts::ARCH
+            std::env::consts::ARCH,
+            if args.database.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite (WAL, synchronous=FULL)"
+            }
         );
     }
     Ok(Code::Ok)

@@ -22,7 +22,7 @@ use crate::exit::{self, Code};
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
     match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Worker(args) => worker::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchServe => bench::serve_noop().await,

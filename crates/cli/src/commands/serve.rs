@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use hopper_server::config::Scope;
 use hopper_server::ServerConfig;
+use hopper_store_postgres::{PgConfig, PgStore};
 use hopper_store_sqlite::SqliteStore;
 
 use super::{duration, init_logging, stop_on_signals};
@@ -80,6 +81,14 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             )),
         }
     }
+    if let Some(url) = &args.database {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            faults.push("--database: expected a postgres:// URL".to_string());
+        }
+    }
+    if args.database_pool == 0 {
+        faults.push("--database-pool: must be at least 1".to_string());
+    }
     if !args.listen.ip().is_loopback() && !config.requires_token() {
         faults.push(format!(
             "--listen {}: refusing to listen beyond loopback without a token; set --token or HOPPER_TOKEN",
@@ -124,15 +133,57 @@ fn parse_bytes(text: &str) -> Option<usize> {
     number.checked_mul(factor)
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<Code> {
-    init_logging("info");
-    let config = config(&args)?;
+/// The store `serve` was asked for: SQLite in `--data`, or PostgreSQL at `--database`.
+struct Opened {
+    store: Arc<dyn hopper_store::Store>,
+    sqlite: Option<SqliteStore>,
+    postgres: Option<PgStore>,
+}
+
+impl Opened {
+    async fn close(&self) {
+        if let Some(s) = &self.sqlite {
+            s.close().await;
+        }
+        if let Some(p) = &self.postgres {
+            p.close().await;
+        }
+    }
+}
+
+async fn open_store(args: &ServeArgs) -> anyhow::Result<Opened> {
+    if let Some(url) = &args.database {
+        let schema = args.database_schema.clone().filter(|s| !s.is_empty());
+        let store = PgStore::open(&PgConfig {
+            url: url.clone(),
+            max_connections: args.database_pool,
+            schema,
+        })
+        .await
+        .context("cannot open the PostgreSQL database")?;
+        return Ok(Opened {
+            store: Arc::new(store.clone()),
+            sqlite: None,
+            postgres: Some(store),
+        });
+    }
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create the data folder {}", args.data.display()))?;
     let db = args.data.join("hopper.db");
     let store = SqliteStore::open(&db)
         .await
         .with_context(|| format!("cannot open {}", db.display()))?;
+    Ok(Opened {
+        store: Arc::new(store.clone()),
+        sqlite: Some(store),
+        postgres: None,
+    })
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<Code> {
+    init_logging("info");
+    let config = config(&args)?;
+    let store = open_store(&args).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -142,7 +193,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<Code> {
     // On stdout, so scripts and tests can learn the address when `--listen` says port 0.
     println!("hopper listening on http://{address}");
     let shutdown = stop_on_signals()?;
-    let result = hopper_server::run(config, Arc::new(store.clone()), listener, shutdown).await;
+    let result = hopper_server::run(config, store.store.clone(), listener, shutdown).await;
     store.close().await;
     match result {
         Ok(()) => Ok(Code::Ok),

@@ -1,0 +1,118 @@
+//! `app_*` and `function_*`: deployed apps and their functions' specs.
+
+use hopper_core::FunctionSpec;
+use hopper_store::{AppDeploy, AppRow, FunctionFind, FunctionRow, StoreError};
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
+use sqlx::{PgPool, Row};
+
+use crate::map::{corrupt, db_err};
+
+pub async fn deploy(conn: &mut PgConnection, p: AppDeploy) -> Result<AppRow, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let last: Option<i64> = sqlx::query_scalar("SELECT version FROM apps WHERE name = $1")
+        .bind(&p.app)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let version = last.unwrap_or(0) + 1;
+    sqlx::query(
+        "INSERT INTO apps (name, version, deployed_at, notify) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO UPDATE SET version = excluded.version, deployed_at = excluded.deployed_at,
+           notify = excluded.notify",
+    )
+    .bind(&p.app)
+    .bind(version)
+    .bind(p.now)
+    .bind(serde_json::to_string(&p.notify).map_err(|e| corrupt("notify rules", e))?)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    sqlx::query(
+        "INSERT INTO app_versions (app, version, manifest, deployed_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&p.app)
+    .bind(version)
+    .bind(&p.manifest)
+    .bind(p.now)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let mut functions = Vec::with_capacity(p.functions.len());
+    for spec in p.functions {
+        let json = serde_json::to_string(&spec).map_err(|e| corrupt("function spec", e))?;
+        sqlx::query("INSERT INTO functions (app, name, version, spec) VALUES ($1, $2, $3, $4)")
+            .bind(&p.app)
+            .bind(&spec.name)
+            .bind(version)
+            .bind(json)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        functions.push(FunctionRow { version, spec });
+    }
+    crate::schedules::deploy(&mut tx, &p.app, &p.schedules, p.now).await?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(AppRow {
+        name: p.app,
+        version,
+        deployed_at: p.now,
+        functions,
+        notify: p.notify,
+    })
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<AppRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT a.name, a.version, a.deployed_at, a.notify, f.spec FROM apps a
+         JOIN functions f ON f.app = a.name AND f.version = a.version
+         ORDER BY a.name, f.name",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    let mut apps: Vec<AppRow> = Vec::new();
+    for row in rows {
+        let name: String = row.try_get("name").map_err(db_err)?;
+        let version: i64 = row.try_get("version").map_err(db_err)?;
+        let spec = spec(&row.try_get::<String, _>("spec").map_err(db_err)?)?;
+        match apps.last_mut() {
+            Some(app) if app.name == name => app.functions.push(FunctionRow { version, spec }),
+            _ => apps.push(AppRow {
+                name,
+                version,
+                deployed_at: row.try_get("deployed_at").map_err(db_err)?,
+                functions: vec![FunctionRow { version, spec }],
+                notify: serde_json::from_str(&row.try_get::<String, _>("notify").map_err(db_err)?)
+                    .map_err(|e| corrupt("notify rules", e))?,
+            }),
+        }
+    }
+    Ok(apps)
+}
+
+pub async fn function_find(pool: &PgPool, p: FunctionFind) -> Result<Vec<FunctionRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT f.version, f.spec FROM functions f
+         JOIN apps a ON a.name = f.app AND a.version = f.version
+         WHERE f.name = $1 AND ($2 IS NULL OR f.app = $2)
+         ORDER BY f.app",
+    )
+    .bind(&p.function)
+    .bind(&p.app)
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(FunctionRow {
+                version: row.try_get("version").map_err(db_err)?,
+                spec: spec(&row.try_get::<String, _>("spec").map_err(db_err)?)?,
+            })
+        })
+        .collect()
+}
+
+pub fn spec(text: &str) -> Result<FunctionSpec, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt("function spec", e))
+}

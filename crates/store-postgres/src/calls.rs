@@ -1,0 +1,456 @@
+//! `call_*`: calls and their per-state input counters.
+
+use hopper_core::{CallId, CallState, InputState, UnixMillis};
+use hopper_store::{
+    CallCancel, CallInsert, CallInserted, CallList, CallPrune, CallRow, FunctionBacklog,
+    InputAppend, InputResultRow, InputResults, ResultOrder, StoreError,
+};
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+
+use crate::map::{call_row, count_column, db_err, error_json, error_text, state, CALL_COLUMNS};
+
+/// Inputs per multi-row `INSERT`; 7 parameters each stays far below SQLite's 32,766.
+const INSERT_CHUNK: usize = 500;
+
+pub async fn insert(conn: &mut PgConnection, p: CallInsert) -> Result<CallInserted, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    if let Some(key) = &p.idempotency_key {
+        let existing = sqlx::query(&format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE idempotency_key = $1"
+        ))
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(row) = existing {
+            let call = call_row(&row)?;
+            if call.app != p.app || call.function != p.function {
+                return Err(StoreError::IdempotencyConflict {
+                    key: key.clone(),
+                    call_id: call.id.to_string(),
+                    function: format!("{}.{}", call.app, call.function),
+                });
+            }
+            return Ok(CallInserted::Existing(call));
+        }
+    }
+    let total = p.inputs.len() as i64;
+    let row = sqlx::query(&format!(
+        "INSERT INTO calls (id, app, function, version, origin, state, idempotency_key, n_total, n_pending,
+                            accepting_inputs, discard_results, created_at, schedule, due_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12) RETURNING {CALL_COLUMNS}"
+    ))
+    .bind(p.id.as_str())
+    .bind(&p.app)
+    .bind(&p.function)
+    .bind(p.version)
+    .bind(p.origin.as_str())
+    .bind(&p.idempotency_key)
+    .bind(total)
+    .bind(p.accepting_inputs as i64)
+    .bind(p.discard_results as i64)
+    .bind(p.now)
+    .bind(p.schedule.as_ref().map(|(s, _)| s.clone()))
+    .bind(p.schedule.as_ref().map(|(_, d)| *d))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let mut call = call_row(&row)?;
+    insert_inputs(&mut tx, &call, 0, &p.inputs, p.now).await?;
+    // An empty map that takes no more inputs has ended already.
+    if settle(&mut tx, &p.id, &call, p.now).await?.is_some() {
+        call = reload(&mut tx, &p.id).await?;
+    }
+    tx.commit().await.map_err(db_err)?;
+    Ok(CallInserted::Created(call))
+}
+
+async fn insert_inputs(
+    conn: &mut PgConnection,
+    call: &CallRow,
+    start: i64,
+    inputs: &[String],
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    for (chunk_no, chunk) in inputs.chunks(INSERT_CHUNK).enumerate() {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+            "INSERT INTO inputs (call_id, idx, app, function, version, state, input, not_before) ",
+        );
+        q.push_values(chunk.iter().enumerate(), |mut b, (i, input)| {
+            b.push_bind(call.id.as_str())
+                .push_bind(start + (chunk_no * INSERT_CHUNK + i) as i64)
+                .push_bind(&call.app)
+                .push_bind(&call.function)
+                .push_bind(call.version)
+                .push("'pending'")
+                .push_bind(input)
+                .push_bind(now);
+        });
+        q.build().execute(&mut *conn).await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
+async fn reload(conn: &mut PgConnection, id: &CallId) -> Result<CallRow, StoreError> {
+    let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    call_row(&row)
+}
+
+pub async fn append(conn: &mut PgConnection, p: InputAppend) -> Result<CallRow, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
+        .bind(p.call_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let Some(row) = row else {
+        return Err(StoreError::NotFound(format!("no call {}", p.call_id)));
+    };
+    let call = call_row(&row)?;
+    let total = call.counts.total;
+    let end = p.start + p.inputs.len() as i64;
+    if p.start < total && end <= total {
+        // A chunk we already have: the client retried a request whose answer it lost.
+        if p.done && call.accepting_inputs {
+            sqlx::query("UPDATE calls SET accepting_inputs = 0 WHERE id = $1")
+                .bind(p.call_id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let closed = reload(&mut tx, &p.call_id).await?;
+            settle(&mut tx, &p.call_id, &closed, p.now).await?;
+        }
+        let call = reload(&mut tx, &p.call_id).await?;
+        tx.commit().await.map_err(db_err)?;
+        return Ok(call);
+    }
+    if !call.accepting_inputs {
+        return Err(StoreError::Conflict(format!(
+            "call {} takes no more inputs (it is {} with {total} inputs)",
+            p.call_id, call.state
+        )));
+    }
+    if p.start != total {
+        return Err(StoreError::Conflict(format!(
+            "the chunk starts at index {} but call {} has {total} inputs: send start = {total}",
+            p.start, p.call_id
+        )));
+    }
+    insert_inputs(&mut tx, &call, p.start, &p.inputs, p.now).await?;
+    let n = p.inputs.len() as i64;
+    sqlx::query(
+        "UPDATE calls SET n_total = n_total + $2, n_pending = n_pending + $2, accepting_inputs = $3 WHERE id = $1",
+    )
+    .bind(p.call_id.as_str())
+    .bind(n)
+    .bind((!p.done) as i64)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let after = reload(&mut tx, &p.call_id).await?;
+    settle(&mut tx, &p.call_id, &after, p.now).await?;
+    let call = reload(&mut tx, &p.call_id).await?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(call)
+}
+
+pub async fn results(pool: &PgPool, p: InputResults) -> Result<Vec<InputResultRow>, StoreError> {
+    let sql = match p.order {
+        ResultOrder::Index => {
+            "SELECT idx, state, output, error, done_seq FROM inputs WHERE call_id = $1 AND idx > $2 ORDER BY idx LIMIT $3"
+        }
+        ResultOrder::Completion => {
+            "SELECT idx, state, output, error, done_seq FROM inputs WHERE call_id = $1 AND done_seq > $2 ORDER BY done_seq LIMIT $3"
+        }
+    };
+    let rows = sqlx::query(sql)
+        .bind(p.call_id.as_str())
+        .bind(p.after)
+        .bind(p.limit as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(InputResultRow {
+                index: row.try_get("idx").map_err(db_err)?,
+                state: state(&row.try_get::<String, _>("state").map_err(db_err)?)?,
+                output: row.try_get("output").map_err(db_err)?,
+                error: error_json(row.try_get("error").map_err(db_err)?)?,
+                done_seq: row.try_get("done_seq").map_err(db_err)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn backlog(pool: &PgPool) -> Result<Vec<FunctionBacklog>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT app, function, SUM(n_pending)::BIGINT AS pending, SUM(n_running)::BIGINT AS running FROM calls
+         WHERE state IN ('pending', 'running') GROUP BY app, function",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(FunctionBacklog {
+                app: row.try_get("app").map_err(db_err)?,
+                function: row.try_get("function").map_err(db_err)?,
+                pending: row.try_get("pending").map_err(db_err)?,
+                running: row.try_get("running").map_err(db_err)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn get(pool: &PgPool, id: &CallId) -> Result<Option<CallRow>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(call_row).transpose()
+}
+
+pub async fn list(pool: &PgPool, p: CallList) -> Result<Vec<CallRow>, StoreError> {
+    let mut q: QueryBuilder<Postgres> =
+        QueryBuilder::new(format!("SELECT {CALL_COLUMNS} FROM calls WHERE 1 = 1"));
+    if let Some(app) = &p.app {
+        q.push(" AND app = ").push_bind(app);
+    }
+    if let Some(function) = &p.function {
+        q.push(" AND function = ").push_bind(function);
+    }
+    if let Some(state) = p.state {
+        q.push(" AND state = ").push_bind(state.as_str());
+    }
+    if let Some(origin) = p.origin {
+        q.push(" AND origin = ").push_bind(origin.as_str());
+    }
+    if let Some(before) = &p.before {
+        q.push(" AND id < ").push_bind(before.as_str());
+    }
+    q.push(" ORDER BY id DESC LIMIT ").push_bind(p.limit as i64);
+    let rows = q.build().fetch_all(pool).await.map_err(db_err)?;
+    rows.iter().map(call_row).collect()
+}
+
+pub async fn cancel(conn: &mut PgConnection, p: CallCancel) -> Result<Option<CallRow>, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let exists: Option<String> = sqlx::query_scalar("SELECT state FROM calls WHERE id = $1")
+        .bind(p.id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    // A running input's attempt ends here; its worker learns at its next heartbeat.
+    sqlx::query(
+        "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at, error)
+         SELECT id, attempt, call_id, idx, worker_id, 'cancelled', started_at, $2, $3 FROM inputs
+         WHERE call_id = $1 AND state = 'running'",
+    )
+    .bind(p.id.as_str())
+    .bind(p.now)
+    .bind(error_text(&cancelled_error()))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let moved = sqlx::query(
+        "UPDATE inputs SET state = 'cancelled', finished_at = $2, error = $3, worker_id = NULL, lease_expires_at = NULL
+         WHERE call_id = $1 AND state IN ('pending', 'running')",
+    )
+    .bind(p.id.as_str())
+    .bind(p.now)
+    .bind(error_text(&cancelled_error()))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    if moved > 0 {
+        let row = sqlx::query(&format!(
+            "UPDATE calls SET n_cancelled = n_cancelled + n_pending + n_running, n_pending = 0, n_running = 0,
+             accepting_inputs = 0 WHERE id = $1 RETURNING {CALL_COLUMNS}"
+        ))
+        .bind(p.id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        settle(&mut tx, &p.id, &call_row(&row)?, p.now).await?;
+    } else if exists
+        .as_deref()
+        .is_some_and(|s| s == "pending" || s == "running")
+    {
+        // A map still taking inputs whose inputs so far have all ended: cancelling it closes it.
+        sqlx::query("UPDATE calls SET accepting_inputs = 0, state = 'cancelled', finished_at = $2 WHERE id = $1")
+            .bind(p.id.as_str())
+            .bind(p.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    }
+    let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
+        .bind(p.id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(Some(call_row(&row)?))
+}
+
+pub fn cancelled_error() -> hopper_core::api::InputError {
+    hopper_core::api::InputError {
+        code: "cancelled".into(),
+        message: "the call was cancelled".into(),
+    }
+}
+
+pub async fn prune(conn: &mut PgConnection, p: CallPrune) -> Result<u64, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let doomed = "SELECT id FROM calls WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2";
+    sqlx::query(&format!("DELETE FROM log_counts WHERE input_id IN (SELECT id FROM inputs WHERE call_id IN ({doomed}))"))
+        .bind(p.finished_before)
+        .bind(p.limit as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    for table in ["logs", "attempts", "inputs"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE call_id IN ({doomed})"))
+            .bind(p.finished_before)
+            .bind(p.limit as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    }
+    let deleted = sqlx::query(&format!("DELETE FROM calls WHERE id IN ({doomed})"))
+        .bind(p.finished_before)
+        .bind(p.limit as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    sqlx::query("DELETE FROM workers WHERE stopped_at IS NOT NULL AND stopped_at < $1")
+        .bind(p.finished_before)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(deleted)
+}
+
+/// What moving inputs between states did to their call.
+pub struct Shifted {
+    /// Set when the move ended the call.
+    pub finished: Option<(CallId, CallState)>,
+    /// The call after the move; none if the call is gone.
+    pub call: Option<CallRow>,
+}
+
+/// Moves `n` of a call's inputs from one state's counter to another's, and updates the call's
+/// derived state.
+pub async fn shift(
+    conn: &mut PgConnection,
+    id: &CallId,
+    from: InputState,
+    to: InputState,
+    n: i64,
+    now: UnixMillis,
+) -> Result<Shifted, StoreError> {
+    let (from_col, to_col) = (count_column(from), count_column(to));
+    let row = sqlx::query(&format!(
+        "UPDATE calls SET {from_col} = {from_col} - $1, {to_col} = {to_col} + $1 WHERE id = $2 RETURNING {CALL_COLUMNS}"
+    ))
+    .bind(n)
+    .bind(id.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    match row {
+        Some(row) => {
+            let call = call_row(&row)?;
+            let finished = settle(conn, id, &call, now).await?;
+            Ok(Shifted {
+                finished,
+                call: Some(call),
+            })
+        }
+        None => Ok(Shifted {
+            finished: None,
+            call: None,
+        }),
+    }
+}
+
+/// Writes the state derived from the call's counters, if it changed.
+async fn settle(
+    conn: &mut PgConnection,
+    id: &CallId,
+    call: &CallRow,
+    now: UnixMillis,
+) -> Result<Option<(CallId, CallState)>, StoreError> {
+    let derived = call.counts.state_while(call.accepting_inputs);
+    if derived == call.state {
+        return Ok(None);
+    }
+    let finished_at = derived.is_terminal().then_some(now);
+    sqlx::query("UPDATE calls SET state = $1, finished_at = $2 WHERE id = $3")
+        .bind(derived.as_str())
+        .bind(finished_at)
+        .bind(id.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(derived.is_terminal().then(|| (id.clone(), derived)))
+}
+
+pub async fn finished_since(
+    pool: &PgPool,
+    p: hopper_store::CallsFinished,
+) -> Result<Vec<CallRow>, StoreError> {
+    let after_id = p
+        .after_id
+        .as_ref()
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    let rows = sqlx::query(&format!(
+        "SELECT {CALL_COLUMNS} FROM calls WHERE finished_at IS NOT NULL
+           AND (finished_at > $1 OR (finished_at = $1 AND id > $2))
+         ORDER BY finished_at, id LIMIT $3"
+    ))
+    .bind(p.after_at)
+    .bind(after_id)
+    .bind(p.limit as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    rows.iter().map(call_row).collect()
+}
+
+pub async fn setting_get(pool: &PgPool, key: &str) -> Result<Option<String>, StoreError> {
+    sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)
+}
+
+pub async fn setting_put(
+    conn: &mut PgConnection,
+    key: String,
+    value: String,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .bind(key)
+        .bind(value)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}

@@ -1,0 +1,662 @@
+//! `input_*`, `lease_*` and `attempt_*`: the lease protocol. Every transition checks the
+//! input's state and attempt in the same statement that changes it, so a stale lease can never
+//! write a result.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hopper_core::api::{InputError, Lease, Outcome};
+use hopper_core::{CallId, FunctionSpec, InputState, UnixMillis};
+use hopper_store::*;
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::Connection;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+
+use crate::apps::spec;
+use crate::calls::{shift, Shifted};
+use crate::map::{call_id, db_err, error_json, error_text, state, worker_id};
+
+pub async fn get(pool: &PgPool, id: &CallId, index: i64) -> Result<Option<InputRow>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, call_id, idx, state, input, output, error, attempt, failures, not_before, finished_at
+         FROM inputs WHERE call_id = $1 AND idx = $2",
+    )
+    .bind(id.as_str())
+    .bind(index)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err)?;
+    row.map(|row| {
+        Ok(InputRow {
+            id: row.try_get("id").map_err(db_err)?,
+            call_id: call_id(&row.try_get::<String, _>("call_id").map_err(db_err)?)?,
+            index: row.try_get("idx").map_err(db_err)?,
+            state: state(&row.try_get::<String, _>("state").map_err(db_err)?)?,
+            input: row.try_get("input").map_err(db_err)?,
+            output: row.try_get("output").map_err(db_err)?,
+            error: error_json(row.try_get("error").map_err(db_err)?)?,
+            attempts: row.try_get::<i64, _>("attempt").map_err(db_err)? as u32,
+            failures: row.try_get::<i64, _>("failures").map_err(db_err)? as u32,
+            not_before: row.try_get("not_before").map_err(db_err)?,
+            finished_at: row.try_get("finished_at").map_err(db_err)?,
+        })
+    })
+    .transpose()
+}
+
+/// Function specs read once per transaction.
+#[derive(Default)]
+struct Specs(HashMap<(String, String, i64), FunctionSpec>);
+
+impl Specs {
+    async fn get(
+        &mut self,
+        conn: &mut PgConnection,
+        app: &str,
+        function: &str,
+        version: i64,
+    ) -> Result<FunctionSpec, StoreError> {
+        let key = (app.to_string(), function.to_string(), version);
+        if let Some(spec) = self.0.get(&key) {
+            return Ok(spec.clone());
+        }
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT spec FROM functions WHERE app = $1 AND name = $2 AND version = $3",
+        )
+        .bind(app)
+        .bind(function)
+        .bind(version)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        let text = text.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "function {app}.{function} version {version} is missing"
+            ))
+        })?;
+        let parsed = spec(&text)?;
+        self.0.insert(key, parsed.clone());
+        Ok(parsed)
+    }
+}
+
+fn push_function_filter(q: &mut QueryBuilder<'_, Postgres>, functions: &[FunctionKey]) {
+    q.push(" AND (");
+    for (i, f) in functions.iter().enumerate() {
+        if i > 0 {
+            q.push(" OR ");
+        }
+        q.push("(app = ")
+            .push_bind(f.app.clone())
+            .push(" AND function = ")
+            .push_bind(f.function.clone())
+            .push(")");
+    }
+    q.push(")");
+}
+
+pub async fn lease(conn: &mut PgConnection, p: InputLease) -> Result<Vec<LeasedRow>, StoreError> {
+    if p.functions.is_empty() || p.max == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    // One statement claims the whole batch. The deadline comes from each input's own function
+    // version; the lease (`now + lease_ms`) is always shorter, as the slack includes a lease.
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+        "UPDATE inputs SET state = 'running', attempt = attempt + 1, worker_id = ",
+    );
+    q.push_bind(p.worker_id.as_str())
+        .push(", started_at = ")
+        .push_bind(p.now)
+        .push(", lease_expires_at = ")
+        .push_bind(p.now + p.lease_ms)
+        .push(", deadline_at = ")
+        .push_bind(p.now + p.deadline_slack_ms)
+        .push(
+            " + COALESCE((SELECT (f.spec::jsonb ->> 'timeout_ms')::BIGINT FROM functions f
+               WHERE f.app = inputs.app AND f.name = inputs.function AND f.version = inputs.version), 0)
+             WHERE id IN (SELECT id FROM inputs WHERE state = 'pending' AND not_before <= ",
+        )
+        .push_bind(p.now);
+    push_function_filter(&mut q, &p.functions);
+    q.push(" ORDER BY not_before, id LIMIT ")
+        .push_bind(p.max as i64)
+        // Several servers lease at once: each skips the rows another is claiming.
+        .push(" FOR UPDATE SKIP LOCKED) RETURNING id, call_id, idx, app, function, version, input, attempt");
+    let mut rows = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
+    rows.sort_by_key(|r| r.try_get::<i64, _>("id").unwrap_or(0));
+    let mut specs = Specs::default();
+    let mut leased = Vec::with_capacity(rows.len());
+    let mut per_call: BTreeMap<String, i64> = BTreeMap::new();
+    for row in &rows {
+        let id: i64 = row.try_get("id").map_err(db_err)?;
+        let call: String = row.try_get("call_id").map_err(db_err)?;
+        let app: String = row.try_get("app").map_err(db_err)?;
+        let function: String = row.try_get("function").map_err(db_err)?;
+        let version: i64 = row.try_get("version").map_err(db_err)?;
+        let attempt: i64 = row.try_get("attempt").map_err(db_err)?;
+        let spec = specs.get(&mut tx, &app, &function, version).await?;
+        *per_call.entry(call.clone()).or_default() += 1;
+        leased.push(LeasedRow {
+            lease: Lease {
+                input_id: id,
+                attempt: attempt as u32,
+            },
+            call_id: call_id(&call)?,
+            index: row.try_get("idx").map_err(db_err)?,
+            version,
+            input: row.try_get("input").map_err(db_err)?,
+            spec,
+        });
+    }
+    for (call, n) in per_call {
+        shift(
+            &mut tx,
+            &call_id(&call)?,
+            InputState::Pending,
+            InputState::Running,
+            n,
+            p.now,
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(db_err)?;
+    Ok(leased)
+}
+
+pub async fn next_due(pool: &PgPool, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {
+    if functions.is_empty() {
+        return Ok(None);
+    }
+    let mut q: QueryBuilder<Postgres> =
+        QueryBuilder::new("SELECT MIN(not_before) FROM inputs WHERE state = 'pending'");
+    push_function_filter(&mut q, functions);
+    let row = q.build().fetch_one(pool).await.map_err(db_err)?;
+    row.try_get::<Option<i64>, _>(0).map_err(db_err)
+}
+
+/// A running input, as the transitions out of `running` need it.
+struct Running {
+    id: i64,
+    call_id: CallId,
+    index: i64,
+    attempt: i64,
+    failures: i64,
+    lost: i64,
+    worker_id: Option<String>,
+    started_at: i64,
+    app: String,
+    function: String,
+    version: i64,
+}
+
+const RUNNING_COLUMNS: &str =
+    "id, call_id, idx, state, attempt, failures, lost, worker_id, started_at, app, function, version, deadline_at";
+
+fn running(row: &PgRow) -> Result<Running, StoreError> {
+    Ok(Running {
+        id: row.try_get("id").map_err(db_err)?,
+        call_id: call_id(&row.try_get::<String, _>("call_id").map_err(db_err)?)?,
+        index: row.try_get("idx").map_err(db_err)?,
+        attempt: row.try_get("attempt").map_err(db_err)?,
+        failures: row.try_get("failures").map_err(db_err)?,
+        lost: row.try_get("lost").map_err(db_err)?,
+        worker_id: row.try_get("worker_id").map_err(db_err)?,
+        started_at: row
+            .try_get::<Option<i64>, _>("started_at")
+            .map_err(db_err)?
+            .unwrap_or(0),
+        app: row.try_get("app").map_err(db_err)?,
+        function: row.try_get("function").map_err(db_err)?,
+        version: row.try_get("version").map_err(db_err)?,
+    })
+}
+
+/// Records an ended attempt. A second record for the same attempt (a late result after the
+/// lease was rescued or cancelled) marks the attempt late and keeps its outcome.
+async fn attempt_record(
+    conn: &mut PgConnection,
+    input: &Running,
+    outcome: &str,
+    error: Option<&InputError>,
+    now: UnixMillis,
+    late: bool,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at, error, late)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (input_id, attempt) DO UPDATE SET late = 1, outcome = excluded.outcome,
+           error = COALESCE(excluded.error, attempts.error)",
+    )
+    .bind(input.id)
+    .bind(input.attempt)
+    .bind(input.call_id.as_str())
+    .bind(input.index)
+    .bind(&input.worker_id)
+    .bind(outcome)
+    .bind(input.started_at)
+    .bind(now)
+    .bind(error.map(error_text))
+    .bind(late as i64)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// A failed attempt: back to pending after the backoff if retries are left, else failed.
+async fn fail(
+    conn: &mut PgConnection,
+    specs: &mut Specs,
+    input: &Running,
+    error: &InputError,
+    now: UnixMillis,
+) -> Result<(Option<(CallId, hopper_core::CallState)>, bool), StoreError> {
+    attempt_record(conn, input, "failed", Some(error), now, false).await?;
+    let spec = specs
+        .get(conn, &input.app, &input.function, input.version)
+        .await?;
+    let failures = input.failures + 1;
+    match spec.retries.delay_after(failures as u32) {
+        Some(delay) => {
+            sqlx::query(
+                "UPDATE inputs SET state = 'pending', failures = $2, error = $3, not_before = $4,
+                 worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
+            )
+            .bind(input.id)
+            .bind(failures)
+            .bind(error_text(error))
+            .bind(now + delay.as_millis() as i64)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+            let shifted = shift(
+                conn,
+                &input.call_id,
+                InputState::Running,
+                InputState::Pending,
+                1,
+                now,
+            )
+            .await?;
+            Ok((shifted.finished, true))
+        }
+        None => {
+            let shifted = shift(
+                conn,
+                &input.call_id,
+                InputState::Running,
+                InputState::Failed,
+                1,
+                now,
+            )
+            .await?;
+            sqlx::query(
+                "UPDATE inputs SET state = 'failed', failures = $2, error = $3, finished_at = $4,
+                 worker_id = NULL, lease_expires_at = NULL, done_seq = $5 WHERE id = $1",
+            )
+            .bind(input.id)
+            .bind(failures)
+            .bind(error_text(error))
+            .bind(now)
+            .bind(done_seq(&shifted))
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+            Ok((shifted.finished, false))
+        }
+    }
+}
+
+/// The input's position in the order its call's inputs ended.
+fn done_seq(shifted: &Shifted) -> Option<i64> {
+    shifted
+        .call
+        .as_ref()
+        .map(|c| c.counts.succeeded + c.counts.failed)
+}
+
+/// A lost lease: back to the queue at once, unless it was lost too often.
+async fn requeue_lost(
+    conn: &mut PgConnection,
+    input: &Running,
+    error: &InputError,
+    now: UnixMillis,
+) -> Result<Option<(CallId, hopper_core::CallState)>, StoreError> {
+    attempt_record(conn, input, "lost", Some(error), now, false).await?;
+    let lost = input.lost + 1;
+    if lost >= MAX_LOST_LEASES {
+        let final_error = InputError {
+            code: "lease_lost".into(),
+            message: format!("the input's lease was lost {lost} times (its worker died or stopped each time); last: {}", error.message),
+        };
+        sqlx::query(
+            "UPDATE inputs SET state = 'failed', lost = $2, error = $3, finished_at = $4, worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
+        )
+        .bind(input.id)
+        .bind(lost)
+        .bind(error_text(&final_error))
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        return Ok(shift(
+            conn,
+            &input.call_id,
+            InputState::Running,
+            InputState::Failed,
+            1,
+            now,
+        )
+        .await?
+        .finished);
+    }
+    sqlx::query(
+        "UPDATE inputs SET state = 'pending', lost = $2, not_before = $3, worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
+    )
+    .bind(input.id)
+    .bind(lost)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(shift(
+        conn,
+        &input.call_id,
+        InputState::Running,
+        InputState::Pending,
+        1,
+        now,
+    )
+    .await?
+    .finished)
+}
+
+/// Successes recorded per multi-row statement.
+const COMPLETE_CHUNK: usize = 300;
+
+pub async fn complete_many(
+    conn: &mut PgConnection,
+    p: InputCompleteMany,
+) -> Result<Vec<CompletionRow>, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let mut specs = Specs::default();
+    // One read for the whole batch.
+    let mut current: HashMap<i64, (PgRow, bool)> = HashMap::new();
+    for chunk in p.results.chunks(COMPLETE_CHUNK) {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+            "SELECT {RUNNING_COLUMNS} FROM inputs WHERE id IN ("
+        ));
+        let mut ids = q.separated(", ");
+        for (lease, _) in chunk {
+            ids.push_bind(lease.input_id);
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *tx).await.map_err(db_err)? {
+            let id: i64 = row.try_get("id").map_err(db_err)?;
+            current.insert(id, (row, false));
+        }
+    }
+    let mut out: Vec<CompletionRow> = (0..p.results.len())
+        .map(|_| CompletionRow {
+            recorded: false,
+            call_finished: None,
+            function: None,
+            duration_ms: None,
+            effect: "late",
+        })
+        .collect();
+    // Successes of current leases, by call, in order: recorded together.
+    let mut successes: BTreeMap<String, Vec<(usize, Running, &serde_json::Value)>> =
+        BTreeMap::new();
+    let mut others: Vec<(usize, Running, bool, &Outcome)> = Vec::new();
+    for (n, (lease, outcome)) in p.results.iter().enumerate() {
+        let Some((row, taken)) = current.get_mut(&lease.input_id) else {
+            continue; // the input is gone (pruned)
+        };
+        let is_current = !*taken
+            && state(&row.try_get::<String, _>("state").map_err(db_err)?)? == InputState::Running
+            && row.try_get::<i64, _>("attempt").map_err(db_err)? == lease.attempt as i64;
+        let input = running(row)?;
+        if is_current {
+            // A second result for the same lease in this batch is late.
+            *taken = true;
+        }
+        match outcome {
+            Outcome::Succeeded { output } if is_current => {
+                successes
+                    .entry(input.call_id.to_string())
+                    .or_default()
+                    .push((n, input, output));
+            }
+            _ => others.push((n, input, is_current, outcome)),
+        }
+    }
+    for (call, group) in successes {
+        let shifted = shift(
+            &mut tx,
+            &call_id(&call)?,
+            InputState::Running,
+            InputState::Succeeded,
+            group.len() as i64,
+            p.now,
+        )
+        .await?;
+        let keep = !shifted.call.as_ref().is_some_and(|c| c.discard_results);
+        let base = shifted
+            .call
+            .as_ref()
+            .map(|c| c.counts.succeeded + c.counts.failed - group.len() as i64);
+        for (k, chunk) in group.chunks(COMPLETE_CHUNK).enumerate() {
+            let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+                "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at) ",
+            );
+            q.push_values(chunk, |mut b, (_, input, _)| {
+                b.push_bind(input.id)
+                    .push_bind(input.attempt)
+                    .push_bind(input.call_id.as_str())
+                    .push_bind(input.index)
+                    .push_bind(input.worker_id.clone())
+                    .push("'succeeded'")
+                    .push_bind(input.started_at)
+                    .push_bind(p.now);
+            });
+            q.push(" ON CONFLICT (input_id, attempt) DO NOTHING");
+            q.build().execute(&mut *tx).await.map_err(db_err)?;
+            let mut q: QueryBuilder<Postgres> =
+                QueryBuilder::new("WITH r(id, output, done_seq) AS (");
+            q.push_values(
+                chunk.iter().enumerate(),
+                |mut b, (i, (_, input, output))| {
+                    b.push_bind(input.id)
+                        .push_bind(keep.then(|| output.to_string()))
+                        .push_bind(base.map(|base| base + (k * COMPLETE_CHUNK + i) as i64 + 1));
+                },
+            );
+            q.push(
+                ") UPDATE inputs SET state = 'succeeded', output = r.output, error = NULL, finished_at = ",
+            )
+            .push_bind(p.now)
+            .push(", worker_id = NULL, lease_expires_at = NULL, done_seq = r.done_seq FROM r WHERE inputs.id = r.id");
+            q.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        for (n, input, _) in &group {
+            out[*n].recorded = true;
+            out[*n].effect = "succeeded";
+            out[*n].function = Some(format!("{}.{}", input.app, input.function));
+            out[*n].duration_ms = Some(p.now - input.started_at);
+        }
+        if let (Some(finished), Some((n, _, _))) = (shifted.finished, group.last()) {
+            out[*n].call_finished = Some(finished);
+        }
+    }
+    for (n, mut input, is_current, outcome) in others {
+        if !is_current {
+            // The lease was lost: keep what the attempt said, but not as the input's result.
+            let (lease, _) = &p.results[n];
+            input.attempt = lease.attempt as i64;
+            input.worker_id = Some(p.worker_id.to_string());
+            let (name, error) = match outcome {
+                Outcome::Succeeded { .. } => ("succeeded", None),
+                Outcome::Failed { error } => ("failed", Some(error)),
+                Outcome::Returned { error } => ("lost", Some(error)),
+            };
+            attempt_record(&mut tx, &input, name, error, p.now, true).await?;
+            out[n].function = Some(format!("{}.{}", input.app, input.function));
+            continue;
+        }
+        let (call_finished, effect) = match outcome {
+            Outcome::Failed { error } => {
+                match fail(&mut tx, &mut specs, &input, error, p.now).await? {
+                    (finished, true) => (finished, "retried"),
+                    (finished, false) => (finished, "failed"),
+                }
+            }
+            Outcome::Returned { error } => (
+                requeue_lost(&mut tx, &input, error, p.now).await?,
+                "returned",
+            ),
+            Outcome::Succeeded { .. } => (None, "succeeded"), // recorded above
+        };
+        out[n] = CompletionRow {
+            recorded: true,
+            call_finished,
+            function: Some(format!("{}.{}", input.app, input.function)),
+            duration_ms: Some(p.now - input.started_at),
+            effect,
+        };
+    }
+    tx.commit().await.map_err(db_err)?;
+    Ok(out)
+}
+
+pub async fn heartbeat(
+    conn: &mut PgConnection,
+    p: LeaseHeartbeat,
+) -> Result<Vec<Lease>, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let mut lost = Vec::new();
+    for lease in &p.leases {
+        let held = sqlx::query(
+            "UPDATE inputs SET lease_expires_at = LEAST($4, deadline_at)
+             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'running'",
+        )
+        .bind(lease.input_id)
+        .bind(lease.attempt as i64)
+        .bind(p.worker_id.as_str())
+        .bind(p.now + p.lease_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        if held == 0 {
+            lost.push(*lease);
+        }
+    }
+    sqlx::query("UPDATE workers SET last_seen_at = $2 WHERE id = $1")
+        .bind(p.worker_id.as_str())
+        .bind(p.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(lost)
+}
+
+pub async fn rescue_expired(
+    conn: &mut PgConnection,
+    p: LeaseRescue,
+) -> Result<RescueReport, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let rows = sqlx::query(&format!(
+        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2"
+    ))
+    .bind(p.now)
+    .bind(p.limit as i64)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let mut report = RescueReport::default();
+    let mut specs = Specs::default();
+    for row in &rows {
+        let input = running(row)?;
+        let deadline: Option<i64> = row.try_get("deadline_at").map_err(db_err)?;
+        let finished = if deadline.is_some_and(|d| p.now >= d) {
+            report.timed_out += 1;
+            let error = InputError {
+                code: "timeout".into(),
+                message: "no result before the attempt's deadline: the worker stopped responding"
+                    .into(),
+            };
+            fail(&mut tx, &mut specs, &input, &error, p.now).await?.0
+        } else {
+            report.requeued += 1;
+            let error = InputError {
+                code: "lease_lost".into(),
+                message: "the worker stopped heartbeating; the input runs again".into(),
+            };
+            requeue_lost(&mut tx, &input, &error, p.now).await?
+        };
+        report.finished_calls.extend(finished);
+    }
+    tx.commit().await.map_err(db_err)?;
+    Ok(report)
+}
+
+pub async fn worker_deregister(
+    conn: &mut PgConnection,
+    p: WorkerDeregister,
+) -> Result<u64, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    sqlx::query("UPDATE workers SET stopped_at = $2, last_seen_at = $2 WHERE id = $1")
+        .bind(p.id.as_str())
+        .bind(p.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let rows = sqlx::query(&format!(
+        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND worker_id = $1"
+    ))
+    .bind(p.id.as_str())
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let error = InputError {
+        code: "worker_stopped".into(),
+        message: "the worker stopped and handed the input back".into(),
+    };
+    for row in &rows {
+        requeue_lost(&mut tx, &running(row)?, &error, p.now).await?;
+    }
+    tx.commit().await.map_err(db_err)?;
+    Ok(rows.len() as u64)
+}
+
+pub async fn attempt_list(pool: &PgPool, id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT idx, attempt, worker_id, outcome, started_at, finished_at, error, late FROM attempts WHERE call_id = $1
+         UNION ALL
+         SELECT idx, attempt, worker_id, 'running', started_at, NULL, NULL, 0 FROM inputs WHERE call_id = $1 AND state = 'running'
+         ORDER BY 1, 2",
+    )
+    .bind(id.as_str())
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(AttemptRow {
+                index: row.try_get("idx").map_err(db_err)?,
+                attempt: row.try_get::<i64, _>("attempt").map_err(db_err)? as u32,
+                worker_id: worker_id(row.try_get("worker_id").map_err(db_err)?)?,
+                outcome: row.try_get("outcome").map_err(db_err)?,
+                started_at: row
+                    .try_get::<Option<i64>, _>("started_at")
+                    .map_err(db_err)?
+                    .unwrap_or(0),
+                finished_at: row.try_get("finished_at").map_err(db_err)?,
+                error: error_json(row.try_get("error").map_err(db_err)?)?,
+                late: row.try_get::<i64, _>("late").map_err(db_err)? != 0,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,280 @@
+//! Hopper's scale-out store: one PostgreSQL database shared by any number of `hopper serve`
+//! processes.
+//!
+//! The SQL is the SQLite store's, in PostgreSQL's dialect, with what several servers need:
+//! leases are claimed with `FOR UPDATE SKIP LOCKED`, so servers never wait on each other's
+//! rows; migrations run under an advisory lock, so servers starting together do not race;
+//! deadlocks and connection loss map to `Unavailable` (the operation changed nothing and is
+//! retried by the caller). Every write is its own transaction on a pooled connection.
+//!
+//! # Layout
+//! - [`migrate`]: the embedded migrations, numbered as in every backend.
+//! - `map`: database rows and errors into the store's types.
+//! - `apps`, `calls`, `inputs`, `schedules`, `workers`: the [`Store`] methods, by noun.
+
+mod apps;
+mod calls;
+mod inputs;
+mod map;
+pub mod migrate;
+mod schedules;
+mod workers;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use hopper_core::api::Lease;
+use hopper_core::{CallId, WorkerId};
+use hopper_store::*;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+
+use crate::map::db_err;
+
+/// The PostgreSQL implementation of [`Store`].
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Most connections in the pool. Default 16.
+    pub max_connections: u32,
+    /// Tables live in this schema (created if missing). Default none: the connection's
+    /// `search_path`.
+    pub schema: Option<String>,
+}
+
+impl PgStore {
+    /// Connects and applies pending migrations (under an advisory lock).
+    pub async fn open(config: &PgConfig) -> Result<Self, StoreError> {
+        let mut options = PgConnectOptions::from_str(&config.url).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "invalid database URL: {}",
+                e.to_string().replace(&config.url, "…")
+            ))
+        })?;
+        if let Some(schema) = &config.schema {
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(db_err)?;
+        if let Some(schema) = &config.schema {
+            sqlx::query(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+                schema.replace('"', "")
+            ))
+            .execute(&pool)
+            .await
+            .map_err(db_err)?;
+        }
+        migrate::apply(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Drops a schema and everything in it (for benchmarks and tests that made their own).
+    pub async fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+        use sqlx::Connection;
+        let mut conn = PgConnection::connect(url).await.map_err(db_err)?;
+        sqlx::query(&format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            schema.replace('"', "")
+        ))
+        .execute(&mut conn)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Runs one write on a pooled connection; the write opens and commits its own transaction.
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        op(&mut conn).await
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn app_deploy(&self, params: AppDeploy) -> Result<AppRow, StoreError> {
+        self.write(move |conn| Box::pin(apps::deploy(conn, params)))
+            .await
+    }
+
+    async fn app_list(&self) -> Result<Vec<AppRow>, StoreError> {
+        apps::list(&self.pool).await
+    }
+
+    async fn function_find(&self, params: FunctionFind) -> Result<Vec<FunctionRow>, StoreError> {
+        apps::function_find(&self.pool, params).await
+    }
+
+    async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
+        self.write(move |conn| Box::pin(calls::insert(conn, params)))
+            .await
+    }
+
+    async fn call_get(&self, id: &CallId) -> Result<Option<CallRow>, StoreError> {
+        calls::get(&self.pool, id).await
+    }
+
+    async fn call_list(&self, params: CallList) -> Result<Vec<CallRow>, StoreError> {
+        calls::list(&self.pool, params).await
+    }
+
+    async fn call_cancel(&self, params: CallCancel) -> Result<Option<CallRow>, StoreError> {
+        self.write(move |conn| Box::pin(calls::cancel(conn, params)))
+            .await
+    }
+
+    async fn call_prune_finished(&self, params: CallPrune) -> Result<u64, StoreError> {
+        self.write(move |conn| Box::pin(calls::prune(conn, params)))
+            .await
+    }
+
+    async fn input_append(&self, params: InputAppend) -> Result<CallRow, StoreError> {
+        self.write(move |conn| Box::pin(calls::append(conn, params)))
+            .await
+    }
+
+    async fn input_results(&self, params: InputResults) -> Result<Vec<InputResultRow>, StoreError> {
+        calls::results(&self.pool, params).await
+    }
+
+    async fn function_backlog(&self) -> Result<Vec<FunctionBacklog>, StoreError> {
+        calls::backlog(&self.pool).await
+    }
+
+    async fn input_get(
+        &self,
+        call_id: &CallId,
+        index: i64,
+    ) -> Result<Option<InputRow>, StoreError> {
+        inputs::get(&self.pool, call_id, index).await
+    }
+
+    async fn input_lease_available(
+        &self,
+        params: InputLease,
+    ) -> Result<Vec<LeasedRow>, StoreError> {
+        self.write(move |conn| Box::pin(inputs::lease(conn, params)))
+            .await
+    }
+
+    async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {
+        inputs::next_due(&self.pool, functions).await
+    }
+
+    async fn input_complete_many(
+        &self,
+        params: InputCompleteMany,
+    ) -> Result<Vec<CompletionRow>, StoreError> {
+        self.write(move |conn| Box::pin(inputs::complete_many(conn, params)))
+            .await
+    }
+
+    async fn lease_heartbeat(&self, params: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {
+        self.write(move |conn| Box::pin(inputs::heartbeat(conn, params)))
+            .await
+    }
+
+    async fn lease_rescue_expired(&self, params: LeaseRescue) -> Result<RescueReport, StoreError> {
+        self.write(move |conn| Box::pin(inputs::rescue_expired(conn, params)))
+            .await
+    }
+
+    async fn attempt_list(&self, call_id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
+        inputs::attempt_list(&self.pool, call_id).await
+    }
+
+    async fn log_append_many(&self, lines: LogAppend) -> Result<(), StoreError> {
+        self.write(move |conn| Box::pin(workers::log_append_many(conn, lines)))
+            .await
+    }
+
+    async fn log_list(&self, params: LogList) -> Result<Vec<LogRow>, StoreError> {
+        workers::log_list(&self.pool, params).await
+    }
+
+    async fn worker_register(&self, params: WorkerRegisterParams) -> Result<(), StoreError> {
+        self.write(move |conn| Box::pin(workers::register(conn, params)))
+            .await
+    }
+
+    async fn worker_deregister(&self, params: WorkerDeregister) -> Result<u64, StoreError> {
+        self.write(move |conn| Box::pin(inputs::worker_deregister(conn, params)))
+            .await
+    }
+
+    async fn worker_touch(&self, id: &WorkerId, now: i64) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.write(move |conn| Box::pin(async move { workers::touch(conn, &id, now).await }))
+            .await
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<ScheduleRow>, StoreError> {
+        schedules::list(&self.pool).await
+    }
+
+    async fn schedule_due(&self, now: i64) -> Result<Vec<ScheduleRow>, StoreError> {
+        schedules::due(&self.pool, now).await
+    }
+
+    async fn schedule_fire(&self, params: ScheduleFire) -> Result<FireOutcome, StoreError> {
+        self.write(move |conn| Box::pin(schedules::fire(conn, params)))
+            .await
+    }
+
+    async fn schedule_pause(
+        &self,
+        params: SchedulePause,
+    ) -> Result<Option<ScheduleRow>, StoreError> {
+        self.write(move |conn| Box::pin(schedules::pause(conn, params)))
+            .await
+    }
+
+    async fn schedule_firings(
+        &self,
+        app: &str,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<FiringRow>, StoreError> {
+        schedules::firings(&self.pool, app, name, limit).await
+    }
+
+    async fn call_list_finished(&self, params: CallsFinished) -> Result<Vec<CallRow>, StoreError> {
+        calls::finished_since(&self.pool, params).await
+    }
+
+    async fn setting_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        calls::setting_get(&self.pool, key).await
+    }
+
+    async fn setting_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write(move |conn| Box::pin(calls::setting_put(conn, key, value)))
+            .await
+    }
+
+    async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
+        workers::list(&self.pool, seen_after).await
+    }
+}

@@ -1,0 +1,116 @@
+//! Database rows and errors into the store's types.
+
+use hopper_core::api::{InputError, LogStream, Origin};
+use hopper_core::{CallCounts, CallId, CallState, InputState, WorkerId};
+use hopper_store::{CallRow, StoreError};
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+/// Maps a sqlx error to the store's error: busy and I/O faults are `Unavailable` (retryable).
+pub fn db_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+        // Deadlocks, serialization failures, lock timeouts, and the server shutting down or
+        // restarting: the operation changed nothing and may be retried.
+        sqlx::Error::Database(db)
+            if matches!(
+                db.code().as_deref(),
+                Some("40P01")
+                    | Some("40001")
+                    | Some("55P03")
+                    | Some("57P01")
+                    | Some("57P02")
+                    | Some("57P03")
+                    | Some("08006")
+                    | Some("08003")
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+pub fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+pub fn state(text: &str) -> Result<InputState, StoreError> {
+    text.parse().map_err(|e| corrupt("state", e))
+}
+
+pub fn call_id(text: &str) -> Result<CallId, StoreError> {
+    text.parse().map_err(|e| corrupt("call id", e))
+}
+
+pub fn worker_id(text: Option<String>) -> Result<Option<WorkerId>, StoreError> {
+    text.map(|t| t.parse().map_err(|e| corrupt("worker id", e)))
+        .transpose()
+}
+
+pub fn error_json(text: Option<String>) -> Result<Option<InputError>, StoreError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("error", e)))
+        .transpose()
+}
+
+pub fn error_text(error: &InputError) -> String {
+    serde_json::json!({"code": error.code, "message": error.message}).to_string()
+}
+
+pub fn stream(text: &str) -> Result<LogStream, StoreError> {
+    LogStream::parse(text).ok_or_else(|| corrupt("log stream", text))
+}
+
+/// The columns [`call_row`] reads, in a `SELECT` or `RETURNING`.
+pub const CALL_COLUMNS: &str = "id, app, function, version, origin, state, idempotency_key, n_total, n_pending, n_running, n_succeeded, n_failed, n_cancelled, accepting_inputs, discard_results, schedule, due_at, created_at, finished_at";
+
+pub fn call_row(row: &PgRow) -> Result<CallRow, StoreError> {
+    let origin: String = row.try_get("origin").map_err(db_err)?;
+    Ok(CallRow {
+        id: call_id(&row.try_get::<String, _>("id").map_err(db_err)?)?,
+        app: row.try_get("app").map_err(db_err)?,
+        function: row.try_get("function").map_err(db_err)?,
+        version: row.try_get("version").map_err(db_err)?,
+        origin: Origin::parse(&origin).ok_or_else(|| corrupt("origin", &origin))?,
+        state: state(&row.try_get::<String, _>("state").map_err(db_err)?)?,
+        counts: counts(row)?,
+        idempotency_key: row.try_get("idempotency_key").map_err(db_err)?,
+        accepting_inputs: row.try_get::<i64, _>("accepting_inputs").map_err(db_err)? != 0,
+        discard_results: row.try_get::<i64, _>("discard_results").map_err(db_err)? != 0,
+        schedule: match (
+            row.try_get::<Option<String>, _>("schedule")
+                .map_err(db_err)?,
+            row.try_get::<Option<i64>, _>("due_at").map_err(db_err)?,
+        ) {
+            (Some(s), Some(d)) => Some((s, d)),
+            _ => None,
+        },
+        created_at: row.try_get("created_at").map_err(db_err)?,
+        finished_at: row.try_get("finished_at").map_err(db_err)?,
+    })
+}
+
+pub fn counts(row: &PgRow) -> Result<CallCounts, StoreError> {
+    Ok(CallCounts {
+        total: row.try_get("n_total").map_err(db_err)?,
+        pending: row.try_get("n_pending").map_err(db_err)?,
+        running: row.try_get("n_running").map_err(db_err)?,
+        succeeded: row.try_get("n_succeeded").map_err(db_err)?,
+        failed: row.try_get("n_failed").map_err(db_err)?,
+        cancelled: row.try_get("n_cancelled").map_err(db_err)?,
+    })
+}
+
+/// The counter column of a state.
+pub fn count_column(state: CallState) -> &'static str {
+    match state {
+        InputState::Pending => "n_pending",
+        InputState::Running => "n_running",
+        InputState::Succeeded => "n_succeeded",
+        InputState::Failed => "n_failed",
+        InputState::Cancelled => "n_cancelled",
+    }
+}

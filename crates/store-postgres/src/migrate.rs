@@ -1,0 +1,83 @@
+//! Migrations embedded in the binary, numbered and named as in every backend, applied in
+//! order at open under an advisory lock.
+
+use sqlx::{Executor, PgPool};
+
+use crate::map::db_err;
+use hopper_store::StoreError;
+
+/// `(number, name, SQL)`, in order. The numbers and names are the same in every backend.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "map", include_str!("../migrations/0002_map.sql")),
+    (
+        3,
+        "schedules",
+        include_str!("../migrations/0003_schedules.sql"),
+    ),
+    (4, "notify", include_str!("../migrations/0004_notify.sql")),
+    (
+        5,
+        "log_caps",
+        include_str!("../migrations/0005_log_caps.sql"),
+    ),
+];
+
+/// Arbitrary key of the advisory lock that serialises migrations across servers.
+const LOCK_KEY: i64 = 0x686f_7070_6572;
+
+/// Applies every migration not applied yet, each in its own transaction, while holding a
+/// session advisory lock, so servers starting together apply each migration once.
+pub async fn apply(pool: &PgPool) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await.map_err(db_err)?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let result = async {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS hopper_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        for (version, name, sql) in MIGRATIONS {
+            let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM hopper_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if applied.is_some() {
+                continue;
+            }
+            conn.execute("BEGIN").await?;
+            let step = async {
+                sqlx::raw_sql(sql).execute(&mut *conn).await?;
+                sqlx::query(
+                    "INSERT INTO hopper_migrations (version, name, applied_at) VALUES ($1, $2, (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT)",
+                )
+                .bind(version)
+                .bind(name)
+                .execute(&mut *conn)
+                .await?;
+                Ok::<_, sqlx::Error>(())
+            }
+            .await;
+            match step {
+                Ok(()) => {
+                    conn.execute("COMMIT").await?;
+                    tracing::info!(version, name, "applied migration");
+                }
+                Err(e) => {
+                    let _ = conn.execute("ROLLBACK").await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut *conn)
+        .await;
+    result.map_err(|e| StoreError::Database(format!("migration failed: {e}")))
+}
