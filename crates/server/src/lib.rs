@@ -93,6 +93,30 @@ pub async fn run(
         deploy::from_file(&state, path).await?;
     }
     let engine = CancellationToken::new();
+    // Other servers sharing the store wake this one's waiters too.
+    if let Some(mut wakeups) = state.store.wakeups() {
+        let events = state.events.clone();
+        let stop = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                let wakeup = tokio::select! {
+                    w = wakeups.recv() => w,
+                    _ = stop.cancelled() => return,
+                };
+                match wakeup {
+                    Ok(hopper_store::Wakeup::Inputs) => events.inputs_available(),
+                    Ok(hopper_store::Wakeup::Results) => events.results_recorded(),
+                    Ok(hopper_store::Wakeup::CallFinished(id)) => events.call_finished(id),
+                    // Missed some: wake everything; waiters re-read the store.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        events.inputs_available();
+                        events.results_recorded();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(reaper::Reaper::new(state.clone()).run(engine.clone()));
     loops.spawn(pruner::Pruner::new(state.clone()).run(engine.clone()));

@@ -63,6 +63,9 @@ pub async fn insert(conn: &mut PgConnection, p: CallInsert) -> Result<CallInsert
     if settle(&mut tx, &p.id, &call, p.now).await?.is_some() {
         call = reload(&mut tx, &p.id).await?;
     }
+    if !p.inputs.is_empty() {
+        crate::map::notify(&mut tx, "inputs").await?;
+    }
     tx.commit().await.map_err(db_err)?;
     Ok(CallInserted::Created(call))
 }
@@ -156,6 +159,10 @@ pub async fn append(conn: &mut PgConnection, p: InputAppend) -> Result<CallRow, 
     let after = reload(&mut tx, &p.call_id).await?;
     settle(&mut tx, &p.call_id, &after, p.now).await?;
     let call = reload(&mut tx, &p.call_id).await?;
+    crate::map::notify(&mut tx, "inputs").await?;
+    if call.state.is_terminal() {
+        crate::map::notify(&mut tx, &format!("call:{}", call.id)).await?;
+    }
     tx.commit().await.map_err(db_err)?;
     Ok(call)
 }
@@ -301,6 +308,7 @@ pub async fn cancel(conn: &mut PgConnection, p: CallCancel) -> Result<Option<Cal
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
+    crate::map::notify(&mut tx, &format!("call:{}", p.id)).await?;
     tx.commit().await.map_err(db_err)?;
     Ok(Some(call_row(&row)?))
 }

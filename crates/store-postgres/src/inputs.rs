@@ -525,6 +525,18 @@ pub async fn complete_many(
             effect,
         };
     }
+    crate::map::notify(&mut tx, "results").await?;
+    if out
+        .iter()
+        .any(|r| matches!(r.effect, "retried" | "returned"))
+    {
+        crate::map::notify(&mut tx, "inputs").await?;
+    }
+    for row in &out {
+        if let Some((call, _)) = &row.call_finished {
+            crate::map::notify(&mut tx, &format!("call:{call}")).await?;
+        }
+    }
     tx.commit().await.map_err(db_err)?;
     Ok(out)
 }
@@ -598,6 +610,13 @@ pub async fn rescue_expired(
         };
         report.finished_calls.extend(finished);
     }
+    if report.requeued + report.timed_out > 0 {
+        crate::map::notify(&mut tx, "inputs").await?;
+        crate::map::notify(&mut tx, "results").await?;
+    }
+    for (call, _) in &report.finished_calls {
+        crate::map::notify(&mut tx, &format!("call:{call}")).await?;
+    }
     tx.commit().await.map_err(db_err)?;
     Ok(report)
 }
@@ -626,6 +645,9 @@ pub async fn worker_deregister(
     };
     for row in &rows {
         requeue_lost(&mut tx, &running(row)?, &error, p.now).await?;
+    }
+    if !rows.is_empty() {
+        crate::map::notify(&mut tx, "inputs").await?;
     }
     tx.commit().await.map_err(db_err)?;
     Ok(rows.len() as u64)

@@ -36,6 +36,10 @@ use crate::map::db_err;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// A pool of one connection for `LISTEN`, apart so closing `pool` does not wait on it.
+    listen_pool: PgPool,
+    listener: std::sync::Arc<tokio::task::AbortHandle>,
+    wakeups: tokio::sync::broadcast::Sender<Wakeup>,
 }
 
 /// How to connect.
@@ -65,6 +69,12 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(db_err)?;
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
             .map_err(db_err)?;
@@ -78,11 +88,24 @@ impl PgStore {
             .map_err(db_err)?;
         }
         migrate::apply(&pool).await?;
-        Ok(Self { pool })
+        let (wakeups, _) = tokio::sync::broadcast::channel(1_024);
+        let mut listener = sqlx::postgres::PgListener::connect_with(&listen_pool)
+            .await
+            .map_err(db_err)?;
+        listener.listen(map::CHANNEL).await.map_err(db_err)?;
+        let task = tokio::spawn(listen(listener, wakeups.clone()));
+        Ok(Self {
+            pool,
+            listen_pool,
+            listener: std::sync::Arc::new(task.abort_handle()),
+            wakeups,
+        })
     }
 
     pub async fn close(&self) {
+        self.listener.abort();
         self.pool.close().await;
+        self.listen_pool.close().await;
     }
 
     /// Drops a schema and everything in it (for benchmarks and tests that made their own).
@@ -112,8 +135,42 @@ impl PgStore {
     }
 }
 
+/// Forwards `NOTIFY`s from every server to this process's waiters. `PgListener` reconnects
+/// by itself after a lost connection; wake-ups sent meanwhile are lost, which only delays
+/// waiters until their next timed check.
+async fn listen(
+    mut listener: sqlx::postgres::PgListener,
+    wakeups: tokio::sync::broadcast::Sender<Wakeup>,
+) {
+    loop {
+        match listener.recv().await {
+            Ok(n) => {
+                let wakeup = match n.payload() {
+                    "inputs" => Some(Wakeup::Inputs),
+                    "results" => Some(Wakeup::Results),
+                    other => other
+                        .strip_prefix("call:")
+                        .and_then(|id| id.parse().ok())
+                        .map(Wakeup::CallFinished),
+                };
+                if let Some(w) = wakeup {
+                    let _ = wakeups.send(w);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lost the PostgreSQL notification channel; reconnecting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
+    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<Wakeup>> {
+        Some(self.wakeups.subscribe())
+    }
+
     async fn app_deploy(&self, params: AppDeploy) -> Result<AppRow, StoreError> {
         self.write(move |conn| Box::pin(apps::deploy(conn, params)))
             .await

@@ -114,3 +114,17 @@ pub fn count_column(state: CallState) -> &'static str {
         InputState::Cancelled => "n_cancelled",
     }
 }
+
+/// The channel of `LISTEN/NOTIFY` wake-ups.
+pub const CHANNEL: &str = "hopper_wakeups";
+
+/// Queues a wake-up for every server; PostgreSQL delivers it when the transaction commits.
+pub async fn notify(conn: &mut sqlx::PgConnection, payload: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}

@@ -27,6 +27,17 @@ pub use error::StoreError;
 pub use params::*;
 pub use rows::*;
 
+/// Something another server sharing the store did, that waiters here may care about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Inputs may be available to lease.
+    Inputs,
+    /// Some inputs ended: result streams may have more.
+    Results,
+    /// A call ended.
+    CallFinished(CallId),
+}
+
 /// Durable state of apps, calls, inputs, attempts, logs and workers.
 ///
 /// Times are passed in by the caller (from its [`hopper_core::clock::Clock`]), never read by
@@ -142,6 +153,13 @@ pub trait Store: Send + Sync + 'static {
     async fn setting_get(&self, key: &str) -> Result<Option<String>, StoreError>;
 
     async fn setting_put(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Wake-ups from other servers sharing this store (PostgreSQL's `LISTEN/NOTIFY`), so an
+    /// idle queue costs no polling and new inputs start at once on any server. Default none:
+    /// a store only one server uses (SQLite) has nothing to say.
+    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<Wakeup>> {
+        None
+    }
 
     /// Workers not stopped, and those stopped or last seen after `seen_after`.
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError>;
