@@ -187,6 +187,10 @@ impl Notifier {
     /// One pass: reads calls that ended since the cursor, queues their events, and sends the
     /// messages that are due.
     pub async fn run_once(&mut self, mut events: Vec<Event>) -> Result<(), StoreError> {
+        // With several servers over one database, one of them notifies.
+        if !self.state.store.leader_try("notifier").await? {
+            return Ok(());
+        }
         let now = self.state.now();
         let (after_at, after_id) = match self.state.store.setting_get(CURSOR_KEY).await? {
             Some(cursor) => {

@@ -390,7 +390,9 @@ pub async fn complete_many(
         for (lease, _) in chunk {
             ids.push_bind(lease.input_id);
         }
-        q.push(")");
+        // Locked until commit, so a rescue or cancel on another server cannot interleave, and
+        // in id order, so two batches lock in the same order and cannot deadlock.
+        q.push(") ORDER BY id FOR UPDATE");
         for row in q.build().fetch_all(&mut *tx).await.map_err(db_err)? {
             let id: i64 = row.try_get("id").map_err(db_err)?;
             current.insert(id, (row, false));
@@ -580,7 +582,8 @@ pub async fn rescue_expired(
 ) -> Result<RescueReport, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let rows = sqlx::query(&format!(
-        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2"
+        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND lease_expires_at <= $1
+         ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED"
     ))
     .bind(p.now)
     .bind(p.limit as i64)
@@ -633,7 +636,7 @@ pub async fn worker_deregister(
         .await
         .map_err(db_err)?;
     let rows = sqlx::query(&format!(
-        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND worker_id = $1"
+        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND worker_id = $1 ORDER BY id FOR UPDATE"
     ))
     .bind(p.id.as_str())
     .fetch_all(&mut *tx)

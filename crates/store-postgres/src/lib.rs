@@ -40,6 +40,26 @@ pub struct PgStore {
     listen_pool: PgPool,
     listener: std::sync::Arc<tokio::task::AbortHandle>,
     wakeups: tokio::sync::broadcast::Sender<Wakeup>,
+    /// A connection of its own holding this process's advisory locks (one per role led), so
+    /// they last exactly as long as the process's session.
+    leader: std::sync::Arc<tokio::sync::Mutex<Leader>>,
+    options: PgConnectOptions,
+}
+
+#[derive(Default)]
+struct Leader {
+    conn: Option<PgConnection>,
+    roles: Vec<String>,
+}
+
+/// A stable advisory-lock key for a role name (FNV-1a).
+fn lock_key(role: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("hopper:{role}").bytes() {
+        hash ^= b as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
 }
 
 /// How to connect.
@@ -75,7 +95,7 @@ impl PgStore {
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(db_err)?;
         if let Some(schema) = &config.schema {
@@ -99,6 +119,8 @@ impl PgStore {
             listen_pool,
             listener: std::sync::Arc::new(task.abort_handle()),
             wakeups,
+            leader: std::sync::Arc::default(),
+            options,
         })
     }
 
@@ -169,6 +191,42 @@ async fn listen(
 impl Store for PgStore {
     fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<Wakeup>> {
         Some(self.wakeups.subscribe())
+    }
+
+    async fn leader_try(&self, role: &str) -> Result<bool, StoreError> {
+        use sqlx::Connection;
+        let mut leader = self.leader.lock().await;
+        if leader.roles.iter().any(|r| r == role) {
+            // Still ours while the session lives: check the connection.
+            let alive = match leader.conn.as_mut() {
+                Some(conn) => conn.ping().await.is_ok(),
+                None => false,
+            };
+            if alive {
+                return Ok(true);
+            }
+            leader.conn = None;
+            leader.roles.clear();
+        }
+        if leader.conn.is_none() {
+            leader.conn = Some(
+                PgConnection::connect_with(&self.options)
+                    .await
+                    .map_err(db_err)?,
+            );
+        }
+        let Some(conn) = leader.conn.as_mut() else {
+            return Ok(false);
+        };
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(lock_key(role))
+            .fetch_one(conn)
+            .await
+            .map_err(db_err)?;
+        if taken {
+            leader.roles.push(role.to_string());
+        }
+        Ok(taken)
     }
 
     async fn app_deploy(&self, params: AppDeploy) -> Result<AppRow, StoreError> {

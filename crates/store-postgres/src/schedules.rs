@@ -114,7 +114,7 @@ async fn load(
     name: &str,
 ) -> Result<Option<ScheduleRow>, StoreError> {
     let r = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM schedules s WHERE s.app = $1 AND s.name = $2"
+        "SELECT {COLUMNS} FROM schedules s WHERE s.app = $1 AND s.name = $2 FOR UPDATE OF s"
     ))
     .bind(app)
     .bind(name)

@@ -49,3 +49,40 @@ async fn setup() -> Option<(PgStore, Schema)> {
 }
 
 hopper_store::conformance_suite!(setup());
+
+/// One server of a cluster leads a role; when it goes, another takes over.
+#[tokio::test]
+async fn only_one_server_leads_a_role_until_it_goes() {
+    use hopper_store::Store;
+    let Some((first, schema)) = setup().await else {
+        return;
+    };
+    let url = schema.url.clone();
+    let second = PgStore::open(&PgConfig {
+        url,
+        max_connections: 2,
+        schema: Some(schema.name.clone()),
+    })
+    .await
+    .unwrap();
+    assert!(first.leader_try("notifier").await.unwrap());
+    assert!(
+        !second.leader_try("notifier").await.unwrap(),
+        "the role is taken"
+    );
+    assert!(
+        second.leader_try("other").await.unwrap(),
+        "roles are separate"
+    );
+    drop(first);
+    // The first server's session ends with it (its connections close when it is dropped).
+    let mut taken = false;
+    for _ in 0..100 {
+        if second.leader_try("notifier").await.unwrap() {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(taken, "the lead passes on once its holder is gone");
+}

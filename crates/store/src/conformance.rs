@@ -58,6 +58,7 @@ macro_rules! conformance_suite {
             a_paused_schedule_is_not_due_and_resumes_from_now,
             ended_calls_are_listed_in_the_order_they_ended,
             an_attempts_log_is_capped_with_a_marker,
+            the_lead_once_taken_is_kept,
             settings_are_kept,
         );
     };
@@ -1602,4 +1603,12 @@ pub async fn an_attempts_log_is_capped_with_a_marker(store: Arc<dyn Store>) {
     assert_eq!(texts.len(), 6, "the cap, then one marker: {texts:?}");
     assert_eq!(lines[5].stream, LogStream::System);
     assert!(texts[5].contains("cap of 5 lines"), "{texts:?}");
+}
+
+pub async fn the_lead_once_taken_is_kept(store: Arc<dyn Store>) {
+    assert!(store.leader_try("notifier").await.unwrap());
+    assert!(
+        store.leader_try("notifier").await.unwrap(),
+        "the lead is kept"
+    );
 }

@@ -161,6 +161,14 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether this process holds (or has just taken) the lead for `role`, for work that one
+    /// server of a cluster must do alone (e.g. sending notifications). The lead is kept until
+    /// the process dies. Default: always, for a store only one server uses.
+    async fn leader_try(&self, role: &str) -> Result<bool, StoreError> {
+        let _ = role;
+        Ok(true)
+    }
+
     /// Workers not stopped, and those stopped or last seen after `seen_after`.
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError>;
 }
