@@ -1,0 +1,230 @@
+//! Workers on separate network hosts: the server in one network namespace, workers in two
+//! others, joined by veth pairs. One worker host is cut off mid-run (link down): its leases
+//! expire and its inputs finish on the other host. Needs root and iproute2; skips otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TOKEN: &str = "netns-test-token";
+
+/// Namespaces and the processes in them, removed when the test ends.
+struct Hosts {
+    names: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(BIN)
+        .args(args)
+        .env("HOPPER_TOKEN", TOKEN)
+        .env("HOPPER_SERVER", "http://127.0.0.1:7433")
+        .output()
+        .unwrap()
+}
+
+fn spawn_in_ns(ns: &str, args: &[&str]) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(BIN)
+        .args(args)
+        .env("HOPPER_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_worker_host_cut_off_mid_run_loses_its_leases_and_its_inputs_finish_elsewhere() {
+    let tag = format!("{:04}", std::process::id() % 10_000);
+    let (server_ns, w1, w2) = (format!("hs{tag}"), format!("ha{tag}"), format!("hb{tag}"));
+    if !ip(&["netns", "add", &server_ns]) {
+        println!("SKIP: cannot create network namespaces here (needs root and iproute2)");
+        return;
+    }
+    let mut hosts = Hosts {
+        names: vec![server_ns.clone()],
+        children: Vec::new(),
+    };
+    for ns in [&w1, &w2] {
+        assert!(ip(&["netns", "add", ns]));
+        hosts.names.push(ns.clone());
+    }
+    // server ⟷ w1 on 10.231.1.0/24, server ⟷ w2 on 10.231.2.0/24.
+    for (i, ns) in [(1, &w1), (2, &w2)] {
+        let (a, b) = (format!("s{i}{tag}"), format!("w{i}{tag}"));
+        assert!(ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]));
+        assert!(ip(&["link", "set", &a, "netns", &server_ns]));
+        assert!(ip(&["link", "set", &b, "netns", ns]));
+        assert!(ip(&[
+            "netns",
+            "exec",
+            &server_ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("10.231.{i}.1/24"),
+            "dev",
+            &a
+        ]));
+        assert!(ip(&[
+            "netns",
+            "exec",
+            ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("10.231.{i}.2/24"),
+            "dev",
+            &b
+        ]));
+        assert!(ip(&[
+            "netns", "exec", &server_ns, "ip", "link", "set", &a, "up"
+        ]));
+        assert!(ip(&["netns", "exec", ns, "ip", "link", "set", &b, "up"]));
+    }
+    for ns in [&server_ns, &w1, &w2] {
+        assert!(ip(&["netns", "exec", ns, "ip", "link", "set", "lo", "up"]));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "app = \"n\"\n[functions.slow]\ncommand = [\"sh\", \"-c\", \"read n; sleep 2; echo $((n * 2))\"]\nconcurrency = 4\n",
+    );
+    let data = dir.path().join("data");
+    let mut server = spawn_in_ns(
+        &server_ns,
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:7433",
+            "--no-workers",
+            "--lease",
+            "2s",
+            "--data",
+            data.to_str().unwrap(),
+            "--deploy",
+            m.to_str().unwrap(),
+        ],
+    );
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    hosts.children.push(server);
+    for (i, ns) in [(1, &w1), (2, &w2)] {
+        let url = format!("http://10.231.{i}.1:7433");
+        hosts.children.push(spawn_in_ns(
+            ns,
+            &[
+                "worker",
+                "--server",
+                &url,
+                "--function",
+                "n.slow",
+                "--concurrency",
+                "4",
+            ],
+        ));
+    }
+    let workers_running = |min_each: i64| {
+        let out = in_ns(&server_ns, &["workers", "--json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        list.len() == 2
+            && list
+                .iter()
+                .all(|w| w["running"].as_i64().unwrap_or(0) >= min_each)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !workers_running(0) {
+        assert!(
+            Instant::now() < deadline,
+            "both workers register across the links"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ids: Vec<String> = (0..8)
+        .map(|i| {
+            let out = in_ns(&server_ns, &["spawn", "n.slow", "--input", &i.to_string()]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            stdout(&out).trim().to_string()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !workers_running(1) {
+        assert!(Instant::now() < deadline, "both hosts run inputs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Cut host 1 off.
+    assert!(ip(&[
+        "netns",
+        "exec",
+        &w1,
+        "ip",
+        "link",
+        "set",
+        &format!("w1{tag}"),
+        "down"
+    ]));
+    for (i, id) in ids.iter().enumerate() {
+        let out = in_ns(&server_ns, &["get", id, "--timeout", "60s"]);
+        assert_eq!(out.status.code(), Some(0), "call {i}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), (i * 2).to_string());
+    }
+    // The inputs that were on the cut-off host show a lost attempt, then a success elsewhere.
+    let script = format!(
+        "import json, sys, urllib.request\nlost = 0\nfor id in sys.argv[1:]:\n    r = urllib.request.Request('http://127.0.0.1:7433/v1/calls/' + id + '/attempts', headers={{'Authorization': 'Bearer {TOKEN}'}})\n    lost += sum(1 for a in json.load(urllib.request.urlopen(r)) if a['outcome'] == 'lost')\nprint(lost)"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &server_ns, "python3", "-c", &script])
+        .args(&ids)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lost_attempts: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(
+        lost_attempts >= 1,
+        "the cut-off host's inputs ran again elsewhere"
+    );
+    let out = in_ns(&server_ns, &["workers", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let lost = list.iter().filter(|w| w["state"] == "lost").count();
+    assert_eq!(
+        lost, 1,
+        "the cut-off host's worker is reported lost: {list:?}"
+    );
+}
