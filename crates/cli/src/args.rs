@@ -204,6 +204,10 @@ pub struct BenchArgs {
     /// Run against PostgreSQL (each scenario in a fresh schema) instead of SQLite.
     #[arg(long)]
     pub database: Option<String>,
+    /// Servers sharing the database in each scenario (with --database): spawns go round-robin,
+    /// an in-process worker runs on each, and latency round trips cross servers.
+    #[arg(long, default_value_t = 1)]
+    pub servers: usize,
 }
 
 #[derive(Subcommand, Debug)]

@@ -45,15 +45,9 @@ struct BenchServer {
 static DATABASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
 impl BenchServer {
-    fn start() -> anyhow::Result<Self> {
+    fn start(postgres: Option<(String, String)>) -> anyhow::Result<Self> {
         let data = tempfile::tempdir().context("cannot create a temporary folder")?;
         let exe = std::env::current_exe().context("cannot find this program")?;
-        let postgres = DATABASE.get().cloned().flatten().map(|url| {
-            (
-                url,
-                format!("hopper_bench_{}", hopper_core::ids::random_hex()),
-            )
-        });
         let mut command = Command::new(exe);
         command.arg("serve");
         if let Some((url, schema)) = &postgres {
@@ -110,10 +104,50 @@ impl Drop for BenchServer {
     }
 }
 
-impl BenchServer {
-    /// Stops the server and drops its schema, if it had one.
+/// How many servers share the database in each scenario (PostgreSQL only). Default 1.
+static SERVERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// The servers of one scenario: one, or several over one PostgreSQL schema.
+struct Cluster {
+    servers: Vec<BenchServer>,
+}
+
+impl Cluster {
+    fn start() -> anyhow::Result<Self> {
+        let postgres = DATABASE.get().cloned().flatten().map(|url| {
+            (
+                url,
+                format!("hopper_bench_{}", hopper_core::ids::random_hex()),
+            )
+        });
+        let n = SERVERS.get().copied().unwrap_or(1).max(1);
+        let servers = (0..n)
+            .map(|_| BenchServer::start(postgres.clone()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self { servers })
+    }
+
+    /// A client of each server, after deploying the bench app through the first.
+    async fn clients(&self) -> anyhow::Result<Vec<Client>> {
+        let mut clients = Vec::new();
+        for (i, server) in self.servers.iter().enumerate() {
+            clients.push(if i == 0 {
+                deployed(server).await?
+            } else {
+                Client::new(&server.url, None)?
+            });
+        }
+        Ok(clients)
+    }
+
+    /// The largest peak resident memory of the servers.
+    fn peak_rss(&self) -> Option<u64> {
+        self.servers.iter().filter_map(BenchServer::peak_rss).max()
+    }
+
+    /// Stops the servers and drops their schema, if they had one.
     async fn finish(self) {
-        let postgres = self.postgres.clone();
+        let postgres = self.servers.first().and_then(|s| s.postgres.clone());
         drop(self);
         if let Some((url, schema)) = postgres {
             if let Err(e) = hopper_store_postgres::PgStore::drop_schema(&url, &schema).await {
@@ -190,7 +224,7 @@ fn figures(
     inputs: u64,
     elapsed: Duration,
     mut latencies: Vec<f64>,
-    server: &BenchServer,
+    server: &Cluster,
 ) -> Figures {
     latencies.sort_by(f64::total_cmp);
     let seconds = elapsed.as_secs_f64();
@@ -210,12 +244,13 @@ fn figures(
 }
 
 async fn enqueue(n: u64) -> anyhow::Result<Figures> {
-    let server = BenchServer::start()?;
-    let client = deployed(&server).await?;
+    let server = Cluster::start()?;
+    let clients = server.clients().await?;
     let started = Instant::now();
     let latencies: Vec<f64> = futures_util::stream::iter(0..n)
         .map(|i| {
-            let client = client.clone();
+            // Round-robin over the servers.
+            let client = clients[i as usize % clients.len()].clone();
             async move {
                 let t = Instant::now();
                 client
@@ -241,9 +276,15 @@ async fn map_through(
     n: u64,
     in_process: bool,
 ) -> anyhow::Result<Figures> {
-    let server = BenchServer::start()?;
-    let client = deployed(&server).await?;
-    let worker = in_process.then(|| in_process_worker(&client));
+    let server = Cluster::start()?;
+    let clients = server.clients().await?;
+    let client = clients[0].clone();
+    // An in-process worker on each server.
+    let workers: Vec<_> = if in_process {
+        clients.iter().map(in_process_worker).collect()
+    } else {
+        Vec::new()
+    };
     let started = Instant::now();
     let options = MapOptions {
         ordered: false,
@@ -264,7 +305,7 @@ async fn map_through(
         bail!("{scenario}: {got} results for {n} inputs");
     }
     let out = figures(scenario, n, elapsed, Vec::new(), &server);
-    if let Some((stop, task)) = worker {
+    for (stop, task) in workers {
         stop.cancel();
         let _ = task.await;
     }
@@ -273,9 +314,11 @@ async fn map_through(
 }
 
 async fn latency(n: u64) -> anyhow::Result<Figures> {
-    let server = BenchServer::start()?;
-    let client = deployed(&server).await?;
-    let (stop, task) = in_process_worker(&client);
+    let server = Cluster::start()?;
+    let clients = server.clients().await?;
+    // Calls go through the first server; the worker is on the last (another, if there are two).
+    let client = clients[0].clone();
+    let (stop, task) = in_process_worker(&clients[clients.len() - 1]);
     // Warm up: the worker is registered and long-polling.
     for _ in 0..20 {
         let call = client.spawn("bench.noop", Value::Null, None).await?;
@@ -319,6 +362,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
         }
     }
     let _ = DATABASE.set(args.database.clone());
+    if args.servers == 0 || (args.servers > 1 && args.database.is_none()) {
+        return Err(exit::usage(
+            "--servers: more than one server needs --database (they share a PostgreSQL database)",
+        ));
+    }
+    let _ = SERVERS.set(args.servers);
     let count = |default: u64| args.inputs.unwrap_or(default);
     let mut all = Vec::new();
     for scenario in scenarios {
@@ -372,10 +421,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
                 .map(|n| n.get())
                 .unwrap_or(1),
             std::env::consts::ARCH,
-            if args.database.is_some() {
-                "PostgreSQL"
-            } else {
-                "SQLite (WAL, synchronous=FULL)"
+            match (&args.database, args.servers) {
+                (Some(_), 1) => "PostgreSQL, 1 server".to_string(),
+                (Some(_), n) => format!("PostgreSQL, {n} servers"),
+                (None, _) => "SQLite (WAL, synchronous=FULL)".to_string(),
             }
         );
     }
