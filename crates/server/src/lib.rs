@@ -72,7 +72,7 @@ pub async fn run(
     let mut config = config;
     if config.requires_token() {
         // Local workers get a token of their own, with only the `work` scope.
-        let worker_token = format!("hw-{}", uuid_like());
+        let worker_token = format!("hw-{}", hopper_core::ids::random_hex());
         config
             .scoped_tokens
             .push((vec![config::Scope::Work], worker_token.clone()));
@@ -161,9 +161,4 @@ pub async fn run(
         Err(e) => return Err(ServerError::Io(std::io::Error::other(e))),
     }
     Ok(())
-}
-
-/// A random token for local workers, from the OS's randomness via a v4 UUID.
-fn uuid_like() -> String {
-    hopper_core::ids::random_hex()
 }

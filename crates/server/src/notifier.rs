@@ -244,7 +244,8 @@ impl Notifier {
 
     async fn classify(&mut self, call: &CallRow) -> Result<Option<Event>, StoreError> {
         let key = format!("{}.{}", call.app, call.function);
-        let first = if call.counts.total == 1 {
+        // Only a failure's message needs the input's error and attempts.
+        let first = if call.counts.total == 1 && call.state == InputState::Failed {
             self.state.store.input_get(&call.id, 0).await?
         } else {
             None
