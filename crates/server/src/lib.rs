@@ -120,8 +120,9 @@ pub async fn run(
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(reaper::Reaper::new(state.clone()).run(engine.clone()));
     loops.spawn(pruner::Pruner::new(state.clone()).run(engine.clone()));
-    loops.spawn(cron::Cron::new(state.clone()).run(engine.clone()));
+    // The notifier subscribes before cron starts, so a firing missed at start-up is told.
     let notifier = notifier::Notifier::new(state.clone()).map_err(ServerError::Config)?;
+    loops.spawn(cron::Cron::new(state.clone()).run(engine.clone()));
     loops.spawn(notifier.run(engine.clone()));
     let provisioner = match &config.worker_program {
         Some(program) => {

@@ -34,7 +34,7 @@ const LOG_TAIL: usize = 10;
 
 /// Something worth telling.
 #[derive(Debug, Clone)]
-pub struct Event {
+struct Event {
     kind: NotifyOn,
     app: String,
     /// Function name within the app, or the schedule's name for a missed firing.
@@ -69,6 +69,7 @@ pub struct Notifier {
     failing: HashMap<String, bool>,
     /// The first pass stores its starting cursor even when nothing ended.
     cursor_unsaved: bool,
+    missed: tokio::sync::broadcast::Receiver<(String, usize)>,
 }
 
 /// Builds an SMTP transport from `smtp://[user:pass@]host[:port]`, `smtps://…` or
@@ -130,6 +131,7 @@ fn percent_decode(text: &str) -> String {
 
 impl Notifier {
     pub fn new(state: AppState) -> Result<Self, String> {
+        let missed = state.events.watch_missed();
         let smtp = state
             .config
             .smtp
@@ -154,27 +156,14 @@ impl Notifier {
             windows: HashMap::new(),
             failing: HashMap::new(),
             cursor_unsaved: true,
+            missed,
         })
     }
 
     /// Runs a pass every half second until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut missed = self.state.events.watch_missed();
         loop {
-            let mut events = Vec::new();
-            while let Ok((schedule, count)) = missed.try_recv() {
-                let (app, name) = schedule.split_once('.').unwrap_or(("", schedule.as_str()));
-                events.push(Event {
-                    kind: NotifyOn::ScheduleMissed,
-                    app: app.to_string(),
-                    subject: name.to_string(),
-                    call_id: None,
-                    error: None,
-                    attempts: 0,
-                    missed: count,
-                });
-            }
-            if let Err(e) = self.run_once(events).await {
+            if let Err(e) = self.run_once().await {
                 tracing::warn!(error = %e, "notifier pass failed; retrying");
             }
             tokio::select! {
@@ -186,7 +175,20 @@ impl Notifier {
 
     /// One pass: reads calls that ended since the cursor, queues their events, and sends the
     /// messages that are due.
-    pub async fn run_once(&mut self, mut events: Vec<Event>) -> Result<(), StoreError> {
+    pub async fn run_once(&mut self) -> Result<(), StoreError> {
+        let mut events = Vec::new();
+        while let Ok((schedule, count)) = self.missed.try_recv() {
+            let (app, name) = schedule.split_once('.').unwrap_or(("", schedule.as_str()));
+            events.push(Event {
+                kind: NotifyOn::ScheduleMissed,
+                app: app.to_string(),
+                subject: name.to_string(),
+                call_id: None,
+                error: None,
+                attempts: 0,
+                missed: count,
+            });
+        }
         // With several servers over one database, one of them notifies.
         if !self.state.store.leader_try("notifier").await? {
             return Ok(());
