@@ -12,12 +12,19 @@
 //! - `map`: database rows and errors into the store's types.
 //! - `apps`, `calls`, `inputs`, `schedules`, `workers`: the [`Store`] methods, by noun.
 
+#[path = "../../store-sql/apps.rs"]
 mod apps;
+#[path = "../../store-sql/calls.rs"]
 mod calls;
+mod dialect;
+#[path = "../../store-sql/inputs.rs"]
 mod inputs;
+#[path = "../../store-sql/map.rs"]
 mod map;
 pub mod migrate;
+#[path = "../../store-sql/schedules.rs"]
 mod schedules;
+#[path = "../../store-sql/workers.rs"]
 mod workers;
 
 use std::str::FromStr;
@@ -30,7 +37,7 @@ use hopper_core::{CallId, WorkerId};
 use hopper_store::*;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
-use crate::map::db_err;
+use crate::dialect::db_err;
 
 /// The PostgreSQL implementation of [`Store`].
 #[derive(Clone)]
@@ -112,7 +119,7 @@ impl PgStore {
         let mut listener = sqlx::postgres::PgListener::connect_with(&listen_pool)
             .await
             .map_err(db_err)?;
-        listener.listen(map::CHANNEL).await.map_err(db_err)?;
+        listener.listen(dialect::CHANNEL).await.map_err(db_err)?;
         let task = tokio::spawn(listen(listener, wakeups.clone()));
         Ok(Self {
             pool,

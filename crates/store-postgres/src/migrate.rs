@@ -3,7 +3,7 @@
 
 use sqlx::{Executor, PgPool};
 
-use crate::map::db_err;
+use crate::dialect::db_err;
 use hopper_store::StoreError;
 
 /// `(number, name, SQL)`, in order. The numbers and names are the same in every backend.

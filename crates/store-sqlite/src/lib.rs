@@ -14,12 +14,19 @@
 //! - `map`: database rows and errors into the store's types.
 //! - `apps`, `calls`, `inputs`, `workers`: the [`Store`] methods, by the noun they start with.
 
+#[path = "../../store-sql/apps.rs"]
 mod apps;
+#[path = "../../store-sql/calls.rs"]
 mod calls;
+mod dialect;
+#[path = "../../store-sql/inputs.rs"]
 mod inputs;
+#[path = "../../store-sql/map.rs"]
 mod map;
 pub mod migrate;
+#[path = "../../store-sql/schedules.rs"]
 mod schedules;
+#[path = "../../store-sql/workers.rs"]
 mod workers;
 mod writer;
 
@@ -35,7 +42,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::map::db_err;
+use crate::dialect::db_err;
 
 /// The SQLite implementation of [`Store`].
 #[derive(Clone)]

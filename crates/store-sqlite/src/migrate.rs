@@ -2,7 +2,7 @@
 
 use sqlx::{Executor, SqlitePool};
 
-use crate::map::db_err;
+use crate::dialect::db_err;
 use hopper_store::StoreError;
 
 /// `(number, name, SQL)`, in order. The numbers and names are the same in every backend.

@@ -12,7 +12,7 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::map::db_err;
+use crate::dialect::db_err;
 
 /// Most writes per transaction.
 const MAX_GROUP: usize = 256;

@@ -7,16 +7,13 @@ use hopper_core::api::Lease;
 use hopper_store::{
     LogAppend, LogInsert, LogList, LogRow, StoreError, WorkerRegisterParams, WorkerRow,
 };
-use sqlx::sqlite::SqliteConnection;
-use sqlx::Connection;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row};
+
+use crate::dialect::{Conn, DbPool};
 
 use crate::map::{corrupt, db_err, stream};
 
-pub async fn register(
-    conn: &mut SqliteConnection,
-    p: WorkerRegisterParams,
-) -> Result<(), StoreError> {
+pub async fn register(conn: &mut Conn, p: WorkerRegisterParams) -> Result<(), StoreError> {
     let functions =
         serde_json::to_string(&p.functions).map_err(|e| corrupt("worker functions", e))?;
     sqlx::query(
@@ -35,11 +32,7 @@ pub async fn register(
     Ok(())
 }
 
-pub async fn touch(
-    conn: &mut SqliteConnection,
-    id: &WorkerId,
-    now: i64,
-) -> Result<bool, StoreError> {
+pub async fn touch(conn: &mut Conn, id: &WorkerId, now: i64) -> Result<bool, StoreError> {
     let n =
         sqlx::query("UPDATE workers SET last_seen_at = $2 WHERE id = $1 AND stopped_at IS NULL")
             .bind(id.as_str())
@@ -51,7 +44,7 @@ pub async fn touch(
     Ok(n > 0)
 }
 
-pub async fn list(pool: &SqlitePool, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
+pub async fn list(pool: &DbPool, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT w.id, w.host, w.pid, w.functions, w.concurrency, w.registered_at, w.last_seen_at, w.stopped_at,
                 (SELECT COUNT(*) FROM inputs i WHERE i.state = 'running' AND i.worker_id = w.id) AS running
@@ -81,7 +74,7 @@ pub async fn list(pool: &SqlitePool, seen_after: i64) -> Result<Vec<WorkerRow>, 
         .collect()
 }
 
-pub async fn log_append_many(conn: &mut SqliteConnection, p: LogAppend) -> Result<(), StoreError> {
+pub async fn log_append_many(conn: &mut Conn, p: LogAppend) -> Result<(), StoreError> {
     if p.lines.is_empty() {
         return Ok(());
     }
@@ -150,7 +143,7 @@ pub async fn log_append_many(conn: &mut SqliteConnection, p: LogAppend) -> Resul
     Ok(())
 }
 
-pub async fn log_list(pool: &SqlitePool, p: LogList) -> Result<Vec<LogRow>, StoreError> {
+pub async fn log_list(pool: &DbPool, p: LogList) -> Result<Vec<LogRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT seq, idx, attempt, stream, ts, line FROM logs
          WHERE call_id = $1 AND seq > $2 AND ($3 IS NULL OR idx = $3) ORDER BY seq LIMIT $4",

@@ -1,25 +1,12 @@
-//! Database rows and errors into the store's types.
+//! Database rows into the store's types (errors: `dialect::db_err`).
 
 use hopper_core::api::{InputError, LogStream, Origin};
 use hopper_core::{CallCounts, CallId, CallState, InputState, WorkerId};
 use hopper_store::{CallRow, StoreError};
-use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-/// Maps a sqlx error to the store's error: busy and I/O faults are `Unavailable` (retryable).
-pub fn db_err(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            StoreError::Unavailable(e.to_string())
-        }
-        sqlx::Error::Database(db)
-            if matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517")) =>
-        {
-            StoreError::Unavailable(e.to_string())
-        }
-        _ => StoreError::Database(e.to_string()),
-    }
-}
+pub use crate::dialect::db_err;
+use crate::dialect::DbRow;
 
 pub fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -54,7 +41,7 @@ pub fn stream(text: &str) -> Result<LogStream, StoreError> {
 /// The columns [`call_row`] reads, in a `SELECT` or `RETURNING`.
 pub const CALL_COLUMNS: &str = "id, app, function, version, origin, state, idempotency_key, n_total, n_pending, n_running, n_succeeded, n_failed, n_cancelled, accepting_inputs, discard_results, schedule, due_at, created_at, finished_at";
 
-pub fn call_row(row: &SqliteRow) -> Result<CallRow, StoreError> {
+pub fn call_row(row: &DbRow) -> Result<CallRow, StoreError> {
     let origin: String = row.try_get("origin").map_err(db_err)?;
     Ok(CallRow {
         id: call_id(&row.try_get::<String, _>("id").map_err(db_err)?)?,
@@ -80,7 +67,7 @@ pub fn call_row(row: &SqliteRow) -> Result<CallRow, StoreError> {
     })
 }
 
-pub fn counts(row: &SqliteRow) -> Result<CallCounts, StoreError> {
+pub fn counts(row: &DbRow) -> Result<CallCounts, StoreError> {
     Ok(CallCounts {
         total: row.try_get("n_total").map_err(db_err)?,
         pending: row.try_get("n_pending").map_err(db_err)?,

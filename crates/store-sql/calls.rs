@@ -5,19 +5,16 @@ use hopper_store::{
     CallCancel, CallInsert, CallInserted, CallList, CallPrune, CallRow, FunctionBacklog,
     InputAppend, InputResultRow, InputResults, ResultOrder, StoreError,
 };
-use sqlx::sqlite::SqliteConnection;
-use sqlx::Connection;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Row};
+
+use crate::dialect::{Conn, Db, DbPool, SUM_AS_BIGINT};
 
 use crate::map::{call_row, count_column, db_err, error_json, error_text, state, CALL_COLUMNS};
 
 /// Inputs per multi-row `INSERT`; 7 parameters each stays far below SQLite's 32,766.
 const INSERT_CHUNK: usize = 500;
 
-pub async fn insert(
-    conn: &mut SqliteConnection,
-    p: CallInsert,
-) -> Result<CallInserted, StoreError> {
+pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     if let Some(key) = &p.idempotency_key {
         let existing = sqlx::query(&format!(
@@ -66,19 +63,22 @@ pub async fn insert(
     if settle(&mut tx, &p.id, &call, p.now).await?.is_some() {
         call = reload(&mut tx, &p.id).await?;
     }
+    if !p.inputs.is_empty() {
+        crate::dialect::notify(&mut tx, "inputs").await?;
+    }
     tx.commit().await.map_err(db_err)?;
     Ok(CallInserted::Created(call))
 }
 
 async fn insert_inputs(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     call: &CallRow,
     start: i64,
     inputs: &[String],
     now: UnixMillis,
 ) -> Result<(), StoreError> {
     for (chunk_no, chunk) in inputs.chunks(INSERT_CHUNK).enumerate() {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(
             "INSERT INTO inputs (call_id, idx, app, function, version, state, input, not_before) ",
         );
         q.push_values(chunk.iter().enumerate(), |mut b, (i, input)| {
@@ -96,7 +96,7 @@ async fn insert_inputs(
     Ok(())
 }
 
-async fn reload(conn: &mut SqliteConnection, id: &CallId) -> Result<CallRow, StoreError> {
+async fn reload(conn: &mut Conn, id: &CallId) -> Result<CallRow, StoreError> {
     let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
         .bind(id.as_str())
         .fetch_one(&mut *conn)
@@ -105,7 +105,7 @@ async fn reload(conn: &mut SqliteConnection, id: &CallId) -> Result<CallRow, Sto
     call_row(&row)
 }
 
-pub async fn append(conn: &mut SqliteConnection, p: InputAppend) -> Result<CallRow, StoreError> {
+pub async fn append(conn: &mut Conn, p: InputAppend) -> Result<CallRow, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
         .bind(p.call_id.as_str())
@@ -159,14 +159,15 @@ pub async fn append(conn: &mut SqliteConnection, p: InputAppend) -> Result<CallR
     let after = reload(&mut tx, &p.call_id).await?;
     settle(&mut tx, &p.call_id, &after, p.now).await?;
     let call = reload(&mut tx, &p.call_id).await?;
+    crate::dialect::notify(&mut tx, "inputs").await?;
+    if call.state.is_terminal() {
+        crate::dialect::notify(&mut tx, &format!("call:{}", call.id)).await?;
+    }
     tx.commit().await.map_err(db_err)?;
     Ok(call)
 }
 
-pub async fn results(
-    pool: &SqlitePool,
-    p: InputResults,
-) -> Result<Vec<InputResultRow>, StoreError> {
+pub async fn results(pool: &DbPool, p: InputResults) -> Result<Vec<InputResultRow>, StoreError> {
     let sql = match p.order {
         ResultOrder::Index => {
             "SELECT idx, state, output, error, done_seq FROM inputs WHERE call_id = $1 AND idx > $2 ORDER BY idx LIMIT $3"
@@ -195,11 +196,11 @@ pub async fn results(
         .collect()
 }
 
-pub async fn backlog(pool: &SqlitePool) -> Result<Vec<FunctionBacklog>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT app, function, SUM(n_pending) AS pending, SUM(n_running) AS running FROM calls
-         WHERE state IN ('pending', 'running') GROUP BY app, function",
-    )
+pub async fn backlog(pool: &DbPool) -> Result<Vec<FunctionBacklog>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT app, function, SUM(n_pending){SUM_AS_BIGINT} AS pending, SUM(n_running){SUM_AS_BIGINT} AS running
+         FROM calls WHERE state IN ('pending', 'running') GROUP BY app, function"
+    ))
     .fetch_all(pool)
     .await
     .map_err(db_err)?;
@@ -215,7 +216,7 @@ pub async fn backlog(pool: &SqlitePool) -> Result<Vec<FunctionBacklog>, StoreErr
         .collect()
 }
 
-pub async fn get(pool: &SqlitePool, id: &CallId) -> Result<Option<CallRow>, StoreError> {
+pub async fn get(pool: &DbPool, id: &CallId) -> Result<Option<CallRow>, StoreError> {
     let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
         .bind(id.as_str())
         .fetch_optional(pool)
@@ -224,8 +225,8 @@ pub async fn get(pool: &SqlitePool, id: &CallId) -> Result<Option<CallRow>, Stor
     row.as_ref().map(call_row).transpose()
 }
 
-pub async fn list(pool: &SqlitePool, p: CallList) -> Result<Vec<CallRow>, StoreError> {
-    let mut q: QueryBuilder<Sqlite> =
+pub async fn list(pool: &DbPool, p: CallList) -> Result<Vec<CallRow>, StoreError> {
+    let mut q: QueryBuilder<Db> =
         QueryBuilder::new(format!("SELECT {CALL_COLUMNS} FROM calls WHERE 1 = 1"));
     if let Some(app) = &p.app {
         q.push(" AND app = ").push_bind(app);
@@ -247,10 +248,7 @@ pub async fn list(pool: &SqlitePool, p: CallList) -> Result<Vec<CallRow>, StoreE
     rows.iter().map(call_row).collect()
 }
 
-pub async fn cancel(
-    conn: &mut SqliteConnection,
-    p: CallCancel,
-) -> Result<Option<CallRow>, StoreError> {
+pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let exists: Option<String> = sqlx::query_scalar("SELECT state FROM calls WHERE id = $1")
         .bind(p.id.as_str())
@@ -310,6 +308,7 @@ pub async fn cancel(
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
+    crate::dialect::notify(&mut tx, &format!("call:{}", p.id)).await?;
     tx.commit().await.map_err(db_err)?;
     Ok(Some(call_row(&row)?))
 }
@@ -321,7 +320,7 @@ pub fn cancelled_error() -> hopper_core::api::InputError {
     }
 }
 
-pub async fn prune(conn: &mut SqliteConnection, p: CallPrune) -> Result<u64, StoreError> {
+pub async fn prune(conn: &mut Conn, p: CallPrune) -> Result<u64, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let doomed = "SELECT id FROM calls WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2";
     sqlx::query(&format!("DELETE FROM log_counts WHERE input_id IN (SELECT id FROM inputs WHERE call_id IN ({doomed}))"))
@@ -365,7 +364,7 @@ pub struct Shifted {
 /// Moves `n` of a call's inputs from one state's counter to another's, and updates the call's
 /// derived state.
 pub async fn shift(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: &CallId,
     from: InputState,
     to: InputState,
@@ -399,7 +398,7 @@ pub async fn shift(
 
 /// Writes the state derived from the call's counters, if it changed.
 async fn settle(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     id: &CallId,
     call: &CallRow,
     now: UnixMillis,
@@ -420,7 +419,7 @@ async fn settle(
 }
 
 pub async fn finished_since(
-    pool: &SqlitePool,
+    pool: &DbPool,
     p: hopper_store::CallsFinished,
 ) -> Result<Vec<CallRow>, StoreError> {
     let after_id = p
@@ -442,7 +441,7 @@ pub async fn finished_since(
     rows.iter().map(call_row).collect()
 }
 
-pub async fn setting_get(pool: &SqlitePool, key: &str) -> Result<Option<String>, StoreError> {
+pub async fn setting_get(pool: &DbPool, key: &str) -> Result<Option<String>, StoreError> {
     sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
         .bind(key)
         .fetch_optional(pool)
@@ -450,11 +449,7 @@ pub async fn setting_get(pool: &SqlitePool, key: &str) -> Result<Option<String>,
         .map_err(db_err)
 }
 
-pub async fn setting_put(
-    conn: &mut SqliteConnection,
-    key: String,
-    value: String,
-) -> Result<(), StoreError> {
+pub async fn setting_put(conn: &mut Conn, key: String, value: String) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(key)
         .bind(value)

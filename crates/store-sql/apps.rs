@@ -2,13 +2,13 @@
 
 use hopper_core::FunctionSpec;
 use hopper_store::{AppDeploy, AppRow, FunctionFind, FunctionRow, StoreError};
-use sqlx::sqlite::SqliteConnection;
-use sqlx::Connection;
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row};
+
+use crate::dialect::{Conn, DbPool};
 
 use crate::map::{corrupt, db_err};
 
-pub async fn deploy(conn: &mut SqliteConnection, p: AppDeploy) -> Result<AppRow, StoreError> {
+pub async fn deploy(conn: &mut Conn, p: AppDeploy) -> Result<AppRow, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let last: Option<i64> = sqlx::query_scalar("SELECT version FROM apps WHERE name = $1")
         .bind(&p.app)
@@ -62,7 +62,7 @@ pub async fn deploy(conn: &mut SqliteConnection, p: AppDeploy) -> Result<AppRow,
     })
 }
 
-pub async fn list(pool: &SqlitePool) -> Result<Vec<AppRow>, StoreError> {
+pub async fn list(pool: &DbPool) -> Result<Vec<AppRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT a.name, a.version, a.deployed_at, a.notify, f.spec FROM apps a
          JOIN functions f ON f.app = a.name AND f.version = a.version
@@ -91,10 +91,7 @@ pub async fn list(pool: &SqlitePool) -> Result<Vec<AppRow>, StoreError> {
     Ok(apps)
 }
 
-pub async fn function_find(
-    pool: &SqlitePool,
-    p: FunctionFind,
-) -> Result<Vec<FunctionRow>, StoreError> {
+pub async fn function_find(pool: &DbPool, p: FunctionFind) -> Result<Vec<FunctionRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT f.version, f.spec FROM functions f
          JOIN apps a ON a.name = f.app AND a.version = f.version

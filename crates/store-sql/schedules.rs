@@ -7,15 +7,16 @@ use hopper_store::{
     CallInserted, FireOutcome, FiringRow, ScheduleDeploy, ScheduleFire, SchedulePause, ScheduleRow,
     StoreError,
 };
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{Connection, Row, SqlitePool};
+use sqlx::{Connection, Row};
+
+use crate::dialect::{Conn, DbPool, DbRow, LOCK_SCHEDULE};
 
 use crate::map::{call_id, corrupt, db_err, state};
 
 const COLUMNS: &str = "s.spec, s.paused, s.anchor_at, s.next_due_at, s.last_due_at, s.last_call_id,
     (SELECT c.state FROM calls c WHERE c.id = s.last_call_id) AS last_call_state";
 
-fn row(r: &SqliteRow) -> Result<ScheduleRow, StoreError> {
+fn row(r: &DbRow) -> Result<ScheduleRow, StoreError> {
     let spec: String = r.try_get("spec").map_err(db_err)?;
     Ok(ScheduleRow {
         spec: serde_json::from_str(&spec).map_err(|e| corrupt("schedule spec", e))?,
@@ -38,7 +39,7 @@ fn row(r: &SqliteRow) -> Result<ScheduleRow, StoreError> {
 
 /// Replaces an app's schedules within a deploy's transaction.
 pub async fn deploy(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     app: &str,
     schedules: &[ScheduleDeploy],
     now: UnixMillis,
@@ -87,7 +88,7 @@ pub async fn deploy(
     Ok(())
 }
 
-pub async fn list(pool: &SqlitePool) -> Result<Vec<ScheduleRow>, StoreError> {
+pub async fn list(pool: &DbPool) -> Result<Vec<ScheduleRow>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM schedules s ORDER BY s.app, s.name"
     ))
@@ -97,7 +98,7 @@ pub async fn list(pool: &SqlitePool) -> Result<Vec<ScheduleRow>, StoreError> {
     rows.iter().map(row).collect()
 }
 
-pub async fn due(pool: &SqlitePool, now: UnixMillis) -> Result<Vec<ScheduleRow>, StoreError> {
+pub async fn due(pool: &DbPool, now: UnixMillis) -> Result<Vec<ScheduleRow>, StoreError> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM schedules s WHERE s.paused = 0 AND s.next_due_at <= $1 ORDER BY s.next_due_at"
     ))
@@ -108,13 +109,9 @@ pub async fn due(pool: &SqlitePool, now: UnixMillis) -> Result<Vec<ScheduleRow>,
     rows.iter().map(row).collect()
 }
 
-async fn load(
-    conn: &mut SqliteConnection,
-    app: &str,
-    name: &str,
-) -> Result<Option<ScheduleRow>, StoreError> {
+async fn load(conn: &mut Conn, app: &str, name: &str) -> Result<Option<ScheduleRow>, StoreError> {
     let r = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM schedules s WHERE s.app = $1 AND s.name = $2"
+        "SELECT {COLUMNS} FROM schedules s WHERE s.app = $1 AND s.name = $2{LOCK_SCHEDULE}"
     ))
     .bind(app)
     .bind(name)
@@ -124,7 +121,7 @@ async fn load(
     r.as_ref().map(row).transpose()
 }
 
-pub async fn fire(conn: &mut SqliteConnection, p: ScheduleFire) -> Result<FireOutcome, StoreError> {
+pub async fn fire(conn: &mut Conn, p: ScheduleFire) -> Result<FireOutcome, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let Some(schedule) = load(&mut tx, &p.app, &p.name).await? else {
         return Err(StoreError::NotFound(format!(
@@ -209,10 +206,7 @@ pub async fn fire(conn: &mut SqliteConnection, p: ScheduleFire) -> Result<FireOu
     })
 }
 
-pub async fn pause(
-    conn: &mut SqliteConnection,
-    p: SchedulePause,
-) -> Result<Option<ScheduleRow>, StoreError> {
+pub async fn pause(conn: &mut Conn, p: SchedulePause) -> Result<Option<ScheduleRow>, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     if p.paused {
         sqlx::query("UPDATE schedules SET paused = 1, updated_at = $3 WHERE app = $1 AND name = $2")
@@ -238,7 +232,7 @@ pub async fn pause(
 }
 
 pub async fn firings(
-    pool: &SqlitePool,
+    pool: &DbPool,
     app: &str,
     name: &str,
     limit: u32,

@@ -7,19 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 use hopper_core::api::{InputError, Lease, Outcome};
 use hopper_core::{CallId, FunctionSpec, InputState, UnixMillis};
 use hopper_store::*;
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::Connection;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Row};
+
+use crate::dialect::{Conn, Db, DbPool, DbRow, LEAST, LOCK_ROWS, SKIP_LOCKED, TIMEOUT_MS};
 
 use crate::apps::spec;
 use crate::calls::{shift, Shifted};
 use crate::map::{call_id, db_err, error_json, error_text, state, worker_id};
 
-pub async fn get(
-    pool: &SqlitePool,
-    id: &CallId,
-    index: i64,
-) -> Result<Option<InputRow>, StoreError> {
+pub async fn get(pool: &DbPool, id: &CallId, index: i64) -> Result<Option<InputRow>, StoreError> {
     let row = sqlx::query(
         "SELECT id, call_id, idx, state, input, output, error, attempt, failures, not_before, finished_at
          FROM inputs WHERE call_id = $1 AND idx = $2",
@@ -54,7 +50,7 @@ struct Specs(HashMap<(String, String, i64), FunctionSpec>);
 impl Specs {
     async fn get(
         &mut self,
-        conn: &mut SqliteConnection,
+        conn: &mut Conn,
         app: &str,
         function: &str,
         version: i64,
@@ -83,7 +79,7 @@ impl Specs {
     }
 }
 
-fn push_function_filter(q: &mut QueryBuilder<'_, Sqlite>, functions: &[FunctionKey]) {
+fn push_function_filter(q: &mut QueryBuilder<'_, Db>, functions: &[FunctionKey]) {
     q.push(" AND (");
     for (i, f) in functions.iter().enumerate() {
         if i > 0 {
@@ -98,17 +94,14 @@ fn push_function_filter(q: &mut QueryBuilder<'_, Sqlite>, functions: &[FunctionK
     q.push(")");
 }
 
-pub async fn lease(
-    conn: &mut SqliteConnection,
-    p: InputLease,
-) -> Result<Vec<LeasedRow>, StoreError> {
+pub async fn lease(conn: &mut Conn, p: InputLease) -> Result<Vec<LeasedRow>, StoreError> {
     if p.functions.is_empty() || p.max == 0 {
         return Ok(Vec::new());
     }
     let mut tx = conn.begin().await.map_err(db_err)?;
     // One statement claims the whole batch. The deadline comes from each input's own function
     // version; the lease (`now + lease_ms`) is always shorter, as the slack includes a lease.
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+    let mut q: QueryBuilder<Db> = QueryBuilder::new(
         "UPDATE inputs SET state = 'running', attempt = attempt + 1, worker_id = ",
     );
     q.push_bind(p.worker_id.as_str())
@@ -118,16 +111,19 @@ pub async fn lease(
         .push_bind(p.now + p.lease_ms)
         .push(", deadline_at = ")
         .push_bind(p.now + p.deadline_slack_ms)
-        .push(
-            " + COALESCE((SELECT json_extract(f.spec, '$.timeout_ms') FROM functions f
+        .push(format!(
+            " + COALESCE((SELECT {TIMEOUT_MS} FROM functions f
                WHERE f.app = inputs.app AND f.name = inputs.function AND f.version = inputs.version), 0)
-             WHERE id IN (SELECT id FROM inputs WHERE state = 'pending' AND not_before <= ",
-        )
+             WHERE id IN (SELECT id FROM inputs WHERE state = 'pending' AND not_before <= "
+        ))
         .push_bind(p.now);
     push_function_filter(&mut q, &p.functions);
     q.push(" ORDER BY not_before, id LIMIT ")
         .push_bind(p.max as i64)
-        .push(") RETURNING id, call_id, idx, app, function, version, input, attempt");
+        // Several servers lease at once: each skips the rows another is claiming.
+        .push(format!(
+            "{SKIP_LOCKED}) RETURNING id, call_id, idx, app, function, version, input, attempt"
+        ));
     let mut rows = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
     rows.sort_by_key(|r| r.try_get::<i64, _>("id").unwrap_or(0));
     let mut specs = Specs::default();
@@ -169,14 +165,11 @@ pub async fn lease(
     Ok(leased)
 }
 
-pub async fn next_due(
-    pool: &SqlitePool,
-    functions: &[FunctionKey],
-) -> Result<Option<i64>, StoreError> {
+pub async fn next_due(pool: &DbPool, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {
     if functions.is_empty() {
         return Ok(None);
     }
-    let mut q: QueryBuilder<Sqlite> =
+    let mut q: QueryBuilder<Db> =
         QueryBuilder::new("SELECT MIN(not_before) FROM inputs WHERE state = 'pending'");
     push_function_filter(&mut q, functions);
     let row = q.build().fetch_one(pool).await.map_err(db_err)?;
@@ -201,7 +194,7 @@ struct Running {
 const RUNNING_COLUMNS: &str =
     "id, call_id, idx, state, attempt, failures, lost, worker_id, started_at, app, function, version, deadline_at";
 
-fn running(row: &SqliteRow) -> Result<Running, StoreError> {
+fn running(row: &DbRow) -> Result<Running, StoreError> {
     Ok(Running {
         id: row.try_get("id").map_err(db_err)?,
         call_id: call_id(&row.try_get::<String, _>("call_id").map_err(db_err)?)?,
@@ -223,7 +216,7 @@ fn running(row: &SqliteRow) -> Result<Running, StoreError> {
 /// Records an ended attempt. A second record for the same attempt (a late result after the
 /// lease was rescued or cancelled) marks the attempt late and keeps its outcome.
 async fn attempt_record(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     input: &Running,
     outcome: &str,
     error: Option<&InputError>,
@@ -254,7 +247,7 @@ async fn attempt_record(
 
 /// A failed attempt: back to pending after the backoff if retries are left, else failed.
 async fn fail(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     specs: &mut Specs,
     input: &Running,
     error: &InputError,
@@ -326,7 +319,7 @@ fn done_seq(shifted: &Shifted) -> Option<i64> {
 
 /// A lost lease: back to the queue at once, unless it was lost too often.
 async fn requeue_lost(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     input: &Running,
     error: &InputError,
     now: UnixMillis,
@@ -384,22 +377,24 @@ async fn requeue_lost(
 const COMPLETE_CHUNK: usize = 300;
 
 pub async fn complete_many(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     p: InputCompleteMany,
 ) -> Result<Vec<CompletionRow>, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let mut specs = Specs::default();
     // One read for the whole batch.
-    let mut current: HashMap<i64, (SqliteRow, bool)> = HashMap::new();
+    let mut current: HashMap<i64, (DbRow, bool)> = HashMap::new();
     for chunk in p.results.chunks(COMPLETE_CHUNK) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
             "SELECT {RUNNING_COLUMNS} FROM inputs WHERE id IN ("
         ));
         let mut ids = q.separated(", ");
         for (lease, _) in chunk {
             ids.push_bind(lease.input_id);
         }
-        q.push(")");
+        // Locked until commit, so a rescue or cancel on another server cannot interleave, and
+        // in id order, so two batches lock in the same order and cannot deadlock.
+        q.push(format!(") ORDER BY id{LOCK_ROWS}"));
         for row in q.build().fetch_all(&mut *tx).await.map_err(db_err)? {
             let id: i64 = row.try_get("id").map_err(db_err)?;
             current.insert(id, (row, false));
@@ -456,7 +451,7 @@ pub async fn complete_many(
             .as_ref()
             .map(|c| c.counts.succeeded + c.counts.failed - group.len() as i64);
         for (k, chunk) in group.chunks(COMPLETE_CHUNK).enumerate() {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q: QueryBuilder<Db> = QueryBuilder::new(
                 "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at) ",
             );
             q.push_values(chunk, |mut b, (_, input, _)| {
@@ -471,8 +466,7 @@ pub async fn complete_many(
             });
             q.push(" ON CONFLICT (input_id, attempt) DO NOTHING");
             q.build().execute(&mut *tx).await.map_err(db_err)?;
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("WITH r(id, output, done_seq) AS (");
+            let mut q: QueryBuilder<Db> = QueryBuilder::new("WITH r(id, output, done_seq) AS (");
             q.push_values(
                 chunk.iter().enumerate(),
                 |mut b, (i, (_, input, output))| {
@@ -534,21 +528,30 @@ pub async fn complete_many(
             effect,
         };
     }
+    crate::dialect::notify(&mut tx, "results").await?;
+    if out
+        .iter()
+        .any(|r| matches!(r.effect, "retried" | "returned"))
+    {
+        crate::dialect::notify(&mut tx, "inputs").await?;
+    }
+    for row in &out {
+        if let Some((call, _)) = &row.call_finished {
+            crate::dialect::notify(&mut tx, &format!("call:{call}")).await?;
+        }
+    }
     tx.commit().await.map_err(db_err)?;
     Ok(out)
 }
 
-pub async fn heartbeat(
-    conn: &mut SqliteConnection,
-    p: LeaseHeartbeat,
-) -> Result<Vec<Lease>, StoreError> {
+pub async fn heartbeat(conn: &mut Conn, p: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let mut lost = Vec::new();
     for lease in &p.leases {
-        let held = sqlx::query(
-            "UPDATE inputs SET lease_expires_at = MIN($4, deadline_at)
-             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'running'",
-        )
+        let held = sqlx::query(&format!(
+            "UPDATE inputs SET lease_expires_at = {LEAST}($4, deadline_at)
+             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'running'"
+        ))
         .bind(lease.input_id)
         .bind(lease.attempt as i64)
         .bind(p.worker_id.as_str())
@@ -571,13 +574,11 @@ pub async fn heartbeat(
     Ok(lost)
 }
 
-pub async fn rescue_expired(
-    conn: &mut SqliteConnection,
-    p: LeaseRescue,
-) -> Result<RescueReport, StoreError> {
+pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueReport, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let rows = sqlx::query(&format!(
-        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND lease_expires_at <= $1 ORDER BY lease_expires_at LIMIT $2"
+        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND lease_expires_at <= $1
+         ORDER BY lease_expires_at LIMIT $2{SKIP_LOCKED}"
     ))
     .bind(p.now)
     .bind(p.limit as i64)
@@ -607,14 +608,18 @@ pub async fn rescue_expired(
         };
         report.finished_calls.extend(finished);
     }
+    if report.requeued + report.timed_out > 0 {
+        crate::dialect::notify(&mut tx, "inputs").await?;
+        crate::dialect::notify(&mut tx, "results").await?;
+    }
+    for (call, _) in &report.finished_calls {
+        crate::dialect::notify(&mut tx, &format!("call:{call}")).await?;
+    }
     tx.commit().await.map_err(db_err)?;
     Ok(report)
 }
 
-pub async fn worker_deregister(
-    conn: &mut SqliteConnection,
-    p: WorkerDeregister,
-) -> Result<u64, StoreError> {
+pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u64, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     sqlx::query("UPDATE workers SET stopped_at = $2, last_seen_at = $2 WHERE id = $1")
         .bind(p.id.as_str())
@@ -623,7 +628,7 @@ pub async fn worker_deregister(
         .await
         .map_err(db_err)?;
     let rows = sqlx::query(&format!(
-        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND worker_id = $1"
+        "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND worker_id = $1 ORDER BY id{LOCK_ROWS}"
     ))
     .bind(p.id.as_str())
     .fetch_all(&mut *tx)
@@ -636,11 +641,14 @@ pub async fn worker_deregister(
     for row in &rows {
         requeue_lost(&mut tx, &running(row)?, &error, p.now).await?;
     }
+    if !rows.is_empty() {
+        crate::dialect::notify(&mut tx, "inputs").await?;
+    }
     tx.commit().await.map_err(db_err)?;
     Ok(rows.len() as u64)
 }
 
-pub async fn attempt_list(pool: &SqlitePool, id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
+pub async fn attempt_list(pool: &DbPool, id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT idx, attempt, worker_id, outcome, started_at, finished_at, error, late FROM attempts WHERE call_id = $1
          UNION ALL
