@@ -197,13 +197,10 @@ pub async fn results(pool: &DbPool, p: InputResults) -> Result<Vec<InputResultRo
 }
 
 pub async fn backlog(pool: &DbPool) -> Result<Vec<FunctionBacklog>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT app, function, SUM(n_pending){SUM_AS_BIGINT} AS pending, SUM(n_running){SUM_AS_BIGINT} AS running
-         FROM calls WHERE state IN ('pending', 'running') GROUP BY app, function"
-    ))
-    .fetch_all(pool)
-    .await
-    .map_err(db_err)?;
+    let rows = sqlx::query(&backlog_sql())
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
     rows.iter()
         .map(|row| {
             Ok(FunctionBacklog {
@@ -216,8 +213,20 @@ pub async fn backlog(pool: &DbPool) -> Result<Vec<FunctionBacklog>, StoreError> 
         .collect()
 }
 
+/// Open calls' pending and running inputs per function (the `calls_open` partial index).
+pub fn backlog_sql() -> String {
+    format!(
+        "SELECT app, function, SUM(n_pending){SUM_AS_BIGINT} AS pending, SUM(n_running){SUM_AS_BIGINT} AS running
+         FROM calls WHERE state IN ('pending', 'running') GROUP BY app, function"
+    )
+}
+
+pub fn get_sql() -> String {
+    format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1")
+}
+
 pub async fn get(pool: &DbPool, id: &CallId) -> Result<Option<CallRow>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
+    let row = sqlx::query(&get_sql())
         .bind(id.as_str())
         .fetch_optional(pool)
         .await
@@ -226,8 +235,16 @@ pub async fn get(pool: &DbPool, id: &CallId) -> Result<Option<CallRow>, StoreErr
 }
 
 pub async fn list(pool: &DbPool, p: CallList) -> Result<Vec<CallRow>, StoreError> {
-    let mut q: QueryBuilder<Db> =
-        QueryBuilder::new(format!("SELECT {CALL_COLUMNS} FROM calls WHERE 1 = 1"));
+    let mut q = QueryBuilder::new("");
+    push_list_query(&mut q, &p);
+    let rows = q.build().fetch_all(pool).await.map_err(db_err)?;
+    rows.iter().map(call_row).collect()
+}
+
+/// The calls list's query: every filter is an equality on an indexed column, and time bounds
+/// and the cursor are id bounds (ids are ordered by time), so each page is an index range.
+pub fn push_list_query<'a>(q: &mut QueryBuilder<'a, Db>, p: &'a CallList) {
+    q.push(format!("SELECT {CALL_COLUMNS} FROM calls WHERE 1 = 1"));
     if let Some(app) = &p.app {
         q.push(" AND app = ").push_bind(app);
     }
@@ -243,9 +260,10 @@ pub async fn list(pool: &DbPool, p: CallList) -> Result<Vec<CallRow>, StoreError
     if let Some(before) = &p.before {
         q.push(" AND id < ").push_bind(before.as_str());
     }
+    if let Some(after) = &p.after {
+        q.push(" AND id >= ").push_bind(after.as_str());
+    }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(p.limit as i64);
-    let rows = q.build().fetch_all(pool).await.map_err(db_err)?;
-    rows.iter().map(call_row).collect()
 }
 
 pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, StoreError> {
@@ -344,6 +362,7 @@ pub async fn prune(conn: &mut Conn, p: CallPrune) -> Result<u64, StoreError> {
         .await
         .map_err(db_err)?
         .rows_affected();
+    crate::stats::prune(&mut tx, p.finished_before).await?;
     sqlx::query("DELETE FROM workers WHERE stopped_at IS NOT NULL AND stopped_at < $1")
         .bind(p.finished_before)
         .execute(&mut *tx)

@@ -15,16 +15,17 @@ use crate::apps::spec;
 use crate::calls::{shift, Shifted};
 use crate::map::{call_id, db_err, error_json, error_text, state, worker_id};
 
+pub const GET_SQL: &str =
+    "SELECT id, call_id, idx, state, input, output, error, attempt, failures, not_before, finished_at
+     FROM inputs WHERE call_id = $1 AND idx = $2";
+
 pub async fn get(pool: &DbPool, id: &CallId, index: i64) -> Result<Option<InputRow>, StoreError> {
-    let row = sqlx::query(
-        "SELECT id, call_id, idx, state, input, output, error, attempt, failures, not_before, finished_at
-         FROM inputs WHERE call_id = $1 AND idx = $2",
-    )
-    .bind(id.as_str())
-    .bind(index)
-    .fetch_optional(pool)
-    .await
-    .map_err(db_err)?;
+    let row = sqlx::query(GET_SQL)
+        .bind(id.as_str())
+        .bind(index)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)?;
     row.map(|row| {
         Ok(InputRow {
             id: row.try_get("id").map_err(db_err)?,
@@ -528,6 +529,13 @@ pub async fn complete_many(
             effect,
         };
     }
+    let mut tallies = crate::stats::Tallies::default();
+    for row in out.iter().filter(|r| r.recorded) {
+        if let (Some(function), Some(duration)) = (&row.function, row.duration_ms) {
+            tallies.add(function, row.effect, duration);
+        }
+    }
+    tallies.record(&mut tx, p.now).await?;
     crate::dialect::notify(&mut tx, "results").await?;
     if out
         .iter()
@@ -587,6 +595,7 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
     .map_err(db_err)?;
     let mut report = RescueReport::default();
     let mut specs = Specs::default();
+    let mut tallies = crate::stats::Tallies::default();
     for row in &rows {
         let input = running(row)?;
         let deadline: Option<i64> = row.try_get("deadline_at").map_err(db_err)?;
@@ -597,7 +606,15 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
                 message: "no result before the attempt's deadline: the worker stopped responding"
                     .into(),
             };
-            fail(&mut tx, &mut specs, &input, &error, p.now).await?.0
+            let (finished, retried) = fail(&mut tx, &mut specs, &input, &error, p.now).await?;
+            let effect = if retried { "retried" } else { "failed" };
+            tallies.add_split(
+                &input.app,
+                &input.function,
+                effect,
+                p.now - input.started_at,
+            );
+            finished
         } else {
             report.requeued += 1;
             let error = InputError {
@@ -608,6 +625,7 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
         };
         report.finished_calls.extend(finished);
     }
+    tallies.record(&mut tx, p.now).await?;
     if report.requeued + report.timed_out > 0 {
         crate::dialect::notify(&mut tx, "inputs").await?;
         crate::dialect::notify(&mut tx, "results").await?;
@@ -648,17 +666,17 @@ pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u
     Ok(rows.len() as u64)
 }
 
-pub async fn attempt_list(pool: &DbPool, id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT idx, attempt, worker_id, outcome, started_at, finished_at, error, late FROM attempts WHERE call_id = $1
+pub const ATTEMPT_LIST_SQL: &str = "SELECT idx, attempt, worker_id, outcome, started_at, finished_at, error, late FROM attempts WHERE call_id = $1
          UNION ALL
          SELECT idx, attempt, worker_id, 'running', started_at, NULL, NULL, 0 FROM inputs WHERE call_id = $1 AND state = 'running'
-         ORDER BY 1, 2",
-    )
-    .bind(id.as_str())
-    .fetch_all(pool)
-    .await
-    .map_err(db_err)?;
+         ORDER BY 1, 2";
+
+pub async fn attempt_list(pool: &DbPool, id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
+    let rows = sqlx::query(ATTEMPT_LIST_SQL)
+        .bind(id.as_str())
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
     rows.iter()
         .map(|row| {
             Ok(AttemptRow {

@@ -44,16 +44,18 @@ pub async fn touch(conn: &mut Conn, id: &WorkerId, now: i64) -> Result<bool, Sto
     Ok(n > 0)
 }
 
+/// Workers seen lately, each with its running inputs (counted through `inputs_by_worker`).
+pub const LIST_SQL: &str =
+    "SELECT w.id, w.host, w.pid, w.functions, w.concurrency, w.registered_at, w.last_seen_at, w.stopped_at,
+            (SELECT COUNT(*) FROM inputs i WHERE i.state = 'running' AND i.worker_id = w.id) AS running
+     FROM workers w WHERE w.last_seen_at > $1 OR w.stopped_at IS NULL ORDER BY w.registered_at, w.id";
+
 pub async fn list(pool: &DbPool, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT w.id, w.host, w.pid, w.functions, w.concurrency, w.registered_at, w.last_seen_at, w.stopped_at,
-                (SELECT COUNT(*) FROM inputs i WHERE i.state = 'running' AND i.worker_id = w.id) AS running
-         FROM workers w WHERE w.last_seen_at > $1 OR w.stopped_at IS NULL ORDER BY w.registered_at, w.id",
-    )
-    .bind(seen_after)
-    .fetch_all(pool)
-    .await
-    .map_err(db_err)?;
+    let rows = sqlx::query(LIST_SQL)
+        .bind(seen_after)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
     rows.iter()
         .map(|row| {
             let id: String = row.try_get("id").map_err(db_err)?;
@@ -143,18 +145,18 @@ pub async fn log_append_many(conn: &mut Conn, p: LogAppend) -> Result<(), StoreE
     Ok(())
 }
 
+pub const LOG_LIST_SQL: &str = "SELECT seq, idx, attempt, stream, ts, line FROM logs
+     WHERE call_id = $1 AND seq > $2 AND ($3 IS NULL OR idx = $3) ORDER BY seq LIMIT $4";
+
 pub async fn log_list(pool: &DbPool, p: LogList) -> Result<Vec<LogRow>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT seq, idx, attempt, stream, ts, line FROM logs
-         WHERE call_id = $1 AND seq > $2 AND ($3 IS NULL OR idx = $3) ORDER BY seq LIMIT $4",
-    )
-    .bind(p.call_id.as_str())
-    .bind(p.after_seq)
-    .bind(p.index)
-    .bind(p.limit as i64)
-    .fetch_all(pool)
-    .await
-    .map_err(db_err)?;
+    let rows = sqlx::query(LOG_LIST_SQL)
+        .bind(p.call_id.as_str())
+        .bind(p.after_seq)
+        .bind(p.index)
+        .bind(p.limit as i64)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
     rows.iter()
         .map(|row| {
             Ok(LogRow {

@@ -149,6 +149,12 @@ pub enum Command {
         /// Continue from a previous page's cursor.
         #[arg(long)]
         cursor: Option<String>,
+        /// Only calls made since: a duration ago (`1h`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only calls made before: a duration ago or an RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

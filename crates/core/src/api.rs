@@ -454,3 +454,64 @@ pub struct ChannelView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_delivered_at: Option<String>,
 }
+
+// ---- the dashboard's reads ----
+
+/// `GET /v1/calls/{id}/inputs/{index}`: one input of a call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputView {
+    pub index: i64,
+    pub state: crate::state::InputState,
+    pub input: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<InputError>,
+    pub attempts: u32,
+}
+
+/// `GET /v1/stats`: rates, backlog and durations over a window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsView {
+    /// The window's length and the width of one timeline point.
+    pub window_ms: i64,
+    pub step_ms: i64,
+    /// Attempts ended per step, oldest first, summed over the functions shown.
+    pub timeline: Vec<StatsPoint>,
+    pub functions: Vec<FunctionStatsView>,
+    /// Workers heard from within a lease.
+    pub workers: usize,
+}
+
+/// Attempts that ended in one step of a timeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsPoint {
+    /// The step's start, in milliseconds since the epoch.
+    pub at: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub retried: i64,
+}
+
+/// One function over the window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionStatsView {
+    /// `app.function`.
+    pub function: String,
+    /// Inputs waiting and running now.
+    pub pending: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub retried: i64,
+    /// Succeeded over succeeded + failed; absent without any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
+    /// Attempt durations (from lease to result), estimated from a histogram.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+}

@@ -49,6 +49,13 @@ macro_rules! prefixed_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The smallest id made at `at` (milliseconds since the epoch): ids are ordered by
+            /// time, so "made before `at`" is "less than this id".
+            pub fn first_at(at: crate::UnixMillis) -> Self {
+                let ms = (at.max(0) as u128) & ((1u128 << 48) - 1);
+                Self(format!(concat!($prefix, "{}"), encode(ms << 80)))
+            }
         }
 
         impl fmt::Display for $name {
@@ -130,6 +137,24 @@ mod tests {
         assert_eq!(ids, sorted);
         assert!(ids[0].as_str().starts_with("hc-"));
         assert_eq!(ids[0].as_str().len(), 29);
+    }
+
+    #[test]
+    fn the_first_id_at_a_time_bounds_ids_made_around_it() {
+        let before = CallId::first_at(hopper_now());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let made = CallId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = CallId::first_at(hopper_now());
+        assert!(before < made && made < after, "{before} {made} {after}");
+        assert_eq!(before.as_str().parse::<CallId>().unwrap(), before);
+    }
+
+    fn hopper_now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`cron`]: cron expressions in time zones, correct across daylight-saving changes.
 //! - [`schedule`]: schedules (cron or period) and their next due times.
 //! - [`notify`]: notification rules and secret redaction.
+//! - [`stats`]: per-function rates and duration histograms, as the store keeps them.
 //! - [`clock`]: injected time, so tests drive components with a manual clock.
 //! - [`api`]: the JSON shapes of the HTTP API, shared by the server and the SDK.
 
@@ -27,6 +28,7 @@ pub mod notify;
 pub mod retry;
 pub mod schedule;
 pub mod state;
+pub mod stats;
 
 pub use function::{FunctionName, FunctionSpec};
 pub use ids::{CallId, WorkerId};

@@ -57,6 +57,12 @@ pub struct CallFilter {
     pub cursor: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// Only calls made at or after this time: RFC 3339, or a duration ago (`1h`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Only calls made before this time: RFC 3339, or a duration ago.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 /// A client of one Hopper server.

@@ -20,6 +20,7 @@
 pub mod api;
 pub mod config;
 pub mod cron;
+pub mod dashboard;
 pub mod deploy;
 pub mod dispatcher;
 pub mod events;

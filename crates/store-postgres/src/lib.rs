@@ -24,6 +24,8 @@ mod map;
 pub mod migrate;
 #[path = "../../store-sql/schedules.rs"]
 mod schedules;
+#[path = "../../store-sql/stats.rs"]
+mod stats;
 #[path = "../../store-sql/workers.rs"]
 mod workers;
 
@@ -283,6 +285,10 @@ impl Store for PgStore {
 
     async fn function_backlog(&self) -> Result<Vec<FunctionBacklog>, StoreError> {
         calls::backlog(&self.pool).await
+    }
+
+    async fn function_stats(&self, params: StatsList) -> Result<Vec<FunctionStatsRow>, StoreError> {
+        stats::list(&self.pool, params).await
     }
 
     async fn input_get(

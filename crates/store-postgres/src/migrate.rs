@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "log_caps",
         include_str!("../migrations/0005_log_caps.sql"),
     ),
+    (
+        6,
+        "dashboard",
+        include_str!("../migrations/0006_dashboard.sql"),
+    ),
 ];
 
 /// Arbitrary key of the advisory lock that serialises migrations across servers.

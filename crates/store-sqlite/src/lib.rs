@@ -24,8 +24,12 @@ mod inputs;
 #[path = "../../store-sql/map.rs"]
 mod map;
 pub mod migrate;
+#[cfg(test)]
+mod query_plans;
 #[path = "../../store-sql/schedules.rs"]
 mod schedules;
+#[path = "../../store-sql/stats.rs"]
+mod stats;
 #[path = "../../store-sql/workers.rs"]
 mod workers;
 mod writer;
@@ -147,6 +151,10 @@ impl Store for SqliteStore {
 
     async fn function_backlog(&self) -> Result<Vec<FunctionBacklog>, StoreError> {
         calls::backlog(&self.reader).await
+    }
+
+    async fn function_stats(&self, params: StatsList) -> Result<Vec<FunctionStatsRow>, StoreError> {
+        stats::list(&self.reader, params).await
     }
 
     async fn input_get(

@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "log_caps",
         include_str!("../migrations/0005_log_caps.sql"),
     ),
+    (
+        6,
+        "dashboard",
+        include_str!("../migrations/0006_dashboard.sql"),
+    ),
 ];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write

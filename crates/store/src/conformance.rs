@@ -60,6 +60,8 @@ macro_rules! conformance_suite {
             an_attempts_log_is_capped_with_a_marker,
             the_lead_once_taken_is_kept,
             settings_are_kept,
+            ended_attempts_are_counted_per_function_and_slot,
+            calls_are_listed_from_a_lower_bound,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -1611,4 +1613,170 @@ pub async fn the_lead_once_taken_is_kept(store: Arc<dyn Store>) {
         store.leader_try("notifier").await.unwrap(),
         "the lead is kept"
     );
+}
+
+pub async fn ended_attempts_are_counted_per_function_and_slot(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    spawn_n(&*store, "ok", 1, T0).await;
+    spawn_n(&*store, "ok", 1, T0).await;
+    spawn_n(&*store, "retry", 1, T0).await;
+    spawn_n(&*store, "slow", 1, T0).await;
+    let oks = lease(&*store, &w, "ok", 2, T0).await;
+    let results = store
+        .input_complete_many(InputCompleteMany {
+            worker_id: w.clone(),
+            results: vec![
+                (oks[0].lease, Outcome::Succeeded { output: json!(1) }),
+                (oks[1].lease, failed("boom")),
+            ],
+            now: T0 + 30,
+        })
+        .await
+        .unwrap();
+    assert_eq!(results[0].effect, "succeeded");
+    let r = lease(&*store, &w, "retry", 1, T0).await.remove(0);
+    assert_eq!(
+        complete(&*store, &w, r.lease, failed("flaky"), T0 + 700)
+            .await
+            .effect,
+        "retried"
+    );
+    let slow = lease(&*store, &w, "slow", 1, T0).await;
+    assert_eq!(slow.len(), 1, "{slow:?}");
+    // Rescued once its lease has expired, past its deadline: a timeout.
+    let report = store
+        .lease_rescue_expired(LeaseRescue {
+            now: T0 + LEASE_MS,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.timed_out, 1, "{report:?}");
+
+    let rows = store
+        .function_stats(StatsList {
+            since: T0 - 60_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let by_function: std::collections::BTreeMap<_, _> = rows
+        .iter()
+        .map(|r| (r.function.as_str(), (r.slot, r.tally)))
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let (slot, ok) = by_function["ok"];
+    assert_eq!(slot, T0, "T0 starts a slot");
+    assert_eq!((ok.succeeded, ok.failed, ok.retried), (1, 1, 0));
+    assert_eq!(
+        ok.durations[hopper_core::stats::bucket_of(30)],
+        2,
+        "both ran 30 ms"
+    );
+    let (_, retried) = by_function["retry"];
+    assert_eq!(
+        (retried.succeeded, retried.failed, retried.retried),
+        (0, 0, 1)
+    );
+    let (slot, slow) = by_function["slow"];
+    assert_eq!(slot, T0 + hopper_core::stats::SLOT_MS);
+    assert_eq!(slow.failed, 1, "a timeout is a failure");
+    assert_eq!(slow.durations[hopper_core::stats::bucket_of(LEASE_MS)], 1);
+
+    let one = store
+        .function_stats(StatsList {
+            since: T0,
+            app: Some("a".into()),
+            function: Some("ok".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].tally, ok);
+    let later = store
+        .function_stats(StatsList {
+            since: T0 + 2 * hopper_core::stats::SLOT_MS,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(later.is_empty());
+
+    // More results in the same slot add up.
+    spawn_n(&*store, "ok", 1, T0).await;
+    let l = lease(&*store, &w, "ok", 1, T0 + 100).await.remove(0);
+    complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Succeeded { output: json!(2) },
+        T0 + 9_999,
+    )
+    .await;
+    let one = store
+        .function_stats(StatsList {
+            since: T0,
+            app: Some("a".into()),
+            function: Some("ok".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(one[0].tally.succeeded, 2);
+
+    store
+        .call_prune_finished(CallPrune {
+            finished_before: T0 + 2 * hopper_core::stats::SLOT_MS,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let rows = store
+        .function_stats(StatsList {
+            since: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "slots older than the retention are pruned");
+}
+
+pub async fn calls_are_listed_from_a_lower_bound(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(spawn_n(&*store, "ok", 1, T0 + i).await.id);
+    }
+    let from = store
+        .call_list(CallList {
+            after: Some(ids[2].clone()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        from.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        [ids[3].clone(), ids[2].clone()]
+    );
+    let between = store
+        .call_list(CallList {
+            after: Some(ids[1].clone()),
+            before: Some(ids[3].clone()),
+            app: Some("a".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(between.len(), 2);
+    let none_yet = store
+        .call_list(CallList {
+            after: Some(CallId::first_at(1 << 47)),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none_yet.is_empty(), "no call was made in the far future");
 }

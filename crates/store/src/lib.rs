@@ -80,6 +80,10 @@ pub trait Store: Send + Sync + 'static {
     /// Pending and running inputs per function, over calls that have not ended.
     async fn function_backlog(&self) -> Result<Vec<FunctionBacklog>, StoreError>;
 
+    /// Attempts ended per function and slot (recorded with every completion, rescue and
+    /// timeout), oldest slot first; pruned with the calls.
+    async fn function_stats(&self, params: StatsList) -> Result<Vec<FunctionStatsRow>, StoreError>;
+
     /// One input of a call.
     async fn input_get(&self, call_id: &CallId, index: i64)
         -> Result<Option<InputRow>, StoreError>;

@@ -132,9 +132,21 @@ pub struct CallList {
     pub function: Option<String>,
     pub state: Option<InputState>,
     pub origin: Option<Origin>,
-    /// Only calls older than this one (the cursor).
+    /// Only calls older than this one (the cursor, or a time as [`CallId::first_at`]).
     pub before: Option<CallId>,
+    /// Only calls at or after this one (a time as [`CallId::first_at`]).
+    pub after: Option<CallId>,
     pub limit: u32,
+}
+
+/// Per-function statistics slots since a time, optionally of one app or function.
+#[derive(Debug, Clone, Default)]
+pub struct StatsList {
+    /// Slots starting at or after this time.
+    pub since: UnixMillis,
+    pub app: Option<String>,
+    /// With `app`: one function's slots.
+    pub function: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -109,6 +109,16 @@ pub struct CompletionRow {
     pub effect: &'static str,
 }
 
+/// Attempts of one function that ended in one statistics slot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionStatsRow {
+    pub app: String,
+    pub function: String,
+    /// The slot's start ([`hopper_core::stats::SLOT_MS`] wide).
+    pub slot: UnixMillis,
+    pub tally: hopper_core::stats::Tally,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RescueReport {
     /// Inputs whose worker was lost, back to pending.

@@ -82,6 +82,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             origin,
             limit,
             cursor,
+            since,
+            until,
             client,
         } => {
             let filter = hopper_sdk::CallFilter {
@@ -91,6 +93,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
                 origin,
                 cursor,
                 limit: Some(limit),
+                since,
+                until,
             };
             calls::list(&client, filter).await
         }

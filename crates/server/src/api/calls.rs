@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use hopper_core::api::{AttemptView, CallPage, CallView, LogPage, Origin, SpawnRequest};
+use hopper_core::api::{AttemptView, CallPage, CallView, InputView, LogPage, Origin, SpawnRequest};
 use hopper_core::{CallId, FunctionName, InputState};
 use hopper_store::{CallCancel, CallInsert, CallInserted, CallList, CallRow, LogList};
 use serde::Deserialize;
@@ -40,19 +40,7 @@ pub async fn spawn(
     let key = idempotency_key(&headers, req.idempotency_key)?;
     let inserted = state
         .store
-        .call_insert(CallInsert {
-            id: CallId::generate(),
-            app: function.spec.app.clone(),
-            function: function.spec.name.clone(),
-            version: function.version,
-            origin: Origin::Spawn,
-            idempotency_key: key,
-            inputs: vec![input],
-            accepting_inputs: false,
-            discard_results: false,
-            schedule: None,
-            now: state.now(),
-        })
+        .call_insert(spawned(&function, input, key, state.now()))
         .await?;
     match inserted {
         CallInserted::Created(call) => {
@@ -61,6 +49,28 @@ pub async fn spawn(
             Ok((StatusCode::CREATED, Json(views::call(&call, None))))
         }
         CallInserted::Existing(call) => Ok((StatusCode::OK, Json(view(&state, &call).await?))),
+    }
+}
+
+/// A spawned call of `function`'s current version with one input (JSON text).
+fn spawned(
+    function: &hopper_store::FunctionRow,
+    input: String,
+    idempotency_key: Option<String>,
+    now: i64,
+) -> CallInsert {
+    CallInsert {
+        id: CallId::generate(),
+        app: function.spec.app.clone(),
+        function: function.spec.name.clone(),
+        version: function.version,
+        origin: Origin::Spawn,
+        idempotency_key,
+        inputs: vec![input],
+        accepting_inputs: false,
+        discard_results: false,
+        schedule: None,
+        now,
     }
 }
 
@@ -208,6 +218,26 @@ pub struct ListQuery {
     origin: Option<String>,
     cursor: Option<String>,
     limit: Option<u32>,
+    /// Only calls made at or after this time: RFC 3339, or a duration ago (`1h`).
+    since: Option<String>,
+    /// Only calls made before this time: RFC 3339, or a duration ago.
+    until: Option<String>,
+}
+
+/// A time bound of the calls list: RFC 3339 (`2026-11-28T17:00:00Z`) or a duration before now.
+fn time_bound(state: &AppState, name: &str, text: &str) -> Result<i64, ApiError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    match hopper_core::duration::parse(text) {
+        Ok(ago) => Ok(state.now() - ago.as_millis() as i64),
+        Err(_) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "{name} must be an RFC 3339 time (2026-11-28T17:00:00Z) or a duration ago (1h), not {text:?}"
+            ),
+        )),
+    }
 }
 
 pub async fn list(
@@ -248,7 +278,22 @@ pub async fn list(
             )
         })?),
     };
-    let before = q.cursor.as_deref().map(parse_id).transpose()?;
+    let cursor = q.cursor.as_deref().map(parse_id).transpose()?;
+    let until = q
+        .until
+        .as_deref()
+        .map(|t| time_bound(&state, "until", t).map(CallId::first_at))
+        .transpose()?;
+    // Ids are ordered by time: a time bound is an id bound, served by the same indexes.
+    let before = match (cursor, until) {
+        (Some(c), Some(u)) => Some(c.min(u)),
+        (c, u) => c.or(u),
+    };
+    let after = q
+        .since
+        .as_deref()
+        .map(|t| time_bound(&state, "since", t).map(CallId::first_at))
+        .transpose()?;
     let rows = state
         .store
         .call_list(CallList {
@@ -257,6 +302,7 @@ pub async fn list(
             state: call_state,
             origin,
             before,
+            after,
             limit: limit + 1,
         })
         .await?;
@@ -402,4 +448,60 @@ pub async fn log_stream(
     })
     .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok)));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// `POST /v1/calls/{id}/rerun`: a new call of the same function (its current version) with the
+/// same input. Calls of several inputs (maps) are re-run with `hopper map`, not here.
+pub async fn rerun(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<CallView>), ApiError> {
+    let id = parse_id(&id)?;
+    let call = load(&state, &id).await?;
+    if call.counts.total != 1 || call.accepting_inputs {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "rerun_unsupported",
+            format!(
+                "{id} has {} inputs: only one-input calls are re-run; start a new map instead",
+                call.counts.total
+            ),
+        ));
+    }
+    let input = state.store.input_get(&id, 0).await?.ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_call",
+            format!("the input of {id} is gone (pruned)"),
+        )
+    })?;
+    let function = resolve(&state, &format!("{}.{}", call.app, call.function)).await?;
+    let inserted = state
+        .store
+        .call_insert(spawned(&function, input.input, None, state.now()))
+        .await?;
+    let (CallInserted::Created(new) | CallInserted::Existing(new)) = inserted;
+    crate::metrics::call_started(format!("{}.{}", new.app, new.function), "spawn");
+    state.events.inputs_available();
+    Ok((StatusCode::CREATED, Json(views::call(&new, None))))
+}
+
+/// `GET /v1/calls/{id}/inputs/{index}`: one input with its payload and result.
+pub async fn input(
+    State(state): State<AppState>,
+    Path((id, index)): Path<(String, i64)>,
+) -> Result<Json<InputView>, ApiError> {
+    let id = parse_id(&id)?;
+    load(&state, &id).await?;
+    let row = state.store.input_get(&id, index).await?.ok_or_else(|| {
+        ApiError::not_found("unknown_input", format!("{id} has no input {index}"))
+    })?;
+    let json = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+    Ok(Json(InputView {
+        index: row.index,
+        state: row.state,
+        input: json(&row.input),
+        output: row.output.as_deref().map(json),
+        error: row.error,
+        attempts: row.attempts,
+    }))
 }

@@ -5,9 +5,12 @@
 pub mod apps;
 pub mod calls;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod maps;
 pub mod schedules;
+pub mod session;
+pub mod stats;
 pub mod views;
 pub mod workers;
 
@@ -34,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         .route("/calls", get(calls::list))
         .route("/calls/{id}", get(calls::get))
         .route("/calls/{id}/cancel", post(calls::cancel))
+        .route("/calls/{id}/rerun", post(calls::rerun))
+        .route("/calls/{id}/inputs/{index}", get(calls::input))
         .route("/calls/{id}/attempts", get(calls::attempts))
         .route("/calls/{id}/logs", get(calls::logs))
         .route("/calls/{id}/logs/stream", get(calls::log_stream))
@@ -43,6 +48,9 @@ pub fn router(state: AppState) -> Router {
         .route("/schedules/{name}/pause", post(schedules::pause))
         .route("/schedules/{name}/resume", post(schedules::resume))
         .route("/notifications", get(notifications))
+        .route("/stats", get(stats::stats))
+        .route("/events", get(events::events))
+        .route("/session", post(session::open).delete(session::close))
         .route("/openapi.json", get(openapi))
         .route("/workers", post(workers::register).get(workers::list))
         .route("/workers/{id}", axum::routing::delete(workers::deregister))
@@ -62,6 +70,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(serde_json::json!({ "ok": true })) }),
         )
         .merge(metrics)
+        .merge(crate::dashboard::router())
         .nest("/v1", v1)
         .fallback(not_found)
         .with_state(state)
@@ -112,26 +121,48 @@ fn required_scope(method: &Method, path: &str) -> Scope {
     Scope::Submit
 }
 
-/// With tokens configured, every request but `/healthz` must carry `Authorization: Bearer
-/// <token>` (401 without a valid one), of a token whose scopes allow it (403 otherwise).
+/// With tokens configured, every request but `/healthz` and the dashboard's pages must carry
+/// `Authorization: Bearer <token>` or the dashboard's session cookie (401 without a valid one),
+/// of a token whose scopes allow it (403 otherwise).
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !state.config.requires_token() {
+    // Inside the `/v1` nest the path has lost its prefix.
+    let signing_in = matches!(req.uri().path(), "/session" | "/v1/session");
+    if !state.config.requires_token() || signing_in {
         return next.run(req).await;
     }
-    let given = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = given else {
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let (token, from_cookie) = match bearer {
+        Some(token) => (token, false),
+        None => match session::token_from_cookie(req.headers()) {
+            Some(token) => (token, true),
+            None => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this server requires a token: send Authorization: Bearer <token>",
+                )
+                .into_response()
+            }
+        },
+    };
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if from_cookie && changes && !req.headers().contains_key(session::DASHBOARD_HEADER) {
         return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this server requires a token: send Authorization: Bearer <token>",
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a request signed in by cookie that changes something must send the {} header",
+                session::DASHBOARD_HEADER
+            ),
         )
         .into_response();
-    };
-    let Some(scopes) = state.config.scopes_of(token) else {
+    }
+    let Some(scopes) = state.config.scopes_of(&token) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -180,6 +211,8 @@ mod tests {
             ("get", "/v1/calls"),
             ("get", "/v1/calls/{id}"),
             ("post", "/v1/calls/{id}/cancel"),
+            ("post", "/v1/calls/{id}/rerun"),
+            ("get", "/v1/calls/{id}/inputs/{index}"),
             ("get", "/v1/calls/{id}/attempts"),
             ("get", "/v1/calls/{id}/logs"),
             ("get", "/v1/calls/{id}/logs/stream"),
@@ -189,6 +222,10 @@ mod tests {
             ("post", "/v1/schedules/{name}/pause"),
             ("post", "/v1/schedules/{name}/resume"),
             ("get", "/v1/notifications"),
+            ("get", "/v1/stats"),
+            ("get", "/v1/events"),
+            ("post", "/v1/session"),
+            ("delete", "/v1/session"),
             ("get", "/v1/openapi.json"),
             ("post", "/v1/workers"),
             ("get", "/v1/workers"),

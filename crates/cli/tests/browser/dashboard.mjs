@@ -1,0 +1,230 @@
+// Browser checks of the dashboard, run by crates/cli/tests/dashboard_e2e.rs with:
+//   HOPPER_URL         a server with app "d" deployed, a failed d.fail call and a running d.slow call
+//   HOPPER_LOCKED_URL  a server that requires HOPPER_TOKEN
+//   FAILED_ID, FAILED_CODE, SLOW_ID, OUT_DIR (screenshots)
+// Exits non-zero, naming the step, at the first check that fails.
+import { chromium } from "playwright-core";
+import path from "node:path";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const url = env("HOPPER_URL");
+const lockedUrl = env("HOPPER_LOCKED_URL");
+const token = env("HOPPER_TOKEN");
+const failedId = env("FAILED_ID");
+const failedCode = env("FAILED_CODE");
+const slowId = env("SLOW_ID");
+const outDir = env("OUT_DIR");
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--no-first-run"],
+});
+let step = "start";
+const errors = [];
+
+async function check(name, fn) {
+  step = name;
+  const started = Date.now();
+  await fn();
+  console.log(`ok   ${name} (${Date.now() - started} ms)`);
+}
+
+function assert(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(outDir, `${name}.png`), fullPage: true });
+}
+
+try {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 820 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15000);
+  page.on("pageerror", (e) => errors.push(`page error: ${e.message}`));
+  page.on("console", (m) => { if (m.type() === "error") errors.push(`console: ${m.text()}`); });
+
+  await check("the overview shows charts of rates, queue depth and durations", async () => {
+    await page.goto(url + "/");
+    await page.getByRole("heading", { name: "Overview" }).waitFor();
+    await page.getByText("Inputs ended per second").waitFor();
+    await page.locator("svg.chart polyline").first().waitFor();
+    await page.getByText("Queue depth by function").waitFor();
+    await page.getByRole("link", { name: "d.slow" }).first().waitFor();
+    const tiles = await page.locator(".tile").allInnerTexts();
+    assert(tiles.some((t) => /WORKER/i.test(t)), `no worker tile in ${tiles}`);
+    // The slow call is running: one input of d.slow shows as running.
+    await page.getByText("1 running · 0 queued").first().waitFor();
+    await shot(page, "overview");
+  });
+
+  await check("the functions page lists each function's policy and numbers", async () => {
+    await page.getByRole("link", { name: "Functions", exact: true }).click();
+    await page.getByRole("heading", { name: "Functions" }).waitFor();
+    const row = page.locator("tr", { has: page.getByRole("link", { name: "d.ok" }) });
+    await row.waitFor();
+    const text = await row.innerText();
+    assert(/100%/.test(text), `d.ok should show a 100% success rate: ${text}`);
+    await shot(page, "functions");
+    await page.getByRole("link", { name: "d.fail" }).click();
+    await page.getByRole("heading", { name: /d\.fail/ }).waitFor();
+    await page.getByText("Policy").waitFor();
+    await page.locator(`tr[data-call="${failedId}"]`).waitFor();
+    await shot(page, "function");
+  });
+
+  await check("a failed call is found through the calls filter", async () => {
+    await page.getByRole("link", { name: "Calls", exact: true }).click();
+    await page.getByRole("heading", { name: "Calls" }).waitFor();
+    await page.locator("select[name=function] option[value='d.fail']").waitFor({ state: "attached" });
+    await page.selectOption("select[name=function]", "d.fail");
+    await page.selectOption("select[name=state]", "failed");
+    await page.getByRole("button", { name: "Filter" }).click();
+    await page.waitForURL(/state=failed/);
+    const rows = page.locator("#calls tbody tr");
+    await page.locator(`tr[data-call="${failedId}"]`).waitFor();
+    assert((await rows.count()) === 1, `the filter should leave one call, not ${await rows.count()}`);
+    // The other filters narrow it to nothing.
+    await page.selectOption("select[name=origin]", "map");
+    await page.getByRole("button", { name: "Filter" }).click();
+    await page.getByText("No calls match.").waitFor();
+    await page.selectOption("select[name=origin]", "");
+    await page.getByRole("button", { name: "Filter" }).click();
+    await page.locator(`tr[data-call="${failedId}"]`).waitFor();
+    await shot(page, "calls");
+  });
+
+  await check("the failed call shows its error and its log lines", async () => {
+    await page.getByRole("link", { name: failedId }).click();
+    await page.waitForURL(`**/calls/${failedId}`);
+    const error = page.locator("#error");
+    await error.waitFor();
+    assert((await error.innerText()).includes(failedCode), `the error should name ${failedCode}`);
+    await page.locator("#logs").getByText("starting the import").waitFor();
+    await page.locator("#logs .stderr").getByText("the database said no").waitFor();
+    await page.locator("pre[data-json=input]").getByText('"orders"').waitFor();
+    await shot(page, "call-failed");
+  });
+
+  await check("searching by id opens the call", async () => {
+    await page.goto(url + "/calls");
+    await page.fill("input[name=id]", failedId);
+    await page.keyboard.press("Enter");
+    await page.waitForURL(`**/calls/${failedId}`);
+    await page.locator("#error").waitFor();
+  });
+
+  await check("a running call's log grows live and the cancel button ends it", async () => {
+    await page.goto(`${url}/calls/${slowId}`);
+    await page.locator("#state .s-running").waitFor();
+    const lines = page.locator("#logs div");
+    await lines.first().waitFor();
+    const before = await lines.count();
+    await page.evaluate(() => { window.__sameDocument = true; });
+    await page.waitForFunction((n) => document.querySelectorAll("#logs div").length >= n + 2, before);
+    await shot(page, "call-running");
+    await page.getByRole("button", { name: "Cancel" }).click();
+    await page.locator("#state .s-cancelled").waitFor();
+    assert(await page.evaluate(() => window.__sameDocument === true), "the page reloaded");
+    assert((await page.getByRole("button", { name: "Cancel" }).count()) === 0, "an ended call has no cancel button");
+    await shot(page, "call-cancelled");
+  });
+
+  await check("re-run spawns a new call with the same input", async () => {
+    await page.goto(`${url}/calls/${failedId}`);
+    await page.getByRole("button", { name: "Re-run" }).click();
+    await page.waitForURL((u) => /\/calls\/hc-/.test(u.pathname) && !u.pathname.endsWith(failedId));
+    await page.locator("pre[data-json=input]").getByText('"orders"').waitFor();
+  });
+
+  await check("workers and schedules show", async () => {
+    await page.getByRole("link", { name: "Workers", exact: true }).click();
+    await page.getByRole("heading", { name: "Workers" }).waitFor();
+    await page.locator("td", { hasText: "d.slow" }).first().waitFor();
+    await shot(page, "workers");
+    await page.getByRole("link", { name: "Schedules", exact: true }).click();
+    await page.locator("[data-schedule='d.hourly']").waitFor();
+    await page.getByRole("button", { name: "Pause" }).click();
+    await page.locator("[data-schedule='d.hourly'] .s-paused").waitFor();
+    await page.getByRole("button", { name: "Resume" }).click();
+    await page.getByRole("button", { name: "Pause" }).waitFor();
+    await page.getByRole("button", { name: "Run now" }).click();
+    await page.getByRole("button", { name: "Show history" }).click();
+    await page.locator("[data-schedule='d.hourly'] .s-triggered").waitFor();
+    await shot(page, "schedules");
+  });
+
+  await check("controls are reachable from the keyboard", async () => {
+    await page.goto(url + "/calls");
+    await page.getByRole("heading", { name: "Calls" }).waitFor();
+    const reached = new Set();
+    for (let i = 0; i < 25; i++) {
+      await page.keyboard.press("Tab");
+      reached.add(await page.evaluate(() => {
+        const el = document.activeElement;
+        return el ? `${el.tagName}:${el.getAttribute("name") || el.textContent.trim()}` : "";
+      }));
+    }
+    for (const want of ["A:Calls", "INPUT:id", "SELECT:state", "BUTTON:Filter"]) {
+      assert(reached.has(want), `Tab never reached ${want}: ${[...reached]}`);
+    }
+  });
+
+  await check("the dark theme follows the system", async () => {
+    const dark = await browser.newContext({ viewport: { width: 1366, height: 820 }, colorScheme: "dark" });
+    const p = await dark.newPage();
+    await p.goto(url + "/");
+    await p.locator("svg.chart polyline").first().waitFor();
+    const [bg, lightBg] = [
+      await p.evaluate(() => getComputedStyle(document.body).backgroundColor),
+      await page.evaluate(() => getComputedStyle(document.body).backgroundColor),
+    ];
+    assert(bg !== lightBg, `the dark and light backgrounds are both ${bg}`);
+    await shot(p, "overview-dark");
+    await dark.close();
+  });
+
+  await check("a token-protected server shows nothing before the token is entered", async () => {
+    const locked = await browser.newContext({ viewport: { width: 1366, height: 820 } });
+    const p = await locked.newPage();
+    p.setDefaultTimeout(15000);
+    await p.goto(lockedUrl + "/calls");
+    await p.getByRole("heading", { name: "Sign in" }).waitFor();
+    assert(!(await p.locator("#nav").isVisible()), "the navigation shows before signing in");
+    assert((await p.locator("table").count()) === 0, "data shows before signing in");
+    const status = await p.evaluate(async () => (await fetch("/v1/calls")).status);
+    assert(status === 401, `the API answered ${status} without the token`);
+    await shot(p, "signin");
+    await p.fill("input[name=token]", "wrong");
+    await p.getByRole("button", { name: "Sign in" }).click();
+    await p.getByText("That token is not valid.").waitFor();
+    await p.fill("input[name=token]", token);
+    await p.getByRole("button", { name: "Sign in" }).click();
+    await p.getByRole("heading", { name: "Calls" }).waitFor();
+    assert(await p.locator("#nav").isVisible(), "the navigation shows after signing in");
+    // The cookie keeps the session across a reload.
+    await p.reload();
+    await p.getByRole("heading", { name: "Calls" }).waitFor();
+    const cookies = await locked.cookies();
+    const cookie = cookies.find((c) => c.name === "hopper_token");
+    assert(cookie && cookie.httpOnly && cookie.sameSite === "Strict", `cookie: ${JSON.stringify(cookies)}`);
+    // A change signed in by the cookie alone, without the dashboard's header, is refused.
+    const forged = await p.evaluate(async () => (await fetch("/v1/schedules/x/trigger", { method: "POST" })).status);
+    assert(forged === 403, `a cookie-only POST answered ${forged}`);
+    await locked.close();
+  });
+
+  const real = errors.filter((e) => !/EventSource|ERR_INCOMPLETE_CHUNKED_ENCODING|net::ERR_ABORTED/.test(e));
+  assert(real.length === 0, `the page logged errors:\n${real.join("\n")}`);
+  console.log(`screenshots in ${outDir}`);
+} catch (err) {
+  console.error(`FAILED at "${step}": ${err.stack || err}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

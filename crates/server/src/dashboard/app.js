@@ -1,0 +1,636 @@
+// Hopper dashboard: draws each page from the /v1 API and re-reads it when /v1/events says
+// something changed. No framework and no build step; every value is inserted as text.
+"use strict";
+
+// ---- small helpers ----
+
+/** Builds an element: h("a", {href: "/"}, "text", child). Attributes starting with "on" are listeners. */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function s(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
+  for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+
+class Unauthorized extends Error {}
+
+/** Calls the API. Changes carry the dashboard header, which the session cookie requires. */
+async function api(path, options = {}) {
+  const init = { credentials: "same-origin", headers: { "x-hopper-dashboard": "1" }, ...options };
+  if (options.json !== undefined) {
+    init.body = JSON.stringify(options.json);
+    init.headers["content-type"] = "application/json";
+  }
+  const res = await fetch(path, init);
+  if (res.status === 401) throw new Unauthorized();
+  if (res.status === 204) return null;
+  const body = await res.json().catch(() => null);
+  if (!res.ok) {
+    const message = body && body.error ? `${body.error.message} (${body.error.code})` : `HTTP ${res.status}`;
+    throw new Error(message);
+  }
+  return body;
+}
+
+function badge(state) {
+  return h("span", { class: `badge s-${state}` }, state);
+}
+
+function when(iso) {
+  if (!iso) return "—";
+  const t = new Date(iso);
+  const ago = (Date.now() - t.getTime()) / 1000;
+  let rel;
+  if (ago < 0) rel = "in " + span(-ago);
+  else rel = span(ago) + " ago";
+  return h("time", { datetime: iso, title: t.toLocaleString() }, rel);
+}
+
+function span(seconds) {
+  if (seconds < 1) return `${Math.round(seconds * 1000)}ms`;
+  if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 1 : 0)}s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${Math.round(seconds % 60)}s`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)}h ${Math.round((seconds % 3600) / 60)}m`;
+  return `${Math.floor(seconds / 86400)}d ${Math.round((seconds % 86400) / 3600)}h`;
+}
+
+function ms(value) {
+  if (value === undefined || value === null) return "—";
+  return value < 1000 ? `${value.toFixed(value < 10 ? 1 : 0)} ms` : `${(value / 1000).toFixed(2)} s`;
+}
+
+function duration(from, to) {
+  if (!from) return "—";
+  const end = to ? new Date(to) : new Date();
+  return span((end - new Date(from)) / 1000);
+}
+
+function num(n) {
+  return (n || 0).toLocaleString();
+}
+
+/** Pretty JSON; large payloads start collapsed. */
+function json(value, label) {
+  const text = JSON.stringify(value, null, 2);
+  if (text === undefined) return h("span", { class: "muted" }, "—");
+  if (text.length <= 2000) return h("pre", { "data-json": label }, text);
+  const kb = (text.length / 1024).toFixed(1);
+  return h("details", {}, h("summary", {}, `${label} (${kb} KB)`), h("pre", { "data-json": label }, text));
+}
+
+function link(href, text) {
+  return h("a", { href, "data-nav": true }, text);
+}
+
+function notice(err) {
+  return h("div", { class: "notice", role: "alert" }, String(err.message || err));
+}
+
+// ---- charts (SVG, drawn here) ----
+
+/** A line chart of series over time: series = [{name, color, values}], times in ms. */
+function lineChart(times, series, unit, W = 640) {
+  const H = 200, L = 44, B = 22, T = 8, R = 8;
+  const max = Math.max(1e-9, ...series.flatMap((x) => x.values));
+  const top = niceMax(max);
+  const x = (i) => L + (times.length < 2 ? 0 : (i / (times.length - 1)) * (W - L - R));
+  const y = (v) => T + (1 - v / top) * (H - T - B);
+  const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img" });
+  for (let k = 0; k <= 4; k++) {
+    const v = (top * k) / 4;
+    svg.append(s("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
+    svg.append(s("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, fmtAxis(v)));
+  }
+  const labels = [0, Math.floor((times.length - 1) / 2), times.length - 1];
+  for (const i of new Set(labels)) {
+    if (times[i] === undefined) continue;
+    const t = new Date(times[i]);
+    svg.append(s("text", { x: x(i), y: H - 6, "text-anchor": i === 0 ? "start" : i === times.length - 1 ? "end" : "middle" },
+      t.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+  }
+  for (const line of series) {
+    const points = line.values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
+    svg.append(s("polyline", { points, fill: "none", stroke: line.color, "stroke-width": 2, "vector-effect": "non-scaling-stroke" }));
+  }
+  svg.append(s("title", {}, `${series.map((x) => x.name).join(", ")} (${unit})`));
+  const legend = h("div", { class: "legend" },
+    series.map((x) => h("span", {}, h("i", {}), `${x.name}: ${fmtAxis(x.values[x.values.length - 1] || 0)} ${unit} now`)));
+  legend.querySelectorAll("i").forEach((el, i) => { el.style.background = series[i].color; });
+  return h("div", {}, svg, legend);
+}
+
+function niceMax(v) {
+  const p = Math.pow(10, Math.floor(Math.log10(v)));
+  for (const m of [1, 2, 4, 8, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+function fmtAxis(v) {
+  if (v >= 1000) return `${(v / 1000).toFixed(v >= 10000 ? 0 : 1)}k`;
+  if (v >= 10 || v === 0) return v.toFixed(0);
+  return v.toFixed(v >= 1 ? 1 : 2);
+}
+
+/** Horizontal bars per row: rows = [{label, parts: [{cls, value}], text}]. */
+function hbars(rows, scale) {
+  const max = scale || Math.max(1, ...rows.map((r) => r.parts.reduce((a, p) => a + p.value, 0)));
+  const grid = h("div", { class: "hbars" });
+  for (const r of rows) {
+    const track = h("div", { class: "track", role: "img", "aria-label": `${r.label}: ${r.text}` });
+    for (const p of r.parts) {
+      const bar = h("span", { class: p.cls, title: `${p.name}: ${p.value}` });
+      bar.style.width = `${(100 * p.value) / max}%`;
+      track.append(bar);
+    }
+    grid.append(h("div", {}, r.href ? link(r.href, r.label) : r.label), track, h("div", { class: "muted mono" }, r.text));
+  }
+  if (!rows.length) grid.append(h("div", { class: "muted" }, "No functions deployed yet."));
+  return grid;
+}
+
+function countsBar(counts) {
+  const total = Math.max(1, counts.total);
+  const bar = h("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": counts.total,
+    "aria-valuenow": counts.succeeded + counts.failed + counts.cancelled });
+  for (const k of ["succeeded", "failed", "cancelled", "running", "pending"]) {
+    const part = h("span", { class: k, title: `${k}: ${counts[k]}` });
+    part.style.width = `${(100 * counts[k]) / total}%`;
+    bar.append(part);
+  }
+  return bar;
+}
+
+// ---- pages ----
+// Each page is mount(params) -> { el, refresh }, refresh() re-reads and redraws its data.
+
+function overviewPage() {
+  const el = h("div", {}, h("h1", {}, "Overview"));
+  const body = h("div", {});
+  el.append(body);
+  async function refresh() {
+    const st = await api("/v1/stats?window=15m");
+    const perSec = (n) => n / (st.step_ms / 1000);
+    const times = st.timeline.map((p) => p.at);
+    const totals = st.functions.reduce((a, f) => ({ pending: a.pending + f.pending, running: a.running + f.running,
+      succeeded: a.succeeded + f.succeeded, failed: a.failed + f.failed }), { pending: 0, running: 0, succeeded: 0, failed: 0 });
+    const tile = (n, l) => h("div", { class: "panel tile" }, h("div", { class: "n" }, n), h("div", { class: "l" }, l));
+    const rows = st.functions;
+    body.replaceChildren(
+      h("div", { class: "tiles" },
+        tile(num(totals.pending), "queued"),
+        tile(num(totals.running), "running"),
+        tile(num(totals.succeeded), "succeeded, 15 min"),
+        tile(num(totals.failed), "failed, 15 min"),
+        tile(num(st.workers), st.workers === 1 ? "worker" : "workers")),
+      h("div", { class: "grid" },
+        h("section", { class: "panel wide" }, h("h2", {}, "Inputs ended per second (last 15 minutes)"),
+          lineChart(times, [
+            { name: "succeeded", color: "var(--ok)", values: st.timeline.map((p) => perSec(p.succeeded)) },
+            { name: "failed", color: "var(--bad)", values: st.timeline.map((p) => perSec(p.failed)) },
+            { name: "retried", color: "var(--warn)", values: st.timeline.map((p) => perSec(p.retried)) },
+          ], "/s", 1200)),
+        h("section", { class: "panel" }, h("h2", {}, "Queue depth by function"),
+          hbars(rows.map((f) => ({ label: f.function, href: `/functions/${encodeURIComponent(f.function)}`,
+            parts: [{ cls: "c-running", value: f.running, name: "running" }, { cls: "c-pending", value: f.pending, name: "pending" }],
+            text: `${num(f.running)} running · ${num(f.pending)} queued` }))),
+          h("div", { class: "legend" }, h("span", {}, h("i", { class: "c-running" }), "running"), h("span", {}, h("i", { class: "c-pending" }), "queued"))),
+        h("section", { class: "panel" }, h("h2", {}, "Duration by function (p50, p95; 15 min)"),
+          hbars(rows.map((f) => ({ label: f.function, href: `/functions/${encodeURIComponent(f.function)}`,
+            parts: [{ cls: "c-p50", value: f.p50_ms || 0, name: "p50" }, { cls: "c-p95", value: Math.max(0, (f.p95_ms || 0) - (f.p50_ms || 0)), name: "p95 − p50" }],
+            text: `${ms(f.p50_ms)} · ${ms(f.p95_ms)}` }))),
+          h("div", { class: "legend" }, h("span", {}, h("i", { class: "c-p50" }), "p50"), h("span", {}, h("i", { class: "c-p95" }), "p95"))),
+      ));
+  }
+  return { el, refresh };
+}
+
+function functionsPage() {
+  const el = h("div", {}, h("h1", {}, "Functions"));
+  const body = h("div", { class: "panel" });
+  el.append(body);
+  async function refresh() {
+    const [functions, st] = await Promise.all([api("/v1/functions"), api("/v1/stats?window=24h")]);
+    const stats = Object.fromEntries(st.functions.map((f) => [f.function, f]));
+    body.replaceChildren(h("table", {},
+      h("thead", {}, h("tr", {}, ["Function", "Version", "Kind", "Timeout", "Retries", "Concurrency", "Queued", "Running", "Success (24h)", "p50", "p95"]
+        .map((t, i) => h("th", { class: i > 3 ? "num" : "" }, t)))),
+      h("tbody", {}, functions.map((f) => {
+        const x = stats[f.name] || {};
+        return h("tr", {},
+          h("td", {}, link(`/functions/${encodeURIComponent(f.name)}`, f.name)),
+          h("td", {}, `v${f.version}`),
+          h("td", {}, kind(f.spec)),
+          h("td", {}, span(f.spec.timeout_ms / 1000)),
+          h("td", { class: "num" }, f.spec.retries.max_retries),
+          h("td", { class: "num" }, f.spec.concurrency),
+          h("td", { class: "num" }, num(x.pending)),
+          h("td", { class: "num" }, num(x.running)),
+          h("td", { class: "num" }, rate(x.success_rate)),
+          h("td", { class: "num" }, ms(x.p50_ms)),
+          h("td", { class: "num" }, ms(x.p95_ms)));
+      })),
+    ), functions.length ? null : h("p", { class: "muted" }, "Nothing deployed yet: run hopper deploy."));
+  }
+  return { el, refresh };
+}
+
+function kind(spec) {
+  if (spec.serve && spec.serve.length) return spec.batch ? "serve, batched" : "serve";
+  if (spec.command && spec.command.length) return "command";
+  return "external";
+}
+
+function rate(r) {
+  return r === undefined || r === null ? "—" : `${(100 * r).toFixed(r === 1 ? 0 : 1)}%`;
+}
+
+function functionPage({ name }) {
+  const el = h("div", {});
+  async function refresh() {
+    const q = encodeURIComponent(name);
+    const [f, st, calls] = await Promise.all([
+      api(`/v1/functions/${q}`), api(`/v1/stats?window=24h&function=${q}`), api(`/v1/calls?function=${q}&limit=20`)]);
+    const x = st.functions[0] || {};
+    const spec = f.spec;
+    const policy = [
+      ["Version", `v${f.version}`], ["Kind", kind(spec)],
+      ["Command", (spec.serve && spec.serve.length ? spec.serve : spec.command || []).join(" ") || "— (external workers)"],
+      ["Timeout", span(spec.timeout_ms / 1000)],
+      ["Retries", `${spec.retries.max_retries} (backoff ×${spec.retries.backoff_coefficient}, from ${span(spec.retries.initial_delay_ms / 1000)} to ${span(spec.retries.max_delay_ms / 1000)})`],
+      ["Concurrency", spec.concurrency],
+      ["Batching", spec.batch ? `up to ${spec.batch.max_size} inputs, waiting ${span(spec.batch.wait_ms / 1000)}` : "no"],
+      ["Scaling", spec.scaling ? `${spec.scaling.min_workers}–${spec.scaling.max_workers} workers, buffer ${spec.scaling.buffer_workers}, scale down after ${span(spec.scaling.scaledown_window_ms / 1000)}` : "—"],
+    ];
+    el.replaceChildren(
+      h("h1", {}, f.name, h("span", { class: "muted" }, `v${f.version}`)),
+      h("div", { class: "tiles" },
+        ...[[num(x.pending), "queued"], [num(x.running), "running"], [rate(x.success_rate), "success, 24h"],
+          [ms(x.p50_ms), "p50, 24h"], [ms(x.p95_ms), "p95, 24h"], [ms(x.p99_ms), "p99, 24h"]]
+          .map(([n, l]) => h("div", { class: "panel tile" }, h("div", { class: "n" }, n), h("div", { class: "l" }, l)))),
+      h("div", { class: "grid" },
+        h("section", { class: "panel" }, h("h2", {}, "Policy"),
+          h("dl", { class: "kv" }, policy.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))),
+        h("section", { class: "panel" }, h("h2", {}, "Inputs ended per minute (24 h)"),
+          lineChart(st.timeline.map((p) => p.at), [
+            { name: "succeeded", color: "var(--ok)", values: st.timeline.map((p) => (p.succeeded * 60000) / st.step_ms) },
+            { name: "failed", color: "var(--bad)", values: st.timeline.map((p) => (p.failed * 60000) / st.step_ms) },
+          ], "/min")),
+        h("section", { class: "panel wide" }, h("h2", {}, "Recent calls ", link(`/calls?function=${q}`, "all →")),
+          callsTable(calls.calls))));
+  }
+  return { el, refresh };
+}
+
+function callsTable(calls) {
+  if (!calls.length) return h("p", { class: "muted" }, "No calls match.");
+  return h("table", { id: "calls" },
+    h("thead", {}, h("tr", {}, ["Call", "Function", "State", "Origin", "Inputs", "Created", "Duration", "Error"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, calls.map((c) => h("tr", { "data-call": c.id },
+      h("td", { class: "mono" }, link(`/calls/${c.id}`, c.id)),
+      h("td", {}, c.function),
+      h("td", {}, badge(c.state)),
+      h("td", {}, c.schedule ? `schedule ${c.schedule}` : c.origin),
+      h("td", { class: "num" }, c.inputs.total === 1 ? "1" : `${num(c.inputs.succeeded + c.inputs.failed + c.inputs.cancelled)}/${num(c.inputs.total)}`),
+      h("td", {}, when(c.created_at)),
+      h("td", {}, duration(c.created_at, c.finished_at)),
+      h("td", { class: "error" }, c.error ? `${c.error.code}: ${c.error.message}`.slice(0, 120) : "")))));
+}
+
+function callsPage() {
+  const params = new URLSearchParams(location.search);
+  const field = (name, control) => h("label", {}, name, control);
+  const select = (name, options) => h("select", { name }, options.map(([v, t]) => h("option", { value: v, selected: params.get(name) === v }, t)));
+  const fnSelect = select("function", [["", "all functions"]]);
+  const form = h("form", { class: "filters", role: "search" },
+    field("Search by id", h("input", { name: "id", placeholder: "hc-…", size: 30, value: params.get("id") || "" })),
+    field("Function", fnSelect),
+    field("State", select("state", [["", "any"], ...["pending", "running", "succeeded", "failed", "cancelled"].map((x) => [x, x])])),
+    field("Origin", select("origin", [["", "any"], ["spawn", "spawn"], ["map", "map"], ["schedule", "schedule"]])),
+    field("Since", select("since", [["", "any time"], ["15m", "15 minutes"], ["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"]])),
+    field("Until (local time)", h("input", { name: "until", type: "datetime-local", value: params.get("until") || "" })),
+    h("button", { type: "submit", class: "primary" }, "Filter"));
+  const status = h("div", {});
+  const table = h("div", { class: "panel" });
+  const pager = h("div", { class: "pager" });
+  const el = h("div", {}, h("h1", {}, "Calls"), form, status, table, pager);
+  let cursors = [params.get("cursor") || ""];
+
+  api("/v1/functions").then((fs) => {
+    for (const f of fs) fnSelect.append(h("option", { value: f.name, selected: params.get("function") === f.name }, f.name));
+  }).catch(() => {});
+
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const data = new FormData(form);
+    const id = String(data.get("id") || "").trim();
+    if (id) {
+      navigate(`/calls/${encodeURIComponent(id)}`);
+      return;
+    }
+    const q = new URLSearchParams();
+    for (const k of ["function", "state", "origin", "since", "until"]) if (data.get(k)) q.set(k, data.get(k));
+    navigate(`/calls${q.toString() ? "?" + q : ""}`);
+  });
+
+  async function refresh() {
+    const p = new URLSearchParams(location.search);
+    const q = new URLSearchParams({ limit: "50" });
+    for (const k of ["function", "state", "origin", "since"]) if (p.get(k)) q.set(k, p.get(k));
+    if (p.get("until")) q.set("until", new Date(p.get("until")).toISOString());
+    const cursor = cursors[cursors.length - 1];
+    if (cursor) q.set("cursor", cursor);
+    const page = await api(`/v1/calls?${q}`);
+    table.replaceChildren(callsTable(page.calls));
+    pager.replaceChildren(
+      h("button", { type: "button", disabled: cursors.length < 2, onclick: () => { cursors.pop(); refresh().catch(show); } }, "← Newer"),
+      h("button", { type: "button", disabled: !page.next_cursor, onclick: () => { cursors.push(page.next_cursor); refresh().catch(show); } }, "Older →"));
+    status.replaceChildren();
+  }
+  const show = (err) => status.replaceChildren(notice(err));
+  // Older pages stay put; only the newest page follows live changes.
+  return { el, refresh, live: () => cursors.length === 1 };
+}
+
+function callPage({ id }) {
+  const el = h("div", {});
+  const head = h("div", {});
+  const details = h("div", { class: "grid" });
+  const logBox = h("div", { class: "logs", id: "logs", tabindex: 0, "aria-label": "Logs" }, h("span", { class: "muted" }, "No log lines yet."));
+  const logPanel = h("section", { class: "panel wide" }, h("h2", {}, "Logs"), logBox);
+  const attemptsPanel = h("section", { class: "panel wide" });
+  el.append(head, details, h("div", { class: "grid" }, attemptsPanel, logPanel));
+  let stream = null;
+  let lines = 0;
+  let input = undefined;
+
+  function follow() {
+    // Logs stream until the call ends; the stream resumes after the last line seen.
+    let after = 0;
+    const open = () => {
+      stream = new EventSource(`/v1/calls/${id}/logs/stream?after=${after}`);
+      stream.addEventListener("line", (e) => {
+        const l = JSON.parse(e.data);
+        after = l.seq;
+        if (lines === 0) logBox.replaceChildren();
+        lines++;
+        const atBottom = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 4;
+        logBox.append(h("div", { class: l.stream },
+          h("span", { class: "ts" }, new Date(l.ts).toLocaleTimeString()),
+          `[${l.index}#${l.attempt}] `, l.line));
+        if (atBottom) logBox.scrollTop = logBox.scrollHeight;
+      });
+      stream.addEventListener("end", () => { stream.close(); stream = null; refresh().catch(() => {}); });
+    };
+    open();
+  }
+
+  async function act(button, path) {
+    button.disabled = true;
+    try {
+      const res = await api(path, { method: "POST" });
+      if (path.endsWith("/rerun") && res && res.id) navigate(`/calls/${res.id}`);
+      else await refresh();
+    } catch (err) {
+      head.append(notice(err));
+      button.disabled = false;
+    }
+  }
+
+  async function refresh() {
+    const [c, attempts] = await Promise.all([api(`/v1/calls/${id}`), api(`/v1/calls/${id}/attempts`)]);
+    if (c.inputs.total === 1 && input === undefined) {
+      input = (await api(`/v1/calls/${id}/inputs/0`)).input;
+    }
+    if (!stream && lines === 0 && !el.dataset.followed) {
+      el.dataset.followed = "1";
+      follow();
+    }
+    const ended = ["succeeded", "failed", "cancelled"].includes(c.state);
+    const cancel = h("button", { type: "button", class: "danger", id: "cancel", onclick: (e) => act(e.target, `/v1/calls/${id}/cancel`) }, "Cancel");
+    const rerun = h("button", { type: "button", id: "rerun", onclick: (e) => act(e.target, `/v1/calls/${id}/rerun`) }, "Re-run");
+    head.replaceChildren(h("h1", {}, h("span", { class: "mono" }, c.id), h("span", { id: "state" }, badge(c.state)),
+      h("span", { class: "actions" }, ended ? null : cancel, c.inputs.total === 1 ? rerun : null)));
+    const facts = [
+      ["Function", link(`/functions/${encodeURIComponent(c.function)}`, c.function)],
+      ["Version", `v${c.version}`],
+      ["Origin", c.schedule ? `schedule ${c.schedule} (due ${new Date(c.due_at).toLocaleString()})` : c.origin],
+      ["Created", h("span", {}, new Date(c.created_at).toLocaleString(), " (", when(c.created_at), ")")],
+      ["Finished", c.finished_at ? new Date(c.finished_at).toLocaleString() : "—"],
+      ["Duration", duration(c.created_at, c.finished_at)],
+      ["Attempts", c.inputs.total === 1 ? c.attempts : attempts.length],
+    ];
+    if (c.idempotency_key) facts.push(["Idempotency key", c.idempotency_key]);
+    const summary = h("section", { class: "panel" }, h("h2", {}, "Call"), h("dl", { class: "kv" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+    const panels = [summary];
+    if (c.inputs.total === 1) {
+      const io = h("section", { class: "panel" }, h("h2", {}, "Input"), json(input, "input"));
+      if (c.error) io.append(h("h2", {}, "Error"), h("pre", { class: "error", id: "error" }, `${c.error.code}: ${c.error.message}`));
+      else if (c.state === "succeeded") io.append(h("h2", {}, "Output"), json(c.output === undefined ? null : c.output, "output"));
+      panels.push(io);
+    } else {
+      const n = c.inputs;
+      panels.push(h("section", { class: "panel" }, h("h2", {}, `Inputs: ${num(n.succeeded + n.failed + n.cancelled)} of ${num(n.total)} ended${c.accepting_inputs ? " (still taking inputs)" : ""}`),
+        countsBar(n),
+        h("div", { class: "legend" }, ["succeeded", "failed", "cancelled", "running", "pending"].map((k) => h("span", {}, h("i", { class: `c-${k === "cancelled" ? "pending" : k}` }), `${k} ${num(n[k])}`))),
+        h("p", { class: "muted" }, "Results: ", h("code", {}, `hopper results ${c.id}`))));
+    }
+    details.replaceChildren(...panels);
+    attemptsPanel.replaceChildren(h("h2", {}, "Attempts"), attempts.length ? h("table", {},
+      h("thead", {}, h("tr", {}, ["Input", "Attempt", "Outcome", "Worker", "Started", "Ran for", "Error"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, attempts.map((a) => h("tr", {},
+        h("td", { class: "num" }, a.index),
+        h("td", { class: "num" }, a.attempt),
+        h("td", {}, badge(a.outcome), a.late ? h("span", { class: "muted" }, " late") : null),
+        h("td", { class: "mono" }, a.worker_id || "—"),
+        h("td", {}, when(a.started_at)),
+        h("td", {}, duration(a.started_at, a.finished_at)),
+        h("td", { class: "error" }, a.error ? `${a.error.code}: ${a.error.message}` : ""))))) : h("p", { class: "muted" }, "Not started yet."));
+  }
+  return { el, refresh, leave: () => stream && stream.close() };
+}
+
+function workersPage() {
+  const el = h("div", {}, h("h1", {}, "Workers"));
+  const body = h("div", { class: "panel" });
+  el.append(body);
+  async function refresh() {
+    const workers = await api("/v1/workers");
+    body.replaceChildren(workers.length ? h("table", {},
+      h("thead", {}, h("tr", {}, ["Worker", "State", "Host", "PID", "Functions", "Running", "Slots", "Last heartbeat", "Since"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, workers.map((w) => h("tr", {},
+        h("td", { class: "mono" }, w.id), h("td", {}, badge(w.state)), h("td", {}, w.host), h("td", { class: "num" }, w.pid),
+        h("td", {}, w.functions.join(", ")), h("td", { class: "num" }, w.running), h("td", { class: "num" }, w.concurrency),
+        h("td", {}, when(w.last_seen_at)), h("td", {}, when(w.registered_at)))))) :
+      h("p", { class: "muted" }, "No workers in the last hour."));
+  }
+  return { el, refresh };
+}
+
+function schedulesPage() {
+  const el = h("div", {}, h("h1", {}, "Schedules"));
+  const status = h("div", {});
+  const body = h("div", {});
+  el.append(status, body);
+  const open = new Set();
+  async function act(name, verb) {
+    try {
+      await api(`/v1/schedules/${encodeURIComponent(name)}/${verb}`, { method: "POST" });
+      await refresh();
+    } catch (err) {
+      status.replaceChildren(notice(err));
+    }
+  }
+  async function refresh() {
+    const list = await api("/v1/schedules");
+    const detailed = await Promise.all(list.map((x) => (open.has(x.name) ? api(`/v1/schedules/${encodeURIComponent(x.name)}`) : x)));
+    body.replaceChildren(...(detailed.length ? detailed.map((x) => h("section", { class: "panel", "data-schedule": x.name },
+      h("h2", {}, x.name, " ", x.paused ? badge("paused") : null,
+        h("span", { class: "actions" },
+          h("button", { type: "button", onclick: () => act(x.name, "trigger") }, "Run now"),
+          h("button", { type: "button", onclick: () => act(x.name, x.paused ? "resume" : "pause") }, x.paused ? "Resume" : "Pause"))),
+      h("dl", { class: "kv" },
+        h("dt", {}, "Function"), h("dd", {}, link(`/functions/${encodeURIComponent(x.function)}`, x.function)),
+        h("dt", {}, "When"), h("dd", {}, x.cron ? `cron ${x.cron} (${x.timezone})` : `every ${x.every}`, `, overlap ${x.overlap}`),
+        h("dt", {}, "Next"), h("dd", {}, x.paused ? "paused" : x.next_due_at ? h("span", {}, x.next_due_local || x.next_due_at, " (", when(x.next_due_at), ")") : "—"),
+        h("dt", {}, "Last"), h("dd", {}, x.last_due_at ? h("span", {}, when(x.last_due_at), x.last_call_id ? [" → ", link(`/calls/${x.last_call_id}`, x.last_call_id), " ", badge(x.last_call_state || "pending")] : null) : "never")),
+      open.has(x.name) ? firingsTable(x) : h("button", { type: "button", onclick: () => { open.add(x.name); refresh().catch((e) => status.replaceChildren(notice(e))); } }, "Show history"),
+    )) : [h("p", { class: "muted panel" }, "No schedules: add [schedules.NAME] to a manifest and deploy it.")]));
+  }
+  function firingsTable(x) {
+    if (!x.firings || !x.firings.length) return h("p", { class: "muted" }, "No firings yet.");
+    return h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Due"), h("th", {}, "Outcome"), h("th", {}, "Call"))),
+      h("tbody", {}, x.firings.map((f) => h("tr", {}, h("td", {}, new Date(f.due_at).toLocaleString()), h("td", {}, badge(f.outcome)),
+        h("td", { class: "mono" }, f.call_id ? link(`/calls/${f.call_id}`, f.call_id) : "—")))));
+  }
+  return { el, refresh };
+}
+
+// ---- routing, live updates and sign-in ----
+
+const routes = [
+  [/^\/$/, overviewPage, "/"],
+  [/^\/functions$/, functionsPage, "/functions"],
+  [/^\/functions\/([^/]+)$/, (m) => functionPage({ name: decodeURIComponent(m[1]) }), "/functions"],
+  [/^\/calls$/, callsPage, "/calls"],
+  [/^\/calls\/([^/]+)$/, (m) => callPage({ id: decodeURIComponent(m[1]) }), "/calls"],
+  [/^\/workers$/, workersPage, "/workers"],
+  [/^\/schedules$/, schedulesPage, "/schedules"],
+];
+
+let current = null;
+let refreshing = false;
+let again = false;
+let events = null;
+
+function navigate(path) {
+  history.pushState(null, "", path);
+  render();
+}
+
+async function refreshCurrent() {
+  if (!current) return;
+  if (refreshing) { again = true; return; }
+  refreshing = true;
+  const page = current;
+  try {
+    await page.refresh();
+    if (page.error) { page.error.remove(); page.error = null; }
+  } catch (err) {
+    if (err instanceof Unauthorized) return signIn();
+    if (page === current && !page.error) {
+      page.error = notice(err);
+      page.el.prepend(page.error);
+    }
+  } finally {
+    refreshing = false;
+    if (again) { again = false; refreshCurrent(); }
+  }
+}
+
+function render() {
+  if (current && current.leave) current.leave();
+  const path = location.pathname;
+  const view = document.getElementById("view");
+  for (const [pattern, make, tab] of routes) {
+    const m = path.match(pattern);
+    if (!m) continue;
+    current = make(m);
+    document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("on", a.getAttribute("href") === tab));
+    view.replaceChildren(current.el);
+    refreshCurrent();
+    return;
+  }
+  current = null;
+  view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, link("/", "Back to the overview")));
+}
+
+function listen() {
+  if (events) return;
+  const live = document.getElementById("live");
+  events = new EventSource("/v1/events");
+  events.addEventListener("change", () => {
+    live.classList.remove("off");
+    if (current && (!current.live || current.live())) refreshCurrent();
+  });
+  events.onerror = () => live.classList.add("off");
+  live.hidden = false;
+}
+
+function signIn(message) {
+  if (events) { events.close(); events = null; }
+  current = null;
+  document.getElementById("nav").hidden = true;
+  document.getElementById("live").hidden = true;
+  const error = h("p", { class: "error", role: "alert" }, message || "");
+  const form = h("form", {},
+    h("label", {}, "Token", h("input", { name: "token", type: "password", autocomplete: "current-password", required: true, autofocus: true })),
+    h("button", { type: "submit", class: "primary" }, "Sign in"), error);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await api("/v1/session", { method: "POST", json: { token: new FormData(form).get("token") } });
+      start();
+    } catch (err) {
+      error.textContent = err instanceof Unauthorized ? "That token is not valid." : String(err.message || err);
+    }
+  });
+  document.getElementById("view").replaceChildren(h("div", { class: "panel signin" },
+    h("h1", {}, "Sign in"), h("p", { class: "muted" }, "This server requires a token. It is kept in a cookie for this browser."), form));
+  form.querySelector("input").focus();
+}
+
+async function start() {
+  try {
+    await api("/v1/stats?window=1m");
+  } catch (err) {
+    if (err instanceof Unauthorized) return signIn();
+  }
+  document.getElementById("nav").hidden = false;
+  listen();
+  render();
+}
+
+document.addEventListener("click", (e) => {
+  const a = e.target.closest("a[data-nav]");
+  if (!a || e.metaKey || e.ctrlKey || e.shiftKey || e.button !== 0) return;
+  e.preventDefault();
+  navigate(a.getAttribute("href"));
+});
+window.addEventListener("popstate", render);
+start();
