@@ -1,7 +1,9 @@
 //! `app_*` and `function_*`: deployed apps and their functions' specs.
 
 use hopper_core::FunctionSpec;
-use hopper_store::{AppDeploy, AppRow, FunctionFind, FunctionRow, StoreError};
+use hopper_store::{
+    AppDeploy, AppRow, FunctionFind, FunctionKey, FunctionRow, FunctionVersionRow, StoreError,
+};
 use sqlx::{Connection, Row};
 
 use crate::dialect::{Conn, DbPool};
@@ -108,6 +110,35 @@ pub async fn function_find(pool: &DbPool, p: FunctionFind) -> Result<Vec<Functio
             Ok(FunctionRow {
                 version: row.try_get("version").map_err(db_err)?,
                 spec: spec(&row.try_get::<String, _>("spec").map_err(db_err)?)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn function_versions(
+    pool: &DbPool,
+    key: &FunctionKey,
+    limit: u32,
+) -> Result<Vec<FunctionVersionRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT f.version, f.spec, v.deployed_at FROM functions f
+         JOIN app_versions v ON v.app = f.app AND v.version = f.version
+         WHERE f.app = $1 AND f.name = $2 ORDER BY f.version DESC LIMIT $3",
+    )
+    .bind(&key.app)
+    .bind(&key.function)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(FunctionVersionRow {
+                function: FunctionRow {
+                    version: row.try_get("version").map_err(db_err)?,
+                    spec: spec(&row.try_get::<String, _>("spec").map_err(db_err)?)?,
+                },
+                deployed_at: row.try_get("deployed_at").map_err(db_err)?,
             })
         })
         .collect()

@@ -198,10 +198,12 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Run one scenario: enqueue, in-process, command, latency or map.
+    /// Run one scenario: enqueue, in-process, command, latency, map, or dashboard (not run
+    /// by default: it fills the store with a million calls first).
     #[arg(long)]
     pub scenario: Option<String>,
-    /// Inputs per scenario (default: enqueue, in-process, command 100,000; latency 1,000; map 1,000,000).
+    /// Inputs per scenario (default: enqueue, in-process, command 100,000; latency 1,000; map
+    /// 1,000,000; dashboard: calls in the store, 1,000,000).
     #[arg(long)]
     pub inputs: Option<u64>,
     /// Print a JSON array, one object per scenario.

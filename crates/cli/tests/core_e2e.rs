@@ -98,6 +98,10 @@ retries = { max_retries = 2, backoff_coefficient = 2.0, initial_delay = "300ms",
         message.contains("exited with status 3: boom on attempt 3"),
         "{message}"
     );
+    assert!(
+        message.contains(&format!("see {}/calls/{}", server.url, call.id)),
+        "the failure names the call's dashboard page: {message}"
+    );
     let attempts = client.attempts(&call.id).await.unwrap();
     assert_eq!(attempts.len(), 3, "1 attempt + max_retries 2: {attempts:?}");
     assert!(attempts.iter().all(|a| a.outcome == "failed"));

@@ -86,6 +86,27 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         .unwrap();
     let failed = wait_done(&client, &failed.id, Duration::from_secs(30)).await;
     let error = failed.error.clone().expect("the failed call has an error");
+    // A second version of d.fail, for its versions table.
+    client
+        .deploy(&hopper_core::api::DeployRequest {
+            manifest: APP.replace("[functions.fail]", "[functions.fail]\ntimeout = \"45s\""),
+            file: m.display().to_string(),
+            base_dir: dir.path().display().to_string(),
+        })
+        .await
+        .unwrap();
+    let map = client
+        .map_start(
+            "d.ok",
+            &hopper_core::api::MapRequest {
+                inputs: (0..5).map(|i| json!({ "item": i })).collect(),
+                done: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_done(&client, &map.id, Duration::from_secs(30)).await;
     let slow = client.spawn("d.slow", json!(null), None).await.unwrap();
     eventually(
         "the slow call to start",
@@ -111,6 +132,7 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         .env("FAILED_ID", failed.id.as_str())
         .env("FAILED_CODE", &error.code)
         .env("SLOW_ID", slow.id.as_str())
+        .env("MAP_ID", map.id.as_str())
         .env("OUT_DIR", &out_dir)
         .kill_on_drop(true)
         .output();
@@ -148,6 +170,7 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         "function",
         "calls",
         "call-failed",
+        "call-map",
         "call-running",
         "call-cancelled",
         "workers",

@@ -52,6 +52,17 @@ pub struct FunctionView {
     pub spec: FunctionSpec,
 }
 
+/// `GET /v1/functions/{name}/versions`: one version of a function.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionVersionView {
+    /// `app.function`.
+    pub name: String,
+    pub version: i64,
+    /// When this version of the app was deployed.
+    pub deployed_at: String,
+    pub spec: FunctionSpec,
+}
+
 /// `POST /v1/functions/{name}/calls`: spawn a call with one input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnRequest {

@@ -256,6 +256,35 @@ impl Client {
             .await
     }
 
+    /// A function's versions, newest first.
+    pub async fn function_versions(&self, name: &str) -> Result<Vec<FunctionVersionView>, Error> {
+        self.send(self.request(Method::GET, &format!("/v1/functions/{name}/versions")))
+            .await
+    }
+
+    /// A new call of the same function with the same input (one-input calls).
+    pub async fn rerun(&self, id: &CallId) -> Result<CallView, Error> {
+        self.send(self.request(Method::POST, &format!("/v1/calls/{id}/rerun")))
+            .await
+    }
+
+    /// One input of a call, with its payload and result.
+    pub async fn input(&self, id: &CallId, index: i64) -> Result<InputView, Error> {
+        self.send(self.request(Method::GET, &format!("/v1/calls/{id}/inputs/{index}")))
+            .await
+    }
+
+    /// Attempts ended over `window` (e.g. `15m`), and per function: backlog, success rate and
+    /// duration percentiles; of one function if given.
+    pub async fn stats(&self, window: &str, function: Option<&str>) -> Result<StatsView, Error> {
+        let mut query = vec![("window", window)];
+        if let Some(f) = function {
+            query.push(("function", f));
+        }
+        self.send(self.request(Method::GET, "/v1/stats").query(&query))
+            .await
+    }
+
     pub async fn attempts(&self, id: &CallId) -> Result<Vec<AttemptView>, Error> {
         self.send(self.request(Method::GET, &format!("/v1/calls/{id}/attempts")))
             .await

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: the server's resolved configuration and its defaults.
 //! - [`api`]: the axum router (`/v1`, `/healthz`), its error type and token check.
+//! - [`dashboard`]: the web dashboard at `/`, its assets embedded in the binary.
 //! - [`dispatcher`]: hands inputs to workers, long-polling while the queue is empty.
 //! - [`reaper`]: takes back leases that ran out and fails attempts past their deadline.
 //! - [`cron`]: fires due schedules, each due time once.

@@ -61,3 +61,78 @@ pub fn db_err(e: sqlx::Error) -> StoreError {
         _ => StoreError::Database(e.to_string()),
     }
 }
+
+/// How PostgreSQL fills and plans for the query-plan test (`store-sql/query_plans.rs`).
+#[cfg(test)]
+pub mod plans {
+    use hopper_core::stats::SLOT_MS;
+    use sqlx::Row;
+
+    pub use crate::query_plans::Allow;
+
+    pub const EXPLAIN: &str = "EXPLAIN ";
+
+    /// The same fixture as SQLite's (see there), then `ANALYZE`, as autovacuum would.
+    pub fn fill(calls: i64, t0: i64) -> Vec<String> {
+        let end = t0 + calls * 10;
+        vec![
+            format!(
+                "INSERT INTO calls (id, app, function, version, origin, state, n_total, n_pending, n_running,
+                                    n_succeeded, n_failed, n_cancelled, created_at, finished_at)
+                 SELECT 'hc-' || lpad(i::text, 26, '0'), 'app' || (i % 2), 'f' || (i % 4), 1,
+                        CASE WHEN i % 20 = 0 THEN 'map' WHEN i % 50 = 1 THEN 'schedule' ELSE 'spawn' END,
+                        s, 1, (s = 'pending')::int, (s = 'running')::int, (s = 'succeeded')::int,
+                        (s = 'failed')::int, (s = 'cancelled')::int,
+                        {t0} + i * 10, CASE WHEN s IN ('pending', 'running') THEN NULL ELSE {t0} + i * 10 + 5 END
+                 FROM (SELECT i, CASE WHEN i % 100 < 90 THEN 'succeeded' WHEN i % 100 < 95 THEN 'failed'
+                                      WHEN i % 100 < 98 THEN 'cancelled' WHEN i % 100 < 99 THEN 'running'
+                                      ELSE 'pending' END AS s FROM generate_series(0, {last}::bigint) i) n",
+                last = calls - 1
+            ),
+            "INSERT INTO inputs (call_id, idx, app, function, version, state, input, output, not_before,
+                                 started_at, finished_at, attempt)
+             SELECT id, 0, app, function, 1, state, '{\"n\": 1}', CASE WHEN state = 'succeeded' THEN '2' END,
+                    created_at, created_at, finished_at, 1 FROM calls"
+                .into(),
+            "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at)
+             SELECT id, 1, call_id, 0, 'hw-00000000000000000000000001', state, started_at, finished_at
+             FROM inputs WHERE finished_at IS NOT NULL"
+                .into(),
+            "INSERT INTO logs (call_id, idx, attempt, stream, ts, line)
+             SELECT call_id, 0, 1, 'stdout', started_at, 'working on it' FROM inputs"
+                .into(),
+            format!(
+                "INSERT INTO function_stats (app, function, slot, succeeded, failed, h05)
+                 SELECT 'app' || (f % 2), 'f' || f, slot, 90, 5, 95
+                 FROM generate_series({first}::bigint, {end}::bigint, {SLOT_MS}::bigint) slot,
+                      generate_series(0, 3) f",
+                first = end - 86_400_000,
+            ),
+            "ANALYZE".into(),
+        ]
+    }
+
+    pub fn lines(rows: Vec<super::DbRow>) -> Vec<String> {
+        rows.iter()
+            .map(|r| r.get::<String, _>("QUERY PLAN"))
+            .collect()
+    }
+
+    /// No `Seq Scan` of a table but the small one allowed. PostgreSQL's planner may sort the
+    /// few rows an index search found (a bitmap scan, then a top-N sort); that is fine.
+    pub fn assert_indexed(what: &str, plan: &[String], allow: Allow) {
+        for line in plan {
+            let bad = match &allow {
+                Allow::SmallTable { table, alias } => {
+                    line.contains("Seq Scan on")
+                        && !line.contains(&format!("Seq Scan on {table} {alias}"))
+                        && !line.contains(&format!("Seq Scan on {table} "))
+                }
+                Allow::Nothing | Allow::WalkInOrder | Allow::SortFew => {
+                    line.contains("Seq Scan on")
+                }
+            };
+            assert!(!bad, "{what}: `{line}` in the plan {plan:#?}");
+        }
+    }
+}

@@ -22,6 +22,9 @@ mod inputs;
 #[path = "../../store-sql/map.rs"]
 mod map;
 pub mod migrate;
+#[cfg(test)]
+#[path = "../../store-sql/query_plans.rs"]
+mod query_plans;
 #[path = "../../store-sql/schedules.rs"]
 mod schedules;
 #[path = "../../store-sql/stats.rs"]
@@ -251,6 +254,14 @@ impl Store for PgStore {
         apps::function_find(&self.pool, params).await
     }
 
+    async fn function_versions(
+        &self,
+        function: &FunctionKey,
+        limit: u32,
+    ) -> Result<Vec<FunctionVersionRow>, StoreError> {
+        apps::function_versions(&self.pool, function, limit).await
+    }
+
     async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
         self.write(move |conn| Box::pin(calls::insert(conn, params)))
             .await
@@ -404,5 +415,31 @@ impl Store for PgStore {
 
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
         workers::list(&self.pool, seen_after).await
+    }
+}
+
+#[cfg(test)]
+mod query_plan_test {
+    /// Against the database `HOPPER_TEST_POSTGRES` names, in a schema of its own, dropped
+    /// after; skipped without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dashboard_queries_use_indexes_with_a_million_calls() {
+        let Ok(url) = std::env::var("HOPPER_TEST_POSTGRES") else {
+            println!("SKIP dashboard_queries_use_indexes_with_a_million_calls: HOPPER_TEST_POSTGRES is not set");
+            return;
+        };
+        let schema = format!("hopper_plans_{}", hopper_core::ids::random_hex());
+        let store = super::PgStore::open(&super::PgConfig {
+            url: url.clone(),
+            max_connections: 4,
+            schema: Some(schema.clone()),
+        })
+        .await
+        .expect("open the store");
+        crate::query_plans::check(&store, &store.pool, &store.pool).await;
+        store.close().await;
+        super::PgStore::drop_schema(&url, &schema)
+            .await
+            .expect("drop the test schema");
     }
 }

@@ -25,6 +25,7 @@ mod inputs;
 mod map;
 pub mod migrate;
 #[cfg(test)]
+#[path = "../../store-sql/query_plans.rs"]
 mod query_plans;
 #[path = "../../store-sql/schedules.rs"]
 mod schedules;
@@ -111,6 +112,14 @@ impl Store for SqliteStore {
 
     async fn function_find(&self, params: FunctionFind) -> Result<Vec<FunctionRow>, StoreError> {
         apps::function_find(&self.reader, params).await
+    }
+
+    async fn function_versions(
+        &self,
+        function: &FunctionKey,
+        limit: u32,
+    ) -> Result<Vec<FunctionVersionRow>, StoreError> {
+        apps::function_versions(&self.reader, function, limit).await
     }
 
     async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
@@ -281,5 +290,18 @@ impl Store for SqliteStore {
 
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
         workers::list(&self.reader, seen_after).await
+    }
+}
+
+#[cfg(test)]
+mod query_plan_test {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dashboard_queries_use_indexes_with_a_million_calls() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let store = super::SqliteStore::open(&dir.path().join("hopper.db"))
+            .await
+            .expect("open the store");
+        crate::query_plans::check(&store, &store.writer_pool, &store.reader).await;
+        store.close().await;
     }
 }

@@ -246,6 +246,32 @@ pub async fn deploy_makes_a_new_version_each_time(store: Arc<dyn Store>) {
         "only the current version's functions are listed"
     );
     assert_eq!(apps[0].functions[0].spec.retries.max_retries, 5);
+    let versions = store.function_versions(&key("ok"), 10).await.unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (
+                v.function.version,
+                v.deployed_at,
+                v.function.spec.retries.max_retries
+            ))
+            .collect::<Vec<_>>(),
+        [(2, T0 + 1, 5), (1, T0, 0)],
+        "every version of the function, newest first"
+    );
+    assert_eq!(
+        store.function_versions(&key("ok"), 1).await.unwrap().len(),
+        1
+    );
+    assert!(
+        store
+            .function_versions(&key("retry"), 10)
+            .await
+            .unwrap()
+            .len()
+            == 1,
+        "a function dropped in version 2 keeps its version 1"
+    );
 }
 
 pub async fn functions_are_found_by_bare_or_qualified_name(store: Arc<dyn Store>) {

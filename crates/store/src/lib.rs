@@ -53,6 +53,13 @@ pub trait Store: Send + Sync + 'static {
     /// Functions at their app's current version named `function`, in `app` if given.
     async fn function_find(&self, params: FunctionFind) -> Result<Vec<FunctionRow>, StoreError>;
 
+    /// A function's versions, newest first, at most `limit`: one per deploy of its app.
+    async fn function_versions(
+        &self,
+        function: &FunctionKey,
+        limit: u32,
+    ) -> Result<Vec<FunctionVersionRow>, StoreError>;
+
     /// Creates a call and its inputs, all pending, in one transaction. With an idempotency key
     /// that is already taken, returns the existing call and creates nothing.
     async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError>;

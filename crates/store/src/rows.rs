@@ -18,6 +18,13 @@ pub struct FunctionRow {
     pub spec: FunctionSpec,
 }
 
+/// One version of a function, with when its app version was deployed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionVersionRow {
+    pub function: FunctionRow,
+    pub deployed_at: UnixMillis,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallRow {
     pub id: CallId,

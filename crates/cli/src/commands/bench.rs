@@ -18,7 +18,14 @@ use crate::args::BenchArgs;
 use crate::exit::{self, Code};
 use crate::output;
 
-const SCENARIOS: [&str; 5] = ["enqueue", "in-process", "command", "latency", "map"];
+const SCENARIOS: [&str; 6] = [
+    "enqueue",
+    "in-process",
+    "command",
+    "latency",
+    "map",
+    "dashboard",
+];
 
 /// One scenario's figures.
 #[derive(Debug, Serialize)]
@@ -30,6 +37,9 @@ struct Figures {
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     peak_rss_bytes: Option<u64>,
+    /// `dashboard`: each page's read times, with the scenario's calls in the store.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pages: Vec<super::bench_dashboard::PageFigures>,
 }
 
 /// A `hopper serve` child on a temporary data dir.
@@ -47,6 +57,14 @@ static DATABASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new(
 impl BenchServer {
     fn start(postgres: Option<(String, String)>) -> anyhow::Result<Self> {
         let data = tempfile::tempdir().context("cannot create a temporary folder")?;
+        Self::start_on(data, postgres)
+    }
+
+    /// Starts a server on a data folder (or schema) that may hold data already.
+    fn start_on(
+        data: tempfile::TempDir,
+        postgres: Option<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find this program")?;
         let mut command = Command::new(exe);
         command.arg("serve");
@@ -240,6 +258,7 @@ fn figures(
         p50_ms: percentile(&latencies, 50.0).map(|v| (v * 1000.0).round() / 1000.0),
         p99_ms: percentile(&latencies, 99.0).map(|v| (v * 1000.0).round() / 1000.0),
         peak_rss_bytes: server.peak_rss(),
+        pages: Vec::new(),
     }
 }
 
@@ -342,9 +361,60 @@ async fn latency(n: u64) -> anyhow::Result<Figures> {
     Ok(out)
 }
 
+/// Fills a store with `n` calls (the figures' rate is the fill's), then starts a server on it
+/// and times the dashboard's pages. One server, whatever `--servers` says.
+async fn dashboard(n: u64) -> anyhow::Result<Figures> {
+    let data = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let postgres = DATABASE.get().cloned().flatten().map(|url| {
+        (
+            url,
+            format!("hopper_bench_{}", hopper_core::ids::random_hex()),
+        )
+    });
+    // Filled before the server starts: one writer at a time on a SQLite file.
+    let started = Instant::now();
+    let began_at = super::bench_dashboard::now();
+    match &postgres {
+        Some((url, schema)) => {
+            let store = hopper_store_postgres::PgStore::open(&hopper_store_postgres::PgConfig {
+                url: url.clone(),
+                max_connections: 16,
+                schema: Some(schema.clone()),
+            })
+            .await?;
+            super::bench_dashboard::fill(std::sync::Arc::new(store.clone()), &manifest()?, n)
+                .await?;
+            store.close().await;
+        }
+        None => {
+            let store =
+                hopper_store_sqlite::SqliteStore::open(&data.path().join("hopper.db")).await?;
+            super::bench_dashboard::fill(std::sync::Arc::new(store.clone()), &manifest()?, n)
+                .await?;
+            store.close().await;
+        }
+    }
+    let elapsed = started.elapsed();
+    let middle_at = began_at + (super::bench_dashboard::now() - began_at) / 2;
+    let server = Cluster {
+        servers: vec![BenchServer::start_on(data, postgres)?],
+    };
+    let clients = server.clients().await?;
+    let pages = super::bench_dashboard::pages(&clients[0], middle_at).await?;
+    let mut out = figures("dashboard", n, elapsed, Vec::new(), &server);
+    out.pages = pages;
+    server.finish().await;
+    Ok(out)
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
     let scenarios: Vec<&str> = match args.scenario.as_deref() {
-        None => SCENARIOS.to_vec(),
+        // The dashboard's fill alone takes minutes: it runs when asked for.
+        None => SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| *s != "dashboard")
+            .collect(),
         Some(s) if SCENARIOS.contains(&s) => vec![s],
         Some(s) => {
             return Err(exit::usage(format!(
@@ -379,6 +449,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
             "in-process" => map_through("in-process", "bench.noop", count(100_000), true).await?,
             "command" => map_through("command", "bench.serve_noop", count(100_000), false).await?,
             "latency" => latency(count(1_000)).await?,
+            "dashboard" => dashboard(count(1_000_000)).await?,
             _ => map_through("map", "bench.noop", count(1_000_000), true).await?,
         };
         all.push(figures);
@@ -415,6 +486,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
             ],
             &rows,
         );
+        for f in all.iter().filter(|f| !f.pages.is_empty()) {
+            println!(
+                "\n{} pages, read {} times each over HTTP with {} calls in the store (filled at {:.0} calls/s):",
+                f.scenario,
+                f.pages.first().map_or(0, |p| p.requests),
+                f.inputs,
+                f.inputs_per_s
+            );
+            let rows: Vec<Vec<String>> = f
+                .pages
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.page.clone(),
+                        format!("{:.3}", p.p50_ms),
+                        format!("{:.3}", p.p99_ms),
+                    ]
+                })
+                .collect();
+            output::table(&["PAGE", "P50 MS", "P99 MS"], &rows);
+        }
         println!(
             "machine: {} cores, {}; {}",
             std::thread::available_parallelism()

@@ -31,11 +31,12 @@ pub async fn get(args: &ClientArgs, id: &str, timeout: &str) -> anyhow::Result<C
     let id = call_id(id)?;
     let timeout = duration("--timeout", timeout)?;
     let call = client(args)?.wait(&id, timeout).await?;
-    report(&call, args.json)
+    report(&call, args.json, Some(&args.server))
 }
 
-/// Prints a call the way `get` and `run` do, and gives the exit code its state means.
-pub fn report(call: &CallView, json: bool) -> anyhow::Result<Code> {
+/// Prints a call the way `get` and `run` do, and gives the exit code its state means. A failure
+/// names the call's dashboard page on `server`, if the server outlives the command.
+pub fn report(call: &CallView, json: bool, server: Option<&str>) -> anyhow::Result<Code> {
     if json {
         output::json(call);
     }
@@ -63,9 +64,15 @@ pub fn report(call: &CallView, json: bool) -> anyhow::Result<Code> {
             } else {
                 format!("{} attempts", call.attempts)
             };
+            let page = server
+                .map(|s| format!(" (see {}/calls/{})", s.trim_end_matches('/'), call.id))
+                .unwrap_or_default();
             Err(Coded {
                 code: Code::CallFailed,
-                message: format!("call {} {} after {attempts}: {what}", call.id, call.state),
+                message: format!(
+                    "call {} {} after {attempts}: {what}{page}",
+                    call.id, call.state
+                ),
             }
             .into())
         }

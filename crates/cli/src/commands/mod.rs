@@ -2,6 +2,7 @@
 
 mod apps;
 mod bench;
+mod bench_dashboard;
 mod calls;
 mod map;
 mod run;

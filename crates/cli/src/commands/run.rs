@@ -80,5 +80,6 @@ pub async fn run(
     shutdown.cancel();
     let _ = server.await;
     store.close().await;
-    report(&outcome?, json)
+    // The temporary server is gone by now: no dashboard link.
+    report(&outcome?, json, None)
 }

@@ -1,7 +1,7 @@
 // Browser checks of the dashboard, run by crates/cli/tests/dashboard_e2e.rs with:
 //   HOPPER_URL         a server with app "d" deployed, a failed d.fail call and a running d.slow call
 //   HOPPER_LOCKED_URL  a server that requires HOPPER_TOKEN
-//   FAILED_ID, FAILED_CODE, SLOW_ID, OUT_DIR (screenshots)
+//   FAILED_ID, FAILED_CODE, SLOW_ID, MAP_ID (a 5-input map of d.ok), OUT_DIR (screenshots)
 // Exits non-zero, naming the step, at the first check that fails.
 import { chromium } from "playwright-core";
 import path from "node:path";
@@ -17,6 +17,7 @@ const token = env("HOPPER_TOKEN");
 const failedId = env("FAILED_ID");
 const failedCode = env("FAILED_CODE");
 const slowId = env("SLOW_ID");
+const mapId = env("MAP_ID");
 const outDir = env("OUT_DIR");
 
 const browser = await chromium.launch({
@@ -75,6 +76,11 @@ try {
     await page.getByRole("heading", { name: /d\.fail/ }).waitFor();
     await page.getByText("Policy").waitFor();
     await page.locator(`tr[data-call="${failedId}"]`).waitFor();
+    const versions = page.locator("#versions tbody tr");
+    await versions.nth(1).waitFor();
+    assert((await versions.count()) === 2, "d.fail has two versions");
+    const changed = await page.locator("#versions tbody tr").first().locator("td.changed").allInnerTexts();
+    assert(changed.join() === "45s", `version 2 changed the timeout only: ${changed}`);
     await shot(page, "function");
   });
 
@@ -82,6 +88,8 @@ try {
     await page.getByRole("link", { name: "Calls", exact: true }).click();
     await page.getByRole("heading", { name: "Calls" }).waitFor();
     await page.locator("select[name=function] option[value='d.fail']").waitFor({ state: "attached" });
+    await page.selectOption("select[name=app]", "d");
+    await page.selectOption("select[name=since]", "15m");
     await page.selectOption("select[name=function]", "d.fail");
     await page.selectOption("select[name=state]", "failed");
     await page.getByRole("button", { name: "Filter" }).click();
@@ -109,6 +117,18 @@ try {
     await page.locator("#logs .stderr").getByText("the database said no").waitFor();
     await page.locator("pre[data-json=input]").getByText('"orders"').waitFor();
     await shot(page, "call-failed");
+  });
+
+  await check("a map shows its progress and any input by index", async () => {
+    await page.goto(`${url}/calls/${mapId}`);
+    await page.locator(".bar[role=progressbar]").waitFor();
+    await page.getByText("Inputs: 5 of 5 ended").waitFor();
+    await page.fill("input[name=index]", "3");
+    await page.getByRole("button", { name: "Show input" }).click();
+    await page.getByRole("heading", { name: /Input 3/ }).waitFor();
+    await page.locator("pre[data-json=input]").getByText('"item": 3').waitFor();
+    assert((await page.getByRole("button", { name: "Re-run" }).count()) === 0, "a map has no re-run button");
+    await shot(page, "call-map");
   });
 
   await check("searching by id opens the call", async () => {

@@ -5,9 +5,9 @@ use std::path::Path;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::Json;
-use hopper_core::api::{AppView, DeployRequest, FunctionView};
+use hopper_core::api::{AppView, DeployRequest, FunctionVersionView, FunctionView};
 use hopper_core::FunctionName;
-use hopper_store::{FunctionFind, FunctionRow};
+use hopper_store::{FunctionFind, FunctionKey, FunctionRow};
 
 use super::error::ApiError;
 use super::extract::ApiJson;
@@ -49,6 +49,29 @@ pub async fn function(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<FunctionView>, ApiError> {
     Ok(Json(views::function(&resolve(&state, &name).await?)))
+}
+
+/// The function's versions, newest first (the last 50).
+pub async fn versions(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<Vec<FunctionVersionView>>, ApiError> {
+    let current = resolve(&state, &name).await?;
+    let key = FunctionKey {
+        app: current.spec.app.clone(),
+        function: current.spec.name.clone(),
+    };
+    let rows = state.store.function_versions(&key, 50).await?;
+    Ok(Json(
+        rows.iter()
+            .map(|row| FunctionVersionView {
+                name: row.function.spec.qualified_name(),
+                version: row.function.version,
+                deployed_at: views::time(row.deployed_at),
+                spec: row.function.spec.clone(),
+            })
+            .collect(),
+    ))
 }
 
 /// Finds the deployed function a user means: `app.function`, or a bare name unique across apps.

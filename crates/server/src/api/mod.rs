@@ -1,4 +1,4 @@
-//! The HTTP API under `/v1`, plus `/healthz`.
+//! The HTTP API under `/v1`, plus `/healthz`, `/metrics` and the dashboard's pages.
 //!
 //! `router(state)` is apart from serving, so tests can call it without a socket.
 
@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/apps", post(apps::deploy).get(apps::list))
         .route("/functions", get(apps::functions))
         .route("/functions/{name}", get(apps::function))
+        .route("/functions/{name}/versions", get(apps::versions))
         .route("/functions/{name}/calls", post(calls::spawn))
         .route("/functions/{name}/map", post(maps::map))
         .route("/calls/{id}/inputs", post(maps::append))
@@ -204,6 +205,7 @@ mod tests {
             ("get", "/v1/apps"),
             ("get", "/v1/functions"),
             ("get", "/v1/functions/{name}"),
+            ("get", "/v1/functions/{name}/versions"),
             ("post", "/v1/functions/{name}/calls"),
             ("post", "/v1/functions/{name}/map"),
             ("post", "/v1/calls/{id}/inputs"),

@@ -30,6 +30,9 @@ function s(tag, attrs, ...children) {
 
 class Unauthorized extends Error {}
 
+/** Log lines a call page keeps on screen. */
+const MAX_LOG_LINES = 5000;
+
 /** Calls the API. Changes carry the dashboard header, which the session cookie requires. */
 async function api(path, options = {}) {
   const init = { credentials: "same-origin", headers: { "x-hopper-dashboard": "1" }, ...options };
@@ -264,8 +267,9 @@ function functionPage({ name }) {
   const el = h("div", {});
   async function refresh() {
     const q = encodeURIComponent(name);
-    const [f, st, calls] = await Promise.all([
-      api(`/v1/functions/${q}`), api(`/v1/stats?window=24h&function=${q}`), api(`/v1/calls?function=${q}&limit=20`)]);
+    const [f, st, calls, versions] = await Promise.all([
+      api(`/v1/functions/${q}`), api(`/v1/stats?window=24h&function=${q}`), api(`/v1/calls?function=${q}&limit=20`),
+      api(`/v1/functions/${q}/versions`)]);
     const x = st.functions[0] || {};
     const spec = f.spec;
     const policy = [
@@ -292,9 +296,30 @@ function functionPage({ name }) {
             { name: "failed", color: "var(--bad)", values: st.timeline.map((p) => (p.failed * 60000) / st.step_ms) },
           ], "/min")),
         h("section", { class: "panel wide" }, h("h2", {}, "Recent calls ", link(`/calls?function=${q}`, "all →")),
-          callsTable(calls.calls))));
+          callsTable(calls.calls)),
+        h("section", { class: "panel wide" }, h("h2", {}, "Versions"), versionsTable(versions))));
   }
   return { el, refresh };
+}
+
+/** A function's versions, newest first, each marked with what changed from the one before. */
+function versionsTable(versions) {
+  const summary = (v) => ({
+    command: (v.spec.serve && v.spec.serve.length ? v.spec.serve : v.spec.command || []).join(" ") || "external",
+    timeout: span(v.spec.timeout_ms / 1000),
+    retries: String(v.spec.retries.max_retries),
+    concurrency: String(v.spec.concurrency),
+    batch: v.spec.batch ? `${v.spec.batch.max_size} / ${span(v.spec.batch.wait_ms / 1000)}` : "no",
+  });
+  return h("table", { id: "versions" },
+    h("thead", {}, h("tr", {}, ["Version", "Deployed", "Command", "Timeout", "Retries", "Concurrency", "Batching"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, versions.map((v, i) => {
+      const now = summary(v);
+      const before = versions[i + 1] ? summary(versions[i + 1]) : now;
+      const cell = (k) => h("td", { class: now[k] !== before[k] ? "changed" : "", title: now[k] !== before[k] ? `was ${before[k]}` : null }, now[k]);
+      return h("tr", {}, h("td", {}, `v${v.version}`), h("td", {}, when(v.deployed_at)),
+        cell("command"), cell("timeout"), cell("retries"), cell("concurrency"), cell("batch"));
+    })));
 }
 
 function callsTable(calls) {
@@ -317,8 +342,10 @@ function callsPage() {
   const field = (name, control) => h("label", {}, name, control);
   const select = (name, options) => h("select", { name }, options.map(([v, t]) => h("option", { value: v, selected: params.get(name) === v }, t)));
   const fnSelect = select("function", [["", "all functions"]]);
+  const appSelect = select("app", [["", "all apps"]]);
   const form = h("form", { class: "filters", role: "search" },
     field("Search by id", h("input", { name: "id", placeholder: "hc-…", size: 30, value: params.get("id") || "" })),
+    field("App", appSelect),
     field("Function", fnSelect),
     field("State", select("state", [["", "any"], ...["pending", "running", "succeeded", "failed", "cancelled"].map((x) => [x, x])])),
     field("Origin", select("origin", [["", "any"], ["spawn", "spawn"], ["map", "map"], ["schedule", "schedule"]])),
@@ -331,8 +358,11 @@ function callsPage() {
   const el = h("div", {}, h("h1", {}, "Calls"), form, status, table, pager);
   let cursors = [params.get("cursor") || ""];
 
-  api("/v1/functions").then((fs) => {
-    for (const f of fs) fnSelect.append(h("option", { value: f.name, selected: params.get("function") === f.name }, f.name));
+  api("/v1/apps").then((apps) => {
+    for (const a of apps) {
+      appSelect.append(h("option", { value: a.name, selected: params.get("app") === a.name }, a.name));
+      for (const f of a.functions) fnSelect.append(h("option", { value: f.name, selected: params.get("function") === f.name }, f.name));
+    }
   }).catch(() => {});
 
   form.addEventListener("submit", (e) => {
@@ -344,14 +374,14 @@ function callsPage() {
       return;
     }
     const q = new URLSearchParams();
-    for (const k of ["function", "state", "origin", "since", "until"]) if (data.get(k)) q.set(k, data.get(k));
+    for (const k of ["app", "function", "state", "origin", "since", "until"]) if (data.get(k)) q.set(k, data.get(k));
     navigate(`/calls${q.toString() ? "?" + q : ""}`);
   });
 
   async function refresh() {
     const p = new URLSearchParams(location.search);
     const q = new URLSearchParams({ limit: "50" });
-    for (const k of ["function", "state", "origin", "since"]) if (p.get(k)) q.set(k, p.get(k));
+    for (const k of ["app", "function", "state", "origin", "since"]) if (p.get(k)) q.set(k, p.get(k));
     if (p.get("until")) q.set("until", new Date(p.get("until")).toISOString());
     const cursor = cursors[cursors.length - 1];
     if (cursor) q.set("cursor", cursor);
@@ -378,6 +408,25 @@ function callPage({ id }) {
   let stream = null;
   let lines = 0;
   let input = undefined;
+  // For a map: look at one input by index.
+  const shown = h("div", {});
+  const inspector = h("form", { class: "filters" },
+    h("label", {}, "Input #", h("input", { name: "index", type: "number", min: 0, value: 0, size: 8 })),
+    h("button", { type: "submit" }, "Show input"));
+  const inspectorBox = h("div", {}, inspector, shown);
+  inspector.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const index = new FormData(inspector).get("index");
+    try {
+      const x = await api(`/v1/calls/${id}/inputs/${encodeURIComponent(index)}`);
+      shown.replaceChildren(h("div", { class: "panel" }, h("h2", {}, `Input ${x.index} `, badge(x.state), h("span", { class: "muted" }, ` ${x.attempts} attempt(s)`)),
+        h("div", { class: "muted" }, "Input"), json(x.input, "input"),
+        x.error ? [h("div", { class: "muted" }, "Error"), h("pre", { class: "error" }, `${x.error.code}: ${x.error.message}`)] : null,
+        x.output !== undefined ? [h("div", { class: "muted" }, "Output"), json(x.output, "output")] : null));
+    } catch (err) {
+      shown.replaceChildren(notice(err));
+    }
+  });
 
   function follow() {
     // Logs stream until the call ends; the stream resumes after the last line seen.
@@ -389,6 +438,8 @@ function callPage({ id }) {
         after = l.seq;
         if (lines === 0) logBox.replaceChildren();
         lines++;
+        // The page keeps the last lines; `hopper logs` has them all.
+        if (logBox.childElementCount >= MAX_LOG_LINES) logBox.firstElementChild.remove();
         const atBottom = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 4;
         logBox.append(h("div", { class: l.stream },
           h("span", { class: "ts" }, new Date(l.ts).toLocaleTimeString()),
@@ -448,7 +499,8 @@ function callPage({ id }) {
       panels.push(h("section", { class: "panel" }, h("h2", {}, `Inputs: ${num(n.succeeded + n.failed + n.cancelled)} of ${num(n.total)} ended${c.accepting_inputs ? " (still taking inputs)" : ""}`),
         countsBar(n),
         h("div", { class: "legend" }, ["succeeded", "failed", "cancelled", "running", "pending"].map((k) => h("span", {}, h("i", { class: `c-${k === "cancelled" ? "pending" : k}` }), `${k} ${num(n[k])}`))),
-        h("p", { class: "muted" }, "Results: ", h("code", {}, `hopper results ${c.id}`))));
+        inspectorBox,
+        h("p", { class: "muted" }, "All results: ", h("code", {}, `hopper results ${c.id}`))));
     }
     details.replaceChildren(...panels);
     attemptsPanel.replaceChildren(h("h2", {}, "Attempts"), attempts.length ? h("table", {},
