@@ -666,17 +666,31 @@ pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u
     Ok(rows.len() as u64)
 }
 
-pub const ATTEMPT_LIST_SQL: &str = "SELECT idx, attempt, worker_id, outcome, started_at, finished_at, error, late FROM attempts WHERE call_id = $1
+/// A call's attempts (ended ones, then running ones) by input and attempt, from
+/// `attempts_by_call (call_id, idx, attempt)` and the inputs' `(call_id, idx)` key, merged in
+/// order, so a page of a map of millions reads only that page. `$1` the call, `$2` the limit,
+/// and with `by_index` `$3` one input.
+pub fn attempt_list_sql(by_index: bool) -> String {
+    let input = if by_index { " AND idx = $3" } else { "" };
+    format!(
+        "SELECT idx, attempt, worker_id, outcome, started_at, finished_at, error, late FROM attempts
+         WHERE call_id = $1{input}
          UNION ALL
-         SELECT idx, attempt, worker_id, 'running', started_at, NULL, NULL, 0 FROM inputs WHERE call_id = $1 AND state = 'running'
-         ORDER BY 1, 2";
+         SELECT idx, attempt, worker_id, 'running', started_at, NULL, NULL, 0 FROM inputs
+         WHERE call_id = $1{input} AND state = 'running'
+         ORDER BY 1, 2 LIMIT $2"
+    )
+}
 
-pub async fn attempt_list(pool: &DbPool, id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
-    let rows = sqlx::query(ATTEMPT_LIST_SQL)
-        .bind(id.as_str())
-        .fetch_all(pool)
-        .await
-        .map_err(db_err)?;
+pub async fn attempt_list(pool: &DbPool, p: AttemptList) -> Result<Vec<AttemptRow>, StoreError> {
+    let sql = attempt_list_sql(p.index.is_some());
+    let mut q = sqlx::query(&sql)
+        .bind(p.call_id.as_str())
+        .bind(p.limit as i64);
+    if let Some(index) = p.index {
+        q = q.bind(index);
+    }
+    let rows = q.fetch_all(pool).await.map_err(db_err)?;
     rows.iter()
         .map(|row| {
             Ok(AttemptRow {

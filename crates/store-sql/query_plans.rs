@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use hopper_core::api::Origin;
 use hopper_core::{CallId, InputState};
-use hopper_store::{CallList, LogList, StatsList, Store};
+use hopper_store::{AttemptList, CallList, LogList, StatsList, Store};
 use sqlx::QueryBuilder;
 
 use crate::dialect::plans;
@@ -152,7 +152,8 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
     let call = id(CALLS - 7);
     let call_sql = format!("{}{}", plans::EXPLAIN, calls::get_sql());
     let input_sql = format!("{}{}", plans::EXPLAIN, inputs::GET_SQL);
-    let attempts_sql = format!("{}{}", plans::EXPLAIN, inputs::ATTEMPT_LIST_SQL);
+    let attempts_sql = format!("{}{}", plans::EXPLAIN, inputs::attempt_list_sql(false));
+    let input_attempts_sql = format!("{}{}", plans::EXPLAIN, inputs::attempt_list_sql(true));
     let logs_sql = format!("{}{}", plans::EXPLAIN, workers::LOG_LIST_SQL);
     let backlog_sql = format!("{}{}", plans::EXPLAIN, calls::backlog_sql());
     let workers_sql = format!("{}{}", plans::EXPLAIN, workers::LIST_SQL);
@@ -168,10 +169,19 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
             Allow::Nothing,
         ),
         (
-            // One call's attempts, found by index, sorted.
             "attempts",
-            sqlx::query(&attempts_sql).bind(call.to_string()),
-            Allow::SortFew,
+            sqlx::query(&attempts_sql)
+                .bind(call.to_string())
+                .bind(200i64),
+            Allow::Nothing,
+        ),
+        (
+            "one input's attempts",
+            sqlx::query(&input_attempts_sql)
+                .bind(call.to_string())
+                .bind(200i64)
+                .bind(0i64),
+            Allow::Nothing,
         ),
         (
             "logs",
@@ -206,7 +216,14 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
     let ms = time(|| async {
         store.call_get(&call).await.unwrap().unwrap();
         store.input_get(&call, 0).await.unwrap().unwrap();
-        store.attempt_list(&call).await.unwrap();
+        store
+            .attempt_list(AttemptList {
+                call_id: call.clone(),
+                index: None,
+                limit: 200,
+            })
+            .await
+            .unwrap();
         store
             .log_list(LogList {
                 call_id: call.clone(),

@@ -34,3 +34,7 @@ CREATE INDEX function_stats_by_slot ON function_stats (slot);
 CREATE INDEX calls_by_app ON calls (app, id);
 CREATE INDEX calls_by_origin ON calls (origin, id);
 CREATE INDEX calls_by_function_state ON calls (app, function, state, id);
+
+-- A call's attempts in input order, so a page of a large map's attempts is an index range.
+DROP INDEX attempts_by_call;
+CREATE INDEX attempts_by_call ON attempts (call_id, idx, attempt);

@@ -340,8 +340,8 @@ impl Store for PgStore {
             .await
     }
 
-    async fn attempt_list(&self, call_id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
-        inputs::attempt_list(&self.pool, call_id).await
+    async fn attempt_list(&self, params: AttemptList) -> Result<Vec<AttemptRow>, StoreError> {
+        inputs::attempt_list(&self.pool, params).await
     }
 
     async fn log_append_many(&self, lines: LogAppend) -> Result<(), StoreError> {

@@ -208,8 +208,8 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn attempt_list(&self, call_id: &CallId) -> Result<Vec<AttemptRow>, StoreError> {
-        inputs::attempt_list(&self.reader, call_id).await
+    async fn attempt_list(&self, params: AttemptList) -> Result<Vec<AttemptRow>, StoreError> {
+        inputs::attempt_list(&self.reader, params).await
     }
 
     async fn log_append_many(&self, lines: LogAppend) -> Result<(), StoreError> {

@@ -62,6 +62,7 @@ macro_rules! conformance_suite {
             settings_are_kept,
             ended_attempts_are_counted_per_function_and_slot,
             calls_are_listed_from_a_lower_bound,
+            attempts_are_listed_by_input_up_to_a_limit,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -216,6 +217,14 @@ fn failed(code: &str) -> Outcome {
             code: code.into(),
             message: format!("{code} happened"),
         },
+    }
+}
+
+fn all_attempts(call: &CallId) -> AttemptList {
+    AttemptList {
+        call_id: call.clone(),
+        index: None,
+        limit: 1_000,
     }
 }
 
@@ -501,7 +510,14 @@ pub async fn a_failure_with_retries_left_waits_for_its_backoff(store: Arc<dyn St
         "1 attempt + max_retries 2"
     );
     assert_eq!(input.error.unwrap().code, "boom");
-    assert_eq!(store.attempt_list(&call.id).await.unwrap().len(), 3);
+    assert_eq!(
+        store
+            .attempt_list(all_attempts(&call.id))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 pub async fn a_failure_without_retries_left_fails_the_call(store: Arc<dyn Store>) {
@@ -514,7 +530,7 @@ pub async fn a_failure_without_retries_left_fails_the_call(store: Arc<dyn Store>
         done.call_finished,
         Some((call.id.clone(), InputState::Failed))
     );
-    let attempts = store.attempt_list(&call.id).await.unwrap();
+    let attempts = store.attempt_list(all_attempts(&call.id)).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].outcome, "failed");
     assert_eq!(attempts[0].worker_id.as_ref(), Some(&w));
@@ -546,7 +562,7 @@ pub async fn an_expired_lease_goes_back_to_pending(store: Arc<dyn Store>) {
     assert_eq!(input.failures, 0, "a lost worker does not use up a retry");
     let again = lease(&*store, &w, "ok", 1, T0 + LEASE_MS).await;
     assert_eq!(again[0].lease.attempt, 2);
-    let attempts = store.attempt_list(&call.id).await.unwrap();
+    let attempts = store.attempt_list(all_attempts(&call.id)).await.unwrap();
     assert_eq!(
         attempts
             .iter()
@@ -636,7 +652,7 @@ pub async fn a_late_result_is_kept_as_an_attempt_not_a_result(store: Arc<dyn Sto
     assert!(!late.recorded);
     let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
     assert_eq!(input.output.as_deref(), Some("\"from w2\""));
-    let attempts = store.attempt_list(&call.id).await.unwrap();
+    let attempts = store.attempt_list(all_attempts(&call.id)).await.unwrap();
     assert_eq!(attempts.len(), 2);
     assert!(attempts[0].late, "the first attempt's result came late");
     assert!(!attempts[1].late);
@@ -857,7 +873,11 @@ pub async fn pruning_removes_only_old_ended_calls(store: Arc<dyn Store>) {
     assert_eq!(pruned, 1);
     assert!(store.call_get(&old.id).await.unwrap().is_none());
     assert!(store.input_get(&old.id, 0).await.unwrap().is_none());
-    assert!(store.attempt_list(&old.id).await.unwrap().is_empty());
+    assert!(store
+        .attempt_list(all_attempts(&old.id))
+        .await
+        .unwrap()
+        .is_empty());
     let logs = store
         .log_list(LogList {
             call_id: old.id.clone(),
@@ -1805,4 +1825,42 @@ pub async fn calls_are_listed_from_a_lower_bound(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(none_yet.is_empty(), "no call was made in the far future");
+}
+
+pub async fn attempts_are_listed_by_input_up_to_a_limit(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "retry", 4, T0).await;
+    // Inputs 0 and 1 fail once (then wait for their retry); 2 and 3 stay running.
+    let leased = lease(&*store, &w, "retry", 4, T0).await;
+    for l in &leased[..2] {
+        complete(&*store, &w, l.lease, failed("once"), T0 + 1).await;
+    }
+    let list = |index: Option<i64>, limit: u32| AttemptList {
+        call_id: call.id.clone(),
+        index,
+        limit,
+    };
+    let all = store.attempt_list(list(None, 100)).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|a| (a.index, a.outcome.as_str()))
+            .collect::<Vec<_>>(),
+        [(0, "failed"), (1, "failed"), (2, "running"), (3, "running")],
+        "ended and running attempts, in input order"
+    );
+    let page = store.attempt_list(list(None, 3)).await.unwrap();
+    assert_eq!(page.len(), 3);
+    assert_eq!(page[2].index, 2);
+    let one = store.attempt_list(list(Some(1), 100)).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].index, 1);
+    assert_eq!(one[0].error.as_ref().unwrap().code, "once");
+    let running = store.attempt_list(list(Some(3), 100)).await.unwrap();
+    assert_eq!(running[0].outcome, "running");
+    assert!(store
+        .attempt_list(list(Some(9), 100))
+        .await
+        .unwrap()
+        .is_empty());
 }

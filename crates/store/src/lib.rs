@@ -117,7 +117,7 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_rescue_expired(&self, params: LeaseRescue) -> Result<RescueReport, StoreError>;
 
     /// Every attempt of a call, finished or running, by input then attempt.
-    async fn attempt_list(&self, call_id: &CallId) -> Result<Vec<AttemptRow>, StoreError>;
+    async fn attempt_list(&self, params: AttemptList) -> Result<Vec<AttemptRow>, StoreError>;
 
     /// Appends log lines, at most `max_lines_per_attempt` per attempt (then one marker line);
     /// lines for inputs that no longer exist are dropped.

@@ -149,6 +149,15 @@ pub struct StatsList {
     pub function: Option<String>,
 }
 
+/// A call's attempts, by input and attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptList {
+    pub call_id: CallId,
+    /// Only this input's attempts.
+    pub index: Option<i64>,
+    pub limit: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct CallCancel {
     pub id: CallId,

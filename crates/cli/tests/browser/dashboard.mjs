@@ -127,6 +127,11 @@ try {
     await page.getByRole("button", { name: "Show input" }).click();
     await page.getByRole("heading", { name: /Input 3/ }).waitFor();
     await page.locator("pre[data-json=input]").getByText('"item": 3').waitFor();
+    // The logs follow the input inspected.
+    await page.getByRole("heading", { name: "Logs of input 3" }).waitFor();
+    await page.locator("#logs").getByText('{"item":3}').waitFor();
+    const logLines = await page.locator("#logs div").allInnerTexts();
+    assert(logLines.every((l) => l.includes("[3#")), `only input 3's lines: ${logLines}`);
     assert((await page.getByRole("button", { name: "Re-run" }).count()) === 0, "a map has no re-run button");
     await shot(page, "call-map");
   });

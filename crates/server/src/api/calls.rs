@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use hopper_core::api::{AttemptView, CallPage, CallView, InputView, LogPage, Origin, SpawnRequest};
 use hopper_core::{CallId, FunctionName, InputState};
-use hopper_store::{CallCancel, CallInsert, CallInserted, CallList, CallRow, LogList};
+use hopper_store::{AttemptList, CallCancel, CallInsert, CallInserted, CallList, CallRow, LogList};
 use serde::Deserialize;
 
 use super::apps::resolve;
@@ -322,13 +322,36 @@ pub async fn list(
     }))
 }
 
+#[derive(Deserialize)]
+pub struct AttemptQuery {
+    /// Only this input's attempts.
+    index: Option<i64>,
+    /// At most this many, by input and attempt (default 1,000, at most 10,000).
+    limit: Option<u32>,
+}
+
 pub async fn attempts(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<AttemptQuery>,
 ) -> Result<Json<Vec<AttemptView>>, ApiError> {
     let id = parse_id(&id)?;
+    let limit = q.limit.unwrap_or(1_000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and 10000, not {limit}"),
+        ));
+    }
     load(&state, &id).await?;
-    let rows = state.store.attempt_list(&id).await?;
+    let rows = state
+        .store
+        .attempt_list(AttemptList {
+            call_id: id,
+            index: q.index,
+            limit,
+        })
+        .await?;
     Ok(Json(rows.iter().map(views::attempt).collect()))
 }
 

@@ -32,6 +32,8 @@ class Unauthorized extends Error {}
 
 /** Log lines a call page keeps on screen. */
 const MAX_LOG_LINES = 5000;
+/** Attempts a map's page shows (the first, by input); one input's are in the inspector. */
+const MAP_ATTEMPTS = 200;
 
 /** Calls the API. Changes carry the dashboard header, which the session cookie requires. */
 async function api(path, options = {}) {
@@ -402,11 +404,13 @@ function callPage({ id }) {
   const head = h("div", {});
   const details = h("div", { class: "grid" });
   const logBox = h("div", { class: "logs", id: "logs", tabindex: 0, "aria-label": "Logs" }, h("span", { class: "muted" }, "No log lines yet."));
-  const logPanel = h("section", { class: "panel wide" }, h("h2", {}, "Logs"), logBox);
+  const logTitle = h("h2", {}, "Logs");
+  const logPanel = h("section", { class: "panel wide" }, logTitle, logBox);
   const attemptsPanel = h("section", { class: "panel wide" });
   el.append(head, details, h("div", { class: "grid" }, attemptsPanel, logPanel));
   let stream = null;
   let lines = 0;
+  let followed = 0;
   let input = undefined;
   // For a map: look at one input by index.
   const shown = h("div", {});
@@ -419,6 +423,8 @@ function callPage({ id }) {
     const index = new FormData(inspector).get("index");
     try {
       const x = await api(`/v1/calls/${id}/inputs/${encodeURIComponent(index)}`);
+      follow(x.index);
+      logTitle.textContent = `Logs of input ${x.index}`;
       shown.replaceChildren(h("div", { class: "panel" }, h("h2", {}, `Input ${x.index} `, badge(x.state), h("span", { class: "muted" }, ` ${x.attempts} attempt(s)`)),
         h("div", { class: "muted" }, "Input"), json(x.input, "input"),
         x.error ? [h("div", { class: "muted" }, "Error"), h("pre", { class: "error" }, `${x.error.code}: ${x.error.message}`)] : null,
@@ -428,11 +434,18 @@ function callPage({ id }) {
     }
   });
 
-  function follow() {
-    // Logs stream until the call ends; the stream resumes after the last line seen.
+  /** Follows the logs (of one input of a map) until the call ends, resuming after the last
+   * line seen if the connection drops. */
+  function follow(index) {
+    if (stream) stream.close();
+    const generation = ++followed;
     let after = 0;
+    lines = 0;
+    logBox.replaceChildren(h("span", { class: "muted" }, "No log lines yet."));
     const open = () => {
-      stream = new EventSource(`/v1/calls/${id}/logs/stream?after=${after}`);
+      if (generation !== followed) return;
+      const only = index === undefined ? "" : `&index=${index}`;
+      stream = new EventSource(`/v1/calls/${id}/logs/stream?after=${after}${only}`);
       stream.addEventListener("line", (e) => {
         const l = JSON.parse(e.data);
         after = l.seq;
@@ -447,6 +460,12 @@ function callPage({ id }) {
         if (atBottom) logBox.scrollTop = logBox.scrollHeight;
       });
       stream.addEventListener("end", () => { stream.close(); stream = null; refresh().catch(() => {}); });
+      stream.onerror = () => {
+        // Reconnect from the last line seen, not from the start.
+        if (stream) stream.close();
+        stream = null;
+        setTimeout(open, 1000);
+      };
     };
     open();
   }
@@ -464,19 +483,23 @@ function callPage({ id }) {
   }
 
   async function refresh() {
-    const [c, attempts] = await Promise.all([api(`/v1/calls/${id}`), api(`/v1/calls/${id}/attempts`)]);
-    if (c.inputs.total === 1 && input === undefined) {
+    const c = await api(`/v1/calls/${id}`);
+    const single = c.inputs.total === 1 && !c.accepting_inputs;
+    // A map's attempts can be millions: the page shows the first ones by input.
+    const attempts = await api(`/v1/calls/${id}/attempts?limit=${single ? 1000 : MAP_ATTEMPTS}`);
+    if (single && input === undefined) {
       input = (await api(`/v1/calls/${id}/inputs/0`)).input;
     }
-    if (!stream && lines === 0 && !el.dataset.followed) {
-      el.dataset.followed = "1";
-      follow();
+    if (followed === 0) {
+      // A map's logs are followed one input at a time (the one inspected).
+      follow(single ? undefined : 0);
+      logTitle.textContent = single ? "Logs" : "Logs of input 0";
     }
     const ended = ["succeeded", "failed", "cancelled"].includes(c.state);
     const cancel = h("button", { type: "button", class: "danger", id: "cancel", onclick: (e) => act(e.target, `/v1/calls/${id}/cancel`) }, "Cancel");
     const rerun = h("button", { type: "button", id: "rerun", onclick: (e) => act(e.target, `/v1/calls/${id}/rerun`) }, "Re-run");
     head.replaceChildren(h("h1", {}, h("span", { class: "mono" }, c.id), h("span", { id: "state" }, badge(c.state)),
-      h("span", { class: "actions" }, ended ? null : cancel, c.inputs.total === 1 ? rerun : null)));
+      h("span", { class: "actions" }, ended ? null : cancel, single ? rerun : null)));
     const facts = [
       ["Function", link(`/functions/${encodeURIComponent(c.function)}`, c.function)],
       ["Version", `v${c.version}`],
@@ -484,12 +507,12 @@ function callPage({ id }) {
       ["Created", h("span", {}, new Date(c.created_at).toLocaleString(), " (", when(c.created_at), ")")],
       ["Finished", c.finished_at ? new Date(c.finished_at).toLocaleString() : "—"],
       ["Duration", duration(c.created_at, c.finished_at)],
-      ["Attempts", c.inputs.total === 1 ? c.attempts : attempts.length],
+      ["Attempts", single ? c.attempts : `${attempts.length}${attempts.length >= MAP_ATTEMPTS ? "+" : ""}`],
     ];
     if (c.idempotency_key) facts.push(["Idempotency key", c.idempotency_key]);
     const summary = h("section", { class: "panel" }, h("h2", {}, "Call"), h("dl", { class: "kv" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
     const panels = [summary];
-    if (c.inputs.total === 1) {
+    if (single) {
       const io = h("section", { class: "panel" }, h("h2", {}, "Input"), json(input, "input"));
       if (c.error) io.append(h("h2", {}, "Error"), h("pre", { class: "error", id: "error" }, `${c.error.code}: ${c.error.message}`));
       else if (c.state === "succeeded") io.append(h("h2", {}, "Output"), json(c.output === undefined ? null : c.output, "output"));
@@ -503,7 +526,8 @@ function callPage({ id }) {
         h("p", { class: "muted" }, "All results: ", h("code", {}, `hopper results ${c.id}`))));
     }
     details.replaceChildren(...panels);
-    attemptsPanel.replaceChildren(h("h2", {}, "Attempts"), attempts.length ? h("table", {},
+    const more = !single && attempts.length >= MAP_ATTEMPTS ? ` (the first ${MAP_ATTEMPTS}, by input)` : "";
+    attemptsPanel.replaceChildren(h("h2", {}, `Attempts${more}`), attempts.length ? h("table", {},
       h("thead", {}, h("tr", {}, ["Input", "Attempt", "Outcome", "Worker", "Started", "Ran for", "Error"].map((t) => h("th", {}, t)))),
       h("tbody", {}, attempts.map((a) => h("tr", {},
         h("td", { class: "num" }, a.index),
@@ -514,7 +538,7 @@ function callPage({ id }) {
         h("td", {}, duration(a.started_at, a.finished_at)),
         h("td", { class: "error" }, a.error ? `${a.error.code}: ${a.error.message}` : ""))))) : h("p", { class: "muted" }, "Not started yet."));
   }
-  return { el, refresh, leave: () => stream && stream.close() };
+  return { el, refresh, leave: () => { followed++; if (stream) stream.close(); } };
 }
 
 function workersPage() {
