@@ -12,7 +12,7 @@ use sqlx::{Connection, QueryBuilder, Row};
 use crate::dialect::{Conn, Db, DbPool, DbRow, LEAST, LOCK_ROWS, SKIP_LOCKED, TIMEOUT_MS};
 
 use crate::apps::spec;
-use crate::calls::{shift, Shifted};
+use crate::calls::{shift, shift_many, Shifted};
 use crate::map::{call_id, db_err, error_json, error_text, state, worker_id};
 
 pub const GET_SQL: &str =
@@ -151,17 +151,18 @@ pub async fn lease(conn: &mut Conn, p: InputLease) -> Result<Vec<LeasedRow>, Sto
             spec,
         });
     }
-    for (call, n) in per_call {
-        shift(
-            &mut tx,
-            &call_id(&call)?,
-            InputState::Pending,
-            InputState::Running,
-            n,
-            p.now,
-        )
-        .await?;
-    }
+    let groups: Vec<(CallId, i64)> = per_call
+        .into_iter()
+        .map(|(call, n)| Ok((call_id(&call)?, n)))
+        .collect::<Result<_, StoreError>>()?;
+    shift_many(
+        &mut tx,
+        &groups,
+        InputState::Pending,
+        InputState::Running,
+        p.now,
+    )
+    .await?;
     tx.commit().await.map_err(db_err)?;
     Ok(leased)
 }
@@ -436,62 +437,72 @@ pub async fn complete_many(
             _ => others.push((n, input, is_current, outcome)),
         }
     }
-    for (call, group) in successes {
-        let shifted = shift(
-            &mut tx,
-            &call_id(&call)?,
-            InputState::Running,
-            InputState::Succeeded,
-            group.len() as i64,
-            p.now,
-        )
-        .await?;
-        let keep = !shifted.call.as_ref().is_some_and(|c| c.discard_results);
-        let base = shifted
-            .call
-            .as_ref()
-            .map(|c| c.counts.succeeded + c.counts.failed - group.len() as i64);
-        for (k, chunk) in group.chunks(COMPLETE_CHUNK).enumerate() {
-            let mut q: QueryBuilder<Db> = QueryBuilder::new(
-                "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at) ",
-            );
-            q.push_values(chunk, |mut b, (_, input, _)| {
-                b.push_bind(input.id)
-                    .push_bind(input.attempt)
-                    .push_bind(input.call_id.as_str())
-                    .push_bind(input.index)
-                    .push_bind(input.worker_id.clone())
-                    .push("'succeeded'")
-                    .push_bind(input.started_at)
-                    .push_bind(p.now);
-            });
-            q.push(" ON CONFLICT (input_id, attempt) DO NOTHING");
-            q.build().execute(&mut *tx).await.map_err(db_err)?;
-            let mut q: QueryBuilder<Db> = QueryBuilder::new("WITH r(id, output, done_seq) AS (");
-            q.push_values(
-                chunk.iter().enumerate(),
-                |mut b, (i, (_, input, output))| {
-                    b.push_bind(input.id)
-                        .push_bind(keep.then(|| output.to_string()))
-                        .push_bind(base.map(|base| base + (k * COMPLETE_CHUNK + i) as i64 + 1));
-                },
-            );
-            q.push(
-                ") UPDATE inputs SET state = 'succeeded', output = r.output, error = NULL, finished_at = ",
-            )
-            .push_bind(p.now)
-            .push(", worker_id = NULL, lease_expires_at = NULL, done_seq = r.done_seq FROM r WHERE inputs.id = r.id");
-            q.build().execute(&mut *tx).await.map_err(db_err)?;
-        }
-        for (n, input, _) in &group {
+    // Every call's counters move in one statement per few hundred calls; every attempt and
+    // input row in one statement per few hundred inputs, whatever calls they belong to.
+    let groups: Vec<(CallId, i64)> = successes
+        .iter()
+        .map(|(call, group)| Ok((call_id(call)?, group.len() as i64)))
+        .collect::<Result<_, StoreError>>()?;
+    let shifted = shift_many(
+        &mut tx,
+        &groups,
+        InputState::Running,
+        InputState::Succeeded,
+        p.now,
+    )
+    .await?;
+    // (input, output kept, position among ended inputs)
+    let mut rows: Vec<(&Running, Option<String>, Option<i64>)> = Vec::new();
+    for ((_, group), (id, _)) in successes.iter().zip(&groups) {
+        let call_now = shifted.get(id).and_then(|s| s.call.as_ref());
+        let keep = !call_now.is_some_and(|c| c.discard_results);
+        let base = call_now.map(|c| c.counts.succeeded + c.counts.failed - group.len() as i64);
+        for (i, (n, input, output)) in group.iter().enumerate() {
+            rows.push((
+                input,
+                keep.then(|| output.to_string()),
+                base.map(|base| base + i as i64 + 1),
+            ));
             out[*n].recorded = true;
             out[*n].effect = "succeeded";
             out[*n].function = Some(format!("{}.{}", input.app, input.function));
             out[*n].duration_ms = Some(p.now - input.started_at);
         }
-        if let (Some(finished), Some((n, _, _))) = (shifted.finished, group.last()) {
+        if let (Some(finished), Some((n, _, _))) = (
+            shifted.get(id).and_then(|s| s.finished.clone()),
+            group.last(),
+        ) {
             out[*n].call_finished = Some(finished);
         }
+    }
+    for chunk in rows.chunks(COMPLETE_CHUNK) {
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(
+            "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at) ",
+        );
+        q.push_values(chunk, |mut b, (input, _, _)| {
+            b.push_bind(input.id)
+                .push_bind(input.attempt)
+                .push_bind(input.call_id.as_str())
+                .push_bind(input.index)
+                .push_bind(input.worker_id.clone())
+                .push("'succeeded'")
+                .push_bind(input.started_at)
+                .push_bind(p.now);
+        });
+        q.push(" ON CONFLICT (input_id, attempt) DO NOTHING");
+        q.build().execute(&mut *tx).await.map_err(db_err)?;
+        let mut q: QueryBuilder<Db> = QueryBuilder::new("WITH r(id, output, done_seq) AS (");
+        q.push_values(chunk, |mut b, (input, output, done_seq)| {
+            b.push_bind(input.id)
+                .push_bind(output.clone())
+                .push_bind(*done_seq);
+        });
+        q.push(
+            ") UPDATE inputs SET state = 'succeeded', output = r.output, error = NULL, finished_at = ",
+        )
+        .push_bind(p.now)
+        .push(", worker_id = NULL, lease_expires_at = NULL, done_seq = r.done_seq FROM r WHERE inputs.id = r.id");
+        q.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     for (n, mut input, is_current, outcome) in others {
         if !is_current {

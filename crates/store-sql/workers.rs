@@ -4,12 +4,10 @@ use hopper_core::WorkerId;
 use std::collections::HashMap;
 
 use hopper_core::api::Lease;
-use hopper_store::{
-    LogAppend, LogInsert, LogList, LogRow, StoreError, WorkerRegisterParams, WorkerRow,
-};
-use sqlx::{Connection, Row};
+use hopper_store::{LogAppend, LogList, LogRow, StoreError, WorkerRegisterParams, WorkerRow};
+use sqlx::{Connection, QueryBuilder, Row};
 
-use crate::dialect::{Conn, DbPool};
+use crate::dialect::{Conn, Db, DbPool};
 
 use crate::map::{corrupt, db_err, stream};
 
@@ -76,70 +74,114 @@ pub async fn list(pool: &DbPool, seen_after: i64) -> Result<Vec<WorkerRow>, Stor
         .collect()
 }
 
+/// Rows per multi-row statement of [`log_append_many`] (6 parameters a line).
+const LOG_CHUNK: usize = 500;
+
+/// Appends a batch of lines in a few multi-row statements: one read of the attempts' counts
+/// and their inputs, one insert of the lines (in order), one upsert of the counts.
 pub async fn log_append_many(conn: &mut Conn, p: LogAppend) -> Result<(), StoreError> {
     if p.lines.is_empty() {
         return Ok(());
     }
     let mut tx = conn.begin().await.map_err(db_err)?;
     let cap = p.max_lines_per_attempt as i64;
-    // Lines already kept, and whether the marker was written, per attempt in this batch.
-    let mut kept: HashMap<Lease, (i64, bool)> = HashMap::new();
-    let mut rows: Vec<(&LogInsert, bool)> = Vec::with_capacity(p.lines.len());
-    for line in &p.lines {
-        let entry = match kept.entry(line.lease) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let row: Option<(i64, i64)> = sqlx::query_as(
-                    "SELECT lines, dropped FROM log_counts WHERE input_id = $1 AND attempt = $2",
-                )
-                .bind(line.lease.input_id)
-                .bind(line.lease.attempt as i64)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                let (lines, dropped) = row.unwrap_or((0, 0));
-                e.insert((lines, dropped > 0))
-            }
-        };
-        if entry.0 < cap {
-            entry.0 += 1;
-            rows.push((line, false));
-        } else if !entry.1 {
-            entry.1 = true;
-            rows.push((line, true));
+    let mut input_ids: Vec<i64> = p.lines.iter().map(|l| l.lease.input_id).collect();
+    input_ids.sort_unstable();
+    input_ids.dedup();
+    // Each input's call and index, and each attempt's lines kept so far.
+    let mut inputs: HashMap<i64, (String, i64)> = HashMap::new();
+    let mut counted: HashMap<Lease, (i64, bool)> = HashMap::new();
+    for chunk in input_ids.chunks(LOG_CHUNK) {
+        let mut q: QueryBuilder<Db> =
+            QueryBuilder::new("SELECT id, call_id, idx FROM inputs WHERE id IN (");
+        let mut ids = q.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id);
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *tx).await.map_err(db_err)? {
+            inputs.insert(
+                row.try_get("id").map_err(db_err)?,
+                (
+                    row.try_get("call_id").map_err(db_err)?,
+                    row.try_get("idx").map_err(db_err)?,
+                ),
+            );
+        }
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(
+            "SELECT input_id, attempt, lines, dropped FROM log_counts WHERE input_id IN (",
+        );
+        let mut ids = q.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id);
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *tx).await.map_err(db_err)? {
+            let lease = Lease {
+                input_id: row.try_get("input_id").map_err(db_err)?,
+                attempt: row.try_get::<i64, _>("attempt").map_err(db_err)? as u32,
+            };
+            let dropped: i64 = row.try_get("dropped").map_err(db_err)?;
+            counted.insert(lease, (row.try_get("lines").map_err(db_err)?, dropped > 0));
         }
     }
-    for (line, marker) in &rows {
-        let (stream, text) = if *marker {
-            ("system", format!("[hopper] this attempt's log reached its cap of {cap} lines; later lines are dropped"))
-        } else {
-            (line.stream.as_str(), line.line.clone())
+    // Lines already kept, and whether the marker was written, per attempt in this batch.
+    let mut kept: HashMap<Lease, (i64, bool)> = HashMap::new();
+    let marker = format!(
+        "[hopper] this attempt's log reached its cap of {cap} lines; later lines are dropped"
+    );
+    // (call, index, attempt, stream, ts, text), in the batch's order.
+    let mut rows: Vec<(&str, i64, i64, &str, i64, &str)> = Vec::with_capacity(p.lines.len());
+    for line in &p.lines {
+        let Some((call, index)) = inputs.get(&line.lease.input_id) else {
+            continue; // the input is gone (pruned)
         };
-        sqlx::query(
-            "INSERT INTO logs (call_id, idx, attempt, stream, ts, line)
-             SELECT call_id, idx, $2, $3, $4, $5 FROM inputs WHERE id = $1",
-        )
-        .bind(line.lease.input_id)
-        .bind(line.lease.attempt as i64)
-        .bind(stream)
-        .bind(line.ts)
-        .bind(text)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        let entry = kept
+            .entry(line.lease)
+            .or_insert_with(|| counted.get(&line.lease).copied().unwrap_or((0, false)));
+        let attempt = line.lease.attempt as i64;
+        if entry.0 < cap {
+            entry.0 += 1;
+            rows.push((
+                call,
+                *index,
+                attempt,
+                line.stream.as_str(),
+                line.ts,
+                &line.line,
+            ));
+        } else if !entry.1 {
+            entry.1 = true;
+            rows.push((call, *index, attempt, "system", line.ts, &marker));
+        }
     }
-    for (lease, (lines, dropped)) in kept {
-        sqlx::query(
-            "INSERT INTO log_counts (input_id, attempt, lines, dropped) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (input_id, attempt) DO UPDATE SET lines = excluded.lines, dropped = excluded.dropped",
-        )
-        .bind(lease.input_id)
-        .bind(lease.attempt as i64)
-        .bind(lines)
-        .bind(dropped as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    for chunk in rows.chunks(LOG_CHUNK) {
+        let mut q: QueryBuilder<Db> =
+            QueryBuilder::new("INSERT INTO logs (call_id, idx, attempt, stream, ts, line) ");
+        q.push_values(chunk, |mut b, (call, index, attempt, stream, ts, text)| {
+            b.push_bind(*call)
+                .push_bind(*index)
+                .push_bind(*attempt)
+                .push_bind(*stream)
+                .push_bind(*ts)
+                .push_bind(*text);
+        });
+        q.build().execute(&mut *tx).await.map_err(db_err)?;
+    }
+    let counts: Vec<(Lease, (i64, bool))> = kept.into_iter().collect();
+    for chunk in counts.chunks(LOG_CHUNK) {
+        let mut q: QueryBuilder<Db> =
+            QueryBuilder::new("INSERT INTO log_counts (input_id, attempt, lines, dropped) ");
+        q.push_values(chunk, |mut b, (lease, (lines, dropped))| {
+            b.push_bind(lease.input_id)
+                .push_bind(lease.attempt as i64)
+                .push_bind(*lines)
+                .push_bind(*dropped as i64);
+        });
+        q.push(
+            " ON CONFLICT (input_id, attempt) DO UPDATE SET lines = excluded.lines, dropped = excluded.dropped",
+        );
+        q.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     tx.commit().await.map_err(db_err)?;
     Ok(())

@@ -63,6 +63,7 @@ macro_rules! conformance_suite {
             ended_attempts_are_counted_per_function_and_slot,
             calls_are_listed_from_a_lower_bound,
             attempts_are_listed_by_input_up_to_a_limit,
+            one_batch_ends_many_calls_each_once,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -1863,4 +1864,75 @@ pub async fn attempts_are_listed_by_input_up_to_a_limit(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_empty());
+}
+
+pub async fn one_batch_ends_many_calls_each_once(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let mut singles = Vec::new();
+    for _ in 0..5 {
+        singles.push(spawn_n(&*store, "ok", 1, T0).await.id);
+    }
+    let map = spawn_n(&*store, "ok", 3, T0).await.id;
+    let leased = lease(&*store, &w, "ok", 100, T0).await;
+    assert_eq!(leased.len(), 8);
+    let results = leased
+        .iter()
+        .map(|l| {
+            (
+                l.lease,
+                Outcome::Succeeded {
+                    output: json!({ "call": l.call_id.to_string(), "i": l.index }),
+                },
+            )
+        })
+        .collect();
+    let out = store
+        .input_complete_many(InputCompleteMany {
+            worker_id: w.clone(),
+            results,
+            now: T0 + 5,
+        })
+        .await
+        .unwrap();
+    assert!(out.iter().all(|r| r.recorded && r.effect == "succeeded"));
+    let mut ended: Vec<CallId> = out
+        .iter()
+        .filter_map(|r| r.call_finished.clone())
+        .map(|(id, state)| {
+            assert_eq!(state, InputState::Succeeded);
+            id
+        })
+        .collect();
+    ended.sort();
+    let mut all = singles.clone();
+    all.push(map.clone());
+    all.sort();
+    assert_eq!(ended, all, "each call is reported ended exactly once");
+    for id in &all {
+        let call = store.call_get(id).await.unwrap().unwrap();
+        assert_eq!(call.state, InputState::Succeeded);
+        assert_eq!(call.finished_at, Some(T0 + 5));
+        assert_eq!(call.counts.running, 0);
+    }
+    let first = store.input_get(&singles[0], 0).await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(first.output.as_deref().unwrap()).unwrap()
+            ["call"],
+        json!(singles[0].to_string())
+    );
+    let by_completion = store
+        .input_results(InputResults {
+            call_id: map.clone(),
+            order: ResultOrder::Completion,
+            after: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_completion.iter().map(|r| r.done_seq).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)],
+        "the map's inputs are numbered in the order they ended"
+    );
 }
