@@ -24,6 +24,10 @@ command = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 
 timeout = "5m"
 [functions.ok]
 command = ["sh", "-c", "cat"]
+[[notify]]
+on = ["failed"]
+functions = ["fail"]
+webhook = "http://127.0.0.1:9/hopper-hook"
 [schedules.hourly]
 function = "ok"
 every = "1h"
@@ -73,7 +77,10 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
     }
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(dir.path(), APP);
-    let server = Server::start(&dir.path().join("open"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("open"),
+        &["--deploy", m.to_str().unwrap(), "--notify-gather", "200ms"],
+    );
     let client = server.client();
     // Some history for the charts, a failed call to find, and a running call to watch.
     for i in 0..5 {
@@ -166,6 +173,7 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
     for page in [
         "overview",
         "overview-dark",
+        "overview-notifications",
         "functions",
         "function",
         "calls",

@@ -184,6 +184,15 @@ try {
     await shot(page, "schedules");
   });
 
+  await check("the overview shows the failure notification channel and its trouble", async () => {
+    await page.goto(url + "/");
+    // The webhook points at a closed port: the failed call's message is being retried.
+    const row = page.locator("#channels tr[data-channel*='127.0.0.1']");
+    await row.waitFor();
+    await row.locator(".s-retrying, .s-failing").waitFor();
+    await shot(page, "overview-notifications");
+  });
+
   await check("controls are reachable from the keyboard", async () => {
     await page.goto(url + "/calls");
     await page.getByRole("heading", { name: "Calls" }).waitFor();

@@ -189,7 +189,7 @@ function overviewPage() {
   const body = h("div", {});
   el.append(body);
   async function refresh() {
-    const st = await api("/v1/stats?window=15m");
+    const [st, channels] = await Promise.all([api("/v1/stats?window=15m"), api("/v1/notifications")]);
     const perSec = (n) => n / (st.step_ms / 1000);
     const times = st.timeline.map((p) => p.at);
     const totals = st.functions.reduce((a, f) => ({ pending: a.pending + f.pending, running: a.running + f.running,
@@ -220,6 +220,12 @@ function overviewPage() {
             parts: [{ cls: "c-p50", value: f.p50_ms || 0, name: "p50" }, { cls: "c-p95", value: Math.max(0, (f.p95_ms || 0) - (f.p50_ms || 0)), name: "p95 − p50" }],
             text: `${ms(f.p50_ms)} · ${ms(f.p95_ms)}` }))),
           h("div", { class: "legend" }, h("span", {}, h("i", { class: "c-p50" }), "p50"), h("span", {}, h("i", { class: "c-p95" }), "p95"))),
+        channels.length ? h("section", { class: "panel wide", id: "channels" }, h("h2", {}, "Failure notifications"),
+          h("table", {}, h("thead", {}, h("tr", {}, ["App", "Channel", "Target", "State", "Delivered", "Failed tries", "Last delivered", "Last error"].map((t) => h("th", {}, t)))),
+            h("tbody", {}, channels.map((c) => h("tr", { "data-channel": c.target },
+              h("td", {}, c.app), h("td", {}, c.kind), h("td", { class: "mono" }, c.target), h("td", {}, badge(c.state)),
+              h("td", { class: "num" }, num(c.delivered)), h("td", { class: "num" }, num(c.failed_attempts)),
+              h("td", {}, when(c.last_delivered_at)), h("td", { class: "error" }, c.last_error || "")))))) : null,
       ));
   }
   return { el, refresh };
