@@ -26,22 +26,49 @@ pub async fn get(pool: &DbPool, id: &CallId, index: i64) -> Result<Option<InputR
         .fetch_optional(pool)
         .await
         .map_err(db_err)?;
-    row.map(|row| {
-        Ok(InputRow {
-            id: row.try_get("id").map_err(db_err)?,
-            call_id: call_id(&row.try_get::<String, _>("call_id").map_err(db_err)?)?,
-            index: row.try_get("idx").map_err(db_err)?,
-            state: state(&row.try_get::<String, _>("state").map_err(db_err)?)?,
-            input: row.try_get("input").map_err(db_err)?,
-            output: row.try_get("output").map_err(db_err)?,
-            error: error_json(row.try_get("error").map_err(db_err)?)?,
-            attempts: row.try_get::<i64, _>("attempt").map_err(db_err)? as u32,
-            failures: row.try_get::<i64, _>("failures").map_err(db_err)? as u32,
-            not_before: row.try_get("not_before").map_err(db_err)?,
-            finished_at: row.try_get("finished_at").map_err(db_err)?,
-        })
+    row.as_ref().map(input_row).transpose()
+}
+
+/// The first input (index 0) of each of `calls`, in one read (a page of the calls list shows
+/// one-input calls' outputs and errors).
+pub fn push_first_many_query<'a>(q: &mut QueryBuilder<'a, Db>, calls: &'a [CallId]) {
+    q.push(
+        "SELECT id, call_id, idx, state, input, output, error, attempt, failures, not_before, finished_at
+         FROM inputs WHERE idx = 0 AND call_id IN (",
+    );
+    let mut ids = q.separated(", ");
+    for id in calls {
+        ids.push_bind(id.as_str());
+    }
+    q.push(")");
+}
+
+pub async fn first_many(pool: &DbPool, calls: &[CallId]) -> Result<Vec<InputRow>, StoreError> {
+    let mut out = Vec::with_capacity(calls.len());
+    for chunk in calls.chunks(500) {
+        let mut q = QueryBuilder::new("");
+        push_first_many_query(&mut q, chunk);
+        for row in q.build().fetch_all(pool).await.map_err(db_err)? {
+            out.push(input_row(&row)?);
+        }
+    }
+    Ok(out)
+}
+
+fn input_row(row: &DbRow) -> Result<InputRow, StoreError> {
+    Ok(InputRow {
+        id: row.try_get("id").map_err(db_err)?,
+        call_id: call_id(&row.try_get::<String, _>("call_id").map_err(db_err)?)?,
+        index: row.try_get("idx").map_err(db_err)?,
+        state: state(&row.try_get::<String, _>("state").map_err(db_err)?)?,
+        input: row.try_get("input").map_err(db_err)?,
+        output: row.try_get("output").map_err(db_err)?,
+        error: error_json(row.try_get("error").map_err(db_err)?)?,
+        attempts: row.try_get::<i64, _>("attempt").map_err(db_err)? as u32,
+        failures: row.try_get::<i64, _>("failures").map_err(db_err)? as u32,
+        not_before: row.try_get("not_before").map_err(db_err)?,
+        finished_at: row.try_get("finished_at").map_err(db_err)?,
     })
-    .transpose()
 }
 
 /// Function specs read once per transaction.

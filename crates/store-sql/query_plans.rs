@@ -209,6 +209,11 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
             },
         ),
     ];
+    let listed: Vec<CallId> = (0..50).map(|i| id(CALLS - 1 - i)).collect();
+    let mut q: QueryBuilder<Db> = QueryBuilder::new(plans::EXPLAIN);
+    inputs::push_first_many_query(&mut q, &listed);
+    let plan = plans::lines(q.build().fetch_all(read).await.unwrap());
+    plans::assert_indexed("a page's first inputs", &plan, Allow::Nothing);
     for (what, q, allow) in page {
         let plan = plans::lines(q.fetch_all(read).await.unwrap());
         plans::assert_indexed(what, &plan, allow);

@@ -310,6 +310,10 @@ impl Store for PgStore {
         inputs::get(&self.pool, call_id, index).await
     }
 
+    async fn input_first_many(&self, calls: &[CallId]) -> Result<Vec<InputRow>, StoreError> {
+        inputs::first_many(&self.pool, calls).await
+    }
+
     async fn input_lease_available(
         &self,
         params: InputLease,

@@ -174,6 +174,10 @@ impl Store for SqliteStore {
         inputs::get(&self.reader, call_id, index).await
     }
 
+    async fn input_first_many(&self, calls: &[CallId]) -> Result<Vec<InputRow>, StoreError> {
+        inputs::first_many(&self.reader, calls).await
+    }
+
     async fn input_lease_available(
         &self,
         params: InputLease,

@@ -64,6 +64,7 @@ macro_rules! conformance_suite {
             calls_are_listed_from_a_lower_bound,
             attempts_are_listed_by_input_up_to_a_limit,
             one_batch_ends_many_calls_each_once,
+            first_inputs_are_read_for_many_calls_at_once,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -1935,4 +1936,24 @@ pub async fn one_batch_ends_many_calls_each_once(store: Arc<dyn Store>) {
         [Some(1), Some(2), Some(3)],
         "the map's inputs are numbered in the order they ended"
     );
+}
+
+pub async fn first_inputs_are_read_for_many_calls_at_once(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let a = spawn_n(&*store, "ok", 1, T0).await.id;
+    let b = spawn_n(&*store, "ok", 3, T0).await.id;
+    let gone = CallId::generate();
+    let mut got = store
+        .input_first_many(&[a.clone(), b.clone(), gone])
+        .await
+        .unwrap();
+    got.sort_by(|x, y| x.call_id.cmp(&y.call_id));
+    assert_eq!(
+        got.iter()
+            .map(|i| (i.call_id.clone(), i.index, i.input.as_str()))
+            .collect::<Vec<_>>(),
+        [(a, 0, r#"{"i":0}"#), (b, 0, r#"{"i":0}"#)],
+        "input 0 of each call that exists"
+    );
+    assert!(store.input_first_many(&[]).await.unwrap().is_empty());
 }

@@ -95,6 +95,9 @@ pub trait Store: Send + Sync + 'static {
     async fn input_get(&self, call_id: &CallId, index: i64)
         -> Result<Option<InputRow>, StoreError>;
 
+    /// The first input (index 0) of each call given that has one, in any order.
+    async fn input_first_many(&self, calls: &[CallId]) -> Result<Vec<InputRow>, StoreError>;
+
     /// Leases up to `max` pending inputs that are due, of the given functions, oldest first.
     async fn input_lease_available(&self, params: InputLease)
         -> Result<Vec<LeasedRow>, StoreError>;

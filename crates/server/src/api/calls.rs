@@ -308,10 +308,23 @@ pub async fn list(
         .await?;
     let more = rows.len() > limit as usize;
     let page: Vec<&CallRow> = rows.iter().take(limit as usize).collect();
-    let mut calls = Vec::with_capacity(page.len());
-    for row in &page {
-        calls.push(view(&state, row).await?);
-    }
+    // One-input calls show their input's output or error: read them all in one query.
+    let single: Vec<CallId> = page
+        .iter()
+        .filter(|c| c.counts.total == 1)
+        .map(|c| c.id.clone())
+        .collect();
+    let firsts: std::collections::HashMap<CallId, hopper_store::InputRow> = state
+        .store
+        .input_first_many(&single)
+        .await?
+        .into_iter()
+        .map(|i| (i.call_id.clone(), i))
+        .collect();
+    let calls = page
+        .iter()
+        .map(|row| views::call(row, firsts.get(&row.id)))
+        .collect();
     Ok(Json(CallPage {
         next_cursor: if more {
             page.last().map(|c| c.id.to_string())
