@@ -413,13 +413,17 @@ pub async fn complete_many(
     let mut specs = Specs::default();
     // One read for the whole batch.
     let mut current: HashMap<i64, (DbRow, bool)> = HashMap::new();
-    for chunk in p.results.chunks(COMPLETE_CHUNK) {
+    // Sorted before chunking, so the whole batch locks in id order, not just each chunk.
+    let mut input_ids: Vec<i64> = p.results.iter().map(|(l, _)| l.input_id).collect();
+    input_ids.sort_unstable();
+    input_ids.dedup();
+    for chunk in input_ids.chunks(COMPLETE_CHUNK) {
         let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
             "SELECT {RUNNING_COLUMNS} FROM inputs WHERE id IN ("
         ));
         let mut ids = q.separated(", ");
-        for (lease, _) in chunk {
-            ids.push_bind(lease.input_id);
+        for id in chunk {
+            ids.push_bind(*id);
         }
         // Locked until commit, so a rescue or cancel on another server cannot interleave, and
         // in id order, so two batches lock in the same order and cannot deadlock.
@@ -593,7 +597,11 @@ pub async fn complete_many(
 pub async fn heartbeat(conn: &mut Conn, p: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let mut lost = Vec::new();
-    for lease in &p.leases {
+    // In input id order, the order completions lock in, so a heartbeat and a completion of the
+    // same worker's leases on PostgreSQL cannot deadlock.
+    let mut leases = p.leases.clone();
+    leases.sort_by_key(|l| l.input_id);
+    for lease in &leases {
         let held = sqlx::query(&format!(
             "UPDATE inputs SET lease_expires_at = {LEAST}($4, deadline_at)
              WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'running'"
