@@ -482,6 +482,8 @@ pub async fn complete_many(
         p.now,
     )
     .await?;
+    // Attempts ended, per function, for the dashboard's statistics.
+    let mut tallies = crate::stats::Tallies::default();
     // (input, output kept, position among ended inputs)
     let mut rows: Vec<(&Running, Option<String>, Option<i64>)> = Vec::new();
     for ((_, group), (id, _)) in successes.iter().zip(&groups) {
@@ -494,6 +496,12 @@ pub async fn complete_many(
                 keep.then(|| output.to_string()),
                 base.map(|base| base + i as i64 + 1),
             ));
+            tallies.add(
+                &input.app,
+                &input.function,
+                "succeeded",
+                p.now - input.started_at,
+            );
             out[*n].recorded = true;
             out[*n].effect = "succeeded";
             out[*n].function = Some(format!("{}.{}", input.app, input.function));
@@ -563,6 +571,12 @@ pub async fn complete_many(
             ),
             Outcome::Succeeded { .. } => (None, "succeeded"), // recorded above
         };
+        tallies.add(
+            &input.app,
+            &input.function,
+            effect,
+            p.now - input.started_at,
+        );
         out[n] = CompletionRow {
             recorded: true,
             call_finished,
@@ -570,12 +584,6 @@ pub async fn complete_many(
             duration_ms: Some(p.now - input.started_at),
             effect,
         };
-    }
-    let mut tallies = crate::stats::Tallies::default();
-    for row in out.iter().filter(|r| r.recorded) {
-        if let (Some(function), Some(duration)) = (&row.function, row.duration_ms) {
-            tallies.add(function, row.effect, duration);
-        }
     }
     tallies.record(&mut tx, p.now).await?;
     crate::dialect::notify(&mut tx, "results").await?;
@@ -654,7 +662,7 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
             };
             let (finished, retried) = fail(&mut tx, &mut specs, &input, &error, p.now).await?;
             let effect = if retried { "retried" } else { "failed" };
-            tallies.add_split(
+            tallies.add(
                 &input.app,
                 &input.function,
                 effect,

@@ -24,15 +24,8 @@ fn bucket_columns() -> Vec<String> {
 pub struct Tallies(BTreeMap<(String, String), Tally>);
 
 impl Tallies {
-    /// Counts an attempt of `function` (`app.function`) that ended with `effect`.
-    pub fn add(&mut self, function: &str, effect: &str, duration_ms: i64) {
-        let Some((app, name)) = function.split_once('.') else {
-            return;
-        };
-        self.add_split(app, name, effect, duration_ms);
-    }
-
-    pub fn add_split(&mut self, app: &str, function: &str, effect: &str, duration_ms: i64) {
+    /// Counts an attempt of `app.function` that ended with `effect` after `duration_ms`.
+    pub fn add(&mut self, app: &str, function: &str, effect: &str, duration_ms: i64) {
         self.0
             .entry((app.to_string(), function.to_string()))
             .or_default()

@@ -229,7 +229,8 @@ fn in_process_worker(client: &Client) -> (CancellationToken, tokio::task::JoinHa
     (stop, task)
 }
 
-fn percentile(sorted_ms: &[f64], p: f64) -> Option<f64> {
+/// The `p`th percentile of sorted values (nearest rank).
+pub(super) fn percentile(sorted_ms: &[f64], p: f64) -> Option<f64> {
     if sorted_ms.is_empty() {
         return None;
     }

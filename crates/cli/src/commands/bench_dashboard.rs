@@ -38,11 +38,10 @@ pub struct PageFigures {
     pub p99_ms: f64,
 }
 
+/// Now, by the same clock the server uses.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    use hopper_core::clock::Clock;
+    hopper_core::clock::SystemClock.now()
 }
 
 /// Deploys the bench app (`manifest`) and makes `n` ended `bench.noop` calls in `store`.
@@ -174,10 +173,8 @@ where
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
-    let at = |p: f64| {
-        let rank = ((p / 100.0) * (times.len() - 1) as f64).round() as usize;
-        (times[rank.min(times.len() - 1)] * 1000.0).round() / 1000.0
-    };
+    let at =
+        |p: f64| super::bench::percentile(&times, p).map_or(0.0, |v| (v * 1000.0).round() / 1000.0);
     Ok(PageFigures {
         page: name.into(),
         requests: READS,

@@ -138,7 +138,7 @@ pub async fn stats(
         .worker_list(now - lease_ms)
         .await?
         .iter()
-        .filter(|w| w.stopped_at.is_none())
+        .filter(|w| super::views::worker(w, now, lease_ms).state == "active")
         .count();
     Ok(Json(StatsView {
         window_ms,
