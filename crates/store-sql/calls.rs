@@ -3,7 +3,7 @@
 use hopper_core::{CallId, CallState, InputState, UnixMillis};
 use hopper_store::{
     CallCancel, CallInsert, CallInserted, CallList, CallPrune, CallRow, FunctionBacklog,
-    InputAppend, InputResultRow, InputResults, ResultOrder, StoreError,
+    InputAppend, InputResultRow, InputResults, Missing, ResultOrder, StoreError,
 };
 use sqlx::{Connection, QueryBuilder, Row};
 
@@ -113,7 +113,10 @@ pub async fn append(conn: &mut Conn, p: InputAppend) -> Result<CallRow, StoreErr
         .await
         .map_err(db_err)?;
     let Some(row) = row else {
-        return Err(StoreError::NotFound(format!("no call {}", p.call_id)));
+        return Err(StoreError::not_found(
+            Missing::Call,
+            format!("no call {}", p.call_id),
+        ));
     };
     let call = call_row(&row)?;
     let total = call.counts.total;
@@ -268,19 +271,36 @@ pub fn push_list_query<'a>(q: &mut QueryBuilder<'a, Db>, p: &'a CallList) {
 
 pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
-    let exists: Option<String> = sqlx::query_scalar("SELECT state FROM calls WHERE id = $1")
+    // The call's open inputs first, locked in id order (the order every transaction locks
+    // inputs in), so a completion batch holding some of them finishes first; then the call.
+    if !LOCK_ROWS.is_empty() {
+        sqlx::query(&format!(
+            "SELECT id FROM inputs WHERE call_id = $1 AND state IN ('pending', 'running') ORDER BY id{LOCK_ROWS}"
+        ))
         .bind(p.id.as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
-    if exists.is_none() {
-        return Ok(None);
     }
-    // A running input's attempt ends here; its worker learns at its next heartbeat.
+    let row = sqlx::query(&format!(
+        "SELECT {CALL_COLUMNS} FROM calls WHERE id = $1{LOCK_ROWS}"
+    ))
+    .bind(p.id.as_str())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let before = call_row(&row)?;
+    // A running input's attempt ends here (its worker hears of it at once, or at its next
+    // heartbeat); a result that comes later is kept as late. An attempt row a completion
+    // already wrote is left as it is.
     sqlx::query(
         "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at, error)
          SELECT id, attempt, call_id, idx, worker_id, 'cancelled', started_at, $2, $3 FROM inputs
-         WHERE call_id = $1 AND state = 'running'",
+         WHERE call_id = $1 AND state = 'running'
+         ON CONFLICT (input_id, attempt) DO NOTHING",
     )
     .bind(p.id.as_str())
     .bind(p.now)
@@ -288,13 +308,19 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
+    // Cancelled inputs join the call's completion order after everything that ended before,
+    // in index order: the same rule as every other way an input ends (`inputs::end_many`).
     let moved = sqlx::query(
-        "UPDATE inputs SET state = 'cancelled', finished_at = $2, error = $3, worker_id = NULL, lease_expires_at = NULL
-         WHERE call_id = $1 AND state IN ('pending', 'running')",
+        "UPDATE inputs SET state = 'cancelled', finished_at = $2, error = $3, worker_id = NULL,
+           lease_expires_at = NULL, done_seq = $4 + r.rn
+         FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY idx) AS rn FROM inputs
+               WHERE call_id = $1 AND state IN ('pending', 'running')) r
+         WHERE inputs.id = r.id",
     )
     .bind(p.id.as_str())
     .bind(p.now)
     .bind(error_text(&cancelled_error()))
+    .bind(before.counts.ended())
     .execute(&mut *tx)
     .await
     .map_err(db_err)?
@@ -309,10 +335,7 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
         .await
         .map_err(db_err)?;
         settle(&mut tx, &p.id, &call_row(&row)?, p.now).await?;
-    } else if exists
-        .as_deref()
-        .is_some_and(|s| s == "pending" || s == "running")
-    {
+    } else if !before.state.is_terminal() {
         // A map still taking inputs whose inputs so far have all ended: cancelling it closes it.
         sqlx::query("UPDATE calls SET accepting_inputs = 0, state = 'cancelled', finished_at = $2 WHERE id = $1")
             .bind(p.id.as_str())
@@ -327,6 +350,7 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
         .await
         .map_err(db_err)?;
     crate::dialect::notify(&mut tx, &format!("call:{}", p.id)).await?;
+    crate::dialect::notify(&mut tx, "results").await?;
     tx.commit().await.map_err(db_err)?;
     Ok(Some(call_row(&row)?))
 }
@@ -415,14 +439,41 @@ pub async fn shift(
     }
 }
 
-/// Writes the state derived from the call's counters, if it changed.
-/// Calls per statement of [`shift_many`].
+/// Calls per statement of [`shift_moves`].
 const SHIFT_CHUNK: usize = 400;
+
+/// How many of a call's inputs move into (positive) or out of (negative) each state.
+pub type Moves = hopper_core::CallCounts;
+
+/// Locks calls' rows, in id order, until the transaction ends (PostgreSQL; SQLite has one
+/// writer and needs no locks). Every transaction that changes several inputs and calls locks
+/// the inputs first (in id order), then every call it will touch (in id order), before it
+/// changes any call: one global order, so two transactions cannot deadlock.
+pub async fn lock_many<'a>(
+    conn: &mut Conn,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), StoreError> {
+    if LOCK_ROWS.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<&str> = ids.into_iter().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for chunk in ids.chunks(SHIFT_CHUNK) {
+        let mut q: QueryBuilder<Db> = QueryBuilder::new("SELECT id FROM calls WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(format!(") ORDER BY id{LOCK_ROWS}"));
+        q.build().fetch_all(&mut *conn).await.map_err(db_err)?;
+    }
+    Ok(())
+}
 
 /// [`shift`] for many calls at once (`(call, n)`, sorted by call id): a statement per
 /// [`SHIFT_CHUNK`] calls instead of two per call, so a batch of one-input calls costs about
-/// what a batch of one map's inputs does. On PostgreSQL the calls are locked first, in id
-/// order, as [`shift`] one by one would, so concurrent batches cannot deadlock.
+/// what a batch of one map's inputs does.
 pub async fn shift_many(
     conn: &mut Conn,
     groups: &[(CallId, i64)],
@@ -430,26 +481,43 @@ pub async fn shift_many(
     to: InputState,
     now: UnixMillis,
 ) -> Result<std::collections::HashMap<CallId, Shifted>, StoreError> {
-    let (from_col, to_col) = (count_column(from), count_column(to));
+    let moves: Vec<(CallId, Moves)> = groups
+        .iter()
+        .map(|(id, n)| {
+            let mut m = Moves::default();
+            m.shift_by(from, to, *n);
+            (id.clone(), m)
+        })
+        .collect();
+    shift_moves(conn, &moves, now).await
+}
+
+/// Moves each call's inputs between states' counters as `groups` says (one entry per call,
+/// sorted by call id), and writes the calls' derived states. On PostgreSQL the calls are
+/// locked first, in id order, so concurrent batches cannot deadlock.
+pub async fn shift_moves(
+    conn: &mut Conn,
+    groups: &[(CallId, Moves)],
+    now: UnixMillis,
+) -> Result<std::collections::HashMap<CallId, Shifted>, StoreError> {
     let mut out = std::collections::HashMap::with_capacity(groups.len());
     let mut settles: Vec<(CallId, CallState, Option<UnixMillis>)> = Vec::new();
+    lock_many(conn, groups.iter().map(|(id, _)| id.as_str())).await?;
     for chunk in groups.chunks(SHIFT_CHUNK) {
-        if !LOCK_ROWS.is_empty() {
-            let mut q: QueryBuilder<Db> = QueryBuilder::new("SELECT id FROM calls WHERE id IN (");
-            let mut ids = q.separated(", ");
-            for (id, _) in chunk {
-                ids.push_bind(id.as_str());
-            }
-            q.push(format!(") ORDER BY id{LOCK_ROWS}"));
-            q.build().fetch_all(&mut *conn).await.map_err(db_err)?;
-        }
-        let mut q: QueryBuilder<Db> = QueryBuilder::new("WITH r(cid, k) AS (");
-        q.push_values(chunk, |mut b, (id, n)| {
-            b.push_bind(id.as_str()).push_bind(*n);
+        let mut q: QueryBuilder<Db> = QueryBuilder::new("WITH r(cid, dp, dr, ds, df, dc) AS (");
+        q.push_values(chunk, |mut b, (id, m)| {
+            b.push_bind(id.as_str())
+                .push_bind(m.pending)
+                .push_bind(m.running)
+                .push_bind(m.succeeded)
+                .push_bind(m.failed)
+                .push_bind(m.cancelled);
         });
         q.push(format!(
-            ") UPDATE calls SET {from_col} = {from_col} - r.k, {to_col} = {to_col} + r.k FROM r
-             WHERE calls.id = r.cid RETURNING {CALL_COLUMNS}"
+            ") UPDATE calls SET n_pending = n_pending + r.dp, n_running = n_running + r.dr,
+               n_succeeded = n_succeeded + r.ds, n_failed = n_failed + r.df,
+               n_cancelled = n_cancelled + r.dc
+             FROM r WHERE calls.id = r.cid RETURNING {CALL_COLUMNS}"
         ));
         for row in q.build().fetch_all(&mut *conn).await.map_err(db_err)? {
             let call = call_row(&row)?;
@@ -488,6 +556,7 @@ pub async fn shift_many(
     Ok(out)
 }
 
+/// Writes the state derived from the call's counters, if it changed.
 async fn settle(
     conn: &mut Conn,
     id: &CallId,

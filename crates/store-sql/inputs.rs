@@ -12,7 +12,7 @@ use sqlx::{Connection, QueryBuilder, Row};
 use crate::dialect::{Conn, Db, DbPool, DbRow, LEAST, LOCK_ROWS, SKIP_LOCKED, TIMEOUT_MS};
 
 use crate::apps::spec;
-use crate::calls::{shift, shift_many, Shifted};
+use crate::calls::{lock_many, shift, shift_many, shift_moves, Moves, Shifted};
 use crate::map::{call_id, db_err, error_json, error_text, state, worker_id};
 
 pub const GET_SQL: &str =
@@ -242,8 +242,9 @@ fn running(row: &DbRow) -> Result<Running, StoreError> {
     })
 }
 
-/// Records an ended attempt. A second record for the same attempt (a late result after the
-/// lease was rescued or cancelled) marks the attempt late and keeps its outcome.
+/// Records an ended attempt. A second record for the same attempt (a result that arrived
+/// after the lease was rescued or cancelled) is kept once, as the late outcome of a lost or
+/// cancelled attempt; an attempt that recorded a result is never rewritten.
 async fn attempt_record(
     conn: &mut Conn,
     input: &Running,
@@ -256,7 +257,8 @@ async fn attempt_record(
         "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at, error, late)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (input_id, attempt) DO UPDATE SET late = 1, outcome = excluded.outcome,
-           error = COALESCE(excluded.error, attempts.error)",
+           error = COALESCE(excluded.error, attempts.error)
+         WHERE attempts.outcome IN ('lost', 'cancelled') AND attempts.late = 0",
     )
     .bind(input.id)
     .bind(input.attempt)
@@ -274,85 +276,142 @@ async fn attempt_record(
     Ok(())
 }
 
-/// A failed attempt: back to pending after the backoff if retries are left, else failed.
+/// An input reaching a terminal state, as [`end_many`] writes it.
+struct End {
+    id: i64,
+    call_id: CallId,
+    /// The state it leaves: `running`, or `pending` for a cancel.
+    from: InputState,
+    /// `succeeded`, `failed` or `cancelled`.
+    to: InputState,
+    output: Option<String>,
+    error: Option<String>,
+    failures: i64,
+    lost: i64,
+}
+
+/// Inputs per multi-row statement of [`end_many`] (7 parameters each).
+const END_CHUNK: usize = 300;
+
+/// The one place an input ends, whichever way: success, failure, timeout, lost leases. Moves
+/// each call's counters to the terminal states, derives the calls' states, and writes every
+/// input's state, result and position in its call's completion order (`done_seq`) together,
+/// so no way of ending can forget one of them. (Cancel ends a call's open inputs set-wise by
+/// the same rule, in `calls::cancel`.)
+async fn end_many(
+    conn: &mut Conn,
+    ends: &[End],
+    now: UnixMillis,
+) -> Result<HashMap<CallId, Shifted>, StoreError> {
+    if ends.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut by_call: BTreeMap<&str, (Moves, Vec<&End>)> = BTreeMap::new();
+    for end in ends {
+        let (moves, group) = by_call.entry(end.call_id.as_str()).or_default();
+        moves.shift(end.from, end.to);
+        group.push(end);
+    }
+    let groups: Vec<(CallId, Moves)> = by_call
+        .iter()
+        .map(|(call, (moves, _))| Ok((call_id(call)?, *moves)))
+        .collect::<Result<_, StoreError>>()?;
+    let shifted = shift_moves(conn, &groups, now).await?;
+    // (end, output kept, done_seq)
+    let mut rows: Vec<(&End, Option<&String>, Option<i64>)> = Vec::with_capacity(ends.len());
+    for ((_, (_, group)), (id, _)) in by_call.iter().zip(&groups) {
+        let call = shifted.get(id).and_then(|s| s.call.as_ref());
+        let keep = !call.is_some_and(|c| c.discard_results);
+        let base = call.map(|c| c.counts.ended() - group.len() as i64);
+        for (i, end) in group.iter().enumerate() {
+            let output = end.output.as_ref().filter(|_| keep);
+            rows.push((end, output, base.map(|b| b + i as i64 + 1)));
+        }
+    }
+    for chunk in rows.chunks(END_CHUNK) {
+        let mut q: QueryBuilder<Db> =
+            QueryBuilder::new("WITH r(id, state, output, error, failures, lost, done_seq) AS (");
+        q.push_values(chunk, |mut b, (end, output, done_seq)| {
+            b.push_bind(end.id)
+                .push_bind(end.to.as_str())
+                .push_bind(output.cloned())
+                .push_bind(end.error.clone())
+                .push_bind(end.failures)
+                .push_bind(end.lost)
+                .push_bind(*done_seq);
+        });
+        q.push(
+            ") UPDATE inputs SET state = r.state, output = r.output, error = r.error,
+               failures = r.failures, lost = r.lost, done_seq = r.done_seq, finished_at = ",
+        )
+        .push_bind(now)
+        .push(", worker_id = NULL, lease_expires_at = NULL FROM r WHERE inputs.id = r.id");
+        q.build().execute(&mut *conn).await.map_err(db_err)?;
+    }
+    Ok(shifted)
+}
+
+/// A failed attempt: back to pending after the backoff if retries are left (and `retry`
+/// allows one), else the input's end, for the caller to write with [`end_many`].
 async fn fail(
     conn: &mut Conn,
     specs: &mut Specs,
     input: &Running,
     error: &InputError,
+    retry: bool,
     now: UnixMillis,
-) -> Result<(Option<(CallId, hopper_core::CallState)>, bool), StoreError> {
+) -> Result<Option<End>, StoreError> {
     attempt_record(conn, input, "failed", Some(error), now, false).await?;
     let spec = specs
         .get(conn, &input.app, &input.function, input.version)
         .await?;
     let failures = input.failures + 1;
-    match spec.retries.delay_after(failures as u32) {
-        Some(delay) => {
-            sqlx::query(
-                "UPDATE inputs SET state = 'pending', failures = $2, error = $3, not_before = $4,
-                 worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
-            )
-            .bind(input.id)
-            .bind(failures)
-            .bind(error_text(error))
-            .bind(now + delay.as_millis() as i64)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
-            let shifted = shift(
-                conn,
-                &input.call_id,
-                InputState::Running,
-                InputState::Pending,
-                1,
-                now,
-            )
-            .await?;
-            Ok((shifted.finished, true))
-        }
-        None => {
-            let shifted = shift(
-                conn,
-                &input.call_id,
-                InputState::Running,
-                InputState::Failed,
-                1,
-                now,
-            )
-            .await?;
-            sqlx::query(
-                "UPDATE inputs SET state = 'failed', failures = $2, error = $3, finished_at = $4,
-                 worker_id = NULL, lease_expires_at = NULL, done_seq = $5 WHERE id = $1",
-            )
-            .bind(input.id)
-            .bind(failures)
-            .bind(error_text(error))
-            .bind(now)
-            .bind(done_seq(&shifted))
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
-            Ok((shifted.finished, false))
-        }
-    }
+    let delay = retry
+        .then(|| spec.retries.delay_after(failures as u32))
+        .flatten();
+    let Some(delay) = delay else {
+        return Ok(Some(End {
+            id: input.id,
+            call_id: input.call_id.clone(),
+            from: InputState::Running,
+            to: InputState::Failed,
+            output: None,
+            error: Some(error_text(error)),
+            failures,
+            lost: input.lost,
+        }));
+    };
+    sqlx::query(
+        "UPDATE inputs SET state = 'pending', failures = $2, error = $3, not_before = $4,
+         worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
+    )
+    .bind(input.id)
+    .bind(failures)
+    .bind(error_text(error))
+    .bind(now + delay.as_millis() as i64)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    shift(
+        conn,
+        &input.call_id,
+        InputState::Running,
+        InputState::Pending,
+        1,
+        now,
+    )
+    .await?;
+    Ok(None)
 }
 
-/// The input's position in the order its call's inputs ended.
-fn done_seq(shifted: &Shifted) -> Option<i64> {
-    shifted
-        .call
-        .as_ref()
-        .map(|c| c.counts.succeeded + c.counts.failed)
-}
-
-/// A lost lease: back to the queue at once, unless it was lost too often.
+/// A lost lease: back to the queue at once, unless it was lost too often; then the input's
+/// end, for the caller to write with [`end_many`].
 async fn requeue_lost(
     conn: &mut Conn,
     input: &Running,
     error: &InputError,
     now: UnixMillis,
-) -> Result<Option<(CallId, hopper_core::CallState)>, StoreError> {
+) -> Result<Option<End>, StoreError> {
     attempt_record(conn, input, "lost", Some(error), now, false).await?;
     let lost = input.lost + 1;
     if lost >= MAX_LOST_LEASES {
@@ -360,26 +419,16 @@ async fn requeue_lost(
             code: "lease_lost".into(),
             message: format!("the input's lease was lost {lost} times (its worker died or stopped each time); last: {}", error.message),
         };
-        sqlx::query(
-            "UPDATE inputs SET state = 'failed', lost = $2, error = $3, finished_at = $4, worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
-        )
-        .bind(input.id)
-        .bind(lost)
-        .bind(error_text(&final_error))
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
-        return Ok(shift(
-            conn,
-            &input.call_id,
-            InputState::Running,
-            InputState::Failed,
-            1,
-            now,
-        )
-        .await?
-        .finished);
+        return Ok(Some(End {
+            id: input.id,
+            call_id: input.call_id.clone(),
+            from: InputState::Running,
+            to: InputState::Failed,
+            output: None,
+            error: Some(error_text(&final_error)),
+            failures: input.failures,
+            lost,
+        }));
     }
     sqlx::query(
         "UPDATE inputs SET state = 'pending', lost = $2, not_before = $3, worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
@@ -390,7 +439,7 @@ async fn requeue_lost(
     .execute(&mut *conn)
     .await
     .map_err(db_err)?;
-    Ok(shift(
+    shift(
         conn,
         &input.call_id,
         InputState::Running,
@@ -398,11 +447,125 @@ async fn requeue_lost(
         1,
         now,
     )
-    .await?
-    .finished)
+    .await?;
+    Ok(None)
 }
 
-/// Successes recorded per multi-row statement.
+/// Reads `ids` (sorted) with the columns the transitions need, locked until commit on
+/// PostgreSQL, in id order, so two transactions lock inputs in the same order.
+async fn lock_inputs(conn: &mut Conn, ids: &[i64]) -> Result<HashMap<i64, DbRow>, StoreError> {
+    read_inputs(conn, ids, LOCK_ROWS).await
+}
+
+/// Reads `ids` with the columns the transitions need, without locking them.
+pub async fn read_many(conn: &mut Conn, ids: &[i64]) -> Result<HashMap<i64, DbRow>, StoreError> {
+    read_inputs(conn, ids, "").await
+}
+
+async fn read_inputs(
+    conn: &mut Conn,
+    ids: &[i64],
+    lock: &str,
+) -> Result<HashMap<i64, DbRow>, StoreError> {
+    let mut rows = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(COMPLETE_CHUNK) {
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
+            "SELECT {RUNNING_COLUMNS} FROM inputs WHERE id IN ("
+        ));
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(format!(") ORDER BY id{lock}"));
+        for row in q.build().fetch_all(&mut *conn).await.map_err(db_err)? {
+            let id: i64 = row.try_get("id").map_err(db_err)?;
+            rows.insert(id, row);
+        }
+    }
+    Ok(rows)
+}
+
+/// The workers that held `leases` that are no longer current, from their attempt rows.
+async fn past_holders(
+    conn: &mut Conn,
+    leases: &[Lease],
+) -> Result<HashMap<(i64, i64), Option<String>>, StoreError> {
+    let mut holders = HashMap::with_capacity(leases.len());
+    for chunk in leases.chunks(COMPLETE_CHUNK) {
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(
+            "SELECT input_id, attempt, worker_id FROM attempts WHERE (input_id, attempt) IN (",
+        );
+        let mut list = q.separated(", ");
+        for lease in chunk {
+            list.push("(")
+                .push_bind_unseparated(lease.input_id)
+                .push_unseparated(", ")
+                .push_bind_unseparated(lease.attempt as i64)
+                .push_unseparated(")");
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await.map_err(db_err)? {
+            holders.insert(
+                (
+                    row.try_get("input_id").map_err(db_err)?,
+                    row.try_get("attempt").map_err(db_err)?,
+                ),
+                row.try_get("worker_id").map_err(db_err)?,
+            );
+        }
+    }
+    Ok(holders)
+}
+
+/// Refuses results or log lines from a worker for leases it never held: a worker can touch
+/// only its own leases. `current` are the inputs' rows, locked.
+pub async fn check_holder(
+    conn: &mut Conn,
+    worker: &str,
+    leases: &[Lease],
+    current: &HashMap<i64, DbRow>,
+) -> Result<(), StoreError> {
+    let mut past = Vec::new();
+    for lease in leases {
+        let Some(row) = current.get(&lease.input_id) else {
+            continue; // the input is gone (pruned): nothing to protect
+        };
+        let attempt: i64 = row.try_get("attempt").map_err(db_err)?;
+        let state = state(&row.try_get::<String, _>("state").map_err(db_err)?)?;
+        let holder: Option<String> = row.try_get("worker_id").map_err(db_err)?;
+        if state == InputState::Running && attempt == lease.attempt as i64 {
+            if holder.as_deref() != Some(worker) {
+                return Err(not_holder(worker, lease));
+            }
+        } else if (lease.attempt as i64) > attempt || lease.attempt == 0 {
+            return Err(not_holder(worker, lease));
+        } else {
+            past.push(*lease);
+        }
+    }
+    if past.is_empty() {
+        return Ok(());
+    }
+    let holders = past_holders(conn, &past).await?;
+    for lease in &past {
+        let held = holders
+            .get(&(lease.input_id, lease.attempt as i64))
+            .is_some_and(|w| w.as_deref() == Some(worker));
+        if !held {
+            return Err(not_holder(worker, lease));
+        }
+    }
+    Ok(())
+}
+
+fn not_holder(worker: &str, lease: &Lease) -> StoreError {
+    StoreError::Conflict(format!(
+        "worker {worker} does not hold the lease of input {} attempt {}: nothing was changed",
+        lease.input_id, lease.attempt
+    ))
+}
+
+/// Results (and log lines) per multi-row statement.
 const COMPLETE_CHUNK: usize = 300;
 
 pub async fn complete_many(
@@ -411,28 +574,13 @@ pub async fn complete_many(
 ) -> Result<Vec<CompletionRow>, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let mut specs = Specs::default();
-    // One read for the whole batch.
-    let mut current: HashMap<i64, (DbRow, bool)> = HashMap::new();
-    // Sorted before chunking, so the whole batch locks in id order, not just each chunk.
+    // One read for the whole batch, locked in id order: inputs first, then their calls.
     let mut input_ids: Vec<i64> = p.results.iter().map(|(l, _)| l.input_id).collect();
     input_ids.sort_unstable();
     input_ids.dedup();
-    for chunk in input_ids.chunks(COMPLETE_CHUNK) {
-        let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
-            "SELECT {RUNNING_COLUMNS} FROM inputs WHERE id IN ("
-        ));
-        let mut ids = q.separated(", ");
-        for id in chunk {
-            ids.push_bind(*id);
-        }
-        // Locked until commit, so a rescue or cancel on another server cannot interleave, and
-        // in id order, so two batches lock in the same order and cannot deadlock.
-        q.push(format!(") ORDER BY id{LOCK_ROWS}"));
-        for row in q.build().fetch_all(&mut *tx).await.map_err(db_err)? {
-            let id: i64 = row.try_get("id").map_err(db_err)?;
-            current.insert(id, (row, false));
-        }
-    }
+    let rows = lock_inputs(&mut tx, &input_ids).await?;
+    let leases: Vec<Lease> = p.results.iter().map(|(l, _)| *l).collect();
+    check_holder(&mut tx, p.worker_id.as_str(), &leases, &rows).await?;
     let mut out: Vec<CompletionRow> = (0..p.results.len())
         .map(|_| CompletionRow {
             recorded: false,
@@ -442,83 +590,85 @@ pub async fn complete_many(
             effect: "late",
         })
         .collect();
-    // Successes of current leases, by call, in order: recorded together.
-    let mut successes: BTreeMap<String, Vec<(usize, Running, &serde_json::Value)>> =
-        BTreeMap::new();
-    let mut others: Vec<(usize, Running, bool, &Outcome)> = Vec::new();
-    for (n, (lease, outcome)) in p.results.iter().enumerate() {
-        let Some((row, taken)) = current.get_mut(&lease.input_id) else {
+    // Which result is each input's current one (a second result for a lease in one batch is
+    // late), in input id order.
+    let mut current: Vec<(usize, Running)> = Vec::new();
+    let mut late: Vec<(usize, Running)> = Vec::new();
+    let mut taken = std::collections::HashSet::new();
+    for (n, (lease, _)) in p.results.iter().enumerate() {
+        let Some(row) = rows.get(&lease.input_id) else {
             continue; // the input is gone (pruned)
         };
-        let is_current = !*taken
-            && state(&row.try_get::<String, _>("state").map_err(db_err)?)? == InputState::Running
-            && row.try_get::<i64, _>("attempt").map_err(db_err)? == lease.attempt as i64;
         let input = running(row)?;
+        let is_current = state(&row.try_get::<String, _>("state").map_err(db_err)?)?
+            == InputState::Running
+            && input.attempt == lease.attempt as i64
+            && taken.insert(lease.input_id);
         if is_current {
-            // A second result for the same lease in this batch is late.
-            *taken = true;
-        }
-        match outcome {
-            Outcome::Succeeded { output } if is_current => {
-                successes
-                    .entry(input.call_id.to_string())
-                    .or_default()
-                    .push((n, input, output));
-            }
-            _ => others.push((n, input, is_current, outcome)),
+            current.push((n, input));
+        } else {
+            late.push((n, input));
         }
     }
-    // Every call's counters move in one statement per few hundred calls; every attempt and
-    // input row in one statement per few hundred inputs, whatever calls they belong to.
-    let groups: Vec<(CallId, i64)> = successes
-        .iter()
-        .map(|(call, group)| Ok((call_id(call)?, group.len() as i64)))
-        .collect::<Result<_, StoreError>>()?;
-    let shifted = shift_many(
-        &mut tx,
-        &groups,
-        InputState::Running,
-        InputState::Succeeded,
-        p.now,
-    )
-    .await?;
+    current.sort_by_key(|(_, input)| input.id);
+    lock_many(&mut tx, current.iter().map(|(_, i)| i.call_id.as_str())).await?;
     // Attempts ended, per function, for the dashboard's statistics.
     let mut tallies = crate::stats::Tallies::default();
-    // (input, output kept, position among ended inputs)
-    let mut rows: Vec<(&Running, Option<String>, Option<i64>)> = Vec::new();
-    for ((_, group), (id, _)) in successes.iter().zip(&groups) {
-        let call_now = shifted.get(id).and_then(|s| s.call.as_ref());
-        let keep = !call_now.is_some_and(|c| c.discard_results);
-        let base = call_now.map(|c| c.counts.succeeded + c.counts.failed - group.len() as i64);
-        for (i, (n, input, output)) in group.iter().enumerate() {
-            rows.push((
-                input,
-                keep.then(|| output.to_string()),
-                base.map(|base| base + i as i64 + 1),
-            ));
-            tallies.add(
-                &input.app,
-                &input.function,
-                "succeeded",
-                p.now - input.started_at,
-            );
-            out[*n].recorded = true;
-            out[*n].effect = "succeeded";
-            out[*n].function = Some(format!("{}.{}", input.app, input.function));
-            out[*n].duration_ms = Some(p.now - input.started_at);
-        }
-        if let (Some(finished), Some((n, _, _))) = (
-            shifted.get(id).and_then(|s| s.finished.clone()),
-            group.last(),
-        ) {
-            out[*n].call_finished = Some(finished);
-        }
+    let mut ends: Vec<(usize, End)> = Vec::new();
+    let mut succeeded: Vec<&Running> = Vec::new();
+    for (n, input) in &current {
+        let duration = p.now - input.started_at;
+        let effect = match &p.results[*n].1 {
+            Outcome::Succeeded { output } => {
+                succeeded.push(input);
+                ends.push((
+                    *n,
+                    End {
+                        id: input.id,
+                        call_id: input.call_id.clone(),
+                        from: InputState::Running,
+                        to: InputState::Succeeded,
+                        output: Some(output.to_string()),
+                        error: None,
+                        failures: input.failures,
+                        lost: input.lost,
+                    },
+                ));
+                "succeeded"
+            }
+            Outcome::Failed { error, retry } => {
+                match fail(&mut tx, &mut specs, input, error, *retry, p.now).await? {
+                    Some(end) => {
+                        ends.push((*n, end));
+                        "failed"
+                    }
+                    None => "retried",
+                }
+            }
+            Outcome::Returned { error } => {
+                match requeue_lost(&mut tx, input, error, p.now).await? {
+                    Some(end) => {
+                        ends.push((*n, end));
+                        "failed"
+                    }
+                    None => "returned",
+                }
+            }
+        };
+        tallies.add(&input.app, &input.function, effect, duration);
+        out[*n] = CompletionRow {
+            recorded: true,
+            call_finished: None,
+            function: Some(format!("{}.{}", input.app, input.function)),
+            duration_ms: Some(duration),
+            effect,
+        };
     }
-    for chunk in rows.chunks(COMPLETE_CHUNK) {
+    for chunk in succeeded.chunks(COMPLETE_CHUNK) {
         let mut q: QueryBuilder<Db> = QueryBuilder::new(
             "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at) ",
         );
-        q.push_values(chunk, |mut b, (input, _, _)| {
+        q.push_values(chunk, |mut b, input| {
             b.push_bind(input.id)
                 .push_bind(input.attempt)
                 .push_bind(input.call_id.as_str())
@@ -530,60 +680,32 @@ pub async fn complete_many(
         });
         q.push(" ON CONFLICT (input_id, attempt) DO NOTHING");
         q.build().execute(&mut *tx).await.map_err(db_err)?;
-        let mut q: QueryBuilder<Db> = QueryBuilder::new("WITH r(id, output, done_seq) AS (");
-        q.push_values(chunk, |mut b, (input, output, done_seq)| {
-            b.push_bind(input.id)
-                .push_bind(output.clone())
-                .push_bind(*done_seq);
-        });
-        q.push(
-            ") UPDATE inputs SET state = 'succeeded', output = r.output, error = NULL, finished_at = ",
-        )
-        .push_bind(p.now)
-        .push(", worker_id = NULL, lease_expires_at = NULL, done_seq = r.done_seq FROM r WHERE inputs.id = r.id");
-        q.build().execute(&mut *tx).await.map_err(db_err)?;
     }
-    for (n, mut input, is_current, outcome) in others {
-        if !is_current {
-            // The lease was lost: keep what the attempt said, but not as the input's result.
-            let (lease, _) = &p.results[n];
-            input.attempt = lease.attempt as i64;
-            input.worker_id = Some(p.worker_id.to_string());
-            let (name, error) = match outcome {
-                Outcome::Succeeded { .. } => ("succeeded", None),
-                Outcome::Failed { error } => ("failed", Some(error)),
-                Outcome::Returned { error } => ("lost", Some(error)),
-            };
-            attempt_record(&mut tx, &input, name, error, p.now, true).await?;
-            out[n].function = Some(format!("{}.{}", input.app, input.function));
-            continue;
-        }
-        let (call_finished, effect) = match outcome {
-            Outcome::Failed { error } => {
-                match fail(&mut tx, &mut specs, &input, error, p.now).await? {
-                    (finished, true) => (finished, "retried"),
-                    (finished, false) => (finished, "failed"),
-                }
+    let (positions, ends): (Vec<usize>, Vec<End>) = ends.into_iter().unzip();
+    let shifted = end_many(&mut tx, &ends, p.now).await?;
+    // A call that ended is reported with the last of its results in the batch.
+    for (n, end) in positions.iter().zip(&ends).rev() {
+        if let Some(finished) = shifted.get(&end.call_id).and_then(|s| s.finished.clone()) {
+            if !out
+                .iter()
+                .any(|r| r.call_finished.as_ref() == Some(&finished))
+            {
+                out[*n].call_finished = Some(finished);
             }
-            Outcome::Returned { error } => (
-                requeue_lost(&mut tx, &input, error, p.now).await?,
-                "returned",
-            ),
-            Outcome::Succeeded { .. } => (None, "succeeded"), // recorded above
+        }
+    }
+    for (n, mut input) in late {
+        // The lease was lost: keep what the attempt said, but not as the input's result.
+        let (lease, outcome) = &p.results[n];
+        input.attempt = lease.attempt as i64;
+        input.worker_id = Some(p.worker_id.to_string());
+        let (name, error) = match outcome {
+            Outcome::Succeeded { .. } => ("succeeded", None),
+            Outcome::Failed { error, .. } => ("failed", Some(error)),
+            Outcome::Returned { error } => ("lost", Some(error)),
         };
-        tallies.add(
-            &input.app,
-            &input.function,
-            effect,
-            p.now - input.started_at,
-        );
-        out[n] = CompletionRow {
-            recorded: true,
-            call_finished,
-            function: Some(format!("{}.{}", input.app, input.function)),
-            duration_ms: Some(p.now - input.started_at),
-            effect,
-        };
+        attempt_record(&mut tx, &input, name, error, p.now, true).await?;
+        out[n].function = Some(format!("{}.{}", input.app, input.function));
     }
     tallies.record(&mut tx, p.now).await?;
     crate::dialect::notify(&mut tx, "results").await?;
@@ -636,9 +758,29 @@ pub async fn heartbeat(conn: &mut Conn, p: LeaseHeartbeat) -> Result<Vec<Lease>,
     Ok(lost)
 }
 
+/// Gives back the leases of `rows` (locked, sorted by id): each is requeued, or fails once it
+/// was lost too often. Returns the calls that ended.
+async fn give_back(
+    conn: &mut Conn,
+    rows: &[DbRow],
+    error: &InputError,
+    now: UnixMillis,
+) -> Result<Vec<(CallId, hopper_core::CallState)>, StoreError> {
+    let inputs: Vec<Running> = rows.iter().map(running).collect::<Result<_, _>>()?;
+    lock_many(conn, inputs.iter().map(|i| i.call_id.as_str())).await?;
+    let mut ends = Vec::new();
+    for input in &inputs {
+        ends.extend(requeue_lost(conn, input, error, now).await?);
+    }
+    let shifted = end_many(conn, &ends, now).await?;
+    Ok(shifted.into_values().filter_map(|s| s.finished).collect())
+}
+
 pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueReport, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
-    let rows = sqlx::query(&format!(
+    // The oldest expired leases, skipping rows another transaction holds (so the reaper never
+    // waits on a completion); then handled in id order, their calls locked in id order.
+    let mut rows = sqlx::query(&format!(
         "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND lease_expires_at <= $1
          ORDER BY lease_expires_at LIMIT $2{SKIP_LOCKED}"
     ))
@@ -647,38 +789,45 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
+    rows.sort_by_key(|r| r.try_get::<i64, _>("id").unwrap_or(0));
+    let inputs: Vec<(Running, Option<i64>)> = rows
+        .iter()
+        .map(|row| Ok((running(row)?, row.try_get("deadline_at").map_err(db_err)?)))
+        .collect::<Result<_, StoreError>>()?;
+    lock_many(&mut tx, inputs.iter().map(|(i, _)| i.call_id.as_str())).await?;
     let mut report = RescueReport::default();
     let mut specs = Specs::default();
     let mut tallies = crate::stats::Tallies::default();
-    for row in &rows {
-        let input = running(row)?;
-        let deadline: Option<i64> = row.try_get("deadline_at").map_err(db_err)?;
-        let finished = if deadline.is_some_and(|d| p.now >= d) {
+    let mut ends = Vec::new();
+    for (input, deadline) in &inputs {
+        let duration = p.now - input.started_at;
+        if deadline.is_some_and(|d| p.now >= d) {
             report.timed_out += 1;
             let error = InputError {
                 code: "timeout".into(),
                 message: "no result before the attempt's deadline: the worker stopped responding"
                     .into(),
             };
-            let (finished, retried) = fail(&mut tx, &mut specs, &input, &error, p.now).await?;
-            let effect = if retried { "retried" } else { "failed" };
-            tallies.add(
-                &input.app,
-                &input.function,
-                effect,
-                p.now - input.started_at,
-            );
-            finished
+            let end = fail(&mut tx, &mut specs, input, &error, true, p.now).await?;
+            let effect = if end.is_some() { "failed" } else { "retried" };
+            tallies.add(&input.app, &input.function, effect, duration);
+            ends.extend(end);
         } else {
             report.requeued += 1;
             let error = InputError {
                 code: "lease_lost".into(),
                 message: "the worker stopped heartbeating; the input runs again".into(),
             };
-            requeue_lost(&mut tx, &input, &error, p.now).await?
-        };
-        report.finished_calls.extend(finished);
+            if let Some(end) = requeue_lost(&mut tx, input, &error, p.now).await? {
+                tallies.add(&input.app, &input.function, "failed", duration);
+                ends.push(end);
+            }
+        }
     }
+    let shifted = end_many(&mut tx, &ends, p.now).await?;
+    report
+        .finished_calls
+        .extend(shifted.into_values().filter_map(|s| s.finished));
     tallies.record(&mut tx, p.now).await?;
     if report.requeued + report.timed_out > 0 {
         crate::dialect::notify(&mut tx, "inputs").await?;
@@ -693,12 +842,8 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
 
 pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u64, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
-    sqlx::query("UPDATE workers SET stopped_at = $2, last_seen_at = $2 WHERE id = $1")
-        .bind(p.id.as_str())
-        .bind(p.now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    // Inputs first, then calls, then the worker's row: the order every other transaction
+    // locks in.
     let rows = sqlx::query(&format!(
         "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND worker_id = $1 ORDER BY id{LOCK_ROWS}"
     ))
@@ -710,11 +855,19 @@ pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u
         code: "worker_stopped".into(),
         message: "the worker stopped and handed the input back".into(),
     };
-    for row in &rows {
-        requeue_lost(&mut tx, &running(row)?, &error, p.now).await?;
-    }
+    let finished = give_back(&mut tx, &rows, &error, p.now).await?;
+    sqlx::query("UPDATE workers SET stopped_at = $2, last_seen_at = $2 WHERE id = $1")
+        .bind(p.id.as_str())
+        .bind(p.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
     if !rows.is_empty() {
         crate::dialect::notify(&mut tx, "inputs").await?;
+        crate::dialect::notify(&mut tx, "results").await?;
+    }
+    for (call, _) in &finished {
+        crate::dialect::notify(&mut tx, &format!("call:{call}")).await?;
     }
     tx.commit().await.map_err(db_err)?;
     Ok(rows.len() as u64)

@@ -4,8 +4,8 @@
 use hopper_core::schedule::Overlap;
 use hopper_core::UnixMillis;
 use hopper_store::{
-    CallInserted, FireOutcome, FiringRow, ScheduleDeploy, ScheduleFire, SchedulePause, ScheduleRow,
-    StoreError,
+    CallInserted, FireOutcome, FiringRow, Missing, ScheduleDeploy, ScheduleFire, SchedulePause,
+    ScheduleRow, StoreError,
 };
 use sqlx::{Connection, Row};
 
@@ -124,10 +124,10 @@ async fn load(conn: &mut Conn, app: &str, name: &str) -> Result<Option<ScheduleR
 pub async fn fire(conn: &mut Conn, p: ScheduleFire) -> Result<FireOutcome, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let Some(schedule) = load(&mut tx, &p.app, &p.name).await? else {
-        return Err(StoreError::NotFound(format!(
-            "no schedule {}.{}",
-            p.app, p.name
-        )));
+        return Err(StoreError::not_found(
+            Missing::Schedule,
+            format!("no schedule {}.{}", p.app, p.name),
+        ));
     };
     if !p.manual && schedule.next_due_at != Some(p.expected_due_at) {
         // Another server, or this one before a restart, moved past this due time.

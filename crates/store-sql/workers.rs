@@ -19,7 +19,7 @@ pub async fn register(conn: &mut Conn, p: WorkerRegisterParams) -> Result<(), St
          VALUES ($1, $2, $3, $4, $5, $6, $6)",
     )
     .bind(p.id.as_str())
-    .bind(&p.host)
+    .bind(without_nul(&p.host))
     .bind(p.pid as i64)
     .bind(functions)
     .bind(p.concurrency as i64)
@@ -88,26 +88,25 @@ pub async fn log_append_many(conn: &mut Conn, p: LogAppend) -> Result<(), StoreE
     let mut input_ids: Vec<i64> = p.lines.iter().map(|l| l.lease.input_id).collect();
     input_ids.sort_unstable();
     input_ids.dedup();
-    // Each input's call and index, and each attempt's lines kept so far.
+    // Each input's call and index (a worker may log only to leases it holds or held), and each
+    // attempt's lines kept so far.
+    let current = crate::inputs::read_many(&mut tx, &input_ids).await?;
+    let mut leases: Vec<Lease> = p.lines.iter().map(|l| l.lease).collect();
+    leases.sort_by_key(|l| (l.input_id, l.attempt));
+    leases.dedup();
+    crate::inputs::check_holder(&mut tx, p.worker_id.as_str(), &leases, &current).await?;
     let mut inputs: HashMap<i64, (String, i64)> = HashMap::new();
+    for (id, row) in &current {
+        inputs.insert(
+            *id,
+            (
+                row.try_get("call_id").map_err(db_err)?,
+                row.try_get("idx").map_err(db_err)?,
+            ),
+        );
+    }
     let mut counted: HashMap<Lease, (i64, bool)> = HashMap::new();
     for chunk in input_ids.chunks(LOG_CHUNK) {
-        let mut q: QueryBuilder<Db> =
-            QueryBuilder::new("SELECT id, call_id, idx FROM inputs WHERE id IN (");
-        let mut ids = q.separated(", ");
-        for id in chunk {
-            ids.push_bind(*id);
-        }
-        q.push(")");
-        for row in q.build().fetch_all(&mut *tx).await.map_err(db_err)? {
-            inputs.insert(
-                row.try_get("id").map_err(db_err)?,
-                (
-                    row.try_get("call_id").map_err(db_err)?,
-                    row.try_get("idx").map_err(db_err)?,
-                ),
-            );
-        }
         let mut q: QueryBuilder<Db> = QueryBuilder::new(
             "SELECT input_id, attempt, lines, dropped FROM log_counts WHERE input_id IN (",
         );
@@ -130,9 +129,11 @@ pub async fn log_append_many(conn: &mut Conn, p: LogAppend) -> Result<(), StoreE
     let marker = format!(
         "[hopper] this attempt's log reached its cap of {cap} lines; later lines are dropped"
     );
-    // (call, index, attempt, stream, ts, text), in the batch's order.
+    // (call, index, attempt, stream, ts, text), in the batch's order. A NUL character, which
+    // PostgreSQL cannot store in text, becomes U+FFFD on every backend alike.
+    let texts: Vec<std::borrow::Cow<str>> = p.lines.iter().map(|l| without_nul(&l.line)).collect();
     let mut rows: Vec<(&str, i64, i64, &str, i64, &str)> = Vec::with_capacity(p.lines.len());
-    for line in &p.lines {
+    for (line, text) in p.lines.iter().zip(&texts) {
         let Some((call, index)) = inputs.get(&line.lease.input_id) else {
             continue; // the input is gone (pruned)
         };
@@ -142,14 +143,7 @@ pub async fn log_append_many(conn: &mut Conn, p: LogAppend) -> Result<(), StoreE
         let attempt = line.lease.attempt as i64;
         if entry.0 < cap {
             entry.0 += 1;
-            rows.push((
-                call,
-                *index,
-                attempt,
-                line.stream.as_str(),
-                line.ts,
-                &line.line,
-            ));
+            rows.push((call, *index, attempt, line.stream.as_str(), line.ts, text));
         } else if !entry.1 {
             entry.1 = true;
             rows.push((call, *index, attempt, "system", line.ts, &marker));
@@ -211,4 +205,13 @@ pub async fn log_list(pool: &DbPool, p: LogList) -> Result<Vec<LogRow>, StoreErr
             })
         })
         .collect()
+}
+
+/// `text` with every NUL character replaced by U+FFFD (PostgreSQL's text cannot hold NUL).
+pub fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }

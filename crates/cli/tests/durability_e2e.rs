@@ -155,3 +155,158 @@ command = ["sh", "-c", "echo $HOPPER_ATTEMPT >> attempts.log; sleep 2; echo '\"d
         "the provisioner started a new worker"
     );
 }
+
+/// Whether this test process runs as root (needed to mount a small filesystem).
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A tmpfs of `size` mounted at `dir`, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {size}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_acknowledges_nothing_it_did_not_write_and_recovers_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    if !is_root() {
+        println!("SKIP a_full_disk…: mounting a small tmpfs needs root");
+        return;
+    }
+    let Some(disk) = Tmpfs::mount(&data, "3m") else {
+        panic!("running as root, but `mount -t tmpfs` failed: this test must run in CI");
+    };
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "disk"
+[functions.hold]
+external = true
+[functions.slow]
+command = ["sh", "-c", "sleep 3; echo '\"returned\"'"]
+"#,
+    );
+    let server = Server::start(&data, &["--deploy", m.to_str().unwrap()]);
+    let client = server.client();
+    // Two calls run while the disk fills; their results must be kept, not turned into timeouts.
+    let slow: Vec<_> = futures_util::future::join_all(
+        (0..2).map(|_| client.spawn("disk.slow", json!(null), None)),
+    )
+    .await
+    .into_iter()
+    .map(|r| r.unwrap().id)
+    .collect();
+    let filler = "x".repeat(16 * 1024);
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    // 1,500 spawns of 16 KiB are eight times what the disk holds.
+    for n in 0..1_500 {
+        match client
+            .spawn("disk.hold", json!({ "n": n, "pad": filler }), None)
+            .await
+        {
+            Ok(call) => acknowledged.push(call.id),
+            Err(hopper_sdk::Error::Api {
+                status,
+                code,
+                message,
+            }) => {
+                assert!(
+                    status == 507 && code == "storage_full" && message.contains("disk is full"),
+                    "a full disk answers 507 storage_full, not {status} {code}: {message}"
+                );
+                refused += 1;
+            }
+            Err(e) => panic!("spawn {n}: {e}"),
+        }
+    }
+    for id in &acknowledged {
+        let call = client.get(id, Duration::ZERO).await;
+        assert!(
+            call.is_ok(),
+            "acknowledged call {id} does not exist ({} acknowledged, {refused} refused): {call:?}",
+            acknowledged.len()
+        );
+    }
+    assert!(refused > 0, "the disk never filled");
+    assert!(
+        acknowledged.len() > 20,
+        "only {} spawns fit",
+        acknowledged.len()
+    );
+    // Space comes back: spawns work again without a restart.
+    disk.resize("64m");
+    let again = eventually(
+        "a spawn succeeds after space is freed",
+        Duration::from_secs(10),
+        || async { client.spawn("disk.hold", json!("after"), None).await.ok() },
+    )
+    .await;
+    acknowledged.push(again.id.clone());
+    assert_eq!(
+        client.get(&again.id, Duration::ZERO).await.unwrap().id,
+        again.id
+    );
+    for id in &slow {
+        let call = wait_done(&client, id, Duration::from_secs(60)).await;
+        assert_eq!(call.state, InputState::Succeeded, "{call:?}");
+        assert_eq!(call.output, Some(json!("returned")), "{call:?}");
+    }
+    // Everything acknowledged survives a SIGKILL and a restart.
+    let mut server = server;
+    server.kill9();
+    let mut server = Server::start(&data, &["--no-workers"]);
+    let client = server.client();
+    for id in &acknowledged {
+        let call = client.get(id, Duration::ZERO).await;
+        assert!(
+            call.is_ok(),
+            "acknowledged call {id} is gone after a restart: {call:?}"
+        );
+    }
+    server.kill9();
+    let check = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])")
+        .arg(data.join("hopper.db"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        "ok",
+        "{check:?}"
+    );
+    drop(disk);
+}

@@ -404,12 +404,24 @@ pub enum Outcome {
     },
     Failed {
         error: InputError,
+        /// `false`: the error cannot get better by trying again (a corrupt upload, a bad
+        /// argument), so the input fails now whatever retries it has left. Default `true`.
+        #[serde(default = "retryable", skip_serializing_if = "is_retryable")]
+        retry: bool,
     },
     /// The worker gives the input back without it counting as a failure (its long-lived
     /// process crashed, or the worker is stopping): it runs again at once.
     Returned {
         error: InputError,
     },
+}
+
+fn retryable() -> bool {
+    true
+}
+
+fn is_retryable(retry: &bool) -> bool {
+    *retry
 }
 
 /// One result in a completion batch.

@@ -138,10 +138,20 @@ impl CallCounts {
         }
     }
 
+    /// Inputs that have ended, whichever way: the length of the call's completion order.
+    pub fn ended(&self) -> i64 {
+        self.succeeded + self.failed + self.cancelled
+    }
+
     /// Moves one input from `from` to `to`.
     pub fn shift(&mut self, from: InputState, to: InputState) {
-        *self.slot(from) -= 1;
-        *self.slot(to) += 1;
+        self.shift_by(from, to, 1);
+    }
+
+    /// Moves `n` inputs from `from` to `to`.
+    pub fn shift_by(&mut self, from: InputState, to: InputState, n: i64) {
+        *self.slot(from) -= n;
+        *self.slot(to) += n;
     }
 
     pub fn get(&self, state: InputState) -> i64 {

@@ -271,6 +271,7 @@ fn outcome(result: Result<Value, HandlerError>) -> Outcome {
     match result {
         Ok(output) => Outcome::Succeeded { output },
         Err(e) => Outcome::Failed {
+            retry: true,
             error: InputError {
                 code: e.code,
                 message: e.message,
@@ -281,6 +282,7 @@ fn outcome(result: Result<Value, HandlerError>) -> Outcome {
 
 fn timed_out(timeout: Duration) -> Outcome {
     Outcome::Failed {
+        retry: true,
         error: InputError {
             code: "timeout".into(),
             message: format!("timed out after {}", hopper_core::duration::format(timeout)),
@@ -304,6 +306,7 @@ impl Executor for Handlers {
                     .iter()
                     .map(|_| {
                         Some(Outcome::Failed {
+                            retry: true,
                             error: InputError {
                                 code: "no_handler".into(),
                                 message: message.clone(),
@@ -324,7 +327,7 @@ impl Executor for Handlers {
                             }),
                             _ = job.cancel.cancelled() => None,
                         };
-                        if let Some(Outcome::Failed { error }) = &result {
+                        if let Some(Outcome::Failed { error, .. }) = &result {
                             logs.line(
                                 job.lease,
                                 LogStream::System,

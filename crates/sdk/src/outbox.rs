@@ -129,7 +129,8 @@ where
 /// Errors worth trying again: the server or its database is briefly unavailable.
 pub fn is_transient(e: &Error) -> bool {
     match e {
-        Error::Api { status, .. } => *status == 503 || *status == 502 || *status == 504,
+        // 507: the server's disk is full; what it was sent is kept once space comes back.
+        Error::Api { status, .. } => matches!(*status, 502 | 503 | 504 | 507),
         Error::Unreachable { .. } | Error::Transport(_) => true,
     }
 }

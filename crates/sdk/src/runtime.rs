@@ -362,6 +362,7 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
                 .iter()
                 .map(|_| {
                     Some(Outcome::Failed {
+                        retry: true,
                         error: InputError {
                             code: "panic".into(),
                             message: format!("the handler panicked: {message}"),
@@ -386,6 +387,7 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
         tracing::error!("{message}");
         outcomes.resize_with(leases.len(), || {
             Some(Outcome::Failed {
+                retry: true,
                 error: InputError {
                     code: "no_answer".into(),
                     message: message.clone(),

@@ -102,10 +102,13 @@ impl Cron {
             .into_iter()
             .next()
             .ok_or_else(|| {
-                StoreError::NotFound(format!(
-                    "schedule {} names a function that is not deployed",
-                    spec.qualified_name()
-                ))
+                StoreError::not_found(
+                    hopper_store::Missing::Function,
+                    format!(
+                        "schedule {} names a function that is not deployed",
+                        spec.qualified_name()
+                    ),
+                )
             })?;
         let now = self.state.now();
         let outcome = self

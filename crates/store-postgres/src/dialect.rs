@@ -58,6 +58,12 @@ pub fn db_err(e: sqlx::Error) -> StoreError {
         {
             StoreError::Unavailable(e.to_string())
         }
+        // disk_full, insufficient_resources: nothing was written.
+        sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("53100") | Some("53000")) =>
+        {
+            StoreError::Full(e.to_string())
+        }
         _ => StoreError::Database(e.to_string()),
     }
 }

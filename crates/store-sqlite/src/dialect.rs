@@ -35,6 +35,19 @@ pub fn db_err(e: sqlx::Error) -> StoreError {
         {
             StoreError::Unavailable(e.to_string())
         }
+        // SQLITE_FULL: the disk (or the file's size limit) is full.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("13") => {
+            StoreError::Full(e.to_string())
+        }
+        // SQLITE_IOERR and its extended codes (a failed write or fsync): the write is undone.
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .is_some_and(|c| c & 0xff == 10) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
         _ => StoreError::Database(e.to_string()),
     }
 }

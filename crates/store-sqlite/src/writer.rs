@@ -4,11 +4,19 @@
 //! them in one transaction — each inside its own savepoint, so a write that fails is undone
 //! alone — commits once, and only then answers each job: nothing is acknowledged before it is
 //! durable. A job alone in its group runs in its own transaction, committed before it
-//! answers. A job whose group could not start or commit is answered with `Unavailable`.
+//! answers.
+//!
+//! A write that fails for a reason of the database's own (a full disk, an I/O error) may have
+//! made SQLite roll the whole transaction back behind the driver's back, leaving the driver
+//! believing a transaction is still open (a later "commit" would then only release a
+//! savepoint of a transaction that never commits). So after such a failure the group is
+//! answered with the error, and the connection is closed and replaced by a fresh one: the
+//! next write starts clean, and the server recovers by itself once the cause is gone.
 
 use futures_util::future::BoxFuture;
 use hopper_store::StoreError;
-use sqlx::sqlite::SqliteConnection;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::{Connection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,12 +27,68 @@ const MAX_GROUP: usize = 256;
 
 /// What a job does once its group's commit is known.
 type Deliver = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A write: runs on the writer's connection, inside the group's transaction.
-type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Deliver> + Send>;
+
+/// A job that ran: how to answer it, and whether its failure leaves the connection's state
+/// unknown.
+struct Ran {
+    deliver: Deliver,
+    /// The job's error, when it leaves the connection's state unknown.
+    suspect: Option<StoreError>,
+}
+
+/// A write waiting for the writer.
+trait Job: Send {
+    /// Runs the write on the writer's connection, inside the group's transaction.
+    fn run<'c>(self: Box<Self>, conn: &'c mut SqliteConnection) -> BoxFuture<'c, Ran>;
+    /// Answers the job without running it.
+    fn refuse(self: Box<Self>, error: StoreError);
+}
+
+struct Write<T, F> {
+    op: F,
+    answer: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for Write<T, F>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
+        + Send
+        + 'static,
+{
+    fn run<'c>(self: Box<Self>, conn: &'c mut SqliteConnection) -> BoxFuture<'c, Ran> {
+        let Write { op, answer } = *self;
+        Box::pin(async move {
+            let result = op(conn).await;
+            let suspect = match &result {
+                Err(e) if leaves_state_unknown(e) => Some(e.clone()),
+                _ => None,
+            };
+            Ran {
+                deliver: Box::new(move |commit: Result<(), StoreError>| {
+                    let _ = answer.send(commit.and(result));
+                }),
+                suspect,
+            }
+        })
+    }
+
+    fn refuse(self: Box<Self>, error: StoreError) {
+        let _ = self.answer.send(Err(error));
+    }
+}
+
+/// Errors after which SQLite may have rolled back more than the failing statement.
+fn leaves_state_unknown(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Full(_) | StoreError::Unavailable(_) | StoreError::Database(_)
+    )
+}
 
 #[derive(Clone)]
 pub struct Writer {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
 }
 
 impl Writer {
@@ -44,27 +108,17 @@ impl Writer {
             + Send
             + 'static,
     {
-        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |conn| {
-            Box::pin(async move {
-                let result = op(conn).await;
-                Box::new(move |commit: Result<(), StoreError>| {
-                    let _ = tx.send(commit.and(result));
-                }) as Deliver
-            })
-        });
+        let (answer, rx) = oneshot::channel::<Result<T, StoreError>>();
         self.jobs
-            .send(job)
+            .send(Box::new(Write { op, answer }))
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         rx.await.map_err(|_| {
-            StoreError::Unavailable(
-                "the write was not applied: the database could not start a transaction".into(),
-            )
+            StoreError::Unavailable("the write was not applied: the writer stopped".into())
         })?
     }
 }
 
-async fn write_loop(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn write_loop(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -73,42 +127,96 @@ async fn write_loop(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
-        // Dropping a job unanswered tells its caller the write was not applied.
-        let mut conn = match pool.acquire().await {
+        let conn = match pool.acquire().await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::error!(error = %e, writes = group.len(), "cannot get the write connection");
+                refuse_all(group, &db_err(e));
                 continue;
             }
         };
-        // A write alone commits in its own transaction: no savepoint round trips, which is
-        // what a lone request's latency is made of.
-        if group.len() == 1 {
-            if let Some(job) = group.pop() {
-                let deliver = job(&mut conn).await;
+        let mut conn = conn;
+        if let Err(e) = run_group(&mut conn, group).await {
+            tracing::error!(error = %e, "a write failed in the database; the write connection is replaced");
+            close(conn).await;
+        }
+    }
+}
+
+/// Runs one group and answers every job in it. An error means the connection's state is
+/// unknown: the caller closes it (the pool opens a fresh one for the next write).
+async fn run_group(
+    conn: &mut PoolConnection<Sqlite>,
+    mut group: Vec<Box<dyn Job>>,
+) -> Result<(), StoreError> {
+    // A write alone commits in its own transaction: no savepoint round trips, which is what a
+    // lone request's latency is made of.
+    if group.len() == 1 {
+        if let Some(job) = group.pop() {
+            let ran = job.run(conn).await;
+            (ran.deliver)(Ok(()));
+            if let Some(e) = ran.suspect {
+                return Err(e);
+            }
+        }
+        return Ok(());
+    }
+    // IMMEDIATE takes the write lock now, waiting (busy_timeout) for another process's writer
+    // rather than failing later when a read would upgrade to a write.
+    let begun = conn.begin_with("BEGIN IMMEDIATE").await;
+    let mut tx = match begun {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = db_err(e);
+            refuse_all(group, &e);
+            return Err(e);
+        }
+    };
+    let mut delivers = Vec::with_capacity(group.len());
+    let mut jobs = group.into_iter();
+    let mut broken = None;
+    for job in jobs.by_ref() {
+        let ran = job.run(&mut tx).await;
+        delivers.push(ran.deliver);
+        if ran.suspect.is_some() {
+            broken = ran.suspect;
+            break;
+        }
+    }
+    let outcome = match broken {
+        Some(e) => {
+            drop(tx);
+            Err(e)
+        }
+        None => tx.commit().await.map_err(db_err),
+    };
+    match outcome {
+        Ok(()) => {
+            for deliver in delivers {
                 deliver(Ok(()));
             }
-            continue;
+            Ok(())
         }
-        // IMMEDIATE takes the write lock now, waiting (busy_timeout) for another process's
-        // writer rather than failing later when a read would upgrade to a write.
-        let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
-            Ok(tx) => tx,
-            Err(e) => {
-                tracing::error!(error = %e, writes = group.len(), "cannot begin a write transaction");
-                continue;
+        Err(e) => {
+            // Nothing of the group is durable: every job hears the error, none a success.
+            for deliver in delivers {
+                deliver(Err(e.clone()));
             }
-        };
-        let mut delivers = Vec::with_capacity(group.len());
-        for job in group {
-            delivers.push(job(&mut tx).await);
+            refuse_all(jobs.collect(), &e);
+            Err(e)
         }
-        let committed = tx.commit().await.map_err(db_err);
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, writes = delivers.len(), "a write transaction failed to commit");
-        }
-        for deliver in delivers {
-            deliver(committed.clone());
-        }
+    }
+}
+
+/// Closes the write connection for good; the pool opens a fresh one for the next write.
+async fn close(conn: PoolConnection<Sqlite>) {
+    if let Err(e) = conn.detach().close_hard().await {
+        tracing::debug!(error = %e, "closing the write connection");
+    }
+}
+
+fn refuse_all(group: Vec<Box<dyn Job>>, error: &StoreError) {
+    for job in group {
+        job.refuse(error.clone());
     }
 }

@@ -65,6 +65,12 @@ macro_rules! conformance_suite {
             attempts_are_listed_by_input_up_to_a_limit,
             one_batch_ends_many_calls_each_once,
             first_inputs_are_read_for_many_calls_at_once,
+            every_way_an_input_ends_appears_once_in_completion_order,
+            only_the_lease_holder_can_complete_or_log,
+            a_recorded_attempt_is_never_rewritten,
+            a_failure_that_cannot_get_better_skips_its_retries,
+            a_nul_character_in_a_log_line_loses_no_line,
+            cancels_completions_rescues_and_heartbeats_of_the_same_calls_never_deadlock,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -215,6 +221,7 @@ async fn worker(store: &dyn Store) -> WorkerId {
 
 fn failed(code: &str) -> Outcome {
     Outcome::Failed {
+        retry: true,
         error: InputError {
             code: code.into(),
             message: format!("{code} happened"),
@@ -846,6 +853,7 @@ pub async fn pruning_removes_only_old_ended_calls(store: Arc<dyn Store>) {
     let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
     store
         .log_append_many(LogAppend {
+            worker_id: w.clone(),
             lines: vec![LogInsert {
                 lease: l.lease,
                 stream: LogStream::Stdout,
@@ -915,6 +923,7 @@ pub async fn logs_are_kept_per_attempt_in_order(store: Arc<dyn Store>) {
         .collect();
     store
         .log_append_many(LogAppend {
+            worker_id: w.clone(),
             lines,
             max_lines_per_attempt: 100,
         })
@@ -1129,7 +1138,16 @@ pub async fn a_retried_chunk_is_taken_once_and_a_gap_is_refused(store: Arc<dyn S
     let missing = append(&*store, &CallId::generate(), 0, 1, false)
         .await
         .unwrap_err();
-    assert!(matches!(missing, StoreError::NotFound(_)), "{missing}");
+    assert!(
+        matches!(
+            missing,
+            StoreError::NotFound {
+                what: Missing::Call,
+                ..
+            }
+        ),
+        "{missing}"
+    );
 }
 
 pub async fn results_stream_by_index_and_by_completion(store: Arc<dyn Store>) {
@@ -1623,6 +1641,7 @@ pub async fn an_attempts_log_is_capped_with_a_marker(store: Arc<dyn Store>) {
     let call = spawn_n(&*store, "ok", 1, T0).await;
     let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
     let batch = |from: usize, n: usize| LogAppend {
+        worker_id: w.clone(),
         lines: (from..from + n)
             .map(|i| LogInsert {
                 lease: l.lease,
@@ -1956,4 +1975,372 @@ pub async fn first_inputs_are_read_for_many_calls_at_once(store: Arc<dyn Store>)
         "input 0 of each call that exists"
     );
     assert!(store.input_first_many(&[]).await.unwrap().is_empty());
+}
+
+/// The call's completion order: `(index, done_seq)` of every ended input.
+async fn completion_order(store: &dyn Store, call: &CallId) -> Vec<(i64, i64)> {
+    store
+        .input_results(InputResults {
+            call_id: call.clone(),
+            order: ResultOrder::Completion,
+            after: 0,
+            limit: 1_000,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.index, r.done_seq.unwrap()))
+        .collect()
+}
+
+/// Asserts that each of the call's `n` inputs ended and appears once in completion order, at
+/// positions 1..=n.
+async fn assert_complete_order(store: &dyn Store, call: &CallId, n: i64) {
+    let order = completion_order(store, call).await;
+    let seqs: Vec<i64> = order.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=n).collect::<Vec<_>>(),
+        "positions of {call}: {order:?}"
+    );
+    let mut indexes: Vec<i64> = order.iter().map(|(i, _)| *i).collect();
+    indexes.sort_unstable();
+    assert_eq!(
+        indexes,
+        (0..n).collect::<Vec<_>>(),
+        "inputs of {call}: {order:?}"
+    );
+    let row = store.call_get(call).await.unwrap().unwrap();
+    assert!(row.state.is_terminal(), "{row:?}");
+    assert_eq!(row.counts.ended(), n);
+}
+
+pub async fn every_way_an_input_ends_appears_once_in_completion_order(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    // Success, failure, and a cancel of one running and one pending input.
+    let mixed = spawn_n(&*store, "ok", 4, T0).await;
+    let leased = lease(&*store, &w, "ok", 3, T0).await;
+    complete(
+        &*store,
+        &w,
+        leased[0].lease,
+        Outcome::Succeeded { output: json!(0) },
+        T0 + 1,
+    )
+    .await;
+    complete(&*store, &w, leased[1].lease, failed("boom"), T0 + 2).await;
+    store
+        .call_cancel(CallCancel {
+            id: mixed.id.clone(),
+            now: T0 + 3,
+        })
+        .await
+        .unwrap();
+    // A late result of the cancelled attempt changes nothing in the order.
+    complete(
+        &*store,
+        &w,
+        leased[2].lease,
+        Outcome::Succeeded { output: json!(2) },
+        T0 + 4,
+    )
+    .await;
+    assert_complete_order(&*store, &mixed.id, 4).await;
+    assert_eq!(
+        completion_order(&*store, &mixed.id).await[..2],
+        [(0, 1), (1, 2)],
+        "inputs appear in the order they ended"
+    );
+
+    // Leases lost too often.
+    let lost = spawn_n(&*store, "ok", 3, T0).await;
+    let mut now = T0;
+    for _ in 0..MAX_LOST_LEASES {
+        assert_eq!(lease(&*store, &w, "ok", 3, now).await.len(), 3);
+        now += LEASE_MS;
+        store
+            .lease_rescue_expired(LeaseRescue { now, limit: 10 })
+            .await
+            .unwrap();
+    }
+    assert_complete_order(&*store, &lost.id, 3).await;
+
+    // Timeouts.
+    let slow = spawn_n(&*store, "slow", 2, T0).await;
+    let w2 = WorkerId::generate();
+    assert_eq!(lease(&*store, &w2, "slow", 2, T0).await.len(), 2);
+    let report = store
+        .lease_rescue_expired(LeaseRescue {
+            now: T0 + LEASE_MS,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.timed_out, 2);
+    assert_complete_order(&*store, &slow.id, 2).await;
+    let row = store.input_get(&slow.id, 1).await.unwrap().unwrap();
+    assert_eq!(row.error.unwrap().code, "timeout");
+}
+
+pub async fn only_the_lease_holder_can_complete_or_log(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let holder = worker(&*store).await;
+    let other = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    let l = lease(&*store, &holder, "ok", 1, T0).await.remove(0);
+    let forged = store
+        .input_complete_many(InputCompleteMany {
+            worker_id: other.clone(),
+            results: vec![(
+                l.lease,
+                Outcome::Succeeded {
+                    output: json!("forged"),
+                },
+            )],
+            now: T0 + 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(forged, StoreError::Conflict(_)), "{forged}");
+    let line = |worker: &WorkerId, lease: Lease, text: &str| LogAppend {
+        worker_id: worker.clone(),
+        lines: vec![LogInsert {
+            lease,
+            stream: LogStream::Stdout,
+            ts: T0,
+            line: text.into(),
+        }],
+        max_lines_per_attempt: 100,
+    };
+    let refused = store
+        .log_append_many(line(&other, l.lease, "forged"))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Conflict(_)), "{refused}");
+    let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+    assert_eq!(
+        input.state,
+        InputState::Running,
+        "the forgery changed nothing"
+    );
+    assert!(
+        store.attempt_list(all_attempts(&call.id)).await.unwrap()[0]
+            .finished_at
+            .is_none(),
+        "no attempt was recorded"
+    );
+    store
+        .log_append_many(line(&holder, l.lease, "mine"))
+        .await
+        .unwrap();
+    let done = complete(
+        &*store,
+        &holder,
+        l.lease,
+        Outcome::Succeeded { output: json!(1) },
+        T0 + 2,
+    )
+    .await;
+    assert!(done.recorded);
+    // After the input ended, the holder may still log to its attempt; nobody else may, and
+    // nobody may name an attempt that never ran.
+    store
+        .log_append_many(line(&holder, l.lease, "after"))
+        .await
+        .unwrap();
+    assert!(store
+        .log_append_many(line(&other, l.lease, "x"))
+        .await
+        .is_err());
+    let future = Lease {
+        input_id: l.lease.input_id,
+        attempt: 7,
+    };
+    assert!(store
+        .log_append_many(line(&holder, future, "x"))
+        .await
+        .is_err());
+    let logs = store
+        .log_list(LogList {
+            call_id: call.id.clone(),
+            index: None,
+            after_seq: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        logs.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+        ["mine", "after"]
+    );
+    let output = store.input_get(&call.id, 0).await.unwrap().unwrap().output;
+    assert_eq!(output.as_deref(), Some("1"));
+}
+
+pub async fn a_recorded_attempt_is_never_rewritten(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Succeeded { output: json!(1) },
+        T0 + 1,
+    )
+    .await;
+    let again = complete(&*store, &w, l.lease, failed("second"), T0 + 2).await;
+    assert!(!again.recorded);
+    let attempts = store.attempt_list(all_attempts(&call.id)).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "succeeded");
+    assert!(!attempts[0].late);
+    assert!(attempts[0].error.is_none());
+    assert_eq!(attempts[0].finished_at, Some(T0 + 1));
+}
+
+pub async fn a_failure_that_cannot_get_better_skips_its_retries(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "retry", 1, T0).await;
+    let l = lease(&*store, &w, "retry", 1, T0).await.remove(0);
+    let row = complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Failed {
+            error: InputError {
+                code: "CorruptUpload".into(),
+                message: "not a PDF".into(),
+            },
+            retry: false,
+        },
+        T0 + 1,
+    )
+    .await;
+    assert_eq!(row.effect, "failed");
+    assert_eq!(state_of(&*store, &call.id).await, InputState::Failed);
+    let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+    assert_eq!(input.error.unwrap().code, "CorruptUpload");
+}
+
+pub async fn a_nul_character_in_a_log_line_loses_no_line(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    let mut lines: Vec<String> = (0..10).map(|i| format!("clean {i}")).collect();
+    lines.push("before\0after".into());
+    store
+        .log_append_many(LogAppend {
+            worker_id: w.clone(),
+            lines: lines
+                .iter()
+                .map(|text| LogInsert {
+                    lease: l.lease,
+                    stream: LogStream::Stdout,
+                    ts: T0,
+                    line: text.clone(),
+                })
+                .collect(),
+            max_lines_per_attempt: 100,
+        })
+        .await
+        .unwrap();
+    let kept = store
+        .log_list(LogList {
+            call_id: call.id.clone(),
+            index: None,
+            after_seq: 0,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 11);
+    assert_eq!(kept[10].line, "before\u{FFFD}after");
+}
+
+pub async fn cancels_completions_rescues_and_heartbeats_of_the_same_calls_never_deadlock(
+    store: Arc<dyn Store>,
+) {
+    deploy(&*store).await;
+    for round in 0..5 {
+        let now = T0 + round * 100_000;
+        let mut calls = Vec::new();
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            calls.push(spawn_n(&*store, "ok", 60, now).await);
+            workers.push(worker(&*store).await);
+        }
+        let mut leased = Vec::new();
+        for w in &workers {
+            leased.push(lease(&*store, w, "ok", 50, now).await);
+        }
+        let mut tasks = Vec::new();
+        for (w, batch) in workers.iter().zip(&leased) {
+            // Completions in reverse, heartbeats forwards: each worker's batch spans calls.
+            let (store, w, batch) = (store.clone(), w.clone(), batch.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut results: Vec<(Lease, Outcome)> = batch
+                    .iter()
+                    .map(|l| {
+                        (
+                            l.lease,
+                            Outcome::Succeeded {
+                                output: json!(l.index),
+                            },
+                        )
+                    })
+                    .collect();
+                results.reverse();
+                store
+                    .lease_heartbeat(LeaseHeartbeat {
+                        worker_id: w.clone(),
+                        leases: batch.iter().map(|l| l.lease).collect(),
+                        now: now + 1,
+                        lease_ms: LEASE_MS,
+                    })
+                    .await
+                    .map(|_| ())?;
+                store
+                    .input_complete_many(InputCompleteMany {
+                        worker_id: w,
+                        results,
+                        now: now + 2,
+                    })
+                    .await
+                    .map(|_| ())
+            }));
+        }
+        for call in calls.iter().rev() {
+            let (store, id) = (store.clone(), call.id.clone());
+            tasks.push(tokio::spawn(async move {
+                store
+                    .call_cancel(CallCancel { id, now: now + 2 })
+                    .await
+                    .map(|_| ())
+            }));
+        }
+        let rescuer = store.clone();
+        tasks.push(tokio::spawn(async move {
+            rescuer
+                .lease_rescue_expired(LeaseRescue {
+                    now: now + LEASE_MS + 1,
+                    limit: 1_000,
+                })
+                .await
+                .map(|_| ())
+        }));
+        for task in tasks {
+            let done = task.await.unwrap();
+            assert!(done.is_ok(), "round {round}: {done:?}");
+        }
+        for call in &calls {
+            let row = store.call_get(&call.id).await.unwrap().unwrap();
+            assert!(row.state.is_terminal(), "{row:?}");
+            assert_complete_order(&*store, &call.id, 60).await;
+        }
+    }
 }

@@ -11,19 +11,43 @@ pub enum StoreError {
         call_id: String,
         function: String,
     },
-    /// The thing named does not exist.
-    #[error("{0}")]
-    NotFound(String),
+    /// The thing named does not exist; `what` says which kind of thing it is.
+    #[error("{message}")]
+    NotFound { what: Missing, message: String },
     /// The operation does not fit the current state (e.g. inputs for a map that was closed).
     #[error("{0}")]
     Conflict(String),
     /// The database cannot be reached or is busy; the operation changed nothing and may be retried.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The database's disk is full: the operation changed nothing and may be retried once
+    /// space is freed.
+    #[error("the database's disk is full: {0}")]
+    Full(String),
     /// A stored value could not be read back (e.g. JSON that does not parse).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     /// Anything else the database reported.
     #[error("database error: {0}")]
     Database(String),
+}
+
+/// What a [`StoreError::NotFound`] did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    Call,
+    Function,
+    Schedule,
+    Input,
+    Worker,
+}
+
+impl StoreError {
+    /// A [`StoreError::NotFound`] of `what`, with a message for people.
+    pub fn not_found(what: Missing, message: impl Into<String>) -> Self {
+        Self::NotFound {
+            what,
+            message: message.into(),
+        }
+    }
 }

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use hopper_core::api::Lease;
 use hopper_core::CallId;
 
-pub use error::StoreError;
+pub use error::{Missing, StoreError};
 pub use params::*;
 pub use rows::*;
 

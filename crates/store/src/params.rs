@@ -208,6 +208,8 @@ pub struct LeaseRescue {
 /// A batch of log lines, bounded per attempt.
 #[derive(Debug, Clone)]
 pub struct LogAppend {
+    /// The worker sending the lines: it must hold (or have held) each line's lease.
+    pub worker_id: WorkerId,
     pub lines: Vec<LogInsert>,
     /// Lines kept per attempt; past it lines are dropped, and one `system` line says so.
     pub max_lines_per_attempt: u32,

@@ -51,7 +51,8 @@ pub struct InputResultRow {
     /// JSON text.
     pub output: Option<String>,
     pub error: Option<InputError>,
-    /// Position in the order inputs ended (succeeded or failed); none until then.
+    /// Position in the order the call's inputs ended (1, 2, …), whichever way they ended;
+    /// none until then.
     pub done_seq: Option<i64>,
 }
 

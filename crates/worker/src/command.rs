@@ -290,6 +290,7 @@ async fn join_reader(handle: Option<tokio::task::JoinHandle<Captured>>) -> Captu
 
 fn failed(code: &str, message: String) -> Outcome {
     Outcome::Failed {
+        retry: true,
         error: InputError {
             code: code.to_string(),
             message,

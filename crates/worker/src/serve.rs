@@ -172,7 +172,7 @@ impl ServePool {
                 let outcome = tokio::select! {
                     answer = rx => Some(match answer {
                         Ok(Answer::Output(output)) => Outcome::Succeeded { output },
-                        Ok(Answer::Error(error)) => Outcome::Failed { error },
+                        Ok(Answer::Error(error)) => Outcome::Failed { error, retry: true },
                         Ok(Answer::Crashed(message)) => crashed(message),
                         Err(_) => crashed("the serve process went away".into()),
                     }),
@@ -197,6 +197,7 @@ impl ServePool {
 
 fn failed(code: &str, message: String) -> Outcome {
     Outcome::Failed {
+        retry: true,
         error: InputError {
             code: code.to_string(),
             message,

@@ -125,6 +125,7 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
             .collect();
         store
             .log_append_many(LogAppend {
+                worker_id: worker.clone(),
                 lines,
                 max_lines_per_attempt: 100,
             })
@@ -135,6 +136,7 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
                 done += 1;
                 let outcome = if done % 20 == 19 {
                     Outcome::Failed {
+                        retry: true,
                         error: InputError {
                             code: "bench".into(),
                             message: "every 20th input fails".into(),

@@ -149,16 +149,7 @@ pub async fn get(
     ApiQuery(q): ApiQuery<GetQuery>,
 ) -> Result<Json<CallView>, ApiError> {
     let id = parse_id(&id)?;
-    let wait = match q.wait {
-        None => Duration::ZERO,
-        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s).min(MAX_WAIT),
-        Some(s) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("wait must be a number of seconds >= 0, not {s}"),
-            ))
-        }
-    };
+    let wait = super::extract::wait_seconds(q.wait, MAX_WAIT)?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut finished = state.events.watch_calls();
     loop {

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hopper_core::api::{ErrorBody, ErrorDetail};
-use hopper_store::StoreError;
+use hopper_store::{Missing, StoreError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -46,7 +46,24 @@ impl From<StoreError> for ApiError {
             StoreError::IdempotencyConflict { .. } => {
                 Self::new(StatusCode::CONFLICT, "idempotency_conflict", e.to_string())
             }
-            StoreError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "unknown_call", m),
+            StoreError::NotFound { what, message } => {
+                let code = match what {
+                    Missing::Call => "unknown_call",
+                    Missing::Function => "unknown_function",
+                    Missing::Schedule => "unknown_schedule",
+                    Missing::Input => "unknown_input",
+                    Missing::Worker => "unknown_worker",
+                };
+                Self::new(StatusCode::NOT_FOUND, code, message)
+            }
+            StoreError::Full(_) => {
+                tracing::error!(error = %e, "the database's disk is full");
+                Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage_full",
+                    "the server's disk is full: nothing was written; free space and try again",
+                )
+            }
             StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Unavailable(_) => {
                 tracing::warn!(error = %e, "store unavailable");

@@ -54,3 +54,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
     }
 }
+
+/// A `wait` query parameter in seconds: at least 0, capped at `max` (a larger number, however
+/// large, waits `max`).
+pub fn wait_seconds(
+    wait: Option<f64>,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, ApiError> {
+    match wait {
+        None => Ok(std::time::Duration::ZERO),
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            Ok(std::time::Duration::from_secs_f64(s.min(max.as_secs_f64())))
+        }
+        Some(s) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("wait must be a number of seconds >= 0, not {s}"),
+        )),
+    }
+}

@@ -173,16 +173,7 @@ pub async fn results(
         ResultOrder::Completion => 0,
     });
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let wait = match q.wait {
-        None => Duration::ZERO,
-        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s).min(MAX_RESULTS_WAIT),
-        Some(s) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("wait must be seconds >= 0, not {s}"),
-            ))
-        }
-    };
+    let wait = super::extract::wait_seconds(q.wait, MAX_RESULTS_WAIT)?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut wake = state.events.watch_results();
     loop {
@@ -229,7 +220,7 @@ pub async fn results(
         }
         let read_all = match order {
             ResultOrder::Index => next + 1 >= call.counts.total,
-            ResultOrder::Completion => next >= call.counts.succeeded + call.counts.failed,
+            ResultOrder::Completion => next >= call.counts.ended(),
         };
         let done = call.state.is_terminal() && read_all;
         if !results.is_empty() || done || tokio::time::Instant::now() >= deadline {

@@ -229,6 +229,7 @@ pub async fn complete(
                 let size = output.to_string().len();
                 if size > limit {
                     Outcome::Failed {
+ retry: true,
                         error: hopper_core::api::InputError {
                             code: "output_too_large".into(),
                             message: format!("the output is {size} bytes, over the inline limit of {limit} bytes"),
@@ -275,7 +276,7 @@ pub async fn logs(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<LogBatch>,
 ) -> Result<StatusCode, ApiError> {
-    parse_worker(&id)?;
+    let worker_id = parse_worker(&id)?;
     let lines = req
         .lines
         .into_iter()
@@ -289,6 +290,7 @@ pub async fn logs(
     state
         .store
         .log_append_many(LogAppend {
+            worker_id,
             lines,
             max_lines_per_attempt: state.config.max_log_lines,
         })
