@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import sys
+import traceback
 import typing
 from typing import Any
 
@@ -44,6 +45,10 @@ def import_file(path: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(name, None)
+        text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        raise DeployError([f"{_display(path)}: importing it failed:\n{text.rstrip()}"]) from e
     except BaseException:
         sys.modules.pop(name, None)
         raise

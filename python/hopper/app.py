@@ -265,8 +265,9 @@ class App:
         return f"<hopper app {self.name} ({self.file}:{self.line})>"
 
     def _register(self, fdef: FunctionDef[Any, Any]) -> None:
-        if fdef.name in self.functions:
+        if fdef.name in self.functions:  # refused at deploy, naming both places
             self.duplicates.append((fdef.name, fdef.file, fdef.line))
+            return
         self.functions[fdef.name] = fdef
 
     @overload
