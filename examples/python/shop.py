@@ -28,7 +28,7 @@ def embed(texts: list[str]) -> list[list[float]]:  # batched: a list in, a list 
 class Model:
     @hopper.enter()
     def load(self) -> None:  # once per worker process, before any input
-        logging.warning("loading the model")
+        logging.getLogger("shop").warning("loading the model")
         self.weights = 2.0
 
     @hopper.method()

@@ -384,7 +384,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     sys.stdout = _Router("stdout", fallback)
     sys.stderr = _Router("stderr", fallback)
-    os.environ.setdefault("HOPPER_IN_RUNNER", "1")
     try:
         from ._deploy import load_app
 
