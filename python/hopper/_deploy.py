@@ -1,0 +1,250 @@
+"""From a Python file to a deployed app: import the file, check its app, build the manifest
+(TOML text, the same shape a person would write) and send it to ``POST /v1/apps``."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import traceback
+import typing
+from typing import Any
+
+from ._durations import format_ms, to_ms
+from .app import App, FunctionDef
+from .exception import DeployError
+from .options import Cron, Period, Retries
+
+RUNNER_MODULE = "hopper._runner"
+
+
+def _display(path: str) -> str:
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else path
+
+
+def import_file(path: str) -> Any:
+    """Imports the Python file at ``path`` as a module named for its stem (its folder first
+    on ``sys.path``), once."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise DeployError([f"{path}: no such file"])
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = os.path.splitext(os.path.basename(path))[0]
+    existing = sys.modules.get(name)
+    if existing is not None and os.path.abspath(getattr(existing, "__file__", "") or "") == path:
+        return existing
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise DeployError([f"{path}: not a Python file"])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(name, None)
+        text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        raise DeployError([f"{_display(path)}: importing it failed:\n{text.rstrip()}"]) from e
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def load_app(path: str) -> App:
+    """The one :class:`App` defined by importing ``path``.
+
+    Raises:
+        DeployError: the file defines no app, or more than one app exists in this process.
+    """
+    path = os.path.abspath(path)
+    import_file(path)
+    apps = App._all
+    if not apps:
+        raise DeployError([f"{_display(path)}: defines no hopper.App (app = hopper.App(\"name\"))"])
+    if len(apps) > 1:
+        where = ", ".join(f"{a.name!r} at {_display(a.file)}:{a.line}" for a in apps)
+        raise DeployError(
+            [f"{_display(path)}: two apps in one process ({where}): deploy one app per file"]
+        )
+    return apps[0]
+
+
+def _is_list_type(annotation: Any) -> bool:
+    if annotation is inspect.Parameter.empty:
+        return True  # not annotated: checked at run time
+    if isinstance(annotation, str):
+        text = annotation.replace("typing.", "").strip()
+        return text in ("list", "List", "Sequence") or text.startswith(
+            ("list[", "List[", "Sequence[", "collections.abc.Sequence[")
+        )
+    origin = typing.get_origin(annotation) or annotation
+    import collections.abc
+
+    return origin in (list, collections.abc.Sequence, typing.List, typing.Sequence)  # noqa: UP006
+
+
+def check(app: App) -> list[str]:
+    """Every reason to refuse ``app`` at deploy, each naming the function and ``file:line``."""
+    problems: list[str] = []
+    for name, file, line in app.duplicates:
+        first = app.functions[name]
+        problems.append(
+            f"{_display(file)}:{line}: function {name!r} is defined twice in app "
+            f"{app.name!r} (also at {_display(first.file)}:{first.line}); give one of them "
+            "another name (name=...)"
+        )
+    for fdef in app.functions.values():
+        where = f"{_display(fdef.file)}:{fdef.line}"
+        fn = fdef.raw
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            problems.append(
+                f"{where}: function {fdef.name!r} is a generator; Hopper functions return "
+                "one value (return a list instead)"
+            )
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue
+        params = list(sig.parameters.values())
+        if fdef.cls is not None:
+            params = params[1:]  # self
+        positional = [
+            p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        required = [
+            p for p in params
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if fdef.options.batch is not None:
+            hints = _hints(fn)
+            ok = len(positional) >= 1 and len(required) <= 1
+            if ok and required and required[0] is not positional[0]:
+                ok = False
+            param_type = hints.get(positional[0].name, positional[0].annotation) if ok else None
+            return_type = hints.get("return", sig.return_annotation)
+            if not ok or not _is_list_type(param_type) or not _is_list_type(return_type):
+                problems.append(
+                    f"{where}: batched function {fdef.name!r} must take one list and return "
+                    f"a list of the same length (def {fdef.name}(items: list[X]) -> list[Y]), "
+                    f"not {fdef.name}{sig}"
+                )
+        if fdef.options.schedule is not None and required:
+            names = ", ".join(p.name for p in required)
+            problems.append(
+                f"{where}: function {fdef.name!r} has a schedule but needs an argument "
+                f"({names}); a scheduled function is called with none"
+            )
+    return problems
+
+
+def _hints(fn: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        return {}
+
+
+_BARE_KEY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def _key(name: str) -> str:
+    return name if name and set(name) <= _BARE_KEY else _str(name)
+
+
+def _str(text: str) -> str:
+    """A TOML basic string."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _array(items: list[str]) -> str:
+    return "[" + ", ".join(_str(i) for i in items) + "]"
+
+
+def _schedule_name(name: str) -> str:
+    out = "".join(c if c.isalnum() or c in "_-" else "-" for c in name.lower())
+    return out if out[:1].isalpha() else f"s-{out}"
+
+
+def manifest(app: App, file: str, *, absolute_workdir: bool = False) -> str:
+    """The TOML manifest of ``app``, defined in ``file``: one ``serve`` function per function
+    (the SDK's runner on the file), with its policy, and its schedules.
+
+    Raises:
+        DeployError: the app breaks a rule (see :func:`check`).
+    """
+    problems = check(app)
+    if problems:
+        raise DeployError(problems)
+    file = os.path.abspath(file)
+    folder = os.path.dirname(file)
+    lines = [
+        f"# Built by the Hopper Python SDK from {os.path.basename(file)} "
+        f"(python -m hopper manifest {os.path.basename(file)})",
+        f"app = {_str(app.name)}",
+    ]
+    for fdef in app.functions.values():
+        lines.append("")
+        lines.append(f"[functions.{_key(fdef.name)}]")
+        argv = [sys.executable, "-m", RUNNER_MODULE, os.path.basename(file), fdef.name]
+        lines.append(f"serve = {_array(argv)}")
+        if absolute_workdir:
+            lines.append(f"workdir = {_str(folder)}")
+        lines.extend(_policy(fdef))
+    for fdef in app.functions.values():
+        sched = fdef.options.schedule
+        if sched is None:
+            continue
+        lines.append("")
+        lines.append(f"[schedules.{_key(_schedule_name(fdef.name))}]")
+        lines.append(f"function = {_str(fdef.name)}")
+        if isinstance(sched, Cron):
+            lines.append(f"cron = {_str(sched.cron_string)}")
+            lines.append(f"timezone = {_str(sched.timezone)}")
+        elif isinstance(sched, Period):
+            lines.append(f'every = "{format_ms(sched.ms)}"')
+    return "\n".join(lines) + "\n"
+
+
+def _policy(fdef: FunctionDef[Any, Any]) -> list[str]:
+    o = fdef.options
+    out: list[str] = []
+    if o.timeout is not None:
+        out.append(f'timeout = "{format_ms(to_ms(o.timeout, "timeout"))}"')
+    if isinstance(o.retries, Retries):
+        out.append(f"retries = {o.retries.toml()}")
+    elif o.retries is not None:
+        out.append(f"retries = {o.retries}")
+    if o.concurrency is not None:
+        out.append(f"concurrency = {o.concurrency}")
+    if o.batch is not None:
+        out.append(f"batch = {o.batch.toml()}")
+    for key in ("min_workers", "max_workers", "buffer_workers"):
+        value = getattr(o, key)
+        if value is not None:
+            out.append(f"{key} = {value}")
+    if o.scaledown_window is not None:
+        out.append(f'scaledown_window = "{format_ms(to_ms(o.scaledown_window, "scaledown"))}"')
+    if o.env:
+        pairs = ", ".join(f"{_key(k)} = {_str(v)}" for k, v in sorted(o.env.items()))
+        out.append(f"env = {{ {pairs} }}")
+    return out
+
+
+def deploy_request(path: str) -> dict[str, str]:
+    """The body of ``POST /v1/apps`` for the app in ``path``.
+
+    Raises:
+        DeployError: the file has no app, or its app breaks a rule.
+    """
+    path = os.path.abspath(path)
+    app = load_app(path)
+    return {
+        "manifest": manifest(app, path),
+        "file": f"{_display(path)} (manifest)",
+        "base_dir": os.path.dirname(path),
+    }

@@ -1,0 +1,428 @@
+"""The serve runner: ``python -m hopper._runner FILE FUNCTION`` runs one function of the app in
+FILE as a ``serve`` process (docs/SERVE_PROTOCOL.md).
+
+- Imports FILE, instantiates the class and runs its ``@enter`` methods (for a method), then
+  writes ``{"ready": true}``. A failure there prints its traceback on stderr and exits with
+  status 1: a start-up failure, not lost inputs.
+- Reads requests from stdin and runs up to ``concurrency`` of them at once: on a thread pool for
+  a plain function, as tasks on one event loop for an ``async def``.
+- ``print()`` and ``logging`` inside an input go to that input's log (a context variable names
+  the input(s) a thread or task works for); output outside any input goes to stderr, the
+  worker's log. Only the runner writes to the protocol stream (the original stdout), one whole
+  line at a time under a lock; file descriptor 1 is pointed at stderr so that nothing else can.
+- Outputs are JSON (see ``hopper._codec``); a value that is not fails only its input.
+- SIGTERM or the end of stdin: no new input starts, the inputs in flight finish (for up to
+  ``HOPPER_STOP_GRACE`` seconds, default 30; the rest are handed back by exiting), the
+  ``@exit`` methods run, and the process exits with status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
+import io
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from . import _codec
+from .app import App, FunctionDef
+from .exception import EncodeError
+from .options import NoRetry
+
+_current: contextvars.ContextVar[_InputLog | None] = contextvars.ContextVar(
+    "hopper_input", default=None
+)
+
+
+class _Protocol:
+    """The protocol stream: the process's original stdout, written by the runner alone."""
+
+    def __init__(self) -> None:
+        self.fd = os.dup(1)
+        os.dup2(2, 1)  # anything else that writes to fd 1 lands in the worker's log
+        self.lock = threading.Lock()
+
+    def send(self, messages: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(m, separators=(",", ":")) + "\n" for m in messages).encode()
+        with self.lock:
+            view = memoryview(data)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+
+
+class _InputLog:
+    """Where the print()s of one input (or one batch) go."""
+
+    def __init__(self, protocol: _Protocol, ids: list[str]) -> None:
+        self.protocol = protocol
+        self.ids = ids
+        self.partial = {"stdout": "", "stderr": ""}
+
+    def write(self, stream: str, text: str) -> None:
+        buffered = self.partial[stream] + text
+        if "\n" not in buffered:
+            self.partial[stream] = buffered
+            return
+        *lines, rest = buffered.split("\n")
+        self.partial[stream] = rest
+        self.emit(stream, lines)
+
+    def emit(self, stream: str, lines: list[str]) -> None:
+        self.protocol.send(
+            [{"id": i, "log": line, "stream": stream} for line in lines for i in self.ids]
+        )
+
+    def close(self) -> None:
+        for stream, rest in self.partial.items():
+            if rest:
+                self.emit(stream, [rest])
+        self.partial = {"stdout": "", "stderr": ""}
+
+
+class _Router(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr``: to the current input's log, else to the real stderr."""
+
+    def __init__(self, stream: str, fallback: TextIO) -> None:
+        self.stream = stream
+        self.fallback = fallback
+
+    def write(self, text: str) -> int:
+        log = _current.get()
+        if log is None:
+            self.fallback.write(text)
+        else:
+            log.write(self.stream, text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self.fallback.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.fallback.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+def _error(exc: BaseException, options_retry: Callable[[BaseException], bool]) -> dict[str, Any]:
+    retry = True
+    if isinstance(exc, NoRetry):
+        inner = exc.error
+        retry = False
+        if isinstance(inner, BaseException):
+            exc = inner
+    code = type(exc).__name__
+    message = str(exc) or code
+    error: dict[str, Any] = {"code": code, "message": message}
+    if retry and not options_retry(exc):
+        retry = False
+    if not retry:
+        error["retry"] = False
+    return error
+
+
+class _Function:
+    """The function to serve, with how its inputs become arguments."""
+
+    def __init__(self, fdef: FunctionDef[Any, Any], target: Callable[..., Any]) -> None:
+        self.fdef = fdef
+        self.target = target
+        self.batched = fdef.options.batch is not None
+        self.is_async = inspect.iscoroutinefunction(target)
+        try:
+            params = list(inspect.signature(target).parameters.values())
+        except (TypeError, ValueError):
+            params = []
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.var_args = any(p.kind == p.VAR_POSITIONAL for p in params)
+        self.max_positional = len(positional)
+        self.required = sum(
+            1 for p in params
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
+        o = fdef.options
+        retry_on, no_retry_on = o.retry_on, o.no_retry_on
+
+        def should_retry(exc: BaseException) -> bool:
+            if no_retry_on and isinstance(exc, no_retry_on):
+                return False
+            return retry_on is None or isinstance(exc, retry_on)
+
+        self.should_retry = should_retry
+
+    def arguments(self, value: Any) -> tuple[list[Any], dict[str, Any]]:
+        """The arguments for one input (the inverse of ``_codec.encode_args``)."""
+        if (
+            isinstance(value, dict)
+            and value
+            and set(value) <= {_codec.ARGS_KEY, _codec.KWARGS_KEY}
+        ):
+            args = value.get(_codec.ARGS_KEY, [])
+            kwargs = value.get(_codec.KWARGS_KEY, {})
+            if isinstance(args, list) and isinstance(kwargs, dict):
+                return args, kwargs
+        if value is None and self.required == 0:
+            return [], {}
+        if (self.max_positional >= 2 or self.var_args) and isinstance(value, list):
+            return value, {}
+        return [value], {}
+
+
+class _Runner:
+    def __init__(
+        self, protocol: _Protocol, fn: _Function, loop: asyncio.AbstractEventLoop | None
+    ) -> None:
+        self.protocol = protocol
+        self.fn = fn
+        concurrency = fn.fdef.options.concurrency or 1
+        self.pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.loop = loop if fn.is_async else None
+        if fn.is_async and self.loop is None:
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, name="hopper-loop", daemon=True).start()
+        if self.loop is None:
+            self.pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=concurrency, thread_name_prefix="hopper-input"
+            )
+        self.in_flight: set[concurrent.futures.Future[None]] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.eof = threading.Event()
+
+    # --- one request -----------------------------------------------------------------
+
+    def answer(self, item_id: str, output: Any) -> dict[str, Any]:
+        try:
+            return {"id": item_id, "output": json.loads(_codec.dumps(output, "the output"))}
+        except EncodeError as e:
+            return {"id": item_id, "error": {"code": "bad_output", "message": str(e)}}
+
+    def failed(self, ids: list[str], log: _InputLog, exc: BaseException) -> list[dict[str, Any]]:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        log.emit("stderr", text.rstrip("\n").split("\n"))
+        error = _error(exc, self.fn.should_retry)
+        return [{"id": i, "error": error} for i in ids]
+
+    def start(self, request: dict[str, Any]) -> tuple[list[str], list[Any], _InputLog]:
+        items = request["batch"] if "batch" in request else [request]
+        ids = [str(item["id"]) for item in items]
+        return ids, [item.get("input") for item in items], _InputLog(self.protocol, ids)
+
+    def finish(self, ids: list[str], results: list[Any]) -> list[dict[str, Any]]:
+        out = []
+        for i, result in zip(ids, results, strict=True):
+            if isinstance(result, BaseException):
+                error = _error(result, self.fn.should_retry)
+                out.append({"id": i, "error": error})
+            else:
+                out.append(self.answer(i, result))
+        return out
+
+    def check_batch(self, ids: list[str], results: Any) -> list[Any]:
+        if not isinstance(results, (list, tuple)):
+            raise TypeError(
+                f"the batched function {self.fn.fdef.name} returned "
+                f"{type(results).__name__}, not a list"
+            )
+        if len(results) != len(ids):
+            raise ValueError(
+                f"the batched function {self.fn.fdef.name} returned {len(results)} results "
+                f"for {len(ids)} inputs"
+            )
+        return list(results)
+
+    def run_sync(self, request: dict[str, Any]) -> None:
+        ids, inputs, log = self.start(request)
+        token = _current.set(log)
+        try:
+            if self.fn.batched:
+                results = self.check_batch(ids, self.fn.target(inputs))
+                messages = self.finish(ids, results)
+            else:
+                args, kwargs = self.fn.arguments(inputs[0])
+                messages = [self.answer(ids[0], self.fn.target(*args, **kwargs))]
+        except BaseException as exc:
+            messages = self.failed(ids, log, exc)
+        finally:
+            _current.reset(token)
+        log.close()
+        self.protocol.send(messages)
+
+    async def run_async(self, request: dict[str, Any]) -> None:
+        ids, inputs, log = self.start(request)
+        _current.set(log)  # this task's own context
+        try:
+            if self.fn.batched:
+                results = self.check_batch(ids, await self.fn.target(inputs))
+                messages = self.finish(ids, results)
+            else:
+                args, kwargs = self.fn.arguments(inputs[0])
+                messages = [self.answer(ids[0], await self.fn.target(*args, **kwargs))]
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and self.stopping:
+                raise
+            messages = self.failed(ids, log, exc)
+        _current.set(None)
+        log.close()
+        self.protocol.send(messages)
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def submit(self, request: dict[str, Any]) -> None:
+        future: concurrent.futures.Future[None]
+        if self.loop is not None:
+            future = asyncio.run_coroutine_threadsafe(self.run_async(request), self.loop)
+        else:
+            assert self.pool is not None
+            future = self.pool.submit(self.run_sync, request)
+        with self.lock:
+            self.in_flight.add(future)
+        future.add_done_callback(self.done)
+
+    def done(self, future: concurrent.futures.Future[None]) -> None:
+        with self.lock:
+            self.in_flight.discard(future)
+        exc = future.exception() if not future.cancelled() else None
+        if exc is not None:  # a bug in the runner itself: say so, never hang the input
+            print(f"hopper runner: {exc!r}", file=sys.__stderr__)
+
+    def read(self) -> None:
+        stdin = sys.stdin.buffer
+        for raw in stdin:
+            if self.stopping:
+                continue
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                request = _codec.loads(line)
+                if not isinstance(request, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                print(f"hopper runner: ignoring a request that is not JSON: {e}", file=sys.stderr)
+                continue
+            self.submit(request)
+        self.eof.set()
+
+    def serve(self, grace: float) -> None:
+        reader = threading.Thread(target=self.read, name="hopper-stdin", daemon=True)
+        reader.start()
+        stop = threading.Event()
+
+        def on_term(signum: int, frame: Any) -> None:
+            self.stopping = True
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        while not self.eof.wait(0.25) and not stop.is_set():
+            pass
+        self.stopping = True
+        with self.lock:
+            pending = list(self.in_flight)
+        concurrent.futures.wait(pending, timeout=grace)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _prepare(
+    fdef: FunctionDef[Any, Any], app: App, run: Callable[[Any], Any]
+) -> tuple[Callable[..., Any], list[Callable[[], Any]]]:
+    """The callable to serve and the ``@exit`` methods to run at the end; runs ``@enter``
+    (awaiting an ``async def`` one with ``run``)."""
+    if fdef.cls is None:
+        return fdef.raw, []
+    cdef = app.classes[fdef.cls.__name__]
+    instance = fdef.cls()
+    for name in cdef.enter:
+        result = getattr(instance, name)()
+        if inspect.isawaitable(result):
+            run(result)
+    exits = [getattr(instance, name) for name in cdef.exit]
+    return getattr(instance, fdef.name.split(".", 1)[1]), exits
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _loop_runner(loop: asyncio.AbstractEventLoop | None) -> Callable[[Any], Any]:
+    def run(awaitable: Any) -> Any:
+        if loop is None:
+            return asyncio.run(_await(awaitable))
+        return asyncio.run_coroutine_threadsafe(_await(awaitable), loop).result()
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the serve runner; returns the process's exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m hopper._runner FILE FUNCTION", file=sys.stderr)
+        return 2
+    file, name = args
+    protocol = _Protocol()
+    fallback = os.fdopen(
+        os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace"
+    )
+    sys.stdout = _Router("stdout", fallback)
+    sys.stderr = _Router("stderr", fallback)
+    try:
+        from ._deploy import load_app
+
+        app = load_app(file)
+        fdef = app.functions.get(name)
+        if fdef is None:
+            names = ", ".join(app.functions) or "none"
+            print(
+                f"hopper runner: app {app.name!r} in {file} has no function {name!r} "
+                f"(it has: {names})",
+                file=fallback,
+            )
+            return 2
+        loop: asyncio.AbstractEventLoop | None = None
+        if inspect.iscoroutinefunction(fdef.raw):
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="hopper-loop", daemon=True).start()
+        run = _loop_runner(loop)
+        target, exits = _prepare(fdef, app, run)
+    except BaseException:
+        traceback.print_exc(file=fallback)
+        fallback.flush()
+        return 1
+    runner = _Runner(protocol, _Function(fdef, target), loop)
+    protocol.send([{"ready": True}])
+    grace = float(os.environ.get("HOPPER_STOP_GRACE", "30"))
+    runner.serve(grace)
+    for fn in exits:
+        try:
+            result = fn()
+            if inspect.isawaitable(result):
+                run(result)
+        except BaseException:
+            traceback.print_exc(file=fallback)
+    fallback.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)

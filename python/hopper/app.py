@@ -1,0 +1,449 @@
+"""Apps and their functions: :class:`App`, ``@app.function``, ``@app.cls``, and the
+``@enter``/``@exit``/``@method`` markers for classes."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from ._durations import Duration, to_ms
+from .options import Batch, Cron, Period, Retries
+
+if TYPE_CHECKING:
+    from .client import Client, Function
+
+__all__ = ["App", "ClsDef", "FunctionDef", "enter", "exit", "method"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+_APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+Schedule = Cron | Period | int | float
+"""``schedule=``: a :class:`Cron`, a :class:`Period`, or a period in seconds."""
+
+
+@dataclass
+class FunctionOptions:
+    """The policy of one function, as the decorator gave it (validated)."""
+
+    timeout: Duration | None = None
+    retries: int | Retries | None = None
+    concurrency: int | None = None
+    batch: Batch | None = None
+    min_workers: int | None = None
+    max_workers: int | None = None
+    buffer_workers: int | None = None
+    scaledown_window: Duration | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    schedule: Cron | Period | None = None
+    retry_on: tuple[type[BaseException], ...] | None = None
+    no_retry_on: tuple[type[BaseException], ...] = ()
+
+    def check(self) -> None:
+        """Raises ``ValueError`` for a value no manifest could hold."""
+        if self.timeout is not None:
+            ms = to_ms(self.timeout, "timeout")
+            if not 1_000 <= ms <= 86_400_000:
+                raise ValueError("timeout must be from 1 second to 24 hours")
+        if self.retries is not None and not isinstance(self.retries, Retries):
+            if isinstance(self.retries, bool) or not isinstance(self.retries, int):
+                raise ValueError(f"retries must be an int or hopper.Retries, not {self.retries!r}")
+            Retries(self.retries)
+        if self.concurrency is not None and not _int_in(self.concurrency, 1, 10_000):
+            raise ValueError(f"concurrency must be an int from 1 to 10000, not {self.concurrency!r}")
+        for name in ("min_workers", "max_workers", "buffer_workers"):
+            value = getattr(self, name)
+            if value is not None and not _int_in(value, 0, 1000):
+                raise ValueError(f"{name} must be an int from 0 to 1000, not {value!r}")
+        if self.scaledown_window is not None:
+            to_ms(self.scaledown_window, "scaledown_window")
+        for k, v in self.env.items():
+            if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k:
+                raise ValueError(f"env: {k!r}={v!r} is not a valid variable (str names and values)")
+
+
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _schedule(value: Schedule | None) -> Cron | Period | None:
+    if value is None or isinstance(value, (Cron, Period)):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Period(value)
+    raise ValueError(f"schedule must be hopper.Cron, hopper.Period or seconds, not {value!r}")
+
+
+def _exceptions(value: Iterable[type[BaseException]] | type[BaseException] | None, what: str
+                ) -> tuple[type[BaseException], ...] | None:
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, type) else tuple(value)
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise ValueError(f"{what} takes exception classes, not {item!r}")
+    return items
+
+
+def _where(fn: Callable[..., Any]) -> tuple[str, int]:
+    code = getattr(fn, "__code__", None)
+    file = inspect.getsourcefile(fn) or "<unknown>"
+    return file, code.co_firstlineno if code is not None else 0
+
+
+class FunctionDef(Generic[P, R]):
+    """A function of an app, as ``@app.function`` returns it.
+
+    Calling it (or :meth:`local`) runs the Python function in this process. ``remote``,
+    ``spawn``, ``map``, ``starmap`` and ``for_each`` call the deployed function
+    (``app.name``) through the server, as :class:`hopper.Function` does.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        name: str,
+        fn: Callable[P, R],
+        options: FunctionOptions,
+        cls: type | None = None,
+    ) -> None:
+        self.app = app
+        self.name = name
+        self.raw = fn
+        self.options = options
+        self.cls = cls
+        self.file, self.line = _where(fn)
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__wrapped__ = fn
+
+    @property
+    def qualified_name(self) -> str:
+        """``app.function`` (``app.Class.method`` for a method)."""
+        return f"{self.app.name}.{self.name}"
+
+    def __repr__(self) -> str:
+        return f"<hopper function {self.qualified_name} ({self.file}:{self.line})>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.raw(*args, **kwargs)
+
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Runs the Python function in this process, with no server (an ``async def``
+        function returns its coroutine)."""
+        return self.raw(*args, **kwargs)
+
+    def _remote_function(self) -> Function:
+        from .client import Function
+
+        return Function.from_name(self.qualified_name)
+
+    def with_client(self, client: Client) -> Function:
+        """The deployed function, called through ``client``."""
+        from .client import Function
+
+        return Function.from_name(self.qualified_name, client=client)
+
+    # The deployed function's calls, for convenience: see hopper.Function.
+    @property
+    def remote(self) -> Any:
+        """``Function.remote`` of the deployed function; ``.remote.aio`` for asyncio."""
+        return self._remote_function().remote
+
+    @property
+    def spawn(self) -> Any:
+        """``Function.spawn`` of the deployed function."""
+        return self._remote_function().spawn
+
+    @property
+    def map(self) -> Any:
+        """``Function.map`` of the deployed function."""
+        return self._remote_function().map
+
+    @property
+    def starmap(self) -> Any:
+        """``Function.starmap`` of the deployed function."""
+        return self._remote_function().starmap
+
+    @property
+    def for_each(self) -> Any:
+        """``Function.for_each`` of the deployed function."""
+        return self._remote_function().for_each
+
+
+@dataclass
+class ClsDef:
+    """A class of an app, as ``@app.cls`` registered it: its methods become functions named
+    ``Class.method`` (called as ``app.Class.method``)."""
+
+    cls: type
+    options: FunctionOptions
+    file: str
+    line: int
+    enter: list[str]
+    exit: list[str]
+    methods: list[str]
+
+
+_MARK = "__hopper_role__"
+
+
+def enter() -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Marks a method of an ``@app.cls`` class to run once per worker process, before its
+    first input (load a model, open a pool). An exception in it fails the process's start:
+    its inputs fail with code ``startup_failed`` and the traceback as the message."""
+
+    def mark(fn: Callable[..., T]) -> Callable[..., T]:
+        setattr(fn, _MARK, "enter")
+        return fn
+
+    return mark
+
+
+def exit() -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Marks a method of an ``@app.cls`` class to run once when its worker process stops
+    (SIGTERM or the end of its input stream), after the inputs in flight have ended."""
+
+    def mark(fn: Callable[..., T]) -> Callable[..., T]:
+        setattr(fn, _MARK, "exit")
+        return fn
+
+    return mark
+
+
+def method() -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Marks a method of an ``@app.cls`` class as a function of the app, named
+    ``Class.method`` and called as ``hopper.Function.from_name("app.Class.method")``."""
+
+    def mark(fn: Callable[..., T]) -> Callable[..., T]:
+        setattr(fn, _MARK, "method")
+        return fn
+
+    return mark
+
+
+class App:
+    """A named set of functions and schedules, deployed together.
+
+    ``app = hopper.App("shop")`` at the top of a file, functions decorated with
+    ``@app.function(...)`` or ``@app.cls(...)``, then ``python -m hopper deploy FILE.py``.
+
+    Args:
+        name: the app's name: a lowercase letter, then lowercase letters, digits, ``_`` or
+            ``-`` (at most 64 characters).
+
+    Raises:
+        ValueError: the name is not valid.
+    """
+
+    _all: list[App] = []
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not _APP_NAME.match(name):
+            raise ValueError(
+                f"invalid app name {name!r}: a lowercase letter, then lowercase letters, "
+                "digits, '_' or '-', at most 64 characters"
+            )
+        self.name = name
+        frame = sys._getframe(1)
+        self.file = os.path.abspath(frame.f_code.co_filename)
+        self.line = frame.f_lineno
+        self.functions: dict[str, FunctionDef[Any, Any]] = {}
+        self.classes: dict[str, ClsDef] = {}
+        self.duplicates: list[tuple[str, str, int]] = []
+        App._all.append(self)
+
+    def __repr__(self) -> str:
+        return f"<hopper app {self.name} ({self.file}:{self.line})>"
+
+    def _register(self, fdef: FunctionDef[Any, Any]) -> None:
+        if fdef.name in self.functions:  # refused at deploy, naming both places
+            self.duplicates.append((fdef.name, fdef.file, fdef.line))
+            return
+        self.functions[fdef.name] = fdef
+
+    @overload
+    def function(self, fn: Callable[P, R], /) -> FunctionDef[P, R]: ...
+
+    @overload
+    def function(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: Duration | None = None,
+        retries: int | Retries | None = None,
+        concurrency: int | None = None,
+        batch: Batch | None = None,
+        min_workers: int | None = None,
+        max_workers: int | None = None,
+        buffer_workers: int | None = None,
+        scaledown_window: Duration | None = None,
+        env: Mapping[str, str] | None = None,
+        schedule: Schedule | None = None,
+        retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
+        no_retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+    ) -> Callable[[Callable[P, R]], FunctionDef[P, R]]: ...
+
+    def function(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: Duration | None = None,
+        retries: int | Retries | None = None,
+        concurrency: int | None = None,
+        batch: Batch | None = None,
+        min_workers: int | None = None,
+        max_workers: int | None = None,
+        buffer_workers: int | None = None,
+        scaledown_window: Duration | None = None,
+        env: Mapping[str, str] | None = None,
+        schedule: Schedule | None = None,
+        retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
+        no_retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+    ) -> FunctionDef[P, R] | Callable[[Callable[P, R]], FunctionDef[P, R]]:
+        """Makes a Python function a function of this app.
+
+        Args:
+            name: the function's name in the app (default: the Python name).
+            timeout: longest one attempt may run (seconds, ``"60s"``-style text or a
+                timedelta; 1 s to 24 h; default 5 minutes). Past it the attempt is killed and
+                fails with code ``timeout``.
+            retries: retries after a failed attempt: an int (exponential backoff from 1 s,
+                doubling, at most 60 s) or :class:`hopper.Retries`. Default none.
+            concurrency: inputs one worker process runs at once (batches, for a batched
+                function): threads for a plain function, tasks on one event loop for an
+                ``async def``. Default 1.
+            batch: :class:`hopper.Batch`: the function takes a list and returns a list.
+            min_workers: worker processes kept running with no work (default 1).
+            max_workers: most worker processes at once (default ``max(min_workers, 1)``).
+            buffer_workers: idle workers kept warm beyond demand (default 0).
+            scaledown_window: a worker not needed for this long stops (default 60 s).
+            env: extra environment variables of the function's process.
+            schedule: :class:`hopper.Cron`, :class:`hopper.Period`, or a period in seconds;
+                only for functions that need no argument.
+            retry_on: retry only these exception types (others fail at once).
+            no_retry_on: never retry these exception types.
+            min_containers, max_containers, buffer_containers: Modal's spellings of the
+                ``*_workers`` options.
+
+        Raises:
+            ValueError: an option has a value no manifest can hold.
+        """
+        options = FunctionOptions(
+            timeout=timeout,
+            retries=retries,
+            concurrency=concurrency,
+            batch=batch,
+            min_workers=min_workers if min_workers is not None else min_containers,
+            max_workers=max_workers if max_workers is not None else max_containers,
+            buffer_workers=buffer_workers if buffer_workers is not None else buffer_containers,
+            scaledown_window=scaledown_window,
+            env=dict(env or {}),
+            schedule=_schedule(schedule),
+            retry_on=_exceptions(retry_on, "retry_on"),
+            no_retry_on=_exceptions(no_retry_on, "no_retry_on") or (),
+        )
+        options.check()
+
+        def decorate(f: Callable[P, R]) -> FunctionDef[P, R]:
+            if isinstance(f, FunctionDef):
+                raise TypeError(f"{f.name} is already a function of app {f.app.name}")
+            if not callable(f):
+                raise TypeError(f"@app.function decorates a function, not {f!r}")
+            fdef = FunctionDef(self, str(name or getattr(f, "__name__", "function")), f, options)
+            self._register(fdef)
+            return fdef
+
+        if fn is not None:
+            return decorate(fn)
+        return decorate
+
+    def cls(
+        self,
+        *,
+        timeout: Duration | None = None,
+        retries: int | Retries | None = None,
+        concurrency: int | None = None,
+        min_workers: int | None = None,
+        max_workers: int | None = None,
+        buffer_workers: int | None = None,
+        scaledown_window: Duration | None = None,
+        env: Mapping[str, str] | None = None,
+        retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
+        no_retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+    ) -> Callable[[type[T]], type[T]]:
+        """Makes a class's ``@hopper.method()`` methods functions of this app.
+
+        Each method is a function named ``Class.method`` (call it as
+        ``hopper.Function.from_name("app.Class.method")``) that runs in its own process per
+        worker: the class is instantiated with no arguments, its ``@hopper.enter()`` methods
+        run once before the first input, its ``@hopper.exit()`` methods when the process
+        stops. The options are those of :meth:`function`, for every method. The class itself
+        is returned unchanged, so ``Model().predict(2)`` still runs locally.
+
+        Raises:
+            ValueError: an option has a value no manifest can hold.
+        """
+        options = FunctionOptions(
+            timeout=timeout,
+            retries=retries,
+            concurrency=concurrency,
+            min_workers=min_workers if min_workers is not None else min_containers,
+            max_workers=max_workers if max_workers is not None else max_containers,
+            buffer_workers=buffer_workers if buffer_workers is not None else buffer_containers,
+            scaledown_window=scaledown_window,
+            env=dict(env or {}),
+            retry_on=_exceptions(retry_on, "retry_on"),
+            no_retry_on=_exceptions(no_retry_on, "no_retry_on") or (),
+        )
+        options.check()
+
+        def decorate(cls: type[T]) -> type[T]:
+            if not isinstance(cls, type):
+                raise TypeError(f"@app.cls decorates a class, not {cls!r}")
+            roles: dict[str, list[str]] = {"enter": [], "exit": [], "method": []}
+            for attr, value in cls.__dict__.items():
+                fn = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+                role = getattr(fn, _MARK, None)
+                if role in roles:
+                    roles[role].append(attr)
+            file, line = _where(_first_function(cls))
+            cdef = ClsDef(cls, options, file, line, roles["enter"], roles["exit"], roles["method"])
+            self.classes[cls.__name__] = cdef
+            for attr in roles["method"]:
+                fn = cls.__dict__[attr]
+                fdef: FunctionDef[Any, Any] = FunctionDef(
+                    self, f"{cls.__name__}.{attr}", fn, options, cls=cls
+                )
+                self._register(fdef)
+            return cls
+
+        return decorate
+
+
+def _first_function(cls: type) -> Callable[..., Any]:
+    for value in cls.__dict__.values():
+        if inspect.isfunction(value):
+            return value
+    return cls

@@ -1,0 +1,142 @@
+"""``python -m hopper``: deploy, manifest, run and bench.
+
+Exit codes follow the ``hopper`` CLI: 0 success, 1 the call failed, 2 bad usage or a refused
+deploy, 3 timed out, 4 the server could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from . import _deploy
+from .client import Client
+from .exception import AuthError, ConnectionError, DeployError, Error, InvalidInputError
+
+
+def find_binary() -> str:
+    """The ``hopper`` binary: ``$HOPPER_BIN``, else ``hopper`` on ``PATH``.
+
+    Raises:
+        hopper.exception.Error: neither exists.
+    """
+    env = os.environ.get("HOPPER_BIN")
+    if env:
+        if not os.access(env, os.X_OK):
+            raise Error(f"HOPPER_BIN={env} is not an executable file")
+        return env
+    found = shutil.which("hopper")
+    if found is None:
+        raise Error(
+            "cannot find the hopper binary: put it on PATH or set HOPPER_BIN to its path "
+            "(cargo build --release builds target/release/hopper)"
+        )
+    return found
+
+
+def _deploy_cmd(args: argparse.Namespace) -> int:
+    client = Client(args.server, args.token)
+    version = client.deploy(args.file)
+    names = [f["name"] for f in version.get("functions", [])]
+    print(f"deployed app {version.get('name')} version {version.get('version')} to {client.server}")
+    for name in names:
+        print(f"  {name}")
+    return 0
+
+
+def _manifest_cmd(args: argparse.Namespace) -> int:
+    app = _deploy.load_app(args.file)
+    sys.stdout.write(_deploy.manifest(app, args.file, absolute_workdir=args.absolute_workdir))
+    return 0
+
+
+def _run_cmd(args: argparse.Namespace) -> int:
+    binary = find_binary()
+    app = _deploy.load_app(args.file)
+    text = _deploy.manifest(app, args.file, absolute_workdir=True)
+    if args.function not in app.functions:
+        raise DeployError(
+            [f"{args.file} has no function {args.function!r} (it has: {', '.join(app.functions)})"]
+        )
+    try:
+        json.loads(args.input)
+    except ValueError as e:
+        raise InvalidInputError(f"the input is not JSON: {e} (strings need quotes: '\"text\"')") from None
+    with tempfile.TemporaryDirectory(prefix="hopper-run-") as tmp:
+        path = os.path.join(tmp, "hopper.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        cmd = [binary, "run", path, args.function, "--input", args.input]
+        if args.timeout:
+            cmd += ["--timeout", args.timeout]
+        if args.json:
+            cmd.append("--json")
+        return subprocess.call(cmd)
+
+
+def _bench_cmd(args: argparse.Namespace) -> int:
+    from ._bench import run
+
+    return run(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hopper", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("deploy", help="deploy the app defined in a Python file")
+    d.add_argument("file")
+    d.add_argument("--server", help="server URL (default $HOPPER_SERVER or http://127.0.0.1:7433)")
+    d.add_argument("--token", help="bearer token (default $HOPPER_TOKEN)")
+    d.set_defaults(func=_deploy_cmd)
+
+    m = sub.add_parser("manifest", help="print the TOML manifest that deploy would send")
+    m.add_argument("file")
+    m.add_argument("--absolute-workdir", action="store_true",
+                   help="write workdir as an absolute path (for a manifest kept elsewhere)")
+    m.set_defaults(func=_manifest_cmd)
+
+    r = sub.add_parser("run", help="run one call on a temporary server, print the output, exit")
+    r.add_argument("file")
+    r.add_argument("function")
+    r.add_argument("input", nargs="?", default="null", help="the input as JSON (default null)")
+    r.add_argument("--timeout", help="give up after this long, e.g. 30s (exit 3)")
+    r.add_argument("--json", action="store_true", help="print the whole call as JSON")
+    r.set_defaults(func=_run_cmd)
+
+    b = sub.add_parser("bench", help="measure map throughput and .remote() latency")
+    b.add_argument("--inputs", type=int, default=100_000, help="inputs per map (default 100000)")
+    b.add_argument("--round-trips", type=int, default=1_000,
+                   help="sequential .remote() calls (default 1000)")
+    b.add_argument("--json", action="store_true", help="one JSON object per measurement")
+    b.add_argument("--no-reference", action="store_true",
+                   help="skip `hopper bench --scenario latency` for comparison")
+    b.set_defaults(func=_bench_cmd)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit code."""
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except DeployError as e:
+        print(f"error: the app was refused:\n{e}", file=sys.stderr)
+        return 2
+    except InvalidInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ConnectionError, AuthError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    except Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

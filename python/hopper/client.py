@@ -1,0 +1,920 @@
+"""The client: :class:`Client`, :class:`Function` and :class:`FunctionCall`.
+
+Every call has an asyncio twin under ``.aio``: ``await f.remote.aio(x)``,
+``async for y in f.map.aio(xs)``, ``await call.get.aio(timeout=30)``.
+
+Each operation is written once, as a plan (a generator that yields the HTTP requests it needs
+and receives their answers); a synchronous and an asynchronous driver carry the plans out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from . import _codec
+from .exception import (
+    AuthError,
+    CallNotFoundError,
+    CallTimeoutError,
+    ConnectionError,
+    Error,
+    FunctionNotFoundError,
+    InputCancelledError,
+    InvalidInputError,
+    NotFoundError,
+    ServerError,
+    input_failed,
+)
+
+__all__ = ["Client", "Function", "FunctionCall"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+A = TypeVar("A")
+
+DEFAULT_SERVER = "http://127.0.0.1:7433"
+#: Longest single long-poll of ``GET /v1/calls/{id}?wait=`` (the server allows 300 s).
+POLL_SECONDS = 55.0
+#: Longest single long-poll of a map's results (the server allows 60 s).
+RESULTS_POLL_SECONDS = 30.0
+_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class _Twin(Generic[P, R, A]):
+    """A call with a synchronous form (``f(...)``) and an asyncio one (``f.aio(...)``)."""
+
+    def __init__(self, sync: Callable[P, R], aio: Callable[P, A], doc: str | None = None) -> None:
+        self._sync = sync
+        self.aio = aio
+        self.__doc__ = doc or sync.__doc__
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._sync(*args, **kwargs)
+
+
+# ---- plans: the operations, free of I/O ----------------------------------------------------
+
+
+@dataclass
+class _Req:
+    method: str
+    path: str
+    body: str | None = None
+    params: dict[str, Any] | None = None
+    timeout: float | None = None
+
+
+@dataclass
+class _Pull:
+    """The next ``n`` inputs, encoded (fewer means the inputs ran out)."""
+
+    n: int
+
+
+@dataclass
+class _Emit:
+    value: Any
+
+
+@dataclass
+class _MapState:
+    call_id: str | None = None
+    finished: bool = False
+    sent: int = 0
+    received: int = 0
+
+
+class _UnknownFunction(Error):
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+Plan = Generator[Any, Any, R]
+
+
+def _function_path(name: str, tail: str) -> str:
+    return f"/v1/functions/{quote(name, safe='')}/{tail}"
+
+
+def _call_path(call_id: str, tail: str = "") -> str:
+    base = f"/v1/calls/{quote(call_id, safe='')}"
+    return f"{base}/{tail}" if tail else base
+
+
+def _names_plan(name: str, error: _UnknownFunction) -> Plan[FunctionNotFoundError]:
+    try:
+        functions = yield _Req("GET", "/v1/functions")
+        names = sorted(f["name"] for f in functions)
+    except Error:
+        names = []
+    return FunctionNotFoundError(name, error.message, names)
+
+
+def _on_function(name: str, req: _Req) -> Plan[Any]:
+    """Sends ``req`` about function ``name``; an unknown function raises
+    FunctionNotFoundError with the names that are deployed."""
+    try:
+        return (yield req)
+    except _UnknownFunction as e:
+        raise (yield from _names_plan(name, e)) from None
+
+
+def _spawn_plan(name: str, input_text: str) -> Plan[dict[str, Any]]:
+    key = f"py-{uuid.uuid4()}"
+    body = '{"input":' + input_text + ',"idempotency_key":"' + key + '"}'
+    call: dict[str, Any] = yield from _on_function(
+        name, _Req("POST", _function_path(name, "calls"), body=body)
+    )
+    return call
+
+
+def _outcome(call: dict[str, Any]) -> Any:
+    state = call.get("state")
+    call_id = call.get("id")
+    if state == "succeeded":
+        return call.get("output")
+    error = call.get("error") or {}
+    code, message = str(error.get("code", state)), str(error.get("message", ""))
+    if state == "cancelled" or code == "cancelled":
+        raise InputCancelledError(message or f"call {call_id} was cancelled", call_id)
+    failed = call.get("inputs", {}).get("failed", 0)
+    if call.get("origin") == "map" and not error:
+        raise input_failed("failed", f"{failed} input(s) of the map failed", call_id)
+    raise input_failed(code, message, call_id)
+
+
+def _get_plan(call_id: str, timeout: float | None) -> Plan[Any]:
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    while True:
+        left = POLL_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
+        wait = min(left, POLL_SECONDS)
+        call = yield _Req("GET", _call_path(call_id), params={"wait": round(wait, 3)},
+                          timeout=wait + 30)
+        if call.get("state") in _TERMINAL:
+            if call.get("origin") == "map" and call.get("state") == "succeeded":
+                return (yield from _collect_plan(call_id))
+            return _outcome(call)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CallTimeoutError(
+                f"call {call_id} has not ended after {timeout} s (it goes on; get() it again "
+                "later)",
+                call_id,
+            )
+
+
+def _collect_plan(call_id: str) -> Plan[list[Any]]:
+    out: list[Any] = []
+    after = -1
+    while True:
+        page = yield _Req("GET", _call_path(call_id, "results"),
+                          params={"order": "index", "after": after, "limit": 10_000})
+        for r in page["results"]:
+            out.append(_result(r, call_id, True))
+        after = page["next"]
+        if page["done"]:
+            return out
+
+
+def _result(r: dict[str, Any], call_id: str, return_exceptions: bool) -> Any:
+    if r.get("state") == "succeeded":
+        return r.get("output")
+    error = r.get("error") or {}
+    index = int(r.get("index", 0))
+    exc: Error
+    if r.get("state") == "cancelled":
+        exc = InputCancelledError(
+            str(error.get("message") or "the input was cancelled"), call_id, index
+        )
+    else:
+        exc = input_failed(str(error.get("code", "error")), str(error.get("message", "")),
+                           call_id, index)
+    if return_exceptions:
+        return exc
+    raise exc
+
+
+def _map_plan(
+    name: str,
+    state: _MapState,
+    *,
+    ordered: bool,
+    return_exceptions: bool,
+    discard: bool,
+    chunk_size: int,
+    max_outstanding: int,
+) -> Plan[None]:
+    first: list[str] = yield _Pull(min(chunk_size, max_outstanding))
+    exhausted = len(first) < min(chunk_size, max_outstanding)
+    if not first and exhausted:
+        state.finished = True
+        return
+    key = f"py-{uuid.uuid4()}"
+    body = (
+        '{"inputs":[' + ",".join(first) + '],"done":' + ("true" if exhausted else "false")
+        + ',"discard_results":' + ("true" if discard else "false")
+        + ',"idempotency_key":"' + key + '"}'
+    )
+    call = yield from _on_function(name, _Req("POST", _function_path(name, "map"), body=body))
+    call_id: str = call["id"]
+    state.call_id = call_id
+    state.sent = len(first)
+    order = "index" if ordered else "completion"
+    after: int | None = None
+    while True:
+        room = max_outstanding - (state.sent - state.received)
+        if not exhausted and room > 0:
+            n = min(chunk_size, room)
+            chunk: list[str] = yield _Pull(n)
+            exhausted = len(chunk) < n
+            if chunk or exhausted:
+                body = (
+                    '{"start":' + str(state.sent) + ',"inputs":[' + ",".join(chunk)
+                    + '],"done":' + ("true" if exhausted else "false") + "}"
+                )
+                yield _Req("POST", _call_path(call_id, "inputs"), body=body)
+                state.sent += len(chunk)
+        room = max_outstanding - (state.sent - state.received)
+        wait = 0.0 if (not exhausted and room > 0) else RESULTS_POLL_SECONDS
+        params: dict[str, Any] = {"order": order, "wait": wait, "limit": 10_000}
+        if after is not None:
+            params["after"] = after
+        page = yield _Req("GET", _call_path(call_id, "results"), params=params,
+                          timeout=wait + 30)
+        after = page["next"]
+        for r in page["results"]:
+            state.received += 1
+            value = _result(r, call_id, return_exceptions)
+            yield _Emit(None if discard and not isinstance(value, Error) else value)
+        if page["done"]:
+            state.finished = True
+            return
+
+
+# ---- the client -----------------------------------------------------------------------------
+
+
+def _base_url(server: str) -> str:
+    server = server.strip().rstrip("/")
+    if "://" not in server:
+        server = f"http://{server}"
+    return server
+
+
+def _error_from(response: httpx.Response) -> Error:
+    status = response.status_code
+    try:
+        body = response.json()
+        code = str(body["error"]["code"])
+        message = str(body["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_" + str(status), response.text[:500] or response.reason_phrase
+    if status in (401, 403):
+        hint = " (set HOPPER_TOKEN or hopper.Client(token=...))" if status == 401 else ""
+        return AuthError(message + hint, status)
+    if status == 404:
+        if code == "unknown_function":
+            return _UnknownFunction(message)
+        if code == "unknown_call":
+            return CallNotFoundError(message)
+        return NotFoundError(message)
+    if 400 <= status < 500:
+        return InvalidInputError(message, code, status)
+    return ServerError(f"the server answered {status}: {message}", status, code)
+
+
+class Client:
+    """A connection to a Hopper server.
+
+    Args:
+        server: the server's URL, or ``host:port``. Default: ``$HOPPER_SERVER``, else
+            ``http://127.0.0.1:7433``.
+        token: a bearer token. Default: ``$HOPPER_TOKEN``, else none.
+        timeout: seconds to wait for the server's answer to a request that does not long-poll
+            (default 30).
+        retries: attempts at a request that failed to reach the server or got 503, before
+            :class:`hopper.exception.ConnectionError` (default 5). Every request the SDK sends is
+            safe to repeat (spawns carry an idempotency key, input chunks their position).
+
+    One client can be used from many threads and event loops; ``Function.from_name`` and
+    ``FunctionCall.from_id`` use :meth:`default` unless given one.
+    """
+
+    _default: Client | None = None
+    _default_lock = threading.Lock()
+
+    def __init__(
+        self,
+        server: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 5,
+    ) -> None:
+        self.server = _base_url(server or os.environ.get("HOPPER_SERVER") or DEFAULT_SERVER)
+        self.token = token if token is not None else (os.environ.get("HOPPER_TOKEN") or None)
+        self.timeout = timeout
+        self.retries = max(1, retries)
+        headers = {"content-type": "application/json", "user-agent": "hopper-python"}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        self._headers = headers
+        self._sync: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"hopper.Client({self.server!r})"
+
+    @classmethod
+    def default(cls) -> Client:
+        """The process's default client, from ``$HOPPER_SERVER`` and ``$HOPPER_TOKEN`` (made
+        on first use)."""
+        with cls._default_lock:
+            if cls._default is None:
+                cls._default = Client()
+            return cls._default
+
+    @classmethod
+    def set_default(cls, client: Client | None) -> None:
+        """Makes ``client`` the default (``None``: read the environment again on next use)."""
+        with cls._default_lock:
+            cls._default = client
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the synchronous connections (asyncio ones close with their loop)."""
+        with self._lock:
+            if self._sync is not None:
+                self._sync.close()
+                self._sync = None
+
+    # -- transport
+
+    def _limits(self) -> httpx.Limits:
+        return httpx.Limits(max_connections=200, max_keepalive_connections=50)
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._sync is None:
+                self._sync = httpx.Client(
+                    base_url=self.server, headers=self._headers, limits=self._limits(),
+                    timeout=httpx.Timeout(self.timeout, connect=10.0),
+                )
+            return self._sync
+
+    def _ahttp(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._aio.get(loop)
+        if client is None:
+            client = httpx.AsyncClient(
+                base_url=self.server, headers=self._headers, limits=self._limits(),
+                timeout=httpx.Timeout(self.timeout, connect=10.0),
+            )
+            self._aio[loop] = client
+        return client
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(0.1 * 3**attempt, 3.0))
+
+    def _check(self, response: httpx.Response) -> Any:
+        if response.status_code < 300:
+            if response.status_code == 204 or not response.content:
+                return None
+            try:
+                return _codec.loads(response.content)
+            except ValueError as e:
+                raise ServerError(f"the server's answer is not JSON: {e}",
+                                  response.status_code) from None
+        raise _error_from(response)
+
+    def _send(self, req: _Req) -> Any:
+        last = ""
+        for attempt in range(self.retries):
+            try:
+                response = self._http().request(
+                    req.method, req.path, content=req.body, params=req.params,
+                    timeout=httpx.Timeout(
+                        (req.timeout if req.timeout is not None else self.timeout), connect=10.0
+                    ),
+                )
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                time.sleep(self._backoff(attempt))
+                continue
+            if response.status_code == 503 and attempt + 1 < self.retries:
+                time.sleep(self._backoff(attempt))
+                continue
+            return self._check(response)
+        raise ConnectionError(self.server, last or "no answer")
+
+    async def _asend(self, req: _Req) -> Any:
+        last = ""
+        for attempt in range(self.retries):
+            try:
+                response = await self._ahttp().request(
+                    req.method, req.path, content=req.body, params=req.params,
+                    timeout=httpx.Timeout(
+                        (req.timeout if req.timeout is not None else self.timeout), connect=10.0
+                    ),
+                )
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                await asyncio.sleep(self._backoff(attempt))
+                continue
+            if response.status_code == 503 and attempt + 1 < self.retries:
+                await asyncio.sleep(self._backoff(attempt))
+                continue
+            return self._check(response)
+        raise ConnectionError(self.server, last or "no answer")
+
+    # -- drivers
+
+    def _run(self, plan: Plan[R]) -> R:
+        try:
+            op: Any = next(plan)
+            while True:
+                try:
+                    answer = self._send(op)
+                except Error as e:
+                    op = plan.throw(e)
+                else:
+                    op = plan.send(answer)
+        except StopIteration as stop:
+            result: R = stop.value
+            return result
+
+    async def _arun(self, plan: Plan[R]) -> R:
+        try:
+            op: Any = next(plan)
+            while True:
+                try:
+                    answer = await self._asend(op)
+                except Error as e:
+                    op = plan.throw(e)
+                else:
+                    op = plan.send(answer)
+        except StopIteration as stop:
+            result: R = stop.value
+            return result
+
+    def _cancel_quietly(self, call_id: str) -> None:
+        try:
+            self._http().post(_call_path(call_id, "cancel"), content="{}", timeout=5.0)
+        except Exception:
+            pass
+
+    async def _acancel_quietly(self, call_id: str) -> None:
+        try:
+            await self._ahttp().post(_call_path(call_id, "cancel"), content="{}", timeout=5.0)
+        except Exception:
+            pass
+
+    def _iterate(self, plan: Plan[None], state: _MapState, inputs: Iterator[str]) -> Iterator[Any]:
+        try:
+            op = next(plan)
+            while True:
+                if isinstance(op, _Emit):
+                    yield _codec.decode(op.value) if not isinstance(op.value, Error) else op.value
+                    op = plan.send(None)
+                elif isinstance(op, _Pull):
+                    op = plan.send(list(itertools.islice(inputs, op.n)))
+                else:
+                    try:
+                        answer = self._send(op)
+                    except Error as e:
+                        op = plan.throw(e)
+                    else:
+                        op = plan.send(answer)
+        except StopIteration:
+            return
+        finally:
+            plan.close()
+            if state.call_id is not None and not state.finished:
+                self._cancel_quietly(state.call_id)
+
+    async def _aiterate(
+        self, plan: Plan[None], state: _MapState, inputs: Iterator[str] | AsyncIterator[str]
+    ) -> AsyncIterator[Any]:
+        try:
+            op = next(plan)
+            while True:
+                if isinstance(op, _Emit):
+                    yield _codec.decode(op.value) if not isinstance(op.value, Error) else op.value
+                    op = plan.send(None)
+                elif isinstance(op, _Pull):
+                    if isinstance(inputs, AsyncIterator):
+                        chunk = []
+                        async for item in inputs:
+                            chunk.append(item)
+                            if len(chunk) >= op.n:
+                                break
+                    else:
+                        chunk = list(itertools.islice(inputs, op.n))
+                    op = plan.send(chunk)
+                else:
+                    try:
+                        answer = await self._asend(op)
+                    except Error as e:
+                        op = plan.throw(e)
+                    else:
+                        op = plan.send(answer)
+        except StopIteration:
+            return
+        finally:
+            plan.close()
+            if state.call_id is not None and not state.finished:
+                await self._acancel_quietly(state.call_id)
+
+    # -- conveniences
+
+    def function(self, name: str) -> Function:
+        """The deployed function ``name`` (``app.function``), called through this client."""
+        return Function.from_name(name, client=self)
+
+    def call(self, call_id: str) -> FunctionCall:
+        """A handle on the call ``call_id``, through this client."""
+        return FunctionCall.from_id(call_id, client=self)
+
+    def deploy(self, path: str) -> dict[str, Any]:
+        """Deploys the app defined in the Python file ``path``; returns the app version
+        (``{"name", "version", "functions": [...]}``).
+
+        Raises:
+            DeployError: the app breaks a rule (named with the function and ``file:line``).
+            InvalidInputError: the server refused the manifest.
+        """
+        from ._deploy import deploy_request
+
+        body = _codec.dumps(deploy_request(path))
+        result: dict[str, Any] = self._send(_Req("POST", "/v1/apps", body=body))
+        return result
+
+
+def _encode_input(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the input") -> str:
+    return _codec.dumps(_codec.encode_args(args, kwargs), what)
+
+
+class Function:
+    """A deployed function, by name. Made with :meth:`from_name`; no I/O until it is called.
+
+    ``spawn``, ``remote``, ``map``, ``starmap`` and ``for_each`` each have an asyncio twin
+    under ``.aio``.
+
+    Arguments become the function's JSON input: ``f.remote(x)`` sends ``x``; several
+    positional arguments are sent as a list and spread again on the worker; keyword arguments
+    travel as ``{"$args": [...], "$kwargs": {...}}`` (see ``docs/PYTHON.md``).
+    """
+
+    def __init__(self, name: str, client: Client | None = None) -> None:
+        self.name = name
+        self._client = client
+        self.spawn = _Twin(self._spawn, self._spawn_aio)
+        self.remote = _Twin(self._remote, self._remote_aio)
+        self.map = _Twin(self._map, self._map_aio)
+        self.starmap = _Twin(self._starmap, self._starmap_aio)
+        self.for_each = _Twin(self._for_each, self._for_each_aio)
+
+    @classmethod
+    def from_name(cls, name: str, *, client: Client | None = None) -> Function:
+        """The deployed function ``name``: ``"app.function"``, ``"app.Class.method"``, or a
+        bare function name unique across apps. No I/O: an unknown name raises
+        :class:`hopper.exception.FunctionNotFoundError` on the first call.
+
+        Args:
+            name: the function's name.
+            client: the client to call through (default :meth:`Client.default`).
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a function name is 'app.function', not {name!r}")
+        return cls(name.strip(), client)
+
+    @property
+    def client(self) -> Client:
+        """The client this function is called through."""
+        return self._client or Client.default()
+
+    def __repr__(self) -> str:
+        return f"hopper.Function({self.name!r})"
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Not available on a function found by name: its code is not in this process. Call
+        ``.local()`` on the object ``@app.function`` returned.
+
+        Raises:
+            hopper.exception.Error: always.
+        """
+        raise Error(
+            f"{self.name}: local() needs the function's code; call it on the object that "
+            "@app.function returned"
+        )
+
+    def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
+        """Spawns a call with these arguments and returns at once.
+
+        Returns:
+            a :class:`FunctionCall`; store its ``object_id`` to poll it later from anywhere.
+
+        Raises:
+            FunctionNotFoundError: no such function is deployed.
+            EncodeError: an argument cannot be encoded as JSON.
+            InvalidInputError: the server refused the input (e.g. over its size limit).
+            ConnectionError, AuthError: the server cannot be reached, or refused the token.
+        """
+        client = self.client
+        call = client._run(_spawn_plan(self.name, _encode_input(args, kwargs)))
+        return FunctionCall(call["id"], client)
+
+    async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
+        client = self.client
+        call = await client._arun(_spawn_plan(self.name, _encode_input(args, kwargs)))
+        return FunctionCall(call["id"], client)
+
+    def _remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs the function with these arguments and waits for its output.
+
+        Returns:
+            the function's output (JSON, with ``bytes`` decoded).
+
+        Raises:
+            InputFailedError: the input failed (a subclass of the remote built-in exception
+                type when there is one, e.g. ``ValueError``); FunctionTimeoutError when an
+                attempt ran past the function's timeout.
+            InputCancelledError: the call was cancelled.
+            and everything :meth:`spawn` raises.
+        """
+        call = self._spawn(*args, **kwargs)
+        return call.get()
+
+    async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
+        call = await self._spawn_aio(*args, **kwargs)
+        return await call.get.aio()
+
+    def _map_run(self, inputs: Iterable[Any] | AsyncIterable[Any], *, star: bool,
+                 ordered: bool, return_exceptions: bool, discard: bool, chunk_size: int,
+                 max_outstanding: int) -> tuple[Plan[None], _MapState]:
+        state = _MapState()
+        plan = _map_plan(
+            self.name, state, ordered=ordered, return_exceptions=return_exceptions,
+            discard=discard, chunk_size=max(1, chunk_size),
+            max_outstanding=max(1, max_outstanding),
+        )
+        return plan, state
+
+    def _map(
+        self,
+        *iterables: Iterable[Any],
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        chunk_size: int = 1000,
+        max_outstanding: int = 10_000,
+    ) -> Iterator[Any]:
+        """Runs the function over inputs, streaming: yields each output as soon as it (and,
+        in order, every one before it) is available.
+
+        Args:
+            iterables: one iterable, or several zipped (one argument from each per call).
+            order_outputs: yield in input order (default) or as inputs end.
+            return_exceptions: yield a failed input's exception in its place instead of
+                raising it.
+            chunk_size: inputs per upload request.
+            max_outstanding: most inputs sent but without a result yet (backpressure:
+                the iterables are read only as results come back).
+
+        Raises:
+            InputFailedError: the first failed input, without ``return_exceptions`` (the
+                map's other inputs are cancelled).
+            and everything :meth:`spawn` raises. Leaving the loop early (``break``, an
+            exception, ``KeyboardInterrupt``) cancels the map's remaining inputs.
+        """
+        items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
+        encoded = (
+            _encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input")
+            for x in items
+        )
+        return self._stream(encoded, order_outputs, return_exceptions, False, chunk_size,
+                            max_outstanding)
+
+    def _stream(self, encoded: Iterator[str], ordered: bool, return_exceptions: bool,
+                discard: bool, chunk_size: int, max_outstanding: int) -> Iterator[Any]:
+        client = self.client
+        plan, state = self._map_run(encoded, star=False, ordered=ordered,
+                                    return_exceptions=return_exceptions, discard=discard,
+                                    chunk_size=chunk_size, max_outstanding=max_outstanding)
+        return client._iterate(plan, state, encoded)
+
+    def _astream(self, encoded: Iterator[str] | AsyncIterator[str], ordered: bool,
+                 return_exceptions: bool, discard: bool, chunk_size: int,
+                 max_outstanding: int) -> AsyncIterator[Any]:
+        client = self.client
+        plan, state = self._map_run(encoded, star=False, ordered=ordered,
+                                    return_exceptions=return_exceptions, discard=discard,
+                                    chunk_size=chunk_size, max_outstanding=max_outstanding)
+        return client._aiterate(plan, state, encoded)
+
+    def _map_aio(
+        self,
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        chunk_size: int = 1000,
+        max_outstanding: int = 10_000,
+    ) -> AsyncIterator[Any]:
+        if len(iterables) == 1 and isinstance(iterables[0], AsyncIterable):
+            source = iterables[0]
+
+            async def encode_async() -> AsyncIterator[str]:
+                async for x in source:
+                    yield _encode_input((x,), {}, "a map input")
+
+            encoded: Iterator[str] | AsyncIterator[str] = encode_async()
+        else:
+            sync_items = [i for i in iterables if isinstance(i, Iterable)]
+            if len(sync_items) != len(iterables):
+                raise TypeError("map.aio zips several iterables only when none is async")
+            items: Iterable[Any] = sync_items[0] if len(sync_items) == 1 else zip(*sync_items, strict=False)
+            encoded = (
+                _encode_input(tuple(x) if len(sync_items) > 1 else (x,), {}, "a map input")
+                for x in items
+            )
+        return self._astream(encoded, order_outputs, return_exceptions, False, chunk_size,
+                             max_outstanding)
+
+    def _starmap(
+        self,
+        items: Iterable[Iterable[Any]],
+        *,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        chunk_size: int = 1000,
+        max_outstanding: int = 10_000,
+    ) -> Iterator[Any]:
+        """Like :meth:`map`, with each item unpacked into positional arguments:
+        ``f.starmap([(1, 2), (3, 4)])`` calls ``f(1, 2)`` and ``f(3, 4)``."""
+        encoded = (_encode_input(tuple(x), {}, "a starmap input") for x in items)
+        return self._stream(encoded, order_outputs, return_exceptions, False, chunk_size,
+                            max_outstanding)
+
+    def _starmap_aio(
+        self,
+        items: Iterable[Iterable[Any]],
+        *,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        chunk_size: int = 1000,
+        max_outstanding: int = 10_000,
+    ) -> AsyncIterator[Any]:
+        encoded = (_encode_input(tuple(x), {}, "a starmap input") for x in items)
+        return self._astream(encoded, order_outputs, return_exceptions, False, chunk_size,
+                             max_outstanding)
+
+    def _for_each(self, *iterables: Iterable[Any], ignore_exceptions: bool = False,
+                  chunk_size: int = 1000, max_outstanding: int = 10_000) -> None:
+        """Runs the function over inputs like :meth:`map`, keeps no outputs (the server
+        stores none), and returns once every input has ended.
+
+        Args:
+            ignore_exceptions: carry on past failed inputs instead of raising the first.
+
+        Raises:
+            InputFailedError: the first failed input, unless ``ignore_exceptions``.
+        """
+        items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
+        encoded = (
+            _encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input")
+            for x in items
+        )
+        for _ in self._stream(encoded, False, ignore_exceptions, True, chunk_size,
+                              max_outstanding):
+            pass
+
+    async def _for_each_aio(self, *iterables: Iterable[Any], ignore_exceptions: bool = False,
+                            chunk_size: int = 1000, max_outstanding: int = 10_000) -> None:
+        items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
+        encoded = (
+            _encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input")
+            for x in items
+        )
+        async for _ in self._astream(encoded, False, ignore_exceptions, True, chunk_size,
+                                     max_outstanding):
+            pass
+
+
+class FunctionCall:
+    """A handle on one call: a spawn, a map or a schedule firing.
+
+    ``object_id`` (``"hc-..."``) is the id to store; :meth:`from_id` rebuilds the handle in any
+    process. ``get`` and ``cancel`` have asyncio twins under ``.aio``.
+    """
+
+    def __init__(self, object_id: str, client: Client | None = None) -> None:
+        self.object_id = object_id
+        self._client = client
+        self.get = _Twin(self._get, self._get_aio)
+        self.cancel = _Twin(self._cancel, self._cancel_aio)
+        self.info = _Twin(self._info, self._info_aio)
+
+    @classmethod
+    def from_id(cls, call_id: str, *, client: Client | None = None) -> FunctionCall:
+        """A handle on the call ``call_id`` (no I/O).
+
+        Args:
+            call_id: a call id, ``"hc-..."``.
+            client: the client to use (default :meth:`Client.default`).
+        """
+        if not isinstance(call_id, str) or not call_id.strip():
+            raise ValueError(f"a call id looks like 'hc-...', not {call_id!r}")
+        return cls(call_id.strip(), client)
+
+    @property
+    def client(self) -> Client:
+        """The client this call is read through."""
+        return self._client or Client.default()
+
+    def __repr__(self) -> str:
+        return f"hopper.FunctionCall({self.object_id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FunctionCall) and other.object_id == self.object_id
+
+    def __hash__(self) -> int:
+        return hash(self.object_id)
+
+    def _get(self, timeout: float | None = None) -> Any:
+        """Waits for the call to end and returns its output (for a map: the list of its
+        outputs, in input order). Reading does not consume it: ``get`` again returns the same.
+
+        Args:
+            timeout: seconds to wait; ``None`` (default) waits until the call ends, by
+                repeated long-polls; ``0`` asks once without waiting.
+
+        Raises:
+            CallTimeoutError: the call has not ended within ``timeout`` (also a built-in
+                ``TimeoutError``); it goes on.
+            InputFailedError: the call failed (FunctionTimeoutError for an attempt timeout).
+            InputCancelledError: the call was cancelled.
+            CallNotFoundError: no such call (or it was pruned after the retention period).
+        """
+        client = self.client
+        return _codec.decode(client._run(_get_plan(self.object_id, timeout)))
+
+    async def _get_aio(self, timeout: float | None = None) -> Any:
+        client = self.client
+        return _codec.decode(await client._arun(_get_plan(self.object_id, timeout)))
+
+    def _cancel(self) -> None:
+        """Cancels the call: its pending inputs never run, running ones are stopped, none is
+        retried. Cancelling a call that ended changes nothing.
+
+        Raises:
+            CallNotFoundError: no such call.
+        """
+        self.client._send(_Req("POST", _call_path(self.object_id, "cancel"), body="{}"))
+
+    async def _cancel_aio(self) -> None:
+        await self.client._asend(_Req("POST", _call_path(self.object_id, "cancel"), body="{}"))
+
+    def _info(self) -> dict[str, Any]:
+        """The call as the server shows it now: ``state``, ``function``, ``inputs`` counts,
+        ``attempts``, ... (no waiting)."""
+        result: dict[str, Any] = self.client._send(_Req("GET", _call_path(self.object_id)))
+        return result
+
+    async def _info_aio(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.client._asend(_Req("GET", _call_path(self.object_id)))
+        return result
+
+    @staticmethod
+    def gather(*calls: FunctionCall, timeout: float | None = None) -> list[Any]:
+        """Waits for every call and returns their outputs in order; raises the first failure.
+
+        Args:
+            timeout: seconds to wait for each call (default: until it ends).
+        """
+        return [c.get(timeout=timeout) for c in calls]

@@ -1,0 +1,135 @@
+"""Policy objects for ``@app.function(...)``: :class:`Retries`, :class:`Batch`, :class:`Cron`,
+:class:`Period`, and :class:`NoRetry`."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from ._durations import Duration, format_ms, to_ms
+
+__all__ = ["Batch", "Cron", "NoRetry", "Period", "Retries"]
+
+
+@dataclass(frozen=True)
+class Retries:
+    """Retries with exponential backoff.
+
+    Attempt ``n + 1`` starts no earlier than
+    ``min(initial_delay * backoff_coefficient ** (n - 1), max_delay)`` after attempt ``n`` failed.
+
+    Args:
+        max_retries: retries after the first attempt, 0 to 1000.
+        backoff_coefficient: growth of the delay per retry, 1.0 (fixed delay) to 100.0.
+        initial_delay: delay before the first retry (seconds, ``"1s"``-style text or a timedelta).
+        max_delay: the delay never grows past this.
+    """
+
+    max_retries: int
+    backoff_coefficient: float = 2.0
+    initial_delay: Duration = 1.0
+    max_delay: Duration = 60.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_retries, int) or not 0 <= self.max_retries <= 1000:
+            raise ValueError(f"max_retries must be an int from 0 to 1000, not {self.max_retries!r}")
+        if not 1.0 <= float(self.backoff_coefficient) <= 100.0:
+            raise ValueError(
+                f"backoff_coefficient must be from 1.0 to 100.0, not {self.backoff_coefficient!r}"
+            )
+        to_ms(self.initial_delay, "initial_delay")
+        to_ms(self.max_delay, "max_delay")
+
+    def toml(self) -> str:
+        """The manifest's inline table for this policy."""
+        return (
+            f"{{ max_retries = {self.max_retries}, "
+            f"backoff_coefficient = {float(self.backoff_coefficient)!r}, "
+            f'initial_delay = "{format_ms(to_ms(self.initial_delay, "initial_delay"))}", '
+            f'max_delay = "{format_ms(to_ms(self.max_delay, "max_delay"))}" }}'
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Dynamic batching: the function receives a list of inputs and returns a list of outputs
+    of the same length, in the same order. Callers still pass one input per call.
+
+    A batch closes when it holds ``max_size`` inputs or ``wait`` has passed since its first
+    input, whichever comes first.
+
+    Args:
+        max_size: most inputs in one batch, 1 to 10,000.
+        wait: longest wait for a batch to fill (seconds, ``"50ms"``-style text or a timedelta).
+    """
+
+    max_size: int
+    wait: Duration = "0ms"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_size, int) or not 1 <= self.max_size <= 10_000:
+            raise ValueError(f"Batch.max_size must be an int from 1 to 10000, not {self.max_size!r}")
+        to_ms(self.wait, "Batch.wait")
+
+    def toml(self) -> str:
+        """The manifest's inline table for this policy."""
+        return f'{{ max_size = {self.max_size}, wait = "{format_ms(to_ms(self.wait, "wait"))}" }}'
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A cron schedule: 5 fields (or 6, seconds first), or ``@hourly``, ``@daily``,
+    ``@weekly``, ``@monthly``, in an IANA time zone (default ``"UTC"``).
+
+    Times are wall-clock times in the zone; the server checks the expression at deploy.
+    """
+
+    cron_string: str
+    timezone: str = "UTC"
+
+
+class Period:
+    """A fixed period between calls, at least one second.
+
+    ``Period("15m")``, ``Period(900)`` (seconds), ``Period(minutes=15)`` or
+    ``Period(hours=1, minutes=30)`` (Modal's spelling).
+    """
+
+    def __init__(
+        self,
+        every: Duration | None = None,
+        *,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+    ) -> None:
+        parts = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        if every is not None and parts:
+            raise ValueError("Period: give either a duration or days=/hours=/minutes=/seconds=")
+        ms = to_ms(every if every is not None else parts, "Period")
+        if ms < 1000:
+            raise ValueError(f"Period: the period must be at least 1s, not {format_ms(ms)}")
+        self.ms = ms
+
+    def __repr__(self) -> str:
+        return f"Period({format_ms(self.ms)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Period) and other.ms == self.ms
+
+    def __hash__(self) -> int:
+        return hash(self.ms)
+
+
+class NoRetry(Exception):
+    """Raise to fail an input at once, without using its retries (a corrupt upload cannot get
+    better by trying again).
+
+    ``raise hopper.NoRetry(ValueError("corrupt file"))`` reports the wrapped exception's type
+    and message; ``raise hopper.NoRetry("corrupt file")`` reports ``NoRetry``.
+    """
+
+    def __init__(self, error: BaseException | str) -> None:
+        self.error = error
+        super().__init__(str(error))

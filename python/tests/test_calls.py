@@ -1,0 +1,286 @@
+"""spawn, remote, get, from_id, cancel, idempotency, and every exception class."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Deployed, Server, run_python, wait_for
+
+import hopper
+from hopper import exception as hx
+
+SOURCE = """
+import os, time
+
+@app.function(concurrency=8)
+def echo(x):
+    return x
+
+@app.function(concurrency=4)
+def add(a, b=10, *, c=0):
+    return a + b + c
+
+@app.function(concurrency=4)
+def sleepy(seconds):
+    time.sleep(seconds)
+    return seconds
+
+@app.function(concurrency=4)
+def fail(kind):
+    if kind == "value":
+        raise ValueError("a bad value")
+    if kind == "os":
+        raise FileNotFoundError(2, "no such file", "/x")
+    raise RuntimeError(kind)
+
+@app.function(timeout=1)
+def too_slow():
+    time.sleep(30)
+
+@app.function()
+def echo_bytes(data: bytes) -> dict:
+    return {"len": len(data), "back": data}
+"""
+
+
+@pytest.fixture(scope="module")
+def app(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Deployed:
+    folder = tmp_path_factory.mktemp("calls")
+    file = folder / "app.py"
+    file.write_text("import hopper\n\napp = hopper.App('calls')\n" + SOURCE)
+    r = run_python("-m", "hopper", "deploy", str(file), env={"HOPPER_SERVER": server.url})
+    assert r.returncode == 0, r.stderr
+    assert "calls.echo" in r.stdout
+    return Deployed("calls", file, folder, server)
+
+
+def test_spawn_returns_a_call_that_get_waits_for(app: Deployed) -> None:
+    call = app.fn("echo").spawn({"a": [1, 2.5, None, "x"]})
+    assert call.object_id.startswith("hc-")
+    assert call.get(timeout=30) == {"a": [1, 2.5, None, "x"]}
+    assert call.get(timeout=0) == {"a": [1, 2.5, None, "x"]}  # reading does not consume
+
+
+def test_remote_passes_positional_and_keyword_arguments(app: Deployed) -> None:
+    add = app.fn("add")
+    assert add.remote(1) == 11
+    assert add.remote(1, 2) == 3
+    assert add.remote(1, b=5, c=100) == 106
+
+
+def test_the_default_client_comes_from_the_environment(app: Deployed) -> None:
+    hopper.Client.set_default(None)
+    assert hopper.Function.from_name("calls.echo").remote("env") == "env"
+    assert hopper.Client("127.0.0.1:9").server == "http://127.0.0.1:9"
+
+
+def test_bytes_round_trip(app: Deployed) -> None:
+    data = bytes(range(256))
+    assert app.fn("echo_bytes").remote(data) == {"len": 256, "back": data}
+
+
+def test_from_id_in_a_second_process(app: Deployed, server: Server) -> None:
+    call = app.fn("sleepy").spawn(0.5)
+    code = (
+        "import json, sys, hopper\n"
+        "print(json.dumps(hopper.FunctionCall.from_id(sys.argv[1]).get(timeout=30)))\n"
+    )
+    r = run_python("-c", code, call.object_id, env={"HOPPER_SERVER": server.url})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == 0.5
+
+
+def test_a_spawn_retried_with_its_key_makes_one_call(app: Deployed, server: Server) -> None:
+    # The SDK sends every spawn with an idempotency key and repeats the same request on a
+    # network error; the server answers a repeat with the call it already made.
+    from hopper.client import _Req
+
+    client = server.client()
+    body = '{"input": 1, "idempotency_key": "py-test-key-1"}'
+    first = client._send(_Req("POST", "/v1/functions/calls.echo/calls", body=body))
+    again = client._send(_Req("POST", "/v1/functions/calls.echo/calls", body=body))
+    assert first["id"] == again["id"]
+
+
+def test_a_spawn_survives_a_dropped_connection(app: Deployed, server: Server) -> None:
+    # A proxy that drops the first request after the server has taken it: the client's retry
+    # carries the same key, so exactly one call exists.
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+    seen: list[bytes] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def proxy() -> None:
+        for n in range(2):
+            conn, _ = listener.accept()
+            upstream = socket.create_connection((host, int(port)))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                int(h.split(b":")[1]) for h in head.split(b"\r\n")
+                if h.lower().startswith(b"content-length")
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            seen.append(body)
+            upstream.sendall(head + b"\r\n\r\n" + body)
+            reply = upstream.recv(65536)
+            if n == 0:
+                conn.close()  # the server made the call; the client never hears
+            else:
+                conn.sendall(reply)
+                conn.close()
+            upstream.close()
+
+    t = threading.Thread(target=proxy, daemon=True)
+    t.start()
+    client = hopper.Client(f"127.0.0.1:{listener.getsockname()[1]}")
+    call = client.function("calls.echo").spawn("once")
+    t.join(10)
+    assert len(seen) == 2 and seen[0] == seen[1]
+    calls = server.get("/v1/calls", function="calls.echo", limit=200)["calls"]
+    assert [c["id"] for c in calls].count(call.object_id) == 1
+    key = json.loads(seen[0])["idempotency_key"]
+    assert sum(1 for c in calls if c.get("idempotency_key") == key) == 1
+    assert server.client().call(call.object_id).get(timeout=30) == "once"
+
+
+def test_cancel_ends_a_running_call(app: Deployed) -> None:
+    call = app.fn("sleepy").spawn(60)
+    time.sleep(0.5)
+    call.cancel()
+    with pytest.raises(hx.InputCancelledError):
+        call.get(timeout=10)
+
+
+def test_remote_failure_keeps_its_type_code_and_call(app: Deployed) -> None:
+    with pytest.raises(hx.InputFailedError) as info:
+        app.fn("fail").remote("value")
+    assert isinstance(info.value, ValueError)
+    assert info.value.code == "ValueError"
+    assert info.value.message == "a bad value"
+    assert info.value.call_id and info.value.call_id.startswith("hc-")
+    with pytest.raises(hx.InputFailedError) as other:
+        app.fn("fail").remote("custom")
+    assert other.value.code == "RuntimeError" and isinstance(other.value, RuntimeError)
+    with pytest.raises(hx.InputFailedError) as os_error:
+        app.fn("fail").remote("os")
+    assert os_error.value.code == "FileNotFoundError"
+
+
+def test_attempt_timeout_raises_function_timeout_error(app: Deployed) -> None:
+    with pytest.raises(hx.FunctionTimeoutError) as info:
+        app.fn("too_slow").remote()
+    assert info.value.code == "timeout"
+
+
+def test_get_with_a_timeout_raises_call_timeout_error(app: Deployed) -> None:
+    call = app.fn("sleepy").spawn(5)
+    started = time.monotonic()
+    with pytest.raises(hx.CallTimeoutError) as info:
+        call.get(timeout=0.5)
+    assert isinstance(info.value, TimeoutError)
+    assert time.monotonic() - started < 3
+    with pytest.raises(TimeoutError):
+        call.get(timeout=0)
+    call.cancel()
+
+
+def test_unknown_function_names_the_deployed_ones(app: Deployed) -> None:
+    with pytest.raises(hx.FunctionNotFoundError) as info:
+        app.fn("nope").remote(1)
+    assert "calls.echo" in info.value.available
+    assert "calls.echo" in str(info.value)
+
+
+def test_unknown_call(app: Deployed, server: Server) -> None:
+    with pytest.raises(hx.CallNotFoundError):
+        hopper.FunctionCall.from_id("hc-01M8PD6P7GE1MACX7HXNPMVZPN", client=server.client()).get(0)
+
+
+def test_unreachable_server(app: Deployed) -> None:
+    client = hopper.Client("http://127.0.0.1:9", retries=1)
+    with pytest.raises(hx.ConnectionError) as info:
+        client.function("calls.echo").remote(1)
+    assert info.value.url == "http://127.0.0.1:9"
+    assert "HOPPER_SERVER" in str(info.value)
+    assert isinstance(info.value, ConnectionError)
+
+
+def test_token_errors_and_token_use(token_server: Server, deploy: Any) -> None:
+    d = deploy("@app.function()\ndef hi(x):\n    return f'hi {x}'\n", target=token_server)
+    with pytest.raises(hx.AuthError) as missing:
+        hopper.Client(token_server.url, "").function(f"{d.app}.hi").remote(1)
+    assert missing.value.status == 401
+    with pytest.raises(hx.AuthError):
+        hopper.Client(token_server.url, "wrong").function(f"{d.app}.hi").remote(1)
+    assert token_server.client().function(f"{d.app}.hi").remote("you") == "hi you"
+
+
+def test_invalid_input_carries_the_servers_message(app: Deployed) -> None:
+    with pytest.raises(hx.InvalidInputError) as info:
+        app.fn("echo").remote("x" * (2 * 1024 * 1024))
+    assert info.value.status == 413
+    assert "limit" in str(info.value)
+
+
+def test_values_json_cannot_hold_are_refused_before_sending(app: Deployed) -> None:
+    with pytest.raises(hx.EncodeError) as nan:
+        app.fn("echo").spawn(float("nan"))
+    assert "nan" in str(nan.value)
+    with pytest.raises(hx.EncodeError) as obj:
+        app.fn("echo").spawn({"when": object()})
+    assert "object" in str(obj.value) and "['when']" in str(obj.value)
+    assert isinstance(obj.value, hx.InvalidInputError)
+
+
+def test_server_errors_are_server_error(tmp_path: Path) -> None:
+    class Broken(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(500)
+            self.send_header("content-type", "application/json")
+            body = b'{"error": {"code": "internal", "message": "internal error"}}'
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Broken)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = hopper.Client(f"127.0.0.1:{httpd.server_address[1]}")
+        with pytest.raises(hx.ServerError) as info:
+            client.function("a.b").spawn(1)
+        assert info.value.status == 500
+    finally:
+        httpd.shutdown()
+
+
+def test_every_error_is_a_hopper_error() -> None:
+    for cls in (hx.InputFailedError, hx.FunctionTimeoutError, hx.StartupError,
+                hx.InputCancelledError, hx.CallTimeoutError, hx.NotFoundError,
+                hx.FunctionNotFoundError, hx.CallNotFoundError, hx.ConnectionError,
+                hx.AuthError, hx.InvalidInputError, hx.EncodeError, hx.ServerError,
+                hx.DeployError):
+        assert issubclass(cls, hx.Error)
+
+
+def test_gather_and_info(app: Deployed) -> None:
+    calls = [app.fn("echo").spawn(i) for i in range(5)]
+    assert hopper.FunctionCall.gather(*calls, timeout=30) == [0, 1, 2, 3, 4]
+    info = calls[0].info()
+    assert info["state"] == "succeeded" and info["function"] == "calls.echo"
+    wait_for(lambda: True)

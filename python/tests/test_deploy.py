@@ -1,0 +1,159 @@
+"""`python -m hopper deploy | manifest | run`, and what deploy refuses."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Server, hopper_bin, run_python
+
+SHOP = REPO / "examples" / "python" / "shop.py"
+
+
+def write(folder: Path, source: str, name: str = "app.py") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def test_manifest_prints_the_toml_deploy_sends(tmp_path: Path) -> None:
+    r = run_python("-m", "hopper", "manifest", str(SHOP))
+    assert r.returncode == 0, r.stderr
+    text = r.stdout
+    assert 'app = "shop"' in text
+    assert "[functions.resize]" in text
+    assert f'serve = ["{sys.executable}", "-m", "hopper._runner", "shop.py", "resize"]' in text
+    assert 'timeout = "1m"' in text and "retries = 3" in text and "concurrency = 8" in text
+    assert 'batch = { max_size = 32, wait = "50ms" }' in text and "max_workers = 4" in text
+    assert '[functions."Model.predict"]' in text and "min_workers = 1" in text
+    assert 'cron = "0 3 * * *"' in text and 'timezone = "Europe/Berlin"' in text
+    assert 'every = "15m"' in text
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        parsed = tomllib.loads(text)
+        assert set(parsed["functions"]) == {"resize", "embed", "Model.predict", "nightly",
+                                            "refresh"}
+        assert parsed["schedules"]["refresh"] == {"function": "refresh", "every": "15m"}
+
+
+def test_a_generated_manifest_is_accepted_by_hopper_deploy(tmp_path: Path, server: Server
+                                                           ) -> None:
+    import subprocess
+
+    app = write(tmp_path, """
+        import hopper
+        app = hopper.App("handmade")
+        @app.function(timeout=30, retries=hopper.Retries(2), env={"A": "b c"}, concurrency=2)
+        def f(x):
+            return x
+    """)
+    r = run_python("-m", "hopper", "manifest", "--absolute-workdir", str(app))
+    manifest = tmp_path / "hopper.toml"
+    manifest.write_text(r.stdout)
+    out = subprocess.run([hopper_bin(), "deploy", str(manifest), "--server", server.url],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert server.client().function("handmade.f").remote("same") == "same"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (
+            """
+            import hopper
+            app = hopper.App("one")
+            other = hopper.App("two")
+            @app.function()
+            def f(x): return x
+            """,
+            ["two apps in one process", "'one' at", "app.py:3", "'two' at", "app.py:4"],
+        ),
+        (
+            """
+            import hopper
+            app = hopper.App("dup")
+            @app.function()
+            def f(x): return x
+
+            @app.function()
+            def f(x): return x + 1
+            """,
+            ["function 'f' is defined twice", "app.py:7", "also at", "app.py:4"],
+        ),
+        (
+            """
+            import hopper
+            app = hopper.App("batchy")
+            @app.function(batch=hopper.Batch(max_size=8))
+            def embed(text: str) -> list[float]:
+                return [1.0]
+            """,
+            ["app.py:4", "batched function 'embed' must take one list and return a list",
+             "(text: str)"],
+        ),
+        (
+            """
+            import hopper
+            app = hopper.App("batchy2")
+            @app.function(batch=hopper.Batch(max_size=8))
+            def embed(texts: list[str], model) -> list[float]:
+                return [1.0]
+            """,
+            ["app.py:4", "batched function 'embed'"],
+        ),
+        (
+            """
+            import hopper
+            app = hopper.App("sched")
+            @app.function(schedule=hopper.Period("1h"))
+            def report(day: str):
+                return day
+            """,
+            ["app.py:4", "function 'report' has a schedule but needs an argument (day)"],
+        ),
+    ],
+    ids=["two-apps", "defined-twice", "batch-not-list", "batch-two-args", "schedule-argument"],
+)
+def test_deploy_refuses(tmp_path: Path, server: Server, source: str, expected: list[str]) -> None:
+    app = write(tmp_path, source)
+    r = run_python("-m", "hopper", "deploy", str(app), env={"HOPPER_SERVER": server.url})
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    for text in expected:
+        assert text in r.stderr, (text, r.stderr)
+
+
+def test_deploy_reports_an_import_error(tmp_path: Path, server: Server) -> None:
+    app = write(tmp_path, "import hopper\napp = hopper.App('x')\nraise ValueError('broken')\n")
+    r = run_python("-m", "hopper", "deploy", str(app), env={"HOPPER_SERVER": server.url})
+    assert r.returncode == 2
+    assert "importing it failed" in r.stderr and "ValueError: broken" in r.stderr
+
+
+def test_deploy_reports_an_unreachable_server(tmp_path: Path) -> None:
+    app = write(tmp_path, "import hopper\napp = hopper.App('x')\n@app.function()\ndef f(x): return x\n")
+    r = run_python("-m", "hopper", "deploy", str(app), env={"HOPPER_SERVER": "127.0.0.1:9"})
+    assert r.returncode == 4
+    assert "cannot reach the Hopper server at http://127.0.0.1:9" in r.stderr
+
+
+def test_run_starts_a_temporary_server_for_one_call(tmp_path: Path) -> None:
+    app = write(tmp_path, """
+        import hopper
+        app = hopper.App("runner")
+        @app.function()
+        def greet(name: str) -> dict:
+            print("greeting", name)
+            return {"hello": name}
+    """)
+    r = run_python("-m", "hopper", "run", str(app), "greet", '"world"',
+                   env={"HOPPER_BIN": hopper_bin()}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"hello": "world"}
+    assert "greeting world" in r.stderr
+    bad = run_python("-m", "hopper", "run", str(app), "nope", env={"HOPPER_BIN": hopper_bin()})
+    assert bad.returncode == 2 and "has no function 'nope'" in bad.stderr
