@@ -17,30 +17,18 @@ const INSERT_CHUNK: usize = 500;
 pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     if let Some(key) = &p.idempotency_key {
-        let existing = sqlx::query(&format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE idempotency_key = $1"
-        ))
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if let Some(row) = existing {
-            let call = call_row(&row)?;
-            if call.app != p.app || call.function != p.function {
-                return Err(StoreError::IdempotencyConflict {
-                    key: key.clone(),
-                    call_id: call.id.to_string(),
-                    function: format!("{}.{}", call.app, call.function),
-                });
-            }
-            return Ok(CallInserted::Existing(call));
+        if let Some(call) = by_key(&mut tx, key).await? {
+            return existing(&mut tx, key, call, &p).await;
         }
     }
     let total = p.inputs.len() as i64;
+    // A concurrent insert of the same key makes this one do nothing (PostgreSQL waits for the
+    // other to commit first), and the call it made is read back below.
     let row = sqlx::query(&format!(
         "INSERT INTO calls (id, app, function, version, origin, state, idempotency_key, n_total, n_pending,
                             accepting_inputs, discard_results, created_at, schedule, due_at)
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12) RETURNING {CALL_COLUMNS}"
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING {CALL_COLUMNS}"
     ))
     .bind(p.id.as_str())
     .bind(&p.app)
@@ -54,9 +42,18 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
     .bind(p.now)
     .bind(p.schedule.as_ref().map(|(s, _)| s.clone()))
     .bind(p.schedule.as_ref().map(|(_, d)| *d))
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(db_err)?;
+    let Some(row) = row else {
+        let key = p.idempotency_key.as_deref().unwrap_or_default();
+        let call = by_key(&mut tx, key).await?.ok_or_else(|| {
+            StoreError::Conflict(format!(
+                "idempotency key {key:?} was taken and released at once; try again"
+            ))
+        })?;
+        return existing(&mut tx, key, call, &p).await;
+    };
     let mut call = call_row(&row)?;
     insert_inputs(&mut tx, &call, 0, &p.inputs, p.now).await?;
     // An empty map that takes no more inputs has ended already.
@@ -68,6 +65,47 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
     }
     tx.commit().await.map_err(db_err)?;
     Ok(CallInserted::Created(call))
+}
+
+async fn by_key(conn: &mut Conn, key: &str) -> Result<Option<CallRow>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {CALL_COLUMNS} FROM calls WHERE idempotency_key = $1"
+    ))
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    row.as_ref().map(call_row).transpose()
+}
+
+/// The call an idempotency key already names: the same call if the request is the same (same
+/// function, same first input), else a conflict.
+async fn existing(
+    conn: &mut Conn,
+    key: &str,
+    call: CallRow,
+    p: &CallInsert,
+) -> Result<CallInserted, StoreError> {
+    let conflict = |differs: String| StoreError::IdempotencyConflict {
+        key: key.to_string(),
+        call_id: call.id.to_string(),
+        differs,
+    };
+    if call.app != p.app || call.function != p.function {
+        return Err(conflict(format!("of {}.{}", call.app, call.function)));
+    }
+    if let Some(first) = p.inputs.first() {
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT input FROM inputs WHERE call_id = $1 AND idx = 0")
+                .bind(call.id.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_err)?;
+        if stored.as_ref().is_some_and(|s| s != first) {
+            return Err(conflict("with a different input".into()));
+        }
+    }
+    Ok(CallInserted::Existing(call))
 }
 
 async fn insert_inputs(
@@ -350,6 +388,7 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
         .await
         .map_err(db_err)?;
     crate::dialect::notify(&mut tx, &format!("call:{}", p.id)).await?;
+    crate::dialect::notify(&mut tx, &format!("cancel:{}", p.id)).await?;
     crate::dialect::notify(&mut tx, "results").await?;
     tx.commit().await.map_err(db_err)?;
     Ok(Some(call_row(&row)?))

@@ -218,6 +218,8 @@ struct Running {
     app: String,
     function: String,
     version: i64,
+    /// The size of the batch the attempt ran in, as its worker reported it.
+    batch_size: Option<i64>,
 }
 
 const RUNNING_COLUMNS: &str =
@@ -239,6 +241,7 @@ fn running(row: &DbRow) -> Result<Running, StoreError> {
         app: row.try_get("app").map_err(db_err)?,
         function: row.try_get("function").map_err(db_err)?,
         version: row.try_get("version").map_err(db_err)?,
+        batch_size: None,
     })
 }
 
@@ -254,8 +257,8 @@ async fn attempt_record(
     late: bool,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at, error, late)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at, error, late, batch_size)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (input_id, attempt) DO UPDATE SET late = 1, outcome = excluded.outcome,
            error = COALESCE(excluded.error, attempts.error)
          WHERE attempts.outcome IN ('lost', 'cancelled') AND attempts.late = 0",
@@ -270,6 +273,7 @@ async fn attempt_record(
     .bind(now)
     .bind(error.map(error_text))
     .bind(late as i64)
+    .bind(input.batch_size)
     .execute(&mut *conn)
     .await
     .map_err(db_err)?;
@@ -599,7 +603,8 @@ pub async fn complete_many(
         let Some(row) = rows.get(&lease.input_id) else {
             continue; // the input is gone (pruned)
         };
-        let input = running(row)?;
+        let mut input = running(row)?;
+        input.batch_size = p.batch_sizes.get(n).map(|b| *b as i64);
         let is_current = state(&row.try_get::<String, _>("state").map_err(db_err)?)?
             == InputState::Running
             && input.attempt == lease.attempt as i64
@@ -666,7 +671,7 @@ pub async fn complete_many(
     }
     for chunk in succeeded.chunks(COMPLETE_CHUNK) {
         let mut q: QueryBuilder<Db> = QueryBuilder::new(
-            "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at) ",
+            "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at, batch_size) ",
         );
         q.push_values(chunk, |mut b, input| {
             b.push_bind(input.id)
@@ -676,7 +681,8 @@ pub async fn complete_many(
                 .push_bind(input.worker_id.clone())
                 .push("'succeeded'")
                 .push_bind(input.started_at)
-                .push_bind(p.now);
+                .push_bind(p.now)
+                .push_bind(input.batch_size);
         });
         q.push(" ON CONFLICT (input_id, attempt) DO NOTHING");
         q.build().execute(&mut *tx).await.map_err(db_err)?;
@@ -880,10 +886,10 @@ pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u
 pub fn attempt_list_sql(by_index: bool) -> String {
     let input = if by_index { " AND idx = $3" } else { "" };
     format!(
-        "SELECT idx, attempt, worker_id, outcome, started_at, finished_at, error, late FROM attempts
+        "SELECT idx, attempt, worker_id, outcome, started_at, finished_at, error, late, batch_size FROM attempts
          WHERE call_id = $1{input}
          UNION ALL
-         SELECT idx, attempt, worker_id, 'running', started_at, NULL, NULL, 0 FROM inputs
+         SELECT idx, attempt, worker_id, 'running', started_at, NULL, NULL, 0, NULL FROM inputs
          WHERE call_id = $1{input} AND state = 'running'
          ORDER BY 1, 2 LIMIT $2"
     )
@@ -912,6 +918,10 @@ pub async fn attempt_list(pool: &DbPool, p: AttemptList) -> Result<Vec<AttemptRo
                 finished_at: row.try_get("finished_at").map_err(db_err)?,
                 error: error_json(row.try_get("error").map_err(db_err)?)?,
                 late: row.try_get::<i64, _>("late").map_err(db_err)? != 0,
+                batch_size: row
+                    .try_get::<Option<i64>, _>("batch_size")
+                    .map_err(db_err)?
+                    .map(|b| b as u32),
             })
         })
         .collect()

@@ -11,7 +11,7 @@ use hopper_core::UnixMillis;
 use hopper_store::{FunctionStatsRow, StatsList, StoreError};
 use sqlx::{QueryBuilder, Row};
 
-use crate::dialect::{Conn, Db, DbPool};
+use crate::dialect::{Conn, Db, DbPool, GREATEST};
 use crate::map::db_err;
 
 /// Histogram columns, `h00` to `h15`.
@@ -40,7 +40,7 @@ impl Tallies {
         }
         let columns = bucket_columns();
         let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
-            "INSERT INTO function_stats (app, function, slot, succeeded, failed, retried, {}) ",
+            "INSERT INTO function_stats (app, function, slot, succeeded, failed, retried, max_ms, {}) ",
             columns.join(", ")
         ));
         let slot = slot_of(now);
@@ -50,7 +50,8 @@ impl Tallies {
                 .push_bind(slot)
                 .push_bind(t.succeeded)
                 .push_bind(t.failed)
-                .push_bind(t.retried);
+                .push_bind(t.retried)
+                .push_bind(t.max_ms);
             for count in t.durations {
                 b.push_bind(count);
             }
@@ -62,7 +63,7 @@ impl Tallies {
             .map(|c| format!("{c} = function_stats.{c} + excluded.{c}"))
             .collect();
         q.push(format!(
-            " ON CONFLICT (app, function, slot) DO UPDATE SET {}",
+            " ON CONFLICT (app, function, slot) DO UPDATE SET {}, max_ms = {GREATEST}(function_stats.max_ms, excluded.max_ms)",
             sums.join(", ")
         ));
         q.build().execute(&mut *conn).await.map_err(db_err)?;
@@ -82,6 +83,7 @@ pub async fn list(pool: &DbPool, p: StatsList) -> Result<Vec<FunctionStatsRow>, 
                 failed: row.try_get("failed").map_err(db_err)?,
                 retried: row.try_get("retried").map_err(db_err)?,
                 durations: [0; BUCKETS],
+                max_ms: row.try_get("max_ms").map_err(db_err)?,
             };
             for (i, column) in columns.iter().enumerate() {
                 tally.durations[i] = row.try_get(column.as_str()).map_err(db_err)?;
@@ -101,7 +103,7 @@ pub async fn list(pool: &DbPool, p: StatsList) -> Result<Vec<FunctionStatsRow>, 
 pub fn push_list_query<'a>(q: &mut QueryBuilder<'a, Db>, p: &'a StatsList) {
     let columns = bucket_columns();
     q.push(format!(
-        "SELECT app, function, slot, succeeded, failed, retried, {} FROM function_stats WHERE slot >= ",
+        "SELECT app, function, slot, succeeded, failed, retried, max_ms, {} FROM function_stats WHERE slot >= ",
         columns.join(", ")
     ));
     q.push_bind(p.since);

@@ -1,9 +1,9 @@
 """The Python SDK's example app (the one in the README).
 
-    hopper serve &                                   # or any server: HOPPER_SERVER=...
-    python -m hopper deploy examples/python/shop.py
-    python -m hopper run examples/python/shop.py resize '"https://example.com/a.png"'
-    python examples/python/shop.py                   # calls the deployed functions
+hopper serve &                                   # or any server: HOPPER_SERVER=...
+python -m hopper deploy examples/python/shop.py
+python -m hopper run examples/python/shop.py resize '"https://example.com/a.png"'
+python examples/python/shop.py                   # calls the deployed functions
 """
 
 import logging

@@ -24,7 +24,7 @@ from typing import Any
 
 from .client import Client
 
-APP = '''\
+APP = """\
 import hopper
 
 app = hopper.App("pybench")
@@ -38,7 +38,7 @@ def noop_batched(xs: list[int]) -> list[int]:
 @app.function(concurrency=32)
 def noop(x: int) -> int:
     return x
-'''
+"""
 
 
 def _start(binary: str, data: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -46,7 +46,9 @@ def _start(binary: str, data: str) -> tuple[subprocess.Popen[bytes], str]:
     env["RUST_LOG"] = "warn"
     proc = subprocess.Popen(
         [binary, "serve", "--data", data, "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().strip()
@@ -85,8 +87,14 @@ def run(args: argparse.Namespace) -> int:
                 for _ in fn.map(range(args.inputs)):
                     count += 1
                 seconds = time.perf_counter() - started
-                rows.append({"scenario": scenario, "inputs": count, "seconds": seconds,
-                             "inputs_per_s": count / seconds})
+                rows.append(
+                    {
+                        "scenario": scenario,
+                        "inputs": count,
+                        "seconds": seconds,
+                        "inputs_per_s": count / seconds,
+                    }
+                )
                 print(f"{scenario}: {count / seconds:,.0f} inputs/s", file=sys.stderr)
             fn = client.function("pybench.noop")
             for i in range(20):
@@ -99,9 +107,16 @@ def run(args: argparse.Namespace) -> int:
                 times.append((time.perf_counter() - t) * 1000)
             seconds = time.perf_counter() - started
             times.sort()
-            rows.append({"scenario": "remote-latency", "inputs": len(times), "seconds": seconds,
-                         "inputs_per_s": len(times) / seconds, "p50_ms": _percentile(times, 50),
-                         "p99_ms": _percentile(times, 99)})
+            rows.append(
+                {
+                    "scenario": "remote-latency",
+                    "inputs": len(times),
+                    "seconds": seconds,
+                    "inputs_per_s": len(times) / seconds,
+                    "p50_ms": _percentile(times, 50),
+                    "p99_ms": _percentile(times, 99),
+                }
+            )
         finally:
             proc.terminate()
             try:
@@ -109,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     if not args.no_reference:
-        out = subprocess.run([binary, "bench", "--scenario", "latency", "--json"],
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [binary, "bench", "--scenario", "latency", "--json"], capture_output=True, text=True, timeout=600
+        )
         refs: list[Any] = []
         for line in out.stdout.splitlines():
             try:
@@ -120,10 +136,16 @@ def run(args: argparse.Namespace) -> int:
             refs.extend(parsed if isinstance(parsed, list) else [parsed])
         for ref in refs:
             if isinstance(ref, dict) and ref.get("scenario") == "latency":
-                rows.append({"scenario": "hopper bench latency (Rust worker)",
-                             "inputs": ref.get("inputs"), "seconds": ref.get("seconds"),
-                             "inputs_per_s": ref.get("inputs_per_s"),
-                             "p50_ms": ref.get("p50_ms"), "p99_ms": ref.get("p99_ms")})
+                rows.append(
+                    {
+                        "scenario": "hopper bench latency (Rust worker)",
+                        "inputs": ref.get("inputs"),
+                        "seconds": ref.get("seconds"),
+                        "inputs_per_s": ref.get("inputs_per_s"),
+                        "p50_ms": ref.get("p50_ms"),
+                        "p99_ms": ref.get("p99_ms"),
+                    }
+                )
     if args.json:
         for row in rows:
             print(json.dumps(row))
@@ -133,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         p50 = f"{row['p50_ms']:.2f}" if row.get("p50_ms") is not None else ""
         p99 = f"{row['p99_ms']:.2f}" if row.get("p99_ms") is not None else ""
-        print(f"| {row['scenario']} | {row['inputs']:,} | {row['seconds']:.2f} | "
-              f"{row['inputs_per_s']:,.0f} | {p50} | {p99} |")
+        print(
+            f"| {row['scenario']} | {row['inputs']:,} | {row['seconds']:.2f} | "
+            f"{row['inputs_per_s']:,.0f} | {p50} | {p99} |"
+        )
     return 0

@@ -65,12 +65,10 @@ def load_app(path: str) -> App:
     import_file(path)
     apps = App._all
     if not apps:
-        raise DeployError([f"{_display(path)}: defines no hopper.App (app = hopper.App(\"name\"))"])
+        raise DeployError([f'{_display(path)}: defines no hopper.App (app = hopper.App("name"))'])
     if len(apps) > 1:
         where = ", ".join(f"{a.name!r} at {_display(a.file)}:{a.line}" for a in apps)
-        raise DeployError(
-            [f"{_display(path)}: two apps in one process ({where}): deploy one app per file"]
-        )
+        raise DeployError([f"{_display(path)}: two apps in one process ({where}): deploy one app per file"])
     return apps[0]
 
 
@@ -113,12 +111,9 @@ def check(app: App) -> list[str]:
         params = list(sig.parameters.values())
         if fdef.cls is not None:
             params = params[1:]  # self
-        positional = [
-            p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         required = [
-            p for p in params
-            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            p for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         ]
         if fdef.options.batch is not None:
             hints = _hints(fn)

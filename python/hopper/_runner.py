@@ -37,9 +37,7 @@ from .app import App, FunctionDef
 from .exception import EncodeError
 from .options import NoRetry
 
-_current: contextvars.ContextVar[_InputLog | None] = contextvars.ContextVar(
-    "hopper_input", default=None
-)
+_current: contextvars.ContextVar[_InputLog | None] = contextvars.ContextVar("hopper_input", default=None)
 
 
 class _Protocol:
@@ -77,9 +75,7 @@ class _InputLog:
         self.emit(stream, lines)
 
     def emit(self, stream: str, lines: list[str]) -> None:
-        self.protocol.send(
-            [{"id": i, "log": line, "stream": stream} for line in lines for i in self.ids]
-        )
+        self.protocol.send([{"id": i, "log": line, "stream": stream} for line in lines for i in self.ids])
 
     def close(self) -> None:
         for stream, rest in self.partial.items():
@@ -154,8 +150,7 @@ class _Function:
         self.var_args = any(p.kind == p.VAR_POSITIONAL for p in params)
         self.max_positional = len(positional)
         self.required = sum(
-            1 for p in params
-            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            1 for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         )
         o = fdef.options
         retry_on, no_retry_on = o.retry_on, o.no_retry_on
@@ -169,11 +164,7 @@ class _Function:
 
     def arguments(self, value: Any) -> tuple[list[Any], dict[str, Any]]:
         """The arguments for one input (the inverse of ``_codec.encode_args``)."""
-        if (
-            isinstance(value, dict)
-            and value
-            and set(value) <= {_codec.ARGS_KEY, _codec.KWARGS_KEY}
-        ):
+        if isinstance(value, dict) and value and set(value) <= {_codec.ARGS_KEY, _codec.KWARGS_KEY}:
             args = value.get(_codec.ARGS_KEY, [])
             kwargs = value.get(_codec.KWARGS_KEY, {})
             if isinstance(args, list) and isinstance(kwargs, dict):
@@ -186,9 +177,7 @@ class _Function:
 
 
 class _Runner:
-    def __init__(
-        self, protocol: _Protocol, fn: _Function, loop: asyncio.AbstractEventLoop | None
-    ) -> None:
+    def __init__(self, protocol: _Protocol, fn: _Function, loop: asyncio.AbstractEventLoop | None) -> None:
         self.protocol = protocol
         self.fn = fn
         concurrency = fn.fdef.options.concurrency or 1
@@ -238,8 +227,7 @@ class _Runner:
     def check_batch(self, ids: list[str], results: Any) -> list[Any]:
         if not isinstance(results, (list, tuple)):
             raise TypeError(
-                f"the batched function {self.fn.fdef.name} returned "
-                f"{type(results).__name__}, not a list"
+                f"the batched function {self.fn.fdef.name} returned {type(results).__name__}, not a list"
             )
         if len(results) != len(ids):
             raise ValueError(
@@ -379,9 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     file, name = args
     protocol = _Protocol()
-    fallback = os.fdopen(
-        os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace"
-    )
+    fallback = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
     sys.stdout = _Router("stdout", fallback)
     sys.stderr = _Router("stderr", fallback)
     try:
@@ -392,8 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         if fdef is None:
             names = ", ".join(app.functions) or "none"
             print(
-                f"hopper runner: app {app.name!r} in {file} has no function {name!r} "
-                f"(it has: {names})",
+                f"hopper runner: app {app.name!r} in {file} has no function {name!r} (it has: {names})",
                 file=fallback,
             )
             return 2

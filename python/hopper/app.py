@@ -81,8 +81,9 @@ def _schedule(value: Schedule | None) -> Cron | Period | None:
     raise ValueError(f"schedule must be hopper.Cron, hopper.Period or seconds, not {value!r}")
 
 
-def _exceptions(value: Iterable[type[BaseException]] | type[BaseException] | None, what: str
-                ) -> tuple[type[BaseException], ...] | None:
+def _exceptions(
+    value: Iterable[type[BaseException]] | type[BaseException] | None, what: str
+) -> tuple[type[BaseException], ...] | None:
     if value is None:
         return None
     items = (value,) if isinstance(value, type) else tuple(value)

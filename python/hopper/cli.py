@@ -97,8 +97,11 @@ def parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("manifest", help="print the TOML manifest that deploy would send")
     m.add_argument("file")
-    m.add_argument("--absolute-workdir", action="store_true",
-                   help="write workdir as an absolute path (for a manifest kept elsewhere)")
+    m.add_argument(
+        "--absolute-workdir",
+        action="store_true",
+        help="write workdir as an absolute path (for a manifest kept elsewhere)",
+    )
     m.set_defaults(func=_manifest_cmd)
 
     r = sub.add_parser("run", help="run one call on a temporary server, print the output, exit")
@@ -111,11 +114,11 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="measure map throughput and .remote() latency")
     b.add_argument("--inputs", type=int, default=100_000, help="inputs per map (default 100000)")
-    b.add_argument("--round-trips", type=int, default=1_000,
-                   help="sequential .remote() calls (default 1000)")
+    b.add_argument("--round-trips", type=int, default=1_000, help="sequential .remote() calls (default 1000)")
     b.add_argument("--json", action="store_true", help="one JSON object per measurement")
-    b.add_argument("--no-reference", action="store_true",
-                   help="skip `hopper bench --scenario latency` for comparison")
+    b.add_argument(
+        "--no-reference", action="store_true", help="skip `hopper bench --scenario latency` for comparison"
+    )
     b.set_defaults(func=_bench_cmd)
     return p
 

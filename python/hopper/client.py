@@ -168,16 +168,14 @@ def _get_plan(call_id: str, timeout: float | None) -> Plan[Any]:
     while True:
         left = POLL_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
         wait = min(left, POLL_SECONDS)
-        call = yield _Req("GET", _call_path(call_id), params={"wait": round(wait, 3)},
-                          timeout=wait + 30)
+        call = yield _Req("GET", _call_path(call_id), params={"wait": round(wait, 3)}, timeout=wait + 30)
         if call.get("state") in _TERMINAL:
             if call.get("origin") == "map" and call.get("state") == "succeeded":
                 return (yield from _collect_plan(call_id))
             return _outcome(call)
         if deadline is not None and time.monotonic() >= deadline:
             raise CallTimeoutError(
-                f"call {call_id} has not ended after {timeout} s (it goes on; get() it again "
-                "later)",
+                f"call {call_id} has not ended after {timeout} s (it goes on; get() it again later)",
                 call_id,
             )
 
@@ -186,8 +184,9 @@ def _collect_plan(call_id: str) -> Plan[list[Any]]:
     out: list[Any] = []
     after = -1
     while True:
-        page = yield _Req("GET", _call_path(call_id, "results"),
-                          params={"order": "index", "after": after, "limit": 10_000})
+        page = yield _Req(
+            "GET", _call_path(call_id, "results"), params={"order": "index", "after": after, "limit": 10_000}
+        )
         for r in page["results"]:
             out.append(_result(r, call_id, True))
         after = page["next"]
@@ -202,12 +201,9 @@ def _result(r: dict[str, Any], call_id: str, return_exceptions: bool) -> Any:
     index = int(r.get("index", 0))
     exc: Error
     if r.get("state") == "cancelled":
-        exc = InputCancelledError(
-            str(error.get("message") or "the input was cancelled"), call_id, index
-        )
+        exc = InputCancelledError(str(error.get("message") or "the input was cancelled"), call_id, index)
     else:
-        exc = input_failed(str(error.get("code", "error")), str(error.get("message", "")),
-                           call_id, index)
+        exc = input_failed(str(error.get("code", "error")), str(error.get("message", "")), call_id, index)
     if return_exceptions:
         return exc
     raise exc
@@ -230,9 +226,15 @@ def _map_plan(
         return
     key = f"py-{uuid.uuid4()}"
     body = (
-        '{"inputs":[' + ",".join(first) + '],"done":' + ("true" if exhausted else "false")
-        + ',"discard_results":' + ("true" if discard else "false")
-        + ',"idempotency_key":"' + key + '"}'
+        '{"inputs":['
+        + ",".join(first)
+        + '],"done":'
+        + ("true" if exhausted else "false")
+        + ',"discard_results":'
+        + ("true" if discard else "false")
+        + ',"idempotency_key":"'
+        + key
+        + '"}'
     )
     call = yield from _on_function(name, _Req("POST", _function_path(name, "map"), body=body))
     call_id: str = call["id"]
@@ -248,8 +250,13 @@ def _map_plan(
             exhausted = len(chunk) < n
             if chunk or exhausted:
                 body = (
-                    '{"start":' + str(state.sent) + ',"inputs":[' + ",".join(chunk)
-                    + '],"done":' + ("true" if exhausted else "false") + "}"
+                    '{"start":'
+                    + str(state.sent)
+                    + ',"inputs":['
+                    + ",".join(chunk)
+                    + '],"done":'
+                    + ("true" if exhausted else "false")
+                    + "}"
                 )
                 yield _Req("POST", _call_path(call_id, "inputs"), body=body)
                 state.sent += len(chunk)
@@ -258,8 +265,7 @@ def _map_plan(
         params: dict[str, Any] = {"order": order, "wait": wait, "limit": 10_000}
         if after is not None:
             params["after"] = after
-        page = yield _Req("GET", _call_path(call_id, "results"), params=params,
-                          timeout=wait + 30)
+        page = yield _Req("GET", _call_path(call_id, "results"), params=params, timeout=wait + 30)
         after = page["next"]
         for r in page["results"]:
             state.received += 1
@@ -384,7 +390,9 @@ class Client:
         with self._lock:
             if self._sync is None:
                 self._sync = httpx.Client(
-                    base_url=self.server, headers=self._headers, limits=self._limits(),
+                    base_url=self.server,
+                    headers=self._headers,
+                    limits=self._limits(),
                     timeout=httpx.Timeout(self.timeout, connect=10.0),
                 )
             return self._sync
@@ -394,7 +402,9 @@ class Client:
         client = self._aio.get(loop)
         if client is None:
             client = httpx.AsyncClient(
-                base_url=self.server, headers=self._headers, limits=self._limits(),
+                base_url=self.server,
+                headers=self._headers,
+                limits=self._limits(),
                 timeout=httpx.Timeout(self.timeout, connect=10.0),
             )
             self._aio[loop] = client
@@ -410,8 +420,7 @@ class Client:
             try:
                 return _codec.loads(response.content)
             except ValueError as e:
-                raise ServerError(f"the server's answer is not JSON: {e}",
-                                  response.status_code) from None
+                raise ServerError(f"the server's answer is not JSON: {e}", response.status_code) from None
         raise _error_from(response)
 
     def _send(self, req: _Req) -> Any:
@@ -419,7 +428,10 @@ class Client:
         for attempt in range(self.retries):
             try:
                 response = self._http().request(
-                    req.method, req.path, content=req.body, params=req.params,
+                    req.method,
+                    req.path,
+                    content=req.body,
+                    params=req.params,
                     timeout=httpx.Timeout(
                         (req.timeout if req.timeout is not None else self.timeout), connect=10.0
                     ),
@@ -439,7 +451,10 @@ class Client:
         for attempt in range(self.retries):
             try:
                 response = await self._ahttp().request(
-                    req.method, req.path, content=req.body, params=req.params,
+                    req.method,
+                    req.path,
+                    content=req.body,
+                    params=req.params,
                     timeout=httpx.Timeout(
                         (req.timeout if req.timeout is not None else self.timeout), connect=10.0
                     ),
@@ -676,13 +691,25 @@ class Function:
         call = await self._spawn_aio(*args, **kwargs)
         return await call.get.aio()
 
-    def _map_run(self, inputs: Iterable[Any] | AsyncIterable[Any], *, star: bool,
-                 ordered: bool, return_exceptions: bool, discard: bool, chunk_size: int,
-                 max_outstanding: int) -> tuple[Plan[None], _MapState]:
+    def _map_run(
+        self,
+        inputs: Iterable[Any] | AsyncIterable[Any],
+        *,
+        star: bool,
+        ordered: bool,
+        return_exceptions: bool,
+        discard: bool,
+        chunk_size: int,
+        max_outstanding: int,
+    ) -> tuple[Plan[None], _MapState]:
         state = _MapState()
         plan = _map_plan(
-            self.name, state, ordered=ordered, return_exceptions=return_exceptions,
-            discard=discard, chunk_size=max(1, chunk_size),
+            self.name,
+            state,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            discard=discard,
+            chunk_size=max(1, chunk_size),
             max_outstanding=max(1, max_outstanding),
         )
         return plan, state
@@ -714,28 +741,49 @@ class Function:
             exception, ``KeyboardInterrupt``) cancels the map's remaining inputs.
         """
         items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
-        encoded = (
-            _encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input")
-            for x in items
-        )
-        return self._stream(encoded, order_outputs, return_exceptions, False, chunk_size,
-                            max_outstanding)
+        encoded = (_encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input") for x in items)
+        return self._stream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
 
-    def _stream(self, encoded: Iterator[str], ordered: bool, return_exceptions: bool,
-                discard: bool, chunk_size: int, max_outstanding: int) -> Iterator[Any]:
+    def _stream(
+        self,
+        encoded: Iterator[str],
+        ordered: bool,
+        return_exceptions: bool,
+        discard: bool,
+        chunk_size: int,
+        max_outstanding: int,
+    ) -> Iterator[Any]:
         client = self.client
-        plan, state = self._map_run(encoded, star=False, ordered=ordered,
-                                    return_exceptions=return_exceptions, discard=discard,
-                                    chunk_size=chunk_size, max_outstanding=max_outstanding)
+        plan, state = self._map_run(
+            encoded,
+            star=False,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            discard=discard,
+            chunk_size=chunk_size,
+            max_outstanding=max_outstanding,
+        )
         return client._iterate(plan, state, encoded)
 
-    def _astream(self, encoded: Iterator[str] | AsyncIterator[str], ordered: bool,
-                 return_exceptions: bool, discard: bool, chunk_size: int,
-                 max_outstanding: int) -> AsyncIterator[Any]:
+    def _astream(
+        self,
+        encoded: Iterator[str] | AsyncIterator[str],
+        ordered: bool,
+        return_exceptions: bool,
+        discard: bool,
+        chunk_size: int,
+        max_outstanding: int,
+    ) -> AsyncIterator[Any]:
         client = self.client
-        plan, state = self._map_run(encoded, star=False, ordered=ordered,
-                                    return_exceptions=return_exceptions, discard=discard,
-                                    chunk_size=chunk_size, max_outstanding=max_outstanding)
+        plan, state = self._map_run(
+            encoded,
+            star=False,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            discard=discard,
+            chunk_size=chunk_size,
+            max_outstanding=max_outstanding,
+        )
         return client._aiterate(plan, state, encoded)
 
     def _map_aio(
@@ -760,11 +808,9 @@ class Function:
                 raise TypeError("map.aio zips several iterables only when none is async")
             items: Iterable[Any] = sync_items[0] if len(sync_items) == 1 else zip(*sync_items, strict=False)
             encoded = (
-                _encode_input(tuple(x) if len(sync_items) > 1 else (x,), {}, "a map input")
-                for x in items
+                _encode_input(tuple(x) if len(sync_items) > 1 else (x,), {}, "a map input") for x in items
             )
-        return self._astream(encoded, order_outputs, return_exceptions, False, chunk_size,
-                             max_outstanding)
+        return self._astream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
 
     def _starmap(
         self,
@@ -778,8 +824,7 @@ class Function:
         """Like :meth:`map`, with each item unpacked into positional arguments:
         ``f.starmap([(1, 2), (3, 4)])`` calls ``f(1, 2)`` and ``f(3, 4)``."""
         encoded = (_encode_input(tuple(x), {}, "a starmap input") for x in items)
-        return self._stream(encoded, order_outputs, return_exceptions, False, chunk_size,
-                            max_outstanding)
+        return self._stream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
 
     def _starmap_aio(
         self,
@@ -791,11 +836,15 @@ class Function:
         max_outstanding: int = 10_000,
     ) -> AsyncIterator[Any]:
         encoded = (_encode_input(tuple(x), {}, "a starmap input") for x in items)
-        return self._astream(encoded, order_outputs, return_exceptions, False, chunk_size,
-                             max_outstanding)
+        return self._astream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
 
-    def _for_each(self, *iterables: Iterable[Any], ignore_exceptions: bool = False,
-                  chunk_size: int = 1000, max_outstanding: int = 10_000) -> None:
+    def _for_each(
+        self,
+        *iterables: Iterable[Any],
+        ignore_exceptions: bool = False,
+        chunk_size: int = 1000,
+        max_outstanding: int = 10_000,
+    ) -> None:
         """Runs the function over inputs like :meth:`map`, keeps no outputs (the server
         stores none), and returns once every input has ended.
 
@@ -806,23 +855,20 @@ class Function:
             InputFailedError: the first failed input, unless ``ignore_exceptions``.
         """
         items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
-        encoded = (
-            _encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input")
-            for x in items
-        )
-        for _ in self._stream(encoded, False, ignore_exceptions, True, chunk_size,
-                              max_outstanding):
+        encoded = (_encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input") for x in items)
+        for _ in self._stream(encoded, False, ignore_exceptions, True, chunk_size, max_outstanding):
             pass
 
-    async def _for_each_aio(self, *iterables: Iterable[Any], ignore_exceptions: bool = False,
-                            chunk_size: int = 1000, max_outstanding: int = 10_000) -> None:
+    async def _for_each_aio(
+        self,
+        *iterables: Iterable[Any],
+        ignore_exceptions: bool = False,
+        chunk_size: int = 1000,
+        max_outstanding: int = 10_000,
+    ) -> None:
         items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
-        encoded = (
-            _encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input")
-            for x in items
-        )
-        async for _ in self._astream(encoded, False, ignore_exceptions, True, chunk_size,
-                                     max_outstanding):
+        encoded = (_encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input") for x in items)
+        async for _ in self._astream(encoded, False, ignore_exceptions, True, chunk_size, max_outstanding):
             pass
 
 

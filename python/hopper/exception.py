@@ -207,15 +207,11 @@ class DeployError(Error):
 _REMOTE_TYPES: dict[str, type[InputFailedError]] = {}
 
 
-def _rebuild_input_error(
-    code: str, message: str, call_id: str | None, index: int
-) -> InputFailedError:
+def _rebuild_input_error(code: str, message: str, call_id: str | None, index: int) -> InputFailedError:
     return input_failed(code, message, call_id, index)
 
 
-def input_failed(
-    code: str, message: str, call_id: str | None = None, index: int = 0
-) -> InputFailedError:
+def input_failed(code: str, message: str, call_id: str | None = None, index: int = 0) -> InputFailedError:
     """The exception for a remote error: a subclass of the built-in type when ``code`` names
     one (``ValueError`` → ``InputFailedError`` + ``ValueError``)."""
     if code == "timeout":

@@ -45,9 +45,7 @@ def test_remote_spawn_get_and_cancel(fns: Any) -> None:
         double = fns.fn("double")
         assert await double.remote.aio(21) == 42
         calls = [await double.spawn.aio(i) for i in range(10)]
-        assert await asyncio.gather(*(c.get.aio(timeout=30) for c in calls)) == [
-            i * 2 for i in range(10)
-        ]
+        assert await asyncio.gather(*(c.get.aio(timeout=30) for c in calls)) == [i * 2 for i in range(10)]
         slow = await fns.fn("slow").spawn.aio(30)
         with pytest.raises(hx.CallTimeoutError):
             await slow.get.aio(timeout=0.2)
@@ -107,5 +105,7 @@ def test_leaving_an_async_map_early_cancels_it(fns: Any) -> None:
 
     asyncio.run(main())
     call = fns.server.get("/v1/calls", function="aio.slow", origin="map", limit=1)["calls"][0]
-    wait_for(lambda: fns.server.get(f"/v1/calls/{call['id']}")["state"] == "cancelled",
-             what="the async map to be cancelled")
+    wait_for(
+        lambda: fns.server.get(f"/v1/calls/{call['id']}")["state"] == "cancelled",
+        what="the async map to be cancelled",
+    )

@@ -128,8 +128,7 @@ def test_a_spawn_survives_a_dropped_connection(app: Deployed, server: Server) ->
                 data += conn.recv(65536)
             head, _, body = data.partition(b"\r\n\r\n")
             length = next(
-                int(h.split(b":")[1]) for h in head.split(b"\r\n")
-                if h.lower().startswith(b"content-length")
+                int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")
             )
             while len(body) < length:
                 body += conn.recv(65536)
@@ -270,11 +269,22 @@ def test_server_errors_are_server_error(tmp_path: Path) -> None:
 
 
 def test_every_error_is_a_hopper_error() -> None:
-    for cls in (hx.InputFailedError, hx.FunctionTimeoutError, hx.StartupError,
-                hx.InputCancelledError, hx.CallTimeoutError, hx.NotFoundError,
-                hx.FunctionNotFoundError, hx.CallNotFoundError, hx.ConnectionError,
-                hx.AuthError, hx.InvalidInputError, hx.EncodeError, hx.ServerError,
-                hx.DeployError):
+    for cls in (
+        hx.InputFailedError,
+        hx.FunctionTimeoutError,
+        hx.StartupError,
+        hx.InputCancelledError,
+        hx.CallTimeoutError,
+        hx.NotFoundError,
+        hx.FunctionNotFoundError,
+        hx.CallNotFoundError,
+        hx.ConnectionError,
+        hx.AuthError,
+        hx.InvalidInputError,
+        hx.EncodeError,
+        hx.ServerError,
+        hx.DeployError,
+    ):
         assert issubclass(cls, hx.Error)
 
 

@@ -35,27 +35,32 @@ def test_manifest_prints_the_toml_deploy_sends(tmp_path: Path) -> None:
         import tomllib
 
         parsed = tomllib.loads(text)
-        assert set(parsed["functions"]) == {"resize", "embed", "Model.predict", "nightly",
-                                            "refresh"}
+        assert set(parsed["functions"]) == {"resize", "embed", "Model.predict", "nightly", "refresh"}
         assert parsed["schedules"]["refresh"] == {"function": "refresh", "every": "15m"}
 
 
-def test_a_generated_manifest_is_accepted_by_hopper_deploy(tmp_path: Path, server: Server
-                                                           ) -> None:
+def test_a_generated_manifest_is_accepted_by_hopper_deploy(tmp_path: Path, server: Server) -> None:
     import subprocess
 
-    app = write(tmp_path, """
+    app = write(
+        tmp_path,
+        """
         import hopper
         app = hopper.App("handmade")
         @app.function(timeout=30, retries=hopper.Retries(2), env={"A": "b c"}, concurrency=2)
         def f(x):
             return x
-    """)
+    """,
+    )
     r = run_python("-m", "hopper", "manifest", "--absolute-workdir", str(app))
     manifest = tmp_path / "hopper.toml"
     manifest.write_text(r.stdout)
-    out = subprocess.run([hopper_bin(), "deploy", str(manifest), "--server", server.url],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [hopper_bin(), "deploy", str(manifest), "--server", server.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert server.client().function("handmade.f").remote("same") == "same"
 
@@ -93,8 +98,7 @@ def test_a_generated_manifest_is_accepted_by_hopper_deploy(tmp_path: Path, serve
             def embed(text: str) -> list[float]:
                 return [1.0]
             """,
-            ["app.py:4", "batched function 'embed' must take one list and return a list",
-             "(text: str)"],
+            ["app.py:4", "batched function 'embed' must take one list and return a list", "(text: str)"],
         ),
         (
             """
@@ -142,16 +146,20 @@ def test_deploy_reports_an_unreachable_server(tmp_path: Path) -> None:
 
 
 def test_run_starts_a_temporary_server_for_one_call(tmp_path: Path) -> None:
-    app = write(tmp_path, """
+    app = write(
+        tmp_path,
+        """
         import hopper
         app = hopper.App("runner")
         @app.function()
         def greet(name: str) -> dict:
             print("greeting", name)
             return {"hello": name}
-    """)
-    r = run_python("-m", "hopper", "run", str(app), "greet", '"world"',
-                   env={"HOPPER_BIN": hopper_bin()}, timeout=60)
+    """,
+    )
+    r = run_python(
+        "-m", "hopper", "run", str(app), "greet", '"world"', env={"HOPPER_BIN": hopper_bin()}, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"hello": "world"}
     assert "greeting world" in r.stderr

@@ -8,8 +8,9 @@ from hopper import exception as hx
 
 
 def test_batch_example(server: Server) -> None:
-    r = run_python("-m", "hopper", "deploy", str(REPO / "examples/batch/embed.py"),
-                   env={"HOPPER_SERVER": server.url})
+    r = run_python(
+        "-m", "hopper", "deploy", str(REPO / "examples/batch/embed.py"), env={"HOPPER_SERVER": server.url}
+    )
     assert r.returncode == 0, r.stderr
     fn = server.client().function("batch.embed")
     outs = list(fn.map(["hello", 3, "world"], return_exceptions=True))
@@ -22,8 +23,9 @@ def test_batch_example(server: Server) -> None:
 
 def test_shop_example(server: Server) -> None:
     """Needs class methods as functions (`shop.Model.predict`)."""
-    r = run_python("-m", "hopper", "deploy", str(REPO / "examples/python/shop.py"),
-                   env={"HOPPER_SERVER": server.url})
+    r = run_python(
+        "-m", "hopper", "deploy", str(REPO / "examples/python/shop.py"), env={"HOPPER_SERVER": server.url}
+    )
     assert r.returncode == 0, r.stderr
     r = run_python(str(REPO / "examples/python/shop.py"), env={"HOPPER_SERVER": server.url})
     assert r.returncode == 0, r.stderr

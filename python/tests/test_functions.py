@@ -50,10 +50,18 @@ def test_decorator_options_reach_the_server(deploy: Any, server: Server) -> None
     assert spec["timeout_ms"] == 90_000
     assert spec["concurrency"] == 3
     assert spec["env"] == {"GREETING": "hi"}
-    assert spec["retries"] == {"max_retries": 5, "backoff_coefficient": 1.5,
-                               "initial_delay_ms": 2000, "max_delay_ms": 30_000}
-    assert spec["scaling"] == {"min_workers": 0, "max_workers": 3, "buffer_workers": 1,
-                               "scaledown_window_ms": 120_000}
+    assert spec["retries"] == {
+        "max_retries": 5,
+        "backoff_coefficient": 1.5,
+        "initial_delay_ms": 2000,
+        "max_delay_ms": 30_000,
+    }
+    assert spec["scaling"] == {
+        "min_workers": 0,
+        "max_workers": 3,
+        "buffer_workers": 1,
+        "scaledown_window_ms": 120_000,
+    }
     assert spec["serve"][1:3] == ["-m", "hopper._runner"]
     assert spec["workdir"] == str(d.folder)
     batched = server.get(f"/v1/functions/{d.app}.batched")["spec"]
@@ -74,6 +82,7 @@ def test_decorator_options_reach_the_server(deploy: Any, server: Server) -> None
 def test_local_calls_the_python_function_in_process(tmp_path: Path) -> None:
     app = hopper.App("local-only")
     try:
+
         @app.function(retries=2)
         def double(x: int) -> int:
             return x * 2
@@ -136,8 +145,7 @@ def test_enter_runs_once_per_process_and_exit_at_shutdown(deploy: Any, tmp_path:
     assert {str(o[0]) for o in outs} <= set(pids)
 
 
-def test_prints_land_in_their_own_inputs_log_under_concurrency(deploy: Any, server: Server
-                                                                ) -> None:
+def test_prints_land_in_their_own_inputs_log_under_concurrency(deploy: Any, server: Server) -> None:
     d = deploy(
         """
         import logging, time
@@ -191,8 +199,7 @@ def test_stderr_lines_keep_their_stream(deploy: Any, server: Server) -> None:
     )
     call = d.fn("both").spawn(1)
     call.get(timeout=30)
-    lines = {ln["line"]: ln["stream"] for ln in
-             server.get(f"/v1/calls/{call.object_id}/logs")["lines"]}
+    lines = {ln["line"]: ln["stream"] for ln in server.get(f"/v1/calls/{call.object_id}/logs")["lines"]}
     assert lines["to stdout"] == "stdout"
     assert lines["to stderr"] == "stderr"
 
@@ -332,8 +339,9 @@ def test_an_import_failure_is_a_start_up_error(deploy: Any) -> None:
     assert "the config file is missing" in info.value.message
 
 
-def test_killing_the_serve_runner_mid_batch_runs_its_inputs_again(deploy: Any, tmp_path: Path,
-                                                                  server: Server) -> None:
+def test_killing_the_serve_runner_mid_batch_runs_its_inputs_again(
+    deploy: Any, tmp_path: Path, server: Server
+) -> None:
     pids = tmp_path / "pids"
     d = deploy(
         f"""

@@ -130,12 +130,14 @@ def test_return_exceptions_yields_the_failure_in_place(app: Deployed) -> None:
 
 def test_first_failure_raises_and_cancels_the_rest(app: Deployed, server: Server) -> None:
     with pytest.raises(ValueError, match="input 5 is bad") as info:
-        for _ in app.fn("fail_on").starmap(((i, 5) for i in range(5_000)), chunk_size=100,
-                                           max_outstanding=500):
+        for _ in app.fn("fail_on").starmap(
+            ((i, 5) for i in range(5_000)), chunk_size=100, max_outstanding=500
+        ):
             pass
     call_id = info.value.call_id  # type: ignore[attr-defined]
-    call = wait_for(lambda: (c := server.get(f"/v1/calls/{call_id}"))["state"] != "running" and c,
-                    what="the map to end")
+    call = wait_for(
+        lambda: (c := server.get(f"/v1/calls/{call_id}"))["state"] != "running" and c, what="the map to end"
+    )
     assert call["state"] in ("failed", "cancelled")
     assert call["inputs"]["cancelled"] > 0
     assert call["inputs"]["total"] < 5_000  # the rest was never even sent
@@ -146,8 +148,10 @@ def test_leaving_the_loop_early_cancels_the_rest(app: Deployed, server: Server) 
         if n == 1:
             break
     call = latest_map(server, "maps.slow")
-    call = wait_for(lambda: (c := server.get(f"/v1/calls/{call['id']}"))["state"] == "cancelled"
-                    and c, what="the map to be cancelled")
+    call = wait_for(
+        lambda: (c := server.get(f"/v1/calls/{call['id']}"))["state"] == "cancelled" and c,
+        what="the map to be cancelled",
+    )
     assert call["inputs"]["cancelled"] >= 90
 
 
@@ -159,15 +163,15 @@ def test_keyboard_interrupt_cancels_the_map(app: Deployed, server: Server) -> No
         "    print(out, flush=True)\n"
     )
     env = dict(os.environ, HOPPER_SERVER=server.url)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "0"
     proc.send_signal(signal.SIGINT)
     proc.wait(20)
     call = latest_map(server, "maps.slow")
-    wait_for(lambda: server.get(f"/v1/calls/{call['id']}")["state"] == "cancelled",
-             what="the map to be cancelled")
+    wait_for(
+        lambda: server.get(f"/v1/calls/{call['id']}")["state"] == "cancelled", what="the map to be cancelled"
+    )
 
 
 def test_get_on_a_map_call_returns_its_outputs(app: Deployed, server: Server) -> None:
@@ -177,7 +181,10 @@ def test_get_on_a_map_call_returns_its_outputs(app: Deployed, server: Server) ->
 
 
 def test_a_map_from_another_process(app: Deployed, server: Server) -> None:
-    r = run_python("-c", "import hopper; print(sum(hopper.Function.from_name('maps.inc')"
-                   ".map(range(1000))))", env={"HOPPER_SERVER": server.url})
+    r = run_python(
+        "-c",
+        "import hopper; print(sum(hopper.Function.from_name('maps.inc').map(range(1000))))",
+        env={"HOPPER_SERVER": server.url},
+    )
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) == sum(range(1, 1001))

@@ -18,12 +18,13 @@ import pytest
 
 class Runner:
     def __init__(self, folder: Path, source: str, function: str) -> None:
-        (folder / "app.py").write_text(
-            "import hopper\n\napp = hopper.App('r')\n" + textwrap.dedent(source)
-        )
+        (folder / "app.py").write_text("import hopper\n\napp = hopper.App('r')\n" + textwrap.dedent(source))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hopper._runner", "app.py", function],
-            cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=folder,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         self.lines: list[dict[str, Any]] = []
         self.stderr: list[str] = []
@@ -59,8 +60,11 @@ class Runner:
         return {m["id"]: m for m in self.lines if "id" in m and "log" not in m}
 
     def logs(self, input_id: str) -> list[tuple[str, str]]:
-        return [(m["log"], m.get("stream", "stdout")) for m in self.lines
-                if m.get("id") == input_id and "log" in m]
+        return [
+            (m["log"], m.get("stream", "stdout"))
+            for m in self.lines
+            if m.get("id") == input_id and "log" in m
+        ]
 
     def close(self) -> int:
         if self.proc.stdin:

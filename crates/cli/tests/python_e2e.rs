@@ -44,7 +44,14 @@ fn the_python_sdk_test_suite_passes_against_this_binary() {
         return;
     }
     let out = Command::new("python3")
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "python/tests"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "python/tests",
+        ])
         .current_dir(&root)
         .env("HOPPER_BIN", env!("CARGO_BIN_EXE_hopper"))
         .env_remove("HOPPER_SERVER")

@@ -41,6 +41,10 @@ pub struct AppView {
     pub version: i64,
     pub deployed_at: String,
     pub functions: Vec<FunctionView>,
+    /// What a deploy should tell its user, e.g. that queued calls of a function it removed
+    /// will finish on the version they were spawned on. Only in the answer to a deploy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A function at one version of its app.
@@ -263,6 +267,10 @@ pub struct AttemptView {
     pub error: Option<InputError>,
     /// A result that came after the lease was lost: kept here, never as the input's result.
     pub late: bool,
+    /// How many inputs the attempt ran with in one batch (1 when not batched); absent while
+    /// it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
 }
 
 /// A stream of a command's output.
@@ -330,6 +338,23 @@ pub struct WorkerRegistered {
     pub lease_ms: u64,
     /// How often the worker should heartbeat its leases.
     pub heartbeat_ms: u64,
+    /// The largest input or output the server keeps, in bytes of JSON: a larger result fails
+    /// with `output_too_large` rather than being sent.
+    #[serde(default)]
+    pub max_payload_bytes: Option<u64>,
+    /// The largest request body the server reads, in bytes: completion and log batches are
+    /// sized to fit.
+    #[serde(default)]
+    pub max_request_bytes: Option<u64>,
+    /// A token with the `read` and `submit` scopes for the functions the worker runs (handed
+    /// to them as `HOPPER_TOKEN`, so a function can call others); none when the server needs
+    /// no token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_token: Option<String>,
+    /// The current spec of each function the worker serves, by `app.function@version`, so a
+    /// worker can start what a function needs (a `serve` process) before its first input.
+    #[serde(default)]
+    pub functions: BTreeMap<String, FunctionSpec>,
 }
 
 /// A worker as the API shows it.
@@ -387,6 +412,14 @@ pub struct LeasedInput {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatRequest {
     pub leases: Vec<Lease>,
+    /// The calls of those leases. With `wait_ms`, the server holds the request open up to
+    /// that long (at most 30 s) after renewing the leases, and answers at once when one of
+    /// these calls is cancelled, so a cancelled input stops within moments, not at the next
+    /// heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallId>,
+    #[serde(default)]
+    pub wait_ms: u64,
 }
 
 /// The leases the worker no longer holds (cancelled, or expired): it should stop them.
@@ -430,6 +463,10 @@ pub struct InputResult {
     pub lease: Lease,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// How many inputs the attempt ran with in one batch (1 when the function does not
+    /// batch); shown with the attempt and in `hopper_batch_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
 }
 
 /// `POST /v1/workers/{id}/complete`: a batch of results.

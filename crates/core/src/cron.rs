@@ -21,6 +21,9 @@ pub struct Cron {
     weekdays: u8,
     days_restricted: bool,
     weekdays_restricted: bool,
+    /// The hour field is `*` or a step (`*/2`, `1-23/2`): a schedule that runs through the
+    /// hours fires at every matching instant, both passes of an hour that repeats included.
+    hours_repeat: bool,
 }
 
 /// Why an expression is not a valid cron expression, naming the field at fault.
@@ -140,6 +143,7 @@ impl Cron {
         let seconds = at(0, field(parts[0], 0, 59, &[], 0))?.0;
         let minutes = at(1, field(parts[1], 0, 59, &[], 0))?.0;
         let hours = at(2, field(parts[2], 0, 23, &[], 0))?.0 as u32;
+        let hours_repeat = parts[2].contains('*') || parts[2].contains('/');
         let (days, days_restricted) = at(3, field(parts[3], 1, 31, &[], 0))?;
         let months = at(4, field(parts[4], 1, 12, &MONTHS, 1))?.0 as u16;
         let (mut weekdays, weekdays_restricted) = at(5, field(parts[5], 0, 7, &WEEKDAYS, 0))?;
@@ -155,6 +159,7 @@ impl Cron {
             weekdays: (weekdays & 0x7f) as u8,
             days_restricted,
             weekdays_restricted,
+            hours_repeat,
         })
     }
 
@@ -173,30 +178,42 @@ impl Cron {
     }
 
     /// The first time strictly after `after` that matches, in zone `tz`; none within 5 years.
+    ///
+    /// Times are wall-clock times in `tz`. A time that does not exist (clocks go forward) is
+    /// skipped. A time that happens twice (clocks go back) fires once, at its first pass, when
+    /// the hour field names fixed hours (`30 1 * * *`); when the hour field is `*` or a step
+    /// (`*/30 * * * *`), the schedule runs through the hours and fires at both passes, as at
+    /// every other distinct instant that matches.
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let local = after.with_timezone(&tz).naive_local();
-        let start_date = local.date();
+        // The repeated hour starts over a little before `after`'s local time; look from an
+        // hour earlier so its second pass is not skipped.
+        let from = local - Duration::hours(1);
+        let start_date = from.date();
         for day in 0..(366 * 5) {
             let date = start_date + Duration::days(day);
             if !self.day_matches(date) {
                 continue;
             }
             for h in (0..24).filter(|h| self.hours & (1 << h) != 0) {
-                if day == 0 && h < local.hour() {
+                if day == 0 && h < from.hour() {
                     continue;
                 }
+                // An hour's second pass comes after all of its first pass.
+                let mut second_pass = Vec::new();
                 for m in (0..60).filter(|m| self.minutes & (1u64 << m) != 0) {
-                    if day == 0 && h == local.hour() && m < local.minute() {
-                        continue;
-                    }
                     for s in (0..60).filter(|s| self.seconds & (1u64 << s) != 0) {
                         let Some(naive) = date.and_hms_opt(h, m, s) else {
                             continue;
                         };
                         let candidate = match tz.from_local_datetime(&naive) {
                             LocalResult::Single(t) => t,
-                            // Happens twice (clocks go back): only the first counts.
-                            LocalResult::Ambiguous(first, _) => first,
+                            LocalResult::Ambiguous(first, second) => {
+                                if self.hours_repeat {
+                                    second_pass.push(second.with_timezone(&Utc));
+                                }
+                                first
+                            }
                             // Does not exist (clocks go forward): skipped, not invented.
                             LocalResult::None => continue,
                         };
@@ -205,6 +222,9 @@ impl Cron {
                             return Some(candidate);
                         }
                     }
+                }
+                if let Some(t) = second_pass.into_iter().find(|t| *t > after) {
+                    return Some(t);
                 }
             }
         }
@@ -298,6 +318,37 @@ mod tests {
             next("30 2 * * *", "Europe/Berlin", &first),
             "2026-10-26T01:30:00+00:00",
             "not the second 02:30"
+        );
+    }
+
+    #[test]
+    fn a_schedule_through_the_hours_fires_at_both_passes_of_a_repeated_hour() {
+        // 2027-11-07: New York goes from 02:00 EDT back to 01:00 EST.
+        let mut at = utc("2027-11-07T05:00:00Z");
+        let mut fired = Vec::new();
+        for _ in 0..5 {
+            at = Cron::parse("*/30 * * * *")
+                .unwrap()
+                .next_after(at, zone("America/New_York").unwrap())
+                .unwrap();
+            fired.push(at.to_rfc3339());
+        }
+        assert_eq!(
+            fired,
+            [
+                "2027-11-07T05:30:00+00:00", // 01:30 EDT
+                "2027-11-07T06:00:00+00:00", // 01:00 EST, the second pass
+                "2027-11-07T06:30:00+00:00", // 01:30 EST
+                "2027-11-07T07:00:00+00:00", // 02:00 EST
+                "2027-11-07T07:30:00+00:00",
+            ]
+        );
+        // A fixed hour fires once.
+        let first = next("30 1 * * *", "America/New_York", "2027-11-07T00:00:00Z");
+        assert_eq!(first, "2027-11-07T05:30:00+00:00");
+        assert_eq!(
+            next("30 1 * * *", "America/New_York", &first),
+            "2027-11-08T06:30:00+00:00"
         );
     }
 

@@ -152,20 +152,52 @@ pub fn validate_name(text: &str, what: &'static str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Checks a function name: one or more parts joined by `.` (`resize`, `Model.predict` for a
+/// method of a class), each starting with a letter or `_`, then letters, digits, `_` or `-`;
+/// at most 128 characters. (Apps keep the stricter [`validate_name`].)
+pub fn validate_function_name(text: &str) -> Result<(), NameError> {
+    let err = |reason| NameError {
+        text: text.to_string(),
+        what: "function",
+        reason,
+    };
+    if text.is_empty() {
+        return Err(err("it is empty"));
+    }
+    if text.len() > 128 {
+        return Err(err("it is longer than 128 characters"));
+    }
+    for part in text.split('.') {
+        let mut chars = part.chars();
+        match chars.next() {
+            None => return Err(err("a part between dots is empty")),
+            Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+                return Err(err("each part must start with a letter or '_'"))
+            }
+            Some(_) => {}
+        }
+        if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(err("use only letters, digits, '_', '-' and '.'"));
+        }
+    }
+    Ok(())
+}
+
 impl FunctionName {
-    /// Parses `app.function` or `function`.
+    /// Parses `app.function` or `function`; the app is the part before the first dot, so a
+    /// function whose name has dots (`Model.predict`) is always named with its app.
     pub fn parse(text: &str) -> Result<Self, NameError> {
         match text.split_once('.') {
             Some((app, function)) => {
                 validate_name(app, "app")?;
-                validate_name(function, "function")?;
+                validate_function_name(function)?;
                 Ok(Self {
                     app: Some(app.to_string()),
                     function: function.to_string(),
                 })
             }
             None => {
-                validate_name(text, "function")?;
+                validate_function_name(text)?;
                 Ok(Self {
                     app: None,
                     function: text.to_string(),
@@ -197,11 +229,24 @@ mod tests {
     }
 
     #[test]
+    fn methods_of_classes_are_named_with_their_app() {
+        let m = FunctionName::parse("shop.Model.predict").unwrap();
+        assert_eq!(m.app.as_deref(), Some("shop"));
+        assert_eq!(m.function, "Model.predict");
+        assert_eq!(
+            FunctionName::parse("shop._private").unwrap().function,
+            "_private"
+        );
+    }
+
+    #[test]
     fn bad_names_say_why() {
-        let err = FunctionName::parse("quickstart.Greet").unwrap_err();
+        let err = FunctionName::parse("Quickstart.greet").unwrap_err();
         assert!(err.to_string().contains("lowercase"), "{err}");
-        assert!(FunctionName::parse("a.b.c").is_err());
+        assert!(FunctionName::parse("a.b..c").is_err());
         assert!(FunctionName::parse(".greet").is_err());
         assert!(FunctionName::parse("9lives").is_err());
+        assert!(FunctionName::parse("a.Model.9").is_err());
+        assert!(FunctionName::parse("a.b c").is_err());
     }
 }

@@ -103,6 +103,15 @@ pub fn random_hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// A hex string derived from `secret` by SHA-1 (a name-based UUID): the same secret gives the
+/// same string on every server, and the string does not give the secret away.
+pub fn derived_hex(purpose: &str, secret: &str) -> String {
+    let namespace = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, purpose.as_bytes());
+    uuid::Uuid::new_v5(&namespace, secret.as_bytes())
+        .simple()
+        .to_string()
+}
+
 /// Why a string is not an id.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{text:?} is not a {what} id (expected {prefix} followed by 26 base32 characters)")]

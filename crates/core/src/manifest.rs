@@ -15,8 +15,8 @@ use toml::Spanned;
 use crate::cron::{self, Cron};
 use crate::duration;
 use crate::function::{
-    validate_name, BatchPolicy, FunctionSpec, ScalingPolicy, DEFAULT_CONCURRENCY,
-    DEFAULT_TIMEOUT_MS,
+    validate_function_name, validate_name, BatchPolicy, FunctionSpec, ScalingPolicy,
+    DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MS,
 };
 use crate::notify::{NotifyOn, NotifyRule, DEFAULT_QUIET_MS};
 use crate::retry::RetryPolicy;
@@ -190,7 +190,7 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<AppManifest, Man
     let mut functions = Vec::new();
     for (name, raw_fn) in &raw.functions {
         let key = format!("functions.{name}");
-        if let Err(e) = validate_name(name, "function") {
+        if let Err(e) = validate_function_name(name) {
             faults.push(raw_fn.span(), Some(key.clone()), e.to_string());
         }
         if let Some(spec) = function(&mut faults, &key, &app, name, raw_fn, base_dir) {

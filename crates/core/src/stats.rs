@@ -40,6 +40,8 @@ pub struct Tally {
     pub retried: i64,
     /// Durations of all of the above, by [`bucket_of`].
     pub durations: [i64; BUCKETS],
+    /// The longest of those durations: no percentile is above it.
+    pub max_ms: i64,
 }
 
 impl Tally {
@@ -53,12 +55,14 @@ impl Tally {
             _ => return,
         }
         self.durations[bucket_of(duration_ms.max(0))] += 1;
+        self.max_ms = self.max_ms.max(duration_ms);
     }
 
     pub fn merge(&mut self, other: &Tally) {
         self.succeeded += other.succeeded;
         self.failed += other.failed;
         self.retried += other.retried;
+        self.max_ms = self.max_ms.max(other.max_ms);
         for (a, b) in self.durations.iter_mut().zip(other.durations) {
             *a += b;
         }
@@ -69,8 +73,18 @@ impl Tally {
     }
 
     /// The duration below which a fraction `q` (0..=1) of the attempts ended, interpolated
-    /// within its bucket; `None` without attempts. Open-ended top bucket: its lower bound.
+    /// within its bucket and never above the longest attempt; `None` without attempts.
+    /// Open-ended top bucket: its lower bound.
     pub fn percentile_ms(&self, q: f64) -> Option<f64> {
+        let p = self.interpolated_ms(q)?;
+        Some(if self.max_ms > 0 {
+            p.min(self.max_ms as f64)
+        } else {
+            p
+        })
+    }
+
+    fn interpolated_ms(&self, q: f64) -> Option<f64> {
         let total: i64 = self.durations.iter().sum();
         if total == 0 {
             return None;
@@ -125,6 +139,18 @@ mod tests {
         let p95 = t.percentile_ms(0.95).unwrap();
         assert!((500.0..1000.0).contains(&p95), "{p95}");
         assert_eq!(Tally::default().percentile_ms(0.5), None);
+    }
+
+    #[test]
+    fn percentiles_never_exceed_the_longest_attempt() {
+        let mut t = Tally::default();
+        t.add("failed", 30_000); // bucket [30 s, 60 s)
+        assert_eq!(t.percentile_ms(0.5), Some(30_000.0));
+        assert_eq!(t.percentile_ms(0.99), Some(30_000.0));
+        let mut other = Tally::default();
+        other.add("succeeded", 45_000);
+        t.merge(&other);
+        assert!(t.percentile_ms(0.99).unwrap() <= 45_000.0);
     }
 
     #[test]

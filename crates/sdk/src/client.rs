@@ -354,16 +354,24 @@ impl Client {
         .await
     }
 
+    /// Renews `leases`; with a `wait`, the server then holds the request up to that long and
+    /// answers early when one of `calls` is cancelled.
     pub async fn worker_heartbeat(
         &self,
         id: &WorkerId,
         leases: Vec<Lease>,
+        calls: Vec<CallId>,
+        wait: Duration,
     ) -> Result<HeartbeatResponse, Error> {
-        let body = HeartbeatRequest { leases };
+        let body = HeartbeatRequest {
+            leases,
+            calls,
+            wait_ms: wait.as_millis() as u64,
+        };
         self.send(
             self.request(Method::POST, &format!("/v1/workers/{id}/heartbeat"))
                 .json(&body)
-                .timeout(Duration::from_secs(30)),
+                .timeout(wait + Duration::from_secs(30)),
         )
         .await
     }

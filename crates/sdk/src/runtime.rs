@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, Error};
-use crate::outbox::{is_transient, Outbox};
+use crate::outbox::{is_transient, Limits, Outbox};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -74,8 +74,30 @@ impl LogSink {
     }
 }
 
+/// What a worker learned when it registered, for the processes its executor starts.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub worker_id: WorkerId,
+    /// The server's base URL, as the worker reaches it.
+    pub server: String,
+    /// A `read` and `submit` token for functions to call others with (none without tokens).
+    pub call_token: Option<String>,
+}
+
 /// Runs inputs. A batch has one job unless the function batches.
 pub trait Executor: Send + Sync + 'static {
+    /// Called once, after the worker registered and before any input runs.
+    fn registered(&self, _registration: &Registration) {}
+
+    /// Called for each function the worker serves, before its first input, so what the
+    /// function needs (a long-lived process that loads a model) is ready when inputs come.
+    fn prepare(&self, _spec: Arc<FunctionSpec>, _logs: LogSink) {}
+
+    /// Called once at the end, after the drain: stops whatever the executor started.
+    fn stop(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+
     /// Runs `jobs` of the function `spec` and returns one outcome per job, in order: `None`
     /// for a job whose `cancel` fired (nothing is reported for it).
     fn run(
@@ -91,7 +113,8 @@ const MAX_LEASE: u32 = 1_000;
 /// Long-poll of one lease request.
 const LEASE_WAIT: Duration = Duration::from_secs(20);
 
-type InFlight = Arc<Mutex<HashMap<Lease, CancellationToken>>>;
+/// Leases held, with their calls and the tokens that stop them.
+type InFlight = Arc<Mutex<HashMap<Lease, (CallId, CancellationToken)>>>;
 
 /// A batch being filled for one function version.
 struct Pending {
@@ -112,7 +135,13 @@ pub async fn run(
     };
     let worker = registered.worker_id.clone();
     tracing::info!(worker = %worker, functions = ?config.functions, concurrency = config.concurrency, "worker registered");
-    let (outbox, outbox_task) = Outbox::start(client.clone(), worker.clone());
+    executor.registered(&Registration {
+        worker_id: worker.clone(),
+        server: client.base_url().to_string(),
+        call_token: registered.call_token.clone(),
+    });
+    let (outbox, outbox_task) =
+        Outbox::start(client.clone(), worker.clone(), Limits::from(&registered));
     let logs = LogSink {
         outbox: outbox.clone(),
     };
@@ -121,19 +150,26 @@ pub async fn run(
     let kill_all = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let heartbeat_stop = CancellationToken::new();
+    let leases_changed = Arc::new(Notify::new());
     let heartbeat = tokio::spawn(heartbeat_loop(
         client.clone(),
         worker.clone(),
         Duration::from_millis(registered.heartbeat_ms),
         in_flight.clone(),
+        leases_changed.clone(),
         heartbeat_stop.clone(),
     ));
     let mut specs: BTreeMap<String, Arc<FunctionSpec>> = BTreeMap::new();
+    for (key, spec) in &registered.functions {
+        let spec = Arc::new(spec.clone());
+        executor.prepare(spec.clone(), logs.clone());
+        specs.insert(key.clone(), spec);
+    }
     let mut batches: BTreeMap<String, Pending> = BTreeMap::new();
     let mut backoff = Duration::from_millis(100);
     let mut result = Ok(());
     let shared = Shared {
-        executor,
+        executor: executor.clone(),
         logs: logs.clone(),
         outbox: outbox.clone(),
         in_flight: in_flight.clone(),
@@ -207,7 +243,11 @@ pub async fn run(
             }
         };
         for (key, spec) in response.functions {
-            specs.insert(key, Arc::new(spec));
+            if let std::collections::btree_map::Entry::Vacant(slot) = specs.entry(key) {
+                let spec = Arc::new(spec);
+                executor.prepare(spec.clone(), logs.clone());
+                slot.insert(spec);
+            }
         }
         for input in response.inputs {
             let Some(spec) = specs.get(&input.function).cloned() else {
@@ -215,6 +255,7 @@ pub async fn run(
                 continue;
             };
             let job = job(input.clone(), &kill_all, &in_flight);
+            leases_changed.notify_one();
             match spec.batch {
                 None => dispatch(&mut tasks, spec, vec![job]),
                 Some(policy) => {
@@ -261,6 +302,7 @@ pub async fn run(
     }
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
+    executor.stop().await;
     drop(shared);
     drop(logs);
     outbox.close();
@@ -285,7 +327,7 @@ fn batch_size(spec: &FunctionSpec) -> usize {
 fn job(input: LeasedInput, kill_all: &CancellationToken, in_flight: &InFlight) -> Job {
     let cancel = kill_all.child_token();
     if let Ok(mut map) = in_flight.lock() {
-        map.insert(input.lease, cancel.clone());
+        map.insert(input.lease, (input.call_id.clone(), cancel.clone()));
     }
     Job {
         lease: input.lease,
@@ -350,6 +392,7 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
         stopping,
     } = shared;
     let leases: Vec<Lease> = jobs.iter().map(|j| j.lease).collect();
+    let batch_size = spec.batch.map(|_| leases.len() as u32);
     // The executor runs in its own task, so a panic in it fails the batch instead of the worker.
     let outcomes = match tokio::spawn(executor.run(spec, jobs, logs)).await {
         Ok(outcomes) => outcomes,
@@ -397,11 +440,16 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
     }
     for (lease, outcome) in leases.into_iter().zip(outcomes) {
         match outcome {
-            Some(outcome) => outbox.result(InputResult { lease, outcome }),
+            Some(outcome) => outbox.result(InputResult {
+                lease,
+                outcome,
+                batch_size,
+            }),
             // Stopped because the worker is stopping: hand the input back rather than letting
             // its lease run out. (Stopped because the lease was lost: there is nothing to say.)
             None if stopping.is_cancelled() => outbox.result(InputResult {
                 lease,
+                batch_size,
                 outcome: Outcome::Returned {
                     error: InputError {
                         code: "worker_stopped".into(),
@@ -426,29 +474,60 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Renews every held lease on a timer; leases the server says are gone (cancelled, or lost
-/// while this worker was unreachable) are stopped at once.
+/// A heartbeat that is waiting on the server is started over (with the new leases and their
+/// calls) at most this often when the worker takes new leases.
+const HEARTBEAT_RESTART: Duration = Duration::from_millis(250);
+
+/// Renews every held lease every `every`, and hears of cancels at once: each heartbeat waits
+/// on the server (up to `every`) for one of its leases' calls to be cancelled. Leases the server
+/// says are gone (cancelled, or lost while this worker was unreachable) are stopped at once. A
+/// failed heartbeat is tried again soon, not a whole period later.
 async fn heartbeat_loop(
     client: Client,
     worker: WorkerId,
     every: Duration,
     in_flight: InFlight,
+    leases_changed: Arc<Notify>,
     stop: CancellationToken,
 ) {
+    let mut retry = Duration::from_millis(250);
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
-        }
-        let leases: Vec<Lease> = match in_flight.lock() {
-            Ok(map) => map.keys().copied().collect(),
+        let (leases, calls): (Vec<Lease>, Vec<CallId>) = match in_flight.lock() {
+            Ok(map) => {
+                let mut calls: Vec<CallId> = map.values().map(|(c, _)| c.clone()).collect();
+                calls.sort_unstable();
+                calls.dedup();
+                (map.keys().copied().collect(), calls)
+            }
             Err(_) => return,
         };
-        match client.worker_heartbeat(&worker, leases).await {
+        let started = Instant::now();
+        let request = client.worker_heartbeat(&worker, leases, calls, every);
+        tokio::pin!(request);
+        let mut changed = Box::pin(leases_changed.notified());
+        let answer = tokio::select! {
+            r = &mut request => Some(r),
+            _ = &mut changed => None,
+            _ = stop.cancelled() => return,
+        };
+        // A waiter left registered would take the next notification meant for the wait below.
+        drop(changed);
+        // New leases: let this heartbeat renew what it carries, then start over at once.
+        let restart = answer.is_none();
+        let answer = match answer {
+            Some(answer) => answer,
+            None => tokio::select! {
+                r = &mut request => r,
+                _ = tokio::time::sleep_until(started + HEARTBEAT_RESTART) => continue,
+                _ = stop.cancelled() => return,
+            },
+        };
+        match answer {
             Ok(response) => {
+                retry = Duration::from_millis(250);
                 if let Ok(map) = in_flight.lock() {
                     for lease in &response.lost {
-                        if let Some(token) = map.get(lease) {
+                        if let Some((_, token)) = map.get(lease) {
                             tracing::info!(
                                 input = lease.input_id,
                                 attempt = lease.attempt,
@@ -458,8 +537,24 @@ async fn heartbeat_loop(
                         }
                     }
                 }
+                if response.lost.is_empty() && !restart {
+                    // The server did not wait (no leases, or it does not hold heartbeats):
+                    // keep to the period, but carry new leases at once.
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(started + every) => {}
+                        _ = leases_changed.notified() => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed; trying again in {retry:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = stop.cancelled() => return,
+                }
+                retry = (retry * 2).min(every.max(Duration::from_millis(250)));
+            }
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub scoped_tokens: Vec<(Vec<Scope>, String)>,
     /// The `work` token given to local workers; set by the server at start.
     pub worker_token: Option<String>,
+    /// The `read` and `submit` token handed to functions through their workers, so a function
+    /// can call others; derived at start from the configured tokens (the same on every server
+    /// with the same tokens).
+    pub call_token: Option<String>,
     /// How long a lease lasts without a heartbeat; a lost worker costs at most this. Default 30 s.
     pub lease: Duration,
     /// Time a worker gets between SIGTERM and SIGKILL of a timed-out command. Default 5 s.
@@ -85,6 +89,7 @@ impl Default for ServerConfig {
             token: None,
             scoped_tokens: Vec::new(),
             worker_token: None,
+            call_token: None,
             lease: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
             retention: Duration::from_secs(7 * 86_400),

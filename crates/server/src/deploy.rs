@@ -44,6 +44,23 @@ pub async fn manifest_text(
     Ok(row)
 }
 
+/// What to tell the deployer about functions of the app that this version no longer has but
+/// that still have queued or running inputs: they finish on the version they were spawned on.
+pub async fn stranded_notes(state: &AppState, row: &AppRow) -> Result<Vec<String>, ApiError> {
+    let mut notes = Vec::new();
+    for b in state.store.function_backlog().await? {
+        let removed = b.app == row.name && !row.functions.iter().any(|f| f.spec.name == b.function);
+        let open = b.pending + b.running;
+        if removed && open > 0 {
+            notes.push(format!(
+                "{open} queued or running inputs of {}.{} (removed in version {}) will finish on the version they were spawned on",
+                b.app, b.function, row.version
+            ));
+        }
+    }
+    Ok(notes)
+}
+
 /// Deploys a manifest file given on the command line (`serve --deploy FILE`).
 pub async fn from_file(state: &AppState, path: &Path) -> Result<AppRow, ServerError> {
     let fail = |message: String| ServerError::Deploy {

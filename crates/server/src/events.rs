@@ -9,6 +9,7 @@ use tokio::sync::{broadcast, watch};
 pub struct Events {
     inputs: watch::Sender<u64>,
     calls: broadcast::Sender<CallId>,
+    cancels: broadcast::Sender<CallId>,
     deploys: watch::Sender<u64>,
     results: watch::Sender<u64>,
     missed: broadcast::Sender<(String, usize)>,
@@ -19,6 +20,7 @@ impl Default for Events {
         Self {
             inputs: watch::channel(0).0,
             calls: broadcast::channel(1024).0,
+            cancels: broadcast::channel(1024).0,
             deploys: watch::channel(0).0,
             results: watch::channel(0).0,
             missed: broadcast::channel(256).0,
@@ -43,6 +45,15 @@ impl Events {
 
     pub fn watch_calls(&self) -> broadcast::Receiver<CallId> {
         self.calls.subscribe()
+    }
+
+    /// A call was cancelled: workers running its inputs should hear of it now.
+    pub fn call_cancelled(&self, id: CallId) {
+        let _ = self.cancels.send(id);
+    }
+
+    pub fn watch_cancels(&self) -> broadcast::Receiver<CallId> {
+        self.cancels.subscribe()
     }
 
     /// Some inputs ended (result streams may have more to read).

@@ -79,6 +79,26 @@ pub async fn run(
             .scoped_tokens
             .push((vec![config::Scope::Work], worker_token.clone()));
         config.worker_token = Some(worker_token);
+        // Functions get a token to spawn and read calls with, the same on every server that
+        // shares these tokens (a function's worker may talk to any of them).
+        let mut secrets: Vec<&str> = config.token.iter().map(String::as_str).collect();
+        secrets.extend(
+            config
+                .scoped_tokens
+                .iter()
+                .filter(|(_, t)| Some(t) != config.worker_token.as_ref())
+                .map(|(_, t)| t.as_str()),
+        );
+        secrets.sort_unstable();
+        let call_token = format!(
+            "hc-{}",
+            hopper_core::ids::derived_hex("hopper call token", &secrets.join("\n"))
+        );
+        config.scoped_tokens.push((
+            vec![config::Scope::Read, config::Scope::Submit],
+            call_token.clone(),
+        ));
+        config.call_token = Some(call_token);
     }
     if config.public_url.is_none() {
         config.public_url = Some(format!("http://{local}"));
@@ -109,6 +129,7 @@ pub async fn run(
                     Ok(hopper_store::Wakeup::Inputs) => events.inputs_available(),
                     Ok(hopper_store::Wakeup::Results) => events.results_recorded(),
                     Ok(hopper_store::Wakeup::CallFinished(id)) => events.call_finished(id),
+                    Ok(hopper_store::Wakeup::CallCancelled(id)) => events.call_cancelled(id),
                     // Missed some: wake everything; waiters re-read the store.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         events.inputs_available();

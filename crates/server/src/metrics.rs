@@ -13,6 +13,11 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0,
 ];
 
+/// Buckets of `hopper_batch_size`: inputs per batch.
+const BATCH_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// The process's recorder, installed on first use. `None` if another recorder was installed
@@ -22,6 +27,8 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &DURATION_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full("hopper_batch_size".into()), &BATCH_BUCKETS)
                 .ok()?;
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -49,6 +56,10 @@ fn describe() {
         "hopper_attempt_duration_seconds",
         "How long attempts ran, from lease to result."
     );
+    metrics::describe_histogram!(
+        "hopper_batch_size",
+        "Inputs per batch that batched functions ran, by function (one sample per input)."
+    );
     metrics::describe_gauge!(
         "hopper_queue_pending",
         "Inputs waiting to run, by function (scale workers on this)."
@@ -73,8 +84,15 @@ fn describe() {
 }
 
 /// Records what a batch of completions did: counters once per function and effect, each
-/// duration in the histogram.
-pub fn completions(rows: &[hopper_store::CompletionRow]) {
+/// duration in the histogram, and the batch size each input of a batched function ran with
+/// (`batch_sizes`, parallel to `rows`; `None` when not batched).
+pub fn completions(rows: &[hopper_store::CompletionRow], batch_sizes: &[Option<u32>]) {
+    for (row, size) in rows.iter().zip(batch_sizes) {
+        if let (Some(function), Some(size), true) = (row.function.as_deref(), size, row.recorded) {
+            metrics::histogram!("hopper_batch_size", "function" => function.to_string())
+                .record(*size as f64);
+        }
+    }
     let mut counts: std::collections::HashMap<(&str, &'static str), u64> =
         std::collections::HashMap::new();
     let mut durations: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
@@ -135,6 +153,13 @@ pub async fn render(state: &AppState) -> Result<String, hopper_store::StoreError
         functions.extend(app.functions.iter().map(|f| f.spec.qualified_name()));
     }
     let backlog = state.store.function_backlog().await?;
+    // A function a deploy removed still has a queue until its inputs end.
+    for b in &backlog {
+        let name = format!("{}.{}", b.app, b.function);
+        if !functions.contains(&name) {
+            functions.push(name);
+        }
+    }
     for f in &functions {
         let (pending, running) = backlog
             .iter()

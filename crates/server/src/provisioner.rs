@@ -19,8 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 
-/// How long stopping workers get to hand back or finish their inputs before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping local worker lets running inputs finish; then it stops them (killing
+/// each command's process group), hands them back and deregisters.
+const WORKER_DRAIN: Duration = Duration::from_secs(5);
+/// What a stopping worker gets beyond its drain and the kill grace of its processes, to hand
+/// back and deregister, before SIGKILL.
+const STOP_SLACK: Duration = Duration::from_secs(5);
 /// A worker that exits sooner than this after starting is replaced only after this delay,
 /// so a broken setup does not spin.
 const RESTART_BACKOFF: Duration = Duration::from_secs(2);
@@ -100,11 +104,30 @@ impl Provisioner {
                 }
             }
         }
-        let backlog: HashMap<String, i64> = self
-            .state
-            .store
-            .function_backlog()
-            .await?
+        let backlogs = self.state.store.function_backlog().await?;
+        // A function a deploy removed keeps workers (of the last version that had it) while
+        // inputs spawned on that version are queued: they finish on the version they were
+        // spawned on. Only as many as its backlog needs: none once it is empty.
+        for b in &backlogs {
+            let name = format!("{}.{}", b.app, b.function);
+            if specs.contains_key(&name) || b.pending + b.running == 0 {
+                continue;
+            }
+            let key = hopper_store::FunctionKey {
+                app: b.app.clone(),
+                function: b.function.clone(),
+            };
+            let last = self.state.store.function_versions(&key, 1).await?;
+            if let Some(v) = last.into_iter().next() {
+                if v.function.spec.runner() != Runner::External {
+                    let mut spec = v.function.spec;
+                    spec.scaling.min_workers = 0;
+                    spec.scaling.buffer_workers = 0;
+                    specs.insert(name, spec);
+                }
+            }
+        }
+        let backlog: HashMap<String, i64> = backlogs
             .into_iter()
             .map(|b| (format!("{}.{}", b.app, b.function), b.pending + b.running))
             .collect();
@@ -195,7 +218,7 @@ impl Provisioner {
                 self.terminate(w.child);
             }
         }
-        let deadline = Instant::now() + STOP_GRACE;
+        let deadline = Instant::now() + WORKER_DRAIN + self.state.config.kill_grace + STOP_SLACK;
         for mut child in self.stopping.drain(..) {
             if tokio::time::timeout_at(deadline, child.wait())
                 .await
@@ -233,6 +256,8 @@ fn start(
         .arg(spec.slots().to_string())
         .arg("--kill-grace")
         .arg(format!("{}ms", state.config.kill_grace.as_millis()))
+        .arg("--drain")
+        .arg(format!("{}ms", WORKER_DRAIN.as_millis()))
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());

@@ -9,6 +9,8 @@ pub type Conn = sqlx::postgres::PgConnection;
 pub type DbPool = sqlx::PgPool;
 pub type DbRow = sqlx::postgres::PgRow;
 
+/// The larger of two values.
+pub const GREATEST: &str = "GREATEST";
 /// The smaller of two values.
 pub const LEAST: &str = "LEAST";
 /// A function version's timeout, from its spec JSON.

@@ -182,10 +182,11 @@ async fn listen(
                 let wakeup = match n.payload() {
                     "inputs" => Some(Wakeup::Inputs),
                     "results" => Some(Wakeup::Results),
-                    other => other
-                        .strip_prefix("call:")
-                        .and_then(|id| id.parse().ok())
-                        .map(Wakeup::CallFinished),
+                    other => match other.split_once(':') {
+                        Some(("call", id)) => id.parse().ok().map(Wakeup::CallFinished),
+                        Some(("cancel", id)) => id.parse().ok().map(Wakeup::CallCancelled),
+                        _ => None,
+                    },
                 };
                 if let Some(w) = wakeup {
                     let _ = wakeups.send(w);

@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "dashboard",
         include_str!("../migrations/0006_dashboard.sql"),
     ),
+    (7, "faults", include_str!("../migrations/0007_faults.sql")),
 ];
 
 /// Arbitrary key of the advisory lock that serialises migrations across servers.

@@ -8,6 +8,8 @@ pub type Conn = sqlx::sqlite::SqliteConnection;
 pub type DbPool = sqlx::SqlitePool;
 pub type DbRow = sqlx::sqlite::SqliteRow;
 
+/// The larger of two values.
+pub const GREATEST: &str = "MAX";
 /// The smaller of two values.
 pub const LEAST: &str = "MIN";
 /// A function version's timeout, from its spec JSON.

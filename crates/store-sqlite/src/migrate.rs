@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "dashboard",
         include_str!("../migrations/0006_dashboard.sql"),
     ),
+    (7, "faults", include_str!("../migrations/0007_faults.sql")),
 ];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write

@@ -27,6 +27,7 @@ macro_rules! conformance_suite {
             a_call_starts_with_all_inputs_pending,
             an_idempotency_key_returns_the_same_call,
             an_idempotency_key_of_another_function_conflicts,
+            concurrent_spawns_with_one_idempotency_key_make_one_call,
             leasing_takes_due_inputs_oldest_first_up_to_max,
             leasing_skips_inputs_not_yet_due_and_other_functions,
             a_success_is_recorded_once_and_ends_the_call,
@@ -195,6 +196,7 @@ async fn complete(
     store
         .input_complete_many(InputCompleteMany {
             worker_id: worker.clone(),
+            batch_sizes: Vec::new(),
             results: vec![(lease, outcome)],
             now,
         })
@@ -398,6 +400,54 @@ pub async fn an_idempotency_key_of_another_function_conflicts(store: Arc<dyn Sto
         matches!(err, StoreError::IdempotencyConflict { .. }),
         "{err}"
     );
+    // The same key with another input is another request, not a retry of the first.
+    let mut other_input = insert("ok");
+    other_input.inputs = vec!["2".into()];
+    let err = store.call_insert(other_input).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::IdempotencyConflict { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("different input"), "{err}");
+    assert!(matches!(
+        store.call_insert(insert("ok")).await.unwrap(),
+        CallInserted::Existing(_)
+    ));
+}
+
+pub async fn concurrent_spawns_with_one_idempotency_key_make_one_call(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .call_insert(CallInsert {
+                    id: CallId::generate(),
+                    app: "a".into(),
+                    function: "ok".into(),
+                    version: 1,
+                    origin: Origin::Spawn,
+                    idempotency_key: Some("same".into()),
+                    inputs: vec!["1".into()],
+                    accepting_inputs: false,
+                    discard_results: false,
+                    schedule: None,
+                    now: T0,
+                })
+                .await
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(CallInserted::Created(call)) | Ok(CallInserted::Existing(call)) => {
+                ids.insert(call.id)
+            }
+            Err(e) => panic!("a concurrent spawn with the same key failed: {e}"),
+        };
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
 }
 
 pub async fn leasing_takes_due_inputs_oldest_first_up_to_max(store: Arc<dyn Store>) {
@@ -1693,6 +1743,7 @@ pub async fn ended_attempts_are_counted_per_function_and_slot(store: Arc<dyn Sto
     let results = store
         .input_complete_many(InputCompleteMany {
             worker_id: w.clone(),
+            batch_sizes: Vec::new(),
             results: vec![
                 (oks[0].lease, Outcome::Succeeded { output: json!(1) }),
                 (oks[1].lease, failed("boom")),
@@ -1910,6 +1961,7 @@ pub async fn one_batch_ends_many_calls_each_once(store: Arc<dyn Store>) {
     let out = store
         .input_complete_many(InputCompleteMany {
             worker_id: w.clone(),
+            batch_sizes: Vec::new(),
             results,
             now: T0 + 5,
         })
@@ -2092,6 +2144,7 @@ pub async fn only_the_lease_holder_can_complete_or_log(store: Arc<dyn Store>) {
     let forged = store
         .input_complete_many(InputCompleteMany {
             worker_id: other.clone(),
+            batch_sizes: Vec::new(),
             results: vec![(
                 l.lease,
                 Outcome::Succeeded {
@@ -2307,6 +2360,7 @@ pub async fn cancels_completions_rescues_and_heartbeats_of_the_same_calls_never_
                 store
                     .input_complete_many(InputCompleteMany {
                         worker_id: w,
+                        batch_sizes: Vec::new(),
                         results,
                         now: now + 2,
                     })

@@ -4,12 +4,13 @@
 /// matches on database error codes.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The idempotency key belongs to a call of another function.
-    #[error("idempotency key {key:?} is already used by call {call_id} of {function}")]
+    /// The idempotency key belongs to a call of another function, or one with another input.
+    #[error("idempotency key {key:?} is already used by call {call_id} {differs}")]
     IdempotencyConflict {
         key: String,
         call_id: String,
-        function: String,
+        /// What differs, e.g. `of demo.other` or `with a different input`.
+        differs: String,
     },
     /// The thing named does not exist; `what` says which kind of thing it is.
     #[error("{message}")]

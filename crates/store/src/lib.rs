@@ -36,6 +36,8 @@ pub enum Wakeup {
     Results,
     /// A call ended.
     CallFinished(CallId),
+    /// A call was cancelled (its running inputs should stop now).
+    CallCancelled(CallId),
 }
 
 /// Durable state of apps, calls, inputs, attempts, logs and workers.

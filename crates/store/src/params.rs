@@ -188,6 +188,9 @@ pub struct InputLease {
 pub struct InputCompleteMany {
     pub worker_id: WorkerId,
     pub results: Vec<(Lease, Outcome)>,
+    /// How many inputs each result's attempt ran with in one batch, in the order of
+    /// `results`; a result without an entry ran alone (1).
+    pub batch_sizes: Vec<u32>,
     pub now: UnixMillis,
 }
 

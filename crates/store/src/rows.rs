@@ -148,6 +148,8 @@ pub struct AttemptRow {
     pub finished_at: Option<UnixMillis>,
     pub error: Option<InputError>,
     pub late: bool,
+    /// How many inputs the attempt ran with in one batch, as its worker reported it.
+    pub batch_size: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

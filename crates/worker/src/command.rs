@@ -7,16 +7,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hopper_core::api::{InputError, Lease, LogStream, Outcome};
 use hopper_core::FunctionSpec;
 use hopper_sdk::runtime::{Job, LogSink};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::process;
+use crate::serve::WorkerEnv;
 
 /// Stdout kept for parsing as the output; a command printing more fails with `output_too_large`.
 const MAX_STDOUT: usize = 64 * 1024 * 1024;
@@ -30,6 +32,7 @@ pub async fn run(
     spec: &FunctionSpec,
     ctx: &Job,
     kill_grace: Duration,
+    env: &WorkerEnv,
     logs: &LogSink,
 ) -> Option<Outcome> {
     let cancel = &ctx.cancel;
@@ -59,6 +62,7 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    env.apply(&mut cmd);
     process::isolate(&mut cmd, process::SIGKILL);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
@@ -77,13 +81,15 @@ pub async fn run(
             let _ = stdin.shutdown().await;
         });
     }
+    let stdout_seen = Arc::new(Mutex::new(Captured::default()));
+    let stderr_seen = Arc::new(Mutex::new(Captured::default()));
     let stdout = child.stdout.take().map(|out| {
         tokio::spawn(read_lines(
             out,
             LogStream::Stdout,
             ctx.lease,
             logs.clone(),
-            true,
+            stdout_seen.clone(),
         ))
     });
     let stderr = child.stderr.take().map(|err| {
@@ -92,7 +98,7 @@ pub async fn run(
             LogStream::Stderr,
             ctx.lease,
             logs.clone(),
-            false,
+            stderr_seen.clone(),
         ))
     });
 
@@ -147,8 +153,16 @@ pub async fn run(
     };
     // Whatever the command left running in its group ends with the attempt.
     signal_group(process::SIGKILL);
-    let stdout = join_reader(stdout).await;
-    let stderr = join_reader(stderr).await;
+    let out_open = join_reader(stdout).await;
+    let err_open = join_reader(stderr).await;
+    if out_open || err_open {
+        log(
+            LogStream::System,
+            "a process the command started outside its process group still holds its output open; what the command wrote before it exited is used".into(),
+        );
+    }
+    let stdout = take(&stdout_seen);
+    let stderr = take(&stderr_seen);
     let Some(status) = status else {
         if cancel.is_cancelled() {
             return None;
@@ -240,51 +254,55 @@ struct Captured {
     tail: Vec<String>,
 }
 
+/// Reads `stream` line by line into the attempt's log and into `seen` (stdout: its bytes,
+/// for the output; stderr: its last lines, for the error), as it goes, so what was read is
+/// there even if the stream never ends.
 async fn read_lines(
     stream: impl AsyncRead + Unpin,
     which: LogStream,
     lease: Lease,
     logs: LogSink,
-    keep_bytes: bool,
-) -> Captured {
-    let mut reader = BufReader::new(stream);
-    let mut captured = Captured::default();
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        if keep_bytes {
-            if captured.bytes.len() + buf.len() <= MAX_STDOUT {
-                captured.bytes.extend_from_slice(&buf);
+    seen: Arc<Mutex<Captured>>,
+) {
+    process::for_each_line(stream, |line, bytes| {
+        if let Ok(mut seen) = seen.lock() {
+            if which == LogStream::Stdout {
+                if seen.bytes.len() + bytes.len() <= MAX_STDOUT {
+                    seen.bytes.extend_from_slice(bytes);
+                } else {
+                    seen.overflow = true;
+                }
             } else {
-                captured.overflow = true;
+                if seen.tail.len() == STDERR_TAIL {
+                    seen.tail.remove(0);
+                }
+                seen.tail.push(line.clone());
             }
-        }
-        let line = String::from_utf8_lossy(&buf)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
-        if !keep_bytes {
-            if captured.tail.len() == STDERR_TAIL {
-                captured.tail.remove(0);
-            }
-            captured.tail.push(line.clone());
         }
         logs.line(lease, which, line);
-    }
-    captured
+    })
+    .await;
 }
 
-async fn join_reader(handle: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
-    let Some(handle) = handle else {
-        return Captured::default();
+fn take(seen: &Mutex<Captured>) -> Captured {
+    seen.lock()
+        .map(|mut s| std::mem::take(&mut *s))
+        .unwrap_or_default()
+}
+
+/// Waits for a reader to reach the end of its stream; returns whether the stream is still
+/// open (a process that left the group holds it) after a short wait, in which case the
+/// reader is stopped.
+async fn join_reader(handle: Option<tokio::task::JoinHandle<()>>) -> bool {
+    let Some(mut handle) = handle else {
+        return false;
     };
-    // A process that left the group may hold the pipe open; do not wait on it forever.
-    match tokio::time::timeout(Duration::from_secs(5), handle).await {
-        Ok(Ok(captured)) => captured,
-        _ => Captured::default(),
+    match tokio::time::timeout(Duration::from_secs(1), &mut handle).await {
+        Ok(_) => false,
+        Err(_) => {
+            handle.abort();
+            true
+        }
     }
 }
 

@@ -11,7 +11,7 @@ pub mod command;
 pub mod process;
 pub mod serve;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -19,27 +19,48 @@ use futures_util::FutureExt;
 use hopper_core::api::{InputError, Outcome};
 use hopper_core::function::Runner;
 use hopper_core::FunctionSpec;
-use hopper_sdk::runtime::{Executor, Job, LogSink};
+use hopper_sdk::runtime::{Executor, Job, LogSink, Registration};
 pub use hopper_sdk::runtime::{WorkerConfig, WorkerError};
 use tokio_util::sync::CancellationToken;
 
 /// Runs command and `serve` functions.
 pub struct ProcessExecutor {
     kill_grace: Duration,
-    serve: serve::ServePool,
+    serve: Arc<serve::ServePool>,
+    env: Arc<OnceLock<serve::WorkerEnv>>,
 }
 
 impl ProcessExecutor {
-    /// `kill_grace` is the time between SIGTERM and SIGKILL of a command over its timeout.
+    /// `kill_grace` is the time between SIGTERM and SIGKILL of a command over its timeout, and
+    /// of a `serve` process when the worker stops.
     pub fn new(kill_grace: Duration) -> Self {
         Self {
             kill_grace,
-            serve: serve::ServePool::default(),
+            serve: Arc::default(),
+            env: Arc::default(),
         }
     }
 }
 
 impl Executor for ProcessExecutor {
+    fn registered(&self, registration: &Registration) {
+        let env = serve::WorkerEnv::from_registration(registration, self.kill_grace);
+        self.serve.set_env(env.clone());
+        let _ = self.env.set(env);
+    }
+
+    fn prepare(&self, spec: Arc<FunctionSpec>, logs: LogSink) {
+        if let Runner::Serve(_) = spec.runner() {
+            self.serve.prepare(&spec, logs);
+        }
+    }
+
+    fn stop(&self) -> BoxFuture<'static, ()> {
+        let serve = self.serve.clone();
+        let grace = self.kill_grace;
+        async move { serve.stop(grace).await }.boxed()
+    }
+
     fn run(
         &self,
         spec: Arc<FunctionSpec>,
@@ -49,10 +70,11 @@ impl Executor for ProcessExecutor {
         match spec.runner() {
             Runner::Command(_) => {
                 let kill_grace = self.kill_grace;
+                let env = self.env.get().cloned().unwrap_or_default();
                 async move {
                     let mut out = Vec::with_capacity(jobs.len());
                     for job in jobs {
-                        out.push(command::run(&spec, &job, kill_grace, &logs).await);
+                        out.push(command::run(&spec, &job, kill_grace, &env, &logs).await);
                     }
                     out
                 }

@@ -78,3 +78,25 @@ pub fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<()> {
 }
 
 pub use libc::{SIGKILL, SIGTERM};
+
+/// Calls `each` with every line of `stream` (without its line ending), bytes that are not
+/// UTF-8 as U+FFFD, until the stream ends.
+pub async fn for_each_line(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    mut each: impl FnMut(String, &[u8]),
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        each(line, &buf);
+    }
+}

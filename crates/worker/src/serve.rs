@@ -2,35 +2,59 @@
 //! fed inputs as newline-delimited JSON (the protocol is in docs/SERVE_PROTOCOL.md).
 //!
 //! Requests, one JSON object per line on the process's stdin:
-//! `{"id": "17.1", "input": …}`, or for a batched function `{"batch": [{"id": …, "input": …}, …]}`.
+//! `{"id": "17.1", "input": …, "call_id": …, "index": …, "attempt": …}`, or for a batched
+//! function `{"batch": [{"id": …, "input": …, …}, …]}`.
 //! Answers, one per input, in any order, on its stdout:
 //! `{"id": "17.1", "output": …}` or `{"id": "17.1", "error": "message"}` (or
-//! `{"code": …, "message": …}`); `{"id": "17.1", "log": "text"}` adds a log line to that input.
-//! Other stdout lines and every stderr line are logged to every input in flight. If the process
-//! exits, its inputs in flight go back to the queue (without using a retry) and the next input
-//! starts a new process.
+//! `{"code": …, "message": …, "retry": false}`); `{"id": "17.1", "log": "text", "stream":
+//! "stderr"}` adds a log line to that input; `{"ready": true}` says the process has loaded.
+//!
+//! What the process prints before it is ready (or before its first answer) is start-up output:
+//! it goes to the worker's log, never into inputs' logs; after that, other stdout lines and
+//! every stderr line are logged to every input in flight. Bytes that are not UTF-8 are kept as
+//! U+FFFD. An answer that names an input but cannot be decoded fails that input with
+//! `bad_output`, and the process goes on.
+//!
+//! A process that exits by itself before it was ready (an exception at import) fails its
+//! inputs with `startup_failed` and the last lines of its stderr (the function's retry policy
+//! applies); one that exits later, or is killed by a signal, hands its inputs back to the
+//! queue (no retry used). Either way the next start waits, longer each
+//! time a process dies young, so a broken process does not crash-loop. On stop, a process's
+//! stdin is closed and it gets SIGTERM, then SIGKILL of its group after the kill grace.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hopper_core::api::{InputError, Lease, LogStream, Outcome};
 use hopper_core::FunctionSpec;
-use hopper_sdk::runtime::{Job, LogSink};
+use hopper_sdk::runtime::{Job, LogSink, Registration};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::process;
 
+/// Stderr lines kept for the error of a process that fails at start.
+const STDERR_TAIL: usize = 20;
+/// A process that dies younger than this counts as crash-looping: its next start waits.
+const YOUNG: Duration = Duration::from_secs(30);
+/// The first wait before starting a process again after one died young; it doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest such wait.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 enum Answer {
     Output(Value),
-    Error(InputError),
+    Error(InputError, bool),
     Crashed(String),
+    StartupFailed(String),
 }
 
 struct Waiting {
@@ -40,8 +64,16 @@ struct Waiting {
 
 /// One running `serve` process.
 struct ServeProcess {
-    stdin: tokio::sync::Mutex<ChildStdin>,
+    name: String,
+    /// `None` once the process is being stopped.
+    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
     waiting: Mutex<HashMap<String, Waiting>>,
+    /// Set once the process said it is ready or answered an input.
+    ready: AtomicBool,
+    /// Set when the worker stops it: its exit is expected.
+    stopping: AtomicBool,
+    /// The last stderr lines, for the error of a process that fails at start.
+    stderr_tail: Mutex<VecDeque<String>>,
     /// Cancelled once the process has exited.
     dead: CancellationToken,
     pid: Option<u32>,
@@ -67,12 +99,89 @@ impl ServeProcess {
             let _ = process::signal_group(pid, process::SIGKILL);
         }
     }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// A line the process wrote that belongs to no input: start-up output goes to the
+    /// worker's log, later output to every input in flight.
+    fn unattributed(&self, logs: &LogSink, stream: LogStream, line: String) {
+        if stream == LogStream::Stderr {
+            if let Ok(mut tail) = self.stderr_tail.lock() {
+                if tail.len() == STDERR_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line.clone());
+            }
+        }
+        if !self.is_ready() {
+            tracing::info!(function = %self.name, pid = self.pid, "{line}");
+            return;
+        }
+        for lease in self.in_flight() {
+            logs.line(lease, stream, line.clone());
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        self.stderr_tail
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+}
+
+/// What the processes a worker starts are told about where they run.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerEnv {
+    pub server: String,
+    pub call_token: Option<String>,
+    pub worker_id: String,
+    pub kill_grace: Duration,
+}
+
+impl WorkerEnv {
+    pub fn from_registration(r: &Registration, kill_grace: Duration) -> Self {
+        Self {
+            server: r.server.clone(),
+            call_token: r.call_token.clone(),
+            worker_id: r.worker_id.to_string(),
+            kill_grace,
+        }
+    }
+
+    /// Sets `HOPPER_SERVER`, `HOPPER_TOKEN` (or removes it), `HOPPER_WORKER_ID` and
+    /// `HOPPER_KILL_GRACE` (seconds) on `cmd`.
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env("HOPPER_SERVER", &self.server)
+            .env("HOPPER_WORKER_ID", &self.worker_id)
+            .env(
+                "HOPPER_KILL_GRACE",
+                format!("{:.3}", self.kill_grace.as_secs_f64()),
+            );
+        match &self.call_token {
+            Some(token) => cmd.env("HOPPER_TOKEN", token),
+            None => cmd.env_remove("HOPPER_TOKEN"),
+        };
+    }
+}
+
+/// Consecutive young deaths of one function's process, and when it may start again.
+#[derive(Default)]
+struct Restarts {
+    young_deaths: u32,
+    not_before: Option<Instant>,
 }
 
 /// The `serve` processes of one worker, by function version.
 #[derive(Default)]
 pub struct ServePool {
     processes: Mutex<HashMap<String, Arc<ServeProcess>>>,
+    restarts: Arc<Mutex<HashMap<String, Restarts>>>,
+    env: OnceLock<WorkerEnv>,
+    /// Where start-up failures with no input in flight are logged (set at the first run).
+    logs: OnceLock<LogSink>,
 }
 
 fn key(spec: &FunctionSpec) -> String {
@@ -84,11 +193,21 @@ fn lease_id(lease: Lease) -> String {
 }
 
 impl ServePool {
-    fn get_or_start(
-        &self,
-        spec: &FunctionSpec,
-        logs: &LogSink,
-    ) -> Result<Arc<ServeProcess>, String> {
+    /// Remembers what processes are told about their worker (from its registration).
+    pub fn set_env(&self, env: WorkerEnv) {
+        let _ = self.env.set(env);
+    }
+
+    /// Starts the function's process now, so it has loaded before its first input.
+    pub fn prepare(&self, spec: &FunctionSpec, logs: LogSink) {
+        let _ = self.logs.set(logs.clone());
+        if let Err(e) = self.start_now(spec, &logs) {
+            tracing::warn!(function = %spec.qualified_name(), error = %e, "cannot start the serve process");
+        }
+    }
+
+    /// The running process, or a new one if the backoff allows it now.
+    fn start_now(&self, spec: &FunctionSpec, logs: &LogSink) -> Result<Arc<ServeProcess>, String> {
         let key = key(spec);
         let mut processes = self
             .processes
@@ -99,21 +218,80 @@ impl ServePool {
                 return Ok(p.clone());
             }
         }
-        let p = start(spec, logs.clone())?;
+        let p = start(
+            spec,
+            logs.clone(),
+            self.env.get().cloned().unwrap_or_default(),
+            self.restarts.clone(),
+            key.clone(),
+        )?;
         processes.insert(key, p.clone());
         Ok(p)
     }
 
+    async fn get_or_start(
+        &self,
+        spec: &FunctionSpec,
+        logs: &LogSink,
+    ) -> Result<Arc<ServeProcess>, String> {
+        let not_before = self
+            .restarts
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&key(spec)).and_then(|r| r.not_before));
+        if let Some(at) = not_before {
+            let running = self
+                .processes
+                .lock()
+                .ok()
+                .and_then(|p| p.get(&key(spec)).cloned())
+                .is_some_and(|p| !p.dead.is_cancelled());
+            if !running && at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
+        }
+        self.start_now(spec, logs)
+    }
+
+    /// Closes every process's stdin and sends it SIGTERM; after `grace`, SIGKILL to the
+    /// process groups of those still running.
+    pub async fn stop(&self, grace: Duration) {
+        let processes: Vec<Arc<ServeProcess>> = self
+            .processes
+            .lock()
+            .map(|mut p| p.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        for p in &processes {
+            p.stopping.store(true, Ordering::Release);
+            p.stdin.lock().await.take();
+            if let Some(pid) = p.pid {
+                let _ = process::signal_process(pid, process::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + grace;
+        for p in &processes {
+            if tokio::time::timeout_at(deadline, p.dead.cancelled())
+                .await
+                .is_err()
+            {
+                tracing::warn!(function = %p.name, "the serve process did not stop after SIGTERM; killing it");
+            }
+            // Whatever it started in its group goes with it.
+            p.kill();
+        }
+    }
+
     /// Sends `jobs` to the function's process and waits for their answers.
     pub fn run(
-        &self,
+        self: &Arc<Self>,
         spec: Arc<FunctionSpec>,
         jobs: Vec<Job>,
         logs: LogSink,
     ) -> impl std::future::Future<Output = Vec<Option<Outcome>>> + Send + 'static {
-        let started = self.get_or_start(&spec, &logs);
+        let pool = self.clone();
         async move {
-            let proc = match started {
+            let _ = pool.logs.set(logs.clone());
+            let proc = match pool.get_or_start(&spec, &logs).await {
                 Ok(p) => p,
                 Err(message) => {
                     for job in &jobs {
@@ -121,83 +299,101 @@ impl ServePool {
                     }
                     return jobs
                         .iter()
-                        .map(|_| Some(failed("spawn_failed", message.clone())))
+                        .map(|_| Some(failed("spawn_failed", message.clone(), true)))
                         .collect();
                 }
             };
-            let mut answers = Vec::with_capacity(jobs.len());
-            if let Ok(mut waiting) = proc.waiting.lock() {
-                for job in &jobs {
-                    let (tx, rx) = oneshot::channel();
-                    waiting.insert(
-                        lease_id(job.lease),
-                        Waiting {
-                            lease: job.lease,
-                            answer: tx,
-                        },
-                    );
-                    answers.push(rx);
-                }
-            }
-            let request = if spec.batch.is_some() {
-                let items: Vec<Value> = jobs
-                    .iter()
-                    .map(|j| json!({"id": lease_id(j.lease), "input": j.input}))
-                    .collect();
-                json!({ "batch": items })
-            } else {
-                match jobs.first() {
-                    Some(j) => json!({"id": lease_id(j.lease), "input": j.input}),
-                    None => return Vec::new(),
-                }
-            };
-            let mut line = request.to_string().into_bytes();
-            line.push(b'\n');
-            let written = {
-                let mut stdin = proc.stdin.lock().await;
-                match stdin.write_all(&line).await {
-                    Ok(()) => stdin.flush().await,
-                    Err(e) => Err(e),
-                }
-            };
-            if let Err(e) = written {
-                // The process is gone; the reader hands these inputs back.
-                tracing::warn!(error = %e, "cannot write to the serve process");
-                proc.kill();
-            }
-            let timeout = Duration::from_millis(spec.timeout_ms);
-            let deadline = tokio::time::Instant::now() + timeout;
-            let mut out = Vec::with_capacity(jobs.len());
-            for (job, rx) in jobs.iter().zip(answers) {
-                let outcome = tokio::select! {
-                    answer = rx => Some(match answer {
-                        Ok(Answer::Output(output)) => Outcome::Succeeded { output },
-                        Ok(Answer::Error(error)) => Outcome::Failed { error, retry: true },
-                        Ok(Answer::Crashed(message)) => crashed(message),
-                        Err(_) => crashed("the serve process went away".into()),
-                    }),
-                    _ = tokio::time::sleep_until(deadline) => {
-                        let took = hopper_core::duration::format(timeout);
-                        logs.line(job.lease, LogStream::System, format!("timed out after {took}; killing the serve process"));
-                        proc.answer(&lease_id(job.lease), Answer::Crashed("timed out".into()));
-                        proc.kill();
-                        Some(failed("timeout", format!("timed out after {took}; the serve process was killed")))
-                    }
-                    _ = job.cancel.cancelled() => {
-                        proc.answer(&lease_id(job.lease), Answer::Crashed("cancelled".into()));
-                        None
-                    }
-                };
-                out.push(outcome);
-            }
-            out
+            run_on(&proc, &spec, jobs, &logs).await
         }
     }
 }
 
-fn failed(code: &str, message: String) -> Outcome {
+async fn run_on(
+    proc: &Arc<ServeProcess>,
+    spec: &FunctionSpec,
+    jobs: Vec<Job>,
+    logs: &LogSink,
+) -> Vec<Option<Outcome>> {
+    let mut answers = Vec::with_capacity(jobs.len());
+    if let Ok(mut waiting) = proc.waiting.lock() {
+        for job in &jobs {
+            let (tx, rx) = oneshot::channel();
+            waiting.insert(
+                lease_id(job.lease),
+                Waiting {
+                    lease: job.lease,
+                    answer: tx,
+                },
+            );
+            answers.push(rx);
+        }
+    }
+    let item = |j: &Job| {
+        json!({
+            "id": lease_id(j.lease),
+            "input": j.input,
+            "call_id": j.call_id,
+            "index": j.index,
+            "attempt": j.lease.attempt,
+        })
+    };
+    let request = if spec.batch.is_some() {
+        json!({ "batch": jobs.iter().map(item).collect::<Vec<Value>>() })
+    } else {
+        match jobs.first() {
+            Some(j) => item(j),
+            None => return Vec::new(),
+        }
+    };
+    let mut line = request.to_string().into_bytes();
+    line.push(b'\n');
+    let written = {
+        let mut stdin = proc.stdin.lock().await;
+        match stdin.as_mut() {
+            Some(stdin) => match stdin.write_all(&line).await {
+                Ok(()) => stdin.flush().await,
+                Err(e) => Err(e),
+            },
+            None => Err(std::io::Error::other("the serve process is stopping")),
+        }
+    };
+    if let Err(e) = written {
+        // The process is gone; the reader hands these inputs back.
+        tracing::warn!(error = %e, "cannot write to the serve process");
+        proc.kill();
+    }
+    let timeout = Duration::from_millis(spec.timeout_ms);
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(jobs.len());
+    for (job, rx) in jobs.iter().zip(answers) {
+        let outcome = tokio::select! {
+            answer = rx => Some(match answer {
+                Ok(Answer::Output(output)) => Outcome::Succeeded { output },
+                Ok(Answer::Error(error, retry)) => Outcome::Failed { error, retry },
+                Ok(Answer::Crashed(message)) => crashed(message),
+                Ok(Answer::StartupFailed(message)) => failed("startup_failed", message, true),
+                Err(_) => crashed("the serve process went away".into()),
+            }),
+            _ = tokio::time::sleep_until(deadline) => {
+                let took = hopper_core::duration::format(timeout);
+                logs.line(job.lease, LogStream::System, format!("timed out after {took}; killing the serve process"));
+                proc.answer(&lease_id(job.lease), Answer::Crashed("timed out".into()));
+                proc.kill();
+                Some(failed("timeout", format!("timed out after {took}; the serve process was killed"), true))
+            }
+            _ = job.cancel.cancelled() => {
+                proc.answer(&lease_id(job.lease), Answer::Crashed("cancelled".into()));
+                None
+            }
+        };
+        out.push(outcome);
+    }
+    out
+}
+
+fn failed(code: &str, message: String, retry: bool) -> Outcome {
     Outcome::Failed {
-        retry: true,
+        retry,
         error: InputError {
             code: code.to_string(),
             message,
@@ -214,7 +410,13 @@ fn crashed(message: String) -> Outcome {
     }
 }
 
-fn start(spec: &FunctionSpec, logs: LogSink) -> Result<Arc<ServeProcess>, String> {
+fn start(
+    spec: &FunctionSpec,
+    logs: LogSink,
+    env: WorkerEnv,
+    restarts: Arc<Mutex<HashMap<String, Restarts>>>,
+    key: String,
+) -> Result<Arc<ServeProcess>, String> {
     let Some((program, args)) = spec.serve.split_first() else {
         return Err("the function has no serve command".into());
     };
@@ -224,10 +426,12 @@ fn start(spec: &FunctionSpec, logs: LogSink) -> Result<Arc<ServeProcess>, String
         .current_dir(workdir)
         .envs(&spec.env)
         .env("HOPPER_FUNCTION", spec.qualified_name())
+        .env("HOPPER_CONCURRENCY", spec.concurrency.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    env.apply(&mut cmd);
     process::isolate(&mut cmd, process::SIGKILL);
     let mut child = cmd
         .spawn()
@@ -237,73 +441,145 @@ fn start(spec: &FunctionSpec, logs: LogSink) -> Result<Arc<ServeProcess>, String
     else {
         return Err("the serve process has no pipes".into());
     };
-    tracing::info!(function = %spec.qualified_name(), pid = child.id(), "started serve process");
+    let name = spec.qualified_name();
+    tracing::info!(function = %name, pid = child.id(), "started serve process");
+    let started = Instant::now();
     let proc = Arc::new(ServeProcess {
-        stdin: tokio::sync::Mutex::new(stdin),
+        name: name.clone(),
+        stdin: tokio::sync::Mutex::new(Some(stdin)),
         waiting: Mutex::new(HashMap::new()),
+        ready: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        stderr_tail: Mutex::new(VecDeque::new()),
         dead: CancellationToken::new(),
         pid: child.id(),
     });
-    {
+    let stderr_done = {
         let proc = proc.clone();
         let logs = logs.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                for lease in proc.in_flight() {
-                    logs.line(lease, LogStream::Stderr, line.clone());
-                }
-            }
+            process::for_each_line(stderr, |line, _| {
+                proc.unattributed(&logs, LogStream::Stderr, line)
+            })
+            .await;
+        })
+    };
+    let proc_out = proc.clone();
+    tokio::spawn(async move {
+        let proc = proc_out;
+        process::for_each_line(stdout, |line, _| read_answer(&proc, &logs, line)).await;
+        let status = child.wait().await;
+        // The last stderr lines, for the error below.
+        let _ = tokio::time::timeout(Duration::from_secs(1), stderr_done).await;
+        proc.dead.cancel();
+        // Killed by a signal (the OOM killer, an operator): a crash, whenever it came. Exited
+        // by itself before it was ready (an exception at import): a start-up failure.
+        let signalled = status.as_ref().map_or(true, |s| {
+            std::os::unix::process::ExitStatusExt::signal(s).is_some()
         });
-    }
-    {
-        let proc = proc.clone();
-        let name = spec.qualified_name();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                read_answer(&proc, &logs, line);
-            }
-            let status = child.wait().await;
-            proc.dead.cancel();
-            let how = match status {
-                Ok(s) => format!("the serve process exited ({s})"),
-                Err(e) => format!("the serve process was lost: {e}"),
-            };
-            tracing::warn!(function = %name, "{how}");
+        let how = match status {
+            Ok(s) => format!("the serve process exited ({s})"),
+            Err(e) => format!("the serve process was lost: {e}"),
+        };
+        let was_ready = proc.is_ready();
+        let failed_at_start = !was_ready && !signalled;
+        if proc.stopping.load(Ordering::Acquire) {
+            tracing::info!(function = %name, "{how}");
             let waiting: Vec<Waiting> = proc
                 .waiting
                 .lock()
                 .map(|mut w| w.drain().map(|(_, v)| v).collect())
                 .unwrap_or_default();
             for w in waiting {
+                let _ = w
+                    .answer
+                    .send(Answer::Crashed(format!("{how}: the worker is stopping")));
+            }
+            return;
+        }
+        let young = started.elapsed() < YOUNG;
+        if let Ok(mut restarts) = restarts.lock() {
+            let r = restarts.entry(key).or_default();
+            if young || !was_ready {
+                r.young_deaths += 1;
+                let wait = FIRST_BACKOFF
+                    .saturating_mul(1 << (r.young_deaths - 1).min(10))
+                    .min(MAX_BACKOFF);
+                r.not_before = Some(Instant::now() + wait);
+                tracing::warn!(function = %name, restart_in = ?wait, "{how}");
+            } else {
+                *r = Restarts::default();
+                tracing::warn!(function = %name, "{how}");
+            }
+        }
+        let waiting: Vec<Waiting> = proc
+            .waiting
+            .lock()
+            .map(|mut w| w.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        let tail = proc.stderr_tail();
+        if !was_ready && !tail.is_empty() {
+            tracing::warn!(function = %name, "the serve process failed at start:\n{tail}");
+        }
+        for w in waiting {
+            let answer = if !failed_at_start {
                 logs.line(
                     w.lease,
                     LogStream::System,
                     format!("{how}; the input goes back to the queue"),
                 );
-                let _ = w.answer.send(Answer::Crashed(format!(
-                    "{how} while the input was in flight"
-                )));
-            }
-        });
-    }
+                Answer::Crashed(format!("{how} while the input was in flight"))
+            } else {
+                let message = if tail.is_empty() {
+                    format!("{how} before it was ready")
+                } else {
+                    format!("{how} before it was ready; its last output:\n{tail}")
+                };
+                logs.line(w.lease, LogStream::System, message.clone());
+                Answer::StartupFailed(message)
+            };
+            let _ = w.answer.send(answer);
+        }
+    });
     Ok(proc)
 }
 
-/// One stdout line: an answer, a log line for one input, or text logged to every input.
+/// One stdout line: an answer, a log line for one input, the ready signal, or other output.
 fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
     let parsed: Option<serde_json::Map<String, Value>> = serde_json::from_str(&line).ok();
     let Some(obj) = parsed else {
-        for lease in proc.in_flight() {
-            logs.line(lease, LogStream::Stdout, line.clone());
+        // An answer that names an input in flight but is not JSON (a NaN, say) fails that
+        // input now, rather than leaving it to time out.
+        if let Some(id) = named_id(proc, &line) {
+            let start: String = line.chars().take(200).collect();
+            let error = serde_json::from_str::<Value>(&line)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            proc.answer(
+                &id,
+                Answer::Error(
+                    InputError {
+                        code: "bad_output".into(),
+                        message: format!(
+                            "the serve process answered with a line that is not JSON ({error}): {start}"
+                        ),
+                    },
+                    true,
+                ),
+            );
+            proc.ready.store(true, Ordering::Release);
+            return;
         }
+        proc.unattributed(logs, LogStream::Stdout, line);
         return;
     };
+    if obj.get("ready").and_then(Value::as_bool) == Some(true) && !obj.contains_key("id") {
+        proc.ready.store(true, Ordering::Release);
+        return;
+    }
     let Some(id) = obj.get("id").and_then(Value::as_str) else {
-        for lease in proc.in_flight() {
-            logs.line(lease, LogStream::Stdout, line.clone());
-        }
+        proc.unattributed(logs, LogStream::Stdout, line);
         return;
     };
     if let Some(text) = obj.get("log") {
@@ -317,11 +593,17 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
                 .as_str()
                 .map(String::from)
                 .unwrap_or_else(|| text.to_string());
-            logs.line(lease, LogStream::Stdout, text);
+            let stream = match obj.get("stream").and_then(Value::as_str) {
+                Some("stderr") => LogStream::Stderr,
+                _ => LogStream::Stdout,
+            };
+            logs.line(lease, stream, text);
         }
         return;
     }
+    proc.ready.store(true, Ordering::Release);
     if let Some(error) = obj.get("error") {
+        let retry = error.get("retry").and_then(Value::as_bool).unwrap_or(true);
         let error = match error {
             Value::String(message) => InputError {
                 code: "error".into(),
@@ -340,9 +622,21 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
                     .unwrap_or_else(|| other.to_string()),
             },
         };
-        proc.answer(id, Answer::Error(error));
+        proc.answer(id, Answer::Error(error, retry));
         return;
     }
     let output = obj.get("output").cloned().unwrap_or(Value::Null);
     proc.answer(id, Answer::Output(output));
+}
+
+/// The id of an input in flight that `line` names as `"id": "…"`, if any.
+fn named_id(proc: &ServeProcess, line: &str) -> Option<String> {
+    if !line.contains("\"id\"") {
+        return None;
+    }
+    let waiting = proc.waiting.lock().ok()?;
+    waiting
+        .keys()
+        .find(|id| line.contains(&format!("\"{id}\"")))
+        .cloned()
 }

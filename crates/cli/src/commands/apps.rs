@@ -41,6 +41,9 @@ pub async fn deploy(args: &ClientArgs, path: &Path) -> anyhow::Result<Code> {
             app.version,
             names.join(", ")
         );
+        for note in &app.notes {
+            println!("note: {note}");
+        }
     }
     Ok(Code::Ok)
 }

@@ -153,6 +153,7 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
         store
             .input_complete_many(InputCompleteMany {
                 worker_id: worker.clone(),
+                batch_sizes: Vec::new(),
                 results,
                 now: now(),
             })

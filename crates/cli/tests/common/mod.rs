@@ -73,6 +73,16 @@ impl Server {
         }
     }
 
+    /// SIGTERM, then waits (up to 60 s) for the server to exit.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            assert!(
+                terminate(child, Duration::from_secs(60)),
+                "the server did not stop within 60 s of SIGTERM"
+            );
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -80,19 +90,25 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            sigterm(child.id());
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            terminate(child, Duration::from_secs(15));
         }
     }
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited within `grace`. Whether it exited.
+fn terminate(mut child: Child, grace: Duration) -> bool {
+    sigterm(child.id());
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 fn sigterm(pid: u32) {

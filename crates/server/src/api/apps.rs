@@ -27,7 +27,9 @@ pub async fn deploy(
         ));
     }
     let row = deploy::manifest_text(&state, &req.file, &req.manifest, base_dir).await?;
-    Ok((StatusCode::CREATED, Json(views::app(&row))))
+    let mut view = views::app(&row);
+    view.notes = deploy::stranded_notes(&state, &row).await?;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<AppView>>, ApiError> {

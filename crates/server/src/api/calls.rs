@@ -22,12 +22,22 @@ pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 255;
 
+/// `POST /v1/functions/{name}/calls?wait=SECONDS`: with `wait`, the answer comes once the
+/// call has ended (or after `wait`, up to 300 s): a spawn and a `get` in one round trip.
+#[derive(Deserialize)]
+pub struct SpawnQuery {
+    #[serde(default)]
+    wait: Option<f64>,
+}
+
 pub async fn spawn(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<SpawnQuery>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<SpawnRequest>,
 ) -> Result<(StatusCode, Json<CallView>), ApiError> {
+    let wait = super::extract::wait_seconds(q.wait, MAX_WAIT)?;
     let function = resolve(&state, &name).await?;
     let input = req.input.to_string();
     if input.len() > state.config.max_payload_bytes {
@@ -42,14 +52,19 @@ pub async fn spawn(
         .store
         .call_insert(spawned(&function, input, key, state.now()))
         .await?;
-    match inserted {
+    let (status, call) = match inserted {
         CallInserted::Created(call) => {
             crate::metrics::call_started(format!("{}.{}", call.app, call.function), "spawn");
             state.events.inputs_available();
-            Ok((StatusCode::CREATED, Json(views::call(&call, None))))
+            (StatusCode::CREATED, call)
         }
-        CallInserted::Existing(call) => Ok((StatusCode::OK, Json(view(&state, &call).await?))),
+        CallInserted::Existing(call) => (StatusCode::OK, call),
+    };
+    if wait.is_zero() && status == StatusCode::CREATED {
+        return Ok((status, Json(views::call(&call, None))));
     }
+    let call = wait_for(&state, &call.id, wait).await?;
+    Ok((status, Json(view(&state, &call).await?)))
 }
 
 /// A spawned call of `function`'s current version with one input (JSON text).
@@ -150,12 +165,19 @@ pub async fn get(
 ) -> Result<Json<CallView>, ApiError> {
     let id = parse_id(&id)?;
     let wait = super::extract::wait_seconds(q.wait, MAX_WAIT)?;
+    let call = wait_for(&state, &id, wait).await?;
+    Ok(Json(view(&state, &call).await?))
+}
+
+/// The call once it has ended, or as it is after `wait`.
+pub async fn wait_for(state: &AppState, id: &CallId, wait: Duration) -> Result<CallRow, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the first read, so an end between the two is not missed.
     let mut finished = state.events.watch_calls();
     loop {
-        let call = load(&state, &id).await?;
+        let call = load(state, id).await?;
         if call.state.is_terminal() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(view(&state, &call).await?));
+            return Ok(call);
         }
         // Wake on this call ending, on shutdown, or after a second (another server may have
         // ended it: the store is the truth, the event only saves waiting).
@@ -163,13 +185,11 @@ pub async fn get(
         let until = deadline.min(tick);
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}
-            _ = state.shutdown.cancelled() => {
-                return Ok(Json(view(&state, &call).await?));
-            }
+            _ = state.shutdown.cancelled() => return Ok(call),
             _ = async {
                 loop {
                     match finished.recv().await {
-                        Ok(done) if done == id => return,
+                        Ok(done) if &done == id => return,
                         Ok(_) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {
@@ -195,6 +215,7 @@ pub async fn cancel(
         })
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_call", format!("no call {id}")))?;
+    state.events.call_cancelled(id.clone());
     if call.state.is_terminal() {
         state.events.call_finished(id);
     }

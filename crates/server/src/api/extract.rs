@@ -13,7 +13,7 @@ use crate::state::AppState;
 pub struct ApiJson<T>(pub T);
 
 /// Bytes allowed around the payload in a request body: ids, keys, field names.
-const ENVELOPE_BYTES: usize = 64 * 1024;
+pub const ENVELOPE_BYTES: usize = 64 * 1024;
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;

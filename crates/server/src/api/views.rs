@@ -25,6 +25,7 @@ pub fn app(row: &AppRow) -> AppView {
         version: row.version,
         deployed_at: time(row.deployed_at),
         functions: row.functions.iter().map(function).collect(),
+        notes: Vec::new(),
     }
 }
 
@@ -66,6 +67,7 @@ pub fn attempt(row: &AttemptRow) -> AttemptView {
         finished_at: row.finished_at.map(time),
         error: row.error.clone(),
         late: row.late,
+        batch_size: row.batch_size,
     }
 }
 

@@ -67,6 +67,23 @@ pub async fn register(
             "concurrency must be at least 1",
         ));
     }
+    // The current spec of each function, so the worker can start its processes at once.
+    let mut specs = std::collections::BTreeMap::new();
+    for key in &keys {
+        let found = state
+            .store
+            .function_find(hopper_store::FunctionFind {
+                app: Some(key.app.clone()),
+                function: key.function.clone(),
+            })
+            .await?;
+        for row in found {
+            specs.insert(
+                format!("{}@{}", row.spec.qualified_name(), row.version),
+                row.spec,
+            );
+        }
+    }
     let id = WorkerId::generate();
     state
         .store
@@ -90,6 +107,12 @@ pub async fn register(
             worker_id: id,
             lease_ms: state.config.lease_ms() as u64,
             heartbeat_ms: state.config.heartbeat_ms(),
+            max_payload_bytes: Some(state.config.max_payload_bytes as u64),
+            max_request_bytes: Some(
+                (state.config.max_payload_bytes + super::extract::ENVELOPE_BYTES) as u64,
+            ),
+            call_token: state.config.call_token.clone(),
+            functions: specs,
         }),
     ))
 }
@@ -191,6 +214,9 @@ pub async fn lease(
     Ok(Json(dispatcher::lease(&state, &id, &functions, req).await?))
 }
 
+/// Longest a heartbeat is held open waiting for a cancel.
+const MAX_HEARTBEAT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -203,16 +229,44 @@ pub async fn heartbeat(
             format!("no active worker {id}: register again"),
         ));
     }
-    let lost = state
-        .store
-        .lease_heartbeat(LeaseHeartbeat {
-            worker_id: id,
-            leases: req.leases,
-            now: state.now(),
-            lease_ms: state.config.lease_ms(),
-        })
-        .await?;
-    Ok(Json(HeartbeatResponse { lost }))
+    // Subscribed before the renewal, so a cancel between the two is not missed.
+    let mut cancels = state.events.watch_cancels();
+    let renew = |state: AppState, id: WorkerId, leases: Vec<hopper_core::api::Lease>| async move {
+        state
+            .store
+            .lease_heartbeat(LeaseHeartbeat {
+                worker_id: id,
+                leases,
+                now: state.now(),
+                lease_ms: state.config.lease_ms(),
+            })
+            .await
+    };
+    let lost = renew(state.clone(), id.clone(), req.leases.clone()).await?;
+    if !lost.is_empty() || req.wait_ms == 0 || req.calls.is_empty() {
+        return Ok(Json(HeartbeatResponse { lost }));
+    }
+    let wait = std::time::Duration::from_millis(req.wait_ms).min(MAX_HEARTBEAT_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let cancelled = tokio::select! {
+            c = cancels.recv() => match c {
+                Ok(call) => req.calls.contains(&call),
+                // Missed some: check anyway.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => false,
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = state.shutdown.cancelled() => break,
+        };
+        if cancelled {
+            let lost = renew(state.clone(), id.clone(), req.leases.clone()).await?;
+            if !lost.is_empty() {
+                return Ok(Json(HeartbeatResponse { lost }));
+            }
+        }
+    }
+    Ok(Json(HeartbeatResponse { lost: Vec::new() }))
 }
 
 pub async fn complete(
@@ -223,13 +277,15 @@ pub async fn complete(
     let id = parse_worker(&id)?;
     let limit = state.config.max_payload_bytes;
     let mut results = Vec::with_capacity(req.results.len());
+    let reported: Vec<Option<u32>> = req.results.iter().map(|r| r.batch_size).collect();
+    let batch_sizes = reported.iter().map(|b| b.unwrap_or(1).max(1)).collect();
     for r in req.results {
         let outcome = match r.outcome {
             Outcome::Succeeded { output } => {
                 let size = output.to_string().len();
                 if size > limit {
                     Outcome::Failed {
- retry: true,
+ retry: false,
                         error: hopper_core::api::InputError {
                             code: "output_too_large".into(),
                             message: format!("the output is {size} bytes, over the inline limit of {limit} bytes"),
@@ -248,10 +304,11 @@ pub async fn complete(
         .input_complete_many(InputCompleteMany {
             worker_id: id,
             results,
+            batch_sizes,
             now: state.now(),
         })
         .await?;
-    crate::metrics::completions(&rows);
+    crate::metrics::completions(&rows, &reported);
     let mut requeued = false;
     if rows.iter().any(|r| r.recorded) {
         state.events.results_recorded();
