@@ -145,11 +145,15 @@ async fn reload(conn: &mut Conn, id: &CallId) -> Result<CallRow, StoreError> {
 
 pub async fn append(conn: &mut Conn, p: InputAppend) -> Result<CallRow, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
-    let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
-        .bind(p.call_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    // Locked, so a cancel committing meanwhile cannot be undone by this chunk reopening the
+    // call (the chunk's inputs are new rows: nobody else holds them).
+    let row = sqlx::query(&format!(
+        "SELECT {CALL_COLUMNS} FROM calls WHERE id = $1{LOCK_ROWS}"
+    ))
+    .bind(p.call_id.as_str())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?;
     let Some(row) = row else {
         return Err(StoreError::not_found(
             Missing::Call,

@@ -25,6 +25,28 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock corrected by an offset: the servers sharing a database set it to the
+/// database clock's lead over their own, so they all keep one time.
+#[derive(Debug, Clone, Default)]
+pub struct OffsetClock(Arc<AtomicI64>);
+
+impl OffsetClock {
+    /// The offset added to the system clock, in milliseconds.
+    pub fn offset_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set_offset_ms(&self, offset: i64) {
+        self.0.store(offset, Ordering::Relaxed);
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> UnixMillis {
+        SystemClock.now() + self.offset_ms()
+    }
+}
+
 /// A clock that only moves when told to; shared between a test and the components it drives.
 #[derive(Debug, Clone, Default)]
 pub struct ManualClock(Arc<AtomicI64>);

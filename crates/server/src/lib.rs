@@ -19,6 +19,7 @@
 //! background loops.
 
 pub mod api;
+pub mod clocksync;
 pub mod config;
 pub mod cron;
 pub mod dashboard;
@@ -105,10 +106,24 @@ pub async fn run(
     }
     // Cancelled by the caller, or by this function if serving fails.
     let stop = shutdown.child_token();
+    // Servers sharing a database keep its time (SQLite has none: the offset stays 0).
+    let clock = hopper_core::clock::OffsetClock::default();
+    let shared_clock = match clocksync::measure(&*store).await {
+        Ok(Some(_)) => {
+            clocksync::sync_once(&*store, &clock).await.ok();
+            tracing::info!(offset_ms = clock.offset_ms(), "keeping the database's time");
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the database's clock yet; retrying in the background");
+            true
+        }
+    };
     let state = AppState::new(
         config.clone(),
         store,
-        hopper_core::clock::system(),
+        std::sync::Arc::new(clock.clone()),
         stop.clone(),
     );
     for path in &config.deploy {
@@ -141,6 +156,9 @@ pub async fn run(
         });
     }
     let mut loops = tokio::task::JoinSet::new();
+    if shared_clock {
+        loops.spawn(clocksync::run(state.store.clone(), clock, engine.clone()));
+    }
     loops.spawn(reaper::Reaper::new(state.clone()).run(engine.clone()));
     loops.spawn(pruner::Pruner::new(state.clone()).run(engine.clone()));
     // The notifier subscribes before cron starts, so a firing missed at start-up is told.

@@ -69,6 +69,10 @@ fn describe() {
         "Inputs leased to workers, by function."
     );
     metrics::describe_gauge!("hopper_workers", "Registered workers, by state.");
+    metrics::describe_gauge!(
+        "hopper_clock_offset_seconds",
+        "How far the database's clock is ahead of this server's (servers keep the database's time)."
+    );
     metrics::describe_counter!(
         "hopper_calls_total",
         "Calls started, by function and origin."

@@ -43,14 +43,19 @@ pub fn db_err(e: sqlx::Error) -> StoreError {
         | sqlx::Error::Io(_)
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
-        // Deadlocks, serialization failures, lock timeouts, and the server shutting down or
-        // restarting: the operation changed nothing and may be retried.
+        // Deadlocks and serialization failures: the transaction was rolled back whole and
+        // runs again (`PgStore::write`).
+        sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("40P01") | Some("40001")) =>
+        {
+            StoreError::Contention(e.to_string())
+        }
+        // Lock timeouts, and the server shutting down or restarting: the operation changed
+        // nothing and may be retried.
         sqlx::Error::Database(db)
             if matches!(
                 db.code().as_deref(),
-                Some("40P01")
-                    | Some("40001")
-                    | Some("55P03")
+                Some("55P03")
                     | Some("57P01")
                     | Some("57P02")
                     | Some("57P03")

@@ -157,17 +157,35 @@ impl PgStore {
     }
 
     /// Runs one write on a pooled connection; the write opens and commits its own transaction.
+    /// A write PostgreSQL aborted for a deadlock or a serialization failure changed nothing
+    /// and runs again here (a few times, after short waits), rather than failing its request.
     async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, StoreError>>
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, StoreError>>
             + Send
             + 'static,
     {
+        let mut wait = Duration::from_millis(5);
+        for _ in 0..WRITE_TRIES - 1 {
+            let mut conn = self.pool.acquire().await.map_err(db_err)?;
+            match op(&mut conn).await {
+                Err(StoreError::Contention(e)) => {
+                    tracing::debug!(error = %e, "write aborted by contention; running it again");
+                    drop(conn);
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                done => return done,
+            }
+        }
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
         op(&mut conn).await
     }
 }
+
+/// Tries of a write that PostgreSQL keeps aborting for contention.
+const WRITE_TRIES: u32 = 5;
 
 /// Forwards `NOTIFY`s from every server to this process's waiters. `PgListener` reconnects
 /// by itself after a lost connection; wake-ups sent meanwhile are lost, which only delays
@@ -204,6 +222,15 @@ async fn listen(
 impl Store for PgStore {
     fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<Wakeup>> {
         Some(self.wakeups.subscribe())
+    }
+
+    async fn database_now(&self) -> Result<Option<hopper_core::UnixMillis>, StoreError> {
+        let ms: i64 =
+            sqlx::query_scalar("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(Some(ms))
     }
 
     async fn leader_try(&self, role: &str) -> Result<bool, StoreError> {
@@ -243,7 +270,7 @@ impl Store for PgStore {
     }
 
     async fn app_deploy(&self, params: AppDeploy) -> Result<AppRow, StoreError> {
-        self.write(move |conn| Box::pin(apps::deploy(conn, params)))
+        self.write(move |conn| Box::pin(apps::deploy(conn, params.clone())))
             .await
     }
 
@@ -264,7 +291,7 @@ impl Store for PgStore {
     }
 
     async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
-        self.write(move |conn| Box::pin(calls::insert(conn, params)))
+        self.write(move |conn| Box::pin(calls::insert(conn, params.clone())))
             .await
     }
 
@@ -277,17 +304,17 @@ impl Store for PgStore {
     }
 
     async fn call_cancel(&self, params: CallCancel) -> Result<Option<CallRow>, StoreError> {
-        self.write(move |conn| Box::pin(calls::cancel(conn, params)))
+        self.write(move |conn| Box::pin(calls::cancel(conn, params.clone())))
             .await
     }
 
     async fn call_prune_finished(&self, params: CallPrune) -> Result<u64, StoreError> {
-        self.write(move |conn| Box::pin(calls::prune(conn, params)))
+        self.write(move |conn| Box::pin(calls::prune(conn, params.clone())))
             .await
     }
 
     async fn input_append(&self, params: InputAppend) -> Result<CallRow, StoreError> {
-        self.write(move |conn| Box::pin(calls::append(conn, params)))
+        self.write(move |conn| Box::pin(calls::append(conn, params.clone())))
             .await
     }
 
@@ -319,7 +346,7 @@ impl Store for PgStore {
         &self,
         params: InputLease,
     ) -> Result<Vec<LeasedRow>, StoreError> {
-        self.write(move |conn| Box::pin(inputs::lease(conn, params)))
+        self.write(move |conn| Box::pin(inputs::lease(conn, params.clone())))
             .await
     }
 
@@ -331,17 +358,17 @@ impl Store for PgStore {
         &self,
         params: InputCompleteMany,
     ) -> Result<Vec<CompletionRow>, StoreError> {
-        self.write(move |conn| Box::pin(inputs::complete_many(conn, params)))
+        self.write(move |conn| Box::pin(inputs::complete_many(conn, params.clone())))
             .await
     }
 
     async fn lease_heartbeat(&self, params: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {
-        self.write(move |conn| Box::pin(inputs::heartbeat(conn, params)))
+        self.write(move |conn| Box::pin(inputs::heartbeat(conn, params.clone())))
             .await
     }
 
     async fn lease_rescue_expired(&self, params: LeaseRescue) -> Result<RescueReport, StoreError> {
-        self.write(move |conn| Box::pin(inputs::rescue_expired(conn, params)))
+        self.write(move |conn| Box::pin(inputs::rescue_expired(conn, params.clone())))
             .await
     }
 
@@ -350,7 +377,7 @@ impl Store for PgStore {
     }
 
     async fn log_append_many(&self, lines: LogAppend) -> Result<(), StoreError> {
-        self.write(move |conn| Box::pin(workers::log_append_many(conn, lines)))
+        self.write(move |conn| Box::pin(workers::log_append_many(conn, lines.clone())))
             .await
     }
 
@@ -359,19 +386,22 @@ impl Store for PgStore {
     }
 
     async fn worker_register(&self, params: WorkerRegisterParams) -> Result<(), StoreError> {
-        self.write(move |conn| Box::pin(workers::register(conn, params)))
+        self.write(move |conn| Box::pin(workers::register(conn, params.clone())))
             .await
     }
 
     async fn worker_deregister(&self, params: WorkerDeregister) -> Result<u64, StoreError> {
-        self.write(move |conn| Box::pin(inputs::worker_deregister(conn, params)))
+        self.write(move |conn| Box::pin(inputs::worker_deregister(conn, params.clone())))
             .await
     }
 
     async fn worker_touch(&self, id: &WorkerId, now: i64) -> Result<bool, StoreError> {
         let id = id.clone();
-        self.write(move |conn| Box::pin(async move { workers::touch(conn, &id, now).await }))
-            .await
+        self.write(move |conn| {
+            let id = id.clone();
+            Box::pin(async move { workers::touch(conn, &id, now).await })
+        })
+        .await
     }
 
     async fn schedule_list(&self) -> Result<Vec<ScheduleRow>, StoreError> {
@@ -383,7 +413,7 @@ impl Store for PgStore {
     }
 
     async fn schedule_fire(&self, params: ScheduleFire) -> Result<FireOutcome, StoreError> {
-        self.write(move |conn| Box::pin(schedules::fire(conn, params)))
+        self.write(move |conn| Box::pin(schedules::fire(conn, params.clone())))
             .await
     }
 
@@ -391,7 +421,7 @@ impl Store for PgStore {
         &self,
         params: SchedulePause,
     ) -> Result<Option<ScheduleRow>, StoreError> {
-        self.write(move |conn| Box::pin(schedules::pause(conn, params)))
+        self.write(move |conn| Box::pin(schedules::pause(conn, params.clone())))
             .await
     }
 
@@ -414,7 +444,7 @@ impl Store for PgStore {
 
     async fn setting_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let (key, value) = (key.to_string(), value.to_string());
-        self.write(move |conn| Box::pin(calls::setting_put(conn, key, value)))
+        self.write(move |conn| Box::pin(calls::setting_put(conn, key.clone(), value.clone())))
             .await
     }
 

@@ -82,7 +82,10 @@ where
 fn leaves_state_unknown(e: &StoreError) -> bool {
     matches!(
         e,
-        StoreError::Full(_) | StoreError::Unavailable(_) | StoreError::Database(_)
+        StoreError::Full(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Contention(_)
+            | StoreError::Database(_)
     )
 }
 

@@ -21,6 +21,10 @@ pub enum StoreError {
     /// The database cannot be reached or is busy; the operation changed nothing and may be retried.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The database aborted the operation for contention with another (a deadlock, a
+    /// serialization failure): it changed nothing and may be run again at once.
+    #[error("the database aborted the write for contention: {0}")]
+    Contention(String),
     /// The database's disk is full: the operation changed nothing and may be retried once
     /// space is freed.
     #[error("the database's disk is full: {0}")]

@@ -185,6 +185,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(true)
     }
 
+    /// The database's own clock, now, in milliseconds since the epoch; `None` for a store only
+    /// one server uses (its clock is the server's). Servers sharing a database measure their
+    /// offset from it, so every lease expiry, deadline and due time they write and judge is on
+    /// this one clock, whatever their own clocks say.
+    async fn database_now(&self) -> Result<Option<hopper_core::UnixMillis>, StoreError> {
+        Ok(None)
+    }
+
     /// Workers not stopped, and those stopped or last seen after `seen_after`.
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError>;
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +24,11 @@ pub struct Server {
 impl Server {
     /// Starts `hopper serve` on `data` with extra flags, and waits until it listens.
     pub fn start(data: &Path, args: &[&str]) -> Server {
+        Self::start_under(&[], data, args)
+    }
+
+    /// [`Server::start`] under a wrapper command, e.g. `["faketime", "-f", "+25s"]`.
+    pub fn start_under(wrapper: &[&str], data: &Path, args: &[&str]) -> Server {
         let mut all: Vec<String> = vec![
             "serve".into(),
             "--data".into(),
@@ -31,7 +37,14 @@ impl Server {
             "127.0.0.1:0".into(),
         ];
         all.extend(args.iter().map(|a| a.to_string()));
-        let mut child = Command::new(BIN)
+        let (program, before) = match wrapper.split_first() {
+            Some((program, rest)) => (program.to_string(), [rest, &[BIN]].concat()),
+            None => (BIN.to_string(), Vec::new()),
+        };
+        // A group of its own, so a wrapper and the server are signalled together.
+        let mut child = Command::new(program)
+            .process_group(0)
+            .args(&before)
             .args(&all)
             .env("RUST_LOG", "warn")
             .env_remove("HOPPER_TOKEN")
@@ -68,7 +81,7 @@ impl Server {
     /// SIGKILL: nothing gets a chance to clean up.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
+            signal_group(child.id(), libc::SIGKILL);
             child.wait().unwrap();
         }
     }
@@ -98,7 +111,7 @@ impl Drop for Server {
 
 /// SIGTERM, then SIGKILL if the process has not exited within `grace`. Whether it exited.
 fn terminate(mut child: Child, grace: Duration) -> bool {
-    sigterm(child.id());
+    signal_group(child.id(), libc::SIGTERM);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -106,16 +119,18 @@ fn terminate(mut child: Child, grace: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
+    signal_group(child.id(), libc::SIGKILL);
     let _ = child.wait();
     false
 }
 
-fn sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
+/// Signals the process group a test started (the server, and a wrapper it runs under).
+fn signal_group(pid: u32, signal: libc::c_int) {
+    #[allow(unsafe_code)]
+    // SAFETY: killpg takes plain integers.
+    unsafe {
+        libc::killpg(pid as libc::pid_t, signal);
+    }
 }
 
 /// Writes a manifest into `dir` and returns its path.

@@ -65,7 +65,7 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
-            StoreError::Unavailable(_) => {
+            StoreError::Unavailable(_) | StoreError::Contention(_) => {
                 tracing::warn!(error = %e, "store unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
