@@ -162,7 +162,7 @@ pub async fn append(conn: &mut Conn, p: InputAppend) -> Result<CallRow, StoreErr
     };
     let call = call_row(&row)?;
     let total = call.counts.total;
-    let end = p.start + p.inputs.len() as i64;
+    let end = p.start.saturating_add(p.inputs.len() as i64);
     if p.start < total && end <= total {
         // A chunk we already have: the client retried a request whose answer it lost.
         if p.done && call.accepting_inputs {

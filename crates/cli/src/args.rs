@@ -284,6 +284,25 @@ pub struct ServeArgs {
     /// Do not start local workers (run `hopper worker` yourself).
     #[arg(long)]
     pub no_workers: bool,
+    /// Also let pages of this origin (scheme://host:port) change things through the API, e.g.
+    /// a web app that calls Hopper from the browser (repeatable). Pages of other origins are
+    /// refused (403).
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origins: Vec<String>,
+    /// Also answer to this host name without a token (repeatable); a tokenless server answers
+    /// only to loopback names, so a web page cannot reach it by DNS rebinding.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
+    /// Connections served at once (long-polls and event streams hold one each); more wait.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Longest any request waits for something to happen (get --timeout steps, result streams,
+    /// worker long-polls); lower it to stay under a proxy's idle timeout.
+    #[arg(long, default_value = "300s")]
+    pub max_wait: String,
+    /// Longest a request's header or body may take to arrive (and an idle connection may stay).
+    #[arg(long, default_value = "30s")]
+    pub request_timeout: String,
     /// SMTP server for e-mail notifications: smtp://[user:pass@]host[:port], smtps://… or
     /// smtp+starttls://…
     #[arg(long, env = "HOPPER_SMTP", hide_env_values = true)]

@@ -13,6 +13,10 @@ pub struct DurationError {
     pub reason: &'static str,
 }
 
+/// The longest duration anything takes: 3650 days (ten years). Longer ones are refused, so
+/// adding one to a time can never overflow.
+pub const MAX: Duration = Duration::from_secs(3650 * 86_400);
+
 /// Parses a duration made of one or more `<number><unit>` parts, units `ms`, `s`, `m`, `h`, `d`.
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let err = |reason| DurationError {
@@ -50,8 +54,8 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             .and_then(|ms| ms.checked_add(total_ms))
             .ok_or_else(|| err("the number is too large"))?;
     }
-    if total_ms > u64::MAX as u128 {
-        return Err(err("the number is too large"));
+    if total_ms > MAX.as_millis() {
+        return Err(err("it is longer than the longest duration, 3650d"));
     }
     Ok(Duration::from_millis(total_ms as u64))
 }

@@ -9,6 +9,8 @@ use crate::retry::RetryPolicy;
 
 /// Default attempt timeout: 5 minutes.
 pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
+/// The longest timeout an attempt may have: 7 days.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 /// Default inputs run at once per worker.
 pub const DEFAULT_CONCURRENCY: u32 = 1;
 

@@ -23,6 +23,7 @@ pub mod cron;
 pub mod duration;
 pub mod function;
 pub mod ids;
+pub mod json;
 pub mod manifest;
 pub mod notify;
 pub mod retry;

@@ -16,7 +16,7 @@ use crate::cron::{self, Cron};
 use crate::duration;
 use crate::function::{
     validate_function_name, validate_name, BatchPolicy, FunctionSpec, ScalingPolicy,
-    DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MS,
+    DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MS, MAX_TIMEOUT,
 };
 use crate::notify::{NotifyOn, NotifyRule, DEFAULT_QUIET_MS};
 use crate::retry::RetryPolicy;
@@ -315,6 +315,17 @@ fn function(
                     t.span(),
                     Some(format!("{key}.timeout")),
                     "the timeout must be more than zero".into(),
+                );
+                0
+            }
+            Ok(d) if d > MAX_TIMEOUT => {
+                faults.push(
+                    t.span(),
+                    Some(format!("{key}.timeout")),
+                    format!(
+                        "the timeout must be at most {}",
+                        duration::format(MAX_TIMEOUT)
+                    ),
                 );
                 0
             }

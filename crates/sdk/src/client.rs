@@ -78,7 +78,9 @@ impl Client {
     pub fn new(base: &str, token: Option<String>) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the server's 30 s request timeout, which closes idle connections: reusing
+            // one the server is closing would fail a request for nothing.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .map_err(|e| Error::Transport(e.to_string()))?;
         Ok(Self {

@@ -78,6 +78,21 @@ impl Outbox {
     /// Queues a result; an output over the server's payload limit becomes the failure
     /// `output_too_large` (not retried: the same input would give the same output).
     pub fn result(&self, mut result: InputResult) {
+        if let Outcome::Succeeded { output } = &result.outcome {
+            let depth = hopper_core::json::depth(output);
+            if depth > hopper_core::json::MAX_DEPTH {
+                result.outcome = Outcome::Failed {
+                    error: InputError {
+                        code: "bad_output".into(),
+                        message: format!(
+                            "the output nests {depth} levels deep; outputs may nest at most {} levels",
+                            hopper_core::json::MAX_DEPTH
+                        ),
+                    },
+                    retry: false,
+                };
+            }
+        }
         if let (Outcome::Succeeded { output }, Some(limit)) =
             (&result.outcome, self.limits.max_payload)
         {

@@ -47,6 +47,22 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Tokens limited to some scopes (`--scoped-token read,submit=TOKEN`).
     pub scoped_tokens: Vec<(Vec<Scope>, String)>,
+    /// Longest a request's header, or its body, may take to arrive; an idle keep-alive
+    /// connection is closed after it too. Default 30 s.
+    pub request_timeout: Duration,
+    /// The longest any request waits for something to happen (a `get ?wait=`, a result
+    /// stream, a lease or a heartbeat long-poll); each also has its own, shorter or equal,
+    /// maximum. Lower it to stay under a proxy's idle timeout. Default 300 s.
+    pub max_wait: Duration,
+    /// Connections served at once; more wait until one closes. Long-polls and event
+    /// streams hold one each. Default 1,024.
+    pub max_connections: usize,
+    /// Origins (`scheme://host:port`) besides the server's own whose pages may call the API
+    /// (`--allow-origin`). Default none.
+    pub allow_origins: Vec<String>,
+    /// Host names besides loopback ones a tokenless server answers to (`--allow-host`).
+    /// Default none.
+    pub allow_hosts: Vec<String>,
     /// The `work` token given to local workers; set by the server at start.
     pub worker_token: Option<String>,
     /// The `read` and `submit` token handed to functions through their workers, so a function
@@ -88,6 +104,11 @@ impl Default for ServerConfig {
         Self {
             token: None,
             scoped_tokens: Vec::new(),
+            max_connections: 1_024,
+            max_wait: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+            allow_origins: Vec::new(),
+            allow_hosts: Vec::new(),
             worker_token: None,
             call_token: None,
             lease: Duration::from_secs(30),

@@ -21,7 +21,10 @@ pub async fn lease(
     functions: &[FunctionKey],
     req: LeaseRequest,
 ) -> Result<LeaseResponse, ApiError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(req.wait_ms)
+            .min(MAX_WAIT)
+            .min(state.config.max_wait);
     let mut wake = state.events.watch_inputs();
     loop {
         wake.borrow_and_update();

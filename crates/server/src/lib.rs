@@ -26,6 +26,7 @@ pub mod dashboard;
 pub mod deploy;
 pub mod dispatcher;
 pub mod events;
+pub mod listen;
 pub mod metrics;
 pub mod notifier;
 pub mod provisioner;
@@ -36,7 +37,6 @@ pub mod state;
 use std::sync::Arc;
 
 use hopper_store::Store;
-use std::future::IntoFuture;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -178,11 +178,13 @@ pub async fn run(
     // finish their inputs; then the API stops, then the background loops.
     let http_stop = CancellationToken::new();
     let app = api::router(state.clone());
-    let mut serving = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let mut serving = tokio::spawn(listen::serve(
+        listener,
+        app,
+        config.max_connections,
+        config.request_timeout,
+        http_stop.clone(),
+    ));
     let early = tokio::select! {
         r = &mut serving => Some(r),
         _ = stop.cancelled() => None,

@@ -14,6 +14,7 @@
 //! next write starts clean, and the server recovers by itself once the cause is gone.
 
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use hopper_store::StoreError;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{Sqlite, SqliteConnection};
@@ -139,9 +140,27 @@ async fn write_loop(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Box<dyn Jo
             }
         };
         let mut conn = conn;
-        if let Err(e) = run_group(&mut conn, group).await {
-            tracing::error!(error = %e, "a write failed in the database; the write connection is replaced");
-            close(conn).await;
+        // A write that panics (a bug) must not stop every write after it: its group is
+        // answered with an error (its callers' answers are dropped), and the writer goes on
+        // with a fresh connection.
+        let ran = std::panic::AssertUnwindSafe(run_group(&mut conn, group))
+            .catch_unwind()
+            .await;
+        match ran {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "a write failed in the database; the write connection is replaced");
+                close(conn).await;
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %message, "a write panicked; its group was not applied and the write connection is replaced");
+                close(conn).await;
+            }
         }
     }
 }

@@ -225,7 +225,14 @@ async fn parse_output(output_path: &Path, stdout: Captured) -> Outcome {
         };
     }
     match serde_json::from_slice::<Value>(&text) {
-        Ok(output) => Outcome::Succeeded { output },
+        // Too deep to come back out, or an integer that would be rounded: refused, not changed.
+        Ok(output) => match hopper_core::json::check_text(&text, hopper_core::json::MAX_DEPTH) {
+            Ok(()) => Outcome::Succeeded { output },
+            Err(why) => failed(
+                "bad_output",
+                format!("the output in {source} is refused: {why}"),
+            ),
+        },
         Err(e) => {
             let start: String = String::from_utf8_lossy(&text).chars().take(120).collect();
             failed(

@@ -33,6 +33,16 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         Ok(d) => config.kill_grace = d,
         Err(e) => faults.push(e.to_string()),
     }
+    match duration("--max-wait", &args.max_wait) {
+        Ok(d) if d.as_millis() >= 100 => config.max_wait = d,
+        Ok(_) => faults.push("--max-wait: must be at least 100ms".to_string()),
+        Err(e) => faults.push(e.to_string()),
+    }
+    match duration("--request-timeout", &args.request_timeout) {
+        Ok(d) if d.as_millis() >= 100 => config.request_timeout = d,
+        Ok(_) => faults.push("--request-timeout: must be at least 100ms".to_string()),
+        Err(e) => faults.push(e.to_string()),
+    }
     match duration("--notify-gather", &args.notify_gather) {
         Ok(d) => config.notify_gather = d,
         Err(e) => faults.push(e.to_string()),
@@ -54,6 +64,21 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         faults.push("--max-log-lines: must be at least 1".to_string());
     }
     config.max_log_lines = args.max_log_lines;
+    if args.max_connections == 0 {
+        faults.push("--max-connections: must be at least 1".to_string());
+    }
+    config.max_connections = args.max_connections;
+    config.allow_hosts = args.allow_hosts.clone();
+    for origin in &args.allow_origins {
+        match origin.split_once("://") {
+            Some(("http" | "https", rest)) if !rest.is_empty() && !rest.contains(['/', '?', '#']) => {
+                config.allow_origins.push(origin.clone())
+            }
+            _ => faults.push(format!(
+                "--allow-origin {origin:?}: expected an origin such as https://app.example.com or http://localhost:3000 (scheme, host and port, no path)"
+            )),
+        }
+    }
     config.public_url = args.public_url.clone();
     match parse_bytes(&args.max_payload) {
         Some(n) if n > 0 => config.max_payload_bytes = n,

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use hopper_core::api::{AppView, DeployRequest, FunctionVersionView, FunctionView};
@@ -10,7 +10,7 @@ use hopper_core::FunctionName;
 use hopper_store::{FunctionFind, FunctionKey, FunctionRow};
 
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::views;
 use crate::deploy;
 use crate::state::AppState;
@@ -48,7 +48,7 @@ pub async fn functions(State(state): State<AppState>) -> Result<Json<Vec<Functio
 
 pub async fn function(
     State(state): State<AppState>,
-    UrlPath(name): UrlPath<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<FunctionView>, ApiError> {
     Ok(Json(views::function(&resolve(&state, &name).await?)))
 }
@@ -56,7 +56,7 @@ pub async fn function(
 /// The function's versions, newest first (the last 50).
 pub async fn versions(
     State(state): State<AppState>,
-    UrlPath(name): UrlPath<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<FunctionVersionView>>, ApiError> {
     let current = resolve(&state, &name).await?;
     let key = FunctionKey {

@@ -3,17 +3,17 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use hopper_core::api::{AttemptView, CallPage, CallView, InputView, LogPage, Origin, SpawnRequest};
+use hopper_core::api::{AttemptView, CallPage, CallView, InputView, LogPage, Origin};
 use hopper_core::{CallId, FunctionName, InputState};
 use hopper_store::{AttemptList, CallCancel, CallInsert, CallInserted, CallList, CallRow, LogList};
 use serde::Deserialize;
 
 use super::apps::resolve;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::views;
 use crate::state::AppState;
 
@@ -21,6 +21,15 @@ use crate::state::AppState;
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 255;
+
+/// A spawn's body as it came: the input's own text, checked before it is parsed (the SDK's
+/// [`hopper_core::api::SpawnRequest`] is what clients send).
+#[derive(Deserialize)]
+pub struct SpawnBody {
+    input: Box<serde_json::value::RawValue>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
 
 /// `POST /v1/functions/{name}/calls?wait=SECONDS`: with `wait`, the answer comes once the
 /// call has ended (or after `wait`, up to 300 s): a spawn and a `get` in one round trip.
@@ -32,14 +41,15 @@ pub struct SpawnQuery {
 
 pub async fn spawn(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    caller: Option<axum::Extension<super::CanRead>>,
+    ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<SpawnQuery>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<SpawnRequest>,
+    ApiJson(req): ApiJson<SpawnBody>,
 ) -> Result<(StatusCode, Json<CallView>), ApiError> {
-    let wait = super::extract::wait_seconds(q.wait, MAX_WAIT)?;
+    let wait = super::extract::wait_seconds(q.wait, MAX_WAIT.min(state.config.max_wait))?;
     let function = resolve(&state, &name).await?;
-    let input = req.input.to_string();
+    let input = super::extract::value(&req.input, "the input")?;
     if input.len() > state.config.max_payload_bytes {
         return Err(ApiError::payload_too_large(
             "the input",
@@ -64,7 +74,8 @@ pub async fn spawn(
         return Ok((status, Json(views::call(&call, None))));
     }
     let call = wait_for(&state, &call.id, wait).await?;
-    Ok((status, Json(view(&state, &call).await?)))
+    let view = view(&state, &call).await?;
+    Ok((status, Json(super::CanRead::filter(caller, view))))
 }
 
 /// A spawned call of `function`'s current version with one input (JSON text).
@@ -107,20 +118,20 @@ pub fn idempotency_key(
         ),
         None => None,
     };
-    let key = match (header, body) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(ApiError::bad_request(
-                "invalid_idempotency_key",
-                "the Idempotency-Key header and the body's idempotency_key differ",
-            ))
-        }
-        (h, b) => h.or(b),
-    };
+    let key =
+        match (header, body) {
+            (Some(h), Some(b)) if h != b => return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "the Idempotency-Key header and the body's idempotency_key differ: send one key",
+            )),
+            (h, b) => h.or(b),
+        };
     if let Some(k) = &key {
-        if k.is_empty() || k.len() > MAX_KEY_LEN {
+        if k.is_empty() || k.chars().count() > MAX_KEY_LEN {
             return Err(ApiError::bad_request(
                 "invalid_idempotency_key",
-                format!("an idempotency key must be 1 to {MAX_KEY_LEN} bytes long"),
+                format!("an idempotency key must be 1 to {MAX_KEY_LEN} characters long"),
             ));
         }
     }
@@ -160,11 +171,11 @@ pub struct GetQuery {
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<GetQuery>,
 ) -> Result<Json<CallView>, ApiError> {
     let id = parse_id(&id)?;
-    let wait = super::extract::wait_seconds(q.wait, MAX_WAIT)?;
+    let wait = super::extract::wait_seconds(q.wait, MAX_WAIT.min(state.config.max_wait))?;
     let call = wait_for(&state, &id, wait).await?;
     Ok(Json(view(&state, &call).await?))
 }
@@ -204,7 +215,8 @@ pub async fn wait_for(state: &AppState, id: &CallId, wait: Duration) -> Result<C
 
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    caller: Option<axum::Extension<super::CanRead>>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CallView>, ApiError> {
     let id = parse_id(&id)?;
     let call = state
@@ -219,7 +231,8 @@ pub async fn cancel(
     if call.state.is_terminal() {
         state.events.call_finished(id);
     }
-    Ok(Json(view(&state, &call).await?))
+    let view = view(&state, &call).await?;
+    Ok(Json(super::CanRead::filter(caller, view)))
 }
 
 #[derive(Deserialize)]
@@ -262,6 +275,10 @@ pub async fn list(
             "invalid_query",
             format!("limit must be between 1 and 1000, not {limit}"),
         ));
+    }
+    if let Some(app) = &q.app {
+        hopper_core::function::validate_name(app, "app")
+            .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
     }
     let mut app = q.app.clone();
     let function = match &q.function {
@@ -357,7 +374,7 @@ pub struct AttemptQuery {
 
 pub async fn attempts(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<AttemptQuery>,
 ) -> Result<Json<Vec<AttemptView>>, ApiError> {
     let id = parse_id(&id)?;
@@ -368,6 +385,7 @@ pub async fn attempts(
             format!("limit must be between 1 and 10000, not {limit}"),
         ));
     }
+    non_negative("index", q.index)?;
     load(&state, &id).await?;
     let rows = state
         .store
@@ -390,12 +408,25 @@ pub struct LogQuery {
     limit: Option<u32>,
 }
 
+/// Refuses a negative position or index.
+fn non_negative(name: &str, value: Option<i64>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if v < 0 => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("{name} must be 0 or more, not {v}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub async fn logs(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Json<LogPage>, ApiError> {
     let id = parse_id(&id)?;
+    non_negative("after", Some(q.after))?;
+    non_negative("index", q.index)?;
     load(&state, &id).await?;
     let rows = state
         .store
@@ -403,7 +434,15 @@ pub async fn logs(
             call_id: id,
             index: q.index,
             after_seq: q.after,
-            limit: q.limit.unwrap_or(1000).clamp(1, 10_000),
+            limit: match q.limit.unwrap_or(1000) {
+                limit @ 1..=10_000 => limit,
+                limit => {
+                    return Err(ApiError::bad_request(
+                        "invalid_query",
+                        format!("limit must be between 1 and 10000, not {limit}"),
+                    ))
+                }
+            },
         })
         .await?;
     Ok(Json(LogPage {
@@ -416,7 +455,7 @@ pub async fn logs(
 /// and every line was sent.
 pub async fn log_stream(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<
     axum::response::sse::Sse<
@@ -427,6 +466,8 @@ pub async fn log_stream(
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::StreamExt;
     let id = parse_id(&id)?;
+    non_negative("after", Some(q.after))?;
+    non_negative("index", q.index)?;
     load(&state, &id).await?;
     struct Follow {
         state: AppState,
@@ -502,7 +543,7 @@ pub async fn log_stream(
 /// same input. Calls of several inputs (maps) are re-run with `hopper map`, not here.
 pub async fn rerun(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<CallView>), ApiError> {
     let id = parse_id(&id)?;
     let call = load(&state, &id).await?;
@@ -536,7 +577,7 @@ pub async fn rerun(
 /// `GET /v1/calls/{id}/inputs/{index}`: one input with its payload and result.
 pub async fn input(
     State(state): State<AppState>,
-    Path((id, index)): Path<(String, i64)>,
+    ApiPath((id, index)): ApiPath<(String, i64)>,
 ) -> Result<Json<InputView>, ApiError> {
     let id = parse_id(&id)?;
     load(&state, &id).await?;

@@ -12,6 +12,30 @@ use crate::state::AppState;
 /// malformed JSON reported by line and column.
 pub struct ApiJson<T>(pub T);
 
+/// Levels a request body may add around the values it carries (`{"results": [{"output": …}]}`).
+const ENVELOPE_DEPTH: usize = 8;
+
+/// An input as it came, checked: nested at most [`hopper_core::json::MAX_DEPTH`] levels, and
+/// every integer in 64 bits (a larger one would be rounded to a float: refused, not changed).
+/// Returns its JSON text, compact.
+pub fn value(raw: &serde_json::value::RawValue, what: &str) -> Result<String, ApiError> {
+    hopper_core::json::check_text(raw.get().as_bytes(), hopper_core::json::MAX_DEPTH).map_err(
+        |e| {
+            let why = match e {
+                hopper_core::json::JsonLimit::TooDeep { .. } => format!(
+                    "it nests deeper than inputs and outputs may, {} levels",
+                    hopper_core::json::MAX_DEPTH
+                ),
+                big => big.to_string(),
+            };
+            ApiError::bad_request("invalid_input", format!("{what} is refused: {why}"))
+        },
+    )?;
+    let parsed: serde_json::Value = serde_json::from_str(raw.get())
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("{what}: {e}")))?;
+    Ok(parsed.to_string())
+}
+
 /// Bytes allowed around the payload in a request body: ids, keys, field names.
 pub const ENVELOPE_BYTES: usize = 64 * 1024;
 
@@ -19,19 +43,70 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.config.max_payload_bytes + ENVELOPE_BYTES;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+        // Only JSON: a web page can send text/plain or a form to any address without asking
+        // first, but not application/json.
+        let content_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if media != "application/json"
+            && !(media.starts_with("application/") && media.ends_with("+json"))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                if content_type.is_empty() {
+                    "send the body as JSON with Content-Type: application/json".to_string()
+                } else {
                     format!(
-                        "the request body is over the inline limit of {} bytes",
-                        state.config.max_payload_bytes
-                    ),
-                )
-            })?;
+                        "the body's Content-Type is {content_type:?}; send JSON with Content-Type: application/json"
+                    )
+                },
+            ));
+        }
+        let limit = state.config.max_payload_bytes + ENVELOPE_BYTES;
+        let timeout = state.config.request_timeout;
+        let read = tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit));
+        let Ok(bytes) = read.await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    hopper_core::duration::format(timeout)
+                ),
+            ));
+        };
+        let bytes = bytes.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is over the inline limit of {} bytes",
+                    state.config.max_payload_bytes
+                ),
+            )
+        })?;
+        // Values deeper than an input may be could not come back out of a lease: refused here,
+        // with their place. (Each input and output is checked again on its own: `value`.)
+        if let Err(hopper_core::json::JsonLimit::TooDeep { line, column, .. }) =
+            hopper_core::json::check_text(&bytes, hopper_core::json::MAX_DEPTH + ENVELOPE_DEPTH)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                format!(
+                    "the request body is refused: a value nests deeper than inputs and outputs may, {} levels (line {line}, column {column})",
+                    hopper_core::json::MAX_DEPTH
+                ),
+            ));
+        }
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
             ApiError::bad_request(
                 "invalid_json",
@@ -70,5 +145,20 @@ pub fn wait_seconds(
             "invalid_query",
             format!("wait must be a number of seconds >= 0, not {s}"),
         )),
+    }
+}
+
+/// Path parameters, with a rejection in the API's error shape (`invalid_path`): a segment that
+/// is not UTF-8, or not the number the route expects, is named.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
     }
 }

@@ -4,19 +4,19 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use hopper_core::api::{CallView, InputChunk, InputResultView, MapRequest, Origin, ResultPage};
+use hopper_core::api::{CallView, InputResultView, Origin, ResultPage};
 use hopper_core::{CallId, InputState};
 use hopper_store::{CallInsert, CallInserted, InputAppend, InputResults, ResultOrder};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::apps::resolve;
 use super::calls::{idempotency_key, load, parse_id, view};
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::views;
 use crate::state::AppState;
 
@@ -25,9 +25,34 @@ pub const MAX_CHUNK: usize = 10_000;
 /// Longest a results request waits for new results.
 const MAX_RESULTS_WAIT: Duration = Duration::from_secs(60);
 
+/// A map's body as it came: each input's own text, checked before it is parsed.
+#[derive(Deserialize)]
+pub struct MapBody {
+    #[serde(default)]
+    inputs: Vec<Box<RawValue>>,
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    starmap: bool,
+    #[serde(default)]
+    discard_results: bool,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// A chunk of a map's inputs as it came.
+#[derive(Deserialize)]
+pub struct ChunkBody {
+    start: i64,
+    #[serde(default)]
+    inputs: Vec<Box<RawValue>>,
+    #[serde(default)]
+    done: bool,
+}
+
 fn encode_inputs(
     state: &AppState,
-    inputs: &[Value],
+    inputs: &[Box<RawValue>],
     starmap: bool,
     start: i64,
 ) -> Result<Vec<String>, ApiError> {
@@ -45,14 +70,14 @@ fn encode_inputs(
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let index = start + i as i64;
-            if starmap && !v.is_array() {
+            let index = start.saturating_add(i as i64);
+            let text = super::extract::value(v, &format!("input {index}"))?;
+            if starmap && !text.starts_with('[') {
                 return Err(ApiError::bad_request(
                     "invalid_input",
                     format!("input {index} is not a list of arguments, as starmap needs"),
                 ));
             }
-            let text = v.to_string();
             if text.len() > limit {
                 return Err(ApiError::payload_too_large(
                     &format!("input {index}"),
@@ -67,9 +92,10 @@ fn encode_inputs(
 
 pub async fn map(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    caller: Option<axum::Extension<super::CanRead>>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<MapRequest>,
+    ApiJson(req): ApiJson<MapBody>,
 ) -> Result<(StatusCode, Json<CallView>), ApiError> {
     let function = resolve(&state, &name).await?;
     let key = idempotency_key(&headers, req.idempotency_key)?;
@@ -102,14 +128,17 @@ pub async fn map(
             }
             Ok((StatusCode::CREATED, Json(views::call(&call, None))))
         }
-        CallInserted::Existing(call) => Ok((StatusCode::OK, Json(view(&state, &call).await?))),
+        CallInserted::Existing(call) => {
+            let view = view(&state, &call).await?;
+            Ok((StatusCode::OK, Json(super::CanRead::filter(caller, view))))
+        }
     }
 }
 
 pub async fn append(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    ApiJson(chunk): ApiJson<InputChunk>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(chunk): ApiJson<ChunkBody>,
 ) -> Result<Json<CallView>, ApiError> {
     let id = parse_id(&id)?;
     if chunk.start < 0 {
@@ -154,7 +183,7 @@ pub struct ResultsQuery {
 
 pub async fn results(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ResultsQuery>,
 ) -> Result<Json<ResultPage>, ApiError> {
     let id = parse_id(&id)?;
@@ -168,12 +197,24 @@ pub async fn results(
             ))
         }
     };
+    if q.after.is_some_and(|a| a < -1) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "after must be -1 or more (the `next` of a previous page)",
+        ));
+    }
     let after = q.after.unwrap_or(match order {
         ResultOrder::Index => -1,
         ResultOrder::Completion => 0,
     });
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let wait = super::extract::wait_seconds(q.wait, MAX_RESULTS_WAIT)?;
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and 10000, not {limit}"),
+        ));
+    }
+    let wait = super::extract::wait_seconds(q.wait, MAX_RESULTS_WAIT.min(state.config.max_wait))?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut wake = state.events.watch_results();
     loop {
@@ -219,7 +260,7 @@ pub async fn results(
             });
         }
         let read_all = match order {
-            ResultOrder::Index => next + 1 >= call.counts.total,
+            ResultOrder::Index => next.saturating_add(1) >= call.counts.total,
             ResultOrder::Completion => next >= call.counts.ended(),
         };
         let done = call.state.is_terminal() && read_all;

@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workers/{id}/complete", post(workers::complete))
         .route("/workers/{id}/logs", post(workers::logs))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     // `/metrics` needs a token too when there are any (a `read` token is enough).
     let metrics = Router::new()
@@ -74,7 +75,131 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::dashboard::router())
         .nest("/v1", v1)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard_browsers,
+        ))
+        .layer(middleware::from_fn(catch_panics))
         .with_state(state)
+}
+
+/// What keeps web pages the user visits from driving a server on their machine: without a
+/// token, a `Host` that is not a loopback name or address (DNS rebinding) is refused, and a
+/// change (any method but GET and HEAD) from a page of another origin is refused whatever the
+/// token (a browser sends `Origin` with every such request; other clients send none).
+async fn guard_browsers(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    if !state.config.requires_token() {
+        if let Some(host) = &host {
+            if !host_allowed(host, &state.config.allow_hosts) {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden_host",
+                    format!(
+                        "this server has no token, so it answers only to loopback names (localhost, 127.0.0.1, [::1]), not to Host {host:?}; start it with --allow-host {} to add the name",
+                        host_name(host)
+                    ),
+                )
+                .into_response();
+            }
+        }
+    }
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if changes {
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            let own = host.as_deref().is_some_and(|h| same_origin(origin, h))
+                || state
+                    .config
+                    .public_url
+                    .as_deref()
+                    .is_some_and(|u| u.trim_end_matches('/') == origin);
+            if !own && !state.config.allow_origins.iter().any(|o| o == origin) {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden_origin",
+                    format!(
+                        "a page of {origin:?} may not change anything on this server; start it with --allow-origin {origin} to allow that site"
+                    ),
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// A handler that panics (a bug) answers 500 in the API's error shape, with the panic in the
+/// log, instead of dropping the connection.
+async fn catch_panics(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    let what = format!("{} {}", req.method(), req.uri().path());
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(request = %what, panic = %message, "a request handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the server's log",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// The host part of a `Host` header value (`127.0.0.1:7433` → `127.0.0.1`, `[::1]:80` → `::1`).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// Whether a tokenless server answers to `host`: a loopback name or address, or one listed.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = host_name(host).to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(&name) || a.eq_ignore_ascii_case(host))
+}
+
+/// Whether `origin` (`http://host:port`) is the origin of the server reached as `host`.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    if !matches!(scheme, "http" | "https") {
+        return false;
+    }
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    let with_port = |h: &str| {
+        if h.ends_with(']') || !h.contains(':') {
+            format!("{h}{default_port}")
+        } else {
+            h.to_string()
+        }
+    };
+    with_port(&rest.to_ascii_lowercase()) == with_port(&host.to_ascii_lowercase())
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
@@ -85,8 +210,28 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+/// The document as this server applies it: a server without tokens asks for none, so its
+/// document declares no security.
+async fn openapi(State(state): State<AppState>) -> Response {
+    if state.config.requires_token() {
+        return ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response();
+    }
+    match serde_json::from_str::<serde_json::Value>(OPENAPI) {
+        Ok(mut doc) => {
+            if let Some(root) = doc.as_object_mut() {
+                root.remove("security");
+            }
+            if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+                for ops in paths.values_mut().filter_map(|o| o.as_object_mut()) {
+                    for op in ops.values_mut().filter_map(|o| o.as_object_mut()) {
+                        op.remove("security");
+                    }
+                }
+            }
+            Json(doc).into_response()
+        }
+        Err(_) => ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response(),
+    }
 }
 
 /// Notification channels and how their deliveries go (targets redacted).
@@ -103,17 +248,48 @@ async fn notifications(
     Ok(Json(channels.values().cloned().collect()))
 }
 
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not take {method}; see /v1/openapi.json",
+            uri.path()
+        ),
+    )
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such endpoint; the API is under /v1")
 }
 
-/// The scope a request needs.
+/// Whether the request's token may read calls (set by [`require_token`]; absent without
+/// tokens, where everyone may). Answers to a token without `read` carry no outputs or errors.
+#[derive(Debug, Clone, Copy)]
+pub struct CanRead(pub bool);
+
+impl CanRead {
+    /// `call` as this caller may see it: without its output and error unless it can read.
+    pub fn filter(
+        caller: Option<axum::Extension<CanRead>>,
+        mut call: hopper_core::api::CallView,
+    ) -> hopper_core::api::CallView {
+        if caller.is_some_and(|c| !c.0 .0) {
+            call.output = None;
+            call.error = None;
+        }
+        call
+    }
+}
+
+/// The scope a request needs. HEAD is a GET without the body: it needs what GET needs.
 fn required_scope(method: &Method, path: &str) -> Scope {
     let path = path.strip_prefix("/v1").unwrap_or(path);
-    if path.starts_with("/workers") && !(method == Method::GET && path == "/workers") {
+    let reads = matches!(*method, Method::GET | Method::HEAD);
+    if path.starts_with("/workers") && !(reads && path == "/workers") {
         return Scope::Work;
     }
-    if method == Method::GET {
+    if reads {
         return Scope::Read;
     }
     if path == "/apps" || path.ends_with("/pause") || path.ends_with("/resume") {
@@ -173,6 +349,9 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     };
     let needed = required_scope(req.method(), req.uri().path());
     if scopes.contains(&Scope::Admin) || scopes.contains(&needed) {
+        let can_read = scopes.contains(&Scope::Admin) || scopes.contains(&Scope::Read);
+        let mut req = req;
+        req.extensions_mut().insert(CanRead(can_read));
         return next.run(req).await;
     }
     let have: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();

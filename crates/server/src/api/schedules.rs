@@ -1,12 +1,13 @@
 //! `/v1/schedules`: list schedules, fire one now, pause and resume.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use hopper_core::api::{CallView, ScheduleView};
 use hopper_store::{FireOutcome, SchedulePause, ScheduleRow};
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::extract::ApiPath;
 use super::views;
 use crate::cron::Cron;
 use crate::state::AppState;
@@ -50,7 +51,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ScheduleView
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     let row = resolve(&state, &name).await?;
     let firings = state
@@ -71,7 +72,7 @@ pub struct Triggered {
 
 pub async fn trigger(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Triggered>, ApiError> {
     let row = resolve(&state, &name).await?;
     let outcome = Cron::new(state.clone()).trigger(&row).await?;
@@ -108,14 +109,14 @@ async fn set_paused(state: &AppState, name: &str, paused: bool) -> Result<Schedu
 
 pub async fn pause(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     Ok(Json(set_paused(&state, &name, true).await?))
 }
 
 pub async fn resume(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     Ok(Json(set_paused(&state, &name, false).await?))
 }

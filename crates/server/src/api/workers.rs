@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use hopper_core::api::{
-    CompleteRequest, CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
-    LeaseResponse, LogBatch, Outcome, WorkerRegister, WorkerRegistered, WorkerView,
+    CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, LogBatch,
+    Outcome, WorkerRegister, WorkerRegistered, WorkerView,
 };
 use hopper_core::{FunctionName, WorkerId};
 use hopper_store::{
@@ -18,7 +18,7 @@ use hopper_store::{
 };
 
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::views;
 use crate::dispatcher;
 use crate::state::AppState;
@@ -197,7 +197,7 @@ async fn worker_functions(
 
 pub async fn lease(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<LeaseRequest>,
 ) -> Result<Json<LeaseResponse>, ApiError> {
     let id = parse_worker(&id)?;
@@ -219,7 +219,7 @@ const MAX_HEARTBEAT_WAIT: std::time::Duration = std::time::Duration::from_secs(3
 
 pub async fn heartbeat(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let id = parse_worker(&id)?;
@@ -246,7 +246,9 @@ pub async fn heartbeat(
     if !lost.is_empty() || req.wait_ms == 0 || req.calls.is_empty() {
         return Ok(Json(HeartbeatResponse { lost }));
     }
-    let wait = std::time::Duration::from_millis(req.wait_ms).min(MAX_HEARTBEAT_WAIT);
+    let wait = std::time::Duration::from_millis(req.wait_ms)
+        .min(MAX_HEARTBEAT_WAIT)
+        .min(state.config.max_wait);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let cancelled = tokio::select! {
@@ -269,36 +271,103 @@ pub async fn heartbeat(
     Ok(Json(HeartbeatResponse { lost: Vec::new() }))
 }
 
+/// A completion batch as it came: each result's own text, checked before it is parsed, so
+/// one result that cannot be kept exactly fails alone instead of refusing the batch.
+#[derive(serde::Deserialize)]
+pub struct CompleteBody {
+    results: Vec<Box<serde_json::value::RawValue>>,
+}
+
+/// The lease of a result, read when the rest of it is refused.
+#[derive(serde::Deserialize)]
+struct LeaseOnly {
+    lease: hopper_core::api::Lease,
+}
+
+/// A result's status, by name (serde would also take a variant's number).
+#[derive(serde::Deserialize)]
+struct StatusOnly {
+    status: String,
+}
+
+fn bad_output(message: String) -> Outcome {
+    Outcome::Failed {
+        retry: false,
+        error: hopper_core::api::InputError {
+            code: "bad_output".into(),
+            message,
+        },
+    }
+}
+
+/// One result: refused outputs (too deep, an integer beyond 64 bits, over the payload limit)
+/// become failures of their input, not of the batch.
+fn read_result(
+    raw: &serde_json::value::RawValue,
+    n: usize,
+    limit: usize,
+) -> Result<hopper_core::api::InputResult, ApiError> {
+    let invalid = |e: serde_json::Error| {
+        ApiError::bad_request("invalid_json", format!("results[{n}] is not a result: {e}"))
+    };
+    let StatusOnly { status } = serde_json::from_str(raw.get()).map_err(invalid)?;
+    if !matches!(status.as_str(), "succeeded" | "failed" | "returned") {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            format!("results[{n}].status is {status:?}; expected succeeded, failed or returned"),
+        ));
+    }
+    if let Err(why) =
+        hopper_core::json::check_text(raw.get().as_bytes(), hopper_core::json::MAX_DEPTH + 2)
+    {
+        let LeaseOnly { lease } = serde_json::from_str(raw.get()).map_err(invalid)?;
+        return Ok(hopper_core::api::InputResult {
+            lease,
+            outcome: bad_output(format!("the output is refused: {why}")),
+            batch_size: None,
+        });
+    }
+    let mut result: hopper_core::api::InputResult =
+        serde_json::from_str(raw.get()).map_err(invalid)?;
+    if let Outcome::Succeeded { output } = &result.outcome {
+        let depth = hopper_core::json::depth(output);
+        let size = output.to_string().len();
+        if depth > hopper_core::json::MAX_DEPTH {
+            result.outcome = bad_output(format!(
+                "the output nests {depth} levels deep; outputs may nest at most {} levels",
+                hopper_core::json::MAX_DEPTH
+            ));
+        } else if size > limit {
+            result.outcome = Outcome::Failed {
+                retry: false,
+                error: hopper_core::api::InputError {
+                    code: "output_too_large".into(),
+                    message: format!(
+                        "the output is {size} bytes, over the inline limit of {limit} bytes"
+                    ),
+                },
+            };
+        }
+    }
+    Ok(result)
+}
+
 pub async fn complete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    ApiJson(req): ApiJson<CompleteRequest>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<CompleteBody>,
 ) -> Result<Json<CompleteResponse>, ApiError> {
     let id = parse_worker(&id)?;
     let limit = state.config.max_payload_bytes;
-    let mut results = Vec::with_capacity(req.results.len());
-    let reported: Vec<Option<u32>> = req.results.iter().map(|r| r.batch_size).collect();
+    let parsed = req
+        .results
+        .iter()
+        .enumerate()
+        .map(|(n, raw)| read_result(raw, n, limit))
+        .collect::<Result<Vec<_>, _>>()?;
+    let reported: Vec<Option<u32>> = parsed.iter().map(|r| r.batch_size).collect();
     let batch_sizes = reported.iter().map(|b| b.unwrap_or(1).max(1)).collect();
-    for r in req.results {
-        let outcome = match r.outcome {
-            Outcome::Succeeded { output } => {
-                let size = output.to_string().len();
-                if size > limit {
-                    Outcome::Failed {
- retry: false,
-                        error: hopper_core::api::InputError {
-                            code: "output_too_large".into(),
-                            message: format!("the output is {size} bytes, over the inline limit of {limit} bytes"),
-                        },
-                    }
-                } else {
-                    Outcome::Succeeded { output }
-                }
-            }
-            failed => failed,
-        };
-        results.push((r.lease, outcome));
-    }
+    let results: Vec<_> = parsed.into_iter().map(|r| (r.lease, r.outcome)).collect();
     let rows = state
         .store
         .input_complete_many(InputCompleteMany {
@@ -330,7 +399,7 @@ pub async fn complete(
 
 pub async fn logs(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<LogBatch>,
 ) -> Result<StatusCode, ApiError> {
     let worker_id = parse_worker(&id)?;
@@ -369,7 +438,7 @@ fn cut(mut line: String) -> String {
 
 pub async fn deregister(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_worker(&id)?;
     let handed_back = state

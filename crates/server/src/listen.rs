@@ -1,0 +1,91 @@
+//! Serving HTTP with limits a slow or hostile client cannot hold open: a request's header
+//! must arrive within the request timeout (an idle keep-alive connection is closed after it
+//! too), a JSON body within the same time (`api::extract`), and at most `max_connections`
+//! connections are served at once (more wait in the kernel's queue).
+//! Long-polls and server-sent-event streams are answers, not requests: no limit here cuts
+//! them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Serves `app` on `listener` until `stop`, then lets connections finish their current
+/// request and waits for them.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    max_connections: usize,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before accept: not fatal.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let app = app.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            serve_connection(stream, peer, app, header_timeout, stop).await;
+            drop(slot);
+        });
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "connection ended");
+            }
+            return;
+        }
+        _ = stop.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if let Err(e) = conn.await {
+        tracing::debug!(peer = %peer, error = %e, "connection ended");
+    }
+}
