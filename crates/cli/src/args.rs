@@ -74,12 +74,13 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Print a call's output (exit 0), or its error (exit 1); wait up to --timeout for it.
+    /// Print a call's output (exit 0), or its error (exit 1), waiting until the call ends.
     Get {
         call_id: String,
-        /// How long to wait for the call to end (e.g. 30s). Default: do not wait.
-        #[arg(long, default_value = "0s")]
-        timeout: String,
+        /// Wait at most this long for the call to end (e.g. 30s; 0s asks once); then exit 3,
+        /// and the call goes on. Default: wait until it ends.
+        #[arg(long)]
+        timeout: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

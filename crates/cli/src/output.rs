@@ -1,13 +1,31 @@
 //! Printing: JSON for `--json` and pipes, short human lines otherwise.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use serde::Serialize;
+
+/// Writes one line to stdout at once (results stream to a pipe or a file as they come). A
+/// closed stdout (its reader went away, as in `hopper calls | head -2`) ends the command
+/// quietly with exit code 0, as `ls | head` does.
+pub fn line(text: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out
+        .write_fmt(text)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(crate::exit::Code::Internal as i32);
+    }
+}
 
 /// Prints a value as JSON on one line.
 pub fn json<T: Serialize>(value: &T) {
     match serde_json::to_string(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => crate::output::line(format_args!("{text}")),
         Err(e) => eprintln!("error: cannot print JSON: {e}"),
     }
 }
@@ -20,7 +38,7 @@ pub fn value(value: &serde_json::Value) {
         serde_json::to_string(value)
     };
     match text {
-        Ok(text) => println!("{text}"),
+        Ok(text) => crate::output::line(format_args!("{text}")),
         Err(e) => eprintln!("error: cannot print JSON: {e}"),
     }
 }
@@ -47,7 +65,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 }
             })
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        crate::output::line(format_args!("{}", parts.join("  ").trim_end()));
     };
     line(header.to_vec());
     for row in rows {

@@ -363,7 +363,7 @@ async fn run_is_ephemeral_and_prints_the_output() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "42");
     let out = std::process::Command::new(BIN)
-        .args(["run", m.to_str().unwrap(), "bad"])
+        .args(["run", m.to_str().unwrap(), "bad", "--input", "null"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

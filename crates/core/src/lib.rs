@@ -30,6 +30,7 @@ pub mod retry;
 pub mod schedule;
 pub mod state;
 pub mod stats;
+pub mod suggest;
 
 pub use function::{FunctionName, FunctionSpec};
 pub use ids::{CallId, WorkerId};

@@ -76,7 +76,6 @@ impl fmt::Display for ManifestError {
 impl std::error::Error for ManifestError {}
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawManifest {
     app: Spanned<String>,
     #[serde(default)]
@@ -88,7 +87,6 @@ struct RawManifest {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawNotify {
     on: Spanned<Vec<String>>,
     functions: Option<Spanned<Vec<String>>>,
@@ -98,7 +96,6 @@ struct RawNotify {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSchedule {
     function: Spanned<String>,
     cron: Option<Spanned<String>>,
@@ -109,7 +106,6 @@ struct RawSchedule {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFunction {
     command: Option<Spanned<Vec<String>>>,
     serve: Option<Spanned<Vec<String>>>,
@@ -129,7 +125,6 @@ struct RawFunction {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawBatch {
     max_size: i64,
     wait: String,
@@ -144,12 +139,138 @@ enum RawRetries {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRetryPolicy {
     max_retries: Option<i64>,
     backoff_coefficient: Option<f64>,
     initial_delay: Option<String>,
     max_delay: Option<String>,
+}
+
+/// The default `max_workers`: the cores of the machine that parses the manifest (the server's,
+/// where local workers run), at least 1 and at most 16.
+pub fn default_max_workers() -> u32 {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get() as u32)
+        .clamp(1, 16)
+}
+
+/// The keys each table of a manifest may have, and the tables below them.
+struct Keys {
+    known: &'static [&'static str],
+    /// `(key, keys of its value)`: a table, or each table of an array or of a map of names.
+    nested: &'static [(&'static str, Nested)],
+}
+
+enum Nested {
+    /// `key = { … }` or `[key]`.
+    Table(&'static Keys),
+    /// `[key.NAME]` tables, one per name.
+    Named(&'static Keys),
+    /// `[[key]]` tables.
+    Array(&'static Keys),
+}
+
+const ROOT_KEYS: Keys = Keys {
+    known: &["app", "functions", "schedules", "notify"],
+    nested: &[
+        ("functions", Nested::Named(&FUNCTION_KEYS)),
+        ("schedules", Nested::Named(&SCHEDULE_KEYS)),
+        ("notify", Nested::Array(&NOTIFY_KEYS)),
+    ],
+};
+const FUNCTION_KEYS: Keys = Keys {
+    known: &[
+        "command",
+        "serve",
+        "external",
+        "batch",
+        "min_workers",
+        "max_workers",
+        "buffer_workers",
+        "scaledown_window",
+        "timeout",
+        "retries",
+        "concurrency",
+        "env",
+        "workdir",
+    ],
+    nested: &[
+        ("batch", Nested::Table(&BATCH_KEYS)),
+        ("retries", Nested::Table(&RETRY_KEYS)),
+    ],
+};
+const BATCH_KEYS: Keys = Keys {
+    known: &["max_size", "wait"],
+    nested: &[],
+};
+const RETRY_KEYS: Keys = Keys {
+    known: &[
+        "max_retries",
+        "backoff_coefficient",
+        "initial_delay",
+        "max_delay",
+    ],
+    nested: &[],
+};
+const SCHEDULE_KEYS: Keys = Keys {
+    known: &["function", "cron", "every", "timezone", "input", "overlap"],
+    nested: &[],
+};
+const NOTIFY_KEYS: Keys = Keys {
+    known: &["on", "functions", "webhook", "email", "quiet"],
+    nested: &[],
+};
+
+/// Adds a fault for every key of `table` (and of the tables below it) that `keys` does not
+/// know; `path` is the table's dotted key.
+fn unknown_keys(faults: &mut Faults<'_>, table: &toml::de::DeTable<'_>, keys: &Keys, path: &str) {
+    let dotted = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    for (key, value) in table.iter() {
+        let name = key.get_ref().as_ref();
+        if !keys.known.contains(&name) {
+            let known: Vec<String> = keys.known.iter().map(|k| k.to_string()).collect();
+            let hint = match crate::suggest::closest(name, &known) {
+                Some(close) => format!(" (did you mean `{close}`?)"),
+                None => format!(" (expected one of {})", keys.known.join(", ")),
+            };
+            faults.push(
+                key.span(),
+                Some(dotted(name)),
+                format!("unknown key `{name}`{hint}"),
+            );
+            continue;
+        }
+        let Some((_, nested)) = keys.nested.iter().find(|(k, _)| *k == name) else {
+            continue;
+        };
+        match (nested, value.get_ref()) {
+            (Nested::Table(inner), toml::de::DeValue::Table(t)) => {
+                unknown_keys(faults, t, inner, &dotted(name))
+            }
+            (Nested::Named(inner), toml::de::DeValue::Table(t)) => {
+                for (item, v) in t.iter() {
+                    if let toml::de::DeValue::Table(t) = v.get_ref() {
+                        let item_path = format!("{}.{}", dotted(name), item.get_ref());
+                        unknown_keys(faults, t, inner, &item_path);
+                    }
+                }
+            }
+            (Nested::Array(inner), toml::de::DeValue::Array(items)) => {
+                for (i, v) in items.iter().enumerate() {
+                    if let toml::de::DeValue::Table(t) = v.get_ref() {
+                        unknown_keys(faults, t, inner, &format!("{}[{i}]", dotted(name)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Parses and validates a manifest.
@@ -161,6 +282,16 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<AppManifest, Man
         text,
         list: Vec::new(),
     };
+    // Keys first, all of them: every unknown key is a fault of its own (with the key meant,
+    // when one is close), and the rest of the manifest is still checked.
+    match toml::de::DeTable::parse(text) {
+        Ok(root) => unknown_keys(&mut faults, root.get_ref(), &ROOT_KEYS, ""),
+        Err(err) => {
+            let span = err.span().unwrap_or(0..0);
+            faults.push(span, None, err.message().to_string());
+            return Err(faults.into_error(file));
+        }
+    }
     let raw: RawManifest = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(err) => {
@@ -646,7 +777,9 @@ fn scaling(faults: &mut Faults<'_>, key: &str, f: &RawFunction) -> ScalingPolicy
     let buffer = count("buffer_workers", &f.buffer_workers);
     let defaults = ScalingPolicy::default();
     let min_workers = min.unwrap_or(defaults.min_workers);
-    let max_workers = max.unwrap_or(min_workers.max(1));
+    // By default a function fans out: as many local workers as its backlog needs, up to the
+    // machine's cores (a map is for parallel work).
+    let max_workers = max.unwrap_or(min_workers.max(default_max_workers()));
     if max == Some(0) {
         if let Some(v) = &f.max_workers {
             faults.push(
@@ -778,7 +911,9 @@ impl Faults<'_> {
         });
     }
 
-    fn into_error(self, file: &str) -> ManifestError {
+    /// Every fault, in the order of the text.
+    fn into_error(mut self, file: &str) -> ManifestError {
+        self.list.sort_by_key(|f| (f.line, f.column));
         ManifestError {
             file: file.to_string(),
             faults: self.list,
@@ -886,6 +1021,64 @@ retries = 2
             err.contains("functions.f.concurrency: must be between 1 and"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ten_mistakes_of_every_kind_are_reported_at_once_in_line_order() {
+        let text = r#"app = "Shop"
+[functions.resize]
+comand = ["python3", "resize.py"]
+timout = "60s"
+concurency = 4
+retries = { max_retries = 3, inital_delay = "1s" }
+batch = { max_size = 0, wait = "50ms" }
+[functions.embed]
+serve = ["python3", "embed.py"]
+timeout = "60x"
+max_workers = -1
+[schedules.nightly]
+function = "resize"
+cron = "0 3 * 13 *"
+timezone = "Mars/Olympus"
+[[notify]]
+on = ["failed"]
+webhok = "https://hooks.example.com/x"
+"#;
+        let err = parse_err(text);
+        let lines: Vec<&str> = err.lines().collect();
+        let expected = [
+            "hopper.toml:1:7: app: invalid app name",
+            "hopper.toml:3:1: functions.resize.comand: unknown key `comand` (did you mean `command`?)",
+            "hopper.toml:4:1: functions.resize.timout: unknown key `timout` (did you mean `timeout`?)",
+            "hopper.toml:5:1: functions.resize.concurency: unknown key `concurency` (did you mean `concurrency`?)",
+            "hopper.toml:6:30: functions.resize.retries.inital_delay: unknown key `inital_delay` (did you mean `initial_delay`?)",
+            "hopper.toml:7:",
+            "hopper.toml:10:11: functions.embed.timeout: invalid duration \"60x\"",
+            "hopper.toml:11:",
+            "hopper.toml:14:15: schedules.nightly.cron: invalid cron expression: field 4 (month)",
+            "hopper.toml:15:12: schedules.nightly.timezone: unknown time zone",
+            "hopper.toml:18:1: notify[0].webhok: unknown key `webhok` (did you mean `webhook`?)",
+        ];
+        let mut missing = Vec::new();
+        for want in expected {
+            if !lines.iter().any(|l| l.starts_with(want)) {
+                missing.push(want);
+            }
+        }
+        assert!(missing.is_empty(), "missing {missing:#?} in:\n{err}");
+        let positions: Vec<(usize, usize)> = lines
+            .iter()
+            .map(|l| {
+                let mut parts = l.split(':').skip(1);
+                (
+                    parts.next().unwrap().parse().unwrap(),
+                    parts.next().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+        let mut sorted = positions.clone();
+        sorted.sort();
+        assert_eq!(positions, sorted, "in line order:\n{err}");
     }
 
     #[test]

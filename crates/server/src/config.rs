@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// Longest a request's header, or its body, may take to arrive; an idle keep-alive
     /// connection is closed after it too. Default 30 s.
     pub request_timeout: Duration,
+    /// How long stopping local workers let running inputs finish before they stop them
+    /// (killing each command's process group) and hand them back. Default 5 s.
+    pub worker_drain: Duration,
     /// The longest any request waits for something to happen (a `get ?wait=`, a result
     /// stream, a lease or a heartbeat long-poll); each also has its own, shorter or equal,
     /// maximum. Lower it to stay under a proxy's idle timeout. Default 300 s.
@@ -105,6 +108,7 @@ impl Default for ServerConfig {
             token: None,
             scoped_tokens: Vec::new(),
             max_connections: 1_024,
+            worker_drain: Duration::from_secs(5),
             max_wait: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
             allow_origins: Vec::new(),

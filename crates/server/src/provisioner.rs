@@ -19,10 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 
-/// How long a stopping local worker lets running inputs finish; then it stops them (killing
-/// each command's process group), hands them back and deregisters.
-const WORKER_DRAIN: Duration = Duration::from_secs(5);
-/// What a stopping worker gets beyond its drain and the kill grace of its processes, to hand
+/// What a stopping worker gets beyond its drain (`worker_drain` in the config) and the kill grace of its processes, to hand
 /// back and deregister, before SIGKILL.
 const STOP_SLACK: Duration = Duration::from_secs(5);
 /// A worker that exits sooner than this after starting is replaced only after this delay,
@@ -218,7 +215,10 @@ impl Provisioner {
                 self.terminate(w.child);
             }
         }
-        let deadline = Instant::now() + WORKER_DRAIN + self.state.config.kill_grace + STOP_SLACK;
+        let deadline = Instant::now()
+            + self.state.config.worker_drain
+            + self.state.config.kill_grace
+            + STOP_SLACK;
         for mut child in self.stopping.drain(..) {
             if tokio::time::timeout_at(deadline, child.wait())
                 .await
@@ -257,7 +257,7 @@ fn start(
         .arg("--kill-grace")
         .arg(format!("{}ms", state.config.kill_grace.as_millis()))
         .arg("--drain")
-        .arg(format!("{}ms", WORKER_DRAIN.as_millis()))
+        .arg(format!("{}ms", state.config.worker_drain.as_millis()))
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());

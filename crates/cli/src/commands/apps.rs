@@ -35,14 +35,14 @@ pub async fn deploy(args: &ClientArgs, path: &Path) -> anyhow::Result<Code> {
         output::json(&app);
     } else {
         let names: Vec<String> = app.functions.iter().map(|f| f.name.clone()).collect();
-        println!(
+        crate::output::line(format_args!(
             "deployed {} version {}: {}",
             app.name,
             app.version,
             names.join(", ")
-        );
+        ));
         for note in &app.notes {
-            println!("note: {note}");
+            crate::output::line(format_args!("note: {note}"));
         }
     }
     Ok(Code::Ok)
@@ -118,6 +118,19 @@ pub async fn workers(args: &ClientArgs) -> anyhow::Result<Code> {
     Ok(Code::Ok)
 }
 
+/// An RFC 3339 time shown in a schedule's zone, to the second: `2026-12-01 03:00:00 CET`.
+fn local_time(at: &str, zone: &str) -> String {
+    let (Ok(t), Ok(tz)) = (
+        chrono::DateTime::parse_from_rfc3339(at),
+        hopper_core::cron::zone(zone),
+    ) else {
+        return at.to_string();
+    };
+    t.with_timezone(&tz)
+        .format("%Y-%m-%d %H:%M:%S %Z")
+        .to_string()
+}
+
 pub async fn schedules(
     args: &ClientArgs,
     action: Option<crate::args::ScheduleAction>,
@@ -134,20 +147,29 @@ pub async fn schedules(
             let rows: Vec<Vec<String>> = list
                 .iter()
                 .map(|s| {
+                    let when = match (&s.cron, &s.every) {
+                        (Some(cron), _) => format!("{cron} ({})", s.timezone),
+                        (None, Some(every)) => format!("every {every}"),
+                        (None, None) => String::new(),
+                    };
+                    let last = match (&s.last_due_at, s.last_call_state) {
+                        (Some(at), _) => local_time(at, &s.timezone),
+                        (None, Some(_)) => "run now".into(),
+                        (None, None) => "never".into(),
+                    };
                     vec![
                         s.name.clone(),
                         s.function.clone(),
-                        s.cron
-                            .clone()
-                            .or_else(|| s.every.as_ref().map(|e| format!("every {e}")))
-                            .unwrap_or_default(),
+                        when,
                         if s.paused {
                             "paused".into()
                         } else {
-                            s.next_due_local.clone().unwrap_or_else(|| "-".into())
+                            s.next_due_at
+                                .as_deref()
+                                .map(|at| local_time(at, &s.timezone))
+                                .unwrap_or_else(|| "-".into())
                         },
-                        s.next_due_at.clone().unwrap_or_else(|| "-".into()),
-                        s.last_due_at.clone().unwrap_or_else(|| "-".into()),
+                        last,
                         s.last_call_state
                             .map(|st| st.to_string())
                             .unwrap_or_else(|| "-".into()),
@@ -155,15 +177,7 @@ pub async fn schedules(
                 })
                 .collect();
             output::table(
-                &[
-                    "SCHEDULE",
-                    "FUNCTION",
-                    "WHEN",
-                    "NEXT (ZONE)",
-                    "NEXT (UTC)",
-                    "LAST",
-                    "LAST CALL",
-                ],
+                &["SCHEDULE", "FUNCTION", "WHEN", "NEXT", "LAST", "LAST CALL"],
                 &rows,
             );
             return Ok(Code::Ok);
@@ -173,7 +187,7 @@ pub async fn schedules(
             if args.json {
                 output::json(&s);
             } else {
-                println!(
+                crate::output::line(format_args!(
                     "{} → {} ({}, {})",
                     s.name,
                     s.function,
@@ -182,14 +196,14 @@ pub async fn schedules(
                         .or(s.every.clone().map(|e| format!("every {e}")))
                         .unwrap_or_default(),
                     s.timezone
-                );
-                println!(
+                ));
+                crate::output::line(format_args!(
                     "next: {} ({} UTC)",
                     s.next_due_local.as_deref().unwrap_or("-"),
                     s.next_due_at.as_deref().unwrap_or("-")
-                );
+                ));
                 for f in &s.firings {
-                    println!(
+                    crate::output::line(format_args!(
                         "{}  {:<9} {}",
                         f.due_at,
                         f.outcome,
@@ -197,7 +211,7 @@ pub async fn schedules(
                             .as_ref()
                             .map(|c| c.to_string())
                             .unwrap_or_default()
-                    );
+                    ));
                 }
             }
             return Ok(Code::Ok);
@@ -215,14 +229,16 @@ pub async fn schedules(
             .and_then(|c| c.get("id"))
             .and_then(|i| i.as_str())
         {
-            Some(id) => println!("{id}"),
-            None => println!("skipped: the previous call of {name} is still running"),
+            Some(id) => crate::output::line(format_args!("{id}")),
+            None => crate::output::line(format_args!(
+                "skipped: the previous call of {name} is still running"
+            )),
         }
     } else {
-        println!(
+        crate::output::line(format_args!(
             "{name} {}",
             if verb == "pause" { "paused" } else { "resumed" }
-        );
+        ));
     }
     Ok(Code::Ok)
 }

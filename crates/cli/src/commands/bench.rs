@@ -488,13 +488,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
             &rows,
         );
         for f in all.iter().filter(|f| !f.pages.is_empty()) {
-            println!(
+            crate::output::line(format_args!(
                 "\n{} pages, read {} times each over HTTP with {} calls in the store (filled at {:.0} calls/s):",
                 f.scenario,
                 f.pages.first().map_or(0, |p| p.requests),
                 f.inputs,
                 f.inputs_per_s
-            );
+            ));
             let rows: Vec<Vec<String>> = f
                 .pages
                 .iter()
@@ -508,7 +508,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
                 .collect();
             output::table(&["PAGE", "P50 MS", "P99 MS"], &rows);
         }
-        println!(
+        crate::output::line(format_args!(
             "machine: {} cores, {}; {}",
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -519,7 +519,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
                 (Some(_), n) => format!("PostgreSQL, {n} servers"),
                 (None, _) => "SQLite (WAL, synchronous=FULL)".to_string(),
             }
-        );
+        ));
     }
     Ok(Code::Ok)
 }

@@ -22,16 +22,25 @@ pub async fn spawn(
     if args.json {
         output::json(&call);
     } else {
-        println!("{}", call.id);
+        crate::output::line(format_args!("{}", call.id));
     }
     Ok(Code::Ok)
 }
 
-pub async fn get(args: &ClientArgs, id: &str, timeout: &str) -> anyhow::Result<Code> {
+pub async fn get(args: &ClientArgs, id: &str, timeout: Option<&str>) -> anyhow::Result<Code> {
     let id = call_id(id)?;
-    let timeout = duration("--timeout", timeout)?;
-    let call = client(args)?.wait(&id, timeout).await?;
-    report(&call, args.json, Some(&args.server))
+    let client = client(args)?;
+    let call = match timeout {
+        Some(t) => client.wait(&id, duration("--timeout", t)?).await?,
+        // Until it ends: one long-poll after another.
+        None => loop {
+            let call = client.wait(&id, Duration::from_secs(3_600)).await?;
+            if call.state.is_terminal() {
+                break call;
+            }
+        },
+    };
+    report(&call, args.json, Some(client.base_url()))
 }
 
 /// Prints a call the way `get` and `run` do, and gives the exit code its state means. A failure
@@ -46,7 +55,7 @@ pub fn report(call: &CallView, json: bool, server: Option<&str>) -> anyhow::Resu
                 if call.inputs.total == 1 {
                     output::value(call.output.as_ref().unwrap_or(&serde_json::Value::Null));
                 } else {
-                    println!("{} inputs succeeded", call.inputs.succeeded);
+                    crate::output::line(format_args!("{} inputs succeeded", call.inputs.succeeded));
                 }
             }
             Ok(Code::Ok)
@@ -79,7 +88,7 @@ pub fn report(call: &CallView, json: bool, server: Option<&str>) -> anyhow::Resu
         InputState::Pending | InputState::Running => {
             if !json && call.inputs.total != 1 {
                 let c = call.inputs;
-                println!(
+                crate::output::line(format_args!(
                     "{} of {} inputs done: {} succeeded, {} failed, {} cancelled, {} running, {} pending",
                     c.succeeded + c.failed + c.cancelled,
                     c.total,
@@ -88,14 +97,22 @@ pub fn report(call: &CallView, json: bool, server: Option<&str>) -> anyhow::Resu
                     c.cancelled,
                     c.running,
                     c.pending
-                );
+                ));
             }
+            let message = match server {
+                Some(_) => format!(
+                    "call {} is still {} (it goes on; wait for it with `hopper get {}`)",
+                    call.id, call.state, call.id
+                ),
+                // `run`: the temporary server is gone, and the call with it.
+                None => format!(
+                    "call {} did not end within --timeout; it was stopped with the temporary server",
+                    call.id
+                ),
+            };
             Err(Coded {
                 code: Code::NotFinished,
-                message: format!(
-                "call {} is still {} (it goes on; ask again with `hopper get {} --timeout 60s`)",
-                call.id, call.state, call.id
-            ),
+                message,
             }
             .into())
         }
@@ -108,7 +125,7 @@ pub async fn cancel(args: &ClientArgs, id: &str) -> anyhow::Result<Code> {
     if args.json {
         output::json(&call);
     } else {
-        println!("{} {}", call.id, call.state);
+        crate::output::line(format_args!("{} {}", call.id, call.state));
     }
     Ok(Code::Ok)
 }
@@ -128,19 +145,15 @@ pub async fn list(args: &ClientArgs, filter: CallFilter) -> anyhow::Result<Code>
                 c.function.clone(),
                 c.state.to_string(),
                 c.origin.as_str().to_string(),
-                format!(
-                    "{}/{}",
-                    c.inputs.succeeded + c.inputs.failed + c.inputs.cancelled,
-                    c.inputs.total
-                ),
+                inputs_cell(&c.inputs),
                 c.created_at.clone(),
-                c.error.as_ref().map(|e| e.code.clone()).unwrap_or_default(),
+                error_cell(c),
             ]
         })
         .collect();
     output::table(
         &[
-            "CALL", "FUNCTION", "STATE", "ORIGIN", "DONE", "CREATED", "ERROR",
+            "CALL", "FUNCTION", "STATE", "ORIGIN", "INPUTS", "CREATED", "ERROR",
         ],
         &rows,
     );
@@ -148,6 +161,56 @@ pub async fn list(args: &ClientArgs, filter: CallFilter) -> anyhow::Result<Code>
         eprintln!("more: --cursor {cursor}");
     }
     Ok(Code::Ok)
+}
+
+/// `60/60 ok`, `58/60 ok, 2 failed`, `0/60 ok, 60 cancelled`: what became of a call's inputs.
+fn inputs_cell(c: &hopper_core::CallCounts) -> String {
+    let mut cell = format!("{}/{} ok", c.succeeded, c.total);
+    for (n, what) in [
+        (c.failed, "failed"),
+        (c.cancelled, "cancelled"),
+        (c.running, "running"),
+        (c.pending, "queued"),
+    ] {
+        if n > 0 {
+            cell.push_str(&format!(", {n} {what}"));
+        }
+    }
+    cell
+}
+
+/// A call's error, short: its code and the line that says what went wrong (for a Python
+/// traceback, the exception's line, not the `^^^^` under the code).
+fn error_cell(c: &CallView) -> String {
+    let Some(e) = &c.error else {
+        return if c.inputs.failed > 0 {
+            format!("{} inputs failed", c.inputs.failed)
+        } else {
+            String::new()
+        };
+    };
+    let line = summary_line(&e.message);
+    let mut cell = format!("{}: {line}", e.code);
+    if cell.chars().count() > 100 {
+        cell = cell.chars().take(99).collect::<String>() + "…";
+    }
+    cell
+}
+
+/// The line of an error message that says what went wrong: the last line that is not a
+/// traceback frame, a source line or a marker, e.g. `ValueError: bad size` out of a traceback.
+pub fn summary_line(message: &str) -> &str {
+    message
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("File \"")
+                && !l.starts_with("Traceback")
+                && !l.chars().all(|ch| matches!(ch, '^' | '~' | ' '))
+        })
+        .unwrap_or_else(|| message.lines().next().unwrap_or(""))
 }
 
 pub async fn logs(
@@ -171,8 +234,24 @@ pub async fn logs(
                 print_line(line, args.json);
             }
         }
-        if !follow || ended {
+        if !follow {
             return Ok(Code::Ok);
+        }
+        if ended {
+            // Following ends with the call: say how, as `get` would.
+            let call = client.get(&id, Duration::ZERO).await?;
+            let how = match &call.error {
+                Some(e) => format!("{}: {}", e.code, summary_line(&e.message)),
+                None => format!(
+                    "{} of {} inputs succeeded",
+                    call.inputs.succeeded, call.inputs.total
+                ),
+            };
+            eprintln!("call {} {} ({how})", call.id, call.state);
+            return Ok(match call.state {
+                InputState::Succeeded => Code::Ok,
+                _ => Code::CallFailed,
+            });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -182,14 +261,14 @@ fn print_line(line: &LogView, json: bool) {
     if json {
         output::json(line);
     } else {
-        println!(
+        crate::output::line(format_args!(
             "{} [{}#{} {}] {}",
             line.ts,
             line.index,
             line.attempt,
             line.stream.as_str(),
             line.line
-        );
+        ));
     }
 }
 

@@ -48,7 +48,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             call_id,
             timeout,
             client,
-        } => calls::get(&client, &call_id, &timeout).await,
+        } => calls::get(&client, &call_id, timeout.as_deref()).await,
         Command::Map {
             function,
             inputs,
@@ -108,21 +108,56 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
     }
 }
 
-/// Logging to stderr; `RUST_LOG` overrides the default level.
+/// Logging to stderr, in colour only on a terminal (a log file gets plain text); `RUST_LOG`
+/// overrides the default level.
 pub fn init_logging(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
-    Client::new(&args.server, args.token.clone()).context("cannot create the HTTP client")
+/// A map that could not start or stopped, as the CLI reports it.
+pub fn explain(e: hopper_sdk::MapError) -> anyhow::Error {
+    match e {
+        hopper_sdk::MapError::Api(api) => api.into(),
+        other => exit::usage(other.to_string()),
+    }
 }
 
-/// The input JSON from `--input` or `--input-file` (`-` for stdin); `null` if neither.
+/// The client of `--server` / `HOPPER_SERVER`: a bare `host:port` means `http://host:port`.
+pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
+    let server = server_url(&args.server)?;
+    Client::new(&server, args.token.clone()).context("cannot create the HTTP client")
+}
+
+/// `--server` / `HOPPER_SERVER` as a URL: `http://` is added to a bare `host:port`; anything
+/// else that is not an http(s) URL is refused, naming where it came from.
+pub fn server_url(text: &str) -> anyhow::Result<String> {
+    let text = text.trim();
+    let url = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    };
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url
+            .split_once("://")
+            .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'));
+    if !ok {
+        return Err(exit::usage(format!(
+            "the server {text:?} (from --server or HOPPER_SERVER) is not a URL: expected e.g. http://127.0.0.1:7433 or 127.0.0.1:7433"
+        )));
+    }
+    Ok(url)
+}
+
+/// The input JSON from `--input` or `--input-file` (`-` for stdin); one of them is required
+/// (`--input null` sends null).
 pub fn read_input(args: &InputArgs) -> anyhow::Result<Value> {
     let (text, source) = match (&args.input, &args.input_file) {
         (Some(text), _) => (text.clone(), "--input".to_string()),
@@ -138,7 +173,11 @@ pub fn read_input(args: &InputArgs) -> anyhow::Result<Value> {
                 .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
             (text, path.display().to_string())
         }
-        (None, None) => return Ok(Value::Null),
+        (None, None) => {
+            return Err(exit::usage(
+                "give the input as JSON with --input (e.g. --input '\"world\"', or --input null for none) or --input-file FILE",
+            ))
+        }
     };
     serde_json::from_str(&text).map_err(|e| {
         exit::usage(format!(
@@ -156,8 +195,8 @@ pub fn call_id(text: &str) -> anyhow::Result<CallId> {
         .map_err(|e: hopper_core::ids::IdError| exit::usage(e.to_string()))
 }
 
-/// A token cancelled by SIGINT or SIGTERM.
-pub fn stop_on_signals() -> anyhow::Result<CancellationToken> {
+/// A token cancelled by SIGINT or SIGTERM; `who` names the process in the log line it writes.
+pub fn stop_on_signals(who: String) -> anyhow::Result<CancellationToken> {
     use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
@@ -168,7 +207,7 @@ pub fn stop_on_signals() -> anyhow::Result<CancellationToken> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        tracing::info!("stopping");
+        tracing::info!(pid = std::process::id(), "{who}: stopping");
         t.cancel();
     });
     Ok(token)

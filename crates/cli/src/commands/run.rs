@@ -23,7 +23,6 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<Code> {
     init_logging("warn");
-    let input = read_input(input)?;
     let timeout = timeout.map(|t| duration("--timeout", t)).transpose()?;
     let request = deploy_request(manifest)?;
     let parsed = hopper_core::manifest::parse(
@@ -40,6 +39,7 @@ pub async fn run(
             names.join(", ")
         )));
     }
+    let input = read_input(input)?;
 
     let data = tempfile::tempdir().context("cannot create a temporary folder")?;
     let store = SqliteStore::open(&data.path().join("hopper.db")).await?;
@@ -51,6 +51,9 @@ pub async fn run(
         worker_program: Some(std::env::current_exe().context("cannot find this program's path")?),
         lease: Duration::from_secs(10),
         worker_log: Some("warn".into()),
+        // Nothing waits for this server: its inputs stop when it does.
+        worker_drain: Duration::ZERO,
+        kill_grace: Duration::from_millis(500),
         ..ServerConfig::default()
     };
     let shutdown = CancellationToken::new();

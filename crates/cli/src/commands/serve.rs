@@ -163,6 +163,8 @@ struct Opened {
     store: Arc<dyn hopper_store::Store>,
     sqlite: Option<SqliteStore>,
     postgres: Option<PgStore>,
+    /// `DATA/hopper.lock`, locked while this server runs: one server per data folder.
+    _lock: Option<std::fs::File>,
 }
 
 impl Opened {
@@ -190,10 +192,12 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Opened> {
             store: Arc::new(store.clone()),
             sqlite: None,
             postgres: Some(store),
+            _lock: None,
         });
     }
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create the data folder {}", args.data.display()))?;
+    let lock = lock_data(&args.data)?;
     let db = args.data.join("hopper.db");
     let store = SqliteStore::open(&db)
         .await
@@ -202,7 +206,40 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Opened> {
         store: Arc::new(store.clone()),
         sqlite: Some(store),
         postgres: None,
+        _lock: Some(lock),
     })
+}
+
+/// Takes `DATA/hopper.lock`: a second server on the same folder would share the database
+/// file but not the server's state (its workers, its schedules' timers), so it is refused.
+/// The lock goes with the process, however it ends.
+fn lock_data(data: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = data.join("hopper.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if file.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        return Err(exit::usage(format!(
+            "another hopper serve{} is using {}: stop it, or give this one another --data",
+            match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            },
+            data.display()
+        )));
+    }
+    file.set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| write!(file, "{}", std::process::id()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(file)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<Code> {
@@ -216,8 +253,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<Code> {
         .local_addr()
         .context("cannot read the listening address")?;
     // On stdout, so scripts and tests can learn the address when `--listen` says port 0.
-    println!("hopper listening on http://{address}");
-    let shutdown = stop_on_signals()?;
+    // Whoever started the server may stop reading its stdout; the server goes on.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "hopper listening on http://{address}").and_then(|_| out.flush());
+    }
+    let shutdown = stop_on_signals(format!("hopper serve on {address}"))?;
     let result = hopper_server::run(config, store.store.clone(), listener, shutdown).await;
     store.close().await;
     match result {

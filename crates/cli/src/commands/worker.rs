@@ -31,14 +31,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
         return Err(exit::usage(faults.join("\n")));
     }
     let config = WorkerConfig {
-        server: args.client.server.clone(),
+        server: super::server_url(&args.client.server)?,
         token: args.client.token.clone(),
         functions: args.functions.clone(),
         concurrency: args.concurrency,
         host: host_name(),
         drain: drain?,
     };
-    let shutdown = stop_on_signals()?;
+    let shutdown = stop_on_signals(format!("worker of {}", args.functions.join(", ")))?;
     hopper_worker::run(config, kill_grace?, shutdown).await?;
     Ok(Code::Ok)
 }

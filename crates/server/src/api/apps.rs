@@ -88,12 +88,35 @@ pub async fn resolve(state: &AppState, text: &str) -> Result<FunctionRow, ApiErr
         })
         .await?;
     match found.len() {
-        0 => Err(ApiError::not_found(
-            "unknown_function",
-            format!(
-                "no function named {name} is deployed (see GET /v1/functions or `hopper deploy`)"
-            ),
-        )),
+        0 => {
+            let deployed: Vec<String> = state
+                .store
+                .app_list()
+                .await?
+                .iter()
+                .flat_map(|a| a.functions.iter().map(|f| f.spec.qualified_name()))
+                .collect();
+            let hint = match hopper_core::suggest::closest(&name.to_string(), &deployed) {
+                Some(close) => format!("; did you mean {close}?"),
+                None if deployed.is_empty() => {
+                    "; nothing is deployed yet: `hopper deploy hopper.toml`".into()
+                }
+                None => format!(
+                    "; deployed: {}{} (`hopper apps` lists them)",
+                    deployed
+                        .iter()
+                        .take(10)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if deployed.len() > 10 { ", …" } else { "" }
+                ),
+            };
+            Err(ApiError::not_found(
+                "unknown_function",
+                format!("no function named {name} is deployed{hint}"),
+            ))
+        }
         1 => Ok(found.remove(0)),
         _ => {
             let names: Vec<String> = found.iter().map(|f| f.spec.qualified_name()).collect();

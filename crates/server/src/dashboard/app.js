@@ -67,12 +67,29 @@ function when(iso) {
   return h("time", { datetime: iso, title: t.toLocaleString() }, rel);
 }
 
+/** A duration in its two largest units, rounded once (never "7m 60s"), zero parts left out. */
 function span(seconds) {
   if (seconds < 1) return `${Math.round(seconds * 1000)}ms`;
-  if (seconds < 60) return `${seconds.toFixed(seconds < 10 ? 1 : 0)}s`;
-  if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${Math.round(seconds % 60)}s`;
-  if (seconds < 86400) return `${Math.floor(seconds / 3600)}h ${Math.round((seconds % 3600) / 60)}m`;
-  return `${Math.floor(seconds / 86400)}d ${Math.round((seconds % 86400) / 3600)}h`;
+  if (seconds < 59.5) return `${seconds.toFixed(seconds < 10 ? 1 : 0)}s`;
+  const two = (big, small, unit, subunit, per) => {
+    const a = Math.floor(big / per);
+    const b = big % per;
+    return b ? `${a}${unit} ${b}${subunit}` : `${a}${unit}`;
+  };
+  const secs = Math.round(seconds);
+  if (secs < 3600) return two(secs, 0, "m", "s", 60);
+  const mins = Math.round(seconds / 60);
+  if (mins < 1440) return two(mins, 0, "h", "m", 60);
+  return two(Math.round(seconds / 3600), 0, "d", "h", 24);
+}
+
+/** A time in a schedule's zone, to the minute or second, with the zone's name. */
+function zoned(iso, zone) {
+  try {
+    return `${new Date(iso).toLocaleString(undefined, { timeZone: zone })} ${zone}`;
+  } catch {
+    return new Date(iso).toLocaleString();
+  }
 }
 
 function ms(value) {
@@ -589,8 +606,10 @@ function schedulesPage() {
       h("dl", { class: "kv" },
         h("dt", {}, "Function"), h("dd", {}, link(`/functions/${encodeURIComponent(x.function)}`, x.function)),
         h("dt", {}, "When"), h("dd", {}, x.cron ? `cron ${x.cron} (${x.timezone})` : `every ${x.every}`, `, overlap ${x.overlap}`),
-        h("dt", {}, "Next"), h("dd", {}, x.paused ? "paused" : x.next_due_at ? h("span", {}, x.next_due_local || x.next_due_at, " (", when(x.next_due_at), ")") : "—"),
-        h("dt", {}, "Last"), h("dd", {}, x.last_due_at ? h("span", {}, when(x.last_due_at), x.last_call_id ? [" → ", link(`/calls/${x.last_call_id}`, x.last_call_id), " ", badge(x.last_call_state || "pending")] : null) : "never")),
+        h("dt", {}, "Next"), h("dd", {}, x.paused ? "paused" : x.next_due_at ? h("span", {}, zoned(x.next_due_at, x.timezone), " (", when(x.next_due_at), ")") : "—"),
+        h("dt", {}, "Last"), h("dd", {}, x.last_call_id
+          ? h("span", {}, x.last_due_at ? when(x.last_due_at) : "run now", " → ", link(`/calls/${x.last_call_id}`, x.last_call_id), " ", badge(x.last_call_state || "pending"))
+          : x.last_due_at ? when(x.last_due_at) : "never")),
       open.has(x.name) ? firingsTable(x) : h("button", { type: "button", onclick: () => { open.add(x.name); refresh().catch((e) => status.replaceChildren(notice(e))); } }, "Show history"),
     )) : [h("p", { class: "muted panel" }, "No schedules: add [schedules.NAME] to a manifest and deploy it.")]));
   }
