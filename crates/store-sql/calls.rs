@@ -101,7 +101,13 @@ async fn existing(
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(db_err)?;
-        if stored.as_ref().is_some_and(|s| s != first) {
+        // The same JSON value is the same input, whatever its keys' order or spacing.
+        let same = |a: &str, b: &str| {
+            a == b
+                || serde_json::from_str::<serde_json::Value>(a).ok()
+                    == serde_json::from_str::<serde_json::Value>(b).ok()
+        };
+        if stored.as_ref().is_some_and(|s| !same(s, first)) {
             return Err(conflict("with a different input".into()));
         }
     }
@@ -312,6 +318,17 @@ pub fn push_list_query<'a>(q: &mut QueryBuilder<'a, Db>, p: &'a CallList) {
 }
 
 pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, StoreError> {
+    // First the map takes no more inputs (a chunk locks the call before it adds rows, and is
+    // refused once it is closed), in a transaction of its own: so the inputs locked below are
+    // all the inputs the call will ever have, and none can appear between the lock and the
+    // update for a lease to take while this waits for it.
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    sqlx::query("UPDATE calls SET accepting_inputs = 0 WHERE id = $1 AND accepting_inputs = 1")
+        .bind(p.id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
     let mut tx = conn.begin().await.map_err(db_err)?;
     // The call's open inputs first, locked in id order (the order every transaction locks
     // inputs in), so a completion batch holding some of them finishes first; then the call.
@@ -378,7 +395,7 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
         .map_err(db_err)?;
         settle(&mut tx, &p.id, &call_row(&row)?, p.now).await?;
     } else if !before.state.is_terminal() {
-        // A map still taking inputs whose inputs so far have all ended: cancelling it closes it.
+        // A map that was taking inputs, whose inputs so far have all ended: it ends cancelled.
         sqlx::query("UPDATE calls SET accepting_inputs = 0, state = 'cancelled', finished_at = $2 WHERE id = $1")
             .bind(p.id.as_str())
             .bind(p.now)

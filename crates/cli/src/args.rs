@@ -233,8 +233,8 @@ pub enum ScheduleAction {
 
 #[derive(Args, Debug)]
 pub struct InputArgs {
-    /// The input as JSON, e.g. '"world"' or '{"n": 3}'.
-    #[arg(long, conflicts_with = "input_file")]
+    /// The input as JSON, e.g. '"world"', '{"n": 3}' or -5.
+    #[arg(long, conflicts_with = "input_file", allow_hyphen_values = true)]
     pub input: Option<String>,
     /// Read the input JSON from a file, or from stdin with '-'.
     #[arg(long)]

@@ -213,6 +213,12 @@ async fn a_cookie_signs_in_and_changes_need_the_dashboard_header() {
         "{cookie}"
     );
     let pair = cookie.split(';').next().unwrap().to_string();
+    // Other apps on localhost see the cookie: it must not be the token, in any spelling.
+    let hex: String = "admin-secret".bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !pair.contains("admin-secret") && !pair.contains(&hex),
+        "the cookie gives the token away: {pair}"
+    );
 
     let call = server
         .client_with_token("admin-secret")

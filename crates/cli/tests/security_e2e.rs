@@ -544,3 +544,108 @@ async fn every_rejection_has_the_json_error_shape() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_token_cannot_act_as_another_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "app = \"w\"\n[functions.ext]\nexternal = true\n",
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--deploy",
+            m.to_str().unwrap(),
+            "--token",
+            "admin-t",
+            "--scoped-token",
+            "work=w1",
+            "--scoped-token",
+            "work=w2",
+        ],
+    );
+    let http = http();
+    let register = |token: &'static str| {
+        let http = http.clone();
+        let url = server.url.clone();
+        async move {
+            let r: Value = http
+                .post(format!("{url}/v1/workers"))
+                .bearer_auth(token)
+                .json(&json!({"functions": ["w.ext"], "host": "h", "pid": 1, "concurrency": 1}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (
+                r["worker_id"].as_str().unwrap().to_string(),
+                r["worker_secret"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let (a, a_secret) = register("w1").await;
+    let (_b, b_secret) = register("w2").await;
+    let call = server
+        .client_with_token("admin-t")
+        .spawn("w.ext", json!(1), None)
+        .await
+        .unwrap();
+    let leased: Value = http
+        .post(format!("{}/v1/workers/{a}/lease", server.url))
+        .bearer_auth("w1")
+        .header("x-hopper-worker-secret", &a_secret)
+        .json(&json!({"max": 1, "wait_ms": 5000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lease = leased["inputs"][0]["lease"].clone();
+    let complete = |token: &'static str, secret: Option<String>, output: &'static str| {
+        let mut req = http
+            .post(format!("{}/v1/workers/{a}/complete", server.url))
+            .bearer_auth(token)
+            .json(&json!({"results": [{"lease": lease, "status": "succeeded", "output": output}]}));
+        if let Some(secret) = secret {
+            req = req.header("x-hopper-worker-secret", secret);
+        }
+        req.send()
+    };
+    // Another worker's token, with its own secret or none: refused, nothing changed.
+    for secret in [Some(b_secret.clone()), None] {
+        let forged = complete("w2", secret, "forged").await.unwrap();
+        assert_eq!(
+            error_code(forged).await,
+            (StatusCode::FORBIDDEN, "forbidden".into())
+        );
+    }
+    for path in ["logs", "heartbeat"] {
+        let r = http
+            .post(format!("{}/v1/workers/{a}/{path}", server.url))
+            .bearer_auth("w2")
+            .json(&json!({"leases": [lease], "lines": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    let gone = http
+        .delete(format!("{}/v1/workers/{a}", server.url))
+        .bearer_auth("w2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::FORBIDDEN);
+    let admin = server.client_with_token("admin-t");
+    let now = admin.get(&call.id, Duration::ZERO).await.unwrap();
+    assert_eq!(now.state, hopper_core::InputState::Running, "{now:?}");
+    // The worker itself, with its secret, records its result.
+    let real = complete("w1", Some(a_secret), "real").await.unwrap();
+    assert_eq!(real.status(), StatusCode::OK);
+    let done = wait_done(&admin, &call.id, Duration::from_secs(10)).await;
+    assert_eq!(done.output, Some(json!("real")));
+}

@@ -355,6 +355,11 @@ pub struct WorkerRegistered {
     /// worker can start what a function needs (a `serve` process) before its first input.
     #[serde(default)]
     pub functions: BTreeMap<String, FunctionSpec>,
+    /// The worker's secret: send it in `X-Hopper-Worker-Secret` on every request about the
+    /// worker (lease, heartbeat, complete, logs, deregister); no other worker can act as this
+    /// one without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_secret: Option<String>,
 }
 
 /// A worker as the API shows it.

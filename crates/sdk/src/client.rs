@@ -71,6 +71,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// The secret of the worker this client acts for, sent with its worker requests.
+    worker_secret: Option<String>,
 }
 
 impl Client {
@@ -87,6 +89,7 @@ impl Client {
             http,
             base: base.trim_end_matches('/').to_string(),
             token,
+            worker_secret: None,
         })
     }
 
@@ -138,10 +141,22 @@ impl Client {
         .await
     }
 
+    /// This client, sending `secret` (from [`WorkerRegistered::worker_secret`]) with every
+    /// request about its worker, as the server requires.
+    pub fn with_worker_secret(mut self, secret: Option<String>) -> Self {
+        self.worker_secret = secret;
+        self
+    }
+
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
+        }
+        if let Some(secret) = &self.worker_secret {
+            if path.starts_with("/v1/workers/") {
+                req = req.header("x-hopper-worker-secret", secret);
+            }
         }
         req
     }

@@ -134,6 +134,7 @@ pub async fn run(
         return Ok(());
     };
     let worker = registered.worker_id.clone();
+    let client = client.with_worker_secret(registered.worker_secret.clone());
     tracing::info!(worker = %worker, functions = ?config.functions, concurrency = config.concurrency, "worker registered");
     executor.registered(&Registration {
         worker_id: worker.clone(),

@@ -45,7 +45,9 @@ pub async fn sync_once(store: &dyn Store, clock: &OffsetClock) -> Result<(), Sto
     let before = clock.offset_ms();
     clock.set_offset_ms(offset);
     metrics::gauge!("hopper_clock_offset_seconds").set(offset as f64 / 1000.0);
-    if offset.unsigned_abs() > WARN_ABOVE.as_millis() as u64 {
+    let far = |o: i64| o.unsigned_abs() > WARN_ABOVE.as_millis() as u64;
+    // Warned when the offset first goes past the threshold, or moves a lot: not every 30 s.
+    if far(offset) && (!far(before) || (offset - before).abs() > 1_000) {
         tracing::warn!(
             offset_ms = offset,
             "this machine's clock is off the database's by more than {}; Hopper keeps the database's time, but fix the machine's clock (NTP)",

@@ -149,6 +149,24 @@ impl ServerConfig {
             .map(|(scopes, _)| scopes.clone())
     }
 
+    /// The scopes of the token whose dashboard session value (`api::session::session_value`)
+    /// is `session`.
+    pub fn scopes_of_session(&self, session: &str) -> Option<Vec<Scope>> {
+        let matches = |token: &str| {
+            constant_time_eq(
+                session.as_bytes(),
+                crate::api::session::session_value(token).as_bytes(),
+            )
+        };
+        if self.token.as_deref().is_some_and(matches) {
+            return Some(vec![Scope::Admin]);
+        }
+        self.scoped_tokens
+            .iter()
+            .find(|(_, t)| matches(t))
+            .map(|(scopes, _)| scopes.clone())
+    }
+
     pub fn lease_ms(&self) -> i64 {
         self.lease.as_millis() as i64
     }

@@ -11,6 +11,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServerConfig;
 use crate::events::Events;
 
+/// What the server remembers of a registered worker.
+#[derive(Debug)]
+pub struct KnownWorker {
+    pub functions: Vec<FunctionKey>,
+    /// A hash of the secret it got at registration (none for workers registered without one).
+    pub secret_hash: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ServerConfig>,
@@ -19,7 +27,7 @@ pub struct AppState {
     pub events: Events,
     /// The functions each worker registered for, cached; read from the store on a miss, so any
     /// server can answer any worker.
-    pub worker_functions: Arc<Mutex<HashMap<WorkerId, Arc<Vec<FunctionKey>>>>>,
+    pub worker_functions: Arc<Mutex<HashMap<WorkerId, Arc<KnownWorker>>>>,
     /// When each worker was last recorded as seen, so a busy worker's leases do not each cost
     /// a write.
     pub worker_touched: Arc<Mutex<HashMap<WorkerId, std::time::Instant>>>,

@@ -69,6 +69,7 @@ macro_rules! conformance_suite {
             every_way_an_input_ends_appears_once_in_completion_order,
             only_the_lease_holder_can_complete_or_log,
             a_recorded_attempt_is_never_rewritten,
+            an_attempt_keeps_the_size_of_its_batch,
             a_failure_that_cannot_get_better_skips_its_retries,
             a_nul_character_in_a_log_line_loses_no_line,
             cancels_completions_rescues_and_heartbeats_of_the_same_calls_never_deadlock,
@@ -209,6 +210,7 @@ async fn worker(store: &dyn Store) -> WorkerId {
     let id = WorkerId::generate();
     store
         .worker_register(WorkerRegisterParams {
+            secret_hash: String::new(),
             id: id.clone(),
             host: "test".into(),
             pid: 1,
@@ -2229,6 +2231,30 @@ pub async fn only_the_lease_holder_can_complete_or_log(store: Arc<dyn Store>) {
     );
     let output = store.input_get(&call.id, 0).await.unwrap().unwrap().output;
     assert_eq!(output.as_deref(), Some("1"));
+}
+
+pub async fn an_attempt_keeps_the_size_of_its_batch(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 2, T0).await;
+    let leased = lease(&*store, &w, "ok", 2, T0).await;
+    store
+        .input_complete_many(InputCompleteMany {
+            worker_id: w.clone(),
+            results: leased
+                .iter()
+                .map(|l| (l.lease, Outcome::Succeeded { output: json!(1) }))
+                .collect(),
+            batch_sizes: vec![2, 2],
+            now: T0 + 1,
+        })
+        .await
+        .unwrap();
+    let attempts = store.attempt_list(all_attempts(&call.id)).await.unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| a.batch_size).collect::<Vec<_>>(),
+        [Some(2), Some(2)]
+    );
 }
 
 pub async fn a_recorded_attempt_is_never_rewritten(store: Arc<dyn Store>) {

@@ -237,6 +237,8 @@ pub struct LogList {
 #[derive(Debug, Clone)]
 pub struct WorkerRegisterParams {
     pub id: WorkerId,
+    /// A hash of the secret the worker proves itself with on every request.
+    pub secret_hash: String,
     pub host: String,
     pub pid: u32,
     pub functions: Vec<String>,

@@ -165,6 +165,8 @@ pub struct LogRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerRow {
     pub id: WorkerId,
+    /// A hash of the worker's secret (none for workers registered before it existed).
+    pub secret_hash: Option<String>,
     pub host: String,
     pub pid: u32,
     pub functions: Vec<String>,

@@ -582,6 +582,26 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
         proc.unattributed(logs, LogStream::Stdout, line);
         return;
     };
+    // An output too deep, or with an integer parsing just rounded to a float, is refused
+    // rather than kept changed.
+    if obj.contains_key("output") {
+        if let Err(why) =
+            hopper_core::json::check_text(line.as_bytes(), hopper_core::json::MAX_DEPTH + 1)
+        {
+            proc.ready.store(true, Ordering::Release);
+            proc.answer(
+                id,
+                Answer::Error(
+                    InputError {
+                        code: "bad_output".into(),
+                        message: format!("the output is refused: {why}"),
+                    },
+                    false,
+                ),
+            );
+            return;
+        }
+    }
     if let Some(text) = obj.get("log") {
         let lease = proc
             .waiting

@@ -61,7 +61,13 @@ pub async fn apps(args: &ClientArgs) -> anyhow::Result<Code> {
                 vec![
                     f.name.clone(),
                     a.version.to_string(),
-                    f.spec.command.join(" "),
+                    match f.spec.runner() {
+                        hopper_core::function::Runner::Command(c) => c.join(" "),
+                        hopper_core::function::Runner::Serve(c) => {
+                            format!("serve: {}", c.join(" "))
+                        }
+                        hopper_core::function::Runner::External => "external".into(),
+                    },
                     hopper_core::duration::format(std::time::Duration::from_millis(
                         f.spec.timeout_ms,
                     )),

@@ -88,6 +88,7 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
     let worker = WorkerId::generate();
     store
         .worker_register(WorkerRegisterParams {
+            secret_hash: String::new(),
             id: worker.clone(),
             host: "bench".into(),
             pid: std::process::id(),

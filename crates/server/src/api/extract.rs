@@ -72,6 +72,22 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             ));
         }
         let limit = state.config.max_payload_bytes + ENVELOPE_BYTES;
+        // A body announced larger than the limit is refused before it is read.
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is over the inline limit of {} bytes",
+                    state.config.max_payload_bytes
+                ),
+            ));
+        }
         let timeout = state.config.request_timeout;
         let read = tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit));
         let Ok(bytes) = read.await else {

@@ -113,7 +113,13 @@ async fn guard_browsers(State(state): State<AppState>, req: Request, next: Next)
     if changes {
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("");
-            let own = host.as_deref().is_some_and(|h| same_origin(origin, h))
+            let scheme = match state.config.public_url.as_deref() {
+                Some(u) if u.starts_with("https://") => "https",
+                _ => "http",
+            };
+            let own = host
+                .as_deref()
+                .is_some_and(|h| same_origin(origin, scheme, h))
                 || state
                     .config
                     .public_url
@@ -183,12 +189,13 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
         .any(|a| a.eq_ignore_ascii_case(&name) || a.eq_ignore_ascii_case(host))
 }
 
-/// Whether `origin` (`http://host:port`) is the origin of the server reached as `host`.
-fn same_origin(origin: &str, host: &str) -> bool {
+/// Whether `origin` (`http://host:port`) is the origin of the server reached as `host` over
+/// `served_scheme` (`http`, or `https` behind a TLS proxy named by `--public-url`).
+fn same_origin(origin: &str, served_scheme: &str, host: &str) -> bool {
     let Some((scheme, rest)) = origin.split_once("://") else {
         return false;
     };
-    if !matches!(scheme, "http" | "https") {
+    if scheme != served_scheme {
         return false;
     }
     let default_port = if scheme == "https" { ":443" } else { ":80" };
@@ -248,13 +255,13 @@ async fn notifications(
     Ok(Json(channels.values().cloned().collect()))
 }
 
-async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+async fn method_not_allowed(method: Method, uri: axum::extract::OriginalUri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
             "{} does not take {method}; see /v1/openapi.json",
-            uri.path()
+            uri.0.path()
         ),
     )
 }
@@ -280,6 +287,13 @@ impl CanRead {
         }
         call
     }
+}
+
+/// The request's path as the client sent it (inside the `/v1` nest, `uri()` lacks the prefix).
+fn full_path(req: &Request) -> String {
+    req.extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_string(), |u| u.0.path().to_string())
 }
 
 /// The scope a request needs. HEAD is a GET without the body: it needs what GET needs.
@@ -311,11 +325,15 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
         .map(str::to_string);
     let (token, from_cookie) = match bearer {
         Some(token) => (token, false),
-        None => match session::token_from_cookie(req.headers()) {
+        None => match session::session_from_cookie(req.headers()) {
             Some(token) => (token, true),
             None => {
                 return ApiError::new(
@@ -339,7 +357,12 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         )
         .into_response();
     }
-    let Some(scopes) = state.config.scopes_of(&token) else {
+    let scopes = if from_cookie {
+        state.config.scopes_of_session(&token)
+    } else {
+        state.config.scopes_of(&token)
+    };
+    let Some(scopes) = scopes else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -362,7 +385,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
             "this token has the scopes {}; {} {} needs {}",
             have.join(", "),
             req.method(),
-            req.uri().path(),
+            full_path(&req),
             needed.as_str()
         ),
     )

@@ -1,6 +1,9 @@
 //! `/v1/session`: the dashboard's sign-in. A browser cannot add an `Authorization` header to
 //! page loads or to an `EventSource`, so the dashboard trades the token for an `HttpOnly`,
-//! `SameSite=Strict` cookie holding it; the token check accepts either.
+//! `SameSite=Strict` cookie; the token check accepts either. The cookie holds a value derived
+//! from the token (a hash), never the token itself: a browser sends cookies to every port of
+//! a host, so another app on `localhost` may see it, and it must not learn the token from it
+//! (the value works only as this dashboard's cookie).
 //!
 //! A request authenticated by the cookie that changes something must also carry the
 //! [`DASHBOARD_HEADER`], which a cross-site form cannot send, so another site cannot make a
@@ -15,7 +18,7 @@ use super::error::ApiError;
 use super::extract::ApiJson;
 use crate::state::AppState;
 
-/// The cookie that holds the token (hex-encoded, so any token is a valid cookie value).
+/// The cookie that holds the session: [`session_value`] of the token.
 pub const COOKIE: &str = "hopper_token";
 /// Sent by the dashboard with every request that changes something.
 pub const DASHBOARD_HEADER: &str = "x-hopper-dashboard";
@@ -51,7 +54,7 @@ pub async fn open(
     };
     let cookie = format!(
         "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={MAX_AGE_S}{secure}",
-        hex_encode(&req.token)
+        session_value(&req.token)
     );
     Ok(with_cookie(&cookie))
 }
@@ -75,8 +78,13 @@ fn with_cookie(cookie: &str) -> Response {
     }
 }
 
-/// The token in the request's cookie, if it has one.
-pub fn token_from_cookie(headers: &HeaderMap) -> Option<String> {
+/// The session value of a token, as the cookie holds it.
+pub fn session_value(token: &str) -> String {
+    hopper_core::ids::derived_hex("hopper dashboard session", token)
+}
+
+/// The session value in the request's cookie, if it has one.
+pub fn session_from_cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -84,23 +92,8 @@ pub fn token_from_cookie(headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
-        .and_then(|(_, value)| hex_decode(value))
-}
-
-fn hex_encode(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(text: &str) -> Option<String> {
-    let bytes: Option<Vec<u8>> = text
-        .as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let pair = std::str::from_utf8(pair).ok().filter(|p| p.len() == 2)?;
-            u8::from_str_radix(pair, 16).ok()
-        })
-        .collect();
-    String::from_utf8(bytes?).ok()
+        .map(|(_, value)| value.to_string())
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -108,15 +101,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cookie_carries_any_token_back() {
+    fn the_cookie_holds_a_value_derived_from_the_token_not_the_token() {
         let token = "s3cret; with=odd chars ✓";
+        let value = session_value(token);
+        assert!(!value.contains("s3cret"));
+        assert_eq!(value, session_value(token), "the same on every server");
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_str(&format!("a=b; {COOKIE}={}; c=d", hex_encode(token))).unwrap(),
+            HeaderValue::from_str(&format!("a=b; {COOKIE}={value}; c=d")).unwrap(),
         );
-        assert_eq!(token_from_cookie(&headers).as_deref(), Some(token));
-        headers.insert(header::COOKIE, HeaderValue::from_static("hopper_token=zz"));
-        assert_eq!(token_from_cookie(&headers), None);
+        assert_eq!(session_from_cookie(&headers), Some(value));
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use hopper_core::api::{
     CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, LogBatch,
@@ -21,7 +21,7 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::views;
 use crate::dispatcher;
-use crate::state::AppState;
+use crate::state::{AppState, KnownWorker};
 
 /// A worker's `last_seen` is written at most this often by its lease requests.
 const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -85,9 +85,11 @@ pub async fn register(
         }
     }
     let id = WorkerId::generate();
+    let secret = hopper_core::ids::random_hex();
     state
         .store
         .worker_register(WorkerRegisterParams {
+            secret_hash: secret_hash(&secret),
             id: id.clone(),
             host: req.host,
             pid: req.pid,
@@ -100,7 +102,13 @@ pub async fn register(
         .worker_functions
         .lock()
         .map_err(|_| poisoned())?
-        .insert(id.clone(), Arc::new(keys));
+        .insert(
+            id.clone(),
+            Arc::new(KnownWorker {
+                functions: keys,
+                secret_hash: Some(secret_hash(&secret)),
+            }),
+        );
     Ok((
         StatusCode::CREATED,
         Json(WorkerRegistered {
@@ -113,6 +121,7 @@ pub async fn register(
             ),
             call_token: state.config.call_token.clone(),
             functions: specs,
+            worker_secret: Some(secret),
         }),
     ))
 }
@@ -135,48 +144,73 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<WorkerView>>
     ))
 }
 
-/// The functions a worker registered for; an unknown or stopped worker must register again.
-async fn worker_functions(
+/// The header a worker proves itself with: the secret it got at registration.
+pub const WORKER_SECRET_HEADER: &str = "x-hopper-worker-secret";
+
+fn secret_hash(secret: &str) -> String {
+    hopper_core::ids::derived_hex("hopper worker secret", secret)
+}
+
+/// A worker the server knows, checked: the request must carry the worker's secret, so a
+/// token that may work (any worker's) cannot act as another worker. An unknown or stopped
+/// worker must register again.
+async fn known_worker(
     state: &AppState,
     id: &WorkerId,
-) -> Result<Arc<Vec<FunctionKey>>, ApiError> {
-    let recently = state
-        .worker_touched
-        .lock()
-        .map_err(|_| poisoned())?
-        .get(id)
-        .is_some_and(|t| t.elapsed() < TOUCH_EVERY);
-    if !recently {
-        if !state.store.worker_touch(id, state.now()).await? {
-            return Err(ApiError::not_found(
-                "unknown_worker",
-                format!("no active worker {id}: register again"),
-            ));
-        }
-        state
-            .worker_touched
-            .lock()
-            .map_err(|_| poisoned())?
-            .insert(id.clone(), std::time::Instant::now());
-    }
-    if let Some(keys) = state
+    headers: &HeaderMap,
+) -> Result<Arc<KnownWorker>, ApiError> {
+    let cached = state
         .worker_functions
         .lock()
         .map_err(|_| poisoned())?
         .get(id)
-    {
-        return Ok(keys.clone());
+        .cloned();
+    let known = match cached {
+        Some(known) => known,
+        None => {
+            // Registered through another server (or before a restart): read it from the store.
+            let rows = state.store.worker_list(0).await?;
+            let row = rows
+                .into_iter()
+                .find(|w| &w.id == id && w.stopped_at.is_none())
+                .ok_or_else(|| {
+                    ApiError::not_found(
+                        "unknown_worker",
+                        format!("no active worker {id}: register again"),
+                    )
+                })?;
+            let known = Arc::new(KnownWorker {
+                functions: function_keys(&row.functions),
+                secret_hash: row.secret_hash.filter(|h| !h.is_empty()),
+            });
+            state
+                .worker_functions
+                .lock()
+                .map_err(|_| poisoned())?
+                .insert(id.clone(), known.clone());
+            known
+        }
+    };
+    if let Some(expected) = &known.secret_hash {
+        let given = headers
+            .get(WORKER_SECRET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(secret_hash);
+        if given.as_deref() != Some(expected.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this request does not come from worker {id}: send the worker's secret from its registration in the {WORKER_SECRET_HEADER} header"
+                ),
+            ));
+        }
     }
-    // Registered through another server (or before a restart): read it from the store.
-    let rows = state.store.worker_list(0).await?;
-    let row = rows.into_iter().find(|w| &w.id == id).ok_or_else(|| {
-        ApiError::not_found(
-            "unknown_worker",
-            format!("no active worker {id}: register again"),
-        )
-    })?;
-    let keys: Vec<FunctionKey> = row
-        .functions
+    Ok(known)
+}
+
+fn function_keys(names: &[String]) -> Vec<FunctionKey> {
+    names
         .iter()
         .filter_map(|f| FunctionName::parse(f).ok())
         .filter_map(|n| {
@@ -185,19 +219,38 @@ async fn worker_functions(
                 function: n.function,
             })
         })
-        .collect();
-    let keys = Arc::new(keys);
-    state
-        .worker_functions
+        .collect()
+}
+
+/// Records that the worker was seen (at most every second), refusing one that was stopped.
+async fn touch(state: &AppState, id: &WorkerId) -> Result<(), ApiError> {
+    let recently = state
+        .worker_touched
         .lock()
         .map_err(|_| poisoned())?
-        .insert(id.clone(), keys.clone());
-    Ok(keys)
+        .get(id)
+        .is_some_and(|t| t.elapsed() < TOUCH_EVERY);
+    if recently {
+        return Ok(());
+    }
+    if !state.store.worker_touch(id, state.now()).await? {
+        return Err(ApiError::not_found(
+            "unknown_worker",
+            format!("no active worker {id}: register again"),
+        ));
+    }
+    state
+        .worker_touched
+        .lock()
+        .map_err(|_| poisoned())?
+        .insert(id.clone(), std::time::Instant::now());
+    Ok(())
 }
 
 pub async fn lease(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<LeaseRequest>,
 ) -> Result<Json<LeaseResponse>, ApiError> {
     let id = parse_worker(&id)?;
@@ -210,8 +263,11 @@ pub async fn lease(
             ),
         ));
     }
-    let functions = worker_functions(&state, &id).await?;
-    Ok(Json(dispatcher::lease(&state, &id, &functions, req).await?))
+    let known = known_worker(&state, &id, &headers).await?;
+    touch(&state, &id).await?;
+    Ok(Json(
+        dispatcher::lease(&state, &id, &known.functions, req).await?,
+    ))
 }
 
 /// Longest a heartbeat is held open waiting for a cancel.
@@ -220,9 +276,11 @@ const MAX_HEARTBEAT_WAIT: std::time::Duration = std::time::Duration::from_secs(3
 pub async fn heartbeat(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let id = parse_worker(&id)?;
+    known_worker(&state, &id, &headers).await?;
     if !state.store.worker_touch(&id, state.now()).await? {
         return Err(ApiError::not_found(
             "unknown_worker",
@@ -355,9 +413,11 @@ fn read_result(
 pub async fn complete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<CompleteBody>,
 ) -> Result<Json<CompleteResponse>, ApiError> {
     let id = parse_worker(&id)?;
+    known_worker(&state, &id, &headers).await?;
     let limit = state.config.max_payload_bytes;
     let parsed = req
         .results
@@ -400,9 +460,11 @@ pub async fn complete(
 pub async fn logs(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<LogBatch>,
 ) -> Result<StatusCode, ApiError> {
     let worker_id = parse_worker(&id)?;
+    known_worker(&state, &worker_id, &headers).await?;
     let lines = req
         .lines
         .into_iter()
@@ -439,8 +501,10 @@ fn cut(mut line: String) -> String {
 pub async fn deregister(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_worker(&id)?;
+    known_worker(&state, &id, &headers).await?;
     let handed_back = state
         .store
         .worker_deregister(WorkerDeregister {
