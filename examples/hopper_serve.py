@@ -85,5 +85,7 @@ def serve(handler, batched=False):
             if not line:
                 continue
             request = json.loads(line)
+            if "cancel" in request:  # {"cancel": id}: this example lets a cancelled input finish
+                continue
             items = request["batch"] if "batch" in request else [request]
             pool.submit(_answer, handler, batched, items)

@@ -9,7 +9,7 @@
   naming the type and where in the value it is.
 
 Arguments of a call become one JSON input: no argument → ``null``, one → that value, several
-→ a list of them, and keyword arguments → ``{"$args": [...], "$kwargs": {...}}``.
+→ ``{"$args": [...]}``, and keyword arguments → ``{"$args": [...], "$kwargs": {...}}``.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _explain(value: Any, path: str, depth: int = 0) -> str | None:
 
 def _object_hook(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and BYTES_KEY in obj and isinstance(obj[BYTES_KEY], str):
-        return base64.b64decode(obj[BYTES_KEY])
+        return base64.b64decode(obj[BYTES_KEY], validate=True)
     return obj
 
 
@@ -116,7 +116,7 @@ def decode(value: Any) -> Any:
     """A value parsed by a plain JSON parser (httpx), with ``{"$bytes": ...}`` decoded."""
     if isinstance(value, dict):
         if len(value) == 1 and isinstance(value.get(BYTES_KEY), str):
-            return base64.b64decode(value[BYTES_KEY])
+            return base64.b64decode(value[BYTES_KEY], validate=True)
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]
@@ -131,4 +131,4 @@ def encode_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         return None
     if len(args) == 1:
         return args[0]
-    return list(args)
+    return {ARGS_KEY: list(args)}

@@ -11,6 +11,10 @@ FILE as a ``serve`` process (docs/SERVE_PROTOCOL.md).
   worker's log. Only the runner writes to the protocol stream (the original stdout), one whole
   line at a time under a lock; file descriptor 1 is pointed at stderr so that nothing else can.
 - Outputs are JSON (see ``hopper._codec``); a value that is not fails only its input.
+- ``{"cancel": id}`` stops an input: an ``async def`` one's task is cancelled, a plain one's
+  thread gets :class:`hopper.exception.InputCancelledError` at its next Python line (a call
+  blocked in C code ends first). A batch stops when all of its inputs are cancelled. A
+  cancelled input is not answered.
 - SIGTERM or the end of stdin: no new input starts, the inputs in flight finish (for up to
   ``HOPPER_STOP_GRACE`` seconds, default 30; the rest are handed back by exiting), the
   ``@exit`` methods run, and the process exits with status 0.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import ctypes
 import inspect
 import io
 import json
@@ -33,8 +38,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from . import _codec
-from .app import App, FunctionDef
-from .exception import EncodeError
+from .app import App, FunctionDef, _claim_enter
+from .exception import EncodeError, InputCancelledError
 from .options import NoRetry
 
 _current: contextvars.ContextVar[_InputLog | None] = contextvars.ContextVar("hopper_input", default=None)
@@ -125,7 +130,10 @@ def _error(exc: BaseException, options_retry: Callable[[BaseException], bool]) -
         if isinstance(inner, BaseException):
             exc = inner
     code = type(exc).__name__
-    message = str(exc) or code
+    try:
+        message = str(exc) or code
+    except Exception as e:  # an exception whose __str__ fails still fails only its input
+        message = f"{code} (its message cannot be shown: str() raised {type(e).__name__})"
     error: dict[str, Any] = {"code": code, "message": message}
     if retry and not options_retry(exc):
         retry = False
@@ -147,11 +155,10 @@ class _Function:
         except (TypeError, ValueError):
             params = []
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        self.var_args = any(p.kind == p.VAR_POSITIONAL for p in params)
-        self.max_positional = len(positional)
         self.required = sum(
             1 for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         )
+        self.required_positional = sum(1 for p in positional if p.default is p.empty)
         o = fdef.options
         retry_on, no_retry_on = o.retry_on, o.no_retry_on
 
@@ -171,9 +178,34 @@ class _Function:
                 return args, kwargs
         if value is None and self.required == 0:
             return [], {}
-        if (self.max_positional >= 2 or self.var_args) and isinstance(value, list):
+        # A bare list (from the CLI or HTTP) is spread only over a function that cannot take
+        # it as one argument: one that requires two or more.
+        if self.required_positional >= 2 and isinstance(value, list):
             return value, {}
         return [value], {}
+
+
+def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Makes ``exc`` raise in the thread at its next Python line; ``None`` takes back one that
+    has not been raised yet (CPython's ``PyThreadState_SetAsyncExc``)."""
+    set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    set_async_exc(ctypes.c_ulong(thread_id), None if exc is None else ctypes.py_object(exc))
+
+
+class _Work:
+    """One request (an input, or a batch) from when it is read until it is answered."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        items = request["batch"] if "batch" in request else [request]
+        self.ids = [str(item["id"]) for item in items]
+        self.inputs = [item.get("input") for item in items]
+        self.cancelled: set[str] = set()
+        self.thread: int | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.done = False
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled.issuperset(self.ids)
 
 
 class _Runner:
@@ -192,6 +224,7 @@ class _Runner:
             )
         self.in_flight: set[concurrent.futures.Future[None]] = set()
         self.lock = threading.Lock()
+        self.works: dict[str, _Work] = {}  # by input id, until the work ends
         self.stopping = False
         self.eof = threading.Event()
 
@@ -208,11 +241,6 @@ class _Runner:
         log.emit("stderr", text.rstrip("\n").split("\n"))
         error = _error(exc, self.fn.should_retry)
         return [{"id": i, "error": error} for i in ids]
-
-    def start(self, request: dict[str, Any]) -> tuple[list[str], list[Any], _InputLog]:
-        items = request["batch"] if "batch" in request else [request]
-        ids = [str(item["id"]) for item in items]
-        return ids, [item.get("input") for item in items], _InputLog(self.protocol, ids)
 
     def finish(self, ids: list[str], results: list[Any]) -> list[dict[str, Any]]:
         out = []
@@ -236,50 +264,109 @@ class _Runner:
             )
         return list(results)
 
-    def run_sync(self, request: dict[str, Any]) -> None:
-        ids, inputs, log = self.start(request)
+    def begin(self, work: _Work, thread: int | None = None, task: asyncio.Task[None] | None = None) -> bool:
+        """Marks ``work`` as running (where it can be cancelled); False if it already was."""
+        with self.lock:
+            if work.is_cancelled():
+                for i in work.ids:
+                    self.works.pop(i, None)
+                return False
+            work.thread, work.task = thread, task
+            return True
+
+    def end(self, work: _Work) -> None:
+        """Marks ``work`` as ended: a cancel from now on does nothing, and one that was sent
+        to its thread but not yet raised is taken back."""
+        with self.lock:
+            work.done = True
+            for i in work.ids:
+                self.works.pop(i, None)
+            if work.thread is not None and work.is_cancelled():
+                _raise_in_thread(work.thread, None)
+
+    def cancel(self, input_id: str) -> None:
+        """Stops the work ``input_id`` belongs to once all of its inputs are cancelled."""
+        with self.lock:
+            work = self.works.get(input_id)
+            if work is None or work.done:
+                return
+            work.cancelled.add(input_id)
+            if not work.is_cancelled():
+                return
+            if work.thread is not None:
+                _raise_in_thread(work.thread, InputCancelledError)
+            elif work.task is not None and self.loop is not None:
+                self.loop.call_soon_threadsafe(work.task.cancel)
+            # Not started yet: begin() sees it.
+
+    def call_sync(self, work: _Work) -> list[dict[str, Any]]:
+        if self.fn.batched:
+            return self.finish(work.ids, self.check_batch(work.ids, self.fn.target(work.inputs)))
+        args, kwargs = self.fn.arguments(work.inputs[0])
+        return [self.answer(work.ids[0], self.fn.target(*args, **kwargs))]
+
+    async def call_async(self, work: _Work) -> list[dict[str, Any]]:
+        if self.fn.batched:
+            return self.finish(work.ids, self.check_batch(work.ids, await self.fn.target(work.inputs)))
+        args, kwargs = self.fn.arguments(work.inputs[0])
+        return [self.answer(work.ids[0], await self.fn.target(*args, **kwargs))]
+
+    def run_sync(self, work: _Work) -> None:
+        if not self.begin(work, thread=threading.get_ident()):
+            return
+        log = _InputLog(self.protocol, work.ids)
         token = _current.set(log)
         try:
-            if self.fn.batched:
-                results = self.check_batch(ids, self.fn.target(inputs))
-                messages = self.finish(ids, results)
-            else:
-                args, kwargs = self.fn.arguments(inputs[0])
-                messages = [self.answer(ids[0], self.fn.target(*args, **kwargs))]
+            try:
+                messages = self.call_sync(work)
+            finally:
+                self.end(work)
         except BaseException as exc:
-            messages = self.failed(ids, log, exc)
+            if work.is_cancelled():
+                return
+            messages = self.failed(work.ids, log, exc)
         finally:
             _current.reset(token)
+        if work.is_cancelled():
+            return
         log.close()
         self.protocol.send(messages)
 
-    async def run_async(self, request: dict[str, Any]) -> None:
-        ids, inputs, log = self.start(request)
+    async def run_async(self, work: _Work) -> None:
+        if not self.begin(work, task=asyncio.current_task()):
+            return
+        log = _InputLog(self.protocol, work.ids)
         _current.set(log)  # this task's own context
         try:
-            if self.fn.batched:
-                results = self.check_batch(ids, await self.fn.target(inputs))
-                messages = self.finish(ids, results)
-            else:
-                args, kwargs = self.fn.arguments(inputs[0])
-                messages = [self.answer(ids[0], await self.fn.target(*args, **kwargs))]
+            try:
+                messages = await self.call_async(work)
+            finally:
+                self.end(work)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError) and self.stopping:
                 raise
-            messages = self.failed(ids, log, exc)
+            if work.is_cancelled():
+                return
+            messages = self.failed(work.ids, log, exc)
         _current.set(None)
+        if work.is_cancelled():
+            return
         log.close()
         self.protocol.send(messages)
 
     # --- the loop ----------------------------------------------------------------------
 
     def submit(self, request: dict[str, Any]) -> None:
+        work = _Work(request)
+        with self.lock:
+            for i in work.ids:
+                self.works[i] = work
         future: concurrent.futures.Future[None]
         if self.loop is not None:
-            future = asyncio.run_coroutine_threadsafe(self.run_async(request), self.loop)
+            future = asyncio.run_coroutine_threadsafe(self.run_async(work), self.loop)
         else:
             assert self.pool is not None
-            future = self.pool.submit(self.run_sync, request)
+            future = self.pool.submit(self.run_sync, work)
         with self.lock:
             self.in_flight.add(future)
         future.add_done_callback(self.done)
@@ -300,14 +387,41 @@ class _Runner:
             if not line:
                 continue
             try:
-                request = _codec.loads(line)
+                request = json.loads(line)
                 if not isinstance(request, dict):
                     raise ValueError("not a JSON object")
             except ValueError as e:
                 print(f"hopper runner: ignoring a request that is not JSON: {e}", file=sys.stderr)
                 continue
-            self.submit(request)
+            if "cancel" in request:
+                self.cancel(str(request["cancel"]))
+                continue
+            request = self.decode(request)
+            if request is not None:
+                self.submit(request)
         self.eof.set()
+
+    def decode(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """``request`` with its inputs decoded (``{"$bytes": ...}`` to ``bytes``). An input
+        that cannot be is answered with a ``bad_input`` error now, so that it does not wait
+        for its timeout; None when nothing is left to run."""
+        batch = "batch" in request
+        items = request["batch"] if batch else [request]
+        if not isinstance(items, list) or not all(isinstance(i, dict) and "id" in i for i in items):
+            print("hopper runner: ignoring a request without an id", file=sys.stderr)
+            return None
+        good, bad = [], []
+        for item in items:
+            try:
+                good.append({**item, "input": _codec.decode(item.get("input"))})
+            except (ValueError, TypeError, RecursionError) as e:
+                error = {"code": "bad_input", "message": f"the input cannot be decoded: {e}", "retry": False}
+                bad.append({"id": str(item["id"]), "error": error})
+        if bad:
+            self.protocol.send(bad)
+        if not good:
+            return None
+        return {"batch": good} if batch else good[0]
 
     def serve(self, grace: float) -> None:
         reader = threading.Thread(target=self.read, name="hopper-stdin", daemon=True)
@@ -338,12 +452,15 @@ def _prepare(
         return fdef.raw, []
     cdef = app.classes[fdef.cls.__name__]
     instance = fdef.cls()
+    _claim_enter(instance)  # so a method that calls another does not enter again
     for name in cdef.enter:
         result = getattr(instance, name)()
         if inspect.isawaitable(result):
             run(result)
     exits = [getattr(instance, name) for name in cdef.exit]
-    return getattr(instance, fdef.name.split(".", 1)[1]), exits
+    # The method as written (app.cls wraps it, for local calls, to run @enter first).
+    target: Callable[..., Any] = fdef.raw.__get__(instance, fdef.cls)
+    return target, exits
 
 
 async def _await(awaitable: Any) -> Any:

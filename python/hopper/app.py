@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
@@ -400,8 +403,9 @@ class App:
         ``hopper.Function.from_name("app.Class.method")``) that runs in its own process per
         worker: the class is instantiated with no arguments, its ``@hopper.enter()`` methods
         run once before the first input, its ``@hopper.exit()`` methods when the process
-        stops. The options are those of :meth:`function`, for every method. The class itself
-        is returned unchanged, so ``Model().predict(2)`` still runs locally.
+        stops. The options are those of :meth:`function`, for every method. Called locally,
+        ``Model().predict(2)`` runs in this process as the worker would run it: the
+        instance's ``@hopper.enter()`` methods first, once per instance.
 
         Raises:
             ValueError: an option has a value no manifest can hold.
@@ -438,9 +442,71 @@ class App:
                     self, f"{cls.__name__}.{attr}", fn, options, cls=cls
                 )
                 self._register(fdef)
+                if roles["enter"] and inspect.isfunction(fn):
+                    setattr(cls, attr, _entering(fn, roles["enter"]))
             return cls
 
         return decorate
+
+
+_enter_lock = threading.Lock()
+_ENTERED = "_hopper_entered"
+
+
+def _claim_enter(instance: Any) -> bool:
+    """True for the first caller on ``instance``: it runs the ``@enter`` methods."""
+    with _enter_lock:
+        if getattr(instance, _ENTERED, False):
+            return False
+        try:
+            setattr(instance, _ENTERED, True)
+        except AttributeError:  # __slots__: nowhere to remember it, so enter every time
+            pass
+        return True
+
+
+def _unclaim_enter(instance: Any) -> None:
+    with _enter_lock:
+        try:
+            delattr(instance, _ENTERED)
+        except AttributeError:
+            pass
+
+
+def _entering(fn: Callable[..., Any], enters: list[str]) -> Callable[..., Any]:
+    """The method ``fn``, running the instance's ``@enter`` methods (``enters``) before its
+    first call on that instance, as a worker's process does before its first input."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if _claim_enter(self):
+                try:
+                    for name in enters:
+                        result = getattr(self, name)()
+                        if inspect.isawaitable(result):
+                            await result
+                except BaseException:
+                    _unclaim_enter(self)
+                    raise
+            return await fn(self, *args, **kwargs)
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _claim_enter(self):
+            try:
+                for name in enters:
+                    result = getattr(self, name)()
+                    if inspect.iscoroutine(result):
+                        asyncio.run(result)
+            except BaseException:
+                _unclaim_enter(self)
+                raise
+        return fn(self, *args, **kwargs)
+
+    return run
 
 
 def _first_function(cls: type) -> Callable[..., Any]:

@@ -1,7 +1,8 @@
 """``python -m hopper``: deploy, manifest, run and bench.
 
-Exit codes follow the ``hopper`` CLI: 0 success, 1 the call failed, 2 bad usage or a refused
-deploy, 3 timed out, 4 the server could not be reached.
+Exit codes follow the ``hopper`` CLI: 0 success, 1 the call failed, 2 bad usage or anything
+the server refused (a deploy, a missing token), 3 timed out, 4 the server could not be reached
+or failed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import tempfile
 
 from . import _deploy
 from .client import Client
-from .exception import AuthError, ConnectionError, DeployError, Error, InvalidInputError
+from .exception import (
+    AuthError,
+    ConnectionError,
+    DeployError,
+    Error,
+    InvalidInputError,
+    NotFoundError,
+    ServerError,
+)
 
 
 def find_binary() -> str:
@@ -132,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     except DeployError as e:
         print(f"error: the app was refused:\n{e}", file=sys.stderr)
         return 2
-    except InvalidInputError as e:
+    except (InvalidInputError, AuthError, NotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (ConnectionError, AuthError) as e:
+    except (ConnectionError, ServerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 4
     except Error as e:

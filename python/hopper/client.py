@@ -280,9 +280,24 @@ def _map_plan(
 
 
 def _base_url(server: str) -> str:
+    """``server`` as a base URL: ``host:port`` gets ``http://``; a trailing ``/v1`` (the API's
+    prefix, which the SDK adds itself) is dropped.
+
+    Raises:
+        InvalidInputError: the URL's scheme is not http or https.
+    """
     server = server.strip().rstrip("/")
     if "://" not in server:
         server = f"http://{server}"
+    scheme = server.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise InvalidInputError(
+            f"the server URL {server!r} is not http:// or https:// (from hopper.Client(server=...) "
+            "or $HOPPER_SERVER)",
+            "invalid_server_url",
+        )
+    if server.endswith("/v1"):
+        server = server[: -len("/v1")]
     return server
 
 
@@ -314,6 +329,7 @@ class Client:
     Args:
         server: the server's URL, or ``host:port``. Default: ``$HOPPER_SERVER``, else
             ``http://127.0.0.1:7433``.
+            ``InvalidInputError`` if it is not http(s).
         token: a bearer token. Default: ``$HOPPER_TOKEN``, else none.
         timeout: seconds to wait for the server's answer to a request that does not long-poll
             (default 30).
@@ -596,6 +612,15 @@ def _encode_input(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "th
     return _codec.dumps(_codec.encode_args(args, kwargs), what)
 
 
+def _encode_inputs(iterables: tuple[Iterable[Any], ...], what: str) -> Iterator[str]:
+    """The JSON inputs of a map over ``iterables`` (zipped when several: one argument from
+    each), encoded as they are read; an input that cannot be raises :class:`EncodeError`
+    naming it (``what`` and its index)."""
+    items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
+    several = len(iterables) > 1
+    return (_encode_input(tuple(x) if several else (x,), {}, f"{what} {i}") for i, x in enumerate(items))
+
+
 class Function:
     """A deployed function, by name. Made with :meth:`from_name`; no I/O until it is called.
 
@@ -603,8 +628,8 @@ class Function:
     under ``.aio``.
 
     Arguments become the function's JSON input: ``f.remote(x)`` sends ``x``; several
-    positional arguments are sent as a list and spread again on the worker; keyword arguments
-    travel as ``{"$args": [...], "$kwargs": {...}}`` (see ``docs/PYTHON.md``).
+    positional arguments travel as ``{"$args": [...]}``, with keyword arguments as
+    ``{"$args": [...], "$kwargs": {...}}`` (see ``docs/PYTHON.md``).
     """
 
     def __init__(self, name: str, client: Client | None = None) -> None:
@@ -740,8 +765,7 @@ class Function:
             and everything :meth:`spawn` raises. Leaving the loop early (``break``, an
             exception, ``KeyboardInterrupt``) cancels the map's remaining inputs.
         """
-        items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
-        encoded = (_encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input") for x in items)
+        encoded = _encode_inputs(iterables, "map input")
         return self._stream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
 
     def _stream(
@@ -798,18 +822,17 @@ class Function:
             source = iterables[0]
 
             async def encode_async() -> AsyncIterator[str]:
+                i = 0
                 async for x in source:
-                    yield _encode_input((x,), {}, "a map input")
+                    yield _encode_input((x,), {}, f"map input {i}")
+                    i += 1
 
             encoded: Iterator[str] | AsyncIterator[str] = encode_async()
         else:
             sync_items = [i for i in iterables if isinstance(i, Iterable)]
             if len(sync_items) != len(iterables):
                 raise TypeError("map.aio zips several iterables only when none is async")
-            items: Iterable[Any] = sync_items[0] if len(sync_items) == 1 else zip(*sync_items, strict=False)
-            encoded = (
-                _encode_input(tuple(x) if len(sync_items) > 1 else (x,), {}, "a map input") for x in items
-            )
+            encoded = _encode_inputs(tuple(sync_items), "map input")
         return self._astream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
 
     def _starmap(
@@ -823,7 +846,7 @@ class Function:
     ) -> Iterator[Any]:
         """Like :meth:`map`, with each item unpacked into positional arguments:
         ``f.starmap([(1, 2), (3, 4)])`` calls ``f(1, 2)`` and ``f(3, 4)``."""
-        encoded = (_encode_input(tuple(x), {}, "a starmap input") for x in items)
+        encoded = (_encode_input(tuple(x), {}, f"starmap input {i}") for i, x in enumerate(items))
         return self._stream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
 
     def _starmap_aio(
@@ -835,7 +858,7 @@ class Function:
         chunk_size: int = 1000,
         max_outstanding: int = 10_000,
     ) -> AsyncIterator[Any]:
-        encoded = (_encode_input(tuple(x), {}, "a starmap input") for x in items)
+        encoded = (_encode_input(tuple(x), {}, f"starmap input {i}") for i, x in enumerate(items))
         return self._astream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
 
     def _for_each(
@@ -854,8 +877,7 @@ class Function:
         Raises:
             InputFailedError: the first failed input, unless ``ignore_exceptions``.
         """
-        items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
-        encoded = (_encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input") for x in items)
+        encoded = _encode_inputs(iterables, "map input")
         for _ in self._stream(encoded, False, ignore_exceptions, True, chunk_size, max_outstanding):
             pass
 
@@ -866,8 +888,7 @@ class Function:
         chunk_size: int = 1000,
         max_outstanding: int = 10_000,
     ) -> None:
-        items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
-        encoded = (_encode_input(tuple(x) if len(iterables) > 1 else (x,), {}, "a map input") for x in items)
+        encoded = _encode_inputs(iterables, "map input")
         async for _ in self._astream(encoded, False, ignore_exceptions, True, chunk_size, max_outstanding):
             pass
 

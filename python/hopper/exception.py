@@ -91,9 +91,13 @@ class StartupError(InputFailedError):
 
 
 class InputCancelledError(Error):
-    """The call (or this input) was cancelled before it ended."""
+    """The call (or this input) was cancelled before it ended.
 
-    def __init__(self, message: str, call_id: str | None = None, index: int = 0):
+    Raised by ``FunctionCall.get()`` for a cancelled call, and inside a plain (not ``async``)
+    function served by the runner when its input is cancelled, at its next Python line.
+    """
+
+    def __init__(self, message: str = "the input was cancelled", call_id: str | None = None, index: int = 0):
         self.call_id = call_id
         self.index = index
         self.message = message

@@ -3,6 +3,7 @@ batching, retries, schedules, start-up, and a serve runner killed mid-batch."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -89,6 +90,36 @@ def test_local_calls_the_python_function_in_process(tmp_path: Path) -> None:
 
         assert double.local(21) == 42 and double(4) == 8
         assert double.qualified_name == "local-only.double"
+    finally:
+        hopper.App._all.remove(app)
+
+
+def test_a_class_called_locally_enters_once_per_instance() -> None:
+    app = hopper.App("local-cls")
+    try:
+
+        @app.cls()
+        class Model:
+            entered = 0
+
+            @hopper.enter()
+            def load(self) -> None:
+                Model.entered += 1
+                self.weights = 10
+
+            @hopper.method()
+            def predict(self, x: int) -> int:
+                return x * self.weights
+
+            @hopper.method()
+            async def apredict(self, x: int) -> int:
+                return self.predict(x) + 1
+
+        m = Model()
+        assert m.predict(2) == 20 and m.predict(3) == 30
+        assert Model.entered == 1
+        assert asyncio.run(Model().apredict(1)) == 11
+        assert Model.entered == 2  # once per instance
     finally:
         hopper.App._all.remove(app)
 
@@ -363,3 +394,31 @@ def test_killing_the_serve_runner_mid_batch_runs_its_inputs_again(
     attempts = server.get(f"/v1/calls/{call.object_id}/attempts")
     attempts = attempts["attempts"] if isinstance(attempts, dict) else attempts
     assert len(attempts) >= 2, attempts
+
+
+def test_cancelling_a_call_stops_its_input_and_frees_the_slot(deploy: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "stopped"
+    d = deploy(
+        f"""
+        import time
+        @app.function(concurrency=1, max_workers=1)
+        def spin(x):
+            if x == "forever":
+                try:
+                    while True:
+                        time.sleep(0.01)
+                finally:
+                    open({str(marker)!r}, "w").close()
+            return x
+        """
+    )
+    assert d.fn("spin").remote("warm") == "warm"
+    call = d.fn("spin").spawn("forever")
+    time.sleep(1)  # it is running now
+    call.cancel()
+    with pytest.raises(hx.InputCancelledError):
+        call.get(timeout=10)
+    # The one slot is free again: without the cancel reaching the process, this input would
+    # wait behind the endless one.
+    assert d.fn("spin").spawn("next").get(timeout=20) == "next"
+    wait_for(marker.exists, what="the cancelled input's finally block")

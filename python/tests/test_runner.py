@@ -241,16 +241,30 @@ def test_inputs_become_arguments(runner: Any) -> None:
         "f",
     )
     r.send({"id": "one", "input": 1})
-    r.send({"id": "two", "input": [1, 5]})
+    r.send({"id": "two", "input": {"$args": [1, 5]}})
+    r.send({"id": "list", "input": [1, 5]})  # one argument: f(a, b=2) can take a list as `a`
     r.send({"id": "kw", "input": {"$args": [1], "$kwargs": {"c": 9}}})
     r.send({"id": "bytes", "input": {"$bytes": "aGk="}})
-    r.wait_for(lambda r: len(r.answers()) == 4)
+    r.wait_for(lambda r: len(r.answers()) == 5)
     a = r.answers()
     assert a["one"]["output"] == [1, 2, 3]
     assert a["two"]["output"] == [1, 5, 3]
+    assert a["list"]["output"] == [[1, 5], 2, 3]
     assert a["kw"]["output"] == [1, 2, 9]
     assert a["bytes"]["output"] == [{"$bytes": "aGk="}, 2, 3]
     r.close()
+    g = runner(
+        """
+        @app.function()
+        def g(a, b):
+            return a - b
+        """,
+        "g",
+    )
+    g.send({"id": "bare", "input": [5, 2]})  # g needs two: a bare list is spread
+    g.wait_for(lambda r: "bare" in r.answers())
+    assert g.answers()["bare"]["output"] == 3
+    g.close()
 
 
 def test_no_retry_and_exception_filters_mark_errors_final(runner: Any) -> None:
@@ -327,3 +341,124 @@ def test_sigterm_finishes_inputs_in_flight_then_runs_exit(runner: Any, tmp_path:
     r.wait_for(lambda r: "a" in r.answers())
     assert r.answers() == {"a": {"id": "a", "output": 2}}
     assert marker.read_text() == "bye"
+
+
+def test_a_cancelled_input_stops_and_frees_its_slot(runner: Any) -> None:
+    r = runner(
+        """
+        import time
+        @app.function(concurrency=1)
+        def f(x):
+            if x == "forever":
+                try:
+                    while True:
+                        time.sleep(0.01)
+                finally:
+                    print("stopped")  # a finally block still runs
+            return x
+        """,
+        "f",
+    )
+    r.send({"id": "a.1", "input": "forever"})
+    time.sleep(0.3)
+    r.send({"cancel": "a.1"})
+    r.send({"id": "b.1", "input": "next"})  # the only thread is free again
+    r.wait_for(lambda r: "b.1" in r.answers())
+    assert r.answers()["b.1"]["output"] == "next"
+    assert "a.1" not in r.answers()  # a cancelled input is not answered
+    r.send({"cancel": "b.1"})  # a cancel for an input that ended does nothing
+    r.send({"cancel": "nobody"})
+    r.send({"id": "c.1", "input": "after"})
+    r.wait_for(lambda r: "c.1" in r.answers())
+    assert r.answers()["c.1"]["output"] == "after"
+    assert r.close() == 0
+
+
+def test_a_cancelled_async_input_gets_its_task_cancelled(runner: Any) -> None:
+    r = runner(
+        """
+        import asyncio
+        @app.function(concurrency=4)
+        async def f(x):
+            try:
+                await asyncio.sleep(3600 if x == "forever" else 0)
+            except asyncio.CancelledError:
+                print("task cancelled")
+                raise
+            return x
+        """,
+        "f",
+    )
+    r.send({"id": "a.1", "input": "forever"})
+    time.sleep(0.3)
+    r.send({"cancel": "a.1"})
+    r.wait_for(lambda r: any(m.get("log") == "task cancelled" for m in r.lines))
+    r.send({"id": "b.1", "input": "next"})
+    r.wait_for(lambda r: "b.1" in r.answers())
+    assert "a.1" not in r.answers()
+    assert r.close() == 0  # nothing left in flight: it exits at once
+
+
+def test_a_batch_stops_only_when_all_its_inputs_are_cancelled(runner: Any) -> None:
+    r = runner(
+        """
+        import time
+        @app.function(batch=hopper.Batch(max_size=2))
+        def f(xs):
+            time.sleep(1)
+            return xs
+        """,
+        "f",
+    )
+    r.send({"batch": [{"id": "a", "input": 1}, {"id": "b", "input": 2}]})
+    time.sleep(0.2)
+    r.send({"cancel": "a"})
+    r.wait_for(lambda r: len(r.answers()) == 2)
+    assert r.answers()["b"]["output"] == 2
+
+
+def test_an_input_that_cannot_be_decoded_fails_at_once(runner: Any) -> None:
+    r = runner(
+        """
+        @app.function(batch=hopper.Batch(max_size=3))
+        def f(xs):
+            return [len(x) for x in xs]
+        """,
+        "f",
+    )
+    r.send(
+        {
+            "batch": [
+                {"id": "bad", "input": {"$bytes": "not base64!"}},
+                {"id": "good", "input": {"$bytes": "aGk="}},
+            ]
+        }
+    )
+    r.wait_for(lambda r: len(r.answers()) == 2)
+    bad = r.answers()["bad"]["error"]
+    assert bad["code"] == "bad_input" and bad["retry"] is False, bad
+    assert r.answers()["good"]["output"] == 2
+    r.close()
+
+
+def test_an_exception_whose_message_cannot_be_made_fails_only_its_input(runner: Any) -> None:
+    r = runner(
+        """
+        class Odd(Exception):
+            def __str__(self):
+                raise RuntimeError("no")
+        @app.function()
+        def f(x):
+            if x:
+                raise Odd()
+            return "fine"
+        """,
+        "f",
+    )
+    r.send({"id": "a", "input": True})
+    r.wait_for(lambda r: "a" in r.answers())
+    assert r.answers()["a"]["error"]["code"] == "Odd"
+    r.send({"id": "b", "input": False})
+    r.wait_for(lambda r: "b" in r.answers())
+    assert r.answers()["b"]["output"] == "fine"
+    r.close()

@@ -20,6 +20,8 @@ fn serve_script(dir: &Path, name: &str, before: &str, answer: &str) {
 {before}
 for line in sys.stdin:
     req = json.loads(line)
+    if "cancel" in req:
+        continue
     for item in req.get("batch", [req]):
         x = item["input"]
 {answer}
@@ -138,6 +140,8 @@ async fn a_serve_process_that_writes_bad_bytes_goes_on_answering() {
 out = sys.stdout.buffer
 for line in sys.stdin:
     req = json.loads(line)
+    if "cancel" in req:
+        continue
     out.write(b"\xff\xfe not utf-8\n")
     sys.stderr.buffer.write(b"\xff err\n")
     sys.stderr.flush()

@@ -345,19 +345,7 @@ async fn run_on(
             None => return Vec::new(),
         }
     };
-    let mut line = request.to_string().into_bytes();
-    line.push(b'\n');
-    let written = {
-        let mut stdin = proc.stdin.lock().await;
-        match stdin.as_mut() {
-            Some(stdin) => match stdin.write_all(&line).await {
-                Ok(()) => stdin.flush().await,
-                Err(e) => Err(e),
-            },
-            None => Err(std::io::Error::other("the serve process is stopping")),
-        }
-    };
-    if let Err(e) = written {
+    if let Err(e) = send(proc, &request).await {
         // The process is gone; the reader hands these inputs back.
         tracing::warn!(error = %e, "cannot write to the serve process");
         proc.kill();
@@ -382,13 +370,31 @@ async fn run_on(
                 Some(failed("timeout", format!("timed out after {took}; the serve process was killed"), true))
             }
             _ = job.cancel.cancelled() => {
-                proc.answer(&lease_id(job.lease), Answer::Crashed("cancelled".into()));
+                let id = lease_id(job.lease);
+                proc.answer(&id, Answer::Crashed("cancelled".into()));
+                // The process may stop working on it; one that does not know the line
+                // ignores it, and its answer, when it comes, is dropped.
+                let _ = send(proc, &json!({ "cancel": id })).await;
                 None
             }
         };
         out.push(outcome);
     }
     out
+}
+
+/// Writes `message` to the process's stdin as one line.
+async fn send(proc: &ServeProcess, message: &Value) -> std::io::Result<()> {
+    let mut line = message.to_string().into_bytes();
+    line.push(b'\n');
+    let mut stdin = proc.stdin.lock().await;
+    match stdin.as_mut() {
+        Some(stdin) => {
+            stdin.write_all(&line).await?;
+            stdin.flush().await
+        }
+        None => Err(std::io::Error::other("the serve process is stopping")),
+    }
 }
 
 fn failed(code: &str, message: String, retry: bool) -> Outcome {
