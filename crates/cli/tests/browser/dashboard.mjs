@@ -133,6 +133,10 @@ try {
     const logLines = await page.locator("#logs div").allInnerTexts();
     assert(logLines.every((l) => l.includes("[3#")), `only input 3's lines: ${logLines}`);
     assert((await page.getByRole("button", { name: "Re-run" }).count()) === 0, "a map has no re-run button");
+    // Each attempt says the size of the batch it ran in (d.ok is not batched: 1).
+    await page.getByRole("columnheader", { name: "Batch" }).waitFor();
+    const batchCells = await page.locator("#attempts tbody td:nth-child(5)").allInnerTexts();
+    assert(batchCells.length === 5 && batchCells.every((t) => t === "1"), `batch sizes: ${batchCells}`);
     await shot(page, "call-map");
   });
 

@@ -429,7 +429,7 @@ function callPage({ id }) {
   const logBox = h("div", { class: "logs", id: "logs", tabindex: 0, "aria-label": "Logs" }, h("span", { class: "muted" }, "No log lines yet."));
   const logTitle = h("h2", {}, "Logs");
   const logPanel = h("section", { class: "panel wide" }, logTitle, logBox);
-  const attemptsPanel = h("section", { class: "panel wide" });
+  const attemptsPanel = h("section", { class: "panel wide", id: "attempts" });
   el.append(head, details, h("div", { class: "grid" }, attemptsPanel, logPanel));
   let stream = null;
   let lines = 0;
@@ -551,12 +551,13 @@ function callPage({ id }) {
     details.replaceChildren(...panels);
     const more = !single && attempts.length >= MAP_ATTEMPTS ? ` (the first ${MAP_ATTEMPTS}, by input)` : "";
     attemptsPanel.replaceChildren(h("h2", {}, `Attempts${more}`), attempts.length ? h("table", {},
-      h("thead", {}, h("tr", {}, ["Input", "Attempt", "Outcome", "Worker", "Started", "Ran for", "Error"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Input", "Attempt", "Outcome", "Worker", "Batch", "Started", "Ran for", "Error"].map((t) => h("th", {}, t)))),
       h("tbody", {}, attempts.map((a) => h("tr", {},
         h("td", { class: "num" }, a.index),
         h("td", { class: "num" }, a.attempt),
         h("td", {}, badge(a.outcome), a.late ? h("span", { class: "muted" }, " late") : null),
         h("td", { class: "mono" }, a.worker_id || "—"),
+        h("td", { class: "num", title: "inputs in the batch this attempt ran in" }, a.batch_size ?? "—"),
         h("td", {}, when(a.started_at)),
         h("td", {}, duration(a.started_at, a.finished_at)),
         h("td", { class: "error" }, a.error ? `${a.error.code}: ${a.error.message}` : ""))))) : h("p", { class: "muted" }, "Not started yet."));
