@@ -341,8 +341,7 @@ class Client:
 
     Args:
         server: the server's URL, or ``host:port``. Default: ``$HOPPER_SERVER``, else
-            ``http://127.0.0.1:7433``.
-            ``InvalidInputError`` if it is not http(s).
+            ``http://127.0.0.1:7433``. A trailing ``/v1`` is dropped.
         token: a bearer token. Default: ``$HOPPER_TOKEN``, else none.
         timeout: seconds to wait for the server's answer to a request that does not long-poll
             (default 30).
@@ -352,6 +351,9 @@ class Client:
 
     One client can be used from many threads and event loops; ``Function.from_name`` and
     ``FunctionCall.from_id`` use :meth:`default` unless given one.
+
+    Raises:
+        InvalidInputError: ``server`` is not an http:// or https:// URL.
     """
 
     _default: Client | None = None
@@ -730,16 +732,9 @@ class Function:
         return _codec.decode(await client._arun(_remote_plan(self.name, _encode_input(args, kwargs))))
 
     def _map_run(
-        self,
-        inputs: Iterable[Any] | AsyncIterable[Any],
-        *,
-        star: bool,
-        ordered: bool,
-        return_exceptions: bool,
-        discard: bool,
-        chunk_size: int,
-        max_outstanding: int,
+        self, ordered: bool, return_exceptions: bool, discard: bool, chunk_size: int, max_outstanding: int
     ) -> tuple[Plan[None], _MapState]:
+        """The plan of a map of this function, and the state it shares with its driver."""
         state = _MapState()
         plan = _map_plan(
             self.name,
@@ -790,17 +785,8 @@ class Function:
         chunk_size: int,
         max_outstanding: int,
     ) -> Iterator[Any]:
-        client = self.client
-        plan, state = self._map_run(
-            encoded,
-            star=False,
-            ordered=ordered,
-            return_exceptions=return_exceptions,
-            discard=discard,
-            chunk_size=chunk_size,
-            max_outstanding=max_outstanding,
-        )
-        return client._iterate(plan, state, encoded)
+        plan, state = self._map_run(ordered, return_exceptions, discard, chunk_size, max_outstanding)
+        return self.client._iterate(plan, state, encoded)
 
     def _astream(
         self,
@@ -811,17 +797,8 @@ class Function:
         chunk_size: int,
         max_outstanding: int,
     ) -> AsyncIterator[Any]:
-        client = self.client
-        plan, state = self._map_run(
-            encoded,
-            star=False,
-            ordered=ordered,
-            return_exceptions=return_exceptions,
-            discard=discard,
-            chunk_size=chunk_size,
-            max_outstanding=max_outstanding,
-        )
-        return client._aiterate(plan, state, encoded)
+        plan, state = self._map_run(ordered, return_exceptions, discard, chunk_size, max_outstanding)
+        return self.client._aiterate(plan, state, encoded)
 
     def _map_aio(
         self,
