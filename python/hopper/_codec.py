@@ -1,7 +1,8 @@
 """Python values to JSON and back: the one encoding the client and the serve runner share.
 
 - ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``list``, ``tuple`` (as a list) and
-  ``dict`` with string keys are JSON as they are.
+  ``dict`` with string keys are JSON as they are; ``int``, ``float``, ``bool`` and ``None`` keys
+  become strings, as in ``json.dumps``.
 - ``bytes`` (and ``bytearray``, ``memoryview``) travel as ``{"$bytes": "<base64>"}`` and come
   back as ``bytes``; a dict of exactly that one key is reserved for it.
 - numpy scalars become Python numbers, numpy arrays nested lists (when numpy is installed).

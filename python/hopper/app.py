@@ -473,6 +473,26 @@ def _unclaim_enter(instance: Any) -> None:
             pass
 
 
+def _run_enter(coroutine: Any, enter: str, method: str) -> None:
+    """Runs an ``async def`` ``@enter`` method for a plain method called locally.
+
+    Raises:
+        RuntimeError: an event loop is running in this thread (a notebook, an ``async def``),
+            where it cannot be awaited from plain code.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coroutine)
+        return
+    coroutine.close()
+    raise RuntimeError(
+        f"{enter} is an async @enter method and an event loop is running here, so the plain "
+        f"method {method}() cannot await it: call an async method of the class first (it awaits "
+        f"@enter), or call {method}() from code outside the event loop"
+    )
+
+
 def _entering(fn: Callable[..., Any], enters: list[str]) -> Callable[..., Any]:
     """The method ``fn``, running the instance's ``@enter`` methods (``enters``) before its
     first call on that instance, as a worker's process does before its first input."""
@@ -500,7 +520,7 @@ def _entering(fn: Callable[..., Any], enters: list[str]) -> Callable[..., Any]:
                 for name in enters:
                     result = getattr(self, name)()
                     if inspect.iscoroutine(result):
-                        asyncio.run(result)
+                        _run_enter(result, f"{type(self).__name__}.{name}", fn.__name__)
             except BaseException:
                 _unclaim_enter(self)
                 raise

@@ -8,12 +8,14 @@ or failed.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from . import _deploy
 from .client import Client
@@ -28,20 +30,24 @@ from .exception import (
 )
 
 
+class UsageError(Error):
+    """The command cannot run as given (exit code 2)."""
+
+
 def find_binary() -> str:
     """The ``hopper`` binary: ``$HOPPER_BIN``, else ``hopper`` on ``PATH``.
 
     Raises:
-        hopper.exception.Error: neither exists.
+        UsageError: neither exists.
     """
     env = os.environ.get("HOPPER_BIN")
     if env:
         if not os.access(env, os.X_OK):
-            raise Error(f"HOPPER_BIN={env} is not an executable file")
+            raise UsageError(f"HOPPER_BIN={env} is not an executable file")
         return env
     found = shutil.which("hopper")
     if found is None:
-        raise Error(
+        raise UsageError(
             "cannot find the hopper binary: put it on PATH or set HOPPER_BIN to its path "
             "(cargo build --release builds target/release/hopper)"
         )
@@ -65,17 +71,19 @@ def _manifest_cmd(args: argparse.Namespace) -> int:
 
 
 def _run_cmd(args: argparse.Namespace) -> int:
-    binary = find_binary()
     app = _deploy.load_app(args.file)
     text = _deploy.manifest(app, args.file, absolute_workdir=True)
     if args.function not in app.functions:
-        raise DeployError(
-            [f"{args.file} has no function {args.function!r} (it has: {', '.join(app.functions)})"]
+        close = difflib.get_close_matches(args.function, list(app.functions), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UsageError(
+            f"{args.file} has no function {args.function!r} ({hint}it has: {', '.join(app.functions)})"
         )
     try:
-        json.loads(args.input)
+        json.loads(args.input, parse_constant=_no_constant)
     except ValueError as e:
         raise InvalidInputError(f"the input is not JSON: {e} (strings need quotes: '\"text\"')") from None
+    binary = find_binary()
     with tempfile.TemporaryDirectory(prefix="hopper-run-") as tmp:
         path = os.path.join(tmp, "hopper.toml")
         with open(path, "w", encoding="utf-8") as f:
@@ -86,6 +94,10 @@ def _run_cmd(args: argparse.Namespace) -> int:
         if args.json:
             cmd.append("--json")
         return subprocess.call(cmd)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _bench_cmd(args: argparse.Namespace) -> int:
@@ -141,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     except DeployError as e:
         print(f"error: the app was refused:\n{e}", file=sys.stderr)
         return 2
-    except (InvalidInputError, AuthError, NotFoundError) as e:
+    except (InvalidInputError, AuthError, NotFoundError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (ConnectionError, ServerError) as e:

@@ -99,6 +99,7 @@ class _Emit:
 class _MapState:
     call_id: str | None = None
     finished: bool = False
+    cancel_sent: bool = False
     sent: int = 0
     received: int = 0
 
@@ -299,14 +300,19 @@ def _base_url(server: str) -> str:
     Raises:
         InvalidInputError: the URL's scheme is not http or https.
     """
-    server = server.strip().rstrip("/")
+    given = server
+    server = server.strip()
     if "://" not in server:
         server = f"http://{server}"
-    scheme = server.split("://", 1)[0].lower()
-    if scheme not in ("http", "https"):
+    server = server.rstrip("/")
+    try:
+        url = httpx.URL(server)
+    except httpx.InvalidURL:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host or any(c.isspace() for c in server):
         raise InvalidInputError(
-            f"the server URL {server!r} is not http:// or https:// (from hopper.Client(server=...) "
-            "or $HOPPER_SERVER)",
+            f"the server URL {given!r} is not an http:// or https:// URL with a host "
+            "(from hopper.Client(server=...) or $HOPPER_SERVER)",
             "invalid_server_url",
         )
     if server.endswith("/v1"):
@@ -565,7 +571,12 @@ class Client:
             if state.call_id is not None and not state.finished:
                 self._cancel_quietly(state.call_id)
 
-    async def _aiterate(
+    def _aiterate(
+        self, plan: Plan[None], state: _MapState, inputs: Iterator[str] | AsyncIterator[str]
+    ) -> AsyncIterator[Any]:
+        return _AsyncMap(self._agenerate(plan, state, inputs), self, state)
+
+    async def _agenerate(
         self, plan: Plan[None], state: _MapState, inputs: Iterator[str] | AsyncIterator[str]
     ) -> AsyncIterator[Any]:
         try:
@@ -595,7 +606,8 @@ class Client:
             return
         finally:
             plan.close()
-            if state.call_id is not None and not state.finished:
+            if state.call_id is not None and not state.finished and not state.cancel_sent:
+                state.cancel_sent = True
                 await self._acancel_quietly(state.call_id)
 
     # -- conveniences
@@ -621,6 +633,39 @@ class Client:
         body = _codec.dumps(deploy_request(path))
         result: dict[str, Any] = self._send(_Req("POST", "/v1/apps", body=body))
         return result
+
+
+class _AsyncMap:
+    """The async iterator of ``map.aio``: the results, and the map's remaining inputs cancelled
+    as soon as the loop is left.
+
+    An async generator left by ``break`` is closed only when its event loop gets to it, and an
+    ``asyncio.run`` that ends first never does; this object cancels the map (synchronously, a
+    short request) when it is dropped instead.
+    """
+
+    def __init__(self, results: AsyncIterator[Any], client: Client, state: _MapState) -> None:
+        self._results = results
+        self._client = client
+        self._state = state
+
+    def __aiter__(self) -> _AsyncMap:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._results.__anext__()
+
+    async def aclose(self) -> None:
+        """Ends the map now (``contextlib.aclosing``): its remaining inputs are cancelled."""
+        close = getattr(self._results, "aclose", None)
+        if close is not None:
+            await close()
+
+    def __del__(self) -> None:
+        state = self._state
+        if state.call_id is not None and not state.finished and not state.cancel_sent:
+            state.cancel_sent = True
+            self._client._cancel_quietly(state.call_id)
 
 
 def _encode_input(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the input") -> str:

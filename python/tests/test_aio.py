@@ -109,3 +109,19 @@ def test_leaving_an_async_map_early_cancels_it(fns: Any) -> None:
         lambda: fns.server.get(f"/v1/calls/{call['id']}")["state"] == "cancelled",
         what="the async map to be cancelled",
     )
+
+
+def test_breaking_out_of_an_async_map_cancels_it_when_asyncio_run_ends(fns: Any) -> None:
+    from conftest import wait_for
+
+    async def main() -> None:
+        async for _ in fns.fn("slow").map.aio([0.2] * 100):
+            break  # no aclosing: asyncio.run ends right after
+
+    asyncio.run(main())
+    call = fns.server.get("/v1/calls", function="aio.slow", origin="map", limit=1)["calls"][0]
+    wait_for(
+        lambda: fns.server.get(f"/v1/calls/{call['id']}")["state"] == "cancelled",
+        what="the async map to be cancelled",
+    )
+    assert fns.server.get(f"/v1/calls/{call['id']}")["inputs"]["cancelled"] >= 80

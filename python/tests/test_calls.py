@@ -294,3 +294,11 @@ def test_gather_and_info(app: Deployed) -> None:
     info = calls[0].info()
     assert info["state"] == "succeeded" and info["function"] == "calls.echo"
     wait_for(lambda: True)
+
+
+def test_a_server_url_is_checked_and_normalised() -> None:
+    for bad in ("ftp://x", "http://", "not a url"):
+        with pytest.raises(hx.InvalidInputError, match="server URL"):
+            hopper.Client(bad)
+    assert hopper.Client("127.0.0.1:7433/v1/").server == "http://127.0.0.1:7433"
+    assert hopper.Client("https://hopper.example").server == "https://hopper.example"

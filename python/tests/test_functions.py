@@ -120,6 +120,24 @@ def test_a_class_called_locally_enters_once_per_instance() -> None:
         assert Model.entered == 1
         assert asyncio.run(Model().apredict(1)) == 11
         assert Model.entered == 2  # once per instance
+
+        @app.cls()
+        class AsyncLoad:
+            @hopper.enter()
+            async def load(self) -> None:
+                self.weights = 3
+
+            @hopper.method()
+            def predict(self, x: int) -> int:
+                return x * self.weights
+
+        assert AsyncLoad().predict(2) == 6  # no loop running: @enter is run to its end
+
+        async def in_a_notebook() -> int:
+            return AsyncLoad().predict(2)
+
+        with pytest.raises(RuntimeError, match="async @enter method"):
+            asyncio.run(in_a_notebook())
     finally:
         hopper.App._all.remove(app)
 

@@ -402,3 +402,75 @@ command = ["sh", "-c", "echo 2"]
         assert_eq!(call.version, 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_stops_promptly_while_clients_long_poll_a_running_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "f"
+[functions.slow]
+command = ["sh", "-c", "sleep 1; echo 1"]
+concurrency = 2
+"#,
+    );
+    let mut server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let client = server.client();
+    let map = client
+        .map_start(
+            "f.slow",
+            &hopper_core::api::MapRequest {
+                inputs: vec![json!(null); 40],
+                done: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // Clients long-polling the map: its results (30 s) and its end (55 s).
+    let results = format!(
+        "{}/v1/calls/{}/results?wait=30&limit=1000",
+        server.url, map.id
+    );
+    let poll_results = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut after = -1;
+        loop {
+            let page = http.get(format!("{results}&after={after}")).send().await?;
+            if page.status() != 200 {
+                return Ok::<_, reqwest::Error>(page.status().as_u16());
+            }
+            let page: serde_json::Value = page.json().await?;
+            after = page["next"].as_i64().unwrap_or(after);
+        }
+    });
+    let waiting = {
+        let client = client.clone();
+        let id = map.id.clone();
+        tokio::spawn(async move { client.get(&id, Duration::from_secs(55)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at = Instant::now();
+    tokio::task::block_in_place(|| server.stop());
+    let took = at.elapsed();
+    // Before, a long-poll kept a stopping server for as long as it waited (up to 55 s).
+    assert!(
+        took < Duration::from_secs(15),
+        "the server took {took:?} to stop"
+    );
+    // Each long-poll ended: told the server is stopping (503), or with the connection closed.
+    let status = tokio::time::timeout(Duration::from_secs(5), poll_results)
+        .await
+        .expect("the results long-poll ended")
+        .unwrap();
+    assert!(matches!(status, Ok(503) | Err(_)), "{status:?}");
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the call long-poll ended")
+        .unwrap();
+    assert!(
+        waited.as_ref().map_or(true, |c| !c.state.is_terminal()),
+        "{waited:?}"
+    );
+}

@@ -65,6 +65,10 @@ pub struct CallFilter {
     pub until: Option<String>,
 }
 
+/// Transient failures in a row that [`Client::wait`] retries (with backoff up to 3 s: about a
+/// minute) before it gives up.
+pub const WAIT_RETRIES: u32 = 20;
+
 /// A client of one Hopper server.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -252,13 +256,36 @@ impl Client {
 
     /// Waits for a call to end, up to `timeout`, asking again as long-polls expire. Returns the
     /// call as it is then, ended or not.
+    ///
+    /// Once the server has answered, a transient failure (the server stopping or restarting,
+    /// a dropped connection) is retried with backoff, up to [`WAIT_RETRIES`] times in a row;
+    /// a server that never answered fails at once.
     pub async fn wait(&self, id: &CallId, timeout: Duration) -> Result<CallView, Error> {
         let deadline = std::time::Instant::now() + timeout;
+        let mut answered = false;
+        let mut failures = 0;
+        let mut delay = Duration::from_millis(100);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let call = self.get(id, left.min(Duration::from_secs(60))).await?;
-            if call.state.is_terminal() || left.is_zero() {
-                return Ok(call);
+            match self.get(id, left.min(Duration::from_secs(60))).await {
+                Ok(call) if call.state.is_terminal() || left.is_zero() => return Ok(call),
+                Ok(_) => {
+                    answered = true;
+                    failures = 0;
+                    delay = Duration::from_millis(100);
+                }
+                Err(e)
+                    if answered
+                        && failures < WAIT_RETRIES
+                        && !left.is_zero()
+                        && crate::outbox::is_transient(&e) =>
+                {
+                    tracing::debug!(error = %e, "waiting for a call: retrying");
+                    failures += 1;
+                    tokio::time::sleep(delay.min(left)).await;
+                    delay = (delay * 2).min(Duration::from_secs(3));
+                }
+                Err(e) => return Err(e),
             }
         }
     }

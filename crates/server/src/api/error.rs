@@ -31,6 +31,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
+    /// 503 `server_stopping`: the server is shutting down; the request may be sent again
+    /// (to it once restarted, or to another server).
+    pub fn stopping() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_stopping",
+            "the server is stopping; try again",
+        )
+    }
+
     pub fn payload_too_large(what: &str, size: usize, limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

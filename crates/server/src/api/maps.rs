@@ -276,7 +276,8 @@ pub async fn results(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.min(tick)) => {}
             _ = wake.changed() => {}
-            _ = state.shutdown.cancelled() => {}
+            // A stopping server does not hold the client (it asks again, with backoff).
+            _ = state.shutdown.cancelled() => return Err(ApiError::stopping()),
         }
     }
 }
