@@ -14,7 +14,7 @@ Deploy with ``python -m hopper deploy shop.py``; call with
 """
 
 from . import exception
-from .app import App, ClsDef, FunctionDef, enter, exit, method
+from .app import App, ClsDef, FunctionDef, batched, enter, exit, method
 from .client import Client, Function, FunctionCall
 from .options import Batch, Cron, NoRetry, Period, Retries
 
@@ -33,6 +33,7 @@ __all__ = [
     "Period",
     "Retries",
     "__version__",
+    "batched",
     "enter",
     "exception",
     "exit",

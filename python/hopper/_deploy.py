@@ -202,6 +202,18 @@ def manifest(app: App, file: str, *, absolute_workdir: bool = False) -> str:
             lines.append(f"timezone = {_str(sched.timezone)}")
         elif isinstance(sched, Period):
             lines.append(f'every = "{format_ms(sched.ms)}"')
+    for rule in app.notifications:
+        lines.append("")
+        lines.append("[[notify]]")
+        lines.append(f"on = {_array(rule.on)}")
+        if rule.functions is not None:
+            lines.append(f"functions = {_array(rule.functions)}")
+        if rule.webhook is not None:
+            lines.append(f"webhook = {_str(rule.webhook)}")
+        if rule.email:
+            lines.append(f"email = {_array(rule.email)}")
+        if rule.quiet_ms is not None:
+            lines.append(f'quiet = "{format_ms(rule.quiet_ms)}"')
     return "\n".join(lines) + "\n"
 
 

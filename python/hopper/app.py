@@ -11,7 +11,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._durations import Duration, to_ms
@@ -20,7 +20,7 @@ from .options import Batch, Cron, Period, Retries
 if TYPE_CHECKING:
     from .client import Client, Function
 
-__all__ = ["App", "ClsDef", "FunctionDef", "enter", "exit", "method"]
+__all__ = ["App", "ClsDef", "FunctionDef", "batched", "enter", "exit", "method"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,6 +30,20 @@ _APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 Schedule = Cron | Period | int | float
 """``schedule=``: a :class:`Cron`, a :class:`Period`, or a period in seconds."""
+
+
+_NOTIFY_EVENTS = ("failed", "timed_out", "schedule_missed", "recovered")
+
+
+@dataclass
+class Notify:
+    """A notification rule of an app (see :meth:`App.notify`)."""
+
+    on: list[str]
+    webhook: str | None
+    email: list[str]
+    functions: list[str] | None
+    quiet_ms: int | None
 
 
 @dataclass
@@ -234,6 +248,39 @@ def method() -> Callable[[Callable[..., T]], Callable[..., T]]:
     return mark
 
 
+_BATCH = "_hopper_batch"
+
+
+def batched(*, max_batch_size: int, wait_ms: int = 0) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Dynamic batching for one method of an ``@app.cls`` class (or a function, as
+    ``batch=hopper.Batch(...)`` does): callers pass one input per call; the method receives a
+    list of up to ``max_batch_size`` inputs and returns a list of as many outputs, in order.
+    Modal's ``@modal.batched``.
+
+    Put it under ``@hopper.method()``::
+
+        @hopper.method()
+        @hopper.batched(max_batch_size=64, wait_ms=50)
+        def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+    Args:
+        max_batch_size: most inputs in one batch, 1 to 10,000.
+        wait_ms: longest wait for a batch to fill, in milliseconds (0 to 600,000).
+
+    Raises:
+        ValueError: a value out of range.
+    """
+    if not isinstance(wait_ms, int) or not 0 <= wait_ms <= 600_000:
+        raise ValueError(f"batched(wait_ms=...) must be an int from 0 to 600000, not {wait_ms!r}")
+    policy = Batch(max_size=max_batch_size, wait=f"{wait_ms}ms")
+
+    def mark(fn: Callable[..., T]) -> Callable[..., T]:
+        setattr(fn, _BATCH, policy)
+        return fn
+
+    return mark
+
+
 class App:
     """A named set of functions and schedules, deployed together.
 
@@ -263,6 +310,7 @@ class App:
         self.functions: dict[str, FunctionDef[Any, Any]] = {}
         self.classes: dict[str, ClsDef] = {}
         self.duplicates: list[tuple[str, str, int]] = []
+        self.notifications: list[Notify] = []
         App._all.append(self)
 
     def __repr__(self) -> str:
@@ -372,13 +420,55 @@ class App:
                 raise TypeError(f"{f.name} is already a function of app {f.app.name}")
             if not callable(f):
                 raise TypeError(f"@app.function decorates a function, not {f!r}")
-            fdef = FunctionDef(self, str(name or getattr(f, "__name__", "function")), f, options)
+            marked = getattr(f, _BATCH, None)
+            own = options if marked is None or options.batch is not None else replace(options, batch=marked)
+            fdef = FunctionDef(self, str(name or getattr(f, "__name__", "function")), f, own)
             self._register(fdef)
             return fdef
 
         if fn is not None:
             return decorate(fn)
         return decorate
+
+    def notify(
+        self,
+        *,
+        on: Iterable[str] = ("failed", "timed_out"),
+        webhook: str | None = None,
+        email: Iterable[str] | str = (),
+        functions: Iterable[str] | None = None,
+        quiet: Duration | None = None,
+    ) -> None:
+        """Sends a message when a call of this app fails: the manifest's ``[[notify]]`` rule.
+
+        Args:
+            on: the events: ``"failed"`` (an input failed for good), ``"timed_out"``,
+                ``"schedule_missed"``, ``"recovered"`` (a function succeeded again after a
+                failure).
+            webhook: an ``http://`` or ``https://`` URL the server POSTs each message to as
+                JSON ``{"text", "hopper": {...}}`` (Slack-compatible).
+            email: addresses to mail (the server needs ``hopper serve --smtp URL``).
+            functions: names of this app's functions the rule covers (default: all).
+            quiet: at most one message per function and channel per this period (a
+                duration such as ``"5m"`` or seconds; default 5 minutes).
+
+        Raises:
+            ValueError: no channel, no event, or an event that does not exist. The server
+                checks the rest at deploy (an unknown function, a malformed URL or address).
+        """
+        events = [on] if isinstance(on, str) else list(on)
+        unknown = [e for e in events if e not in _NOTIFY_EVENTS]
+        if not events or unknown:
+            raise ValueError(
+                f"notify(on=...): {'unknown event ' + repr(unknown[0]) if unknown else 'no event'}; "
+                f"expected some of {', '.join(_NOTIFY_EVENTS)}"
+            )
+        addresses = [email] if isinstance(email, str) else list(email)
+        if webhook is None and not addresses:
+            raise ValueError("notify(...) needs a channel: webhook=URL or email=[addresses]")
+        quiet_ms = None if quiet is None else to_ms(quiet, "notify quiet")
+        names = None if functions is None else [functions] if isinstance(functions, str) else list(functions)
+        self.notifications.append(Notify(events, webhook, addresses, names, quiet_ms))
 
     def cls(
         self,
@@ -438,9 +528,9 @@ class App:
             self.classes[cls.__name__] = cdef
             for attr in roles["method"]:
                 fn = cls.__dict__[attr]
-                fdef: FunctionDef[Any, Any] = FunctionDef(
-                    self, f"{cls.__name__}.{attr}", fn, options, cls=cls
-                )
+                marked = getattr(fn, _BATCH, None)
+                own = options if marked is None else replace(options, batch=marked)
+                fdef: FunctionDef[Any, Any] = FunctionDef(self, f"{cls.__name__}.{attr}", fn, own, cls=cls)
                 self._register(fdef)
                 if roles["enter"] and inspect.isfunction(fn):
                     setattr(cls, attr, _entering(fn, roles["enter"]))

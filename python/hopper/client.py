@@ -140,11 +140,14 @@ def _on_function(name: str, req: _Req) -> Plan[Any]:
         raise (yield from _names_plan(name, e)) from None
 
 
-def _spawn_plan(name: str, input_text: str, wait: float = 0.0) -> Plan[dict[str, Any]]:
+def _spawn_plan(
+    name: str, input_text: str, wait: float = 0.0, key: str | None = None
+) -> Plan[dict[str, Any]]:
     """Spawns a call; with ``wait`` (seconds), the server answers once it ended or after
-    ``wait``, whichever is first."""
-    key = f"py-{uuid.uuid4()}"
-    body = '{"input":' + input_text + ',"idempotency_key":"' + key + '"}'
+    ``wait``, whichever is first. ``key`` is the idempotency key (default: a new one, so a
+    retried request cannot spawn twice); a key used before answers that call."""
+    key_text = _codec.dumps(key or f"py-{uuid.uuid4()}")
+    body = '{"input":' + input_text + ',"idempotency_key":' + key_text + "}"
     req = _Req("POST", _function_path(name, "calls"), body=body)
     if wait > 0:
         req.params, req.timeout = {"wait": wait}, wait + 30
@@ -221,6 +224,41 @@ def _result(r: dict[str, Any], call_id: str, return_exceptions: bool) -> Any:
     if return_exceptions:
         return exc
     raise exc
+
+
+def _map_start_plan(
+    name: str, inputs: list[str], key: str | None, chunk_size: int = 1000
+) -> Plan[dict[str, Any]]:
+    """Starts a map over ``inputs`` (each encoded), sends them all and closes it; returns the
+    call. A ``key`` used before answers that map: only the inputs it lacks are sent."""
+    chunk_size = max(1, chunk_size)
+    first = inputs[:chunk_size]
+    body = (
+        '{"inputs":['
+        + ",".join(first)
+        + '],"done":'
+        + ("true" if len(first) == len(inputs) else "false")
+        + ',"idempotency_key":'
+        + _codec.dumps(key or f"py-{uuid.uuid4()}")
+        + "}"
+    )
+    call: dict[str, Any] = yield from _on_function(name, _Req("POST", _function_path(name, "map"), body=body))
+    sent = int((call.get("inputs") or {}).get("total", len(first)))
+    while call.get("accepting_inputs"):
+        chunk = inputs[sent : sent + chunk_size]
+        done = sent + len(chunk) >= len(inputs)
+        body = (
+            '{"start":'
+            + str(sent)
+            + ',"inputs":['
+            + ",".join(chunk)
+            + '],"done":'
+            + ("true" if done else "false")
+            + "}"
+        )
+        call = yield _Req("POST", _call_path(call["id"], "inputs"), body=body)
+        sent += len(chunk)
+    return call
 
 
 def _map_plan(
@@ -928,6 +966,13 @@ class Function:
             pass
 
 
+def _info_req(call_id: str, wait: float) -> _Req:
+    wait = min(max(0.0, float(wait)), 300.0)
+    if wait == 0:
+        return _Req("GET", _call_path(call_id))
+    return _Req("GET", _call_path(call_id), params={"wait": round(wait, 3)}, timeout=wait + 30)
+
+
 class FunctionCall:
     """A handle on one call: a spawn, a map or a schedule firing.
 
@@ -1002,14 +1047,25 @@ class FunctionCall:
     async def _cancel_aio(self) -> None:
         await self.client._asend(_Req("POST", _call_path(self.object_id, "cancel"), body="{}"))
 
-    def _info(self) -> dict[str, Any]:
-        """The call as the server shows it now: ``state``, ``function``, ``inputs`` counts,
-        ``attempts``, ... (no waiting)."""
-        result: dict[str, Any] = self.client._send(_Req("GET", _call_path(self.object_id)))
+    def _info(self, wait: float = 0.0) -> dict[str, Any]:
+        """The call as the server shows it (``GET /v1/calls/{id}``): ``state`` (``pending``,
+        ``running``, ``succeeded``, ``failed``, ``cancelled``), ``function``, ``origin``,
+        ``inputs`` counts by state, ``attempts``, and once ended ``output`` or ``error``
+        (``{"code", "message"}``) for a one-input call.
+
+        Args:
+            wait: seconds (at most 300) to hold the request while the call runs: the answer
+                comes as soon as it ends, or after ``wait`` with its state then. ``0``
+                (default) answers at once.
+
+        Raises:
+            CallNotFoundError: no such call.
+        """
+        result: dict[str, Any] = self.client._send(_info_req(self.object_id, wait))
         return result
 
-    async def _info_aio(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self.client._asend(_Req("GET", _call_path(self.object_id)))
+    async def _info_aio(self, wait: float = 0.0) -> dict[str, Any]:
+        result: dict[str, Any] = await self.client._asend(_info_req(self.object_id, wait))
         return result
 
     @staticmethod

@@ -184,3 +184,28 @@ def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "conditi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def airflow_env(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An Airflow home with a migrated SQLite database and a ``hopper_default`` connection to
+    the session's server."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW_CONN_HOPPER_DEFAULT": "hopper://" + server.url.removeprefix("http://"),
+    }
+    env.pop("HOPPER_SERVER", None)  # the connection, not the environment, names the server
+    migrate = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    return env

@@ -302,3 +302,25 @@ def test_a_server_url_is_checked_and_normalised() -> None:
             hopper.Client(bad)
     assert hopper.Client("127.0.0.1:7433/v1/").server == "http://127.0.0.1:7433"
     assert hopper.Client("https://hopper.example").server == "https://hopper.example"
+
+
+def test_info_waits_for_the_call_to_end_within_wait(deploy: Any) -> None:
+    d = deploy(
+        """
+        import time
+        @app.function
+        def nap(seconds: float) -> str:
+            time.sleep(seconds)
+            return "awake"
+        """
+    )
+    call = d.fn("nap").spawn(0.5)
+    started = time.monotonic()
+    info = call.info(wait=20)
+    assert info["state"] == "succeeded" and info["output"] == "awake"
+    assert time.monotonic() - started < 10  # answered when it ended, not after 20 s
+    slow = d.fn("nap").spawn(30)
+    started = time.monotonic()
+    assert slow.info(wait=0.5)["state"] in ("pending", "running")
+    assert time.monotonic() - started < 5
+    slow.cancel()

@@ -6,6 +6,7 @@ import json
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, Server, hopper_bin, run_python
@@ -165,3 +166,47 @@ def test_run_starts_a_temporary_server_for_one_call(tmp_path: Path) -> None:
     assert "greeting world" in r.stderr
     bad = run_python("-m", "hopper", "run", str(app), "nope", env={"HOPPER_BIN": hopper_bin()})
     assert bad.returncode == 2 and "has no function 'nope'" in bad.stderr
+
+
+def test_notify_rules_reach_the_manifest_and_the_server(tmp_path: Path, server: Server) -> None:
+    app = write(
+        tmp_path,
+        """
+        import hopper
+        app = hopper.App("notifying")
+        app.notify(on=["failed", "recovered"], functions=["f"], webhook="http://127.0.0.1:9/hook", quiet="1m")
+        app.notify(email="ops@example.com")
+        @app.function
+        def f(x):
+            return x
+    """,
+    )
+    r = run_python("-m", "hopper", "manifest", str(app))
+    assert r.returncode == 0, r.stderr
+    assert (
+        '[[notify]]\non = ["failed", "recovered"]\nfunctions = ["f"]\nwebhook = "http://127.0.0.1:9/hook"'
+        in r.stdout
+    )
+    assert 'quiet = "1m"' in r.stdout or 'quiet = "60s"' in r.stdout
+    assert 'on = ["failed", "timed_out"]\nemail = ["ops@example.com"]' in r.stdout
+    r = run_python("-m", "hopper", "deploy", str(app), env={"HOPPER_SERVER": server.url})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"on": ["exploded"], "webhook": "http://x/"}, "unknown event 'exploded'"),
+        ({"on": [], "webhook": "http://x/"}, "no event"),
+        ({"on": ["failed"]}, "needs a channel"),
+    ],
+)
+def test_notify_refuses_a_rule_without_event_or_channel(kwargs: dict[str, Any], message: str) -> None:
+    import hopper
+
+    app = hopper.App("refusing")
+    try:
+        with pytest.raises(ValueError, match=message):
+            app.notify(**kwargs)
+    finally:
+        hopper.App._all.remove(app)

