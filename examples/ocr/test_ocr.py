@@ -83,3 +83,6 @@ def test_a_corrupt_image_fails_with_a_clear_error_not_a_hang(web: str) -> None:
     assert "not an image Pillow can read" in doc["error"], doc
     assert httpx.post(web + "/documents", content=b"", timeout=10).status_code == 400
     assert httpx.get(web + "/documents/hc-00000000000000000000000000", timeout=10).status_code == 404
+    assert httpx.get(web + "/documents/garbage", timeout=10).status_code == 404
+    r = httpx.post(web + "/documents", content=b"\0" * (4 << 20), timeout=30)
+    assert r.status_code == 413 and "3,145,728" in r.text

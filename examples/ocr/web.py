@@ -18,7 +18,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 app = FastAPI(title="OCR on Hopper")
 recognise = hopper.Function.from_name("ocr.recognise")
-MAX_UPLOAD = 10 << 20
+# Hopper's default payload limit is 4 MiB of JSON; bytes travel base64-encoded (4 characters
+# per 3 bytes), so an image may be at most 3 MiB. Larger scans: store them and send a path.
+MAX_UPLOAD = 3 << 20
 
 PAGE = """<!doctype html>
 <meta charset="utf-8"><title>OCR on Hopper</title>
@@ -57,7 +59,10 @@ async def upload(request: Request) -> dict[str, str]:
         raise HTTPException(400, "send the image as the request body")
     if len(body) > MAX_UPLOAD:
         raise HTTPException(413, f"the image is {len(body):,} bytes; at most {MAX_UPLOAD:,}")
-    call = await recognise.spawn.aio(body)
+    try:
+        call = await recognise.spawn.aio(body)
+    except hopper.exception.InvalidInputError as e:  # e.g. over the server's payload limit
+        raise HTTPException(413 if e.code == "payload_too_large" else 400, str(e)) from None
     return {"id": call.object_id}
 
 
@@ -65,7 +70,7 @@ async def upload(request: Request) -> dict[str, str]:
 async def document(call_id: str) -> Any:
     try:
         info = await hopper.FunctionCall.from_id(call_id).info.aio()
-    except hopper.exception.NotFoundError:
+    except (hopper.exception.NotFoundError, hopper.exception.InvalidInputError):
         return JSONResponse({"state": "unknown", "error": f"no document {call_id}"}, status_code=404)
     state = info["state"]
     if state == "succeeded":

@@ -16,12 +16,11 @@ import hopper
 
 app = hopper.App("taxi")
 
-# What the workers need to reach the store, read here at deploy and stored in the manifest.
-ENV = {
-    name: os.environ[name]
-    for name in ("TAXI_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    if os.environ.get(name)
-}
+# Where the store is, read here at deploy and stored in the manifest. Never credentials: a
+# function's spec (its env too) is readable by every token with `read`. Workers take
+# AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from their own environment (the environment of
+# `hopper serve` or `hopper worker`) or an instance role.
+ENV = {name: os.environ[name] for name in ("TAXI_S3_ENDPOINT", "AWS_DEFAULT_REGION") if os.environ.get(name)}
 
 
 def filesystem(**options: Any) -> Any:
@@ -33,6 +32,8 @@ def filesystem(**options: Any) -> Any:
     region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
     if not endpoint:
         return fs.S3FileSystem(region=region, **options)
+    if not os.environ.get("AWS_ACCESS_KEY_ID"):
+        options.setdefault("anonymous", True)  # a local store (moto, MinIO) open to all
     scheme, _, host = endpoint.partition("://")
     return fs.S3FileSystem(endpoint_override=host, scheme=scheme, region=region, **options)
 

@@ -46,6 +46,8 @@ def test_a_map_over_the_bucket_adds_up_and_a_missing_key_fails_alone(
 
     written = make_trips.write("taxi-trips", 50)
     deploy_example(HERE / "taxi.py", **creds)
+    spec = server.get("/v1/functions/taxi.summarise")["spec"]
+    assert spec["env"] == {"TAXI_S3_ENDPOINT": s3, "AWS_DEFAULT_REGION": "us-east-1"}  # no secrets
 
     paths = sorted(written)
     missing = "taxi-trips/trips/2026-12-01-99.parquet"

@@ -226,6 +226,34 @@ def _result(r: dict[str, Any], call_id: str, return_exceptions: bool) -> Any:
     raise exc
 
 
+def _map_body(inputs: list[str], done: bool, key: str | None, discard: bool = False) -> str:
+    """The body of ``POST /v1/functions/{name}/map`` (inputs already encoded)."""
+    return (
+        '{"inputs":['
+        + ",".join(inputs)
+        + '],"done":'
+        + ("true" if done else "false")
+        + ',"discard_results":'
+        + ("true" if discard else "false")
+        + ',"idempotency_key":'
+        + _codec.dumps(key or f"py-{uuid.uuid4()}")
+        + "}"
+    )
+
+
+def _chunk_body(start: int, inputs: list[str], done: bool) -> str:
+    """The body of ``POST /v1/calls/{id}/inputs``: inputs from index ``start``."""
+    return (
+        '{"start":'
+        + str(start)
+        + ',"inputs":['
+        + ",".join(inputs)
+        + '],"done":'
+        + ("true" if done else "false")
+        + "}"
+    )
+
+
 def _map_start_plan(
     name: str, inputs: list[str], key: str | None, chunk_size: int = 1000
 ) -> Plan[dict[str, Any]]:
@@ -233,29 +261,12 @@ def _map_start_plan(
     call. A ``key`` used before answers that map: only the inputs it lacks are sent."""
     chunk_size = max(1, chunk_size)
     first = inputs[:chunk_size]
-    body = (
-        '{"inputs":['
-        + ",".join(first)
-        + '],"done":'
-        + ("true" if len(first) == len(inputs) else "false")
-        + ',"idempotency_key":'
-        + _codec.dumps(key or f"py-{uuid.uuid4()}")
-        + "}"
-    )
+    body = _map_body(first, len(first) == len(inputs), key)
     call: dict[str, Any] = yield from _on_function(name, _Req("POST", _function_path(name, "map"), body=body))
     sent = int((call.get("inputs") or {}).get("total", len(first)))
     while call.get("accepting_inputs"):
         chunk = inputs[sent : sent + chunk_size]
-        done = sent + len(chunk) >= len(inputs)
-        body = (
-            '{"start":'
-            + str(sent)
-            + ',"inputs":['
-            + ",".join(chunk)
-            + '],"done":'
-            + ("true" if done else "false")
-            + "}"
-        )
+        body = _chunk_body(sent, chunk, sent + len(chunk) >= len(inputs))
         call = yield _Req("POST", _call_path(call["id"], "inputs"), body=body)
         sent += len(chunk)
     return call
@@ -276,18 +287,7 @@ def _map_plan(
     if not first and exhausted:
         state.finished = True
         return
-    key = f"py-{uuid.uuid4()}"
-    body = (
-        '{"inputs":['
-        + ",".join(first)
-        + '],"done":'
-        + ("true" if exhausted else "false")
-        + ',"discard_results":'
-        + ("true" if discard else "false")
-        + ',"idempotency_key":"'
-        + key
-        + '"}'
-    )
+    body = _map_body(first, exhausted, None, discard)
     call = yield from _on_function(name, _Req("POST", _function_path(name, "map"), body=body))
     call_id: str = call["id"]
     state.call_id = call_id
@@ -301,16 +301,9 @@ def _map_plan(
             chunk: list[str] = yield _Pull(n)
             exhausted = len(chunk) < n
             if chunk or exhausted:
-                body = (
-                    '{"start":'
-                    + str(state.sent)
-                    + ',"inputs":['
-                    + ",".join(chunk)
-                    + '],"done":'
-                    + ("true" if exhausted else "false")
-                    + "}"
+                yield _Req(
+                    "POST", _call_path(call_id, "inputs"), body=_chunk_body(state.sent, chunk, exhausted)
                 )
-                yield _Req("POST", _call_path(call_id, "inputs"), body=body)
                 state.sent += len(chunk)
         room = max_outstanding - (state.sent - state.received)
         wait = 0.0 if (not exhausted and room > 0) else RESULTS_POLL_SECONDS
@@ -358,7 +351,7 @@ def _base_url(server: str) -> str:
     return server
 
 
-def _error_from(response: httpx.Response) -> Error:
+def _error_from(response: httpx.Response, token_hint: str) -> Error:
     status = response.status_code
     try:
         body = response.json()
@@ -367,7 +360,7 @@ def _error_from(response: httpx.Response) -> Error:
     except (ValueError, KeyError, TypeError):
         code, message = "http_" + str(status), response.text[:500] or response.reason_phrase
     if status in (401, 403):
-        hint = " (set HOPPER_TOKEN or hopper.Client(token=...))" if status == 401 else ""
+        hint = f" ({token_hint})" if status == 401 else ""
         return AuthError(message + hint, status)
     if status == 404:
         if code == "unknown_function":
@@ -378,6 +371,27 @@ def _error_from(response: httpx.Response) -> Error:
     if 400 <= status < 500:
         return InvalidInputError(message, code, status)
     return ServerError(f"the server answered {status}: {message}", status, code)
+
+
+#: A request body this large that breaks off while the server still answers was refused for
+#: its size: the server answers 413 before reading such a body and closes the connection,
+#: which a client still sending may see as a reset instead of the answer.
+_LARGE_BODY = 1 << 20
+
+
+def _large(req: _Req) -> bool:
+    return req.body is not None and len(req.body) > _LARGE_BODY
+
+
+def _too_large(req: _Req) -> InvalidInputError:
+    size = len(req.body.encode()) if req.body is not None else 0
+    return InvalidInputError(
+        f"the server broke off while receiving a {size:,}-byte request: it is over the server's "
+        "payload limit (hopper serve --max-payload, default 4 MiB); send a smaller input, or a "
+        "reference to the data (a path or URL) instead of the data",
+        "payload_too_large",
+        413,
+    )
 
 
 class Client:
@@ -419,6 +433,10 @@ class Client:
         if self.token:
             headers["authorization"] = f"Bearer {self.token}"
         self._headers = headers
+        # Where a user fixes the server's address or the token, for error messages (the
+        # Airflow hook names its connection instead).
+        self._server_hint = "Set HOPPER_SERVER (or hopper.Client(server=...)) to its address."
+        self._token_hint = "set HOPPER_TOKEN or hopper.Client(token=...)"
         self._sync: httpx.Client | None = None
         self._lock = threading.Lock()
         self._aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
@@ -496,7 +514,7 @@ class Client:
                 return _codec.loads(response.content)
             except ValueError as e:
                 raise ServerError(f"the server's answer is not JSON: {e}", response.status_code) from None
-        raise _error_from(response)
+        raise _error_from(response, self._token_hint)
 
     def _send(self, req: _Req) -> Any:
         last = ""
@@ -513,13 +531,27 @@ class Client:
                 )
             except httpx.TransportError as e:
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                if _large(req) and not isinstance(e, httpx.ConnectError) and self._reachable():
+                    raise _too_large(req) from None
                 time.sleep(self._backoff(attempt))
                 continue
             if response.status_code == 503 and attempt + 1 < self.retries:
                 time.sleep(self._backoff(attempt))
                 continue
             return self._check(response)
-        raise ConnectionError(self.server, last or "no answer")
+        raise ConnectionError(self.server, last or "no answer", self._server_hint)
+
+    def _reachable(self) -> bool:
+        try:
+            return self._http().get("/healthz", timeout=5.0).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    async def _areachable(self) -> bool:
+        try:
+            return (await self._ahttp().get("/healthz", timeout=5.0)).status_code < 500
+        except httpx.HTTPError:
+            return False
 
     async def _asend(self, req: _Req) -> Any:
         last = ""
@@ -536,13 +568,15 @@ class Client:
                 )
             except httpx.TransportError as e:
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                if _large(req) and not isinstance(e, httpx.ConnectError) and await self._areachable():
+                    raise _too_large(req) from None
                 await asyncio.sleep(self._backoff(attempt))
                 continue
             if response.status_code == 503 and attempt + 1 < self.retries:
                 await asyncio.sleep(self._backoff(attempt))
                 continue
             return self._check(response)
-        raise ConnectionError(self.server, last or "no answer")
+        raise ConnectionError(self.server, last or "no answer", self._server_hint)
 
     # -- drivers
 

@@ -133,7 +133,8 @@ class FunctionNotFoundError(NotFoundError):
         self.available = available or []
         text = message
         if self.available:
-            text += f" (deployed: {', '.join(self.available)})"
+            if "deployed:" not in message:  # the server names them itself
+                text += f" (deployed: {', '.join(self.available)})"
         else:
             text += " (no functions are deployed: run `python -m hopper deploy FILE.py`)"
         super().__init__(text)
@@ -150,11 +151,11 @@ class ConnectionError(Error, builtins.ConnectionError):
         url: the server's URL.
     """
 
-    def __init__(self, url: str, detail: str):
+    def __init__(self, url: str, detail: str, hint: str | None = None):
         self.url = url
+        hint = hint or "Set HOPPER_SERVER (or hopper.Client(server=...)) to its address."
         super().__init__(
-            f"cannot reach the Hopper server at {url}: {detail}. Is `hopper serve` running "
-            "there? Set HOPPER_SERVER (or hopper.Client(server=...)) to its address."
+            f"cannot reach the Hopper server at {url}: {detail}. Is `hopper serve` running there? {hint}"
         )
 
 

@@ -125,3 +125,25 @@ def test_breaking_out_of_an_async_map_cancels_it_when_asyncio_run_ends(fns: Any)
         what="the async map to be cancelled",
     )
     assert fns.server.get(f"/v1/calls/{call['id']}")["inputs"]["cancelled"] >= 80
+
+
+def test_an_input_over_the_limit_is_refused_as_such_by_the_async_client(deploy: Any) -> None:
+    """The server answers 413 before reading a body over its limit and closes the connection;
+    an async client still sending saw a reset and reported the server unreachable."""
+    d = deploy(
+        """
+        @app.function
+        def echo(x):
+            return x
+        """
+    )
+
+    async def spawn() -> None:
+        await d.fn("echo").spawn.aio("x" * 12_000_000)
+
+    started = time.monotonic()
+    with pytest.raises(hx.InvalidInputError) as info:
+        asyncio.run(spawn())
+    assert info.value.code == "payload_too_large", info.value
+    assert "limit" in str(info.value)
+    assert time.monotonic() - started < 5

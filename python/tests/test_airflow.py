@@ -330,3 +330,95 @@ def test_killing_a_deferred_task_cancels_its_call(airflow_env: dict[str, str], a
         os.environ.update(env_before)
     info = wait_for(lambda: (i := call.info())["state"] == "cancelled" and i, what="the call to be cancelled")
     assert info["error"]["code"] == "cancelled"
+
+
+def _hook(airflow_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    for k, v in airflow_env.items():
+        if k.startswith("AIRFLOW"):
+            monkeypatch.setenv(k, v)
+    from hopper.airflow.hooks import HopperHook
+
+    return HopperHook()
+
+
+def test_a_map_key_never_attaches_to_a_map_of_other_inputs(
+    airflow_env: dict[str, str], af_app: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = _hook(airflow_env, monkeypatch)
+    first = hook.start_map("afapp.double", [1, 2, 3], key="airflow-test-grow")
+    again = hook.start_map("afapp.double", [1, 2, 3], key="airflow-test-grow")
+    grown = hook.start_map("afapp.double", [1, 2, 3, 4], key="airflow-test-grow")
+    changed = hook.start_map("afapp.double", [1, 2, 5], key="airflow-test-grow")
+    assert again["id"] == first["id"]
+    assert len({first["id"], grown["id"], changed["id"]}) == 3
+    assert hook.output(hook.wait_call(grown["id"])) == [2, 4, 6, 8]
+    assert hook.output(hook.wait_call(changed["id"])) == [2, 4, 10]
+
+
+def test_a_map_with_failed_inputs_is_reused_only_when_failures_are_results(
+    airflow_env: dict[str, str], af_app: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = _hook(airflow_env, monkeypatch)
+    first = hook.wait_call(hook.start_map("afapp.double", [1, -1], key="airflow-test-keep")["id"])
+    assert first["state"] == "failed"
+    kept = hook.start_map("afapp.double", [1, -1], key="airflow-test-keep", reuse_failed=True)
+    assert kept["id"] == first["id"]
+    fresh = hook.start_map("afapp.double", [1, -1], key="airflow-test-keep")
+    assert fresh["id"] != first["id"]
+
+
+def test_a_cleared_task_instance_gets_a_new_key_and_a_retry_keeps_its_own() -> None:
+    """Airflow sets max_tries = try_number + retries when a task instance is cleared, and
+    leaves it alone across retries (dag.test() starts every run at try 1, so this is checked
+    on the rule itself)."""
+    from types import SimpleNamespace
+
+    from hopper.airflow.operators import _task_key
+
+    def key(try_number: int, max_tries: int, map_index: int = -1) -> str:
+        ti = SimpleNamespace(
+            dag_id="d",
+            task_id="t",
+            run_id="r",
+            map_index=map_index,
+            try_number=try_number,
+            max_tries=max_tries,
+            task=SimpleNamespace(retries=2),
+        )
+        return _task_key({"ti": ti})
+
+    first = key(1, 2)
+    assert key(2, 2) == key(3, 2) == first  # retries attach
+    assert key(4, 5) != first  # cleared after try 3: a new call
+    assert key(5, 5) == key(4, 5)  # and its retries attach to that one
+    assert key(1, 2, map_index=0) != key(1, 2, map_index=1) != first
+
+
+def test_execution_timeout_bounds_a_deferred_wait_and_cancels_the_call(
+    airflow_env: dict[str, str], af_app: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator defers with its execution_timeout; when the triggerer times the wait out,
+    Airflow resumes the task with __fail__ ("Trigger timeout"), and the call is cancelled.
+    (dag.test() runs triggers without their timeout, so the resume is driven here.)"""
+    import datetime
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import TaskDeferralTimeout
+
+    from hopper.airflow.operators import HopperOperator
+
+    _hook(airflow_env, monkeypatch)
+    call = af_app.fn("double").spawn(3, wait=60.0)
+    op = HopperOperator(
+        task_id="late", function="afapp.double", input=3, execution_timeout=datetime.timedelta(seconds=3)
+    )
+    ti = SimpleNamespace(task_id="late", map_index=-1, xcom_pull=lambda **kw: call.object_id)
+    with pytest.raises(TaskDeferralTimeout):
+        op.resume_execution("__fail__", {"error": "Trigger timeout"}, {"ti": ti})
+    assert wait_for(lambda: call.info()["state"] == "cancelled", what="the call to be cancelled")
+    other = af_app.fn("double").spawn(4, wait=60.0)
+    ti.xcom_pull = lambda **kw: other.object_id
+    with pytest.raises(Exception, match="boom"):  # a trigger that failed: the call is left alone
+        op.resume_execution("__fail__", {"error": "boom"}, {"ti": ti})
+    assert other.info()["state"] in ("pending", "running")
+    other.cancel()

@@ -36,25 +36,41 @@ def _server_url(host: str | None, port: int | None, schema: str | None) -> str:
     if "://" in host:
         return f"{host.rstrip('/')}:{port}" if port and host.count(":") < 2 else host
     scheme = schema if schema in ("http", "https") else "http"
+    if ":" in host and not host.startswith("["):  # an IPv6 address
+        host = f"[{host}]"
     return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
 
 
-def task_idempotency_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
-    """The idempotency key of a task instance (``airflow-`` and 40 hex digits): the same for
-    every try of the same task instance, so a retry finds the call an earlier try spawned."""
-    digest = hashlib.sha256("\x1f".join((dag_id, task_id, run_id, str(map_index))).encode()).hexdigest()
-    return f"airflow-{digest[:40]}"
+def task_idempotency_key(dag_id: str, task_id: str, run_id: str, map_index: int, generation: int = 0) -> str:
+    """The idempotency key of a task instance (``airflow-`` and 32 hex digits): the same for
+    every retry of the task instance, so a retry finds the call an earlier try spawned.
+    ``generation`` counts the times the task instance was cleared (Airflow's ``max_tries -
+    retries``): a cleared task gets a new key, so clearing runs the function again."""
+    parts = (dag_id, task_id, run_id, str(map_index), str(generation))
+    return "airflow-" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-def call_failed_message(call: dict[str, Any], dashboard: str) -> str:
+def _digest(texts: Iterable[str]) -> str:
+    """16 hex digits naming the encoded input(s): a key covers one input, never another."""
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def call_failed_message(call: dict[str, Any], dashboard: str, first_error: str = "") -> str:
     """One line for a call that failed or was cancelled: its code, message and page."""
+    state = call.get("state")
     error = call.get("error") or {}
-    code = error.get("code") or call.get("state")
-    message = error.get("message") or ""
+    code, message = error.get("code"), error.get("message") or ""
     inputs = call.get("inputs") or {}
     if not error and call.get("origin") == "map":
         message = f"{inputs.get('failed', 0)} of {inputs.get('total', 0)} inputs failed"
-    return f"Hopper call {call.get('id')} {call.get('state')}: {code}: {message} (see {dashboard})"
+        if first_error:
+            message += f", the first: {first_error}"
+    what = f"{code}: {message}" if code and code != state else message
+    return f"Hopper call {call.get('id')} {state}: {what} (see {dashboard})"
 
 
 class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
@@ -88,10 +104,13 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
             "placeholders": {"host": "http://127.0.0.1:7433", "password": "(none)", "schema": "http"},
         }
 
-    @staticmethod
-    def _client_of(conn: Any) -> Client:
+    def _client_of(self, conn: Any) -> Client:
         server = _server_url(conn.host, conn.port, conn.schema)
-        return Client(server or None, conn.password or None)
+        client = Client(server or None, conn.password or None)
+        where = f"Airflow connection {self.hopper_conn_id!r}"
+        client._server_hint = f"Set the host (and port) of {where} to its address."
+        client._token_hint = f"set the token as the password of {where}"
+        return client
 
     def get_conn(self) -> Client:
         """The SDK client of the connection (made once per hook).
@@ -126,11 +145,12 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
         """Spawns ``function`` with ``input`` (any JSON value; bytes travel as ``$bytes``) and
         returns the call (``GET /v1/calls/{id}``'s shape).
 
-        With ``key``, the spawn is idempotent across tries: ``key`` names a chain of calls
-        (idempotency keys ``KEY-0``, ``KEY-1``, ...); the first call of the chain that has not
-        failed or been cancelled is attached to (it may be running or already succeeded), and
-        a new call is spawned only where the chain ends. An Airflow retry thereby re-attaches
-        to its earlier try's call, and spawns anew only when that call failed.
+        With ``key``, the spawn is idempotent across tries: ``key`` and a digest of the input
+        name a chain of calls (idempotency keys ``KEY-DIGEST-0``, ``-1``, ...); the first call
+        of the chain that has not failed or been cancelled is attached to (it may be running
+        or already succeeded), and a new call is spawned only where the chain ends. An Airflow
+        retry thereby re-attaches to its earlier try's call, and spawns anew when that call
+        failed or when the input is not the same.
 
         Raises:
             hopper.exception.FunctionNotFoundError: no such function.
@@ -142,6 +162,7 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
         text = _codec.dumps(input, "the input")
         if key is None:
             return client._run(_spawn_plan(function, text))
+        key = f"{key}-{_digest([text])}"
         for n in range(MAX_RESPAWNS):
             call = client._run(_spawn_plan(function, text, key=f"{key}-{n}"))
             if call.get("state") not in _DEAD:
@@ -150,11 +171,19 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
         raise RuntimeError(f"{MAX_RESPAWNS} calls of {function} under key {key} all failed")
 
     def start_map(
-        self, function: str, inputs: Iterable[Any], key: str | None = None, chunk_size: int = 1000
+        self,
+        function: str,
+        inputs: Iterable[Any],
+        key: str | None = None,
+        chunk_size: int = 1000,
+        reuse_failed: bool = False,
     ) -> dict[str, Any]:
         """Starts a map of ``function`` over ``inputs`` (one JSON value each), sends them all
         and closes it; returns the map's call. With ``key`` it is idempotent as :meth:`spawn`
-        is: a retry finds the map of the earlier try and sends only the inputs it lacks.
+        is (the digest covers every input, in order): a retry finds the map of the earlier try
+        and sends only the inputs it lacks. ``reuse_failed`` attaches to a map that ended
+        ``failed`` too (its failed inputs are results to whoever keeps them); a cancelled map
+        is never reused.
 
         Raises:
             hopper.exception.EncodeError: an input is not JSON (names its index).
@@ -167,10 +196,12 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
                 yield _codec.dumps(value, f"map input {i}")
 
         texts = list(encoded())
+        dead = {"cancelled"} if reuse_failed else _DEAD
+        key = None if key is None else f"{key}-{_digest(texts)}"
         for n in range(MAX_RESPAWNS):
             this_key = None if key is None else f"{key}-{n}"
             call = client._run(_map_start_plan(function, texts, this_key, chunk_size))
-            if key is None or call.get("state") not in _DEAD:
+            if key is None or call.get("state") not in dead:
                 return call
             self.log.info("map %s of an earlier try %s; starting another", call.get("id"), call.get("state"))
         raise RuntimeError(f"{MAX_RESPAWNS} maps of {function} under key {key} all failed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from airflow.sdk import BaseOperator, BaseOperatorLink  # type: ignore[import-not-found, unused-ignore]
@@ -41,11 +42,11 @@ class HopperCallLink(BaseOperatorLink):  # type: ignore[misc, unused-ignore]
         return str(getattr(operator, "call_url", None) or "")
 
 
-def raise_failed(hook: HopperHook, call: dict[str, Any]) -> NoReturn:
+def raise_failed(hook: HopperHook, call: dict[str, Any], first_error: str = "") -> NoReturn:
     """Raises :class:`HopperCallFailed` for ``call``, which failed or was cancelled."""
     error = call.get("error") or {}
     raise HopperCallFailed(
-        call_failed_message(call, hook.dashboard_url(call["id"])),
+        call_failed_message(call, hook.dashboard_url(call["id"]), first_error),
         call["id"],
         str(error.get("code") or call.get("state")),
     )
@@ -54,7 +55,11 @@ def raise_failed(hook: HopperHook, call: dict[str, Any]) -> NoReturn:
 def _task_key(context: Any) -> str:
     ti = context["ti"]
     map_index = getattr(ti, "map_index", -1)
-    return task_idempotency_key(ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else map_index)
+    retries = getattr(getattr(ti, "task", None), "retries", 0) or 0
+    generation = max(0, int(getattr(ti, "max_tries", 0) or 0) - int(retries))
+    return task_idempotency_key(
+        ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else map_index, generation
+    )
 
 
 class _HopperBase(BaseOperator):  # type: ignore[misc, unused-ignore]
@@ -100,6 +105,7 @@ class _HopperBase(BaseOperator):  # type: ignore[misc, unused-ignore]
                         call["id"], self.hopper_conn_id, self.poll_seconds, self.cancel_on_kill
                     ),
                     method_name="execute_complete",
+                    timeout=self.execution_timeout,
                 )
             call = self.hook.wait_call(call["id"])
         return self._finish(context, call)
@@ -112,6 +118,19 @@ class _HopperBase(BaseOperator):  # type: ignore[misc, unused-ignore]
         if event.get("status") != "ended":
             raise AirflowException(f"Hopper call {call_id}: {event.get('message')}")
         return self._finish(context, self.hook.get_call(call_id))
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        """Airflow resumes a deferred task here; ``__fail__`` means the deferral ran past the
+        task's ``execution_timeout``: the call is cancelled (with ``cancel_on_kill``) before
+        the task fails."""
+        timed_out = next_method == "__fail__" and (next_kwargs or {}).get("error") == "Trigger timeout"
+        if timed_out and self.cancel_on_kill:
+            ti = context["ti"]
+            call_id = ti.xcom_pull(task_ids=ti.task_id, key="call_id", map_indexes=ti.map_index)
+            if call_id:
+                self.log.info("the wait ran past execution_timeout: cancelling Hopper call %s", call_id)
+                self.hook.cancel(str(call_id))
+        return super().resume_execution(next_method, next_kwargs, context)
 
     def _finish(self, context: Any, call: dict[str, Any]) -> Any:
         raise NotImplementedError
@@ -242,25 +261,48 @@ class HopperMapOperator(_HopperBase):
                 f"HopperMapOperator inputs must be a list (one JSON value per input), not "
                 f"{type(inputs).__name__}"
             )
-        call = self.hook.start_map(self.function, inputs, key=_task_key(context))
+        local = self._local_output()
+        if local is not None:
+            local.parent.mkdir(parents=True, exist_ok=True)  # fail now, not after the map
+        call = self.hook.start_map(
+            self.function, inputs, key=_task_key(context), reuse_failed=self.return_exceptions
+        )
         self._attached(context, call)
         return self._wait(context, call)
+
+    def _local_output(self) -> Path | None:
+        """``output_path`` when it names a local file (a path or ``file://``)."""
+        if not self.output_path:
+            return None
+        if self.output_path.startswith("file://"):
+            return Path(self.output_path.removeprefix("file://"))
+        return None if "://" in self.output_path else Path(self.output_path)
 
     def _finish(self, context: Any, call: dict[str, Any]) -> Any:
         if call.get("state") == "cancelled":
             self._raise_failed(call)
-        failed = int((call.get("inputs") or {}).get("failed", 0))
-        if failed and not self.return_exceptions:
-            self._raise_failed({**call, "state": "failed"})
         results = self.hook.output(call)
+        if int((call.get("inputs") or {}).get("failed", 0)) and not self.return_exceptions:
+            errors = [r for r in results if isinstance(r, dict) and set(r) == {"error", "index"}]
+            first = errors[0] if errors else None
+            where = (
+                f"input {first['index']}: {first['error']['code']}: {first['error']['message']}"
+                if first
+                else ""
+            )
+            raise_failed(self.hook, {**call, "state": "failed"}, where)
         lines = [json.dumps(r, ensure_ascii=False) for r in results]
         if self.output_path:
-            from airflow.sdk import ObjectStoragePath
+            local = self._local_output()
+            if local is not None:
+                with local.open("w") as f:
+                    f.writelines(line + "\n" for line in lines)
+            else:
+                from airflow.sdk import ObjectStoragePath
 
-            path = self.output_path if "://" in self.output_path else f"file://{self.output_path}"
-            with ObjectStoragePath(path).open("w") as f:
-                for line in lines:
-                    f.write(line + "\n")
+                with ObjectStoragePath(self.output_path).open("w") as f:
+                    for line in lines:
+                        f.write(line + "\n")
             self.log.info("%d results written to %s", len(lines), self.output_path)
             return self.output_path
         size = sum(len(line.encode()) + 1 for line in lines) + 1

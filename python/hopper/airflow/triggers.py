@@ -23,7 +23,8 @@ class HopperCallTrigger(BaseTrigger):  # type: ignore[misc, unused-ignore]
     The event's payload: ``{"status": "ended", "call_id", "state"}`` (``state`` is
     ``succeeded``, ``failed`` or ``cancelled``), or ``{"status": "error", "call_id",
     "message"}`` when the call cannot be read (gone, or the server refuses the token). An
-    unreachable server is retried with backoff until the task's own timeout, if any.
+    unreachable server is retried with backoff (at most 30 s apart) until the deferral's
+    timeout: the operator's ``execution_timeout`` or the sensor's ``timeout``.
 
     When a user marks the deferred task failed, succeeded or clears it, :meth:`on_kill` cancels
     the call (with ``cancel_on_kill``, the default).
