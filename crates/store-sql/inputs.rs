@@ -421,7 +421,7 @@ async fn requeue_lost(
     if lost >= MAX_LOST_LEASES {
         let final_error = InputError {
             code: "lease_lost".into(),
-            message: format!("the input's lease was lost {lost} times (its worker died or stopped each time); last: {}", error.message),
+            message: format!("the input went back to the queue {lost} times without a result (its worker, or its serve process, died or stopped each time); last: {}", error.message),
         };
         return Ok(Some(End {
             id: input.id,

@@ -477,3 +477,33 @@ def test_batched_refuses_values_out_of_range() -> None:
         hopper.batched(max_batch_size=4, wait_ms=-1)
     with pytest.raises(ValueError, match="max_size"):
         hopper.batched(max_batch_size=0)
+
+
+def test_an_input_that_kills_its_process_fails_instead_of_cycling(deploy: Any, server: Server) -> None:
+    """A poison input (it makes the process exit, segfault or abort) fails with serve_crashed
+    under the function's retries; it used to go back to the queue ten times, restarting the
+    process with backoff each time, and fail after about 90 s with lease_lost."""
+    d = deploy(
+        """
+        import os, sys
+        @app.function(retries=hopper.Retries(1, initial_delay="100ms"))
+        def risky(x: str) -> str:
+            if x == "poison":
+                print("about to die", file=sys.stderr, flush=True)
+                os._exit(3)
+            return x
+        """
+    )
+    started = time.monotonic()
+    call = d.fn("risky").spawn("poison")
+    with pytest.raises(hx.InputFailedError) as info:
+        call.get(timeout=60)
+    assert time.monotonic() - started < 30
+    assert info.value.code == "serve_crashed", info.value
+    assert "exit status: 3" in str(info.value) and "while running this input" in str(info.value)
+    lines = [entry["line"] for entry in server.get(f"/v1/calls/{call.object_id}/logs")["lines"]]
+    assert "about to die" in lines, lines
+    attempts = server.get(f"/v1/calls/{call.object_id}/attempts")
+    attempts = attempts["attempts"] if isinstance(attempts, dict) else attempts
+    assert [a["outcome"] for a in attempts] == ["failed", "failed"]  # one retry, as configured
+    assert d.fn("risky").remote("fine") == "fine"  # the next input gets a new process

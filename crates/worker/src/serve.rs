@@ -17,8 +17,10 @@
 //!
 //! A process that exits by itself before it was ready (an exception at import) fails its
 //! inputs with `startup_failed` and the last lines of its stderr (the function's retry policy
-//! applies); one that exits later, or is killed by a signal, hands its inputs back to the
-//! queue (no retry used). Either way the next start waits, longer each
+//! applies). One that dies later of its own doing (it exits, segfaults or aborts) while
+//! running a single input fails that input with `serve_crashed` (retries apply); one killed
+//! from outside, or with several inputs in flight, hands its inputs back to the queue (no
+//! retry used). Either way the next start waits, longer each
 //! time a process dies young, so a broken process does not crash-loop. On stop, a process's
 //! stdin is closed and it gets SIGTERM, then SIGKILL of its group after the kill grace.
 
@@ -53,7 +55,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 enum Answer {
     Output(Value),
     Error(InputError, bool),
+    /// The process died under several inputs, or was killed from outside: back to the queue.
     Crashed(String),
+    /// The process died of its own doing while this was its only input: a failed attempt.
+    Died(String),
     StartupFailed(String),
 }
 
@@ -359,6 +364,7 @@ async fn run_on(
                 Ok(Answer::Output(output)) => Outcome::Succeeded { output },
                 Ok(Answer::Error(error, retry)) => Outcome::Failed { error, retry },
                 Ok(Answer::Crashed(message)) => crashed(message),
+                Ok(Answer::Died(message)) => failed("serve_crashed", message, true),
                 Ok(Answer::StartupFailed(message)) => failed("startup_failed", message, true),
                 Err(_) => crashed("the serve process went away".into()),
             }),
@@ -480,8 +486,24 @@ fn start(
         proc.dead.cancel();
         // Killed by a signal (the OOM killer, an operator): a crash, whenever it came. Exited
         // by itself before it was ready (an exception at import): a start-up failure.
-        let signalled = status.as_ref().map_or(true, |s| {
-            std::os::unix::process::ExitStatusExt::signal(s).is_some()
+        let signal = status.as_ref().map_or(
+            Some(libc::SIGKILL),
+            std::os::unix::process::ExitStatusExt::signal,
+        );
+        let signalled = signal.is_some();
+        // An exit of its own accord, or a signal of its own making (a segfault, an abort):
+        // the process's own doing, and so the doing of the input it was running.
+        let own_doing = signal.is_none_or(|n| {
+            [
+                libc::SIGSEGV,
+                libc::SIGABRT,
+                libc::SIGBUS,
+                libc::SIGFPE,
+                libc::SIGILL,
+                libc::SIGSYS,
+                libc::SIGTRAP,
+            ]
+            .contains(&n)
         });
         let how = match status {
             Ok(s) => format!("the serve process exited ({s})"),
@@ -527,8 +549,21 @@ fn start(
         if !was_ready && !tail.is_empty() {
             tracing::warn!(function = %name, "the serve process failed at start:\n{tail}");
         }
+        // With one input in flight, a death of the process's own doing is that input's: it
+        // fails (the function's retries apply), so an input that kills its process every time
+        // cannot cycle through the queue. With several in flight nobody can tell which one it
+        // was: they all go back to the queue, as after a kill from outside.
+        let blamed = !failed_at_start && own_doing && waiting.len() == 1;
         for w in waiting {
-            let answer = if !failed_at_start {
+            let answer = if blamed {
+                let message = if tail.is_empty() {
+                    format!("{how} while running this input")
+                } else {
+                    format!("{how} while running this input; its last output:\n{tail}")
+                };
+                logs.line(w.lease, LogStream::System, message.clone());
+                Answer::Died(message)
+            } else if !failed_at_start {
                 logs.line(
                     w.lease,
                     LogStream::System,
