@@ -120,9 +120,10 @@ class _HopperBase(BaseOperator):  # type: ignore[misc, unused-ignore]
         return self._finish(context, self.hook.get_call(call_id))
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
-        """Airflow resumes a deferred task here; ``__fail__`` means the deferral ran past the
-        task's ``execution_timeout``: the call is cancelled (with ``cancel_on_kill``) before
-        the task fails."""
+        """Airflow resumes a deferred task here. ``__fail__`` with the error "Trigger timeout"
+        means the deferral ran past the task's ``execution_timeout``: the call is cancelled
+        (with ``cancel_on_kill``) before the task fails. A trigger that failed otherwise leaves
+        the call alone."""
         timed_out = next_method == "__fail__" and (next_kwargs or {}).get("error") == "Trigger timeout"
         if timed_out and self.cancel_on_kill:
             ti = context["ti"]
