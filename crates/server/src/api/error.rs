@@ -45,7 +45,7 @@ impl ApiError {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("{what} is {size} bytes, over the inline limit of {limit} bytes"),
+            format!("{what} is {size} bytes, over the inline limit of {limit} bytes (hopper serve --max-payload)"),
         )
     }
 }

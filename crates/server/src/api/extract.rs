@@ -83,7 +83,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!(
-                    "the request body is over the inline limit of {} bytes",
+                    "the request body is over the inline limit of {} bytes (hopper serve --max-payload)",
                     state.config.max_payload_bytes
                 ),
             ));
@@ -105,7 +105,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!(
-                    "the request body is over the inline limit of {} bytes",
+                    "the request body is over the inline limit of {} bytes (hopper serve --max-payload)",
                     state.config.max_payload_bytes
                 ),
             )

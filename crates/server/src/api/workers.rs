@@ -401,7 +401,7 @@ fn read_result(
                 error: hopper_core::api::InputError {
                     code: "output_too_large".into(),
                     message: format!(
-                        "the output is {size} bytes, over the inline limit of {limit} bytes"
+                        "the output is {size} bytes, over the inline limit of {limit} bytes (hopper serve --max-payload)"
                     ),
                 },
             };
