@@ -185,7 +185,7 @@ def _get_plan(call_id: str, timeout: float | None) -> Plan[Any]:
     while True:
         left = POLL_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
         wait = min(left, POLL_SECONDS)
-        call = yield _Req("GET", _call_path(call_id), params={"wait": round(wait, 3)}, timeout=wait + 30)
+        call = yield _info_req(call_id, wait)
         if call.get("state") in _TERMINAL:
             if call.get("origin") == "map" and call.get("state") == "succeeded":
                 return (yield from _collect_plan(call_id))

@@ -8,12 +8,12 @@
 //! Without it the test says it skipped, unless `HOPPER_TEST_EXAMPLES=1` makes that a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{pytest, repo_root};
 
 /// The examples' python, when it has what they need; else skip (or fail under CI).
 fn examples_python(root: &Path) -> Option<String> {
@@ -44,31 +44,13 @@ fn examples_python(root: &Path) -> Option<String> {
     None
 }
 
-fn pytest(python: &str, root: &Path, target: &str) {
-    let out = Command::new(python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", target])
-        .current_dir(root)
-        .env("HOPPER_BIN", env!("CARGO_BIN_EXE_hopper"))
-        .env_remove("HOPPER_SERVER")
-        .env_remove("HOPPER_TOKEN")
-        .output()
-        .expect("run pytest");
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "{target}: tests failed ({}); pytest's output is above",
-        out.status
-    );
-}
-
 /// One test, so the two suites (each with its own server and Airflow home) run one after the
 /// other rather than side by side on a small machine.
 #[test]
 fn the_airflow_provider_and_the_examples_run_against_this_binary() {
     let root = repo_root();
     if let Some(python) = examples_python(&root) {
-        pytest(&python, &root, "python/tests/test_airflow.py");
-        pytest(&python, &root, "examples");
+        pytest(&python, "python/tests/test_airflow.py");
+        pytest(&python, "examples");
     }
 }

@@ -5,12 +5,12 @@
 //! makes their absence a failure (as the browser test does with `HOPPER_TEST_BROWSER`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{pytest, repo_root};
 
 /// Whether `import hopper, pytest` works; without it the test skips, unless CI asked for it.
 fn python_ready(root: &Path) -> bool {
@@ -43,26 +43,5 @@ fn the_python_sdk_test_suite_passes_against_this_binary() {
     if !python_ready(&root) {
         return;
     }
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "python/tests",
-        ])
-        .current_dir(&root)
-        .env("HOPPER_BIN", env!("CARGO_BIN_EXE_hopper"))
-        .env_remove("HOPPER_SERVER")
-        .env_remove("HOPPER_TOKEN")
-        .output()
-        .expect("run python3 -m pytest");
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "the Python SDK's tests failed ({}); pytest's output is above",
-        out.status
-    );
+    pytest("python3", "python/tests");
 }

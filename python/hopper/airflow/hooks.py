@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from airflow.sdk import BaseHook  # type: ignore[import-not-found, unused-ignore]
@@ -163,12 +163,7 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
         if key is None:
             return client._run(_spawn_plan(function, text))
         key = f"{key}-{_digest([text])}"
-        for n in range(MAX_RESPAWNS):
-            call = client._run(_spawn_plan(function, text, key=f"{key}-{n}"))
-            if call.get("state") not in _DEAD:
-                return call
-            self.log.info("call %s of an earlier try %s; spawning another", call.get("id"), call.get("state"))
-        raise RuntimeError(f"{MAX_RESPAWNS} calls of {function} under key {key} all failed")
+        return self._first_alive(key, _DEAD, lambda k: client._run(_spawn_plan(function, text, key=k)))
 
     def start_map(
         self,
@@ -196,15 +191,26 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
                 yield _codec.dumps(value, f"map input {i}")
 
         texts = list(encoded())
-        dead = {"cancelled"} if reuse_failed else _DEAD
-        key = None if key is None else f"{key}-{_digest(texts)}"
+
+        def start(this_key: str | None) -> dict[str, Any]:
+            return client._run(_map_start_plan(function, texts, this_key, chunk_size))
+
+        if key is None:
+            return start(None)
+        dead = frozenset({"cancelled"}) if reuse_failed else _DEAD
+        return self._first_alive(f"{key}-{_digest(texts)}", dead, start)
+
+    def _first_alive(
+        self, key: str, dead: frozenset[str], start: Callable[[str], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Walks the chain of calls ``KEY-0``, ``KEY-1``, ... (``start`` spawns or attaches by
+        idempotency key) to the first call not in a ``dead`` state."""
         for n in range(MAX_RESPAWNS):
-            this_key = None if key is None else f"{key}-{n}"
-            call = client._run(_map_start_plan(function, texts, this_key, chunk_size))
-            if key is None or call.get("state") not in dead:
+            call = start(f"{key}-{n}")
+            if call.get("state") not in dead:
                 return call
-            self.log.info("map %s of an earlier try %s; starting another", call.get("id"), call.get("state"))
-        raise RuntimeError(f"{MAX_RESPAWNS} maps of {function} under key {key} all failed")
+            self.log.info("call %s of an earlier try %s; starting another", call.get("id"), call.get("state"))
+        raise RuntimeError(f"{MAX_RESPAWNS} calls under key {key} all failed or were cancelled")
 
     def get_call(self, call_id: str, wait: float = 0.0) -> dict[str, Any]:
         """The call now, or once it ended within ``wait`` seconds (at most 300)."""

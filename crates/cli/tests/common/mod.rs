@@ -201,3 +201,29 @@ pub fn alive(pid: i32) -> bool {
 pub fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
+
+/// The repository's root (the Python SDK, its tests and the examples live there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `python -m pytest -q TARGET` from the repository's root against this build's binary
+/// (`HOPPER_BIN`), with no server or token inherited, printing pytest's output; fails the test
+/// when pytest fails.
+pub fn pytest(python: &str, target: &str) {
+    let out = Command::new(python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", target])
+        .current_dir(repo_root())
+        .env("HOPPER_BIN", BIN)
+        .env_remove("HOPPER_SERVER")
+        .env_remove("HOPPER_TOKEN")
+        .output()
+        .expect("run pytest");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{target}: tests failed ({}); pytest's output is above",
+        out.status
+    );
+}
