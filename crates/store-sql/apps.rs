@@ -31,12 +31,13 @@ pub async fn deploy(conn: &mut Conn, p: AppDeploy) -> Result<AppRow, StoreError>
     .await
     .map_err(db_err)?;
     sqlx::query(
-        "INSERT INTO app_versions (app, version, manifest, deployed_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO app_versions (app, version, manifest, deployed_at, snapshot) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&p.app)
     .bind(version)
     .bind(&p.manifest)
     .bind(p.now)
+    .bind(&p.snapshot)
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;

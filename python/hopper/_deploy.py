@@ -185,10 +185,14 @@ def manifest(app: App, file: str, *, absolute_workdir: bool = False) -> str:
     for fdef in app.functions.values():
         lines.append("")
         lines.append(f"[functions.{_key(fdef.name)}]")
-        argv = [sys.executable, "-m", RUNNER_MODULE, os.path.basename(file), fdef.name]
+        # With requirements, the environment the worker builds puts its python3 first on PATH.
+        python = "python3" if app.requirements else sys.executable
+        argv = [python, "-m", RUNNER_MODULE, os.path.basename(file), fdef.name]
         lines.append(f"serve = {_array(argv)}")
         if absolute_workdir:
             lines.append(f"workdir = {_str(folder)}")
+        if app.requirements:
+            lines.append(f"python = {{ requirements = {_array(app.requirements)} }}")
         lines.extend(_policy(fdef))
     for fdef in app.functions.values():
         sched = fdef.options.schedule
@@ -239,19 +243,28 @@ def _policy(fdef: FunctionDef[Any, Any]) -> list[str]:
     if o.env:
         pairs = ", ".join(f"{_key(k)} = {_str(v)}" for k, v in sorted(o.env.items()))
         out.append(f"env = {{ {pairs} }}")
+    if o.secrets:
+        names = sorted({secret.name for secret in o.secrets})
+        out.append(f"secrets = {_array(names)}")
     return out
 
 
-def deploy_request(path: str) -> dict[str, str]:
-    """The body of ``POST /v1/apps`` for the app in ``path``.
+def deploy_request(path: str, *, snapshot: str | None = None) -> dict[str, str]:
+    """The body of ``POST /v1/apps`` for the app in ``path``: run in the code snapshot
+    ``snapshot`` (the file's folder, packed by :func:`hopper._snapshot.build` and stored
+    first), or without one from the file's folder on the workers' machines.
 
     Raises:
         DeployError: the file has no app, or its app breaks a rule.
     """
     path = os.path.abspath(path)
     app = load_app(path)
-    return {
+    body = {
         "manifest": manifest(app, path),
         "file": f"{_display(path)} (manifest)",
         "base_dir": os.path.dirname(path),
     }
+    if snapshot is not None:
+        body["snapshot"] = snapshot
+        body["snapshot_root"] = os.path.dirname(path)
+    return body

@@ -10,12 +10,12 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._durations import Duration, to_ms
-from .options import Batch, Cron, Period, Retries
+from .options import Batch, Cron, Period, Retries, Secret
 
 if TYPE_CHECKING:
     from .client import Client, Function
@@ -59,6 +59,7 @@ class FunctionOptions:
     buffer_workers: int | None = None
     scaledown_window: Duration | None = None
     env: dict[str, str] = field(default_factory=dict)
+    secrets: list[Secret] = field(default_factory=list)
     schedule: Cron | Period | None = None
     retry_on: tuple[type[BaseException], ...] | None = None
     no_retry_on: tuple[type[BaseException], ...] = ()
@@ -84,6 +85,9 @@ class FunctionOptions:
         for k, v in self.env.items():
             if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k:
                 raise ValueError(f"env: {k!r}={v!r} is not a valid variable (str names and values)")
+        for secret in self.secrets:
+            if not isinstance(secret, Secret):
+                raise ValueError(f"secrets: expected hopper.Secret.from_name(...), not {secret!r}")
 
 
 def _int_in(value: object, low: int, high: int) -> bool:
@@ -297,12 +301,29 @@ class App:
 
     _all: list[App] = []
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, requirements: Sequence[str] | None = None) -> None:
+        """An app called ``name``.
+
+        Args:
+            requirements: Python packages its functions need, in pip's format
+                (``["pandas==2.2.3", "pyarrow>=15"]``): each worker machine builds a virtual
+                environment with them once (with the machine's ``python3``, seeing its other
+                packages, the Hopper SDK among them) and runs the functions in it. Default
+                none: functions run with the Python that deployed them.
+
+        Raises:
+            ValueError: ``name`` is not a valid app name, or a requirement is not one line.
+        """
         if not isinstance(name, str) or not _APP_NAME.match(name):
             raise ValueError(
                 f"invalid app name {name!r}: a lowercase letter, then lowercase letters, "
                 "digits, '_' or '-', at most 64 characters"
             )
+        reqs = list(requirements or [])
+        for r in reqs:
+            if not isinstance(r, str) or not r.strip() or "\n" in r:
+                raise ValueError(f"requirements: {r!r} is not one requirement in pip's format")
+        self.requirements = reqs
         self.name = name
         frame = sys._getframe(1)
         self.file = os.path.abspath(frame.f_code.co_filename)
@@ -341,6 +362,7 @@ class App:
         buffer_workers: int | None = None,
         scaledown_window: Duration | None = None,
         env: Mapping[str, str] | None = None,
+        secrets: Sequence[Secret] | None = None,
         schedule: Schedule | None = None,
         retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
         no_retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
@@ -364,6 +386,7 @@ class App:
         buffer_workers: int | None = None,
         scaledown_window: Duration | None = None,
         env: Mapping[str, str] | None = None,
+        secrets: Sequence[Secret] | None = None,
         schedule: Schedule | None = None,
         retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
         no_retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
@@ -388,7 +411,12 @@ class App:
             max_workers: most worker processes at once (default ``max(min_workers, 1)``).
             buffer_workers: idle workers kept warm beyond demand (default 0).
             scaledown_window: a worker not needed for this long stops (default 60 s).
-            env: extra environment variables of the function's process.
+            env: extra environment variables of the function's process. Anyone who can
+                read the server sees them: pass keys and passwords as ``secrets``.
+            secrets: :class:`hopper.Secret` s (``hopper.Secret.from_name("stripe")``) whose
+                keys become environment variables of the function's process; their values
+                stay on the server (``hopper secrets set``) and reach workers only with
+                their leases. A deploy naming a secret that does not exist is refused.
             schedule: :class:`hopper.Cron`, :class:`hopper.Period`, or a period in seconds;
                 only for functions that need no argument.
             retry_on: retry only these exception types (others fail at once).
@@ -409,6 +437,7 @@ class App:
             buffer_workers=buffer_workers if buffer_workers is not None else buffer_containers,
             scaledown_window=scaledown_window,
             env=dict(env or {}),
+            secrets=list(secrets or []),
             schedule=_schedule(schedule),
             retry_on=_exceptions(retry_on, "retry_on"),
             no_retry_on=_exceptions(no_retry_on, "no_retry_on") or (),
@@ -481,6 +510,7 @@ class App:
         buffer_workers: int | None = None,
         scaledown_window: Duration | None = None,
         env: Mapping[str, str] | None = None,
+        secrets: Sequence[Secret] | None = None,
         retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
         no_retry_on: Iterable[type[BaseException]] | type[BaseException] | None = None,
         min_containers: int | None = None,
@@ -509,6 +539,7 @@ class App:
             buffer_workers=buffer_workers if buffer_workers is not None else buffer_containers,
             scaledown_window=scaledown_window,
             env=dict(env or {}),
+            secrets=list(secrets or []),
             retry_on=_exceptions(retry_on, "retry_on"),
             no_retry_on=_exceptions(no_retry_on, "no_retry_on") or (),
         )

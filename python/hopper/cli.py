@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import Any
 
-from . import _deploy
+from . import _deploy, _snapshot
 from .client import Client
 from .exception import (
     AuthError,
@@ -56,9 +56,18 @@ def find_binary() -> str:
 
 def _deploy_cmd(args: argparse.Namespace) -> int:
     client = Client(args.server, args.token)
-    version = client.deploy(args.file)
+    try:
+        version = client.deploy(args.file, snapshot=not args.no_snapshot, max_bundle=args.max_bundle)
+    except _snapshot.SnapshotTooLarge as e:
+        raise UsageError(f"{e} or raise --max-bundle") from None
     names = [f["name"] for f in version.get("functions", [])]
-    print(f"deployed app {version.get('name')} version {version.get('version')} to {client.server}")
+    shipped = version.get("snapshot")
+    code = (
+        f"code {shipped['hash'][7:19]} ({shipped['files']} files)"
+        if shipped
+        else "no snapshot: workers run the files in its folder on their own machine"
+    )
+    print(f"deployed app {version.get('name')} version {version.get('version')} to {client.server}; {code}")
     for name in names:
         print(f"  {name}")
     return 0
@@ -100,6 +109,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _size(text: str) -> int:
+    """``64MiB``, ``512KiB``, ``1GiB`` or plain bytes."""
+    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "": 1}
+    number = text.rstrip("KMGiB")
+    unit = text[len(number) :]
+    if unit not in units or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (expected e.g. 64MiB)")
+    return int(number) * units[unit]
+
+
 def _bench_cmd(args: argparse.Namespace) -> int:
     from ._bench import run
 
@@ -114,6 +133,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("file")
     d.add_argument("--server", help="server URL (default $HOPPER_SERVER or http://127.0.0.1:7433)")
     d.add_argument("--token", help="bearer token (default $HOPPER_TOKEN)")
+    d.add_argument(
+        "--max-bundle",
+        type=_size,
+        default=None,
+        help="most bytes of files the code snapshot may hold, e.g. 64MiB (the default)",
+    )
+    d.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="ship no code: workers run the files in the app's folder on their own machine",
+    )
     d.set_defaults(func=_deploy_cmd)
 
     m = sub.add_parser("manifest", help="print the TOML manifest that deploy would send")

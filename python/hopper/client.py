@@ -692,19 +692,53 @@ class Client:
         """A handle on the call ``call_id``, through this client."""
         return FunctionCall.from_id(call_id, client=self)
 
-    def deploy(self, path: str) -> dict[str, Any]:
+    def deploy(self, path: str, *, snapshot: bool = True, max_bundle: int | None = None) -> dict[str, Any]:
         """Deploys the app defined in the Python file ``path``; returns the app version
-        (``{"name", "version", "functions": [...]}``).
+        (``{"name", "version", "functions": [...], "snapshot": {...}}``).
+
+        With ``snapshot`` (the default) the file's folder is shipped as the version's code
+        snapshot, uploaded only if the server does not have it yet, so calls run the code as
+        it is now on any worker machine; without, workers run the files in that folder on
+        their own machine.
+
+        Args:
+            max_bundle: most bytes of files the snapshot may hold (default 64 MiB).
 
         Raises:
             DeployError: the app breaks a rule (named with the function and ``file:line``).
+            ValueError: the folder holds more than ``max_bundle`` (the biggest files named).
             InvalidInputError: the server refused the manifest.
         """
+        from . import _snapshot
         from ._deploy import deploy_request
 
-        body = _codec.dumps(deploy_request(path))
+        path = os.path.abspath(path)
+        bundle = None
+        if snapshot:
+            limit = max_bundle if max_bundle is not None else _snapshot.DEFAULT_MAX_BYTES
+            bundle = _snapshot.build(os.path.dirname(path), limit)
+            self._store_snapshot(bundle)
+        body = _codec.dumps(deploy_request(path, snapshot=bundle.hash if bundle else None))
         result: dict[str, Any] = self._send(_Req("POST", "/v1/apps", body=body))
+        if bundle is not None:
+            result["snapshot"] = {"hash": bundle.hash, "files": bundle.files}
         return result
+
+    def _store_snapshot(self, bundle: Any) -> None:
+        """Uploads a snapshot unless the server has it already."""
+        path = f"/v1/snapshots/{bundle.hash}"
+        try:
+            self._send(_Req("GET", path))
+            return
+        except NotFoundError:
+            pass
+        response = self._http().put(
+            path,
+            content=bundle.data,
+            headers={"content-type": "application/gzip"},
+            timeout=httpx.Timeout(max(self.timeout, 120.0), connect=10.0),
+        )
+        self._check(response)
 
 
 class _AsyncMap:

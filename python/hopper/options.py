@@ -4,11 +4,44 @@
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass
 
 from ._durations import Duration, format_ms, to_ms
 
-__all__ = ["Batch", "Cron", "NoRetry", "Period", "Retries"]
+__all__ = ["Batch", "Cron", "NoRetry", "Period", "Retries", "Secret"]
+
+_SECRET_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A named secret kept by the server: each of its keys becomes an environment variable of
+    the functions that name it (``@app.function(secrets=[hopper.Secret.from_name("stripe")])``).
+
+    Set its values with ``hopper secrets set stripe API_KEY=…`` (or ``--from-dotenv .env``);
+    they never pass through your code, the manifest or the API, and reach a worker only inside
+    the leases it holds. Unlike Modal there is no ``Secret.from_dict``: a value written in the
+    app file would travel in the manifest, which any ``read`` token can see.
+    """
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _SECRET_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"a secret's name is 1 to 64 lowercase letters, digits, '_' and '-', "
+                f"starting with a letter, not {self.name!r}"
+            )
+
+    @staticmethod
+    def from_name(name: str) -> Secret:
+        """The secret called ``name`` on the server (checked when the app is deployed).
+
+        Raises:
+            ValueError: ``name`` is not a valid secret name.
+        """
+        return Secret(name)
 
 
 @dataclass(frozen=True)

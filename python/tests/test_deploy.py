@@ -210,3 +210,114 @@ def test_notify_refuses_a_rule_without_event_or_channel(kwargs: dict[str, Any], 
             app.notify(**kwargs)
     finally:
         hopper.App._all.remove(app)
+
+
+def test_a_secret_reaches_the_function_and_an_unknown_one_is_refused(
+    tmp_path: Path, server: Server, deploy: Any
+) -> None:
+    import hashlib
+    import subprocess
+
+    import hopper
+
+    name = f"py-secret-{tmp_path.name[-6:].lower().replace('_', '-')}"
+    value = "tok_9c1f44e07ab2"
+    source = f"""
+        import hashlib, os
+
+        @app.function(secrets=[hopper.Secret.from_name({name!r})], env={{"PLAIN": "p"}})
+        def whoami(x):
+            return [hashlib.sha256(os.environ["API_TOKEN"].encode()).hexdigest(), os.environ["PLAIN"]]
+    """
+    # Before the secret exists, deploy is refused and names it.
+    app = write(tmp_path, "import hopper\napp = hopper.App('secretive')\n" + textwrap.dedent(source))
+    r = run_python("-m", "hopper", "deploy", str(app), env={"HOPPER_SERVER": server.url})
+    assert r.returncode != 0 and f'"{name}"' in r.stderr, r.stderr
+    out = subprocess.run(
+        [hopper_bin(), "secrets", "set", name, f"API_TOKEN={value}", "--server", server.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    deployed = deploy(source)
+    digest, plain = deployed.fn("whoami").remote(None)
+    assert digest == hashlib.sha256(value.encode()).hexdigest() and plain == "p"
+    assert f'secrets = ["{name}"]' in run_python("-m", "hopper", "manifest", str(deployed.file)).stdout
+    assert value not in json.dumps(server.get("/v1/functions/" + deployed.app + ".whoami"))
+    with pytest.raises(ValueError, match="secret's name"):
+        hopper.Secret.from_name("Stripe Keys")
+
+
+def test_a_deploy_ships_the_apps_folder_so_an_edit_waits_for_the_next_deploy(
+    tmp_path: Path, server: Server
+) -> None:
+    import hopper
+
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    app = write(
+        folder,
+        """
+        import pathlib
+        import hopper
+        app = hopper.App("shipped")
+        @app.function
+        def read(x):
+            return (pathlib.Path(__file__).parent / "data.txt").read_text()
+    """,
+    )
+    (folder / "data.txt").write_text("one")
+    (folder / "notes.log").write_text("left out")
+    (folder / ".hopperignore").write_text("*.log\n")
+    env = {"HOPPER_SERVER": server.url}
+    r = run_python("-m", "hopper", "deploy", str(app), env=env)
+    assert r.returncode == 0 and "code " in r.stdout and "(3 files)" in r.stdout, r.stdout + r.stderr
+    read = hopper.Function.from_name("shipped.read", client=server.client())
+    assert read.remote(None) == "one"
+    (folder / "data.txt").write_text("two")
+    assert read.remote(None) == "one", "an edit without a deploy changed a deployed version"
+    r = run_python("-m", "hopper", "deploy", str(app), env=env)
+    assert r.returncode == 0, r.stderr
+    assert read.remote(None) == "two"
+    spec = server.get("/v1/functions/shipped.read")["spec"]
+    assert spec["snapshot"].startswith("sha256:") and spec["workdir"] == "/"
+    # A manifest whose workdir lies outside the shipped folder is refused, naming both.
+    r = run_python("-m", "hopper", "manifest", "--absolute-workdir", str(app))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "hopper.toml").write_text(r.stdout)
+    import subprocess
+
+    out = subprocess.run(
+        [hopper_bin(), "deploy", str(elsewhere / "hopper.toml"), "--server", server.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "is outside" in out.stderr and "root" in out.stderr, out.stderr
+    # Over the limit: refused before anything is sent, naming the file.
+    (folder / "big.bin").write_bytes(b"x" * 300_000)
+    r = run_python("-m", "hopper", "deploy", str(app), "--max-bundle", "100KiB", env=env)
+    assert r.returncode == 2 and "big.bin (0.3 MiB)" in r.stderr, r.stderr
+
+
+def test_app_requirements_reach_the_manifest_and_the_environment_runs_python3(tmp_path: Path) -> None:
+    app = write(
+        tmp_path,
+        """
+        import hopper
+        app = hopper.App("withdeps", requirements=["six==1.16.0", "tabulate>=0.9"])
+        @app.function
+        def f(x):
+            return x
+    """,
+    )
+    r = run_python("-m", "hopper", "manifest", str(app))
+    assert r.returncode == 0, r.stderr
+    assert 'serve = ["python3", "-m", "hopper._runner", "app.py", "f"]' in r.stdout
+    assert 'python = { requirements = ["six==1.16.0", "tabulate>=0.9"] }' in r.stdout
+    import hopper
+
+    with pytest.raises(ValueError, match="one requirement"):
+        hopper.App("bad-reqs", requirements=["six\ntabulate"])

@@ -64,7 +64,8 @@ def test_decorator_options_reach_the_server(deploy: Any, server: Server) -> None
         "scaledown_window_ms": 120_000,
     }
     assert spec["serve"][1:3] == ["-m", "hopper._runner"]
-    assert spec["workdir"] == str(d.folder)
+    # Shipped as a snapshot of the app's folder, whose root it runs in.
+    assert spec["workdir"] == "/" and spec["snapshot"].startswith("sha256:")
     batched = server.get(f"/v1/functions/{d.app}.batched")["spec"]
     assert batched["batch"] == {"max_size": 16, "wait_ms": 25}
     assert batched["retries"]["max_retries"] == 2

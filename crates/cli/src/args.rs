@@ -40,10 +40,18 @@ pub struct ClientArgs {
 pub enum Command {
     /// Run the server: the API, the engine and a local worker per command function.
     Serve(Box<ServeArgs>),
-    /// Deploy a manifest (hopper.toml) as a new version of its app.
+    /// Deploy a manifest (hopper.toml) as a new version of its app, with its folder (or its
+    /// `root`) as the version's code snapshot.
     Deploy {
         /// The manifest file.
         manifest: PathBuf,
+        /// Largest snapshot to ship: the files' bytes before compression.
+        #[arg(long, default_value = "64MiB")]
+        max_bundle: String,
+        /// Ship no snapshot: workers run the code from the manifest's folder on their own
+        /// machine (it must be there, at the same path).
+        #[arg(long)]
+        no_snapshot: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -171,8 +179,11 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List deployed apps and their functions.
+    /// List deployed apps and their functions (with --versions, each function's versions and
+    /// their code snapshots).
     Apps {
+        #[arg(long)]
+        versions: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -180,6 +191,14 @@ pub enum Command {
     Schedules {
         #[command(subcommand)]
         action: Option<ScheduleAction>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Named secrets: values a function gets as environment variables, never shown by the
+    /// API. Without an action, lists them.
+    Secrets {
+        #[command(subcommand)]
+        action: Option<SecretAction>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -231,6 +250,25 @@ pub enum ScheduleAction {
     Resume { name: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum SecretAction {
+    /// Create a secret, or replace every value it had (needs an admin token).
+    Set {
+        /// The secret's name: lowercase letters, digits, '_' and '-'.
+        name: String,
+        /// Values as KEY=VALUE (they stay in your shell's history: prefer --from-dotenv - for
+        /// real keys).
+        values: Vec<String>,
+        /// Read KEY=VALUE lines from this file (a .env file), or from stdin with '-'.
+        #[arg(long, value_name = "FILE")]
+        from_dotenv: Option<PathBuf>,
+    },
+    /// List secrets: names, keys and the functions that read them (never values).
+    List,
+    /// Delete a secret that no deployed function reads (needs an admin token).
+    Delete { name: String },
+}
+
 #[derive(Args, Debug)]
 pub struct InputArgs {
     /// The input as JSON, e.g. '"world"', '{"n": 3}' or -5.
@@ -260,9 +298,16 @@ pub struct ServeArgs {
     /// Address to listen on. Anything but loopback requires --token.
     #[arg(long, env = "HOPPER_LISTEN", default_value = "127.0.0.1:7433")]
     pub listen: SocketAddr,
-    /// Deploy this manifest at start (repeatable).
+    /// Deploy this manifest at start (repeatable), shipping its folder as a code snapshot.
     #[arg(long)]
     pub deploy: Vec<PathBuf>,
+    /// Development: --deploy runs from the live folder instead of a snapshot, so an edited
+    /// file takes effect at the next input without a deploy (this machine's workers only).
+    #[arg(long)]
+    pub dev: bool,
+    /// Largest code snapshot a deploy may store (compressed and unpacked).
+    #[arg(long, default_value = "256MiB")]
+    pub max_bundle: String,
     /// Require this bearer token on every request (it has every scope).
     #[arg(long, env = "HOPPER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -333,6 +378,13 @@ pub struct WorkerArgs {
     /// After SIGTERM, running inputs get this long to finish before they are handed back.
     #[arg(long, default_value = "30s")]
     pub drain: String,
+    /// Where code snapshots are unpacked, shared by the machine's workers (default
+    /// ~/.cache/hopper/snapshots).
+    #[arg(long, env = "HOPPER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes of unpacked snapshots kept; least recently used ones no worker runs go first.
+    #[arg(long, default_value = "4GiB")]
+    pub cache_max: String,
     /// Time between SIGTERM and SIGKILL for a command over its timeout.
     #[arg(long, default_value = "5s")]
     pub kill_grace: String,

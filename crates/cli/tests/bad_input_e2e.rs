@@ -314,6 +314,8 @@ async fn scoped_tokens_allow_only_their_scopes() {
             manifest: std::fs::read_to_string(&m).unwrap(),
             file: "hopper.toml".into(),
             base_dir: dir.path().display().to_string(),
+            snapshot: None,
+            snapshot_root: None,
         })
         .await
         .unwrap_err();

@@ -99,6 +99,8 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
             manifest: APP.replace("[functions.fail]", "[functions.fail]\ntimeout = \"45s\""),
             file: m.display().to_string(),
             base_dir: dir.path().display().to_string(),
+            snapshot: None,
+            snapshot_root: None,
         })
         .await
         .unwrap();

@@ -62,13 +62,14 @@ fn spawn_in_ns(ns: &str, args: &[&str]) -> Child {
         .unwrap()
 }
 
-#[test]
-fn a_worker_host_cut_off_mid_run_loses_its_leases_and_its_inputs_finish_elsewhere() {
-    let tag = format!("{:04}", std::process::id() % 10_000);
+/// A server namespace and two worker namespaces, joined by veth pairs: the server is
+/// `10.231.1.1` from the first and `10.231.2.1` from the second. `None` (after saying SKIP)
+/// where namespaces cannot be made.
+fn hosts(tag: &str) -> Option<(Hosts, String, String, String)> {
     let (server_ns, w1, w2) = (format!("hs{tag}"), format!("ha{tag}"), format!("hb{tag}"));
     if !ip(&["netns", "add", &server_ns]) {
         println!("SKIP: cannot create network namespaces here (needs root and iproute2)");
-        return;
+        return None;
     }
     let mut hosts = Hosts {
         names: vec![server_ns.clone()],
@@ -115,6 +116,15 @@ fn a_worker_host_cut_off_mid_run_loses_its_leases_and_its_inputs_finish_elsewher
         assert!(ip(&["netns", "exec", ns, "ip", "link", "set", "lo", "up"]));
     }
 
+    Some((hosts, server_ns, w1, w2))
+}
+
+#[test]
+fn a_worker_host_cut_off_mid_run_loses_its_leases_and_its_inputs_finish_elsewhere() {
+    let tag = format!("{:04}", std::process::id() % 10_000);
+    let Some((mut hosts, server_ns, w1, w2)) = hosts(&tag) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(
         dir.path(),
@@ -227,4 +237,79 @@ fn a_worker_host_cut_off_mid_run_loses_its_leases_and_its_inputs_finish_elsewher
         lost, 1,
         "the cut-off host's worker is reported lost: {list:?}"
     );
+}
+
+#[test]
+fn a_worker_on_another_host_runs_each_versions_code_without_a_copy_of_the_app() {
+    let tag = format!("{:04}", (std::process::id() + 5_000) % 10_000);
+    let Some((mut hosts, server_ns, w1, _w2)) = hosts(&tag) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(
+        app.join("hopper.toml"),
+        "app = \"code\"\n[functions.greet]\ncommand = [\"sh\", \"greet.sh\"]\n",
+    )
+    .unwrap();
+    let say = |text: &str| {
+        std::fs::write(app.join("greet.sh"), format!("printf '\"%s\"' '{text}'\n")).unwrap()
+    };
+    let data = dir.path().join("data");
+    let mut server = spawn_in_ns(
+        &server_ns,
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:7433",
+            "--no-workers",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    );
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    hosts.children.push(server);
+    let manifest = app.join("hopper.toml");
+    let mut calls = Vec::new();
+    for version in ["v1", "v2"] {
+        say(version);
+        let out = in_ns(&server_ns, &["deploy", manifest.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = in_ns(&server_ns, &["spawn", "code.greet", "--input", "null"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        calls.push((version, stdout(&out).trim().to_string()));
+    }
+    // The worker's host has no copy of the app: it runs in an empty folder of its own.
+    std::fs::remove_dir_all(&app).unwrap();
+    let empty = dir.path().join("worker-host");
+    std::fs::create_dir(&empty).unwrap();
+    let worker = Command::new("ip")
+        .args(["netns", "exec", &w1])
+        .arg(BIN)
+        .args([
+            "worker",
+            "--server",
+            "http://10.231.1.1:7433",
+            "--function",
+            "code.greet",
+            "--cache-dir",
+        ])
+        .arg(empty.join("cache"))
+        .current_dir(&empty)
+        .env("HOPPER_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    hosts.children.push(worker);
+    for (version, id) in calls {
+        let out = in_ns(&server_ns, &["get", &id, "--timeout", "60s"]);
+        assert_eq!(out.status.code(), Some(0), "{version}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), format!("\"{version}\""));
+    }
 }

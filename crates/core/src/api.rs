@@ -30,8 +30,33 @@ pub struct DeployRequest {
     pub manifest: String,
     /// How to name the manifest in errors, e.g. `examples/quickstart/hopper.toml`.
     pub file: String,
-    /// Absolute directory that relative `workdir`s are resolved against.
+    /// Absolute directory that relative `workdir`s are resolved against: the manifest's
+    /// folder on the deploying machine.
     pub base_dir: String,
+    /// The code snapshot the version runs in (`sha256:…`), stored first with
+    /// `PUT /v1/snapshots/{hash}`. Without one, the version runs from `base_dir` on the
+    /// workers' machines (`hopper serve --dev`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// With `snapshot`: the absolute folder on the deploying machine that the snapshot was
+    /// made of (`base_dir` or a folder above it). Every `workdir` must lie inside it; it runs
+    /// at the same place inside the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_root: Option<String>,
+}
+
+/// `GET /v1/snapshots/{hash}` and each version's code: a stored snapshot, without its bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotView {
+    /// `sha256:` and 64 hex digits: the SHA-256 of the gzip-compressed tar.
+    pub hash: String,
+    /// Bytes of the compressed tar.
+    pub size: u64,
+    pub files: u64,
+    /// Bytes of its files, uncompressed.
+    pub unpacked_bytes: u64,
+    /// RFC 3339: when it was first stored.
+    pub created_at: String,
 }
 
 /// An app at its current version.
@@ -65,6 +90,9 @@ pub struct FunctionVersionView {
     /// When this version of the app was deployed.
     pub deployed_at: String,
     pub spec: FunctionSpec,
+    /// The code snapshot it runs in; none for a version that runs from a folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotView>,
 }
 
 /// `POST /v1/functions/{name}/calls`: spawn a call with one input.
@@ -400,6 +428,45 @@ pub struct LeaseResponse {
     pub inputs: Vec<LeasedInput>,
     /// Keyed by [`LeasedInput::function`], e.g. `quickstart.greet@3`.
     pub functions: BTreeMap<String, FunctionSpec>,
+    /// Keyed like `functions`, for those that read secrets: the environment variables their
+    /// secrets give (variable → value). Sent only inside a lease, never shown by the API.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, BTreeMap<String, String>>,
+    /// Keyed like `functions`: why a function's secrets could not be read (one was deleted,
+    /// or was stored under another server key). Its inputs in this lease are given back
+    /// with this error and run again after a retry's wait.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_errors: BTreeMap<String, InputError>,
+}
+
+/// `PUT /v1/secrets/{name}`: a named secret's values (each key becomes an environment
+/// variable of the functions that name the secret). Replaces every value the secret had; of a
+/// key given twice, the last value counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretPut {
+    pub values: Vec<SecretValue>,
+}
+
+/// One key of a secret and its value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretValue {
+    pub key: String,
+    pub value: String,
+}
+
+/// A named secret as the API shows it: its keys, never its values.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretView {
+    pub name: String,
+    /// The secret's keys, sorted.
+    pub keys: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339: when its values were last set.
+    pub updated_at: String,
+    /// `app.function` of each current function that reads it.
+    #[serde(default)]
+    pub used_by: Vec<String>,
 }
 
 /// One leased input.

@@ -17,7 +17,7 @@ pub const DEFAULT_CONCURRENCY: u32 = 1;
 /// What a deployed function is: how to run it and its policy. Stored as JSON with each app
 /// version, handed to workers with every lease, so a worker always runs the version an input
 /// was spawned on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FunctionSpec {
     pub app: String,
     pub name: String,
@@ -29,11 +29,27 @@ pub struct FunctionSpec {
     /// function run by `hopper worker`; neither for one served by an in-process SDK handler.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serve: Vec<String>,
-    /// Absolute working directory of the command.
+    /// Absolute working directory of the command: a folder on the worker's machine, or with
+    /// `snapshot` a path inside the snapshot (`/` is its root).
     pub workdir: String,
-    /// Extra environment variables for the command.
+    /// The code snapshot this version runs in (`sha256:…`), if its deploy shipped one: the
+    /// worker unpacks it once per machine and runs the command there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The Python environment the command runs in, built by the worker once per machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<PythonEnv>,
+    /// Extra environment variables for the command. Plain values: anyone with a `read` token
+    /// sees them; a value that must stay hidden is a secret (`secrets`, `secret_env`).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Named secrets whose every key becomes an environment variable of the command. Only
+    /// the names are stored here; the values reach a worker inside the leases it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Environment variables set from one key of a named secret each, by variable name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, SecretRef>,
     /// An attempt running longer is killed and counts as failed. Default 5 minutes.
     pub timeout_ms: u64,
     #[serde(default)]
@@ -45,6 +61,27 @@ pub struct FunctionSpec {
     pub batch: Option<BatchPolicy>,
     #[serde(default)]
     pub scaling: ScalingPolicy,
+}
+
+/// A Python environment: a virtual environment a worker builds with the machine's `python3`
+/// (`HOPPER_PYTHON` names another), once per machine and set of requirements, and puts first
+/// on the command's `PATH` (so `python3` and `python` are its interpreter).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonEnv {
+    /// A requirements file in pip's format: absolute on the workers' machines, or with a
+    /// snapshot a path inside it (`/` its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requirements_file: Option<String>,
+    /// Requirements given inline, one per item, in pip's format (`six==1.16.0`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<String>,
+}
+
+/// One key of a named secret: `env = { API_KEY = { secret = "stripe", key = "API_KEY" } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    pub secret: String,
+    pub key: String,
 }
 
 /// Dynamic batching: a batch closes when it holds `max_size` inputs or `wait_ms` has passed
@@ -104,6 +141,15 @@ impl FunctionSpec {
         } else {
             Runner::External
         }
+    }
+
+    /// Every secret the function reads, by name, each once.
+    pub fn secret_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        names.extend(self.secret_env.values().map(|r| r.secret.as_str()));
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// Inputs one worker holds at once: `concurrency`, times the batch size when batched.

@@ -15,8 +15,8 @@ use toml::Spanned;
 use crate::cron::{self, Cron};
 use crate::duration;
 use crate::function::{
-    validate_function_name, validate_name, BatchPolicy, FunctionSpec, ScalingPolicy,
-    DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MS, MAX_TIMEOUT,
+    validate_function_name, validate_name, BatchPolicy, FunctionSpec, PythonEnv, ScalingPolicy,
+    SecretRef, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MS, MAX_TIMEOUT,
 };
 use crate::notify::{NotifyOn, NotifyRule, DEFAULT_QUIET_MS};
 use crate::retry::RetryPolicy;
@@ -78,6 +78,10 @@ impl std::error::Error for ManifestError {}
 #[derive(Deserialize)]
 struct RawManifest {
     app: Spanned<String>,
+    /// The folder a deploy ships as the code snapshot (read by [`code_root`]).
+    #[serde(default)]
+    #[allow(dead_code)]
+    root: Option<Spanned<String>>,
     #[serde(default)]
     functions: BTreeMap<String, Spanned<RawFunction>>,
     #[serde(default)]
@@ -119,9 +123,14 @@ struct RawFunction {
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<RawRetries>>,
     concurrency: Option<Spanned<i64>>,
+    /// A plain value, or `{ secret = "NAME", key = "KEY" }`.
     #[serde(default)]
-    env: BTreeMap<String, Spanned<String>>,
+    env: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    secrets: Vec<Spanned<String>>,
     workdir: Option<Spanned<String>>,
+    /// `python = { requirements = "requirements.txt" }` or `{ requirements = ["six"] }`.
+    python: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -171,7 +180,7 @@ enum Nested {
 }
 
 const ROOT_KEYS: Keys = Keys {
-    known: &["app", "functions", "schedules", "notify"],
+    known: &["app", "root", "functions", "schedules", "notify"],
     nested: &[
         ("functions", Nested::Named(&FUNCTION_KEYS)),
         ("schedules", Nested::Named(&SCHEDULE_KEYS)),
@@ -192,7 +201,9 @@ const FUNCTION_KEYS: Keys = Keys {
         "retries",
         "concurrency",
         "env",
+        "secrets",
         "workdir",
+        "python",
     ],
     nested: &[
         ("batch", Nested::Table(&BATCH_KEYS)),
@@ -271,6 +282,14 @@ fn unknown_keys(faults: &mut Faults<'_>, table: &toml::de::DeTable<'_>, keys: &K
             _ => {}
         }
     }
+}
+
+/// The manifest's `root`: the folder, relative to the manifest's own, that a deploy ships as
+/// the version's code (default the manifest's folder). `None` if the manifest does not say (or
+/// is not TOML: [`parse`] reports that).
+pub fn code_root(text: &str) -> Option<String> {
+    let value: toml::Value = toml::from_str(text).ok()?;
+    value.get("root")?.as_str().map(str::to_string)
 }
 
 /// Parses and validates a manifest.
@@ -486,22 +505,20 @@ fn function(
         None => RetryPolicy::default(),
         Some(r) => retry_policy(faults, &format!("{key}.retries"), r),
     };
-    let mut env = BTreeMap::new();
-    for (var, value) in &f.env {
-        if var.is_empty()
-            || var.contains('=')
-            || var.contains('\0')
-            || value.get_ref().contains('\0')
-        {
-            faults.push(
-                value.span(),
-                Some(format!("{key}.env.{var}")),
-                "an environment variable name must be non-empty and contain neither '=' nor NUL"
-                    .into(),
-            );
+    let (env, secret_env) = environment(faults, key, f);
+    let mut secrets = Vec::new();
+    for name in &f.secrets {
+        match validate_name(name.get_ref(), "secret") {
+            Ok(()) if secrets.contains(name.get_ref()) => faults.push(
+                name.span(),
+                Some(format!("{key}.secrets")),
+                format!("secret {:?} is named twice", name.get_ref()),
+            ),
+            Ok(()) => secrets.push(name.get_ref().clone()),
+            Err(e) => faults.push(name.span(), Some(format!("{key}.secrets")), e.to_string()),
         }
-        env.insert(var.clone(), value.get_ref().clone());
     }
+    let python = python_env(faults, key, f, base_dir);
     let workdir = match &f.workdir {
         None => normalize(base_dir),
         Some(w) => normalize(&base_dir.join(w.get_ref())),
@@ -517,11 +534,153 @@ fn function(
         batch,
         scaling,
         workdir: workdir.to_string_lossy().into_owned(),
+        snapshot: None,
+        python,
         env,
+        secrets,
+        secret_env,
         timeout_ms,
         retries,
         concurrency,
     })
+}
+
+/// A function's `python` table: its requirements, as a file (relative to the manifest's
+/// folder) or inline.
+fn python_env(
+    faults: &mut Faults<'_>,
+    key: &str,
+    f: &RawFunction,
+    base_dir: &Path,
+) -> Option<PythonEnv> {
+    let raw = f.python.as_ref()?;
+    let at = Some(format!("{key}.python"));
+    let expected = "expected python = { requirements = \"requirements.txt\" } or { requirements = [\"package==1.0\", …] }";
+    let Some(table) = raw.get_ref().as_table() else {
+        faults.push(raw.span(), at, expected.into());
+        return None;
+    };
+    if let Some(unknown) = table.keys().find(|k| *k != "requirements") {
+        faults.push(
+            raw.span(),
+            at,
+            format!("unknown key `{unknown}` (expected requirements)"),
+        );
+        return None;
+    }
+    match table.get("requirements") {
+        Some(toml::Value::String(file)) if !file.trim().is_empty() => Some(PythonEnv {
+            requirements_file: Some(
+                normalize(&base_dir.join(file))
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            requirements: Vec::new(),
+        }),
+        Some(toml::Value::Array(items)) => {
+            let list: Option<Vec<String>> = items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .filter(|s| !s.trim().is_empty() && !s.contains('\n'))
+                        .map(str::to_string)
+                })
+                .collect();
+            match list {
+                Some(list) if !list.is_empty() => Some(PythonEnv {
+                    requirements_file: None,
+                    requirements: list,
+                }),
+                _ => {
+                    faults.push(
+                        raw.span(),
+                        at,
+                        "requirements must be a non-empty list of one-line strings in pip's format"
+                            .into(),
+                    );
+                    None
+                }
+            }
+        }
+        _ => {
+            faults.push(raw.span(), at, expected.into());
+            None
+        }
+    }
+}
+
+/// A function's `env`: plain values, and variables read from one key of a named secret.
+fn environment(
+    faults: &mut Faults<'_>,
+    key: &str,
+    f: &RawFunction,
+) -> (BTreeMap<String, String>, BTreeMap<String, SecretRef>) {
+    let mut env = BTreeMap::new();
+    let mut secret_env = BTreeMap::new();
+    for (var, value) in &f.env {
+        let at = Some(format!("{key}.env.{var}"));
+        if let Err(e) = validate_env_name(var) {
+            faults.push(value.span(), at.clone(), e);
+        }
+        match value.get_ref() {
+            toml::Value::String(text) if text.contains('\0') => faults.push(
+                value.span(),
+                at,
+                "an environment variable's value cannot contain NUL".into(),
+            ),
+            toml::Value::String(text) => {
+                env.insert(var.clone(), text.clone());
+            }
+            toml::Value::Table(t) => {
+                let field = |name: &str| t.get(name).and_then(toml::Value::as_str);
+                let unknown: Vec<&str> = t
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| *k != "secret" && *k != "key")
+                    .collect();
+                match (field("secret"), field("key")) {
+                    (Some(secret), Some(secret_key)) if unknown.is_empty() => {
+                        if let Err(e) = validate_name(secret, "secret") {
+                            faults.push(value.span(), at.clone(), e.to_string());
+                        }
+                        if let Err(e) = validate_env_name(secret_key) {
+                            faults.push(value.span(), at, format!("key: {e}"));
+                        }
+                        secret_env.insert(
+                            var.clone(),
+                            SecretRef {
+                                secret: secret.to_string(),
+                                key: secret_key.to_string(),
+                            },
+                        );
+                    }
+                    _ => faults.push(
+                        value.span(),
+                        at,
+                        "expected a string, or { secret = \"NAME\", key = \"KEY\" } to read one key of a named secret".into(),
+                    ),
+                }
+            }
+            _ => faults.push(
+                value.span(),
+                at,
+                "expected a string, or { secret = \"NAME\", key = \"KEY\" } to read one key of a named secret".into(),
+            ),
+        }
+    }
+    (env, secret_env)
+}
+
+/// An environment variable's name as a secret's key or an `env` entry: non-empty, without
+/// `=` or NUL.
+pub fn validate_env_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('=') || name.contains('\0') {
+        Err(format!(
+            "{name:?}: an environment variable name must be non-empty and contain neither '=' nor NUL"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn schedule(

@@ -368,6 +368,38 @@ impl Client {
             .await
     }
 
+    /// Sets a named secret's values (creating it, or replacing every value it had); needs an
+    /// `admin` token. The answer shows its keys, never its values.
+    pub async fn secret_put(
+        &self,
+        name: &str,
+        values: std::collections::BTreeMap<String, String>,
+    ) -> Result<SecretView, Error> {
+        let body = hopper_core::api::SecretPut {
+            values: values
+                .into_iter()
+                .map(|(key, value)| hopper_core::api::SecretValue { key, value })
+                .collect(),
+        };
+        self.send(
+            self.request(Method::PUT, &format!("/v1/secrets/{name}"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Every secret: names, keys and the functions that read them.
+    pub async fn secrets(&self) -> Result<Vec<SecretView>, Error> {
+        self.send(self.request(Method::GET, "/v1/secrets")).await
+    }
+
+    /// Deletes a secret no deployed function reads; needs an `admin` token.
+    pub async fn secret_delete(&self, name: &str) -> Result<(), Error> {
+        self.send_raw(self.request(Method::DELETE, &format!("/v1/secrets/{name}")))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn workers(&self) -> Result<Vec<WorkerView>, Error> {
         self.send(self.request(Method::GET, "/v1/workers")).await
     }
@@ -443,6 +475,40 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    /// A code snapshot's bytes (a gzip-compressed tar), for a worker that runs its code.
+    pub async fn worker_snapshot(&self, id: &WorkerId, hash: &str) -> Result<Vec<u8>, Error> {
+        let response = self
+            .send_raw(self.request(Method::GET, &format!("/v1/workers/{id}/snapshots/{hash}")))
+            .await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Error::Transport(root_cause(&e)))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Stores a code snapshot (`PUT /v1/snapshots/{hash}`); needs an `admin` token.
+    pub async fn snapshot_put(&self, hash: &str, bytes: Vec<u8>) -> Result<SnapshotView, Error> {
+        self.send(
+            self.request(Method::PUT, &format!("/v1/snapshots/{hash}"))
+                .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+                .body(bytes),
+        )
+        .await
+    }
+
+    /// What a stored snapshot holds; `Ok(None)` if the server does not have it.
+    pub async fn snapshot(&self, hash: &str) -> Result<Option<SnapshotView>, Error> {
+        match self
+            .send(self.request(Method::GET, &format!("/v1/snapshots/{hash}")))
+            .await
+        {
+            Ok(view) => Ok(Some(view)),
+            Err(Error::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn worker_deregister(&self, id: &WorkerId) -> Result<(), Error> {

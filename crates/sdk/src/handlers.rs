@@ -231,6 +231,8 @@ impl Worker {
                 manifest: self.manifest(),
                 file: format!("<{} worker>", self.app),
                 base_dir: "/".into(),
+                snapshot: None,
+                snapshot_root: None,
             })
             .await
     }

@@ -57,10 +57,12 @@ pub struct Job {
     pub cancel: CancellationToken,
 }
 
-/// Where an executor writes an input's log lines; they travel to the server in batches.
+/// Where an executor writes an input's log lines; they travel to the server in batches, with
+/// every secret value this worker was given replaced by `***`.
 #[derive(Clone)]
 pub struct LogSink {
     outbox: Outbox,
+    redact: Redactor,
 }
 
 impl LogSink {
@@ -69,8 +71,42 @@ impl LogSink {
             lease,
             stream,
             ts_ms: now_ms(),
-            line,
+            line: self.redact.apply(line),
         });
+    }
+}
+
+/// Secret values a worker was given, to be cut out of what it sends back as logs and errors.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    values: Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+impl Redactor {
+    /// Values shorter than this are not redacted: a secret of one or two characters would turn
+    /// every log line into stars, and hides nothing worth hiding.
+    const MIN_LEN: usize = 4;
+
+    fn add<'a>(&self, values: impl IntoIterator<Item = &'a String>) {
+        let mut known = self.values.write().unwrap_or_else(|p| p.into_inner());
+        for v in values {
+            if v.len() >= Self::MIN_LEN && !known.contains(v) {
+                known.push(v.clone());
+            }
+        }
+        // Longest first, so a value that contains another is cut out whole.
+        known.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+
+    /// `text` with each known secret value replaced by `***`.
+    pub fn apply(&self, mut text: String) -> String {
+        let known = self.values.read().unwrap_or_else(|p| p.into_inner());
+        for v in known.iter() {
+            if text.contains(v.as_str()) {
+                text = text.replace(v.as_str(), "***");
+            }
+        }
+        text
     }
 }
 
@@ -82,6 +118,9 @@ pub struct Registration {
     pub server: String,
     /// A `read` and `submit` token for functions to call others with (none without tokens).
     pub call_token: Option<String>,
+    /// The worker's own client (its token and secret), for what its functions need from the
+    /// server besides inputs, such as their code snapshots.
+    pub client: Client,
 }
 
 /// Runs inputs. A batch has one job unless the function batches.
@@ -140,11 +179,14 @@ pub async fn run(
         worker_id: worker.clone(),
         server: client.base_url().to_string(),
         call_token: registered.call_token.clone(),
+        client: client.clone(),
     });
     let (outbox, outbox_task) =
         Outbox::start(client.clone(), worker.clone(), Limits::from(&registered));
+    let redact = Redactor::default();
     let logs = LogSink {
         outbox: outbox.clone(),
+        redact: redact.clone(),
     };
     let in_flight: InFlight = Arc::default();
     let slot_freed = Arc::new(Notify::new());
@@ -162,6 +204,10 @@ pub async fn run(
     ));
     let mut specs: BTreeMap<String, Arc<FunctionSpec>> = BTreeMap::new();
     for (key, spec) in &registered.functions {
+        // A function that reads secrets starts with its first lease, which carries them.
+        if !spec.secret_names().is_empty() {
+            continue;
+        }
         let spec = Arc::new(spec.clone());
         executor.prepare(spec.clone(), logs.clone());
         specs.insert(key.clone(), spec);
@@ -243,14 +289,32 @@ pub async fn run(
                 break;
             }
         };
-        for (key, spec) in response.functions {
+        for (key, mut spec) in response.functions {
+            if response.secret_errors.contains_key(&key) {
+                continue;
+            }
             if let std::collections::btree_map::Entry::Vacant(slot) = specs.entry(key) {
+                if let Some(env) = response.secret_env.get(slot.key()) {
+                    redact.add(env.values());
+                    spec.env.extend(env.clone());
+                }
                 let spec = Arc::new(spec);
                 executor.prepare(spec.clone(), logs.clone());
                 slot.insert(spec);
             }
         }
         for input in response.inputs {
+            if let Some(error) = response.secret_errors.get(&input.function) {
+                outbox.result(InputResult {
+                    lease: input.lease,
+                    batch_size: None,
+                    outcome: Outcome::Failed {
+                        error: error.clone(),
+                        retry: true,
+                    },
+                });
+                continue;
+            }
             let Some(spec) = specs.get(&input.function).cloned() else {
                 tracing::error!(function = %input.function, "leased an input without its function's spec");
                 continue;
@@ -394,6 +458,7 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
     } = shared;
     let leases: Vec<Lease> = jobs.iter().map(|j| j.lease).collect();
     let batch_size = spec.batch.map(|_| leases.len() as u32);
+    let redact = logs.redact.clone();
     // The executor runs in its own task, so a panic in it fails the batch instead of the worker.
     let outcomes = match tokio::spawn(executor.run(spec, jobs, logs)).await {
         Ok(outcomes) => outcomes,
@@ -442,8 +507,8 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
     for (lease, outcome) in leases.into_iter().zip(outcomes) {
         match outcome {
             Some(outcome) => outbox.result(InputResult {
+                outcome: redacted(outcome, &redact),
                 lease,
-                outcome,
                 batch_size,
             }),
             // Stopped because the worker is stopping: hand the input back rather than letting
@@ -462,6 +527,22 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
         }
     }
     slot_freed.notify_one();
+}
+
+/// A failure's message without the secret values it may quote (it is stored, shown and sent
+/// in notifications).
+fn redacted(outcome: Outcome, redact: &Redactor) -> Outcome {
+    match outcome {
+        Outcome::Failed { mut error, retry } => {
+            error.message = redact.apply(error.message);
+            Outcome::Failed { error, retry }
+        }
+        Outcome::Returned { mut error } => {
+            error.message = redact.apply(error.message);
+            Outcome::Returned { error }
+        }
+        ok @ Outcome::Succeeded { .. } => ok,
+    }
 }
 
 /// The message of a panic payload.

@@ -100,6 +100,24 @@ pub struct ServerConfig {
     /// Log lines kept per attempt; past it one marker line says lines were dropped.
     /// Default 10,000.
     pub max_log_lines: u32,
+    /// The key that seals secrets' values in the store (`HOPPER_SECRET_KEY`: 64 hex digits,
+    /// the same on every server of a cluster). Default none: `secret_key_file`.
+    pub secret_key: Option<crate::secrets::SecretKey>,
+    /// Where the key is kept when `secret_key` is not given: created (mode 0600) the first
+    /// time a secret is set. Default none; `hopper serve` sets `DATA/secret.key` for SQLite,
+    /// and a PostgreSQL server without `HOPPER_SECRET_KEY` cannot store secrets.
+    pub secret_key_file: Option<PathBuf>,
+    /// Most bytes a code snapshot may hold, compressed and unpacked (`--max-bundle`).
+    /// Default 256 MiB.
+    pub max_bundle_bytes: u64,
+    /// `serve --dev`: manifests given with `deploy` run from their live folder instead of a
+    /// snapshot, so an edited file takes effect without a deploy. Default false.
+    pub dev: bool,
+    /// Where local workers unpack code snapshots (`hopper serve` sets `DATA/snapshots`).
+    /// Default none: the worker's own default, `~/.cache/hopper/snapshots`.
+    pub worker_cache_dir: Option<PathBuf>,
+    /// The server's data folder (`--data`), left out of the snapshots it builds. Default none.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -127,6 +145,12 @@ impl Default for ServerConfig {
             public_url: None,
             notify_gather: Duration::from_secs(2),
             max_log_lines: 10_000,
+            secret_key: None,
+            secret_key_file: None,
+            max_bundle_bytes: 256 * 1024 * 1024,
+            dev: false,
+            worker_cache_dir: None,
+            data_dir: None,
         }
     }
 }

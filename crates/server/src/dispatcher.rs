@@ -41,7 +41,7 @@ pub async fn lease(
             .await?;
         let now = tokio::time::Instant::now();
         if !rows.is_empty() || now >= deadline {
-            return response(rows);
+            return response(state, rows).await;
         }
         // Sleep until the next retry falls due, new inputs arrive, or the wait ends.
         let until = match state.store.input_next_due(functions).await? {
@@ -54,12 +54,12 @@ pub async fn lease(
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}
             _ = wake.changed() => {}
-            _ = state.shutdown.cancelled() => return response(Vec::new()),
+            _ = state.shutdown.cancelled() => return response(state, Vec::new()).await,
         }
     }
 }
 
-fn response(rows: Vec<LeasedRow>) -> Result<LeaseResponse, ApiError> {
+async fn response(state: &AppState, rows: Vec<LeasedRow>) -> Result<LeaseResponse, ApiError> {
     let mut functions = BTreeMap::new();
     let mut inputs = Vec::with_capacity(rows.len());
     for row in rows {
@@ -81,5 +81,13 @@ fn response(rows: Vec<LeasedRow>) -> Result<LeaseResponse, ApiError> {
         });
         functions.entry(key).or_insert(row.spec);
     }
-    Ok(LeaseResponse { inputs, functions })
+    // The secrets these functions read travel only here, inside the leases they are for.
+    let secrets =
+        crate::secrets::for_functions(state.store.as_ref(), &state.keyring, &functions).await?;
+    Ok(LeaseResponse {
+        inputs,
+        functions,
+        secret_env: secrets.env,
+        secret_errors: secrets.errors,
+    })
 }

@@ -32,6 +32,7 @@ pub mod notifier;
 pub mod provisioner;
 pub mod pruner;
 pub mod reaper;
+pub mod secrets;
 pub mod state;
 
 use std::sync::Arc;
@@ -126,6 +127,10 @@ pub async fn run(
         std::sync::Arc::new(clock.clone()),
         stop.clone(),
     );
+    state
+        .keyring
+        .check()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     for path in &config.deploy {
         deploy::from_file(&state, path).await?;
     }

@@ -240,6 +240,15 @@ fn terminate(stopping: &mut Vec<Child>, child: Child) {
     stopping.push(child);
 }
 
+/// Environment variables the server reads that its local workers (and so every function) must
+/// not inherit.
+pub const SERVER_ONLY_ENV: &[&str] = &[
+    "HOPPER_SECRET_KEY",
+    "HOPPER_DATABASE",
+    "HOPPER_SMTP",
+    "HOPPER_DATA",
+];
+
 fn start(
     state: &AppState,
     program: &PathBuf,
@@ -261,6 +270,9 @@ fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
+    if let Some(dir) = &state.config.worker_cache_dir {
+        cmd.arg("--cache-dir").arg(dir);
+    }
     if let Some(filter) = &state.config.worker_log {
         cmd.env("RUST_LOG", filter);
     }
@@ -268,6 +280,11 @@ fn start(
         Some(token) => cmd.env("HOPPER_TOKEN", token),
         None => cmd.env_remove("HOPPER_TOKEN"),
     };
+    // The server's own secrets stay with the server: a function's process inherits its
+    // worker's environment, and any function could print these.
+    for var in SERVER_ONLY_ENV {
+        cmd.env_remove(var);
+    }
     // A local worker must not outlive its server, even one killed with SIGKILL.
     process::isolate(&mut cmd, process::SIGKILL);
     cmd.spawn()
@@ -295,6 +312,7 @@ mod tests {
                 wait_ms: 10,
             }),
             scaling,
+            ..Default::default()
         }
     }
 

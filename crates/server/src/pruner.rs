@@ -1,15 +1,19 @@
 //! The pruner deletes calls (with their inputs, attempts and logs) that ended longer ago than
-//! the retention period.
+//! the retention period, and code snapshots no version still needs.
 
 use std::time::Duration;
 
-use hopper_store::{CallPrune, StoreError};
+use hopper_store::{CallPrune, SnapshotPrune, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 
 /// Calls deleted per transaction, so pruning never holds the writer for long.
 const BATCH: u32 = 500;
+/// The snapshots of each app's last versions are kept, for a rollback by redeploying.
+const KEEP_VERSIONS: u32 = 10;
+/// A snapshot no version names yet is kept this long: its deploy may be on its way.
+const UPLOAD_GRACE_MS: i64 = 3_600_000;
 
 pub struct Pruner {
     state: AppState,
@@ -38,9 +42,24 @@ impl Pruner {
                 if total > 0 {
                     tracing::info!(calls = total, "pruned ended calls past retention");
                 }
-                return Ok(total);
+                break;
             }
         }
+        let snapshots = self
+            .state
+            .store
+            .snapshot_prune(SnapshotPrune {
+                keep_versions: KEEP_VERSIONS,
+                created_before: self.state.now() - UPLOAD_GRACE_MS,
+            })
+            .await?;
+        if snapshots > 0 {
+            tracing::info!(
+                snapshots,
+                "pruned code snapshots no version needs (kept: each app's last {KEEP_VERSIONS} versions', and those of versions with calls running)"
+            );
+        }
+        Ok(total)
     }
 
     /// Runs a pass every tenth of the retention period (between 1 s and 10 min) until `stop`.

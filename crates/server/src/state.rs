@@ -35,6 +35,8 @@ pub struct AppState {
     pub channels: Arc<Mutex<std::collections::BTreeMap<String, hopper_core::api::ChannelView>>>,
     /// Cancelled when the server shuts down: long-polls return at once.
     pub shutdown: CancellationToken,
+    /// Seals and opens secrets' values.
+    pub keyring: Arc<crate::secrets::Keyring>,
 }
 
 impl AppState {
@@ -44,7 +46,10 @@ impl AppState {
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
     ) -> Self {
+        let keyring =
+            crate::secrets::Keyring::new(config.secret_key.clone(), config.secret_key_file.clone());
         Self {
+            keyring: Arc::new(keyring),
             config: Arc::new(config),
             store,
             clock,

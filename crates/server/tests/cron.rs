@@ -35,7 +35,7 @@ async fn state(dir: &Path, clock: &ManualClock) -> AppState {
 }
 
 async fn deploy_text(state: &AppState, text: &str) {
-    deploy::manifest_text(state, "hopper.toml", text, Path::new("/"))
+    deploy::manifest_text(state, "hopper.toml", text, Path::new("/"), None)
         .await
         .unwrap();
 }

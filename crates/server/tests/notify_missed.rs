@@ -68,7 +68,7 @@ async fn missed_due_times_are_notified() {
     let manifest = format!(
         "app = \"r\"\n[functions.f]\ncommand = [\"true\"]\n[schedules.daily]\nfunction = \"f\"\ncron = \"0 3 * * *\"\n[[notify]]\non = [\"schedule_missed\"]\nwebhook = \"{hook}\"\n"
     );
-    deploy::manifest_text(&state, "hopper.toml", &manifest, Path::new("/"))
+    deploy::manifest_text(&state, "hopper.toml", &manifest, Path::new("/"), None)
         .await
         .unwrap();
     let mut notifier = Notifier::new(state.clone()).unwrap();

@@ -27,6 +27,10 @@ pub mod migrate;
 mod query_plans;
 #[path = "../../store-sql/schedules.rs"]
 mod schedules;
+#[path = "../../store-sql/secrets.rs"]
+mod secrets;
+#[path = "../../store-sql/snapshots.rs"]
+mod snapshots;
 #[path = "../../store-sql/stats.rs"]
 mod stats;
 #[path = "../../store-sql/workers.rs"]
@@ -445,6 +449,43 @@ impl Store for PgStore {
     async fn setting_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let (key, value) = (key.to_string(), value.to_string());
         self.write(move |conn| Box::pin(calls::setting_put(conn, key.clone(), value.clone())))
+            .await
+    }
+
+    async fn secret_put(&self, params: SecretPutParams) -> Result<SecretRow, StoreError> {
+        self.write(move |conn| Box::pin(secrets::put(conn, params.clone())))
+            .await
+    }
+
+    async fn secret_list(&self) -> Result<Vec<SecretRow>, StoreError> {
+        secrets::list(&self.pool).await
+    }
+
+    async fn secret_get_many(&self, names: &[String]) -> Result<Vec<SecretRow>, StoreError> {
+        secrets::get_many(&self.pool, names).await
+    }
+
+    async fn secret_delete(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(move |conn| Box::pin(secrets::delete(conn, name.clone())))
+            .await
+    }
+
+    async fn snapshot_put(&self, params: SnapshotPut) -> Result<bool, StoreError> {
+        self.write(move |conn| Box::pin(snapshots::put(conn, params.clone())))
+            .await
+    }
+
+    async fn snapshot_info(&self, hash: &str) -> Result<Option<SnapshotRow>, StoreError> {
+        snapshots::info(&self.pool, hash).await
+    }
+
+    async fn snapshot_get(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        snapshots::get(&self.pool, hash).await
+    }
+
+    async fn snapshot_prune(&self, params: SnapshotPrune) -> Result<u64, StoreError> {
+        self.write(move |conn| Box::pin(snapshots::prune(conn, params.clone())))
             .await
     }
 

@@ -27,6 +27,12 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0006_dashboard.sql"),
     ),
     (7, "faults", include_str!("../migrations/0007_faults.sql")),
+    (8, "secrets", include_str!("../migrations/0008_secrets.sql")),
+    (
+        9,
+        "snapshots",
+        include_str!("../migrations/0009_snapshots.sql"),
+    ),
 ];
 
 /// Arbitrary key of the advisory lock that serialises migrations across servers.

@@ -73,6 +73,8 @@ macro_rules! conformance_suite {
             a_failure_that_cannot_get_better_skips_its_retries,
             a_nul_character_in_a_log_line_loses_no_line,
             cancels_completions_rescues_and_heartbeats_of_the_same_calls_never_deadlock,
+            secrets_are_stored_replaced_listed_and_deleted,
+            snapshots_are_kept_while_a_version_needs_them,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -111,6 +113,7 @@ fn spec(app: &str, name: &str, max_retries: u32, timeout_ms: u64) -> FunctionSpe
             max_delay_ms: 60_000,
         },
         concurrency: 1,
+        ..Default::default()
     }
 }
 
@@ -127,6 +130,7 @@ async fn deploy(store: &dyn Store) {
             ],
             schedules: Vec::new(),
             notify: Vec::new(),
+            snapshot: None,
             now: T0,
         })
         .await
@@ -254,6 +258,7 @@ pub async fn deploy_makes_a_new_version_each_time(store: Arc<dyn Store>) {
             functions: vec![spec("a", "ok", 5, 1_000)],
             schedules: Vec::new(),
             notify: Vec::new(),
+            snapshot: None,
             now: T0 + 1,
         })
         .await
@@ -305,6 +310,7 @@ pub async fn functions_are_found_by_bare_or_qualified_name(store: Arc<dyn Store>
             functions: vec![spec("b", "ok", 0, 1_000)],
             schedules: Vec::new(),
             notify: Vec::new(),
+            snapshot: None,
             now: T0,
         })
         .await
@@ -1396,6 +1402,7 @@ async fn deploy_schedules(
                 })
                 .collect(),
             notify: Vec::new(),
+            snapshot: None,
             now,
         })
         .await
@@ -2422,5 +2429,116 @@ pub async fn cancels_completions_rescues_and_heartbeats_of_the_same_calls_never_
             assert!(row.state.is_terminal(), "{row:?}");
             assert_complete_order(&*store, &call.id, 60).await;
         }
+    }
+}
+
+pub async fn secrets_are_stored_replaced_listed_and_deleted(store: Arc<dyn Store>) {
+    let put = |name: &str, keys: &[&str], sealed: &str, now: i64| SecretPutParams {
+        name: name.into(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        sealed: sealed.into(),
+        now,
+    };
+    assert!(store.secret_list().await.unwrap().is_empty());
+    let first = store
+        .secret_put(put("stripe", &["API_KEY"], "v1:aaa", T0))
+        .await
+        .unwrap();
+    assert_eq!((first.created_at, first.updated_at), (T0, T0));
+    store
+        .secret_put(put("aws", &["ID", "KEY"], "v1:bbb", T0 + 1))
+        .await
+        .unwrap();
+    // Setting again replaces keys and values and keeps the creation time.
+    let replaced = store
+        .secret_put(put("stripe", &["API_KEY", "WEBHOOK"], "v1:ccc", T0 + 2))
+        .await
+        .unwrap();
+    assert_eq!(replaced.keys, vec!["API_KEY", "WEBHOOK"]);
+    assert_eq!(replaced.sealed, "v1:ccc");
+    assert_eq!((replaced.created_at, replaced.updated_at), (T0, T0 + 2));
+    let names: Vec<String> = store
+        .secret_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, vec!["aws", "stripe"]);
+    let some = store
+        .secret_get_many(&["stripe".into(), "missing".into()])
+        .await
+        .unwrap();
+    assert_eq!(some, vec![replaced]);
+    assert!(store.secret_get_many(&[]).await.unwrap().is_empty());
+    assert!(store.secret_delete("aws").await.unwrap());
+    assert!(!store.secret_delete("aws").await.unwrap());
+    assert_eq!(store.secret_list().await.unwrap().len(), 1);
+}
+
+pub async fn snapshots_are_kept_while_a_version_needs_them(store: Arc<dyn Store>) {
+    let put = |hash: &str, now: i64| SnapshotPut {
+        hash: hash.into(),
+        bytes: hash.as_bytes().to_vec(),
+        files: 2,
+        unpacked_bytes: 10,
+        now,
+    };
+    assert!(store.snapshot_put(put("sha256:v1", T0)).await.unwrap());
+    // The same hash again stores nothing new.
+    assert!(!store.snapshot_put(put("sha256:v1", T0 + 5)).await.unwrap());
+    let info = store.snapshot_info("sha256:v1").await.unwrap().unwrap();
+    assert_eq!(
+        (info.size, info.files, info.unpacked_bytes, info.created_at),
+        (9, 2, 10, T0)
+    );
+    assert_eq!(
+        store.snapshot_get("sha256:v1").await.unwrap().unwrap(),
+        b"sha256:v1".to_vec()
+    );
+    assert!(store.snapshot_info("sha256:none").await.unwrap().is_none());
+    assert!(store.snapshot_get("sha256:none").await.unwrap().is_none());
+    for (version, hash) in [(1, "sha256:v1"), (2, "sha256:v2"), (3, "sha256:v3")] {
+        store.snapshot_put(put(hash, T0)).await.unwrap();
+        store
+            .app_deploy(AppDeploy {
+                app: "a".into(),
+                manifest: String::new(),
+                functions: vec![spec("a", "ok", 0, 60_000)],
+                schedules: Vec::new(),
+                notify: Vec::new(),
+                snapshot: Some(hash.into()),
+                now: T0 + version,
+            })
+            .await
+            .unwrap();
+    }
+    store.snapshot_put(put("sha256:orphan", T0)).await.unwrap();
+    store
+        .snapshot_put(put("sha256:fresh", T0 + 100))
+        .await
+        .unwrap();
+    // A call of version 1 still runs, so version 1's snapshot stays with the newest one.
+    spawn_n(&*store, "ok", 1, T0).await;
+    let pruned = store
+        .snapshot_prune(SnapshotPrune {
+            keep_versions: 1,
+            created_before: T0 + 50,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2, "v2 and the orphan go");
+    for (hash, kept) in [
+        ("sha256:v1", true),
+        ("sha256:v2", false),
+        ("sha256:v3", true),
+        ("sha256:orphan", false),
+        ("sha256:fresh", true),
+    ] {
+        assert_eq!(
+            store.snapshot_info(hash).await.unwrap().is_some(),
+            kept,
+            "{hash}"
+        );
     }
 }

@@ -193,6 +193,31 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Creates a named secret, or replaces every value of an existing one (its creation time
+    /// is kept).
+    async fn secret_put(&self, params: SecretPutParams) -> Result<SecretRow, StoreError>;
+
+    /// Every secret, by name.
+    async fn secret_list(&self) -> Result<Vec<SecretRow>, StoreError>;
+
+    /// The secrets of these names that exist, by name.
+    async fn secret_get_many(&self, names: &[String]) -> Result<Vec<SecretRow>, StoreError>;
+
+    /// Deletes a secret; false if there was none of that name.
+    async fn secret_delete(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Stores a code snapshot; true if it was new (the same hash stored twice is one snapshot).
+    async fn snapshot_put(&self, params: SnapshotPut) -> Result<bool, StoreError>;
+
+    /// A snapshot's size and contents, without its bytes; `None` if it is not stored.
+    async fn snapshot_info(&self, hash: &str) -> Result<Option<SnapshotRow>, StoreError>;
+
+    /// A snapshot's bytes (the gzip-compressed tar); `None` if it is not stored.
+    async fn snapshot_get(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Deletes the snapshots no version still needs (see [`SnapshotPrune`]); how many.
+    async fn snapshot_prune(&self, params: SnapshotPrune) -> Result<u64, StoreError>;
+
     /// Workers not stopped, and those stopped or last seen after `seen_after`.
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError>;
 }

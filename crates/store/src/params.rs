@@ -22,6 +22,8 @@ pub struct AppDeploy {
     pub schedules: Vec<ScheduleDeploy>,
     /// The app's notification rules (they replace the previous version's).
     pub notify: Vec<hopper_core::notify::NotifyRule>,
+    /// The code snapshot the version runs in (its hash), if it has one.
+    pub snapshot: Option<String>,
     pub now: UnixMillis,
 }
 
@@ -250,4 +252,37 @@ pub struct WorkerRegisterParams {
 pub struct WorkerDeregister {
     pub id: WorkerId,
     pub now: UnixMillis,
+}
+
+/// Stores a named secret's sealed values, replacing what it had.
+#[derive(Debug, Clone)]
+pub struct SecretPutParams {
+    pub name: String,
+    /// The secret's keys, sorted (kept in the clear so they can be listed).
+    pub keys: Vec<String>,
+    /// The values, encrypted by the server; the store never sees them in the clear.
+    pub sealed: String,
+    pub now: UnixMillis,
+}
+
+/// Stores a code snapshot under its hash; one that is there already is kept as it is.
+#[derive(Debug, Clone)]
+pub struct SnapshotPut {
+    /// `sha256:` and the hex digest of `bytes`.
+    pub hash: String,
+    /// The gzip-compressed tar.
+    pub bytes: Vec<u8>,
+    pub files: u64,
+    /// Bytes of its files, uncompressed.
+    pub unpacked_bytes: u64,
+    pub now: UnixMillis,
+}
+
+/// Which snapshots pruning keeps: those of each app's last `keep_versions` versions, those of
+/// versions with calls that have not ended, and those stored at or after `created_before`
+/// (uploaded for a deploy that has not happened yet).
+#[derive(Debug, Clone)]
+pub struct SnapshotPrune {
+    pub keep_versions: u32,
+    pub created_before: UnixMillis,
 }

@@ -208,3 +208,25 @@ pub struct FiringRow {
     pub outcome: String,
     pub call_id: Option<CallId>,
 }
+
+/// A named secret as stored: its keys in the clear, its values sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    pub name: String,
+    pub keys: Vec<String>,
+    pub sealed: String,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+/// A stored code snapshot, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub hash: String,
+    /// Bytes of the compressed tar.
+    pub size: u64,
+    pub files: u64,
+    /// Bytes of its files, uncompressed.
+    pub unpacked_bytes: u64,
+    pub created_at: UnixMillis,
+}

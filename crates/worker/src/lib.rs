@@ -3,20 +3,26 @@
 //! JSON. Both plug into the SDK's worker runtime (leasing, batching, heartbeats, outbox).
 //!
 //! # Layout
+//! - [`cache`]: the machine's unpacked code snapshots.
 //! - [`command`]: one input as a command process.
 //! - [`serve`]: the long-lived `serve` process and its protocol (docs/SERVE_PROTOCOL.md).
 //! - [`process`]: process groups and parent-death signals.
+//! - [`pyenv`]: Python environments built from a function's requirements.
+//! - [`snapshot`]: code snapshots: building, checking and unpacking them.
 
+pub mod cache;
 pub mod command;
 pub mod process;
+pub mod pyenv;
 pub mod serve;
+pub mod snapshot;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use hopper_core::api::{InputError, Outcome};
+use hopper_core::api::{InputError, LogStream, Outcome};
 use hopper_core::function::Runner;
 use hopper_core::FunctionSpec;
 use hopper_sdk::runtime::{Executor, Job, LogSink, Registration};
@@ -28,18 +34,96 @@ pub struct ProcessExecutor {
     kill_grace: Duration,
     serve: Arc<serve::ServePool>,
     env: Arc<OnceLock<serve::WorkerEnv>>,
+    snapshots: Arc<cache::SnapshotCache>,
+    envs: Arc<pyenv::PythonEnvs>,
 }
 
 impl ProcessExecutor {
     /// `kill_grace` is the time between SIGTERM and SIGKILL of a command over its timeout, and
-    /// of a `serve` process when the worker stops.
-    pub fn new(kill_grace: Duration) -> Self {
+    /// of a `serve` process when the worker stops; `snapshots` is where functions' code is
+    /// unpacked.
+    pub fn new(kill_grace: Duration, snapshots: cache::SnapshotCache) -> Self {
         Self {
             kill_grace,
             serve: Arc::default(),
             env: Arc::default(),
+            envs: Arc::new(pyenv::PythonEnvs::new(snapshots.envs_dir())),
+            snapshots: Arc::new(snapshots),
         }
     }
+}
+
+/// Why a function cannot run on this machine yet.
+struct Unready {
+    code: &'static str,
+    message: String,
+    retry: bool,
+}
+
+/// `spec` as it runs on this machine: a function shipped as a snapshot runs in the snapshot's
+/// folder in the cache (unpacked first if need be), one with Python requirements in its
+/// environment (built first if need be).
+async fn resolve(
+    snapshots: &cache::SnapshotCache,
+    envs: &pyenv::PythonEnvs,
+    spec: Arc<FunctionSpec>,
+) -> Result<Arc<FunctionSpec>, Unready> {
+    if spec.snapshot.is_none() && spec.python.is_none() {
+        return Ok(spec);
+    }
+    let mut local = (*spec).clone();
+    let mut root = None;
+    if let Some(hash) = &spec.snapshot {
+        let folder = snapshots
+            .materialize(hash)
+            .await
+            .map_err(|message| Unready {
+                code: "snapshot_unavailable",
+                message,
+                retry: true,
+            })?;
+        local.workdir = folder
+            .join(spec.workdir.trim_start_matches('/'))
+            .to_string_lossy()
+            .into_owned();
+        root = Some(folder);
+    }
+    if let Some(python) = &spec.python {
+        let failed = |message: String| Unready {
+            code: "environment_failed",
+            message,
+            retry: false,
+        };
+        let mut text = python.requirements.join("\n");
+        if let Some(file) = &python.requirements_file {
+            let path = match &root {
+                Some(root) => root.join(file.trim_start_matches('/')),
+                None => std::path::PathBuf::from(file),
+            };
+            text = tokio::fs::read_to_string(&path)
+                .await
+                .map_err(|e| failed(format!("cannot read the requirements file {file}: {e}")))?;
+        }
+        let env = envs.ensure(&text).await.map_err(|e| Unready {
+            code: "environment_failed",
+            message: e.message,
+            retry: e.retry,
+        })?;
+        let path = local
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        local.env.insert(
+            "PATH".into(),
+            format!("{}:{path}", env.join("bin").display()),
+        );
+        local
+            .env
+            .insert("VIRTUAL_ENV".into(), env.to_string_lossy().into_owned());
+    }
+    Ok(Arc::new(local))
 }
 
 impl Executor for ProcessExecutor {
@@ -47,11 +131,29 @@ impl Executor for ProcessExecutor {
         let env = serve::WorkerEnv::from_registration(registration, self.kill_grace);
         self.serve.set_env(env.clone());
         let _ = self.env.set(env);
+        self.snapshots
+            .set_source(registration.client.clone(), registration.worker_id.clone());
     }
 
     fn prepare(&self, spec: Arc<FunctionSpec>, logs: LogSink) {
         if let Runner::Serve(_) = spec.runner() {
-            self.serve.prepare(&spec, logs);
+            if spec.snapshot.is_none() && spec.python.is_none() {
+                self.serve.prepare(&spec, logs);
+                return;
+            }
+            let (serve, snapshots, envs) = (
+                self.serve.clone(),
+                self.snapshots.clone(),
+                self.envs.clone(),
+            );
+            tokio::spawn(async move {
+                match resolve(&snapshots, &envs, spec.clone()).await {
+                    Ok(local) => serve.prepare(&local, logs),
+                    Err(e) => {
+                        tracing::warn!(function = %spec.qualified_name(), error = %e.message, "cannot get the function's code or environment yet")
+                    }
+                }
+            });
         }
     }
 
@@ -67,28 +169,49 @@ impl Executor for ProcessExecutor {
         jobs: Vec<Job>,
         logs: LogSink,
     ) -> BoxFuture<'static, Vec<Option<Outcome>>> {
-        match spec.runner() {
-            Runner::Command(_) => {
-                let kill_grace = self.kill_grace;
-                let env = self.env.get().cloned().unwrap_or_default();
-                async move {
+        let kill_grace = self.kill_grace;
+        let env = self.env.get().cloned().unwrap_or_default();
+        let (serve, snapshots, envs) = (
+            self.serve.clone(),
+            self.snapshots.clone(),
+            self.envs.clone(),
+        );
+        async move {
+            let spec = match resolve(&snapshots, &envs, spec).await {
+                Ok(spec) => spec,
+                Err(unready) => {
+                    for job in &jobs {
+                        logs.line(job.lease, LogStream::System, unready.message.clone());
+                    }
+                    return jobs
+                        .iter()
+                        .map(|_| {
+                            Some(Outcome::Failed {
+                                error: InputError {
+                                    code: unready.code.into(),
+                                    message: unready.message.clone(),
+                                },
+                                retry: unready.retry,
+                            })
+                        })
+                        .collect();
+                }
+            };
+            match spec.runner() {
+                Runner::Command(_) => {
                     let mut out = Vec::with_capacity(jobs.len());
                     for job in jobs {
                         out.push(command::run(&spec, &job, kill_grace, &env, &logs).await);
                     }
                     out
                 }
-                .boxed()
-            }
-            Runner::Serve(_) => self.serve.run(spec, jobs, logs).boxed(),
-            Runner::External => {
-                let message = format!(
-                    "{} is external: it is served by its own workers, not by `hopper worker`",
-                    spec.qualified_name()
-                );
-                let n = jobs.len();
-                async move {
-                    (0..n)
+                Runner::Serve(_) => serve.run(spec, jobs, logs).await,
+                Runner::External => {
+                    let message = format!(
+                        "{} is external: it is served by its own workers, not by `hopper worker`",
+                        spec.qualified_name()
+                    );
+                    jobs.iter()
                         .map(|_| {
                             Some(Outcome::Returned {
                                 error: InputError {
@@ -99,17 +222,20 @@ impl Executor for ProcessExecutor {
                         })
                         .collect()
                 }
-                .boxed()
             }
         }
+        .boxed()
     }
 }
 
-/// Runs `hopper worker` until `shutdown`: the SDK runtime with the process executors.
+/// Runs `hopper worker` until `shutdown`: the SDK runtime with the process executors, code
+/// snapshots unpacked in `snapshots`.
 pub async fn run(
     config: WorkerConfig,
     kill_grace: Duration,
+    snapshots: cache::SnapshotCache,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    hopper_sdk::runtime::run(config, Arc::new(ProcessExecutor::new(kill_grace)), shutdown).await
+    let executor = ProcessExecutor::new(kill_grace, snapshots);
+    hopper_sdk::runtime::run(config, Arc::new(executor), shutdown).await
 }

@@ -25,18 +25,63 @@ pub fn deploy_request(path: &Path) -> anyhow::Result<DeployRequest> {
         manifest: text,
         file: path.display().to_string(),
         base_dir,
+        snapshot: None,
+        snapshot_root: None,
     })
 }
 
-pub async fn deploy(args: &ClientArgs, path: &Path) -> anyhow::Result<Code> {
-    let req = deploy_request(path)?;
-    let app = client(args)?.deploy(&req).await?;
+/// `hopper deploy`: ships the manifest's folder (or its `root`) as a code snapshot unless
+/// `no_snapshot`, uploading it only if the server does not have it yet.
+pub async fn deploy(
+    args: &ClientArgs,
+    path: &Path,
+    max_bundle: &str,
+    no_snapshot: bool,
+) -> anyhow::Result<Code> {
+    let mut req = deploy_request(path)?;
+    let client = client(args)?;
+    let mut shipped = None;
+    if !no_snapshot {
+        let max = super::serve::parse_bytes(max_bundle).ok_or_else(|| {
+            exit::usage(format!(
+                "--max-bundle: {max_bundle:?} is not a size (expected e.g. 64MiB)"
+            ))
+        })? as u64;
+        let (manifest, text) = (path.to_path_buf(), req.manifest.clone());
+        let bundle = tokio::task::spawn_blocking(move || {
+            hopper_worker::snapshot::for_manifest(&manifest, &text, max, &[])
+        })
+        .await?
+        .map_err(exit::usage)?;
+        if client.snapshot(&bundle.hash).await?.is_none() {
+            client
+                .snapshot_put(&bundle.hash, bundle.bytes.clone())
+                .await?;
+        }
+        req.base_dir = bundle.folder.to_string_lossy().into_owned();
+        req.snapshot = Some(bundle.hash.clone());
+        req.snapshot_root = Some(bundle.root.to_string_lossy().into_owned());
+        shipped = Some(bundle);
+    }
+    let app = client.deploy(&req).await?;
     if args.json {
         output::json(&app);
     } else {
         let names: Vec<String> = app.functions.iter().map(|f| f.name.clone()).collect();
+        let code = match &shipped {
+            Some(b) => format!(
+                "code {} ({} files of {})",
+                short_hash(&b.hash),
+                b.files,
+                b.root.display()
+            ),
+            None => format!(
+                "no snapshot: workers run the code in {} on their own machine",
+                req.base_dir
+            ),
+        };
         crate::output::line(format_args!(
-            "deployed {} version {}: {}",
+            "deployed {} version {}: {}; {code}",
             app.name,
             app.version,
             names.join(", ")
@@ -48,8 +93,67 @@ pub async fn deploy(args: &ClientArgs, path: &Path) -> anyhow::Result<Code> {
     Ok(Code::Ok)
 }
 
-pub async fn apps(args: &ClientArgs) -> anyhow::Result<Code> {
-    let apps = client(args)?.apps().await?;
+/// `sha256:0123456789ab…` → `0123456789ab`.
+fn short_hash(hash: &str) -> String {
+    hash.trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect()
+}
+
+/// Where a function's code comes from, as `hopper apps` shows it.
+fn code_of(spec: &hopper_core::FunctionSpec) -> String {
+    match (&spec.snapshot, spec.runner()) {
+        (_, hopper_core::function::Runner::External) => "-".into(),
+        (Some(hash), _) => format!("snapshot {}", short_hash(hash)),
+        (None, _) => format!("live folder {}", spec.workdir),
+    }
+}
+
+pub async fn apps(args: &ClientArgs, versions: bool) -> anyhow::Result<Code> {
+    let client = client(args)?;
+    let apps = client.apps().await?;
+    if versions {
+        let mut all = Vec::new();
+        for f in apps.iter().flat_map(|a| a.functions.iter()) {
+            all.extend(client.function_versions(&f.name).await?);
+        }
+        if args.json {
+            output::json(&all);
+            return Ok(Code::Ok);
+        }
+        let rows: Vec<Vec<String>> = all
+            .iter()
+            .map(|v| {
+                let (snapshot, size, files) = match (&v.snapshot, &v.spec.snapshot) {
+                    (Some(s), _) => (
+                        short_hash(&s.hash),
+                        format!("{:.1} MiB", s.size as f64 / 1_048_576.0),
+                        s.files.to_string(),
+                    ),
+                    (None, Some(hash)) => (
+                        format!("{} (pruned)", short_hash(hash)),
+                        "-".into(),
+                        "-".into(),
+                    ),
+                    (None, None) => (code_of(&v.spec), "-".into(), "-".into()),
+                };
+                vec![
+                    v.name.clone(),
+                    v.version.to_string(),
+                    v.deployed_at.clone(),
+                    snapshot,
+                    size,
+                    files,
+                ]
+            })
+            .collect();
+        output::table(
+            &["FUNCTION", "VERSION", "DEPLOYED", "CODE", "SIZE", "FILES"],
+            &rows,
+        );
+        return Ok(Code::Ok);
+    }
     if args.json {
         output::json(&apps);
         return Ok(Code::Ok);
@@ -73,6 +177,7 @@ pub async fn apps(args: &ClientArgs) -> anyhow::Result<Code> {
                     )),
                     f.spec.retries.max_retries.to_string(),
                     f.spec.concurrency.to_string(),
+                    code_of(&f.spec),
                 ]
             })
         })
@@ -85,6 +190,7 @@ pub async fn apps(args: &ClientArgs) -> anyhow::Result<Code> {
             "TIMEOUT",
             "RETRIES",
             "CONCURRENCY",
+            "CODE",
         ],
         &rows,
     );

@@ -203,6 +203,8 @@ async fn deployed(server: &BenchServer) -> anyhow::Result<Client> {
             manifest: manifest()?,
             file: "<bench>".into(),
             base_dir: "/".into(),
+            snapshot: None,
+            snapshot_root: None,
         })
         .await?;
     Ok(client)

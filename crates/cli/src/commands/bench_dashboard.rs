@@ -55,6 +55,7 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
             functions: parsed.functions,
             schedules: Vec::new(),
             notify: Vec::new(),
+            snapshot: None,
             now: now(),
         })
         .await?;

@@ -6,6 +6,7 @@ mod bench_dashboard;
 mod calls;
 mod map;
 mod run;
+mod secrets;
 mod serve;
 mod worker;
 
@@ -34,9 +35,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             timeout,
             json,
         } => run::run(&manifest, &function, &input, timeout.as_deref(), json).await,
-        Command::Deploy { manifest, client } => apps::deploy(&client, &manifest).await,
-        Command::Apps { client } => apps::apps(&client).await,
+        Command::Deploy {
+            manifest,
+            max_bundle,
+            no_snapshot,
+            client,
+        } => apps::deploy(&client, &manifest, &max_bundle, no_snapshot).await,
+        Command::Apps { versions, client } => apps::apps(&client, versions).await,
         Command::Workers { client } => apps::workers(&client).await,
+        Command::Secrets { action, client } => secrets::run(&client, action).await,
         Command::Schedules { action, client } => apps::schedules(&client, action).await,
         Command::Spawn {
             function,

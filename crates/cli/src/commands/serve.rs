@@ -47,6 +47,19 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         Ok(d) => config.notify_gather = d,
         Err(e) => faults.push(e.to_string()),
     }
+    // From the environment only, never a flag: a flag shows in every process listing.
+    let secret_key = std::env::var("HOPPER_SECRET_KEY").ok();
+    if let Some(key) = secret_key.as_deref().filter(|k| !k.is_empty()) {
+        match hopper_server::secrets::SecretKey::from_hex(key) {
+            Ok(key) => config.secret_key = Some(key),
+            Err(e) => faults.push(format!("HOPPER_SECRET_KEY: {e}")),
+        }
+    }
+    if args.database.is_none() {
+        // The key sealing secrets lives beside the SQLite database unless HOPPER_SECRET_KEY
+        // gives it.
+        config.secret_key_file = Some(args.data.join("secret.key"));
+    }
     if let Some(smtp) = &args.smtp {
         match hopper_server::notifier::smtp_transport(smtp) {
             Ok(_) => config.smtp = Some(smtp.clone()),
@@ -80,6 +93,19 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         }
     }
     config.public_url = args.public_url.clone();
+    match parse_bytes(&args.max_bundle) {
+        Some(n) if n >= 1024 => config.max_bundle_bytes = n as u64,
+        _ => faults.push(format!(
+            "--max-bundle: {:?} is not a size of at least 1KiB (expected e.g. 256MiB)",
+            args.max_bundle
+        )),
+    }
+    config.dev = args.dev;
+    config.data_dir = Some(args.data.clone());
+    config.worker_cache_dir = Some(
+        std::path::absolute(args.data.join("snapshots"))
+            .unwrap_or_else(|_| args.data.join("snapshots")),
+    );
     match parse_bytes(&args.max_payload) {
         Some(n) if n > 0 => config.max_payload_bytes = n,
         _ => faults.push(format!(
@@ -138,7 +164,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
 }
 
 /// `4MiB`, `512KiB`, `1GiB`, `4MB` or plain bytes.
-fn parse_bytes(text: &str) -> Option<usize> {
+pub fn parse_bytes(text: &str) -> Option<usize> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

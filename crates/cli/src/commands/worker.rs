@@ -27,9 +27,22 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
     {
         faults.push(e.to_string());
     }
+    let cache_max = super::serve::parse_bytes(&args.cache_max);
+    if cache_max.is_none() {
+        faults.push(format!(
+            "--cache-max: {:?} is not a size (expected e.g. 4GiB)",
+            args.cache_max
+        ));
+    }
     if !faults.is_empty() {
         return Err(exit::usage(faults.join("\n")));
     }
+    let snapshots = hopper_worker::cache::SnapshotCache::new(
+        args.cache_dir
+            .clone()
+            .unwrap_or_else(hopper_worker::cache::SnapshotCache::default_dir),
+        cache_max.unwrap_or(0) as u64,
+    );
     let config = WorkerConfig {
         server: super::server_url(&args.client.server)?,
         token: args.client.token.clone(),
@@ -39,7 +52,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
         drain: drain?,
     };
     let shutdown = stop_on_signals(format!("worker of {}", args.functions.join(", ")))?;
-    hopper_worker::run(config, kill_grace?, shutdown).await?;
+    hopper_worker::run(config, kill_grace?, snapshots, shutdown).await?;
     Ok(Code::Ok)
 }
 

@@ -79,8 +79,12 @@ try {
     const versions = page.locator("#versions tbody tr");
     await versions.nth(1).waitFor();
     assert((await versions.count()) === 2, "d.fail has two versions");
-    const changed = await page.locator("#versions tbody tr").first().locator("td.changed").allInnerTexts();
+    const changed = await page.locator("#versions tbody tr").first().locator("td.changed:not(.code)").allInnerTexts();
     assert(changed.join() === "45s", `version 2 changed the timeout only: ${changed}`);
+    // Version 1 came from serve --deploy, with its folder as a snapshot; version 2 through
+    // the API without one.
+    const code = await versions.locator("td.code").allInnerTexts();
+    assert(/^live folder /.test(code[0]) && /^[0-9a-f]{12} · \d+ files · /.test(code[1]), `the versions' code: ${code}`);
     await shot(page, "function");
   });
 

@@ -29,6 +29,15 @@ impl Server {
 
     /// [`Server::start`] under a wrapper command, e.g. `["faketime", "-f", "+25s"]`.
     pub fn start_under(wrapper: &[&str], data: &Path, args: &[&str]) -> Server {
+        Self::launch(wrapper, &[], data, args)
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(env: &[(&str, &str)], data: &Path, args: &[&str]) -> Server {
+        Self::launch(&[], env, data, args)
+    }
+
+    fn launch(wrapper: &[&str], env: &[(&str, &str)], data: &Path, args: &[&str]) -> Server {
         let mut all: Vec<String> = vec![
             "serve".into(),
             "--data".into(),
@@ -48,6 +57,7 @@ impl Server {
             .args(&all)
             .env("RUST_LOG", "warn")
             .env_remove("HOPPER_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -26,7 +26,33 @@ pub async fn deploy(
             format!("base_dir {:?} must be an absolute path", req.base_dir),
         ));
     }
-    let row = deploy::manifest_text(&state, &req.file, &req.manifest, base_dir).await?;
+    let shipped = match (&req.snapshot, &req.snapshot_root) {
+        (None, _) => None,
+        (Some(hash), _) if !hopper_worker::snapshot::is_hash(hash) => {
+            return Err(ApiError::bad_request(
+                "invalid_snapshot",
+                format!("snapshot {hash:?} is not a snapshot hash (sha256: and 64 hex digits)"),
+            ))
+        }
+        (Some(hash), Some(root))
+            if Path::new(root).is_absolute() && base_dir.starts_with(root) =>
+        {
+            Some(deploy::Shipped {
+                hash: hash.clone(),
+                root: root.into(),
+            })
+        }
+        (Some(_), root) => {
+            return Err(ApiError::bad_request(
+                "invalid_snapshot",
+                format!(
+                    "with a snapshot, snapshot_root must be the absolute folder it was made of, base_dir ({}) or a folder above it, not {root:?}",
+                    req.base_dir
+                ),
+            ))
+        }
+    };
+    let row = deploy::manifest_text(&state, &req.file, &req.manifest, base_dir, shipped).await?;
     let mut view = views::app(&row);
     view.notes = deploy::stranded_notes(&state, &row).await?;
     Ok((StatusCode::CREATED, Json(view)))
@@ -64,6 +90,16 @@ pub async fn versions(
         function: current.spec.name.clone(),
     };
     let rows = state.store.function_versions(&key, 50).await?;
+    let mut snapshots = std::collections::BTreeMap::new();
+    for hash in rows
+        .iter()
+        .filter_map(|r| r.function.spec.snapshot.as_ref())
+    {
+        if !snapshots.contains_key(hash) {
+            let info = state.store.snapshot_info(hash).await?;
+            snapshots.insert(hash.clone(), info.map(|i| super::snapshots::view(&i)));
+        }
+    }
     Ok(Json(
         rows.iter()
             .map(|row| FunctionVersionView {
@@ -71,6 +107,12 @@ pub async fn versions(
                 version: row.function.version,
                 deployed_at: views::time(row.deployed_at),
                 spec: row.function.spec.clone(),
+                snapshot: row
+                    .function
+                    .spec
+                    .snapshot
+                    .as_ref()
+                    .and_then(|h| snapshots.get(h).cloned().flatten()),
             })
             .collect(),
     ))

@@ -9,7 +9,9 @@ pub mod events;
 pub mod extract;
 pub mod maps;
 pub mod schedules;
+pub mod secrets;
 pub mod session;
+pub mod snapshots;
 pub mod stats;
 pub mod views;
 pub mod workers;
@@ -48,6 +50,12 @@ pub fn router(state: AppState) -> Router {
         .route("/schedules/{name}/trigger", post(schedules::trigger))
         .route("/schedules/{name}/pause", post(schedules::pause))
         .route("/schedules/{name}/resume", post(schedules::resume))
+        .route("/secrets", get(secrets::list))
+        .route(
+            "/secrets/{name}",
+            get(secrets::get).put(secrets::put).delete(secrets::delete),
+        )
+        .route("/snapshots/{hash}", get(snapshots::get).put(snapshots::put))
         .route("/notifications", get(notifications))
         .route("/stats", get(stats::stats))
         .route("/events", get(events::events))
@@ -59,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workers/{id}/heartbeat", post(workers::heartbeat))
         .route("/workers/{id}/complete", post(workers::complete))
         .route("/workers/{id}/logs", post(workers::logs))
+        .route("/workers/{id}/snapshots/{hash}", get(workers::snapshot))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -306,7 +315,12 @@ fn required_scope(method: &Method, path: &str) -> Scope {
     if reads {
         return Scope::Read;
     }
-    if path == "/apps" || path.ends_with("/pause") || path.ends_with("/resume") {
+    if path == "/apps"
+        || path.starts_with("/secrets")
+        || path.starts_with("/snapshots")
+        || path.ends_with("/pause")
+        || path.ends_with("/resume")
+    {
         return Scope::Admin;
     }
     Scope::Submit
@@ -425,6 +439,13 @@ mod tests {
             ("post", "/v1/schedules/{name}/trigger"),
             ("post", "/v1/schedules/{name}/pause"),
             ("post", "/v1/schedules/{name}/resume"),
+            ("get", "/v1/secrets"),
+            ("get", "/v1/secrets/{name}"),
+            ("put", "/v1/secrets/{name}"),
+            ("delete", "/v1/secrets/{name}"),
+            ("get", "/v1/snapshots/{hash}"),
+            ("put", "/v1/snapshots/{hash}"),
+            ("get", "/v1/workers/{id}/snapshots/{hash}"),
             ("get", "/v1/notifications"),
             ("get", "/v1/stats"),
             ("get", "/v1/events"),

@@ -270,6 +270,17 @@ pub async fn lease(
     ))
 }
 
+/// `GET /v1/workers/{id}/snapshots/{hash}`: a code snapshot's bytes, for a registered worker.
+pub async fn snapshot(
+    State(state): State<AppState>,
+    ApiPath((id, hash)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    let id = parse_worker(&id)?;
+    known_worker(&state, &id, &headers).await?;
+    super::snapshots::bytes(&state, &hash).await
+}
+
 /// Longest a heartbeat is held open waiting for a cancel.
 const MAX_HEARTBEAT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -327,6 +327,17 @@ function functionPage({ name }) {
   return { el, refresh };
 }
 
+/** Where a version's code comes from: its snapshot (short hash, files, size), or the folder
+ * its workers run from. */
+function codeOf(v) {
+  if (v.snapshot) {
+    return `${v.snapshot.hash.slice(7, 19)} · ${num(v.snapshot.files)} files · ${(v.snapshot.size / 1048576).toFixed(1)} MiB`;
+  }
+  if (v.spec.snapshot) return `${v.spec.snapshot.slice(7, 19)} (pruned)`;
+  if (!(v.spec.command && v.spec.command.length) && !(v.spec.serve && v.spec.serve.length)) return "external";
+  return `live folder ${v.spec.workdir}`;
+}
+
 /** A function's versions, newest first, each marked with what changed from the one before. */
 function versionsTable(versions) {
   const summary = (v) => ({
@@ -335,14 +346,16 @@ function versionsTable(versions) {
     retries: String(v.spec.retries.max_retries),
     concurrency: String(v.spec.concurrency),
     batch: v.spec.batch ? `${v.spec.batch.max_size} / ${span(v.spec.batch.wait_ms / 1000)}` : "no",
+    code: codeOf(v),
   });
   return h("table", { id: "versions" },
-    h("thead", {}, h("tr", {}, ["Version", "Deployed", "Command", "Timeout", "Retries", "Concurrency", "Batching"].map((t) => h("th", {}, t)))),
+    h("thead", {}, h("tr", {}, ["Version", "Deployed", "Code", "Command", "Timeout", "Retries", "Concurrency", "Batching"].map((t) => h("th", {}, t)))),
     h("tbody", {}, versions.map((v, i) => {
       const now = summary(v);
       const before = versions[i + 1] ? summary(versions[i + 1]) : now;
       const cell = (k) => h("td", { class: now[k] !== before[k] ? "changed" : "", title: now[k] !== before[k] ? `was ${before[k]}` : null }, now[k]);
       return h("tr", {}, h("td", {}, `v${v.version}`), h("td", {}, when(v.deployed_at)),
+        h("td", { class: now.code !== before.code ? "code changed" : "code", title: v.spec.snapshot || null }, now.code),
         cell("command"), cell("timeout"), cell("retries"), cell("concurrency"), cell("batch"));
     })));
 }

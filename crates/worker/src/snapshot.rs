@@ -1,0 +1,395 @@
+//! Code snapshots: an app's folder as one gzip-compressed tar, named by the SHA-256 of its
+//! bytes, so a version runs the code it was deployed with on any machine.
+//!
+//! [`build`] writes the tar deterministically (paths sorted, times, owners and modes fixed but
+//! for the executable bit), so deploying unchanged code gives the same hash and stores nothing
+//! new. [`inspect`] checks one before the server stores it; [`unpack`] writes one into a folder
+//! and returns what each file must hash to, so a cached copy can be checked later.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// The default most bytes of files one snapshot may hold, before compression: 64 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Most files one snapshot may hold.
+pub const MAX_FILES: u64 = 100_000;
+
+/// What is wrong with a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a gzip-compressed tar: {0}")]
+    Format(String),
+    #[error("entry {path:?}: {reason}")]
+    Entry { path: String, reason: String },
+    #[error("it unpacks to more than {max} bytes")]
+    TooLarge { max: u64 },
+    #[error("it has more than {MAX_FILES} files")]
+    TooManyFiles,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A snapshot's hash as Hopper names it: `sha256:` and 64 hex digits.
+pub fn hash(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Whether `text` is a snapshot hash as [`hash`] writes it.
+pub fn is_hash(text: &str) -> bool {
+    text.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// One file to put in a snapshot: its path inside the snapshot (`/`-separated, relative) and
+/// where to read it.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: String,
+    pub from: PathBuf,
+}
+
+/// Writes `files` (sorted by path here) as a gzip-compressed tar. A symbolic link is kept as
+/// a link; anything else that is not a regular file is skipped by the caller.
+pub fn build(files: &[Source]) -> std::io::Result<Vec<u8>> {
+    let mut sorted: Vec<&Source> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Deterministic);
+    for file in sorted {
+        let meta = std::fs::symlink_metadata(&file.from)?;
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&file.from)?;
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            header.set_mode(0o777);
+            tar.append_link(&mut header, &file.path, target)?;
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            let executable = meta.permissions().mode() & 0o111 != 0;
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(meta.len());
+            header.set_mode(if executable { 0o755 } else { 0o644 });
+            let reader = std::fs::File::open(&file.from)?;
+            tar.append_data(&mut header, &file.path, reader.take(meta.len()))?;
+        }
+    }
+    let gz = tar.into_inner()?;
+    let mut bytes = gz.finish()?;
+    bytes.flush()?;
+    Ok(bytes)
+}
+
+/// Folders never shipped: version control, Hopper's own data folder, Python's byte-code.
+const ALWAYS_LEFT_OUT: &[&str] = &[".git", ".hopper", "__pycache__"];
+
+/// The files of `root` a snapshot ships: every file and link under it but what `.gitignore`
+/// and `.hopperignore` files (gitignore syntax, in any folder), [`ALWAYS_LEFT_OUT`] and the
+/// folders in `leave_out` (e.g. a server's data folder) exclude. Refused above `max_bytes` of
+/// files, naming the biggest.
+pub fn collect(root: &Path, max_bytes: u64, leave_out: &[PathBuf]) -> Result<Vec<Source>, String> {
+    let leave_out: Vec<PathBuf> = leave_out
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let mut walk = ignore::WalkBuilder::new(root);
+    walk.standard_filters(false)
+        .git_ignore(true)
+        .require_git(false)
+        .add_custom_ignore_filename(".hopperignore")
+        .follow_links(false)
+        .filter_entry(move |e| {
+            e.file_name()
+                .to_str()
+                .is_none_or(|name| !ALWAYS_LEFT_OUT.contains(&name))
+                && !leave_out.iter().any(|p| p == e.path())
+        });
+    let mut files = Vec::new();
+    let mut sizes: Vec<(u64, String)> = Vec::new();
+    for entry in walk.build() {
+        let entry = entry.map_err(|e| format!("cannot read {}: {e}", root.display()))?;
+        let Some(kind) = entry.file_type() else {
+            continue;
+        };
+        if !(kind.is_file() || kind.is_symlink()) {
+            continue;
+        }
+        let relative = entry
+            .path()
+            .strip_prefix(root)
+            .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        let Some(path) = relative.to_str().map(str::to_string) else {
+            return Err(format!(
+                "{}: a file name that is not UTF-8 cannot be shipped",
+                entry.path().display()
+            ));
+        };
+        let size = if kind.is_file() {
+            entry
+                .metadata()
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?
+                .len()
+        } else {
+            0
+        };
+        sizes.push((size, path.clone()));
+        files.push(Source {
+            path,
+            from: entry.path().to_path_buf(),
+        });
+    }
+    let total: u64 = sizes.iter().map(|(size, _)| size).sum();
+    if total > max_bytes {
+        sizes.sort_by(|a, b| b.cmp(a));
+        let biggest: Vec<String> = sizes
+            .iter()
+            .take(5)
+            .map(|(size, path)| format!("{path} ({})", mib(*size)))
+            .collect();
+        return Err(format!(
+            "the code snapshot of {} would hold {} of files, over the {} limit; the biggest: {}. Leave files out with a .hopperignore (gitignore syntax) or raise the limit with --max-bundle",
+            root.display(),
+            mib(total),
+            mib(max_bytes),
+            biggest.join(", ")
+        ));
+    }
+    if files.len() as u64 > MAX_FILES {
+        return Err(format!(
+            "the code snapshot of {} would hold {} files, more than {MAX_FILES}; leave files out with a .hopperignore (gitignore syntax)",
+            root.display(),
+            files.len()
+        ));
+    }
+    Ok(files)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// A manifest's code, ready to upload.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The gzip-compressed tar.
+    pub bytes: Vec<u8>,
+    pub hash: String,
+    /// The folder shipped (canonical): the deploy's `snapshot_root`.
+    pub root: PathBuf,
+    /// The manifest's folder (canonical, inside `root`): the deploy's `base_dir`.
+    pub folder: PathBuf,
+    pub files: usize,
+}
+
+/// Builds the snapshot a deploy of the manifest at `manifest` ships: its `root` (default the
+/// manifest's folder), which must hold the manifest; without the folders in `leave_out`.
+pub fn for_manifest(
+    manifest: &Path,
+    text: &str,
+    max_bytes: u64,
+    leave_out: &[PathBuf],
+) -> Result<Bundle, String> {
+    let absolute =
+        std::path::absolute(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let folder = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let root = match hopper_core::manifest::code_root(text) {
+        Some(root) => folder.join(root),
+        None => folder.clone(),
+    };
+    let root = std::fs::canonicalize(&root).map_err(|e| format!("root {}: {e}", root.display()))?;
+    let folder =
+        std::fs::canonicalize(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+    if !folder.starts_with(&root) {
+        return Err(format!(
+            "root {} must be the manifest's folder or a folder above it",
+            root.display()
+        ));
+    }
+    let files = collect(&root, max_bytes, leave_out)?;
+    let bytes = build(&files).map_err(|e| format!("cannot pack {}: {e}", root.display()))?;
+    Ok(Bundle {
+        hash: hash(&bytes),
+        bytes,
+        folder,
+        files: files.len(),
+        root,
+    })
+}
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contents {
+    pub files: u64,
+    /// Bytes of its files, uncompressed.
+    pub bytes: u64,
+}
+
+/// Reads a snapshot through, checking every entry: relative paths without `..`, regular files,
+/// folders and links only, at most `max_bytes` of files.
+pub fn inspect(bytes: &[u8], max_bytes: u64) -> Result<Contents, SnapshotError> {
+    let mut contents = Contents { files: 0, bytes: 0 };
+    each_entry(bytes, |mut entry, path| {
+        match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                contents.files += 1;
+                contents.bytes += entry.size();
+                if contents.bytes > max_bytes {
+                    return Err(SnapshotError::TooLarge { max: max_bytes });
+                }
+                if contents.files > MAX_FILES {
+                    return Err(SnapshotError::TooManyFiles);
+                }
+                // Read it through, so a truncated archive is found now.
+                std::io::copy(&mut entry, &mut std::io::sink())
+                    .map_err(|e| SnapshotError::Format(e.to_string()))?;
+            }
+            tar::EntryType::Directory | tar::EntryType::Symlink => {}
+            other => {
+                return Err(SnapshotError::Entry {
+                    path,
+                    reason: format!("{other:?} entries are not allowed"),
+                })
+            }
+        }
+        Ok(())
+    })?;
+    Ok(contents)
+}
+
+/// Calls `f` with each entry of a snapshot and its checked path, in order.
+fn each_entry(
+    bytes: &[u8],
+    mut f: impl FnMut(
+        tar::Entry<'_, flate2::read::GzDecoder<&[u8]>>,
+        String,
+    ) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    archive.set_preserve_mtime(false);
+    let entries = archive
+        .entries()
+        .map_err(|e| SnapshotError::Format(e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| SnapshotError::Format(e.to_string()))?;
+        let path = entry_path(&entry)?;
+        f(entry, path)?;
+    }
+    Ok(())
+}
+
+fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, SnapshotError> {
+    let path = entry
+        .path()
+        .map_err(|e| SnapshotError::Format(e.to_string()))?
+        .into_owned();
+    let shown = path.display().to_string();
+    let safe = path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !safe || path.as_os_str().is_empty() {
+        return Err(SnapshotError::Entry {
+            path: shown,
+            reason: "paths must be relative and stay inside the snapshot".into(),
+        });
+    }
+    Ok(shown)
+}
+
+/// A regular file of an unpacked snapshot and the SHA-256 (hex) of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileDigest {
+    pub path: String,
+    pub sha256: String,
+}
+
+/// Unpacks a snapshot into `dest` (which must exist and be empty) and returns its files'
+/// digests, in order.
+pub fn unpack(bytes: &[u8], dest: &Path) -> Result<Vec<FileDigest>, SnapshotError> {
+    let mut digests = Vec::new();
+    each_entry(bytes, |mut entry, path| {
+        let regular = matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        );
+        if !entry.unpack_in(dest)? {
+            return Err(SnapshotError::Entry {
+                path,
+                reason: "it would be written outside the snapshot".into(),
+            });
+        }
+        if regular {
+            digests.push(FileDigest {
+                sha256: file_sha256(&dest.join(&path))?,
+                path,
+            });
+        }
+        Ok(())
+    })?;
+    Ok(digests)
+}
+
+/// The SHA-256 (hex) of a file's bytes.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sources(dir: &Path, names: &[&str]) -> Vec<Source> {
+        names
+            .iter()
+            .map(|n| Source {
+                path: n.to_string(),
+                from: dir.join(n),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_same_files_give_the_same_bytes_and_unpack_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pkg")).unwrap();
+        std::fs::write(dir.path().join("a.py"), "print(1)\n").unwrap();
+        std::fs::write(dir.path().join("pkg/b.txt"), "b").unwrap();
+        let one = build(&sources(dir.path(), &["pkg/b.txt", "a.py"])).unwrap();
+        // Touching a file changes nothing: times are not part of a snapshot.
+        std::fs::write(dir.path().join("a.py"), "print(1)\n").unwrap();
+        let two = build(&sources(dir.path(), &["a.py", "pkg/b.txt"])).unwrap();
+        assert_eq!(hash(&one), hash(&two));
+        assert!(is_hash(&hash(&one)));
+        assert_eq!(
+            inspect(&one, 1_000).unwrap(),
+            Contents {
+                files: 2,
+                bytes: 10
+            }
+        );
+        assert!(matches!(
+            inspect(&one, 5),
+            Err(SnapshotError::TooLarge { .. })
+        ));
+        let out = tempfile::tempdir().unwrap();
+        let digests = unpack(&one, out.path()).unwrap();
+        assert_eq!(digests.len(), 2);
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("pkg/b.txt")).unwrap(),
+            "b"
+        );
+        assert!(inspect(b"not a tar", 1_000).is_err());
+    }
+}

@@ -1,0 +1,136 @@
+"""A deploy's code snapshot: the app's folder as one gzip-compressed tar, named by the SHA-256
+of its bytes, as ``hopper deploy`` builds it (see the README's "Versions, code and secrets").
+
+Every file under the folder is shipped but what ``.gitignore`` and ``.hopperignore`` files
+(gitignore syntax, in any folder) exclude, and ``.git``, ``.hopper`` and ``__pycache__``. The
+tar is written deterministically (sorted paths, no times or owners), so unchanged code gives
+the same hash and the server stores nothing new.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from dataclasses import dataclass
+
+import pathspec
+
+#: Folders never shipped.
+ALWAYS_LEFT_OUT = frozenset({".git", ".hopper", "__pycache__"})
+#: The default most bytes of files a snapshot may hold, before compression: 64 MiB.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+_IGNORE_FILES = (".gitignore", ".hopperignore")
+
+
+class SnapshotTooLarge(ValueError):
+    """The folder holds more than the limit; the message names the biggest files."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A folder packed for a deploy.
+
+    Attributes:
+        data: the gzip-compressed tar.
+        hash: ``sha256:`` and the hex digest of ``data``.
+        files: how many files it holds.
+    """
+
+    data: bytes
+    hash: str
+    files: int
+
+
+def _ignored(specs: list[tuple[str, pathspec.GitIgnoreSpec]], path: str, is_dir: bool) -> bool:
+    for base, spec in specs:
+        relative = os.path.relpath(path, base).replace(os.sep, "/")
+        if spec.match_file(relative + ("/" if is_dir else "")):
+            return True
+    return False
+
+
+def _load_spec(folder: str) -> pathspec.GitIgnoreSpec | None:
+    lines: list[str] = []
+    for name in _IGNORE_FILES:
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as f:
+                lines.extend(f.read().splitlines())
+        except OSError:
+            continue
+    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+
+
+def collect(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[str, str]]:
+    """The files of ``root`` a snapshot ships, as ``(path inside the snapshot, path here)``.
+
+    Raises:
+        SnapshotTooLarge: the files hold more than ``max_bytes``.
+    """
+    found: list[tuple[str, str]] = []
+    sizes: list[tuple[int, str]] = []
+    specs_by_dir: dict[str, list[tuple[str, pathspec.GitIgnoreSpec]]] = {}
+    for folder, dirs, names in os.walk(root):
+        parent = specs_by_dir.get(os.path.dirname(folder), [])
+        own = _load_spec(folder)
+        specs = parent + ([(folder, own)] if own is not None else [])
+        specs_by_dir[folder] = specs
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if d not in ALWAYS_LEFT_OUT
+            and not os.path.islink(os.path.join(folder, d))
+            and not _ignored(specs, os.path.join(folder, d), True)
+        )
+        # A link to a folder is shipped as the link.
+        links = [d for d in os.listdir(folder) if os.path.islink(os.path.join(folder, d))]
+        for name in sorted(set(names) | set(links)):
+            full = os.path.join(folder, name)
+            if _ignored(specs, full, False):
+                continue
+            relative = os.path.relpath(full, root).replace(os.sep, "/")
+            size = 0 if os.path.islink(full) else os.path.getsize(full)
+            found.append((relative, full))
+            sizes.append((size, relative))
+    total = sum(size for size, _ in sizes)
+    if total > max_bytes:
+        biggest = ", ".join(f"{p} ({s / 1048576:.1f} MiB)" for s, p in sorted(sizes, reverse=True)[:5])
+        raise SnapshotTooLarge(
+            f"the code snapshot of {root} would hold {total / 1048576:.1f} MiB of files, over the "
+            f"{max_bytes / 1048576:.1f} MiB limit; the biggest: {biggest}. Leave files out with a "
+            ".hopperignore (gitignore syntax)"
+        )
+    return found
+
+
+def build(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Bundle:
+    """Packs ``root`` for a deploy.
+
+    Raises:
+        SnapshotTooLarge: the files hold more than ``max_bytes``.
+        OSError: a file could not be read.
+    """
+    files = sorted(collect(root, max_bytes))
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for relative, full in files:
+            st = os.lstat(full)
+            info = tarfile.TarInfo(relative)
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if stat.S_ISLNK(st.st_mode):
+                info.type = tarfile.SYMTYPE
+                info.linkname = os.readlink(full)
+                info.mode = 0o777
+                tar.addfile(info)
+                continue
+            info.size = st.st_size
+            info.mode = 0o755 if st.st_mode & 0o111 else 0o644
+            with open(full, "rb") as f:
+                tar.addfile(info, f)
+    data = gzip.compress(raw.getvalue(), mtime=0)
+    return Bundle(data=data, hash="sha256:" + hashlib.sha256(data).hexdigest(), files=len(files))
