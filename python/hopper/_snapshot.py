@@ -26,8 +26,29 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _IGNORE_FILES = (".gitignore", ".hopperignore")
 
 
-class SnapshotTooLarge(ValueError):
+class SnapshotError(ValueError):
+    """The folder cannot be shipped as it is; the message says why and what to do."""
+
+
+class SnapshotTooLarge(SnapshotError):
     """The folder holds more than the limit; the message names the biggest files."""
+
+
+def _is_data_folder(path: str) -> bool:
+    """A Hopper server's data folder (its database, maybe its secrets' key): never code."""
+    return os.path.exists(os.path.join(path, "hopper.lock")) or os.path.exists(
+        os.path.join(path, "hopper.db")
+    )
+
+
+def _escapes(root: str, link: str) -> str | None:
+    """The link's target if it leaves ``root`` (absolute, or climbing above it)."""
+    target = os.readlink(link)
+    if os.path.isabs(target):
+        return target
+    resolved = os.path.normpath(os.path.join(os.path.dirname(link), target))
+    inside = os.path.relpath(resolved, root)
+    return target if inside == ".." or inside.startswith(".." + os.sep) else None
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,7 @@ def collect(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[str, st
 
     Raises:
         SnapshotTooLarge: the files hold more than ``max_bytes``.
+        SnapshotError: a link points outside ``root``.
     """
     found: list[tuple[str, str]] = []
     sizes: list[tuple[int, str]] = []
@@ -83,6 +105,7 @@ def collect(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[str, st
             for d in dirs
             if d not in ALWAYS_LEFT_OUT
             and not os.path.islink(os.path.join(folder, d))
+            and not _is_data_folder(os.path.join(folder, d))
             and not _ignored(specs, os.path.join(folder, d), True)
         )
         # A link to a folder is shipped as the link.
@@ -92,6 +115,14 @@ def collect(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[str, st
             if _ignored(specs, full, False):
                 continue
             relative = os.path.relpath(full, root).replace(os.sep, "/")
+            if os.path.islink(full):
+                target = _escapes(root, full)
+                if target is not None:
+                    raise SnapshotError(
+                        f"{relative} is a link to {target}, outside {root}: on another machine it "
+                        "would point elsewhere or nowhere. Copy what it points to into the folder, "
+                        "or leave the link out with .hopperignore"
+                    )
             size = 0 if os.path.islink(full) else os.path.getsize(full)
             found.append((relative, full))
             sizes.append((size, relative))
@@ -111,6 +142,7 @@ def build(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Bundle:
 
     Raises:
         SnapshotTooLarge: the files hold more than ``max_bytes``.
+        SnapshotError: a link points outside ``root``.
         OSError: a file could not be read.
     """
     files = sorted(collect(root, max_bytes))
@@ -133,4 +165,5 @@ def build(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Bundle:
             with open(full, "rb") as f:
                 tar.addfile(info, f)
     data = gzip.compress(raw.getvalue(), mtime=0)
-    return Bundle(data=data, hash="sha256:" + hashlib.sha256(data).hexdigest(), files=len(files))
+    regular = sum(1 for _, full in files if not os.path.islink(full))
+    return Bundle(data=data, hash="sha256:" + hashlib.sha256(data).hexdigest(), files=regular)

@@ -60,6 +60,8 @@ def _deploy_cmd(args: argparse.Namespace) -> int:
         version = client.deploy(args.file, snapshot=not args.no_snapshot, max_bundle=args.max_bundle)
     except _snapshot.SnapshotTooLarge as e:
         raise UsageError(f"{e} or raise --max-bundle") from None
+    except _snapshot.SnapshotError as e:
+        raise UsageError(str(e)) from None
     names = [f["name"] for f in version.get("functions", [])]
     shipped = version.get("snapshot")
     code = (

@@ -706,7 +706,8 @@ class Client:
 
         Raises:
             DeployError: the app breaks a rule (named with the function and ``file:line``).
-            ValueError: the folder holds more than ``max_bundle`` (the biggest files named).
+            ValueError: the folder holds more than ``max_bundle`` (the biggest files named), or
+                a link in it points outside it.
             InvalidInputError: the server refused the manifest.
         """
         from . import _snapshot

@@ -296,6 +296,16 @@ def test_a_deploy_ships_the_apps_folder_so_an_edit_waits_for_the_next_deploy(
         timeout=30,
     )
     assert out.returncode == 2 and "is outside" in out.stderr and "root" in out.stderr, out.stderr
+    # A server's data folder inside the app's never travels; a link out of the folder is refused.
+    (folder / "state").mkdir()
+    (folder / "state" / "hopper.lock").write_text("")
+    (folder / "state" / "secret.key").write_text("00")
+    r = run_python("-m", "hopper", "deploy", str(app), env=env)
+    assert r.returncode == 0 and "(3 files)" in r.stdout, r.stdout + r.stderr
+    (folder / "host").symlink_to("/etc/hostname")
+    r = run_python("-m", "hopper", "deploy", str(app), env=env)
+    assert r.returncode == 2 and "host is a link to /etc/hostname, outside" in r.stderr, r.stderr
+    (folder / "host").unlink()
     # Over the limit: refused before anything is sent, naming the file.
     (folder / "big.bin").write_bytes(b"x" * 300_000)
     r = run_python("-m", "hopper", "deploy", str(app), "--max-bundle", "100KiB", env=env)

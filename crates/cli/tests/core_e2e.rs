@@ -1,4 +1,6 @@
 //! End-to-end tests of the core queue: the real binary, real commands, real processes.
+//! Servers deploy with `--dev`: the commands here write marker files beside their manifest,
+//! where the tests read them (a code snapshot would run them in a copy).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -23,7 +25,10 @@ command = ["sh", "-c", "echo \"got $(cat) with $GREETING\" >&2; printf '{\"greet
 env = { GREETING = "hi" }
 "#,
     );
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let out = cli(
         &server.url,
         &["spawn", "demo.echo", "--input", r#"{"name": "world"}"#],
@@ -62,7 +67,10 @@ command = ["sh", "-c", "echo 'not json'; echo '[1, 2]' > \"$HOPPER_OUTPUT\""]
 command = ["sh", "-c", "echo 'not json'"]
 "#,
     );
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     let a = client.spawn("file", json!(null), None).await.unwrap();
     let b = client.spawn("garbage", json!(null), None).await.unwrap();
@@ -87,7 +95,10 @@ command = ["sh", "-c", "echo \"boom on attempt $HOPPER_ATTEMPT\" >&2; exit 3"]
 retries = { max_retries = 2, backoff_coefficient = 2.0, initial_delay = "300ms", max_delay = "10s" }
 "#,
     );
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     let call = client.spawn("demo.flaky", json!(1), None).await.unwrap();
     let got = cli(&server.url, &["get", call.id.as_str(), "--timeout", "30s"]);
@@ -131,7 +142,13 @@ timeout = "1s"
     );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--kill-grace", "1s"],
+        &[
+            "--dev",
+            "--deploy",
+            m.to_str().unwrap(),
+            "--kill-grace",
+            "1s",
+        ],
     );
     let client = server.client();
     let call = client.spawn("slow", json!(null), None).await.unwrap();
@@ -162,7 +179,7 @@ async fn cancel_of_a_pending_call_means_it_never_runs() {
     // No local workers: the call stays pending until cancelled.
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--no-workers"],
+        &["--dev", "--deploy", m.to_str().unwrap(), "--no-workers"],
     );
     let client = server.client();
     let call = client.spawn("touch", json!(null), None).await.unwrap();
@@ -207,7 +224,7 @@ command = ["sh", "-c", "echo $$ > running.pid; sleep 300"]
     );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--lease", "1s"],
+        &["--dev", "--deploy", m.to_str().unwrap(), "--lease", "1s"],
     );
     let client = server.client();
     let call = client.spawn("long", json!(null), None).await.unwrap();
@@ -234,7 +251,10 @@ async fn an_idempotency_key_returns_the_same_call() {
         dir.path(),
         "app = \"demo\"\n[functions.echo]\ncommand = [\"cat\"]\n",
     );
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let a = cli(
         &server.url,
         &[
@@ -282,7 +302,10 @@ async fn calls_are_listed_with_filters_and_a_cursor() {
         dir.path(),
         "app = \"demo\"\n[functions.ok]\ncommand = [\"cat\"]\n[functions.bad]\ncommand = [\"false\"]\n",
     );
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -393,7 +416,13 @@ async fn ended_calls_are_pruned_after_the_retention_period() {
     );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--retention", "1s"],
+        &[
+            "--dev",
+            "--deploy",
+            m.to_str().unwrap(),
+            "--retention",
+            "1s",
+        ],
     );
     let client = server.client();
     let call = client.spawn("echo", json!("x"), None).await.unwrap();

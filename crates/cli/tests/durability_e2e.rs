@@ -1,5 +1,7 @@
 //! Durability: SIGKILL of the server or of a worker loses nothing that was acknowledged, and
 //! every input ends with exactly one result.
+//! Servers deploy with `--dev`: the commands here write marker files beside their manifest,
+//! where the tests read them (a code snapshot would run them in a copy).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -26,7 +28,10 @@ concurrency = 4
 "#,
     );
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &["--deploy", m.to_str().unwrap(), "--lease", "1s"]);
+    let mut server = Server::start(
+        &data,
+        &["--dev", "--deploy", m.to_str().unwrap(), "--lease", "1s"],
+    );
     let client = server.client();
     let mut ids = Vec::new();
     for n in 0..200 {
@@ -95,7 +100,7 @@ command = ["sh", "-c", "echo $HOPPER_ATTEMPT >> attempts.log; sleep 2; echo '\"d
     );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--lease", "1s"],
+        &["--dev", "--deploy", m.to_str().unwrap(), "--lease", "1s"],
     );
     let client = server.client();
     let call = client.spawn("slow", json!(null), None).await.unwrap();
@@ -218,7 +223,7 @@ external = true
 command = ["sh", "-c", "sleep 3; echo '\"returned\"'"]
 "#,
     );
-    let server = Server::start(&data, &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(&data, &["--dev", "--deploy", m.to_str().unwrap()]);
     let client = server.client();
     // Two calls run while the disk fills; their results must be kept, not turned into timeouts.
     let slow: Vec<_> = futures_util::future::join_all(

@@ -1,6 +1,8 @@
 //! Faults found under fire, each through the real binary: processes that outlive their attempt,
 //! `serve` processes that write bad bytes, crash at start or answer with something that is
 //! not JSON, and results and log lines over the server's limits.
+//! Servers deploy with `--dev`: the commands here write marker files beside their manifest,
+//! where the tests read them (a code snapshot would run them in a copy).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -53,7 +55,10 @@ app = "f"
 command = ["sh", "-c", "setsid sh -c 'echo $$ > child.pid; exec sleep 30' & sleep 0.3; echo '{\"ok\":1}'"]
 "#,
     );
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     let call = client.spawn("f.leaky", json!(null), None).await.unwrap();
     let call = wait_done(&client, &call.id, Duration::from_secs(30)).await;
@@ -79,7 +84,7 @@ command = ["sh", "-c", "echo $$ > cmd.pid; sleep 45 & echo $! > child.pid; wait"
     );
     let mut server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--lease", "5s"],
+        &["--dev", "--deploy", m.to_str().unwrap(), "--lease", "5s"],
     );
     let client = server.client();
     client.spawn("f.long", json!(null), None).await.unwrap();
@@ -112,7 +117,10 @@ command = ["sh", "-c", "echo $$ > cmd.pid; exec sleep 60"]
 "#,
     );
     // A 30 s lease: heartbeats every 10 s, so a stop within 3 s cannot come from a heartbeat.
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     let call = client.spawn("f.long", json!(null), None).await.unwrap();
     let pid = eventually("the command started", Duration::from_secs(20), || async {
@@ -160,7 +168,7 @@ serve = ["python3", "bytes.py"]
     );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--lease", "2s"],
+        &["--dev", "--deploy", m.to_str().unwrap(), "--lease", "2s"],
     );
     let client = server.client();
     for n in 1..=3 {
@@ -197,7 +205,7 @@ retries = { max_retries = 2, initial_delay = "100ms" }
     );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--lease", "2s"],
+        &["--dev", "--deploy", m.to_str().unwrap(), "--lease", "2s"],
     );
     let client = server.client();
     let call = client.spawn("f.broken", json!(1), None).await.unwrap();
@@ -251,7 +259,7 @@ batch = { max_size = 4, wait = "200ms" }
     );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--lease", "2s"],
+        &["--dev", "--deploy", m.to_str().unwrap(), "--lease", "2s"],
     );
     let data = dir.path().join("inputs.jsonl");
     std::fs::write(&data, "1\n2\n3\n4\n5\n6\n7\n8\n").unwrap();
@@ -318,7 +326,7 @@ command = ["python3", "-c", "print('first'); [print('y' * 102400) for _ in range
     );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--lease", "2s"],
+        &["--dev", "--deploy", m.to_str().unwrap(), "--lease", "2s"],
     );
     let client = server.client();
     // Over the 4 MiB limit: fails on its first attempt, not by lost leases.
@@ -363,7 +371,10 @@ command = ["sh", "-c", "echo 1"]
 command = ["sh", "-c", "sleep 1; echo '\"resized\"'"]
 "#;
     let m = manifest(dir.path(), v1);
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     let mut ids = Vec::new();
     for n in 0..4 {
@@ -415,7 +426,10 @@ command = ["sh", "-c", "sleep 1; echo 1"]
 concurrency = 2
 "#,
     );
-    let mut server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let mut server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     let map = client
         .map_start(

@@ -1,4 +1,6 @@
 //! Maps, `serve` workers, batching and autoscaling, through the real binary.
+//! Servers deploy with `--dev`: the commands here write marker files beside their manifest,
+//! where the tests read them (a code snapshot would run them in a copy).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -36,7 +38,10 @@ fn lines(out: &std::process::Output) -> Vec<Value> {
 async fn ordered_and_unordered_maps_return_every_result() {
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(dir.path(), "app = \"m\"\n[functions.double]\ncommand = [\"sh\", \"-c\", \"read n; echo $((n * 2))\"]\nconcurrency = 8\n");
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let file = inputs(dir.path(), 60);
     let out = cli(&server.url, &["map", "m.double", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -93,7 +98,10 @@ async fn ordered_and_unordered_maps_return_every_result() {
 async fn return_exceptions_puts_the_error_in_place_and_otherwise_a_failure_stops_the_map() {
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(dir.path(), DOUBLE);
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let file = inputs(dir.path(), 12);
     let out = cli(
         &server.url,
@@ -147,7 +155,10 @@ async fn return_exceptions_puts_the_error_in_place_and_otherwise_a_failure_stops
 async fn a_bad_input_line_is_refused_before_anything_is_sent() {
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(dir.path(), DOUBLE);
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let file = dir.path().join("bad.jsonl");
     std::fs::write(&file, "1\n2\n{oops\n").unwrap();
     let out = cli(&server.url, &["map", "m.double", file.to_str().unwrap()]);
@@ -165,7 +176,10 @@ async fn a_bad_input_line_is_refused_before_anything_is_sent() {
 async fn a_client_that_disconnects_resumes_the_results_from_its_cursor() {
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(dir.path(), "app = \"m\"\n[functions.slow]\ncommand = [\"sh\", \"-c\", \"read n; sleep 0.05; echo $n\"]\nconcurrency = 4\n");
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let file = inputs(dir.path(), 40);
     let mut child = Command::new(BIN)
         .args(["map", "m.slow", file.to_str().unwrap()])
@@ -243,7 +257,10 @@ async fn batches_fill_under_load_and_a_lone_input_waits_no_longer_than_wait() {
         ),
     );
     std::fs::write(dir.path().join("server.py"), SERVER_PY).unwrap();
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     // A lone input: a batch of one, sent once `wait` has passed.
     let started = Instant::now();
@@ -311,7 +328,10 @@ async fn a_serve_process_killed_mid_batch_has_its_inputs_retried_in_a_new_proces
         ),
     );
     std::fs::write(dir.path().join("server.py"), SERVER_PY).unwrap();
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     let mut ids = Vec::new();
     for i in 0..8 {
@@ -363,7 +383,10 @@ max_workers = 3
 scaledown_window = "1s"
 "#,
     );
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     let active = |ws: &[hopper_core::api::WorkerView]| {
         ws.iter()

@@ -1,5 +1,7 @@
 //! Failure notifications to a webhook receiver and an SMTP receiver that the test runs on
 //! loopback.
+//! Servers deploy with `--dev`: a function here reads a file the test writes beside its
+//! manifest (a code snapshot would run it in a copy).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -160,6 +162,7 @@ async fn a_failure_is_delivered_to_the_webhook_and_by_email_with_what_failed() {
     let server = Server::start(
         &dir.path().join("data"),
         &[
+            "--dev",
             "--deploy",
             m.to_str().unwrap(),
             "--smtp",
@@ -248,6 +251,7 @@ async fn a_storm_of_100_failures_is_one_message_that_counts_them() {
     let server = Server::start(
         &dir.path().join("data"),
         &[
+            "--dev",
             "--deploy",
             m.to_str().unwrap(),
             "--notify-gather",
@@ -315,7 +319,13 @@ async fn a_receiver_that_answers_500_is_retried_and_a_dead_one_is_reported() {
     );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", m.to_str().unwrap(), "--notify-gather", "100ms"],
+        &[
+            "--dev",
+            "--deploy",
+            m.to_str().unwrap(),
+            "--notify-gather",
+            "100ms",
+        ],
     );
     let client = server.client();
     let call = client.spawn("ops.report", json!(null), None).await.unwrap();

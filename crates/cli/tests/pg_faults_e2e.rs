@@ -2,6 +2,8 @@
 //! cannot take leases from running work, and a map with hundreds of inputs in flight cancels
 //! at once. Needs `HOPPER_TEST_POSTGRES` (skips without it), and Debian's `faketime` for the
 //! clock test (skips without it unless `HOPPER_TEST_FAKETIME=1`, which `.ci/run` sets).
+//! Servers deploy with `--dev`: the commands here write marker files beside their manifest,
+//! where the tests read them (a code snapshot would run them in a copy).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -66,7 +68,7 @@ command = ["sh", "-c", "echo $HOPPER_ATTEMPT >> attempts.log; sleep 8; echo '\"d
     ];
     let a = Server::start(
         &dir.path().join("a"),
-        &[&db[..], &["--deploy", m.to_str().unwrap()]].concat(),
+        &[&db[..], &["--dev", "--deploy", m.to_str().unwrap()]].concat(),
     );
     // B runs 25 s ahead, far more than a lease: its reaper would take every lease back.
     let b = Server::start_under(

@@ -1,4 +1,6 @@
 //! Schedules through the real binary: firing, run now, pause and resume, bad expressions.
+//! Servers deploy with `--dev`: the commands here write marker files beside their manifest,
+//! where the tests read them (a code snapshot would run them in a copy).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -39,7 +41,10 @@ async fn schedule_calls(client: &hopper_sdk::Client) -> Vec<hopper_core::api::Ca
 async fn schedules_fire_and_can_be_listed_triggered_paused_and_resumed() {
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(dir.path(), APP);
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--dev", "--deploy", m.to_str().unwrap()],
+    );
     let client = server.client();
     eventually(
         "the every-1s schedule fires twice",

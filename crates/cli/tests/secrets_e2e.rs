@@ -176,6 +176,14 @@ async fn a_secret_reaches_its_functions_environment_and_nowhere_else() {
     assert_eq!(list[1]["name"], "stripe");
     assert_eq!(list[1]["keys"], json!(["API_KEY", "REGION"]));
     assert_eq!(list[1]["used_by"], json!(["shop.leak", "shop.show"]));
+    // Setting a secret without a key a deployed function reads is refused too.
+    let out = cli(&server.url, &["secrets", "set", "aws", "SECRET=x"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("shop.show reads key \"ID\" (as AWS)"),
+        "{}",
+        stderr(&out)
+    );
     let out = cli(&server.url, &["secrets", "delete", "stripe"]);
     assert!(!out.status.success());
     assert!(

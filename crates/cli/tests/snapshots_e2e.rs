@@ -211,6 +211,22 @@ async fn a_folder_over_the_limit_is_refused_naming_its_biggest_files() {
         client_apps(&server).await.is_empty(),
         "nothing was deployed"
     );
+    // A link out of the folder would dangle elsewhere: refused, naming it.
+    std::os::unix::fs::symlink("/etc/hostname", folder.join("host")).unwrap();
+    let out = deploy(&server.url, &folder, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("host is a link to /etc/hostname, outside"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(folder.join("host")).unwrap();
+    // A server's data folder in the app's folder never travels: its database, its key.
+    let data = folder.join("state");
+    std::fs::create_dir(&data).unwrap();
+    for name in ["hopper.lock", "hopper.db", "secret.key"] {
+        std::fs::write(data.join(name), "x").unwrap();
+    }
     // Left out by .hopperignore (or .gitignore), the folder fits.
     std::fs::write(folder.join(".hopperignore"), "*.bin\n").unwrap();
     std::fs::write(folder.join(".gitignore"), "secret.env\n").unwrap();
@@ -349,5 +365,46 @@ python = { requirements = ["hopper-no-such-package-7f3a==9.9.9"] }
         text.matches("building a Python environment").count(),
         2,
         "one build for each set of requirements: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_requirements_file_and_an_unwritable_cache_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--no-workers"]);
+    let folder = app(dir.path(), "v1");
+    let manifest = folder.join("hopper.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        format!("{text}python = {{ requirements = \"requirements.txt\" }}\n"),
+    )
+    .unwrap();
+    let out = deploy(&server.url, &folder, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "functions.greet.python.requirements: requirements.txt is not in the code snapshot"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(BIN)
+        .args([
+            "worker",
+            "--server",
+            &server.url,
+            "--function",
+            "code.greet",
+        ])
+        .args(["--cache-dir", "/proc/no-such-cache"])
+        .env_remove("HOPPER_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--cache-dir /proc/no-such-cache: the worker cannot write there"),
+        "{}",
+        stderr(&out)
     );
 }

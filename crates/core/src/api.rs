@@ -433,8 +433,8 @@ pub struct LeaseResponse {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_env: BTreeMap<String, BTreeMap<String, String>>,
     /// Keyed like `functions`: why a function's secrets could not be read (one was deleted,
-    /// or was stored under another server key). Its inputs in this lease are given back
-    /// with this error and run again after a retry's wait.
+    /// or was stored under another server key). Its inputs in this lease fail with this
+    /// error (a failed attempt: their retries apply).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_errors: BTreeMap<String, InputError>,
 }

@@ -131,6 +131,7 @@ pub async fn run(
         .keyring
         .check()
         .map_err(|e| ServerError::Config(e.to_string()))?;
+    state.keyring.warn_if_changed(state.store.as_ref()).await;
     for path in &config.deploy {
         deploy::from_file(&state, path).await?;
     }

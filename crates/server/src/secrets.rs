@@ -93,6 +93,28 @@ impl Keyring {
         }
     }
 
+    /// Says in the log when the key in use cannot open the secrets stored (the key changed,
+    /// or `HOPPER_SECRET_KEY` now overrides a key file), so the cause is known before the
+    /// first function that reads one fails.
+    pub async fn warn_if_changed(&self, store: &dyn Store) {
+        if self.given.is_some() {
+            if let Some(file) = self.file.as_ref().filter(|f| f.exists()) {
+                tracing::warn!(file = %file.display(), "HOPPER_SECRET_KEY is set, so the key file is not used; secrets sealed with it cannot be opened");
+            }
+        }
+        let Ok(stored) = store.secret_list().await else {
+            return;
+        };
+        let unreadable: Vec<&str> = stored
+            .iter()
+            .filter(|row| matches!(self.open(row), Err(SecretError::WrongKey { .. })))
+            .map(|row| row.name.as_str())
+            .collect();
+        if !unreadable.is_empty() {
+            tracing::warn!(secrets = %unreadable.join(", "), "these secrets were sealed with another key than this server's: functions that read them fail with secret_unavailable until they are set again");
+        }
+    }
+
     /// The key; with `create`, a missing key file is made (mode 0600).
     fn key(&self, create: bool) -> Result<SecretKey, SecretError> {
         if let Some(key) = &self.given {

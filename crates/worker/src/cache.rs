@@ -230,6 +230,10 @@ fn install_snapshot(dir: &Path, path: &Path, hash: &str, bytes: &[u8]) -> Result
         bytes: bytes_total,
         files,
     };
+    // A version's files are read-only: a function that writes into its folder would change the
+    // code later inputs run (root is not held back by modes; the check before each worker's
+    // first input still catches it).
+    read_only(tmp.path()).map_err(|e| format!("cannot protect {}: {e}", tmp.path().display()))?;
     let text = serde_json::to_string(&index).map_err(|e| e.to_string())?;
     std::fs::write(tmp.path().join(INDEX), text).map_err(|e| e.to_string())?;
     if path.exists() {
@@ -240,9 +244,46 @@ fn install_snapshot(dir: &Path, path: &Path, hash: &str, bytes: &[u8]) -> Result
     }
     let kept = tmp.keep();
     std::fs::rename(&kept, path).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&kept);
+        remove_tree(&kept);
         format!("cannot move the snapshot into {}: {e}", path.display())
     })
+}
+
+/// Makes every file under `dir` read-only (executables stay executable) and every folder
+/// below it unwritable; `dir` itself stays writable, for its index.
+fn read_only(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_dir() {
+            read_only(&path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))?;
+        } else if kind.is_file() {
+            let mode = entry.metadata()?.permissions().mode();
+            let mode = if mode & 0o111 != 0 { 0o555 } else { 0o444 };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a snapshot's folder, read-only as it is.
+fn remove_tree(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fn writable(dir: &Path) {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    writable(&entry.path());
+                }
+            }
+        }
+    }
+    writable(dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Marks a snapshot as just used (its index's modification time).
@@ -272,7 +313,7 @@ fn evict(dir: &Path, max: u64) {
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age.as_secs() > 3_600);
             if old {
-                let _ = std::fs::remove_dir_all(&path);
+                remove_tree(&path);
             }
             continue;
         }
@@ -306,7 +347,8 @@ fn evict(dir: &Path, max: u64) {
         ) else {
             continue;
         };
-        if std::fs::remove_dir_all(&path).is_ok() {
+        remove_tree(&path);
+        if !path.exists() {
             tracing::info!(folder = %path.display(), "removed a code snapshot from the cache (least recently used)");
             total = total.saturating_sub(bytes);
         }

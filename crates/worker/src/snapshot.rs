@@ -92,6 +92,20 @@ pub fn build(files: &[Source]) -> std::io::Result<Vec<u8>> {
 /// Folders never shipped: version control, Hopper's own data folder, Python's byte-code.
 const ALWAYS_LEFT_OUT: &[&str] = &[".git", ".hopper", "__pycache__"];
 
+/// Whether `dir` is a Hopper server's data folder (whatever its name): it holds the server's
+/// database and, maybe, the key that seals its secrets, which must never travel with code.
+pub fn is_data_folder(dir: &Path) -> bool {
+    dir.join("hopper.lock").exists() || dir.join("hopper.db").exists()
+}
+
+/// A link's target, if it leaves the folder `root` (absolute, or climbing above it with `..`):
+/// such a link would point elsewhere, or nowhere, on another machine.
+fn escapes(root: &Path, link: &Path) -> Option<PathBuf> {
+    let target = std::fs::read_link(link).ok()?;
+    let inside = link.strip_prefix(root).ok()?;
+    climbs_out(inside, &target).then_some(target)
+}
+
 /// The files of `root` a snapshot ships: every file and link under it but what `.gitignore`
 /// and `.hopperignore` files (gitignore syntax, in any folder), [`ALWAYS_LEFT_OUT`] and the
 /// folders in `leave_out` (e.g. a server's data folder) exclude. Refused above `max_bytes` of
@@ -108,10 +122,12 @@ pub fn collect(root: &Path, max_bytes: u64, leave_out: &[PathBuf]) -> Result<Vec
         .add_custom_ignore_filename(".hopperignore")
         .follow_links(false)
         .filter_entry(move |e| {
+            let folder = e.file_type().is_some_and(|t| t.is_dir());
             e.file_name()
                 .to_str()
                 .is_none_or(|name| !ALWAYS_LEFT_OUT.contains(&name))
                 && !leave_out.iter().any(|p| p == e.path())
+                && !(folder && is_data_folder(e.path()))
         });
     let mut files = Vec::new();
     let mut sizes: Vec<(u64, String)> = Vec::new();
@@ -133,6 +149,15 @@ pub fn collect(root: &Path, max_bytes: u64, leave_out: &[PathBuf]) -> Result<Vec
                 entry.path().display()
             ));
         };
+        if kind.is_symlink() {
+            if let Some(target) = escapes(root, entry.path()) {
+                return Err(format!(
+                    "{path} is a link to {}, outside {}: on another machine it would point elsewhere or nowhere. Copy what it points to into the folder, or leave the link out with .hopperignore",
+                    target.display(),
+                    root.display()
+                ));
+            }
+        }
         let size = if kind.is_file() {
             entry
                 .metadata()
@@ -187,6 +212,7 @@ pub struct Bundle {
     pub root: PathBuf,
     /// The manifest's folder (canonical, inside `root`): the deploy's `base_dir`.
     pub folder: PathBuf,
+    /// Regular files (links not counted).
     pub files: usize,
 }
 
@@ -215,14 +241,59 @@ pub fn for_manifest(
         ));
     }
     let files = collect(&root, max_bytes, leave_out)?;
+    requirements_shipped(manifest, text, &folder, &root, &files)?;
     let bytes = build(&files).map_err(|e| format!("cannot pack {}: {e}", root.display()))?;
+    let regular = files
+        .iter()
+        .filter(|f| std::fs::symlink_metadata(&f.from).is_ok_and(|m| m.is_file()))
+        .count();
     Ok(Bundle {
         hash: hash(&bytes),
         bytes,
         folder,
-        files: files.len(),
+        files: regular,
         root,
     })
+}
+
+/// Refuses a snapshot without a requirements file its manifest names (missing, or left out
+/// by an ignore file): the version could never build its environment.
+fn requirements_shipped(
+    manifest: &Path,
+    text: &str,
+    folder: &Path,
+    root: &Path,
+    files: &[Source],
+) -> Result<(), String> {
+    // A manifest that does not parse is the server's to report, with every fault.
+    let Ok(parsed) = hopper_core::manifest::parse(&manifest.display().to_string(), text, folder)
+    else {
+        return Ok(());
+    };
+    for f in &parsed.functions {
+        let Some(file) = f.python.as_ref().and_then(|p| p.requirements_file.as_ref()) else {
+            continue;
+        };
+        let inside = Path::new(file)
+            .strip_prefix(root)
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_string));
+        let shipped = inside
+            .as_ref()
+            .is_some_and(|p| files.iter().any(|s| &s.path == p));
+        if !shipped {
+            let shown = Path::new(file)
+                .strip_prefix(folder)
+                .map_or_else(|_| file.clone(), |p| p.display().to_string());
+            return Err(format!(
+                "{}: functions.{}.python.requirements: {shown} is not in the code snapshot of {} (missing, outside it, or left out by .gitignore or .hopperignore)",
+                manifest.display(),
+                f.name,
+                root.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What a snapshot holds.
@@ -252,7 +323,20 @@ pub fn inspect(bytes: &[u8], max_bytes: u64) -> Result<Contents, SnapshotError> 
                 std::io::copy(&mut entry, &mut std::io::sink())
                     .map_err(|e| SnapshotError::Format(e.to_string()))?;
             }
-            tar::EntryType::Directory | tar::EntryType::Symlink => {}
+            tar::EntryType::Directory => {}
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| SnapshotError::Format(e.to_string()))?
+                    .unwrap_or_default()
+                    .into_owned();
+                if climbs_out(Path::new(&path), &target) {
+                    return Err(SnapshotError::Entry {
+                        path,
+                        reason: format!("a link to {} leaves the snapshot", target.display()),
+                    });
+                }
+            }
             other => {
                 return Err(SnapshotError::Entry {
                     path,
@@ -263,6 +347,26 @@ pub fn inspect(bytes: &[u8], max_bytes: u64) -> Result<Contents, SnapshotError> 
         Ok(())
     })?;
     Ok(contents)
+}
+
+/// Whether the link at `link` (relative, inside a snapshot) to `target` points outside it:
+/// an absolute target, or one that climbs above the root with `..`.
+fn climbs_out(link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return true;
+    }
+    let mut depth = link.components().count() as i64 - 1;
+    for part in target.components() {
+        match part {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
 }
 
 /// Calls `f` with each entry of a snapshot and its checked path, in order.

@@ -54,9 +54,21 @@ pub async fn deploy(
         .await?
         .map_err(exit::usage)?;
         if client.snapshot(&bundle.hash).await?.is_none() {
-            client
+            match client
                 .snapshot_put(&bundle.hash, bundle.bytes.clone())
-                .await?;
+                .await
+            {
+                Ok(_) => {}
+                // The server answers 413 before reading a body over its limit and closes the
+                // connection, which a client still sending sees as a broken pipe.
+                Err(hopper_sdk::Error::Transport(reason)) if bundle.bytes.len() > 1 << 20 => {
+                    return Err(exit::usage(format!(
+                        "the server closed the connection while the {:.1} MiB snapshot was being sent ({reason}): it is probably over the server's limit (hopper serve --max-bundle, 256MiB by default)",
+                        bundle.bytes.len() as f64 / 1_048_576.0
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         req.base_dir = bundle.folder.to_string_lossy().into_owned();
         req.snapshot = Some(bundle.hash.clone());

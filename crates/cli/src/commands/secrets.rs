@@ -47,11 +47,11 @@ pub async fn run(args: &ClientArgs, action: Option<SecretAction>) -> anyhow::Res
                 None => BTreeMap::new(),
             };
             for (i, pair) in values.iter().enumerate() {
+                // Never echoed: an argument without '=' may be a pasted value.
                 let (key, value) = pair.split_once('=').ok_or_else(|| {
                     exit::usage(format!(
-                        "value {} ({:?}) is not KEY=VALUE",
-                        i + 1,
-                        key_only(pair)
+                        "value argument {} has no '=': give each as KEY=VALUE",
+                        i + 1
                     ))
                 })?;
                 all.insert(key.to_string(), value.to_string());
@@ -82,15 +82,6 @@ pub async fn run(args: &ClientArgs, action: Option<SecretAction>) -> anyhow::Res
         }
     }
     Ok(Code::Ok)
-}
-
-/// What an argument shows of itself in an error: never a value, which may be a secret.
-fn key_only(pair: &str) -> String {
-    if pair.len() > 40 {
-        format!("{}…", pair.chars().take(8).collect::<String>())
-    } else {
-        pair.to_string()
-    }
 }
 
 /// `KEY=VALUE` lines of a .env file (or stdin for `-`): blank lines and `#` comments skipped,

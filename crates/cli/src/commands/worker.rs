@@ -37,12 +37,21 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
     if !faults.is_empty() {
         return Err(exit::usage(faults.join("\n")));
     }
-    let snapshots = hopper_worker::cache::SnapshotCache::new(
-        args.cache_dir
-            .clone()
-            .unwrap_or_else(hopper_worker::cache::SnapshotCache::default_dir),
-        cache_max.unwrap_or(0) as u64,
-    );
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(hopper_worker::cache::SnapshotCache::default_dir);
+    // A cache this machine cannot write would fail every input it leases: refuse to start.
+    std::fs::create_dir_all(&cache_dir)
+        .and_then(|_| tempfile::tempfile_in(&cache_dir).map(drop))
+        .map_err(|e| {
+            exit::usage(format!(
+                "--cache-dir {}: the worker cannot write there ({e}); code snapshots are unpacked there",
+                cache_dir.display()
+            ))
+        })?;
+    let snapshots =
+        hopper_worker::cache::SnapshotCache::new(cache_dir, cache_max.unwrap_or(0) as u64);
     let config = WorkerConfig {
         server: super::server_url(&args.client.server)?,
         token: args.client.token.clone(),

@@ -43,6 +43,31 @@ pub async fn put(
     let values: BTreeMap<String, String> =
         req.values.into_iter().map(|v| (v.key, v.value)).collect();
     check_values(&values)?;
+    // A key a function reads may not be dropped while the function is deployed or queued.
+    let mut dropped = Vec::new();
+    for spec in readers(&state).await? {
+        for (var, at) in &spec.secret_env {
+            if at.secret == name && !values.contains_key(&at.key) {
+                dropped.push(format!(
+                    "{} reads key {:?} (as {var})",
+                    spec.qualified_name(),
+                    at.key
+                ));
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        dropped.sort();
+        dropped.dedup();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "secret_in_use",
+            format!(
+                "secret {name:?} would lose keys that functions read: {}; set those keys too, or deploy the functions without them first",
+                dropped.join("; ")
+            ),
+        ));
+    }
     let sealed = state
         .keyring
         .seal(&name, &values)
@@ -70,8 +95,8 @@ pub async fn put(
     Ok((status, Json(view(&row, &users(&state).await?))))
 }
 
-/// Deleting a secret that a deployed function reads is refused, naming the functions: deploy
-/// them without it first.
+/// Deleting a secret that a deployed function reads, or one with calls still queued, is
+/// refused, naming the functions: deploy them without it (and let their calls end) first.
 pub async fn delete(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -82,7 +107,7 @@ pub async fn delete(
             StatusCode::CONFLICT,
             "secret_in_use",
             format!(
-                "secret {name:?} is read by {}: deploy them without it first",
+                "secret {name:?} is read by {} (deployed, or with calls still queued or running): deploy them without it and let their calls end first",
                 functions.join(", ")
             ),
         ));
@@ -135,20 +160,49 @@ fn check_values(values: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The current functions that read each secret, as `app.function`, by secret name.
+/// The functions that read each secret, as `app.function`, by secret name: their current
+/// versions, and the versions of functions with calls still queued or running (which finish on
+/// the version they were spawned on).
 async fn users(state: &AppState) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
     let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for app in state.store.app_list().await? {
-        for f in &app.functions {
-            for name in f.spec.secret_names() {
-                users
-                    .entry(name.to_string())
-                    .or_default()
-                    .push(f.spec.qualified_name());
+    for spec in readers(state).await? {
+        for name in spec.secret_names() {
+            let list = users.entry(name.to_string()).or_default();
+            if !list.contains(&spec.qualified_name()) {
+                list.push(spec.qualified_name());
             }
         }
     }
+    for list in users.values_mut() {
+        list.sort();
+    }
     Ok(users)
+}
+
+/// The specs that may still run and read secrets: every current function's, and every
+/// stored version's of a function with calls not yet ended.
+async fn readers(state: &AppState) -> Result<Vec<hopper_core::FunctionSpec>, ApiError> {
+    let mut specs: Vec<hopper_core::FunctionSpec> = state
+        .store
+        .app_list()
+        .await?
+        .into_iter()
+        .flat_map(|a| a.functions.into_iter().map(|f| f.spec))
+        .collect();
+    for open in state.store.function_backlog().await? {
+        if open.pending + open.running == 0 {
+            continue;
+        }
+        let key = hopper_store::FunctionKey {
+            app: open.app,
+            function: open.function,
+        };
+        for version in state.store.function_versions(&key, 50).await? {
+            specs.push(version.function.spec);
+        }
+    }
+    specs.retain(|s| !s.secret_names().is_empty());
+    Ok(specs)
 }
 
 fn view(row: &SecretRow, users: &BTreeMap<String, Vec<String>>) -> SecretView {

@@ -277,7 +277,26 @@ pub async fn snapshot(
     headers: HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
     let id = parse_worker(&id)?;
-    known_worker(&state, &id, &headers).await?;
+    let known = known_worker(&state, &id, &headers).await?;
+    // Only the code of functions the worker serves: a work token is not a key to every app.
+    let mut serves_it = false;
+    for key in &known.functions {
+        let versions = state.store.function_versions(key, 50).await?;
+        if versions
+            .iter()
+            .any(|v| v.function.spec.snapshot.as_deref() == Some(hash.as_str()))
+        {
+            serves_it = true;
+            break;
+        }
+    }
+    if !serves_it {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("worker {id} serves no function whose versions run snapshot {hash}"),
+        ));
+    }
     super::snapshots::bytes(&state, &hash).await
 }
 
