@@ -408,3 +408,74 @@ async fn a_missing_requirements_file_and_an_unwritable_cache_are_refused_up_fron
         stderr(&out)
     );
 }
+
+/// Processes whose command line contains every one of `parts`.
+fn processes_with(parts: &[&str]) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if parts.iter().all(|p| line.contains(p)) && alive(pid as i32) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_worker_killed_while_it_builds_an_environment_leaves_no_pip_behind() {
+    // A package index that takes connections and never answers: pip waits on it.
+    let index = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = index.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--no-workers"]);
+    let client = server.client();
+    let folder = dir.path().join("slow-env");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(
+        folder.join("requirements.txt"),
+        format!("--index-url http://127.0.0.1:{port}/simple\nsix==1.16.0\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        folder.join("hopper.toml"),
+        "app = \"slow\"\n[functions.f]\ncommand = [\"python3\", \"-c\", \"print(1)\"]\npython = { requirements = \"requirements.txt\" }\n",
+    )
+    .unwrap();
+    let out = deploy(&server.url, &folder, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cache = dir.path().join("cache");
+    let cache_text = cache.to_string_lossy().into_owned();
+    let worker = Worker::start(
+        &server.url,
+        "slow.f",
+        dir.path(),
+        &cache,
+        &dir.path().join("worker.log"),
+    );
+    client.spawn("slow.f", json!(null), None).await.unwrap();
+    let pip = [cache_text.as_str(), "-m pip install"];
+    eventually("pip is installing", Duration::from_secs(90), || async {
+        (!processes_with(&pip).is_empty()).then_some(())
+    })
+    .await;
+    // SIGKILL of the worker alone: nothing gets a chance to clean up.
+    #[allow(unsafe_code)]
+    // SAFETY: kill takes plain integers.
+    unsafe {
+        libc::kill(worker.0.id() as libc::pid_t, libc::SIGKILL);
+    }
+    eventually(
+        "pip is gone with its worker",
+        Duration::from_secs(10),
+        || async { processes_with(&pip).is_empty().then_some(()) },
+    )
+    .await;
+    drop(worker);
+    drop(index);
+}

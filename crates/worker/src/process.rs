@@ -7,13 +7,21 @@ use std::io;
 /// Makes `command` start in a new process group, and receive `death_signal` when the thread
 /// that spawned it exits (Linux `PR_SET_PDEATHSIG`; elsewhere only the group is set).
 pub fn isolate(command: &mut tokio::process::Command, death_signal: libc::c_int) {
+    isolate_std(command.as_std_mut(), death_signal);
+}
+
+/// [`isolate`] for a command run synchronously (from a blocking thread, which must wait for
+/// it: the signal comes when that thread exits).
+pub fn isolate_std(command: &mut std::process::Command, death_signal: libc::c_int) {
+    use std::os::unix::process::CommandExt;
     command.process_group(0);
     set_death_signal(command, death_signal);
 }
 
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn set_death_signal(command: &mut tokio::process::Command, signal: libc::c_int) {
+fn set_death_signal(command: &mut std::process::Command, signal: libc::c_int) {
+    use std::os::unix::process::CommandExt;
     let parent = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec and calls only `prctl` and
     // `getppid`, which are async-signal-safe; it reads a copied integer, nothing else.
@@ -33,7 +41,7 @@ fn set_death_signal(command: &mut tokio::process::Command, signal: libc::c_int) 
 }
 
 #[cfg(not(target_os = "linux"))]
-fn set_death_signal(_command: &mut tokio::process::Command, _signal: libc::c_int) {}
+fn set_death_signal(_command: &mut std::process::Command, _signal: libc::c_int) {}
 
 /// Sends `signal` to every process in the group led by `pid`. A group that is already gone
 /// is not an error.

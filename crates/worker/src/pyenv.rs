@@ -132,6 +132,8 @@ fn build(
     let _ = std::fs::remove_dir_all(&env);
     tracing::info!(environment = %env.display(), "building a Python environment");
     let run = |cmd: &mut Command, what: &str| -> Result<(), EnvError> {
+        // A worker that dies mid-build takes venv and pip with it (they run in this thread).
+        crate::process::isolate_std(cmd, crate::process::SIGKILL);
         let out = cmd
             .output()
             .map_err(|e| machine(format!("cannot run {what}: {e}")))?;
