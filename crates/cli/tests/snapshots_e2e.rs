@@ -21,9 +21,21 @@ struct Worker(Child);
 
 impl Worker {
     fn start(url: &str, function: &str, cwd: &Path, cache: &Path, log: &Path) -> Worker {
+        Self::start_with(url, function, cwd, cache, log, &[])
+    }
+
+    fn start_with(
+        url: &str,
+        function: &str,
+        cwd: &Path,
+        cache: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Worker {
         let log = std::fs::File::create(log).unwrap();
         let child = Command::new(BIN)
             .args(["worker", "--server", url, "--function", function])
+            .args(extra)
             .arg("--cache-dir")
             .arg(cache)
             .current_dir(cwd)
@@ -478,4 +490,52 @@ async fn a_worker_killed_while_it_builds_an_environment_leaves_no_pip_behind() {
     .await;
     drop(worker);
     drop(index);
+}
+
+#[tokio::test]
+async fn the_cache_drops_the_least_recently_used_snapshot_no_worker_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--no-workers"]);
+    let client = server.client();
+    let folder = app(dir.path(), "v1");
+    let cache = dir.path().join("cache");
+    let unpacked = || -> Vec<String> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("tmp-") && n != "envs")
+            .collect()
+    };
+    // A cache of one byte keeps only the snapshot a worker runs.
+    for (version, says) in [(1, "v1"), (2, "v2")] {
+        say(&folder, says);
+        let out = deploy(&server.url, &folder, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let call = client.spawn("code.greet", json!(null), None).await.unwrap();
+        let log = dir.path().join(format!("w{version}.log"));
+        let worker = Worker::start_with(
+            &server.url,
+            "code.greet",
+            dir.path(),
+            &cache,
+            &log,
+            &["--cache-max", "1"],
+        );
+        assert_eq!(output_of(&client, &call.id).await, json!(says));
+        assert_eq!(unpacked().len(), 1, "version {version}: {:?}", unpacked());
+        drop(worker);
+    }
+    let versions: Vec<Value> = serde_json::from_str(&stdout(&cli(
+        &server.url,
+        &["apps", "--versions", "--json"],
+    )))
+    .unwrap();
+    let newest = versions.iter().find(|v| v["version"] == 2).unwrap();
+    let hash = newest["snapshot"]["hash"].as_str().unwrap();
+    assert_eq!(
+        unpacked(),
+        vec![hash.trim_start_matches("sha256:").to_string()]
+    );
 }

@@ -206,7 +206,7 @@ pub async fn from_file(state: &AppState, path: &Path) -> Result<AppRow, ServerEr
         .map_err(|e| fail(e.to_string()))?
         .map_err(fail)?
     };
-    store_bundle(state, &bundle)
+    crate::api::snapshots::store(state, &bundle.hash, bundle.bytes.clone())
         .await
         .map_err(|e| fail(e.message))?;
     manifest_text(
@@ -221,29 +221,4 @@ pub async fn from_file(state: &AppState, path: &Path) -> Result<AppRow, ServerEr
     )
     .await
     .map_err(|e| fail(e.message))
-}
-
-/// Stores a bundle the server built itself (`serve --deploy`).
-async fn store_bundle(
-    state: &AppState,
-    bundle: &hopper_worker::snapshot::Bundle,
-) -> Result<(), ApiError> {
-    let bytes = bundle.bytes.clone();
-    let max = state.config.max_bundle_bytes;
-    let contents =
-        tokio::task::spawn_blocking(move || hopper_worker::snapshot::inspect(&bytes, max))
-            .await
-            .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?
-            .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?;
-    state
-        .store
-        .snapshot_put(hopper_store::SnapshotPut {
-            hash: bundle.hash.clone(),
-            bytes: bundle.bytes.clone(),
-            files: contents.files,
-            unpacked_bytes: contents.bytes,
-            now: state.now(),
-        })
-        .await?;
-    Ok(())
 }

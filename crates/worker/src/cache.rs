@@ -134,7 +134,7 @@ impl SnapshotCache {
         })
         .await?;
         drop(install);
-        touch(&path);
+        touch(&path.join(INDEX));
         ready.insert(
             hash.to_string(),
             Arc::new(Ready {
@@ -286,10 +286,9 @@ fn remove_tree(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Marks a snapshot as just used (its index's modification time).
-fn touch(path: &Path) {
-    let index = path.join(INDEX);
-    if let Ok(file) = std::fs::OpenOptions::new().append(true).open(&index) {
+/// Marks a file as just used (its modification time): a snapshot's index, an environment's marker.
+pub(crate) fn touch(file: &Path) {
+    if let Ok(file) = std::fs::OpenOptions::new().append(true).open(file) {
         let _ = file.set_modified(std::time::SystemTime::now());
     }
 }

@@ -112,7 +112,7 @@ fn build(
             .map_err(machine)
     };
     if env.join(".complete").exists() {
-        touch(&env.join(".complete"));
+        crate::cache::touch(&env.join(".complete"));
         let used = use_lock()?;
         drop(lock);
         return Ok((env, used));
@@ -194,12 +194,6 @@ fn build(
             }
             Err(e)
         }
-    }
-}
-
-fn touch(path: &Path) {
-    if let Ok(file) = std::fs::OpenOptions::new().append(true).open(path) {
-        let _ = file.set_modified(std::time::SystemTime::now());
     }
 }
 

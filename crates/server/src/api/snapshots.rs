@@ -86,31 +86,38 @@ pub async fn put(
     if let Some(row) = state.store.snapshot_info(&hash).await? {
         return Ok((StatusCode::OK, Json(view(&row))));
     }
-    let checked = bytes.clone();
-    let contents =
-        tokio::task::spawn_blocking(move || hopper_worker::snapshot::inspect(&checked, limit))
-            .await
-            .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?
-            .map_err(|e| {
-                ApiError::bad_request("invalid_snapshot", format!("the snapshot is refused: {e}"))
-            })?;
+    let row = store(&state, &hash, bytes.to_vec()).await?;
+    tracing::info!(snapshot = %hash, files = row.files, bytes = row.size, "snapshot stored");
+    Ok((StatusCode::CREATED, Json(view(&row))))
+}
+
+/// Checks a snapshot that hashes to `hash` (see [`hopper_worker::snapshot::inspect`]) and
+/// stores it; the stored row.
+pub async fn store(state: &AppState, hash: &str, bytes: Vec<u8>) -> Result<SnapshotRow, ApiError> {
+    let limit = state.config.max_bundle_bytes;
+    let (contents, bytes) = tokio::task::spawn_blocking(move || {
+        hopper_worker::snapshot::inspect(&bytes, limit).map(|c| (c, bytes))
+    })
+    .await
+    .map_err(|e| ApiError::bad_request("invalid_snapshot", e.to_string()))?
+    .map_err(|e| {
+        ApiError::bad_request("invalid_snapshot", format!("the snapshot is refused: {e}"))
+    })?;
     state
         .store
         .snapshot_put(SnapshotPut {
-            hash: hash.clone(),
-            bytes: bytes.to_vec(),
+            hash: hash.to_string(),
+            bytes,
             files: contents.files,
             unpacked_bytes: contents.bytes,
             now: state.now(),
         })
         .await?;
-    let row = state
+    state
         .store
-        .snapshot_info(&hash)
+        .snapshot_info(hash)
         .await?
-        .ok_or_else(|| unknown(&hash))?;
-    tracing::info!(snapshot = %hash, files = row.files, bytes = row.size, "snapshot stored");
-    Ok((StatusCode::CREATED, Json(view(&row))))
+        .ok_or_else(|| unknown(hash))
 }
 
 /// `GET /v1/snapshots/{hash}`: whether a snapshot is stored, and what it holds (not its bytes).
