@@ -1,10 +1,10 @@
 //! `app_*` and `function_*`: deployed apps and their functions' specs.
 
+use crate::db::{Connection, Row};
 use hopper_core::FunctionSpec;
 use hopper_store::{
     AppDeploy, AppRow, FunctionFind, FunctionKey, FunctionRow, FunctionVersionRow, StoreError,
 };
-use sqlx::{Connection, Row};
 
 use crate::dialect::{Conn, DbPool};
 
@@ -12,13 +12,13 @@ use crate::map::{corrupt, db_err};
 
 pub async fn deploy(conn: &mut Conn, p: AppDeploy) -> Result<AppRow, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
-    let last: Option<i64> = sqlx::query_scalar("SELECT version FROM apps WHERE name = $1")
+    let last: Option<i64> = crate::db::query_scalar("SELECT version FROM apps WHERE name = $1")
         .bind(&p.app)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
     let version = last.unwrap_or(0) + 1;
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO apps (name, version, deployed_at, notify) VALUES ($1, $2, $3, $4)
          ON CONFLICT (name) DO UPDATE SET version = excluded.version, deployed_at = excluded.deployed_at,
            notify = excluded.notify",
@@ -30,7 +30,7 @@ pub async fn deploy(conn: &mut Conn, p: AppDeploy) -> Result<AppRow, StoreError>
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO app_versions (app, version, manifest, deployed_at, snapshot) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(&p.app)
@@ -44,14 +44,16 @@ pub async fn deploy(conn: &mut Conn, p: AppDeploy) -> Result<AppRow, StoreError>
     let mut functions = Vec::with_capacity(p.functions.len());
     for spec in p.functions {
         let json = serde_json::to_string(&spec).map_err(|e| corrupt("function spec", e))?;
-        sqlx::query("INSERT INTO functions (app, name, version, spec) VALUES ($1, $2, $3, $4)")
-            .bind(&p.app)
-            .bind(&spec.name)
-            .bind(version)
-            .bind(json)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        crate::db::query(
+            "INSERT INTO functions (app, name, version, spec) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&p.app)
+        .bind(&spec.name)
+        .bind(version)
+        .bind(json)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         functions.push(FunctionRow { version, spec });
     }
     crate::schedules::deploy(&mut tx, &p.app, &p.schedules, p.now).await?;
@@ -66,7 +68,7 @@ pub async fn deploy(conn: &mut Conn, p: AppDeploy) -> Result<AppRow, StoreError>
 }
 
 pub async fn list(pool: &DbPool) -> Result<Vec<AppRow>, StoreError> {
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "SELECT a.name, a.version, a.deployed_at, a.notify, f.spec FROM apps a
          JOIN functions f ON f.app = a.name AND f.version = a.version
          ORDER BY a.name, f.name",
@@ -95,7 +97,7 @@ pub async fn list(pool: &DbPool) -> Result<Vec<AppRow>, StoreError> {
 }
 
 pub async fn function_find(pool: &DbPool, p: FunctionFind) -> Result<Vec<FunctionRow>, StoreError> {
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "SELECT f.version, f.spec FROM functions f
          JOIN apps a ON a.name = f.app AND a.version = f.version
          WHERE f.name = $1 AND ($2 IS NULL OR f.app = $2)
@@ -121,7 +123,7 @@ pub async fn function_versions(
     key: &FunctionKey,
     limit: u32,
 ) -> Result<Vec<FunctionVersionRow>, StoreError> {
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "SELECT f.version, f.spec, v.deployed_at FROM functions f
          JOIN app_versions v ON v.app = f.app AND v.version = f.version
          WHERE f.app = $1 AND f.name = $2 ORDER BY f.version DESC LIMIT $3",

@@ -1,11 +1,11 @@
 //! `call_*`: calls and their per-state input counters.
 
-use hopper_core::{CallId, CallState, InputState, UnixMillis};
+use crate::db::{Connection, QueryBuilder, Row};
+use hopper_core::{CallCounts, CallId, CallState, InputState, UnixMillis};
 use hopper_store::{
     CallCancel, CallInsert, CallInserted, CallList, CallPrune, CallRow, FunctionBacklog,
     InputAppend, InputResultRow, InputResults, Missing, ResultOrder, StoreError,
 };
-use sqlx::{Connection, QueryBuilder, Row};
 
 use crate::dialect::{Conn, Db, DbPool, LOCK_ROWS, SUM_AS_BIGINT};
 
@@ -24,7 +24,7 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
     let total = p.inputs.len() as i64;
     // A concurrent insert of the same key makes this one do nothing (PostgreSQL waits for the
     // other to commit first), and the call it made is read back below.
-    let row = sqlx::query(&format!(
+    let row = crate::db::query(&format!(
         "INSERT INTO calls (id, app, function, version, origin, state, idempotency_key, n_total, n_pending,
                             accepting_inputs, discard_results, created_at, schedule, due_at)
          VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12)
@@ -67,8 +67,97 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
     Ok(CallInserted::Created(call))
 }
 
+/// Calls per multi-row `INSERT` of a bulk spawn: 9 parameters each.
+const CALL_CHUNK: usize = 500;
+
+/// Creates many calls in one transaction (see `Store::call_insert_many`). Calls of one input
+/// without an idempotency key — a bulk spawn's usual calls — are written by multi-row
+/// statements; the others one at a time, as [`insert`] writes them.
+pub async fn insert_many(
+    conn: &mut Conn,
+    calls: Vec<CallInsert>,
+) -> Result<Vec<CallInserted>, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let mut out: Vec<Option<CallInserted>> = Vec::with_capacity(calls.len());
+    let mut plain = Vec::new();
+    for (i, p) in calls.into_iter().enumerate() {
+        if p.idempotency_key.is_none() && p.inputs.len() == 1 && !p.accepting_inputs {
+            out.push(None);
+            plain.push((i, p));
+        } else {
+            out.push(Some(insert(&mut tx, p).await?));
+        }
+    }
+    for chunk in plain.chunks(CALL_CHUNK) {
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(
+            "INSERT INTO calls (id, app, function, version, origin, state, n_total, n_pending,
+                                accepting_inputs, discard_results, created_at, schedule, due_at) ",
+        );
+        q.push_values(chunk, |mut b, (_, p)| {
+            b.push_bind(p.id.as_str())
+                .push_bind(&p.app)
+                .push_bind(&p.function)
+                .push_bind(p.version)
+                .push_bind(p.origin.as_str())
+                .push("'pending'")
+                .push("1")
+                .push("1")
+                .push("0")
+                .push_bind(p.discard_results as i64)
+                .push_bind(p.now)
+                .push_bind(p.schedule.as_ref().map(|(s, _)| s.clone()))
+                .push_bind(p.schedule.as_ref().map(|(_, d)| *d));
+        });
+        q.build().execute(&mut *tx).await.map_err(db_err)?;
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(
+            "INSERT INTO inputs (call_id, idx, app, function, version, state, input, not_before) ",
+        );
+        q.push_values(chunk, |mut b, (_, p)| {
+            b.push_bind(p.id.as_str())
+                .push("0")
+                .push_bind(&p.app)
+                .push_bind(&p.function)
+                .push_bind(p.version)
+                .push("'pending'")
+                .push_bind(p.inputs.first())
+                .push_bind(p.now);
+        });
+        q.build().execute(&mut *tx).await.map_err(db_err)?;
+    }
+    if !plain.is_empty() {
+        crate::dialect::notify(&mut tx, "inputs").await?;
+    }
+    tx.commit().await.map_err(db_err)?;
+    for (i, p) in plain {
+        if let Some(slot) = out.get_mut(i) {
+            *slot = Some(CallInserted::Created(CallRow {
+                id: p.id,
+                app: p.app,
+                function: p.function,
+                version: p.version,
+                origin: p.origin,
+                state: CallState::Pending,
+                counts: CallCounts {
+                    total: 1,
+                    pending: 1,
+                    ..Default::default()
+                },
+                idempotency_key: None,
+                accepting_inputs: false,
+                discard_results: p.discard_results,
+                schedule: p.schedule,
+                created_at: p.now,
+                finished_at: None,
+            }));
+        }
+    }
+    out.into_iter()
+        .map(|c| c.ok_or_else(|| StoreError::Database("a bulk spawn lost a call".into())))
+        .collect()
+}
+
 async fn by_key(conn: &mut Conn, key: &str) -> Result<Option<CallRow>, StoreError> {
-    let row = sqlx::query(&format!(
+    let row = crate::db::query(&format!(
         "SELECT {CALL_COLUMNS} FROM calls WHERE idempotency_key = $1"
     ))
     .bind(key)
@@ -96,7 +185,7 @@ async fn existing(
     }
     if let Some(first) = p.inputs.first() {
         let stored: Option<String> =
-            sqlx::query_scalar("SELECT input FROM inputs WHERE call_id = $1 AND idx = 0")
+            crate::db::query_scalar("SELECT input FROM inputs WHERE call_id = $1 AND idx = 0")
                 .bind(call.id.as_str())
                 .fetch_optional(&mut *conn)
                 .await
@@ -141,7 +230,7 @@ async fn insert_inputs(
 }
 
 async fn reload(conn: &mut Conn, id: &CallId) -> Result<CallRow, StoreError> {
-    let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
+    let row = crate::db::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
         .bind(id.as_str())
         .fetch_one(&mut *conn)
         .await
@@ -153,7 +242,7 @@ pub async fn append(conn: &mut Conn, p: InputAppend) -> Result<CallRow, StoreErr
     let mut tx = conn.begin().await.map_err(db_err)?;
     // Locked, so a cancel committing meanwhile cannot be undone by this chunk reopening the
     // call (the chunk's inputs are new rows: nobody else holds them).
-    let row = sqlx::query(&format!(
+    let row = crate::db::query(&format!(
         "SELECT {CALL_COLUMNS} FROM calls WHERE id = $1{LOCK_ROWS}"
     ))
     .bind(p.call_id.as_str())
@@ -172,7 +261,7 @@ pub async fn append(conn: &mut Conn, p: InputAppend) -> Result<CallRow, StoreErr
     if p.start < total && end <= total {
         // A chunk we already have: the client retried a request whose answer it lost.
         if p.done && call.accepting_inputs {
-            sqlx::query("UPDATE calls SET accepting_inputs = 0 WHERE id = $1")
+            crate::db::query("UPDATE calls SET accepting_inputs = 0 WHERE id = $1")
                 .bind(p.call_id.as_str())
                 .execute(&mut *tx)
                 .await
@@ -198,7 +287,7 @@ pub async fn append(conn: &mut Conn, p: InputAppend) -> Result<CallRow, StoreErr
     }
     insert_inputs(&mut tx, &call, p.start, &p.inputs, p.now).await?;
     let n = p.inputs.len() as i64;
-    sqlx::query(
+    crate::db::query(
         "UPDATE calls SET n_total = n_total + $2, n_pending = n_pending + $2, accepting_inputs = $3 WHERE id = $1",
     )
     .bind(p.call_id.as_str())
@@ -227,7 +316,7 @@ pub async fn results(pool: &DbPool, p: InputResults) -> Result<Vec<InputResultRo
             "SELECT idx, state, output, error, done_seq FROM inputs WHERE call_id = $1 AND done_seq > $2 ORDER BY done_seq LIMIT $3"
         }
     };
-    let rows = sqlx::query(sql)
+    let rows = crate::db::query(sql)
         .bind(p.call_id.as_str())
         .bind(p.after)
         .bind(p.limit as i64)
@@ -248,7 +337,7 @@ pub async fn results(pool: &DbPool, p: InputResults) -> Result<Vec<InputResultRo
 }
 
 pub async fn backlog(pool: &DbPool) -> Result<Vec<FunctionBacklog>, StoreError> {
-    let rows = sqlx::query(&backlog_sql())
+    let rows = crate::db::query(&backlog_sql())
         .fetch_all(pool)
         .await
         .map_err(db_err)?;
@@ -277,7 +366,7 @@ pub fn get_sql() -> String {
 }
 
 pub async fn get(pool: &DbPool, id: &CallId) -> Result<Option<CallRow>, StoreError> {
-    let row = sqlx::query(&get_sql())
+    let row = crate::db::query(&get_sql())
         .bind(id.as_str())
         .fetch_optional(pool)
         .await
@@ -323,17 +412,19 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
     // all the inputs the call will ever have, and none can appear between the lock and the
     // update for a lease to take while this waits for it.
     let mut tx = conn.begin().await.map_err(db_err)?;
-    sqlx::query("UPDATE calls SET accepting_inputs = 0 WHERE id = $1 AND accepting_inputs = 1")
-        .bind(p.id.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    crate::db::query(
+        "UPDATE calls SET accepting_inputs = 0 WHERE id = $1 AND accepting_inputs = 1",
+    )
+    .bind(p.id.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
     tx.commit().await.map_err(db_err)?;
     let mut tx = conn.begin().await.map_err(db_err)?;
     // The call's open inputs first, locked in id order (the order every transaction locks
     // inputs in), so a completion batch holding some of them finishes first; then the call.
     if !LOCK_ROWS.is_empty() {
-        sqlx::query(&format!(
+        crate::db::query(&format!(
             "SELECT id FROM inputs WHERE call_id = $1 AND state IN ('pending', 'running') ORDER BY id{LOCK_ROWS}"
         ))
         .bind(p.id.as_str())
@@ -341,7 +432,7 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
         .await
         .map_err(db_err)?;
     }
-    let row = sqlx::query(&format!(
+    let row = crate::db::query(&format!(
         "SELECT {CALL_COLUMNS} FROM calls WHERE id = $1{LOCK_ROWS}"
     ))
     .bind(p.id.as_str())
@@ -355,7 +446,7 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
     // A running input's attempt ends here (its worker hears of it at once, or at its next
     // heartbeat); a result that comes later is kept as late. An attempt row a completion
     // already wrote is left as it is.
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at, error)
          SELECT id, attempt, call_id, idx, worker_id, 'cancelled', started_at, $2, $3 FROM inputs
          WHERE call_id = $1 AND state = 'running'
@@ -369,7 +460,7 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
     .map_err(db_err)?;
     // Cancelled inputs join the call's completion order after everything that ended before,
     // in index order: the same rule as every other way an input ends (`inputs::end_many`).
-    let moved = sqlx::query(
+    let moved = crate::db::query(
         "UPDATE inputs SET state = 'cancelled', finished_at = $2, error = $3, worker_id = NULL,
            lease_expires_at = NULL, done_seq = $4 + r.rn
          FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY idx) AS rn FROM inputs
@@ -385,7 +476,7 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
     .map_err(db_err)?
     .rows_affected();
     if moved > 0 {
-        let row = sqlx::query(&format!(
+        let row = crate::db::query(&format!(
             "UPDATE calls SET n_cancelled = n_cancelled + n_pending + n_running, n_pending = 0, n_running = 0,
              accepting_inputs = 0 WHERE id = $1 RETURNING {CALL_COLUMNS}"
         ))
@@ -396,14 +487,14 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
         settle(&mut tx, &p.id, &call_row(&row)?, p.now).await?;
     } else if !before.state.is_terminal() {
         // A map that was taking inputs, whose inputs so far have all ended: it ends cancelled.
-        sqlx::query("UPDATE calls SET accepting_inputs = 0, state = 'cancelled', finished_at = $2 WHERE id = $1")
+        crate::db::query("UPDATE calls SET accepting_inputs = 0, state = 'cancelled', finished_at = $2 WHERE id = $1")
             .bind(p.id.as_str())
             .bind(p.now)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
     }
-    let row = sqlx::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
+    let row = crate::db::query(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
         .bind(p.id.as_str())
         .fetch_one(&mut *tx)
         .await
@@ -425,21 +516,21 @@ pub fn cancelled_error() -> hopper_core::api::InputError {
 pub async fn prune(conn: &mut Conn, p: CallPrune) -> Result<u64, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let doomed = "SELECT id FROM calls WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2";
-    sqlx::query(&format!("DELETE FROM log_counts WHERE input_id IN (SELECT id FROM inputs WHERE call_id IN ({doomed}))"))
+    crate::db::query(&format!("DELETE FROM log_counts WHERE input_id IN (SELECT id FROM inputs WHERE call_id IN ({doomed}))"))
         .bind(p.finished_before)
         .bind(p.limit as i64)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
     for table in ["logs", "attempts", "inputs"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE call_id IN ({doomed})"))
+        crate::db::query(&format!("DELETE FROM {table} WHERE call_id IN ({doomed})"))
             .bind(p.finished_before)
             .bind(p.limit as i64)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
     }
-    let deleted = sqlx::query(&format!("DELETE FROM calls WHERE id IN ({doomed})"))
+    let deleted = crate::db::query(&format!("DELETE FROM calls WHERE id IN ({doomed})"))
         .bind(p.finished_before)
         .bind(p.limit as i64)
         .execute(&mut *tx)
@@ -447,7 +538,7 @@ pub async fn prune(conn: &mut Conn, p: CallPrune) -> Result<u64, StoreError> {
         .map_err(db_err)?
         .rows_affected();
     crate::stats::prune(&mut tx, p.finished_before).await?;
-    sqlx::query("DELETE FROM workers WHERE stopped_at IS NOT NULL AND stopped_at < $1")
+    crate::db::query("DELETE FROM workers WHERE stopped_at IS NOT NULL AND stopped_at < $1")
         .bind(p.finished_before)
         .execute(&mut *tx)
         .await
@@ -475,7 +566,7 @@ pub async fn shift(
     now: UnixMillis,
 ) -> Result<Shifted, StoreError> {
     let (from_col, to_col) = (count_column(from), count_column(to));
-    let row = sqlx::query(&format!(
+    let row = crate::db::query(&format!(
         "UPDATE calls SET {from_col} = {from_col} - $1, {to_col} = {to_col} + $1 WHERE id = $2 RETURNING {CALL_COLUMNS}"
     ))
     .bind(n)
@@ -628,7 +719,7 @@ async fn settle(
         return Ok(None);
     }
     let finished_at = derived.is_terminal().then_some(now);
-    sqlx::query("UPDATE calls SET state = $1, finished_at = $2 WHERE id = $3")
+    crate::db::query("UPDATE calls SET state = $1, finished_at = $2 WHERE id = $3")
         .bind(derived.as_str())
         .bind(finished_at)
         .bind(id.as_str())
@@ -647,7 +738,7 @@ pub async fn finished_since(
         .as_ref()
         .map(|i| i.to_string())
         .unwrap_or_default();
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "SELECT {CALL_COLUMNS} FROM calls WHERE finished_at IS NOT NULL
            AND (finished_at > $1 OR (finished_at = $1 AND id > $2))
          ORDER BY finished_at, id LIMIT $3"
@@ -662,7 +753,7 @@ pub async fn finished_since(
 }
 
 pub async fn setting_get(pool: &DbPool, key: &str) -> Result<Option<String>, StoreError> {
-    sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+    crate::db::query_scalar("SELECT value FROM settings WHERE key = $1")
         .bind(key)
         .fetch_optional(pool)
         .await
@@ -670,7 +761,7 @@ pub async fn setting_get(pool: &DbPool, key: &str) -> Result<Option<String>, Sto
 }
 
 pub async fn setting_put(conn: &mut Conn, key: String, value: String) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+    crate::db::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(key)
         .bind(value)
         .execute(&mut *conn)

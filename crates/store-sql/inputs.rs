@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::db::{Connection, QueryBuilder, Row};
 use hopper_core::api::{InputError, Lease, Outcome};
 use hopper_core::{CallId, FunctionSpec, InputState, UnixMillis};
 use hopper_store::*;
-use sqlx::{Connection, QueryBuilder, Row};
 
 use crate::dialect::{Conn, Db, DbPool, DbRow, LEAST, LOCK_ROWS, SKIP_LOCKED, TIMEOUT_MS};
 
@@ -20,7 +20,7 @@ pub const GET_SQL: &str =
      FROM inputs WHERE call_id = $1 AND idx = $2";
 
 pub async fn get(pool: &DbPool, id: &CallId, index: i64) -> Result<Option<InputRow>, StoreError> {
-    let row = sqlx::query(GET_SQL)
+    let row = crate::db::query(GET_SQL)
         .bind(id.as_str())
         .bind(index)
         .fetch_optional(pool)
@@ -87,7 +87,7 @@ impl Specs {
         if let Some(spec) = self.0.get(&key) {
             return Ok(spec.clone());
         }
-        let text: Option<String> = sqlx::query_scalar(
+        let text: Option<String> = crate::db::query_scalar(
             "SELECT spec FROM functions WHERE app = $1 AND name = $2 AND version = $3",
         )
         .bind(app)
@@ -256,7 +256,7 @@ async fn attempt_record(
     now: UnixMillis,
     late: bool,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at, error, late, batch_size)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (input_id, attempt) DO UPDATE SET late = 1, outcome = excluded.outcome,
@@ -385,7 +385,7 @@ async fn fail(
             lost: input.lost,
         }));
     };
-    sqlx::query(
+    crate::db::query(
         "UPDATE inputs SET state = 'pending', failures = $2, error = $3, not_before = $4,
          worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
     )
@@ -434,7 +434,7 @@ async fn requeue_lost(
             lost,
         }));
     }
-    sqlx::query(
+    crate::db::query(
         "UPDATE inputs SET state = 'pending', lost = $2, not_before = $3, worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
     )
     .bind(input.id)
@@ -738,7 +738,7 @@ pub async fn heartbeat(conn: &mut Conn, p: LeaseHeartbeat) -> Result<Vec<Lease>,
     let mut leases = p.leases.clone();
     leases.sort_by_key(|l| l.input_id);
     for lease in &leases {
-        let held = sqlx::query(&format!(
+        let held = crate::db::query(&format!(
             "UPDATE inputs SET lease_expires_at = {LEAST}($4, deadline_at)
              WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'running'"
         ))
@@ -754,7 +754,7 @@ pub async fn heartbeat(conn: &mut Conn, p: LeaseHeartbeat) -> Result<Vec<Lease>,
             lost.push(*lease);
         }
     }
-    sqlx::query("UPDATE workers SET last_seen_at = $2 WHERE id = $1")
+    crate::db::query("UPDATE workers SET last_seen_at = $2 WHERE id = $1")
         .bind(p.worker_id.as_str())
         .bind(p.now)
         .execute(&mut *tx)
@@ -786,7 +786,7 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
     let mut tx = conn.begin().await.map_err(db_err)?;
     // The oldest expired leases, skipping rows another transaction holds (so the reaper never
     // waits on a completion); then handled in id order, their calls locked in id order.
-    let mut rows = sqlx::query(&format!(
+    let mut rows = crate::db::query(&format!(
         "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND lease_expires_at <= $1
          ORDER BY lease_expires_at LIMIT $2{SKIP_LOCKED}"
     ))
@@ -850,7 +850,7 @@ pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u
     let mut tx = conn.begin().await.map_err(db_err)?;
     // Inputs first, then calls, then the worker's row: the order every other transaction
     // locks in.
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "SELECT {RUNNING_COLUMNS} FROM inputs WHERE state = 'running' AND worker_id = $1 ORDER BY id{LOCK_ROWS}"
     ))
     .bind(p.id.as_str())
@@ -862,7 +862,7 @@ pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u
         message: "the worker stopped and handed the input back".into(),
     };
     let finished = give_back(&mut tx, &rows, &error, p.now).await?;
-    sqlx::query("UPDATE workers SET stopped_at = $2, last_seen_at = $2 WHERE id = $1")
+    crate::db::query("UPDATE workers SET stopped_at = $2, last_seen_at = $2 WHERE id = $1")
         .bind(p.id.as_str())
         .bind(p.now)
         .execute(&mut *tx)
@@ -897,7 +897,7 @@ pub fn attempt_list_sql(by_index: bool) -> String {
 
 pub async fn attempt_list(pool: &DbPool, p: AttemptList) -> Result<Vec<AttemptRow>, StoreError> {
     let sql = attempt_list_sql(p.index.is_some());
-    let mut q = sqlx::query(&sql)
+    let mut q = crate::db::query(&sql)
         .bind(p.call_id.as_str())
         .bind(p.limit as i64);
     if let Some(index) = p.index {

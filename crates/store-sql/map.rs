@@ -1,9 +1,9 @@
 //! Database rows into the store's types (errors: `dialect::db_err`).
 
+use crate::db::Row;
 use hopper_core::api::{InputError, LogStream, Origin};
 use hopper_core::{CallCounts, CallId, CallState, InputState, WorkerId};
 use hopper_store::{CallRow, StoreError};
-use sqlx::Row;
 
 pub use crate::dialect::db_err;
 use crate::dialect::DbRow;

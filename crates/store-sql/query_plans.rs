@@ -10,10 +10,10 @@
 
 use std::time::Instant;
 
+use crate::db::QueryBuilder;
 use hopper_core::api::Origin;
 use hopper_core::{CallId, InputState};
 use hopper_store::{AttemptList, CallList, LogList, StatsList, Store};
-use sqlx::QueryBuilder;
 
 use crate::dialect::plans;
 use crate::dialect::{Db, DbPool};
@@ -89,7 +89,7 @@ fn call_lists() -> Vec<CallList> {
 pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
     let started = Instant::now();
     for sql in plans::fill(CALLS, T0) {
-        sqlx::query(&sql).execute(write).await.unwrap();
+        crate::db::query(&sql).execute(write).await.unwrap();
     }
     println!(
         "filled {CALLS} calls in {:.1} s",
@@ -160,24 +160,26 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
     let page = [
         (
             "call",
-            sqlx::query(&call_sql).bind(call.to_string()),
+            crate::db::query(&call_sql).bind(call.to_string()),
             Allow::Nothing,
         ),
         (
             "input",
-            sqlx::query(&input_sql).bind(call.to_string()).bind(0i64),
+            crate::db::query(&input_sql)
+                .bind(call.to_string())
+                .bind(0i64),
             Allow::Nothing,
         ),
         (
             "attempts",
-            sqlx::query(&attempts_sql)
+            crate::db::query(&attempts_sql)
                 .bind(call.to_string())
                 .bind(200i64),
             Allow::Nothing,
         ),
         (
             "one input's attempts",
-            sqlx::query(&input_attempts_sql)
+            crate::db::query(&input_attempts_sql)
                 .bind(call.to_string())
                 .bind(200i64)
                 .bind(0i64),
@@ -185,7 +187,7 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
         ),
         (
             "logs",
-            sqlx::query(&logs_sql)
+            crate::db::query(&logs_sql)
                 .bind(call.to_string())
                 .bind(0i64)
                 .bind(None::<i64>)
@@ -195,14 +197,14 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
         (
             // Open calls only (found by state), grouped by function.
             "backlog",
-            sqlx::query(&backlog_sql),
+            crate::db::query(&backlog_sql),
             Allow::SortFew,
         ),
         (
             // Workers are few (stopped ones are pruned); their running inputs are counted
             // through the index of running inputs by worker.
             "workers",
-            sqlx::query(&workers_sql).bind(T0),
+            crate::db::query(&workers_sql).bind(T0),
             Allow::SmallTable {
                 table: "workers",
                 alias: "w",

@@ -1,13 +1,13 @@
 //! `schedule_*`: schedules and their firings. A due time is fired once: its firing row's
 //! primary key is `(app, schedule, due_at)`, and the schedule must still be at that due time.
 
+use crate::db::{Connection, Row};
 use hopper_core::schedule::Overlap;
 use hopper_core::UnixMillis;
 use hopper_store::{
     CallInserted, FireOutcome, FiringRow, Missing, ScheduleDeploy, ScheduleFire, SchedulePause,
     ScheduleRow, StoreError,
 };
-use sqlx::{Connection, Row};
 
 use crate::dialect::{Conn, DbPool, DbRow, LOCK_SCHEDULE};
 
@@ -45,7 +45,7 @@ pub async fn deploy(
     now: UnixMillis,
 ) -> Result<(), StoreError> {
     let names: Vec<String> = schedules.iter().map(|s| s.spec.name.clone()).collect();
-    let existing = sqlx::query("SELECT name, spec FROM schedules WHERE app = $1")
+    let existing = crate::db::query("SELECT name, spec FROM schedules WHERE app = $1")
         .bind(app)
         .fetch_all(&mut *conn)
         .await
@@ -53,7 +53,7 @@ pub async fn deploy(
     for r in &existing {
         let name: String = r.try_get("name").map_err(db_err)?;
         if !names.contains(&name) {
-            sqlx::query("DELETE FROM schedules WHERE app = $1 AND name = $2")
+            crate::db::query("DELETE FROM schedules WHERE app = $1 AND name = $2")
                 .bind(app)
                 .bind(&name)
                 .execute(&mut *conn)
@@ -71,7 +71,7 @@ pub async fn deploy(
             continue;
         }
         // A new or changed definition takes effect at once, due times counted from now.
-        sqlx::query(
+        crate::db::query(
             "INSERT INTO schedules (app, name, spec, anchor_at, next_due_at, updated_at) VALUES ($1, $2, $3, $4, $5, $4)
              ON CONFLICT (app, name) DO UPDATE SET spec = excluded.spec, anchor_at = excluded.anchor_at,
                next_due_at = excluded.next_due_at, updated_at = excluded.updated_at",
@@ -89,7 +89,7 @@ pub async fn deploy(
 }
 
 pub async fn list(pool: &DbPool) -> Result<Vec<ScheduleRow>, StoreError> {
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "SELECT {COLUMNS} FROM schedules s ORDER BY s.app, s.name"
     ))
     .fetch_all(pool)
@@ -99,7 +99,7 @@ pub async fn list(pool: &DbPool) -> Result<Vec<ScheduleRow>, StoreError> {
 }
 
 pub async fn due(pool: &DbPool, now: UnixMillis) -> Result<Vec<ScheduleRow>, StoreError> {
-    let rows = sqlx::query(&format!(
+    let rows = crate::db::query(&format!(
         "SELECT {COLUMNS} FROM schedules s WHERE s.paused = 0 AND s.next_due_at <= $1 ORDER BY s.next_due_at"
     ))
     .bind(now)
@@ -110,7 +110,7 @@ pub async fn due(pool: &DbPool, now: UnixMillis) -> Result<Vec<ScheduleRow>, Sto
 }
 
 async fn load(conn: &mut Conn, app: &str, name: &str) -> Result<Option<ScheduleRow>, StoreError> {
-    let r = sqlx::query(&format!(
+    let r = crate::db::query(&format!(
         "SELECT {COLUMNS} FROM schedules s WHERE s.app = $1 AND s.name = $2{LOCK_SCHEDULE}"
     ))
     .bind(app)
@@ -134,7 +134,7 @@ pub async fn fire(conn: &mut Conn, p: ScheduleFire) -> Result<FireOutcome, Store
         return Ok(FireOutcome::AlreadyFired);
     }
     for missed in &p.missed {
-        sqlx::query(
+        crate::db::query(
             "INSERT INTO schedule_firings (app, schedule, due_at, outcome, recorded_at) VALUES ($1, $2, $3, 'missed', $4)
              ON CONFLICT DO NOTHING",
         )
@@ -157,7 +157,7 @@ pub async fn fire(conn: &mut Conn, p: ScheduleFire) -> Result<FireOutcome, Store
         };
         (if p.manual { "triggered" } else { "fired" }, Some(call))
     };
-    let recorded = sqlx::query(
+    let recorded = crate::db::query(
         "INSERT INTO schedule_firings (app, schedule, due_at, outcome, call_id, recorded_at) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT DO NOTHING",
     )
@@ -177,7 +177,7 @@ pub async fn fire(conn: &mut Conn, p: ScheduleFire) -> Result<FireOutcome, Store
     }
     if p.manual {
         if let Some(c) = &call {
-            sqlx::query("UPDATE schedules SET last_call_id = $3 WHERE app = $1 AND name = $2")
+            crate::db::query("UPDATE schedules SET last_call_id = $3 WHERE app = $1 AND name = $2")
                 .bind(&p.app)
                 .bind(&p.name)
                 .bind(c.id.as_str())
@@ -186,7 +186,7 @@ pub async fn fire(conn: &mut Conn, p: ScheduleFire) -> Result<FireOutcome, Store
                 .map_err(db_err)?;
         }
     } else {
-        sqlx::query(
+        crate::db::query(
             "UPDATE schedules SET next_due_at = $3, last_due_at = $4, last_call_id = COALESCE($5, last_call_id)
              WHERE app = $1 AND name = $2",
         )
@@ -209,7 +209,7 @@ pub async fn fire(conn: &mut Conn, p: ScheduleFire) -> Result<FireOutcome, Store
 pub async fn pause(conn: &mut Conn, p: SchedulePause) -> Result<Option<ScheduleRow>, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     if p.paused {
-        sqlx::query("UPDATE schedules SET paused = 1, updated_at = $3 WHERE app = $1 AND name = $2")
+        crate::db::query("UPDATE schedules SET paused = 1, updated_at = $3 WHERE app = $1 AND name = $2")
             .bind(&p.app)
             .bind(&p.name)
             .bind(p.now)
@@ -217,7 +217,7 @@ pub async fn pause(conn: &mut Conn, p: SchedulePause) -> Result<Option<ScheduleR
             .await
     } else {
         // Due times that passed while paused are not fired late: the schedule resumes from now.
-        sqlx::query("UPDATE schedules SET paused = 0, next_due_at = $4, updated_at = $3 WHERE app = $1 AND name = $2 AND paused = 1")
+        crate::db::query("UPDATE schedules SET paused = 0, next_due_at = $4, updated_at = $3 WHERE app = $1 AND name = $2 AND paused = 1")
             .bind(&p.app)
             .bind(&p.name)
             .bind(p.now)
@@ -237,7 +237,7 @@ pub async fn firings(
     name: &str,
     limit: u32,
 ) -> Result<Vec<FiringRow>, StoreError> {
-    let rows = sqlx::query(
+    let rows = crate::db::query(
         "SELECT due_at, outcome, call_id FROM schedule_firings WHERE app = $1 AND schedule = $2 ORDER BY due_at DESC LIMIT $3",
     )
     .bind(app)

@@ -1,7 +1,7 @@
 //! `secret_*`: named secrets, their values sealed by the server before they reach the store.
 
+use crate::db::{QueryBuilder, Row};
 use hopper_store::{SecretPutParams, SecretRow, StoreError};
-use sqlx::{QueryBuilder, Row};
 
 use crate::dialect::{Conn, Db, DbPool, DbRow};
 
@@ -11,7 +11,7 @@ const COLUMNS: &str = "SELECT name, keys, sealed, created_at, updated_at FROM se
 
 pub async fn put(conn: &mut Conn, p: SecretPutParams) -> Result<SecretRow, StoreError> {
     let keys = serde_json::to_string(&p.keys).map_err(|e| corrupt("secret keys", e))?;
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO secrets (name, keys, sealed, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)
          ON CONFLICT (name) DO UPDATE SET keys = excluded.keys, sealed = excluded.sealed,
            updated_at = excluded.updated_at",
@@ -23,7 +23,7 @@ pub async fn put(conn: &mut Conn, p: SecretPutParams) -> Result<SecretRow, Store
     .execute(&mut *conn)
     .await
     .map_err(db_err)?;
-    let row = sqlx::query(&format!("{COLUMNS} WHERE name = $1"))
+    let row = crate::db::query(&format!("{COLUMNS} WHERE name = $1"))
         .bind(&p.name)
         .fetch_one(&mut *conn)
         .await
@@ -32,7 +32,7 @@ pub async fn put(conn: &mut Conn, p: SecretPutParams) -> Result<SecretRow, Store
 }
 
 pub async fn list(pool: &DbPool) -> Result<Vec<SecretRow>, StoreError> {
-    let rows = sqlx::query(&format!("{COLUMNS} ORDER BY name"))
+    let rows = crate::db::query(&format!("{COLUMNS} ORDER BY name"))
         .fetch_all(pool)
         .await
         .map_err(db_err)?;
@@ -55,7 +55,7 @@ pub async fn get_many(pool: &DbPool, names: &[String]) -> Result<Vec<SecretRow>,
 }
 
 pub async fn delete(conn: &mut Conn, name: String) -> Result<bool, StoreError> {
-    let done = sqlx::query("DELETE FROM secrets WHERE name = $1")
+    let done = crate::db::query("DELETE FROM secrets WHERE name = $1")
         .bind(name)
         .execute(&mut *conn)
         .await

@@ -1,14 +1,14 @@
 //! `snapshot_*`: code snapshots, content-addressed, kept while a version needs them.
 
+use crate::db::Row;
 use hopper_store::{SnapshotPrune, SnapshotPut, SnapshotRow, StoreError};
-use sqlx::Row;
 
 use crate::dialect::{Conn, DbPool};
 
 use crate::map::db_err;
 
 pub async fn put(conn: &mut Conn, p: SnapshotPut) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "INSERT INTO snapshots (hash, bytes, size, files, unpacked_bytes, created_at)
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (hash) DO NOTHING",
     )
@@ -25,7 +25,7 @@ pub async fn put(conn: &mut Conn, p: SnapshotPut) -> Result<bool, StoreError> {
 }
 
 pub async fn info(pool: &DbPool, hash: &str) -> Result<Option<SnapshotRow>, StoreError> {
-    let row = sqlx::query(
+    let row = crate::db::query(
         "SELECT hash, size, files, unpacked_bytes, created_at FROM snapshots WHERE hash = $1",
     )
     .bind(hash)
@@ -48,7 +48,7 @@ pub async fn info(pool: &DbPool, hash: &str) -> Result<Option<SnapshotRow>, Stor
 }
 
 pub async fn get(pool: &DbPool, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    sqlx::query_scalar("SELECT bytes FROM snapshots WHERE hash = $1")
+    crate::db::query_scalar("SELECT bytes FROM snapshots WHERE hash = $1")
         .bind(hash)
         .fetch_optional(pool)
         .await
@@ -56,7 +56,7 @@ pub async fn get(pool: &DbPool, hash: &str) -> Result<Option<Vec<u8>>, StoreErro
 }
 
 pub async fn prune(conn: &mut Conn, p: SnapshotPrune) -> Result<u64, StoreError> {
-    let done = sqlx::query(
+    let done = crate::db::query(
         "DELETE FROM snapshots WHERE created_at < $1 AND hash NOT IN (
            SELECT v.snapshot FROM app_versions v JOIN apps a ON a.name = v.app
             WHERE v.snapshot IS NOT NULL AND v.version > a.version - $2

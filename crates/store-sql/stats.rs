@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::db::{QueryBuilder, Row};
 use hopper_core::stats::{slot_of, Tally, BUCKETS};
 use hopper_core::UnixMillis;
 use hopper_store::{FunctionStatsRow, StatsList, StoreError};
-use sqlx::{QueryBuilder, Row};
 
 use crate::dialect::{Conn, Db, DbPool, GREATEST};
 use crate::map::db_err;
@@ -118,7 +118,7 @@ pub fn push_list_query<'a>(q: &mut QueryBuilder<'a, Db>, p: &'a StatsList) {
 
 /// Removes slots that started before `before` (with the calls of that age).
 pub async fn prune(conn: &mut Conn, before: UnixMillis) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM function_stats WHERE slot < $1")
+    crate::db::query("DELETE FROM function_stats WHERE slot < $1")
         .bind(before)
         .execute(&mut *conn)
         .await

@@ -3,9 +3,9 @@
 use hopper_core::WorkerId;
 use std::collections::HashMap;
 
+use crate::db::{Connection, QueryBuilder, Row};
 use hopper_core::api::Lease;
 use hopper_store::{LogAppend, LogList, LogRow, StoreError, WorkerRegisterParams, WorkerRow};
-use sqlx::{Connection, QueryBuilder, Row};
 
 use crate::dialect::{Conn, Db, DbPool};
 
@@ -14,7 +14,7 @@ use crate::map::{corrupt, db_err, stream};
 pub async fn register(conn: &mut Conn, p: WorkerRegisterParams) -> Result<(), StoreError> {
     let functions =
         serde_json::to_string(&p.functions).map_err(|e| corrupt("worker functions", e))?;
-    sqlx::query(
+    crate::db::query(
         "INSERT INTO workers (id, host, pid, functions, concurrency, registered_at, last_seen_at, secret)
          VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
     )
@@ -32,14 +32,15 @@ pub async fn register(conn: &mut Conn, p: WorkerRegisterParams) -> Result<(), St
 }
 
 pub async fn touch(conn: &mut Conn, id: &WorkerId, now: i64) -> Result<bool, StoreError> {
-    let n =
-        sqlx::query("UPDATE workers SET last_seen_at = $2 WHERE id = $1 AND stopped_at IS NULL")
-            .bind(id.as_str())
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
+    let n = crate::db::query(
+        "UPDATE workers SET last_seen_at = $2 WHERE id = $1 AND stopped_at IS NULL",
+    )
+    .bind(id.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
     Ok(n > 0)
 }
 
@@ -50,7 +51,7 @@ pub const LIST_SQL: &str =
      FROM workers w WHERE w.last_seen_at > $1 OR w.stopped_at IS NULL ORDER BY w.registered_at, w.id";
 
 pub async fn list(pool: &DbPool, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
-    let rows = sqlx::query(LIST_SQL)
+    let rows = crate::db::query(LIST_SQL)
         .bind(seen_after)
         .fetch_all(pool)
         .await
@@ -187,7 +188,7 @@ pub const LOG_LIST_SQL: &str = "SELECT seq, idx, attempt, stream, ts, line FROM 
      WHERE call_id = $1 AND seq > $2 AND ($3 IS NULL OR idx = $3) ORDER BY seq LIMIT $4";
 
 pub async fn log_list(pool: &DbPool, p: LogList) -> Result<Vec<LogRow>, StoreError> {
-    let rows = sqlx::query(LOG_LIST_SQL)
+    let rows = crate::db::query(LOG_LIST_SQL)
         .bind(p.call_id.as_str())
         .bind(p.after_seq)
         .bind(p.index)

@@ -76,9 +76,15 @@ pub enum Command {
         function: String,
         #[command(flatten)]
         input: InputArgs,
-        /// Spawning again with the same key returns the same call.
+        /// Spawning again with the same key returns the same call. With --each-line, the
+        /// call of line N gets the key KEY:N, so running the command again spawns nothing twice.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Spawn one call per line of --input-file (one JSON value a line, blank lines
+        /// skipped), 1,000 to a request, printing each call's id a line in the file's order.
+        /// Every line is checked before anything is spawned.
+        #[arg(long, requires = "input_file")]
+        each_line: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -218,12 +224,13 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Run one scenario: enqueue, in-process, command, latency, map, or dashboard (not run
-    /// by default: it fills the store with a million calls first).
+    /// Run one scenario: enqueue (64 single spawns in flight), bulk (spawns of 1,000),
+    /// in-process, command, latency, map, or dashboard (not run by default: it fills the store
+    /// with a million calls first).
     #[arg(long)]
     pub scenario: Option<String>,
-    /// Inputs per scenario (default: enqueue, in-process, command 100,000; latency 1,000; map
-    /// 1,000,000; dashboard: calls in the store, 1,000,000).
+    /// Inputs per scenario (default: enqueue, in-process, command 100,000; bulk 200,000;
+    /// latency 1,000; map 1,000,000; dashboard: calls in the store, 1,000,000).
     #[arg(long)]
     pub inputs: Option<u64>,
     /// Print a JSON array, one object per scenario.
@@ -236,6 +243,10 @@ pub struct BenchArgs {
     /// an in-process worker runs on each, and latency round trips cross servers.
     #[arg(long, default_value_t = 1)]
     pub servers: usize,
+    /// Keep one core busy with another process (a shell spinning) while the scenarios run:
+    /// how the figures hold up when the machine has other work.
+    #[arg(long)]
+    pub background_load: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -435,3 +435,88 @@ async fn ended_calls_are_pruned_after_the_retention_period() {
     })
     .await;
 }
+
+/// `hopper spawn --input-file F --each-line` spawns one call per line through bulk spawns
+/// (2,500 lines: three requests), printing the ids in the file's order; with
+/// `--idempotency-key` running it again spawns nothing new; a bad line spawns nothing at all.
+#[tokio::test]
+async fn spawn_each_line_makes_one_call_per_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "demo"
+[functions.double]
+command = ["sh", "-c", "echo $(( $(cat) * 2 ))"]
+"#,
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--no-workers", "--deploy", m.to_str().unwrap()],
+    );
+    let lines = dir.path().join("numbers.jsonl");
+    let mut text: String = (0..2_500).map(|n| format!("{n}\n")).collect();
+    text.insert(0, '\n'); // blank lines are skipped, line numbers still count them
+    std::fs::write(&lines, &text).unwrap();
+    let args = [
+        "spawn",
+        "demo.double",
+        "--input-file",
+        lines.to_str().unwrap(),
+        "--each-line",
+        "--idempotency-key",
+        "nightly-1",
+    ];
+    let out = cli(&server.url, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ids: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), 2_500);
+    let client = server.client();
+    for n in [0usize, 999, 1_000, 2_499] {
+        let input = client.input(&ids[n].parse().unwrap(), 0).await.unwrap();
+        assert_eq!(input.input, json!(n), "line {} holds {n}", n + 2);
+    }
+    let again = cli(&server.url, &args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        stdout(&again).lines().collect::<Vec<_>>(),
+        ids,
+        "the same keys answer the same calls"
+    );
+    std::fs::write(&lines, "1\n2\n{not json\n4\n").unwrap();
+    let each = |key: &str| {
+        cli(
+            &server.url,
+            &[
+                "spawn",
+                "demo.double",
+                "--input-file",
+                lines.to_str().unwrap(),
+                "--each-line",
+                "--idempotency-key",
+                key,
+                "--json",
+            ],
+        )
+    };
+    let bad = each("fixed-later");
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("numbers.jsonl:3: not valid JSON"),
+        "{}",
+        stderr(&bad)
+    );
+    // Nothing of the bad file was spawned: with it fixed, the same keys make new calls.
+    std::fs::write(&lines, "1\n2\n3\n4\n").unwrap();
+    let fixed = each("fixed-later");
+    assert!(fixed.status.success(), "{}", stderr(&fixed));
+    let answers: Vec<serde_json::Value> = stdout(&fixed)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 4);
+    assert!(
+        answers.iter().all(|a| a["created"] == json!(true)),
+        "{answers:?}"
+    );
+}

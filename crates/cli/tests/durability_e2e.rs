@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
+use hopper_core::api::SpawnRequest;
 use hopper_core::InputState;
 use serde_json::json;
 
@@ -314,4 +315,86 @@ command = ["sh", "-c", "sleep 3; echo '\"returned\"'"]
         "{check:?}"
     );
     drop(disk);
+}
+
+/// A bulk spawn is one transaction: with batches of 1,000 in flight when the server is
+/// SIGKILLed, each batch is afterwards either all there or not there at all, and every batch
+/// that was answered is all there. Each call has an idempotency key naming its batch and
+/// place, so spawning a batch again after the restart tells which of its calls exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bulk_spawn_interrupted_by_kill_9_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "demo"
+[functions.f]
+command = ["cat"]
+"#,
+    );
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &["--no-workers", "--deploy", m.to_str().unwrap()]);
+    let batch = |b: usize| -> Vec<SpawnRequest> {
+        (0..1_000)
+            .map(|i| SpawnRequest {
+                input: json!({"batch": b, "i": i}),
+                idempotency_key: Some(format!("b{b}-{i}")),
+            })
+            .collect()
+    };
+    // Four senders, each spawning batches one after another until the server dies.
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        let client = server.client();
+        let answered = answered.clone();
+        senders.push(tokio::spawn(async move {
+            for round in 0.. {
+                let b = round * 4 + s;
+                match client.spawn_many("demo.f", batch(b)).await {
+                    Ok(calls) => {
+                        assert_eq!(calls.len(), 1_000);
+                        assert!(calls.iter().all(|c| c.created), "batch {b} is new");
+                        answered.lock().unwrap().push(b);
+                    }
+                    Err(_) => return b,
+                }
+            }
+            unreachable!()
+        }));
+    }
+    eventually(
+        "a few batches are answered",
+        Duration::from_secs(60),
+        || async { (answered.lock().unwrap().len() >= 6).then_some(()) },
+    )
+    .await;
+    server.kill9();
+    let mut in_flight = Vec::new();
+    for sender in senders {
+        in_flight.push(sender.await.unwrap());
+    }
+    let answered = answered.lock().unwrap().clone();
+
+    let server = Server::start(&data, &["--no-workers"]);
+    let client = server.client();
+    for b in answered.iter().chain(&in_flight) {
+        let again = client.spawn_many("demo.f", batch(*b)).await.unwrap();
+        let existed = again.iter().filter(|c| !c.created).count();
+        if answered.contains(b) {
+            assert_eq!(existed, 1_000, "answered batch {b} is all there");
+        } else {
+            assert!(
+                existed == 0 || existed == 1_000,
+                "batch {b}, in flight at the kill, is all there or not at all: {existed} of 1,000 calls existed"
+            );
+        }
+    }
+    // The calls of an answered batch hold their own inputs.
+    let first = client
+        .spawn_many("demo.f", batch(answered[0]))
+        .await
+        .unwrap();
+    let input = client.input(&first[999].id, 0).await.unwrap();
+    assert_eq!(input.input, json!({"batch": answered[0], "i": 999}));
 }

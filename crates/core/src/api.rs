@@ -105,6 +105,33 @@ pub struct SpawnRequest {
     pub idempotency_key: Option<String>,
 }
 
+/// `POST /v1/functions/{name}/calls/batch`: spawn many calls of one function, each with one
+/// input, in one request and one transaction (all of them or none).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnBatchRequest {
+    /// 1 to [`MAX_SPAWN_BATCH`] calls; their inputs together at most the server's
+    /// `--max-payload`.
+    pub calls: Vec<SpawnRequest>,
+}
+
+/// Most calls one bulk spawn makes.
+pub const MAX_SPAWN_BATCH: usize = 1_000;
+
+/// The answer to a bulk spawn: one entry per call asked for, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnBatchResponse {
+    pub calls: Vec<SpawnedCall>,
+}
+
+/// One call of a bulk spawn.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnedCall {
+    pub id: CallId,
+    /// False when the call's idempotency key named a call made before (or earlier in the
+    /// batch): `id` is that call's.
+    pub created: bool,
+}
+
 /// What made a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

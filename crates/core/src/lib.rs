@@ -36,5 +36,16 @@ pub use function::{FunctionName, FunctionSpec};
 pub use ids::{CallId, WorkerId};
 pub use state::{CallCounts, CallState, InputState};
 
+/// The message of a panic payload (what `catch_unwind` returns).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
 /// Milliseconds since the Unix epoch: the one time representation in the store and the engine.
 pub type UnixMillis = i64;

@@ -243,6 +243,37 @@ impl Client {
         .await
     }
 
+    /// Spawns one call of `function` per entry of `calls` (each an input and an optional
+    /// idempotency key) through `POST /v1/functions/{name}/calls/batch`,
+    /// [`MAX_SPAWN_BATCH`] calls to a request. Each request is one transaction: a request that
+    /// fails created none of its calls (those of the requests before it stay). Returns one
+    /// [`SpawnedCall`] per entry, in order; `created` is false where a key named an existing
+    /// call.
+    pub async fn spawn_many(
+        &self,
+        function: &str,
+        calls: Vec<SpawnRequest>,
+    ) -> Result<Vec<SpawnedCall>, Error> {
+        let mut spawned = Vec::with_capacity(calls.len());
+        let mut calls = calls.into_iter().peekable();
+        while calls.peek().is_some() {
+            let body = SpawnBatchRequest {
+                calls: calls.by_ref().take(MAX_SPAWN_BATCH).collect(),
+            };
+            let answer: SpawnBatchResponse = self
+                .send(
+                    self.request(
+                        Method::POST,
+                        &format!("/v1/functions/{function}/calls/batch"),
+                    )
+                    .json(&body),
+                )
+                .await?;
+            spawned.extend(answer.calls);
+        }
+        Ok(spawned)
+    }
+
     /// Reads a call, waiting up to `wait` for it to end.
     pub async fn get(&self, id: &CallId, wait: Duration) -> Result<CallView, Error> {
         let mut req = self.request(Method::GET, &format!("/v1/calls/{id}"));

@@ -545,16 +545,7 @@ fn redacted(outcome: Outcome, redact: &Redactor) -> Outcome {
     }
 }
 
-/// The message of a panic payload.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".into()
-    }
-}
+pub use hopper_core::panic_message;
 
 /// A heartbeat that is waiting on the server is started over (with the new leases and their
 /// calls) at most this often when the worker takes new leases.

@@ -16,6 +16,7 @@
 mod apps;
 #[path = "../../store-sql/calls.rs"]
 mod calls;
+mod db;
 mod dialect;
 #[path = "../../store-sql/inputs.rs"]
 mod inputs;
@@ -33,20 +34,22 @@ mod secrets;
 mod snapshots;
 #[path = "../../store-sql/stats.rs"]
 mod stats;
+#[path = "../../store-sql/store.rs"]
+mod store;
 #[path = "../../store-sql/workers.rs"]
 mod workers;
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use hopper_core::api::Lease;
-use hopper_core::{CallId, WorkerId};
 use hopper_store::*;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use crate::dialect::db_err;
+
+/// The store type the shared `Store` implementation (`store-sql/store.rs`) is for.
+type Backend = PgStore;
 
 /// The PostgreSQL implementation of [`Store`].
 #[derive(Clone)]
@@ -222,13 +225,13 @@ async fn listen(
     }
 }
 
-#[async_trait]
-impl Store for PgStore {
-    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<Wakeup>> {
+impl PgStore {
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Wakeup>> {
         Some(self.wakeups.subscribe())
     }
 
-    async fn database_now(&self) -> Result<Option<hopper_core::UnixMillis>, StoreError> {
+    /// The database's clock (see [`Store::database_now`]).
+    async fn clock(&self) -> Result<Option<hopper_core::UnixMillis>, StoreError> {
         let ms: i64 =
             sqlx::query_scalar("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT")
                 .fetch_one(&self.pool)
@@ -237,7 +240,8 @@ impl Store for PgStore {
         Ok(Some(ms))
     }
 
-    async fn leader_try(&self, role: &str) -> Result<bool, StoreError> {
+    /// Takes or checks the lead for a role (see [`Store::leader_try`]).
+    async fn lead(&self, role: &str) -> Result<bool, StoreError> {
         use sqlx::Connection;
         let mut leader = self.leader.lock().await;
         if leader.roles.iter().any(|r| r == role) {
@@ -273,224 +277,23 @@ impl Store for PgStore {
         Ok(taken)
     }
 
-    async fn app_deploy(&self, params: AppDeploy) -> Result<AppRow, StoreError> {
-        self.write(move |conn| Box::pin(apps::deploy(conn, params.clone())))
-            .await
+    /// Runs a read of the shared SQL on the pool.
+    async fn read<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: for<'c> FnOnce(&'c PgPool) -> BoxFuture<'c, Result<T, StoreError>>,
+    {
+        op(&self.pool).await
     }
 
-    async fn app_list(&self) -> Result<Vec<AppRow>, StoreError> {
-        apps::list(&self.pool).await
-    }
-
-    async fn function_find(&self, params: FunctionFind) -> Result<Vec<FunctionRow>, StoreError> {
-        apps::function_find(&self.pool, params).await
-    }
-
-    async fn function_versions(
-        &self,
-        function: &FunctionKey,
-        limit: u32,
-    ) -> Result<Vec<FunctionVersionRow>, StoreError> {
-        apps::function_versions(&self.pool, function, limit).await
-    }
-
-    async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
-        self.write(move |conn| Box::pin(calls::insert(conn, params.clone())))
-            .await
-    }
-
-    async fn call_get(&self, id: &CallId) -> Result<Option<CallRow>, StoreError> {
-        calls::get(&self.pool, id).await
-    }
-
-    async fn call_list(&self, params: CallList) -> Result<Vec<CallRow>, StoreError> {
-        calls::list(&self.pool, params).await
-    }
-
-    async fn call_cancel(&self, params: CallCancel) -> Result<Option<CallRow>, StoreError> {
-        self.write(move |conn| Box::pin(calls::cancel(conn, params.clone())))
-            .await
-    }
-
-    async fn call_prune_finished(&self, params: CallPrune) -> Result<u64, StoreError> {
-        self.write(move |conn| Box::pin(calls::prune(conn, params.clone())))
-            .await
-    }
-
-    async fn input_append(&self, params: InputAppend) -> Result<CallRow, StoreError> {
-        self.write(move |conn| Box::pin(calls::append(conn, params.clone())))
-            .await
-    }
-
-    async fn input_results(&self, params: InputResults) -> Result<Vec<InputResultRow>, StoreError> {
-        calls::results(&self.pool, params).await
-    }
-
-    async fn function_backlog(&self) -> Result<Vec<FunctionBacklog>, StoreError> {
-        calls::backlog(&self.pool).await
-    }
-
-    async fn function_stats(&self, params: StatsList) -> Result<Vec<FunctionStatsRow>, StoreError> {
-        stats::list(&self.pool, params).await
-    }
-
-    async fn input_get(
-        &self,
-        call_id: &CallId,
-        index: i64,
-    ) -> Result<Option<InputRow>, StoreError> {
-        inputs::get(&self.pool, call_id, index).await
-    }
-
-    async fn input_first_many(&self, calls: &[CallId]) -> Result<Vec<InputRow>, StoreError> {
-        inputs::first_many(&self.pool, calls).await
-    }
-
-    async fn input_lease_available(
-        &self,
-        params: InputLease,
-    ) -> Result<Vec<LeasedRow>, StoreError> {
-        self.write(move |conn| Box::pin(inputs::lease(conn, params.clone())))
-            .await
-    }
-
-    async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {
-        inputs::next_due(&self.pool, functions).await
-    }
-
-    async fn input_complete_many(
-        &self,
-        params: InputCompleteMany,
-    ) -> Result<Vec<CompletionRow>, StoreError> {
-        self.write(move |conn| Box::pin(inputs::complete_many(conn, params.clone())))
-            .await
-    }
-
-    async fn lease_heartbeat(&self, params: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {
-        self.write(move |conn| Box::pin(inputs::heartbeat(conn, params.clone())))
-            .await
-    }
-
-    async fn lease_rescue_expired(&self, params: LeaseRescue) -> Result<RescueReport, StoreError> {
-        self.write(move |conn| Box::pin(inputs::rescue_expired(conn, params.clone())))
-            .await
-    }
-
-    async fn attempt_list(&self, params: AttemptList) -> Result<Vec<AttemptRow>, StoreError> {
-        inputs::attempt_list(&self.pool, params).await
-    }
-
-    async fn log_append_many(&self, lines: LogAppend) -> Result<(), StoreError> {
-        self.write(move |conn| Box::pin(workers::log_append_many(conn, lines.clone())))
-            .await
-    }
-
-    async fn log_list(&self, params: LogList) -> Result<Vec<LogRow>, StoreError> {
-        workers::log_list(&self.pool, params).await
-    }
-
-    async fn worker_register(&self, params: WorkerRegisterParams) -> Result<(), StoreError> {
-        self.write(move |conn| Box::pin(workers::register(conn, params.clone())))
-            .await
-    }
-
-    async fn worker_deregister(&self, params: WorkerDeregister) -> Result<u64, StoreError> {
-        self.write(move |conn| Box::pin(inputs::worker_deregister(conn, params.clone())))
-            .await
-    }
-
-    async fn worker_touch(&self, id: &WorkerId, now: i64) -> Result<bool, StoreError> {
-        let id = id.clone();
-        self.write(move |conn| {
-            let id = id.clone();
-            Box::pin(async move { workers::touch(conn, &id, now).await })
-        })
-        .await
-    }
-
-    async fn schedule_list(&self) -> Result<Vec<ScheduleRow>, StoreError> {
-        schedules::list(&self.pool).await
-    }
-
-    async fn schedule_due(&self, now: i64) -> Result<Vec<ScheduleRow>, StoreError> {
-        schedules::due(&self.pool, now).await
-    }
-
-    async fn schedule_fire(&self, params: ScheduleFire) -> Result<FireOutcome, StoreError> {
-        self.write(move |conn| Box::pin(schedules::fire(conn, params.clone())))
-            .await
-    }
-
-    async fn schedule_pause(
-        &self,
-        params: SchedulePause,
-    ) -> Result<Option<ScheduleRow>, StoreError> {
-        self.write(move |conn| Box::pin(schedules::pause(conn, params.clone())))
-            .await
-    }
-
-    async fn schedule_firings(
-        &self,
-        app: &str,
-        name: &str,
-        limit: u32,
-    ) -> Result<Vec<FiringRow>, StoreError> {
-        schedules::firings(&self.pool, app, name, limit).await
-    }
-
-    async fn call_list_finished(&self, params: CallsFinished) -> Result<Vec<CallRow>, StoreError> {
-        calls::finished_since(&self.pool, params).await
-    }
-
-    async fn setting_get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        calls::setting_get(&self.pool, key).await
-    }
-
-    async fn setting_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let (key, value) = (key.to_string(), value.to_string());
-        self.write(move |conn| Box::pin(calls::setting_put(conn, key.clone(), value.clone())))
-            .await
-    }
-
-    async fn secret_put(&self, params: SecretPutParams) -> Result<SecretRow, StoreError> {
-        self.write(move |conn| Box::pin(secrets::put(conn, params.clone())))
-            .await
-    }
-
-    async fn secret_list(&self) -> Result<Vec<SecretRow>, StoreError> {
-        secrets::list(&self.pool).await
-    }
-
-    async fn secret_get_many(&self, names: &[String]) -> Result<Vec<SecretRow>, StoreError> {
-        secrets::get_many(&self.pool, names).await
-    }
-
-    async fn secret_delete(&self, name: &str) -> Result<bool, StoreError> {
-        let name = name.to_string();
-        self.write(move |conn| Box::pin(secrets::delete(conn, name.clone())))
-            .await
-    }
-
-    async fn snapshot_put(&self, params: SnapshotPut) -> Result<bool, StoreError> {
-        self.write(move |conn| Box::pin(snapshots::put(conn, params.clone())))
-            .await
-    }
-
-    async fn snapshot_info(&self, hash: &str) -> Result<Option<SnapshotRow>, StoreError> {
-        snapshots::info(&self.pool, hash).await
-    }
-
-    async fn snapshot_get(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        snapshots::get(&self.pool, hash).await
-    }
-
-    async fn snapshot_prune(&self, params: SnapshotPrune) -> Result<u64, StoreError> {
-        self.write(move |conn| Box::pin(snapshots::prune(conn, params.clone())))
-            .await
-    }
-
-    async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
-        workers::list(&self.pool, seen_after).await
+    /// Leases are written like every other write: PostgreSQL commits each durably.
+    async fn write_lease<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        self.write(op).await
     }
 }
 

@@ -3,10 +3,11 @@
 
 use hopper_store::StoreError;
 
-pub type Db = sqlx::Sqlite;
-pub type Conn = sqlx::sqlite::SqliteConnection;
-pub type DbPool = sqlx::SqlitePool;
-pub type DbRow = sqlx::sqlite::SqliteRow;
+pub type Db = crate::db::Sqlite;
+pub type Conn = crate::db::Conn;
+/// Reads get a read connection of their own, on a reader thread.
+pub type DbPool = crate::db::Conn;
+pub type DbRow = crate::db::SqliteRow;
 
 /// The larger of two values.
 pub const GREATEST: &str = "MAX";
@@ -22,34 +23,25 @@ pub const LOCK_SCHEDULE: &str = "";
 pub const SUM_AS_BIGINT: &str = "";
 
 /// One server per file: there is nobody else to wake.
-pub async fn notify(_conn: &mut Conn, _payload: &str) -> Result<(), StoreError> {
-    Ok(())
+pub fn notify(_conn: &mut Conn, _payload: &str) -> std::future::Ready<Result<(), StoreError>> {
+    std::future::ready(Ok(()))
 }
 
-/// Maps a sqlx error to the store's error: busy and I/O faults are `Unavailable` (retryable).
-pub fn db_err(e: sqlx::Error) -> StoreError {
+/// Maps a SQLite error to the store's error: busy, locked and I/O faults are `Unavailable`
+/// (retryable), a full disk is `Full`.
+pub fn db_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
     match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            StoreError::Unavailable(e.to_string())
-        }
-        sqlx::Error::Database(db)
-            if matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517")) =>
-        {
-            StoreError::Unavailable(e.to_string())
-        }
-        // SQLITE_FULL: the disk (or the file's size limit) is full.
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("13") => {
-            StoreError::Full(e.to_string())
-        }
-        // SQLITE_IOERR and its extended codes (a failed write or fsync): the write is undone.
-        sqlx::Error::Database(db)
-            if db
-                .code()
-                .and_then(|c| c.parse::<i64>().ok())
-                .is_some_and(|c| c & 0xff == 10) =>
-        {
-            StoreError::Unavailable(e.to_string())
-        }
+        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen => {
+                StoreError::Unavailable(e.to_string())
+            }
+            // SQLITE_FULL: the disk (or the file's size limit) is full.
+            ErrorCode::DiskFull => StoreError::Full(e.to_string()),
+            // SQLITE_IOERR and its extended codes (a failed write or fsync): the write is undone.
+            ErrorCode::SystemIoFailure => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Database(e.to_string()),
+        },
         _ => StoreError::Database(e.to_string()),
     }
 }
@@ -57,8 +49,8 @@ pub fn db_err(e: sqlx::Error) -> StoreError {
 /// How SQLite fills and plans for the query-plan test (`store-sql/query_plans.rs`).
 #[cfg(test)]
 pub mod plans {
+    use crate::db::Row;
     use hopper_core::stats::SLOT_MS;
-    use sqlx::Row;
 
     pub use crate::query_plans::Allow;
 
@@ -106,7 +98,9 @@ pub mod plans {
     }
 
     pub fn lines(rows: Vec<super::DbRow>) -> Vec<String> {
-        rows.iter().map(|r| r.get::<String, _>("detail")).collect()
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("detail").unwrap_or_default())
+            .collect()
     }
 
     /// `SCAN t [USING INDEX i]` reads a whole table or index, `SEARCH` a range of one;

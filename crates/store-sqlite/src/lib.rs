@@ -1,23 +1,30 @@
 //! Hopper's embedded default store: one SQLite file in WAL mode.
 //!
-//! All writes go through one connection (SQLite allows one writer at a time, and queueing
-//! them here is cheaper than retrying on `SQLITE_BUSY`); reads use a small pool of their own,
-//! which WAL lets run beside the writer. Commits are `synchronous = FULL`: an acknowledged
-//! call survives a power cut, not only a crash.
+//! All writes go through one connection, owned by one thread (SQLite allows one writer at a
+//! time, and queueing them here is cheaper than retrying on `SQLITE_BUSY`); reads run on a few
+//! reader threads with read connections of their own, which WAL lets run beside the writer.
+//! A store operation runs whole on its thread through rusqlite with cached prepared
+//! statements ([`db`]), so it costs one hand-over between threads, not one per statement.
+//! Commits are `synchronous = FULL`: an acknowledged call or result survives a power cut,
+//! not only a crash (leases excepted: see [`threads`]).
 //!
-//! Writes are group-committed: the [`writer`] task runs every write waiting in its queue in
-//! one transaction (each in its own savepoint, so one failing write does not undo the others)
+//! Writes are group-committed: the writer runs every write waiting in its queue in one
+//! transaction (each in its own savepoint, so one failing write does not undo the others)
 //! and answers them all after the one commit. Under load, one fsync serves many writes.
 //!
 //! # Layout
 //! - [`migrate`]: the embedded migrations, applied at open under the write lock.
+//! - [`db`]: rusqlite in the shape of the sqlx calls the shared SQL makes.
+//! - [`threads`]: the writer and reader threads.
 //! - `map`: database rows and errors into the store's types.
-//! - `apps`, `calls`, `inputs`, `workers`: the [`Store`] methods, by the noun they start with.
+//! - `apps`, `calls`, `inputs`, `workers`, …: the SQL of the [`Store`] methods, by noun, and
+//!   `store`: the [`Store`] implementation, both shared with the PostgreSQL backend.
 
 #[path = "../../store-sql/apps.rs"]
 mod apps;
 #[path = "../../store-sql/calls.rs"]
 mod calls;
+pub mod db;
 mod dialect;
 #[path = "../../store-sql/inputs.rs"]
 mod inputs;
@@ -35,310 +42,118 @@ mod secrets;
 mod snapshots;
 #[path = "../../store-sql/stats.rs"]
 mod stats;
+#[path = "../../store-sql/store.rs"]
+mod store;
+pub mod threads;
 #[path = "../../store-sql/workers.rs"]
 mod workers;
-mod writer;
 
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use hopper_core::api::Lease;
-use hopper_core::{CallId, WorkerId};
 use hopper_store::*;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use rusqlite::OpenFlags;
 
+use crate::db::Conn;
 use crate::dialect::db_err;
+use crate::threads::{Op, Readers, Writer};
+
+/// The store type the shared `Store` implementation (`store-sql/store.rs`) is for.
+type Backend = SqliteStore;
 
 /// The SQLite implementation of [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: writer::Writer,
-    writer_pool: SqlitePool,
-    reader: SqlitePool,
+    writer: Writer,
+    readers: Readers,
+}
+
+/// How long a connection waits for another process's write lock before answering busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens a connection to the file with the store's settings.
+fn connect(path: &Path, write: bool) -> Result<Conn, StoreError> {
+    let flags = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = rusqlite::Connection::open_with_flags(path, flags).map_err(db_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_err)?;
+    let pragmas = if write {
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;
+         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;"
+    } else {
+        "PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;"
+    };
+    conn.execute_batch(pragmas).map_err(db_err)?;
+    Ok(Conn::new(conn))
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and applies pending migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(db_err)?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(false)
-            .pragma("temp_store", "memory")
-            .pragma("cache_size", "-65536");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+        let path: PathBuf = path.to_path_buf();
+        let first = path.clone();
+        tokio::task::spawn_blocking(move || connect(&first, true).and_then(|c| migrate::apply(&c)))
             .await
-            .map_err(db_err)?;
-        migrate::apply(&writer).await?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.read_only(true))
-            .await
-            .map_err(db_err)?;
-        Ok(Self {
-            writer: writer::Writer::start(writer.clone()),
-            writer_pool: writer,
-            reader,
-        })
+            .map_err(|e| StoreError::Unavailable(format!("opening the store: {e}")))??;
+        let write_path = path.clone();
+        let writer = Writer::start(Arc::new(move || connect(&write_path, true)))?;
+        let readers = Readers::start(Arc::new(move || connect(&path, false)))?;
+        Ok(Self { writer, readers })
     }
 
-    /// Closes both pools, waiting for connections in use to be returned.
+    /// Stops the reader and writer threads once what was sent to them has run, closing their
+    /// connections (the last to close checkpoints the write-ahead log into the file).
     pub async fn close(&self) {
-        self.reader.close().await;
-        self.writer_pool.close().await;
-    }
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn app_deploy(&self, params: AppDeploy) -> Result<AppRow, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(apps::deploy(conn, params)))
-            .await
+        self.readers.close().await;
+        self.writer.close().await;
     }
 
-    async fn app_list(&self) -> Result<Vec<AppRow>, StoreError> {
-        apps::list(&self.reader).await
+    /// Runs a read of the shared SQL on a reader thread.
+    async fn read<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c Conn) -> Op<'c, T> + Send + 'static,
+    {
+        self.readers.run(op).await
     }
 
-    async fn function_find(&self, params: FunctionFind) -> Result<Vec<FunctionRow>, StoreError> {
-        apps::function_find(&self.reader, params).await
+    /// Runs a write in the writer's next group; answers once the group is durable.
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> Op<'c, T> + Send + 'static,
+    {
+        self.writer.run(false, op).await
     }
 
-    async fn function_versions(
-        &self,
-        function: &FunctionKey,
-        limit: u32,
-    ) -> Result<Vec<FunctionVersionRow>, StoreError> {
-        apps::function_versions(&self.reader, function, limit).await
+    /// Runs a write that only records leases: a group of these alone commits without waiting
+    /// for the disk (see [`threads`]).
+    async fn write_lease<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn) -> Op<'c, T> + Send + 'static,
+    {
+        self.writer.run(true, op).await
     }
 
-    async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(calls::insert(conn, params)))
-            .await
+    /// One server per file: nobody else sends wake-ups.
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Wakeup>> {
+        None
     }
 
-    async fn call_get(&self, id: &CallId) -> Result<Option<CallRow>, StoreError> {
-        calls::get(&self.reader, id).await
+    /// One server per file: its clock is the only one.
+    async fn clock(&self) -> Result<Option<hopper_core::UnixMillis>, StoreError> {
+        Ok(None)
     }
 
-    async fn call_list(&self, params: CallList) -> Result<Vec<CallRow>, StoreError> {
-        calls::list(&self.reader, params).await
-    }
-
-    async fn call_cancel(&self, params: CallCancel) -> Result<Option<CallRow>, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(calls::cancel(conn, params)))
-            .await
-    }
-
-    async fn call_prune_finished(&self, params: CallPrune) -> Result<u64, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(calls::prune(conn, params)))
-            .await
-    }
-
-    async fn input_append(&self, params: InputAppend) -> Result<CallRow, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(calls::append(conn, params)))
-            .await
-    }
-
-    async fn input_results(&self, params: InputResults) -> Result<Vec<InputResultRow>, StoreError> {
-        calls::results(&self.reader, params).await
-    }
-
-    async fn function_backlog(&self) -> Result<Vec<FunctionBacklog>, StoreError> {
-        calls::backlog(&self.reader).await
-    }
-
-    async fn function_stats(&self, params: StatsList) -> Result<Vec<FunctionStatsRow>, StoreError> {
-        stats::list(&self.reader, params).await
-    }
-
-    async fn input_get(
-        &self,
-        call_id: &CallId,
-        index: i64,
-    ) -> Result<Option<InputRow>, StoreError> {
-        inputs::get(&self.reader, call_id, index).await
-    }
-
-    async fn input_first_many(&self, calls: &[CallId]) -> Result<Vec<InputRow>, StoreError> {
-        inputs::first_many(&self.reader, calls).await
-    }
-
-    async fn input_lease_available(
-        &self,
-        params: InputLease,
-    ) -> Result<Vec<LeasedRow>, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(inputs::lease(conn, params)))
-            .await
-    }
-
-    async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {
-        inputs::next_due(&self.reader, functions).await
-    }
-
-    async fn input_complete_many(
-        &self,
-        params: InputCompleteMany,
-    ) -> Result<Vec<CompletionRow>, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(inputs::complete_many(conn, params)))
-            .await
-    }
-
-    async fn lease_heartbeat(&self, params: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(inputs::heartbeat(conn, params)))
-            .await
-    }
-
-    async fn lease_rescue_expired(&self, params: LeaseRescue) -> Result<RescueReport, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(inputs::rescue_expired(conn, params)))
-            .await
-    }
-
-    async fn attempt_list(&self, params: AttemptList) -> Result<Vec<AttemptRow>, StoreError> {
-        inputs::attempt_list(&self.reader, params).await
-    }
-
-    async fn log_append_many(&self, lines: LogAppend) -> Result<(), StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(workers::log_append_many(conn, lines)))
-            .await
-    }
-
-    async fn log_list(&self, params: LogList) -> Result<Vec<LogRow>, StoreError> {
-        workers::log_list(&self.reader, params).await
-    }
-
-    async fn worker_register(&self, params: WorkerRegisterParams) -> Result<(), StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(workers::register(conn, params)))
-            .await
-    }
-
-    async fn worker_deregister(&self, params: WorkerDeregister) -> Result<u64, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(inputs::worker_deregister(conn, params)))
-            .await
-    }
-
-    async fn worker_touch(&self, id: &WorkerId, now: i64) -> Result<bool, StoreError> {
-        let id = id.clone();
-        self.writer
-            .run(move |conn| Box::pin(async move { workers::touch(conn, &id, now).await }))
-            .await
-    }
-
-    async fn schedule_list(&self) -> Result<Vec<ScheduleRow>, StoreError> {
-        schedules::list(&self.reader).await
-    }
-
-    async fn schedule_due(&self, now: i64) -> Result<Vec<ScheduleRow>, StoreError> {
-        schedules::due(&self.reader, now).await
-    }
-
-    async fn schedule_fire(&self, params: ScheduleFire) -> Result<FireOutcome, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(schedules::fire(conn, params)))
-            .await
-    }
-
-    async fn schedule_pause(
-        &self,
-        params: SchedulePause,
-    ) -> Result<Option<ScheduleRow>, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(schedules::pause(conn, params)))
-            .await
-    }
-
-    async fn schedule_firings(
-        &self,
-        app: &str,
-        name: &str,
-        limit: u32,
-    ) -> Result<Vec<FiringRow>, StoreError> {
-        schedules::firings(&self.reader, app, name, limit).await
-    }
-
-    async fn call_list_finished(&self, params: CallsFinished) -> Result<Vec<CallRow>, StoreError> {
-        calls::finished_since(&self.reader, params).await
-    }
-
-    async fn setting_get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        calls::setting_get(&self.reader, key).await
-    }
-
-    async fn setting_put(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let (key, value) = (key.to_string(), value.to_string());
-        self.writer
-            .run(move |conn| Box::pin(calls::setting_put(conn, key, value)))
-            .await
-    }
-
-    async fn secret_put(&self, params: SecretPutParams) -> Result<SecretRow, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(secrets::put(conn, params)))
-            .await
-    }
-
-    async fn secret_list(&self) -> Result<Vec<SecretRow>, StoreError> {
-        secrets::list(&self.reader).await
-    }
-
-    async fn secret_get_many(&self, names: &[String]) -> Result<Vec<SecretRow>, StoreError> {
-        secrets::get_many(&self.reader, names).await
-    }
-
-    async fn secret_delete(&self, name: &str) -> Result<bool, StoreError> {
-        let name = name.to_string();
-        self.writer
-            .run(move |conn| Box::pin(secrets::delete(conn, name)))
-            .await
-    }
-
-    async fn snapshot_put(&self, params: SnapshotPut) -> Result<bool, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(snapshots::put(conn, params)))
-            .await
-    }
-
-    async fn snapshot_info(&self, hash: &str) -> Result<Option<SnapshotRow>, StoreError> {
-        snapshots::info(&self.reader, hash).await
-    }
-
-    async fn snapshot_get(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        snapshots::get(&self.reader, hash).await
-    }
-
-    async fn snapshot_prune(&self, params: SnapshotPrune) -> Result<u64, StoreError> {
-        self.writer
-            .run(move |conn| Box::pin(snapshots::prune(conn, params)))
-            .await
-    }
-
-    async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
-        workers::list(&self.reader, seen_after).await
+    /// One server per file: it leads every role.
+    async fn lead(&self, _role: &str) -> Result<bool, StoreError> {
+        Ok(true)
     }
 }
 
@@ -350,7 +165,12 @@ mod query_plan_test {
         let store = super::SqliteStore::open(&dir.path().join("hopper.db"))
             .await
             .expect("open the store");
-        crate::query_plans::check(&store, &store.writer_pool, &store.reader).await;
+        let path = dir.path().join("hopper.db");
+        let (write, read) = (
+            super::connect(&path, true).expect("a write connection"),
+            super::connect(&path, false).expect("a read connection"),
+        );
+        crate::query_plans::check(&store, &write, &read).await;
         store.close().await;
     }
 }

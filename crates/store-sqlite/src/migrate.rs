@@ -1,7 +1,6 @@
 //! Migrations embedded in the binary, numbered as in every backend, applied in order at open.
 
-use sqlx::{Executor, SqlitePool};
-
+use crate::db::Conn;
 use crate::dialect::db_err;
 use hopper_store::StoreError;
 
@@ -36,42 +35,43 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write
 /// lock (`BEGIN IMMEDIATE`), so two processes opening the same file cannot both apply one.
-pub async fn apply(pool: &SqlitePool) -> Result<(), StoreError> {
-    let mut conn = pool.acquire().await.map_err(db_err)?;
-    conn.execute(
+pub fn apply(conn: &Conn) -> Result<(), StoreError> {
+    let conn = conn.raw();
+    conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS hopper_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
     )
-    .await
     .map_err(db_err)?;
     for (version, name, sql) in MIGRATIONS {
-        conn.execute("BEGIN IMMEDIATE").await.map_err(db_err)?;
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM hopper_migrations WHERE version = $1")
-                .bind(version)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_err)?;
-        if applied.is_some() {
-            conn.execute("COMMIT").await.map_err(db_err)?;
-            continue;
-        }
-        let result = async {
-            sqlx::raw_sql(sql).execute(&mut *conn).await?;
-            sqlx::query("INSERT INTO hopper_migrations (version, name, applied_at) VALUES ($1, $2, CAST(strftime('%s','now') AS INTEGER) * 1000)")
-                .bind(version)
-                .bind(name)
-                .execute(&mut *conn)
-                .await?;
-            Ok::<_, sqlx::Error>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                conn.execute("COMMIT").await.map_err(db_err)?;
-                tracing::info!(version, name, "applied migration");
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
+        let applied = conn
+            .query_row(
+                "SELECT count(*) FROM hopper_migrations WHERE version = ?1",
+                [version],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(db_err);
+        let step = match applied {
+            Ok(0) => conn.execute_batch(sql).and_then(|()| {
+                conn.execute(
+                    "INSERT INTO hopper_migrations (version, name, applied_at) VALUES (?1, ?2, CAST(strftime('%s','now') AS INTEGER) * 1000)",
+                    rusqlite::params![version, name],
+                )
+            }),
+            Ok(_) => {
+                conn.execute_batch("COMMIT").map_err(db_err)?;
+                continue;
             }
             Err(e) => {
-                let _ = conn.execute("ROLLBACK").await;
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        };
+        match step.and_then(|_| conn.execute_batch("COMMIT")) {
+            Ok(()) => tracing::info!(version, name, "applied migration"),
+            Err(e) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
                 return Err(StoreError::Database(format!(
                     "migration {version:04}_{name} failed: {e}"
                 )));

@@ -66,6 +66,16 @@ pub trait Store: Send + Sync + 'static {
     /// that is already taken, returns the existing call and creates nothing.
     async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError>;
 
+    /// Creates many calls in one transaction: all of them, or none (an error, or a crash
+    /// before the commit, leaves none). Each is created as by [`Store::call_insert`]: an
+    /// idempotency key already taken — before, or by an earlier call of the same batch —
+    /// answers the existing call (a conflicting one fails the whole batch). One outcome per
+    /// call, in order.
+    async fn call_insert_many(
+        &self,
+        params: Vec<CallInsert>,
+    ) -> Result<Vec<CallInserted>, StoreError>;
+
     async fn call_get(&self, id: &CallId) -> Result<Option<CallRow>, StoreError>;
 
     /// Calls newest first, filtered, one page at a time.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
-use hopper_core::api::DeployRequest;
+use hopper_core::api::{DeployRequest, SpawnRequest, MAX_SPAWN_BATCH};
 use hopper_sdk::handlers::FunctionOptions;
 use hopper_sdk::{Client, MapOptions, Worker};
 use serde::Serialize;
@@ -18,8 +18,9 @@ use crate::args::BenchArgs;
 use crate::exit::{self, Code};
 use crate::output;
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "enqueue",
+    "bulk",
     "in-process",
     "command",
     "latency",
@@ -291,6 +292,63 @@ async fn enqueue(n: u64) -> anyhow::Result<Figures> {
     Ok(out)
 }
 
+/// Spawns `n` calls through bulk spawns of 1,000, four requests in flight.
+async fn bulk(n: u64) -> anyhow::Result<Figures> {
+    let server = Cluster::start()?;
+    let clients = server.clients().await?;
+    let batches: Vec<(u64, u64)> = (0..n)
+        .step_by(MAX_SPAWN_BATCH)
+        .map(|start| (start, (start + MAX_SPAWN_BATCH as u64).min(n)))
+        .collect();
+    let started = Instant::now();
+    let latencies: Vec<f64> = futures_util::stream::iter(batches.into_iter().enumerate())
+        .map(|(b, (start, end))| {
+            let client = clients[b % clients.len()].clone();
+            async move {
+                let calls = (start..end)
+                    .map(|i| SpawnRequest {
+                        input: Value::from(i),
+                        idempotency_key: None,
+                    })
+                    .collect();
+                let t = Instant::now();
+                client
+                    .spawn_many("bench.noop", calls)
+                    .await
+                    .map(|_| t.elapsed().as_secs_f64() * 1000.0)
+            }
+        })
+        .buffer_unordered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let out = figures("bulk", n, started.elapsed(), latencies, &server);
+    server.finish().await;
+    Ok(out)
+}
+
+/// Another process keeping one core busy, stopped when dropped.
+struct BackgroundLoad(Child);
+
+impl BackgroundLoad {
+    fn start() -> anyhow::Result<Self> {
+        let child = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start the background load (sh)")?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for BackgroundLoad {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Maps `n` no-op inputs over `function` and reads every result back.
 async fn map_through(
     scenario: &str,
@@ -442,6 +500,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
     }
     let _ = SERVERS.set(args.servers);
     let count = |default: u64| args.inputs.unwrap_or(default);
+    let _load = if args.background_load {
+        Some(BackgroundLoad::start()?)
+    } else {
+        None
+    };
     let mut all = Vec::new();
     for scenario in scenarios {
         if !args.json {
@@ -449,6 +512,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
         }
         let figures = match scenario {
             "enqueue" => enqueue(count(100_000)).await?,
+            "bulk" => bulk(count(200_000)).await?,
             "in-process" => map_through("in-process", "bench.noop", count(100_000), true).await?,
             "command" => map_through("command", "bench.serve_noop", count(100_000), false).await?,
             "latency" => latency(count(1_000)).await?,
@@ -511,7 +575,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
             output::table(&["PAGE", "P50 MS", "P99 MS"], &rows);
         }
         crate::output::line(format_args!(
-            "machine: {} cores, {}; {}",
+            "machine: {} cores, {}; {}{}",
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -519,7 +583,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
             match (&args.database, args.servers) {
                 (Some(_), 1) => "PostgreSQL, 1 server".to_string(),
                 (Some(_), n) => format!("PostgreSQL, {n} servers"),
-                (None, _) => "SQLite (WAL, synchronous=FULL)".to_string(),
+                (None, _) => "SQLite (WAL, synchronous=FULL; leases NORMAL)".to_string(),
+            },
+            if args.background_load {
+                "; one core kept busy by another process"
+            } else {
+                ""
             }
         ));
     }

@@ -1,14 +1,16 @@
 //! `hopper spawn`, `get`, `cancel`, `calls` and `logs`.
 
+use std::io::Read;
 use std::time::Duration;
 
-use hopper_core::api::{CallView, LogView};
+use hopper_core::api::{CallView, LogView, SpawnRequest, MAX_SPAWN_BATCH};
 use hopper_core::InputState;
 use hopper_sdk::{CallFilter, Client};
+use serde_json::Value;
 
 use super::{call_id, client, duration, read_input};
 use crate::args::{ClientArgs, InputArgs};
-use crate::exit::{Code, Coded};
+use crate::exit::{self, Code, Coded};
 use crate::output;
 
 pub async fn spawn(
@@ -23,6 +25,71 @@ pub async fn spawn(
         output::json(&call);
     } else {
         crate::output::line(format_args!("{}", call.id));
+    }
+    Ok(Code::Ok)
+}
+
+/// `hopper spawn F --input-file FILE --each-line`: one call per line, through bulk spawns.
+pub async fn spawn_each_line(
+    args: &ClientArgs,
+    function: &str,
+    input: &InputArgs,
+    key: Option<String>,
+) -> anyhow::Result<Code> {
+    let Some(path) = &input.input_file else {
+        return Err(exit::usage(
+            "--each-line reads the lines of --input-file FILE",
+        ));
+    };
+    let (text, source) = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| exit::usage(format!("cannot read the inputs from stdin: {e}")))?;
+        (text, "stdin".to_string())
+    } else {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
+        (text, path.display().to_string())
+    };
+    // Every line is checked before the first request: a bad line spawns nothing.
+    let mut calls = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let input: Value = serde_json::from_str(line)
+            .map_err(|e| exit::usage(format!("{source}:{}: not valid JSON: {e}", n + 1)))?;
+        calls.push(SpawnRequest {
+            input,
+            idempotency_key: key.as_ref().map(|k| format!("{k}:{}", n + 1)),
+        });
+    }
+    if calls.is_empty() {
+        return Err(exit::usage(format!("{source} holds no inputs")));
+    }
+    let client = client(args)?;
+    let total = calls.len();
+    let mut spawned = 0;
+    for batch in calls.chunks(MAX_SPAWN_BATCH) {
+        let answer = match client.spawn_many(function, batch.to_vec()).await {
+            Ok(answer) => answer,
+            Err(e) if spawned > 0 => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "spawned {spawned} of {total} calls (their ids are printed above); the next {} were not",
+                    batch.len()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for call in &answer {
+            if args.json {
+                output::json(call);
+            } else {
+                crate::output::line(format_args!("{}", call.id));
+            }
+        }
+        spawned += answer.len();
     }
     Ok(Code::Ok)
 }

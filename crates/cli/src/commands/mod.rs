@@ -49,8 +49,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             function,
             input,
             idempotency_key,
+            each_line: false,
             client,
         } => calls::spawn(&client, &function, &input, idempotency_key).await,
+        Command::Spawn {
+            function,
+            input,
+            idempotency_key,
+            each_line: true,
+            client,
+        } => calls::spawn_each_line(&client, &function, &input, idempotency_key).await,
         Command::Get {
             call_id,
             timeout,

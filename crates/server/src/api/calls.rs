@@ -6,7 +6,10 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use hopper_core::api::{AttemptView, CallPage, CallView, InputView, LogPage, Origin};
+use hopper_core::api::{
+    AttemptView, CallPage, CallView, InputView, LogPage, Origin, SpawnBatchResponse, SpawnedCall,
+    MAX_SPAWN_BATCH,
+};
 use hopper_core::{CallId, FunctionName, InputState};
 use hopper_store::{AttemptList, CallCancel, CallInsert, CallInserted, CallList, CallRow, LogList};
 use serde::Deserialize;
@@ -78,6 +81,75 @@ pub async fn spawn(
     Ok((status, Json(super::CanRead::filter(caller, view))))
 }
 
+/// `POST /v1/functions/{name}/calls/batch`: up to 1,000 calls of one function, each with
+/// one input and its own optional idempotency key, created in one transaction; the answer
+/// lists their ids in order (201 when any was created, 200 when every key named an
+/// existing call).
+pub async fn spawn_batch(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<SpawnBatchBody>,
+) -> Result<(StatusCode, Json<SpawnBatchResponse>), ApiError> {
+    if req.calls.is_empty() || req.calls.len() > MAX_SPAWN_BATCH {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!(
+                "a bulk spawn holds 1 to {MAX_SPAWN_BATCH} calls; this one holds {}",
+                req.calls.len()
+            ),
+        ));
+    }
+    let function = resolve(&state, &name).await?;
+    let now = state.now();
+    let mut inserts = Vec::with_capacity(req.calls.len());
+    let mut bytes = 0;
+    for (i, call) in req.calls.into_iter().enumerate() {
+        let what = format!("calls[{i}].input");
+        let input = super::extract::value(&call.input, &what)?;
+        bytes += input.len();
+        if bytes > state.config.max_payload_bytes {
+            return Err(ApiError::payload_too_large(
+                "the batch's inputs",
+                bytes,
+                state.config.max_payload_bytes,
+            ));
+        }
+        if let Some(key) = &call.idempotency_key {
+            check_key(key, &format!("calls[{i}].idempotency_key"))?;
+        }
+        inserts.push(spawned(&function, input, call.idempotency_key, now));
+    }
+    let inserted = state.store.call_insert_many(inserts).await?;
+    let label = format!("{}.{}", function.spec.app, function.spec.name);
+    let mut calls = Vec::with_capacity(inserted.len());
+    for outcome in inserted {
+        let (call, created) = match outcome {
+            CallInserted::Created(call) => (call, true),
+            CallInserted::Existing(call) => (call, false),
+        };
+        if created {
+            crate::metrics::call_started(label.clone(), "spawn");
+        }
+        calls.push(SpawnedCall {
+            id: call.id,
+            created,
+        });
+    }
+    let status = if calls.iter().any(|c| c.created) {
+        state.events.inputs_available();
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(SpawnBatchResponse { calls })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnBatchBody {
+    calls: Vec<SpawnBody>,
+}
+
 /// A spawned call of `function`'s current version with one input (JSON text).
 fn spawned(
     function: &hopper_store::FunctionRow,
@@ -128,14 +200,20 @@ pub fn idempotency_key(
             (h, b) => h.or(b),
         };
     if let Some(k) = &key {
-        if k.is_empty() || k.chars().count() > MAX_KEY_LEN {
-            return Err(ApiError::bad_request(
-                "invalid_idempotency_key",
-                format!("an idempotency key must be 1 to {MAX_KEY_LEN} characters long"),
-            ));
-        }
+        check_key(k, "the idempotency key")?;
     }
     Ok(key)
+}
+
+/// An idempotency key's length; `what` names where it came from.
+fn check_key(key: &str, what: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.chars().count() > MAX_KEY_LEN {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("{what} must be 1 to {MAX_KEY_LEN} characters long"),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn view(state: &AppState, call: &CallRow) -> Result<CallView, ApiError> {

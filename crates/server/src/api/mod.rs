@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/functions/{name}", get(apps::function))
         .route("/functions/{name}/versions", get(apps::versions))
         .route("/functions/{name}/calls", post(calls::spawn))
+        .route("/functions/{name}/calls/batch", post(calls::spawn_batch))
         .route("/functions/{name}/map", post(maps::map))
         .route("/calls/{id}/inputs", post(maps::append))
         .route("/calls/{id}/results", get(maps::results))
@@ -160,11 +161,7 @@ async fn catch_panics(req: Request, next: Next) -> Response {
     {
         Ok(response) => response,
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = hopper_core::panic_message(&*panic);
             tracing::error!(request = %what, panic = %message, "a request handler panicked");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
