@@ -155,6 +155,28 @@ def _spawn_plan(
     return call
 
 
+SPAWN_BATCH = 1000
+"""Most calls one bulk spawn request makes (the server's limit)."""
+
+
+def _spawn_many_plan(name: str, inputs: list[str], keys: list[str]) -> Plan[list[str]]:
+    """Spawns one call per input, :data:`SPAWN_BATCH` to a request (each request one
+    transaction); returns the calls' ids in order. Each call has its key, so a request
+    repeated after a network error spawns nothing twice."""
+    ids: list[str] = []
+    for start in range(0, len(inputs), SPAWN_BATCH):
+        calls = ",".join(
+            '{"input":' + text + ',"idempotency_key":' + _codec.dumps(key) + "}"
+            for text, key in zip(
+                inputs[start : start + SPAWN_BATCH], keys[start : start + SPAWN_BATCH], strict=True
+            )
+        )
+        req = _Req("POST", _function_path(name, "calls/batch"), body='{"calls":[' + calls + "]}")
+        answer: dict[str, Any] = yield from _on_function(name, req)
+        ids.extend(str(c["id"]) for c in answer["calls"])
+    return ids
+
+
 def _remote_plan(name: str, input_text: str) -> Plan[Any]:
     """Spawns and waits in one round trip when the call ends within a long-poll."""
     call = yield from _spawn_plan(name, input_text, wait=POLL_SECONDS)
@@ -788,11 +810,25 @@ def _encode_inputs(iterables: tuple[Iterable[Any], ...], what: str) -> Iterator[
     return (_encode_input(tuple(x) if several else (x,), {}, f"{what} {i}") for i, x in enumerate(items))
 
 
+def _spawn_many_args(inputs: Iterable[Any], keys: Iterable[str] | None) -> tuple[list[str], list[str]]:
+    """A bulk spawn's encoded inputs and their keys (given, or new ones)."""
+    texts = list(_encode_inputs((inputs,), "spawn_many input"))
+    if keys is None:
+        return texts, [f"py-{uuid.uuid4()}" for _ in texts]
+    given = list(keys)
+    if len(given) != len(texts) or not all(isinstance(k, str) and k for k in given):
+        raise ValueError(
+            "idempotency_keys must hold one non-empty string per input: "
+            f"{len(texts)} inputs, {len(given)} keys"
+        )
+    return texts, given
+
+
 class Function:
     """A deployed function, by name. Made with :meth:`from_name`; no I/O until it is called.
 
-    ``spawn``, ``remote``, ``map``, ``starmap`` and ``for_each`` each have an asyncio twin
-    under ``.aio``.
+    ``spawn``, ``spawn_many``, ``remote``, ``map``, ``starmap`` and ``for_each`` each have an
+    asyncio twin under ``.aio``.
 
     Arguments become the function's JSON input: ``f.remote(x)`` sends ``x``; several
     positional arguments travel as ``{"$args": [...]}``, with keyword arguments as
@@ -803,6 +839,7 @@ class Function:
         self.name = name
         self._client = client
         self.spawn = _Twin(self._spawn, self._spawn_aio)
+        self.spawn_many = _Twin(self._spawn_many, self._spawn_many_aio)
         self.remote = _Twin(self._remote, self._remote_aio)
         self.map = _Twin(self._map, self._map_aio)
         self.starmap = _Twin(self._starmap, self._starmap_aio)
@@ -862,6 +899,40 @@ class Function:
         client = self.client
         call = await client._arun(_spawn_plan(self.name, _encode_input(args, kwargs)))
         return FunctionCall(call["id"], client)
+
+    def _spawn_many(
+        self, inputs: Iterable[Any], *, idempotency_keys: Iterable[str] | None = None
+    ) -> list[FunctionCall]:
+        """Spawns one call per input (each input one argument, as with :meth:`spawn`), 1,000 to
+        a request, and returns at once: a bulk spawn, far faster than a loop of spawns.
+
+        Each request is one transaction on the server: a request that fails made none of its
+        calls (those of the requests before it stay).
+
+        Args:
+            inputs: the inputs, read and encoded before anything is sent.
+            idempotency_keys: one key per input (default: a new key each); a key used before
+                answers the call it made, so running the same spawn again makes nothing twice.
+
+        Returns:
+            one :class:`FunctionCall` per input, in order.
+
+        Raises:
+            ValueError: ``idempotency_keys`` does not hold one key per input.
+            EncodeError: an input cannot be encoded as JSON (naming its index).
+            and everything :meth:`spawn` raises.
+        """
+        client = self.client
+        texts, keys = _spawn_many_args(inputs, idempotency_keys)
+        return [FunctionCall(i, client) for i in client._run(_spawn_many_plan(self.name, texts, keys))]
+
+    async def _spawn_many_aio(
+        self, inputs: Iterable[Any], *, idempotency_keys: Iterable[str] | None = None
+    ) -> list[FunctionCall]:
+        client = self.client
+        texts, keys = _spawn_many_args(inputs, idempotency_keys)
+        ids = await client._arun(_spawn_many_plan(self.name, texts, keys))
+        return [FunctionCall(i, client) for i in ids]
 
     def _remote(self, *args: Any, **kwargs: Any) -> Any:
         """Runs the function with these arguments and waits for its output.

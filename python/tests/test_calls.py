@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import threading
@@ -106,6 +107,30 @@ def test_a_spawn_retried_with_its_key_makes_one_call(app: Deployed, server: Serv
     first = client._send(_Req("POST", "/v1/functions/calls.echo/calls", body=body))
     again = client._send(_Req("POST", "/v1/functions/calls.echo/calls", body=body))
     assert first["id"] == again["id"]
+
+
+def test_spawn_many_makes_one_call_per_input_in_order(app: Deployed) -> None:
+    echo = app.fn("echo")
+    calls = echo.spawn_many(range(2500))  # three requests
+    assert len(calls) == 2500
+    assert [calls[i].get(timeout=60) for i in (0, 999, 1000, 2499)] == [0, 999, 1000, 2499]
+    # The same keys answer the same calls: nothing is spawned twice.
+    keys = [f"nightly-{i}" for i in range(3)]
+    first = echo.spawn_many(["a", "b", "c"], idempotency_keys=keys)
+    again = echo.spawn_many(["a", "b", "c"], idempotency_keys=keys)
+    assert [c.object_id for c in first] == [c.object_id for c in again]
+    with pytest.raises(ValueError, match="one non-empty string per input"):
+        echo.spawn_many([1, 2], idempotency_keys=["only-one"])
+    with pytest.raises(hx.EncodeError, match="spawn_many input 1"):
+        echo.spawn_many([1, object()])
+
+
+def test_spawn_many_aio(app: Deployed) -> None:
+    async def main() -> list[Any]:
+        calls = await app.fn("echo").spawn_many.aio(["x", "y"])
+        return [await c.get.aio(timeout=30) for c in calls]
+
+    assert asyncio.run(main()) == ["x", "y"]
 
 
 def test_a_spawn_survives_a_dropped_connection(app: Deployed, server: Server) -> None:
