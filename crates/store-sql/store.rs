@@ -2,8 +2,9 @@
 //! `Backend` (its store type) with `read` (runs a read function of the shared SQL on a read
 //! connection or the pool), `write` (runs a write in a transaction, answering once it is
 //! durable), `write_lease` (a write whose loss in a power cut only sends inputs back to the
-//! queue, which a backend may commit without waiting for the disk), and the three things
-//! only a shared database has: `subscribe` (wake-ups from other servers), `lead` and `clock`.
+//! queue, which a backend may commit without waiting for the disk), `functions` (a
+//! [`FunctionCache`], enabled where no other process deploys), and the three things only a
+//! shared database has: `subscribe` (wake-ups from other servers), `lead` and `clock`.
 
 use async_trait::async_trait;
 use hopper_core::api::Lease;
@@ -27,8 +28,11 @@ impl Store for Backend {
     }
 
     async fn app_deploy(&self, params: AppDeploy) -> Result<AppRow, StoreError> {
-        self.write(move |conn| Box::pin(apps::deploy(conn, params.clone())))
-            .await
+        let deployed = self
+            .write(move |conn| Box::pin(apps::deploy(conn, params.clone())))
+            .await;
+        self.functions.clear();
+        deployed
     }
 
     async fn app_list(&self) -> Result<Vec<AppRow>, StoreError> {
@@ -37,8 +41,16 @@ impl Store for Backend {
     }
 
     async fn function_find(&self, params: FunctionFind) -> Result<Vec<FunctionRow>, StoreError> {
-        self.read(move |db| Box::pin(async move { apps::function_find(db, params).await }))
-            .await
+        let generation = match self.functions.get(&params) {
+            Ok(rows) => return Ok(rows),
+            Err(generation) => generation,
+        };
+        let asked = params.clone();
+        let rows = self
+            .read(move |db| Box::pin(async move { apps::function_find(db, asked).await }))
+            .await?;
+        self.functions.keep(generation, &params, &rows);
+        Ok(rows)
     }
 
     async fn function_versions(

@@ -158,22 +158,66 @@ def _spawn_plan(
 SPAWN_BATCH = 1000
 """Most calls one bulk spawn request makes (the server's limit)."""
 
+SPAWN_BATCH_BYTES = 2 * 1024 * 1024
+"""Most bytes of inputs one bulk spawn request carries (the server's default limit is 4 MiB;
+a request it refuses as too large is split in two and sent again)."""
+
+
+def _annotate(error: Error, spawned: list[str], note: str) -> None:
+    """Adds to a failed bulk spawn's error what was spawned before it: ``spawned`` (ids), and
+    a note at the end of its message."""
+    error.spawned = list(spawned)  # type: ignore[attr-defined]
+    if error.args:
+        error.args = (f"{error.args[0]} (spawn_many: {note})", *error.args[1:])
+
 
 def _spawn_many_plan(name: str, inputs: list[str], keys: list[str]) -> Plan[list[str]]:
-    """Spawns one call per input, :data:`SPAWN_BATCH` to a request (each request one
-    transaction); returns the calls' ids in order. Each call has its key, so a request
-    repeated after a network error spawns nothing twice."""
+    """Spawns one call per input, up to :data:`SPAWN_BATCH` calls and
+    :data:`SPAWN_BATCH_BYTES` of inputs to a request (each request one transaction); returns
+    the calls' ids in order. Each call has its key, so a request repeated after a network
+    error spawns nothing twice. A failed request raises with ``spawned`` (the ids made
+    before it) set on the exception."""
     ids: list[str] = []
-    for start in range(0, len(inputs), SPAWN_BATCH):
-        calls = ",".join(
-            '{"input":' + text + ',"idempotency_key":' + _codec.dumps(key) + "}"
-            for text, key in zip(
-                inputs[start : start + SPAWN_BATCH], keys[start : start + SPAWN_BATCH], strict=True
+    start = 0
+    while start < len(inputs):
+        take, size = 0, 0
+        for text in inputs[start : start + SPAWN_BATCH]:
+            if take and size + len(text) > SPAWN_BATCH_BYTES:
+                break
+            take, size = take + 1, size + len(text)
+        while True:
+            calls = ",".join(
+                '{"input":' + text + ',"idempotency_key":' + _codec.dumps(key) + "}"
+                for text, key in zip(inputs[start : start + take], keys[start : start + take], strict=True)
             )
-        )
-        req = _Req("POST", _function_path(name, "calls/batch"), body='{"calls":[' + calls + "]}")
-        answer: dict[str, Any] = yield from _on_function(name, req)
+            req = _Req("POST", _function_path(name, "calls/batch"), body='{"calls":[' + calls + "]}")
+            try:
+                answer: dict[str, Any] = yield from _on_function(name, req)
+                break
+            except InvalidInputError as e:
+                if e.status == 413 and take > 1:
+                    take //= 2
+                    continue
+                _annotate(
+                    e,
+                    ids,
+                    f"inputs 0 to {start - 1} were spawned (their ids are in the exception's "
+                    f"`spawned`); this request held inputs {start} to {start + take - 1}"
+                    if start
+                    else f"nothing was spawned; this request held inputs 0 to {take - 1}",
+                )
+                raise
+            except Error as e:
+                _annotate(
+                    e,
+                    ids,
+                    f"{start} inputs were spawned before this request (their ids are in the "
+                    "exception's `spawned`); this request's calls may or may not have been made: "
+                    "pass idempotency_keys to spawn again without duplicates",
+                )
+                raise
         ids.extend(str(c["id"]) for c in answer["calls"])
+        start += take
     return ids
 
 
@@ -815,12 +859,16 @@ def _spawn_many_args(inputs: Iterable[Any], keys: Iterable[str] | None) -> tuple
     texts = list(_encode_inputs((inputs,), "spawn_many input"))
     if keys is None:
         return texts, [f"py-{uuid.uuid4()}" for _ in texts]
+    if isinstance(keys, (str, bytes)):
+        raise ValueError("idempotency_keys is one key per input (a list of strings), not one string")
     given = list(keys)
-    if len(given) != len(texts) or not all(isinstance(k, str) and k for k in given):
+    if len(given) != len(texts):
         raise ValueError(
-            "idempotency_keys must hold one non-empty string per input: "
-            f"{len(texts)} inputs, {len(given)} keys"
+            f"idempotency_keys must hold one key per input: {len(texts)} inputs, {len(given)} keys"
         )
+    for i, k in enumerate(given):
+        if not isinstance(k, str) or not k:
+            raise ValueError(f"idempotency_keys[{i}] must be a non-empty string, not {k!r}")
     return texts, given
 
 
@@ -918,9 +966,11 @@ class Function:
             one :class:`FunctionCall` per input, in order.
 
         Raises:
-            ValueError: ``idempotency_keys`` does not hold one key per input.
-            EncodeError: an input cannot be encoded as JSON (naming its index).
-            and everything :meth:`spawn` raises.
+            ValueError: ``idempotency_keys`` does not hold one non-empty string per input.
+            EncodeError: an input cannot be encoded as JSON (naming its index); nothing is sent.
+            and everything :meth:`spawn` raises; the exception's ``spawned`` holds the ids of
+            the calls made by the requests before the one that failed, and a note says which
+            inputs that request held.
         """
         client = self.client
         texts, keys = _spawn_many_args(inputs, idempotency_keys)

@@ -519,4 +519,108 @@ command = ["sh", "-c", "echo $(( $(cat) * 2 ))"]
         answers.iter().all(|a| a["created"] == json!(true)),
         "{answers:?}"
     );
+    // One key given twice in a batch with different inputs: nothing is spawned, and the error
+    // names the entry, not a call that was undone with the batch.
+    let twice = |input: i64| hopper_core::api::SpawnRequest {
+        input: json!(input),
+        idempotency_key: Some("twice".into()),
+    };
+    let err = client
+        .spawn_many("demo.double", vec![twice(3), twice(4)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, hopper_sdk::Error::Api { status: 409, message, .. }
+            if message.contains("calls[0] and a later entry")),
+        "{err}"
+    );
+    let again = client
+        .spawn_many("demo.double", vec![twice(4)])
+        .await
+        .unwrap();
+    assert!(again[0].created, "the conflicting batch made nothing");
+}
+
+/// What the server would refuse is refused before anything is sent, never rounded: an integer
+/// beyond 64 bits (which JSON parsing would make a float) or a value nested too deep, in
+/// `--input`, in `--each-line` files and in `map` files; and bulk spawns fit a server's lower
+/// `--max-payload` by sending smaller requests.
+#[tokio::test]
+async fn the_cli_refuses_what_it_would_change_and_fits_bulk_spawns_to_the_payload_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "demo"
+[functions.echo]
+command = ["cat"]
+"#,
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--no-workers",
+            "--max-payload",
+            "1KiB",
+            "--deploy",
+            m.to_str().unwrap(),
+        ],
+    );
+    let big = "18446744073709551616";
+    let out = cli(&server.url, &["spawn", "demo.echo", "--input", big]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not fit in 64 bits"),
+        "{}",
+        stderr(&out)
+    );
+    let file = dir.path().join("lines.jsonl");
+    let deep = format!("{}1{}", "[".repeat(70), "]".repeat(70));
+    for (text, why) in [
+        (
+            format!("1\n{big}\n"),
+            "lines.jsonl:2: the input is refused: the integer",
+        ),
+        (
+            format!("1\n2\n{deep}\n"),
+            "lines.jsonl:3: the input is refused: it nests deeper",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        for args in [
+            vec![
+                "spawn",
+                "demo.echo",
+                "--input-file",
+                file.to_str().unwrap(),
+                "--each-line",
+            ],
+            vec!["map", "demo.echo", file.to_str().unwrap()],
+        ] {
+            let out = cli(&server.url, &args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+            assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+        }
+    }
+    let listed = server
+        .client()
+        .calls(&hopper_sdk::CallFilter::default())
+        .await
+        .unwrap();
+    assert!(listed.calls.is_empty(), "nothing was spawned: {listed:?}");
+    // 30 inputs of 100 bytes: more than one request may carry under a 1 KiB limit.
+    let line = format!("\"{}\"", "x".repeat(98));
+    std::fs::write(&file, format!("{line}\n").repeat(30)).unwrap();
+    let out = cli(
+        &server.url,
+        &[
+            "spawn",
+            "demo.echo",
+            "--input-file",
+            file.to_str().unwrap(),
+            "--each-line",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 30);
 }

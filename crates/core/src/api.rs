@@ -117,6 +117,10 @@ pub struct SpawnBatchRequest {
 /// Most calls one bulk spawn makes.
 pub const MAX_SPAWN_BATCH: usize = 1_000;
 
+/// Most bytes of inputs the SDKs put in one bulk spawn (the server's default `--max-payload`
+/// is 4 MiB; a lower one splits requests further).
+pub const SPAWN_BATCH_BYTES: usize = 2 * 1024 * 1024;
+
 /// The answer to a bulk spawn: one entry per call asked for, in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnBatchResponse {

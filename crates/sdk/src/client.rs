@@ -244,23 +244,51 @@ impl Client {
     }
 
     /// Spawns one call of `function` per entry of `calls` (each an input and an optional
-    /// idempotency key) through `POST /v1/functions/{name}/calls/batch`,
-    /// [`MAX_SPAWN_BATCH`] calls to a request. Each request is one transaction: a request that
-    /// fails created none of its calls (those of the requests before it stay). Returns one
-    /// [`SpawnedCall`] per entry, in order; `created` is false where a key named an existing
-    /// call.
+    /// idempotency key) through `POST /v1/functions/{name}/calls/batch`: up to
+    /// [`MAX_SPAWN_BATCH`] calls and [`SPAWN_BATCH_BYTES`] of inputs to a request, and fewer
+    /// when the server's `--max-payload` is lower (a request it refuses as too large is split
+    /// in two and sent again). Each request is one transaction: a request that fails created
+    /// none of its calls (those of the requests before it stay; give keys to resume). Returns
+    /// one [`SpawnedCall`] per entry, in order; `created` is false where a key named an
+    /// existing call.
     pub async fn spawn_many(
         &self,
         function: &str,
         calls: Vec<SpawnRequest>,
     ) -> Result<Vec<SpawnedCall>, Error> {
         let mut spawned = Vec::with_capacity(calls.len());
-        let mut calls = calls.into_iter().peekable();
-        while calls.peek().is_some() {
+        let mut rest = calls.as_slice();
+        while !rest.is_empty() {
+            let (answer, sent) = self.spawn_batch_fitting(function, rest).await?;
+            spawned.extend(answer);
+            rest = &rest[sent..];
+        }
+        Ok(spawned)
+    }
+
+    /// Spawns the longest prefix of `calls` one request can carry; returns its calls and how
+    /// many entries of `calls` that was. A prefix the server refuses as too large is halved
+    /// and sent again; one call too large on its own is the server's error.
+    pub async fn spawn_batch_fitting(
+        &self,
+        function: &str,
+        calls: &[SpawnRequest],
+    ) -> Result<(Vec<SpawnedCall>, usize), Error> {
+        let mut take = 0;
+        let mut bytes = 0;
+        for call in calls.iter().take(MAX_SPAWN_BATCH) {
+            let size = serde_json::to_string(&call.input).map_or(0, |t| t.len());
+            if take > 0 && bytes + size > SPAWN_BATCH_BYTES {
+                break;
+            }
+            bytes += size;
+            take += 1;
+        }
+        loop {
             let body = SpawnBatchRequest {
-                calls: calls.by_ref().take(MAX_SPAWN_BATCH).collect(),
+                calls: calls[..take].to_vec(),
             };
-            let answer: SpawnBatchResponse = self
+            let sent: Result<SpawnBatchResponse, Error> = self
                 .send(
                     self.request(
                         Method::POST,
@@ -268,10 +296,13 @@ impl Client {
                     )
                     .json(&body),
                 )
-                .await?;
-            spawned.extend(answer.calls);
+                .await;
+            match sent {
+                Err(Error::Api { status: 413, .. }) if take > 1 => take /= 2,
+                Err(e) => return Err(e),
+                Ok(answer) => return Ok((answer.calls, take)),
+            }
         }
-        Ok(spawned)
     }
 
     /// Reads a call, waiting up to `wait` for it to end.

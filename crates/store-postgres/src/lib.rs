@@ -63,6 +63,8 @@ pub struct PgStore {
     /// they last exactly as long as the process's session.
     leader: std::sync::Arc<tokio::sync::Mutex<Leader>>,
     options: PgConnectOptions,
+    /// Off: another server's deploy would not clear it.
+    functions: std::sync::Arc<FunctionCache>,
 }
 
 #[derive(Default)]
@@ -140,6 +142,7 @@ impl PgStore {
             wakeups,
             leader: std::sync::Arc::default(),
             options,
+            functions: std::sync::Arc::new(FunctionCache::disabled()),
         })
     }
 

@@ -41,6 +41,14 @@ impl Conn {
         Self { inner }
     }
 
+    /// Runs statements that return no rows (transaction control), each prepared once.
+    pub fn exec(&self, statements: &[&str]) -> Result<(), Error> {
+        for sql in statements {
+            self.inner.prepare_cached(sql)?.raw_execute()?;
+        }
+        Ok(())
+    }
+
     /// The rusqlite connection, for what the sqlx shape does not cover (pragmas, scripts).
     pub fn raw(&self) -> &rusqlite::Connection {
         &self.inner
@@ -76,8 +84,7 @@ pub trait Connection {
     fn begin(&mut self) -> std::future::Ready<Result<Transaction<'_>, Error>>;
 }
 
-/// The only savepoint name: SQLite releases or rolls back the innermost of a name.
-const SAVEPOINT: &str = "hopper_sp";
+// One savepoint name, `hopper_sp`: SQLite releases or rolls back the innermost of a name.
 
 impl Connection for Conn {
     fn begin(&mut self) -> std::future::Ready<Result<Transaction<'_>, Error>> {
@@ -87,7 +94,7 @@ impl Connection for Conn {
         } else {
             "BEGIN"
         };
-        std::future::ready(self.inner.execute_batch(sql).map(|()| Transaction {
+        std::future::ready(self.exec(&[sql]).map(|()| Transaction {
             conn: self,
             nested,
             open: true,
@@ -111,7 +118,7 @@ impl Transaction<'_> {
         } else {
             "COMMIT"
         };
-        std::future::ready(self.conn.inner.execute_batch(sql))
+        std::future::ready(self.conn.exec(&[sql]))
     }
 }
 
@@ -120,13 +127,13 @@ impl Drop for Transaction<'_> {
         if !self.open {
             return;
         }
-        let sql = if self.nested {
-            format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}")
+        let statements: &[&str] = if self.nested {
+            &["ROLLBACK TO hopper_sp", "RELEASE hopper_sp"]
         } else {
-            "ROLLBACK".to_string()
+            &["ROLLBACK"]
         };
         // After a failure SQLite may have rolled back already; there is nothing left to undo.
-        if let Err(e) = self.conn.inner.execute_batch(&sql) {
+        if let Err(e) = self.conn.exec(statements) {
             tracing::debug!(error = %e, "rolling back");
         }
     }

@@ -67,6 +67,8 @@ type Backend = SqliteStore;
 pub struct SqliteStore {
     writer: Writer,
     readers: Readers,
+    /// One server per file: only its own deploys change which versions are current.
+    functions: Arc<FunctionCache>,
 }
 
 /// How long a connection waits for another process's write lock before answering busy.
@@ -103,7 +105,11 @@ impl SqliteStore {
         let write_path = path.clone();
         let writer = Writer::start(Arc::new(move || connect(&write_path, true)))?;
         let readers = Readers::start(Arc::new(move || connect(&path, false)))?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            functions: Arc::new(FunctionCache::enabled()),
+        })
     }
 
     /// Stops the reader and writer threads once what was sent to them has run, closing their

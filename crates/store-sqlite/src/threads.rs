@@ -85,15 +85,15 @@ where
     fn run(self: Box<Self>, conn: &mut Conn) -> Ran {
         let Write { op, answer, .. } = *self;
         // Each write in a savepoint of its own: one that fails is undone alone.
-        let result = match conn.raw().execute_batch("SAVEPOINT hopper_job") {
+        let result = match conn.exec(&["SAVEPOINT hopper_job"]) {
             Err(e) => Err(db_err(e)),
             Ok(()) => {
                 let result = run_now(op(conn)).unwrap_or_else(|| Err(stalled()));
-                let end = match &result {
-                    Ok(_) => "RELEASE hopper_job",
-                    Err(_) => "ROLLBACK TO hopper_job; RELEASE hopper_job",
+                let end: &[&str] = match &result {
+                    Ok(_) => &["RELEASE hopper_job"],
+                    Err(_) => &["ROLLBACK TO hopper_job", "RELEASE hopper_job"],
                 };
-                match conn.raw().execute_batch(end) {
+                match conn.exec(end) {
                     Ok(()) => result,
                     Err(e) => result.and(Err(db_err(e))),
                 }
@@ -243,7 +243,7 @@ fn run_group(w: &mut Writing, group: Vec<Box<dyn Job>>) -> Result<(), StoreError
         } else {
             "PRAGMA synchronous = FULL"
         };
-        if let Err(e) = w.conn.raw().execute_batch(pragma) {
+        if let Err(e) = w.conn.exec(&[pragma]) {
             let e = db_err(e);
             refuse_all(group, &e);
             return Err(e);
@@ -252,7 +252,7 @@ fn run_group(w: &mut Writing, group: Vec<Box<dyn Job>>) -> Result<(), StoreError
     }
     // IMMEDIATE takes the write lock now, waiting (busy_timeout) for another process's writer
     // rather than failing later when a read would upgrade to a write.
-    if let Err(e) = w.conn.raw().execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = w.conn.exec(&["BEGIN IMMEDIATE"]) {
         let e = db_err(e);
         refuse_all(group, &e);
         return Err(e);
@@ -270,7 +270,7 @@ fn run_group(w: &mut Writing, group: Vec<Box<dyn Job>>) -> Result<(), StoreError
     }
     let outcome = match broken {
         Some(e) => Err(e),
-        None => w.conn.raw().execute_batch("COMMIT").map_err(db_err),
+        None => w.conn.exec(&["COMMIT"]).map_err(db_err),
     };
     match outcome {
         Ok(()) => {
@@ -281,7 +281,7 @@ fn run_group(w: &mut Writing, group: Vec<Box<dyn Job>>) -> Result<(), StoreError
         }
         Err(e) => {
             if !w.conn.raw().is_autocommit() {
-                if let Err(rollback) = w.conn.raw().execute_batch("ROLLBACK") {
+                if let Err(rollback) = w.conn.exec(&["ROLLBACK"]) {
                     tracing::debug!(error = %rollback, "rolling back a failed group");
                 }
             }

@@ -232,6 +232,74 @@ pub trait Store: Send + Sync + 'static {
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError>;
 }
 
+/// The current versions of functions a store has found, by the name asked for, kept until
+/// the next deploy through the same store: a spawn then costs no read to find its function.
+/// Only for a store no other process deploys to (SQLite, one server per file); a shared
+/// database's store keeps it off, since another server's deploy would not clear it.
+#[derive(Debug, Default)]
+pub struct FunctionCache {
+    enabled: bool,
+    found: std::sync::Mutex<FoundFunctions>,
+}
+
+#[derive(Debug, Default)]
+struct FoundFunctions {
+    /// Deploys so far: a read begun before a deploy is not kept after it.
+    generation: u64,
+    rows: std::collections::HashMap<(Option<String>, String), Vec<FunctionRow>>,
+}
+
+impl FunctionCache {
+    /// A cache for a store only this process deploys to.
+    pub fn enabled() -> Self {
+        Self {
+            enabled: true,
+            ..Self::default()
+        }
+    }
+
+    /// No cache: every lookup reads.
+    pub fn disabled() -> Self {
+        Self::default()
+    }
+
+    /// What was found for `params`, if kept; else the generation to pass to [`Self::keep`].
+    pub fn get(&self, params: &FunctionFind) -> Result<Vec<FunctionRow>, u64> {
+        let Ok(found) = self.found.lock() else {
+            return Err(u64::MAX);
+        };
+        match found
+            .rows
+            .get(&(params.app.clone(), params.function.clone()))
+        {
+            Some(rows) if self.enabled => Ok(rows.clone()),
+            _ => Err(found.generation),
+        }
+    }
+
+    /// Keeps what a read begun at `generation` found, unless a deploy came since.
+    pub fn keep(&self, generation: u64, params: &FunctionFind, rows: &[FunctionRow]) {
+        if !self.enabled {
+            return;
+        }
+        if let Ok(mut found) = self.found.lock() {
+            if found.generation == generation {
+                found
+                    .rows
+                    .insert((params.app.clone(), params.function.clone()), rows.to_vec());
+            }
+        }
+    }
+
+    /// Forgets everything: an app was deployed (call after its commit).
+    pub fn clear(&self) {
+        if let Ok(mut found) = self.found.lock() {
+            found.generation = found.generation.wrapping_add(1);
+            found.rows.clear();
+        }
+    }
+}
+
 /// An input whose lease is lost this many times (its worker died or was stopped each time)
 /// fails with `lease_lost` instead of going back to the queue: it is probably what kills its
 /// workers. Lost leases do not count against `max_retries`.

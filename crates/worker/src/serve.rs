@@ -73,8 +73,15 @@ struct ServeProcess {
     /// `None` once the process is being stopped.
     stdin: tokio::sync::Mutex<Option<ChildStdin>>,
     waiting: Mutex<HashMap<String, Waiting>>,
-    /// Set once the process said it is ready or answered an input.
+    /// Set once the process said it is ready (and its stderr up to then was read) or answered
+    /// an input.
     ready: AtomicBool,
+    /// The process printed its ready line; `ready` follows once the stderr reader has taken
+    /// what the process wrote there before it (see [`read_stderr`]).
+    ready_said: AtomicBool,
+    ready_seen: tokio::sync::Notify,
+    /// The stderr reader has stopped (the pipe closed).
+    stderr_closed: AtomicBool,
     /// Set when the worker stops it: its exit is expected.
     stopping: AtomicBool,
     /// The last stderr lines, for the error of a process that fails at start.
@@ -107,6 +114,17 @@ impl ServeProcess {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// The ready line was read on stdout. Lines the process wrote to stderr before it may not
+    /// have been read yet (two pipes, two readers): the stderr reader takes those as start-up
+    /// output first, then marks the process ready. With stderr closed, ready now.
+    fn said_ready(&self) {
+        self.ready_said.store(true, Ordering::SeqCst);
+        self.ready_seen.notify_one();
+        if self.stderr_closed.load(Ordering::SeqCst) {
+            self.ready.store(true, Ordering::Release);
+        }
     }
 
     /// A line the process wrote that belongs to no input: start-up output goes to the
@@ -463,19 +481,13 @@ fn start(
         ready: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         stderr_tail: Mutex::new(VecDeque::new()),
+        ready_said: AtomicBool::new(false),
+        ready_seen: tokio::sync::Notify::new(),
+        stderr_closed: AtomicBool::new(false),
         dead: CancellationToken::new(),
         pid: child.id(),
     });
-    let stderr_done = {
-        let proc = proc.clone();
-        let logs = logs.clone();
-        tokio::spawn(async move {
-            process::for_each_line(stderr, |line, _| {
-                proc.unattributed(&logs, LogStream::Stderr, line)
-            })
-            .await;
-        })
-    };
+    let stderr_done = tokio::spawn(read_stderr(stderr, proc.clone(), logs.clone()));
     let proc_out = proc.clone();
     tokio::spawn(async move {
         let proc = proc_out;
@@ -585,6 +597,55 @@ fn start(
     Ok(proc)
 }
 
+/// Reads the process's stderr, a line at a time, until it closes. When the process says it
+/// is ready (on stdout), everything it wrote to stderr before that is already in the pipe:
+/// those lines are read at once, without waiting, as start-up output (the worker's log), and
+/// only then is the process marked ready, so they never land in the logs of the inputs sent
+/// to it meanwhile.
+async fn read_stderr(stderr: tokio::process::ChildStderr, proc: Arc<ServeProcess>, logs: LogSink) {
+    use futures_util::FutureExt;
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut buf = Vec::new();
+    let take = |buf: &mut Vec<u8>| {
+        let line = String::from_utf8_lossy(buf)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        buf.clear();
+        proc.unattributed(&logs, LogStream::Stderr, line);
+    };
+    loop {
+        let said = proc.ready_said.load(Ordering::SeqCst);
+        if said && !proc.is_ready() {
+            while let Some(read) = reader.read_until(b'\n', &mut buf).now_or_never() {
+                match read {
+                    Ok(n) if n > 0 && buf.ends_with(b"\n") => take(&mut buf),
+                    _ => break,
+                }
+            }
+            proc.ready.store(true, Ordering::Release);
+        }
+        let next = tokio::select! {
+            biased;
+            read = reader.read_until(b'\n', &mut buf) => Some(read),
+            () = proc.ready_seen.notified(), if !said => None,
+        };
+        match next {
+            Some(Ok(0)) | Some(Err(_)) => break,
+            Some(Ok(_)) => take(&mut buf),
+            // Ready was said: the top of the loop takes what stderr holds, then marks it.
+            None => {}
+        }
+    }
+    if !buf.is_empty() {
+        take(&mut buf);
+    }
+    proc.stderr_closed.store(true, Ordering::SeqCst);
+    if proc.ready_said.load(Ordering::SeqCst) {
+        proc.ready.store(true, Ordering::Release);
+    }
+}
+
 /// One stdout line: an answer, a log line for one input, the ready signal, or other output.
 fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
     let parsed: Option<serde_json::Map<String, Value>> = serde_json::from_str(&line).ok();
@@ -616,7 +677,7 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
         return;
     };
     if obj.get("ready").and_then(Value::as_bool) == Some(true) && !obj.contains_key("id") {
-        proc.ready.store(true, Ordering::Release);
+        proc.said_ready();
         return;
     }
     let Some(id) = obj.get("id").and_then(Value::as_str) else {

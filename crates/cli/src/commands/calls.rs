@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use hopper_core::api::{CallView, LogView, SpawnRequest, MAX_SPAWN_BATCH};
+use hopper_core::api::{CallView, LogView, SpawnRequest};
 use hopper_core::InputState;
 use hopper_sdk::{CallFilter, Client};
 use serde_json::Value;
@@ -52,6 +52,16 @@ pub async fn spawn_each_line(
             .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
         (text, path.display().to_string())
     };
+    if let Some(k) = &key {
+        // Each line's key is KEY:LINE, within the server's 255 characters.
+        let longest = format!("{k}:{}", text.lines().count().max(1));
+        if k.is_empty() || longest.chars().count() > 255 {
+            return Err(exit::usage(format!(
+                "--idempotency-key must be 1 to {} characters here: with --each-line each line's key is KEY:LINE (e.g. {longest:?}), at most 255",
+                255usize.saturating_sub(longest.chars().count() - k.chars().count())
+            )));
+        }
+    }
     // Every line is checked before the first request: a bad line spawns nothing.
     let mut calls = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -60,6 +70,7 @@ pub async fn spawn_each_line(
         }
         let input: Value = serde_json::from_str(line)
             .map_err(|e| exit::usage(format!("{source}:{}: not valid JSON: {e}", n + 1)))?;
+        super::check_json(line, &format!("{source}:{}", n + 1))?;
         calls.push(SpawnRequest {
             input,
             idempotency_key: key.as_ref().map(|k| format!("{k}:{}", n + 1)),
@@ -71,16 +82,27 @@ pub async fn spawn_each_line(
     let client = client(args)?;
     let total = calls.len();
     let mut spawned = 0;
-    for batch in calls.chunks(MAX_SPAWN_BATCH) {
-        let answer = match client.spawn_many(function, batch.to_vec()).await {
-            Ok(answer) => answer,
-            Err(e) if spawned > 0 => {
+    let mut rest = calls.as_slice();
+    while !rest.is_empty() {
+        let (answer, sent) = match client.spawn_batch_fitting(function, rest).await {
+            Ok(done) => done,
+            Err(e) => {
+                // An answer the server gave means the batch made nothing; a broken connection
+                // leaves it unknown.
+                let fate = if matches!(e, hopper_sdk::Error::Api { .. }) {
+                    "the rest were not spawned"
+                } else {
+                    "the next request's calls may or may not have been spawned"
+                };
+                let again = if key.is_some() {
+                    "run the same command again to spawn only what is missing"
+                } else {
+                    "with --idempotency-key, running the command again spawns only what is missing"
+                };
                 return Err(anyhow::Error::new(e).context(format!(
-                    "spawned {spawned} of {total} calls (their ids are printed above); the next {} were not",
-                    batch.len()
-                )))
+                    "spawned {spawned} of {total} calls (their ids are printed above); {fate}; {again}"
+                )));
             }
-            Err(e) => return Err(e.into()),
         };
         for call in &answer {
             if args.json {
@@ -90,6 +112,7 @@ pub async fn spawn_each_line(
             }
         }
         spawned += answer.len();
+        rest = &rest[sent..];
     }
     Ok(Code::Ok)
 }

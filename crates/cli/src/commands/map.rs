@@ -33,6 +33,7 @@ fn validate_file(path: &Path) -> anyhow::Result<u64> {
                 n + 1
             )));
         }
+        super::check_json(&line, &format!("{}:{}", path.display(), n + 1))?;
         count += 1;
     }
     Ok(count)
@@ -63,7 +64,12 @@ fn read_inputs(
             let item = match line {
                 Ok(line) if line.trim().is_empty() => continue,
                 Ok(line) => serde_json::from_str::<Value>(&line)
-                    .map_err(|e| format!("{name}:{}: not valid JSON: {e}", n + 1)),
+                    .map_err(|e| format!("{name}:{}: not valid JSON: {e}", n + 1))
+                    .and_then(|value| {
+                        hopper_core::json::check_text(line.as_bytes(), hopper_core::json::MAX_DEPTH)
+                            .map(|()| value)
+                            .map_err(|e| format!("{name}:{}: the input is refused: {e}", n + 1))
+                    }),
                 Err(e) => Err(format!("{name}:{}: {e}", n + 1)),
             };
             let stop = item.is_err();

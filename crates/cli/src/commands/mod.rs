@@ -194,11 +194,21 @@ pub fn read_input(args: &InputArgs) -> anyhow::Result<Value> {
             ))
         }
     };
-    serde_json::from_str(&text).map_err(|e| {
+    let input = serde_json::from_str(&text).map_err(|e| {
         exit::usage(format!(
             "the input in {source} is not valid JSON: {e} (a string needs its quotes, e.g. --input '\"world\"')"
         ))
-    })
+    })?;
+    check_json(&text, &source)?;
+    Ok(input)
+}
+
+/// Refuses what the server would refuse rather than send it changed: JSON nested deeper than
+/// inputs may be, or an integer beyond 64 bits (which parsing would round to a float).
+/// `source` names where the text came from (`file:line`).
+pub fn check_json(text: &str, source: &str) -> anyhow::Result<()> {
+    hopper_core::json::check_text(text.as_bytes(), hopper_core::json::MAX_DEPTH)
+        .map_err(|e| exit::usage(format!("{source}: the input is refused: {e}")))
 }
 
 pub fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {

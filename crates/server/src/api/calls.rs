@@ -11,7 +11,9 @@ use hopper_core::api::{
     MAX_SPAWN_BATCH,
 };
 use hopper_core::{CallId, FunctionName, InputState};
-use hopper_store::{AttemptList, CallCancel, CallInsert, CallInserted, CallList, CallRow, LogList};
+use hopper_store::{
+    AttemptList, CallCancel, CallInsert, CallInserted, CallList, CallRow, LogList, StoreError,
+};
 use serde::Deserialize;
 
 use super::apps::resolve;
@@ -88,8 +90,15 @@ pub async fn spawn(
 pub async fn spawn_batch(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<SpawnBatchBody>,
 ) -> Result<(StatusCode, Json<SpawnBatchResponse>), ApiError> {
+    if headers.contains_key("idempotency-key") {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "a bulk spawn takes no Idempotency-Key header: give each call its own idempotency_key in the body",
+        ));
+    }
     if req.calls.is_empty() || req.calls.len() > MAX_SPAWN_BATCH {
         return Err(ApiError::bad_request(
             "invalid_batch",
@@ -103,7 +112,16 @@ pub async fn spawn_batch(
     let now = state.now();
     let mut inserts = Vec::with_capacity(req.calls.len());
     let mut bytes = 0;
-    for (i, call) in req.calls.into_iter().enumerate() {
+    for (i, raw) in req.calls.into_iter().enumerate() {
+        // Each entry an object (serde would also take `[input, key]`), its faults named by place.
+        if !raw.get().trim_start().starts_with('{') {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                format!("calls[{i}] is not an object: expected {{\"input\": …}}"),
+            ));
+        }
+        let call: SpawnBody = serde_json::from_str(raw.get())
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("calls[{i}]: {e}")))?;
         let what = format!("calls[{i}].input");
         let input = super::extract::value(&call.input, &what)?;
         bytes += input.len();
@@ -119,7 +137,26 @@ pub async fn spawn_batch(
         }
         inserts.push(spawned(&function, input, call.idempotency_key, now));
     }
-    let inserted = state.store.call_insert_many(inserts).await?;
+    let ids: Vec<CallId> = inserts.iter().map(|c| c.id.clone()).collect();
+    let inserted = match state.store.call_insert_many(inserts).await {
+        // The key's call is one of this batch's, undone with it: name the entries instead.
+        Err(StoreError::IdempotencyConflict { key, call_id, .. })
+            if ids.iter().any(|id| id.as_str() == call_id) =>
+        {
+            let first = ids
+                .iter()
+                .position(|id| id.as_str() == call_id)
+                .unwrap_or(0);
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                format!(
+                    "calls[{first}] and a later entry give the idempotency key {key:?} with different inputs; nothing was spawned"
+                ),
+            ));
+        }
+        other => other?,
+    };
     let label = format!("{}.{}", function.spec.app, function.spec.name);
     let mut calls = Vec::with_capacity(inserted.len());
     for outcome in inserted {
@@ -147,7 +184,7 @@ pub async fn spawn_batch(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpawnBatchBody {
-    calls: Vec<SpawnBody>,
+    calls: Vec<Box<serde_json::value::RawValue>>,
 }
 
 /// A spawned call of `function`'s current version with one input (JSON text).
@@ -205,12 +242,19 @@ pub fn idempotency_key(
     Ok(key)
 }
 
-/// An idempotency key's length; `what` names where it came from.
+/// An idempotency key: 1 to 255 visible ASCII characters (what the header can carry, so a
+/// key works the same in either); `what` names where it came from.
 fn check_key(key: &str, what: &str) -> Result<(), ApiError> {
-    if key.is_empty() || key.chars().count() > MAX_KEY_LEN {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(ApiError::bad_request(
             "invalid_idempotency_key",
             format!("{what} must be 1 to {MAX_KEY_LEN} characters long"),
+        ));
+    }
+    if let Some(bad) = key.chars().find(|c| !('!'..='~').contains(c)) {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("{what} holds {bad:?}: a key is visible ASCII characters only (no spaces)"),
         ));
     }
     Ok(())

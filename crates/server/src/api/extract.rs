@@ -13,7 +13,7 @@ use crate::state::AppState;
 pub struct ApiJson<T>(pub T);
 
 /// Levels a request body may add around the values it carries (`{"results": [{"output": …}]}`).
-const ENVELOPE_DEPTH: usize = 8;
+const ENVELOPE_DEPTH: usize = 16;
 
 /// An input as it came, checked: nested at most [`hopper_core::json::MAX_DEPTH`] levels, and
 /// every integer in 64 bits (a larger one would be rounded to a float: refused, not changed).
@@ -121,6 +121,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                     "the request body is refused: a value nests deeper than inputs and outputs may, {} levels (line {line}, column {column})",
                     hopper_core::json::MAX_DEPTH
                 ),
+            ));
+        }
+        // Every body is an object: serde would also read a struct from an array of its fields.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                "the request body must be a JSON object",
             ));
         }
         serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
