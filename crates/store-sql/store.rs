@@ -1,7 +1,8 @@
 //! The [`Store`] implementation, written once for both backends: each backend supplies
 //! `Backend` (its store type) with `read` (runs a read function of the shared SQL on a read
 //! connection or the pool), `write` (runs a write in a transaction, answering once it is
-//! durable), `write_lease` (a write whose loss in a power cut only sends inputs back to the
+//! durable), `insert_call` (a spawn, which a backend may write together with others),
+//! `write_lease` (a write whose loss in a power cut only sends inputs back to the
 //! queue, which a backend may commit without waiting for the disk), `functions` (a
 //! [`FunctionCache`], enabled where no other process deploys), and the three things only a
 //! shared database has: `subscribe` (wake-ups from other servers), `lead` and `clock`.
@@ -66,8 +67,7 @@ impl Store for Backend {
     }
 
     async fn call_insert(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
-        self.write(move |conn| Box::pin(calls::insert(conn, params.clone())))
-            .await
+        self.insert_call(params).await
     }
 
     async fn call_insert_many(

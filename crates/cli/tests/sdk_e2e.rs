@@ -72,6 +72,15 @@ async fn an_sdk_worker_serves_typed_handlers_and_the_client_maps_over_them() {
         .await
         .unwrap();
     assert_eq!(done.output, Some(json!(42)));
+    // remote: spawn and wait in one request.
+    let done = client
+        .remote("sdk.double", json!(5), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.state, done.output),
+        (InputState::Succeeded, Some(json!(10)))
+    );
 
     // map as an ordered stream.
     let mut run = client

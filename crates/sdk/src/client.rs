@@ -305,6 +305,38 @@ impl Client {
         }
     }
 
+    /// Runs `function` on `input` and waits up to `timeout` for the call to end (Modal's
+    /// `.remote()`): one request, which the server answers once the call has ended
+    /// (`POST /v1/functions/{name}/calls?wait=`, at most 300 s), then [`Client::wait`] while
+    /// it runs on. Returns the call as it is then, ended or not; its `output` or `error` once
+    /// ended.
+    pub async fn remote(
+        &self,
+        function: &str,
+        input: Value,
+        timeout: Duration,
+    ) -> Result<CallView, Error> {
+        let started = std::time::Instant::now();
+        let wait = timeout.min(Duration::from_secs(300));
+        let body = SpawnRequest {
+            input,
+            idempotency_key: None,
+        };
+        let call: CallView = self
+            .send(
+                self.request(Method::POST, &format!("/v1/functions/{function}/calls"))
+                    .query(&[("wait", format!("{:.3}", wait.as_secs_f64()))])
+                    .timeout(wait + Duration::from_secs(30))
+                    .json(&body),
+            )
+            .await?;
+        if call.state.is_terminal() {
+            return Ok(call);
+        }
+        self.wait(&call.id, timeout.saturating_sub(started.elapsed()))
+            .await
+    }
+
     /// Reads a call, waiting up to `wait` for it to end.
     pub async fn get(&self, id: &CallId, wait: Duration) -> Result<CallView, Error> {
         let mut req = self.request(Method::GET, &format!("/v1/calls/{id}"));

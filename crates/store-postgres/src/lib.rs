@@ -288,6 +288,12 @@ impl PgStore {
         op(&self.pool).await
     }
 
+    /// Creates a call in a transaction of its own.
+    async fn insert_call(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
+        self.write(move |conn| Box::pin(calls::insert(conn, params.clone())))
+            .await
+    }
+
     /// Leases are written like every other write: PostgreSQL commits each durably.
     async fn write_lease<T, F>(&self, op: F) -> Result<T, StoreError>
     where

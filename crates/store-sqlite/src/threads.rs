@@ -20,7 +20,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{mpsc, Arc, Mutex};
 
 use futures_util::future::LocalBoxFuture;
-use hopper_store::StoreError;
+use hopper_store::{CallInsert, CallInserted, StoreError};
 use tokio::sync::oneshot;
 
 use crate::db::{run_now, Conn};
@@ -59,6 +59,12 @@ struct Ran {
 /// A write waiting for the writer, or the order to stop.
 enum Message {
     Write(Box<dyn Job>),
+    /// A spawn of one input without an idempotency key: the spawns of a group are written
+    /// together, by multi-row statements.
+    Spawn(
+        CallInsert,
+        oneshot::Sender<Result<CallInserted, StoreError>>,
+    ),
     Close(oneshot::Sender<()>),
 }
 
@@ -77,6 +83,33 @@ struct Write<T, F> {
     answer: oneshot::Sender<Result<T, StoreError>>,
 }
 
+/// Runs a write in a savepoint of its own, so one that fails is undone alone.
+fn in_savepoint<T>(
+    conn: &mut Conn,
+    write: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if let Err(e) = conn.exec(&["SAVEPOINT hopper_job"]) {
+        return Err(db_err(e));
+    }
+    let result = write(conn);
+    let end: &[&str] = match &result {
+        Ok(_) => &["RELEASE hopper_job"],
+        Err(_) => &["ROLLBACK TO hopper_job", "RELEASE hopper_job"],
+    };
+    match conn.exec(end) {
+        Ok(()) => result,
+        Err(e) => result.and(Err(db_err(e))),
+    }
+}
+
+/// The error, when it leaves the connection's state unknown.
+fn suspect<T>(result: &Result<T, StoreError>) -> Option<StoreError> {
+    match result {
+        Err(e) if leaves_state_unknown(e) => Some(e.clone()),
+        _ => None,
+    }
+}
+
 impl<T, F> Job for Write<T, F>
 where
     T: Send + 'static,
@@ -84,25 +117,10 @@ where
 {
     fn run(self: Box<Self>, conn: &mut Conn) -> Ran {
         let Write { op, answer, .. } = *self;
-        // Each write in a savepoint of its own: one that fails is undone alone.
-        let result = match conn.exec(&["SAVEPOINT hopper_job"]) {
-            Err(e) => Err(db_err(e)),
-            Ok(()) => {
-                let result = run_now(op(conn)).unwrap_or_else(|| Err(stalled()));
-                let end: &[&str] = match &result {
-                    Ok(_) => &["RELEASE hopper_job"],
-                    Err(_) => &["ROLLBACK TO hopper_job", "RELEASE hopper_job"],
-                };
-                match conn.exec(end) {
-                    Ok(()) => result,
-                    Err(e) => result.and(Err(db_err(e))),
-                }
-            }
-        };
-        let suspect = match &result {
-            Err(e) if leaves_state_unknown(e) => Some(e.clone()),
-            _ => None,
-        };
+        let result = in_savepoint(conn, |conn| {
+            run_now(op(conn)).unwrap_or_else(|| Err(stalled()))
+        });
+        let suspect = suspect(&result);
         Ran {
             deliver: Box::new(move |commit: Result<(), StoreError>| {
                 let _ = answer.send(commit.and(result));
@@ -117,6 +135,52 @@ where
 
     fn lease(&self) -> bool {
         self.lease
+    }
+}
+
+/// The plain spawns of a group, written as one: the calls by one multi-row statement, their
+/// inputs by another (see `calls::insert_many`).
+struct Spawns(
+    Vec<(
+        CallInsert,
+        oneshot::Sender<Result<CallInserted, StoreError>>,
+    )>,
+);
+
+impl Job for Spawns {
+    fn run(self: Box<Self>, conn: &mut Conn) -> Ran {
+        let (calls, answers): (Vec<_>, Vec<_>) = self.0.into_iter().unzip();
+        let result = in_savepoint(conn, |conn| {
+            run_now(crate::calls::insert_many(conn, calls)).unwrap_or_else(|| Err(stalled()))
+        });
+        let suspect = suspect(&result);
+        Ran {
+            deliver: Box::new(
+                move |commit: Result<(), StoreError>| match commit.and(result) {
+                    Ok(inserted) => {
+                        for (answer, call) in answers.into_iter().zip(inserted) {
+                            let _ = answer.send(Ok(call));
+                        }
+                    }
+                    Err(e) => {
+                        for answer in answers {
+                            let _ = answer.send(Err(e.clone()));
+                        }
+                    }
+                },
+            ),
+            suspect,
+        }
+    }
+
+    fn refuse(self: Box<Self>, error: StoreError) {
+        for (_, answer) in self.0 {
+            let _ = answer.send(Err(error.clone()));
+        }
+    }
+
+    fn lease(&self) -> bool {
+        false
     }
 }
 
@@ -164,6 +228,18 @@ impl Writer {
         })?
     }
 
+    /// Creates a call of one input without an idempotency key, written with the other such
+    /// spawns of its group by multi-row statements; answers once the group has committed.
+    pub async fn spawn(&self, call: CallInsert) -> Result<CallInserted, StoreError> {
+        let (answer, rx) = oneshot::channel();
+        self.jobs
+            .send(Message::Spawn(call, answer))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| {
+            StoreError::Unavailable("the write was not applied: the writer stopped".into())
+        })?
+    }
+
     /// Closes the write connection once the writes sent before have run.
     pub async fn close(&self) {
         let (done, rx) = oneshot::channel();
@@ -183,18 +259,23 @@ fn write_loop(open: Open, rx: mpsc::Receiver<Message>) {
     let mut writing: Option<Writing> = None;
     let mut closing = None;
     while let Ok(first) = rx.recv() {
-        let mut group = Vec::new();
+        let mut group: Vec<Box<dyn Job>> = Vec::new();
+        let mut spawns = Vec::new();
         for message in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             match message {
                 Message::Write(job) => group.push(job),
+                Message::Spawn(call, answer) => spawns.push((call, answer)),
                 Message::Close(done) => {
                     closing = Some(done);
                     break;
                 }
             }
-            if group.len() >= MAX_GROUP {
+            if group.len() + spawns.len() >= MAX_GROUP {
                 break;
             }
+        }
+        if !spawns.is_empty() {
+            group.push(Box::new(Spawns(spawns)));
         }
         if !group.is_empty() {
             let mut current = match writing.take() {
@@ -243,7 +324,8 @@ fn run_group(w: &mut Writing, group: Vec<Box<dyn Job>>) -> Result<(), StoreError
         } else {
             "PRAGMA synchronous = FULL"
         };
-        if let Err(e) = w.conn.exec(&[pragma]) {
+        // A pragma acts when it is compiled: never from the statement cache.
+        if let Err(e) = w.conn.raw().execute_batch(pragma) {
             let e = db_err(e);
             refuse_all(group, &e);
             return Err(e);

@@ -30,6 +30,7 @@ macro_rules! conformance_suite {
             concurrent_spawns_with_one_idempotency_key_make_one_call,
             a_bulk_spawn_answers_taken_keys_with_their_calls_and_creates_the_rest,
             a_bulk_spawn_with_a_conflicting_key_creates_nothing,
+            concurrent_spawns_each_make_their_own_call,
             leasing_takes_due_inputs_oldest_first_up_to_max,
             leasing_skips_inputs_not_yet_due_and_other_functions,
             a_success_is_recorded_once_and_ends_the_call,
@@ -517,6 +518,36 @@ pub async fn a_bulk_spawn_with_a_conflicting_key_creates_nothing(store: Arc<dyn 
         .await
         .unwrap();
     assert_eq!(all.len(), 1, "nothing of the batch was kept: {all:?}");
+}
+
+/// Spawns sent at once (which a backend may write together) each make their own call with
+/// their own input, answered to their own caller.
+pub async fn concurrent_spawns_each_make_their_own_call(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let call = one(i, None);
+                let id = call.id.clone();
+                match store.call_insert(call).await.unwrap() {
+                    CallInserted::Created(c) => {
+                        assert_eq!(c.id, id, "each caller hears of its own call");
+                        assert_eq!((c.state, c.counts.total), (InputState::Pending, 1));
+                        (i, id)
+                    }
+                    other => panic!("expected a new call, got {other:?}"),
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (i, id) = task.await.unwrap();
+        let input = store.input_get(&id, 0).await.unwrap().unwrap();
+        assert_eq!(input.input, json!({ "i": i }).to_string());
+    }
+    let worker = worker(&*store).await;
+    assert_eq!(lease(&*store, &worker, "ok", 1_000, T0).await.len(), 200);
 }
 
 pub async fn concurrent_spawns_with_one_idempotency_key_make_one_call(store: Arc<dyn Store>) {

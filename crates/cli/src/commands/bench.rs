@@ -401,17 +401,20 @@ async fn latency(n: u64) -> anyhow::Result<Figures> {
     let (stop, task) = in_process_worker(&clients[clients.len() - 1]);
     // Warm up: the worker is registered and long-polling.
     for _ in 0..20 {
-        let call = client.spawn("bench.noop", Value::Null, None).await?;
-        client.wait(&call.id, Duration::from_secs(30)).await?;
+        client
+            .remote("bench.noop", Value::Null, Duration::from_secs(30))
+            .await?;
     }
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(n as usize);
     for i in 0..n {
+        // What `.remote()` does: one request, answered once the call has ended.
         let t = Instant::now();
-        let call = client.spawn("bench.noop", Value::from(i), None).await?;
-        let done = client.wait(&call.id, Duration::from_secs(30)).await?;
+        let done = client
+            .remote("bench.noop", Value::from(i), Duration::from_secs(30))
+            .await?;
         if !done.state.is_terminal() {
-            bail!("latency: call {} did not end", call.id);
+            bail!("latency: call {} did not end", done.id);
         }
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
     }
