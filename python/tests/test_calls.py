@@ -119,8 +119,12 @@ def test_spawn_many_makes_one_call_per_input_in_order(app: Deployed) -> None:
     first = echo.spawn_many(["a", "b", "c"], idempotency_keys=keys)
     again = echo.spawn_many(["a", "b", "c"], idempotency_keys=keys)
     assert [c.object_id for c in first] == [c.object_id for c in again]
-    with pytest.raises(ValueError, match="one non-empty string per input"):
+    with pytest.raises(ValueError, match="one key per input: 2 inputs, 1 keys"):
         echo.spawn_many([1, 2], idempotency_keys=["only-one"])
+    with pytest.raises(ValueError, match=r"\(a list of strings\), not one string"):
+        echo.spawn_many([1, 2, 3], idempotency_keys="abc")
+    with pytest.raises(ValueError, match=r"idempotency_keys\[1\] must be a non-empty string"):
+        echo.spawn_many([1, 2], idempotency_keys=["k", ""])
     with pytest.raises(hx.EncodeError, match="spawn_many input 1"):
         echo.spawn_many([1, object()])
 
