@@ -207,13 +207,21 @@ def _spawn_many_plan(name: str, inputs: list[str], keys: list[str]) -> Plan[list
                     else f"nothing was spawned; this request held inputs 0 to {take - 1}",
                 )
                 raise
-            except Error as e:
+            except (ConnectionError, ServerError) as e:
                 _annotate(
                     e,
                     ids,
                     f"{start} inputs were spawned before this request (their ids are in the "
                     "exception's `spawned`); this request's calls may or may not have been made: "
                     "pass idempotency_keys to spawn again without duplicates",
+                )
+                raise
+            except Error as e:
+                _annotate(
+                    e,
+                    ids,
+                    f"{start} inputs were spawned before this request (their ids are in the "
+                    "exception's `spawned`); this request made none",
                 )
                 raise
         ids.extend(str(c["id"]) for c in answer["calls"])

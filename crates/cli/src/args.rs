@@ -82,7 +82,7 @@ pub enum Command {
         idempotency_key: Option<String>,
         /// Spawn one call per line of --input-file (one JSON value a line, blank lines
         /// skipped), 1,000 to a request, printing each call's id a line in the file's order.
-        /// Every line is checked before anything is spawned.
+        /// Every line is checked (JSON, nesting, 64-bit integers) before anything is spawned.
         #[arg(long, requires = "input_file")]
         each_line: bool,
         #[command(flatten)]

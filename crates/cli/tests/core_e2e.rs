@@ -291,6 +291,28 @@ async fn an_idempotency_key_returns_the_same_call() {
         .await
         .unwrap();
     assert_eq!(via_header["id"].as_str().unwrap(), stdout(&a).trim());
+    // A misspelt key field is refused, not ignored (a retry would spawn again), in a spawn and
+    // in a bulk spawn's entries.
+    for (path, body) in [
+        ("calls", json!({"input": 1, "idempotency-key": "order-7"})),
+        (
+            "calls/batch",
+            json!({"calls": [{"input": 1, "idempotency-key": "order-7"}]}),
+        ),
+    ] {
+        let refused = http
+            .post(format!("{}/v1/functions/demo.echo/{path}", server.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{path}");
+        let text = refused.text().await.unwrap();
+        assert!(
+            text.contains("unknown field `idempotency-key`"),
+            "{path}: {text}"
+        );
+    }
     let page = server.client().calls(&Default::default()).await.unwrap();
     assert_eq!(page.calls.len(), 1);
 }

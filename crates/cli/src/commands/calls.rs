@@ -94,10 +94,14 @@ pub async fn spawn_each_line(
                 } else {
                     "the next request's calls may or may not have been spawned"
                 };
-                let again = if key.is_some() {
-                    "run the same command again to spawn only what is missing"
-                } else {
-                    "with --idempotency-key, running the command again spawns only what is missing"
+                let again = match (&e, key.is_some()) {
+                    (hopper_sdk::Error::Api { .. }, true) => {
+                        "once its cause is fixed, the same command spawns only what is missing"
+                    }
+                    (_, true) => "run the same command again to spawn only what is missing",
+                    (_, false) => {
+                        "with --idempotency-key, running the command again spawns only what is missing"
+                    }
                 };
                 return Err(anyhow::Error::new(e).context(format!(
                     "spawned {spawned} of {total} calls (their ids are printed above); {fate}; {again}"

@@ -29,7 +29,9 @@ const MAX_KEY_LEN: usize = 255;
 
 /// A spawn's body as it came: the input's own text, checked before it is parsed (the SDK's
 /// [`hopper_core::api::SpawnRequest`] is what clients send).
+/// Unknown fields are refused: a misspelt `idempotency-key` must not spawn a second call.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SpawnBody {
     input: Box<serde_json::value::RawValue>,
     #[serde(default)]
@@ -127,7 +129,7 @@ pub async fn spawn_batch(
         bytes += input.len();
         if bytes > state.config.max_payload_bytes {
             return Err(ApiError::payload_too_large(
-                "the batch's inputs",
+                "the batch (its inputs together)",
                 bytes,
                 state.config.max_payload_bytes,
             ));

@@ -420,6 +420,7 @@ mod tests {
             ("get", "/v1/functions/{name}"),
             ("get", "/v1/functions/{name}/versions"),
             ("post", "/v1/functions/{name}/calls"),
+            ("post", "/v1/functions/{name}/calls/batch"),
             ("post", "/v1/functions/{name}/map"),
             ("post", "/v1/calls/{id}/inputs"),
             ("get", "/v1/calls/{id}/results"),
