@@ -1,6 +1,5 @@
 //! `hopper spawn`, `get`, `cancel`, `calls` and `logs`.
 
-use std::io::Read;
 use std::time::Duration;
 
 use hopper_core::api::{CallView, LogView, SpawnRequest};
@@ -41,17 +40,7 @@ pub async fn spawn_each_line(
             "--each-line reads the lines of --input-file FILE",
         ));
     };
-    let (text, source) = if path.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| exit::usage(format!("cannot read the inputs from stdin: {e}")))?;
-        (text, "stdin".to_string())
-    } else {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
-        (text, path.display().to_string())
-    };
+    let (text, source) = super::read_text(path, "the inputs")?;
     if let Some(k) = &key {
         // Each line's key is KEY:LINE, within the server's 255 characters.
         let longest = format!("{k}:{}", text.lines().count().max(1));

@@ -176,18 +176,7 @@ pub fn server_url(text: &str) -> anyhow::Result<String> {
 pub fn read_input(args: &InputArgs) -> anyhow::Result<Value> {
     let (text, source) = match (&args.input, &args.input_file) {
         (Some(text), _) => (text.clone(), "--input".to_string()),
-        (None, Some(path)) if path.as_os_str() == "-" => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|e| exit::usage(format!("cannot read the input from stdin: {e}")))?;
-            (text, "stdin".to_string())
-        }
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
-            (text, path.display().to_string())
-        }
+        (None, Some(path)) => read_text(path, "the input")?,
         (None, None) => {
             return Err(exit::usage(
                 "give the input as JSON with --input (e.g. --input '\"world\"', or --input null for none) or --input-file FILE",
@@ -201,6 +190,21 @@ pub fn read_input(args: &InputArgs) -> anyhow::Result<Value> {
     })?;
     check_json(&text, &source)?;
     Ok(input)
+}
+
+/// The text of a file, or of stdin for `-`, and its name for messages (`stdin` or the path);
+/// `what` names the contents in a read error.
+pub fn read_text(path: &std::path::Path, what: &str) -> anyhow::Result<(String, String)> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| exit::usage(format!("cannot read {what} from stdin: {e}")))?;
+        return Ok((text, "stdin".to_string()));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
+    Ok((text, path.display().to_string()))
 }
 
 /// Refuses what the server would refuse rather than send it changed: JSON nested deeper than

@@ -1,7 +1,6 @@
 //! `hopper secrets`: set, list and delete named secrets.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use super::client;
@@ -87,17 +86,7 @@ pub async fn run(args: &ClientArgs, action: Option<SecretAction>) -> anyhow::Res
 /// `KEY=VALUE` lines of a .env file (or stdin for `-`): blank lines and `#` comments skipped,
 /// an `export ` prefix allowed, a value in matching single or double quotes taken as is.
 fn read_dotenv(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
-    let (text, source) = if path.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| exit::usage(format!("cannot read values from stdin: {e}")))?;
-        (text, "stdin".to_string())
-    } else {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
-        (text, path.display().to_string())
-    };
+    let (text, source) = super::read_text(path, "values")?;
     parse_dotenv(&text)
         .map_err(|(line, message)| exit::usage(format!("{source}:{line}: {message}")))
 }
