@@ -760,6 +760,23 @@ pub async fn setting_get(pool: &DbPool, key: &str) -> Result<Option<String>, Sto
         .map_err(db_err)
 }
 
+/// The newest migration applied to the database, and its name (`0` and `""` before any).
+pub async fn schema_applied(pool: &DbPool) -> Result<(i64, String), StoreError> {
+    let row = crate::db::query(
+        "SELECT version, name FROM hopper_migrations ORDER BY version DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(db_err)?;
+    match row {
+        Some(row) => Ok((
+            row.try_get("version").map_err(db_err)?,
+            row.try_get("name").map_err(db_err)?,
+        )),
+        None => Ok((0, String::new())),
+    }
+}
+
 pub async fn setting_put(conn: &mut Conn, key: String, value: String) -> Result<(), StoreError> {
     crate::db::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(key)

@@ -9,7 +9,9 @@ use hopper_core::api::{InputError, Lease, Outcome};
 use hopper_core::{CallId, FunctionSpec, InputState, UnixMillis};
 use hopper_store::*;
 
-use crate::dialect::{Conn, Db, DbPool, DbRow, LEAST, LOCK_ROWS, SKIP_LOCKED, TIMEOUT_MS};
+use crate::dialect::{
+    Conn, Db, DbPool, DbRow, GREATEST, LEAST, LOCK_ROWS, SKIP_LOCKED, TIMEOUT_MS,
+};
 
 use crate::apps::spec;
 use crate::calls::{lock_many, shift, shift_many, shift_moves, Moves, Shifted};
@@ -261,7 +263,8 @@ async fn attempt_record(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (input_id, attempt) DO UPDATE SET late = 1, outcome = excluded.outcome,
            error = COALESCE(excluded.error, attempts.error)
-         WHERE attempts.outcome IN ('lost', 'cancelled') AND attempts.late = 0",
+         WHERE attempts.late = 0 AND (attempts.outcome IN ('lost', 'cancelled')
+           OR (attempts.outcome = 'failed' AND attempts.error = $12))",
     )
     .bind(input.id)
     .bind(input.attempt)
@@ -274,10 +277,20 @@ async fn attempt_record(
     .bind(error.map(error_text))
     .bind(late as i64)
     .bind(input.batch_size)
+    .bind(error_text(&deadline_passed()))
     .execute(&mut *conn)
     .await
     .map_err(db_err)?;
     Ok(())
+}
+
+/// The error of an attempt the reaper ended at its deadline: the worker may still report what
+/// it did, and that is kept as the attempt's late outcome.
+fn deadline_passed() -> InputError {
+    InputError {
+        code: "timeout".into(),
+        message: "no result before the attempt's deadline: the worker stopped responding".into(),
+    }
 }
 
 /// An input reaching a terminal state, as [`end_many`] writes it.
@@ -809,11 +822,7 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
         let duration = p.now - input.started_at;
         if deadline.is_some_and(|d| p.now >= d) {
             report.timed_out += 1;
-            let error = InputError {
-                code: "timeout".into(),
-                message: "no result before the attempt's deadline: the worker stopped responding"
-                    .into(),
-            };
+            let error = deadline_passed();
             let end = fail(&mut tx, &mut specs, input, &error, true, p.now).await?;
             let effect = if end.is_some() { "failed" } else { "retried" };
             tallies.add(&input.app, &input.function, effect, duration);
@@ -844,6 +853,54 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
     }
     tx.commit().await.map_err(db_err)?;
     Ok(report)
+}
+
+pub async fn extend_all(conn: &mut Conn, p: LeaseExtend) -> Result<u64, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let moved = crate::db::query(&format!(
+        "UPDATE inputs SET lease_expires_at = {GREATEST}(lease_expires_at + $1, $2),
+           deadline_at = deadline_at + $1
+         WHERE state = 'running'"
+    ))
+    .bind(p.gap_ms)
+    .bind(p.until_at_least)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    tx.commit().await.map_err(db_err)?;
+    Ok(moved)
+}
+
+pub async fn time_shift(conn: &mut Conn, p: TimeShift) -> Result<u64, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let full_lease = p.now + p.lease_ms;
+    let floor = if p.step_ms < 0 { full_lease } else { i64::MIN };
+    let running = crate::db::query(&format!(
+        "UPDATE inputs SET lease_expires_at = {LEAST}({GREATEST}(lease_expires_at + $1, $2), $3),
+           deadline_at = {GREATEST}(deadline_at + $1, $2)
+         WHERE state = 'running'"
+    ))
+    .bind(p.step_ms)
+    .bind(floor)
+    .bind(full_lease)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    // Backoffs that had not ended before the step (`now - step` is then, on the new clock).
+    let waiting = crate::db::query(
+        "UPDATE inputs SET not_before = not_before + $1 WHERE state = 'pending' AND not_before > $2",
+    )
+    .bind(p.step_ms)
+    .bind(p.now - p.step_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    crate::dialect::notify(&mut tx, "inputs").await?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(running + waiting)
 }
 
 pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u64, StoreError> {

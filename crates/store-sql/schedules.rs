@@ -6,7 +6,7 @@ use hopper_core::schedule::Overlap;
 use hopper_core::UnixMillis;
 use hopper_store::{
     CallInserted, FireOutcome, FiringRow, Missing, ScheduleDeploy, ScheduleFire, SchedulePause,
-    ScheduleRow, StoreError,
+    ScheduleReschedule, ScheduleRow, StoreError,
 };
 
 use crate::dialect::{Conn, DbPool, DbRow, LOCK_SCHEDULE};
@@ -229,6 +229,26 @@ pub async fn pause(conn: &mut Conn, p: SchedulePause) -> Result<Option<ScheduleR
     let schedule = load(&mut tx, &p.app, &p.name).await?;
     tx.commit().await.map_err(db_err)?;
     Ok(schedule)
+}
+
+pub async fn reschedule(conn: &mut Conn, p: ScheduleReschedule) -> Result<bool, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let set = crate::db::query(
+        "UPDATE schedules SET next_due_at = $4, updated_at = $5, anchor_at = COALESCE($6, anchor_at)
+         WHERE app = $1 AND name = $2 AND next_due_at IS NOT DISTINCT FROM $3",
+    )
+    .bind(&p.app)
+    .bind(&p.name)
+    .bind(p.expected_due_at)
+    .bind(p.next_due_at)
+    .bind(p.now)
+    .bind(p.anchor_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    tx.commit().await.map_err(db_err)?;
+    Ok(set > 0)
 }
 
 pub async fn firings(

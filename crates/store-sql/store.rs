@@ -167,6 +167,16 @@ impl Store for Backend {
             .await
     }
 
+    async fn lease_extend_all(&self, params: LeaseExtend) -> Result<u64, StoreError> {
+        self.write(move |conn| Box::pin(inputs::extend_all(conn, params.clone())))
+            .await
+    }
+
+    async fn time_shift(&self, params: TimeShift) -> Result<u64, StoreError> {
+        self.write(move |conn| Box::pin(inputs::time_shift(conn, params.clone())))
+            .await
+    }
+
     async fn attempt_list(&self, params: AttemptList) -> Result<Vec<AttemptRow>, StoreError> {
         self.read(move |db| Box::pin(async move { inputs::attempt_list(db, params).await }))
             .await
@@ -214,6 +224,18 @@ impl Store for Backend {
     async fn schedule_fire(&self, params: ScheduleFire) -> Result<FireOutcome, StoreError> {
         self.write(move |conn| Box::pin(schedules::fire(conn, params.clone())))
             .await
+    }
+
+    async fn schedule_reschedule(&self, params: ScheduleReschedule) -> Result<bool, StoreError> {
+        self.write(move |conn| Box::pin(schedules::reschedule(conn, params.clone())))
+            .await
+    }
+
+    async fn schema_version(&self) -> Result<SchemaVersion, StoreError> {
+        let (applied, name) = self
+            .read(move |db| Box::pin(async move { calls::schema_applied(db).await }))
+            .await?;
+        Ok(crate::migrate::schema(applied, name))
     }
 
     async fn schedule_pause(

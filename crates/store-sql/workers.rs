@@ -4,7 +4,7 @@ use hopper_core::WorkerId;
 use std::collections::HashMap;
 
 use crate::db::{Connection, QueryBuilder, Row};
-use hopper_core::api::Lease;
+use hopper_core::api::{Lease, LogStream};
 use hopper_store::{LogAppend, LogList, LogRow, StoreError, WorkerRegisterParams, WorkerRow};
 
 use crate::dialect::{Conn, Db, DbPool};
@@ -77,6 +77,9 @@ pub async fn list(pool: &DbPool, seen_after: i64) -> Result<Vec<WorkerRow>, Stor
         .collect()
 }
 
+/// `system` lines an attempt keeps past its cap (a worker's note of the lines it dropped).
+const SYSTEM_PAST_CAP: i64 = 8;
+
 /// Rows per multi-row statement of [`log_append_many`] (6 parameters a line).
 const LOG_CHUNK: usize = 500;
 
@@ -144,7 +147,14 @@ pub async fn log_append_many(conn: &mut Conn, p: LogAppend) -> Result<(), StoreE
             .entry(line.lease)
             .or_insert_with(|| counted.get(&line.lease).copied().unwrap_or((0, false)));
         let attempt = line.lease.attempt as i64;
-        if entry.0 < cap {
+        // A worker that drops lines past the cap itself says so in a `system` line: a few of
+        // those are kept past it.
+        let room = if line.stream == LogStream::System {
+            cap + SYSTEM_PAST_CAP
+        } else {
+            cap
+        };
+        if entry.0 < room {
             entry.0 += 1;
             rows.push((call, *index, attempt, line.stream.as_str(), line.ts, text));
         } else if !entry.1 {

@@ -75,3 +75,69 @@ async fn following_a_running_call_prints_lines_as_they_come_and_ends_with_the_ca
     assert!(events.contains("event: end"), "{events}");
     assert!(events.contains("\"state\":\"succeeded\""), "{events}");
 }
+
+/// The most memory a process has held, in KiB (`VmHWM`).
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_function_that_prints_without_end_keeps_its_worker_small() {
+    let dir = tempfile::tempdir().unwrap();
+    // Eight inputs of 200,000 lines each (21 MB apiece), four at a time, on one worker.
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "flood"
+[functions.chatty]
+command = ["python3", "-c", "import sys\nfor i in range(200000): print('x' * 100, i, file=sys.stderr)\nprint(1)"]
+concurrency = 4
+"#,
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--no-workers", "--deploy", m.to_str().unwrap()],
+    );
+    let worker = worker(&server.url, "flood.chatty");
+    let client = server.client();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(
+            client
+                .spawn("flood.chatty", json!(i), None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in &ids {
+        let call = wait_done(&client, id, Duration::from_secs(120)).await;
+        assert_eq!(call.state, hopper_core::InputState::Succeeded, "{call:?}");
+    }
+    let peak_mib = peak_kib(worker.0.id()) / 1024;
+    drop(worker);
+    // Unbounded, the worker held every line it had read and not yet sent: hundreds of MiB.
+    assert!(peak_mib < 128, "the worker peaked at {peak_mib} MiB");
+    // The server keeps 10,000 lines of each attempt; the worker said how many it dropped.
+    let out = cli(&server.url, &["logs", ids[0].as_str(), "--json"]);
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let system: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["stream"] == "system")
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10_001, "10,000 lines and one note: {system:?}");
+    assert_eq!(
+        system,
+        ["[hopper] this attempt's log reached its cap of 10000 lines; 190001 later lines were dropped"]
+    );
+    assert_eq!(lines[10_000]["stream"], "system", "the note comes last");
+}

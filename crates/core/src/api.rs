@@ -405,6 +405,10 @@ pub struct WorkerRegistered {
     /// sized to fit.
     #[serde(default)]
     pub max_request_bytes: Option<u64>,
+    /// Log lines the server keeps per attempt: a worker drops the rest itself, counts them,
+    /// and says how many in one `system` line before the attempt's result.
+    #[serde(default)]
+    pub max_log_lines_per_attempt: Option<u32>,
     /// A token with the `read` and `submit` scopes for the functions the worker runs (handed
     /// to them as `HOPPER_TOKEN`, so a function can call others); none when the server needs
     /// no token.

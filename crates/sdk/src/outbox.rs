@@ -5,9 +5,13 @@
 //! pass the largest request the server reads, an output over the largest payload it keeps is
 //! reported as the failure `output_too_large` instead, and a log line over [`MAX_LOG_LINE`]
 //! bytes is cut with a marker. Log lines the server would not take are counted, and a
-//! `system` line on each attempt says how many were lost.
+//! `system` line on each attempt says how many were lost; so are lines past the server's cap
+//! per attempt, dropped here rather than sent. Log lines and results travel on two tasks, so
+//! a result waits only for its own attempt's lines, and the bytes of lines queued are bounded
+//! (see [`Outbox`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::client::{Client, Error};
@@ -36,6 +40,8 @@ pub struct Limits {
     pub max_payload: Option<usize>,
     /// Largest request body read, in bytes.
     pub max_request: Option<usize>,
+    /// Log lines kept per attempt; the outbox drops the rest.
+    pub max_log_lines: Option<u32>,
 }
 
 impl From<&WorkerRegistered> for Limits {
@@ -43,79 +49,217 @@ impl From<&WorkerRegistered> for Limits {
         Self {
             max_payload: r.max_payload_bytes.map(|b| b as usize),
             max_request: r.max_request_bytes.map(|b| b as usize),
+            max_log_lines: r.max_log_lines_per_attempt,
         }
     }
 }
 
-enum Item {
-    Log(LogLine),
-    Result(InputResult),
+/// Bytes of log lines a worker holds before the readers of its functions' output wait (so a
+/// function that prints without end is slowed to what the server takes, not buffered).
+pub const MAX_QUEUED_LOG_BYTES: usize = 8 * 1024 * 1024;
+/// What a queued line costs beyond its text (its lease, stream, time and allocation).
+const LINE_OVERHEAD: usize = 64;
+
+/// What the outbox knows of one attempt's log.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Lines queued or sent.
+    kept: u32,
+    /// Lines dropped past the server's cap.
+    dropped: u64,
+}
+
+/// The state the two sending tasks and every sender share.
+#[derive(Default)]
+struct Books {
+    /// Bytes of lines queued and not yet handled.
+    queued_bytes: usize,
+    /// Per attempt: lines kept and dropped, until its result.
+    tallies: HashMap<Lease, Tally>,
+    /// Per attempt: lines queued and not yet handled (its result waits for them).
+    pending: HashMap<Lease, usize>,
+}
+
+struct Shared {
+    books: std::sync::Mutex<Books>,
+    /// Bumped whenever the log task handled lines: readers waiting for room and results
+    /// waiting for their logs look again.
+    handled: tokio::sync::watch::Sender<u64>,
+}
+
+impl Shared {
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+enum Item<T> {
+    Send(T),
     /// Send what came before, then stop.
     Close,
 }
 
 /// The sending side; cheap to clone into every running input.
+///
+/// Memory is bounded whatever a function prints: lines past the server's cap per attempt are
+/// dropped here and counted (one `system` line before the attempt's result says how many),
+/// and once [`MAX_QUEUED_LOG_BYTES`] are queued the readers of the functions' output wait in
+/// [`Outbox::room`]. Results go on their own task: one waits only for its own attempt's
+/// lines, never behind other attempts' logs.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Item>,
+    logs: mpsc::UnboundedSender<Item<LogLine>>,
+    results: mpsc::UnboundedSender<Item<InputResult>>,
+    shared: Arc<Shared>,
     limits: Limits,
 }
 
 impl Outbox {
-    /// Starts the task that sends batches for `worker` until every [`Outbox`] is dropped and
-    /// the queue is empty.
+    /// Starts the tasks that send batches for `worker` until [`Outbox::close`] is called or
+    /// every [`Outbox`] is dropped, and the queues are empty.
     pub fn start(client: Client, worker: WorkerId, limits: Limits) -> (Self, JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(send_loop(client, worker, limits, rx));
-        (Self { tx, limits }, task)
+        let (logs, log_rx) = mpsc::unbounded_channel();
+        let (results, result_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            books: std::sync::Mutex::default(),
+            handled: tokio::sync::watch::Sender::new(0),
+        });
+        let log_task = tokio::spawn(log_loop(
+            client.clone(),
+            worker.clone(),
+            limits,
+            log_rx,
+            shared.clone(),
+        ));
+        let result_task = tokio::spawn(result_loop(
+            client,
+            worker,
+            limits,
+            result_rx,
+            shared.clone(),
+        ));
+        let task = tokio::spawn(async move {
+            let _ = result_task.await;
+            let _ = log_task.await;
+        });
+        (
+            Self {
+                logs,
+                results,
+                shared,
+                limits,
+            },
+            task,
+        )
     }
 
+    /// Queues a log line (cut to [`MAX_LOG_LINE`] bytes); a line past the server's cap for
+    /// its attempt is dropped and counted instead.
     pub fn log(&self, mut line: LogLine) {
         cut(&mut line.line);
-        let _ = self.tx.send(Item::Log(line));
+        {
+            let mut books = self.shared.books();
+            let tally = books.tallies.entry(line.lease).or_default();
+            if self
+                .limits
+                .max_log_lines
+                .is_some_and(|cap| tally.kept >= cap)
+            {
+                tally.dropped += 1;
+                return;
+            }
+            tally.kept += 1;
+            books.queued_bytes += line.line.len() + LINE_OVERHEAD;
+            *books.pending.entry(line.lease).or_default() += 1;
+        }
+        let _ = self.logs.send(Item::Send(line));
+    }
+
+    /// Waits while more than [`MAX_QUEUED_LOG_BYTES`] of log lines are queued: readers of a
+    /// function's output call it after each line, so a function that prints faster than the
+    /// server takes its lines is slowed down (its pipe fills) instead of filling memory.
+    pub async fn room(&self) {
+        let mut handled = self.shared.handled.subscribe();
+        while self.shared.books().queued_bytes > MAX_QUEUED_LOG_BYTES {
+            if handled.changed().await.is_err() {
+                return; // the log task is gone: nothing will be sent, nothing to wait for
+            }
+        }
+    }
+
+    /// Forgets an attempt that ends without a result (its lease was lost or its call
+    /// cancelled).
+    pub fn forget(&self, lease: Lease) {
+        self.shared.books().tallies.remove(&lease);
     }
 
     /// Queues a result; an output over the server's payload limit becomes the failure
-    /// `output_too_large` (not retried: the same input would give the same output).
+    /// `output_too_large` (not retried: the same input would give the same output). It is
+    /// sent once the lines its attempt logged before it are, after one `system` line saying
+    /// how many lines were dropped past the cap, if any were.
     pub fn result(&self, mut result: InputResult) {
-        if let Outcome::Succeeded { output } = &result.outcome {
-            let depth = hopper_core::json::depth(output);
-            if depth > hopper_core::json::MAX_DEPTH {
-                result.outcome = Outcome::Failed {
-                    error: InputError {
-                        code: "bad_output".into(),
-                        message: format!(
-                            "the output nests {depth} levels deep; outputs may nest at most {} levels",
-                            hopper_core::json::MAX_DEPTH
-                        ),
-                    },
-                    retry: false,
-                };
+        check_output(&mut result, self.limits);
+        let tally = self.shared.books().tallies.remove(&result.lease);
+        if let (Some(tally), Some(cap)) = (tally, self.limits.max_log_lines) {
+            if tally.dropped > 0 {
+                {
+                    let mut books = self.shared.books();
+                    books.queued_bytes += LINE_OVERHEAD;
+                    *books.pending.entry(result.lease).or_default() += 1;
+                }
+                let _ = self.logs.send(Item::Send(LogLine {
+                    lease: result.lease,
+                    stream: LogStream::System,
+                    ts_ms: crate::runtime::now_ms(),
+                    line: format!(
+                        "[hopper] this attempt's log reached its cap of {cap} lines; {} later lines were dropped",
+                        tally.dropped
+                    ),
+                }));
             }
         }
-        if let (Outcome::Succeeded { output }, Some(limit)) =
-            (&result.outcome, self.limits.max_payload)
-        {
-            let size = json_size(output);
-            if size > limit {
-                result.outcome = Outcome::Failed {
-                    error: InputError {
-                        code: "output_too_large".into(),
-                        message: format!(
-                            "the output is {size} bytes of JSON, over the server's limit of {limit} bytes (--max-payload); write large output elsewhere and return where it is"
-                        ),
-                    },
-                    retry: false,
-                };
-            }
-        }
-        let _ = self.tx.send(Item::Result(result));
+        let _ = self.results.send(Item::Send(result));
     }
 
-    /// Asks the sending task to send everything queued so far and stop, even while clones of
+    /// Asks the sending tasks to send everything queued so far and stop, even while clones of
     /// this outbox are still held (say, by a `serve` process's log reader).
     pub fn close(&self) {
-        let _ = self.tx.send(Item::Close);
+        let _ = self.logs.send(Item::Close);
+        let _ = self.results.send(Item::Close);
+    }
+}
+
+/// An output the server would refuse becomes a failure here: too deep, or over the server's
+/// payload limit.
+fn check_output(result: &mut InputResult, limits: Limits) {
+    if let Outcome::Succeeded { output } = &result.outcome {
+        let depth = hopper_core::json::depth(output);
+        if depth > hopper_core::json::MAX_DEPTH {
+            result.outcome = Outcome::Failed {
+                error: InputError {
+                    code: "bad_output".into(),
+                    message: format!(
+                        "the output nests {depth} levels deep; outputs may nest at most {} levels",
+                        hopper_core::json::MAX_DEPTH
+                    ),
+                },
+                retry: false,
+            };
+        }
+    }
+    if let (Outcome::Succeeded { output }, Some(limit)) = (&result.outcome, limits.max_payload) {
+        let size = json_size(output);
+        if size > limit {
+            result.outcome = Outcome::Failed {
+                error: InputError {
+                    code: "output_too_large".into(),
+                    message: format!(
+                        "the output is {size} bytes of JSON, over the server's limit of {limit} bytes (--max-payload); write large output elsewhere and return where it is"
+                    ),
+                },
+                retry: false,
+            };
+        }
     }
 }
 
@@ -162,42 +306,86 @@ fn chunks<T: serde::Serialize>(
     out
 }
 
-async fn send_loop(
+/// Takes up to `max` items that are ready now, starting with `first`; whether `Close` came.
+fn drain<T>(
+    first: Item<T>,
+    rx: &mut mpsc::UnboundedReceiver<Item<T>>,
+    max: usize,
+    into: &mut Vec<T>,
+) -> bool {
+    let mut next = Some(first);
+    while let Some(item) = next.take() {
+        match item {
+            Item::Send(x) => into.push(x),
+            Item::Close => return true,
+        }
+        if into.len() >= max {
+            break;
+        }
+        next = rx.try_recv().ok();
+    }
+    false
+}
+
+async fn log_loop(
     client: Client,
     worker: WorkerId,
     limits: Limits,
-    mut rx: mpsc::UnboundedReceiver<Item>,
+    mut rx: mpsc::UnboundedReceiver<Item<LogLine>>,
+    shared: Arc<Shared>,
 ) {
-    let mut logs = Vec::new();
-    let mut results = Vec::new();
-    let mut closed = false;
     while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Item::Log(l) => logs.push(l),
-                Item::Result(r) => results.push(r),
-                Item::Close => {
-                    closed = true;
-                    break;
+        let mut lines = Vec::new();
+        let closed = drain(first, &mut rx, MAX_LOG_BATCH, &mut lines);
+        let handled: Vec<(Lease, usize)> = lines
+            .iter()
+            .map(|l| (l.lease, l.line.len() + LINE_OVERHEAD))
+            .collect();
+        if !lines.is_empty() {
+            send_logs(&client, &worker, limits, lines).await;
+        }
+        {
+            let mut books = shared.books();
+            for (lease, bytes) in handled {
+                books.queued_bytes = books.queued_bytes.saturating_sub(bytes);
+                if let Some(n) = books.pending.get_mut(&lease) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        books.pending.remove(&lease);
+                    }
                 }
             }
-            if logs.len() >= MAX_LOG_BATCH || results.len() >= MAX_RESULT_BATCH {
+        }
+        shared.handled.send_modify(|n| *n += 1);
+        if closed {
+            return;
+        }
+    }
+}
+
+async fn result_loop(
+    client: Client,
+    worker: WorkerId,
+    limits: Limits,
+    mut rx: mpsc::UnboundedReceiver<Item<InputResult>>,
+    shared: Arc<Shared>,
+) {
+    let mut handled = shared.handled.subscribe();
+    while let Some(first) = rx.recv().await {
+        let mut results = Vec::new();
+        let closed = drain(first, &mut rx, MAX_RESULT_BATCH, &mut results);
+        // A result goes after the lines its attempt logged before it.
+        loop {
+            let waiting = {
+                let books = shared.books();
+                results.iter().any(|r| books.pending.contains_key(&r.lease))
+            };
+            if !waiting || handled.changed().await.is_err() {
                 break;
             }
-            next = rx.try_recv().ok();
         }
-        if !logs.is_empty() {
-            send_logs(&client, &worker, limits, std::mem::take(&mut logs)).await;
-        }
-        if !results.is_empty() {
-            for batch in chunks(
-                std::mem::take(&mut results),
-                MAX_RESULT_BATCH,
-                limits.max_request,
-            ) {
-                send_results(&client, &worker, batch).await;
-            }
+        for batch in chunks(results, MAX_RESULT_BATCH, limits.max_request) {
+            send_results(&client, &worker, batch).await;
         }
         if closed {
             return;

@@ -74,6 +74,12 @@ impl LogSink {
             line: self.redact.apply(line),
         });
     }
+
+    /// Waits while the worker holds too many log lines not yet sent (see
+    /// [`Outbox::room`]); a reader of a function's output calls it after each line.
+    pub async fn room(&self) {
+        self.outbox.room().await;
+    }
 }
 
 /// Secret values a worker was given, to be cut out of what it sends back as logs and errors.
@@ -523,7 +529,7 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
                     },
                 },
             }),
-            None => {}
+            None => outbox.forget(lease),
         }
     }
     slot_freed.notify_one();

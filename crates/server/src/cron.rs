@@ -62,7 +62,7 @@ impl Cron {
         let fire_at = dues.pop().unwrap_or(expected);
         let missed: Vec<i64> = dues.iter().rev().take(MAX_MISSED).copied().collect();
         if !missed.is_empty() {
-            tracing::warn!(schedule = %row.spec.qualified_name(), missed = dues.len(), "due times passed while the server was down; firing the most recent");
+            tracing::warn!(schedule = %row.spec.qualified_name(), missed = dues.len(), "due times passed while the server was down (or its clock stepped forward); firing the most recent");
             self.state
                 .events
                 .schedule_missed(row.spec.qualified_name(), dues.len());
@@ -158,12 +158,64 @@ impl Cron {
         Ok(outcome)
     }
 
+    /// Moves every schedule's next due time after the clock stepped by `step_ms` (see
+    /// [`crate::timekeeper`]); `now` is on the new clock. A forward step needs nothing: the
+    /// due times it jumped over are missed, and the most recent fires once, as after downtime.
+    /// After a backward step, an `every` schedule keeps its rhythm (its next due time and the
+    /// point its period counts from move with the clock); a cron schedule that falls due at
+    /// least twice within the span the clock went back over goes on from the new time (its
+    /// due times come again by the clock on the wall), and one due at most once in that span
+    /// keeps its next due time, so a daily job never runs twice for one day. Returns the
+    /// schedules moved.
+    pub async fn after_step(&self, step_ms: i64, now: i64) -> Result<u64, StoreError> {
+        if step_ms >= 0 {
+            return Ok(0);
+        }
+        let before = now - step_ms;
+        let mut moved = 0;
+        for row in self.state.store.schedule_list().await? {
+            let Some(next) = row.next_due_at else {
+                continue;
+            };
+            let (next_due_at, anchor_at) = match row.spec.when {
+                hopper_core::schedule::When::EveryMs(_) => {
+                    (Some(next + step_ms), Some(row.anchor_at + step_ms))
+                }
+                hopper_core::schedule::When::Cron(_) => {
+                    let first = row.spec.next_after(now, row.anchor_at);
+                    let second = first.and_then(|f| row.spec.next_after(f, row.anchor_at));
+                    if second.is_some_and(|s| s <= before) {
+                        (first, None)
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            let set = self
+                .state
+                .store
+                .schedule_reschedule(hopper_store::ScheduleReschedule {
+                    app: row.spec.app.clone(),
+                    name: row.spec.name.clone(),
+                    expected_due_at: Some(next),
+                    next_due_at,
+                    anchor_at,
+                    now,
+                })
+                .await?;
+            moved += u64::from(set);
+        }
+        Ok(moved)
+    }
+
     /// Fires due schedules twice a second (and at once after a deploy) until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut deploys = self.state.events.watch_deploys();
         loop {
             deploys.borrow_and_update();
-            if let Err(e) = self.run_once().await {
+            if self.state.schema_ahead().is_some() {
+                // The schema moved past this server: an upgraded one does this now.
+            } else if let Err(e) = self.run_once().await {
                 tracing::warn!(error = %e, "cron pass failed; retrying");
             }
             tokio::select! {

@@ -6,6 +6,8 @@
 //! - [`dashboard`]: the web dashboard at `/`, its assets embedded in the binary.
 //! - [`dispatcher`]: hands inputs to workers, long-polling while the queue is empty.
 //! - [`reaper`]: takes back leases that ran out and fails attempts past their deadline.
+//! - [`timekeeper`]: notices pauses of the server and steps of its clock, and moves leases,
+//!   deadlines and due times for them before the reaper judges any.
 //! - [`cron`]: fires due schedules, each due time once.
 //! - [`pruner`]: deletes ended calls after the retention period.
 //! - [`notifier`]: failure notifications by webhook and e-mail.
@@ -34,6 +36,7 @@ pub mod pruner;
 pub mod reaper;
 pub mod secrets;
 pub mod state;
+pub mod timekeeper;
 
 use std::sync::Arc;
 
@@ -121,12 +124,15 @@ pub async fn run(
             true
         }
     };
-    let state = AppState::new(
+    let mut state = AppState::new(
         config.clone(),
         store,
         std::sync::Arc::new(clock.clone()),
         stop.clone(),
     );
+    state.timekeeper = Arc::new(timekeeper::Timekeeper::new(
+        shared_clock.then(|| clock.clone()),
+    ));
     state
         .keyring
         .check()
@@ -165,6 +171,8 @@ pub async fn run(
     if shared_clock {
         loops.spawn(clocksync::run(state.store.clone(), clock, engine.clone()));
     }
+    loops.spawn(timekeeper::Timekeeper::run(state.clone(), engine.clone()));
+    loops.spawn(watch_schema(state.clone(), engine.clone()));
     loops.spawn(reaper::Reaper::new(state.clone()).run(engine.clone()));
     loops.spawn(pruner::Pruner::new(state.clone()).run(engine.clone()));
     // The notifier subscribes before cron starts, so a firing missed at start-up is told.
@@ -211,4 +219,27 @@ pub async fn run(
         Err(e) => return Err(ServerError::Io(std::io::Error::other(e))),
     }
     Ok(())
+}
+
+/// How often a running server reads the database's schema version.
+pub const SCHEMA_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Watches for the schema moving past this build (another server of the cluster upgraded
+/// it): the server then stops taking work, answers `/v1` and `/healthz` with 503 and says why,
+/// until it is replaced by an upgraded one.
+async fn watch_schema(state: AppState, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SCHEMA_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let checked = state.store.schema_version().await.and_then(|v| v.check());
+        if let Err(e @ hopper_store::StoreError::SchemaTooNew { .. }) = checked {
+            let mut ahead = state.schema_ahead.lock().unwrap_or_else(|p| p.into_inner());
+            if ahead.is_none() {
+                tracing::error!(error = %e, "the database's schema moved past this server: it takes no more work; upgrade it");
+                *ahead = Some(e.to_string());
+            }
+        }
+    }
 }

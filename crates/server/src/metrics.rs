@@ -74,6 +74,18 @@ fn describe() {
         "How far the database's clock is ahead of this server's (servers keep the database's time)."
     );
     metrics::describe_counter!(
+        "hopper_server_pauses_total",
+        "Times this server noticed it had not run for over a second (paused, frozen, stalled)."
+    );
+    metrics::describe_counter!(
+        "hopper_server_paused_seconds_total",
+        "Seconds this server did not run, moved onto every running lease."
+    );
+    metrics::describe_counter!(
+        "hopper_clock_steps_total",
+        "Steps of the clock the server keeps, by direction."
+    );
+    metrics::describe_counter!(
         "hopper_calls_total",
         "Calls started, by function and origin."
     );

@@ -21,7 +21,10 @@ impl Reaper {
     }
 
     /// One pass: rescues every expired lease, in batches.
+    /// A pause of this server or a step of its clock is accounted for first (see
+    /// [`crate::timekeeper`]), so no lease is judged by time the workers could not use.
     pub async fn run_once(&self) -> Result<RescueReport, StoreError> {
+        self.state.timekeeper.settle(&self.state).await?;
         let mut total = RescueReport::default();
         loop {
             let report = self
@@ -61,7 +64,9 @@ impl Reaper {
         let every =
             (self.state.config.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            if let Err(e) = self.run_once().await {
+            if self.state.schema_ahead().is_some() {
+                // Another server upgraded the schema: its reaper judges leases now.
+            } else if let Err(e) = self.run_once().await {
                 tracing::warn!(error = %e, "reaper pass failed; retrying");
             }
             tokio::select! {

@@ -37,6 +37,11 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Seals and opens secrets' values.
     pub keyring: Arc<crate::secrets::Keyring>,
+    /// Notices pauses of this server and steps of its clock, and moves leases for them.
+    pub timekeeper: Arc<crate::timekeeper::Timekeeper>,
+    /// Set when the database's schema moved past this build (another server upgraded it):
+    /// what to say; the server then takes no work and reports itself unhealthy.
+    pub schema_ahead: Arc<Mutex<Option<String>>>,
 }
 
 impl AppState {
@@ -58,7 +63,14 @@ impl AppState {
             worker_touched: Arc::default(),
             channels: Arc::default(),
             shutdown,
+            timekeeper: Arc::new(crate::timekeeper::Timekeeper::new(None)),
+            schema_ahead: Arc::default(),
         }
+    }
+
+    /// Why this server takes no work, if it takes none: the database's schema is newer.
+    pub fn schema_ahead(&self) -> Option<String> {
+        self.schema_ahead.lock().ok().and_then(|s| s.clone())
     }
 
     pub fn now(&self) -> i64 {

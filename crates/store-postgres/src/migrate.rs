@@ -4,7 +4,7 @@
 use sqlx::{Executor, PgPool};
 
 use crate::dialect::db_err;
-use hopper_store::StoreError;
+use hopper_store::{SchemaVersion, StoreError};
 
 /// `(number, name, SQL)`, in order. The numbers and names are the same in every backend.
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -52,6 +52,17 @@ pub async fn apply(pool: &PgPool) -> Result<(), StoreError> {
             "CREATE TABLE IF NOT EXISTS hopper_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
         )
         .await?;
+        // A database a newer Hopper migrated is refused before anything is written to it.
+        let newest: Option<(i64, String)> = sqlx::query_as(
+            "SELECT version, name FROM hopper_migrations ORDER BY version DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((applied, applied_name)) = newest {
+            if let Err(e) = schema(applied, applied_name).check() {
+                return Ok(Err(e));
+            }
+        }
         for (version, name, sql) in MIGRATIONS {
             let applied: Option<i64> = sqlx::query_scalar("SELECT version FROM hopper_migrations WHERE version = $1")
                 .bind(version)
@@ -80,16 +91,21 @@ pub async fn apply(pool: &PgPool) -> Result<(), StoreError> {
                 }
                 Err(e) => {
                     let _ = conn.execute("ROLLBACK").await;
-                    return Err(e);
+                    return Err::<Result<(), StoreError>, _>(e);
                 }
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
     .await;
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(LOCK_KEY)
         .execute(&mut *conn)
         .await;
-    result.map_err(|e| StoreError::Database(format!("migration failed: {e}")))
+    result.map_err(|e| StoreError::Database(format!("migration failed: {e}")))?
+}
+
+/// The schema `applied` (the database's newest migration) against this build's newest.
+pub fn schema(applied: i64, applied_name: String) -> SchemaVersion {
+    SchemaVersion::of(applied, applied_name, MIGRATIONS)
 }

@@ -2,7 +2,7 @@
 
 use crate::db::Conn;
 use crate::dialect::db_err;
-use hopper_store::StoreError;
+use hopper_store::{SchemaVersion, StoreError};
 
 /// `(number, name, SQL)`, in order. The numbers and names are the same in every backend.
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -41,6 +41,22 @@ pub fn apply(conn: &Conn) -> Result<(), StoreError> {
         "CREATE TABLE IF NOT EXISTS hopper_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
     )
     .map_err(db_err)?;
+    // A database a newer Hopper migrated is refused before anything is written to it.
+    let newest: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT version, name FROM hopper_migrations ORDER BY version DESC LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(db_err)?;
+    if let Some((applied, applied_name)) = newest {
+        schema(applied, applied_name).check()?;
+    }
     for (version, name, sql) in MIGRATIONS {
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db_err)?;
         let applied = conn
@@ -79,4 +95,9 @@ pub fn apply(conn: &Conn) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The schema `applied` (the database's newest migration) against this build's newest.
+pub fn schema(applied: i64, applied_name: String) -> SchemaVersion {
+    SchemaVersion::of(applied, applied_name, MIGRATIONS)
 }

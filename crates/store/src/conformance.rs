@@ -78,6 +78,11 @@ macro_rules! conformance_suite {
             cancels_completions_rescues_and_heartbeats_of_the_same_calls_never_deadlock,
             secrets_are_stored_replaced_listed_and_deleted,
             snapshots_are_kept_while_a_version_needs_them,
+            a_pause_moves_running_leases_and_deadlines_on,
+            a_clock_step_moves_leases_deadlines_and_backoffs,
+            a_result_after_a_timeout_is_kept_as_a_late_attempt,
+            a_schedule_is_rescheduled_only_from_the_due_time_expected,
+            the_schema_is_the_one_this_build_knows,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -2667,4 +2672,271 @@ pub async fn snapshots_are_kept_while_a_version_needs_them(store: Arc<dyn Store>
             "{hash}"
         );
     }
+}
+
+pub async fn a_pause_moves_running_leases_and_deadlines_on(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let ok = spawn_n(&*store, "ok", 1, T0).await;
+    let slow = spawn_n(&*store, "slow", 1, T0).await;
+    let a = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    let b = lease(&*store, &w, "slow", 1, T0).await.remove(0);
+    // The server did not run for 30 s from T0 + 1 s: the worker heartbeat into it meanwhile.
+    let woke = T0 + 31_000;
+    let moved = store
+        .lease_extend_all(LeaseExtend {
+            gap_ms: 30_000,
+            until_at_least: woke + LEASE_MS,
+        })
+        .await
+        .unwrap();
+    assert_eq!(moved, 2);
+    // Unmoved, the lease of `ok` ran out at T0 + 10 s and `slow` was past its deadline
+    // (T0 + 6 s); moved, neither is rescued before a lease period after the server woke.
+    let report = store
+        .lease_rescue_expired(LeaseRescue {
+            now: woke + LEASE_MS - 1,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!((report.requeued, report.timed_out), (0, 0), "{report:?}");
+    for (l, call) in [(a, &ok), (b, &slow)] {
+        let done = complete(
+            &*store,
+            &w,
+            l.lease,
+            Outcome::Succeeded { output: json!(1) },
+            woke + 1,
+        )
+        .await;
+        assert!(done.recorded, "{call:?}");
+    }
+}
+
+pub async fn a_clock_step_moves_leases_deadlines_and_backoffs(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    // Forward: a lease taken before a step of ten minutes is not expired by it.
+    spawn_n(&*store, "slow", 1, T0).await;
+    let running = lease(&*store, &w, "slow", 1, T0).await.remove(0);
+    let step = 600_000;
+    let now = T0 + 1_000 + step;
+    store
+        .time_shift(TimeShift {
+            step_ms: step,
+            now,
+            lease_ms: LEASE_MS,
+        })
+        .await
+        .unwrap();
+    let report = store
+        .lease_rescue_expired(LeaseRescue { now, limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!((report.requeued, report.timed_out), (0, 0), "{report:?}");
+    let done = complete(
+        &*store,
+        &w,
+        running.lease,
+        Outcome::Succeeded { output: json!(1) },
+        now + 1,
+    )
+    .await;
+    assert!(done.recorded);
+    // Backward: a retry's backoff of 1 s is still 1 s on the new clock, not ten minutes more.
+    let t = now + 10;
+    spawn_n(&*store, "retry", 1, t).await;
+    let first = lease(&*store, &w, "retry", 1, t).await.remove(0);
+    complete(
+        &*store,
+        &w,
+        first.lease,
+        Outcome::Failed {
+            error: InputError {
+                code: "e".into(),
+                message: "m".into(),
+            },
+            retry: true,
+        },
+        t,
+    )
+    .await;
+    let back = t + 10 - step;
+    // A lease renewed on the new clock before the server noticed the step is not moved back
+    // again.
+    spawn_n(&*store, "ok", 1, t).await;
+    let held = lease(&*store, &w, "ok", 1, t).await.remove(0);
+    store
+        .lease_heartbeat(LeaseHeartbeat {
+            worker_id: w.clone(),
+            leases: vec![held.lease],
+            now: back,
+            lease_ms: LEASE_MS,
+        })
+        .await
+        .unwrap();
+    store
+        .time_shift(TimeShift {
+            step_ms: -step,
+            now: back,
+            lease_ms: LEASE_MS,
+        })
+        .await
+        .unwrap();
+    assert!(lease(&*store, &w, "retry", 1, back).await.is_empty());
+    let again = lease(&*store, &w, "retry", 1, back + 1_000).await;
+    assert_eq!(again.len(), 1, "the backoff ends 1 s after the failure");
+    // A lease running through a backward step keeps a whole lease period on the new clock.
+    let report = store
+        .lease_rescue_expired(LeaseRescue {
+            now: back + LEASE_MS - 1,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!((report.requeued, report.timed_out), (0, 0), "{report:?}");
+    let done = complete(
+        &*store,
+        &w,
+        held.lease,
+        Outcome::Succeeded { output: json!(2) },
+        back + LEASE_MS - 1,
+    )
+    .await;
+    assert!(done.recorded);
+}
+
+pub async fn a_result_after_a_timeout_is_kept_as_a_late_attempt(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let call = spawn_n(&*store, "slow", 1, T0).await;
+    let l = lease(&*store, &w, "slow", 1, T0).await.remove(0);
+    let deadline = T0 + 1_000 + SLACK_MS;
+    store
+        .lease_heartbeat(LeaseHeartbeat {
+            worker_id: w.clone(),
+            leases: vec![l.lease],
+            now: deadline - 1,
+            lease_ms: LEASE_MS,
+        })
+        .await
+        .unwrap();
+    let report = store
+        .lease_rescue_expired(LeaseRescue {
+            now: deadline,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.timed_out, 1);
+    let late = complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Succeeded {
+            output: json!("late"),
+        },
+        deadline + 1,
+    )
+    .await;
+    assert!(!late.recorded);
+    let attempts = store.attempt_list(all_attempts(&call.id)).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert!(attempts[0].late, "{attempts:?}");
+    assert_eq!(attempts[0].outcome, "succeeded");
+    // A second report of the same attempt changes nothing more.
+    complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Failed {
+            error: InputError {
+                code: "e".into(),
+                message: "again".into(),
+            },
+            retry: false,
+        },
+        deadline + 2,
+    )
+    .await;
+    let again = store.attempt_list(all_attempts(&call.id)).await.unwrap();
+    assert_eq!(again, attempts);
+    let input = store.input_get(&call.id, 0).await.unwrap().unwrap();
+    assert_eq!(
+        input.state,
+        InputState::Failed,
+        "the timeout stays the result"
+    );
+}
+
+pub async fn a_schedule_is_rescheduled_only_from_the_due_time_expected(store: Arc<dyn Store>) {
+    use hopper_core::schedule::Overlap;
+    deploy_schedules(&*store, vec![schedule_spec("s", Overlap::Allow)], T0).await;
+    let row = store
+        .schedule_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.spec.name == "s")
+        .unwrap();
+    let next = row.next_due_at.unwrap();
+    let moved = |expected: i64| ScheduleReschedule {
+        app: "a".into(),
+        name: "s".into(),
+        expected_due_at: Some(expected),
+        next_due_at: Some(next - 600_000),
+        anchor_at: Some(row.anchor_at - 600_000),
+        now: T0,
+    };
+    assert!(!store.schedule_reschedule(moved(next + 1)).await.unwrap());
+    assert!(store.schedule_reschedule(moved(next)).await.unwrap());
+    let after = store
+        .schedule_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.spec.name == "s")
+        .unwrap();
+    assert_eq!(after.next_due_at, Some(next - 600_000));
+    assert_eq!(after.anchor_at, row.anchor_at - 600_000);
+}
+
+pub async fn the_schema_is_the_one_this_build_knows(store: Arc<dyn Store>) {
+    let schema = store.schema_version().await.unwrap();
+    assert!(schema.known > 0);
+    assert_eq!(schema.applied, schema.known, "{schema:?}");
+    assert_eq!(schema.applied_name, schema.known_name);
+    schema.check().unwrap();
+    let newer = SchemaVersion {
+        applied: schema.known + 1,
+        applied_name: "future".into(),
+        ..schema.clone()
+    };
+    let e = newer.check().unwrap_err().to_string();
+    assert!(
+        e.contains("_future") && e.contains(&schema.known_name),
+        "{e}"
+    );
+}
+
+/// Runs the one queued input of `call` (a call of `a.ok`, written by an earlier schema's
+/// build) to success through this build's store, as an upgrade test's last step.
+pub async fn a_queued_call_runs_to_its_end(store: &dyn Store, call: &CallId) {
+    let w = worker(store).await;
+    let leased = lease(store, &w, "ok", 10, T0 + 1).await;
+    assert_eq!(leased.len(), 1, "the queued input is leased");
+    let done = complete(
+        store,
+        &w,
+        leased[0].lease,
+        Outcome::Succeeded {
+            output: json!("done"),
+        },
+        T0 + 2,
+    )
+    .await;
+    assert!(done.recorded);
+    let ended = store.call_get(call).await.unwrap().unwrap();
+    assert_eq!(ended.state, InputState::Succeeded);
 }

@@ -35,6 +35,15 @@ pub enum StoreError {
     /// Anything else the database reported.
     #[error("database error: {0}")]
     Database(String),
+    /// The database was migrated by a newer Hopper than this one: its tables are not the
+    /// ones this build's statements expect, so serving it would fail every call.
+    #[error("the database's schema is at migration {found:04}_{found_name}, newer than this build of Hopper knows (up to {known:04}_{known_name}): a newer Hopper migrated it. Run that version or a later one against this database, or restore the backup taken before the upgrade")]
+    SchemaTooNew {
+        found: i64,
+        found_name: String,
+        known: i64,
+        known_name: String,
+    },
 }
 
 /// What a [`StoreError::NotFound`] did not find.

@@ -131,6 +131,14 @@ pub trait Store: Send + Sync + 'static {
     /// with `timeout` once its attempt's deadline has passed too (a hung worker).
     async fn lease_rescue_expired(&self, params: LeaseRescue) -> Result<RescueReport, StoreError>;
 
+    /// Moves every running lease and deadline on by a pause of the server (see
+    /// [`LeaseExtend`]). Returns the leases moved.
+    async fn lease_extend_all(&self, params: LeaseExtend) -> Result<u64, StoreError>;
+
+    /// Moves every pending due time of a running lease, a deadline or a retry backoff by a
+    /// step of the clock (see [`TimeShift`]). Returns the inputs moved.
+    async fn time_shift(&self, params: TimeShift) -> Result<u64, StoreError>;
+
     /// Every attempt of a call, finished or running, by input then attempt.
     async fn attempt_list(&self, params: AttemptList) -> Result<Vec<AttemptRow>, StoreError>;
 
@@ -159,6 +167,9 @@ pub trait Store: Send + Sync + 'static {
     async fn schedule_fire(&self, params: ScheduleFire) -> Result<FireOutcome, StoreError>;
 
     /// Pauses or resumes a schedule; `None` if there is no such schedule.
+    /// Sets a schedule's next due time if it is still the expected one; whether it was set.
+    async fn schedule_reschedule(&self, params: ScheduleReschedule) -> Result<bool, StoreError>;
+
     async fn schedule_pause(
         &self,
         params: SchedulePause,
@@ -179,6 +190,10 @@ pub trait Store: Send + Sync + 'static {
     async fn setting_get(&self, key: &str) -> Result<Option<String>, StoreError>;
 
     async fn setting_put(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// The newest migration applied to the database and the newest this build knows, read
+    /// from the database each time (another server may have migrated it since start).
+    async fn schema_version(&self) -> Result<SchemaVersion, StoreError>;
 
     /// Wake-ups from other servers sharing this store (PostgreSQL's `LISTEN/NOTIFY`), so an
     /// idle queue costs no polling and new inputs start at once on any server. Default none:

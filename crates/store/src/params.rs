@@ -210,6 +210,45 @@ pub struct LeaseRescue {
     pub limit: u32,
 }
 
+/// Time the server did not run (its process was paused): every running lease and deadline is
+/// moved on by the gap, and every lease runs at least until `until_at_least`, so workers that
+/// kept heartbeating into the paused server are not charged for it.
+#[derive(Debug, Clone)]
+pub struct LeaseExtend {
+    /// How long the server did not run, in milliseconds.
+    pub gap_ms: i64,
+    /// No running lease expires before this (now plus one lease period).
+    pub until_at_least: UnixMillis,
+}
+
+/// The clock the server keeps stepped (an NTP step, an operator's `date -s`): every time
+/// stored as "now plus a duration" that has not come yet — running leases and deadlines,
+/// retry backoffs — is moved by the step, so the durations stay what they were.
+#[derive(Debug, Clone)]
+pub struct TimeShift {
+    /// How far the clock jumped, in milliseconds: positive forward, negative backward.
+    pub step_ms: i64,
+    /// Now, on the stepped clock.
+    pub now: UnixMillis,
+    /// The lease period: no running lease is left longer than one from now, and after a
+    /// backward step every lease gets one whole (a lease renewed between the step and its
+    /// notice is on the new clock already, and must not be moved back again).
+    pub lease_ms: i64,
+}
+
+/// Sets a schedule's next due time, if it is still `expected` (another server may have fired
+/// it meanwhile).
+#[derive(Debug, Clone)]
+pub struct ScheduleReschedule {
+    pub app: String,
+    pub name: String,
+    pub expected_due_at: Option<UnixMillis>,
+    pub next_due_at: Option<UnixMillis>,
+    /// A new point an `every` period counts from; `None` keeps it.
+    pub anchor_at: Option<UnixMillis>,
+    pub now: UnixMillis,
+}
+
 /// A batch of log lines, bounded per attempt.
 #[derive(Debug, Clone)]
 pub struct LogAppend {

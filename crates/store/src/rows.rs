@@ -137,6 +137,44 @@ pub struct RescueReport {
     pub finished_calls: Vec<(CallId, CallState)>,
 }
 
+/// The database's schema against this build's migrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaVersion {
+    /// The newest migration applied to the database, and its name.
+    pub applied: i64,
+    pub applied_name: String,
+    /// The newest migration this build knows, and its name.
+    pub known: i64,
+    pub known_name: String,
+}
+
+impl SchemaVersion {
+    /// The database's newest migration, `applied` (`0` before any), against the newest of
+    /// `known`, a backend's migrations in order as `(number, name, SQL)`.
+    pub fn of(applied: i64, applied_name: String, known: &[(i64, &str, &str)]) -> Self {
+        let (known, known_name) = known.last().map_or((0, ""), |(v, n, _)| (*v, *n));
+        Self {
+            applied,
+            applied_name,
+            known,
+            known_name: known_name.to_string(),
+        }
+    }
+
+    /// Refuses a schema a newer Hopper migrated.
+    pub fn check(&self) -> Result<(), crate::StoreError> {
+        if self.applied > self.known {
+            return Err(crate::StoreError::SchemaTooNew {
+                found: self.applied,
+                found_name: self.applied_name.clone(),
+                known: self.known,
+                known_name: self.known_name.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRow {
     pub index: i64,

@@ -271,7 +271,8 @@ async fn read_lines(
     logs: LogSink,
     seen: Arc<Mutex<Captured>>,
 ) {
-    process::for_each_line(stream, |line, bytes| {
+    let pace = logs.clone();
+    process::for_each_line(stream, &pace, |line, bytes| {
         if let Ok(mut seen) = seen.lock() {
             if which == LogStream::Stdout {
                 if seen.bytes.len() + bytes.len() <= MAX_STDOUT {
@@ -287,6 +288,7 @@ async fn read_lines(
             }
         }
         logs.line(lease, which, line);
+        process::Pace::WaitForRoom
     })
     .await;
 }

@@ -4,6 +4,8 @@
 
 use std::io;
 
+use hopper_sdk::runtime::LogSink;
+
 /// Makes `command` start in a new process group, and receive `death_signal` when the thread
 /// that spawned it exits (Linux `PR_SET_PDEATHSIG`; elsewhere only the group is set).
 pub fn isolate(command: &mut tokio::process::Command, death_signal: libc::c_int) {
@@ -87,11 +89,22 @@ pub fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<()> {
 
 pub use libc::{SIGKILL, SIGTERM};
 
+/// Whether a reader waits for room in the worker's log queue after a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// The line was logged: wait while the queue is full.
+    WaitForRoom,
+    /// The line was an answer: go on at once, so results never wait behind logs.
+    Go,
+}
+
 /// Calls `each` with every line of `stream` (without its line ending), bytes that are not
-/// UTF-8 as U+FFFD, until the stream ends.
+/// UTF-8 as U+FFFD, until the stream ends, waiting after a line while `logs` holds too much
+/// if `each` says so.
 pub async fn for_each_line(
     stream: impl tokio::io::AsyncRead + Unpin,
-    mut each: impl FnMut(String, &[u8]),
+    logs: &LogSink,
+    mut each: impl FnMut(String, &[u8]) -> Pace,
 ) {
     use tokio::io::AsyncBufReadExt;
     let mut reader = tokio::io::BufReader::new(stream);
@@ -105,6 +118,9 @@ pub async fn for_each_line(
         let line = String::from_utf8_lossy(&buf)
             .trim_end_matches(['\n', '\r'])
             .to_string();
-        each(line, &buf);
+        // A function that prints faster than its lines are sent waits here (its pipe fills).
+        if each(line, &buf) == Pace::WaitForRoom {
+            logs.room().await;
+        }
     }
 }

@@ -491,7 +491,7 @@ fn start(
     let proc_out = proc.clone();
     tokio::spawn(async move {
         let proc = proc_out;
-        process::for_each_line(stdout, |line, _| read_answer(&proc, &logs, line)).await;
+        process::for_each_line(stdout, &logs, |line, _| read_answer(&proc, &logs, line)).await;
         let status = child.wait().await;
         // The last stderr lines, for the error below.
         let _ = tokio::time::timeout(Duration::from_secs(1), stderr_done).await;
@@ -632,7 +632,10 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, proc: Arc<ServeProcess
         };
         match next {
             Some(Ok(0)) | Some(Err(_)) => break,
-            Some(Ok(_)) => take(&mut buf),
+            Some(Ok(_)) => {
+                take(&mut buf);
+                logs.room().await;
+            }
             // Ready was said: the top of the loop takes what stderr holds, then marks it.
             None => {}
         }
@@ -647,7 +650,8 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, proc: Arc<ServeProcess
 }
 
 /// One stdout line: an answer, a log line for one input, the ready signal, or other output.
-fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
+/// Log lines and other output are paced (see [`process::Pace`]); answers are not.
+fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) -> process::Pace {
     let parsed: Option<serde_json::Map<String, Value>> = serde_json::from_str(&line).ok();
     let Some(obj) = parsed else {
         // An answer that names an input in flight but is not JSON (a NaN, say) fails that
@@ -671,18 +675,18 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
                 ),
             );
             proc.ready.store(true, Ordering::Release);
-            return;
+            return process::Pace::Go;
         }
         proc.unattributed(logs, LogStream::Stdout, line);
-        return;
+        return process::Pace::WaitForRoom;
     };
     if obj.get("ready").and_then(Value::as_bool) == Some(true) && !obj.contains_key("id") {
         proc.said_ready();
-        return;
+        return process::Pace::Go;
     }
     let Some(id) = obj.get("id").and_then(Value::as_str) else {
         proc.unattributed(logs, LogStream::Stdout, line);
-        return;
+        return process::Pace::WaitForRoom;
     };
     // An output too deep, or with an integer parsing just rounded to a float, is refused
     // rather than kept changed.
@@ -701,7 +705,7 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
                     false,
                 ),
             );
-            return;
+            return process::Pace::Go;
         }
     }
     if let Some(text) = obj.get("log") {
@@ -721,7 +725,7 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
             };
             logs.line(lease, stream, text);
         }
-        return;
+        return process::Pace::WaitForRoom;
     }
     proc.ready.store(true, Ordering::Release);
     if let Some(error) = obj.get("error") {
@@ -745,10 +749,11 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) {
             },
         };
         proc.answer(id, Answer::Error(error, retry));
-        return;
+        return process::Pace::Go;
     }
     let output = obj.get("output").cloned().unwrap_or(Value::Null);
     proc.answer(id, Answer::Output(output));
+    process::Pace::Go
 }
 
 /// The id of an input in flight that `line` names as `"id": "…"`, if any.

@@ -237,3 +237,56 @@ pub fn pytest(python: &str, target: &str) {
         out.status
     );
 }
+
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+pub fn has_faketime() -> bool {
+    let ok = Path::new(LIBFAKETIME).exists();
+    if !ok {
+        assert!(
+            std::env::var("HOPPER_TEST_FAKETIME").ok().as_deref() != Some("1"),
+            "HOPPER_TEST_FAKETIME=1 but {LIBFAKETIME} is missing (apt-get install faketime)"
+        );
+        println!("SKIP: faketime is not installed (apt-get install faketime)");
+    }
+    ok
+}
+
+/// A server whose wall clock is the real one plus the offset written in `offset_file` (e.g.
+/// `+600`), read again at every look; its monotonic clock is the real one.
+pub fn start_with_stepping_clock(offset_file: &Path, data: &Path, args: &[&str]) -> Server {
+    std::fs::write(offset_file, "+0\n").unwrap();
+    let file = offset_file.display().to_string();
+    Server::start_with_env(
+        &[
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME_TIMESTAMP_FILE", &file),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+        data,
+        args,
+    )
+}
+
+/// A `hopper worker` process, killed when dropped (also when a test fails).
+pub struct Worker(pub std::process::Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `hopper worker` on the real clock, serving `function` of the server at `url`.
+pub fn worker(url: &str, function: &str) -> Worker {
+    Worker(
+        std::process::Command::new(BIN)
+            .args(["worker", "--server", url, "--function", function])
+            .env("RUST_LOG", "warn")
+            .env_remove("HOPPER_TOKEN")
+            .spawn()
+            .unwrap(),
+    )
+}

@@ -83,6 +83,14 @@ impl From<StoreError> for ApiError {
                     "the database is unavailable; try again",
                 )
             }
+            StoreError::SchemaTooNew { .. } => {
+                tracing::error!(error = %e, "the database's schema is newer than this server");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "schema_too_new",
+                    "this server is older than the database's schema (another server upgraded it): it takes no work; send requests to an upgraded server",
+                )
+            }
             StoreError::Corrupt(_) | StoreError::Database(_) => {
                 tracing::error!(error = %e, "store error");
                 Self::new(

@@ -71,16 +71,17 @@ pub fn router(state: AppState) -> Router {
         .route("/workers/{id}/snapshots/{hash}", get(workers::snapshot))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_if_schema_ahead,
+        ));
     // `/metrics` needs a token too when there are any (a `read` token is enough).
     let metrics = Router::new()
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({ "ok": true })) }),
-        )
+        .route("/healthz", get(healthz))
         .merge(metrics)
         .merge(crate::dashboard::router())
         .nest("/v1", v1)
@@ -92,6 +93,35 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(catch_panics))
         .with_state(state)
+}
+
+/// `/healthz`: 200 `{"ok": true}` while this server takes work; 503 with the reason when it
+/// does not (the database's schema moved past it).
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.schema_ahead() {
+        None => Json(serde_json::json!({ "ok": true })).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "ok": false,
+                "error": { "code": "schema_too_new", "message": why },
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// Refuses every `/v1` request while the database's schema is newer than this server.
+async fn refuse_if_schema_ahead(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(why) = state.schema_ahead() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "schema_too_new", why)
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// What keeps web pages the user visits from driving a server on their machine: without a

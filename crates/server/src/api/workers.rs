@@ -119,6 +119,7 @@ pub async fn register(
             max_request_bytes: Some(
                 (state.config.max_payload_bytes + super::extract::ENVELOPE_BYTES) as u64,
             ),
+            max_log_lines_per_attempt: Some(state.config.max_log_lines),
             call_token: state.config.call_token.clone(),
             functions: specs,
             worker_secret: Some(secret),
