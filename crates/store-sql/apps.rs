@@ -12,22 +12,18 @@ use crate::map::{corrupt, db_err};
 
 pub async fn deploy(conn: &mut Conn, p: AppDeploy) -> Result<AppRow, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
-    let last: Option<i64> = crate::db::query_scalar("SELECT version FROM apps WHERE name = $1")
-        .bind(&p.app)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    let version = last.unwrap_or(0) + 1;
-    crate::db::query(
-        "INSERT INTO apps (name, version, deployed_at, notify) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (name) DO UPDATE SET version = excluded.version, deployed_at = excluded.deployed_at,
-           notify = excluded.notify",
+    // One statement takes the next version and locks the app's row until commit, so
+    // concurrent deploys of one app (on any servers) each get their own version.
+    let version: i64 = crate::db::query_scalar(
+        "INSERT INTO apps (name, version, deployed_at, notify) VALUES ($1, 1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET version = apps.version + 1,
+           deployed_at = excluded.deployed_at, notify = excluded.notify
+         RETURNING version",
     )
     .bind(&p.app)
-    .bind(version)
     .bind(p.now)
     .bind(serde_json::to_string(&p.notify).map_err(|e| corrupt("notify rules", e))?)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await
     .map_err(db_err)?;
     crate::db::query(

@@ -380,6 +380,7 @@ def test_a_cancelled_async_input_gets_its_task_cancelled(runner: Any) -> None:
         import asyncio
         @app.function(concurrency=4)
         async def f(x):
+            print("started")
             try:
                 await asyncio.sleep(3600 if x == "forever" else 0)
             except asyncio.CancelledError:
@@ -390,7 +391,8 @@ def test_a_cancelled_async_input_gets_its_task_cancelled(runner: Any) -> None:
         "f",
     )
     r.send({"id": "a.1", "input": "forever"})
-    time.sleep(0.3)
+    # Cancelled once it runs (a cancel that comes first stops it before it starts).
+    r.wait_for(lambda r: any(m.get("id") == "a.1" and m.get("log") == "started" for m in r.lines))
     r.send({"cancel": "a.1"})
     r.wait_for(lambda r: any(m.get("log") == "task cancelled" for m in r.lines))
     r.send({"id": "b.1", "input": "next"})

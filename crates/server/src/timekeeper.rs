@@ -12,7 +12,8 @@
 //!   were; schedules' next due times are recomputed from the new time (see
 //!   [`crate::cron::Cron::after_step`]). A server that keeps the database's time re-reads its
 //!   offset first: a step of its own machine's clock then changes nothing, and only a step of
-//!   the database's clock is moved for, by one server of the cluster.
+//!   the database's clock (seen at the next clock sync) is moved for, by the server that leads
+//!   the `timekeeper` role; the others judge no lease until it has recorded the move.
 //!
 //! The reaper calls [`Timekeeper::settle`] before each pass, so a pause is always accounted
 //! for before a lease is judged by it, whichever loop wakes first after the process resumes.
@@ -34,6 +35,12 @@ pub const PAUSE_ABOVE: Duration = Duration::from_secs(1);
 /// A jump of the wall clock apart from the monotonic one larger than this is a step (NTP
 /// slews smaller differences away without stepping).
 pub const STEP_ABOVE: Duration = Duration::from_secs(1);
+
+/// The setting where the server that moved leases for a step of the database's clock records
+/// it (`STEP_MS AT`), for the others.
+const STEP_SETTING: &str = "timekeeper_step";
+/// A recorded step older than this is another step's.
+const STEP_RECORD_FRESH_MS: i64 = 120_000;
 
 /// What the timekeeper last saw: the monotonic and the kept clock at the same moment.
 #[derive(Debug, Clone, Copy)]
@@ -93,10 +100,13 @@ impl Timekeeper {
                     Ok(()) => {
                         now = state.now();
                         step = (now - last.now) - ran.as_millis() as i64;
-                        tracing::warn!(
-                            step_ms = before - clock.offset_ms(),
-                            "this machine's clock stepped; the server keeps the database's time"
-                        );
+                        let own = before - clock.offset_ms();
+                        if own.unsigned_abs() > STEP_ABOVE.as_millis() as u64 {
+                            tracing::warn!(
+                                step_ms = own,
+                                "this machine's clock stepped; the server keeps the database's time"
+                            );
+                        }
                     }
                     Err(e) => {
                         // Keep the old offset: the kept clock then stepped with this machine's.
@@ -110,6 +120,11 @@ impl Timekeeper {
             if step.unsigned_abs() > STEP_ABOVE.as_millis() as u64 {
                 seen.step_ms = step;
             }
+        }
+        // The step first: a server waiting for another to move leases for it returns here,
+        // and looks again from the same mark.
+        if seen.step_ms != 0 {
+            self.stepped(state, seen.step_ms, now).await?;
         }
         if seen.paused_ms > 0 {
             let moved = state
@@ -128,18 +143,30 @@ impl Timekeeper {
             metrics::counter!("hopper_server_paused_seconds_total")
                 .increment((seen.paused_ms as u64).div_ceil(1000));
         }
-        if seen.step_ms != 0 {
-            self.stepped(state, seen.step_ms, now).await?;
-        }
         *mark = Some(Mark { at, now });
         Ok(seen)
     }
 
     /// Moves what a step of the kept clock by `step_ms` would shorten or lengthen.
     async fn stepped(&self, state: &AppState, step_ms: i64, now: i64) -> Result<(), StoreError> {
-        // On a shared database every server sees the database's step: one moves for all.
+        // On a shared database every server sees the database's step (at its next clock sync):
+        // one moves for all, and records it; the others judge no lease until it has.
         if self.shared_clock.is_some() && !state.store.leader_try("timekeeper").await? {
-            return Ok(());
+            let recorded = state.store.setting_get(STEP_SETTING).await?;
+            let moved = recorded
+                .as_deref()
+                .and_then(|v| v.split_once(' '))
+                .and_then(|(s, at)| Some((s.parse::<i64>().ok()?, at.parse::<i64>().ok()?)))
+                .is_some_and(|(s, at)| {
+                    (s - step_ms).abs() <= 2 * STEP_ABOVE.as_millis() as i64
+                        && at >= now - STEP_RECORD_FRESH_MS
+                });
+            if moved {
+                return Ok(());
+            }
+            return Err(StoreError::Unavailable(
+                "the database's clock stepped: waiting for the server that leads the timekeeper to move leases for it".into(),
+            ));
         }
         let moved = state
             .store
@@ -149,6 +176,12 @@ impl Timekeeper {
                 lease_ms: state.config.lease_ms(),
             })
             .await?;
+        if self.shared_clock.is_some() {
+            state
+                .store
+                .setting_put(STEP_SETTING, &format!("{step_ms} {now}"))
+                .await?;
+        }
         let schedules = crate::cron::Cron::new(state.clone())
             .after_step(step_ms, now)
             .await?;

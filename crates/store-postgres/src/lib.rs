@@ -269,11 +269,20 @@ impl PgStore {
         let Some(conn) = leader.conn.as_mut() else {
             return Ok(false);
         };
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        let taken: bool = match sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(lock_key(role))
             .fetch_one(conn)
             .await
-            .map_err(db_err)?;
+        {
+            Ok(taken) => taken,
+            Err(e) => {
+                // A connection lost with the database (a restart, a failover) is replaced at
+                // the next try; any lead it held went with it.
+                leader.conn = None;
+                leader.roles.clear();
+                return Err(db_err(e));
+            }
+        };
         if taken {
             leader.roles.push(role.to_string());
         }

@@ -83,6 +83,7 @@ macro_rules! conformance_suite {
             a_result_after_a_timeout_is_kept_as_a_late_attempt,
             a_schedule_is_rescheduled_only_from_the_due_time_expected,
             the_schema_is_the_one_this_build_knows,
+            concurrent_deploys_of_one_app_each_get_a_version,
         );
     };
     (@each $setup:expr; $($name:ident),* $(,)?) => {
@@ -2918,6 +2919,26 @@ pub async fn the_schema_is_the_one_this_build_knows(store: Arc<dyn Store>) {
         e.contains("_future") && e.contains(&schema.known_name),
         "{e}"
     );
+}
+
+pub async fn concurrent_deploys_of_one_app_each_get_a_version(store: Arc<dyn Store>) {
+    let deploys = (0..10).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { deploy(&*store).await })
+    });
+    for d in deploys.collect::<Vec<_>>() {
+        d.await.unwrap();
+    }
+    let versions = store
+        .function_versions(&key("ok"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.function.version)
+        .collect::<HashSet<_>>();
+    assert_eq!(versions, (1..=10).collect::<HashSet<_>>());
+    let apps = store.app_list().await.unwrap();
+    assert_eq!(apps[0].version, 10);
 }
 
 /// Runs the one queued input of `call` (a call of `a.ok`, written by an earlier schema's
