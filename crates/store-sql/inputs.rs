@@ -878,7 +878,7 @@ pub async fn time_shift(conn: &mut Conn, p: TimeShift) -> Result<u64, StoreError
     let floor = if p.step_ms < 0 { full_lease } else { i64::MIN };
     let running = crate::db::query(&format!(
         "UPDATE inputs SET lease_expires_at = {LEAST}({GREATEST}(lease_expires_at + $1, $2), $3),
-           deadline_at = {GREATEST}(deadline_at + $1, $2)
+           deadline_at = {GREATEST}(deadline_at + $1, $2), started_at = started_at + $1
          WHERE state = 'running'"
     ))
     .bind(p.step_ms)

@@ -247,6 +247,21 @@ pub async fn reschedule(conn: &mut Conn, p: ScheduleReschedule) -> Result<bool, 
     .await
     .map_err(db_err)?
     .rows_affected();
+    if set > 0 {
+        if let Some(after) = p.forget_firings_after {
+            // Due times the clock went back over come again: their earlier firings leave the
+            // history, so that each fires again (a due time fires once per record).
+            crate::db::query(
+                "DELETE FROM schedule_firings WHERE app = $1 AND schedule = $2 AND due_at > $3",
+            )
+            .bind(&p.app)
+            .bind(&p.name)
+            .bind(after)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+    }
     tx.commit().await.map_err(db_err)?;
     Ok(set > 0)
 }

@@ -351,8 +351,14 @@ pub struct ServeArgs {
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allow_hosts: Vec<String>,
     /// Connections served at once (long-polls and event streams hold one each); more wait.
-    #[arg(long, default_value_t = 1024)]
+    /// Lowered at start to what the open-file limit allows.
+    #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
+    /// Workers' lease long-polls held open at once; past it a worker is answered 503
+    /// `too_many_waiting` at once and retries, so workers never take the connections other
+    /// requests need.
+    #[arg(long, default_value_t = 8_192)]
+    pub max_waiting: usize,
     /// Longest any request waits for something to happen (get --timeout steps, result streams,
     /// worker long-polls); lower it to stay under a proxy's idle timeout.
     #[arg(long, default_value = "300s")]

@@ -141,3 +141,48 @@ concurrency = 4
     );
     assert_eq!(lines[10_000]["stream"], "system", "the note comes last");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn output_without_newlines_keeps_its_worker_small() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100 MB on stderr without one newline, twice at once, then the output.
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "nl"
+[functions.blob]
+command = ["python3", "-c", "import sys\nfor i in range(100): sys.stderr.write('z' * 1000000); sys.stderr.flush()\nprint(5)"]
+concurrency = 2
+"#,
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--no-workers", "--deploy", m.to_str().unwrap()],
+    );
+    let worker = worker(&server.url, "nl.blob");
+    let client = server.client();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        ids.push(client.spawn("nl.blob", json!(i), None).await.unwrap().id);
+    }
+    for id in &ids {
+        let call = wait_done(&client, id, Duration::from_secs(120)).await;
+        assert_eq!(call.output, Some(json!(5)), "{call:?}");
+    }
+    let peak_mib = peak_kib(worker.0.id()) / 1024;
+    drop(worker);
+    // Read whole, each line held all 100 MB, and more while it was copied.
+    assert!(peak_mib < 96, "the worker peaked at {peak_mib} MiB");
+    let out = cli(&server.url, &["logs", ids[0].as_str(), "--json"]);
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stderr: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["stream"] == "stderr")
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(stderr.len(), 1, "one line, cut");
+    assert!(stderr[0].ends_with("…[line cut]"));
+}

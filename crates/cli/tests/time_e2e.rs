@@ -155,6 +155,51 @@ max_workers = 1
     server.stop();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_charges_its_downtime_to_no_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "r"
+[functions.slow]
+command = ["sh", "-c", "echo run >> runs.txt; sleep 8; echo '{\"ok\":4}'"]
+concurrency = 2
+"#,
+    );
+    let mut server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--dev",
+            "--no-workers",
+            "--lease",
+            "3s",
+            "--deploy",
+            m.to_str().unwrap(),
+        ],
+    );
+    let w = worker(&server.url, "r.slow");
+    let client = server.client();
+    let ids = vec![
+        client.spawn("r.slow", json!(1), None).await.unwrap().id,
+        client.spawn("r.slow", json!(2), None).await.unwrap().id,
+    ];
+    let runs = dir.path().join("runs.txt");
+    eventually("two inputs running", Duration::from_secs(30), || async {
+        (lines(&runs) == 2).then_some(())
+    })
+    .await;
+    // Down for longer than a lease while the worker keeps running its inputs.
+    server.kill9();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut server = Server::start_again(&server, &["--dev", "--no-workers", "--lease", "3s"]);
+    let client = server.client();
+    each_ran_once(&client, &ids).await;
+    assert_eq!(lines(&runs), 2, "no input ran twice");
+    drop(w);
+    server.stop();
+}
+
 /// A server with a stepping clock (and `extra` flags), a worker on the real clock, and four
 /// six-second inputs running when the clock steps forward ten minutes, then back: every input
 /// succeeds on its first attempt. Returns `hopper_clock_steps_total` after both.
@@ -282,8 +327,10 @@ cron = "0 0 * * *"
     );
     let client = server.client();
     let daily_next = client.schedule("s.once_a_day").await.unwrap().next_due_at;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for step in ["-600", "+0"] {
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Back 4 s over due times fired already (they come again by the clock), back ten
+    // minutes more, then forward to the real time.
+    for step in ["-4", "-604", "+0"] {
         std::fs::write(&offset, format!("{step}\n")).unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = (

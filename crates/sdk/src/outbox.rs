@@ -272,6 +272,8 @@ fn cut(line: &mut String) {
         }
         line.truncate(end);
         line.push_str(CUT_MARKER);
+        // What was cut is given back, so a queued line costs what it holds.
+        line.shrink_to_fit();
     }
 }
 

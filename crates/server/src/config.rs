@@ -57,9 +57,16 @@ pub struct ServerConfig {
     /// stream, a lease or a heartbeat long-poll); each also has its own, shorter or equal,
     /// maximum. Lower it to stay under a proxy's idle timeout. Default 300 s.
     pub max_wait: Duration,
-    /// Connections served at once; more wait until one closes. Long-polls and event
-    /// streams hold one each. Default 1,024.
+    /// Connections served at once; more wait until one closes. Raised at start to what
+    /// the process's open-file limit allows (which the server raises to its hard limit).
+    /// Default 16,384.
     pub max_connections: usize,
+    /// Workers' lease long-polls held open at once; a worker past it is answered 503
+    /// `too_many_waiting` at once (its connection closed, so it holds none while it backs
+    /// off), so waiting workers can never take the connections spawns, reads and `/healthz`
+    /// need. At most half of `max_connections` (the server lowers it at start). Default
+    /// 8,192.
+    pub max_waiting: usize,
     /// Origins (`scheme://host:port`) besides the server's own whose pages may call the API
     /// (`--allow-origin`). Default none.
     pub allow_origins: Vec<String>,
@@ -125,7 +132,8 @@ impl Default for ServerConfig {
         Self {
             token: None,
             scoped_tokens: Vec::new(),
-            max_connections: 1_024,
+            max_connections: 16_384,
+            max_waiting: 8_192,
             worker_drain: Duration::from_secs(5),
             max_wait: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),

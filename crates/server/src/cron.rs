@@ -164,9 +164,10 @@ impl Cron {
     /// After a backward step, an `every` schedule keeps its rhythm (its next due time and the
     /// point its period counts from move with the clock); a cron schedule that falls due at
     /// least twice within the span the clock went back over goes on from the new time (its
-    /// due times come again by the clock on the wall), and one due at most once in that span
-    /// keeps its next due time, so a daily job never runs twice for one day. Returns the
-    /// schedules moved.
+    /// due times come again by the clock on the wall). Either way the firings of due times
+    /// after the new time leave the schedule's history, so those due times fire again. A cron
+    /// schedule due at most once in that span keeps its next due time, so a daily job never
+    /// runs twice for one day. Returns the schedules moved.
     pub async fn after_step(&self, step_ms: i64, now: i64) -> Result<u64, StoreError> {
         if step_ms >= 0 {
             return Ok(0);
@@ -200,6 +201,7 @@ impl Cron {
                     expected_due_at: Some(next),
                     next_due_at,
                     anchor_at,
+                    forget_firings_after: Some(now),
                     now,
                 })
                 .await?;

@@ -105,6 +105,10 @@ pub async fn run(
         ));
         config.call_token = Some(call_token);
     }
+    // Connections within the open-file limit, and workers' long-polls within half of them,
+    // so waiting workers never hold what spawns, reads and `/healthz` need.
+    config.max_connections = listen::fit_connections(config.max_connections);
+    config.max_waiting = config.max_waiting.min(config.max_connections / 2).max(1);
     if config.public_url.is_none() {
         config.public_url = Some(format!("http://{local}"));
     }
@@ -140,6 +144,19 @@ pub async fn run(
     state.keyring.warn_if_changed(state.store.as_ref()).await;
     for path in &config.deploy {
         deploy::from_file(&state, path).await?;
+    }
+    // Workers that outlived this server (remote ones, or a restart quicker than their
+    // back-off) could not heartbeat while it was down: like a pause, the downtime is not
+    // charged to them. Every running lease gets one lease period from now to be renewed.
+    if let Err(e) = state
+        .store
+        .lease_extend_all(hopper_store::LeaseExtend {
+            gap_ms: 0,
+            until_at_least: state.now() + state.config.lease_ms(),
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "cannot give running leases a lease period at start");
     }
     let engine = CancellationToken::new();
     // Other servers sharing the store wake this one's waiters too.

@@ -1,7 +1,9 @@
 //! Serving HTTP with limits a slow or hostile client cannot hold open: a request's header
 //! must arrive within the request timeout (an idle keep-alive connection is closed after it
 //! too), a JSON body within the same time (`api::extract`), and at most `max_connections`
-//! connections are served at once (more wait in the kernel's queue).
+//! connections are served at once (more wait in the kernel's queue), within what the
+//! process's open-file limit allows. Workers' long-polls are bounded apart (`max_waiting`, in
+//! the lease handler), below this, so they never hold every connection.
 //! Long-polls and server-sent-event streams are answers, not requests: no limit here cuts
 //! them.
 
@@ -15,6 +17,53 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+/// Files kept for what is not a connection: the database, log files, pipes to local
+/// workers' processes.
+const RESERVED_FILES: usize = 256;
+
+/// Raises this process's soft limit of open files to its hard limit, and returns it (`None`
+/// when it cannot be read).
+fn open_files_allowed() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+/// The connections a server can serve of the `requested`, within the open-file limit (raised
+/// first to its hard limit); says so when that is fewer.
+pub fn fit_connections(requested: usize) -> usize {
+    match open_files_allowed() {
+        Some(files) if (files as usize) < requested + RESERVED_FILES => {
+            let fitting = (files as usize).saturating_sub(RESERVED_FILES).max(64);
+            tracing::warn!(
+                max_connections = requested,
+                open_files = files,
+                "the open-file limit allows fewer connections than --max-connections; serving at most {fitting} (raise the limit: ulimit -n, LimitNOFILE=)"
+            );
+            fitting
+        }
+        _ => requested,
+    }
+}
 
 /// Serves `app` on `listener` until `stop`, then lets connections finish their current
 /// request and waits for them.

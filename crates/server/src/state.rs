@@ -42,6 +42,10 @@ pub struct AppState {
     /// Set when the database's schema moved past this build (another server upgraded it):
     /// what to say; the server then takes no work and reports itself unhealthy.
     pub schema_ahead: Arc<Mutex<Option<String>>>,
+    /// Permits for workers' lease long-polls (`max_waiting`).
+    pub waiting: Arc<tokio::sync::Semaphore>,
+    /// When a worker was last told there were too many waiting (logged once a minute).
+    pub waiting_warned: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl AppState {
@@ -53,6 +57,7 @@ impl AppState {
     ) -> Self {
         let keyring =
             crate::secrets::Keyring::new(config.secret_key.clone(), config.secret_key_file.clone());
+        let config_waiting = config.max_waiting.max(1);
         Self {
             keyring: Arc::new(keyring),
             config: Arc::new(config),
@@ -65,6 +70,8 @@ impl AppState {
             shutdown,
             timekeeper: Arc::new(crate::timekeeper::Timekeeper::new(None)),
             schema_ahead: Arc::default(),
+            waiting: Arc::new(tokio::sync::Semaphore::new(config_waiting)),
+            waiting_warned: Arc::default(),
         }
     }
 

@@ -26,15 +26,19 @@ pub const SUM_AS_BIGINT: &str = "::BIGINT";
 /// The channel of `LISTEN/NOTIFY` wake-ups.
 pub const CHANNEL: &str = "hopper_wakeups";
 
-/// Queues a wake-up for every server; PostgreSQL delivers it when the transaction commits.
-pub async fn notify(conn: &mut Conn, payload: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    Ok(())
+tokio::task_local! {
+    /// Wake-ups the write running in this task asked for: published to the other servers
+    /// after it commits (see `PgStore::write`), never inside it.
+    pub static WAKEUPS: std::cell::RefCell<Vec<String>>;
+}
+
+/// Asks for a wake-up of every server once the current write commits. A `NOTIFY` inside the
+/// data transaction would take PostgreSQL's one notification lock through the commit and its
+/// WAL flush, so commits that notify would run one at a time; the wake-ups go instead to
+/// one publisher per process, which sends them coalesced on a connection of its own.
+pub fn notify(_conn: &mut Conn, payload: &str) -> std::future::Ready<Result<(), StoreError>> {
+    let _ = WAKEUPS.try_with(|w| w.borrow_mut().push(payload.to_string()));
+    std::future::ready(Ok(()))
 }
 
 pub fn db_err(e: sqlx::Error) -> StoreError {

@@ -59,10 +59,15 @@ pub struct PgStore {
     listen_pool: PgPool,
     listener: std::sync::Arc<tokio::task::AbortHandle>,
     wakeups: tokio::sync::broadcast::Sender<Wakeup>,
+    /// Wake-ups for the other servers, from committed writes (see [`publish`]).
+    publisher: tokio::sync::mpsc::UnboundedSender<Vec<String>>,
+    publisher_task: std::sync::Arc<tokio::task::AbortHandle>,
     /// A connection of its own holding this process's advisory locks (one per role led), so
     /// they last exactly as long as the process's session.
     leader: std::sync::Arc<tokio::sync::Mutex<Leader>>,
     options: PgConnectOptions,
+    /// The schema the tables live in, if one was given.
+    schema: Option<String>,
     /// Off: another server's deploy would not clear it.
     functions: std::sync::Arc<FunctionCache>,
 }
@@ -73,10 +78,11 @@ struct Leader {
     roles: Vec<String>,
 }
 
-/// A stable advisory-lock key for a role name (FNV-1a).
-fn lock_key(role: &str) -> i64 {
+/// A stable advisory-lock key for a role name in a schema (FNV-1a). Advisory locks belong to
+/// the whole database: the schema keeps clusters in different schemas of one database apart.
+fn lock_key(schema: Option<&str>, role: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("hopper:{role}").bytes() {
+    for b in format!("hopper:{}:{role}", schema.unwrap_or("")).bytes() {
         hash ^= b as u64;
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -135,19 +141,25 @@ impl PgStore {
             .map_err(db_err)?;
         listener.listen(dialect::CHANNEL).await.map_err(db_err)?;
         let task = tokio::spawn(listen(listener, wakeups.clone()));
+        let (publisher, queued) = tokio::sync::mpsc::unbounded_channel();
+        let publisher_task = tokio::spawn(publish(options.clone(), queued));
         Ok(Self {
             pool,
             listen_pool,
             listener: std::sync::Arc::new(task.abort_handle()),
             wakeups,
             leader: std::sync::Arc::default(),
+            publisher,
+            publisher_task: std::sync::Arc::new(publisher_task.abort_handle()),
             options,
+            schema: config.schema.clone(),
             functions: std::sync::Arc::new(FunctionCache::disabled()),
         })
     }
 
     pub async fn close(&self) {
         self.listener.abort();
+        self.publisher_task.abort();
         self.pool.close().await;
         self.listen_pool.close().await;
     }
@@ -179,7 +191,7 @@ impl PgStore {
         let mut wait = Duration::from_millis(5);
         for _ in 0..WRITE_TRIES - 1 {
             let mut conn = self.pool.acquire().await.map_err(db_err)?;
-            match op(&mut conn).await {
+            match self.run_write(&op, &mut conn).await {
                 Err(StoreError::Contention(e)) => {
                     tracing::debug!(error = %e, "write aborted by contention; running it again");
                     drop(conn);
@@ -190,12 +202,98 @@ impl PgStore {
             }
         }
         let mut conn = self.pool.acquire().await.map_err(db_err)?;
-        op(&mut conn).await
+        self.run_write(&op, &mut conn).await
+    }
+
+    /// Runs one try of a write, collecting the wake-ups it asks for; once it has committed,
+    /// hands them to the publisher.
+    async fn run_write<T, F>(&self, op: &F, conn: &mut PgConnection) -> Result<T, StoreError>
+    where
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, StoreError>>,
+    {
+        let (done, wakeups) = dialect::WAKEUPS
+            .scope(std::cell::RefCell::default(), async {
+                let done = op(conn).await;
+                (done, dialect::WAKEUPS.with(|w| w.take()))
+            })
+            .await;
+        if done.is_ok() && !wakeups.is_empty() {
+            let _ = self.publisher.send(wakeups);
+        }
+        done
     }
 }
 
 /// Tries of a write that PostgreSQL keeps aborting for contention.
 const WRITE_TRIES: u32 = 5;
+
+/// Largest `NOTIFY` payload sent (PostgreSQL takes up to 8,000 bytes).
+const MAX_NOTICE: usize = 7_900;
+
+/// Sends the wake-ups committed writes asked for to every server, on a connection of its own
+/// and outside any data transaction: what is queued while one notice is sent goes together in
+/// the next, distinct payloads once, joined by newlines. A notice that cannot be sent (the
+/// database is away) is dropped: waiters on other servers look again by themselves.
+async fn publish(
+    options: PgConnectOptions,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+) {
+    use sqlx::Connection;
+    let mut conn: Option<PgConnection> = None;
+    let mut warned = false;
+    while let Some(first) = queued.recv().await {
+        let mut payloads: std::collections::BTreeSet<String> = first.into_iter().collect();
+        while let Ok(more) = queued.try_recv() {
+            payloads.extend(more);
+        }
+        let sent = async {
+            if conn.is_none() {
+                conn = Some(PgConnection::connect_with(&options).await?);
+            }
+            let Some(c) = conn.as_mut() else {
+                return Ok(());
+            };
+            for notice in pack(&payloads) {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(dialect::CHANNEL)
+                    .bind(notice)
+                    .execute(&mut *c)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        match sent {
+            Ok(()) => warned = false,
+            Err(e) => {
+                conn = None;
+                if !warned {
+                    tracing::warn!(error = %e, "cannot send wake-ups to the other servers; they look for work by themselves meanwhile");
+                    warned = true;
+                }
+            }
+        }
+    }
+}
+
+/// `payloads` joined by newlines into notices of at most [`MAX_NOTICE`] bytes.
+fn pack(payloads: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let mut notices = Vec::new();
+    let mut current = String::new();
+    for p in payloads {
+        if !current.is_empty() && current.len() + 1 + p.len() > MAX_NOTICE {
+            notices.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push('\n');
+        }
+        current.push_str(p);
+    }
+    if !current.is_empty() {
+        notices.push(current);
+    }
+    notices
+}
 
 /// Forwards `NOTIFY`s from every server to this process's waiters. `PgListener` reconnects
 /// by itself after a lost connection; wake-ups sent meanwhile are lost, which only delays
@@ -207,17 +305,19 @@ async fn listen(
     loop {
         match listener.recv().await {
             Ok(n) => {
-                let wakeup = match n.payload() {
-                    "inputs" => Some(Wakeup::Inputs),
-                    "results" => Some(Wakeup::Results),
-                    other => match other.split_once(':') {
-                        Some(("call", id)) => id.parse().ok().map(Wakeup::CallFinished),
-                        Some(("cancel", id)) => id.parse().ok().map(Wakeup::CallCancelled),
-                        _ => None,
-                    },
-                };
-                if let Some(w) = wakeup {
-                    let _ = wakeups.send(w);
+                for payload in n.payload().split('\n') {
+                    let wakeup = match payload {
+                        "inputs" => Some(Wakeup::Inputs),
+                        "results" => Some(Wakeup::Results),
+                        other => match other.split_once(':') {
+                            Some(("call", id)) => id.parse().ok().map(Wakeup::CallFinished),
+                            Some(("cancel", id)) => id.parse().ok().map(Wakeup::CallCancelled),
+                            _ => None,
+                        },
+                    };
+                    if let Some(w) = wakeup {
+                        let _ = wakeups.send(w);
+                    }
                 }
             }
             Err(e) => {
@@ -270,7 +370,7 @@ impl PgStore {
             return Ok(false);
         };
         let taken: bool = match sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(lock_key(role))
+            .bind(lock_key(self.schema.as_deref(), role))
             .fetch_one(conn)
             .await
         {

@@ -2888,6 +2888,7 @@ pub async fn a_schedule_is_rescheduled_only_from_the_due_time_expected(store: Ar
         expected_due_at: Some(expected),
         next_due_at: Some(next - 600_000),
         anchor_at: Some(row.anchor_at - 600_000),
+        forget_firings_after: Some(T0),
         now: T0,
     };
     assert!(!store.schedule_reschedule(moved(next + 1)).await.unwrap());

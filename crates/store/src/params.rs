@@ -246,6 +246,9 @@ pub struct ScheduleReschedule {
     pub next_due_at: Option<UnixMillis>,
     /// A new point an `every` period counts from; `None` keeps it.
     pub anchor_at: Option<UnixMillis>,
+    /// After a backward step of the clock: the schedule's firings of due times after this are
+    /// forgotten (those due times come again, and each fires once more).
+    pub forget_firings_after: Option<UnixMillis>,
     pub now: UnixMillis,
 }
 

@@ -272,24 +272,34 @@ async fn read_lines(
     seen: Arc<Mutex<Captured>>,
 ) {
     let pace = logs.clone();
-    process::for_each_line(stream, &pace, |line, bytes| {
-        if let Ok(mut seen) = seen.lock() {
-            if which == LogStream::Stdout {
-                if seen.bytes.len() + bytes.len() <= MAX_STDOUT {
-                    seen.bytes.extend_from_slice(bytes);
-                } else {
-                    seen.overflow = true;
+    process::for_each_line(
+        stream,
+        process::MAX_PIECE,
+        &pace,
+        |line, bytes, continued| {
+            if let Ok(mut seen) = seen.lock() {
+                if which == LogStream::Stdout {
+                    if seen.bytes.len() + bytes.len() <= MAX_STDOUT {
+                        seen.bytes.extend_from_slice(bytes);
+                    } else {
+                        seen.overflow = true;
+                    }
+                } else if !continued {
+                    if seen.tail.len() == STDERR_TAIL {
+                        seen.tail.remove(0);
+                    }
+                    seen.tail.push(line.clone());
                 }
-            } else {
-                if seen.tail.len() == STDERR_TAIL {
-                    seen.tail.remove(0);
-                }
-                seen.tail.push(line.clone());
             }
-        }
-        logs.line(lease, which, line);
-        process::Pace::WaitForRoom
-    })
+            // A line's later pieces are past what a log line keeps: its first piece is logged,
+            // cut with a marker.
+            if continued {
+                return process::Pace::Go;
+            }
+            logs.line(lease, which, line);
+            process::Pace::WaitForRoom
+        },
+    )
     .await;
 }
 

@@ -98,28 +98,64 @@ pub enum Pace {
     Go,
 }
 
+/// Longest piece of a line a reader holds: a longer line (a function writing without
+/// newlines) comes in pieces of this size, so a worker's memory does not grow with it.
+pub const MAX_PIECE: usize = 64 * 1024;
+
+/// Appends the next line of `reader` to `buf`, with its newline, but at most `max` bytes of
+/// it: a longer line comes in pieces. Returns the bytes appended (0 at the end). Cancel-safe
+/// as `read_until` is: what was read is in `buf`.
+pub async fn read_piece<R>(reader: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Result<usize>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::AsyncBufReadExt;
+    let start = buf.len();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(buf.len() - start);
+        }
+        let room = max.saturating_sub(buf.len() - start);
+        let window = &available[..available.len().min(room)];
+        let (taken, ended) = match window.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (window.len(), false),
+        };
+        buf.extend_from_slice(&window[..taken]);
+        reader.consume(taken);
+        if ended || buf.len() - start >= max {
+            return Ok(buf.len() - start);
+        }
+    }
+}
+
 /// Calls `each` with every line of `stream` (without its line ending), bytes that are not
 /// UTF-8 as U+FFFD, until the stream ends, waiting after a line while `logs` holds too much
-/// if `each` says so.
+/// if `each` says so. A line over `max` bytes comes in pieces: `each` gets each piece, with
+/// `continued` set on all but the first.
 pub async fn for_each_line(
     stream: impl tokio::io::AsyncRead + Unpin,
+    max: usize,
     logs: &LogSink,
-    mut each: impl FnMut(String, &[u8]) -> Pace,
+    mut each: impl FnMut(String, &[u8], bool) -> Pace,
 ) {
-    use tokio::io::AsyncBufReadExt;
     let mut reader = tokio::io::BufReader::new(stream);
     let mut buf = Vec::new();
+    let mut continued = false;
     loop {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
+        match read_piece(&mut reader, &mut buf, max).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
         let line = String::from_utf8_lossy(&buf)
             .trim_end_matches(['\n', '\r'])
             .to_string();
+        let pace = each(line, &buf, continued);
+        continued = !buf.ends_with(b"\n");
         // A function that prints faster than its lines are sent waits here (its pipe fills).
-        if each(line, &buf) == Pace::WaitForRoom {
+        if pace == Pace::WaitForRoom {
             logs.room().await;
         }
     }

@@ -45,6 +45,8 @@ use crate::process;
 
 /// Stderr lines kept for the error of a process that fails at start.
 const STDERR_TAIL: usize = 20;
+/// Longest answer line read from a serve process, in bytes (a longer line's rest is dropped).
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
 /// A process that dies younger than this counts as crash-looping: its next start waits.
 const YOUNG: Duration = Duration::from_secs(30);
 /// The first wait before starting a process again after one died young; it doubles each time.
@@ -491,7 +493,15 @@ fn start(
     let proc_out = proc.clone();
     tokio::spawn(async move {
         let proc = proc_out;
-        process::for_each_line(stdout, &logs, |line, _| read_answer(&proc, &logs, line)).await;
+        // An answer is one line, up to the largest stdout a command may write; a longer
+        // line's later pieces are dropped.
+        process::for_each_line(stdout, MAX_ANSWER, &logs, |line, _, continued| {
+            if continued {
+                return process::Pace::Go;
+            }
+            read_answer(&proc, &logs, line)
+        })
+        .await;
         let status = child.wait().await;
         // The last stderr lines, for the error below.
         let _ = tokio::time::timeout(Duration::from_secs(1), stderr_done).await;
@@ -604,22 +614,28 @@ fn start(
 /// to it meanwhile.
 async fn read_stderr(stderr: tokio::process::ChildStderr, proc: Arc<ServeProcess>, logs: LogSink) {
     use futures_util::FutureExt;
-    use tokio::io::AsyncBufReadExt;
     let mut reader = tokio::io::BufReader::new(stderr);
     let mut buf = Vec::new();
-    let take = |buf: &mut Vec<u8>| {
-        let line = String::from_utf8_lossy(buf)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
+    // Whether the line being read began in an earlier piece (only its first piece is logged).
+    let mut continued = false;
+    let take = |buf: &mut Vec<u8>, continued: &mut bool| {
+        if !*continued {
+            let line = String::from_utf8_lossy(buf)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
+            proc.unattributed(&logs, LogStream::Stderr, line);
+        }
+        *continued = !buf.ends_with(b"\n");
         buf.clear();
-        proc.unattributed(&logs, LogStream::Stderr, line);
     };
     loop {
         let said = proc.ready_said.load(Ordering::SeqCst);
         if said && !proc.is_ready() {
-            while let Some(read) = reader.read_until(b'\n', &mut buf).now_or_never() {
+            while let Some(read) =
+                process::read_piece(&mut reader, &mut buf, process::MAX_PIECE).now_or_never()
+            {
                 match read {
-                    Ok(n) if n > 0 && buf.ends_with(b"\n") => take(&mut buf),
+                    Ok(n) if n > 0 && buf.ends_with(b"\n") => take(&mut buf, &mut continued),
                     _ => break,
                 }
             }
@@ -627,13 +643,13 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, proc: Arc<ServeProcess
         }
         let next = tokio::select! {
             biased;
-            read = reader.read_until(b'\n', &mut buf) => Some(read),
+            read = process::read_piece(&mut reader, &mut buf, process::MAX_PIECE) => Some(read),
             () = proc.ready_seen.notified(), if !said => None,
         };
         match next {
             Some(Ok(0)) | Some(Err(_)) => break,
             Some(Ok(_)) => {
-                take(&mut buf);
+                take(&mut buf, &mut continued);
                 logs.room().await;
             }
             // Ready was said: the top of the loop takes what stderr holds, then marks it.
@@ -641,7 +657,7 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, proc: Arc<ServeProcess
         }
     }
     if !buf.is_empty() {
-        take(&mut buf);
+        take(&mut buf, &mut continued);
     }
     proc.stderr_closed.store(true, Ordering::SeqCst);
     if proc.ready_said.load(Ordering::SeqCst) {

@@ -81,6 +81,10 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         faults.push("--max-connections: must be at least 1".to_string());
     }
     config.max_connections = args.max_connections;
+    if args.max_waiting == 0 {
+        faults.push("--max-waiting: must be at least 1".to_string());
+    }
+    config.max_waiting = args.max_waiting;
     config.allow_hosts = args.allow_hosts.clone();
     for origin in &args.allow_origins {
         match origin.split_once("://") {

@@ -37,13 +37,30 @@ impl Server {
         Self::launch(&[], env, data, args)
     }
 
+    /// [`Server::start`] on the address a server that was stopped listened on (its workers
+    /// find it there again).
+    pub fn start_again(stopped: &Server, args: &[&str]) -> Server {
+        let address = stopped.url.trim_start_matches("http://").to_string();
+        Self::launch_on(&[], &[], &stopped.data, &address, args)
+    }
+
     fn launch(wrapper: &[&str], env: &[(&str, &str)], data: &Path, args: &[&str]) -> Server {
+        Self::launch_on(wrapper, env, data, "127.0.0.1:0", args)
+    }
+
+    fn launch_on(
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        data: &Path,
+        listen: &str,
+        args: &[&str],
+    ) -> Server {
         let mut all: Vec<String> = vec![
             "serve".into(),
             "--data".into(),
             data.display().to_string(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            listen.into(),
         ];
         all.extend(args.iter().map(|a| a.to_string()));
         let (program, before) = match wrapper.split_first() {

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::Json;
 use hopper_core::api::{
-    CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LeaseResponse, LogBatch,
-    Outcome, WorkerRegister, WorkerRegistered, WorkerView,
+    CompleteResponse, HeartbeatRequest, HeartbeatResponse, LeaseRequest, LogBatch, Outcome,
+    WorkerRegister, WorkerRegistered, WorkerView,
 };
 use hopper_core::{FunctionName, WorkerId};
 use hopper_store::{
@@ -253,7 +254,7 @@ pub async fn lease(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<LeaseRequest>,
-) -> Result<Json<LeaseResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let id = parse_worker(&id)?;
     if req.max == 0 || req.max > MAX_LEASE_BATCH {
         return Err(ApiError::bad_request(
@@ -266,9 +267,45 @@ pub async fn lease(
     }
     let known = known_worker(&state, &id, &headers).await?;
     touch(&state, &id).await?;
-    Ok(Json(
-        dispatcher::lease(&state, &id, &known.functions, req).await?,
-    ))
+    // A long-poll holds a connection: past `max_waiting` the worker is told to come back,
+    // and its connection closed, so waiting workers never crowd out other requests.
+    let _permit = if req.wait_ms > 0 {
+        match state.waiting.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => return Ok(too_many_waiting(&state)),
+        }
+    } else {
+        None
+    };
+    Ok(Json(dispatcher::lease(&state, &id, &known.functions, req).await?).into_response())
+}
+
+/// 503 `too_many_waiting` with `Connection: close` and `Retry-After: 1`; logged once a
+/// minute.
+fn too_many_waiting(state: &AppState) -> axum::response::Response {
+    let limit = state.config.max_waiting;
+    if let Ok(mut warned) = state.waiting_warned.lock() {
+        if warned.is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(60)) {
+            *warned = Some(std::time::Instant::now());
+            tracing::warn!(limit, "more workers are long-polling than --max-waiting allows; the others are told to retry");
+        }
+    }
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_waiting",
+        format!("{limit} workers are already waiting for work on this server (hopper serve --max-waiting); try again shortly, or through another server"),
+    )
+    .into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    headers.insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 /// `GET /v1/workers/{id}/snapshots/{hash}`: a code snapshot's bytes, for a registered worker.
