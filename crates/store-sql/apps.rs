@@ -53,6 +53,8 @@ pub async fn deploy(conn: &mut Conn, p: AppDeploy) -> Result<AppRow, StoreError>
         functions.push(FunctionRow { version, spec });
     }
     crate::schedules::deploy(&mut tx, &p.app, &p.schedules, p.now).await?;
+    // Other servers forget the functions they found.
+    crate::dialect::notify(&mut tx, "deploy").await?;
     tx.commit().await.map_err(db_err)?;
     Ok(AppRow {
         name: p.app,

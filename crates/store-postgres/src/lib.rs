@@ -55,12 +55,14 @@ type Backend = PgStore;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The pool with the wake-up publisher, for writes.
+    writes: Writes,
+    /// Spawns for the group writer (see [`write_spawns`]).
+    spawns: tokio::sync::mpsc::UnboundedSender<SpawnJob>,
     /// A pool of one connection for `LISTEN`, apart so closing `pool` does not wait on it.
     listen_pool: PgPool,
     listener: std::sync::Arc<tokio::task::AbortHandle>,
     wakeups: tokio::sync::broadcast::Sender<Wakeup>,
-    /// Wake-ups for the other servers, from committed writes (see [`publish`]).
-    publisher: tokio::sync::mpsc::UnboundedSender<Vec<String>>,
     publisher_task: std::sync::Arc<tokio::task::AbortHandle>,
     /// A connection of its own holding this process's advisory locks (one per role led), so
     /// they last exactly as long as the process's session.
@@ -68,7 +70,7 @@ pub struct PgStore {
     options: PgConnectOptions,
     /// The schema the tables live in, if one was given.
     schema: Option<String>,
-    /// Off: another server's deploy would not clear it.
+    /// Functions found, kept a second at most (another server's deploy clears it).
     functions: std::sync::Arc<FunctionCache>,
 }
 
@@ -140,20 +142,29 @@ impl PgStore {
             .await
             .map_err(db_err)?;
         listener.listen(dialect::CHANNEL).await.map_err(db_err)?;
-        let task = tokio::spawn(listen(listener, wakeups.clone()));
+        // Each server keeps the functions it found for a second at most (see FunctionCache).
+        let functions = std::sync::Arc::new(FunctionCache::shared(Duration::from_secs(1)));
+        let task = tokio::spawn(listen(listener, wakeups.clone(), functions.clone()));
         let (publisher, queued) = tokio::sync::mpsc::unbounded_channel();
         let publisher_task = tokio::spawn(publish(options.clone(), queued));
+        let writes = Writes {
+            pool: pool.clone(),
+            publisher,
+        };
+        let (spawns, spawn_jobs) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_spawns(writes.clone(), spawn_jobs));
         Ok(Self {
             pool,
             listen_pool,
             listener: std::sync::Arc::new(task.abort_handle()),
             wakeups,
             leader: std::sync::Arc::default(),
-            publisher,
+            writes,
+            spawns,
             publisher_task: std::sync::Arc::new(publisher_task.abort_handle()),
             options,
             schema: config.schema.clone(),
-            functions: std::sync::Arc::new(FunctionCache::disabled()),
+            functions,
         })
     }
 
@@ -178,15 +189,33 @@ impl PgStore {
         Ok(())
     }
 
-    /// Runs one write on a pooled connection; the write opens and commits its own transaction.
-    /// A write PostgreSQL aborted for a deadlock or a serialization failure changed nothing
-    /// and runs again here (a few times, after short waits), rather than failing its request.
+    /// Runs one write on a pooled connection (see [`Writes::write`]).
     async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, StoreError>>
             + Send
             + 'static,
+    {
+        self.writes.write(op).await
+    }
+}
+
+/// What a write needs: the pool, and where committed writes' wake-ups go.
+#[derive(Clone)]
+struct Writes {
+    pool: PgPool,
+    publisher: tokio::sync::mpsc::UnboundedSender<Vec<String>>,
+}
+
+impl Writes {
+    /// Runs one write on a pooled connection; the write opens and commits its own
+    /// transaction. A write PostgreSQL aborted for a deadlock or a serialization failure
+    /// changed nothing and runs again here (a few times, after short waits), rather than
+    /// failing its request.
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, Result<T, StoreError>>,
     {
         let mut wait = Duration::from_millis(5);
         for _ in 0..WRITE_TRIES - 1 {
@@ -221,6 +250,57 @@ impl PgStore {
             let _ = self.publisher.send(wakeups);
         }
         done
+    }
+}
+
+/// A spawn waiting to be written with others, and who waits for its answer.
+type SpawnJob = (
+    CallInsert,
+    tokio::sync::oneshot::Sender<Result<CallInserted, StoreError>>,
+);
+
+/// Spawns written together in one transaction, at most.
+const SPAWN_GROUP: usize = 500;
+/// Groups of spawns being written at once.
+const SPAWN_WRITERS: usize = 4;
+
+/// Group commit of spawns: concurrent spawns (one input, no idempotency key) are written
+/// together in multi-row statements, one transaction per group, so a spawn costs a share of
+/// a commit and of its round trips, not whole ones. What arrives while every writer is busy
+/// joins the next group.
+async fn write_spawns(writes: Writes, mut jobs: tokio::sync::mpsc::UnboundedReceiver<SpawnJob>) {
+    let writers = std::sync::Arc::new(tokio::sync::Semaphore::new(SPAWN_WRITERS));
+    while let Some(first) = jobs.recv().await {
+        let Ok(writer) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        let mut group = vec![first];
+        while group.len() < SPAWN_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let writes = writes.clone();
+        tokio::spawn(async move {
+            let (calls, answers): (Vec<CallInsert>, Vec<_>) = group.into_iter().unzip();
+            let written = writes
+                .write(move |conn| Box::pin(calls::insert_many(conn, calls.clone())))
+                .await;
+            match written {
+                Ok(rows) => {
+                    for (answer, row) in answers.into_iter().zip(rows) {
+                        let _ = answer.send(Ok(row));
+                    }
+                }
+                Err(e) => {
+                    for answer in answers {
+                        let _ = answer.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(writer);
+        });
     }
 }
 
@@ -301,12 +381,17 @@ fn pack(payloads: &std::collections::BTreeSet<String>) -> Vec<String> {
 async fn listen(
     mut listener: sqlx::postgres::PgListener,
     wakeups: tokio::sync::broadcast::Sender<Wakeup>,
+    functions: std::sync::Arc<FunctionCache>,
 ) {
     loop {
         match listener.recv().await {
             Ok(n) => {
                 for payload in n.payload().split('\n') {
                     let wakeup = match payload {
+                        "deploy" => {
+                            functions.clear();
+                            None
+                        }
                         "inputs" => Some(Wakeup::Inputs),
                         "results" => Some(Wakeup::Results),
                         other => match other.split_once(':') {
@@ -321,6 +406,8 @@ async fn listen(
                 }
             }
             Err(e) => {
+                // A deploy's notice may be among those lost.
+                functions.clear();
                 tracing::warn!(error = %e, "lost the PostgreSQL notification channel; reconnecting");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -397,8 +484,23 @@ impl PgStore {
         op(&self.pool).await
     }
 
-    /// Creates a call in a transaction of its own.
+    /// Creates a call: a spawn of one input without an idempotency key is written with the
+    /// others arriving at once (see [`write_spawns`]); any other in a transaction of its own.
     async fn insert_call(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
+        let plain = params.idempotency_key.is_none()
+            && params.inputs.len() == 1
+            && !params.accepting_inputs;
+        if plain {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            if self.spawns.send((params.clone(), answer)).is_ok() {
+                // Never written again here: the group may have committed it.
+                return answered.await.unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "the spawn writer stopped before answering".into(),
+                    ))
+                });
+            }
+        }
         self.write(move |conn| Box::pin(calls::insert(conn, params.clone())))
             .await
     }

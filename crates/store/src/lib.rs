@@ -249,11 +249,14 @@ pub trait Store: Send + Sync + 'static {
 
 /// The current versions of functions a store has found, by the name asked for, kept until
 /// the next deploy through the same store: a spawn then costs no read to find its function.
-/// Only for a store no other process deploys to (SQLite, one server per file); a shared
-/// database's store keeps it off, since another server's deploy would not clear it.
+/// A store no other process deploys to (SQLite, one server per file) keeps them until then;
+/// a shared database's store keeps each at most a short while (another server's deploy
+/// clears it when its wake-up arrives, and the age bound when that wake-up is lost).
 #[derive(Debug, Default)]
 pub struct FunctionCache {
     enabled: bool,
+    /// How long a lookup is kept, at most; `None`: until the next deploy.
+    max_age: Option<std::time::Duration>,
     found: std::sync::Mutex<FoundFunctions>,
 }
 
@@ -261,7 +264,8 @@ pub struct FunctionCache {
 struct FoundFunctions {
     /// Deploys so far: a read begun before a deploy is not kept after it.
     generation: u64,
-    rows: std::collections::HashMap<(Option<String>, String), Vec<FunctionRow>>,
+    rows:
+        std::collections::HashMap<(Option<String>, String), (std::time::Instant, Vec<FunctionRow>)>,
 }
 
 impl FunctionCache {
@@ -269,6 +273,15 @@ impl FunctionCache {
     pub fn enabled() -> Self {
         Self {
             enabled: true,
+            ..Self::default()
+        }
+    }
+
+    /// A cache for a store other processes deploy to: each lookup is kept at most `max_age`.
+    pub fn shared(max_age: std::time::Duration) -> Self {
+        Self {
+            enabled: true,
+            max_age: Some(max_age),
             ..Self::default()
         }
     }
@@ -287,7 +300,11 @@ impl FunctionCache {
             .rows
             .get(&(params.app.clone(), params.function.clone()))
         {
-            Some(rows) if self.enabled => Ok(rows.clone()),
+            Some((at, rows))
+                if self.enabled && self.max_age.is_none_or(|age| at.elapsed() < age) =>
+            {
+                Ok(rows.clone())
+            }
             _ => Err(found.generation),
         }
     }
@@ -299,9 +316,10 @@ impl FunctionCache {
         }
         if let Ok(mut found) = self.found.lock() {
             if found.generation == generation {
-                found
-                    .rows
-                    .insert((params.app.clone(), params.function.clone()), rows.to_vec());
+                found.rows.insert(
+                    (params.app.clone(), params.function.clone()),
+                    (std::time::Instant::now(), rows.to_vec()),
+                );
             }
         }
     }
