@@ -104,8 +104,8 @@ enum Item<T> {
 /// Memory is bounded whatever a function prints: lines past the server's cap per attempt are
 /// dropped here and counted (one `system` line before the attempt's result says how many),
 /// and once [`MAX_QUEUED_LOG_BYTES`] are queued the readers of the functions' output wait in
-/// [`Outbox::room`]. Results go on their own task: one waits only for its own attempt's
-/// lines, never behind other attempts' logs.
+/// [`Outbox::room`]. Results go on their own task: one waits only until its own attempt's
+/// lines are sent, so behind at most [`MAX_QUEUED_LOG_BYTES`] of other attempts' lines.
 #[derive(Clone)]
 pub struct Outbox {
     logs: mpsc::UnboundedSender<Item<LogLine>>,
