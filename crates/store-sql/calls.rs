@@ -1,5 +1,7 @@
 //! `call_*`: calls and their per-state input counters.
 
+use std::collections::BTreeMap;
+
 use crate::db::{Connection, QueryBuilder, Row};
 use hopper_core::{CallCounts, CallId, CallState, InputState, UnixMillis};
 use hopper_store::{
@@ -61,10 +63,17 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
         call = reload(&mut tx, &p.id).await?;
     }
     if !p.inputs.is_empty() {
-        crate::dialect::notify(&mut tx, "inputs").await?;
+        let notice = inputs_notice(&call.app, &call.function, p.inputs.len());
+        crate::dialect::notify(&mut tx, &notice).await?;
     }
     tx.commit().await.map_err(db_err)?;
     Ok(CallInserted::Created(call))
+}
+
+/// The wake-up for `n` new inputs of `app.function`: `inputs:N:APP:FUNCTION`, which another
+/// server turns into [`hopper_store::Wakeup::InputsOf`] (app and function names hold no `:`).
+pub fn inputs_notice(app: &str, function: &str, n: usize) -> String {
+    format!("inputs:{n}:{app}:{function}")
 }
 
 /// Calls per multi-row `INSERT` of a bulk spawn: 9 parameters each.
@@ -124,8 +133,12 @@ pub async fn insert_many(
         });
         q.build().execute(&mut *tx).await.map_err(db_err)?;
     }
-    if !plain.is_empty() {
-        crate::dialect::notify(&mut tx, "inputs").await?;
+    let mut per_function: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (_, p) in &plain {
+        *per_function.entry((&p.app, &p.function)).or_default() += 1;
+    }
+    for ((app, function), n) in per_function {
+        crate::dialect::notify(&mut tx, &inputs_notice(app, function, n)).await?;
     }
     tx.commit().await.map_err(db_err)?;
     for (i, p) in plain {
@@ -299,7 +312,8 @@ pub async fn append(conn: &mut Conn, p: InputAppend) -> Result<CallRow, StoreErr
     let after = reload(&mut tx, &p.call_id).await?;
     settle(&mut tx, &p.call_id, &after, p.now).await?;
     let call = reload(&mut tx, &p.call_id).await?;
-    crate::dialect::notify(&mut tx, "inputs").await?;
+    let notice = inputs_notice(&call.app, &call.function, p.inputs.len());
+    crate::dialect::notify(&mut tx, &notice).await?;
     if call.state.is_terminal() {
         crate::dialect::notify(&mut tx, &format!("call:{}", call.id)).await?;
     }

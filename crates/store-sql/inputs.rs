@@ -109,32 +109,43 @@ impl Specs {
     }
 }
 
-fn push_function_filter(q: &mut QueryBuilder<'_, Db>, functions: &[FunctionKey]) {
-    q.push(" AND (");
+/// The pending inputs of `functions` the lease may take, as `SELECT id, not_before`: for each
+/// function the first `max` due in order, a walk of `inputs_pending` stopped by `LIMIT`,
+/// then the union of those. Written per function rather than as one `OR` of them, which
+/// both planners answer by finding every pending input of the functions and sorting them
+/// all (36.8 ms for a two-function worker over 50,000 pending inputs on PostgreSQL).
+/// On PostgreSQL each walk skips, and locks, the rows another lease is claiming.
+fn push_due_per_function(
+    q: &mut QueryBuilder<'_, Db>,
+    functions: &[FunctionKey],
+    now: i64,
+    max: i64,
+) {
     for (i, f) in functions.iter().enumerate() {
         if i > 0 {
-            q.push(" OR ");
+            q.push(" UNION ALL ");
         }
-        q.push("(app = ")
-            .push_bind(f.app.clone())
-            .push(" AND function = ")
-            .push_bind(f.function.clone())
-            .push(")");
+        q.push(
+            "SELECT id, not_before FROM (SELECT id, not_before FROM inputs \
+             WHERE state = 'pending' AND app = ",
+        )
+        .push_bind(f.app.clone())
+        .push(" AND function = ")
+        .push_bind(f.function.clone())
+        .push(" AND not_before <= ")
+        .push_bind(now)
+        .push(" ORDER BY not_before, id LIMIT ")
+        .push_bind(max)
+        .push(format!("{SKIP_LOCKED}) AS due{i}"));
     }
-    q.push(")");
 }
 
-pub async fn lease(conn: &mut Conn, p: InputLease) -> Result<Vec<LeasedRow>, StoreError> {
-    if p.functions.is_empty() || p.max == 0 {
-        return Ok(Vec::new());
-    }
-    let mut tx = conn.begin().await.map_err(db_err)?;
-    // One statement claims the whole batch. The deadline comes from each input's own function
-    // version; the lease (`now + lease_ms`) is always shorter, as the slack includes a lease.
-    let mut q: QueryBuilder<Db> = QueryBuilder::new(
-        "UPDATE inputs SET state = 'running', attempt = attempt + 1, worker_id = ",
-    );
-    q.push_bind(p.worker_id.as_str())
+/// The statement that claims a batch of due inputs for `p.worker_id`, returning them. The
+/// deadline comes from each input's own function version; the lease (`now + lease_ms`) is
+/// always shorter, as the slack includes a lease.
+pub fn push_lease_query(q: &mut QueryBuilder<'_, Db>, p: &InputLease) {
+    q.push("UPDATE inputs SET state = 'running', attempt = attempt + 1, worker_id = ")
+        .push_bind(p.worker_id.to_string())
         .push(", started_at = ")
         .push_bind(p.now)
         .push(", lease_expires_at = ")
@@ -144,16 +155,21 @@ pub async fn lease(conn: &mut Conn, p: InputLease) -> Result<Vec<LeasedRow>, Sto
         .push(format!(
             " + COALESCE((SELECT {TIMEOUT_MS} FROM functions f
                WHERE f.app = inputs.app AND f.name = inputs.function AND f.version = inputs.version), 0)
-             WHERE id IN (SELECT id FROM inputs WHERE state = 'pending' AND not_before <= "
-        ))
-        .push_bind(p.now);
-    push_function_filter(&mut q, &p.functions);
-    q.push(" ORDER BY not_before, id LIMIT ")
-        .push_bind(p.max as i64)
-        // Several servers lease at once: each skips the rows another is claiming.
-        .push(format!(
-            "{SKIP_LOCKED}) RETURNING id, call_id, idx, app, function, version, input, attempt"
+             WHERE id IN (SELECT id FROM ("
         ));
+    push_due_per_function(q, &p.functions, p.now, i64::from(p.max));
+    q.push(") AS due ORDER BY not_before, id LIMIT ")
+        .push_bind(i64::from(p.max))
+        .push(") RETURNING id, call_id, idx, app, function, version, input, attempt");
+}
+
+pub async fn lease(conn: &mut Conn, p: InputLease) -> Result<Vec<LeasedRow>, StoreError> {
+    if p.functions.is_empty() || p.max == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let mut q: QueryBuilder<Db> = QueryBuilder::new("");
+    push_lease_query(&mut q, &p);
     let mut rows = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
     rows.sort_by_key(|r| r.try_get::<i64, _>("id").unwrap_or(0));
     let mut specs = Specs::default();
@@ -196,13 +212,28 @@ pub async fn lease(conn: &mut Conn, p: InputLease) -> Result<Vec<LeasedRow>, Sto
     Ok(leased)
 }
 
+/// The first time an input of `functions` is due: the head of each function's walk of
+/// `inputs_pending`, the earliest of those.
+pub fn push_next_due_query(q: &mut QueryBuilder<'_, Db>, functions: &[FunctionKey]) {
+    q.push("SELECT MIN(first) FROM (");
+    for (i, f) in functions.iter().enumerate() {
+        if i > 0 {
+            q.push(" UNION ALL ");
+        }
+        q.push("SELECT MIN(not_before) AS first FROM inputs WHERE state = 'pending' AND app = ")
+            .push_bind(f.app.clone())
+            .push(" AND function = ")
+            .push_bind(f.function.clone());
+    }
+    q.push(") AS heads");
+}
+
 pub async fn next_due(pool: &DbPool, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {
     if functions.is_empty() {
         return Ok(None);
     }
-    let mut q: QueryBuilder<Db> =
-        QueryBuilder::new("SELECT MIN(not_before) FROM inputs WHERE state = 'pending'");
-    push_function_filter(&mut q, functions);
+    let mut q: QueryBuilder<Db> = QueryBuilder::new("");
+    push_next_due_query(&mut q, functions);
     let row = q.build().fetch_one(pool).await.map_err(db_err)?;
     row.try_get::<Option<i64>, _>(0).map_err(db_err)
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::db::QueryBuilder;
 use hopper_core::api::Origin;
 use hopper_core::{CallId, InputState};
-use hopper_store::{AttemptList, CallList, LogList, StatsList, Store};
+use hopper_store::{AttemptList, CallList, FunctionKey, InputLease, LogList, StatsList, Store};
 
 use crate::dialect::plans;
 use crate::dialect::{Db, DbPool};
@@ -34,6 +34,8 @@ pub enum Allow {
 }
 
 const CALLS: i64 = 1_000_000;
+/// The most inputs a worker leases at once in the plans checked (a batch's size).
+const LEASE_MAX: u32 = 32;
 /// The fixture's first call was made at `T0`, the next 10 ms later, and so on.
 pub const T0: i64 = 1_700_000_000_000;
 
@@ -211,6 +213,43 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
             },
         ),
     ];
+    // A worker's lease, for workers serving one, two and ten functions (10,000 inputs
+    // pending, 2,500 of each fixture function): a walk of the pending index per function,
+    // stopped by the batch's size, never a sort of every pending input of them.
+    for n in [1, 2, 10] {
+        let lease = InputLease {
+            worker_id: "hw-00000000000000000000000001".parse().unwrap(),
+            functions: (0..n)
+                .map(|i| FunctionKey {
+                    app: format!("app{}", i % 2),
+                    function: format!("f{i}"),
+                })
+                .collect(),
+            max: LEASE_MAX,
+            now: T0 + CALLS * 10,
+            lease_ms: 30_000,
+            deadline_slack_ms: 60_000,
+        };
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(plans::EXPLAIN);
+        inputs::push_lease_query(&mut q, &lease);
+        let plan = plans::lines(q.build().fetch_all(write).await.unwrap());
+        plans::assert_walks_per_function(
+            &format!("a lease for a worker of {n} functions"),
+            &plan,
+            n,
+            LEASE_MAX,
+        );
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(plans::EXPLAIN);
+        inputs::push_next_due_query(&mut q, &lease.functions);
+        let plan = plans::lines(q.build().fetch_all(read).await.unwrap());
+        plans::assert_walks_per_function(
+            &format!("the next due time for a worker of {n} functions"),
+            &plan,
+            n,
+            1,
+        );
+    }
+
     let listed: Vec<CallId> = (0..50).map(|i| id(CALLS - 1 - i)).collect();
     let mut q: QueryBuilder<Db> = QueryBuilder::new(plans::EXPLAIN);
     inputs::push_first_many_query(&mut q, &listed);

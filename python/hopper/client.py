@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import ssl
 import threading
 import time
 import uuid
@@ -425,6 +426,26 @@ def _base_url(server: str) -> str:
     return server
 
 
+def _trusted() -> ssl.SSLContext:
+    """What HTTPS servers are trusted: the system's certificate store (and ``$SSL_CERT_FILE``,
+    which OpenSSL reads), plus the PEM certificates in ``$HOPPER_CA_CERT``: a private CA.
+
+    Raises:
+        InvalidInputError: ``$HOPPER_CA_CERT`` names a file that cannot be read or holds no
+            certificate.
+    """
+    context = ssl.create_default_context()
+    extra = os.environ.get("HOPPER_CA_CERT")
+    if extra:
+        try:
+            context.load_verify_locations(cafile=extra)
+        except (OSError, ssl.SSLError) as e:
+            raise InvalidInputError(
+                f"HOPPER_CA_CERT={extra}: cannot read certificates from it ({e})", "invalid_ca_cert"
+            ) from None
+    return context
+
+
 def _error_from(response: httpx.Response, token_hint: str) -> Error:
     status = response.status_code
     try:
@@ -499,7 +520,10 @@ class Client:
         timeout: float = 30.0,
         retries: int = 5,
     ) -> None:
-        self.server = _base_url(server or os.environ.get("HOPPER_SERVER") or DEFAULT_SERVER)
+        given = server or os.environ.get("HOPPER_SERVER") or DEFAULT_SERVER
+        #: The servers' base URLs; several when ``server`` lists servers of one cluster.
+        self.servers = [_base_url(url) for url in given.split(",") if url.strip()] or [_base_url(given)]
+        self._current = 0
         self.token = token if token is not None else (os.environ.get("HOPPER_TOKEN") or None)
         self.timeout = timeout
         self.retries = max(1, retries)
@@ -518,7 +542,19 @@ class Client:
         )
 
     def __repr__(self) -> str:
-        return f"hopper.Client({self.server!r})"
+        return f"hopper.Client({','.join(self.servers)!r})"
+
+    @property
+    def server(self) -> str:
+        """The base URL requests go to: the first of ``servers`` until it cannot be reached,
+        then the next (``server`` may list several servers of one cluster, comma-separated, as
+        ``$HOPPER_SERVER`` may; they share one database, so a call is found through any)."""
+        return self.servers[self._current % len(self.servers)]
+
+    def _fail_over(self, failed: str) -> None:
+        """Moves requests on from ``failed``, unless another request already moved them."""
+        if len(self.servers) > 1 and self.server == failed:
+            self._current = (self._current + 1) % len(self.servers)
 
     @classmethod
     def default(cls) -> Client:
@@ -557,7 +593,7 @@ class Client:
         with self._lock:
             if self._sync is None:
                 self._sync = httpx.Client(
-                    base_url=self.server,
+                    verify=_trusted(),
                     headers=self._headers,
                     limits=self._limits(),
                     timeout=httpx.Timeout(self.timeout, connect=10.0),
@@ -569,7 +605,7 @@ class Client:
         client = self._aio.get(loop)
         if client is None:
             client = httpx.AsyncClient(
-                base_url=self.server,
+                verify=_trusted(),
                 headers=self._headers,
                 limits=self._limits(),
                 timeout=httpx.Timeout(self.timeout, connect=10.0),
@@ -593,10 +629,11 @@ class Client:
     def _send(self, req: _Req) -> Any:
         last = ""
         for attempt in range(self.retries):
+            at = self.server
             try:
                 response = self._http().request(
                     req.method,
-                    req.path,
+                    at + req.path,
                     content=req.body,
                     params=req.params,
                     timeout=httpx.Timeout(
@@ -607,33 +644,35 @@ class Client:
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 if _large(req) and not isinstance(e, httpx.ConnectError) and self._reachable():
                     raise _too_large(req) from None
+                self._fail_over(at)
                 time.sleep(self._backoff(attempt))
                 continue
             if response.status_code == 503 and attempt + 1 < self.retries:
                 time.sleep(self._backoff(attempt))
                 continue
             return self._check(response)
-        raise ConnectionError(self.server, last or "no answer", self._server_hint)
+        raise ConnectionError(", ".join(self.servers), last or "no answer", self._server_hint)
 
     def _reachable(self) -> bool:
         try:
-            return self._http().get("/healthz", timeout=5.0).status_code < 500
+            return self._http().get(self.server + "/healthz", timeout=5.0).status_code < 500
         except httpx.HTTPError:
             return False
 
     async def _areachable(self) -> bool:
         try:
-            return (await self._ahttp().get("/healthz", timeout=5.0)).status_code < 500
+            return (await self._ahttp().get(self.server + "/healthz", timeout=5.0)).status_code < 500
         except httpx.HTTPError:
             return False
 
     async def _asend(self, req: _Req) -> Any:
         last = ""
         for attempt in range(self.retries):
+            at = self.server
             try:
                 response = await self._ahttp().request(
                     req.method,
-                    req.path,
+                    at + req.path,
                     content=req.body,
                     params=req.params,
                     timeout=httpx.Timeout(
@@ -644,13 +683,14 @@ class Client:
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 if _large(req) and not isinstance(e, httpx.ConnectError) and await self._areachable():
                     raise _too_large(req) from None
+                self._fail_over(at)
                 await asyncio.sleep(self._backoff(attempt))
                 continue
             if response.status_code == 503 and attempt + 1 < self.retries:
                 await asyncio.sleep(self._backoff(attempt))
                 continue
             return self._check(response)
-        raise ConnectionError(self.server, last or "no answer", self._server_hint)
+        raise ConnectionError(", ".join(self.servers), last or "no answer", self._server_hint)
 
     # -- drivers
 
@@ -684,13 +724,13 @@ class Client:
 
     def _cancel_quietly(self, call_id: str) -> None:
         try:
-            self._http().post(_call_path(call_id, "cancel"), content="{}", timeout=5.0)
+            self._http().post(self.server + _call_path(call_id, "cancel"), content="{}", timeout=5.0)
         except Exception:
             pass
 
     async def _acancel_quietly(self, call_id: str) -> None:
         try:
-            await self._ahttp().post(_call_path(call_id, "cancel"), content="{}", timeout=5.0)
+            await self._ahttp().post(self.server + _call_path(call_id, "cancel"), content="{}", timeout=5.0)
         except Exception:
             pass
 
@@ -808,7 +848,7 @@ class Client:
         except NotFoundError:
             pass
         response = self._http().put(
-            path,
+            self.server + path,
             content=bundle.data,
             headers={"content-type": "application/gzip"},
             timeout=httpx.Timeout(max(self.timeout, 120.0), connect=10.0),

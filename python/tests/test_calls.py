@@ -246,6 +246,18 @@ def test_unreachable_server(app: Deployed) -> None:
     assert isinstance(info.value, ConnectionError)
 
 
+def test_a_client_of_several_servers_moves_past_one_it_cannot_reach(app: Deployed, server: Server) -> None:
+    # The first is a port nothing listens on: the client moves to the next and stays there.
+    client = hopper.Client(f"http://127.0.0.1:9, {server.url}", retries=3)
+    assert client.servers == ["http://127.0.0.1:9", server.url]
+    assert client.function("calls.echo").remote("through the second") == "through the second"
+    assert client.server == server.url
+    unreachable = hopper.Client("http://127.0.0.1:9,http://127.0.0.1:7", retries=2)
+    with pytest.raises(hx.ConnectionError) as info:
+        unreachable.function("calls.echo").remote(1)
+    assert info.value.url == "http://127.0.0.1:9, http://127.0.0.1:7"
+
+
 def test_token_errors_and_token_use(token_server: Server, deploy: Any) -> None:
     d = deploy("@app.function()\ndef hi(x):\n    return f'hi {x}'\n", target=token_server)
     with pytest.raises(hx.AuthError) as missing:

@@ -15,19 +15,25 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Trust the certificates in this file (PEM) for HTTPS servers, besides the system's store
+    /// and `SSL_CERT_FILE`: a private CA. Passed on to workers and their functions.
+    #[arg(long, env = "HOPPER_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// How a client command finds its server.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// The server's URL.
+    /// The server's URL. Servers of one cluster may be listed, separated by commas or by
+    /// repeating the flag: requests go to the first that answers and move on when it fails.
     #[arg(
         long,
         env = "HOPPER_SERVER",
         default_value = "http://127.0.0.1:7433",
+        value_delimiter = ',',
         global = true
     )]
-    pub server: String,
+    pub server: Vec<String>,
     /// The server's token, if it has one.
     #[arg(long, env = "HOPPER_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -230,7 +236,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub scenario: Option<String>,
     /// Inputs per scenario (default: enqueue, in-process, command 100,000; bulk 200,000;
-    /// latency 1,000; map 1,000,000; dashboard: calls in the store, 1,000,000).
+    /// latency 1,000; map 1,000,000; dashboard: calls in the store, 1,000,000; crowd: workers
+    /// waiting, 5,000).
     #[arg(long)]
     pub inputs: Option<u64>,
     /// Print a JSON array, one object per scenario.
@@ -376,6 +383,13 @@ pub struct ServeArgs {
     /// Base URL of this server in notification links (default: the listening address).
     #[arg(long, env = "HOPPER_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first); needs
+    /// --tls-key. Read again when the file changes or on SIGHUP.
+    #[arg(long, env = "HOPPER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "HOPPER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Log lines kept per attempt; past it one marker line says the rest were dropped.
     #[arg(long, default_value_t = 10_000)]
     pub max_log_lines: u32,

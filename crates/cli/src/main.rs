@@ -16,6 +16,11 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
+    if let Some(file) = &cli.ca_cert {
+        // Where every client of this process and of the processes it starts reads it (see
+        // `hopper_sdk::Client::new`); set before any other thread runs.
+        std::env::set_var("HOPPER_CA_CERT", file);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,66 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-
-/// A webhook receiver: answers each POST with the next status of `statuses` (the last one
-/// repeats) and keeps the bodies.
-async fn webhook_receiver(
-    statuses: Vec<u16>,
-) -> (String, Arc<Mutex<Vec<Value>>>, Arc<Mutex<usize>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/hooks/T000/B000/s3cretpath",
-        listener.local_addr().unwrap()
-    );
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let hits = Arc::new(Mutex::new(0usize));
-    let (b, h) = (bodies.clone(), hits.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                return;
-            };
-            let (b, h, statuses) = (b.clone(), h.clone(), statuses.clone());
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(socket);
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0u8; length];
-                reader.read_exact(&mut body).await.unwrap();
-                let n = {
-                    let mut hits = h.lock().unwrap();
-                    *hits += 1;
-                    *hits
-                };
-                let status = statuses[(n - 1).min(statuses.len() - 1)];
-                if status == 200 {
-                    b.lock()
-                        .unwrap()
-                        .push(serde_json::from_slice(&body).unwrap());
-                }
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                );
-                let _ = reader.get_mut().write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    (url, bodies, hits)
-}
 
 /// A minimal SMTP receiver that keeps each message's data.
 async fn smtp_receiver() -> (String, Arc<Mutex<Vec<String>>>) {

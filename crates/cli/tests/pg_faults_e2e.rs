@@ -15,17 +15,6 @@ use common::*;
 use hopper_core::InputState;
 use serde_json::json;
 
-fn database() -> Option<(String, String)> {
-    let Ok(url) = std::env::var("HOPPER_TEST_POSTGRES") else {
-        println!("SKIP: HOPPER_TEST_POSTGRES is not set");
-        return None;
-    };
-    Some((
-        url,
-        format!("hopper_test_{}", hopper_core::ids::random_hex()),
-    ))
-}
-
 fn has_faketime() -> bool {
     let ok = std::process::Command::new("faketime")
         .args(["-f", "+1s", "true"])
@@ -43,7 +32,7 @@ fn has_faketime() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_whose_clock_runs_ahead_does_not_take_leases_from_running_work() {
-    let Some((url, schema)) = database() else {
+    let Some((url, schema)) = test_database() else {
         return;
     };
     if !has_faketime() {
@@ -101,7 +90,7 @@ command = ["sh", "-c", "echo $HOPPER_ATTEMPT >> attempts.log; sleep 8; echo '\"d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelling_a_busy_map_answers_at_once_and_stops_its_inputs() {
-    let Some((url, schema)) = database() else {
+    let Some((url, schema)) = test_database() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

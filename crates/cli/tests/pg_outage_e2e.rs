@@ -1,7 +1,8 @@
 //! A PostgreSQL outage: while the database is down requests fail with a clear error; when it is
-//! back the server recovers by itself and nothing acknowledged is lost. Stops and starts the
-//! machine's PostgreSQL cluster (this file holds one test, so no other test of this binary runs
-//! meanwhile); skips without `HOPPER_TEST_POSTGRES` or `pg_ctlcluster`.
+//! back the servers recover by themselves, nothing acknowledged is lost, and each role a
+//! cluster shares (the notifier, the timekeeper) is held again by one server. Stops and
+//! restarts the machine's PostgreSQL cluster (the tests of this file take turns, and no other
+//! test binary runs meanwhile); skips without `HOPPER_TEST_POSTGRES` or `pg_ctlcluster`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -34,12 +35,19 @@ impl Drop for Cluster {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_fail_clearly_during_a_database_outage_and_the_server_recovers_by_itself() {
-    let Ok(url) = std::env::var("HOPPER_TEST_POSTGRES") else {
-        println!("SKIP: HOPPER_TEST_POSTGRES is not set");
-        return;
-    };
+/// A health endpoint's status and JSON answer.
+async fn health(server: &Server, path: &str) -> (u16, serde_json::Value) {
+    let answer = reqwest::get(format!("{}{path}", server.url)).await.unwrap();
+    (answer.status().as_u16(), answer.json().await.unwrap())
+}
+
+/// One test at a time stops or restarts the cluster.
+static CLUSTER_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The database the tests use, a schema of the test's own, and the local cluster; `None`
+/// (saying why) where either is missing.
+fn local_cluster() -> Option<(String, String, Cluster)> {
+    let (url, schema) = test_database()?;
     let Some(version) = std::fs::read_dir("/etc/postgresql")
         .ok()
         .and_then(|mut d| d.next())
@@ -47,10 +55,17 @@ async fn requests_fail_clearly_during_a_database_outage_and_the_server_recovers_
         .map(|e| e.file_name().to_string_lossy().into_owned())
     else {
         println!("SKIP: no local PostgreSQL cluster to stop and start");
+        return None;
+    };
+    Some((url, schema, Cluster { version }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_fail_clearly_during_a_database_outage_and_the_server_recovers_by_itself() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let Some((url, schema, cluster)) = local_cluster() else {
         return;
     };
-    let cluster = Cluster { version };
-    let schema = format!("hopper_test_{}", hopper_core::ids::random_hex());
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(
         dir.path(),
@@ -72,7 +87,20 @@ async fn requests_fail_clearly_during_a_database_outage_and_the_server_recovers_
     // Acknowledged before the outage, run after it.
     let before = client.spawn("o.echo", json!("before"), None).await.unwrap();
 
+    assert_eq!(
+        health(&server, "/readyz").await,
+        (200, json!({ "ok": true }))
+    );
+
     assert!(cluster.ctl("stop"), "stop the cluster");
+    // Out of the load balancer's rotation, not restarted by the orchestrator.
+    let (status, body) = health(&server, "/readyz").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("store_unavailable"))
+    );
+    assert_eq!(health(&server, "/healthz").await.0, 503);
+    assert_eq!(health(&server, "/livez").await.0, 200);
     let out = cli(&server.url, &["spawn", "o.echo", "--input", "1"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
@@ -88,6 +116,7 @@ async fn requests_fail_clearly_during_a_database_outage_and_the_server_recovers_
         || async { client.spawn("o.echo", json!("after"), None).await.ok() },
     )
     .await;
+    assert_eq!(health(&server, "/readyz").await.0, 200);
     let mut worker = std::process::Command::new(BIN)
         .args(["worker", "--server", &server.url, "--function", "o.echo"])
         .env("RUST_LOG", "warn")
@@ -101,6 +130,165 @@ async fn requests_fail_clearly_during_a_database_outage_and_the_server_recovers_
     worker.kill().unwrap();
     worker.wait().unwrap();
     drop(server);
+    hopper_store_postgres::PgStore::drop_schema(&url, &schema)
+        .await
+        .unwrap();
+}
+
+/// Which of `servers` report holding `role` in `/metrics` (`hopper_leader{role} 1`).
+async fn leaders(servers: &[&Server], role: &str) -> Vec<usize> {
+    let series = format!("hopper_leader{{role=\"{role}\"}} 1");
+    let mut held = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        let text = server.metrics().await;
+        if text.lines().any(|l| l == series) {
+            held.push(i);
+        }
+    }
+    held
+}
+
+/// Waits for the webhook to carry a failure of `function`.
+async fn failure_notified(bodies: &Shared<Vec<serde_json::Value>>, function: &str) {
+    eventually(
+        &format!("a webhook for the failure of {function}"),
+        Duration::from_secs(30),
+        || async {
+            bodies
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|b| b["hopper"]["function"] == function)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// How many calls the schedule has started.
+async fn firings(client: &hopper_sdk::Client) -> usize {
+    schedule_calls(client).await.len()
+}
+
+/// Waits for the schedule to fire twice more than `before`.
+async fn schedule_fires(client: &hopper_sdk::Client, before: usize) {
+    eventually(
+        "the every-1s schedule fires again",
+        Duration::from_secs(30),
+        || async { (firings(client).await >= before + 2).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_ride_through_a_database_restart_and_the_loss_of_the_leader() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let Some((url, schema, cluster)) = local_cluster() else {
+        return;
+    };
+    let (hook, bodies, _) = webhook_receiver(vec![200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fail = r#"command = ["sh", "-c", "echo broken >&2; exit 3"]"#;
+    let m = manifest(
+        dir.path(),
+        &format!(
+            r#"app = "r"
+[functions.echo]
+command = ["cat"]
+[functions.fail1]
+{fail}
+[functions.fail2]
+{fail}
+[functions.fail3]
+{fail}
+[schedules.often]
+function = "echo"
+every = "1s"
+input = "tick"
+[[notify]]
+on = ["failed"]
+webhook = "{hook}"
+"#
+        ),
+    );
+    let common = [
+        "--database",
+        &url,
+        "--database-schema",
+        &schema,
+        "--no-workers",
+        "--notify-gather",
+        "200ms",
+    ];
+    let a = Server::start(
+        &dir.path().join("a"),
+        &[&common[..], &["--deploy", m.to_str().unwrap()]].concat(),
+    );
+    let b = Server::start(&dir.path().join("b"), &common);
+    let (ca, cb) = (a.client(), b.client());
+    // Inputs spawned on one server run on a worker of the other.
+    let _echo = worker(&b.url, "r.echo");
+    let _fails = Worker(
+        std::process::Command::new(BIN)
+            .args(["worker", "--server", &a.url])
+            .args(["--function", "r.fail1", "--function", "r.fail2"])
+            .args(["--function", "r.fail3"])
+            .env("RUST_LOG", "warn")
+            .env_remove("HOPPER_TOKEN")
+            .spawn()
+            .unwrap(),
+    );
+    let before = ca.spawn("r.echo", json!("before"), None).await.unwrap();
+    let done = wait_done(&ca, &before.id, Duration::from_secs(30)).await;
+    assert_eq!(done.output, Some(json!("before")));
+    cb.spawn("r.fail1", json!(null), None).await.unwrap();
+    failure_notified(&bodies, "r.fail1").await;
+
+    assert!(cluster.ctl("restart"), "restart the cluster");
+
+    // Both servers serve again, dispatch across them, fire the schedule and notify.
+    for client in [&ca, &cb] {
+        eventually(
+            "the server serves again",
+            Duration::from_secs(30),
+            || async { client.spawn("r.echo", json!("ping"), None).await.ok() },
+        )
+        .await;
+    }
+    let after = ca.spawn("r.echo", json!("after"), None).await.unwrap();
+    let done = wait_done(&ca, &after.id, Duration::from_secs(30)).await;
+    assert_eq!(done.output, Some(json!("after")));
+    schedule_fires(&ca, firings(&ca).await).await;
+    cb.spawn("r.fail2", json!(null), None).await.unwrap();
+    failure_notified(&bodies, "r.fail2").await;
+    let led = eventually(
+        "one server leads the notifier",
+        Duration::from_secs(10),
+        || async {
+            let led = leaders(&[&a, &b], "notifier").await;
+            (led.len() == 1).then_some(led[0])
+        },
+    )
+    .await;
+
+    // The leader stops for good: the other takes its roles over.
+    let mut servers = [a, b];
+    servers[led].kill9();
+    let survivor = &servers[1 - led];
+    let client = survivor.client();
+    let _fails_here = worker(&survivor.url, "r.fail3");
+    eventually(
+        "the other server leads the notifier",
+        Duration::from_secs(15),
+        || async { (leaders(&[survivor], "notifier").await == [0]).then_some(()) },
+    )
+    .await;
+    client.spawn("r.fail3", json!(null), None).await.unwrap();
+    failure_notified(&bodies, "r.fail3").await;
+    schedule_fires(&client, firings(&client).await).await;
+
+    drop(servers);
+    drop(cluster);
     hopper_store_postgres::PgStore::drop_schema(&url, &schema)
         .await
         .unwrap();

@@ -1,6 +1,8 @@
-//! Two servers over one PostgreSQL database, with local workers on each: a map spawned through
-//! one completes with every result exactly once while the other is killed and restarted.
-//! Needs `HOPPER_TEST_POSTGRES`; without it the test says it skipped.
+//! Two servers over one PostgreSQL database: a map spawned through one completes with every
+//! result exactly once while the other is killed and restarted; spawns a server acknowledged
+//! just before it was killed are dispatched by the other, whether or not its coalesced wake-ups
+//! left it; a worker given both servers keeps its running inputs through the other when one is
+//! killed; ten concurrent deploys of one app through two servers each get a version. Needs `HOPPER_TEST_POSTGRES`; without it the tests say they skipped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -11,14 +13,13 @@ use common::*;
 use futures_util::StreamExt;
 use hopper_core::InputState;
 use hopper_sdk::MapOptions;
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_map_completes_exactly_once_while_a_second_server_is_killed_and_restarted() {
-    let Ok(url) = std::env::var("HOPPER_TEST_POSTGRES") else {
-        println!("SKIP: HOPPER_TEST_POSTGRES is not set");
+    let Some((url, schema)) = test_database() else {
         return;
     };
-    let schema = format!("hopper_test_{}", hopper_core::ids::random_hex());
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(
         dir.path(),
@@ -88,6 +89,154 @@ async fn a_map_completes_exactly_once_while_a_second_server_is_killed_and_restar
         .await
         .unwrap();
     assert_eq!(through_b.inputs.succeeded, n);
+    drop(b);
+    drop(a);
+    hopper_store_postgres::PgStore::drop_schema(&url, &schema)
+        .await
+        .unwrap();
+}
+
+/// Two servers without local workers over the test's schema, the first deploying `app` (a
+/// manifest's text) at start.
+fn two_servers(dir: &std::path::Path, (url, schema): (&str, &str), app: &str) -> (Server, Server) {
+    let m = manifest(dir, app);
+    let db = [
+        "--database",
+        url,
+        "--database-schema",
+        schema,
+        "--no-workers",
+    ];
+    let a = Server::start(
+        &dir.join("a"),
+        &[&db[..], &["--deploy", m.to_str().unwrap()]].concat(),
+    );
+    (a, Server::start(&dir.join("b"), &db))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spawns_acknowledged_just_before_their_server_is_killed_run_through_the_other() {
+    let Some((url, schema)) = test_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b) = two_servers(
+        dir.path(),
+        (&url, &schema),
+        "app = \"k\"\n[functions.echo]\ncommand = [\"cat\"]\nconcurrency = 8\n",
+    );
+    let _worker = worker(&b.url, "k.echo");
+    // Single spawns 64 at a time, so that they are written and announced in groups; the
+    // server is killed the moment the last is acknowledged.
+    let client = a.client();
+    let ids: Vec<_> = futures_util::stream::iter(0..1_000)
+        .map(|n| {
+            let client = client.clone();
+            async move { client.spawn("k.echo", json!(n), None).await.unwrap().id }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    a.kill9();
+    let through_b = b.client();
+    for (n, id) in ids.iter().enumerate() {
+        let call = wait_done(&through_b, id, Duration::from_secs(60)).await;
+        assert_eq!(call.state, InputState::Succeeded, "call {n}: {call:?}");
+        assert_eq!(call.output, Some(json!(n)), "call {n}");
+    }
+    drop(b);
+    drop(a);
+    hopper_store_postgres::PgStore::drop_schema(&url, &schema)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_deploys_of_one_app_through_two_servers_each_get_a_version() {
+    let Some((url, schema)) = test_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = "app = \"d\"\n[functions.echo]\ncommand = [\"cat\"]\n";
+    let servers = two_servers(dir.path(), (&url, &schema), app);
+    let m = manifest(dir.path(), app);
+    // Two CI pipelines deploying at once, five deploys each, through either server.
+    let deploys: Vec<_> = (0..10)
+        .map(|i| {
+            let server = if i % 2 == 0 { &servers.0 } else { &servers.1 };
+            let (url, m) = (server.url.clone(), m.clone());
+            std::thread::spawn(move || cli(&url, &["deploy", "--json", m.to_str().unwrap()]))
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for deploy in deploys {
+        let out = deploy.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let answer: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        versions.push(answer["version"].as_i64().unwrap());
+    }
+    versions.sort();
+    versions.dedup();
+    // Each its own version; the first server's deploy at start took one of the eleven.
+    assert_eq!(versions.len(), 10, "{versions:?}");
+    assert!(
+        versions.iter().all(|v| (1..=11).contains(v)),
+        "{versions:?}"
+    );
+    drop(servers);
+    hopper_store_postgres::PgStore::drop_schema(&url, &schema)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_given_two_servers_finishes_its_inputs_through_the_other_when_one_is_killed() {
+    let Some((url, schema)) = test_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b) = two_servers(
+        dir.path(),
+        (&url, &schema),
+        "app = \"f\"\n[functions.slow]\ncommand = [\"sh\", \"-c\", \"sleep 2; cat\"]\nconcurrency = 4\n",
+    );
+    let both = format!("{},{}", a.url, b.url);
+    let _worker = Worker(
+        std::process::Command::new(BIN)
+            .args(["worker", "--server", &both, "--function", "f.slow"])
+            .args(["--concurrency", "4"])
+            .env("RUST_LOG", "warn")
+            .env_remove("HOPPER_TOKEN")
+            .spawn()
+            .unwrap(),
+    );
+    let client = b.client();
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(client.spawn("f.slow", json!(n), None).await.unwrap().id);
+    }
+    eventually("four inputs running", Duration::from_secs(20), || async {
+        let running =
+            futures_util::future::join_all(ids.iter().map(|id| client.get(id, Duration::ZERO)))
+                .await
+                .into_iter()
+                .filter(|c| c.as_ref().is_ok_and(|c| c.inputs.running > 0))
+                .count();
+        (running == 4).then_some(())
+    })
+    .await;
+    // The worker registered, leases and heartbeats through the first server until it dies.
+    a.kill9();
+    for (n, id) in ids.iter().enumerate() {
+        let call = wait_done(&client, id, Duration::from_secs(30)).await;
+        assert_eq!(call.state, InputState::Succeeded, "call {n}: {call:?}");
+        assert_eq!(call.output, Some(json!(n)), "call {n}");
+        let attempts = client.attempts(id).await.unwrap();
+        assert_eq!(attempts.len(), 1, "call {n} ran once: {attempts:?}");
+    }
+    // Any client moves past a server it cannot reach.
+    let out = cli(&both, &["calls", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     drop(b);
     drop(a);
     hopper_store_postgres::PgStore::drop_schema(&url, &schema)

@@ -25,18 +25,6 @@ cron = "0 3 * * *"
 timezone = "Europe/Berlin"
 "#;
 
-async fn schedule_calls(client: &hopper_sdk::Client) -> Vec<hopper_core::api::CallView> {
-    client
-        .calls(&hopper_sdk::CallFilter {
-            origin: Some("schedule".into()),
-            limit: Some(1000),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .calls
-}
-
 #[tokio::test]
 async fn schedules_fire_and_can_be_listed_triggered_paused_and_resumed() {
     let dir = tempfile::tempdir().unwrap();

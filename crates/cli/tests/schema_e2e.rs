@@ -100,11 +100,9 @@ async fn sqlite_a_server_stops_on_a_schema_a_newer_hopper_migrated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_server_stops_on_a_schema_a_newer_hopper_migrated() {
-    let Ok(url) = std::env::var("HOPPER_TEST_POSTGRES") else {
-        println!("SKIP: HOPPER_TEST_POSTGRES is not set");
+    let Some((url, schema)) = test_database() else {
         return;
     };
-    let schema = format!("hopper_test_{}", hopper_core::ids::random_hex());
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "--no-workers",

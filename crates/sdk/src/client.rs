@@ -5,6 +5,8 @@
 //! wire types of `hopper-core` only, never on a store or the server.
 //! [`Error`] is an API error with its stable code, or a transport failure.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hopper_core::api::*;
@@ -24,7 +26,7 @@ pub enum Error {
         code: String,
         message: String,
     },
-    /// The server could not be reached.
+    /// The server (or, given several, none of them) could be reached; `url` names each tried.
     #[error("cannot reach the Hopper server at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     /// Anything else on the way: a broken connection, a timeout, an answer that is not JSON.
@@ -69,11 +71,39 @@ pub struct CallFilter {
 /// minute) before it gives up.
 pub const WAIT_RETRIES: u32 = 20;
 
-/// A client of one Hopper server.
+/// The certificates of the files `HOPPER_CA_CERT` and `SSL_CERT_FILE` name (PEM bundles).
+fn extra_roots() -> Result<Vec<reqwest::Certificate>, Error> {
+    let mut roots = Vec::new();
+    for variable in ["HOPPER_CA_CERT", "SSL_CERT_FILE"] {
+        let Some(path) = std::env::var_os(variable).filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        let shown = std::path::Path::new(&path).display().to_string();
+        let pem = std::fs::read(&path)
+            .map_err(|e| Error::Transport(format!("{variable}={shown}: cannot read it: {e}")))?;
+        let found = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::Transport(format!("{variable}={shown}: not PEM certificates: {e}"))
+        })?;
+        if found.is_empty() {
+            return Err(Error::Transport(format!(
+                "{variable}={shown}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)"
+            )));
+        }
+        roots.extend(found);
+    }
+    Ok(roots)
+}
+
+/// A client of a Hopper server, or of several servers of one cluster (one database): requests
+/// go to one of them and move to the next when it cannot be reached.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    /// The servers' URLs, without a trailing `/`, in the order given.
+    servers: Arc<[String]>,
+    /// The index in `servers` of the one requests go to; moves on when that one fails. Shared
+    /// by the clones of a client, so that they move together.
+    current: Arc<AtomicUsize>,
     token: Option<String>,
     /// The secret of the worker this client acts for, sent with its worker requests.
     worker_secret: Option<String>,
@@ -81,24 +111,55 @@ pub struct Client {
 
 impl Client {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:7433`), sending `token` if given.
+    ///
+    /// `base` may list several servers of one cluster, separated by commas
+    /// (`http://a:7433,http://b:7433`). Requests go to the first until it fails: a request
+    /// that could not connect goes to the next server at once (nothing of it reached the
+    /// first); one cut off midway is not sent again, since the server may have carried it
+    /// out, and the requests after it go to the next server. The servers share a database,
+    /// so a worker's registration and leases hold through any of them.
+    ///
+    /// Over HTTPS the client trusts the system's certificate store and the public roots it
+    /// carries, plus the certificates (PEM) in the files `HOPPER_CA_CERT` and `SSL_CERT_FILE`
+    /// name: a private CA. A file that cannot be read or holds no certificate is an error.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             // Below the server's 30 s request timeout, which closes idle connections: reusing
             // one the server is closing would fail a request for nothing.
-            .pool_idle_timeout(Duration::from_secs(20))
+            .pool_idle_timeout(Duration::from_secs(20));
+        for certificate in extra_roots()? {
+            builder = builder.add_root_certificate(certificate);
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::Transport(e.to_string()))?;
+        let mut servers: Vec<String> = base
+            .split(',')
+            .map(|url| url.trim().trim_end_matches('/').to_string())
+            .filter(|url| !url.is_empty())
+            .collect();
+        if servers.is_empty() {
+            servers.push(base.trim().to_string());
+        }
         Ok(Self {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            servers: servers.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             token,
             worker_secret: None,
         })
     }
 
+    /// The URL of the server requests go to now.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.servers[self.current.load(Ordering::Relaxed) % self.servers.len()]
+    }
+
+    /// Every server's URL, in the order given, as [`Client::new`] takes them (comma-separated):
+    /// what to hand to another client, such as a function's process, so it fails over too.
+    pub fn server_list(&self) -> String {
+        self.servers.join(",")
     }
 
     pub fn token(&self) -> Option<&str> {
@@ -153,7 +214,9 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base_url(), path));
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
@@ -165,6 +228,28 @@ impl Client {
         req
     }
 
+    /// `request`, made for the server at index `from`, addressed to the server requests go to
+    /// now.
+    fn moved(&self, mut request: reqwest::Request, from: usize) -> Result<reqwest::Request, Error> {
+        let old = &self.servers[from];
+        let path = request
+            .url()
+            .as_str()
+            .strip_prefix(old.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                let url = request.url();
+                match url.query() {
+                    Some(query) => format!("{}?{query}", url.path()),
+                    None => url.path().to_string(),
+                }
+            });
+        let url = format!("{}{path}", self.base_url());
+        *request.url_mut() = reqwest::Url::parse(&url)
+            .map_err(|e| Error::Transport(format!("the server URL {url:?}: {e}")))?;
+        Ok(request)
+    }
+
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, Error> {
         let response = self.send_raw(req).await?;
         response
@@ -174,16 +259,46 @@ impl Client {
     }
 
     async fn send_raw(&self, req: RequestBuilder) -> Result<reqwest::Response, Error> {
-        let response = req.send().await.map_err(|e| {
-            if e.is_connect() {
-                Error::Unreachable {
-                    url: self.base.clone(),
-                    reason: root_cause(&e),
+        let mut request = req.build().map_err(|e| Error::Transport(root_cause(&e)))?;
+        let mut tried = Vec::new();
+        let response = loop {
+            let at = self
+                .servers
+                .iter()
+                .position(|s| request.url().as_str().starts_with(s.as_str()))
+                .unwrap_or_else(|| self.current.load(Ordering::Relaxed) % self.servers.len());
+            tried.push(self.servers[at].clone());
+            let again = request.try_clone();
+            match self.http.execute(request).await {
+                Ok(response) => break response,
+                Err(e) => {
+                    if self.servers.len() > 1 {
+                        // Whoever moved first moves everyone: only from the one that failed.
+                        let next = (at + 1) % self.servers.len();
+                        let _ = self.current.compare_exchange(
+                            at,
+                            next,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    let unreached = e.is_connect();
+                    match again {
+                        // Nothing reached the server: the next one gets the request now.
+                        Some(again) if unreached && tried.len() < self.servers.len() => {
+                            request = self.moved(again, at)?;
+                        }
+                        _ if unreached => {
+                            return Err(Error::Unreachable {
+                                url: tried.join(", "),
+                                reason: root_cause(&e),
+                            })
+                        }
+                        _ => return Err(Error::Transport(root_cause(&e))),
+                    }
                 }
-            } else {
-                Error::Transport(root_cause(&e))
             }
-        })?;
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -496,6 +611,12 @@ impl Client {
 
     pub async fn workers(&self) -> Result<Vec<WorkerView>, Error> {
         self.send(self.request(Method::GET, "/v1/workers")).await
+    }
+
+    /// Asks whether the server serves: `GET /healthz`, its JSON answer when it does; an
+    /// [`Error`] with the server's code (`schema_too_new`, `store_unavailable`) when it answers 503.
+    pub async fn healthz(&self) -> Result<serde_json::Value, Error> {
+        self.send(self.request(Method::GET, "/healthz")).await
     }
 
     // ---- the worker protocol ----

@@ -253,7 +253,7 @@ impl Worker {
             .map(|(_, o, _)| o.concurrency.max(1) * o.batch.map_or(1, |(size, _)| size))
             .sum();
         let config = WorkerConfig {
-            server: self.client.base_url().to_string(),
+            server: self.client.server_list(),
             token: self.client.token().map(String::from),
             functions: names,
             concurrency: slots.max(1),

@@ -24,7 +24,8 @@ use crate::outbox::{is_transient, Limits, Outbox};
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Base URL of the server, e.g. `http://127.0.0.1:7433`.
+    /// Base URL of the server, e.g. `http://127.0.0.1:7433`, or of several servers of one
+    /// cluster, comma-separated (see [`Client::new`]).
     pub server: String,
     pub token: Option<String>,
     /// `app.function` names served.
@@ -120,7 +121,8 @@ impl Redactor {
 #[derive(Debug, Clone)]
 pub struct Registration {
     pub worker_id: WorkerId,
-    /// The server's base URL, as the worker reaches it.
+    /// The servers' base URLs, as the worker reaches them (comma-separated if several: see
+    /// [`Client::new`]).
     pub server: String,
     /// A `read` and `submit` token for functions to call others with (none without tokens).
     pub call_token: Option<String>,
@@ -183,7 +185,7 @@ pub async fn run(
     tracing::info!(worker = %worker, functions = ?config.functions, concurrency = config.concurrency, "worker registered");
     executor.registered(&Registration {
         worker_id: worker.clone(),
-        server: client.base_url().to_string(),
+        server: client.server_list(),
         call_token: registered.call_token.clone(),
         client: client.clone(),
     });

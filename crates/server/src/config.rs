@@ -102,6 +102,10 @@ pub struct ServerConfig {
     pub smtp_from: String,
     /// Base URL of the dashboard in notification links. Default the listening address.
     pub public_url: Option<String>,
+    /// The certificate chain (PEM) to serve HTTPS with, and its private key (PEM); both or
+    /// neither. Read again when they change or on SIGHUP (see [`crate::tls`]).
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
     /// How long the notifier gathers a burst of events into one message. Default 2 s.
     pub notify_gather: Duration,
     /// Log lines kept per attempt; past it one marker line says lines were dropped.
@@ -151,6 +155,8 @@ impl Default for ServerConfig {
             smtp: None,
             smtp_from: "hopper@localhost".into(),
             public_url: None,
+            tls_cert: None,
+            tls_key: None,
             notify_gather: Duration::from_secs(2),
             max_log_lines: 10_000,
             secret_key: None,

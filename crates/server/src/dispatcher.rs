@@ -26,8 +26,10 @@ pub async fn lease(
             .min(MAX_WAIT)
             .min(state.config.max_wait);
     let mut wake = state.events.watch_inputs();
+    let waiter = state.events.waiter(functions);
     loop {
         wake.borrow_and_update();
+        waiter.queue();
         let rows = state
             .store
             .input_lease_available(InputLease {
@@ -39,6 +41,14 @@ pub async fn lease(
                 deadline_slack_ms: state.config.deadline_slack_ms(),
             })
             .await?;
+        let leased: Vec<FunctionKey> = rows
+            .iter()
+            .map(|r| FunctionKey {
+                app: r.spec.app.clone(),
+                function: r.spec.name.clone(),
+            })
+            .collect();
+        waiter.looked(&leased);
         let now = tokio::time::Instant::now();
         if !rows.is_empty() || now >= deadline {
             return response(state, rows).await;
@@ -54,6 +64,7 @@ pub async fn lease(
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}
             _ = wake.changed() => {}
+            _ = waiter.woken() => {}
             _ = state.shutdown.cancelled() => return response(state, Vec::new()).await,
         }
     }

@@ -37,6 +37,7 @@ pub mod reaper;
 pub mod secrets;
 pub mod state;
 pub mod timekeeper;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -109,8 +110,19 @@ pub async fn run(
     // so waiting workers never hold what spawns, reads and `/healthz` need.
     config.max_connections = listen::fit_connections(config.max_connections);
     config.max_waiting = config.max_waiting.min(config.max_connections / 2).max(1);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            tls::Tls::load(cert, key).map_err(ServerError::Config)?,
+        )),
+        (None, None) => None,
+        _ => return Err(ServerError::Config(
+            "give --tls-cert and --tls-key together (the certificate chain and its private key)"
+                .into(),
+        )),
+    };
     if config.public_url.is_none() {
-        config.public_url = Some(format!("http://{local}"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        config.public_url = Some(format!("{scheme}://{local}"));
     }
     // Cancelled by the caller, or by this function if serving fails.
     let stop = shutdown.child_token();
@@ -171,6 +183,9 @@ pub async fn run(
                 };
                 match wakeup {
                     Ok(hopper_store::Wakeup::Inputs) => events.inputs_available(),
+                    Ok(hopper_store::Wakeup::InputsOf { function, count }) => {
+                        events.inputs_for(&function.app, &function.function, count)
+                    }
                     Ok(hopper_store::Wakeup::Results) => events.results_recorded(),
                     Ok(hopper_store::Wakeup::CallFinished(id)) => events.call_finished(id),
                     Ok(hopper_store::Wakeup::CallCancelled(id)) => events.call_cancelled(id),
@@ -196,9 +211,18 @@ pub async fn run(
     let notifier = notifier::Notifier::new(state.clone()).map_err(ServerError::Config)?;
     loops.spawn(cron::Cron::new(state.clone()).run(engine.clone()));
     loops.spawn(notifier.run(engine.clone()));
+    // Local workers reach the server on loopback. Behind HTTPS they get a plain listener of
+    // their own on loopback: the certificate names the server's public name, not 127.0.0.1.
+    let (local_url, loopback) = match (&tls, &config.worker_program) {
+        (Some(_), Some(_)) => {
+            let loopback = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+            (format!("http://{}", loopback.local_addr()?), Some(loopback))
+        }
+        _ => (format!("http://{local}"), None),
+    };
     let provisioner = match &config.worker_program {
         Some(program) => {
-            let server_url = format!("http://{local}");
+            let server_url = local_url.clone();
             let p = provisioner::Provisioner::new(state.clone(), program.clone(), server_url);
             Some(tokio::spawn(p.run(stop.clone())))
         }
@@ -209,9 +233,24 @@ pub async fn run(
     // finish their inputs; then the API stops, then the background loops.
     let http_stop = CancellationToken::new();
     let app = api::router(state.clone());
+    if let Some(tls) = &tls {
+        loops.spawn(tls.clone().watch(engine.clone()));
+    }
+    if let Some(loopback) = loopback {
+        loops.spawn({
+            let (app, stop) = (app.clone(), http_stop.clone());
+            let (max, timeout) = (config.max_connections, config.request_timeout);
+            async move {
+                if let Err(e) = listen::serve(loopback, app, None, max, timeout, stop).await {
+                    tracing::error!(error = %e, "the local workers' listener failed");
+                }
+            }
+        });
+    }
     let mut serving = tokio::spawn(listen::serve(
         listener,
         app,
+        tls,
         config.max_connections,
         config.request_timeout,
         http_stop.clone(),
@@ -252,11 +291,7 @@ async fn watch_schema(state: AppState, stop: CancellationToken) {
         }
         let checked = state.store.schema_version().await.and_then(|v| v.check());
         if let Err(e @ hopper_store::StoreError::SchemaTooNew { .. }) = checked {
-            let mut ahead = state.schema_ahead.lock().unwrap_or_else(|p| p.into_inner());
-            if ahead.is_none() {
-                tracing::error!(error = %e, "the database's schema moved past this server: it takes no more work; upgrade it");
-                *ahead = Some(e.to_string());
-            }
+            state.schema_moved_ahead(&e);
         }
     }
 }

@@ -24,7 +24,7 @@ const RESERVED_FILES: usize = 256;
 
 /// Raises this process's soft limit of open files to its hard limit, and returns it (`None`
 /// when it cannot be read).
-fn open_files_allowed() -> Option<u64> {
+pub fn raise_open_files() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -51,7 +51,7 @@ fn open_files_allowed() -> Option<u64> {
 /// The connections a server can serve of the `requested`, within the open-file limit (raised
 /// first to its hard limit); says so when that is fewer.
 pub fn fit_connections(requested: usize) -> usize {
-    match open_files_allowed() {
+    match raise_open_files() {
         Some(files) if (files as usize) < requested + RESERVED_FILES => {
             let fitting = (files as usize).saturating_sub(RESERVED_FILES).max(64);
             tracing::warn!(
@@ -67,9 +67,11 @@ pub fn fit_connections(requested: usize) -> usize {
 
 /// Serves `app` on `listener` until `stop`, then lets connections finish their current
 /// request and waits for them.
+/// With `tls`, each connection is HTTPS: its handshake must finish within `header_timeout` too.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<Arc<crate::tls::Tls>>,
     max_connections: usize,
     header_timeout: Duration,
     stop: CancellationToken,
@@ -99,8 +101,23 @@ pub async fn serve(
         };
         let app = app.clone();
         let stop = stop.clone();
+        let _ = stream.set_nodelay(true);
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         connections.spawn(async move {
-            serve_connection(stream, peer, app, header_timeout, stop).await;
+            match acceptor {
+                None => serve_connection(stream, peer, app, header_timeout, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, app, header_timeout, stop).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -108,14 +125,15 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     app: Router,
     header_timeout: Duration,
     stop: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -85,6 +85,10 @@ fn describe() {
         "hopper_clock_steps_total",
         "Steps of the clock the server keeps, by direction."
     );
+    metrics::describe_gauge!(
+        "hopper_leader",
+        "1 where this server leads a role among the servers of one database (notifier, timekeeper), else 0."
+    );
     metrics::describe_counter!(
         "hopper_calls_total",
         "Calls started, by function and origin."

@@ -162,11 +162,38 @@ impl Notifier {
 
     /// Runs a pass every half second until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
+        // Through an outage of the database a pass fails every half second: the first
+        // failure is logged, then one a minute, and the recovery.
+        let mut failing_since: Option<(std::time::Instant, std::time::Instant)> = None;
         loop {
             if self.state.schema_ahead().is_some() {
                 // The schema moved past this server: an upgraded one does this now.
-            } else if let Err(e) = self.run_once().await {
-                tracing::warn!(error = %e, "notifier pass failed; retrying");
+            } else {
+                match (self.run_once().await, failing_since) {
+                    (Ok(()), None) => {}
+                    (Ok(()), Some((since, _))) => {
+                        failing_since = None;
+                        tracing::info!(
+                            failed_for_seconds = since.elapsed().as_secs(),
+                            "notifier passes succeed again"
+                        );
+                    }
+                    (Err(e), None) => {
+                        let now = std::time::Instant::now();
+                        failing_since = Some((now, now));
+                        tracing::warn!(error = %e, "notifier pass failed; retrying every 0.5 s");
+                    }
+                    (Err(e), Some((since, logged))) => {
+                        if logged.elapsed() >= Duration::from_secs(60) {
+                            failing_since = Some((since, std::time::Instant::now()));
+                            tracing::warn!(
+                                error = %e,
+                                failing_for_seconds = since.elapsed().as_secs(),
+                                "notifier passes still fail; retrying every 0.5 s"
+                            );
+                        }
+                    }
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -192,7 +219,7 @@ impl Notifier {
             });
         }
         // With several servers over one database, one of them notifies.
-        if !self.state.store.leader_try("notifier").await? {
+        if !self.state.lead("notifier").await? {
             return Ok(());
         }
         let now = self.state.now();

@@ -80,7 +80,27 @@ impl AppState {
         self.schema_ahead.lock().ok().and_then(|s| s.clone())
     }
 
+    /// The database's schema is newer than this server's (`e` says how): from now on it takes
+    /// no work (`/v1` and `/readyz` answer 503 `schema_too_new`, the engine's loops stop).
+    pub fn schema_moved_ahead(&self, e: &hopper_store::StoreError) {
+        let mut ahead = self.schema_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if ahead.is_none() {
+            tracing::error!(error = %e, "the database's schema moved past this server: it takes no more work; upgrade it");
+            *ahead = Some(e.to_string());
+        }
+    }
+
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// Takes or keeps the lead of `role` among the servers of one database (see
+    /// [`hopper_store::Store::leader_try`]), and shows in `/metrics` whether this server
+    /// holds it (`hopper_leader{role}`, 1 or 0).
+    pub async fn lead(&self, role: &'static str) -> Result<bool, hopper_store::StoreError> {
+        let led = self.store.leader_try(role).await;
+        let held = matches!(led, Ok(true));
+        metrics::gauge!("hopper_leader", "role" => role).set(if held { 1.0 } else { 0.0 });
+        led
     }
 }

@@ -151,7 +151,7 @@ impl Timekeeper {
     async fn stepped(&self, state: &AppState, step_ms: i64, now: i64) -> Result<(), StoreError> {
         // On a shared database every server sees the database's step (at its next clock sync):
         // one moves for all, and records it; the others judge no lease until it has.
-        if self.shared_clock.is_some() && !state.store.leader_try("timekeeper").await? {
+        if self.shared_clock.is_some() && !state.lead("timekeeper").await? {
             let recorded = state.store.setting_get(STEP_SETTING).await?;
             let moved = recorded
                 .as_deref()

@@ -152,4 +152,33 @@ pub mod plans {
             assert!(!bad, "{what}: `{line}` in the plan {plan:#?}");
         }
     }
+
+    /// A statement over `functions` functions' pending inputs (a lease, the next due time) is
+    /// one index scan of `inputs_pending` per function, and what it sorts is at most `max`
+    /// rows of each; never a bitmap of every pending input of the functions, sorted whole.
+    /// `functions`, a small table, may be scanned.
+    pub fn assert_walks_per_function(what: &str, plan: &[String], functions: usize, max: u32) {
+        let scans = plan
+            .iter()
+            .filter(|l| l.contains(" using inputs_pending "))
+            .count();
+        assert_eq!(
+            scans, functions,
+            "{what}: scans of inputs_pending in {plan:#?}"
+        );
+        let few = functions as u64 * u64::from(max);
+        for line in plan {
+            let sorted = line.contains("Sort  (")
+                && line
+                    .split("rows=")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|r| r.parse::<u64>().ok())
+                    .is_none_or(|rows| rows > few);
+            // A function's timeout is read from the small table of functions.
+            let scanned = line.contains("Seq Scan") && !line.contains("Seq Scan on functions ");
+            let bad = scanned || line.contains("Bitmap") || sorted;
+            assert!(!bad, "{what}: `{line}` in the plan {plan:#?}");
+        }
+    }
 }

@@ -322,10 +322,11 @@ async fn publish(
     let mut conn: Option<PgConnection> = None;
     let mut warned = false;
     while let Some(first) = queued.recv().await {
-        let mut payloads: std::collections::BTreeSet<String> = first.into_iter().collect();
+        let mut payloads = first;
         while let Ok(more) = queued.try_recv() {
             payloads.extend(more);
         }
+        let payloads = coalesce(payloads);
         let sent = async {
             if conn.is_none() {
                 conn = Some(PgConnection::connect_with(&options).await?);
@@ -354,6 +355,42 @@ async fn publish(
             }
         }
     }
+}
+
+/// Distinct wake-ups once each, with the new inputs of each function added up into one
+/// `inputs:N:APP:FUNCTION`.
+fn coalesce(payloads: Vec<String>) -> std::collections::BTreeSet<String> {
+    let mut inputs: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    let mut others = std::collections::BTreeSet::new();
+    for payload in payloads {
+        match parse_inputs(&payload) {
+            Some((function, n)) => {
+                *inputs.entry((function.app, function.function)).or_default() += n
+            }
+            None => {
+                others.insert(payload);
+            }
+        }
+    }
+    for ((app, function), n) in inputs {
+        others.insert(calls::inputs_notice(&app, &function, n));
+    }
+    others
+}
+
+/// The function and count of an `inputs:N:APP:FUNCTION` wake-up.
+fn parse_inputs(payload: &str) -> Option<(FunctionKey, usize)> {
+    let mut parts = payload.splitn(4, ':');
+    let ("inputs", Some(n), Some(app), Some(function)) =
+        (parts.next()?, parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let function = FunctionKey {
+        app: app.to_string(),
+        function: function.to_string(),
+    };
+    Some((function, n.parse().ok()?))
 }
 
 /// `payloads` joined by newlines into notices of at most [`MAX_NOTICE`] bytes.
@@ -395,6 +432,8 @@ async fn listen(
                         "inputs" => Some(Wakeup::Inputs),
                         "results" => Some(Wakeup::Results),
                         other => match other.split_once(':') {
+                            Some(("inputs", _)) => parse_inputs(other)
+                                .map(|(function, count)| Wakeup::InputsOf { function, count }),
                             Some(("call", id)) => id.parse().ok().map(Wakeup::CallFinished),
                             Some(("cancel", id)) => id.parse().ok().map(Wakeup::CallCancelled),
                             _ => None,

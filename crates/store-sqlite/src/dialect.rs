@@ -123,4 +123,27 @@ pub mod plans {
             assert!(!bad, "{what}: `{line}` in the plan {plan:#?}");
         }
     }
+
+    /// A statement over `functions` functions' pending inputs (a lease, the next due time) is
+    /// one search of `inputs_pending` per function, the union of those read in turn (`SCAN
+    /// due…`, `SCAN heads`) and sorted once at most; never `MULTI-INDEX OR`, which finds every
+    /// pending input of the functions and sorts them all.
+    pub fn assert_walks_per_function(what: &str, plan: &[String], functions: usize, _max: u32) {
+        let searches = plan
+            .iter()
+            .filter(|l| l.starts_with("SEARCH ") && l.contains("INDEX inputs_pending "))
+            .count();
+        assert_eq!(
+            searches, functions,
+            "{what}: searches of inputs_pending in {plan:#?}"
+        );
+        let sorts = plan.iter().filter(|l| l.contains("TEMP B-TREE")).count();
+        assert!(sorts <= 1, "{what}: {sorts} sorts in {plan:#?}");
+        for line in plan {
+            let scanned = line.strip_prefix("SCAN ").unwrap_or("heads");
+            let bad = line.contains("MULTI-INDEX OR")
+                || !(scanned.starts_with("due") || scanned.starts_with("heads"));
+            assert!(!bad, "{what}: `{line}` in the plan {plan:#?}");
+        }
+    }
 }

@@ -30,8 +30,10 @@ pub use rows::*;
 /// Something another server sharing the store did, that waiters here may care about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wakeup {
-    /// Inputs may be available to lease.
+    /// Inputs may be available to lease, of functions not said.
     Inputs,
+    /// `count` new inputs of `function` are available to lease.
+    InputsOf { function: FunctionKey, count: usize },
     /// Some inputs ended: result streams may have more.
     Results,
     /// A call ended.

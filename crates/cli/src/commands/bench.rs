@@ -18,7 +18,7 @@ use crate::args::BenchArgs;
 use crate::exit::{self, Code};
 use crate::output;
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "enqueue",
     "bulk",
     "in-process",
@@ -26,7 +26,15 @@ const SCENARIOS: [&str; 7] = [
     "latency",
     "map",
     "dashboard",
+    "crowd",
 ];
+
+/// Scenarios that run only when asked for: the dashboard's fill takes minutes, and the crowd
+/// holds thousands of connections.
+const ON_REQUEST: [&str; 2] = ["dashboard", "crowd"];
+
+/// Inputs the crowd scenario dispatches one at a time, with its workers waiting.
+const CROWD_DISPATCHES: u64 = 500;
 
 /// One scenario's figures.
 #[derive(Debug, Serialize)]
@@ -38,9 +46,14 @@ struct Figures {
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     peak_rss_bytes: Option<u64>,
+    /// CPU the servers used from their start to the scenario's end, user and system.
+    server_cpu_seconds: Option<f64>,
     /// `dashboard`: each page's read times, with the scenario's calls in the store.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pages: Vec<super::bench_dashboard::PageFigures>,
+    /// `crowd`: the server with its workers waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crowd: Option<super::bench_crowd::CrowdFigures>,
 }
 
 /// A `hopper serve` child on a temporary data dir.
@@ -159,6 +172,16 @@ impl Cluster {
         Ok(clients)
     }
 
+    /// The CPU the servers have used so far, together.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let each: Option<Vec<Duration>> = self
+            .servers
+            .iter()
+            .map(|s| super::bench_crowd::cpu_time(s.child.id()).ok())
+            .collect();
+        Some(each?.iter().sum::<Duration>().as_secs_f64())
+    }
+
     /// The largest peak resident memory of the servers.
     fn peak_rss(&self) -> Option<u64> {
         self.servers.iter().filter_map(BenchServer::peak_rss).max()
@@ -262,7 +285,9 @@ fn figures(
         p50_ms: percentile(&latencies, 50.0).map(|v| (v * 1000.0).round() / 1000.0),
         p99_ms: percentile(&latencies, 99.0).map(|v| (v * 1000.0).round() / 1000.0),
         peak_rss_bytes: server.peak_rss(),
+        server_cpu_seconds: server.cpu_seconds(),
         pages: Vec::new(),
+        crowd: None,
     }
 }
 
@@ -471,13 +496,66 @@ async fn dashboard(n: u64) -> anyhow::Result<Figures> {
     Ok(out)
 }
 
+/// Gathers `workers` workers on the (first) server, then times dispatch (sequential
+/// `.remote()` calls: the scenario's p50/p99), spawns and `/healthz` with the crowd waiting.
+async fn crowd(workers: u64) -> anyhow::Result<Figures> {
+    use super::bench_crowd as bc;
+    // This process holds a connection or two per worker.
+    hopper_server::listen::raise_open_files();
+    let server = Cluster::start()?;
+    let clients = server.clients().await?;
+    let client = clients[0].clone();
+    let first = &server.servers[0];
+    let pid = first.child.id();
+    let alone = bc::rss(pid).unwrap_or(0);
+    let crowd = bc::Crowd::gather(&first.url, "bench", "noop", workers as usize).await?;
+    let registered = bc::registered(&client, workers as usize).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_cpu_percent = bc::idle_cpu_percent(pid).await?;
+    let crowded = bc::rss(pid).unwrap_or(0);
+    let (spawn_p50_ms, spawn_p99_ms) =
+        bc::timed("a spawn", || client.spawn("bench.noop", Value::Null, None)).await?;
+    let (healthz_p50_ms, healthz_p99_ms) = bc::timed("/healthz", || client.healthz()).await?;
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(CROWD_DISPATCHES as usize);
+    for i in 0..CROWD_DISPATCHES {
+        let t = Instant::now();
+        let done = client
+            .remote("bench.noop", Value::from(i), Duration::from_secs(30))
+            .await?;
+        if !done.state.is_terminal() {
+            bail!("crowd: call {} did not end", done.id);
+        }
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut out = figures(
+        "crowd",
+        CROWD_DISPATCHES,
+        started.elapsed(),
+        latencies,
+        &server,
+    );
+    out.crowd = Some(bc::CrowdFigures {
+        workers: workers as usize,
+        registered,
+        idle_cpu_percent,
+        rss_per_worker_bytes: crowded.saturating_sub(alone) / workers.max(1),
+        spawn_p50_ms,
+        spawn_p99_ms,
+        healthz_p50_ms,
+        healthz_p99_ms,
+    });
+    crowd.stop().await;
+    server.finish().await;
+    Ok(out)
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
     let scenarios: Vec<&str> = match args.scenario.as_deref() {
-        // The dashboard's fill alone takes minutes: it runs when asked for.
         None => SCENARIOS
             .iter()
             .copied()
-            .filter(|s| *s != "dashboard")
+            .filter(|s| !ON_REQUEST.contains(s))
             .collect(),
         Some(s) if SCENARIOS.contains(&s) => vec![s],
         Some(s) => {
@@ -520,6 +598,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
             "command" => map_through("command", "bench.serve_noop", count(100_000), false).await?,
             "latency" => latency(count(1_000)).await?,
             "dashboard" => dashboard(count(1_000_000)).await?,
+            "crowd" => crowd(count(5_000)).await?,
             _ => map_through("map", "bench.noop", count(1_000_000), true).await?,
         };
         all.push(figures);
@@ -541,6 +620,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
                     f.peak_rss_bytes
                         .map(|b| format!("{:.1} MiB", b as f64 / 1_048_576.0))
                         .unwrap_or_else(|| "-".into()),
+                    f.server_cpu_seconds
+                        .map(|s| format!("{:.0}", s * 1e6 / f.inputs.max(1) as f64))
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
@@ -553,6 +635,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
                 "P50 MS",
                 "P99 MS",
                 "SERVER PEAK RSS",
+                "SERVER CPU µS/INPUT",
             ],
             &rows,
         );
@@ -576,6 +659,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
                 })
                 .collect();
             output::table(&["PAGE", "P50 MS", "P99 MS"], &rows);
+        }
+        for (f, c) in all.iter().filter_map(|f| Some((f, f.crowd.as_ref()?))) {
+            crate::output::line(format_args!(
+                "\n{} workers waiting ({} listed active): server CPU {:.1}% of a core, {:.1} KiB of server memory per worker; \
+                 dispatch p50 {} ms, p99 {} ms; spawn p50 {:.3} ms, p99 {:.3} ms; /healthz p50 {:.3} ms, p99 {:.3} ms",
+                c.workers,
+                c.registered,
+                c.idle_cpu_percent,
+                c.rss_per_worker_bytes as f64 / 1024.0,
+                ms(f.p50_ms),
+                ms(f.p99_ms),
+                c.spawn_p50_ms,
+                c.spawn_p99_ms,
+                c.healthz_p50_ms,
+                c.healthz_p99_ms,
+            ));
         }
         crate::output::line(format_args!(
             "machine: {} cores, {}; {}{}",

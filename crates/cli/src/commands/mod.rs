@@ -2,6 +2,7 @@
 
 mod apps;
 mod bench;
+mod bench_crowd;
 mod bench_dashboard;
 mod calls;
 mod map;
@@ -144,15 +145,31 @@ pub fn explain(e: hopper_sdk::MapError) -> anyhow::Error {
     }
 }
 
-/// The client of `--server` / `HOPPER_SERVER`: a bare `host:port` means `http://host:port`.
+/// The client of `--server` / `HOPPER_SERVER` (one server, or several of a cluster): a bare
+/// `host:port` means `http://host:port`.
 pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
-    let server = server_url(&args.server)?;
+    let server = server_urls(&args.server)?;
     Client::new(&server, args.token.clone()).context("cannot create the HTTP client")
 }
 
-/// `--server` / `HOPPER_SERVER` as a URL: `http://` is added to a bare `host:port`; anything
-/// else that is not an http(s) URL is refused, naming where it came from.
-pub fn server_url(text: &str) -> anyhow::Result<String> {
+/// `--server` / `HOPPER_SERVER` as the comma-separated URLs [`Client::new`] takes: `http://`
+/// is added to a bare `host:port`; anything else that is not an http(s) URL is refused, naming
+/// where it came from.
+pub fn server_urls(given: &[String]) -> anyhow::Result<String> {
+    let urls = given
+        .iter()
+        .filter(|text| !text.trim().is_empty())
+        .map(|text| server_url(text))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if urls.is_empty() {
+        return Err(exit::usage(
+            "--server (or HOPPER_SERVER) is empty: give a server's URL, e.g. http://127.0.0.1:7433",
+        ));
+    }
+    Ok(urls.join(","))
+}
+
+fn server_url(text: &str) -> anyhow::Result<String> {
     let text = text.trim();
     let url = if text.contains("://") {
         text.to_string()

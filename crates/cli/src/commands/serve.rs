@@ -97,6 +97,8 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         }
     }
     config.public_url = args.public_url.clone();
+    config.tls_cert = args.tls_cert.clone();
+    config.tls_key = args.tls_key.clone();
     match parse_bytes(&args.max_bundle) {
         Some(n) if n >= 1024 => config.max_bundle_bytes = n as u64,
         _ => faults.push(format!(
@@ -149,6 +151,11 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             "--listen {}: refusing to listen beyond loopback without a token; set --token or HOPPER_TOKEN",
             args.listen
         ));
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        if let Err(e) = hopper_server::tls::Tls::load(cert, key) {
+            faults.push(e);
+        }
     }
     for path in &args.deploy {
         if !path.is_file() {
@@ -287,7 +294,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<Code> {
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "hopper listening on http://{address}").and_then(|_| out.flush());
+        let scheme = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let _ = writeln!(out, "hopper listening on {scheme}://{address}").and_then(|_| out.flush());
     }
     let shutdown = stop_on_signals(format!("hopper serve on {address}"))?;
     let result = hopper_server::run(config, store.store.clone(), listener, shutdown).await;

@@ -53,7 +53,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
     let snapshots =
         hopper_worker::cache::SnapshotCache::new(cache_dir, cache_max.unwrap_or(0) as u64);
     let config = WorkerConfig {
-        server: super::server_url(&args.client.server)?,
+        server: super::server_urls(&args.client.server)?,
         token: args.client.token.clone(),
         functions: args.functions.clone(),
         concurrency: args.concurrency,

@@ -123,6 +123,16 @@ impl Server {
         }
     }
 
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -286,6 +296,32 @@ pub fn start_with_stepping_clock(offset_file: &Path, data: &Path, args: &[&str])
     )
 }
 
+/// The calls schedules started, newest first (up to 1,000).
+pub async fn schedule_calls(client: &hopper_sdk::Client) -> Vec<hopper_core::api::CallView> {
+    client
+        .calls(&hopper_sdk::CallFilter {
+            origin: Some("schedule".into()),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .calls
+}
+
+/// The PostgreSQL database the tests use (`HOPPER_TEST_POSTGRES`) and a schema of the test's
+/// own in it; `None`, saying the test skipped, when none is set.
+pub fn test_database() -> Option<(String, String)> {
+    let Ok(url) = std::env::var("HOPPER_TEST_POSTGRES") else {
+        println!("SKIP: HOPPER_TEST_POSTGRES is not set");
+        return None;
+    };
+    Some((
+        url,
+        format!("hopper_test_{}", hopper_core::ids::random_hex()),
+    ))
+}
+
 /// A `hopper worker` process, killed when dropped (also when a test fails).
 pub struct Worker(pub std::process::Child);
 
@@ -306,4 +342,66 @@ pub fn worker(url: &str, function: &str) -> Worker {
             .spawn()
             .unwrap(),
     )
+}
+
+/// What a test's receiver and the test both hold.
+pub type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
+
+/// A webhook receiver: answers each POST with the next status of `statuses` (the last one
+/// repeats) and keeps the bodies.
+pub async fn webhook_receiver(
+    statuses: Vec<u16>,
+) -> (String, Shared<Vec<serde_json::Value>>, Shared<usize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/hooks/T000/B000/s3cretpath",
+        listener.local_addr().unwrap()
+    );
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(0usize));
+    let (b, h) = (bodies.clone(), hits.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (b, h, statuses) = (b.clone(), h.clone(), statuses.clone());
+            tokio::spawn(async move {
+                use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+                let mut reader = tokio::io::BufReader::new(socket);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).await.unwrap();
+                let n = {
+                    let mut hits = h.lock().unwrap();
+                    *hits += 1;
+                    *hits
+                };
+                let status = statuses[(n - 1).min(statuses.len() - 1)];
+                if status == 200 {
+                    b.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                }
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = reader.get_mut().write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, bodies, hits)
 }

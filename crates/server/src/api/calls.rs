@@ -72,7 +72,7 @@ pub async fn spawn(
     let (status, call) = match inserted {
         CallInserted::Created(call) => {
             crate::metrics::call_started(format!("{}.{}", call.app, call.function), "spawn");
-            state.events.inputs_available();
+            state.events.inputs_for(&call.app, &call.function, 1);
             (StatusCode::CREATED, call)
         }
         CallInserted::Existing(call) => (StatusCode::OK, call),
@@ -174,8 +174,11 @@ pub async fn spawn_batch(
             created,
         });
     }
-    let status = if calls.iter().any(|c| c.created) {
-        state.events.inputs_available();
+    let created = calls.iter().filter(|c| c.created).count();
+    let status = if created > 0 {
+        state
+            .events
+            .inputs_for(&function.spec.app, &function.spec.name, created);
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -699,7 +702,7 @@ pub async fn rerun(
         .await?;
     let (CallInserted::Created(new) | CallInserted::Existing(new)) = inserted;
     crate::metrics::call_started(format!("{}.{}", new.app, new.function), "spawn");
-    state.events.inputs_available();
+    state.events.inputs_for(&new.app, &new.function, 1);
     Ok((StatusCode::CREATED, Json(views::call(&new, None))))
 }
 

@@ -100,7 +100,7 @@ pub async fn map(
     let function = resolve(&state, &name).await?;
     let key = idempotency_key(&headers, req.idempotency_key)?;
     let inputs = encode_inputs(&state, &req.inputs, req.starmap, 0)?;
-    let any = !inputs.is_empty();
+    let added = inputs.len();
     let inserted = state
         .store
         .call_insert(CallInsert {
@@ -120,8 +120,8 @@ pub async fn map(
     match inserted {
         CallInserted::Created(call) => {
             crate::metrics::call_started(format!("{}.{}", call.app, call.function), "map");
-            if any {
-                state.events.inputs_available();
+            if added > 0 {
+                state.events.inputs_for(&call.app, &call.function, added);
             }
             if call.state.is_terminal() {
                 state.events.call_finished(call.id.clone());
@@ -148,7 +148,7 @@ pub async fn append(
         ));
     }
     let inputs = encode_inputs(&state, &chunk.inputs, false, chunk.start)?;
-    let any = !inputs.is_empty();
+    let added = inputs.len();
     let call = state
         .store
         .input_append(InputAppend {
@@ -159,8 +159,8 @@ pub async fn append(
             now: state.now(),
         })
         .await?;
-    if any {
-        state.events.inputs_available();
+    if added > 0 {
+        state.events.inputs_for(&call.app, &call.function, added);
     }
     if call.state.is_terminal() {
         state.events.call_finished(id);

@@ -81,7 +81,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/healthz", get(readyz))
         .merge(metrics)
         .merge(crate::dashboard::router())
         .nest("/v1", v1)
@@ -95,19 +97,53 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `/healthz`: 200 `{"ok": true}` while this server takes work; 503 with the reason when it
-/// does not (the database's schema moved past it).
-async fn healthz(State(state): State<AppState>) -> Response {
-    match state.schema_ahead() {
-        None => Json(serde_json::json!({ "ok": true })).into_response(),
-        Some(why) => (
+/// How long `/readyz` waits for the database to answer.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `/livez`: 200 `{"ok": true}` while the process serves HTTP. It never asks the database, so
+/// an orchestrator restarts a server only when it is stuck, not when its database is away.
+async fn livez() -> Response {
+    Json(serde_json::json!({ "ok": true })).into_response()
+}
+
+/// `/readyz`, and `/healthz` (the same): 200 `{"ok": true}` while this server takes work: its
+/// database answered within [`READY_WITHIN`] with a schema this build knows, and it is not
+/// shutting down. Otherwise 503 `{"ok": false, "error": {"code", "message"}}` with the code
+/// `store_unavailable` (the database did not answer, or answered an error), `schema_too_new` or
+/// `server_stopping`, so that a load balancer sends its requests elsewhere.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let not_ready = |code: &str, message: String| {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({
                 "ok": false,
-                "error": { "code": "schema_too_new", "message": why },
+                "error": { "code": code, "message": message },
             })),
         )
-            .into_response(),
+            .into_response()
+    };
+    if let Some(why) = state.schema_ahead() {
+        return not_ready("schema_too_new", why);
+    }
+    if state.shutdown.is_cancelled() {
+        return not_ready("server_stopping", "this server is shutting down".into());
+    }
+    match tokio::time::timeout(READY_WITHIN, state.store.schema_version()).await {
+        Ok(Ok(found)) => match found.check() {
+            Ok(()) => Json(serde_json::json!({ "ok": true })).into_response(),
+            Err(e) => {
+                state.schema_moved_ahead(&e);
+                not_ready("schema_too_new", e.to_string())
+            }
+        },
+        Ok(Err(e)) => not_ready("store_unavailable", e.to_string()),
+        Err(_) => not_ready(
+            "store_unavailable",
+            format!(
+                "the database did not answer within {} s",
+                READY_WITHIN.as_secs()
+            ),
+        ),
     }
 }
 
@@ -353,7 +389,8 @@ fn required_scope(method: &Method, path: &str) -> Scope {
     Scope::Submit
 }
 
-/// With tokens configured, every request but `/healthz` and the dashboard's pages must carry
+/// With tokens configured, every request but the health checks (`/livez`, `/readyz`,
+/// `/healthz`) and the dashboard's pages must carry
 /// `Authorization: Bearer <token>` or the dashboard's session cookie (401 without a valid one),
 /// of a token whose scopes allow it (403 otherwise).
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -487,6 +524,8 @@ mod tests {
             ("post", "/v1/workers/{id}/heartbeat"),
             ("post", "/v1/workers/{id}/complete"),
             ("post", "/v1/workers/{id}/logs"),
+            ("get", "/livez"),
+            ("get", "/readyz"),
             ("get", "/healthz"),
             ("get", "/metrics"),
         ];

@@ -1,0 +1,133 @@
+//! HTTPS: the server's certificate chain and key from PEM files (`--tls-cert`, `--tls-key`),
+//! read again when either file changes (looked at every 10 s) or on SIGHUP, so a renewed
+//! certificate is served without a restart. A reload that fails (a half-written file, a key
+//! that does not match) is logged and the certificate served so far is kept.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// How often the files are looked at for a change.
+const LOOK_EVERY: Duration = Duration::from_secs(10);
+
+/// The certificate a server presents, and where it comes from.
+pub struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<TlsAcceptor>,
+    /// The files' modification times when last read.
+    read_at: RwLock<(Option<SystemTime>, Option<SystemTime>)>,
+}
+
+impl Tls {
+    /// Reads the certificate chain (`cert`, PEM, the server's certificate first) and its
+    /// private key (`key`, PEM: PKCS#8, PKCS#1 or SEC1). The error names the file and what is
+    /// wrong with it.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, String> {
+        let acceptor = acceptor(cert, key)?;
+        Ok(Self {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: RwLock::new(acceptor),
+            read_at: RwLock::new((modified(cert), modified(key))),
+        })
+    }
+
+    /// What accepts a connection now: the newest certificate read.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        match self.current.read() {
+            Ok(a) => a.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
+    /// Reads the files again; keeps the certificate served so far when they do not make one.
+    fn reload(&self, why: &str) {
+        match acceptor(&self.cert, &self.key) {
+            Ok(fresh) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                tracing::info!(cert = %self.cert.display(), why, "serving the certificate read again");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, why, "cannot read the certificate again; serving the one read before")
+            }
+        }
+        *self.read_at.write().unwrap_or_else(|e| e.into_inner()) =
+            (modified(&self.cert), modified(&self.key));
+    }
+
+    /// Reloads on SIGHUP and when a file's modification time changes, until `stop`.
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates are reloaded when their files change");
+                None
+            }
+        };
+        loop {
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hangup => self.reload("SIGHUP"),
+                _ = tokio::time::sleep(LOOK_EVERY) => {
+                    let now = (modified(&self.cert), modified(&self.key));
+                    let before = *self.read_at.read().unwrap_or_else(|e| e.into_inner());
+                    if now != before {
+                        self.reload("the certificate or key file changed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)",
+            cert.display()
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "--tls-key {}: {e} (expected a PEM private key)",
+            key.display()
+        )
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, private)
+    .map_err(|e| {
+        format!(
+            "--tls-cert {} and --tls-key {}: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
