@@ -19,6 +19,23 @@ pub struct Cli {
     /// and `SSL_CERT_FILE`: a private CA. Passed on to workers and their functions.
     #[arg(long, env = "HOPPER_CA_CERT", global = true)]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// How log lines are written to stderr: `text` (for people) or `json` (one object a line,
+    /// for a log collector). Passed on to the workers a server starts.
+    #[arg(
+        long,
+        env = "HOPPER_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// How a client command finds its server.
@@ -333,6 +350,11 @@ pub struct ServeArgs {
     /// (e.g. read,submit=s3cret); repeatable.
     #[arg(long = "scoped-token", value_name = "SCOPES=TOKEN")]
     pub scoped_tokens: Vec<String>,
+    /// Tokens from a file, one `name:scopes:token` a line (e.g. `ci:submit,read:s3cret`;
+    /// `#` comments), read again on SIGHUP and when it changes: tokens are added and removed
+    /// without a restart, and stay out of the command line.
+    #[arg(long, env = "HOPPER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// How long a lease lasts without a heartbeat: a lost worker costs at most this.
     #[arg(long, default_value = "30s")]
     pub lease: String,

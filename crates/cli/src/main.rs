@@ -21,6 +21,10 @@ fn main() -> std::process::ExitCode {
         // `hopper_sdk::Client::new`); set before any other thread runs.
         std::env::set_var("HOPPER_CA_CERT", file);
     }
+    if cli.log_format == args::LogFormat::Json {
+        // Read by `commands::init_logging`, here and in the workers a server starts.
+        std::env::set_var("HOPPER_LOG_FORMAT", "json");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -251,3 +251,46 @@ async fn the_image_s_server_and_worker_start_as_its_user_with_its_environment() 
     })
     .await;
 }
+
+#[test]
+fn with_log_format_json_every_log_line_is_a_json_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Worker(
+        std::process::Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data",
+            ])
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let logs = std::io::BufReader::new(serve.0.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in std::io::BufRead::lines(logs) {
+        let line = line.unwrap();
+        let object: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            object["level"].is_string() && object["timestamp"].is_string(),
+            "{line}"
+        );
+        seen.push(object["message"].as_str().unwrap_or_default().to_string());
+        if seen.iter().any(|m| m == "hopper is serving") {
+            break;
+        }
+    }
+    let out = std::process::Command::new(BIN)
+        .args(["calls", "--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--log-format"), "{}", stderr(&out));
+}

@@ -1,7 +1,7 @@
 //! Security and protocol hardening through the real server: no web page can drive a local
 //! server, every route keeps to its scope (HEAD included), answers carry only what a token
-//! may read, one value cannot crash or wedge anything, slow clients are cut off, and every
-//! error has the API's JSON shape.
+//! may read, one value cannot crash or wedge anything, slow clients are cut off, every
+//! error has the API's JSON shape, and tokens from a file come and go without a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -667,4 +667,95 @@ async fn a_worker_token_cannot_act_as_another_worker() {
     assert_eq!(real.status(), StatusCode::OK);
     let done = wait_done(&admin, &call.id, Duration::from_secs(10)).await;
     assert_eq!(done.output, Some(json!("real")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_from_a_file_are_added_and_removed_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let write = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    };
+    write("# who:scopes:token\nci:submit,read:ci-token-0001\nops:admin:ops-token-0001\n");
+    let m = manifest(dir.path(), APP);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--token-file",
+            file.to_str().unwrap(),
+            "--deploy",
+            m.to_str().unwrap(),
+        ],
+    );
+    let calls = format!("{}/v1/calls", server.url);
+    let status = |token: &'static str| {
+        let calls = calls.clone();
+        async move {
+            http()
+                .get(&calls)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status("ci-token-0001").await, StatusCode::OK);
+    assert_eq!(status("no-such-token").await, StatusCode::UNAUTHORIZED);
+    // A token's scopes hold, and the refusal names the scope it lacks.
+    let deploy = http()
+        .post(format!("{}/v1/apps", server.url))
+        .bearer_auth("ci-token-0001")
+        .json(&json!({"manifest": APP, "file": "hopper.toml", "base_dir": "/"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deploy.status(), StatusCode::FORBIDDEN);
+    let body: Value = deploy.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("needs admin"), "{body}");
+
+    // On SIGHUP: a token added works, a token removed does not.
+    write("ops:admin:ops-token-0001\nnew:read:new-token-0002\n");
+    let hup = || {
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    hup();
+    eventually("the new token works", Duration::from_secs(10), || async {
+        (status("new-token-0002").await == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(status("ci-token-0001").await, StatusCode::UNAUTHORIZED);
+    // A file that does not parse keeps the tokens read before.
+    write("new:reed:new-token-0002\n");
+    hup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status("new-token-0002").await, StatusCode::OK);
+    // A change is noticed without a signal too.
+    write("later:read:later-token-0003\n");
+    eventually(
+        "the changed file is read",
+        Duration::from_secs(30),
+        || async { (status("later-token-0003").await == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    assert_eq!(status("new-token-0002").await, StatusCode::UNAUTHORIZED);
+
+    // A file that does not parse is refused at start, naming the line.
+    write("ok:read:fine-token-0004\nbroken line\n");
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--token-file"])
+        .arg(&file)
+        .arg("--data")
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
 }

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Tokens limited to some scopes (`--scoped-token read,submit=TOKEN`).
     pub scoped_tokens: Vec<(Vec<Scope>, String)>,
+    /// Tokens from a file the server reads again when it changes (`--token-file`).
+    pub token_file: Option<std::sync::Arc<crate::tokens::TokenFile>>,
     /// Longest a request's header, or its body, may take to arrive; an idle keep-alive
     /// connection is closed after it too. Default 30 s.
     pub request_timeout: Duration,
@@ -136,6 +138,7 @@ impl Default for ServerConfig {
         Self {
             token: None,
             scoped_tokens: Vec::new(),
+            token_file: None,
             max_connections: 16_384,
             max_waiting: 8_192,
             worker_drain: Duration::from_secs(5),
@@ -172,7 +175,7 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Whether requests must carry a token.
     pub fn requires_token(&self) -> bool {
-        self.token.is_some() || !self.scoped_tokens.is_empty()
+        self.token.is_some() || !self.scoped_tokens.is_empty() || self.token_file.is_some()
     }
 
     /// The scopes of a presented token; `None` for an unknown token.
@@ -185,6 +188,7 @@ impl ServerConfig {
             .iter()
             .find(|(_, t)| matches(t))
             .map(|(scopes, _)| scopes.clone())
+            .or_else(|| self.token_file.as_ref()?.scopes_of(presented))
     }
 
     /// The scopes of the token whose dashboard session value (`api::session::session_value`)
@@ -203,6 +207,7 @@ impl ServerConfig {
             .iter()
             .find(|(_, t)| matches(t))
             .map(|(scopes, _)| scopes.clone())
+            .or_else(|| self.token_file.as_ref()?.scopes_of_session(session))
     }
 
     pub fn lease_ms(&self) -> i64 {
@@ -222,7 +227,7 @@ impl ServerConfig {
 }
 
 /// Compares without stopping at the first difference, so timing does not leak a token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

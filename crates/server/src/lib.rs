@@ -15,6 +15,8 @@
 //! - [`metrics`]: Prometheus metrics at `/metrics`.
 //! - [`events`]: in-process wake-ups (new inputs, ended calls, deploys).
 //! - [`deploy`]: turning a manifest into a stored app version.
+//! - [`listen`], [`tls`]: serving HTTP and HTTPS within connection limits.
+//! - [`tokens`], [`reload`]: tokens from a file, and files read again while the server runs.
 //!
 //! [`run`] starts everything from one place and stops it on one cancellation token, in order:
 //! stop accepting requests, stop the local workers (they hand their inputs back), then the
@@ -34,10 +36,12 @@ pub mod notifier;
 pub mod provisioner;
 pub mod pruner;
 pub mod reaper;
+pub mod reload;
 pub mod secrets;
 pub mod state;
 pub mod timekeeper;
 pub mod tls;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -87,6 +91,12 @@ pub async fn run(
         config.worker_token = Some(worker_token);
         // Functions get a token to spawn and read calls with, the same on every server that
         // shares these tokens (a function's worker may talk to any of them).
+        // With a token file, the tokens it has at start.
+        let from_file = config
+            .token_file
+            .as_ref()
+            .map(|f| f.tokens())
+            .unwrap_or_default();
         let mut secrets: Vec<&str> = config.token.iter().map(String::as_str).collect();
         secrets.extend(
             config
@@ -95,6 +105,7 @@ pub async fn run(
                 .filter(|(_, t)| Some(t) != config.worker_token.as_ref())
                 .map(|(_, t)| t.as_str()),
         );
+        secrets.extend(from_file.iter().map(String::as_str));
         secrets.sort_unstable();
         let call_token = format!(
             "hc-{}",
@@ -235,6 +246,12 @@ pub async fn run(
     let app = api::router(state.clone());
     if let Some(tls) = &tls {
         loops.spawn(tls.clone().watch(engine.clone()));
+    }
+    if let Some(file) = config.token_file.clone() {
+        let paths = vec![file.path().to_path_buf()];
+        loops.spawn(reload::watch(paths, engine.clone(), move |why| {
+            file.reload(why)
+        }));
     }
     if let Some(loopback) = loopback {
         loops.spawn({

@@ -1,11 +1,10 @@
 //! HTTPS: the server's certificate chain and key from PEM files (`--tls-cert`, `--tls-key`),
-//! read again when either file changes (looked at every 10 s) or on SIGHUP, so a renewed
+//! read again when either file changes or on SIGHUP ([`crate::reload`]), so a renewed
 //! certificate is served without a restart. A reload that fails (a half-written file, a key
 //! that does not match) is logged and the certificate served so far is kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
 
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -13,16 +12,11 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// How often the files are looked at for a change.
-const LOOK_EVERY: Duration = Duration::from_secs(10);
-
 /// The certificate a server presents, and where it comes from.
 pub struct Tls {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<TlsAcceptor>,
-    /// The files' modification times when last read.
-    read_at: RwLock<(Option<SystemTime>, Option<SystemTime>)>,
 }
 
 impl Tls {
@@ -35,7 +29,6 @@ impl Tls {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             current: RwLock::new(acceptor),
-            read_at: RwLock::new((modified(cert), modified(key))),
         })
     }
 
@@ -48,7 +41,7 @@ impl Tls {
     }
 
     /// Reads the files again; keeps the certificate served so far when they do not make one.
-    fn reload(&self, why: &str) {
+    pub fn reload(&self, why: &str) {
         match acceptor(&self.cert, &self.key) {
             Ok(fresh) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
@@ -58,45 +51,13 @@ impl Tls {
                 tracing::warn!(error = %e, why, "cannot read the certificate again; serving the one read before")
             }
         }
-        *self.read_at.write().unwrap_or_else(|e| e.into_inner()) =
-            (modified(&self.cert), modified(&self.key));
     }
 
-    /// Reloads on SIGHUP and when a file's modification time changes, until `stop`.
+    /// Reloads on SIGHUP and when a file changes, until `stop` (see [`crate::reload`]).
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut hangups = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::hangup(),
-        ) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates are reloaded when their files change");
-                None
-            }
-        };
-        loop {
-            let hangup = async {
-                match hangups.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = hangup => self.reload("SIGHUP"),
-                _ = tokio::time::sleep(LOOK_EVERY) => {
-                    let now = (modified(&self.cert), modified(&self.key));
-                    let before = *self.read_at.read().unwrap_or_else(|e| e.into_inner());
-                    if now != before {
-                        self.reload("the certificate or key file changed");
-                    }
-                }
-            }
-        }
+        let paths = vec![self.cert.clone(), self.key.clone()];
+        crate::reload::watch(paths, stop, move |why| self.reload(why)).await
     }
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {

@@ -124,17 +124,28 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
     }
 }
 
-/// Logging to stderr, in colour only on a terminal (a log file gets plain text); `RUST_LOG`
-/// overrides the default level.
+/// Logging to stderr, in colour only on a terminal (a log file gets plain text), or as JSON
+/// lines with `--log-format json`; `RUST_LOG` overrides the default level.
 pub fn init_logging(default: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // `--log-format json` (or HOPPER_LOG_FORMAT=json): one JSON object a line, its fields at
+    // the top level beside `timestamp`, `level`, `target` and `message`.
+    let _ = if std::env::var("HOPPER_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
 }
 
 /// A map that could not start or stopped, as the CLI reports it.

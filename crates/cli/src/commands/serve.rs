@@ -119,6 +119,12 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             args.max_payload
         )),
     }
+    if let Some(path) = &args.token_file {
+        match hopper_server::tokens::TokenFile::load(path) {
+            Ok(file) => config.token_file = Some(std::sync::Arc::new(file)),
+            Err(e) => faults.push(e),
+        }
+    }
     for (n, spec) in args.scoped_tokens.iter().enumerate() {
         let Some((scopes, token)) = spec.split_once('=') else {
             faults.push(format!(
