@@ -301,11 +301,13 @@ pub async fn append(conn: &mut Conn, p: InputAppend) -> Result<CallRow, StoreErr
     insert_inputs(&mut tx, &call, p.start, &p.inputs, p.now).await?;
     let n = p.inputs.len() as i64;
     crate::db::query(
-        "UPDATE calls SET n_total = n_total + $2, n_pending = n_pending + $2, accepting_inputs = $3 WHERE id = $1",
+        "UPDATE calls SET n_total = n_total + $2, n_pending = n_pending + $2, accepting_inputs = $3,
+                          client_seen_at = $4 WHERE id = $1",
     )
     .bind(p.call_id.as_str())
     .bind(n)
     .bind((!p.done) as i64)
+    .bind(p.now)
     .execute(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -418,6 +420,46 @@ pub fn push_list_query<'a>(q: &mut QueryBuilder<'a, Db>, p: &'a CallList) {
         q.push(" AND id >= ").push_bind(after.as_str());
     }
     q.push(" ORDER BY id DESC LIMIT ").push_bind(p.limit as i64);
+}
+
+/// See `Store::call_touch`.
+pub async fn touch(conn: &mut Conn, ids: Vec<CallId>, now: UnixMillis) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut q: QueryBuilder<Db> = QueryBuilder::new("UPDATE calls SET client_seen_at = ");
+    q.push_bind(now)
+        .push(" WHERE accepting_inputs = 1 AND id IN (");
+    let mut list = q.separated(", ");
+    for id in &ids {
+        list.push_bind(id.as_str().to_string());
+    }
+    q.push(")");
+    q.build().execute(&mut *conn).await.map_err(db_err)?;
+    Ok(())
+}
+
+/// See `Store::call_list_abandoned`: open maps are few, found by their partial index.
+pub async fn abandoned(
+    pool: &DbPool,
+    before: UnixMillis,
+    limit: u32,
+) -> Result<Vec<CallId>, StoreError> {
+    let rows = crate::db::query(
+        "SELECT id FROM calls WHERE accepting_inputs = 1 AND COALESCE(client_seen_at, created_at) < $1
+         ORDER BY created_at LIMIT $2",
+    )
+    .bind(before)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("id").map_err(db_err)?;
+            crate::map::call_id(&id)
+        })
+        .collect()
 }
 
 pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, StoreError> {

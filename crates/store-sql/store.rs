@@ -264,6 +264,24 @@ impl Store for Backend {
             .await
     }
 
+    async fn call_touch(
+        &self,
+        ids: Vec<CallId>,
+        now: hopper_core::UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| Box::pin(calls::touch(conn, ids.clone(), now)))
+            .await
+    }
+
+    async fn call_list_abandoned(
+        &self,
+        before: hopper_core::UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<CallId>, StoreError> {
+        self.read(move |db| Box::pin(calls::abandoned(db, before, limit)))
+            .await
+    }
+
     async fn setting_get(&self, key: &str) -> Result<Option<String>, StoreError> {
         let key = key.to_owned();
         self.read(move |db| Box::pin(async move { calls::setting_get(db, &key).await }))

@@ -355,6 +355,10 @@ pub struct ServeArgs {
     /// without a restart, and stay out of the command line.
     #[arg(long, env = "HOPPER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Cancel an open map whose client sends nothing (no inputs, no close, no read of the call
+    /// or its results) for this long: its client was killed or gave up. 0 = never.
+    #[arg(long, default_value = "10m")]
+    pub map_idle_timeout: String,
     /// How long a lease lasts without a heartbeat: a lost worker costs at most this.
     #[arg(long, default_value = "30s")]
     pub lease: String,

@@ -419,3 +419,122 @@ scaledown_window = "1s"
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_map_whose_client_went_away_is_cancelled_and_one_still_read_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), DOUBLE);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--dev",
+            "--deploy",
+            m.to_str().unwrap(),
+            "--no-workers",
+            "--map-idle-timeout",
+            "2s",
+        ],
+    );
+    let client = server.client();
+    let open = |n: i64| hopper_core::api::MapRequest {
+        inputs: vec![json!(n)],
+        done: false,
+        starmap: false,
+        discard_results: false,
+        idempotency_key: None,
+    };
+    // Two clients open a map each; one goes away, the other keeps reading its results.
+    let gone = client.map_start("m.double", &open(1)).await.unwrap();
+    let kept = client.map_start("m.double", &open(2)).await.unwrap();
+    let reading = {
+        let (client, id) = (client.clone(), kept.id.clone());
+        tokio::spawn(async move {
+            loop {
+                let _ = client
+                    .results(&id, true, -1, Duration::from_millis(500))
+                    .await;
+            }
+        })
+    };
+    // Read through the list of calls: reading a map itself is its client being there.
+    let listed = |id: hopper_core::CallId| {
+        let client = client.clone();
+        async move {
+            let page = client
+                .calls(&hopper_sdk::CallFilter {
+                    origin: Some("map".into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            page.calls.into_iter().find(|c| c.id == id).unwrap()
+        }
+    };
+    let cancelled = eventually(
+        "the abandoned map is cancelled",
+        Duration::from_secs(20),
+        || async {
+            let call = listed(gone.id.clone()).await;
+            (call.state == hopper_core::CallState::Cancelled).then_some(call)
+        },
+    )
+    .await;
+    assert!(!cancelled.accepting_inputs);
+    assert_eq!(cancelled.inputs.cancelled, 1);
+    let still = listed(kept.id.clone()).await;
+    assert!(
+        still.accepting_inputs,
+        "a map whose client reads is kept open: {still:?}"
+    );
+    reading.abort();
+}
+
+#[tokio::test]
+async fn the_cli_cancels_its_map_when_it_stops_on_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), DOUBLE);
+    // A token that may spawn and map but not read results: the CLI's map stops at its first
+    // read, and must not leave its inputs running for nobody.
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--dev",
+            "--deploy",
+            m.to_str().unwrap(),
+            "--no-workers",
+            "--token",
+            "admin-token-1",
+            "--scoped-token",
+            "submit=submit-token-1",
+        ],
+    );
+    let file = inputs(dir.path(), 50);
+    let out = Command::new(BIN)
+        .args(["map", "m.double", file.to_str().unwrap()])
+        .env("HOPPER_SERVER", &server.url)
+        .env("HOPPER_TOKEN", "submit-token-1")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("cancelled the remaining inputs of map"),
+        "{}",
+        stderr(&out)
+    );
+    let admin = server.client_with_token("admin-token-1");
+    let maps = admin
+        .calls(&hopper_sdk::CallFilter {
+            origin: Some("map".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .calls;
+    assert_eq!(maps.len(), 1);
+    assert_eq!(
+        maps[0].state,
+        hopper_core::CallState::Cancelled,
+        "{:?}",
+        maps[0]
+    );
+}

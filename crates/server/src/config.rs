@@ -47,6 +47,10 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Tokens limited to some scopes (`--scoped-token read,submit=TOKEN`).
     pub scoped_tokens: Vec<(Vec<Scope>, String)>,
+    /// An open map whose client sends nothing (no inputs, no close, no read of the call or
+    /// its results) for this long is cancelled (`--map-idle-timeout`; zero: never). Default
+    /// 10 minutes.
+    pub map_idle_timeout: Duration,
     /// Tokens from a file the server reads again when it changes (`--token-file`).
     pub token_file: Option<std::sync::Arc<crate::tokens::TokenFile>>,
     /// Longest a request's header, or its body, may take to arrive; an idle keep-alive
@@ -139,6 +143,7 @@ impl Default for ServerConfig {
             token: None,
             scoped_tokens: Vec::new(),
             token_file: None,
+            map_idle_timeout: Duration::from_secs(600),
             max_connections: 16_384,
             max_waiting: 8_192,
             worker_drain: Duration::from_secs(5),

@@ -1,9 +1,10 @@
 //! The reaper takes back leases that ran out: a lost worker's inputs go back to the queue, an
-//! attempt past its deadline fails as timed out.
+//! attempt past its deadline fails as timed out; and it cancels open maps whose client went
+//! away.
 
 use std::time::Duration;
 
-use hopper_store::{LeaseRescue, RescueReport, StoreError};
+use hopper_store::{CallCancel, LeaseRescue, RescueReport, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
@@ -54,9 +55,45 @@ impl Reaper {
             total.timed_out += report.timed_out;
             total.finished_calls.extend(report.finished_calls);
             if done {
+                self.cancel_abandoned_maps().await?;
                 return Ok(total);
             }
         }
+    }
+
+    /// Cancels the open maps whose client has been silent for `map_idle_timeout`: a client
+    /// that was killed, or stopped on an error, would otherwise leave its map open, and its
+    /// queued inputs running for nobody, for good.
+    async fn cancel_abandoned_maps(&self) -> Result<(), StoreError> {
+        let idle = self.state.config.map_idle_timeout;
+        if idle.is_zero() {
+            return Ok(());
+        }
+        let before = self.state.now() - idle.as_millis() as i64;
+        for id in self.state.store.call_list_abandoned(before, 100).await? {
+            let Some(call) = self
+                .state
+                .store
+                .call_cancel(CallCancel {
+                    id: id.clone(),
+                    now: self.state.now(),
+                })
+                .await?
+            else {
+                continue;
+            };
+            tracing::warn!(
+                call = %id,
+                function = %format!("{}.{}", call.app, call.function),
+                idle_seconds = idle.as_secs(),
+                "cancelled a map whose client sent nothing (no inputs, no close, no read) for --map-idle-timeout"
+            );
+            self.state.events.call_cancelled(id.clone());
+            if call.state.is_terminal() {
+                self.state.events.call_finished(id);
+            }
+        }
+        Ok(())
     }
 
     /// Runs a pass every quarter lease until `stop`.

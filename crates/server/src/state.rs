@@ -46,7 +46,12 @@ pub struct AppState {
     pub waiting: Arc<tokio::sync::Semaphore>,
     /// When a worker was last told there were too many waiting (logged once a minute).
     pub waiting_warned: Arc<Mutex<Option<std::time::Instant>>>,
+    /// When this server last wrote down that an open map's client is there, by map.
+    pub maps_heard: Arc<Mutex<HashMap<hopper_core::CallId, std::time::Instant>>>,
 }
+
+/// How often a server writes down that an open map's client is there.
+pub const HEARD_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl AppState {
     pub fn new(
@@ -72,6 +77,7 @@ impl AppState {
             schema_ahead: Arc::default(),
             waiting: Arc::new(tokio::sync::Semaphore::new(config_waiting)),
             waiting_warned: Arc::default(),
+            maps_heard: Arc::default(),
         }
     }
 
@@ -92,6 +98,38 @@ impl AppState {
 
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// Notes that an open map's client is there (it read the call or its results), so that
+    /// the map is not cancelled as abandoned; written at most every [`HEARD_EVERY`] (or a
+    /// quarter of `--map-idle-timeout`) per map and server. A failure to write it is logged and otherwise ignored: the next read tries.
+    pub async fn heard_from_client(&self, call: &hopper_store::CallRow) {
+        if !call.accepting_inputs {
+            return;
+        }
+        let now = std::time::Instant::now();
+        {
+            let mut heard = self.maps_heard.lock().unwrap_or_else(|e| e.into_inner());
+            // Well within the idle timeout, whatever it is set to.
+            let every = HEARD_EVERY.min(self.config.map_idle_timeout / 4);
+            if heard
+                .get(&call.id)
+                .is_some_and(|at| now.duration_since(*at) < every)
+            {
+                return;
+            }
+            if heard.len() >= 10_000 {
+                heard.retain(|_, at| now.duration_since(*at) < every);
+            }
+            heard.insert(call.id.clone(), now);
+        }
+        if let Err(e) = self
+            .store
+            .call_touch(vec![call.id.clone()], self.now())
+            .await
+        {
+            tracing::debug!(error = %e, call = %call.id, "cannot note that the map's client is there");
+        }
     }
 
     /// Takes or keeps the lead of `role` among the servers of one database (see

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "snapshots",
         include_str!("../migrations/0009_snapshots.sql"),
     ),
+    (
+        10,
+        "map_clients",
+        include_str!("../migrations/0010_map_clients.sql"),
+    ),
 ];
 
 /// Arbitrary key of the advisory lock that serialises migrations across servers.

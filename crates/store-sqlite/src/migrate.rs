@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "snapshots",
         include_str!("../migrations/0009_snapshots.sql"),
     ),
+    (
+        10,
+        "map_clients",
+        include_str!("../migrations/0010_map_clients.sql"),
+    ),
 ];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write

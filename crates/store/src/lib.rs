@@ -188,6 +188,23 @@ pub trait Store: Send + Sync + 'static {
     /// Calls that ended after a position, oldest first (the notifier's feed).
     async fn call_list_finished(&self, params: CallsFinished) -> Result<Vec<CallRow>, StoreError>;
 
+    /// Notes that the clients of these calls, where they are open maps, were heard from at
+    /// `now` (see [`Store::call_list_abandoned`]).
+    async fn call_touch(
+        &self,
+        ids: Vec<CallId>,
+        now: hopper_core::UnixMillis,
+    ) -> Result<(), StoreError>;
+
+    /// Open maps (still accepting inputs) whose client was last heard from before `before`
+    /// (by a chunk of inputs or a [`Store::call_touch`]; else by their creation), at most
+    /// `limit`.
+    async fn call_list_abandoned(
+        &self,
+        before: hopper_core::UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<CallId>, StoreError>;
+
     /// A durable setting, e.g. a component's cursor.
     async fn setting_get(&self, key: &str) -> Result<Option<String>, StoreError>;
 

@@ -294,9 +294,14 @@ async fn closed_stdout(e: std::io::Error, owner: &Option<Owner>) -> anyhow::Resu
 }
 
 /// The error of a map that stopped: for a failed input, what was written and what became of
-/// the other inputs.
+/// the other inputs; on any other error a map the command started is cancelled, and it says so.
 async fn failure(e: MapError, written: u64, owner: &Option<Owner>) -> anyhow::Error {
     let MapError::InputFailed { index, error } = e else {
+        // Whatever stopped the command (a refusal, a lost server), a map it started does not
+        // go on running for nobody.
+        if let Some(owner) = owner {
+            owner.cancel("stopped on an error").await;
+        }
         return match e {
             MapError::Api(api) => api.into(),
             other => exit::usage(other.to_string()),

@@ -29,6 +29,10 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         Ok(d) => config.retention = d,
         Err(e) => faults.push(e.to_string()),
     }
+    match duration("--map-idle-timeout", &args.map_idle_timeout) {
+        Ok(d) => config.map_idle_timeout = d,
+        Err(e) => faults.push(e.to_string()),
+    }
     match duration("--kill-grace", &args.kill_grace) {
         Ok(d) => config.kill_grace = d,
         Err(e) => faults.push(e.to_string()),

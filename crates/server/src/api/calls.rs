@@ -304,6 +304,7 @@ pub async fn get(
     let id = parse_id(&id)?;
     let wait = super::extract::wait_seconds(q.wait, MAX_WAIT.min(state.config.max_wait))?;
     let call = wait_for(&state, &id, wait).await?;
+    state.heard_from_client(&call).await;
     // A long-poll cut short by shutdown says so, so that the client backs off rather than
     // asking again at once.
     if !call.state.is_terminal() && !wait.is_zero() && state.shutdown.is_cancelled() {

@@ -221,6 +221,7 @@ pub async fn results(
         wake.borrow_and_update();
         // The call is read first: if it had ended, every result is already in the rows below.
         let call = load(&state, &id).await?;
+        state.heard_from_client(&call).await;
         let rows = state
             .store
             .input_results(InputResults {
