@@ -302,6 +302,9 @@ pub enum SecretAction {
     List,
     /// Delete a secret that no deployed function reads (needs an admin token).
     Delete { name: String },
+    /// Seal every secret again with the first key of the servers' HOPPER_SECRET_KEY, so that
+    /// the keys after it can be dropped (needs an admin token).
+    Reseal,
 }
 
 #[derive(Args, Debug)]

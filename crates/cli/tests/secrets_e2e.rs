@@ -309,3 +309,81 @@ async fn postgres_needs_a_key_to_store_secrets() {
     let out = cli(&server.url, &["secrets", "set", "stripe", "API_KEY=x"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn a_key_is_replaced_without_a_moment_when_secrets_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (old, new) = (SERVER_KEY.to_string(), "ab".repeat(32));
+    let set_and_deploy = |url: &str| {
+        for (name, values) in [
+            (
+                "stripe",
+                vec![format!("API_KEY={API_KEY}"), "REGION=eu-west-1".into()],
+            ),
+            ("aws", vec![format!("ID={AWS_ID}")]),
+        ] {
+            let mut args = vec!["secrets", "set", name];
+            args.extend(values.iter().map(String::as_str));
+            let out = cli(url, &args);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let m = manifest(dir.path(), MANIFEST);
+        let out = cli(url, &["deploy", m.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let reads = |server: &Server| {
+        let client = server.client();
+        async move {
+            let call = client.spawn("shop.show", json!(null), None).await.unwrap();
+            let done = wait_done(&client, &call.id, Duration::from_secs(60)).await;
+            assert_eq!(
+                done.output.as_ref().map(|o| o["digest"].clone()),
+                Some(json!(expected_digest())),
+                "{done:?}"
+            );
+        }
+    };
+    let mut server = Server::start_with_env(&[("HOPPER_SECRET_KEY", &old)], &data, &[]);
+    set_and_deploy(&server.url);
+    reads(&server).await;
+    server.stop();
+
+    // The new key first, the old one after it: what the old one sealed still opens.
+    let both = format!("{new},{old}");
+    let mut server = Server::start_with_env(&[("HOPPER_SECRET_KEY", &both)], &data, &[]);
+    reads(&server).await;
+    let out = cli(&server.url, &["secrets", "reseal"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2 secrets sealed again"),
+        "{}",
+        stdout(&out)
+    );
+    server.stop();
+
+    // Resealed: the new key alone opens everything.
+    let mut server = Server::start_with_env(&[("HOPPER_SECRET_KEY", &new)], &data, &[]);
+    reads(&server).await;
+    server.stop();
+
+    // A key that opens nothing: reseal names what it cannot open, and changes nothing.
+    let server = Server::start_with_env(&[("HOPPER_SECRET_KEY", &"cd".repeat(32))], &data, &[]);
+    let out = cli(&server.url, &["secrets", "reseal"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("aws, stripe"), "{}", stderr(&out));
+    drop(server);
+    let server = Server::start_with_env(&[("HOPPER_SECRET_KEY", &new)], &data, &[]);
+    reads(&server).await;
+
+    // A malformed second key is named by its place.
+    let out = Command::new(BIN)
+        .args(["serve", "--data"])
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("HOPPER_SECRET_KEY", format!("{new},nothex"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("key 2 of 2"), "{}", stderr(&out));
+}

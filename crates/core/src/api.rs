@@ -489,6 +489,14 @@ pub struct SecretValue {
     pub value: String,
 }
 
+/// What `POST /v1/reseal` did: secrets sealed again with the first key of
+/// `HOPPER_SECRET_KEY`, and those no key of the server opens (set them again).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Resealed {
+    pub resealed: usize,
+    pub unreadable: Vec<String>,
+}
+
 /// A named secret as the API shows it: its keys, never its values.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretView {

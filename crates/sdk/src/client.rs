@@ -609,6 +609,13 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Seals every secret again with the first key of the servers' `HOPPER_SECRET_KEY`, so
+    /// that older keys can be dropped; needs an `admin` token. Answers how many were sealed
+    /// again and which no key opens.
+    pub async fn secrets_reseal(&self) -> Result<Resealed, Error> {
+        self.send(self.request(Method::POST, "/v1/reseal")).await
+    }
+
     pub async fn workers(&self) -> Result<Vec<WorkerView>, Error> {
         self.send(self.request(Method::GET, "/v1/workers")).await
     }

@@ -117,11 +117,12 @@ pub struct ServerConfig {
     /// Log lines kept per attempt; past it one marker line says lines were dropped.
     /// Default 10,000.
     pub max_log_lines: u32,
-    /// The key that seals secrets' values in the store (`HOPPER_SECRET_KEY`: 64 hex digits,
-    /// the same on every server of a cluster). Default none: `secret_key_file`.
-    pub secret_key: Option<crate::secrets::SecretKey>,
-    /// Where the key is kept when `secret_key` is not given: created (mode 0600) the first
-    /// time a secret is set. Default none; `hopper serve` sets `DATA/secret.key` for SQLite,
+    /// The keys of secrets' values in the store (`HOPPER_SECRET_KEY`: 64 hex digits each,
+    /// comma-separated, the same on every server of a cluster): the first seals, any opens.
+    /// Default none: `secret_key_file`.
+    pub secret_keys: Vec<crate::secrets::SecretKey>,
+    /// Where the key is kept when `secret_keys` gives none: created (mode 0600) the first
+    /// time a secret is set; it still opens what it sealed when keys are given. Default none; `hopper serve` sets `DATA/secret.key` for SQLite,
     /// and a PostgreSQL server without `HOPPER_SECRET_KEY` cannot store secrets.
     pub secret_key_file: Option<PathBuf>,
     /// Most bytes a code snapshot may hold, compressed and unpacked (`--max-bundle`).
@@ -167,7 +168,7 @@ impl Default for ServerConfig {
             tls_key: None,
             notify_gather: Duration::from_secs(2),
             max_log_lines: 10_000,
-            secret_key: None,
+            secret_keys: Vec::new(),
             secret_key_file: None,
             max_bundle_bytes: 256 * 1024 * 1024,
             dev: false,

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use hopper_core::api::InputError;
+use hopper_core::api::{InputError, Resealed};
 use hopper_core::FunctionSpec;
 use hopper_store::{SecretRow, Store};
 
@@ -54,6 +54,15 @@ impl SecretKey {
     }
 }
 
+/// Why the secrets could not be sealed again.
+#[derive(Debug, thiserror::Error)]
+pub enum ResealError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Store(#[from] hopper_store::StoreError),
+}
+
 /// Why a secret could not be sealed or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -61,27 +70,58 @@ pub enum SecretError {
     NoKey,
     #[error("the secret key file {path}: {message}")]
     KeyFile { path: String, message: String },
-    #[error("secret {name:?} was sealed with another key than this server's (HOPPER_SECRET_KEY or the key file changed): set it again with `hopper secrets set {name} …`")]
+    #[error("secret {name:?} was sealed with another key than this server's (HOPPER_SECRET_KEY or the key file changed): give the old key after the new one in HOPPER_SECRET_KEY, comma-separated, or set it again with `hopper secrets set {name} …`")]
     WrongKey { name: String },
     #[error("secret {name:?} is stored in a form this server cannot read")]
     Corrupt { name: String },
 }
 
-/// The server's secret key, loaded (or made) once, on first use.
+/// The server's secret keys: the first of `HOPPER_SECRET_KEY`'s seals, any of them (and the
+/// key file, if there is one) opens, so that a key can be replaced without a moment when
+/// secrets cannot be read (see [`Keyring::reseal`]). The key file is loaded (or made) once,
+/// on first use.
 pub struct Keyring {
-    given: Option<SecretKey>,
+    given: Vec<SecretKey>,
     file: Option<PathBuf>,
     loaded: Mutex<Option<SecretKey>>,
 }
 
 impl Keyring {
-    /// A keyring with `given` (`HOPPER_SECRET_KEY`), or else the key kept in `file`.
-    pub fn new(given: Option<SecretKey>, file: Option<PathBuf>) -> Self {
+    /// A keyring with `given` (`HOPPER_SECRET_KEY`, newest first), and the key kept in `file`.
+    pub fn new(given: Vec<SecretKey>, file: Option<PathBuf>) -> Self {
         Self {
             given,
             file,
             loaded: Mutex::new(None),
         }
+    }
+
+    /// Seals every stored secret again with the sealing key (the first of
+    /// `HOPPER_SECRET_KEY`), opening each with whichever key opens it: after this, the older
+    /// keys can be dropped. Secrets no key opens are left as they are, and named.
+    pub async fn reseal(&self, store: &dyn Store, now: i64) -> Result<Resealed, ResealError> {
+        let mut done = Resealed::default();
+        for row in store.secret_list().await? {
+            let values = match self.open(&row) {
+                Ok(values) => values,
+                Err(SecretError::WrongKey { .. } | SecretError::Corrupt { .. }) => {
+                    done.unreadable.push(row.name.clone());
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let sealed = self.seal(&row.name, &values)?;
+            store
+                .secret_put(hopper_store::SecretPutParams {
+                    name: row.name.clone(),
+                    keys: row.keys.clone(),
+                    sealed,
+                    now,
+                })
+                .await?;
+            done.resealed += 1;
+        }
+        Ok(done)
     }
 
     /// Reads the key file if there is one, so a damaged file stops the server at start rather
@@ -97,9 +137,9 @@ impl Keyring {
     /// or `HOPPER_SECRET_KEY` now overrides a key file), so the cause is known before the
     /// first function that reads one fails.
     pub async fn warn_if_changed(&self, store: &dyn Store) {
-        if self.given.is_some() {
+        if !self.given.is_empty() {
             if let Some(file) = self.file.as_ref().filter(|f| f.exists()) {
-                tracing::warn!(file = %file.display(), "HOPPER_SECRET_KEY is set, so the key file is not used; secrets sealed with it cannot be opened");
+                tracing::warn!(file = %file.display(), "HOPPER_SECRET_KEY is set, so new secrets are sealed with it; secrets sealed with the key file still open (`hopper secrets reseal` moves them to HOPPER_SECRET_KEY)");
             }
         }
         let Ok(stored) = store.secret_list().await else {
@@ -115,11 +155,29 @@ impl Keyring {
         }
     }
 
-    /// The key; with `create`, a missing key file is made (mode 0600).
+    /// The key that seals: the first given; else the key file's (with `create`, a missing key
+    /// file is made, mode 0600).
     fn key(&self, create: bool) -> Result<SecretKey, SecretError> {
-        if let Some(key) = &self.given {
+        if let Some(key) = self.given.first() {
             return Ok(key.clone());
         }
+        self.file_key(create)
+    }
+
+    /// The keys that open, the sealing key first: every given key, then the key file's.
+    fn opening_keys(&self) -> Result<Vec<SecretKey>, SecretError> {
+        let mut keys = self.given.clone();
+        match self.file_key(false) {
+            Ok(key) => keys.push(key),
+            // With keys given, a missing or unreadable key file only means one key fewer.
+            Err(_) if !keys.is_empty() => {}
+            Err(e) => return Err(e),
+        }
+        Ok(keys)
+    }
+
+    /// The key kept in the key file (made with `create` when missing).
+    fn file_key(&self, create: bool) -> Result<SecretKey, SecretError> {
         let Some(path) = &self.file else {
             return Err(SecretError::NoKey);
         };
@@ -182,7 +240,7 @@ impl Keyring {
         let corrupt = || SecretError::Corrupt {
             name: row.name.clone(),
         };
-        let key = self.key(false)?;
+        let keys = self.opening_keys()?;
         let encoded = row.sealed.strip_prefix(SEALED_V1).ok_or_else(corrupt)?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(encoded)
@@ -191,16 +249,20 @@ impl Keyring {
             return Err(corrupt());
         }
         let (nonce, sealed) = bytes.split_at(NONCE_BYTES);
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&key.0));
-        let plain = cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: row.name.as_bytes(),
-                },
-            )
-            .map_err(|_| SecretError::WrongKey {
+        let plain = keys
+            .iter()
+            .find_map(|key| {
+                ChaCha20Poly1305::new(Key::from_slice(&key.0))
+                    .decrypt(
+                        Nonce::from_slice(nonce),
+                        Payload {
+                            msg: sealed,
+                            aad: row.name.as_bytes(),
+                        },
+                    )
+                    .ok()
+            })
+            .ok_or_else(|| SecretError::WrongKey {
                 name: row.name.clone(),
             })?;
         serde_json::from_slice(&plain).map_err(|_| corrupt())
@@ -322,7 +384,7 @@ mod tests {
     #[test]
     fn a_sealed_value_opens_only_under_its_name_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        let ring = Keyring::new(None, Some(dir.path().join("secret.key")));
+        let ring = Keyring::new(Vec::new(), Some(dir.path().join("secret.key")));
         let values = BTreeMap::from([("API_KEY".to_string(), "sk-live-123".to_string())]);
         let sealed = ring.seal("stripe", &values).unwrap();
         assert!(!sealed.contains("sk-live-123"));
@@ -332,20 +394,20 @@ mod tests {
             ring.open(&row("other", sealed.clone())),
             Err(SecretError::WrongKey { .. })
         ));
-        let other = Keyring::new(Some(SecretKey::generate()), None);
+        let other = Keyring::new(vec![SecretKey::generate()], None);
         assert!(matches!(
             other.open(&row("stripe", sealed)),
             Err(SecretError::WrongKey { .. })
         ));
         // The key file was made once and is read back by a new keyring.
-        let again = Keyring::new(None, Some(dir.path().join("secret.key")));
+        let again = Keyring::new(Vec::new(), Some(dir.path().join("secret.key")));
         let sealed = ring.seal("stripe", &values).unwrap();
         assert_eq!(again.open(&row("stripe", sealed)).unwrap(), values);
     }
 
     #[test]
     fn a_server_without_a_key_says_how_to_give_one() {
-        let ring = Keyring::new(None, None);
+        let ring = Keyring::new(Vec::new(), None);
         let e = ring.seal("stripe", &BTreeMap::new()).unwrap_err();
         assert!(e.to_string().contains("HOPPER_SECRET_KEY"), "{e}");
         assert!(SecretKey::from_hex("abc").is_err());

@@ -60,8 +60,10 @@ impl AppState {
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
     ) -> Self {
-        let keyring =
-            crate::secrets::Keyring::new(config.secret_key.clone(), config.secret_key_file.clone());
+        let keyring = crate::secrets::Keyring::new(
+            config.secret_keys.clone(),
+            config.secret_key_file.clone(),
+        );
         let config_waiting = config.max_waiting.max(1);
         Self {
             keyring: Arc::new(keyring),

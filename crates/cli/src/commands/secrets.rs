@@ -71,6 +71,28 @@ pub async fn run(args: &ClientArgs, action: Option<SecretAction>) -> anyhow::Res
                 ));
             }
         }
+        SecretAction::Reseal => {
+            let done = client.secrets_reseal().await?;
+            if args.json {
+                output::json(&done);
+            } else {
+                output::line(format_args!(
+                    "{} secrets sealed again with the first key of HOPPER_SECRET_KEY",
+                    done.resealed
+                ));
+            }
+            if !done.unreadable.is_empty() {
+                return Err(exit::usage(format!(
+                    "no key of the server opens {}: set {} again with `hopper secrets set`",
+                    done.unreadable.join(", "),
+                    if done.unreadable.len() == 1 {
+                        "it"
+                    } else {
+                        "them"
+                    }
+                )));
+            }
+        }
         SecretAction::Delete { name } => {
             hopper_core::function::validate_name(&name, "secret")
                 .map_err(|e| exit::usage(e.to_string()))?;

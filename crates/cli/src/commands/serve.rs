@@ -52,11 +52,21 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         Err(e) => faults.push(e.to_string()),
     }
     // From the environment only, never a flag: a flag shows in every process listing.
-    let secret_key = std::env::var("HOPPER_SECRET_KEY").ok();
-    if let Some(key) = secret_key.as_deref().filter(|k| !k.is_empty()) {
+    // Several keys, comma-separated, while one replaces another: the first seals, any opens.
+    let secret_keys = std::env::var("HOPPER_SECRET_KEY").unwrap_or_default();
+    let given: Vec<&str> = secret_keys
+        .split(',')
+        .filter(|k| !k.trim().is_empty())
+        .collect();
+    for (i, key) in given.iter().enumerate() {
         match hopper_server::secrets::SecretKey::from_hex(key) {
-            Ok(key) => config.secret_key = Some(key),
-            Err(e) => faults.push(format!("HOPPER_SECRET_KEY: {e}")),
+            Ok(key) => config.secret_keys.push(key),
+            Err(e) if given.len() == 1 => faults.push(format!("HOPPER_SECRET_KEY: {e}")),
+            Err(e) => faults.push(format!(
+                "HOPPER_SECRET_KEY, key {} of {}: {e}",
+                i + 1,
+                given.len()
+            )),
         }
     }
     if args.database.is_none() {

@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/schedules/{name}/pause", post(schedules::pause))
         .route("/schedules/{name}/resume", post(schedules::resume))
         .route("/secrets", get(secrets::list))
+        .route("/reseal", post(secrets::reseal))
         .route(
             "/secrets/{name}",
             get(secrets::get).put(secrets::put).delete(secrets::delete),
@@ -379,6 +380,7 @@ fn required_scope(method: &Method, path: &str) -> Scope {
         return Scope::Read;
     }
     if path == "/apps"
+        || path == "/reseal"
         || path.starts_with("/secrets")
         || path.starts_with("/snapshots")
         || path.ends_with("/pause")
@@ -524,6 +526,7 @@ mod tests {
             ("post", "/v1/workers/{id}/heartbeat"),
             ("post", "/v1/workers/{id}/complete"),
             ("post", "/v1/workers/{id}/logs"),
+            ("post", "/v1/reseal"),
             ("get", "/livez"),
             ("get", "/readyz"),
             ("get", "/healthz"),

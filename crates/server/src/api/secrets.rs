@@ -214,3 +214,23 @@ fn view(row: &SecretRow, users: &BTreeMap<String, Vec<String>>) -> SecretView {
         used_by: users.get(&row.name).cloned().unwrap_or_default(),
     }
 }
+
+/// `POST /v1/reseal` (admin): seals every secret again with the first key of
+/// `HOPPER_SECRET_KEY`, so that older keys can then be dropped. Answers `{resealed,
+/// unreadable}`: how many were sealed again, and the secrets no key of this server opens.
+pub async fn reseal(
+    State(state): State<AppState>,
+) -> Result<Json<hopper_core::api::Resealed>, ApiError> {
+    let done = state
+        .keyring
+        .reseal(&*state.store, state.now())
+        .await
+        .map_err(|e| match e {
+            crate::secrets::ResealError::Store(e) => ApiError::from(e),
+            crate::secrets::ResealError::Secret(e) => {
+                ApiError::new(StatusCode::CONFLICT, "secrets_unavailable", e.to_string())
+            }
+        })?;
+    tracing::info!(resealed = done.resealed, unreadable = ?done.unreadable, "secrets sealed again with the first key");
+    Ok(Json(done))
+}
