@@ -62,6 +62,22 @@ fn set_from_stdin(url: &str, name: &str, text: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// `hopper secrets set` of the two secrets `MANIFEST`'s functions read.
+fn set_both(url: &str) {
+    for (name, values) in [
+        (
+            "stripe",
+            vec![format!("API_KEY={API_KEY}"), "REGION=eu-west-1".into()],
+        ),
+        ("aws", vec![format!("ID={AWS_ID}")]),
+    ] {
+        let mut args = vec!["secrets", "set", name];
+        args.extend(values.iter().map(String::as_str));
+        let out = cli(url, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
 async fn body(url: &str) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
@@ -211,18 +227,7 @@ async fn the_servers_key_never_reaches_a_function_and_a_wrong_key_is_named() {
     let data = dir.path().join("data");
     let server = Server::start_with_env(&[("HOPPER_SECRET_KEY", SERVER_KEY)], &data, &[]);
     let manifest = manifest(dir.path(), MANIFEST);
-    for (name, values) in [
-        (
-            "stripe",
-            vec![format!("API_KEY={API_KEY}"), "REGION=eu-west-1".into()],
-        ),
-        ("aws", vec![format!("ID={AWS_ID}")]),
-    ] {
-        let mut args = vec!["secrets", "set", name];
-        args.extend(values.iter().map(String::as_str));
-        let out = cli(&server.url, &args);
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
+    set_both(&server.url);
     let out = cli(&server.url, &["deploy", manifest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let client = server.client();
@@ -316,18 +321,7 @@ async fn a_key_is_replaced_without_a_moment_when_secrets_cannot_be_read() {
     let data = dir.path().join("data");
     let (old, new) = (SERVER_KEY.to_string(), "ab".repeat(32));
     let set_and_deploy = |url: &str| {
-        for (name, values) in [
-            (
-                "stripe",
-                vec![format!("API_KEY={API_KEY}"), "REGION=eu-west-1".into()],
-            ),
-            ("aws", vec![format!("ID={AWS_ID}")]),
-        ] {
-            let mut args = vec!["secrets", "set", name];
-            args.extend(values.iter().map(String::as_str));
-            let out = cli(url, &args);
-            assert!(out.status.success(), "{}", stderr(&out));
-        }
+        set_both(url);
         let m = manifest(dir.path(), MANIFEST);
         let out = cli(url, &["deploy", m.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
