@@ -182,3 +182,68 @@ external = true
         Some("gauge")
     );
 }
+
+#[tokio::test]
+async fn every_series_an_operator_alerts_on_is_there_before_its_first_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "app = \"fresh\"\n[functions.idle]\ncommand = [\"cat\"]\n",
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--deploy", m.to_str().unwrap(), "--no-workers"],
+    );
+    // One request the router knows, one it does not.
+    let calls = reqwest::get(format!("{}/v1/calls", server.url))
+        .await
+        .unwrap();
+    assert_eq!(calls.status(), 200);
+    let missing = reqwest::get(format!("{}/v1/nothing-here", server.url))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let (samples, types) = parse(&server.metrics().await);
+    let f = ("function", "fresh.idle");
+    for (name, labels) in [
+        ("hopper_inputs_total", vec![f, ("state", "failed")]),
+        ("hopper_inputs_total", vec![f, ("state", "succeeded")]),
+        ("hopper_calls_total", vec![f, ("origin", "spawn")]),
+        ("hopper_retries_total", vec![f]),
+        ("hopper_queue_pending", vec![f]),
+        ("hopper_server_pauses_total", vec![]),
+        ("hopper_clock_steps_total", vec![("direction", "backward")]),
+        ("hopper_workers_waiting", vec![]),
+    ] {
+        assert_eq!(
+            value(&samples, name, &labels),
+            Some(0.0),
+            "{name}{labels:?} at 0 before anything happened"
+        );
+    }
+    for name in [
+        "hopper_process_cpu_seconds",
+        "hopper_process_resident_memory_bytes",
+        "hopper_process_open_fds",
+    ] {
+        assert!(
+            value(&samples, name, &[]).is_some_and(|v| v > 0.0),
+            "{name} in {samples:?}"
+        );
+    }
+    let requests = |route: &str, status: &str| {
+        value(
+            &samples,
+            "hopper_http_requests_total",
+            &[("route", route), ("method", "GET"), ("status", status)],
+        )
+    };
+    assert_eq!(requests("/v1/calls", "2xx"), Some(1.0));
+    assert_eq!(requests("unmatched", "4xx"), Some(1.0));
+    assert_eq!(
+        types
+            .get("hopper_http_request_duration_seconds")
+            .map(String::as_str),
+        Some("histogram")
+    );
+}

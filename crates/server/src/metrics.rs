@@ -89,6 +89,30 @@ fn describe() {
         "hopper_leader",
         "1 where this server leads a role among the servers of one database (notifier, timekeeper), else 0."
     );
+    metrics::describe_gauge!(
+        "hopper_workers_waiting",
+        "Workers' lease requests this server holds open, waiting for inputs (at most --max-waiting)."
+    );
+    metrics::describe_gauge!(
+        "hopper_process_cpu_seconds",
+        "CPU time this server process has used, user and system, in seconds."
+    );
+    metrics::describe_gauge!(
+        "hopper_process_resident_memory_bytes",
+        "This server process's resident memory."
+    );
+    metrics::describe_gauge!(
+        "hopper_process_open_fds",
+        "Files and sockets this server process holds open."
+    );
+    metrics::describe_counter!(
+        "hopper_http_requests_total",
+        "HTTP requests answered, by route, method and status class."
+    );
+    metrics::describe_histogram!(
+        "hopper_http_request_duration_seconds",
+        "How long HTTP requests took to answer, by route (long-polls included)."
+    );
     metrics::describe_counter!(
         "hopper_calls_total",
         "Calls started, by function and origin."
@@ -181,6 +205,17 @@ pub async fn render(state: &AppState) -> Result<String, hopper_store::StoreError
         }
     }
     for f in &functions {
+        // Every function's series exist from its deploy on, at 0 until something happens:
+        // a rate or an alert over them needs no first event.
+        for state in ["succeeded", "failed"] {
+            metrics::counter!("hopper_inputs_total", "function" => f.clone(), "state" => state)
+                .increment(0);
+        }
+        for origin in ["spawn", "map", "schedule"] {
+            metrics::counter!("hopper_calls_total", "function" => f.clone(), "origin" => origin)
+                .increment(0);
+        }
+        metrics::counter!("hopper_retries_total", "function" => f.clone()).increment(0);
         let (pending, running) = backlog
             .iter()
             .find(|b| format!("{}.{}", b.app, b.function) == *f)
@@ -197,5 +232,67 @@ pub async fn render(state: &AppState) -> Result<String, hopper_store::StoreError
             .count();
         metrics::gauge!("hopper_workers", "state" => s).set(n as f64);
     }
+    let waiting = state.config.max_waiting.max(1) - state.waiting.available_permits();
+    metrics::gauge!("hopper_workers_waiting").set(waiting as f64);
+    for counter in [
+        "hopper_server_pauses_total",
+        "hopper_server_paused_seconds_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for direction in ["forward", "backward"] {
+        metrics::counter!("hopper_clock_steps_total", "direction" => direction).increment(0);
+    }
+    process();
     Ok(handle.render())
+}
+
+/// This process's CPU time, resident memory and open files, from `/proc/self` (Linux).
+fn process() {
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // After the command's closing parenthesis: utime and stime are the 12th and 13th
+        // fields, in ticks of USER_HZ (100 a second on Linux).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+            metrics::gauge!("hopper_process_cpu_seconds").set((user + system) as f64 / 100.0);
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let kib = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(kib) = kib {
+            metrics::gauge!("hopper_process_resident_memory_bytes").set((kib * 1024) as f64);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("hopper_process_open_fds").set(fds.count() as f64);
+    }
+}
+
+/// An HTTP request answered: counted by route (the path as routed, `/v1/calls/{id}`), method
+/// and status class, and timed by route.
+pub fn http_request(route: &str, method: &str, status: u16, seconds: f64) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(
+        "hopper_http_requests_total",
+        "route" => route.to_string(),
+        "method" => method.to_string(),
+        "status" => class
+    )
+    .increment(1);
+    metrics::histogram!("hopper_http_request_duration_seconds", "route" => route.to_string())
+        .record(seconds);
 }

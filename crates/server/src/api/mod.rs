@@ -95,7 +95,27 @@ pub fn router(state: AppState) -> Router {
             guard_browsers,
         ))
         .layer(middleware::from_fn(catch_panics))
+        .layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// Counts and times every answered request by its route (`hopper_http_requests_total`,
+/// `hopper_http_request_duration_seconds`); a path no route matched counts as `unmatched`.
+async fn count_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    crate::metrics::http_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 /// How long `/readyz` waits for the database to answer.
