@@ -358,6 +358,11 @@ pub struct ServeArgs {
     /// without a restart, and stay out of the command line.
     #[arg(long, env = "HOPPER_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The keys that seal secrets, one per line (64 hex digits; the first seals, any opens),
+    /// read again on SIGHUP and when it changes. Default: HOPPER_SECRET_KEY, else (SQLite)
+    /// DATA/secret.key, made when the first secret is set.
+    #[arg(long, env = "HOPPER_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
     /// Cancel an open map whose client sends nothing (no inputs, no close, no read of the call
     /// or its results) for this long: its client was killed or gave up. 0 = never.
     #[arg(long, default_value = "10m")]

@@ -381,3 +381,70 @@ async fn a_key_is_replaced_without_a_moment_when_secrets_cannot_be_read() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("key 2 of 2"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn a_key_file_rotates_its_keys_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let (old, new) = (SERVER_KEY.to_string(), "ef".repeat(32));
+    std::fs::write(&keys, format!("{old}\n")).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--secret-key-file", keys.to_str().unwrap()],
+    );
+    set_both(&server.url);
+    let m = manifest(dir.path(), MANIFEST);
+    let out = cli(&server.url, &["deploy", m.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let client = server.client();
+    let reads = || async {
+        let call = client.spawn("shop.show", json!(null), None).await.unwrap();
+        let done = wait_done(&client, &call.id, Duration::from_secs(60)).await;
+        assert_eq!(
+            done.output.as_ref().map(|o| o["digest"].clone()),
+            Some(json!(expected_digest())),
+            "{done:?}"
+        );
+    };
+    reads().await;
+    let hup = || {
+        assert!(Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    // The new key first: after a SIGHUP it seals, the old one still opens.
+    std::fs::write(&keys, format!("# newest first\n{new}\n{old}\n")).unwrap();
+    hup();
+    eventually(
+        "the reseal uses the new key",
+        Duration::from_secs(10),
+        || async {
+            let out = cli(&server.url, &["secrets", "reseal"]);
+            (out.status.success() && stdout(&out).contains("2 secrets sealed again")).then_some(())
+        },
+    )
+    .await;
+    reads().await;
+    // The old key dropped, and a broken file after it: the secrets still open.
+    std::fs::write(&keys, format!("{new}\n")).unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reads().await;
+    std::fs::write(&keys, "not a key\n").unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reads().await;
+    // The resealed secrets open with the new key alone, as a fresh server proves.
+    drop(server);
+    std::fs::write(&keys, format!("{new}\n")).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--secret-key-file", keys.to_str().unwrap()],
+    );
+    let client = server.client();
+    let call = client.spawn("shop.show", json!(null), None).await.unwrap();
+    let done = wait_done(&client, &call.id, Duration::from_secs(60)).await;
+    assert_eq!(done.state, hopper_core::InputState::Succeeded, "{done:?}");
+}

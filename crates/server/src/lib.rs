@@ -247,6 +247,17 @@ pub async fn run(
     if let Some(tls) = &tls {
         loops.spawn(tls.clone().watch(engine.clone()));
     }
+    // SIGHUP reads the certificate, token and key files again (each watcher above hears it);
+    // it never stops the server, also when it has none of them.
+    loops.spawn(reload::watch(Vec::new(), engine.clone(), |why| {
+        tracing::info!(why, "files a server reads while it runs are read again")
+    }));
+    if let Some(path) = state.keyring.file().map(std::path::Path::to_path_buf) {
+        let keyring = state.keyring.clone();
+        loops.spawn(reload::watch(vec![path], engine.clone(), move |why| {
+            keyring.reload(why)
+        }));
+    }
     if let Some(file) = config.token_file.clone() {
         let paths = vec![file.path().to_path_buf()];
         loops.spawn(reload::watch(paths, engine.clone(), move |why| {

@@ -244,6 +244,7 @@ fn terminate(stopping: &mut Vec<Child>, child: Child) {
 /// not inherit.
 pub const SERVER_ONLY_ENV: &[&str] = &[
     "HOPPER_SECRET_KEY",
+    "HOPPER_SECRET_KEY_FILE",
     "HOPPER_DATABASE",
     "HOPPER_SMTP",
     "HOPPER_DATA",

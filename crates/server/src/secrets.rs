@@ -83,7 +83,7 @@ pub enum SecretError {
 pub struct Keyring {
     given: Vec<SecretKey>,
     file: Option<PathBuf>,
-    loaded: Mutex<Option<SecretKey>>,
+    loaded: Mutex<Option<Vec<SecretKey>>>,
 }
 
 impl Keyring {
@@ -167,8 +167,8 @@ impl Keyring {
     /// The keys that open, the sealing key first: every given key, then the key file's.
     fn opening_keys(&self) -> Result<Vec<SecretKey>, SecretError> {
         let mut keys = self.given.clone();
-        match self.file_key(false) {
-            Ok(key) => keys.push(key),
+        match self.file_keys(false) {
+            Ok(found) => keys.extend(found),
             // With keys given, a missing or unreadable key file only means one key fewer.
             Err(_) if !keys.is_empty() => {}
             Err(e) => return Err(e),
@@ -178,30 +178,60 @@ impl Keyring {
 
     /// The key kept in the key file (made with `create` when missing).
     fn file_key(&self, create: bool) -> Result<SecretKey, SecretError> {
+        let keys = self.file_keys(create)?;
+        keys.first().cloned().ok_or(SecretError::NoKey)
+    }
+
+    /// The keys of the key file, the sealing one first, read once and again after
+    /// [`Keyring::reload`] (made with `create` when missing: one new key).
+    fn file_keys(&self, create: bool) -> Result<Vec<SecretKey>, SecretError> {
         let Some(path) = &self.file else {
             return Err(SecretError::NoKey);
         };
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(key) = loaded.as_ref() {
-            return Ok(key.clone());
+        if let Some(keys) = loaded.as_ref() {
+            return Ok(keys.clone());
         }
-        let fail = |message: String| SecretError::KeyFile {
-            path: path.display().to_string(),
-            message,
-        };
-        let key = match std::fs::read_to_string(path) {
-            Ok(text) => SecretKey::from_hex(&text).map_err(fail)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+        let keys = match read_key_file(path) {
+            Ok(keys) => keys,
+            Err(ReadKeys::Missing) if create => {
                 let key = SecretKey::generate();
-                write_new_key_file(path, &key).map_err(|e| fail(e.to_string()))?;
+                write_new_key_file(path, &key).map_err(|e| SecretError::KeyFile {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
                 tracing::info!(path = %path.display(), "made the key that seals secrets; keep it with the database (a backup without it cannot open them)");
-                key
+                vec![key]
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SecretError::NoKey),
-            Err(e) => return Err(fail(e.to_string())),
+            Err(ReadKeys::Missing) => return Err(SecretError::NoKey),
+            Err(ReadKeys::Bad(e)) => return Err(e),
         };
-        *loaded = Some(key.clone());
-        Ok(key)
+        *loaded = Some(keys.clone());
+        Ok(keys)
+    }
+
+    /// Reads the key file again (a key added before the others, or an old one dropped); keeps
+    /// the keys read before when it cannot be read.
+    pub fn reload(&self, why: &str) {
+        let Some(path) = &self.file else {
+            return;
+        };
+        match read_key_file(path) {
+            Ok(keys) => {
+                let n = keys.len();
+                *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys);
+                tracing::info!(path = %path.display(), keys = n, why, "read the secret key file again");
+            }
+            Err(ReadKeys::Missing) => {}
+            Err(ReadKeys::Bad(e)) => {
+                tracing::warn!(error = %e, why, "cannot read the secret key file again; the keys read before still hold")
+            }
+        }
+    }
+
+    /// The key file, if this keyring has one.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref()
     }
 
     /// Seals a secret's values for the store.
@@ -267,6 +297,40 @@ impl Keyring {
             })?;
         serde_json::from_slice(&plain).map_err(|_| corrupt())
     }
+}
+
+/// Why a key file gave no keys.
+enum ReadKeys {
+    Missing,
+    Bad(SecretError),
+}
+
+/// The keys of a key file: 64 hex digits a line, the sealing key first; blank lines and `#`
+/// comments skipped.
+fn read_key_file(path: &std::path::Path) -> Result<Vec<SecretKey>, ReadKeys> {
+    let fail = |message: String| {
+        ReadKeys::Bad(SecretError::KeyFile {
+            path: path.display().to_string(),
+            message,
+        })
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadKeys::Missing),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        keys.push(SecretKey::from_hex(line).map_err(|e| fail(format!("line {}: {e}", i + 1)))?);
+    }
+    if keys.is_empty() {
+        return Err(fail("no key in it (expected 64 hex digits a line)".into()));
+    }
+    Ok(keys)
 }
 
 fn write_new_key_file(path: &std::path::Path, key: &SecretKey) -> std::io::Result<()> {

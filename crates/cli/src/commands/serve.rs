@@ -69,7 +69,15 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             )),
         }
     }
-    if args.database.is_none() {
+    if let Some(file) = &args.secret_key_file {
+        if !file.is_file() {
+            faults.push(format!(
+                "--secret-key-file {}: no such file (write 64 hex digits to it, e.g. `openssl rand -hex 32`)",
+                file.display()
+            ));
+        }
+        config.secret_key_file = Some(file.clone());
+    } else if args.database.is_none() {
         // The key sealing secrets lives beside the SQLite database unless HOPPER_SECRET_KEY
         // gives it.
         config.secret_key_file = Some(args.data.join("secret.key"));
