@@ -18,7 +18,9 @@ fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
     if let Some(file) = &cli.ca_cert {
         // Where every client of this process and of the processes it starts reads it (see
-        // `hopper_sdk::Client::new`); set before any other thread runs.
+        // `hopper_sdk::Client::new`), as an absolute path: a worker's functions run in another
+        // folder. Set before any other thread runs.
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
         std::env::set_var("HOPPER_CA_CERT", file);
     }
     if cli.log_format == args::LogFormat::Json {

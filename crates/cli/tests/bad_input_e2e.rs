@@ -353,3 +353,39 @@ async fn scoped_tokens_allow_only_their_scopes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("unknown scope"), "{}", stderr(&out));
 }
+
+#[test]
+fn server_urls_and_schema_names_are_checked_before_anything_is_sent() {
+    for bad in ["garbage url", "http://127.0.0.1:99999", ",,", "ftp://x"] {
+        let out = std::process::Command::new(BIN)
+            .args(["calls", "--server", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--server") || stderr(&out).contains("empty"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+    }
+    for bad in ["", "a; drop", "x -c statement_timeout=1", "Upper"] {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+                "/nonexistent/never",
+            ])
+            .args(["--database", "postgres://nobody@127.0.0.1:1/none"])
+            .args(["--database-schema", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--database-schema"),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
+    }
+}

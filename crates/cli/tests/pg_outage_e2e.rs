@@ -35,6 +35,26 @@ impl Drop for Cluster {
     }
 }
 
+/// A server without local workers on the test's schema, deploying `app` (a manifest's text).
+fn one_server(
+    dir: &std::path::Path,
+    (url, schema): (&str, &str),
+    app: &str,
+    extra: &[&str],
+) -> Server {
+    let m = manifest(dir, app);
+    let args = [
+        "--database",
+        url,
+        "--database-schema",
+        schema,
+        "--deploy",
+        m.to_str().unwrap(),
+        "--no-workers",
+    ];
+    Server::start(&dir.join("data"), &[&args[..], extra].concat())
+}
+
 /// A health endpoint's status and JSON answer.
 async fn health(server: &Server, path: &str) -> (u16, serde_json::Value) {
     let answer = reqwest::get(format!("{}{path}", server.url)).await.unwrap();
@@ -67,22 +87,8 @@ async fn requests_fail_clearly_during_a_database_outage_and_the_server_recovers_
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(
-        dir.path(),
-        "app = \"o\"\n[functions.echo]\ncommand = [\"cat\"]\n",
-    );
-    let server = Server::start(
-        &dir.path().join("data"),
-        &[
-            "--database",
-            &url,
-            "--database-schema",
-            &schema,
-            "--deploy",
-            m.to_str().unwrap(),
-            "--no-workers",
-        ],
-    );
+    let app = "app = \"o\"\n[functions.echo]\ncommand = [\"cat\"]\n";
+    let server = one_server(dir.path(), (&url, &schema), app, &[]);
     let client = server.client();
     // Acknowledged before the outage, run after it.
     let before = client.spawn("o.echo", json!("before"), None).await.unwrap();
@@ -130,9 +136,7 @@ async fn requests_fail_clearly_during_a_database_outage_and_the_server_recovers_
     worker.kill().unwrap();
     worker.wait().unwrap();
     drop(server);
-    hopper_store_postgres::PgStore::drop_schema(&url, &schema)
-        .await
-        .unwrap();
+    drop_test_schema(&url, &schema).await;
 }
 
 /// Which of `servers` report holding `role` in `/metrics` (`hopper_leader{role} 1`).
@@ -289,7 +293,51 @@ webhook = "{hook}"
 
     drop(servers);
     drop(cluster);
-    hopper_store_postgres::PgStore::drop_schema(&url, &schema)
-        .await
-        .unwrap();
+    drop_test_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_running_through_a_database_outage_longer_than_a_lease_is_not_run_again() {
+    let _turn = CLUSTER_TURN.lock().await;
+    let Some((url, schema, cluster)) = local_cluster() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = "app = \"l\"\n[functions.slow]\ncommand = [\"sh\", \"-c\", \"sleep 8; cat\"]\n";
+    let server = one_server(dir.path(), (&url, &schema), app, &["--lease", "3s"]);
+    let client = server.client();
+    let worker = worker(&server.url, "l.slow");
+    let signal = |which: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([which, &worker.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let call = client.spawn("l.slow", json!("once"), None).await.unwrap();
+    eventually("the input runs", Duration::from_secs(20), || async {
+        let c = client.get(&call.id, Duration::ZERO).await.ok()?;
+        (c.inputs.running == 1).then_some(())
+    })
+    .await;
+    // Down for longer than a lease: no heartbeat can renew it meanwhile. The worker (not
+    // its command) is held until the server has seen the database back, so the server looks
+    // at the leases before the worker's next heartbeat does, whichever would come first.
+    signal("-STOP");
+    assert!(cluster.ctl("stop"), "stop the cluster");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(cluster.ctl("start"), "start the cluster");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal("-CONT");
+    let done = eventually("the call ends", Duration::from_secs(60), || async {
+        let c = client.get(&call.id, Duration::from_secs(5)).await.ok()?;
+        c.state.is_terminal().then_some(c)
+    })
+    .await;
+    assert_eq!(done.state, InputState::Succeeded, "{done:?}");
+    assert_eq!(done.output, Some(json!("once")));
+    let attempts = client.attempts(&call.id).await.unwrap();
+    assert_eq!(attempts.len(), 1, "it ran once: {attempts:?}");
+    drop(server);
+    drop_test_schema(&url, &schema).await;
 }

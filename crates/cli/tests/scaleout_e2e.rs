@@ -91,9 +91,7 @@ async fn a_map_completes_exactly_once_while_a_second_server_is_killed_and_restar
     assert_eq!(through_b.inputs.succeeded, n);
     drop(b);
     drop(a);
-    hopper_store_postgres::PgStore::drop_schema(&url, &schema)
-        .await
-        .unwrap();
+    drop_test_schema(&url, &schema).await;
 }
 
 /// Two servers without local workers over the test's schema, the first deploying `app` (a
@@ -146,9 +144,7 @@ async fn spawns_acknowledged_just_before_their_server_is_killed_run_through_the_
     }
     drop(b);
     drop(a);
-    hopper_store_postgres::PgStore::drop_schema(&url, &schema)
-        .await
-        .unwrap();
+    drop_test_schema(&url, &schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -184,9 +180,7 @@ async fn ten_concurrent_deploys_of_one_app_through_two_servers_each_get_a_versio
         "{versions:?}"
     );
     drop(servers);
-    hopper_store_postgres::PgStore::drop_schema(&url, &schema)
-        .await
-        .unwrap();
+    drop_test_schema(&url, &schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -239,7 +233,71 @@ async fn a_worker_given_two_servers_finishes_its_inputs_through_the_other_when_o
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     drop(b);
     drop(a);
-    hopper_store_postgres::PgStore::drop_schema(&url, &schema)
+    drop_test_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_waiting_on_a_server_that_stops_moves_to_the_next() {
+    let Some((url, schema)) = test_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b) = two_servers(
+        dir.path(),
+        (&url, &schema),
+        "app = \"g\"\n[functions.echo]\ncommand = [\"cat\"]\n",
+    );
+    let call = b
+        .client()
+        .spawn("g.echo", json!("waited"), None)
         .await
         .unwrap();
+    // `hopper get` waits on the first server, which is stopped (SIGTERM, a rolling restart)
+    // before the call has run: its long-poll is cut short, and the client asks the next.
+    let both = format!("{},{}", a.url, b.url);
+    let id = call.id.to_string();
+    let waiting = std::thread::spawn(move || cli(&both, &["get", &id, "--timeout", "60s"]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.stop();
+    let _worker = worker(&b.url, "g.echo");
+    let out = waiting.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "\"waited\"");
+    drop(b);
+    drop(a);
+    drop_test_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_reaches_postgresql_over_tls_when_the_url_asks_for_it() {
+    let Some((url, schema)) = test_database() else {
+        return;
+    };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let tls = format!("{url}{separator}sslmode=require");
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "app = \"t\"\n[functions.echo]\ncommand = [\"cat\"]\n",
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--database",
+            &tls,
+            "--database-schema",
+            &schema,
+            "--deploy",
+            m.to_str().unwrap(),
+        ],
+    );
+    let client = server.client();
+    let call = client
+        .spawn("t.echo", json!("over tls"), None)
+        .await
+        .unwrap();
+    let done = wait_done(&client, &call.id, Duration::from_secs(30)).await;
+    assert_eq!(done.output, Some(json!("over tls")));
+    drop(server);
+    drop_test_schema(&url, &schema).await;
 }

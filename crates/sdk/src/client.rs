@@ -67,9 +67,42 @@ pub struct CallFilter {
     pub until: Option<String>,
 }
 
+/// How long past its wait a worker gives a lease or heartbeat request to be answered before
+/// it tries another server: well within a lease (30 s by default), so that a server that hangs
+/// (paused, overloaded, cut off without a reset) costs a worker its server, not its leases.
+pub const WORKER_ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a worker gives a batch of results or log lines to be written.
+pub const WORKER_WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Transient failures in a row that [`Client::wait`] retries (with backoff up to 3 s: about a
 /// minute) before it gives up.
 pub const WAIT_RETRIES: u32 = 20;
+
+/// The error an answer of `status` with the body `text` stands for: the API's JSON error, or
+/// the status and the start of whatever came instead.
+fn api_error(status: StatusCode, text: &str) -> Error {
+    match serde_json::from_str::<ErrorBody>(text) {
+        Ok(body) => Error::Api {
+            status: status.as_u16(),
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => Error::Api {
+            status: status.as_u16(),
+            code: if status == StatusCode::UNAUTHORIZED {
+                "unauthorized"
+            } else {
+                "http_error"
+            }
+            .into(),
+            message: format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ),
+        },
+    }
+}
 
 /// The certificates of the files `HOPPER_CA_CERT` and `SSL_CERT_FILE` name (PEM bundles).
 fn extra_roots() -> Result<Vec<reqwest::Certificate>, Error> {
@@ -270,18 +303,32 @@ impl Client {
             tried.push(self.servers[at].clone());
             let again = request.try_clone();
             match self.http.execute(request).await {
+                Ok(response)
+                    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+                        && self.servers.len() > 1 =>
+                {
+                    // A server that cannot serve (its database is away, it is stopping, it
+                    // is too old for the schema, it has too many waiting workers): the
+                    // requests after this one go to the next server.
+                    let text = response.text().await.unwrap_or_default();
+                    let error = api_error(StatusCode::SERVICE_UNAVAILABLE, &text);
+                    self.move_on(at);
+                    // Refused before it did anything: the next server gets it now.
+                    let refused = matches!(
+                        error.code(),
+                        Some("server_stopping" | "schema_too_new" | "too_many_waiting")
+                    );
+                    match again {
+                        Some(again) if refused && tried.len() < self.servers.len() => {
+                            request = self.moved(again, at)?;
+                            continue;
+                        }
+                        _ => return Err(error),
+                    }
+                }
                 Ok(response) => break response,
                 Err(e) => {
-                    if self.servers.len() > 1 {
-                        // Whoever moved first moves everyone: only from the one that failed.
-                        let next = (at + 1) % self.servers.len();
-                        let _ = self.current.compare_exchange(
-                            at,
-                            next,
-                            Ordering::Relaxed,
-                            Ordering::Relaxed,
-                        );
-                    }
+                    self.move_on(at);
                     let unreached = e.is_connect();
                     match again {
                         // Nothing reached the server: the next one gets the request now.
@@ -304,25 +351,17 @@ impl Client {
             return Ok(response);
         }
         let text = response.text().await.unwrap_or_default();
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => Err(Error::Api {
-                status: status.as_u16(),
-                code: body.error.code,
-                message: body.error.message,
-            }),
-            Err(_) => Err(Error::Api {
-                status: status.as_u16(),
-                code: if status == StatusCode::UNAUTHORIZED {
-                    "unauthorized"
-                } else {
-                    "http_error"
-                }
-                .into(),
-                message: format!(
-                    "HTTP {status}: {}",
-                    text.chars().take(200).collect::<String>()
-                ),
-            }),
+        Err(api_error(status, &text))
+    }
+
+    /// Moves requests on from the server at index `from` (when several are given), unless
+    /// another request moved them already: whoever moves first moves everyone.
+    fn move_on(&self, from: usize) {
+        if self.servers.len() > 1 {
+            let next = (from + 1) % self.servers.len();
+            let _ = self
+                .current
+                .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
@@ -647,7 +686,7 @@ impl Client {
         self.send(
             self.request(Method::POST, &format!("/v1/workers/{id}/lease"))
                 .json(&body)
-                .timeout(wait + Duration::from_secs(30)),
+                .timeout(wait + WORKER_ANSWER_MARGIN),
         )
         .await
     }
@@ -669,7 +708,7 @@ impl Client {
         self.send(
             self.request(Method::POST, &format!("/v1/workers/{id}/heartbeat"))
                 .json(&body)
-                .timeout(wait + Duration::from_secs(30)),
+                .timeout(wait + WORKER_ANSWER_MARGIN),
         )
         .await
     }
@@ -683,7 +722,7 @@ impl Client {
         self.send(
             self.request(Method::POST, &format!("/v1/workers/{id}/complete"))
                 .json(&body)
-                .timeout(Duration::from_secs(60)),
+                .timeout(WORKER_WRITE_TIMEOUT),
         )
         .await
     }
@@ -693,7 +732,7 @@ impl Client {
         self.send_raw(
             self.request(Method::POST, &format!("/v1/workers/{id}/logs"))
                 .json(&body)
-                .timeout(Duration::from_secs(60)),
+                .timeout(WORKER_WRITE_TIMEOUT),
         )
         .await
         .map(|_| ())

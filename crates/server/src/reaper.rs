@@ -14,11 +14,16 @@ const BATCH: u32 = 1_000;
 
 pub struct Reaper {
     state: AppState,
+    /// When the reaper last looked at every lease.
+    judged_at: std::sync::Mutex<std::time::Instant>,
 }
 
 impl Reaper {
     pub fn new(state: AppState) -> Self {
-        Self { state }
+        Self {
+            state,
+            judged_at: std::sync::Mutex::new(std::time::Instant::now()),
+        }
     }
 
     /// One pass: rescues every expired lease, in batches.
@@ -26,6 +31,19 @@ impl Reaper {
     /// [`crate::timekeeper`]), so no lease is judged by time the workers could not use.
     pub async fn run_once(&self) -> Result<RescueReport, StoreError> {
         self.state.timekeeper.settle(&self.state).await?;
+        // First a read that waits for the database if it is away, so that the time it was
+        // away is seen here, before any lease is judged. Not able to look for a while (the
+        // database away, or answering slowly): workers could not renew their leases either,
+        // so they get a lease period first.
+        self.state.store.schema_version().await?;
+        let unjudged = self
+            .judged_at
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        if unjudged > (self.state.config.lease / 2).max(Duration::from_secs(2)) {
+            self.after_outage(unjudged).await?;
+        }
         let mut total = RescueReport::default();
         loop {
             let report = self
@@ -55,10 +73,35 @@ impl Reaper {
             total.timed_out += report.timed_out;
             total.finished_calls.extend(report.finished_calls);
             if done {
-                self.cancel_abandoned_maps().await?;
+                if let Ok(mut at) = self.judged_at.lock() {
+                    *at = std::time::Instant::now();
+                }
                 return Ok(total);
             }
         }
+    }
+
+    /// After the reaper could not look for `away` (the database was away or slow): workers
+    /// could renew no lease meanwhile, however hard they tried, so every running lease first
+    /// gets a lease period from now, before any is judged; a database restart or failover
+    /// longer than a lease then costs no healthy input its run. Idempotent across servers.
+    async fn after_outage(&self, away: Duration) -> Result<(), StoreError> {
+        let moved = self
+            .state
+            .store
+            .lease_extend_all(hopper_store::LeaseExtend {
+                gap_ms: 0,
+                until_at_least: self.state.now() + self.state.config.lease_ms(),
+            })
+            .await?;
+        if moved > 0 {
+            tracing::warn!(
+                away_seconds = away.as_secs(),
+                leases = moved,
+                "the database is back: running leases get a lease period from now, since their workers could not renew them"
+            );
+        }
+        Ok(())
     }
 
     /// Cancels the open maps whose client has been silent for `map_idle_timeout`: a client
@@ -103,8 +146,15 @@ impl Reaper {
         loop {
             if self.state.schema_ahead().is_some() {
                 // Another server upgraded the schema: its reaper judges leases now.
-            } else if let Err(e) = self.run_once().await {
-                tracing::warn!(error = %e, "reaper pass failed; retrying");
+            } else {
+                match self.run_once().await {
+                    Ok(_) => {
+                        if let Err(e) = self.cancel_abandoned_maps().await {
+                            tracing::warn!(error = %e, "cannot cancel abandoned maps; retrying");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reaper pass failed; retrying"),
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

@@ -190,7 +190,8 @@ fn server_url(text: &str) -> anyhow::Result<String> {
     let ok = (url.starts_with("http://") || url.starts_with("https://"))
         && url
             .split_once("://")
-            .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'));
+            .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'))
+        && reqwest::Url::parse(&url).is_ok_and(|u| u.host().is_some());
     if !ok {
         return Err(exit::usage(format!(
             "the server {text:?} (from --server or HOPPER_SERVER) is not a URL: expected e.g. http://127.0.0.1:7433 or 127.0.0.1:7433"

@@ -171,6 +171,21 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             faults.push("--database: expected a postgres:// URL".to_string());
         }
     }
+    if let Some(schema) = &args.database_schema {
+        let valid = schema.len() <= 63
+            && schema
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            faults.push(format!(
+                "--database-schema {schema:?}: expected a schema name of lowercase letters, digits and '_' (starting with a letter or '_', at most 63)"
+            ));
+        }
+    }
     if args.database_pool == 0 {
         faults.push("--database-pool: must be at least 1".to_string());
     }

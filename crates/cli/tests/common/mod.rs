@@ -322,6 +322,13 @@ pub fn test_database() -> Option<(String, String)> {
     ))
 }
 
+/// Drops the schema `test_database` gave a test.
+pub async fn drop_test_schema(url: &str, schema: &str) {
+    hopper_store_postgres::PgStore::drop_schema(url, schema)
+        .await
+        .unwrap();
+}
+
 /// A `hopper worker` process, killed when dropped (also when a test fails).
 pub struct Worker(pub std::process::Child);
 
