@@ -20,6 +20,10 @@ impl Store for Backend {
         self.subscribe()
     }
 
+    fn connections(&self) -> Option<(u32, u32)> {
+        self.pool_connections()
+    }
+
     async fn database_now(&self) -> Result<Option<hopper_core::UnixMillis>, StoreError> {
         self.clock().await
     }

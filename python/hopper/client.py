@@ -648,6 +648,9 @@ class Client:
                 time.sleep(self._backoff(attempt))
                 continue
             if response.status_code == 503 and attempt + 1 < self.retries:
+                # A server that cannot serve now (its database is away, it is stopping): the
+                # next try goes to the next server, if there are several.
+                self._fail_over(at)
                 time.sleep(self._backoff(attempt))
                 continue
             return self._check(response)
@@ -687,6 +690,7 @@ class Client:
                 await asyncio.sleep(self._backoff(attempt))
                 continue
             if response.status_code == 503 and attempt + 1 < self.retries:
+                self._fail_over(at)
                 await asyncio.sleep(self._backoff(attempt))
                 continue
             return self._check(response)

@@ -16,6 +16,17 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
+    if let Some(file) = cli
+        .ca_cert
+        .as_ref()
+        .filter(|f| std::fs::File::open(f).is_err())
+    {
+        eprintln!(
+            "error: --ca-cert {} (or HOPPER_CA_CERT): cannot read it; give a PEM file of the CA certificates to trust",
+            file.display()
+        );
+        return exit::Code::Usage.into();
+    }
     if let Some(file) = &cli.ca_cert {
         // Where every client of this process and of the processes it starts reads it (see
         // `hopper_sdk::Client::new`), as an absolute path: a worker's functions run in another

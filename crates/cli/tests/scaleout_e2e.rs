@@ -298,6 +298,14 @@ async fn a_server_reaches_postgresql_over_tls_when_the_url_asks_for_it() {
         .unwrap();
     let done = wait_done(&client, &call.id, Duration::from_secs(30)).await;
     assert_eq!(done.output, Some(json!("over tls")));
+    // The pool's connections are in /metrics.
+    let text = server.metrics().await;
+    for state in ["idle", "in_use"] {
+        assert!(
+            text.contains(&format!("hopper_database_connections{{state=\"{state}\"}}")),
+            "{text}"
+        );
+    }
     drop(server);
     drop_test_schema(&url, &schema).await;
 }

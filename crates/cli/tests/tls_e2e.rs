@@ -143,7 +143,19 @@ async fn https_with_a_private_ca_from_the_cli_a_worker_and_python() {
     let out = cli_with(&local.url, &[], &["calls"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(
-        stderr(&out).to_lowercase().contains("certificate"),
+        stderr(&out).to_lowercase().contains("certificate") && stderr(&out).contains("--ca-cert"),
+        "{}",
+        stderr(&out)
+    );
+    // A CA file that is not there is a mistake in the command, named as such.
+    let out = cli_with(
+        &local.url,
+        &[],
+        &["calls", "--ca-cert", "/nonexistent/ca.pem"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--ca-cert /nonexistent/ca.pem"),
         "{}",
         stderr(&out)
     );

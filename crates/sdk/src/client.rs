@@ -788,5 +788,12 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     while let Some(next) = cause.source() {
         cause = next;
     }
-    cause.to_string()
+    let text = cause.to_string();
+    if text.contains("UnknownIssuer") {
+        // A private CA, most often: say where this client takes more trusted CAs from.
+        return format!(
+            "{text} (the server's certificate is signed by a CA this client does not trust: give that CA's certificate with --ca-cert or HOPPER_CA_CERT)"
+        );
+    }
+    text
 }

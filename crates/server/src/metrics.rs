@@ -94,6 +94,10 @@ fn describe() {
         "Workers' lease requests this server holds open, waiting for inputs (at most --max-waiting)."
     );
     metrics::describe_gauge!(
+        "hopper_database_connections",
+        "This server's connections to PostgreSQL, by state (idle, in_use); at most --database-pool."
+    );
+    metrics::describe_gauge!(
         "hopper_process_cpu_seconds",
         "CPU time this server process has used, user and system, in seconds."
     );
@@ -231,6 +235,11 @@ pub async fn render(state: &AppState) -> Result<String, hopper_store::StoreError
             .filter(|w| crate::api::views::worker(w, now, state.config.lease_ms()).state == s)
             .count();
         metrics::gauge!("hopper_workers", "state" => s).set(n as f64);
+    }
+    if let Some((open, idle)) = state.store.connections() {
+        metrics::gauge!("hopper_database_connections", "state" => "idle").set(f64::from(idle));
+        metrics::gauge!("hopper_database_connections", "state" => "in_use")
+            .set(f64::from(open.saturating_sub(idle)));
     }
     let waiting = state.config.max_waiting.max(1) - state.waiting.available_permits();
     metrics::gauge!("hopper_workers_waiting").set(waiting as f64);

@@ -459,6 +459,11 @@ impl PgStore {
         Some(self.wakeups.subscribe())
     }
 
+    /// The pool's connections, open and idle (see [`Store::connections`]).
+    fn pool_connections(&self) -> Option<(u32, u32)> {
+        Some((self.pool.size(), self.pool.num_idle() as u32))
+    }
+
     /// The database's clock (see [`Store::database_now`]).
     async fn clock(&self) -> Result<Option<hopper_core::UnixMillis>, StoreError> {
         let ms: i64 =

@@ -178,6 +178,11 @@ impl SqliteStore {
     async fn lead(&self, _role: &str) -> Result<bool, StoreError> {
         Ok(true)
     }
+
+    /// Its connections are a writer thread and reader threads, not a pool.
+    fn pool_connections(&self) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 #[cfg(test)]

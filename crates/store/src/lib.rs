@@ -221,6 +221,12 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// The connections to the database this process holds, `(open, idle)`, where the store
+    /// keeps a pool of them (PostgreSQL); `None` otherwise.
+    fn connections(&self) -> Option<(u32, u32)> {
+        None
+    }
+
     /// Whether this process holds (or has just taken) the lead for `role`, for work that one
     /// server of a cluster must do alone (e.g. sending notifications). The lead is kept until
     /// the process dies. Default: always, for a store only one server uses.
