@@ -104,9 +104,11 @@ impl AppState {
 
     /// Notes that an open map's client is there (it read the call or its results), so that
     /// the map is not cancelled as abandoned; written at most every [`HEARD_EVERY`] (or a
-    /// quarter of `--map-idle-timeout`) per map and server. A failure to write it is logged and otherwise ignored: the next read tries.
+    /// quarter of `--map-idle-timeout`) per map and server, and never when abandoned maps
+    /// are kept (a timeout of 0). A failure to write it is logged and otherwise ignored: the
+    /// next read tries.
     pub async fn heard_from_client(&self, call: &hopper_store::CallRow) {
-        if !call.accepting_inputs {
+        if !call.accepting_inputs || self.config.map_idle_timeout.is_zero() {
             return;
         }
         let now = std::time::Instant::now();
