@@ -303,8 +303,10 @@ async fn an_input_running_through_a_database_outage_longer_than_a_lease_is_not_r
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let app = "app = \"l\"\n[functions.slow]\ncommand = [\"sh\", \"-c\", \"sleep 8; cat\"]\n";
-    let server = one_server(dir.path(), (&url, &schema), app, &["--lease", "3s"]);
+    let app = "app = \"l\"\n[functions.slow]\ncommand = [\"sh\", \"-c\", \"sleep 14; cat\"]\n";
+    // A lease long enough that, on a busy machine, the worker still renews it in time once it
+    // may again.
+    let server = one_server(dir.path(), (&url, &schema), app, &["--lease", "6s"]);
     let client = server.client();
     let worker = worker(&server.url, "l.slow");
     let signal = |which: &str| {
@@ -325,9 +327,9 @@ async fn an_input_running_through_a_database_outage_longer_than_a_lease_is_not_r
     // at the leases before the worker's next heartbeat does, whichever would come first.
     signal("-STOP");
     assert!(cluster.ctl("stop"), "stop the cluster");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(cluster.ctl("start"), "start the cluster");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     signal("-CONT");
     let done = eventually("the call ends", Duration::from_secs(60), || async {
         let c = client.get(&call.id, Duration::from_secs(5)).await.ok()?;
