@@ -73,9 +73,12 @@ fn input_row(row: &DbRow) -> Result<InputRow, StoreError> {
     })
 }
 
-/// Function specs read once per transaction.
+/// Function specs read once per transaction, and once per store where one is given.
 #[derive(Default)]
-struct Specs(HashMap<(String, String, i64), FunctionSpec>);
+struct Specs {
+    read: HashMap<(String, String, i64), FunctionSpec>,
+    store: Option<std::sync::Arc<VersionSpecs>>,
+}
 
 impl Specs {
     async fn get(
@@ -86,8 +89,15 @@ impl Specs {
         version: i64,
     ) -> Result<FunctionSpec, StoreError> {
         let key = (app.to_string(), function.to_string(), version);
-        if let Some(spec) = self.0.get(&key) {
+        if let Some(spec) = self.read.get(&key) {
             return Ok(spec.clone());
+        }
+        if let Some(spec) = self
+            .store
+            .as_ref()
+            .and_then(|s| s.get(app, function, version))
+        {
+            return Ok(spec);
         }
         let text: Option<String> = crate::db::query_scalar(
             "SELECT spec FROM functions WHERE app = $1 AND name = $2 AND version = $3",
@@ -104,7 +114,10 @@ impl Specs {
             ))
         })?;
         let parsed = spec(&text)?;
-        self.0.insert(key, parsed.clone());
+        if let Some(store) = &self.store {
+            store.keep(app, function, version, &parsed);
+        }
+        self.read.insert(key, parsed.clone());
         Ok(parsed)
     }
 }
@@ -163,7 +176,13 @@ pub fn push_lease_query(q: &mut QueryBuilder<'_, Db>, p: &InputLease) {
         .push(") RETURNING id, call_id, idx, app, function, version, input, attempt");
 }
 
-pub async fn lease(conn: &mut Conn, p: InputLease) -> Result<Vec<LeasedRow>, StoreError> {
+/// Leases up to `p.max` due inputs of `p.functions`; their specs come from `versions` where
+/// the store has read them before.
+pub async fn lease(
+    conn: &mut Conn,
+    p: InputLease,
+    versions: std::sync::Arc<VersionSpecs>,
+) -> Result<Vec<LeasedRow>, StoreError> {
     if p.functions.is_empty() || p.max == 0 {
         return Ok(Vec::new());
     }
@@ -172,7 +191,10 @@ pub async fn lease(conn: &mut Conn, p: InputLease) -> Result<Vec<LeasedRow>, Sto
     push_lease_query(&mut q, &p);
     let mut rows = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
     rows.sort_by_key(|r| r.try_get::<i64, _>("id").unwrap_or(0));
-    let mut specs = Specs::default();
+    let mut specs = Specs {
+        store: Some(versions),
+        ..Specs::default()
+    };
     let mut leased = Vec::with_capacity(rows.len());
     let mut per_call: BTreeMap<String, i64> = BTreeMap::new();
     for row in &rows {
@@ -774,7 +796,11 @@ pub async fn complete_many(
     Ok(out)
 }
 
+/// Extends the leases (the worker's sighting is `workers::touch`'s, written apart).
 pub async fn heartbeat(conn: &mut Conn, p: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {
+    if p.leases.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut tx = conn.begin().await.map_err(db_err)?;
     let mut lost = Vec::new();
     // In input id order, the order completions lock in, so a heartbeat and a completion of the
@@ -798,12 +824,6 @@ pub async fn heartbeat(conn: &mut Conn, p: LeaseHeartbeat) -> Result<Vec<Lease>,
             lost.push(*lease);
         }
     }
-    crate::db::query("UPDATE workers SET last_seen_at = $2 WHERE id = $1")
-        .bind(p.worker_id.as_str())
-        .bind(p.now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
     tx.commit().await.map_err(db_err)?;
     Ok(lost)
 }

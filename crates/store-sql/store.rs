@@ -143,8 +143,11 @@ impl Store for Backend {
         &self,
         params: InputLease,
     ) -> Result<Vec<LeasedRow>, StoreError> {
-        self.write_lease(move |conn| Box::pin(inputs::lease(conn, params.clone())))
-            .await
+        let versions = self.versions.clone();
+        self.write_lease(move |conn| {
+            Box::pin(inputs::lease(conn, params.clone(), versions.clone()))
+        })
+        .await
     }
 
     async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import json
 import os
+import re
 import sys
 import traceback
 import typing
@@ -18,6 +19,13 @@ from .exception import DeployError
 from .options import Cron, Period, Retries
 
 RUNNER_MODULE = "hopper._runner"
+#: Where a code snapshot carries this SDK for functions with requirements: first on their
+#: ``PYTHONPATH`` (relative to the snapshot's root, the app's folder), so the environment a
+#: worker builds imports the SDK the deploy used, whatever interpreter or virtualenv it was in.
+SDK_DIR = ".hopper/sdk"
+#: What the SDK needs installed, added to an app's requirements unless the app names them
+#: (keep in step with ``pyproject.toml``).
+SDK_REQUIREMENTS = ("httpx>=0.25,<1", "pathspec>=0.11,<2")
 
 
 def _display(path: str) -> str:
@@ -165,9 +173,39 @@ def _schedule_name(name: str) -> str:
     return out if out[:1].isalpha() else f"s-{out}"
 
 
-def manifest(app: App, file: str, *, absolute_workdir: bool = False) -> str:
+def sdk_files() -> list[tuple[str, str]]:
+    """This SDK's files as a code snapshot carries them: ``(path under SDK_DIR, path here)``."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    out: list[tuple[str, str]] = []
+    for folder, dirs, names in os.walk(package):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(names):
+            if name.endswith((".py", ".typed")):
+                full = os.path.join(folder, name)
+                relative = os.path.relpath(full, os.path.dirname(package)).replace(os.sep, "/")
+                out.append((f"{SDK_DIR}/{relative}", full))
+    return out
+
+
+def _project(requirement: str) -> str:
+    """The project a requirement names, normalized (PEP 503): ``HTTPX[http2]>=1`` → ``httpx``."""
+    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", name.group(1)).lower() if name else ""
+
+
+def requirements_with_sdk(requirements: list[str]) -> list[str]:
+    """``requirements`` and what the SDK needs that they do not name."""
+    named = {_project(r) for r in requirements}
+    return [*requirements, *(r for r in SDK_REQUIREMENTS if _project(r) not in named)]
+
+
+def manifest(app: App, file: str, *, absolute_workdir: bool = False, sdk: str | None = None) -> str:
     """The TOML manifest of ``app``, defined in ``file``: one ``serve`` function per function
     (the SDK's runner on the file), with its policy, and its schedules.
+
+    A function with requirements runs in the environment a worker builds from them, which
+    also gets what the SDK needs (:data:`SDK_REQUIREMENTS`); ``sdk`` is where the SDK is found
+    there (:data:`SDK_DIR` when the code snapshot carries it), put first on ``PYTHONPATH``.
 
     Raises:
         DeployError: the app breaks a rule (see :func:`check`).
@@ -192,8 +230,8 @@ def manifest(app: App, file: str, *, absolute_workdir: bool = False) -> str:
         if absolute_workdir:
             lines.append(f"workdir = {_str(folder)}")
         if app.requirements:
-            lines.append(f"python = {{ requirements = {_array(app.requirements)} }}")
-        lines.extend(_policy(fdef))
+            lines.append(f"python = {{ requirements = {_array(requirements_with_sdk(app.requirements))} }}")
+        lines.extend(_policy(fdef, sdk if app.requirements else None))
     for fdef in app.functions.values():
         sched = fdef.options.schedule
         if sched is None:
@@ -221,7 +259,7 @@ def manifest(app: App, file: str, *, absolute_workdir: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _policy(fdef: FunctionDef[Any, Any]) -> list[str]:
+def _policy(fdef: FunctionDef[Any, Any], sdk: str | None = None) -> list[str]:
     o = fdef.options
     out: list[str] = []
     if o.timeout is not None:
@@ -240,8 +278,11 @@ def _policy(fdef: FunctionDef[Any, Any]) -> list[str]:
             out.append(f"{key} = {value}")
     if o.scaledown_window is not None:
         out.append(f'scaledown_window = "{format_ms(to_ms(o.scaledown_window, "scaledown"))}"')
-    if o.env:
-        pairs = ", ".join(f"{_key(k)} = {_str(v)}" for k, v in sorted(o.env.items()))
+    env = dict(o.env or {})
+    if sdk is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (sdk, env.get("PYTHONPATH")) if p)
+    if env:
+        pairs = ", ".join(f"{_key(k)} = {_str(v)}" for k, v in sorted(env.items()))
         out.append(f"env = {{ {pairs} }}")
     if o.secrets:
         names = sorted({secret.name for secret in o.secrets})
@@ -252,7 +293,8 @@ def _policy(fdef: FunctionDef[Any, Any]) -> list[str]:
 def deploy_request(path: str, *, snapshot: str | None = None) -> dict[str, str]:
     """The body of ``POST /v1/apps`` for the app in ``path``: run in the code snapshot
     ``snapshot`` (the file's folder, packed by :func:`hopper._snapshot.build` and stored
-    first), or without one from the file's folder on the workers' machines.
+    first, with :func:`sdk_files` when the app has requirements), or without one from the
+    file's folder on the workers' machines.
 
     Raises:
         DeployError: the file has no app, or its app breaks a rule.
@@ -260,7 +302,7 @@ def deploy_request(path: str, *, snapshot: str | None = None) -> dict[str, str]:
     path = os.path.abspath(path)
     app = load_app(path)
     body = {
-        "manifest": manifest(app, path),
+        "manifest": manifest(app, path, sdk=SDK_DIR if snapshot is not None else None),
         "file": f"{_display(path)} (manifest)",
         "base_dir": os.path.dirname(path),
     }

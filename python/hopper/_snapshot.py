@@ -2,9 +2,11 @@
 of its bytes, as ``hopper deploy`` builds it (see the README's "Versions, code and secrets").
 
 Every file under the folder is shipped but what ``.gitignore`` and ``.hopperignore`` files
-(gitignore syntax, in any folder) exclude, and ``.git``, ``.hopper`` and ``__pycache__``. The
-tar is written deterministically (sorted paths, no times or owners), so unchanged code gives
-the same hash and the server stores nothing new.
+(gitignore syntax, in any folder) exclude, what never belongs in code (:data:`LEFT_OUT_BY_DEFAULT`
+and virtual environments: any folder holding ``pyvenv.cfg``; a negation such as
+``!node_modules/`` in the folder's own ``.hopperignore`` or ``.gitignore`` ships one anyway), and
+``.hopper``. The tar is written deterministically (sorted paths, no times or owners), so
+unchanged code gives the same hash and the server stores nothing new.
 """
 
 from __future__ import annotations
@@ -19,8 +21,20 @@ from dataclasses import dataclass
 
 import pathspec
 
-#: Folders never shipped.
-ALWAYS_LEFT_OUT = frozenset({".git", ".hopper", "__pycache__"})
+#: Folders never shipped: Hopper's own.
+ALWAYS_LEFT_OUT = frozenset({".hopper"})
+#: Folders left out wherever they are, as gitignore patterns, unless the root folder's
+#: ``.gitignore`` or ``.hopperignore`` negates one. Virtual environments (folders holding
+#: ``pyvenv.cfg``) are left out the same way, whatever their name.
+LEFT_OUT_BY_DEFAULT = (
+    ".git/",
+    "__pycache__/",
+    "node_modules/",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".tox/",
+)
 #: The default most bytes of files a snapshot may hold, before compression: 64 MiB.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _IGNORE_FILES = (".gitignore", ".hopperignore")
@@ -74,7 +88,8 @@ def _ignored(specs: list[tuple[str, pathspec.GitIgnoreSpec]], path: str, is_dir:
     return False
 
 
-def _load_spec(folder: str) -> pathspec.GitIgnoreSpec | None:
+def _ignore_lines(folder: str) -> list[str]:
+    """The lines of the folder's ``.gitignore`` then ``.hopperignore`` (the later wins)."""
     lines: list[str] = []
     for name in _IGNORE_FILES:
         try:
@@ -82,7 +97,30 @@ def _load_spec(folder: str) -> pathspec.GitIgnoreSpec | None:
                 lines.extend(f.read().splitlines())
         except OSError:
             continue
-    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+    return lines
+
+
+def _is_venv(path: str) -> bool:
+    """A Python virtual environment (``python -m venv``, virtualenv, uv, conda's ``venv``)."""
+    return os.path.isfile(os.path.join(path, "pyvenv.cfg"))
+
+
+def _shipped_anyway(root_lines: list[str], relative: str) -> bool:
+    """Whether the root folder's ignore files negate leaving out the folder ``relative``."""
+    spec = pathspec.GitIgnoreSpec.from_lines([f"/{relative}/", *root_lines])
+    return not spec.match_file(relative + "/")
+
+
+def _walks_into(
+    root: str, root_lines: list[str], specs: list[tuple[str, pathspec.GitIgnoreSpec]], full: str
+) -> bool:
+    """Whether the snapshot looks inside the folder ``full``."""
+    if os.path.basename(full) in ALWAYS_LEFT_OUT or os.path.islink(full) or _is_data_folder(full):
+        return False
+    relative = os.path.relpath(full, root).replace(os.sep, "/")
+    if _is_venv(full) and not _shipped_anyway(root_lines, relative):
+        return False
+    return not _ignored(specs, full, True)
 
 
 def collect(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[str, str]]:
@@ -95,19 +133,21 @@ def collect(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[str, st
     found: list[tuple[str, str]] = []
     sizes: list[tuple[int, str]] = []
     specs_by_dir: dict[str, list[tuple[str, pathspec.GitIgnoreSpec]]] = {}
+    root_lines = _ignore_lines(root)
     for folder, dirs, names in os.walk(root):
         parent = specs_by_dir.get(os.path.dirname(folder), [])
-        own = _load_spec(folder)
+        if folder == root:
+            # The defaults first, so the root's own lines can negate them.
+            own: pathspec.GitIgnoreSpec | None = pathspec.GitIgnoreSpec.from_lines(
+                [*LEFT_OUT_BY_DEFAULT, *root_lines]
+            )
+        else:
+            lines = _ignore_lines(folder)
+            own = pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
         specs = parent + ([(folder, own)] if own is not None else [])
         specs_by_dir[folder] = specs
-        dirs[:] = sorted(
-            d
-            for d in dirs
-            if d not in ALWAYS_LEFT_OUT
-            and not os.path.islink(os.path.join(folder, d))
-            and not _is_data_folder(os.path.join(folder, d))
-            and not _ignored(specs, os.path.join(folder, d), True)
-        )
+
+        dirs[:] = sorted(d for d in dirs if _walks_into(root, root_lines, specs, os.path.join(folder, d)))
         # A link to a folder is shipped as the link.
         links = [d for d in os.listdir(folder) if os.path.islink(os.path.join(folder, d))]
         for name in sorted(set(names) | set(links)):
@@ -120,8 +160,8 @@ def collect(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[str, st
                 if target is not None:
                     raise SnapshotError(
                         f"{relative} is a link to {target}, outside {root}: on another machine it "
-                        "would point elsewhere or nowhere. Copy what it points to into the folder, "
-                        "or leave the link out with .hopperignore"
+                        f"would point elsewhere or nowhere. Leave it out with a line '/{relative}' in "
+                        f"{os.path.join(root, '.hopperignore')}, or copy what it points to into the folder"
                     )
             size = 0 if os.path.islink(full) else os.path.getsize(full)
             found.append((relative, full))
@@ -137,15 +177,20 @@ def collect(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[str, st
     return found
 
 
-def build(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Bundle:
-    """Packs ``root`` for a deploy.
+def build(
+    root: str, max_bytes: int = DEFAULT_MAX_BYTES, extra: list[tuple[str, str]] | None = None
+) -> Bundle:
+    """Packs ``root`` for a deploy, with the files ``extra`` (``(path inside the snapshot, path
+    here)``, e.g. the SDK under ``.hopper/``) besides, not counted in ``max_bytes`` nor in
+    :attr:`Bundle.files`.
 
     Raises:
         SnapshotTooLarge: the files hold more than ``max_bytes``.
         SnapshotError: a link points outside ``root``.
         OSError: a file could not be read.
     """
-    files = sorted(collect(root, max_bytes))
+    own = collect(root, max_bytes)
+    files = sorted(own + list(extra or []))
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for relative, full in files:
@@ -165,5 +210,5 @@ def build(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Bundle:
             with open(full, "rb") as f:
                 tar.addfile(info, f)
     data = gzip.compress(raw.getvalue(), mtime=0)
-    regular = sum(1 for _, full in files if not os.path.islink(full))
+    regular = sum(1 for _, full in own if not os.path.islink(full))
     return Bundle(data=data, hash="sha256:" + hashlib.sha256(data).hexdigest(), files=regular)

@@ -65,7 +65,7 @@ def _deploy_cmd(args: argparse.Namespace) -> int:
     names = [f["name"] for f in version.get("functions", [])]
     shipped = version.get("snapshot")
     code = (
-        f"code {shipped['hash'][7:19]} ({shipped['files']} files)"
+        f"code {shipped['hash'][7:19]} ({shipped['files']} file{'' if shipped['files'] == 1 else 's'})"
         if shipped
         else "no snapshot: workers run the files in its folder on their own machine"
     )

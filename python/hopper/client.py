@@ -829,13 +829,15 @@ class Client:
             InvalidInputError: the server refused the manifest.
         """
         from . import _snapshot
-        from ._deploy import deploy_request
+        from ._deploy import deploy_request, load_app, sdk_files
 
         path = os.path.abspath(path)
         bundle = None
         if snapshot:
             limit = max_bundle if max_bundle is not None else _snapshot.DEFAULT_MAX_BYTES
-            bundle = _snapshot.build(os.path.dirname(path), limit)
+            # Functions with requirements import the SDK the snapshot carries.
+            sdk = sdk_files() if load_app(path).requirements else []
+            bundle = _snapshot.build(os.path.dirname(path), limit, sdk)
             self._store_snapshot(bundle)
         body = _codec.dumps(deploy_request(path, snapshot=bundle.hash if bundle else None))
         result: dict[str, Any] = self._send(_Req("POST", "/v1/apps", body=body))

@@ -312,6 +312,112 @@ def test_a_deploy_ships_the_apps_folder_so_an_edit_waits_for_the_next_deploy(
     assert r.returncode == 2 and "big.bin (0.3 MiB)" in r.stderr, r.stderr
 
 
+def test_a_project_with_a_venv_and_tool_folders_deploys_without_them(tmp_path: Path, server: Server) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    app = write(
+        folder,
+        """
+        import hopper
+        app = hopper.App("tidy")
+        @app.function
+        def f(x):
+            return x
+    """,
+    )
+    # The layout `python -m venv .venv` leaves, and no .gitignore: its python is a link out.
+    for venv in (".venv", "any-name"):
+        (folder / venv / "bin").mkdir(parents=True)
+        (folder / venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        (folder / venv / "bin" / "python3").symlink_to(sys.executable)
+    for tool in (
+        "node_modules/pad",
+        "__pycache__",
+        ".git",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".tox",
+    ):
+        (folder / tool).mkdir(parents=True)
+        (folder / tool / "file").write_text("x")
+    env = {"HOPPER_SERVER": server.url}
+    r = run_python("-m", "hopper", "deploy", str(app), env=env)
+    assert r.returncode == 0 and "(1 file)" in r.stdout, r.stdout + r.stderr
+    # A negation in the folder's .hopperignore ships one anyway.
+    (folder / ".hopperignore").write_text("!node_modules/\n")
+    r = run_python("-m", "hopper", "deploy", str(app), env=env)
+    assert r.returncode == 0 and "(3 files)" in r.stdout, r.stdout + r.stderr
+    # A link out of the folder: the advice to leave it out comes first, with the line to write.
+    (folder / ".hopperignore").write_text("!node_modules/\n!any-name/\n")
+    r = run_python("-m", "hopper", "deploy", str(app), env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "any-name/bin/python3 is a link to" in r.stderr, r.stderr
+    assert r.stderr.index("Leave it out with a line '/any-name/bin/python3'") < r.stderr.index("copy what"), (
+        r.stderr
+    )
+
+
+@pytest.mark.parametrize("hopper_python", [False, True])
+def test_requirements_run_with_the_sdk_the_deploy_used_from_a_virtualenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hopper_python: bool
+) -> None:
+    import shutil
+    import subprocess
+
+    from conftest import start_server
+
+    # A virtualenv holding an SDK the machine's interpreter does not have: a marked copy. (The
+    # machine's interpreter has the SDK too in CI; the mark tells the copies apart.)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    shutil.copytree(
+        REPO / "python" / "hopper", Path(site) / "hopper", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    init = Path(site) / "hopper" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "0.1.0"', '__version__ = "0.1.0+venv"'))
+    if hopper_python:
+        monkeypatch.setenv("HOPPER_PYTHON", str(python))
+    server = start_server(tmp_path / "data")
+    try:
+        folder = tmp_path / "project"
+        folder.mkdir()
+        app = write(
+            folder,
+            """
+            import hopper
+            app = hopper.App("venvdeps", requirements=["six==1.16.0"])
+            @app.function
+            def where(x):
+                import six
+                return [hopper.__version__, hopper.__file__, six.__version__]
+        """,
+        )
+        r = subprocess.run(
+            [str(python), "-m", "hopper", "deploy", str(app), "--server", server.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0 and "(1 file)" in r.stdout, r.stdout + r.stderr
+        import hopper
+
+        where = hopper.Function.from_name("venvdeps.where", client=server.client())
+        version, file, six_version = where.remote(None)
+        assert version == "0.1.0+venv", file
+        assert f"/{'.hopper/sdk'}/hopper/__init__.py" in file, file
+        assert six_version == "1.16.0"
+    finally:
+        server.stop()
+
+
 def test_app_requirements_reach_the_manifest_and_the_environment_runs_python3(tmp_path: Path) -> None:
     app = write(
         tmp_path,
@@ -326,7 +432,11 @@ def test_app_requirements_reach_the_manifest_and_the_environment_runs_python3(tm
     r = run_python("-m", "hopper", "manifest", str(app))
     assert r.returncode == 0, r.stderr
     assert 'serve = ["python3", "-m", "hopper._runner", "app.py", "f"]' in r.stdout
-    assert 'python = { requirements = ["six==1.16.0", "tabulate>=0.9"] }' in r.stdout
+    # What the SDK needs comes with them.
+    assert (
+        'python = { requirements = ["six==1.16.0", "tabulate>=0.9", "httpx>=0.25,<1", "pathspec>=0.11,<2"] }'
+        in (r.stdout)
+    )
     import hopper
 
     with pytest.raises(ValueError, match="one requirement"):

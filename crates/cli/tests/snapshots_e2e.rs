@@ -539,3 +539,71 @@ async fn the_cache_drops_the_least_recently_used_snapshot_no_worker_runs() {
         vec![hash.trim_start_matches("sha256:").to_string()]
     );
 }
+
+/// The most common project layout: a `.venv` beside the code (its `bin/python3` a link out of
+/// the folder), with no `.gitignore`. What never belongs in code is left out, a negation in the
+/// folder's `.hopperignore` ships it anyway, and a link out of the folder says how to leave it
+/// out first.
+#[tokio::test]
+async fn virtual_environments_and_tool_folders_are_left_out_unless_negated() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--no-workers"]);
+    let folder = app(dir.path(), "v1");
+    let files = || -> Value {
+        let versions: Vec<Value> = serde_json::from_str(&stdout(&cli(
+            &server.url,
+            &["apps", "--versions", "--json"],
+        )))
+        .unwrap();
+        versions[0]["snapshot"]["files"].clone()
+    };
+    for venv in [".venv", "env-any-name"] {
+        std::fs::create_dir_all(folder.join(venv).join("bin")).unwrap();
+        std::fs::write(folder.join(venv).join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3", folder.join(venv).join("bin/python3"))
+            .unwrap();
+    }
+    for tool in [
+        "node_modules/left-pad",
+        "__pycache__",
+        "lib/__pycache__",
+        ".git",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".tox",
+    ] {
+        std::fs::create_dir_all(folder.join(tool)).unwrap();
+        std::fs::write(folder.join(tool).join("file"), "x").unwrap();
+    }
+    let out = deploy(&server.url, &folder, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // hopper.toml and lib/greet.sh only.
+    assert_eq!(files(), 2);
+
+    // Negated in the folder's .hopperignore: node_modules and one environment travel.
+    std::fs::write(
+        folder.join(".hopperignore"),
+        "!node_modules/\n!env-any-name/\n",
+    )
+    .unwrap();
+    let out = deploy(&server.url, &folder, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    // The environment's link to the machine's python now ships, and is refused: the advice
+    // to leave it out comes first, with the line to write.
+    let advice = err.find("Leave it out with a line '/env-any-name/bin/python3'");
+    let copy = err.find("copy what it points to");
+    assert!(
+        err.contains("env-any-name/bin/python3 is a link to /usr/bin/python3, outside")
+            && advice.is_some()
+            && advice < copy
+            && err.contains(".hopperignore"),
+        "{err}"
+    );
+    std::fs::write(folder.join(".hopperignore"), "!node_modules/\n").unwrap();
+    let out = deploy(&server.url, &folder, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // hopper.toml, lib/greet.sh, .hopperignore and node_modules/left-pad/file.
+    assert_eq!(files(), 4);
+}

@@ -27,20 +27,35 @@ pub async fn lease(
             .min(state.config.max_wait);
     let mut wake = state.events.watch_inputs();
     let waiter = state.events.waiter(functions);
+    // Until something says inputs are there (a wake-up, or the time one falls due), the
+    // cheap read of when the next input is due comes first: a request that finds the queue
+    // empty costs that one read, not a lease transaction that changes nothing and the read.
+    let mut told = false;
     loop {
         wake.borrow_and_update();
         waiter.queue();
-        let rows = state
-            .store
-            .input_lease_available(InputLease {
-                worker_id: worker.clone(),
-                functions: functions.to_vec(),
-                max: req.max,
-                now: state.now(),
-                lease_ms: state.config.lease_ms(),
-                deadline_slack_ms: state.config.deadline_slack_ms(),
-            })
-            .await?;
+        let due = if told {
+            None
+        } else {
+            Some(state.store.input_next_due(functions).await?)
+        };
+        let rows = match due {
+            Some(None) => Vec::new(),
+            Some(Some(at)) if at > state.now() => Vec::new(),
+            _ => {
+                state
+                    .store
+                    .input_lease_available(InputLease {
+                        worker_id: worker.clone(),
+                        functions: functions.to_vec(),
+                        max: req.max,
+                        now: state.now(),
+                        lease_ms: state.config.lease_ms(),
+                        deadline_slack_ms: state.config.deadline_slack_ms(),
+                    })
+                    .await?
+            }
+        };
         let leased: Vec<FunctionKey> = rows
             .iter()
             .map(|r| FunctionKey {
@@ -54,7 +69,13 @@ pub async fn lease(
             return response(state, rows).await;
         }
         // Sleep until the next retry falls due, new inputs arrive, or the wait ends.
-        let until = match state.store.input_next_due(functions).await? {
+        let due = match due {
+            // Read just before a lease that found nothing: the lease may have changed it.
+            Some(Some(at)) if at > state.now() => Some(at),
+            Some(None) => None,
+            _ => state.store.input_next_due(functions).await?,
+        };
+        let until = match due {
             Some(due) => {
                 let in_ms = (due - state.now()).max(1) as u64;
                 deadline.min(now + Duration::from_millis(in_ms))
@@ -67,6 +88,7 @@ pub async fn lease(
             _ = waiter.woken() => {}
             _ = state.shutdown.cancelled() => return response(state, Vec::new()).await,
         }
+        told = true;
     }
 }
 

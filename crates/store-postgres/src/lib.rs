@@ -72,6 +72,8 @@ pub struct PgStore {
     schema: Option<String>,
     /// Functions found, kept a second at most (another server's deploy clears it).
     functions: std::sync::Arc<FunctionCache>,
+    /// Function versions' specs read so far.
+    versions: std::sync::Arc<VersionSpecs>,
 }
 
 #[derive(Default)]
@@ -165,6 +167,7 @@ impl PgStore {
             options,
             schema: config.schema.clone(),
             functions,
+            versions: std::sync::Arc::default(),
         })
     }
 

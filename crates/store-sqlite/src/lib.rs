@@ -70,6 +70,8 @@ pub struct SqliteStore {
     readers: Readers,
     /// One server per file: only its own deploys change which versions are current.
     functions: Arc<FunctionCache>,
+    /// Function versions' specs read so far.
+    versions: Arc<VersionSpecs>,
 }
 
 /// How long a connection waits for another process's write lock before answering busy.
@@ -115,6 +117,7 @@ impl SqliteStore {
             writer,
             readers,
             functions: Arc::new(FunctionCache::enabled()),
+            versions: Arc::default(),
         })
     }
 

@@ -272,6 +272,44 @@ pub trait Store: Send + Sync + 'static {
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError>;
 }
 
+/// Function versions' specs a store has read. A version's spec never changes once deployed
+/// (versions are only added), so a store keeps them for its life — up to [`Self::MAX`]
+/// versions, then starts over — and a lease does not read its function's spec each time.
+#[derive(Debug, Default)]
+pub struct VersionSpecs(
+    std::sync::Mutex<std::collections::HashMap<(String, String, i64), hopper_core::FunctionSpec>>,
+);
+
+impl VersionSpecs {
+    /// Versions kept at most.
+    pub const MAX: usize = 10_000;
+
+    /// The spec of `app.function` at `version`, if read before.
+    pub fn get(
+        &self,
+        app: &str,
+        function: &str,
+        version: i64,
+    ) -> Option<hopper_core::FunctionSpec> {
+        let kept = self.0.lock().ok()?;
+        kept.get(&(app.to_string(), function.to_string(), version))
+            .cloned()
+    }
+
+    /// Keeps a spec read from the store.
+    pub fn keep(&self, app: &str, function: &str, version: i64, spec: &hopper_core::FunctionSpec) {
+        if let Ok(mut kept) = self.0.lock() {
+            if kept.len() >= Self::MAX {
+                kept.clear();
+            }
+            kept.insert(
+                (app.to_string(), function.to_string(), version),
+                spec.clone(),
+            );
+        }
+    }
+}
+
 /// The current versions of functions a store has found, by the name asked for, kept until
 /// the next deploy through the same store: a spawn then costs no read to find its function.
 /// A store no other process deploys to (SQLite, one server per file) keeps them until then;

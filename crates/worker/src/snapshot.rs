@@ -89,8 +89,42 @@ pub fn build(files: &[Source]) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Folders never shipped: version control, Hopper's own data folder, Python's byte-code.
-const ALWAYS_LEFT_OUT: &[&str] = &[".git", ".hopper", "__pycache__"];
+/// Folders never shipped: Hopper's own.
+const ALWAYS_LEFT_OUT: &[&str] = &[".hopper"];
+
+/// Folders that never belong in code, left out wherever they are unless the root folder's
+/// `.gitignore` or `.hopperignore` negates one (`!node_modules/`): version control, Python's
+/// byte-code and tools' caches, JavaScript packages. Virtual environments (folders holding
+/// `pyvenv.cfg`) are left out the same way, whatever their name.
+pub const LEFT_OUT_BY_DEFAULT: &[&str] = &[
+    ".git",
+    "__pycache__",
+    "node_modules",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".tox",
+];
+
+/// Whether `dir` is a Python virtual environment (`python -m venv`, virtualenv, uv).
+fn is_venv(dir: &Path) -> bool {
+    dir.join("pyvenv.cfg").is_file()
+}
+
+/// The root folder's own ignore rules, to tell whether they negate a default.
+fn root_rules(root: &Path) -> ignore::gitignore::Gitignore {
+    let mut rules = ignore::gitignore::GitignoreBuilder::new(root);
+    for name in [".gitignore", ".hopperignore"] {
+        let file = root.join(name);
+        if file.is_file() {
+            // A line that cannot be read is the walk's to report; here it only fails to negate.
+            let _ = rules.add(file);
+        }
+    }
+    rules
+        .build()
+        .unwrap_or_else(|_| ignore::gitignore::Gitignore::empty())
+}
 
 /// Whether `dir` is a Hopper server's data folder (whatever its name): it holds the server's
 /// database and, maybe, the key that seals its secrets, which must never travel with code.
@@ -107,14 +141,15 @@ fn escapes(root: &Path, link: &Path) -> Option<PathBuf> {
 }
 
 /// The files of `root` a snapshot ships: every file and link under it but what `.gitignore`
-/// and `.hopperignore` files (gitignore syntax, in any folder), [`ALWAYS_LEFT_OUT`] and the
-/// folders in `leave_out` (e.g. a server's data folder) exclude. Refused above `max_bytes` of
-/// files, naming the biggest.
+/// and `.hopperignore` files (gitignore syntax, in any folder), [`LEFT_OUT_BY_DEFAULT`],
+/// virtual environments, [`ALWAYS_LEFT_OUT`] and the folders in `leave_out` (e.g. a server's
+/// data folder) exclude. Refused above `max_bytes` of files, naming the biggest.
 pub fn collect(root: &Path, max_bytes: u64, leave_out: &[PathBuf]) -> Result<Vec<Source>, String> {
     let leave_out: Vec<PathBuf> = leave_out
         .iter()
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .collect();
+    let rules = root_rules(root);
     let mut walk = ignore::WalkBuilder::new(root);
     walk.standard_filters(false)
         .git_ignore(true)
@@ -123,11 +158,16 @@ pub fn collect(root: &Path, max_bytes: u64, leave_out: &[PathBuf]) -> Result<Vec
         .follow_links(false)
         .filter_entry(move |e| {
             let folder = e.file_type().is_some_and(|t| t.is_dir());
-            e.file_name()
-                .to_str()
-                .is_none_or(|name| !ALWAYS_LEFT_OUT.contains(&name))
-                && !leave_out.iter().any(|p| p == e.path())
-                && !(folder && is_data_folder(e.path()))
+            let name = e.file_name().to_str().unwrap_or_default();
+            let by_default = folder
+                && e.depth() > 0
+                && (LEFT_OUT_BY_DEFAULT.contains(&name) || is_venv(e.path()));
+            let left_out = ALWAYS_LEFT_OUT.contains(&name)
+                || leave_out.iter().any(|p| p == e.path())
+                || (folder && is_data_folder(e.path()));
+            // A default gives way to a negation in the root folder's own rules.
+            let shipped_anyway = || rules.matched(e.path(), true).is_whitelist();
+            !left_out && (!by_default || shipped_anyway())
         });
     let mut files = Vec::new();
     let mut sizes: Vec<(u64, String)> = Vec::new();
@@ -152,9 +192,10 @@ pub fn collect(root: &Path, max_bytes: u64, leave_out: &[PathBuf]) -> Result<Vec
         if kind.is_symlink() {
             if let Some(target) = escapes(root, entry.path()) {
                 return Err(format!(
-                    "{path} is a link to {}, outside {}: on another machine it would point elsewhere or nowhere. Copy what it points to into the folder, or leave the link out with .hopperignore",
+                    "{path} is a link to {}, outside {}: on another machine it would point elsewhere or nowhere. Leave it out with a line '/{path}' in {}, or copy what it points to into the folder",
                     target.display(),
-                    root.display()
+                    root.display(),
+                    root.join(".hopperignore").display()
                 ));
             }
         }

@@ -65,6 +65,9 @@ pub async fn spawn(
         ));
     }
     let key = idempotency_key(&headers, req.idempotency_key)?;
+    // Subscribed before the call exists, so its end is heard however soon it comes, and the
+    // call as written is the wait's first look.
+    let finished = state.events.watch_calls();
     let inserted = state
         .store
         .call_insert(spawned(&function, input, key, state.now()))
@@ -80,7 +83,8 @@ pub async fn spawn(
     if wait.is_zero() && status == StatusCode::CREATED {
         return Ok((status, Json(views::call(&call, None))));
     }
-    let call = wait_for(&state, &call.id, wait).await?;
+    let id = call.id.clone();
+    let call = wait_from(&state, &id, wait, finished, Some(call)).await?;
     let view = view(&state, &call).await?;
     Ok((status, Json(super::CanRead::filter(caller, view))))
 }
@@ -315,11 +319,26 @@ pub async fn get(
 
 /// The call once it has ended, or as it is after `wait`.
 pub async fn wait_for(state: &AppState, id: &CallId, wait: Duration) -> Result<CallRow, ApiError> {
-    let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first read, so an end between the two is not missed.
-    let mut finished = state.events.watch_calls();
+    let finished = state.events.watch_calls();
+    wait_from(state, id, wait, finished, None).await
+}
+
+/// [`wait_for`] with the subscription to ended calls taken earlier, and the call as it was
+/// known since (`seen`, which saves the first read).
+async fn wait_from(
+    state: &AppState,
+    id: &CallId,
+    wait: Duration,
+    mut finished: tokio::sync::broadcast::Receiver<CallId>,
+    mut seen: Option<CallRow>,
+) -> Result<CallRow, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let call = load(state, id).await?;
+        let call = match seen.take() {
+            Some(call) => call,
+            None => load(state, id).await?,
+        };
         if call.state.is_terminal() || tokio::time::Instant::now() >= deadline {
             return Ok(call);
         }

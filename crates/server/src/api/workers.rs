@@ -349,12 +349,7 @@ pub async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let id = parse_worker(&id)?;
     known_worker(&state, &id, &headers).await?;
-    if !state.store.worker_touch(&id, state.now()).await? {
-        return Err(ApiError::not_found(
-            "unknown_worker",
-            format!("no active worker {id}: register again"),
-        ));
-    }
+    touch(&state, &id).await?;
     // Subscribed before the renewal, so a cancel between the two is not missed.
     let mut cancels = state.events.watch_cancels();
     let renew = |state: AppState, id: WorkerId, leases: Vec<hopper_core::api::Lease>| async move {
