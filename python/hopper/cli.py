@@ -1,4 +1,6 @@
-"""``python -m hopper``: deploy, manifest, run and bench.
+"""``python -m hopper``: deploy, manifest, run and bench; every other command of the ``hopper``
+binary (``serve``, ``worker``, ``spawn``, ``get``, ...) is handed to the binary that came with
+this package.
 
 Exit codes follow the ``hopper`` CLI: 0 success, 1 the call failed, 2 bad usage or anything
 the server refused (a deploy, a missing token), 3 timed out, 4 the server could not be reached
@@ -34,22 +36,65 @@ class UsageError(Error):
     """The command cannot run as given (exit code 2)."""
 
 
+#: The ``hopper`` binary's commands that ``python -m hopper`` hands to it.
+BINARY_COMMANDS = frozenset(
+    {
+        "serve",
+        "worker",
+        "spawn",
+        "get",
+        "map",
+        "results",
+        "cancel",
+        "calls",
+        "logs",
+        "apps",
+        "schedules",
+        "secrets",
+        "workers",
+    }
+)
+
+
+def _installed_binary() -> str | None:
+    """The ``hopper`` binary pip installed with this package, if there: in the scripts folder
+    of the scheme whose site-packages holds the package (the user's for ``pip install
+    --user``), else of this interpreter's default scheme (an editable install)."""
+    import sysconfig
+
+    site = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    schemes = [sysconfig.get_default_scheme(), f"{os.name}_user"]
+    folders = [
+        sysconfig.get_path("scripts", scheme)
+        for scheme in schemes
+        if scheme in sysconfig.get_scheme_names()
+        and site in (sysconfig.get_path("purelib", scheme), sysconfig.get_path("platlib", scheme))
+    ]
+    folders.append(sysconfig.get_path("scripts"))
+    for folder in folders:
+        candidate = os.path.join(folder, "hopper")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def find_binary() -> str:
-    """The ``hopper`` binary: ``$HOPPER_BIN``, else ``hopper`` on ``PATH``.
+    """The ``hopper`` binary: ``$HOPPER_BIN``, else the one installed with this package, else
+    ``hopper`` on ``PATH``.
 
     Raises:
-        UsageError: neither exists.
+        UsageError: none exists.
     """
     env = os.environ.get("HOPPER_BIN")
     if env:
         if not os.access(env, os.X_OK):
             raise UsageError(f"HOPPER_BIN={env} is not an executable file")
         return env
-    found = shutil.which("hopper")
+    found = _installed_binary() or shutil.which("hopper")
     if found is None:
         raise UsageError(
-            "cannot find the hopper binary: put it on PATH or set HOPPER_BIN to its path "
-            "(cargo build --release builds target/release/hopper)"
+            "cannot find the hopper binary: install the package from a wheel "
+            "(pip install hopper-queue), put hopper on PATH or set HOPPER_BIN to its path"
         )
     return found
 
@@ -128,7 +173,13 @@ def _bench_cmd(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hopper", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m hopper",
+        description=__doc__.split("\n")[0],
+        epilog="The hopper binary's commands run through it too: "
+        + ", ".join(sorted(BINARY_COMMANDS))
+        + " (python -m hopper serve --help).",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("deploy", help="deploy the app defined in a Python file")
@@ -177,7 +228,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit code."""
+    """Runs the command line; returns the exit code. A command of the ``hopper`` binary
+    (:data:`BINARY_COMMANDS`) replaces this process with the binary."""
+    given = sys.argv[1:] if argv is None else argv
+    if given and given[0] in BINARY_COMMANDS:
+        try:
+            binary = find_binary()
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(binary, [binary, *given])
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)

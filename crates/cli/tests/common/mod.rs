@@ -162,7 +162,7 @@ fn terminate(mut child: Child, grace: Duration) -> bool {
 }
 
 /// Signals the process group a test started (the server, and a wrapper it runs under).
-fn signal_group(pid: u32, signal: libc::c_int) {
+pub fn signal_group(pid: u32, signal: libc::c_int) {
     #[allow(unsafe_code)]
     // SAFETY: killpg takes plain integers.
     unsafe {
