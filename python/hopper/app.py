@@ -174,6 +174,10 @@ class FunctionDef(Generic[P, R]):
 
         return Function.from_name(self.qualified_name, client=client)
 
+    def with_options(self, *, idempotency_key: str | None = None) -> Function:
+        """The deployed function with options for its calls: see ``Function.with_options``."""
+        return self._remote_function().with_options(idempotency_key=idempotency_key)
+
     # The deployed function's calls, for convenience: see hopper.Function.
     @property
     def remote(self) -> Any:

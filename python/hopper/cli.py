@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from . import _deploy, _snapshot
@@ -166,6 +167,28 @@ def _size(text: str) -> int:
     return int(number) * units[unit]
 
 
+def _dev_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hopper serve",
+        description="Serve a Python app while you write it: deploy it, deploy it again on every "
+        "save, and print each call that ends with its logs. Without a .py file, `python -m hopper "
+        "serve` runs the hopper server itself.",
+    )
+    p.add_argument("file", help="the app's Python file")
+    p.add_argument(
+        "--server", help="deploy to this server (default: a temporary server of its own, stopped on exit)"
+    )
+    p.add_argument("--token", help="bearer token for --server (default $HOPPER_TOKEN)")
+    return p
+
+
+def _dev_cmd(args: argparse.Namespace) -> int:
+    from ._dev import run
+
+    token = args.token or (os.environ.get("HOPPER_TOKEN") if args.server else None)
+    return run(args.file, args.server, token)
+
+
 def _bench_cmd(args: argparse.Namespace) -> int:
     from ._bench import run
 
@@ -176,7 +199,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hopper",
         description=__doc__.split("\n")[0],
-        epilog="The hopper binary's commands run through it too: "
+        epilog="python -m hopper serve FILE.py serves an app while you write it. The hopper "
+        "binary's commands run through it too: "
         + ", ".join(sorted(BINARY_COMMANDS))
         + " (python -m hopper serve --help).",
     )
@@ -231,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit code. A command of the ``hopper`` binary
     (:data:`BINARY_COMMANDS`) replaces this process with the binary."""
     given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["serve"] and any(a.endswith(".py") for a in given[1:]):
+        return _guarded(lambda: _dev_cmd(_dev_parser().parse_args(given[1:])))
     if given and given[0] in BINARY_COMMANDS:
         try:
             binary = find_binary()
@@ -241,9 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os.execv(binary, [binary, *given])
     args = parser().parse_args(argv)
+    return _guarded(lambda: args.func(args))
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Runs a command, turning the SDK's errors into messages and exit codes."""
     try:
-        code: int = args.func(args)
-        return code
+        return command()
     except DeployError as e:
         print(f"error: the app was refused:\n{e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import os
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -103,6 +104,59 @@ class _MapState:
     cancel_sent: bool = False
     sent: int = 0
     received: int = 0
+
+
+class _Progress:
+    """A map's progress on one line of a terminal (stderr), redrawn at most five times a
+    second: inputs done, of how many when known, the rate; a last line when the map ends.
+
+    Shown when ``enabled`` is true, or when it is ``None`` and stderr is a terminal."""
+
+    EVERY = 0.2
+
+    def __init__(self, name: str, total: int | None, enabled: bool | None) -> None:
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self.enabled = enabled
+        self.name = name
+        self.total = total
+        self.started = time.monotonic()
+        self.drawn = 0.0
+        self.width = 0
+
+    def _line(self, state: _MapState) -> str:
+        of = f" of {self.total:,}" if self.total is not None else f" of {state.sent:,} sent"
+        seconds = time.monotonic() - self.started
+        rate = f", {state.received / seconds:,.0f}/s" if seconds >= 1 else ""
+        return f"map {self.name}: {state.received:,}{of} done{rate}"
+
+    def update(self, state: _MapState) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.drawn < self.EVERY:
+            return
+        self.drawn = now
+        line = self._line(state)
+        sys.stderr.write("\r" + line.ljust(self.width))
+        sys.stderr.flush()
+        self.width = len(line)
+
+    def close(self, state: _MapState) -> None:
+        if not self.enabled:
+            return
+        seconds = time.monotonic() - self.started
+        line = f"map {self.name}: {state.received:,} done in {seconds:.1f} s"
+        if state.call_id is not None and not state.finished:
+            line += f" (stopped early: call {state.call_id} cancelled)"
+        sys.stderr.write("\r" + line.ljust(self.width) + "\n")
+        sys.stderr.flush()
+
+
+def _total(iterables: tuple[Any, ...]) -> int | None:
+    """How many inputs zipping ``iterables`` gives, when each has a length."""
+    try:
+        return min(len(i) for i in iterables) if iterables else None
+    except TypeError:
+        return None
 
 
 class _UnknownFunction(Error):
@@ -230,9 +284,9 @@ def _spawn_many_plan(name: str, inputs: list[str], keys: list[str]) -> Plan[list
     return ids
 
 
-def _remote_plan(name: str, input_text: str) -> Plan[Any]:
+def _remote_plan(name: str, input_text: str, key: str | None = None) -> Plan[Any]:
     """Spawns and waits in one round trip when the call ends within a long-poll."""
-    call = yield from _spawn_plan(name, input_text, wait=POLL_SECONDS)
+    call = yield from _spawn_plan(name, input_text, wait=POLL_SECONDS, key=key)
     # A token that may submit but not read gets the state without the output: ask again,
     # which says so (AuthError).
     if call.get("state") in _TERMINAL and ("output" in call or "error" in call):
@@ -738,10 +792,14 @@ class Client:
         except Exception:
             pass
 
-    def _iterate(self, plan: Plan[None], state: _MapState, inputs: Iterator[str]) -> Iterator[Any]:
+    def _iterate(
+        self, plan: Plan[None], state: _MapState, inputs: Iterator[str], progress: _Progress | None = None
+    ) -> Iterator[Any]:
         try:
             op = next(plan)
             while True:
+                if progress is not None:
+                    progress.update(state)
                 if isinstance(op, _Emit):
                     yield _codec.decode(op.value) if not isinstance(op.value, Error) else op.value
                     op = plan.send(None)
@@ -758,20 +816,32 @@ class Client:
             return
         finally:
             plan.close()
+            if progress is not None:
+                progress.close(state)
             if state.call_id is not None and not state.finished:
                 self._cancel_quietly(state.call_id)
 
     def _aiterate(
-        self, plan: Plan[None], state: _MapState, inputs: Iterator[str] | AsyncIterator[str]
+        self,
+        plan: Plan[None],
+        state: _MapState,
+        inputs: Iterator[str] | AsyncIterator[str],
+        progress: _Progress | None = None,
     ) -> AsyncIterator[Any]:
-        return _AsyncMap(self._agenerate(plan, state, inputs), self, state)
+        return _AsyncMap(self._agenerate(plan, state, inputs, progress), self, state)
 
     async def _agenerate(
-        self, plan: Plan[None], state: _MapState, inputs: Iterator[str] | AsyncIterator[str]
+        self,
+        plan: Plan[None],
+        state: _MapState,
+        inputs: Iterator[str] | AsyncIterator[str],
+        progress: _Progress | None = None,
     ) -> AsyncIterator[Any]:
         try:
             op = next(plan)
             while True:
+                if progress is not None:
+                    progress.update(state)
                 if isinstance(op, _Emit):
                     yield _codec.decode(op.value) if not isinstance(op.value, Error) else op.value
                     op = plan.send(None)
@@ -796,6 +866,8 @@ class Client:
             return
         finally:
             plan.close()
+            if progress is not None:
+                progress.close(state)
             if state.call_id is not None and not state.finished and not state.cancel_sent:
                 state.cancel_sent = True
                 await self._acancel_quietly(state.call_id)
@@ -940,6 +1012,7 @@ class Function:
     def __init__(self, name: str, client: Client | None = None) -> None:
         self.name = name
         self._client = client
+        self._idempotency_key: str | None = None
         self.spawn = _Twin(self._spawn, self._spawn_aio)
         self.spawn_many = _Twin(self._spawn_many, self._spawn_many_aio)
         self.remote = _Twin(self._remote, self._remote_aio)
@@ -969,6 +1042,37 @@ class Function:
     def __repr__(self) -> str:
         return f"hopper.Function({self.name!r})"
 
+    def with_options(self, *, idempotency_key: str | None = None) -> Function:
+        """This function with options for the calls made through what it returns.
+
+        Args:
+            idempotency_key: the key of the call ``spawn`` or ``remote`` makes (visible ASCII
+                characters, no spaces): a key used before with the same input answers the
+                call it made instead of making another, so a retried request (a web handler
+                run twice, an Airflow task retried) never runs the work twice; with another
+                input it is refused (:class:`InvalidInputError`, naming that call). Keys are
+                kept as long as their calls (the server's retention period).
+
+        Returns:
+            a new :class:`Function`; this one is unchanged.
+
+        Raises:
+            ValueError: the key is empty or not a string.
+        """
+        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
+            raise ValueError(f"idempotency_key must be a non-empty string, not {idempotency_key!r}")
+        bound = Function(self.name, self._client)
+        bound._idempotency_key = idempotency_key
+        return bound
+
+    def _one_call_only(self, what: str) -> None:
+        """Refuses a call of many inputs through a function bound to one idempotency key."""
+        if self._idempotency_key is not None:
+            raise ValueError(
+                f"{what} makes a call per input, and with_options(idempotency_key=...) names one "
+                "call: give spawn_many(idempotency_keys=[...]) one key per input instead"
+            )
+
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Not available on a function found by name: its code is not in this process. Call
         ``.local()`` on the object ``@app.function`` returned.
@@ -994,12 +1098,14 @@ class Function:
             ConnectionError, AuthError: the server cannot be reached, or refused the token.
         """
         client = self.client
-        call = client._run(_spawn_plan(self.name, _encode_input(args, kwargs)))
+        call = client._run(_spawn_plan(self.name, _encode_input(args, kwargs), key=self._idempotency_key))
         return FunctionCall(call["id"], client)
 
     async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
         client = self.client
-        call = await client._arun(_spawn_plan(self.name, _encode_input(args, kwargs)))
+        call = await client._arun(
+            _spawn_plan(self.name, _encode_input(args, kwargs), key=self._idempotency_key)
+        )
         return FunctionCall(call["id"], client)
 
     def _spawn_many(
@@ -1027,6 +1133,7 @@ class Function:
             inputs that request held.
         """
         client = self.client
+        self._one_call_only("spawn_many")
         texts, keys = _spawn_many_args(inputs, idempotency_keys)
         return [FunctionCall(i, client) for i in client._run(_spawn_many_plan(self.name, texts, keys))]
 
@@ -1034,6 +1141,7 @@ class Function:
         self, inputs: Iterable[Any], *, idempotency_keys: Iterable[str] | None = None
     ) -> list[FunctionCall]:
         client = self.client
+        self._one_call_only("spawn_many")
         texts, keys = _spawn_many_args(inputs, idempotency_keys)
         ids = await client._arun(_spawn_many_plan(self.name, texts, keys))
         return [FunctionCall(i, client) for i in ids]
@@ -1052,16 +1160,19 @@ class Function:
             and everything :meth:`spawn` raises.
         """
         client = self.client
-        return _codec.decode(client._run(_remote_plan(self.name, _encode_input(args, kwargs))))
+        plan = _remote_plan(self.name, _encode_input(args, kwargs), self._idempotency_key)
+        return _codec.decode(client._run(plan))
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
         client = self.client
-        return _codec.decode(await client._arun(_remote_plan(self.name, _encode_input(args, kwargs))))
+        plan = _remote_plan(self.name, _encode_input(args, kwargs), self._idempotency_key)
+        return _codec.decode(await client._arun(plan))
 
     def _map_run(
         self, ordered: bool, return_exceptions: bool, discard: bool, chunk_size: int, max_outstanding: int
     ) -> tuple[Plan[None], _MapState]:
         """The plan of a map of this function, and the state it shares with its driver."""
+        self._one_call_only("a map")
         state = _MapState()
         plan = _map_plan(
             self.name,
@@ -1081,6 +1192,7 @@ class Function:
         return_exceptions: bool = False,
         chunk_size: int = 1000,
         max_outstanding: int = 10_000,
+        progress: bool | None = None,
     ) -> Iterator[Any]:
         """Runs the function over inputs, streaming: yields each output as soon as it (and,
         in order, every one before it) is available.
@@ -1093,6 +1205,8 @@ class Function:
             chunk_size: inputs per upload request.
             max_outstanding: most inputs sent but without a result yet (backpressure:
                 the iterables are read only as results come back).
+            progress: show the map's progress on stderr (inputs done, of how many, the rate),
+                one line redrawn in place; default: when stderr is a terminal.
 
         Raises:
             InputFailedError: the first failed input, without ``return_exceptions`` (the
@@ -1101,7 +1215,10 @@ class Function:
             exception, ``KeyboardInterrupt``) cancels the map's remaining inputs.
         """
         encoded = _encode_inputs(iterables, "map input")
-        return self._stream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
+        shown = _Progress(self.name, _total(iterables), progress)
+        return self._stream(
+            encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding, shown
+        )
 
     def _stream(
         self,
@@ -1111,9 +1228,10 @@ class Function:
         discard: bool,
         chunk_size: int,
         max_outstanding: int,
+        progress: _Progress | None = None,
     ) -> Iterator[Any]:
         plan, state = self._map_run(ordered, return_exceptions, discard, chunk_size, max_outstanding)
-        return self.client._iterate(plan, state, encoded)
+        return self.client._iterate(plan, state, encoded, progress)
 
     def _astream(
         self,
@@ -1123,9 +1241,10 @@ class Function:
         discard: bool,
         chunk_size: int,
         max_outstanding: int,
+        progress: _Progress | None = None,
     ) -> AsyncIterator[Any]:
         plan, state = self._map_run(ordered, return_exceptions, discard, chunk_size, max_outstanding)
-        return self.client._aiterate(plan, state, encoded)
+        return self.client._aiterate(plan, state, encoded, progress)
 
     def _map_aio(
         self,
@@ -1134,6 +1253,7 @@ class Function:
         return_exceptions: bool = False,
         chunk_size: int = 1000,
         max_outstanding: int = 10_000,
+        progress: bool | None = None,
     ) -> AsyncIterator[Any]:
         if len(iterables) == 1 and isinstance(iterables[0], AsyncIterable):
             source = iterables[0]
@@ -1150,7 +1270,10 @@ class Function:
             if len(sync_items) != len(iterables):
                 raise TypeError("map.aio zips several iterables only when none is async")
             encoded = _encode_inputs(tuple(sync_items), "map input")
-        return self._astream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
+        shown = _Progress(self.name, _total(iterables), progress)
+        return self._astream(
+            encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding, shown
+        )
 
     def _starmap(
         self,
@@ -1160,11 +1283,15 @@ class Function:
         return_exceptions: bool = False,
         chunk_size: int = 1000,
         max_outstanding: int = 10_000,
+        progress: bool | None = None,
     ) -> Iterator[Any]:
         """Like :meth:`map`, with each item unpacked into positional arguments:
         ``f.starmap([(1, 2), (3, 4)])`` calls ``f(1, 2)`` and ``f(3, 4)``."""
         encoded = (_encode_input(tuple(x), {}, f"starmap input {i}") for i, x in enumerate(items))
-        return self._stream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
+        shown = _Progress(self.name, _total((items,)), progress)
+        return self._stream(
+            encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding, shown
+        )
 
     def _starmap_aio(
         self,
@@ -1174,9 +1301,13 @@ class Function:
         return_exceptions: bool = False,
         chunk_size: int = 1000,
         max_outstanding: int = 10_000,
+        progress: bool | None = None,
     ) -> AsyncIterator[Any]:
         encoded = (_encode_input(tuple(x), {}, f"starmap input {i}") for i, x in enumerate(items))
-        return self._astream(encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding)
+        shown = _Progress(self.name, _total((items,)), progress)
+        return self._astream(
+            encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding, shown
+        )
 
     def _for_each(
         self,
@@ -1184,18 +1315,21 @@ class Function:
         ignore_exceptions: bool = False,
         chunk_size: int = 1000,
         max_outstanding: int = 10_000,
+        progress: bool | None = None,
     ) -> None:
         """Runs the function over inputs like :meth:`map`, keeps no outputs (the server
         stores none), and returns once every input has ended.
 
         Args:
             ignore_exceptions: carry on past failed inputs instead of raising the first.
+            progress: as for :meth:`map`.
 
         Raises:
             InputFailedError: the first failed input, unless ``ignore_exceptions``.
         """
         encoded = _encode_inputs(iterables, "map input")
-        for _ in self._stream(encoded, False, ignore_exceptions, True, chunk_size, max_outstanding):
+        shown = _Progress(self.name, _total(iterables), progress)
+        for _ in self._stream(encoded, False, ignore_exceptions, True, chunk_size, max_outstanding, shown):
             pass
 
     async def _for_each_aio(
@@ -1204,9 +1338,13 @@ class Function:
         ignore_exceptions: bool = False,
         chunk_size: int = 1000,
         max_outstanding: int = 10_000,
+        progress: bool | None = None,
     ) -> None:
         encoded = _encode_inputs(iterables, "map input")
-        async for _ in self._astream(encoded, False, ignore_exceptions, True, chunk_size, max_outstanding):
+        shown = _Progress(self.name, _total(iterables), progress)
+        async for _ in self._astream(
+            encoded, False, ignore_exceptions, True, chunk_size, max_outstanding, shown
+        ):
             pass
 
 

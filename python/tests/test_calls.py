@@ -109,6 +109,33 @@ def test_a_spawn_retried_with_its_key_makes_one_call(app: Deployed, server: Serv
     assert first["id"] == again["id"]
 
 
+def test_a_spawn_with_an_idempotency_key_is_made_once(app: Deployed) -> None:
+    import uuid
+
+    echo = app.fn("echo")
+    key = f"order-{uuid.uuid4()}"
+    first = echo.with_options(idempotency_key=key).spawn("once")
+    # A retried handler spawns again with the same key: the same call answers, not a new one.
+    again = echo.with_options(idempotency_key=key).spawn("once")
+    assert first.object_id == again.object_id
+    assert again.get(timeout=60) == "once"
+    assert echo.with_options(idempotency_key=key).remote("once") == "once"
+    assert asyncio.run(echo.with_options(idempotency_key=key).spawn.aio("once")).object_id == first.object_id
+    # The key names that call: another input under it is refused, naming the call.
+    with pytest.raises(
+        hx.InvalidInputError, match=f"already used by call {first.object_id} with a different input"
+    ):
+        echo.with_options(idempotency_key=key).spawn("twice")
+    # Without a key, each spawn is a call of its own.
+    assert echo.spawn("a").object_id != echo.spawn("a").object_id
+    with pytest.raises(ValueError, match="non-empty string"):
+        echo.with_options(idempotency_key="")
+    with pytest.raises(ValueError, match="one key per input instead"):
+        list(echo.with_options(idempotency_key=key).map([1, 2]))
+    with pytest.raises(hx.InvalidInputError, match="idempotency"):
+        echo.with_options(idempotency_key="has space").spawn(1)
+
+
 def test_spawn_many_makes_one_call_per_input_in_order(app: Deployed) -> None:
     echo = app.fn("echo")
     calls = echo.spawn_many(range(2500))  # three requests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -400,11 +401,14 @@ def test_requirements_run_with_the_sdk_the_deploy_used_from_a_virtualenv(
                 return [hopper.__version__, hopper.__file__, six.__version__]
         """,
         )
+        # The virtualenv's own SDK deploys (not one a PYTHONPATH would put first).
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         r = subprocess.run(
             [str(python), "-m", "hopper", "deploy", str(app), "--server", server.url],
             capture_output=True,
             text=True,
             timeout=120,
+            env=env,
         )
         assert r.returncode == 0 and "(1 file)" in r.stdout, r.stdout + r.stderr
         import hopper
@@ -416,6 +420,79 @@ def test_requirements_run_with_the_sdk_the_deploy_used_from_a_virtualenv(
         assert six_version == "1.16.0"
     finally:
         server.stop()
+
+
+def test_serve_a_python_file_deploys_it_on_every_save_and_prints_the_calls(tmp_path: Path) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    import httpx
+
+    import hopper
+
+    folder = tmp_path / "devloop"
+    folder.mkdir()
+    source = """
+        import hopper
+        app = hopper.App("devloop")
+        @app.function
+        def times(x):
+            print("computing", x)
+            return x * FACTOR
+    """
+    app = write(folder, source.replace("FACTOR", "1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hopper", "serve", str(app)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HOPPER_BIN": hopper_bin()},
+        cwd=tmp_path,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    threading.Thread(target=lambda: lines.extend(stdout), daemon=True).start()
+
+    def wait_for_line(pattern: str) -> re.Match[str]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for line in list(lines):
+                found = re.search(pattern, line)
+                if found:
+                    return found
+            time.sleep(0.1)
+        raise AssertionError(f"no line matches {pattern!r}:\n{''.join(lines)}")
+
+    try:
+        url = wait_for_line(r"on a temporary server at (http://127\.0\.0\.1:\d+)").group(1)
+        wait_for_line(r"deployed app devloop version 1")
+        times = hopper.Function.from_name("devloop.times", client=hopper.Client(server=url))
+        assert times.remote(3) == 3
+        wait_for_line(r"devloop\.times hc-\S+ succeeded: 3$")
+        wait_for_line(r"\| computing 3")
+        # A save deploys again: the next call runs the new code.
+        write(folder, source.replace("FACTOR", "10"))
+        wait_for_line(r"deployed app devloop version 2")
+        assert times.remote(3) == 30
+        wait_for_line(r"succeeded: 30$")
+        # A save that breaks the app is reported, and the loop goes on.
+        write(
+            folder, source.replace("FACTOR", "10").replace("@app.function", "@app.function(timeout='soon')")
+        )
+        wait_for_line(r"refused|error")
+        assert proc.poll() is None, "".join(lines)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(20)
+    assert code == 0, "".join(lines)
+    # Its temporary server stopped with it.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/healthz", timeout=2)
 
 
 def test_app_requirements_reach_the_manifest_and_the_environment_runs_python3(tmp_path: Path) -> None:

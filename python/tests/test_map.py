@@ -115,6 +115,49 @@ def test_map_zips_iterables_and_starmap_unpacks(app: Deployed) -> None:
     assert list(app.fn("fail_on").starmap([(1,), (2, 5)])) == [1, 2]
 
 
+def _map_on_a_terminal(server: Server, code: str) -> str:
+    """What a script's map writes to a terminal (stderr on a pseudo-terminal)."""
+    import pty
+
+    script = (
+        "import hopper, sys\n"
+        f"client = hopper.Client(server={server.url!r})\n"
+        "f = hopper.Function.from_name('maps.jitter', client=client)\n" + code
+    )
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=follower)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the script ended: the terminal is gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert proc.wait(60) == 0, out.decode(errors="replace")
+    assert proc.stdout is not None
+    return out.decode(errors="replace") + "|stdout|" + proc.stdout.read().decode()
+
+
+def test_a_map_shows_its_progress_on_a_terminal(app: Deployed, server: Server) -> None:
+    shown = _map_on_a_terminal(server, "print(sum(f.map(range(2000))))")
+    # Redrawn in place, then a last line; the outputs themselves go to stdout untouched.
+    assert "\rmap maps.jitter: " in shown and " of 2,000 done" in shown, shown
+    assert "map maps.jitter: 2,000 done in " in shown, shown
+    assert shown.endswith("|stdout|1999000\n"), shown
+    # Off with progress=False; and off by default when stderr is not a terminal.
+    assert "map maps.jitter" not in _map_on_a_terminal(server, "print(sum(f.map(range(50), progress=False)))")
+    script = (
+        f"import hopper; client = hopper.Client(server={server.url!r})\n"
+        "print(sum(hopper.Function.from_name('maps.jitter', client=client).map(range(50))))"
+    )
+    r = run_python("-c", script)
+    assert r.returncode == 0 and r.stderr == "" and r.stdout == "1225\n", r.stderr
+
+
 def test_for_each_keeps_no_results(app: Deployed, server: Server) -> None:
     assert app.fn("jitter").for_each(range(100)) is None
     call = latest_map(server, "maps.jitter")
