@@ -122,6 +122,29 @@ class _Router(io.TextIOBase):
         return "utf-8"
 
 
+#: This SDK's folder: its frames are left out of the tracebacks an input's log gets.
+_SDK_FOLDER = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it, with the frames of this SDK (the runner that
+    called the function) left out, so the log shows the user's code; whole when every frame
+    is the SDK's (a fault of the runner itself)."""
+    shown = traceback.TracebackException.from_exception(exc)
+    pending = [shown]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        own = [f for f in current.stack if not f.filename.startswith(_SDK_FOLDER)]
+        if own:
+            current.stack = traceback.StackSummary.from_list(own)
+        pending.extend(t for t in (current.__cause__, current.__context__) if t is not None)
+    return "".join(shown.format())
+
+
 def _error(exc: BaseException, options_retry: Callable[[BaseException], bool]) -> dict[str, Any]:
     retry = True
     if isinstance(exc, NoRetry):
@@ -237,7 +260,7 @@ class _Runner:
             return {"id": item_id, "error": {"code": "bad_output", "message": str(e)}}
 
     def failed(self, ids: list[str], log: _InputLog, exc: BaseException) -> list[dict[str, Any]]:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        text = _user_traceback(exc)
         log.emit("stderr", text.rstrip("\n").split("\n"))
         error = _error(exc, self.fn.should_retry)
         return [{"id": i, "error": error} for i in ids]

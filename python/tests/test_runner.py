@@ -287,7 +287,11 @@ def test_no_retry_and_exception_filters_mark_errors_final(runner: Any) -> None:
     assert a["noretry"]["error"] == {"code": "ValueError", "message": "corrupt upload", "retry": False}
     assert a["key"]["error"]["retry"] is False
     assert "retry" not in a["runtime"]["error"]
-    assert any("Traceback" in t for t, s in r.logs("runtime") if s == "stderr")
+    # The input's log has the traceback of the user's code, not the runner's frames.
+    traceback = [t for t, s in r.logs("runtime") if s == "stderr"]
+    assert traceback[0] == "Traceback (most recent call last):", traceback
+    assert any(", in f" in t for t in traceback) and traceback[-1] == "RuntimeError: try again", traceback
+    assert not any("hopper/_runner.py" in t or "concurrent/futures" in t for t in traceback), traceback
     r.close()
 
 
