@@ -73,7 +73,10 @@ class InputFailedError(Error):
         self.call_id = call_id
         self.index = index
         where = f" (call {call_id}, input {index})" if call_id else ""
-        super().__init__(f"{code}: {message}{where}")
+        # A class named for the remote type says it already (`ValueError: bad`, not
+        # `ValueError: ValueError: bad`); the generic one names it in the message.
+        named = type(self).__name__ == code
+        super().__init__(f"{message}{where}" if named else f"{code}: {message}{where}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_input_error, (self.code, self.message, self.call_id, self.index))

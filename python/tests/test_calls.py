@@ -226,12 +226,18 @@ def test_remote_failure_keeps_its_type_code_and_call(app: Deployed) -> None:
     assert info.value.code == "ValueError"
     assert info.value.message == "a bad value"
     assert info.value.call_id and info.value.call_id.startswith("hc-")
+    # Printed as `hopper.exception.ValueError: a bad value (call …)`: the type once.
+    assert str(info.value) == f"a bad value (call {info.value.call_id}, input 0)"
     with pytest.raises(hx.InputFailedError) as other:
         app.fn("fail").remote("custom")
     assert other.value.code == "RuntimeError" and isinstance(other.value, RuntimeError)
     with pytest.raises(hx.InputFailedError) as os_error:
         app.fn("fail").remote("os")
     assert os_error.value.code == "FileNotFoundError"
+    assert isinstance(os_error.value, FileNotFoundError), os_error.value
+    # A type the SDK cannot take on (the app's own) is named in its generic error's message.
+    custom = hx.input_failed("BadImage", "blurry", "hc-x")
+    assert type(custom) is hx.InputFailedError and str(custom) == "BadImage: blurry (call hc-x, input 0)"
 
 
 def test_attempt_timeout_raises_function_timeout_error(app: Deployed) -> None:
