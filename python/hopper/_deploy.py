@@ -9,11 +9,11 @@ import json
 import os
 import re
 import sys
-import traceback
 import typing
 from typing import Any
 
 from ._durations import format_ms, to_ms
+from ._frames import user_traceback
 from .app import App, FunctionDef
 from .exception import DeployError
 from .options import Cron, Period, Retries
@@ -55,7 +55,7 @@ def import_file(path: str) -> Any:
         spec.loader.exec_module(module)
     except Exception as e:
         sys.modules.pop(name, None)
-        text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        text = user_traceback(e)
         raise DeployError([f"{_display(path)}: importing it failed:\n{text.rstrip()}"]) from e
     except BaseException:
         sys.modules.pop(name, None)

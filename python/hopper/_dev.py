@@ -31,21 +31,49 @@ LOG_LINES = 20
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def _fingerprint(folder: str) -> Any:
-    """What the snapshot of ``folder`` would ship, as paths, sizes and modification times (or
-    the reason it cannot be shipped)."""
+def _own_output() -> set[tuple[int, int]]:
+    """The files this process writes its output to (stdout, stderr redirected to a file), as
+    ``(device, inode)``: a change to them is the loop's own doing, never a reason to deploy."""
+    own = set()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            st = os.fstat(stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            continue
+        own.add((st.st_dev, st.st_ino))
+    return own
+
+
+def _fingerprint(folder: str, ignored: set[tuple[int, int]]) -> dict[str, Any]:
+    """What the snapshot of ``folder`` would ship, as each file's size and modification time
+    by path (or, under ``""``, the reason it cannot be shipped); files in ``ignored`` left out."""
     try:
         files = _snapshot.collect(folder, max_bytes=1 << 62)
     except (_snapshot.SnapshotError, OSError) as e:
-        return str(e)
-    out = []
+        return {"": str(e)}
+    out: dict[str, Any] = {}
     for relative, full in files:
         try:
             st = os.lstat(full)
         except OSError:
             continue
-        out.append((relative, st.st_size, st.st_mtime_ns))
-    return tuple(out)
+        if (st.st_dev, st.st_ino) not in ignored:
+            out[relative] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The paths that differ between two fingerprints, sorted."""
+    return sorted(p or "(the folder)" for p in set(before) | set(after) if before.get(p) != after.get(p))
+
+
+def _stop_with_parent() -> None:
+    """In the child, before it runs the server: SIGTERM it when its parent dies (Linux's
+    ``PR_SET_PDEATHSIG``)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _start_server(data: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -58,6 +86,8 @@ def _start_server(data: str) -> tuple[subprocess.Popen[bytes], str]:
         [find_binary(), "serve", "--listen", "127.0.0.1:0", "--data", data],
         stdout=subprocess.PIPE,
         env=env,
+        # On Linux the server is told to stop if this process dies without stopping it.
+        preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None,
     )
     assert proc.stdout is not None
     first = proc.stdout.readline().decode(errors="replace").strip()
@@ -125,6 +155,16 @@ def run(file: str, server: str | None, token: str | None) -> int:
     folder = os.path.dirname(file)
     data: str | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # A stop from outside (a terminal closed, an IDE's stop button, `timeout`) ends the loop
+    # as Ctrl-C does: the temporary server and its folder go too.
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    ignored = _own_output()
     try:
         if server is None:
             data = tempfile.mkdtemp(prefix="hopper-dev-")
@@ -137,17 +177,20 @@ def run(file: str, server: str | None, token: str | None) -> int:
         )
         client = Client(server, token)
         since = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        last = _fingerprint(folder)
+        last = _fingerprint(folder, ignored)
         app = _deploy(file, server, token)
         seen: set[str] = set()
         while True:
             time.sleep(POLL_SECONDS)
-            now = _fingerprint(folder)
+            now = _fingerprint(folder, ignored)
             if now != last:
                 # Let an editor finish saving (several files, or a write then a rename).
                 time.sleep(POLL_SECONDS)
-                last = _fingerprint(folder)
-                print(f"{os.path.basename(file)}: changed, deploying again", flush=True)
+                now = _fingerprint(folder, ignored)
+                changed = _changed(last, now)
+                last = now
+                shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+                print(f"{shown} changed: deploying again", flush=True)
                 app = _deploy(file, server, token) or app
             if app is None:
                 continue

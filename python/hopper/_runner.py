@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from . import _codec
+from ._frames import user_traceback
 from .app import App, FunctionDef, _claim_enter
 from .exception import EncodeError, InputCancelledError
 from .options import NoRetry
@@ -122,29 +123,6 @@ class _Router(io.TextIOBase):
         return "utf-8"
 
 
-#: This SDK's folder: its frames are left out of the tracebacks an input's log gets.
-_SDK_FOLDER = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _user_traceback(exc: BaseException) -> str:
-    """``exc``'s traceback as Python prints it, with the frames of this SDK (the runner that
-    called the function) left out, so the log shows the user's code; whole when every frame
-    is the SDK's (a fault of the runner itself)."""
-    shown = traceback.TracebackException.from_exception(exc)
-    pending = [shown]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        own = [f for f in current.stack if not f.filename.startswith(_SDK_FOLDER)]
-        if own:
-            current.stack = traceback.StackSummary.from_list(own)
-        pending.extend(t for t in (current.__cause__, current.__context__) if t is not None)
-    return "".join(shown.format())
-
-
 def _error(exc: BaseException, options_retry: Callable[[BaseException], bool]) -> dict[str, Any]:
     retry = True
     if isinstance(exc, NoRetry):
@@ -173,10 +151,12 @@ class _Function:
         self.target = target
         self.batched = fdef.options.batch is not None
         self.is_async = inspect.iscoroutinefunction(target)
+        self.signature: inspect.Signature | None
         try:
-            params = list(inspect.signature(target).parameters.values())
+            self.signature = inspect.signature(target)
+            params = list(self.signature.parameters.values())
         except (TypeError, ValueError):
-            params = []
+            self.signature, params = None, []
         positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self.required = sum(
             1 for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
@@ -193,7 +173,21 @@ class _Function:
         self.should_retry = should_retry
 
     def arguments(self, value: Any) -> tuple[list[Any], dict[str, Any]]:
-        """The arguments for one input (the inverse of ``_codec.encode_args``)."""
+        """The arguments for one input (the inverse of ``_codec.encode_args``).
+
+        Raises:
+            NoRetry: they do not fit the function's parameters (a ``TypeError`` no retry
+                can mend).
+        """
+        args, kwargs = self._arguments(value)
+        if self.signature is not None:
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise NoRetry(TypeError(f"{self.fdef.name}(): {e}")) from None
+        return args, kwargs
+
+    def _arguments(self, value: Any) -> tuple[list[Any], dict[str, Any]]:
         if isinstance(value, dict) and value and set(value) <= {_codec.ARGS_KEY, _codec.KWARGS_KEY}:
             args = value.get(_codec.ARGS_KEY, [])
             kwargs = value.get(_codec.KWARGS_KEY, {})
@@ -260,7 +254,7 @@ class _Runner:
             return {"id": item_id, "error": {"code": "bad_output", "message": str(e)}}
 
     def failed(self, ids: list[str], log: _InputLog, exc: BaseException) -> list[dict[str, Any]]:
-        text = _user_traceback(exc)
+        text = user_traceback(exc)
         log.emit("stderr", text.rstrip("\n").split("\n"))
         error = _error(exc, self.fn.should_retry)
         return [{"id": i, "error": error} for i in ids]

@@ -56,13 +56,20 @@ def _is_data_folder(path: str) -> bool:
 
 
 def _escapes(root: str, link: str) -> str | None:
-    """The link's target if it leaves ``root`` (absolute, or climbing above it)."""
+    """The link's target if it leaves ``root``: absolute, or climbing above it with ``..`` at
+    any point, even to come back in (``../app/data``), as the server checks it."""
     target = os.readlink(link)
     if os.path.isabs(target):
         return target
-    resolved = os.path.normpath(os.path.join(os.path.dirname(link), target))
-    inside = os.path.relpath(resolved, root)
-    return target if inside == ".." or inside.startswith(".." + os.sep) else None
+    depth = len(os.path.relpath(link, root).split(os.sep)) - 1
+    for part in target.split(os.sep):
+        if part == "..":
+            depth -= 1
+        elif part not in ("", "."):
+            depth += 1
+        if depth < 0:
+            return target
+    return None
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,21 @@ def find_binary() -> str:
     return found
 
 
+def _python_file(path: str) -> str:
+    """``path``, checked to be a file this command can import.
+
+    Raises:
+        UsageError: it is not there, or it is a folder.
+    """
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a folder: give the Python file that defines the app (app.py)")
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such file")
+    return path
+
+
 def _deploy_cmd(args: argparse.Namespace) -> int:
+    _python_file(args.file)
     client = Client(args.server, args.token)
     try:
         version = client.deploy(args.file, snapshot=not args.no_snapshot, max_bundle=args.max_bundle)
@@ -122,13 +136,13 @@ def _deploy_cmd(args: argparse.Namespace) -> int:
 
 
 def _manifest_cmd(args: argparse.Namespace) -> int:
-    app = _deploy.load_app(args.file)
+    app = _deploy.load_app(_python_file(args.file))
     sys.stdout.write(_deploy.manifest(app, args.file, absolute_workdir=args.absolute_workdir))
     return 0
 
 
 def _run_cmd(args: argparse.Namespace) -> int:
-    app = _deploy.load_app(args.file)
+    app = _deploy.load_app(_python_file(args.file))
     text = _deploy.manifest(app, args.file, absolute_workdir=True)
     if args.function not in app.functions:
         close = difflib.get_close_matches(args.function, list(app.functions), n=1)
@@ -185,6 +199,7 @@ def _dev_parser() -> argparse.ArgumentParser:
 def _dev_cmd(args: argparse.Namespace) -> int:
     from ._dev import run
 
+    _python_file(args.file)
     token = args.token or (os.environ.get("HOPPER_TOKEN") if args.server else None)
     return run(args.file, args.server, token)
 
@@ -196,14 +211,17 @@ def _bench_cmd(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(
         prog="python -m hopper",
-        description=__doc__.split("\n")[0],
+        description="Deploy, run and serve Python apps on Hopper.",
         epilog="python -m hopper serve FILE.py serves an app while you write it. The hopper "
         "binary's commands run through it too: "
         + ", ".join(sorted(BINARY_COMMANDS))
         + " (python -m hopper serve --help).",
     )
+    p.add_argument("--version", action="version", version=f"hopper-queue {__version__} (python -m hopper)")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("deploy", help="deploy the app defined in a Python file")
@@ -257,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     if given[:1] == ["serve"] and any(a.endswith(".py") for a in given[1:]):
         return _guarded(lambda: _dev_cmd(_dev_parser().parse_args(given[1:])))
+    if given[:1] == ["serve"] and any(a in ("-h", "--help") for a in given[1:]):
+        # Both forms: the development loop's, then the server's own.
+        _dev_parser().print_usage()
+        print()
     if given and given[0] in BINARY_COMMANDS:
         try:
             binary = find_binary()

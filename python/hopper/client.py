@@ -130,15 +130,25 @@ class _Progress:
         rate = f", {state.received / seconds:,.0f}/s" if seconds >= 1 else ""
         return f"map {self.name}: {state.received:,}{of} done{rate}"
 
-    def update(self, state: _MapState) -> None:
+    def update(self, state: _MapState, waiting: bool) -> None:
+        """Draws the line if it is due (every ``EVERY`` seconds), or at once when the map is
+        about to wait on the server and the line is not on the terminal."""
         now = time.monotonic()
-        if not self.enabled or now - self.drawn < self.EVERY:
+        if not self.enabled or (now - self.drawn < self.EVERY and not (waiting and self.width == 0)):
             return
         self.drawn = now
         line = self._line(state)
         sys.stderr.write("\r" + line.ljust(self.width))
         sys.stderr.flush()
         self.width = len(line)
+
+    def clear(self) -> None:
+        """Takes the line off the terminal before an output goes to the caller, who may print
+        it: the caller's lines never run into it, and it is drawn again below them."""
+        if self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+            self.width = 0
 
     def close(self, state: _MapState) -> None:
         if not self.enabled:
@@ -282,6 +292,19 @@ def _spawn_many_plan(name: str, inputs: list[str], keys: list[str]) -> Plan[list
         ids.extend(str(c["id"]) for c in answer["calls"])
         start += take
     return ids
+
+
+def _check_key(key: Any, what: str) -> None:
+    """Refuses an idempotency key the server would refuse: 1 to 255 visible ASCII characters.
+
+    Raises:
+        ValueError: it is not such a string, naming ``what`` and the first bad character.
+    """
+    if not isinstance(key, str) or not 1 <= len(key) <= 255:
+        raise ValueError(f"{what} must be a string of 1 to 255 characters, not {key!r}")
+    bad = next((c for c in key if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise ValueError(f"{what} holds {bad!r}: a key is visible ASCII characters only (no spaces)")
 
 
 def _remote_plan(name: str, input_text: str, key: str | None = None) -> Plan[Any]:
@@ -799,8 +822,10 @@ class Client:
             op = next(plan)
             while True:
                 if progress is not None:
-                    progress.update(state)
+                    progress.update(state, waiting=isinstance(op, _Req))
                 if isinstance(op, _Emit):
+                    if progress is not None:
+                        progress.clear()
                     yield _codec.decode(op.value) if not isinstance(op.value, Error) else op.value
                     op = plan.send(None)
                 elif isinstance(op, _Pull):
@@ -841,8 +866,10 @@ class Client:
             op = next(plan)
             while True:
                 if progress is not None:
-                    progress.update(state)
+                    progress.update(state, waiting=isinstance(op, _Req))
                 if isinstance(op, _Emit):
+                    if progress is not None:
+                        progress.clear()
                     yield _codec.decode(op.value) if not isinstance(op.value, Error) else op.value
                     op = plan.send(None)
                 elif isinstance(op, _Pull):
@@ -1046,21 +1073,23 @@ class Function:
         """This function with options for the calls made through what it returns.
 
         Args:
-            idempotency_key: the key of the call ``spawn`` or ``remote`` makes (visible ASCII
-                characters, no spaces): a key used before with the same input answers the
-                call it made instead of making another, so a retried request (a web handler
-                run twice, an Airflow task retried) never runs the work twice; with another
-                input it is refused (:class:`InvalidInputError`, naming that call). Keys are
-                kept as long as their calls (the server's retention period).
+            idempotency_key: the key of the call ``spawn`` or ``remote`` makes: 1 to 255
+                visible ASCII characters (no spaces). A key used before with the same input
+                answers the call it made instead of making another, so a retried request (a
+                web handler run twice, an Airflow task retried) never runs the work twice;
+                with another input, or for another function, it is refused
+                (:class:`InvalidInputError`, naming that call). Keys belong to the whole
+                server (prefix them with the function or app) and are kept as long as their
+                calls (the server's retention period).
 
         Returns:
             a new :class:`Function`; this one is unchanged.
 
         Raises:
-            ValueError: the key is empty or not a string.
+            ValueError: the key is not such a string.
         """
-        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
-            raise ValueError(f"idempotency_key must be a non-empty string, not {idempotency_key!r}")
+        if idempotency_key is not None:
+            _check_key(idempotency_key, "idempotency_key")
         bound = Function(self.name, self._client)
         bound._idempotency_key = idempotency_key
         return bound

@@ -128,12 +128,16 @@ def test_a_spawn_with_an_idempotency_key_is_made_once(app: Deployed) -> None:
         echo.with_options(idempotency_key=key).spawn("twice")
     # Without a key, each spawn is a call of its own.
     assert echo.spawn("a").object_id != echo.spawn("a").object_id
-    with pytest.raises(ValueError, match="non-empty string"):
-        echo.with_options(idempotency_key="")
+    for bad in ("", "x" * 256, 42):
+        with pytest.raises(ValueError, match="1 to 255 characters"):
+            echo.with_options(idempotency_key=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="holds ' ': a key is visible ASCII"):
+        echo.with_options(idempotency_key="has space")
     with pytest.raises(ValueError, match="one key per input instead"):
         list(echo.with_options(idempotency_key=key).map([1, 2]))
-    with pytest.raises(hx.InvalidInputError, match="idempotency"):
-        echo.with_options(idempotency_key="has space").spawn(1)
+    # Keys belong to the server: another function's call under the key is refused.
+    with pytest.raises(hx.InvalidInputError, match=f"already used by call {first.object_id}"):
+        app.fn("sleepy").with_options(idempotency_key=key).spawn(0)
 
 
 def test_spawn_many_makes_one_call_per_input_in_order(app: Deployed) -> None:

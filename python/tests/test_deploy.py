@@ -357,6 +357,13 @@ def test_a_project_with_a_venv_and_tool_folders_deploys_without_them(tmp_path: P
     assert r.stderr.index("Leave it out with a line '/any-name/bin/python3'") < r.stderr.index("copy what"), (
         r.stderr
     )
+    # A link that climbs out and back in is refused here too, as the server would refuse it.
+    (folder / ".hopperignore").write_text("")
+    (folder / "inlink").symlink_to("../project/node_modules")
+    r = run_python("-m", "hopper", "deploy", str(app), env=env)
+    assert r.returncode == 2 and "inlink is a link to ../project/node_modules" in r.stderr, (
+        r.stdout + r.stderr
+    )
 
 
 @pytest.mark.parametrize("hopper_python", [False, True])
@@ -493,6 +500,46 @@ def test_serve_a_python_file_deploys_it_on_every_save_and_prints_the_calls(tmp_p
     # Its temporary server stopped with it.
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/healthz", timeout=2)
+
+
+def test_serve_with_its_output_in_the_folder_deploys_once_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import re
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    folder = tmp_path / "devlog"
+    folder.mkdir()
+    app = write(folder, 'import hopper\napp = hopper.App("devlog")\n@app.function\ndef f(x):\n    return x\n')
+    # `python -m hopper serve app.py > serve.log` in the project folder: its own output must
+    # not count as an edit.
+    log = folder / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hopper", "serve", str(app)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HOPPER_BIN": hopper_bin()},
+            cwd=folder,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while "version 1" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(3)  # six looks at the folder
+            text = log.read_text()
+            assert "deployed app devlog version 1" in text and "changed" not in text, text
+            url = re.search(r"temporary server at (http://\S+) ", text)
+            assert url is not None, text
+        finally:
+            # A stop from outside (an IDE's stop button, `timeout`): the server goes too.
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(20)
+    assert code == 0, log.read_text()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url.group(1) + "/healthz", timeout=2)
 
 
 def test_app_requirements_reach_the_manifest_and_the_environment_runs_python3(tmp_path: Path) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from conftest import Deployed, Server, run_python, wait_for
@@ -125,7 +127,9 @@ def _map_on_a_terminal(server: Server, code: str) -> str:
         "f = hopper.Function.from_name('maps.jitter', client=client)\n" + code
     )
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=follower)
+    # stdout to a pipe, to tell the outputs apart; `printed` runs put it on the terminal too.
+    stdout: Any = follower if "# printed" in code else subprocess.PIPE
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=stdout, stderr=follower)
     os.close(follower)
     out = b""
     while True:
@@ -138,8 +142,8 @@ def _map_on_a_terminal(server: Server, code: str) -> str:
         out += chunk
     os.close(leader)
     assert proc.wait(60) == 0, out.decode(errors="replace")
-    assert proc.stdout is not None
-    return out.decode(errors="replace") + "|stdout|" + proc.stdout.read().decode()
+    piped = proc.stdout.read().decode() if proc.stdout is not None else ""
+    return out.decode(errors="replace") + "|stdout|" + piped
 
 
 def test_a_map_shows_its_progress_on_a_terminal(app: Deployed, server: Server) -> None:
@@ -148,6 +152,11 @@ def test_a_map_shows_its_progress_on_a_terminal(app: Deployed, server: Server) -
     assert "\rmap maps.jitter: " in shown and " of 2,000 done" in shown, shown
     assert "map maps.jitter: 2,000 done in " in shown, shown
     assert shown.endswith("|stdout|1999000\n"), shown
+    # A caller printing each output on the same terminal: its lines never run into the
+    # progress line, which is taken off before each output and drawn again below.
+    shown = _map_on_a_terminal(server, "for x in f.map(range(300)):\n    print('result', x)  # printed")
+    assert all(f"result {x}\r\n" in shown for x in range(300)), shown
+    assert not re.search(r"(done|/s)result", shown), shown
     # Off with progress=False; and off by default when stderr is not a terminal.
     assert "map maps.jitter" not in _map_on_a_terminal(server, "print(sum(f.map(range(50), progress=False)))")
     script = (

@@ -262,8 +262,15 @@ def test_inputs_become_arguments(runner: Any) -> None:
         "g",
     )
     g.send({"id": "bare", "input": [5, 2]})  # g needs two: a bare list is spread
-    g.wait_for(lambda r: "bare" in r.answers())
-    assert g.answers()["bare"]["output"] == 3
+    # Arguments that do not fit fail at once: no retry mends them.
+    g.send({"id": "three", "input": {"$args": [1, 2, 3]}})
+    g.send({"id": "unknown", "input": {"$args": [1, 2], "$kwargs": {"d": 4}}})
+    g.wait_for(lambda r: len(r.answers()) == 3)
+    a = g.answers()
+    assert a["bare"]["output"] == 3
+    for bad in ("three", "unknown"):
+        assert a[bad]["error"]["code"] == "TypeError" and a[bad]["error"]["retry"] is False, a[bad]
+        assert a[bad]["error"]["message"].startswith("g(): "), a[bad]
     g.close()
 
 

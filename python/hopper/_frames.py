@@ -1,0 +1,32 @@
+"""Tracebacks as a user reads them: the frames of their own code, not this SDK's."""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+#: This SDK's folder: its frames are left out of the tracebacks users see.
+SDK_FOLDER = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _sdk_frame(frame: traceback.FrameSummary) -> bool:
+    return frame.filename.startswith(SDK_FOLDER) or frame.filename.startswith("<frozen ")
+
+
+def user_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it, with the frames of this SDK (the runner that
+    called the function, the deploy that imported the file) and of the import machinery left
+    out; whole when every frame is theirs (a fault of the SDK itself)."""
+    shown = traceback.TracebackException.from_exception(exc)
+    pending = [shown]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        own = [f for f in current.stack if not _sdk_frame(f)]
+        if own:
+            current.stack = traceback.StackSummary.from_list(own)
+        pending.extend(t for t in (current.__cause__, current.__context__) if t is not None)
+    return "".join(shown.format())
