@@ -566,6 +566,7 @@ pub fn cancelled_error() -> hopper_core::api::InputError {
     hopper_core::api::InputError {
         code: "cancelled".into(),
         message: "the call was cancelled".into(),
+        ..Default::default()
     }
 }
 

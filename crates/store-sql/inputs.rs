@@ -343,6 +343,7 @@ fn deadline_passed() -> InputError {
     InputError {
         code: "timeout".into(),
         message: "no result before the attempt's deadline: the worker stopped responding".into(),
+        ..Default::default()
     }
 }
 
@@ -487,8 +488,7 @@ async fn requeue_lost(
     if lost >= MAX_LOST_LEASES {
         let final_error = InputError {
             code: "lease_lost".into(),
-            message: format!("the input went back to the queue {lost} times without a result (its worker, or its serve process, died or stopped each time); last: {}", error.message),
-        };
+            message: format!("the input went back to the queue {lost} times without a result (its worker, or its serve process, died or stopped each time); last: {}", error.message), ..Default::default() };
         return Ok(Some(End {
             id: input.id,
             call_id: input.call_id.clone(),
@@ -883,6 +883,7 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
             let error = InputError {
                 code: "lease_lost".into(),
                 message: "the worker stopped heartbeating; the input runs again".into(),
+                ..Default::default()
             };
             if let Some(end) = requeue_lost(&mut tx, input, &error, p.now).await? {
                 tallies.add(&input.app, &input.function, "failed", duration);
@@ -968,6 +969,7 @@ pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u
     let error = InputError {
         code: "worker_stopped".into(),
         message: "the worker stopped and handed the input back".into(),
+        ..Default::default()
     };
     let finished = give_back(&mut tx, &rows, &error, p.now).await?;
     crate::db::query("UPDATE workers SET stopped_at = $2, last_seen_at = $2 WHERE id = $1")

@@ -31,7 +31,14 @@ pub fn error_json(text: Option<String>) -> Result<Option<InputError>, StoreError
 }
 
 pub fn error_text(error: &InputError) -> String {
-    serde_json::json!({"code": error.code, "message": error.message}).to_string()
+    let mut text = serde_json::json!({"code": error.code, "message": error.message});
+    if let Some(module) = &error.module {
+        text["module"] = module.as_str().into();
+    }
+    if let Some(traceback) = &error.traceback {
+        text["traceback"] = traceback.as_str().into();
+    }
+    text.to_string()
 }
 
 pub fn stream(text: &str) -> Result<LogStream, StoreError> {

@@ -124,6 +124,7 @@ class _Router(io.TextIOBase):
 
 
 def _error(exc: BaseException, options_retry: Callable[[BaseException], bool]) -> dict[str, Any]:
+    original = exc
     retry = True
     if isinstance(exc, NoRetry):
         inner = exc.error
@@ -136,6 +137,17 @@ def _error(exc: BaseException, options_retry: Callable[[BaseException], bool]) -
     except Exception as e:  # an exception whose __str__ fails still fails only its input
         message = f"{code} (its message cannot be shown: str() raised {type(e).__name__})"
     error: dict[str, Any] = {"code": code, "message": message}
+    # Where the type is defined, for a client that has it to raise the same type, and the
+    # user's frames, for the client's traceback.
+    module = getattr(type(exc), "__module__", None)
+    if isinstance(module, str) and module != "builtins":
+        error["module"] = module
+    raised = exc if exc.__traceback__ is not None else original
+    if raised.__traceback__ is not None:  # an exception returned, never raised, has none
+        try:
+            error["traceback"] = user_traceback(raised)
+        except Exception:  # a traceback that cannot be formatted is only left out
+            pass
     if retry and not options_retry(exc):
         retry = False
     if not retry:

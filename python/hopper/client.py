@@ -41,6 +41,7 @@ from .exception import (
     Error,
     FunctionNotFoundError,
     InputCancelledError,
+    InputFailedError,
     InvalidInputError,
     NotFoundError,
     ServerError,
@@ -329,7 +330,20 @@ def _outcome(call: dict[str, Any]) -> Any:
     failed = call.get("inputs", {}).get("failed", 0)
     if call.get("origin") == "map" and not error:
         raise input_failed("failed", f"{failed} input(s) of the map failed", call_id)
-    raise input_failed(code, message, call_id)
+    raise _input_failed(error, state, call_id)
+
+
+def _input_failed(error: dict[str, Any], default: Any, call_id: Any, index: int = 0) -> InputFailedError:
+    """The exception for a call's or an input's ``error`` object (see :func:`input_failed`)."""
+    module, traceback = error.get("module"), error.get("traceback")
+    return input_failed(
+        str(error.get("code", default)),
+        str(error.get("message", "")),
+        call_id,
+        index,
+        module=module if isinstance(module, str) else None,
+        traceback=traceback if isinstance(traceback, str) else None,
+    )
 
 
 def _get_plan(call_id: str, timeout: float | None) -> Plan[Any]:
@@ -372,7 +386,7 @@ def _result(r: dict[str, Any], call_id: str, return_exceptions: bool) -> Any:
     if r.get("state") == "cancelled":
         exc = InputCancelledError(str(error.get("message") or "the input was cancelled"), call_id, index)
     else:
-        exc = input_failed(str(error.get("code", "error")), str(error.get("message", "")), call_id, index)
+        exc = _input_failed(error, "error", call_id, index)
     if return_exceptions:
         return exc
     raise exc

@@ -65,7 +65,14 @@ class InputFailedError(Error):
         message: the remote error's message.
         call_id: the call (``"hc-..."``).
         index: the input's index within the call (0 for a spawn).
+        module: where the remote exception's type is defined (``None`` for a built-in one,
+            or when the worker did not say).
+        remote_traceback: the remote traceback, the user's frames (``None`` when the worker
+            sent none).
     """
+
+    module: str | None = None
+    remote_traceback: str | None = None
 
     def __init__(self, code: str, message: str, call_id: str | None = None, index: int = 0):
         self.code = code
@@ -219,15 +226,71 @@ def _rebuild_input_error(code: str, message: str, call_id: str | None, index: in
     return input_failed(code, message, call_id, index)
 
 
-def input_failed(code: str, message: str, call_id: str | None = None, index: int = 0) -> InputFailedError:
-    """The exception for a remote error: a subclass of the built-in type when ``code`` names
-    one (``ValueError`` → ``InputFailedError`` + ``ValueError``)."""
+def input_failed(
+    code: str,
+    message: str,
+    call_id: str | None = None,
+    index: int = 0,
+    *,
+    module: str | None = None,
+    traceback: str | None = None,
+) -> InputFailedError:
+    """The exception for a remote error, as Python would have raised it here where it can.
+
+    Its class is a subclass of :class:`InputFailedError` and of the remote type: a built-in
+    one when ``code`` names it (``ValueError``), or the app's own (``BadImage``) when
+    ``module`` (where the remote type is defined) is already imported in this process and
+    defines it, so ``except BadImage:`` works; else :class:`InputFailedError` itself, whose
+    message starts with the remote type. The remote ``traceback`` (the user's frames) is kept
+    as ``remote_traceback`` and, on Python 3.11 and later, added as a note that Python's own
+    traceback print shows. Modules are never imported for this: a name from the server runs
+    no code here.
+    """
     if code == "timeout":
-        return FunctionTimeoutError(code, message, call_id, index)
-    if code == "startup_failed":
-        return StartupError(code, message, call_id, index)
-    cls = _remote_type(code)
-    return cls(code, message, call_id, index)
+        exc: InputFailedError = FunctionTimeoutError(code, message, call_id, index)
+    elif code == "startup_failed":
+        exc = StartupError(code, message, call_id, index)
+    else:
+        cls = _app_type(code, module) or _remote_type(code)
+        try:
+            exc = cls(code, message, call_id, index)
+        except Exception:  # the app's type wants other arguments
+            exc = InputFailedError(code, message, call_id, index)
+    exc.module = module
+    exc.remote_traceback = traceback
+    if traceback and hasattr(exc, "add_note"):
+        exc.add_note("Remote traceback (on the worker):\n" + traceback.rstrip())
+    return exc
+
+
+_APP_TYPES: dict[tuple[str, str, int], type[InputFailedError]] = {}
+
+
+def _app_type(code: str, module: str | None) -> type[InputFailedError] | None:
+    """``InputFailedError`` and the exception type ``code`` of ``module``, if that module is
+    imported here and defines such a type."""
+    import sys
+
+    if not module or module == "builtins":
+        return None
+    found = getattr(sys.modules.get(module), code, None)
+    if not (isinstance(found, type) and issubclass(found, Exception)) or issubclass(found, Error):
+        return None
+    key = (module, code, id(found))
+    known = _APP_TYPES.get(key)
+    if known is not None:
+        return known
+    try:
+        # The message is Hopper's (the type's own __str__ may read attributes it lacks).
+        made = type(
+            code,
+            (InputFailedError, found),
+            {"__module__": module, "__str__": BaseException.__str__, "__repr__": BaseException.__repr__},
+        )
+    except TypeError:  # a type with its own instance layout
+        return None
+    _APP_TYPES[key] = made
+    return made
 
 
 def _remote_type(code: str) -> type[InputFailedError]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -242,6 +243,55 @@ def test_remote_failure_keeps_its_type_code_and_call(app: Deployed) -> None:
     # A type the SDK cannot take on (the app's own) is named in its generic error's message.
     custom = hx.input_failed("BadImage", "blurry", "hc-x")
     assert type(custom) is hx.InputFailedError and str(custom) == "BadImage: blurry (call hc-x, input 0)"
+
+
+def test_an_apps_own_exception_is_raised_as_its_type_with_the_remote_traceback(
+    server: Server, tmp_path: Path
+) -> None:
+    import importlib
+    import traceback
+
+    folder = tmp_path / "errs"
+    folder.mkdir()
+    # The app's errors live in a module of their own, which a web app can import too.
+    (folder / "shop_errors.py").write_text(
+        "class BadImage(Exception):\n"
+        "    def __init__(self, url):\n"
+        "        super().__init__(url)\n"
+        "        self.url = url\n"
+        "    def __str__(self):\n"
+        "        return f'{self.url} is blurry'\n"
+    )
+    (folder / "errs_app.py").write_text(
+        "import hopper\nfrom shop_errors import BadImage\n\napp = hopper.App('errs')\n\n\n"
+        "def check(url):\n    raise BadImage(url)\n\n\n"
+        "@app.function\ndef resize(url):\n    check(url)\n"
+    )
+    r = run_python("-m", "hopper", "deploy", str(folder / "errs_app.py"), env={"HOPPER_SERVER": server.url})
+    assert r.returncode == 0, r.stderr
+    resize = hopper.Function.from_name("errs.resize", client=server.client())
+    # The client has not imported the app's module: the SDK's error, naming the type.
+    with pytest.raises(hx.InputFailedError) as generic:
+        resize.remote("a.png")
+    assert type(generic.value) is hx.InputFailedError and generic.value.module == "shop_errors"
+    assert str(generic.value).startswith("BadImage: a.png is blurry (call hc-"), generic.value
+    # It has (a web app sharing its errors module with its functions): `except BadImage:` works.
+    sys.path.insert(0, str(folder))
+    try:
+        errors = importlib.import_module("shop_errors")
+        with pytest.raises(errors.BadImage) as own:
+            resize.remote("b.png")
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("shop_errors", None)
+    assert isinstance(own.value, hx.InputFailedError) and own.value.code == "BadImage"
+    assert str(own.value).startswith("b.png is blurry (call hc-"), own.value
+    # The remote traceback, the user's frames only, comes with it, and Python prints it.
+    remote = own.value.remote_traceback or ""
+    assert "in resize" in remote and "in check" in remote and "_runner.py" not in remote, remote
+    if sys.version_info >= (3, 11):
+        printed = "".join(traceback.format_exception(own.value))
+        assert "Remote traceback (on the worker):" in printed and "in check" in printed, printed
 
 
 def test_attempt_timeout_raises_function_timeout_error(app: Deployed) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, Server, hopper_bin, run_python
+from conftest import REPO, Server, hopper_bin, run_python, start_server
 
 SHOP = REPO / "examples" / "python" / "shop.py"
 
@@ -157,6 +158,13 @@ def test_run_starts_a_temporary_server_for_one_call(tmp_path: Path) -> None:
         def greet(name: str) -> dict:
             print("greeting", name)
             return {"hello": name}
+
+        def check(name):
+            raise ValueError(f"{name} is not a name")
+
+        @app.function()
+        def strict(name: str) -> dict:
+            check(name)
     """,
     )
     r = run_python(
@@ -165,6 +173,27 @@ def test_run_starts_a_temporary_server_for_one_call(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"hello": "world"}
     assert "greeting world" in r.stderr
+    # A failure says where, once: the function's own frames, in its log.
+    failed = run_python("-m", "hopper", "run", str(app), "strict", '"42"', env={"HOPPER_BIN": hopper_bin()})
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stderr.count(", in check") == 1 and "_runner.py" not in failed.stderr, failed.stderr
+    assert "failed after 1 attempt: ValueError: 42 is not a name" in failed.stderr, failed.stderr
+    # `hopper get` shows no logs: the error carries the traceback.
+    server = start_server(tmp_path / "data")
+    try:
+        deployed = run_python("-m", "hopper", "deploy", str(app), "--server", server.url)
+        assert deployed.returncode == 0, deployed.stderr
+        call = server.client().function("runner.strict").spawn("42")
+        got = subprocess.run(
+            [hopper_bin(), "get", call.object_id, "--server", server.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert got.returncode == 1 and got.stderr.count(", in check") == 1, got.stderr
+        assert got.stderr.index("ValueError: 42 is not a name") < got.stderr.index(", in check"), got.stderr
+    finally:
+        server.stop()
     bad = run_python("-m", "hopper", "run", str(app), "nope", env={"HOPPER_BIN": hopper_bin()})
     assert bad.returncode == 2 and "has no function 'nope'" in bad.stderr
 

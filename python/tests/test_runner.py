@@ -291,7 +291,11 @@ def test_no_retry_and_exception_filters_mark_errors_final(runner: Any) -> None:
         r.send({"id": k, "input": k})
     r.wait_for(lambda r: len(r.answers()) == 3)
     a = r.answers()
-    assert a["noretry"]["error"] == {"code": "ValueError", "message": "corrupt upload", "retry": False}
+    noretry = a["noretry"]["error"]
+    assert (noretry["code"], noretry["message"], noretry["retry"]) == ("ValueError", "corrupt upload", False)
+    # The remote traceback travels with the error: the user's frames, where the input failed.
+    assert ", in f" in noretry["traceback"] and "hopper/_runner.py" not in noretry["traceback"]
+    assert "module" not in noretry and a["key"]["error"]["traceback"].endswith("KeyError: 'k'\n")
     assert a["key"]["error"]["retry"] is False
     assert "retry" not in a["runtime"]["error"]
     # The input's log has the traceback of the user's code, not the runner's frames.

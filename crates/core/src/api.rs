@@ -303,12 +303,62 @@ pub struct CallPage {
 }
 
 /// Why an attempt or an input failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct InputError {
     /// `exit_code`, `timeout`, `bad_output`, `spawn_failed`, `lease_lost`, `cancelled`, or
-    /// a code chosen by the worker.
+    /// a code chosen by the worker (the Python SDK's: the exception's type name).
     pub code: String,
     pub message: String,
+    /// Where the error's type is defined, when the function's language says (the Python
+    /// SDK: the exception type's module, `app` or `shop.errors`; never `builtins`), so a
+    /// client that has that module can raise the same type. At most 255 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// The failure's traceback as the function's language prints it (the Python SDK: the
+    /// user's frames, not the runner's). At most [`InputError::MAX_TRACEBACK`] bytes: a
+    /// longer one keeps its end, where the error is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceback: Option<String>,
+}
+
+impl InputError {
+    /// Most bytes of a traceback kept.
+    pub const MAX_TRACEBACK: usize = 16 * 1024;
+    /// Most bytes of a module name kept (a longer one is dropped).
+    pub const MAX_MODULE: usize = 255;
+
+    /// An error of `code` saying `message`, with no module or traceback.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The error within its bounds: a module name over [`Self::MAX_MODULE`] bytes dropped, a
+    /// traceback over [`Self::MAX_TRACEBACK`] bytes cut to its end (from a line's start).
+    pub fn bounded(mut self) -> Self {
+        if self
+            .module
+            .as_ref()
+            .is_some_and(|m| m.len() > Self::MAX_MODULE || m.is_empty())
+        {
+            self.module = None;
+        }
+        if let Some(text) = &self.traceback {
+            if text.len() > Self::MAX_TRACEBACK {
+                let mut start = text.len() - Self::MAX_TRACEBACK;
+                while !text.is_char_boundary(start) {
+                    start += 1;
+                }
+                let tail = &text[start..];
+                let tail = tail.find('\n').map_or(tail, |at| &tail[at + 1..]);
+                self.traceback = Some(format!("[… the traceback's start is cut]\n{tail}"));
+            }
+        }
+        self
+    }
 }
 
 /// One attempt at one input.
@@ -689,4 +739,40 @@ pub struct FunctionStatsView {
     pub p95_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InputError;
+
+    #[test]
+    fn an_error_is_kept_within_its_bounds() {
+        let frames: String = (0..2_000)
+            .map(|i| format!("  File \"app.py\", line {i}, in f\n"))
+            .collect();
+        let error = InputError {
+            traceback: Some(format!(
+                "Traceback (most recent call last):\n{frames}ValueError: é\n"
+            )),
+            module: Some("m".repeat(InputError::MAX_MODULE + 1)),
+            ..InputError::new("ValueError", "é")
+        }
+        .bounded();
+        let kept = error.traceback.unwrap_or_default();
+        // The end, where the error is, from a line's start, within the bound.
+        assert!(
+            kept.len() <= InputError::MAX_TRACEBACK + 40,
+            "{}",
+            kept.len()
+        );
+        assert!(kept.starts_with("[… the traceback's start is cut]\n  File \"app.py\""));
+        assert!(kept.ends_with("line 1999, in f\nValueError: é\n"));
+        assert_eq!(error.module, None, "an over-long module name is dropped");
+        let small = InputError {
+            module: Some("shop.errors".into()),
+            traceback: Some("Traceback …\nValueError: x\n".into()),
+            ..InputError::new("ValueError", "x")
+        };
+        assert_eq!(small.clone().bounded(), small);
+    }
 }

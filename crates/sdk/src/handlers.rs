@@ -277,6 +277,7 @@ fn outcome(result: Result<Value, HandlerError>) -> Outcome {
             error: InputError {
                 code: e.code,
                 message: e.message,
+                ..Default::default()
             },
         },
     }
@@ -288,6 +289,7 @@ fn timed_out(timeout: Duration) -> Outcome {
         error: InputError {
             code: "timeout".into(),
             message: format!("timed out after {}", hopper_core::duration::format(timeout)),
+            ..Default::default()
         },
     }
 }
@@ -312,6 +314,7 @@ impl Executor for Handlers {
                             error: InputError {
                                 code: "no_handler".into(),
                                 message: message.clone(),
+                                ..Default::default()
                             },
                         })
                     })

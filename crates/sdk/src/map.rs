@@ -231,6 +231,7 @@ async fn read_results<O: DeserializeOwned>(
                 (_, error) => Err(error.unwrap_or(InputError {
                     code: r.state.as_str().into(),
                     message: format!("the input was {}", r.state),
+                    ..Default::default()
                 })),
             };
             if let Err(error) = &result {

@@ -242,6 +242,7 @@ fn check_output(result: &mut InputResult, limits: Limits) {
                         "the output nests {depth} levels deep; outputs may nest at most {} levels",
                         hopper_core::json::MAX_DEPTH
                     ),
+                    ..Default::default()
                 },
                 retry: false,
             };
@@ -255,8 +256,7 @@ fn check_output(result: &mut InputResult, limits: Limits) {
                     code: "output_too_large".into(),
                     message: format!(
                         "the output is {size} bytes of JSON, over the server's limit of {limit} bytes (--max-payload); write large output elsewhere and return where it is"
-                    ),
-                },
+                    ), ..Default::default() },
                 retry: false,
             };
         }

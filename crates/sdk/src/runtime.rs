@@ -483,6 +483,7 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
                         error: InputError {
                             code: "panic".into(),
                             message: format!("the handler panicked: {message}"),
+                            ..Default::default()
                         },
                     })
                 })
@@ -508,6 +509,7 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
                 error: InputError {
                     code: "no_answer".into(),
                     message: message.clone(),
+                    ..Default::default()
                 },
             })
         });
@@ -528,6 +530,7 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
                     error: InputError {
                         code: "worker_stopped".into(),
                         message: "the worker stopped before the input finished".into(),
+                        ..Default::default()
                     },
                 },
             }),

@@ -390,6 +390,7 @@ pub async fn for_functions(
                     InputError {
                         code: "secret_unavailable".into(),
                         message,
+                        ..Default::default()
                     },
                 );
             }

@@ -242,6 +242,7 @@ fn failed(code: &str) -> Outcome {
         error: InputError {
             code: code.into(),
             message: format!("{code} happened"),
+            ..Default::default()
         },
     }
 }
@@ -1434,6 +1435,7 @@ pub async fn a_returned_input_runs_again_without_using_a_retry(store: Arc<dyn St
             error: InputError {
                 code: "serve_crashed".into(),
                 message: "the process died".into(),
+                ..Default::default()
             },
         },
         T0,
@@ -2432,6 +2434,7 @@ pub async fn a_failure_that_cannot_get_better_skips_its_retries(store: Arc<dyn S
             error: InputError {
                 code: "CorruptUpload".into(),
                 message: "not a PDF".into(),
+                ..Default::default()
             },
             retry: false,
         },
@@ -2757,6 +2760,7 @@ pub async fn a_clock_step_moves_leases_deadlines_and_backoffs(store: Arc<dyn Sto
             error: InputError {
                 code: "e".into(),
                 message: "m".into(),
+                ..Default::default()
             },
             retry: true,
         },
@@ -2855,6 +2859,7 @@ pub async fn a_result_after_a_timeout_is_kept_as_a_late_attempt(store: Arc<dyn S
             error: InputError {
                 code: "e".into(),
                 message: "again".into(),
+                ..Default::default()
             },
             retry: false,
         },

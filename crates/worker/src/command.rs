@@ -331,6 +331,7 @@ fn failed(code: &str, message: String) -> Outcome {
         error: InputError {
             code: code.to_string(),
             message,
+            ..Default::default()
         },
     }
 }

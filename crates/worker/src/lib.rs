@@ -190,6 +190,7 @@ impl Executor for ProcessExecutor {
                                 error: InputError {
                                     code: unready.code.into(),
                                     message: unready.message.clone(),
+                                    ..Default::default()
                                 },
                                 retry: unready.retry,
                             })
@@ -217,6 +218,7 @@ impl Executor for ProcessExecutor {
                                 error: InputError {
                                     code: "not_served_here".into(),
                                     message: message.clone(),
+                                    ..Default::default()
                                 },
                             })
                         })

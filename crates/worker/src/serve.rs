@@ -429,6 +429,7 @@ fn failed(code: &str, message: String, retry: bool) -> Outcome {
         error: InputError {
             code: code.to_string(),
             message,
+            ..Default::default()
         },
     }
 }
@@ -438,6 +439,7 @@ fn crashed(message: String) -> Outcome {
         error: InputError {
             code: "serve_crashed".into(),
             message,
+            ..Default::default()
         },
     }
 }
@@ -685,8 +687,7 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) -> process::Pa
                         code: "bad_output".into(),
                         message: format!(
                             "the serve process answered with a line that is not JSON ({error}): {start}"
-                        ),
-                    },
+                        ), ..Default::default() },
                     true,
                 ),
             );
@@ -717,6 +718,7 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) -> process::Pa
                     InputError {
                         code: "bad_output".into(),
                         message: format!("the output is refused: {why}"),
+                        ..Default::default()
                     },
                     false,
                 ),
@@ -750,6 +752,7 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) -> process::Pa
             Value::String(message) => InputError {
                 code: "error".into(),
                 message: message.clone(),
+                ..Default::default()
             },
             other => InputError {
                 code: other
@@ -762,7 +765,16 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) -> process::Pa
                     .and_then(Value::as_str)
                     .map(String::from)
                     .unwrap_or_else(|| other.to_string()),
-            },
+                module: other
+                    .get("module")
+                    .and_then(Value::as_str)
+                    .map(String::from),
+                traceback: other
+                    .get("traceback")
+                    .and_then(Value::as_str)
+                    .map(String::from),
+            }
+            .bounded(),
         };
         proc.answer(id, Answer::Error(error, retry));
         return process::Pace::Go;

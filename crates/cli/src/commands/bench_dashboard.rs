@@ -142,6 +142,7 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
                         error: InputError {
                             code: "bench".into(),
                             message: "every 20th input fails".into(),
+                            ..Default::default()
                         },
                     }
                 } else {

@@ -159,10 +159,17 @@ pub fn report(call: &CallView, json: bool, server: Option<&str>) -> anyhow::Resu
             let page = server
                 .map(|s| format!(" (see {}/calls/{})", s.trim_end_matches('/'), call.id))
                 .unwrap_or_default();
+            // Where it failed, when the worker said: the function's own frames.
+            let traceback = call
+                .error
+                .as_ref()
+                .and_then(|e| e.traceback.as_deref())
+                .map(|t| format!("\n{}", t.trim_end()))
+                .unwrap_or_default();
             Err(Coded {
                 code: Code::CallFailed,
                 message: format!(
-                    "call {} {} after {attempts}: {what}{page}",
+                    "call {} {} after {attempts}: {what}{page}{traceback}",
                     call.id, call.state
                 ),
             }

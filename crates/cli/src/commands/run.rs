@@ -83,6 +83,13 @@ pub async fn run(
     shutdown.cancel();
     let _ = server.await;
     store.close().await;
+    let mut call = outcome?;
+    if !json {
+        // Its logs, a failure's traceback among them, are on stderr already.
+        if let Some(error) = call.error.as_mut() {
+            error.traceback = None;
+        }
+    }
     // The temporary server is gone by now: no dashboard link.
-    report(&outcome?, json, None)
+    report(&call, json, None)
 }

@@ -417,6 +417,7 @@ fn bad_output(message: String) -> Outcome {
         error: hopper_core::api::InputError {
             code: "bad_output".into(),
             message,
+            ..Default::default()
         },
     }
 }
@@ -450,6 +451,10 @@ fn read_result(
     }
     let mut result: hopper_core::api::InputResult =
         serde_json::from_str(raw.get()).map_err(invalid)?;
+    // A worker's module and traceback are kept within their bounds.
+    if let Outcome::Failed { error, .. } | Outcome::Returned { error } = &mut result.outcome {
+        *error = std::mem::take(error).bounded();
+    }
     if let Outcome::Succeeded { output } = &result.outcome {
         let depth = hopper_core::json::depth(output);
         let size = output.to_string().len();
@@ -465,8 +470,7 @@ fn read_result(
                     code: "output_too_large".into(),
                     message: format!(
                         "the output is {size} bytes, over the inline limit of {limit} bytes (hopper serve --max-payload)"
-                    ),
-                },
+                    ), ..Default::default() },
             };
         }
     }

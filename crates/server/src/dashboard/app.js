@@ -550,7 +550,11 @@ function callPage({ id }) {
     const panels = [summary];
     if (single) {
       const io = h("section", { class: "panel" }, h("h2", {}, "Input"), json(input, "input"));
-      if (c.error) io.append(h("h2", {}, "Error"), h("pre", { class: "error", id: "error" }, `${c.error.code}: ${c.error.message}`));
+      if (c.error) {
+        io.append(h("h2", {}, "Error"), h("pre", { class: "error", id: "error" }, `${c.error.code}: ${c.error.message}`));
+        // Where it failed, when the worker said (the function's own frames).
+        if (c.error.traceback) io.append(h("pre", { class: "error", id: "traceback" }, c.error.traceback));
+      }
       else if (c.state === "succeeded") io.append(h("h2", {}, "Output"), json(c.output === undefined ? null : c.output, "output"));
       panels.push(io);
     } else {
