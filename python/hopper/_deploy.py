@@ -168,6 +168,42 @@ def _array(items: list[str]) -> str:
     return "[" + ", ".join(_str(i) for i in items) + "]"
 
 
+_FAULT = re.compile(r"^.* \(manifest\):\d+:\d+: (?P<key>(?:functions|schedules)\.[^:]+): (?P<message>.*)$")
+
+
+def _owner(app: App, key: str) -> FunctionDef[Any, Any] | None:
+    """The function whose decorator wrote the manifest's ``key`` (``functions.NAME.…`` or
+    ``schedules.NAME.…``, a name with dots in quotes)."""
+    section, _, rest = key.partition(".")
+    if rest.startswith('"'):
+        name = rest[1:].partition('"')[0]
+    else:
+        name = rest.partition(".")[0]
+    for fdef in app.functions.values():
+        if (section == "functions" and fdef.name == name) or (
+            section == "schedules" and fdef.options.schedule is not None and _schedule_name(fdef.name) == name
+        ):
+            return fdef
+    return None
+
+
+def at_decorators(app: App, faults: str) -> list[str] | None:
+    """The server's faults of the manifest built from ``app``, each moved from its line in
+    that manifest to the ``file:line`` of the decorator that made it; ``None`` when none is
+    such a fault."""
+    out: list[str] = []
+    moved = False
+    for line in faults.splitlines():
+        found = _FAULT.match(line)
+        fdef = _owner(app, found["key"]) if found else None
+        if found is None or fdef is None:
+            out.append(line)
+            continue
+        moved = True
+        out.append(f"{_display(fdef.file)}:{fdef.line}: {found['key']}: {found['message']}")
+    return out if moved else None
+
+
 def _schedule_name(name: str) -> str:
     out = "".join(c if c.isalnum() or c in "_-" else "-" for c in name.lower())
     return out if out[:1].isalpha() else f"s-{out}"

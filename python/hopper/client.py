@@ -38,6 +38,7 @@ from .exception import (
     CallNotFoundError,
     CallTimeoutError,
     ConnectionError,
+    DeployError,
     Error,
     FunctionNotFoundError,
     InputCancelledError,
@@ -942,7 +943,7 @@ class Client:
             InvalidInputError: the server refused the manifest.
         """
         from . import _snapshot
-        from ._deploy import deploy_request, load_app, sdk_files
+        from ._deploy import at_decorators, deploy_request, load_app, sdk_files
 
         path = os.path.abspath(path)
         bundle = None
@@ -953,7 +954,14 @@ class Client:
             bundle = _snapshot.build(os.path.dirname(path), limit, sdk)
             self._store_snapshot(bundle)
         body = _codec.dumps(deploy_request(path, snapshot=bundle.hash if bundle else None))
-        result: dict[str, Any] = self._send(_Req("POST", "/v1/apps", body=body))
+        try:
+            result: dict[str, Any] = self._send(_Req("POST", "/v1/apps", body=body))
+        except InvalidInputError as e:
+            # The server names lines of the manifest it was sent: point at the decorators.
+            moved = at_decorators(load_app(path), str(e))
+            if moved is None:
+                raise
+            raise DeployError(moved) from None
         if bundle is not None:
             result["snapshot"] = {"hash": bundle.hash, "files": bundle.files}
         return result

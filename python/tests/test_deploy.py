@@ -123,8 +123,21 @@ def test_a_generated_manifest_is_accepted_by_hopper_deploy(tmp_path: Path, serve
             """,
             ["app.py:4", "function 'report' has a schedule but needs an argument (day)"],
         ),
+        (
+            """
+            import hopper
+            app = hopper.App("badcron")
+
+
+            @app.function(schedule=hopper.Cron("61 * * * *"))
+            def nightly():
+                pass
+            """,
+            # What the server finds in the manifest points at the decorator, not the manifest.
+            ["app.py:6: schedules.nightly.cron: invalid cron expression", "61 is out of range"],
+        ),
     ],
-    ids=["two-apps", "defined-twice", "batch-not-list", "batch-two-args", "schedule-argument"],
+    ids=["two-apps", "defined-twice", "batch-not-list", "batch-two-args", "schedule-argument", "bad-cron"],
 )
 def test_deploy_refuses(tmp_path: Path, server: Server, source: str, expected: list[str]) -> None:
     app = write(tmp_path, source)
@@ -132,6 +145,7 @@ def test_deploy_refuses(tmp_path: Path, server: Server, source: str, expected: l
     assert r.returncode == 2, (r.stdout, r.stderr)
     for text in expected:
         assert text in r.stderr, (text, r.stderr)
+    assert "(manifest)" not in r.stderr, r.stderr
 
 
 def test_deploy_reports_an_import_error(tmp_path: Path, server: Server) -> None:

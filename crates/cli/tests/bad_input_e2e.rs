@@ -174,6 +174,30 @@ async fn a_broken_manifest_is_refused_with_file_line_and_key_and_changes_nothing
         err.contains("broken.toml:5:15: functions.echo.concurrency: must be between 1 and"),
         "{err}"
     );
+    // The manifest is checked before any server is asked: with none there, the fault still
+    // comes first.
+    let out = cli("http://127.0.0.1:9", &["deploy", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("broken.toml:4:11: functions.echo.timeout: invalid duration")
+            && !stderr(&out).contains("cannot reach"),
+        "{}",
+        stderr(&out)
+    );
+    let retries = dir.path().join("retries.toml");
+    std::fs::write(
+        &retries,
+        "app = \"demo\"\n[functions.echo]\ncommand = [\"cat\"]\nretries = \"many\"\n",
+    )
+    .unwrap();
+    let out = cli(&server.url, &["deploy", retries.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("retries.toml:4:11: functions.echo.retries: expected a number of retries"),
+        "{}",
+        stderr(&out)
+    );
     let syntax = dir.path().join("syntax.toml");
     std::fs::write(&syntax, "app = \"demo\"\n[functions.echo\n").unwrap();
     let out = cli(&server.url, &["deploy", syntax.to_str().unwrap()]);

@@ -140,11 +140,27 @@ struct RawBatch {
 }
 
 /// `retries = 3` or `retries = { max_retries = 3, … }`.
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum RawRetries {
     Count(i64),
     Policy(RawRetryPolicy),
+}
+
+impl<'de> Deserialize<'de> for RawRetries {
+    /// Either form, or an error that says both (serde's untagged enums say only that no
+    /// variant matched).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(deserializer)? {
+            toml::Value::Integer(n) => Ok(RawRetries::Count(n)),
+            toml::Value::Table(table) => RawRetryPolicy::deserialize(toml::Value::Table(table))
+                .map(RawRetries::Policy)
+                .map_err(|e| D::Error::custom(e.message())),
+            other => Err(D::Error::custom(format!(
+                "expected a number of retries (retries = 3) or a policy (retries = {{ max_retries = 3, initial_delay = \"1s\" }}), not the {} {other}",
+                other.type_str()
+            ))),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -315,7 +331,8 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<AppManifest, Man
         Ok(raw) => raw,
         Err(err) => {
             let span = err.span().unwrap_or(0..0);
-            faults.push(span, None, err.message().to_string());
+            let key = key_at(text, span.start);
+            faults.push(span, key, err.message().to_string());
             return Err(faults.into_error(file));
         }
     };
@@ -1080,6 +1097,28 @@ impl Faults<'_> {
     }
 }
 
+/// The key whose value starts at `offset`, under the table it is in (`functions.f.retries`
+/// for `retries = "many"` below `[functions.f]`), for an error serde reports without it.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset.min(text.len()))?;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = before.get(start..)?.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() {
+        return None;
+    }
+    let table = before[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(table) if !table.is_empty() => format!("{table}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
 /// One-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -1142,6 +1181,30 @@ retries = 2
         assert_eq!(fail.retries.max_retries, 2);
         assert_eq!(fail.timeout_ms, DEFAULT_TIMEOUT_MS);
         assert_eq!(fail.concurrency, 1);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_and_what_is_expected() {
+        let text = "app = \"a\"\n[functions.f]\ncommand = [\"true\"]\nretries = \"many\"\n";
+        let err = parse_err(text);
+        assert!(
+            err.starts_with("hopper.toml:4:11: functions.f.retries: expected a number of retries (retries = 3) or a policy")
+                && err.contains("not the string \"many\""),
+            "{err}"
+        );
+        let err =
+            parse_err(&text.replace("retries = \"many\"", "retries = { max_retries = \"3\" }"));
+        assert!(
+            err.contains("functions.f.retries: invalid type: string \"3\", expected i64"),
+            "{err}"
+        );
+        let err = parse_err(&text.replace("retries = \"many\"", "concurrency = \"four\""));
+        assert!(
+            err.starts_with(
+                "hopper.toml:4:15: functions.f.concurrency: invalid type: string \"four\""
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub async fn deploy(
     no_snapshot: bool,
 ) -> anyhow::Result<Code> {
     let mut req = deploy_request(path)?;
+    // The manifest's own faults are found here, before a server is asked (or needed); the
+    // server checks again what only it knows (secrets, schedules' functions).
+    hopper_core::manifest::parse(&req.file, &req.manifest, Path::new(&req.base_dir))
+        .map_err(|e| exit::usage(e.to_string()))?;
     let client = client(args)?;
     let mut shipped = None;
     if !no_snapshot {
@@ -82,9 +86,10 @@ pub async fn deploy(
         let names: Vec<String> = app.functions.iter().map(|f| f.name.clone()).collect();
         let code = match &shipped {
             Some(b) => format!(
-                "code {} ({} files of {})",
+                "code {} ({} file{} of {})",
                 short_hash(&b.hash),
                 b.files,
+                if b.files == 1 { "" } else { "s" },
                 b.root.display()
             ),
             None => format!(
