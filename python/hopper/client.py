@@ -330,7 +330,7 @@ def _outcome(call: dict[str, Any]) -> Any:
         raise InputCancelledError(message or f"call {call_id} was cancelled", call_id)
     failed = call.get("inputs", {}).get("failed", 0)
     if call.get("origin") == "map" and not error:
-        raise input_failed("failed", f"{failed} input(s) of the map failed", call_id)
+        raise input_failed("failed", f"{failed} input{'' if failed == 1 else 's'} of the map failed", call_id)
     raise _input_failed(error, state, call_id)
 
 

@@ -128,10 +128,12 @@ async fn a_failure_is_delivered_to_the_webhook_and_by_email_with_what_failed() {
     assert!(text.contains("[hopper] ops.report failed"), "{text}");
     assert!(text.contains(call.id.as_str()), "{text}");
     assert!(
-        text.contains("1 attempts") || text.contains("attempts"),
+        text.contains(", 1 attempt)") || text.contains(" attempts)"),
         "{text}"
     );
     assert!(text.contains("disk full"), "the last log lines: {text}");
+    // The log lines in a code block (Slack and Markdown keep their spacing).
+    assert!(text.contains("Last log lines:\n```\n"), "{text}");
     assert!(
         text.contains(&format!("https://hopper.example.com/calls/{}", call.id)),
         "{text}"
@@ -242,7 +244,7 @@ async fn a_storm_of_100_failures_is_one_message_that_counts_them() {
         body["text"]
             .as_str()
             .unwrap()
-            .contains("100 events since the last message (100 failures)"),
+            .contains("100 events together (100 failures); the last is above."),
         "{body}"
     );
 }

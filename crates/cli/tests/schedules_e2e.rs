@@ -90,6 +90,21 @@ async fn schedules_fire_and_can_be_listed_triggered_paused_and_resumed() {
     )))
     .unwrap();
     assert_eq!(shown["firings"][0]["outcome"], "triggered");
+    // In words: each firing with how its call went; a paused schedule has no next firing.
+    let text = stdout(&cli(&server.url, &["schedules", "show", "nightly"]));
+    let line = text
+        .lines()
+        .find(|l| l.contains("triggered"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("succeeded") && line.contains(&id.to_string()),
+        "{text}"
+    );
+    let text = stdout(&cli(&server.url, &["schedules", "show", "often"]));
+    assert!(
+        text.contains("next: none, paused (hopper schedules resume cronapp.often)"),
+        "{text}"
+    );
 
     let out = cli(&server.url, &["schedules", "resume", "often"]);
     assert!(out.status.success(), "{}", stderr(&out));

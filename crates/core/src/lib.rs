@@ -49,3 +49,12 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Milliseconds since the Unix epoch: the one time representation in the store and the engine.
 pub type UnixMillis = i64;
+
+/// `n` and the noun, plural unless `n` is 1: `1 attempt`, `3 attempts`.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}

@@ -155,10 +155,18 @@ impl<'de> Deserialize<'de> for RawRetries {
             toml::Value::Table(table) => RawRetryPolicy::deserialize(toml::Value::Table(table))
                 .map(RawRetries::Policy)
                 .map_err(|e| D::Error::custom(e.message())),
-            other => Err(D::Error::custom(format!(
-                "expected a number of retries (retries = 3) or a policy (retries = {{ max_retries = 3, initial_delay = \"1s\" }}), not the {} {other}",
-                other.type_str()
-            ))),
+            other => {
+                let shown = match &other {
+                    toml::Value::String(text) => format!(" {text:?}"),
+                    toml::Value::Float(x) => format!(" {x}"),
+                    toml::Value::Boolean(b) => format!(" {b}"),
+                    _ => String::new(),
+                };
+                Err(D::Error::custom(format!(
+                    "expected a number of retries (retries = 3) or a policy (retries = {{ max_retries = 3, initial_delay = \"1s\" }}), not the {}{shown}",
+                    other.type_str()
+                )))
+            }
         }
     }
 }

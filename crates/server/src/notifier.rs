@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use hopper_core::api::{ChannelView, InputError};
 use hopper_core::notify::{redact_url, NotifyOn, NotifyRule};
-use hopper_core::{CallId, InputState};
+use hopper_core::{plural, CallId, InputState};
 use hopper_store::{CallRow, CallsFinished, LogList, StoreError};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
@@ -453,7 +453,7 @@ impl Notifier {
         if let Some(id) = &last.call_id {
             text.push_str(&format!(" (call {id}"));
             if last.attempts > 0 {
-                text.push_str(&format!(", {} attempts", last.attempts));
+                text.push_str(&format!(", {}", plural(last.attempts as u64, "attempt")));
             }
             text.push(')');
         }
@@ -465,13 +465,18 @@ impl Notifier {
                 .iter()
                 .filter(|e| matches!(e.kind, NotifyOn::Failed | NotifyOn::TimedOut))
                 .count();
+            // The first message of a storm has no "last message" to count from.
             text.push_str(&format!(
-                "\n{count} events since the last message ({failures} failures)."
+                "\n{} together ({}); the last is above.",
+                plural(count as u64, "event"),
+                plural(failures as u64, "failure")
             ));
         }
         if !log_tail.is_empty() {
-            text.push_str("\nLast log lines:\n");
-            text.push_str(&log_tail.join("\n"));
+            // A code block in Slack and Markdown: log lines keep their spacing.
+            text.push_str("\nLast log lines:\n```\n");
+            text.push_str(&log_tail.join("\n").replace("```", "`\u{200b}``"));
+            text.push_str("\n```");
         }
         if let Some(u) = &url {
             text.push_str(&format!("\n{u}"));

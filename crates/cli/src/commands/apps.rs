@@ -326,16 +326,33 @@ pub async fn schedules(
                         .unwrap_or_default(),
                     s.timezone
                 ));
-                crate::output::line(format_args!(
-                    "next: {} ({} UTC)",
-                    s.next_due_local.as_deref().unwrap_or("-"),
-                    s.next_due_at.as_deref().unwrap_or("-")
-                ));
-                for f in &s.firings {
+                match (&s.next_due_local, &s.next_due_at) {
+                    _ if s.paused => crate::output::line(format_args!(
+                        "next: none, paused (hopper schedules resume {})",
+                        s.name
+                    )),
+                    (Some(local), Some(utc)) => {
+                        crate::output::line(format_args!("next: {local} ({utc} UTC)"))
+                    }
+                    _ => crate::output::line(format_args!("next: none")),
+                }
+                // Each firing with how its call went (read now: it may have ended since).
+                let states = futures_util::future::join_all(s.firings.iter().map(|f| async {
+                    match &f.call_id {
+                        Some(id) => client
+                            .get(id, std::time::Duration::ZERO)
+                            .await
+                            .map_or_else(|_| "-".to_string(), |c| c.state.to_string()),
+                        None => String::new(),
+                    }
+                }))
+                .await;
+                for (f, state) in s.firings.iter().zip(states) {
                     crate::output::line(format_args!(
-                        "{}  {:<9} {}",
+                        "{}  {:<9} {:<10} {}",
                         f.due_at,
                         f.outcome,
+                        state,
                         f.call_id
                             .as_ref()
                             .map(|c| c.to_string())

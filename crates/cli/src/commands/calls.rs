@@ -147,15 +147,12 @@ pub fn report(call: &CallView, json: bool, server: Option<&str>) -> anyhow::Resu
             let what = match &call.error {
                 Some(e) => format!("{}: {}", e.code, e.message),
                 None => format!(
-                    "{} of {} inputs failed",
-                    call.inputs.failed, call.inputs.total
+                    "{} of {} failed",
+                    call.inputs.failed,
+                    hopper_core::plural(call.inputs.total as u64, "input")
                 ),
             };
-            let attempts = if call.attempts == 1 {
-                "1 attempt".to_string()
-            } else {
-                format!("{} attempts", call.attempts)
-            };
+            let attempts = hopper_core::plural(call.attempts as u64, "attempt");
             let page = server
                 .map(|s| format!(" (see {}/calls/{})", s.trim_end_matches('/'), call.id))
                 .unwrap_or_default();
@@ -274,7 +271,10 @@ fn inputs_cell(c: &hopper_core::CallCounts) -> String {
 fn error_cell(c: &CallView) -> String {
     let Some(e) = &c.error else {
         return if c.inputs.failed > 0 {
-            format!("{} inputs failed", c.inputs.failed)
+            format!(
+                "{} failed",
+                hopper_core::plural(c.inputs.failed as u64, "input")
+            )
         } else {
             String::new()
         };

@@ -277,7 +277,7 @@ async fn print_results(
     }
     let counts = *progress.borrow();
     if owner.is_some() || counts.total > 0 {
-        eprintln!("{}", summary(&counts, started.elapsed()));
+        eprintln!("{}", summary(&counts, started.elapsed(), owner.is_some()));
     }
     outcome
 }
@@ -327,8 +327,9 @@ async fn failure(e: MapError, written: u64, owner: &Option<Owner>) -> anyhow::Er
     .into()
 }
 
-/// `10,000 inputs: 9,998 succeeded, 2 failed in 4.1 s (2,440/s)`.
-fn summary(c: &CallCounts, took: Duration) -> String {
+/// `10,000 inputs: 9,998 succeeded, 2 failed in 4.1 s (2,440/s)` for a map that `ran` now;
+/// for results read of a map that ran before, how long the reading took, with no rate.
+fn summary(c: &CallCounts, took: Duration, ran: bool) -> String {
     let ended = c.succeeded + c.failed + c.cancelled;
     let mut parts = vec![format!("{} succeeded", thousands(c.succeeded))];
     if c.failed > 0 {
@@ -342,6 +343,13 @@ fn summary(c: &CallCounts, took: Duration) -> String {
         parts.push(format!("{} not ended", thousands(open)));
     }
     let secs = took.as_secs_f64().max(0.001);
+    if !ran {
+        return format!(
+            "{} inputs: {} (results read in {secs:.1} s)",
+            thousands(c.total),
+            parts.join(", ")
+        );
+    }
     format!(
         "{} inputs: {} in {:.1} s ({}/s)",
         thousands(c.total),
@@ -440,8 +448,13 @@ mod tests {
             ..CallCounts::default()
         };
         assert_eq!(
-            summary(&c, Duration::from_millis(4_100)),
+            summary(&c, Duration::from_millis(4_100), true),
             "10,000 inputs: 9,998 succeeded, 2 failed in 4.1 s (2,439/s)"
+        );
+        // Results read of a map that ran before: no rate, which would be the reading's.
+        assert_eq!(
+            summary(&c, Duration::from_millis(50), false),
+            "10,000 inputs: 9,998 succeeded, 2 failed (results read in 0.1 s)"
         );
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(thousands(12), "12");

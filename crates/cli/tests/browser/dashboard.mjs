@@ -71,6 +71,10 @@ try {
     await row.waitFor();
     const text = await row.innerText();
     assert(/100%/.test(text), `d.ok should show a 100% success rate: ${text}`);
+    // Functions are grouped by app, and nothing stray is printed under the table.
+    await page.locator("tr.app", { hasText: /^d · \d+ functions$/ }).waitFor();
+    const panel = await page.locator("#view .panel").innerText();
+    assert(!/\bnull\b/.test(panel), `no stray null: ${panel}`);
     await shot(page, "functions");
     await page.getByRole("link", { name: "d.fail" }).click();
     await page.getByRole("heading", { name: /d\.fail/ }).waitFor();
@@ -84,7 +88,7 @@ try {
     // Version 1 came from serve --deploy, with its folder as a snapshot; version 2 through
     // the API without one.
     const code = await versions.locator("td.code").allInnerTexts();
-    assert(/^live folder /.test(code[0]) && /^[0-9a-f]{12} · \d+ files · /.test(code[1]), `the versions' code: ${code}`);
+    assert(/^live folder /.test(code[0]) && /^[0-9a-f]{12} · (1 file|\d+ files) · /.test(code[1]), `the versions' code: ${code}`);
     await shot(page, "function");
   });
 

@@ -103,6 +103,11 @@ function duration(from, to) {
   return span((end - new Date(from)) / 1000);
 }
 
+/** `n` and the noun, plural unless `n` is 1: "1 file", "1,204 files". */
+function plural(n, noun) {
+  return `${num(n)} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 function num(n) {
   return (n || 0).toLocaleString();
 }
@@ -255,13 +260,23 @@ function functionsPage() {
   async function refresh() {
     const [functions, st] = await Promise.all([api("/v1/functions"), api("/v1/stats?window=24h")]);
     const stats = Object.fromEntries(st.functions.map((f) => [f.function, f]));
-    body.replaceChildren(h("table", {},
-      h("thead", {}, h("tr", {}, ["Function", "Version", "Kind", "Timeout", "Retries", "Concurrency", "Queued", "Running", "Success (24h)", "p50", "p95"]
-        .map((t, i) => h("th", { class: i > 3 ? "num" : "" }, t)))),
-      h("tbody", {}, functions.map((f) => {
+    // Grouped by app, each app's functions under a row that names it.
+    const apps = new Map();
+    for (const f of [...functions].sort((a, b) => a.name.localeCompare(b.name))) {
+      const app = f.name.split(".")[0];
+      if (!apps.has(app)) apps.set(app, []);
+      apps.get(app).push(f);
+    }
+    const columns = ["Function", "Version", "Kind", "Timeout", "Retries", "Concurrency", "Queued", "Running", "Success (24h)", "p50", "p95"];
+    // A table, or (h skips null; replaceChildren would print it) the hint when nothing is deployed.
+    body.replaceChildren(h("div", {}, functions.length ? h("table", { class: "functions" },
+      h("thead", {}, h("tr", {}, columns.map((t, i) => h("th", { class: i > 3 ? "num" : "" }, t)))),
+      [...apps].map(([app, list]) => h("tbody", {},
+        h("tr", { class: "app" }, h("th", { colspan: columns.length, scope: "rowgroup" }, `${app} · ${plural(list.length, "function")}`)),
+        list.map((f) => {
         const x = stats[f.name] || {};
         return h("tr", {},
-          h("td", {}, link(`/functions/${encodeURIComponent(f.name)}`, f.name)),
+          h("td", { class: "name" }, link(`/functions/${encodeURIComponent(f.name)}`, f.name)),
           h("td", {}, `v${f.version}`),
           h("td", {}, kind(f.spec)),
           h("td", {}, span(f.spec.timeout_ms / 1000)),
@@ -272,8 +287,8 @@ function functionsPage() {
           h("td", { class: "num" }, rate(x.success_rate)),
           h("td", { class: "num" }, ms(x.p50_ms)),
           h("td", { class: "num" }, ms(x.p95_ms)));
-      })),
-    ), functions.length ? null : h("p", { class: "muted" }, "Nothing deployed yet: run hopper deploy."));
+      }))),
+    ) : h("p", { class: "muted" }, "Nothing deployed yet: run hopper deploy.")));
   }
   return { el, refresh };
 }
@@ -331,7 +346,7 @@ function functionPage({ name }) {
  * its workers run from. */
 function codeOf(v) {
   if (v.snapshot) {
-    return `${v.snapshot.hash.slice(7, 19)} · ${num(v.snapshot.files)} files · ${(v.snapshot.size / 1048576).toFixed(1)} MiB`;
+    return `${v.snapshot.hash.slice(7, 19)} · ${plural(v.snapshot.files, "file")} · ${(v.snapshot.size / 1048576).toFixed(1)} MiB`;
   }
   if (v.spec.snapshot) return `${v.spec.snapshot.slice(7, 19)} (pruned)`;
   if (!(v.spec.command && v.spec.command.length) && !(v.spec.serve && v.spec.serve.length)) return "external";
@@ -461,7 +476,7 @@ function callPage({ id }) {
       const x = await api(`/v1/calls/${id}/inputs/${encodeURIComponent(index)}`);
       follow(x.index);
       logTitle.textContent = `Logs of input ${x.index}`;
-      shown.replaceChildren(h("div", { class: "panel" }, h("h2", {}, `Input ${x.index} `, badge(x.state), h("span", { class: "muted" }, ` ${x.attempts} attempt(s)`)),
+      shown.replaceChildren(h("div", { class: "panel" }, h("h2", {}, `Input ${x.index} `, badge(x.state), h("span", { class: "muted" }, ` ${plural(x.attempts, "attempt")}`)),
         h("div", { class: "muted" }, "Input"), json(x.input, "input"),
         x.error ? [h("div", { class: "muted" }, "Error"), h("pre", { class: "error" }, `${x.error.code}: ${x.error.message}`)] : null,
         x.output !== undefined ? [h("div", { class: "muted" }, "Output"), json(x.output, "output")] : null));
