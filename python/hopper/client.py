@@ -163,6 +163,17 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _naming_map(error: Error, state: _MapState) -> Error:
+    """``error`` (the server could not be reached during a map), saying which call the map is,
+    so its results can be read once the server is back."""
+    if isinstance(error, ConnectionError) and state.call_id is not None and error.args:
+        error.args = (
+            f"{error.args[0]} The map is call {state.call_id}: if the server finishes it, "
+            f"`hopper results {state.call_id}` reads its outputs.",
+        )
+    return error
+
+
 def _total(iterables: tuple[Any, ...]) -> int | None:
     """How many inputs zipping ``iterables`` gives, when each has a length."""
     try:
@@ -849,7 +860,7 @@ class Client:
                     try:
                         answer = self._send(op)
                     except Error as e:
-                        op = plan.throw(e)
+                        op = plan.throw(_naming_map(e, state))
                     else:
                         op = plan.send(answer)
         except StopIteration:
@@ -901,7 +912,7 @@ class Client:
                     try:
                         answer = await self._asend(op)
                     except Error as e:
-                        op = plan.throw(e)
+                        op = plan.throw(_naming_map(e, state))
                     else:
                         op = plan.send(answer)
         except StopIteration:

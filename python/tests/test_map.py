@@ -240,3 +240,30 @@ def test_a_map_from_another_process(app: Deployed, server: Server) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) == sum(range(1, 1001))
+
+
+def test_a_map_that_loses_its_server_names_its_call(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from conftest import start_server
+
+    import hopper
+
+    own = start_server(tmp_path_factory.mktemp("lost"))
+    try:
+        folder = tmp_path_factory.mktemp("lostapp")
+        file = folder / "app.py"
+        file.write_text(
+            "import hopper, time\napp = hopper.App('lost')\n"
+            "@app.function\ndef slow(x):\n    time.sleep(0.05)\n    return x\n"
+        )
+        r = run_python("-m", "hopper", "deploy", str(file), env={"HOPPER_SERVER": own.url})
+        assert r.returncode == 0, r.stderr
+        client = hopper.Client(own.url, retries=1)
+        outputs = hopper.Function.from_name("lost.slow", client=client).map(range(1000))
+        assert next(outputs) == 0
+        own.proc.kill()  # SIGKILL: the server is gone mid-map
+        own.proc.wait()
+        with pytest.raises(hx.ConnectionError, match=r"The map is call hc-\S+: if the server finishes it"):
+            for _ in outputs:
+                pass
+    finally:
+        own.stop()
