@@ -993,8 +993,18 @@ pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u
 /// `attempts_by_call (call_id, idx, attempt)` and the inputs' `(call_id, idx)` key, merged in
 /// order, so a page of a map of millions reads only that page. `$1` the call, `$2` the limit,
 /// and with `by_index` `$3` one input.
-pub fn attempt_list_sql(by_index: bool) -> String {
-    let input = if by_index { " AND idx = $3" } else { "" };
+/// The attempts of a call (`$1`), at most `$2`, by input and attempt: of one input (`$3`)
+/// when `by_index`, of the inputs after an index (the next parameter) when `after`.
+pub fn attempt_list_sql(by_index: bool, after: bool) -> String {
+    let mut input = String::new();
+    let mut n = 3;
+    if by_index {
+        input.push_str(&format!(" AND idx = ${n}"));
+        n += 1;
+    }
+    if after {
+        input.push_str(&format!(" AND idx > ${n}"));
+    }
     format!(
         "SELECT idx, attempt, worker_id, outcome, started_at, finished_at, error, late, batch_size FROM attempts
          WHERE call_id = $1{input}
@@ -1006,12 +1016,15 @@ pub fn attempt_list_sql(by_index: bool) -> String {
 }
 
 pub async fn attempt_list(pool: &DbPool, p: AttemptList) -> Result<Vec<AttemptRow>, StoreError> {
-    let sql = attempt_list_sql(p.index.is_some());
+    let sql = attempt_list_sql(p.index.is_some(), p.after_index.is_some());
     let mut q = crate::db::query(&sql)
         .bind(p.call_id.as_str())
         .bind(p.limit as i64);
     if let Some(index) = p.index {
         q = q.bind(index);
+    }
+    if let Some(after) = p.after_index {
+        q = q.bind(after);
     }
     let rows = q.fetch_all(pool).await.map_err(db_err)?;
     rows.iter()

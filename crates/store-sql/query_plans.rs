@@ -154,8 +154,16 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
     let call = id(CALLS - 7);
     let call_sql = format!("{}{}", plans::EXPLAIN, calls::get_sql());
     let input_sql = format!("{}{}", plans::EXPLAIN, inputs::GET_SQL);
-    let attempts_sql = format!("{}{}", plans::EXPLAIN, inputs::attempt_list_sql(false));
-    let input_attempts_sql = format!("{}{}", plans::EXPLAIN, inputs::attempt_list_sql(true));
+    let attempts_sql = format!(
+        "{}{}",
+        plans::EXPLAIN,
+        inputs::attempt_list_sql(false, false)
+    );
+    let input_attempts_sql = format!(
+        "{}{}",
+        plans::EXPLAIN,
+        inputs::attempt_list_sql(true, false)
+    );
     let logs_sql = format!("{}{}", plans::EXPLAIN, workers::LOG_LIST_SQL);
     let backlog_sql = format!("{}{}", plans::EXPLAIN, calls::backlog_sql());
     let workers_sql = format!("{}{}", plans::EXPLAIN, workers::LIST_SQL);
@@ -266,6 +274,7 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
             .attempt_list(AttemptList {
                 call_id: call.clone(),
                 index: None,
+                after_index: None,
                 limit: 200,
             })
             .await

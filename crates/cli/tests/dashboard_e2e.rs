@@ -116,6 +116,19 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         .await
         .unwrap();
     wait_done(&client, &map.id, Duration::from_secs(30)).await;
+    // A map of more attempts than a page shows (50): its attempts come a page at a time.
+    let big = client
+        .map_start(
+            "d.ok",
+            &hopper_core::api::MapRequest {
+                inputs: (0..120).map(|i| json!({ "item": i })).collect(),
+                done: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_done(&client, &big.id, Duration::from_secs(60)).await;
     let slow = client.spawn("d.slow", json!(null), None).await.unwrap();
     eventually(
         "the slow call to start",
@@ -142,6 +155,7 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         .env("FAILED_CODE", &error.code)
         .env("SLOW_ID", slow.id.as_str())
         .env("MAP_ID", map.id.as_str())
+        .env("BIG_MAP_ID", big.id.as_str())
         .env("OUT_DIR", &out_dir)
         .kill_on_drop(true)
         .output();

@@ -251,6 +251,7 @@ fn all_attempts(call: &CallId) -> AttemptList {
     AttemptList {
         call_id: call.clone(),
         index: None,
+        after_index: None,
         limit: 1_000,
     }
 }
@@ -2055,6 +2056,7 @@ pub async fn attempts_are_listed_by_input_up_to_a_limit(store: Arc<dyn Store>) {
     let list = |index: Option<i64>, limit: u32| AttemptList {
         call_id: call.id.clone(),
         index,
+        after_index: None,
         limit,
     };
     let all = store.attempt_list(list(None, 100)).await.unwrap();
@@ -2068,6 +2070,19 @@ pub async fn attempts_are_listed_by_input_up_to_a_limit(store: Arc<dyn Store>) {
     let page = store.attempt_list(list(None, 3)).await.unwrap();
     assert_eq!(page.len(), 3);
     assert_eq!(page[2].index, 2);
+    // The next page starts after the last input of this one.
+    let next = store
+        .attempt_list(AttemptList {
+            after_index: Some(1),
+            ..list(None, 100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|a| a.index).collect::<Vec<_>>(),
+        [2, 3],
+        "the attempts of the inputs after 1"
+    );
     let one = store.attempt_list(list(Some(1), 100)).await.unwrap();
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].index, 1);

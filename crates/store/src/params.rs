@@ -157,6 +157,8 @@ pub struct AttemptList {
     pub call_id: CallId,
     /// Only this input's attempts.
     pub index: Option<i64>,
+    /// Only the attempts of inputs after this index (the next page of a map's attempts).
+    pub after_index: Option<i64>,
     pub limit: u32,
 }
 

@@ -520,6 +520,9 @@ pub async fn list(
 pub struct AttemptQuery {
     /// Only this input's attempts.
     index: Option<i64>,
+    /// Only the attempts of inputs after this index: the page after one whose last attempt
+    /// was of input `after`.
+    after: Option<i64>,
     /// At most this many, by input and attempt (default 1,000, at most 10,000).
     limit: Option<u32>,
 }
@@ -538,12 +541,14 @@ pub async fn attempts(
         ));
     }
     non_negative("index", q.index)?;
+    non_negative("after", q.after)?;
     load(&state, &id).await?;
     let rows = state
         .store
         .attempt_list(AttemptList {
             call_id: id,
             index: q.index,
+            after_index: q.after,
             limit,
         })
         .await?;

@@ -33,7 +33,7 @@ class Unauthorized extends Error {}
 /** Log lines a call page keeps on screen. */
 const MAX_LOG_LINES = 5000;
 /** Attempts a map's page shows (the first, by input); one input's are in the inspector. */
-const MAP_ATTEMPTS = 200;
+const MAP_ATTEMPTS = 50;
 
 /** Calls the API. Changes carry the dashboard header, which the session cookie requires. */
 async function api(path, options = {}) {
@@ -463,6 +463,8 @@ function callPage({ id }) {
   let lines = 0;
   let followed = 0;
   let input = undefined;
+  // The attempt pages of a map seen so far: each the `after` cursor it starts from.
+  const pages = [undefined];
   // For a map: look at one input by index.
   const shown = h("div", {});
   const inspector = h("form", { class: "filters" },
@@ -536,8 +538,17 @@ function callPage({ id }) {
   async function refresh() {
     const c = await api(`/v1/calls/${id}`);
     const single = c.inputs.total === 1 && !c.accepting_inputs;
-    // A map's attempts can be millions: the page shows the first ones by input.
-    const attempts = await api(`/v1/calls/${id}/attempts?limit=${single ? 1000 : MAP_ATTEMPTS}`);
+    // A map's attempts can be millions: they come a page at a time, by input; a full page
+    // ends at a whole input (the next starts after it).
+    const after = pages[pages.length - 1];
+    let attempts = await api(`/v1/calls/${id}/attempts?limit=${single ? 1000 : MAP_ATTEMPTS}${after === undefined ? "" : `&after=${after}`}`);
+    let next;
+    if (!single && attempts.length >= MAP_ATTEMPTS) {
+      const last = attempts[attempts.length - 1].index;
+      const whole = attempts.filter((a) => a.index !== last);
+      if (whole.length) attempts = whole;
+      next = attempts[attempts.length - 1].index;
+    }
     if (single && input === undefined) {
       input = (await api(`/v1/calls/${id}/inputs/0`)).input;
     }
@@ -558,7 +569,7 @@ function callPage({ id }) {
       ["Created", h("span", {}, new Date(c.created_at).toLocaleString(), " (", when(c.created_at), ")")],
       ["Finished", c.finished_at ? new Date(c.finished_at).toLocaleString() : "—"],
       ["Duration", duration(c.created_at, c.finished_at)],
-      ["Attempts", single ? c.attempts : `${attempts.length}${attempts.length >= MAP_ATTEMPTS ? "+" : ""}`],
+      ["Attempts", single ? c.attempts : "by input, below"],
     ];
     if (c.idempotency_key) facts.push(["Idempotency key", c.idempotency_key]);
     const summary = h("section", { class: "panel" }, h("h2", {}, "Call"), h("dl", { class: "kv" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
@@ -581,8 +592,12 @@ function callPage({ id }) {
         h("p", { class: "muted" }, "All results: ", h("code", {}, `hopper results ${c.id}`))));
     }
     details.replaceChildren(...panels);
-    const more = !single && attempts.length >= MAP_ATTEMPTS ? ` (the first ${MAP_ATTEMPTS}, by input)` : "";
-    attemptsPanel.replaceChildren(h("h2", {}, `Attempts${more}`), attempts.length ? h("table", {},
+    const range = !single && attempts.length ? ` of inputs ${num(attempts[0].index)} to ${num(attempts[attempts.length - 1].index)}` : "";
+    const pager = single || (pages.length === 1 && next === undefined) ? null : h("div", { class: "filters", id: "attempt-pages" },
+      h("button", { type: "button", disabled: pages.length === 1, onclick: () => { pages.pop(); refreshCurrent(); } }, "Previous"),
+      h("button", { type: "button", disabled: next === undefined, onclick: () => { pages.push(next); refreshCurrent(); } }, "Next"));
+    // (replaceChildren would print a null: the pager is left out instead.)
+    attemptsPanel.replaceChildren(...[h("h2", {}, `Attempts${range}`), pager].filter(Boolean), attempts.length ? h("table", {},
       h("thead", {}, h("tr", {}, ["Input", "Attempt", "Outcome", "Worker", "Batch", "Started", "Ran for", "Error"].map((t) => h("th", {}, t)))),
       h("tbody", {}, attempts.map((a) => h("tr", {},
         h("td", { class: "num" }, a.index),
