@@ -29,4 +29,15 @@ def user_traceback(exc: BaseException) -> str:
         if own:
             current.stack = traceback.StackSummary.from_list(own)
         pending.extend(t for t in (current.__cause__, current.__context__) if t is not None)
-    return "".join(shown.format())
+    # A huge message (the exception's last line) is cut, so the frames keep their room.
+    return "".join(_cut(line) for line in shown.format())
+
+
+#: Longest line of a traceback kept (a message can be megabytes).
+MAX_LINE = 2_000
+
+
+def _cut(text: str) -> str:
+    """``text`` (lines of a traceback) with each line over :data:`MAX_LINE` characters cut."""
+    lines = text.split("\n")
+    return "\n".join(line if len(line) <= MAX_LINE else line[:MAX_LINE] + " …[cut]" for line in lines)

@@ -165,8 +165,9 @@ def collect(root: str, max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[str, st
             if os.path.islink(full):
                 target = _escapes(root, full)
                 if target is not None:
+                    where = "outside" if os.path.isabs(target) else "climbing out of"
                     raise SnapshotError(
-                        f"{relative} is a link to {target}, outside {root}: on another machine it "
+                        f"{relative} is a link to {target}, {where} {root}: on another machine it "
                         f"would point elsewhere or nowhere. Leave it out with a line '/{relative}' in "
                         f"{os.path.join(root, '.hopperignore')}, or copy what it points to into the folder"
                     )

@@ -279,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         # Both forms: the development loop's, then the server's own.
         _dev_parser().print_usage()
         print()
-    if given and given[0] in BINARY_COMMANDS:
+    # A manifest (hopper.toml) is the binary's to deploy, run or read.
+    manifest = len(given) > 1 and given[0] in ("deploy", "run") and given[1].endswith(".toml")
+    if given and (given[0] in BINARY_COMMANDS or manifest):
         try:
             binary = find_binary()
         except UsageError as e:

@@ -79,11 +79,14 @@ class InputFailedError(Error):
         self.message = message
         self.call_id = call_id
         self.index = index
-        where = f" (call {call_id}, input {index})" if call_id else ""
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = f" (call {self.call_id}, input {self.index})" if self.call_id else ""
         # A class named for the remote type says it already (`ValueError: bad`, not
         # `ValueError: ValueError: bad`); the generic one names it in the message.
-        named = type(self).__name__ == code
-        super().__init__(f"{message}{where}" if named else f"{code}: {message}{where}")
+        named = type(self).__name__ == self.code
+        return f"{self.message}{where}" if named else f"{self.code}: {self.message}{where}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_input_error, (self.code, self.message, self.call_id, self.index))
@@ -251,7 +254,10 @@ def input_failed(
     elif code == "startup_failed":
         exc = StartupError(code, message, call_id, index)
     else:
-        cls = _app_type(code, module) or _remote_type(code)
+        # A type of the app's own (named by its module) is never taken for a built-in of the
+        # same name.
+        app_type = module is not None and module != "builtins"
+        cls = (_app_type(code, module) or InputFailedError) if app_type else _remote_type(code)
         try:
             exc = cls(code, message, call_id, index)
         except Exception:  # the app's type wants other arguments
@@ -280,12 +286,25 @@ def _app_type(code: str, module: str | None) -> type[InputFailedError] | None:
     known = _APP_TYPES.get(key)
     if known is not None:
         return known
+
+    def __init__(
+        self: InputFailedError, code: str, message: str, call_id: str | None = None, index: int = 0
+    ) -> None:
+        # The app type's own __init__ is not run: it may want other arguments than a message.
+        self.code, self.message, self.call_id, self.index = code, message, call_id, index
+        BaseException.__init__(self, self._text())
+
     try:
         # The message is Hopper's (the type's own __str__ may read attributes it lacks).
         made = type(
             code,
             (InputFailedError, found),
-            {"__module__": module, "__str__": BaseException.__str__, "__repr__": BaseException.__repr__},
+            {
+                "__module__": module,
+                "__init__": __init__,
+                "__str__": BaseException.__str__,
+                "__repr__": BaseException.__repr__,
+            },
         )
     except TypeError:  # a type with its own instance layout
         return None

@@ -261,15 +261,26 @@ def test_an_apps_own_exception_is_raised_as_its_type_with_the_remote_traceback(
         "        self.url = url\n"
         "    def __str__(self):\n"
         "        return f'{self.url} is blurry'\n"
+        "class TwoArgs(Exception):\n"
+        "    def __init__(self, path, reason):\n"
+        "        super().__init__(f'{path}: {reason}')\n"
+        "class ValueError(Exception):  # the app's own, named like a built-in\n"
+        "    pass\n"
     )
     (folder / "errs_app.py").write_text(
         "import hopper\nfrom shop_errors import BadImage\n\napp = hopper.App('errs')\n\n\n"
         "def check(url):\n    raise BadImage(url)\n\n\n"
-        "@app.function\ndef resize(url):\n    check(url)\n"
+        "@app.function\ndef resize(url):\n    check(url)\n\n\n"
+        "@app.function\ndef other(kind):\n"
+        "    import shop_errors\n"
+        "    if kind == 'two':\n        raise shop_errors.TwoArgs('a.png', 'too dark')\n"
+        "    if kind == 'named':\n        raise shop_errors.ValueError('not the built-in')\n"
+        "    check('y' * (5 << 20))  # a message over the server's request limit\n"
     )
     r = run_python("-m", "hopper", "deploy", str(folder / "errs_app.py"), env={"HOPPER_SERVER": server.url})
     assert r.returncode == 0, r.stderr
     resize = hopper.Function.from_name("errs.resize", client=server.client())
+    other = hopper.Function.from_name("errs.other", client=server.client())
     # The client has not imported the app's module: the SDK's error, naming the type.
     with pytest.raises(hx.InputFailedError) as generic:
         resize.remote("a.png")
@@ -281,10 +292,24 @@ def test_an_apps_own_exception_is_raised_as_its_type_with_the_remote_traceback(
         errors = importlib.import_module("shop_errors")
         with pytest.raises(errors.BadImage) as own:
             resize.remote("b.png")
+        # A type whose __init__ wants other arguments is still raised as itself.
+        with pytest.raises(errors.TwoArgs) as two:
+            other.remote("two")
+        assert str(two.value).startswith("a.png: too dark (call hc-"), two.value
     finally:
         sys.path.remove(str(folder))
         sys.modules.pop("shop_errors", None)
     assert isinstance(own.value, hx.InputFailedError) and own.value.code == "BadImage"
+    # An app type named like a built-in is not taken for the built-in.
+    with pytest.raises(hx.InputFailedError) as named:
+        other.remote("named")
+    assert not isinstance(named.value, ValueError) and named.value.module == "shop_errors", named.value
+    # A message too big to send is cut, and the input still fails at once (it hung before),
+    # its traceback's frames kept.
+    with pytest.raises(hx.InputFailedError) as huge:
+        other.remote("huge")
+    assert "[the message is cut: it was" in str(huge.value) and len(str(huge.value)) < 70_000
+    assert "in check" in (huge.value.remote_traceback or ""), (huge.value.remote_traceback or "")[:500]
     assert str(own.value).startswith("b.png is blurry (call hc-"), own.value
     # The remote traceback, the user's frames only, comes with it, and Python prints it.
     remote = own.value.remote_traceback or ""

@@ -66,6 +66,13 @@ def test_a_generated_manifest_is_accepted_by_hopper_deploy(tmp_path: Path, serve
     )
     assert out.returncode == 0, out.stderr
     assert server.client().function("handmade.f").remote("same") == "same"
+    # `python -m hopper deploy` of a manifest hands it to the binary, as `hopper deploy` would.
+    again = run_python(
+        "-m", "hopper", "deploy", str(manifest), "--server", server.url, env={"HOPPER_BIN": hopper_bin()}
+    )
+    assert again.returncode == 0 and "deployed handmade version 2" in again.stdout, (
+        again.stdout + again.stderr
+    )
 
 
 @pytest.mark.parametrize(

@@ -322,6 +322,8 @@ pub struct InputError {
 }
 
 impl InputError {
+    /// Most bytes of a message kept: its start, with a note of how long it was.
+    pub const MAX_MESSAGE: usize = 64 * 1024;
     /// Most bytes of a traceback kept.
     pub const MAX_TRACEBACK: usize = 16 * 1024;
     /// Most bytes of a module name kept (a longer one is dropped).
@@ -336,9 +338,20 @@ impl InputError {
         }
     }
 
-    /// The error within its bounds: a module name over [`Self::MAX_MODULE`] bytes dropped, a
-    /// traceback over [`Self::MAX_TRACEBACK`] bytes cut to its end (from a line's start).
+    /// The error within its bounds: a message over [`Self::MAX_MESSAGE`] bytes cut to its
+    /// start, a module name over [`Self::MAX_MODULE`] bytes dropped, a traceback over
+    /// [`Self::MAX_TRACEBACK`] bytes cut to its end (from a line's start).
     pub fn bounded(mut self) -> Self {
+        if self.message.len() > Self::MAX_MESSAGE {
+            let total = self.message.len();
+            let mut end = Self::MAX_MESSAGE;
+            while !self.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.message.truncate(end);
+            self.message
+                .push_str(&format!("… [the message is cut: it was {total} bytes]"));
+        }
         if self
             .module
             .as_ref()
@@ -768,6 +781,11 @@ mod tests {
         assert!(kept.starts_with("[… the traceback's start is cut]\n  File \"app.py\""));
         assert!(kept.ends_with("line 1999, in f\nValueError: é\n"));
         assert_eq!(error.module, None, "an over-long module name is dropped");
+        let long = InputError::new("BadImage", "y".repeat(5 << 20)).bounded();
+        assert!(long.message.len() < InputError::MAX_MESSAGE + 100);
+        assert!(long
+            .message
+            .ends_with("… [the message is cut: it was 5242880 bytes]"));
         let small = InputError {
             module: Some("shop.errors".into()),
             traceback: Some("Traceback …\nValueError: x\n".into()),

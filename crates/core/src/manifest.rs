@@ -340,7 +340,7 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<AppManifest, Man
         Err(err) => {
             let span = err.span().unwrap_or(0..0);
             let key = key_at(text, span.start);
-            faults.push(span, key, err.message().to_string());
+            faults.push(span, key, plain_types(err.message()));
             return Err(faults.into_error(file));
         }
     };
@@ -1105,6 +1105,22 @@ impl Faults<'_> {
     }
 }
 
+/// serde's names of Rust types in an error, said plainly: `expected i64` → `expected an
+/// integer`.
+fn plain_types(message: &str) -> String {
+    [
+        ("expected i64", "expected an integer"),
+        ("expected u32", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ]
+    .iter()
+    .fold(message.to_string(), |text, (from, to)| {
+        text.replace(from, to)
+    })
+}
+
 /// The key whose value starts at `offset`, under the table it is in (`functions.f.retries`
 /// for `retries = "many"` below `[functions.f]`), for an error serde reports without it.
 fn key_at(text: &str, offset: usize) -> Option<String> {
@@ -1203,7 +1219,7 @@ retries = 2
         let err =
             parse_err(&text.replace("retries = \"many\"", "retries = { max_retries = \"3\" }"));
         assert!(
-            err.contains("functions.f.retries: invalid type: string \"3\", expected i64"),
+            err.contains("functions.f.retries: invalid type: string \"3\", expected an integer"),
             "{err}"
         );
         let err = parse_err(&text.replace("retries = \"many\"", "concurrency = \"four\""));

@@ -232,6 +232,11 @@ impl Outbox {
 /// An output the server would refuse becomes a failure here: too deep, or over the server's
 /// payload limit.
 fn check_output(result: &mut InputResult, limits: Limits) {
+    // An error's message and traceback within their bounds, so a huge one cannot make the
+    // whole batch too large to send (the server would refuse it again and again).
+    if let Outcome::Failed { error, .. } | Outcome::Returned { error } = &mut result.outcome {
+        *error = std::mem::take(error).bounded();
+    }
     if let Outcome::Succeeded { output } = &result.outcome {
         let depth = hopper_core::json::depth(output);
         if depth > hopper_core::json::MAX_DEPTH {

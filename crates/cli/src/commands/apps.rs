@@ -332,7 +332,7 @@ pub async fn schedules(
                         s.name
                     )),
                     (Some(local), Some(utc)) => {
-                        crate::output::line(format_args!("next: {local} ({utc} UTC)"))
+                        crate::output::line(format_args!("next: {local} ({utc})"))
                     }
                     _ => crate::output::line(format_args!("next: none")),
                 }

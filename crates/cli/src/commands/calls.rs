@@ -145,7 +145,7 @@ pub fn report(call: &CallView, json: bool, server: Option<&str>) -> anyhow::Resu
         }
         InputState::Failed | InputState::Cancelled => {
             let what = match &call.error {
-                Some(e) => format!("{}: {}", e.code, e.message),
+                Some(e) => format!("{}: {}", e.code, shortened(&e.message)),
                 None => format!(
                     "{} of {} failed",
                     call.inputs.failed,
@@ -285,6 +285,20 @@ fn error_cell(c: &CallView) -> String {
         cell = cell.chars().take(99).collect::<String>() + "…";
     }
     cell
+}
+
+/// A message for a terminal: at most 4,000 characters (a message can be 64 KiB), saying where
+/// the rest is.
+fn shortened(message: &str) -> String {
+    const MAX: usize = 4_000;
+    match message.char_indices().nth(MAX) {
+        Some((at, _)) => format!(
+            "{}… [{} more bytes: hopper get --json shows them all]",
+            &message[..at],
+            message.len() - at
+        ),
+        None => message.to_string(),
+    }
 }
 
 /// The line of an error message that says what went wrong: the last line that is not a
