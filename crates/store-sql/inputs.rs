@@ -488,7 +488,9 @@ async fn requeue_lost(
     if lost >= MAX_LOST_LEASES {
         let final_error = InputError {
             code: "lease_lost".into(),
-            message: format!("the input went back to the queue {lost} times without a result (its worker, or its serve process, died or stopped each time); last: {}", error.message), ..Default::default() };
+            message: format!("the input went back to the queue {lost} times without a result (its worker, or its serve process, died or stopped each time); last: {}", error.message),
+            ..Default::default()
+        };
         return Ok(Some(End {
             id: input.id,
             call_id: input.call_id.clone(),

@@ -261,7 +261,9 @@ fn check_output(result: &mut InputResult, limits: Limits) {
                     code: "output_too_large".into(),
                     message: format!(
                         "the output is {size} bytes of JSON, over the server's limit of {limit} bytes (--max-payload); write large output elsewhere and return where it is"
-                    ), ..Default::default() },
+                    ),
+                    ..Default::default()
+                },
                 retry: false,
             };
         }

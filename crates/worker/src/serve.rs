@@ -687,7 +687,9 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) -> process::Pa
                         code: "bad_output".into(),
                         message: format!(
                             "the serve process answered with a line that is not JSON ({error}): {start}"
-                        ), ..Default::default() },
+                        ),
+                        ..Default::default()
+                    },
                     true,
                 ),
             );

@@ -24,7 +24,8 @@ use super::views;
 use crate::dispatcher;
 use crate::state::{AppState, KnownWorker};
 
-/// A worker's `last_seen` is written at most this often by its lease requests.
+/// A worker's `last_seen` is written at most this often by its requests (leases, heartbeats),
+/// and at most a quarter of a lease apart, so a worker that heartbeats is never shown `lost`.
 const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most inputs one lease request may ask for.
 pub const MAX_LEASE_BATCH: u32 = 1_000;
@@ -231,7 +232,11 @@ async fn touch(state: &AppState, id: &WorkerId) -> Result<(), ApiError> {
         .lock()
         .map_err(|_| poisoned())?
         .get(id)
-        .is_some_and(|t| t.elapsed() < TOUCH_EVERY);
+        .is_some_and(|t| {
+            let every = std::time::Duration::from_millis(state.config.lease_ms().max(0) as u64 / 4)
+                .min(TOUCH_EVERY);
+            t.elapsed() < every
+        });
     if recently {
         return Ok(());
     }
@@ -470,7 +475,9 @@ fn read_result(
                     code: "output_too_large".into(),
                     message: format!(
                         "the output is {size} bytes, over the inline limit of {limit} bytes (hopper serve --max-payload)"
-                    ), ..Default::default() },
+                    ),
+                    ..Default::default()
+                },
             };
         }
     }
