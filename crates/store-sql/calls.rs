@@ -563,11 +563,7 @@ pub async fn cancel(conn: &mut Conn, p: CallCancel) -> Result<Option<CallRow>, S
 }
 
 pub fn cancelled_error() -> hopper_core::api::InputError {
-    hopper_core::api::InputError {
-        code: "cancelled".into(),
-        message: "the call was cancelled".into(),
-        ..Default::default()
-    }
+    hopper_core::api::InputError::new("cancelled", "the call was cancelled")
 }
 
 pub async fn prune(conn: &mut Conn, p: CallPrune) -> Result<u64, StoreError> {

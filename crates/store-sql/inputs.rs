@@ -340,11 +340,10 @@ async fn attempt_record(
 /// The error of an attempt the reaper ended at its deadline: the worker may still report what
 /// it did, and that is kept as the attempt's late outcome.
 fn deadline_passed() -> InputError {
-    InputError {
-        code: "timeout".into(),
-        message: "no result before the attempt's deadline: the worker stopped responding".into(),
-        ..Default::default()
-    }
+    InputError::new(
+        "timeout",
+        "no result before the attempt's deadline: the worker stopped responding",
+    )
 }
 
 /// An input reaching a terminal state, as [`end_many`] writes it.
@@ -486,11 +485,7 @@ async fn requeue_lost(
     attempt_record(conn, input, "lost", Some(error), now, false).await?;
     let lost = input.lost + 1;
     if lost >= MAX_LOST_LEASES {
-        let final_error = InputError {
-            code: "lease_lost".into(),
-            message: format!("the input went back to the queue {lost} times without a result (its worker, or its serve process, died or stopped each time); last: {}", error.message),
-            ..Default::default()
-        };
+        let final_error = InputError::new("lease_lost", format!("the input went back to the queue {lost} times without a result (its worker, or its serve process, died or stopped each time); last: {}", error.message));
         return Ok(Some(End {
             id: input.id,
             call_id: input.call_id.clone(),
@@ -882,11 +877,10 @@ pub async fn rescue_expired(conn: &mut Conn, p: LeaseRescue) -> Result<RescueRep
             ends.extend(end);
         } else {
             report.requeued += 1;
-            let error = InputError {
-                code: "lease_lost".into(),
-                message: "the worker stopped heartbeating; the input runs again".into(),
-                ..Default::default()
-            };
+            let error = InputError::new(
+                "lease_lost",
+                "the worker stopped heartbeating; the input runs again",
+            );
             if let Some(end) = requeue_lost(&mut tx, input, &error, p.now).await? {
                 tallies.add(&input.app, &input.function, "failed", duration);
                 ends.push(end);
@@ -968,11 +962,10 @@ pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
-    let error = InputError {
-        code: "worker_stopped".into(),
-        message: "the worker stopped and handed the input back".into(),
-        ..Default::default()
-    };
+    let error = InputError::new(
+        "worker_stopped",
+        "the worker stopped and handed the input back",
+    );
     let finished = give_back(&mut tx, &rows, &error, p.now).await?;
     crate::db::query("UPDATE workers SET stopped_at = $2, last_seen_at = $2 WHERE id = $1")
         .bind(p.id.as_str())

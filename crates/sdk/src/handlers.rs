@@ -274,11 +274,7 @@ fn outcome(result: Result<Value, HandlerError>) -> Outcome {
         Ok(output) => Outcome::Succeeded { output },
         Err(e) => Outcome::Failed {
             retry: true,
-            error: InputError {
-                code: e.code,
-                message: e.message,
-                ..Default::default()
-            },
+            error: InputError::new(e.code, e.message),
         },
     }
 }
@@ -286,11 +282,10 @@ fn outcome(result: Result<Value, HandlerError>) -> Outcome {
 fn timed_out(timeout: Duration) -> Outcome {
     Outcome::Failed {
         retry: true,
-        error: InputError {
-            code: "timeout".into(),
-            message: format!("timed out after {}", hopper_core::duration::format(timeout)),
-            ..Default::default()
-        },
+        error: InputError::new(
+            "timeout",
+            format!("timed out after {}", hopper_core::duration::format(timeout)),
+        ),
     }
 }
 
@@ -311,11 +306,7 @@ impl Executor for Handlers {
                     .map(|_| {
                         Some(Outcome::Failed {
                             retry: true,
-                            error: InputError {
-                                code: "no_handler".into(),
-                                message: message.clone(),
-                                ..Default::default()
-                            },
+                            error: InputError::new("no_handler", message.clone()),
                         })
                     })
                     .collect();

@@ -228,11 +228,10 @@ async fn read_results<O: DeserializeOwned>(
                     Ok(serde_json::from_value(value)
                         .map_err(|e| MapError::Decode(format!("input {}: {e}", r.index)))?)
                 }
-                (_, error) => Err(error.unwrap_or(InputError {
-                    code: r.state.as_str().into(),
-                    message: format!("the input was {}", r.state),
-                    ..Default::default()
-                })),
+                (_, error) => Err(error.unwrap_or(InputError::new(
+                    r.state.as_str(),
+                    format!("the input was {}", r.state),
+                ))),
             };
             if let Err(error) = &result {
                 if !options.return_exceptions {

@@ -241,14 +241,13 @@ fn check_output(result: &mut InputResult, limits: Limits) {
         let depth = hopper_core::json::depth(output);
         if depth > hopper_core::json::MAX_DEPTH {
             result.outcome = Outcome::Failed {
-                error: InputError {
-                    code: "bad_output".into(),
-                    message: format!(
+                error: InputError::new(
+                    "bad_output",
+                    format!(
                         "the output nests {depth} levels deep; outputs may nest at most {} levels",
                         hopper_core::json::MAX_DEPTH
                     ),
-                    ..Default::default()
-                },
+                ),
                 retry: false,
             };
         }
@@ -257,13 +256,9 @@ fn check_output(result: &mut InputResult, limits: Limits) {
         let size = json_size(output);
         if size > limit {
             result.outcome = Outcome::Failed {
-                error: InputError {
-                    code: "output_too_large".into(),
-                    message: format!(
+                error: InputError::new("output_too_large", format!(
                         "the output is {size} bytes of JSON, over the server's limit of {limit} bytes (--max-payload); write large output elsewhere and return where it is"
-                    ),
-                    ..Default::default()
-                },
+                    )),
                 retry: false,
             };
         }

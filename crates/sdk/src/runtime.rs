@@ -480,11 +480,7 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
                 .map(|_| {
                     Some(Outcome::Failed {
                         retry: true,
-                        error: InputError {
-                            code: "panic".into(),
-                            message: format!("the handler panicked: {message}"),
-                            ..Default::default()
-                        },
+                        error: InputError::new("panic", format!("the handler panicked: {message}")),
                     })
                 })
                 .collect()
@@ -506,11 +502,7 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
         outcomes.resize_with(leases.len(), || {
             Some(Outcome::Failed {
                 retry: true,
-                error: InputError {
-                    code: "no_answer".into(),
-                    message: message.clone(),
-                    ..Default::default()
-                },
+                error: InputError::new("no_answer", message.clone()),
             })
         });
     }
@@ -527,11 +519,10 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
                 lease,
                 batch_size,
                 outcome: Outcome::Returned {
-                    error: InputError {
-                        code: "worker_stopped".into(),
-                        message: "the worker stopped before the input finished".into(),
-                        ..Default::default()
-                    },
+                    error: InputError::new(
+                        "worker_stopped",
+                        "the worker stopped before the input finished",
+                    ),
                 },
             }),
             None => outbox.forget(lease),

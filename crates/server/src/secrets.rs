@@ -385,14 +385,8 @@ pub async fn for_functions(
             }
             Err(message) => {
                 tracing::warn!(function = %key, "{message}");
-                out.errors.insert(
-                    key.clone(),
-                    InputError {
-                        code: "secret_unavailable".into(),
-                        message,
-                        ..Default::default()
-                    },
-                );
+                out.errors
+                    .insert(key.clone(), InputError::new("secret_unavailable", message));
             }
         }
     }

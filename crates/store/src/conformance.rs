@@ -239,11 +239,7 @@ async fn worker(store: &dyn Store) -> WorkerId {
 fn failed(code: &str) -> Outcome {
     Outcome::Failed {
         retry: true,
-        error: InputError {
-            code: code.into(),
-            message: format!("{code} happened"),
-            ..Default::default()
-        },
+        error: InputError::new(code, format!("{code} happened")),
     }
 }
 
@@ -1433,11 +1429,7 @@ pub async fn a_returned_input_runs_again_without_using_a_retry(store: Arc<dyn St
         &w,
         l.lease,
         Outcome::Returned {
-            error: InputError {
-                code: "serve_crashed".into(),
-                message: "the process died".into(),
-                ..Default::default()
-            },
+            error: InputError::new("serve_crashed", "the process died"),
         },
         T0,
     )
@@ -2446,11 +2438,7 @@ pub async fn a_failure_that_cannot_get_better_skips_its_retries(store: Arc<dyn S
         &w,
         l.lease,
         Outcome::Failed {
-            error: InputError {
-                code: "CorruptUpload".into(),
-                message: "not a PDF".into(),
-                ..Default::default()
-            },
+            error: InputError::new("CorruptUpload", "not a PDF"),
             retry: false,
         },
         T0 + 1,
@@ -2772,11 +2760,7 @@ pub async fn a_clock_step_moves_leases_deadlines_and_backoffs(store: Arc<dyn Sto
         &w,
         first.lease,
         Outcome::Failed {
-            error: InputError {
-                code: "e".into(),
-                message: "m".into(),
-                ..Default::default()
-            },
+            error: InputError::new("e", "m"),
             retry: true,
         },
         t,
@@ -2871,11 +2855,7 @@ pub async fn a_result_after_a_timeout_is_kept_as_a_late_attempt(store: Arc<dyn S
         &w,
         l.lease,
         Outcome::Failed {
-            error: InputError {
-                code: "e".into(),
-                message: "again".into(),
-                ..Default::default()
-            },
+            error: InputError::new("e", "again"),
             retry: false,
         },
         deadline + 2,

@@ -328,11 +328,7 @@ async fn join_reader(handle: Option<tokio::task::JoinHandle<()>>) -> bool {
 fn failed(code: &str, message: String) -> Outcome {
     Outcome::Failed {
         retry: true,
-        error: InputError {
-            code: code.to_string(),
-            message,
-            ..Default::default()
-        },
+        error: InputError::new(code.to_string(), message),
     }
 }
 

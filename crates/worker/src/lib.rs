@@ -187,11 +187,7 @@ impl Executor for ProcessExecutor {
                         .iter()
                         .map(|_| {
                             Some(Outcome::Failed {
-                                error: InputError {
-                                    code: unready.code.into(),
-                                    message: unready.message.clone(),
-                                    ..Default::default()
-                                },
+                                error: InputError::new(unready.code, unready.message.clone()),
                                 retry: unready.retry,
                             })
                         })
@@ -215,11 +211,7 @@ impl Executor for ProcessExecutor {
                     jobs.iter()
                         .map(|_| {
                             Some(Outcome::Returned {
-                                error: InputError {
-                                    code: "not_served_here".into(),
-                                    message: message.clone(),
-                                    ..Default::default()
-                                },
+                                error: InputError::new("not_served_here", message.clone()),
                             })
                         })
                         .collect()

@@ -426,21 +426,13 @@ async fn send(proc: &ServeProcess, message: &Value) -> std::io::Result<()> {
 fn failed(code: &str, message: String, retry: bool) -> Outcome {
     Outcome::Failed {
         retry,
-        error: InputError {
-            code: code.to_string(),
-            message,
-            ..Default::default()
-        },
+        error: InputError::new(code.to_string(), message),
     }
 }
 
 fn crashed(message: String) -> Outcome {
     Outcome::Returned {
-        error: InputError {
-            code: "serve_crashed".into(),
-            message,
-            ..Default::default()
-        },
+        error: InputError::new("serve_crashed", message),
     }
 }
 
@@ -683,13 +675,9 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) -> process::Pa
             proc.answer(
                 &id,
                 Answer::Error(
-                    InputError {
-                        code: "bad_output".into(),
-                        message: format!(
+                    InputError::new("bad_output", format!(
                             "the serve process answered with a line that is not JSON ({error}): {start}"
-                        ),
-                        ..Default::default()
-                    },
+                        )),
                     true,
                 ),
             );
@@ -717,11 +705,7 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) -> process::Pa
             proc.answer(
                 id,
                 Answer::Error(
-                    InputError {
-                        code: "bad_output".into(),
-                        message: format!("the output is refused: {why}"),
-                        ..Default::default()
-                    },
+                    InputError::new("bad_output", format!("the output is refused: {why}")),
                     false,
                 ),
             );
@@ -751,11 +735,7 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) -> process::Pa
     if let Some(error) = obj.get("error") {
         let retry = error.get("retry").and_then(Value::as_bool).unwrap_or(true);
         let error = match error {
-            Value::String(message) => InputError {
-                code: "error".into(),
-                message: message.clone(),
-                ..Default::default()
-            },
+            Value::String(message) => InputError::new("error", message.clone()),
             other => InputError {
                 code: other
                     .get("code")

@@ -139,11 +139,7 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
                 let outcome = if done % 20 == 19 {
                     Outcome::Failed {
                         retry: true,
-                        error: InputError {
-                            code: "bench".into(),
-                            message: "every 20th input fails".into(),
-                            ..Default::default()
-                        },
+                        error: InputError::new("bench", "every 20th input fails"),
                     }
                 } else {
                     Outcome::Succeeded {

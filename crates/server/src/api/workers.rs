@@ -419,11 +419,7 @@ struct StatusOnly {
 fn bad_output(message: String) -> Outcome {
     Outcome::Failed {
         retry: false,
-        error: hopper_core::api::InputError {
-            code: "bad_output".into(),
-            message,
-            ..Default::default()
-        },
+        error: hopper_core::api::InputError::new("bad_output", message),
     }
 }
 
@@ -471,13 +467,9 @@ fn read_result(
         } else if size > limit {
             result.outcome = Outcome::Failed {
                 retry: false,
-                error: hopper_core::api::InputError {
-                    code: "output_too_large".into(),
-                    message: format!(
+                error: hopper_core::api::InputError::new("output_too_large", format!(
                         "the output is {size} bytes, over the inline limit of {limit} bytes (hopper serve --max-payload)"
-                    ),
-                    ..Default::default()
-                },
+                    )),
             };
         }
     }
