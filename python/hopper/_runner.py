@@ -145,7 +145,8 @@ def _error(exc: BaseException, options_retry: Callable[[BaseException], bool]) -
     raised = exc if exc.__traceback__ is not None else original
     if raised.__traceback__ is not None:  # an exception returned, never raised, has none
         try:
-            error["traceback"] = user_traceback(raised)
+            # The worker runs the function in its copy of the snapshot: paths as in the project.
+            error["traceback"] = user_traceback(raised, relative_to=os.getcwd())
         except Exception:  # a traceback that cannot be formatted is only left out
             pass
     if retry and not options_retry(exc):

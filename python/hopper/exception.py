@@ -89,7 +89,8 @@ class InputFailedError(Error):
         return f"{self.message}{where}" if named else f"{self.code}: {self.message}{where}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_input_error, (self.code, self.message, self.call_id, self.index))
+        rebuilt = (self.code, self.message, self.call_id, self.index, self.module, self.remote_traceback)
+        return (_rebuild_input_error, rebuilt)
 
 
 class FunctionTimeoutError(InputFailedError):
@@ -225,8 +226,17 @@ class DeployError(Error):
 _REMOTE_TYPES: dict[str, type[InputFailedError]] = {}
 
 
-def _rebuild_input_error(code: str, message: str, call_id: str | None, index: int) -> InputFailedError:
-    return input_failed(code, message, call_id, index)
+def _rebuild_input_error(
+    code: str,
+    message: str,
+    call_id: str | None,
+    index: int,
+    module: str | None = None,
+    traceback: str | None = None,
+) -> InputFailedError:
+    """Unpickles an :class:`InputFailedError` (one pickled before ``module`` and ``traceback``
+    were kept has four arguments)."""
+    return input_failed(code, message, call_id, index, module=module, traceback=traceback)
 
 
 def input_failed(

@@ -314,9 +314,18 @@ def test_an_apps_own_exception_is_raised_as_its_type_with_the_remote_traceback(
     # The remote traceback, the user's frames only, comes with it, and Python prints it.
     remote = own.value.remote_traceback or ""
     assert "in resize" in remote and "in check" in remote and "_runner.py" not in remote, remote
+    # Named as in the project, not by the worker's copy of the snapshot.
+    assert 'File "errs_app.py", line 8, in check' in remote, remote
     if sys.version_info >= (3, 11):
         printed = "".join(traceback.format_exception(own.value))
         assert "Remote traceback (on the worker):" in printed and "in check" in printed, printed
+    # Sent to another process (multiprocessing, a result backend), it keeps where it came from.
+    import pickle
+
+    again = pickle.loads(pickle.dumps(generic.value))
+    assert type(again) is hx.InputFailedError and str(again) == str(generic.value)
+    assert (again.module, again.remote_traceback) == ("shop_errors", generic.value.remote_traceback)
+    assert again.remote_traceback and "in check" in again.remote_traceback
 
 
 def test_attempt_timeout_raises_function_timeout_error(app: Deployed) -> None:

@@ -109,6 +109,10 @@ fn two_servers(dir: &std::path::Path, (url, schema): (&str, &str), app: &str) ->
         &dir.join("a"),
         &[&db[..], &["--deploy", m.to_str().unwrap()]].concat(),
     );
+    // A server listens before its `--deploy` is written and answers once it is: the second
+    // server, which reads the app from the database, must not be asked before then.
+    let out = cli(&a.url, &["apps"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     (a, Server::start(&dir.join("b"), &db))
 }
 
