@@ -1,5 +1,7 @@
-"""The warehouse example: its Airflow DAG (the provider's operators, deferred) runs load →
-stage → mart on a real server; the mart's rows are checked against the raw files."""
+"""The warehouse example: its Airflow DAG (the provider's operators, deferred) runs load → dbt
+build on a real server, dbt in the environment the worker builds from the app's requirements;
+the mart's rows are checked against the raw files, and a bad raw row stops the build at dbt's
+test."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hopper
+import httpx
 import pytest
 
 pytest.importorskip("airflow.sdk", reason="Airflow is not installed (pip install './python[airflow]')")
@@ -46,6 +50,10 @@ def test_the_dag_builds_the_mart(
     out = r.stdout + r.stderr
     assert "DAGRUN success" in r.stdout, out
     assert "deferred" in out.lower(), out
+    # dbt ran in its own environment: Airflow's has no dbt.
+    assert subprocess.run([sys.executable, "-c", "import dbt.cli"], capture_output=True).returncode != 0
+    build = _last_call(server.url, "build").get(timeout=0)
+    assert build == {"models": ["stg_customers", "stg_orders", "revenue_by_country_day"], "tests_passed": 13}
 
     # The expected mart, computed here from the raw rules: cancelled (every 10th) and the
     # duplicate dropped, countries trimmed and upper-cased.
@@ -66,3 +74,40 @@ def test_the_dag_builds_the_mart(
     assert got.keys() == expected.keys()
     for key, (n, revenue) in expected.items():
         assert got[key][0] == n and got[key][1] == pytest.approx(revenue), (key, got[key])
+
+
+def test_a_bad_raw_row_fails_the_build_at_dbts_test(
+    server: Any, deploy_example: Callable[..., None], tmp_path: Path
+) -> None:
+    raw = make_raw.write(tmp_path / "raw", orders=20)
+    db = tmp_path / "shop.duckdb"
+    deploy_example(HERE / "warehouse.py", WAREHOUSE_DB=str(db))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    customers = pq.read_table(raw / "customers.parquet").to_pylist()
+    customers.append({"customer_id": 9, "name": "customer 9", "country": "es"})  # not served
+    pq.write_table(pa.Table.from_pylist(customers), raw / "customers.parquet")
+    assert hopper.Function.from_name("warehouse.load").remote(str(raw)) == {"orders": 21, "customers": 9}
+    with pytest.raises(hopper.exception.InputFailedError) as failed:
+        hopper.Function.from_name("warehouse.build").remote()
+    assert failed.value.code == "DbtBuildFailed", failed.value
+    assert "test accepted_values_stg_customers_country" in failed.value.message, failed.value
+    # The test stopped the build before the mart was built from the bad row.
+    with duckdb.connect(str(db), read_only=True) as con:
+        tables = {
+            t
+            for (t,) in con.execute(
+                "SELECT table_schema || '.' || table_name FROM information_schema.tables"
+            ).fetchall()
+        }
+    assert "staging.stg_customers" in tables and "mart.revenue_by_country_day" not in tables, tables
+
+
+def _last_call(server_url: str, function: str) -> Any:
+    """The newest call of ``warehouse.<function>``."""
+    listed = httpx.get(
+        f"{server_url}/v1/calls", params={"app": "warehouse", "function": function, "limit": 1}
+    )
+    listed.raise_for_status()
+    return hopper.FunctionCall.from_id(listed.json()["calls"][0]["id"])

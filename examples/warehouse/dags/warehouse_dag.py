@@ -1,5 +1,6 @@
-"""The warehouse's nightly build as an Airflow DAG: load → stage → mart, each a Hopper call
-(deferred while it runs), through the `hopper_default` connection.
+"""The warehouse's nightly build as an Airflow DAG: load the raw files, then `dbt build`, each a
+Hopper call (deferred while it runs) through the `hopper_default` connection. Airflow only
+triggers them: dbt and DuckDB run in the Hopper app's own environment.
 
 Copy it to your DAGs folder; set the raw folder in the DAG's params (or trigger with
 ``{"raw_folder": "/tmp/shop-raw"}``).
@@ -23,6 +24,5 @@ with DAG(
     load = HopperOperator(
         task_id="load", function="warehouse.load", op_kwargs={"raw_folder": "{{ params.raw_folder }}"}
     )
-    stage = HopperOperator(task_id="stage", function="warehouse.stage", input=None)
-    mart = HopperOperator(task_id="mart", function="warehouse.mart", input=None)
-    load >> stage >> mart
+    build = HopperOperator(task_id="build", function="warehouse.build", input=None)
+    load >> build
