@@ -52,8 +52,12 @@ def _default(value: Any) -> Any:
 def dumps(value: Any, what: str = "the value") -> str:
     """JSON text of ``value``; raises :class:`EncodeError` naming the faulty part."""
     try:
-        return json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as e:
+        # Unescaped: UTF-8 on the wire (an emoji is 4 bytes, not 12), and a string UTF-8
+        # cannot carry (a lone surrogate) is refused here, with its place, not by the server.
+        text = json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        text.encode("utf-8")
+        return text
+    except (TypeError, ValueError, RecursionError) as e:  # UnicodeEncodeError is a ValueError
         raise EncodeError(_explain(value, what) or f"{what} cannot be encoded as JSON: {e}") from None
 
 
@@ -66,7 +70,9 @@ def _explain(value: Any, path: str, depth: int = 0) -> str | None:
     """The first part of ``value`` that JSON cannot hold, said for a person."""
     if depth > 200:
         return f"{path} is nested too deeply (a value that contains itself?)"
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, str):
+        return _unencodable(value, path)
+    if value is None or isinstance(value, (bool, int)):
         return None
     if isinstance(value, float):
         if math.isfinite(value):
@@ -90,6 +96,8 @@ def _explain(value: Any, path: str, depth: int = 0) -> str | None:
         for k, item in value.items():
             if not isinstance(k, (str, int, float, bool)) and k is not None:
                 return f"{path} has a key of type {type(k).__name__}, which JSON cannot hold"
+            if isinstance(k, str) and _unencodable(k, f"{path} key {k!r}"):
+                return _unencodable(k, f"{path} key {k!r}")
             found = _explain(item, f"{path}[{k!r}]", depth + 1)
             if found:
                 return found
@@ -100,6 +108,19 @@ def _explain(value: Any, path: str, depth: int = 0) -> str | None:
         f"{path} is of type {name}, which cannot be encoded as JSON "
         "(use None, bool, int, float, str, bytes, list, dict or numpy values)"
     )
+
+
+def _unencodable(text: str, path: str) -> str | None:
+    """Why ``text`` cannot travel as UTF-8 (it holds a lone surrogate, as a file name decoded
+    with ``surrogateescape`` does), or ``None``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (
+            f"{path} holds the lone surrogate {text[e.start]!r} at character {e.start}, which "
+            "UTF-8 cannot carry (send bytes, or a str without it)"
+        )
+    return None
 
 
 def _object_hook(obj: dict[str, Any]) -> Any:

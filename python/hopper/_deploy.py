@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import typing
 from typing import Any
 
@@ -204,6 +207,41 @@ def at_decorators(app: App, faults: str) -> list[str] | None:
     return out if moved else None
 
 
+def check_locally(app: App, request: dict[str, str]) -> None:
+    """Checks the manifest of a deploy ``request`` for ``app`` with the ``hopper`` binary
+    (``hopper deploy --check``), so that its faults (a cron's fields, a time zone, bounds that
+    contradict each other) are found before a server is asked, or needed. Without the binary,
+    or with one too old to check, nothing is checked here: the server checks at deploy.
+
+    Raises:
+        DeployError: the manifest has faults, each moved to the decorator that made it.
+    """
+    import subprocess
+
+    from .cli import find_binary
+
+    try:
+        binary = find_binary()
+    except Exception:  # no binary: the server checks
+        return
+    with tempfile.TemporaryDirectory(prefix="hopper-check-") as tmp:
+        # Named as the server names it, so its faults read the same and move to decorators.
+        file = os.path.join(tmp, request["file"].replace(os.sep, "_"))
+        with open(file, "w", encoding="utf-8") as f:
+            f.write(request["manifest"])
+        try:
+            done = subprocess.run(
+                [binary, "deploy", "--check", file], capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.SubprocessError):
+            return
+        lines = [line.removeprefix("error: ") for line in done.stderr.splitlines()]
+        faults = [line.replace(file, request["file"]) for line in lines if line.startswith(file + ":")]
+    if done.returncode != 2 or not faults:
+        return
+    raise DeployError(at_decorators(app, "\n".join(faults)) or faults)
+
+
 def _schedule_name(name: str) -> str:
     out = "".join(c if c.isalnum() or c in "_-" else "-" for c in name.lower())
     return out if out[:1].isalpha() else f"s-{out}"
@@ -221,6 +259,43 @@ def sdk_files() -> list[tuple[str, str]]:
                 relative = os.path.relpath(full, os.path.dirname(package)).replace(os.sep, "/")
                 out.append((f"{SDK_DIR}/{relative}", full))
     return out
+
+
+def local_sdk() -> str:
+    """A folder holding a copy of this SDK alone (``<folder>/hopper/...``), for functions with
+    requirements deployed without a code snapshot (``deploy --no-snapshot``, ``run``): their
+    workers run on this machine's files, and the environment built from the requirements must
+    import the SDK without seeing the rest of the interpreter or virtualenv it is installed in.
+
+    Kept under ``$XDG_CACHE_HOME/hopper/sdk`` (``~/.cache`` by default), one folder per content
+    of the SDK, written to a temporary folder first and renamed, so a copy is whole or absent.
+
+    Raises:
+        OSError: the cache folder cannot be written.
+    """
+    files = sdk_files()
+    digest = hashlib.sha256()
+    for shipped, here in files:
+        with open(here, "rb") as f:
+            digest.update(f"{shipped}\0".encode() + hashlib.sha256(f.read()).digest())
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = os.path.join(cache, "hopper", "sdk")
+    folder = os.path.join(root, digest.hexdigest()[:16])
+    if os.path.isdir(folder):
+        return folder
+    os.makedirs(root, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=".partial-", dir=root)
+    try:
+        for shipped, here in files:
+            target = os.path.join(partial, shipped[len(SDK_DIR) + 1 :])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(here, target)
+        os.rename(partial, folder)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not os.path.isdir(folder):  # another deploy's copy won the rename: use it
+            raise
+    return folder
 
 
 def _project(requirement: str) -> str:
@@ -326,6 +401,14 @@ def _policy(fdef: FunctionDef[Any, Any], sdk: str | None = None) -> list[str]:
     return out
 
 
+def sdk_path(app: App, snapshot: bool) -> str | None:
+    """Where the functions of ``app`` import the SDK from when it has requirements: the copy a
+    code snapshot carries, or without one :func:`local_sdk`; ``None`` without requirements."""
+    if not app.requirements:
+        return None
+    return SDK_DIR if snapshot else local_sdk()
+
+
 def deploy_request(path: str, *, snapshot: str | None = None) -> dict[str, str]:
     """The body of ``POST /v1/apps`` for the app in ``path``: run in the code snapshot
     ``snapshot`` (the file's folder, packed by :func:`hopper._snapshot.build` and stored
@@ -338,7 +421,7 @@ def deploy_request(path: str, *, snapshot: str | None = None) -> dict[str, str]:
     path = os.path.abspath(path)
     app = load_app(path)
     body = {
-        "manifest": manifest(app, path, sdk=SDK_DIR if snapshot is not None else None),
+        "manifest": manifest(app, path, sdk=sdk_path(app, snapshot is not None)),
         "file": f"{_display(path)} (manifest)",
         "base_dir": os.path.dirname(path),
     }

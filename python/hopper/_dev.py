@@ -182,6 +182,11 @@ def run(file: str, server: str | None, token: str | None) -> int:
         seen: set[str] = set()
         while True:
             time.sleep(POLL_SECONDS)
+            if proc is not None and proc.poll() is not None:
+                # Its own server is gone (killed, out of memory): nothing can run, so say so
+                # and stop rather than retry forever.
+                print(f"the temporary server stopped (exit code {proc.returncode}); stopping", flush=True)
+                return 1
             now = _fingerprint(folder, ignored)
             if now != last:
                 # Let an editor finish saving (several files, or a write then a rename).

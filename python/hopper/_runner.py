@@ -55,7 +55,11 @@ class _Protocol:
         self.lock = threading.Lock()
 
     def send(self, messages: list[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(m, separators=(",", ":")) + "\n" for m in messages).encode()
+        # A message (an exception's text, a log line) may hold a lone surrogate, from a file
+        # name decoded with surrogateescape: it is sent as "?", not as an escape the worker
+        # would refuse with the whole line.
+        text = "".join(json.dumps(m, separators=(",", ":"), ensure_ascii=False) + "\n" for m in messages)
+        data = text.encode("utf-8", "replace")
         with self.lock:
             view = memoryview(data)
             while view:
@@ -194,6 +198,14 @@ class _Function:
         """
         args, kwargs = self._arguments(value)
         if self.signature is not None:
+            # As a call would: an unknown keyword is named before any missing argument.
+            params = self.signature.parameters.values()
+            if not any(p.kind == p.VAR_KEYWORD for p in params):
+                takes = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+                unknown = next((k for k in kwargs if k not in takes), None)
+                if unknown is not None:
+                    problem = f"got an unexpected keyword argument {unknown!r}"
+                    raise NoRetry(TypeError(f"{self.fdef.name}(): {problem}"))
             try:
                 self.signature.bind(*args, **kwargs)
             except TypeError as e:

@@ -143,7 +143,8 @@ def _manifest_cmd(args: argparse.Namespace) -> int:
 
 def _run_cmd(args: argparse.Namespace) -> int:
     app = _deploy.load_app(_python_file(args.file))
-    text = _deploy.manifest(app, args.file, absolute_workdir=True)
+    # The temporary server's workers run the file where it is, with no code snapshot.
+    text = _deploy.manifest(app, args.file, absolute_workdir=True, sdk=_deploy.sdk_path(app, snapshot=False))
     if args.function not in app.functions:
         close = difflib.get_close_matches(args.function, list(app.functions), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""

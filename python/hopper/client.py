@@ -954,9 +954,11 @@ class Client:
             InvalidInputError: the server refused the manifest.
         """
         from . import _snapshot
-        from ._deploy import at_decorators, deploy_request, load_app, sdk_files
+        from ._deploy import at_decorators, check_locally, deploy_request, load_app, sdk_files
 
         path = os.path.abspath(path)
+        # The manifest's faults are found before a server is asked (or needed).
+        check_locally(load_app(path), deploy_request(path, snapshot="" if snapshot else None))
         bundle = None
         if snapshot:
             limit = max_bundle if max_bundle is not None else _snapshot.DEFAULT_MAX_BYTES

@@ -404,6 +404,13 @@ def test_values_json_cannot_hold_are_refused_before_sending(app: Deployed) -> No
         app.fn("echo").spawn({"when": object()})
     assert "object" in str(obj.value) and "['when']" in str(obj.value)
     assert isinstance(obj.value, hx.InvalidInputError)
+    # A string UTF-8 cannot carry (a file name decoded with surrogateescape) is named here,
+    # with its place, rather than refused by the server.
+    with pytest.raises(hx.EncodeError) as lone:
+        app.fn("echo").spawn({"name": ["ok", "bad\udcff.png"]})
+    assert "['name'][1] holds the lone surrogate '\\udcff' at character 3" in str(lone.value), lone.value
+    # Text beyond ASCII travels as itself (and comes back as itself).
+    assert app.fn("echo").remote("naïve 😀") == "naïve 😀"
 
 
 def test_server_errors_are_server_error(tmp_path: Path) -> None:

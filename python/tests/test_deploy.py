@@ -140,15 +140,18 @@ def test_a_generated_manifest_is_accepted_by_hopper_deploy(tmp_path: Path, serve
             def nightly():
                 pass
             """,
-            # What the server finds in the manifest points at the decorator, not the manifest.
+            # What the manifest's check finds points at the decorator, not the manifest.
             ["app.py:6: schedules.nightly.cron: invalid cron expression", "61 is out of range"],
         ),
     ],
     ids=["two-apps", "defined-twice", "batch-not-list", "batch-two-args", "schedule-argument", "bad-cron"],
 )
-def test_deploy_refuses(tmp_path: Path, server: Server, source: str, expected: list[str]) -> None:
+def test_deploy_refuses(tmp_path: Path, source: str, expected: list[str]) -> None:
     app = write(tmp_path, source)
-    r = run_python("-m", "hopper", "deploy", str(app), env={"HOPPER_SERVER": server.url})
+    # Found before a server is asked: none listens at the address given.
+    r = run_python(
+        "-m", "hopper", "deploy", str(app), env={"HOPPER_SERVER": "127.0.0.1:9", "HOPPER_BIN": hopper_bin()}
+    )
     assert r.returncode == 2, (r.stdout, r.stderr)
     for text in expected:
         assert text in r.stderr, (text, r.stderr)
@@ -475,6 +478,29 @@ def test_requirements_run_with_the_sdk_the_deploy_used_from_a_virtualenv(
         assert version == "0.1.0+venv", file
         assert f"/{'.hopper/sdk'}/hopper/__init__.py" in file, file
         assert six_version == "1.16.0"
+        # Without a snapshot (deploy --no-snapshot, run: the workers run this machine's files)
+        # the functions import a copy of the same SDK, kept in the user's cache.
+        env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+        r = subprocess.run(
+            [str(python), "-m", "hopper", "deploy", "--no-snapshot", str(app), "--server", server.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert r.returncode == 0 and "no snapshot" in r.stdout, r.stdout + r.stderr
+        version, file, six_version = where.remote(None)
+        assert version == "0.1.0+venv" and six_version == "1.16.0", file
+        assert file.startswith(str(tmp_path / "cache" / "hopper" / "sdk")), file
+        r = subprocess.run(
+            [str(python), "-m", "hopper", "run", str(app), "where", "null"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "0.1.0+venv" in r.stdout and "1.16.0" in r.stdout, r.stdout + r.stderr
     finally:
         server.stop()
 
@@ -555,7 +581,6 @@ def test_serve_a_python_file_deploys_it_on_every_save_and_prints_the_calls(tmp_p
 def test_serve_with_its_output_in_the_folder_deploys_once_and_stops_on_sigterm(tmp_path: Path) -> None:
     import re
     import signal
-    import subprocess
     import time
 
     import httpx
@@ -567,17 +592,8 @@ def test_serve_with_its_output_in_the_folder_deploys_once_and_stops_on_sigterm(t
     # not count as an edit.
     log = folder / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hopper", "serve", str(app)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "HOPPER_BIN": hopper_bin()},
-            cwd=folder,
-        )
+        proc = _dev_loop(app, out, log, cwd=folder)
         try:
-            deadline = time.monotonic() + 30
-            while "version 1" not in log.read_text() and time.monotonic() < deadline:
-                time.sleep(0.1)
             time.sleep(3)  # six looks at the folder
             text = log.read_text()
             assert "deployed app devlog version 1" in text and "changed" not in text, text
@@ -590,6 +606,49 @@ def test_serve_with_its_output_in_the_folder_deploys_once_and_stops_on_sigterm(t
     assert code == 0, log.read_text()
     with pytest.raises(httpx.TransportError):
         httpx.get(url.group(1) + "/healthz", timeout=2)
+
+
+def _dev_loop(app: Path, out: Any, log: Path, cwd: Path) -> Any:
+    """``python -m hopper serve APP`` with its output to ``out`` (the file ``log``), once it
+    has deployed the app (30 s at most)."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hopper", "serve", str(app)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HOPPER_BIN": hopper_bin()},
+        cwd=cwd,
+    )
+    deadline = time.monotonic() + 30
+    while "version 1" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc
+
+
+def test_serve_stops_and_says_so_when_its_server_is_killed(tmp_path: Path) -> None:
+    import signal
+
+    folder = tmp_path / "devkill"
+    folder.mkdir()
+    source = 'import hopper\napp = hopper.App("devkill")\n@app.function\ndef f(x):\n    return x\n'
+    app = write(folder, source)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = _dev_loop(app, out, log, cwd=tmp_path)
+        try:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            servers = [c for c in children if b"serve" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            assert len(servers) == 1, children
+            os.kill(int(servers[0]), signal.SIGKILL)  # its server, out of memory say
+            code = proc.wait(20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert code == 1 and "the temporary server stopped (exit code -9); stopping" in text, text
 
 
 def test_app_requirements_reach_the_manifest_and_the_environment_runs_python3(tmp_path: Path) -> None:

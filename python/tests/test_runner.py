@@ -265,12 +265,15 @@ def test_inputs_become_arguments(runner: Any) -> None:
     # Arguments that do not fit fail at once: no retry mends them.
     g.send({"id": "three", "input": {"$args": [1, 2, 3]}})
     g.send({"id": "unknown", "input": {"$args": [1, 2], "$kwargs": {"d": 4}}})
-    g.wait_for(lambda r: len(r.answers()) == 3)
+    # A misspelt keyword is named, as Python names it, not the argument it left missing.
+    g.send({"id": "misspelt", "input": {"$args": [1], "$kwargs": {"c": 2}}})
+    g.wait_for(lambda r: len(r.answers()) == 4)
     a = g.answers()
     assert a["bare"]["output"] == 3
-    for bad in ("three", "unknown"):
+    for bad in ("three", "unknown", "misspelt"):
         assert a[bad]["error"]["code"] == "TypeError" and a[bad]["error"]["retry"] is False, a[bad]
         assert a[bad]["error"]["message"].startswith("g(): "), a[bad]
+    assert a["misspelt"]["error"]["message"] == "g(): got an unexpected keyword argument 'c'", a["misspelt"]
     g.close()
 
 

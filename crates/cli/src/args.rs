@@ -75,6 +75,10 @@ pub enum Command {
         /// machine (it must be there, at the same path).
         #[arg(long)]
         no_snapshot: bool,
+        /// Only check the manifest, here: every fault is printed (exit 2) and nothing is
+        /// sent, so no server is needed.
+        #[arg(long)]
+        check: bool,
         #[command(flatten)]
         client: ClientArgs,
     },

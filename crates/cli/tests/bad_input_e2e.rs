@@ -115,6 +115,68 @@ async fn bad_requests_get_an_error_and_change_nothing() {
     let (status, _) = raw(reqwest::Method::GET, format!("{url}/v1/nowhere"), None).await;
     assert_eq!(status, 404);
 
+    // A misspelt query parameter is refused, never ignored (a filter left out would widen a
+    // listing, and a re-run script's selection, to everything), with the closest one.
+    for (query, misspelt, meant) in [
+        ("stat=failed", "stat", "state"),
+        ("functon=demo.echo", "functon", "function"),
+        ("state=failed&sinse=1h", "sinse", "since"),
+    ] {
+        let (status, body) = raw(
+            reqwest::Method::GET,
+            format!("{url}/v1/calls?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_query", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("GET /v1/calls does not take the query parameter \"{misspelt}\"; did you mean {meant}?")),
+            "{message}"
+        );
+    }
+    let (status, body) = raw(
+        post.clone(),
+        format!("{url}/v1/functions/demo.echo/calls?wiat=5"),
+        Some("{\"input\": 1}"),
+    )
+    .await;
+    assert_eq!(status, 400, "the spawn is refused, not made: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean wait?"),
+        "{body}"
+    );
+    let (status, body) = raw(
+        reqwest::Method::GET,
+        format!("{url}/healthz?verbose=1"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("it takes none"),
+        "{body}"
+    );
+    // Parameters a route takes still work, and the dashboard's pages take their own.
+    let (status, body) = raw(
+        reqwest::Method::GET,
+        format!("{url}/v1/calls?state=failed&since=1h&limit=5"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let page = reqwest::get(format!("{url}/calls?state=failed"))
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+
     // From the CLI: exit 2 and the reason.
     let out = cli(url, &["spawn", "demo.echo", "--input", "{oops"]);
     assert_eq!(out.status.code(), Some(2));
@@ -183,6 +245,27 @@ async fn a_broken_manifest_is_refused_with_file_line_and_key_and_changes_nothing
             && !stderr(&out).contains("cannot reach"),
         "{}",
         stderr(&out)
+    );
+    // `--check` only checks: every fault, or that there are none, and nothing is sent.
+    let out = cli(
+        "http://127.0.0.1:9",
+        &["deploy", "--check", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("broken.toml:5:15: functions.echo.concurrency"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(
+        "http://127.0.0.1:9",
+        &["deploy", "--check", good.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(": no faults found"),
+        "{}",
+        stdout(&out)
     );
     let retries = dir.path().join("retries.toml");
     std::fs::write(

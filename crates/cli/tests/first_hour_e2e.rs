@@ -121,6 +121,21 @@ async fn ctrl_c_or_a_closed_stdout_cancels_the_rest_of_the_map() {
         .await
         .unwrap();
     assert_eq!(call.state, InputState::Cancelled, "{call:?}");
+    // Results that ended but were not written yet are not lost: the line says where they are.
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let written = 1 + rest.lines().count() as i64;
+    let ended = call.inputs.succeeded + call.inputs.failed;
+    if ended > written {
+        assert!(
+            err.contains(&format!(
+                "; {written} written here, hopper results {id} --return-exceptions reads them all)"
+            )),
+            "{ended} ended: {err}"
+        );
+    } else {
+        assert!(!err.contains("written here"), "{err}");
+    }
     assert!(!call.accepting_inputs);
     // Its reader goes away (`| head -2`): the map is cancelled, and the command ends quietly.
     let out = Command::new("bash")

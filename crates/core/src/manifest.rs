@@ -335,14 +335,8 @@ pub fn parse(file: &str, text: &str, base_dir: &Path) -> Result<AppManifest, Man
             return Err(faults.into_error(file));
         }
     }
-    let raw: RawManifest = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(err) => {
-            let span = err.span().unwrap_or(0..0);
-            let key = key_at(text, span.start);
-            faults.push(span, key, plain_types(err.message()));
-            return Err(faults.into_error(file));
-        }
+    let Some(raw) = deserialize(&mut faults, text) else {
+        return Err(faults.into_error(file));
     };
     if !base_dir.is_absolute() {
         faults.push(
@@ -1125,7 +1119,20 @@ fn plain_types(message: &str) -> String {
 /// for `retries = "many"` below `[functions.f]`), for an error serde reports without it.
 fn key_at(text: &str, offset: usize) -> Option<String> {
     let before = text.get(..offset.min(text.len()))?;
-    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    // The line of the key: this one, or for a value over several lines (an array) the last
+    // line before it with a `=`, unless a table header comes first.
+    let mut end = before.len();
+    let start = loop {
+        let start = before[..end].rfind('\n').map_or(0, |i| i + 1);
+        let line = before[start..end].trim();
+        if line.contains('=') {
+            break start;
+        }
+        if start == 0 || (line.starts_with('[') && line.ends_with(']')) {
+            return None;
+        }
+        end = start - 1;
+    };
     let (key, _) = before.get(start..)?.split_once('=')?;
     let key = key.trim().trim_matches('"');
     if key.is_empty() {
@@ -1141,6 +1148,68 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
         Some(table) if !table.is_empty() => format!("{table}.{key}"),
         _ => key.to_string(),
     })
+}
+
+/// Type faults read in one manifest at most (a file of nothing but faults stops there).
+const MAX_TYPE_FAULTS: usize = 100;
+
+/// The manifest's tables, or `None` with every value of the wrong type in `faults`: serde
+/// stops at the first, so after each the lines of the value at fault are made comments and the
+/// rest is read again. A comment of the same length keeps every later span pointing into
+/// `text`. Values checked after the types (ranges, crons, names) are checked once the types
+/// are right: a value left out here would only make faults of its own.
+fn deserialize(faults: &mut Faults<'_>, text: &str) -> Option<RawManifest> {
+    let mut read = text.as_bytes().to_vec();
+    let before = faults.list.len();
+    for _ in 0..MAX_TYPE_FAULTS {
+        let current = std::str::from_utf8(&read).ok()?;
+        let err = match toml::from_str::<RawManifest>(current) {
+            Ok(raw) => return (faults.list.len() == before).then_some(raw),
+            Err(err) => err,
+        };
+        let message = plain_types(err.message());
+        // A field made a comment is missing now: it was said already.
+        let missing_again = message.starts_with("missing field") && faults.list.len() > before;
+        if missing_again {
+            return None;
+        }
+        let span = err.span().unwrap_or(0..0);
+        faults.push(span.clone(), key_at(text, span.start), message);
+        if span.is_empty() || !comment_out(&mut read, span) {
+            return None;
+        }
+        // What is left must still be TOML (a value cut out of a multi-line array may not be).
+        let left = std::str::from_utf8(&read).ok()?;
+        toml::de::DeTable::parse(left).ok()?;
+    }
+    None
+}
+
+/// Makes every line that `span` touches a comment of the same length (`#` then spaces).
+/// Returns false when there is nothing left to comment out.
+fn comment_out(text: &mut [u8], span: Range<usize>) -> bool {
+    let end = span.end.min(text.len());
+    let start = text[..span.start.min(end)]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let end = text[end..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(text.len(), |i| end + i);
+    if text[start..end].first() == Some(&b'#') {
+        return false;
+    }
+    let mut line_start = true;
+    for byte in &mut text[start..end] {
+        if *byte == b'\n' {
+            line_start = true;
+            continue;
+        }
+        *byte = if line_start { b'#' } else { b' ' };
+        line_start = false;
+    }
+    true
 }
 
 /// One-based line and column of a byte offset.
@@ -1229,6 +1298,34 @@ retries = 2
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_value_of_the_wrong_type_is_reported_at_once_in_line_order() {
+        let text = "app = \"a\"\n[functions.f]\ncommand = [\"true\"]\nretries = \"many\"\n\
+                    timeout = 60\nconcurrency = \"4\"\n\
+                    [functions.g]\ncommand = [\n  \"sh\",\n  7,\n]\nmax_workers = -1.5\n";
+        let err = parse_err(text);
+        let lines: Vec<&str> = err.lines().collect();
+        let at: Vec<&str> = lines.iter().filter_map(|l| l.split(": ").nth(1)).collect();
+        assert_eq!(
+            at,
+            [
+                "functions.f.retries",
+                "functions.f.timeout",
+                "functions.f.concurrency",
+                "functions.g.command",
+                "functions.g.max_workers"
+            ],
+            "{err}"
+        );
+        assert!(lines[0].starts_with("hopper.toml:4:11: "), "{err}");
+        assert!(lines[3].starts_with("hopper.toml:10:3: "), "{err}");
+        assert!(lines[4].starts_with("hopper.toml:12:15: "), "{err}");
+        // A required field of the wrong type is not said to be missing as well.
+        let err = parse_err("app = \"a\"\n[functions.f]\ncommand = \"true\"\ntimeout = 5\n");
+        assert_eq!(err.lines().count(), 2, "{err}");
+        assert!(!err.contains("missing"), "{err}");
     }
 
     #[test]

@@ -30,6 +30,16 @@ pub fn deploy_request(path: &Path) -> anyhow::Result<DeployRequest> {
     })
 }
 
+/// `hopper deploy --check`: the manifest's faults, all of them (exit 2), or that it is right;
+/// no server is asked. What only a server knows (secrets, other apps) is checked at deploy.
+pub fn check(path: &Path) -> anyhow::Result<Code> {
+    let req = deploy_request(path)?;
+    hopper_core::manifest::parse(&req.file, &req.manifest, Path::new(&req.base_dir))
+        .map_err(|e| exit::usage(e.to_string()))?;
+    println!("{}: no faults found", req.file);
+    Ok(Code::Ok)
+}
+
 /// `hopper deploy`: ships the manifest's folder (or its `root`) as a code snapshot unless
 /// `no_snapshot`, uploading it only if the server does not have it yet.
 pub async fn deploy(

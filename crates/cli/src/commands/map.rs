@@ -146,9 +146,10 @@ struct Owner {
 }
 
 impl Owner {
-    /// Cancels the map's remaining inputs and says so in one line; a second Ctrl-C while it
-    /// runs leaves at once.
-    async fn cancel(&self, why: &str) {
+    /// Cancels the map's remaining inputs and says so in one line, with how many of the
+    /// ended inputs' results this command wrote (`written`, when its reader is still there)
+    /// and where to read them all; a second Ctrl-C while it runs leaves at once.
+    async fn cancel(&self, why: &str, written: Option<u64>) {
         let cancel = tokio::time::timeout(Duration::from_secs(10), self.client.cancel(&self.id));
         let answer = tokio::select! {
             a = cancel => a,
@@ -158,12 +159,24 @@ impl Owner {
             }
         };
         match answer {
-            Ok(Ok(call)) => eprintln!(
-                "{why}: cancelled the remaining inputs of map {} ({} had ended, {} cancelled)",
-                self.id,
-                call.inputs.succeeded + call.inputs.failed,
-                call.inputs.cancelled
-            ),
+            Ok(Ok(call)) => {
+                let ended = (call.inputs.succeeded + call.inputs.failed).max(0) as u64;
+                // Results that arrived after the last one written are kept, not lost.
+                let unread = match written {
+                    Some(written) if ended > written => format!(
+                        "; {} written here, hopper results {} --return-exceptions reads them all",
+                        thousands(written as i64),
+                        self.id
+                    ),
+                    _ => String::new(),
+                };
+                eprintln!(
+                    "{why}: cancelled the remaining inputs of map {} ({} had ended, {} cancelled{unread})",
+                    self.id,
+                    thousands(ended as i64),
+                    thousands(call.inputs.cancelled)
+                )
+            }
             Ok(Err(e)) => eprintln!("{why}: could not cancel map {}: {e}", self.id),
             Err(_) => eprintln!("{why}: could not cancel map {}: no answer in 10 s", self.id),
         }
@@ -237,7 +250,7 @@ async fn print_results(
                         };
                         let _ = out.flush();
                         match &owner {
-                            Some(owner) => owner.cancel(why).await,
+                            Some(owner) => owner.cancel(why, Some(written)).await,
                             None => eprintln!("{why}"),
                         }
                         std::process::exit(code);
@@ -288,7 +301,7 @@ async fn closed_stdout(e: std::io::Error, owner: &Option<Owner>) -> anyhow::Resu
         return Err(anyhow::Error::new(e).context("cannot write to stdout"));
     }
     if let Some(owner) = owner {
-        owner.cancel("stdout was closed").await;
+        owner.cancel("stdout was closed", None).await;
     }
     Ok(Code::Ok)
 }
@@ -300,7 +313,7 @@ async fn failure(e: MapError, written: u64, owner: &Option<Owner>) -> anyhow::Er
         // Whatever stopped the command (a refusal, a lost server), a map it started does not
         // go on running for nobody.
         if let Some(owner) = owner {
-            owner.cancel("stopped on an error").await;
+            owner.cancel("stopped on an error", Some(written)).await;
         }
         return match e {
             MapError::Api(api) => api.into(),

@@ -40,8 +40,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             manifest,
             max_bundle,
             no_snapshot,
+            check,
             client,
-        } => apps::deploy(&client, &manifest, &max_bundle, no_snapshot).await,
+        } => {
+            if check {
+                apps::check(&manifest)
+            } else {
+                apps::deploy(&client, &manifest, &max_bundle, no_snapshot).await
+            }
+        }
         Command::Apps { versions, client } => apps::apps(&client, versions).await,
         Command::Workers { client } => apps::workers(&client).await,
         Command::Secrets { action, client } => secrets::run(&client, action).await,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod maps;
+pub mod query;
 pub mod schedules;
 pub mod secrets;
 pub mod session;
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workers/{id}/complete", post(workers::complete))
         .route("/workers/{id}/logs", post(workers::logs))
         .route("/workers/{id}/snapshots/{hash}", get(workers::snapshot))
+        .route_layer(middleware::from_fn(query::refuse_unknown))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -80,11 +82,15 @@ pub fn router(state: AppState) -> Router {
     // `/metrics` needs a token too when there are any (a `read` token is enough).
     let metrics = Router::new()
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn(query::refuse_unknown))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    let probes = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/healthz", get(readyz))
+        .route_layer(middleware::from_fn(query::refuse_unknown));
+    Router::new()
+        .merge(probes)
         .merge(metrics)
         .merge(crate::dashboard::router())
         .nest("/v1", v1)
