@@ -28,8 +28,9 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
     // other to commit first), and the call it made is read back below.
     let row = crate::db::query(&format!(
         "INSERT INTO calls (id, app, function, version, origin, state, idempotency_key, n_total, n_pending,
-                            accepting_inputs, discard_results, created_at, schedule, due_at)
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12)
+                            accepting_inputs, discard_results, created_at, schedule, due_at,
+                            rerun_of_call, rerun_of_index)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING {CALL_COLUMNS}"
     ))
     .bind(p.id.as_str())
@@ -44,6 +45,8 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
     .bind(p.now)
     .bind(p.schedule.as_ref().map(|(s, _)| s.clone()))
     .bind(p.schedule.as_ref().map(|(_, d)| *d))
+    .bind(p.rerun_of.as_ref().map(|(c, _)| c.as_str().to_string()))
+    .bind(p.rerun_of.as_ref().map(|(_, i)| *i))
     .fetch_optional(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -90,7 +93,8 @@ pub async fn insert_many(
     let mut out: Vec<Option<CallInserted>> = Vec::with_capacity(calls.len());
     let mut plain = Vec::new();
     for (i, p) in calls.into_iter().enumerate() {
-        if p.idempotency_key.is_none() && p.inputs.len() == 1 && !p.accepting_inputs {
+        let plain_one = p.idempotency_key.is_none() && p.rerun_of.is_none();
+        if plain_one && p.inputs.len() == 1 && !p.accepting_inputs {
             out.push(None);
             plain.push((i, p));
         } else {
@@ -159,6 +163,7 @@ pub async fn insert_many(
                 accepting_inputs: false,
                 discard_results: p.discard_results,
                 schedule: p.schedule,
+                rerun_of: None,
                 created_at: p.now,
                 finished_at: None,
             }));

@@ -31,6 +31,104 @@ pub async fn get(pool: &DbPool, id: &CallId, index: i64) -> Result<Option<InputR
     row.as_ref().map(input_row).transpose()
 }
 
+/// Failed inputs across calls, newest failure first: a walk of the index of failed inputs by
+/// time, from the cursor back, with the filters applied to what it finds.
+pub fn push_failed_list_query<'a>(q: &mut QueryBuilder<'a, Db>, p: &'a FailedInputList) {
+    q.push(
+        "SELECT id, call_id, idx, app, function, error, attempt, finished_at FROM inputs
+         WHERE state = 'failed' AND finished_at IS NOT NULL",
+    );
+    if let Some(call) = &p.call {
+        q.push(" AND call_id = ").push_bind(call.as_str());
+    }
+    if let Some(app) = &p.app {
+        q.push(" AND app = ").push_bind(app);
+    }
+    if let Some(function) = &p.function {
+        q.push(" AND function = ").push_bind(function);
+    }
+    if let Some(since) = p.since {
+        q.push(" AND finished_at >= ").push_bind(since);
+    }
+    if let Some(until) = p.until {
+        q.push(" AND finished_at < ").push_bind(until);
+    }
+    if let Some((at, id)) = p.before {
+        q.push(" AND (finished_at < ")
+            .push_bind(at)
+            .push(" OR (finished_at = ")
+            .push_bind(at)
+            .push(" AND id < ")
+            .push_bind(id)
+            .push("))");
+    }
+    q.push(" ORDER BY finished_at DESC, id DESC LIMIT ")
+        .push_bind(p.limit as i64);
+}
+
+pub async fn failed_list(
+    pool: &DbPool,
+    p: FailedInputList,
+) -> Result<Vec<FailedInputRow>, StoreError> {
+    let mut q = QueryBuilder::new("");
+    push_failed_list_query(&mut q, &p);
+    let rows = q.build().fetch_all(pool).await.map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(FailedInputRow {
+                id: row.try_get("id").map_err(db_err)?,
+                call_id: call_id(&row.try_get::<String, _>("call_id").map_err(db_err)?)?,
+                index: row.try_get("idx").map_err(db_err)?,
+                app: row.try_get("app").map_err(db_err)?,
+                function: row.try_get("function").map_err(db_err)?,
+                error: error_json(row.try_get("error").map_err(db_err)?)?,
+                attempts: row.try_get::<i64, _>("attempt").map_err(db_err)? as u32,
+                finished_at: row.try_get("finished_at").map_err(db_err)?,
+            })
+        })
+        .collect()
+}
+
+/// The calls that re-run inputs of `calls`, oldest first (the index of re-runs).
+pub async fn rerun_list(pool: &DbPool, calls: &[CallId]) -> Result<Vec<RerunRow>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in calls.chunks(500) {
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(
+            "SELECT id, rerun_of_call, rerun_of_index, state, idempotency_key FROM calls
+             WHERE rerun_of_call IN (",
+        );
+        let mut ids = q.separated(", ");
+        for id in chunk {
+            ids.push_bind(id.as_str());
+        }
+        q.push(") ORDER BY id");
+        for row in q.build().fetch_all(pool).await.map_err(db_err)? {
+            out.push(RerunRow {
+                of_call: call_id(&row.try_get::<String, _>("rerun_of_call").map_err(db_err)?)?,
+                of_index: row.try_get("rerun_of_index").map_err(db_err)?,
+                call_id: call_id(&row.try_get::<String, _>("id").map_err(db_err)?)?,
+                state: state(&row.try_get::<String, _>("state").map_err(db_err)?)?,
+                idempotency_key: row.try_get("idempotency_key").map_err(db_err)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The failed input of a call with the lowest index (an index walk of the failed ones).
+pub const FIRST_FAILED_SQL: &str =
+    "SELECT id, call_id, idx, state, input, output, error, attempt, failures, not_before, finished_at
+     FROM inputs WHERE call_id = $1 AND state = 'failed' ORDER BY idx LIMIT 1";
+
+pub async fn first_failed(pool: &DbPool, id: &CallId) -> Result<Option<InputRow>, StoreError> {
+    let row = crate::db::query(FIRST_FAILED_SQL)
+        .bind(id.as_str())
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)?;
+    row.as_ref().map(input_row).transpose()
+}
+
 /// The first input (index 0) of each of `calls`, in one read (a page of the calls list shows
 /// one-input calls' outputs and errors).
 pub fn push_first_many_query<'a>(q: &mut QueryBuilder<'a, Db>, calls: &'a [CallId]) {

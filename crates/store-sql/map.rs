@@ -46,7 +46,7 @@ pub fn stream(text: &str) -> Result<LogStream, StoreError> {
 }
 
 /// The columns [`call_row`] reads, in a `SELECT` or `RETURNING`.
-pub const CALL_COLUMNS: &str = "id, app, function, version, origin, state, idempotency_key, n_total, n_pending, n_running, n_succeeded, n_failed, n_cancelled, accepting_inputs, discard_results, schedule, due_at, created_at, finished_at";
+pub const CALL_COLUMNS: &str = "id, app, function, version, origin, state, idempotency_key, n_total, n_pending, n_running, n_succeeded, n_failed, n_cancelled, accepting_inputs, discard_results, schedule, due_at, rerun_of_call, rerun_of_index, created_at, finished_at";
 
 pub fn call_row(row: &DbRow) -> Result<CallRow, StoreError> {
     let origin: String = row.try_get("origin").map_err(db_err)?;
@@ -67,6 +67,15 @@ pub fn call_row(row: &DbRow) -> Result<CallRow, StoreError> {
             row.try_get::<Option<i64>, _>("due_at").map_err(db_err)?,
         ) {
             (Some(s), Some(d)) => Some((s, d)),
+            _ => None,
+        },
+        rerun_of: match (
+            row.try_get::<Option<String>, _>("rerun_of_call")
+                .map_err(db_err)?,
+            row.try_get::<Option<i64>, _>("rerun_of_index")
+                .map_err(db_err)?,
+        ) {
+            (Some(c), Some(i)) => Some((call_id(&c)?, i)),
             _ => None,
         },
         created_at: row.try_get("created_at").map_err(db_err)?,

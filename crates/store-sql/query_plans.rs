@@ -13,7 +13,9 @@ use std::time::Instant;
 use crate::db::QueryBuilder;
 use hopper_core::api::Origin;
 use hopper_core::{CallId, InputState};
-use hopper_store::{AttemptList, CallList, FunctionKey, InputLease, LogList, StatsList, Store};
+use hopper_store::{
+    AttemptList, CallList, FailedInputList, FunctionKey, InputLease, LogList, StatsList, Store,
+};
 
 use crate::dialect::plans;
 use crate::dialect::{Db, DbPool};
@@ -154,6 +156,7 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
     let call = id(CALLS - 7);
     let call_sql = format!("{}{}", plans::EXPLAIN, calls::get_sql());
     let input_sql = format!("{}{}", plans::EXPLAIN, inputs::GET_SQL);
+    let first_failed_sql = format!("{}{}", plans::EXPLAIN, inputs::FIRST_FAILED_SQL);
     let attempts_sql = format!(
         "{}{}",
         plans::EXPLAIN,
@@ -178,6 +181,12 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
             crate::db::query(&input_sql)
                 .bind(call.to_string())
                 .bind(0i64),
+            Allow::Nothing,
+        ),
+        (
+            // A map's error names its first failed input: found in the index of failed ones.
+            "first failed input",
+            crate::db::query(&first_failed_sql).bind(call.to_string()),
             Allow::Nothing,
         ),
         (
@@ -263,6 +272,33 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
     inputs::push_first_many_query(&mut q, &listed);
     let plan = plans::lines(q.build().fetch_all(read).await.unwrap());
     plans::assert_indexed("a page's first inputs", &plan, Allow::Nothing);
+    // Failed inputs across calls: a walk of the failed ones by time, whatever the filter; a
+    // call's: the failed ones of that call.
+    let failed_lists = [
+        FailedInputList {
+            limit: 101,
+            ..Default::default()
+        },
+        FailedInputList {
+            app: Some("app1".into()),
+            function: Some("f3".into()),
+            since: Some(T0),
+            before: Some((T0 + CALLS * 10, 7)),
+            limit: 101,
+            ..Default::default()
+        },
+        FailedInputList {
+            call: Some(call.clone()),
+            limit: 101,
+            ..Default::default()
+        },
+    ];
+    for p in &failed_lists {
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(plans::EXPLAIN);
+        inputs::push_failed_list_query(&mut q, p);
+        let plan = plans::lines(q.build().fetch_all(read).await.unwrap());
+        plans::assert_indexed(&format!("{p:?}"), &plan, Allow::WalkInOrder);
+    }
     for (what, q, allow) in page {
         let plan = plans::lines(q.fetch_all(read).await.unwrap());
         plans::assert_indexed(what, &plan, allow);

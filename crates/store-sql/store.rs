@@ -133,6 +133,26 @@ impl Store for Backend {
             .await
     }
 
+    async fn input_failed_list(
+        &self,
+        params: FailedInputList,
+    ) -> Result<Vec<FailedInputRow>, StoreError> {
+        self.read(move |db| Box::pin(async move { inputs::failed_list(db, params).await }))
+            .await
+    }
+
+    async fn rerun_list(&self, calls: &[CallId]) -> Result<Vec<RerunRow>, StoreError> {
+        let calls = calls.to_owned();
+        self.read(move |db| Box::pin(async move { inputs::rerun_list(db, &calls).await }))
+            .await
+    }
+
+    async fn input_first_failed(&self, call_id: &CallId) -> Result<Option<InputRow>, StoreError> {
+        let call_id = call_id.to_owned();
+        self.read(move |db| Box::pin(async move { inputs::first_failed(db, &call_id).await }))
+            .await
+    }
+
     async fn input_first_many(&self, calls: &[CallId]) -> Result<Vec<InputRow>, StoreError> {
         let calls = calls.to_owned();
         self.read(move |db| Box::pin(async move { inputs::first_many(db, &calls).await }))

@@ -342,7 +342,9 @@ def _outcome(call: dict[str, Any]) -> Any:
     failed = call.get("inputs", {}).get("failed", 0)
     if call.get("origin") == "map" and not error:
         raise input_failed("failed", f"{failed} input{'' if failed == 1 else 's'} of the map failed", call_id)
-    raise _input_failed(error, state, call_id)
+    # A map's error is its first failed input's, at `failed_index`.
+    index = call.get("failed_index")
+    raise _input_failed(error, state, call_id, index if isinstance(index, int) else 0)
 
 
 def _input_failed(error: dict[str, Any], default: Any, call_id: Any, index: int = 0) -> InputFailedError:

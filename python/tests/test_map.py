@@ -232,6 +232,15 @@ def test_get_on_a_map_call_returns_its_outputs(app: Deployed, server: Server) ->
     assert server.client().call(call["id"]).get(timeout=10) == [3, 8]
 
 
+def test_get_on_a_failed_map_names_its_first_failed_input(app: Deployed, server: Server) -> None:
+    outs = list(app.fn("fail_on").starmap([(i, 4) for i in range(6)], return_exceptions=True))
+    assert isinstance(outs[4], hx.InputFailedError)
+    call = latest_map(server, "maps.fail_on")
+    with pytest.raises(ValueError, match="input 4 is bad") as info:
+        server.client().call(call["id"]).get(timeout=10)
+    assert info.value.index == 4 and info.value.call_id == call["id"]  # type: ignore[attr-defined]
+
+
 def test_a_map_from_another_process(app: Deployed, server: Server) -> None:
     r = run_python(
         "-c",

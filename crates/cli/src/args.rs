@@ -200,6 +200,43 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List failed inputs across calls (of maps too), newest failure first.
+    Inputs {
+        /// The inputs' state: failed (the only one listed).
+        #[arg(long, default_value = "failed")]
+        state: String,
+        #[command(flatten)]
+        selection: InputSelection,
+        /// How many inputs, at most.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run an input again as a new call: one (CALL_ID, input 0 or --index), or every failed
+    /// input a filter selects (--failed). An input re-run before is refused (one) or left out
+    /// (--failed) unless --force, so the same re-run twice makes no second call.
+    Rerun {
+        /// The call whose input to run again.
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        call_id: Option<String>,
+        /// With CALL_ID: the input's index (a map's); default 0.
+        #[arg(long, default_value_t = 0, conflicts_with = "failed")]
+        index: i64,
+        /// Re-run every failed input that --since, --until, --function and --app select.
+        #[arg(long)]
+        failed: bool,
+        #[command(flatten)]
+        selection: InputSelection,
+        /// Re-run inputs re-run before too (and, with CALL_ID, one that has not ended).
+        #[arg(long)]
+        force: bool,
+        /// With CALL_ID: names the re-run; the same key returns the same call.
+        #[arg(long, conflicts_with = "failed")]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print a call's logs.
     Logs {
         call_id: String,
@@ -459,4 +496,24 @@ pub struct WorkerArgs {
     pub kill_grace: String,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// Which failed inputs `hopper inputs` and `hopper rerun --failed` select.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InputSelection {
+    /// Only inputs of this call (a map's).
+    #[arg(long)]
+    pub call: Option<String>,
+    /// Only inputs of this function (app.function).
+    #[arg(long)]
+    pub function: Option<String>,
+    /// Only inputs of this app.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Only failures since: a duration ago (`1h`) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only failures before: a duration ago or an RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
 }

@@ -129,6 +129,19 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         .await
         .unwrap();
     wait_done(&client, &big.id, Duration::from_secs(60)).await;
+    // A map whose inputs fail: listed on the failed inputs page.
+    let failed_map = client
+        .map_start(
+            "d.fail",
+            &hopper_core::api::MapRequest {
+                inputs: vec![json!({ "table": "a" }), json!({ "table": "b" })],
+                done: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_done(&client, &failed_map.id, Duration::from_secs(60)).await;
     let slow = client.spawn("d.slow", json!(null), None).await.unwrap();
     eventually(
         "the slow call to start",
@@ -156,6 +169,7 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         .env("SLOW_ID", slow.id.as_str())
         .env("MAP_ID", map.id.as_str())
         .env("BIG_MAP_ID", big.id.as_str())
+        .env("FAILED_MAP_ID", failed_map.id.as_str())
         .env("OUT_DIR", &out_dir)
         .kill_on_drop(true)
         .output();
@@ -177,6 +191,7 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
     let reruns = client
         .calls(&hopper_sdk::CallFilter {
             function: Some("d.fail".into()),
+            origin: Some("rerun".into()),
             ..Default::default()
         })
         .await
@@ -184,8 +199,15 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
     assert_eq!(
         reruns.calls.len(),
         2,
-        "the re-run made a second d.fail call"
+        "the call page's re-run and the failed page's each made one d.fail call"
     );
+    let map_reruns = client
+        .get(&failed_map.id, Duration::ZERO)
+        .await
+        .unwrap()
+        .reruns;
+    assert_eq!(map_reruns.len(), 1, "{map_reruns:?}");
+    assert_eq!(map_reruns[0].index, 1);
     for page in [
         "overview",
         "overview-dark",
@@ -195,6 +217,7 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         "calls",
         "call-failed",
         "call-map",
+        "failed-inputs",
         "call-running",
         "call-cancelled",
         "workers",

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use hopper_core::InputState;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -185,6 +186,70 @@ async fn a_failure_is_delivered_to_the_webhook_and_by_email_with_what_failed() {
         .await
         .unwrap();
     assert!(!apps.contains("s3cretpath"), "{apps}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maps_failure_names_its_first_failed_input_everywhere() {
+    let (hook, bodies, _) = webhook_receiver(vec![200]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Inputs 40 and 45 of 50 fail (with three attempts each); the others succeed.
+    let app = failing_app(&hook, "").replace(
+        "[[notify]]",
+        "[functions.picky]\ncommand = [\"sh\", \"-c\", \"read x; case $x in 40|45) echo no $x >&2; exit 4;; esac; echo $x\"]\nretries = { max_retries = 2, initial_delay = \"10ms\" }\nconcurrency = 8\n[[notify]]",
+    );
+    let m = manifest(dir.path(), &app);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--deploy", m.to_str().unwrap(), "--notify-gather", "200ms"],
+    );
+    let client = server.client();
+    let map = client
+        .map_start(
+            "ops.picky",
+            &hopper_core::api::MapRequest {
+                inputs: (0..50).map(|i| json!(i)).collect(),
+                done: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let call = wait_done(&client, &map.id, Duration::from_secs(60)).await;
+    assert_eq!(call.state, InputState::Failed, "{call:?}");
+    assert_eq!((call.inputs.failed, call.inputs.succeeded), (2, 48));
+    // The call names its first failed input, with that input's error and attempts.
+    assert_eq!(call.failed_index, Some(40), "{call:?}");
+    assert_eq!(call.attempts, 3, "{call:?}");
+    let error = call.error.clone().expect("the map's error");
+    assert_eq!(error.code, "exit_code", "{error:?}");
+    // So does the calls list, and `hopper get`.
+    let listed = client.calls(&Default::default()).await.unwrap();
+    let row = listed.calls.iter().find(|c| c.id == map.id).unwrap();
+    assert_eq!(row.failed_index, Some(40), "{row:?}");
+    let out = cli(&server.url, &["get", map.id.as_str()]);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "call {} failed after 3 attempts: input 40 of 50 (the first of 2 that failed): exit_code",
+            map.id
+        )),
+        "{err}"
+    );
+    // And the failure's notification: its error and the input's index.
+    let body = eventually(
+        "the webhook got the message",
+        Duration::from_secs(20),
+        || async { bodies.lock().unwrap().first().cloned() },
+    )
+    .await;
+    assert_eq!(body["hopper"]["index"], 40, "{body}");
+    assert_eq!(body["hopper"]["error"]["code"], "exit_code", "{body}");
+    assert_eq!(body["hopper"]["attempts"], 3, "{body}");
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("(call {}, input 40 of 50, 3 attempts)", map.id)),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,6 +143,8 @@ pub enum Origin {
     Spawn,
     Map,
     Schedule,
+    /// A re-run of an input of another call (`POST /v1/calls/{id}/rerun`).
+    Rerun,
 }
 
 impl Origin {
@@ -151,11 +153,12 @@ impl Origin {
             Origin::Spawn => "spawn",
             Origin::Map => "map",
             Origin::Schedule => "schedule",
+            Origin::Rerun => "rerun",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Origin::Spawn, Origin::Map, Origin::Schedule]
+        [Origin::Spawn, Origin::Map, Origin::Schedule, Origin::Rerun]
             .into_iter()
             .find(|o| o.as_str() == text)
     }
@@ -177,11 +180,17 @@ pub struct CallView {
     /// For a one-input call: the output once it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
-    /// For a one-input call: the last error once it failed or was cancelled.
+    /// For a one-input call: the last error once it failed or was cancelled. For a call of
+    /// several inputs (a map) with one that failed: the error of the first that failed
+    /// ([`Self::failed_index`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<InputError>,
-    /// For a one-input call: attempts started so far.
+    /// Attempts started so far: of a one-input call's input, or of a map's first failed one.
     pub attempts: u32,
+    /// The index of the call's first (lowest) failed input, once one failed; `error` and
+    /// `attempts` are that input's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_index: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// A map still taking inputs (`POST /v1/calls/{id}/inputs`); it cannot end before they stop.
@@ -196,6 +205,122 @@ pub struct CallView {
     /// The due time the schedule fired for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_at: Option<String>,
+    /// For a re-run (origin `rerun`): the call and input it runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<InputRef>,
+    /// Re-runs of this call's inputs, oldest first (`GET /v1/calls/{id}` only, at most
+    /// [`MAX_RERUNS_SHOWN`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reruns: Vec<RerunView>,
+}
+
+/// Re-runs a call view lists at most (the newest).
+pub const MAX_RERUNS_SHOWN: usize = 100;
+
+/// One input of one call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRef {
+    pub call_id: CallId,
+    pub index: i64,
+}
+
+/// A call that re-runs an input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerunView {
+    /// The input re-run.
+    pub index: i64,
+    /// The call that re-runs it, and its state.
+    pub call_id: CallId,
+    pub state: crate::state::InputState,
+}
+
+/// `POST /v1/calls/{id}/rerun`: which input to run again (default 0, a one-input call's).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerunRequest {
+    #[serde(default)]
+    pub index: i64,
+    /// Run it again even if a re-run of it has not failed (is pending, running or succeeded).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `GET /v1/inputs`: failed inputs across calls, newest failure first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedInputPage {
+    pub inputs: Vec<FailedInputView>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A failed input, with where it is and what became of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedInputView {
+    pub call_id: CallId,
+    pub index: i64,
+    /// `app.function`.
+    pub function: String,
+    pub error: Option<InputError>,
+    pub attempts: u32,
+    pub finished_at: String,
+    /// Calls that re-run it, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reruns: Vec<RerunView>,
+}
+
+/// `POST /v1/inputs/rerun`: re-runs every failed input a filter selects (as `GET /v1/inputs`
+/// lists them), one new call each. An input re-run before is left out (its re-run is an input
+/// of its own, listed when it failed too) unless `force`, so the same selection re-run twice
+/// makes no call the second time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputsRerunRequest {
+    /// `failed` (the only state re-run this way).
+    pub state: String,
+    /// Only inputs of this call (a map's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// `app.function`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// RFC 3339, or a duration ago (`1h`): failures at or after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// RFC 3339, or a duration ago: failures before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Inputs looked at most in this request (default and most 1,000); the answer's
+    /// `next_cursor` goes on from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the request before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What `POST /v1/inputs/rerun` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputsRerunResponse {
+    /// Each input re-run: `{call_id, index}` of the input, and the new call.
+    pub rerun: Vec<RerunDone>,
+    /// Selected inputs left out, each with the re-run it already has.
+    pub skipped: Vec<RerunDone>,
+    /// More inputs matched than `limit`: send the request again with this `cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One input of a bulk re-run, and the call that re-runs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RerunDone {
+    pub call_id: CallId,
+    pub index: i64,
+    pub rerun_id: CallId,
 }
 
 /// A schedule as the API shows it.
@@ -706,6 +831,9 @@ pub struct InputView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<InputError>,
     pub attempts: u32,
+    /// Calls that re-run this input, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reruns: Vec<RerunView>,
 }
 
 /// `GET /v1/stats`: rates, backlog and durations over a window.

@@ -67,6 +67,32 @@ pub struct CallFilter {
     pub until: Option<String>,
 }
 
+/// Filters for [`Client::failed_inputs`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InputFilter {
+    /// `failed`, the only state listed (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only inputs of this call (a map's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// `app.function`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Failures at or after this time: RFC 3339, or a duration ago (`1h`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Failures before this time: RFC 3339, or a duration ago.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
 /// How long past its wait a worker gives a lease or heartbeat request to be answered before
 /// it tries another server: well within a lease (30 s by default), so that a server that hangs
 /// (paused, overloaded, cut off without a reset) costs a worker its server, not its leases.
@@ -554,9 +580,47 @@ impl Client {
             .await
     }
 
-    /// A new call of the same function with the same input (one-input calls).
+    /// Runs input 0 of a call again (a one-input call's): a new call of origin `rerun`. See
+    /// [`Client::rerun_input`].
     pub async fn rerun(&self, id: &CallId) -> Result<CallView, Error> {
-        self.send(self.request(Method::POST, &format!("/v1/calls/{id}/rerun")))
+        self.rerun_input(id, &RerunRequest::default(), None).await
+    }
+
+    /// Runs input `ask.index` of call `id` again, as a new call (origin `rerun`) of the
+    /// function's current version that names it. `key` (an idempotency key) names the re-run:
+    /// the same key returns the same call. Errors: `already_rerun` when an earlier re-run of
+    /// the input has not failed and `input_not_ended` when it runs still (unless
+    /// `ask.force`), `unknown_input`.
+    pub async fn rerun_input(
+        &self,
+        id: &CallId,
+        ask: &RerunRequest,
+        key: Option<&str>,
+    ) -> Result<CallView, Error> {
+        let mut req = self
+            .request(Method::POST, &format!("/v1/calls/{id}/rerun"))
+            .json(ask);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        self.send(req).await
+    }
+
+    /// Failed inputs across calls, newest failure first: a page of at most `filter.limit`
+    /// (default 100); pass its `next_cursor` as `filter.cursor` for the next.
+    pub async fn failed_inputs(&self, filter: &InputFilter) -> Result<FailedInputPage, Error> {
+        self.send(self.request(Method::GET, "/v1/inputs").query(filter))
+            .await
+    }
+
+    /// Re-runs the failed inputs `ask` selects, one new call each; inputs re-run before are
+    /// skipped (unless `ask.force`), so asking twice re-runs nothing the second time. At most
+    /// `ask.limit` (default and most 1,000) a request: `more` says to ask again.
+    pub async fn rerun_failed(
+        &self,
+        ask: &InputsRerunRequest,
+    ) -> Result<InputsRerunResponse, Error> {
+        self.send(self.request(Method::POST, "/v1/inputs/rerun").json(ask))
             .await
     }
 

@@ -17,7 +17,7 @@ pub mod map;
 pub mod outbox;
 pub mod runtime;
 
-pub use client::{CallFilter, Client, Error};
+pub use client::{CallFilter, Client, Error, InputFilter};
 pub use handlers::{FunctionOptions, HandlerError, Worker};
 pub use map::{MapError, MapItem, MapOptions, MapRun};
 pub use runtime::{Executor, Job, LogSink, WorkerConfig, WorkerError};

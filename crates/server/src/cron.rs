@@ -132,6 +132,7 @@ impl Cron {
                     accepting_inputs: false,
                     discard_results: false,
                     schedule: Some((spec.qualified_name(), due_at)),
+                    rerun_of: None,
                     now,
                 },
                 manual,

@@ -215,7 +215,7 @@ pub async fn render(state: &AppState) -> Result<String, hopper_store::StoreError
             metrics::counter!("hopper_inputs_total", "function" => f.clone(), "state" => state)
                 .increment(0);
         }
-        for origin in ["spawn", "map", "schedule"] {
+        for origin in ["spawn", "map", "schedule", "rerun"] {
             metrics::counter!("hopper_calls_total", "function" => f.clone(), "origin" => origin)
                 .increment(0);
         }

@@ -42,6 +42,10 @@ struct Event {
     call_id: Option<CallId>,
     error: Option<InputError>,
     attempts: u32,
+    /// The failed input: a one-input call's (0), or a map's first failed one.
+    index: Option<i64>,
+    /// Inputs in the call (a map's failure names its input).
+    inputs: i64,
     /// Missed due times, for `schedule_missed`.
     missed: usize,
 }
@@ -215,6 +219,8 @@ impl Notifier {
                 call_id: None,
                 error: None,
                 attempts: 0,
+                index: None,
+                inputs: 0,
                 missed: count,
             });
         }
@@ -275,11 +281,14 @@ impl Notifier {
 
     async fn classify(&mut self, call: &CallRow) -> Result<Option<Event>, StoreError> {
         let key = format!("{}.{}", call.app, call.function);
-        // Only a failure's message needs the input's error and attempts.
-        let first = if call.counts.total == 1 && call.state == InputState::Failed {
-            self.state.store.input_get(&call.id, 0).await?
-        } else {
-            None
+        // Only a failure's message needs the input's error and attempts: a one-input call's,
+        // or a map's first failed input.
+        let first = match call.state {
+            InputState::Failed if call.counts.total == 1 => {
+                self.state.store.input_get(&call.id, 0).await?
+            }
+            InputState::Failed => self.state.store.input_first_failed(&call.id).await?,
+            _ => None,
         };
         let event = |kind| Event {
             kind,
@@ -288,6 +297,8 @@ impl Notifier {
             call_id: Some(call.id.clone()),
             error: first.as_ref().and_then(|i| i.error.clone()),
             attempts: first.as_ref().map_or(0, |i| i.attempts),
+            index: first.as_ref().map(|i| i.index),
+            inputs: call.counts.total,
             missed: 0,
         };
         Ok(match call.state {
@@ -452,6 +463,9 @@ impl Notifier {
         let mut text = format!("[hopper] {name} {what}");
         if let Some(id) = &last.call_id {
             text.push_str(&format!(" (call {id}"));
+            if let Some(index) = last.index.filter(|_| last.inputs > 1) {
+                text.push_str(&format!(", input {index} of {}", last.inputs));
+            }
             if last.attempts > 0 {
                 text.push_str(&format!(", {}", plural(last.attempts as u64, "attempt")));
             }
@@ -491,6 +505,7 @@ impl Notifier {
                 "call_id": last.call_id,
                 "attempts": last.attempts,
                 "error": last.error,
+                "index": last.index,
                 "count": count,
                 "log_tail": log_tail,
                 "url": url,

@@ -535,6 +535,7 @@ impl PgStore {
     /// others arriving at once (see [`write_spawns`]); any other in a transaction of its own.
     async fn insert_call(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
         let plain = params.idempotency_key.is_none()
+            && params.rerun_of.is_none()
             && params.inputs.len() == 1
             && !params.accepting_inputs;
         if plain {

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "map_clients",
         include_str!("../migrations/0010_map_clients.sql"),
     ),
+    (
+        11,
+        "failed_inputs",
+        include_str!("../migrations/0011_failed_inputs.sql"),
+    ),
 ];
 
 /// Arbitrary key of the advisory lock that serialises migrations across servers.

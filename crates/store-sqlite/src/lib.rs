@@ -149,8 +149,8 @@ impl SqliteStore {
     /// Creates a call: a spawn of one input without a key goes with the other such spawns of
     /// the writer's group into multi-row statements; any other, alone.
     async fn insert_call(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
-        if params.idempotency_key.is_none() && params.inputs.len() == 1 && !params.accepting_inputs
-        {
+        let plain = params.idempotency_key.is_none() && params.rerun_of.is_none();
+        if plain && params.inputs.len() == 1 && !params.accepting_inputs {
             return self.writer.spawn(params).await;
         }
         self.write(move |conn| Box::pin(calls::insert(conn, params)))

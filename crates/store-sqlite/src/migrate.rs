@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "map_clients",
         include_str!("../migrations/0010_map_clients.sql"),
     ),
+    (
+        11,
+        "failed_inputs",
+        include_str!("../migrations/0011_failed_inputs.sql"),
+    ),
 ];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write

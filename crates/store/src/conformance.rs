@@ -69,6 +69,7 @@ macro_rules! conformance_suite {
             attempts_are_listed_by_input_up_to_a_limit,
             one_batch_ends_many_calls_each_once,
             first_inputs_are_read_for_many_calls_at_once,
+            failed_inputs_are_found_across_calls_and_reruns_name_what_they_rerun,
             every_way_an_input_ends_appears_once_in_completion_order,
             only_the_lease_holder_can_complete_or_log,
             a_recorded_attempt_is_never_rewritten,
@@ -170,6 +171,7 @@ async fn spawn_n(store: &dyn Store, function: &str, inputs: usize, now: i64) -> 
             accepting_inputs: false,
             discard_results: false,
             schedule: None,
+            rerun_of: None,
             now,
         })
         .await
@@ -374,6 +376,7 @@ pub async fn an_idempotency_key_returns_the_same_call(store: Arc<dyn Store>) {
         accepting_inputs: false,
         discard_results: false,
         schedule: None,
+        rerun_of: None,
         now: T0,
     };
     let first = match store.call_insert(insert(CallId::generate())).await.unwrap() {
@@ -407,6 +410,7 @@ pub async fn an_idempotency_key_of_another_function_conflicts(store: Arc<dyn Sto
         accepting_inputs: false,
         discard_results: false,
         schedule: None,
+        rerun_of: None,
         now: T0,
     };
     store.call_insert(insert("ok")).await.unwrap();
@@ -443,6 +447,7 @@ fn one(input: i64, key: Option<&str>) -> CallInsert {
         accepting_inputs: false,
         discard_results: false,
         schedule: None,
+        rerun_of: None,
         now: T0,
     }
 }
@@ -572,6 +577,7 @@ pub async fn concurrent_spawns_with_one_idempotency_key_make_one_call(store: Arc
                     accepting_inputs: false,
                     discard_results: false,
                     schedule: None,
+                    rerun_of: None,
                     now: T0,
                 })
                 .await
@@ -1244,6 +1250,7 @@ async fn open_map(store: &dyn Store, first: usize, discard_results: bool) -> Cal
             accepting_inputs: true,
             discard_results,
             schedule: None,
+            rerun_of: None,
             now: T0,
         })
         .await
@@ -1485,6 +1492,7 @@ pub async fn an_empty_closed_map_has_ended(store: Arc<dyn Store>) {
             accepting_inputs: false,
             discard_results: false,
             schedule: None,
+            rerun_of: None,
             now: T0,
         })
         .await
@@ -1556,6 +1564,7 @@ fn fire_params(name: &str, due_at: i64, missed: Vec<i64>, manual: bool) -> Sched
             accepting_inputs: false,
             discard_results: false,
             schedule: Some((format!("a.{name}"), due_at)),
+            rerun_of: None,
             now: due_at,
         },
         manual,
@@ -2177,6 +2186,107 @@ pub async fn first_inputs_are_read_for_many_calls_at_once(store: Arc<dyn Store>)
         [(a, 0, r#"{"i":0}"#), (b, 0, r#"{"i":0}"#)],
         "input 0 of each call that exists"
     );
+}
+
+pub async fn failed_inputs_are_found_across_calls_and_reruns_name_what_they_rerun(
+    store: Arc<dyn Store>,
+) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let map = spawn_n(&*store, "ok", 3, T0).await;
+    // Input 2 fails first, then input 0; input 1 succeeds.
+    for l in lease(&*store, &w, "ok", 3, T0).await {
+        let (outcome, at) = match l.index {
+            0 => (failed("exit_code"), T0 + 20),
+            1 => (Outcome::Succeeded { output: json!(1) }, T0 + 15),
+            _ => (failed("timeout"), T0 + 10),
+        };
+        complete(&*store, &w, l.lease, outcome, at).await;
+    }
+    let single = spawn_n(&*store, "ok", 1, T0 + 30).await;
+    let l = lease(&*store, &w, "ok", 1, T0 + 30).await.remove(0);
+    complete(&*store, &w, l.lease, failed("exit_code"), T0 + 40).await;
+    let list = |params: FailedInputList| {
+        let store = store.clone();
+        async move {
+            store
+                .input_failed_list(params)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.call_id, r.index))
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = FailedInputList {
+        limit: 10,
+        ..Default::default()
+    };
+    // Newest failure first, across calls.
+    let newest_first = vec![
+        (single.id.clone(), 0),
+        (map.id.clone(), 0),
+        (map.id.clone(), 2),
+    ];
+    assert_eq!(list(all.clone()).await, newest_first);
+    let rows = store.input_failed_list(all.clone()).await.unwrap();
+    assert_eq!(
+        rows[1].error.as_ref().map(|e| e.code.as_str()),
+        Some("exit_code")
+    );
+    assert_eq!((rows[1].attempts, rows[1].finished_at), (1, T0 + 20));
+    // By call, by function, by time, and a page after a cursor.
+    let of_map = FailedInputList {
+        call: Some(map.id.clone()),
+        ..all.clone()
+    };
+    assert_eq!(list(of_map).await, newest_first[1..]);
+    let other_function = FailedInputList {
+        app: Some("a".into()),
+        function: Some("nope".into()),
+        ..all.clone()
+    };
+    assert_eq!(list(other_function).await, []);
+    let window = FailedInputList {
+        since: Some(T0 + 15),
+        until: Some(T0 + 40),
+        ..all.clone()
+    };
+    assert_eq!(list(window).await, newest_first[1..2]);
+    let after_first = FailedInputList {
+        before: Some((rows[0].finished_at, rows[0].id)),
+        ..all.clone()
+    };
+    assert_eq!(list(after_first).await, newest_first[1..]);
+    // A map's first failed input is its lowest failed index, whenever it failed.
+    let first = store.input_first_failed(&map.id).await.unwrap().unwrap();
+    assert_eq!(first.index, 0);
+    assert_eq!(
+        store.input_first_failed(&CallId::generate()).await.unwrap(),
+        None
+    );
+    // A re-run names the input it runs again; the input finds its re-runs.
+    let mut insert = one(7, Some("rerun-of-2"));
+    insert.origin = Origin::Rerun;
+    insert.rerun_of = Some((map.id.clone(), 2));
+    let CallInserted::Created(rerun) = store.call_insert(insert).await.unwrap() else {
+        panic!("a new call");
+    };
+    assert_eq!(rerun.origin, Origin::Rerun);
+    assert_eq!(rerun.rerun_of, Some((map.id.clone(), 2)));
+    let again = store.call_get(&rerun.id).await.unwrap().unwrap();
+    assert_eq!(again.rerun_of, Some((map.id.clone(), 2)));
+    let reruns = store
+        .rerun_list(&[map.id.clone(), single.id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(reruns.len(), 1);
+    assert_eq!(
+        (&reruns[0].of_call, reruns[0].of_index, &reruns[0].call_id),
+        (&map.id, 2, &rerun.id)
+    );
+    assert_eq!(reruns[0].idempotency_key.as_deref(), Some("rerun-of-2"));
+    assert_eq!(reruns[0].state, InputState::Pending);
 }
 
 /// The call's completion order: `(index, done_seq)` of every ended input.

@@ -109,6 +109,18 @@ pub trait Store: Send + Sync + 'static {
     async fn input_get(&self, call_id: &CallId, index: i64)
         -> Result<Option<InputRow>, StoreError>;
 
+    /// Failed inputs across calls, newest failure first (see [`FailedInputList`]).
+    async fn input_failed_list(
+        &self,
+        params: FailedInputList,
+    ) -> Result<Vec<FailedInputRow>, StoreError>;
+
+    /// The calls that re-run inputs of `calls`, oldest first.
+    async fn rerun_list(&self, calls: &[CallId]) -> Result<Vec<RerunRow>, StoreError>;
+
+    /// The failed input of a call with the lowest index, if any failed.
+    async fn input_first_failed(&self, call_id: &CallId) -> Result<Option<InputRow>, StoreError>;
+
     /// The first input (index 0) of each call given that has one, in any order.
     async fn input_first_many(&self, calls: &[CallId]) -> Result<Vec<InputRow>, StoreError>;
 

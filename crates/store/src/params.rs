@@ -97,6 +97,8 @@ pub struct CallInsert {
     pub discard_results: bool,
     /// The schedule (`app.name`) and due time that started the call, if one did.
     pub schedule: Option<(String, UnixMillis)>,
+    /// The call and input index this call re-runs (origin `rerun`).
+    pub rerun_of: Option<(CallId, i64)>,
     pub now: UnixMillis,
 }
 
@@ -138,6 +140,23 @@ pub struct CallList {
     pub before: Option<CallId>,
     /// Only calls at or after this one (a time as [`CallId::first_at`]).
     pub after: Option<CallId>,
+    pub limit: u32,
+}
+
+/// Failed inputs across calls, newest failure first.
+#[derive(Debug, Clone, Default)]
+pub struct FailedInputList {
+    /// Only inputs of this call (a map's).
+    pub call: Option<CallId>,
+    pub app: Option<String>,
+    /// With `app`: one function's.
+    pub function: Option<String>,
+    /// Failures at or after this time.
+    pub since: Option<UnixMillis>,
+    /// Failures before this time.
+    pub until: Option<UnixMillis>,
+    /// Only failures older than this one: `(finished_at, input row id)` of the last read.
+    pub before: Option<(UnixMillis, i64)>,
     pub limit: u32,
 }
 

@@ -39,6 +39,8 @@ pub struct CallRow {
     pub discard_results: bool,
     /// The schedule (`app.name`) and due time that started the call.
     pub schedule: Option<(String, UnixMillis)>,
+    /// The call and input index this call re-runs (origin `rerun`).
+    pub rerun_of: Option<(CallId, i64)>,
     pub created_at: UnixMillis,
     pub finished_at: Option<UnixMillis>,
 }
@@ -70,6 +72,32 @@ pub enum CallInserted {
     Created(CallRow),
     /// The idempotency key was taken: this is the call it belongs to.
     Existing(CallRow),
+}
+
+/// A failed input, found across calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedInputRow {
+    /// The input's row id (with `finished_at`, a cursor).
+    pub id: i64,
+    pub call_id: CallId,
+    pub index: i64,
+    pub app: String,
+    pub function: String,
+    pub error: Option<InputError>,
+    pub attempts: u32,
+    pub finished_at: UnixMillis,
+}
+
+/// A call that re-runs an input of another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RerunRow {
+    /// The input re-run.
+    pub of_call: CallId,
+    pub of_index: i64,
+    /// The call that re-runs it.
+    pub call_id: CallId,
+    pub state: CallState,
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -75,6 +75,7 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
                         accepting_inputs: false,
                         discard_results: false,
                         schedule: None,
+                        rerun_of: None,
                         now: now(),
                     })
                     .await

@@ -152,7 +152,21 @@ pub fn report(call: &CallView, json: bool, server: Option<&str>) -> anyhow::Resu
                     hopper_core::plural(call.inputs.total as u64, "input")
                 ),
             };
+            // A map names its first failed input (the error is that input's) and how many
+            // failed in all.
+            let which = match call.failed_index.filter(|_| call.inputs.total > 1) {
+                Some(index) => format!(
+                    ": input {index} of {} (the first of {} that failed)",
+                    call.inputs.total, call.inputs.failed
+                ),
+                None => String::new(),
+            };
             let attempts = hopper_core::plural(call.attempts as u64, "attempt");
+            let attempts = if call.attempts == 0 && call.inputs.total > 1 {
+                String::new()
+            } else {
+                format!(" after {attempts}")
+            };
             let page = server
                 .map(|s| format!(" (see {}/calls/{})", s.trim_end_matches('/'), call.id))
                 .unwrap_or_default();
@@ -166,7 +180,7 @@ pub fn report(call: &CallView, json: bool, server: Option<&str>) -> anyhow::Resu
             Err(Coded {
                 code: Code::CallFailed,
                 message: format!(
-                    "call {} {} after {attempts}: {what}{page}{traceback}",
+                    "call {} {}{attempts}{which}: {what}{page}{traceback}",
                     call.id, call.state
                 ),
             }

@@ -5,6 +5,7 @@ mod bench;
 mod bench_crowd;
 mod bench_dashboard;
 mod calls;
+mod inputs;
 mod map;
 mod run;
 mod secrets;
@@ -128,6 +129,26 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             follow,
             client,
         } => calls::logs(&client, &call_id, input, follow).await,
+        Command::Inputs {
+            state,
+            selection,
+            limit,
+            client,
+        } => inputs::list(&client, &state, selection.into(), limit).await,
+        Command::Rerun {
+            call_id,
+            index,
+            failed: _,
+            selection,
+            force,
+            idempotency_key,
+            client,
+        } => match call_id {
+            Some(id) => {
+                inputs::rerun_one(&client, &id, index, force, idempotency_key.as_deref()).await
+            }
+            None => inputs::rerun_failed(&client, selection.into(), force).await,
+        },
     }
 }
 

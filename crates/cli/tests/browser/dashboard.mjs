@@ -2,7 +2,7 @@
 //   HOPPER_URL         a server with app "d" deployed, a failed d.fail call and a running d.slow call
 //   HOPPER_LOCKED_URL  a server that requires HOPPER_TOKEN
 //   FAILED_ID, FAILED_CODE, SLOW_ID, MAP_ID (a 5-input map of d.ok), BIG_MAP_ID (120 inputs),
-//   OUT_DIR (screenshots)
+//   FAILED_MAP_ID (a 2-input map of d.fail), OUT_DIR (screenshots)
 // Exits non-zero, naming the step, at the first check that fails.
 import { chromium } from "playwright-core";
 import path from "node:path";
@@ -20,6 +20,7 @@ const failedCode = env("FAILED_CODE");
 const slowId = env("SLOW_ID");
 const mapId = env("MAP_ID");
 const bigMapId = env("BIG_MAP_ID");
+const failedMapId = env("FAILED_MAP_ID");
 const outDir = env("OUT_DIR");
 
 const browser = await chromium.launch({
@@ -106,9 +107,10 @@ try {
     await page.waitForURL(/state=failed/);
     const rows = page.locator("#calls tbody tr");
     await page.locator(`tr[data-call="${failedId}"]`).waitFor();
-    assert((await rows.count()) === 1, `the filter should leave one call, not ${await rows.count()}`);
+    await page.locator(`tr[data-call="${failedMapId}"]`).waitFor();
+    assert((await rows.count()) === 2, `the filter should leave the failed call and map, not ${await rows.count()}`);
     // The other filters narrow it to nothing.
-    await page.selectOption("select[name=origin]", "map");
+    await page.selectOption("select[name=origin]", "schedule");
     await page.getByRole("button", { name: "Filter" }).click();
     await page.getByText("No calls match.").waitFor();
     await page.selectOption("select[name=origin]", "");
@@ -207,6 +209,37 @@ try {
     await page.getByRole("button", { name: "Re-run" }).click();
     await page.waitForURL((u) => /\/calls\/hc-/.test(u.pathname) && !u.pathname.endsWith(failedId));
     await page.locator("pre[data-json=input]").getByText('"orders"').waitFor();
+    // It names the call it re-runs, and that call lists it.
+    await page.locator("#rerun-of").getByRole("link", { name: failedId }).click();
+    await page.locator("#reruns a").first().waitFor();
+  });
+
+  await check("failed inputs are listed across calls, a map's too, and a selection re-runs", async () => {
+    await page.getByRole("link", { name: "Failed", exact: true }).click();
+    await page.getByRole("heading", { name: "Failed inputs" }).waitFor();
+    const row = (call, index) => page.locator(`#failed tr[data-input="${call}/${index}"]`);
+    await row(failedMapId, 1).waitFor();
+    await row(failedId, 0).waitFor();
+    // The failed call re-run above shows its re-run.
+    await row(failedId, 0).locator("a", { hasText: "hc-" }).nth(1).waitFor();
+    assert((await row(failedMapId, 1).innerText()).includes(failedCode), "the error's code is shown");
+    await row(failedMapId, 1).getByRole("checkbox").check();
+    await page.getByRole("button", { name: "Re-run selected" }).click();
+    await page.locator("#rerun-status").getByText("Re-ran 1 input").waitFor();
+    await row(failedMapId, 1).locator("a", { hasText: "hc-" }).nth(1).waitFor();
+    await shot(page, "failed-inputs");
+    // A map's failed count leads to its failed inputs; its first failed input is one click.
+    await page.goto(`${url}/calls/${failedMapId}`);
+    await page.getByRole("link", { name: "input 0" }).click();
+    await page.getByRole("heading", { name: /Input 0/ }).waitFor();
+    await page.getByRole("link", { name: "failed 2" }).click();
+    await page.waitForURL(`**/failed?call=${failedMapId}`);
+    await page.getByRole("heading", { name: `Failed inputs of ${failedMapId}` }).waitFor();
+    await row(failedMapId, 0).waitFor();
+    assert((await page.locator("#failed tbody tr").count()) === 2, "only the map's two inputs");
+    // An input's link opens the map's page on that input.
+    await row(failedMapId, 1).getByRole("link", { name: "1", exact: true }).click();
+    await page.getByRole("heading", { name: /Input 1/ }).waitFor();
   });
 
   await check("workers and schedules show", async () => {

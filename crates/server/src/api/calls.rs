@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use hopper_core::api::{
-    AttemptView, CallPage, CallView, InputView, LogPage, Origin, SpawnBatchResponse, SpawnedCall,
-    MAX_SPAWN_BATCH,
+    AttemptView, CallPage, CallView, InputView, LogPage, Origin, RerunRequest, SpawnBatchResponse,
+    SpawnedCall, MAX_SPAWN_BATCH,
 };
 use hopper_core::{CallId, FunctionName, InputState};
 use hopper_store::{
@@ -214,6 +214,7 @@ fn spawned(
         accepting_inputs: false,
         discard_results: false,
         schedule: None,
+        rerun_of: None,
         now,
     }
 }
@@ -269,13 +270,33 @@ fn check_key(key: &str, what: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `call` as `GET /v1/calls/{id}` shows it: with its shown input and its re-runs.
 pub async fn view(state: &AppState, call: &CallRow) -> Result<CallView, ApiError> {
-    let first = if call.counts.total == 1 {
+    let first = shown_input(state, call).await?;
+    let mut view = views::call(call, first.as_ref());
+    let reruns = state
+        .store
+        .rerun_list(std::slice::from_ref(&call.id))
+        .await?;
+    let skip = reruns
+        .len()
+        .saturating_sub(hopper_core::api::MAX_RERUNS_SHOWN);
+    view.reruns = reruns.iter().skip(skip).map(views::rerun).collect();
+    Ok(view)
+}
+
+/// The input a call's view shows: a one-input call's, or the first failed input of a map.
+async fn shown_input(
+    state: &AppState,
+    call: &CallRow,
+) -> Result<Option<hopper_store::InputRow>, ApiError> {
+    Ok(if call.counts.total == 1 {
         state.store.input_get(&call.id, 0).await?
+    } else if call.counts.failed > 0 {
+        state.store.input_first_failed(&call.id).await?
     } else {
         None
-    };
-    Ok(views::call(call, first.as_ref()))
+    })
 }
 
 pub fn parse_id(text: &str) -> Result<CallId, ApiError> {
@@ -402,7 +423,7 @@ pub struct ListQuery {
 }
 
 /// A time bound of the calls list: RFC 3339 (`2026-11-28T17:00:00Z`) or a duration before now.
-fn time_bound(state: &AppState, name: &str, text: &str) -> Result<i64, ApiError> {
+pub fn time_bound(state: &AppState, name: &str, text: &str) -> Result<i64, ApiError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_millis());
     }
@@ -455,7 +476,7 @@ pub async fn list(
         Some(o) => Some(Origin::parse(o).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_query",
-                format!("unknown origin {o:?} (expected spawn, map or schedule)"),
+                format!("unknown origin {o:?} (expected spawn, map, schedule or rerun)"),
             )
         })?),
     };
@@ -495,13 +516,22 @@ pub async fn list(
         .filter(|c| c.counts.total == 1)
         .map(|c| c.id.clone())
         .collect();
-    let firsts: std::collections::HashMap<CallId, hopper_store::InputRow> = state
+    let mut firsts: std::collections::HashMap<CallId, hopper_store::InputRow> = state
         .store
         .input_first_many(&single)
         .await?
         .into_iter()
         .map(|i| (i.call_id.clone(), i))
         .collect();
+    // Maps with a failed input show the first: one read each (failures are few).
+    for call in page
+        .iter()
+        .filter(|c| c.counts.total > 1 && c.counts.failed > 0)
+    {
+        if let Some(failed) = shown_input(&state, call).await? {
+            firsts.insert(call.id.clone(), failed);
+        }
+    }
     let calls = page
         .iter()
         .map(|row| views::call(row, firsts.get(&row.id)))
@@ -696,39 +726,133 @@ pub async fn log_stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// `POST /v1/calls/{id}/rerun`: a new call of the same function (its current version) with the
-/// same input. Calls of several inputs (maps) are re-run with `hopper map`, not here.
+/// `POST /v1/calls/{id}/rerun` (body optional: `{"index": N, "force": false}`): a new call
+/// (origin `rerun`) of the function's current version with the input `index` (default 0) of
+/// call `id`; `201` with the new call, or `200` with the one a retry of the same request made.
+/// Idempotent: the `Idempotency-Key` header names the re-run; without one, two requests to
+/// re-run the same input at once make one call. An input whose earlier re-run has not failed
+/// (pending, running or succeeded) is refused (409 `already_rerun`, naming it) unless
+/// `force`, as is one that has not ended (409 `input_not_ended`).
 pub async fn rerun(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    req: axum::extract::Request,
 ) -> Result<(StatusCode, Json<CallView>), ApiError> {
     let id = parse_id(&id)?;
+    let key = idempotency_key(req.headers(), None)?;
+    let empty = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .is_none_or(|n| n.as_bytes() == b"0");
+    let ask = if empty && !req.headers().contains_key(axum::http::header::CONTENT_TYPE) {
+        RerunRequest::default()
+    } else {
+        use axum::extract::FromRequest;
+        super::extract::ApiJson::<RerunRequest>::from_request(req, &state)
+            .await?
+            .0
+    };
     let call = load(&state, &id).await?;
-    if call.counts.total != 1 || call.accepting_inputs {
+    let earlier = reruns_of(&state, std::slice::from_ref(&call.id)).await?;
+    let (new, created) = rerun_input(&state, &call, ask.index, ask.force, key, &earlier).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view(&state, &new).await?)))
+}
+
+/// The re-runs of inputs of `calls`, by call and input index, oldest first.
+pub async fn reruns_of(
+    state: &AppState,
+    calls: &[CallId],
+) -> Result<std::collections::HashMap<(CallId, i64), Vec<hopper_store::RerunRow>>, ApiError> {
+    let mut by_input: std::collections::HashMap<_, Vec<_>> = std::collections::HashMap::new();
+    for row in state.store.rerun_list(calls).await? {
+        by_input
+            .entry((row.of_call.clone(), row.of_index))
+            .or_default()
+            .push(row);
+    }
+    Ok(by_input)
+}
+
+/// Re-runs input `index` of `call` (see [`rerun`]), given its earlier re-runs; returns the
+/// call that re-runs it and whether this request made it.
+pub async fn rerun_input(
+    state: &AppState,
+    call: &CallRow,
+    index: i64,
+    force: bool,
+    key: Option<String>,
+    earlier: &std::collections::HashMap<(CallId, i64), Vec<hopper_store::RerunRow>>,
+) -> Result<(CallRow, bool), ApiError> {
+    let earlier = earlier
+        .get(&(call.id.clone(), index))
+        .map_or(&[][..], Vec::as_slice);
+    // A retry of the request that made a re-run answers with it.
+    if let Some(done) = key.as_deref().and_then(|k| {
+        earlier
+            .iter()
+            .find(|r| r.idempotency_key.as_deref() == Some(k))
+    }) {
+        let again = load(state, &done.call_id).await?;
+        return Ok((again, false));
+    }
+    let input = state
+        .store
+        .input_get(&call.id, index)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_input",
+                format!(
+                    "{} has no input {index} (it has {}, or it was pruned)",
+                    call.id,
+                    hopper_core::plural(call.counts.total.max(0) as u64, "input")
+                ),
+            )
+        })?;
+    if !force && !input.state.is_terminal() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "rerun_unsupported",
+            "input_not_ended",
             format!(
-                "{id} has {} inputs: only one-input calls are re-run; start a new map instead",
-                call.counts.total
+                "input {index} of {} is {}: re-run it once it has ended (or cancel it first), or pass force",
+                call.id, input.state
             ),
         ));
     }
-    let input = state.store.input_get(&id, 0).await?.ok_or_else(|| {
-        ApiError::not_found(
-            "unknown_call",
-            format!("the input of {id} is gone (pruned)"),
-        )
-    })?;
-    let function = resolve(&state, &format!("{}.{}", call.app, call.function)).await?;
-    let inserted = state
-        .store
-        .call_insert(spawned(&function, input.input, None, state.now()))
-        .await?;
-    let (CallInserted::Created(new) | CallInserted::Existing(new)) = inserted;
-    crate::metrics::call_started(format!("{}.{}", new.app, new.function), "spawn");
-    state.events.inputs_for(&new.app, &new.function, 1);
-    Ok((StatusCode::CREATED, Json(views::call(&new, None))))
+    let live = earlier
+        .iter()
+        .rev()
+        .find(|r| !matches!(r.state, InputState::Failed | InputState::Cancelled));
+    if let (false, Some(live)) = (force, live) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_rerun",
+            format!(
+                "input {index} of {} was re-run already, as {} ({}); pass force to run it once more",
+                call.id, live.call_id, live.state
+            ),
+        ));
+    }
+    let function = resolve(state, &format!("{}.{}", call.app, call.function)).await?;
+    // Without a key of the caller's, one of the input and its re-runs so far: two requests to
+    // re-run it at once make one call.
+    let key = key.unwrap_or_else(|| format!("rerun-{}-{index}-{}", call.id, earlier.len()));
+    let mut insert = spawned(&function, input.input, Some(key), state.now());
+    insert.origin = Origin::Rerun;
+    insert.rerun_of = Some((call.id.clone(), index));
+    match state.store.call_insert(insert).await? {
+        CallInserted::Created(new) => {
+            crate::metrics::call_started(format!("{}.{}", new.app, new.function), "rerun");
+            state.events.inputs_for(&new.app, &new.function, 1);
+            Ok((new, true))
+        }
+        CallInserted::Existing(new) => Ok((new, false)),
+    }
 }
 
 /// `GET /v1/calls/{id}/inputs/{index}`: one input with its payload and result.
@@ -749,5 +873,12 @@ pub async fn input(
         output: row.output.as_deref().map(json),
         error: row.error,
         attempts: row.attempts,
+        reruns: reruns_of(&state, std::slice::from_ref(&id))
+            .await?
+            .remove(&(id.clone(), index))
+            .unwrap_or_default()
+            .iter()
+            .map(views::rerun)
+            .collect(),
     }))
 }

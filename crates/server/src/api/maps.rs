@@ -114,6 +114,7 @@ pub async fn map(
             accepting_inputs: !req.done,
             discard_results: req.discard_results,
             schedule: None,
+            rerun_of: None,
             now: state.now(),
         })
         .await?;

@@ -7,6 +7,7 @@ pub mod calls;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod inputs;
 pub mod maps;
 pub mod query;
 pub mod schedules;
@@ -43,6 +44,8 @@ pub fn router(state: AppState) -> Router {
         .route("/calls/{id}", get(calls::get))
         .route("/calls/{id}/cancel", post(calls::cancel))
         .route("/calls/{id}/rerun", post(calls::rerun))
+        .route("/inputs", get(inputs::list))
+        .route("/inputs/rerun", post(inputs::rerun))
         .route("/calls/{id}/inputs/{index}", get(calls::input))
         .route("/calls/{id}/attempts", get(calls::attempts))
         .route("/calls/{id}/logs", get(calls::logs))
@@ -523,6 +526,8 @@ mod tests {
             ("get", "/v1/calls/{id}"),
             ("post", "/v1/calls/{id}/cancel"),
             ("post", "/v1/calls/{id}/rerun"),
+            ("get", "/v1/inputs"),
+            ("post", "/v1/inputs/rerun"),
             ("get", "/v1/calls/{id}/inputs/{index}"),
             ("get", "/v1/calls/{id}/attempts"),
             ("get", "/v1/calls/{id}/logs"),

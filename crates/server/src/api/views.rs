@@ -1,8 +1,12 @@
 //! Store rows into the API's JSON views.
 
-use hopper_core::api::{AppView, AttemptView, CallView, FunctionView, LogView, WorkerView};
+use hopper_core::api::{
+    AppView, AttemptView, CallView, FunctionView, InputRef, LogView, RerunView, WorkerView,
+};
 use hopper_core::{InputState, UnixMillis};
-use hopper_store::{AppRow, AttemptRow, CallRow, FunctionRow, InputRow, LogRow, WorkerRow};
+use hopper_store::{
+    AppRow, AttemptRow, CallRow, FunctionRow, InputRow, LogRow, RerunRow, WorkerRow,
+};
 
 /// RFC 3339 with milliseconds, in UTC.
 pub fn time(ms: UnixMillis) -> String {
@@ -30,8 +34,11 @@ pub fn app(row: &AppRow) -> AppView {
 }
 
 /// A call; `first` is its input 0, shown inline for one-input calls.
+/// The call `row` as the API shows it, with `first`: a one-input call's input, or the first
+/// failed input of a call of several (a map), whose error the view then carries.
 pub fn call(row: &CallRow, first: Option<&InputRow>) -> CallView {
-    let single = first.filter(|_| row.counts.total == 1);
+    let shown = first.filter(|i| row.counts.total == 1 || i.state == InputState::Failed);
+    let single = shown.filter(|_| row.counts.total == 1);
     CallView {
         id: row.id.clone(),
         function: format!("{}.{}", row.app, row.function),
@@ -45,15 +52,31 @@ pub fn call(row: &CallRow, first: Option<&InputRow>) -> CallView {
             .filter(|i| i.state == InputState::Succeeded)
             .and_then(|i| i.output.as_deref())
             .and_then(|o| serde_json::from_str(o).ok()),
-        error: single
+        error: shown
             .filter(|i| i.state != InputState::Succeeded)
             .and_then(|i| i.error.clone()),
-        attempts: single.map_or(0, |i| i.attempts),
+        attempts: shown.map_or(0, |i| i.attempts),
+        failed_index: shown
+            .filter(|i| i.state == InputState::Failed)
+            .map(|i| i.index),
         idempotency_key: row.idempotency_key.clone(),
         accepting_inputs: row.accepting_inputs,
         discard_results: row.discard_results,
         schedule: row.schedule.as_ref().map(|(s, _)| s.clone()),
         due_at: row.schedule.as_ref().map(|(_, d)| time(*d)),
+        rerun_of: row.rerun_of.as_ref().map(|(call_id, index)| InputRef {
+            call_id: call_id.clone(),
+            index: *index,
+        }),
+        reruns: Vec::new(),
+    }
+}
+
+pub fn rerun(row: &RerunRow) -> RerunView {
+    RerunView {
+        index: row.of_index,
+        call_id: row.call_id.clone(),
+        state: row.state,
     }
 }
 

@@ -401,7 +401,7 @@ function callsPage() {
     field("App", appSelect),
     field("Function", fnSelect),
     field("State", select("state", [["", "any"], ...["pending", "running", "succeeded", "failed", "cancelled"].map((x) => [x, x])])),
-    field("Origin", select("origin", [["", "any"], ["spawn", "spawn"], ["map", "map"], ["schedule", "schedule"]])),
+    field("Origin", select("origin", [["", "any"], ["spawn", "spawn"], ["map", "map"], ["schedule", "schedule"], ["rerun", "re-run"]])),
     field("Since", select("since", [["", "any time"], ["15m", "15 minutes"], ["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"]])),
     field("Until (local time)", h("input", { name: "until", type: "datetime-local", value: params.get("until") || "" })),
     h("button", { type: "submit", class: "primary" }, "Filter"));
@@ -450,6 +450,88 @@ function callsPage() {
   return { el, refresh, live: () => cursors.length === 1 };
 }
 
+/** The last line of an error message that says what went wrong (not a traceback's frame). */
+function errorLine(error) {
+  if (!error) return "";
+  const lines = String(error.message).split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("File ") && !/^[~^ ]+$/.test(l));
+  return `${error.code}: ${lines.length ? lines[lines.length - 1] : ""}`.slice(0, 160);
+}
+
+// Failed inputs across calls (maps' too), newest failure first: filter, look, re-run.
+function failedPage() {
+  const params = new URLSearchParams(location.search);
+  const field = (name, control) => h("label", {}, name, control);
+  const fnSelect = h("select", { name: "function" }, h("option", { value: "" }, "all functions"));
+  const sinceSelect = h("select", { name: "since" }, [["", "any time"], ["15m", "15 minutes"], ["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"]]
+    .map(([v, t]) => h("option", { value: v, selected: (params.get("since") || "") === v }, t)));
+  const form = h("form", { class: "filters", role: "search" },
+    field("Function", fnSelect), field("Failed since", sinceSelect),
+    params.get("call") ? h("input", { type: "hidden", name: "call", value: params.get("call") }) : null,
+    h("button", { type: "submit", class: "primary" }, "Filter"));
+  const status = h("div", { id: "rerun-status" });
+  const table = h("div", { class: "panel" });
+  const pager = h("div", { class: "pager" });
+  const rerunButton = h("button", { type: "button", id: "rerun-selected", disabled: true, onclick: () => rerunSelected() }, "Re-run selected");
+  const title = params.get("call") ? ["Failed inputs of ", link(`/calls/${params.get("call")}`, params.get("call"))] : ["Failed inputs"];
+  const el = h("div", {}, h("h1", {}, ...title), form, h("div", { class: "actions" }, rerunButton), status, table, pager);
+  let cursors = [""];
+  api("/v1/apps").then((apps) => {
+    for (const a of apps) for (const f of a.functions) fnSelect.append(h("option", { value: f.name, selected: params.get("function") === f.name }, f.name));
+  }).catch(() => {});
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) q.set(k, v);
+    navigate(`/failed${q.toString() ? "?" + q : ""}`);
+  });
+  const checked = () => [...table.querySelectorAll("input[type=checkbox][data-call]:checked")];
+  async function rerunSelected() {
+    rerunButton.disabled = true;
+    const made = [];
+    const refused = [];
+    for (const box of checked()) {
+      try {
+        const call = await api(`/v1/calls/${box.dataset.call}/rerun`, { method: "POST", json: { index: Number(box.dataset.index) } });
+        made.push(call.id);
+      } catch (err) {
+        refused.push(`${box.dataset.call} input ${box.dataset.index}: ${err.message}`);
+      }
+    }
+    status.replaceChildren(h("p", { class: refused.length ? "notice" : "muted" }, `Re-ran ${plural(made.length, "input")}`,
+      refused.length ? `; ${refused.length} refused: ${refused.join("; ")}` : ""));
+    await refresh();
+  }
+  async function refresh() {
+    const p = new URLSearchParams(location.search);
+    const q = new URLSearchParams({ limit: "50" });
+    for (const k of ["call", "function", "since"]) if (p.get(k)) q.set(k, p.get(k));
+    const cursor = cursors[cursors.length - 1];
+    if (cursor) q.set("cursor", cursor);
+    const page = await api(`/v1/inputs?${q}`);
+    table.replaceChildren(page.inputs.length ? h("table", { id: "failed" },
+      h("thead", {}, h("tr", {}, ["", "Call", "Input", "Function", "Failed", "Attempts", "Error", "Re-run"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, page.inputs.map((x) => {
+        const last = x.reruns && x.reruns.length ? x.reruns[x.reruns.length - 1] : null;
+        return h("tr", { "data-input": `${x.call_id}/${x.index}` },
+          h("td", {}, h("input", { type: "checkbox", "aria-label": `select input ${x.index} of ${x.call_id}`, "data-call": x.call_id, "data-index": x.index, onchange: () => { rerunButton.disabled = !checked().length; } })),
+          h("td", { class: "mono" }, link(`/calls/${x.call_id}`, x.call_id)),
+          h("td", { class: "num" }, link(`/calls/${x.call_id}?input=${x.index}`, String(x.index))),
+          h("td", {}, x.function),
+          h("td", {}, when(x.finished_at)),
+          h("td", { class: "num" }, String(x.attempts)),
+          h("td", { class: "error" }, errorLine(x.error)),
+          h("td", {}, last ? [link(`/calls/${last.call_id}`, last.call_id), " ", badge(last.state)] : ""));
+      }))) : h("p", { class: "muted" }, "No failed inputs."));
+    rerunButton.disabled = true;
+    pager.replaceChildren(
+      h("button", { type: "button", disabled: cursors.length < 2, onclick: () => { cursors.pop(); refresh().catch(show); } }, "← Newer"),
+      h("button", { type: "button", disabled: !page.next_cursor, onclick: () => { cursors.push(page.next_cursor); refresh().catch(show); } }, "Older →"));
+  }
+  const show = (err) => status.replaceChildren(notice(err));
+  // A page being ticked for a re-run is not redrawn under the user.
+  return { el, refresh, live: () => cursors.length === 1 && !checked().length };
+}
+
 function callPage({ id }) {
   const el = h("div", {});
   const head = h("div", {});
@@ -471,6 +553,8 @@ function callPage({ id }) {
     h("label", {}, "Input #", h("input", { name: "index", type: "number", min: 0, value: 0, size: 8 })),
     h("button", { type: "submit" }, "Show input"));
   const inspectorBox = h("div", {}, inspector, shown);
+  // `?input=N` (a link from the failed inputs): that input, once the page is drawn.
+  let asked = new URLSearchParams(location.search).get("input");
   inspector.addEventListener("submit", async (e) => {
     e.preventDefault();
     const index = new FormData(inspector).get("index");
@@ -565,13 +649,18 @@ function callPage({ id }) {
     const facts = [
       ["Function", link(`/functions/${encodeURIComponent(c.function)}`, c.function)],
       ["Version", `v${c.version}`],
-      ["Origin", c.schedule ? `schedule ${c.schedule} (due ${new Date(c.due_at).toLocaleString()})` : c.origin],
+      ["Origin", c.schedule ? `schedule ${c.schedule} (due ${new Date(c.due_at).toLocaleString()})`
+        : c.rerun_of ? h("span", { id: "rerun-of" }, `re-run of input ${c.rerun_of.index} of `, link(`/calls/${c.rerun_of.call_id}`, c.rerun_of.call_id)) : c.origin],
       ["Created", h("span", {}, new Date(c.created_at).toLocaleString(), " (", when(c.created_at), ")")],
       ["Finished", c.finished_at ? new Date(c.finished_at).toLocaleString() : "—"],
       ["Duration", duration(c.created_at, c.finished_at)],
       ["Attempts", single ? c.attempts : "by input, below"],
     ];
     if (c.idempotency_key) facts.push(["Idempotency key", c.idempotency_key]);
+    if (c.reruns && c.reruns.length) {
+      facts.push(["Re-runs", h("span", { id: "reruns" }, c.reruns.map((r) => h("span", {},
+        single ? "" : `input ${r.index}: `, link(`/calls/${r.call_id}`, r.call_id), " ", badge(r.state), " ")))]);
+    }
     const summary = h("section", { class: "panel" }, h("h2", {}, "Call"), h("dl", { class: "kv" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
     const panels = [summary];
     if (single) {
@@ -587,11 +676,22 @@ function callPage({ id }) {
       const n = c.inputs;
       panels.push(h("section", { class: "panel" }, h("h2", {}, `Inputs: ${num(n.succeeded + n.failed + n.cancelled)} of ${num(n.total)} ended${c.accepting_inputs ? " (still taking inputs)" : ""}`),
         countsBar(n),
-        h("div", { class: "legend" }, ["succeeded", "failed", "cancelled", "running", "pending"].map((k) => h("span", {}, h("i", { class: `c-${k === "cancelled" ? "pending" : k}` }), `${k} ${num(n[k])}`))),
+        h("div", { class: "legend" }, ["succeeded", "failed", "cancelled", "running", "pending"].map((k) => h("span", {}, h("i", { class: `c-${k === "cancelled" ? "pending" : k}` }),
+          // The failed count leads to the list of them.
+          k === "failed" && n.failed > 0 ? link(`/failed?call=${c.id}`, `failed ${num(n.failed)}`) : `${k} ${num(n[k])}`))),
+        // The first failed input (the call's error is its error), one click from the inspector.
+        c.failed_index === undefined || c.failed_index === null ? null : h("p", { id: "first-failed" }, "First failed: ",
+          h("a", { href: "#", onclick: (e) => { e.preventDefault(); inspector.elements.index.value = c.failed_index; inspector.requestSubmit(); } }, `input ${num(c.failed_index)}`),
+          c.error ? ` (${plural(c.attempts, "attempt")}): ${c.error.code}: ${c.error.message}`.slice(0, 300) : ""),
         inspectorBox,
         h("p", { class: "muted" }, "All results: ", h("code", {}, `hopper results ${c.id}`))));
     }
     details.replaceChildren(...panels);
+    if (asked !== null && !single) {
+      inspector.elements.index.value = asked;
+      asked = null;
+      inspector.requestSubmit();
+    }
     const range = !single && attempts.length ? ` of inputs ${num(attempts[0].index)} to ${num(attempts[attempts.length - 1].index)}` : "";
     const pager = single || (pages.length === 1 && next === undefined) ? null : h("div", { class: "filters", id: "attempt-pages" },
       h("button", { type: "button", disabled: pages.length === 1, onclick: () => { pages.pop(); refreshCurrent(); } }, "Previous"),
@@ -678,6 +778,7 @@ const routes = [
   [/^\/functions\/([^/]+)$/, (m) => functionPage({ name: decodeURIComponent(m[1]) }), "/functions"],
   [/^\/calls$/, callsPage, "/calls"],
   [/^\/calls\/([^/]+)$/, (m) => callPage({ id: decodeURIComponent(m[1]) }), "/calls"],
+  [/^\/failed$/, failedPage, "/failed"],
   [/^\/workers$/, workersPage, "/workers"],
   [/^\/schedules$/, schedulesPage, "/schedules"],
 ];

@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/functions/{name}", get(page))
         .route("/calls", get(page))
         .route("/calls/{id}", get(page))
+        .route("/failed", get(page))
         .route("/workers", get(page))
         .route("/schedules", get(page))
         .route("/assets/{file}", get(asset))

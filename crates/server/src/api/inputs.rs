@@ -1,0 +1,219 @@
+//! Failed inputs across calls: `GET /v1/inputs` finds them (a map's failed input among
+//! thousands, every failure of a function in the last hour), and `POST /v1/inputs/rerun`
+//! runs a selection of them again, one new call each, so that the same selection re-run twice
+//! makes no call the second time.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::Json;
+use hopper_core::api::{
+    FailedInputPage, FailedInputView, InputsRerunRequest, InputsRerunResponse, RerunDone,
+};
+use hopper_core::{CallId, FunctionName};
+use hopper_store::{FailedInputList, FailedInputRow};
+use serde::Deserialize;
+
+use super::calls::{load, rerun_input, reruns_of, time_bound};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery};
+use super::views;
+use crate::state::AppState;
+
+/// Inputs a page lists, and a bulk re-run runs, at most.
+const MAX_PAGE: u32 = 1_000;
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    state: Option<String>,
+    call: Option<String>,
+    app: Option<String>,
+    function: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// What a listing or a bulk re-run selects, checked.
+struct Selection {
+    list: FailedInputList,
+}
+
+fn select(
+    state: &AppState,
+    call: Option<&str>,
+    wanted_state: Option<&str>,
+    app: Option<&str>,
+    function: Option<&str>,
+    (since, until): (Option<&str>, Option<&str>),
+    limit: u32,
+) -> Result<Selection, ApiError> {
+    match wanted_state {
+        None | Some("failed") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("state {other:?} is not listed here: failed inputs only (state=failed)"),
+            ))
+        }
+    }
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE}, not {limit}"),
+        ));
+    }
+    if let Some(app) = app {
+        hopper_core::function::validate_name(app, "app")
+            .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    }
+    let mut app = app.map(str::to_string);
+    let function = match function {
+        Some(text) => {
+            let name = FunctionName::parse(text)
+                .map_err(|e| ApiError::bad_request("invalid_function_name", e.to_string()))?;
+            if name.app.is_none() && app.is_none() {
+                return Err(ApiError::bad_request(
+                    "invalid_function_name",
+                    format!("function {text:?} needs its app: app.function, or app= too"),
+                ));
+            }
+            app = name.app.or(app);
+            Some(name.function)
+        }
+        None => None,
+    };
+    Ok(Selection {
+        list: FailedInputList {
+            call: call.map(super::calls::parse_id).transpose()?,
+            app,
+            function,
+            since: since.map(|t| time_bound(state, "since", t)).transpose()?,
+            until: until.map(|t| time_bound(state, "until", t)).transpose()?,
+            before: None,
+            limit,
+        },
+    })
+}
+
+/// A page's cursor: the last input's failure time and row id.
+fn cursor(row: &FailedInputRow) -> String {
+    format!("{}.{}", row.finished_at, row.id)
+}
+
+fn parse_cursor(text: &str) -> Result<(i64, i64), ApiError> {
+    text.split_once('.')
+        .and_then(|(at, id)| Some((at.parse().ok()?, id.parse().ok()?)))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("cursor {text:?} is not one this server gave (next_cursor)"),
+            )
+        })
+}
+
+/// `GET /v1/inputs?state=failed&call=&app=&function=&since=&until=&limit=100&cursor=`: failed inputs
+/// across calls, newest failure first, each with its error, attempts and re-runs.
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<FailedInputPage>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    let mut selection = select(
+        &state,
+        q.call.as_deref(),
+        q.state.as_deref(),
+        q.app.as_deref(),
+        q.function.as_deref(),
+        (q.since.as_deref(), q.until.as_deref()),
+        limit,
+    )?;
+    selection.list.before = q.cursor.as_deref().map(parse_cursor).transpose()?;
+    selection.list.limit = limit + 1;
+    let mut rows = state.store.input_failed_list(selection.list).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let reruns = reruns_of(&state, &call_ids(&rows)).await?;
+    let inputs = rows
+        .iter()
+        .map(|row| FailedInputView {
+            call_id: row.call_id.clone(),
+            index: row.index,
+            function: format!("{}.{}", row.app, row.function),
+            error: row.error.clone(),
+            attempts: row.attempts,
+            finished_at: views::time(row.finished_at),
+            reruns: reruns
+                .get(&(row.call_id.clone(), row.index))
+                .map(|r| r.iter().map(views::rerun).collect())
+                .unwrap_or_default(),
+        })
+        .collect();
+    Ok(Json(FailedInputPage {
+        inputs,
+        next_cursor: rows.last().filter(|_| more).map(cursor),
+    }))
+}
+
+fn call_ids(rows: &[FailedInputRow]) -> Vec<CallId> {
+    let mut ids: Vec<CallId> = rows.iter().map(|r| r.call_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// `POST /v1/inputs/rerun`: re-runs the failed inputs a filter selects (see
+/// [`InputsRerunRequest`]), newest failure first, at most `limit` (default and most 1,000).
+pub async fn rerun(
+    State(state): State<AppState>,
+    ApiJson(ask): ApiJson<InputsRerunRequest>,
+) -> Result<Json<InputsRerunResponse>, ApiError> {
+    let limit = ask.limit.unwrap_or(MAX_PAGE);
+    let mut selection = select(
+        &state,
+        ask.call.as_ref().map(CallId::as_str),
+        Some(ask.state.as_str()),
+        ask.app.as_deref(),
+        ask.function.as_deref(),
+        (ask.since.as_deref(), ask.until.as_deref()),
+        limit,
+    )?;
+    selection.list.before = ask.cursor.as_deref().map(parse_cursor).transpose()?;
+    selection.list.limit = limit + 1;
+    let mut rows = state.store.input_failed_list(selection.list).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let earlier = reruns_of(&state, &call_ids(&rows)).await?;
+    let mut calls = HashMap::new();
+    let (mut rerun, mut skipped) = (Vec::new(), Vec::new());
+    for row in &rows {
+        let done = |rerun_id: CallId| RerunDone {
+            call_id: row.call_id.clone(),
+            index: row.index,
+            rerun_id,
+        };
+        // An input re-run before is represented by its re-run (listed itself if it failed).
+        if let Some(last) = earlier
+            .get(&(row.call_id.clone(), row.index))
+            .and_then(|r| r.last())
+            .filter(|_| !ask.force)
+        {
+            skipped.push(done(last.call_id.clone()));
+            continue;
+        }
+        if !calls.contains_key(&row.call_id) {
+            calls.insert(row.call_id.clone(), load(&state, &row.call_id).await?);
+        }
+        let Some(call) = calls.get(&row.call_id) else {
+            continue;
+        };
+        let (new, _) = rerun_input(&state, call, row.index, true, None, &earlier).await?;
+        rerun.push(done(new.id));
+    }
+    Ok(Json(InputsRerunResponse {
+        rerun,
+        skipped,
+        next_cursor: rows.last().filter(|_| more).map(cursor),
+    }))
+}
