@@ -29,8 +29,8 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
     let row = crate::db::query(&format!(
         "INSERT INTO calls (id, app, function, version, origin, state, idempotency_key, n_total, n_pending,
                             accepting_inputs, discard_results, created_at, schedule, due_at,
-                            rerun_of_call, rerun_of_index)
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12, $13, $14)
+                            rerun_of_call, rerun_of_index, starts_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING {CALL_COLUMNS}"
     ))
     .bind(p.id.as_str())
@@ -47,6 +47,7 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
     .bind(p.schedule.as_ref().map(|(_, d)| *d))
     .bind(p.rerun_of.as_ref().map(|(c, _)| c.as_str().to_string()))
     .bind(p.rerun_of.as_ref().map(|(_, i)| *i))
+    .bind(p.starts_at)
     .fetch_optional(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -93,7 +94,8 @@ pub async fn insert_many(
     let mut out: Vec<Option<CallInserted>> = Vec::with_capacity(calls.len());
     let mut plain = Vec::new();
     for (i, p) in calls.into_iter().enumerate() {
-        let plain_one = p.idempotency_key.is_none() && p.rerun_of.is_none();
+        let plain_one =
+            p.idempotency_key.is_none() && p.rerun_of.is_none() && p.starts_at.is_none();
         if plain_one && p.inputs.len() == 1 && !p.accepting_inputs {
             out.push(None);
             plain.push((i, p));
@@ -164,6 +166,7 @@ pub async fn insert_many(
                 discard_results: p.discard_results,
                 schedule: p.schedule,
                 rerun_of: None,
+                starts_at: None,
                 created_at: p.now,
                 finished_at: None,
             }));
@@ -228,6 +231,8 @@ async fn insert_inputs(
     inputs: &[String],
     now: UnixMillis,
 ) -> Result<(), StoreError> {
+    // A delayed call's inputs, a map's later chunks too, are due when it starts.
+    let due = call.starts_at.map_or(now, |at| at.max(now));
     for (chunk_no, chunk) in inputs.chunks(INSERT_CHUNK).enumerate() {
         let mut q: QueryBuilder<Db> = QueryBuilder::new(
             "INSERT INTO inputs (call_id, idx, app, function, version, state, input, not_before) ",
@@ -240,7 +245,7 @@ async fn insert_inputs(
                 .push_bind(call.version)
                 .push("'pending'")
                 .push_bind(input)
-                .push_bind(now);
+                .push_bind(due);
         });
         q.build().execute(&mut *conn).await.map_err(db_err)?;
     }

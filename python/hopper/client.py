@@ -10,6 +10,7 @@ and receives their answers); a synchronous and an asynchronous driver carry the 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import os
 import ssl
@@ -219,13 +220,14 @@ def _on_function(name: str, req: _Req) -> Plan[Any]:
 
 
 def _spawn_plan(
-    name: str, input_text: str, wait: float = 0.0, key: str | None = None
+    name: str, input_text: str, wait: float = 0.0, key: str | None = None, start: str = ""
 ) -> Plan[dict[str, Any]]:
     """Spawns a call; with ``wait`` (seconds), the server answers once it ended or after
     ``wait``, whichever is first. ``key`` is the idempotency key (default: a new one, so a
-    retried request cannot spawn twice); a key used before answers that call."""
+    retried request cannot spawn twice); a key used before answers that call. ``start`` is
+    :func:`_start_fields` of a delayed call."""
     key_text = _codec.dumps(key or f"py-{uuid.uuid4()}")
-    body = '{"input":' + input_text + ',"idempotency_key":' + key_text + "}"
+    body = '{"input":' + input_text + ',"idempotency_key":' + key_text + start + "}"
     req = _Req("POST", _function_path(name, "calls"), body=body)
     if wait > 0:
         req.params, req.timeout = {"wait": wait}, wait + 30
@@ -249,7 +251,43 @@ def _annotate(error: Error, spawned: list[str], note: str) -> None:
         error.args = (f"{error.args[0]} (spawn_many: {note})", *error.args[1:])
 
 
-def _spawn_many_plan(name: str, inputs: list[str], keys: list[str]) -> Plan[list[str]]:
+def _start_fields(delay: Any, start_at: Any) -> str:
+    """The JSON fields of a delayed call (``,"delay":"90000ms"`` or ``,"start_at":"…"``),
+    checked; empty when it starts at once.
+
+    Raises:
+        ValueError: both are given, the delay is not a duration, or ``start_at`` is neither a
+            timezone-aware :class:`datetime.datetime` nor an RFC 3339 string.
+    """
+    from ._durations import to_ms
+
+    if delay is not None and start_at is not None:
+        raise ValueError("give delay or start_at, not both")
+    if delay is not None:
+        ms = to_ms(delay, "delay")
+        if ms < 0:
+            raise ValueError(f"delay: {delay!r} is negative")
+        return f',"delay":"{ms}ms"'
+    if start_at is None:
+        return ""
+    if isinstance(start_at, datetime.datetime):
+        if start_at.tzinfo is None:
+            raise ValueError(
+                "start_at: a datetime needs its time zone (datetime.now(timezone.utc), not datetime.now())"
+            )
+        return ',"start_at":' + _codec.dumps(start_at.isoformat())
+    if isinstance(start_at, str):
+        try:
+            datetime.datetime.fromisoformat(start_at.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"start_at: {start_at!r} is not an RFC 3339 time (2026-12-24T18:00:00Z)"
+            ) from None
+        return ',"start_at":' + _codec.dumps(start_at)
+    raise ValueError(f"start_at: expected a datetime or an RFC 3339 string, not {type(start_at).__name__}")
+
+
+def _spawn_many_plan(name: str, inputs: list[str], keys: list[str], timing: str = "") -> Plan[list[str]]:
     """Spawns one call per input, up to :data:`SPAWN_BATCH` calls and
     :data:`SPAWN_BATCH_BYTES` of inputs to a request (each request one transaction); returns
     the calls' ids in order. Each call has its key, so a request repeated after a network
@@ -265,7 +303,7 @@ def _spawn_many_plan(name: str, inputs: list[str], keys: list[str]) -> Plan[list
             take, size = take + 1, size + len(text)
         while True:
             calls = ",".join(
-                '{"input":' + text + ',"idempotency_key":' + _codec.dumps(key) + "}"
+                '{"input":' + text + ',"idempotency_key":' + _codec.dumps(key) + timing + "}"
                 for text, key in zip(inputs[start : start + take], keys[start : start + take], strict=True)
             )
             req = _Req("POST", _function_path(name, "calls/batch"), body='{"calls":[' + calls + "]}")
@@ -320,9 +358,9 @@ def _check_key(key: Any, what: str) -> None:
         raise ValueError(f"{what} holds {bad!r}: a key is visible ASCII characters only (no spaces)")
 
 
-def _remote_plan(name: str, input_text: str, key: str | None = None) -> Plan[Any]:
+def _remote_plan(name: str, input_text: str, key: str | None = None, start: str = "") -> Plan[Any]:
     """Spawns and waits in one round trip when the call ends within a long-poll."""
-    call = yield from _spawn_plan(name, input_text, wait=POLL_SECONDS, key=key)
+    call = yield from _spawn_plan(name, input_text, wait=POLL_SECONDS, key=key, start=start)
     # A token that may submit but not read gets the state without the output: ask again,
     # which says so (AuthError).
     if call.get("state") in _TERMINAL and ("output" in call or "error" in call):
@@ -406,8 +444,9 @@ def _result(r: dict[str, Any], call_id: str, return_exceptions: bool) -> Any:
     raise exc
 
 
-def _map_body(inputs: list[str], done: bool, key: str | None, discard: bool = False) -> str:
-    """The body of ``POST /v1/functions/{name}/map`` (inputs already encoded)."""
+def _map_body(inputs: list[str], done: bool, key: str | None, discard: bool = False, start: str = "") -> str:
+    """The body of ``POST /v1/functions/{name}/map`` (inputs already encoded); ``start`` is
+    :func:`_start_fields` of a delayed map."""
     return (
         '{"inputs":['
         + ",".join(inputs)
@@ -417,6 +456,7 @@ def _map_body(inputs: list[str], done: bool, key: str | None, discard: bool = Fa
         + ("true" if discard else "false")
         + ',"idempotency_key":'
         + _codec.dumps(key or f"py-{uuid.uuid4()}")
+        + start
         + "}"
     )
 
@@ -461,13 +501,14 @@ def _map_plan(
     discard: bool,
     chunk_size: int,
     max_outstanding: int,
+    start: str = "",
 ) -> Plan[None]:
     first: list[str] = yield _Pull(min(chunk_size, max_outstanding))
     exhausted = len(first) < min(chunk_size, max_outstanding)
     if not first and exhausted:
         state.finished = True
         return
-    body = _map_body(first, exhausted, None, discard)
+    body = _map_body(first, exhausted, None, discard, start)
     call = yield from _on_function(name, _Req("POST", _function_path(name, "map"), body=body))
     call_id: str = call["id"]
     state.call_id = call_id
@@ -1077,6 +1118,7 @@ class Function:
         self.name = name
         self._client = client
         self._idempotency_key: str | None = None
+        self._start = ""
         self.spawn = _Twin(self._spawn, self._spawn_aio)
         self.spawn_many = _Twin(self._spawn_many, self._spawn_many_aio)
         self.remote = _Twin(self._remote, self._remote_aio)
@@ -1106,7 +1148,13 @@ class Function:
     def __repr__(self) -> str:
         return f"hopper.Function({self.name!r})"
 
-    def with_options(self, *, idempotency_key: str | None = None) -> Function:
+    def with_options(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        delay: str | float | datetime.timedelta | None = None,
+        start_at: str | datetime.datetime | None = None,
+    ) -> Function:
         """This function with options for the calls made through what it returns.
 
         Args:
@@ -1118,17 +1166,26 @@ class Function:
                 (:class:`InvalidInputError`, naming that call). Keys belong to the whole
                 server (prefix them with the function or app) and are kept as long as their
                 calls (the server's retention period).
+            delay: start each call (each of ``spawn_many``'s, a whole map) this long from now:
+                ``"10m"``, seconds, or a :class:`datetime.timedelta` (at most a year). The call
+                is stored at once, ``pending`` until then (``FunctionCall.info()["starts_at"]``),
+                and can be cancelled before it starts; it survives a server restart.
+            start_at: start them at this time instead: an aware :class:`datetime.datetime` or
+                an RFC 3339 string (not in the past, at most a year ahead).
 
         Returns:
             a new :class:`Function`; this one is unchanged.
 
         Raises:
-            ValueError: the key is not such a string.
+            ValueError: the key is not such a string; delay and start_at are both given, or
+                one is not a duration or a time (the server refuses a time in the past or
+                over a year ahead: :class:`InvalidInputError`).
         """
         if idempotency_key is not None:
             _check_key(idempotency_key, "idempotency_key")
         bound = Function(self.name, self._client)
         bound._idempotency_key = idempotency_key
+        bound._start = _start_fields(delay, start_at)
         return bound
 
     def _one_call_only(self, what: str) -> None:
@@ -1164,13 +1221,15 @@ class Function:
             ConnectionError, AuthError: the server cannot be reached, or refused the token.
         """
         client = self.client
-        call = client._run(_spawn_plan(self.name, _encode_input(args, kwargs), key=self._idempotency_key))
+        call = client._run(
+            _spawn_plan(self.name, _encode_input(args, kwargs), key=self._idempotency_key, start=self._start)
+        )
         return FunctionCall(call["id"], client)
 
     async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
         client = self.client
         call = await client._arun(
-            _spawn_plan(self.name, _encode_input(args, kwargs), key=self._idempotency_key)
+            _spawn_plan(self.name, _encode_input(args, kwargs), key=self._idempotency_key, start=self._start)
         )
         return FunctionCall(call["id"], client)
 
@@ -1201,7 +1260,8 @@ class Function:
         client = self.client
         self._one_call_only("spawn_many")
         texts, keys = _spawn_many_args(inputs, idempotency_keys)
-        return [FunctionCall(i, client) for i in client._run(_spawn_many_plan(self.name, texts, keys))]
+        plan = _spawn_many_plan(self.name, texts, keys, self._start)
+        return [FunctionCall(i, client) for i in client._run(plan)]
 
     async def _spawn_many_aio(
         self, inputs: Iterable[Any], *, idempotency_keys: Iterable[str] | None = None
@@ -1209,7 +1269,7 @@ class Function:
         client = self.client
         self._one_call_only("spawn_many")
         texts, keys = _spawn_many_args(inputs, idempotency_keys)
-        ids = await client._arun(_spawn_many_plan(self.name, texts, keys))
+        ids = await client._arun(_spawn_many_plan(self.name, texts, keys, self._start))
         return [FunctionCall(i, client) for i in ids]
 
     def _remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -1226,12 +1286,12 @@ class Function:
             and everything :meth:`spawn` raises.
         """
         client = self.client
-        plan = _remote_plan(self.name, _encode_input(args, kwargs), self._idempotency_key)
+        plan = _remote_plan(self.name, _encode_input(args, kwargs), self._idempotency_key, self._start)
         return _codec.decode(client._run(plan))
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
         client = self.client
-        plan = _remote_plan(self.name, _encode_input(args, kwargs), self._idempotency_key)
+        plan = _remote_plan(self.name, _encode_input(args, kwargs), self._idempotency_key, self._start)
         return _codec.decode(await client._arun(plan))
 
     def _map_run(
@@ -1248,6 +1308,7 @@ class Function:
             discard=discard,
             chunk_size=max(1, chunk_size),
             max_outstanding=max(1, max_outstanding),
+            start=self._start,
         )
         return plan, state
 

@@ -110,6 +110,37 @@ def test_a_spawn_retried_with_its_key_makes_one_call(app: Deployed, server: Serv
     assert first["id"] == again["id"]
 
 
+def test_a_delayed_spawn_waits_for_its_start_and_can_be_cancelled(app: Deployed, server: Server) -> None:
+    import datetime
+
+    echo = app.fn("echo")
+    call = echo.with_options(delay="1s").spawn("later")
+    info = server.get(f"/v1/calls/{call.object_id}")
+    assert info["state"] == "pending" and "starts_at" in info, info
+    assert call.get(timeout=60) == "later"
+    starts = datetime.datetime.fromisoformat(info["starts_at"].replace("Z", "+00:00"))
+    for attempt in server.get(f"/v1/calls/{call.object_id}/attempts"):
+        started = datetime.datetime.fromisoformat(attempt["started_at"].replace("Z", "+00:00"))
+        assert started >= starts, (attempt, info)
+    # A map and spawn_many take it too; a call an hour away can be cancelled meanwhile.
+    assert list(echo.with_options(delay=datetime.timedelta(milliseconds=300)).map([1, 2])) == [1, 2]
+    in_an_hour = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    away = echo.with_options(start_at=in_an_hour)
+    [far] = away.spawn_many(["far"])
+    far.cancel()
+    with pytest.raises(hx.InputCancelledError):
+        far.get(timeout=10)
+    # Bad values are refused here, or by the server with the field named.
+    with pytest.raises(ValueError, match="not both"):
+        echo.with_options(delay=1, start_at="2030-01-01T00:00:00Z")
+    with pytest.raises(ValueError, match="time zone"):
+        echo.with_options(start_at=datetime.datetime.now())
+    with pytest.raises(ValueError, match="delay"):
+        echo.with_options(delay="soon")
+    with pytest.raises(hx.InvalidInputError, match="start_at: 2001-01-01T00:00:00Z is in the past"):
+        echo.with_options(start_at="2001-01-01T00:00:00Z").spawn(1)
+
+
 def test_a_spawn_with_an_idempotency_key_is_made_once(app: Deployed) -> None:
     import uuid
 

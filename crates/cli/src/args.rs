@@ -113,6 +113,8 @@ pub enum Command {
         #[arg(long, requires = "input_file")]
         each_line: bool,
         #[command(flatten)]
+        start: StartArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
     /// Print a call's output (exit 0), or its error (exit 1), waiting until the call ends.
@@ -146,6 +148,10 @@ pub enum Command {
         /// Inputs per request.
         #[arg(long, default_value_t = 1000)]
         chunk_size: usize,
+        /// Start the map this long from now (e.g. 10m): its inputs are stored at once and
+        /// become due then.
+        #[arg(long)]
+        delay: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -516,4 +522,16 @@ pub struct InputSelection {
     /// Only failures before: a duration ago or an RFC 3339 time.
     #[arg(long)]
     pub until: Option<String>,
+}
+
+/// When a spawned call starts: at once, after `--delay`, or at `--start-at`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StartArgs {
+    /// Start the call this long from now (e.g. 10m, 1h30m; at most a year): it is stored at
+    /// once, pending until then, and can be cancelled before it starts.
+    #[arg(long, conflicts_with = "start_at")]
+    pub delay: Option<String>,
+    /// Start the call at this time (RFC 3339, e.g. 2026-12-24T18:00:00Z).
+    #[arg(long)]
+    pub start_at: Option<String>,
 }

@@ -546,6 +546,7 @@ command = ["sh", "-c", "echo $(( $(cat) * 2 ))"]
     let twice = |input: i64| hopper_core::api::SpawnRequest {
         input: json!(input),
         idempotency_key: Some("twice".into()),
+        ..Default::default()
     };
     let err = client
         .spawn_many("demo.double", vec![twice(3), twice(4)])

@@ -339,6 +339,7 @@ command = ["cat"]
             .map(|i| SpawnRequest {
                 input: json!({"batch": b, "i": i}),
                 idempotency_key: Some(format!("b{b}-{i}")),
+                ..Default::default()
             })
             .collect()
     };

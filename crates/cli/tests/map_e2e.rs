@@ -438,10 +438,7 @@ async fn an_open_map_whose_client_went_away_is_cancelled_and_one_still_read_stay
     let client = server.client();
     let open = |n: i64| hopper_core::api::MapRequest {
         inputs: vec![json!(n)],
-        done: false,
-        starmap: false,
-        discard_results: false,
-        idempotency_key: None,
+        ..Default::default()
     };
     // Two clients open a map each; one goes away, the other keeps reading its results.
     let gone = client.map_start("m.double", &open(1)).await.unwrap();

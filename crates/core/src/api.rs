@@ -96,13 +96,20 @@ pub struct FunctionVersionView {
 }
 
 /// `POST /v1/functions/{name}/calls`: spawn a call with one input.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SpawnRequest {
     pub input: Value,
     /// The same key returns the same call instead of spawning another. The
     /// `Idempotency-Key` header does the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Start the call this long from now (`10m`, `1h30m`; at most a year): it is stored at
+    /// once and its input becomes due then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    /// Start the call at this time (RFC 3339); instead of `delay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
 }
 
 /// `POST /v1/functions/{name}/calls/batch`: spawn many calls of one function, each with one
@@ -208,6 +215,9 @@ pub struct CallView {
     /// For a re-run (origin `rerun`): the call and input it runs again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<InputRef>,
+    /// For a delayed call: when its inputs become due (they are `pending` until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<String>,
     /// Re-runs of this call's inputs, oldest first (`GET /v1/calls/{id}` only, at most
     /// [`MAX_RERUNS_SHOWN`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -382,6 +392,12 @@ pub struct MapRequest {
     pub discard_results: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Start the map this long from now: its inputs, later chunks' too, become due then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    /// Start the map at this time (RFC 3339); instead of `delay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
 }
 
 /// `POST /v1/calls/{id}/inputs`: the next chunk of a map's inputs. `start` is the index of the

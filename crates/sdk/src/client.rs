@@ -415,10 +415,24 @@ impl Client {
         let body = SpawnRequest {
             input,
             idempotency_key,
+            delay: None,
+            start_at: None,
         };
+        self.spawn_request(function, &body).await
+    }
+
+    /// Spawns a call of `function` as `request` says: its input and the per-call options
+    /// (`idempotency_key`, `delay` or `start_at`). A delayed call is stored at once and its
+    /// input becomes due at its start (`CallView::starts_at`); errors name a bad option
+    /// (`invalid_delay`).
+    pub async fn spawn_request(
+        &self,
+        function: &str,
+        request: &SpawnRequest,
+    ) -> Result<CallView, Error> {
         self.send(
             self.request(Method::POST, &format!("/v1/functions/{function}/calls"))
-                .json(&body),
+                .json(request),
         )
         .await
     }
@@ -501,6 +515,8 @@ impl Client {
         let body = SpawnRequest {
             input,
             idempotency_key: None,
+            delay: None,
+            start_at: None,
         };
         let call: CallView = self
             .send(

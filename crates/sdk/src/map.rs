@@ -29,6 +29,9 @@ pub struct MapOptions {
     pub discard_results: bool,
     /// Inputs per request. Default 1,000.
     pub chunk_size: usize,
+    /// Start the map this long from now (its inputs are stored at once and become due
+    /// then). Default: at once.
+    pub delay: Option<Duration>,
 }
 
 impl Default for MapOptions {
@@ -39,6 +42,7 @@ impl Default for MapOptions {
             starmap: false,
             discard_results: false,
             chunk_size: 1_000,
+            delay: None,
         }
     }
 }
@@ -107,6 +111,8 @@ impl Client {
                     starmap: options.starmap,
                     discard_results: options.discard_results,
                     idempotency_key: None,
+                    delay: options.delay.map(hopper_core::duration::format),
+                    start_at: None,
                 },
             )
             .await?;

@@ -133,6 +133,7 @@ impl Cron {
                     discard_results: false,
                     schedule: Some((spec.qualified_name(), due_at)),
                     rerun_of: None,
+                    starts_at: None,
                     now,
                 },
                 manual,

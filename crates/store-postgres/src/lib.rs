@@ -536,6 +536,7 @@ impl PgStore {
     async fn insert_call(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
         let plain = params.idempotency_key.is_none()
             && params.rerun_of.is_none()
+            && params.starts_at.is_none()
             && params.inputs.len() == 1
             && !params.accepting_inputs;
         if plain {

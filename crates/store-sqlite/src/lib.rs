@@ -149,7 +149,9 @@ impl SqliteStore {
     /// Creates a call: a spawn of one input without a key goes with the other such spawns of
     /// the writer's group into multi-row statements; any other, alone.
     async fn insert_call(&self, params: CallInsert) -> Result<CallInserted, StoreError> {
-        let plain = params.idempotency_key.is_none() && params.rerun_of.is_none();
+        let plain = params.idempotency_key.is_none()
+            && params.rerun_of.is_none()
+            && params.starts_at.is_none();
         if plain && params.inputs.len() == 1 && !params.accepting_inputs {
             return self.writer.spawn(params).await;
         }

@@ -38,8 +38,8 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         11,
-        "failed_inputs",
-        include_str!("../migrations/0011_failed_inputs.sql"),
+        "reruns_and_delays",
+        include_str!("../migrations/0011_reruns_and_delays.sql"),
     ),
 ];
 

@@ -62,7 +62,7 @@ enum Message {
     /// A spawn of one input without an idempotency key: the spawns of a group are written
     /// together, by multi-row statements.
     Spawn(
-        CallInsert,
+        Box<CallInsert>,
         oneshot::Sender<Result<CallInserted, StoreError>>,
     ),
     Close(oneshot::Sender<()>),
@@ -233,7 +233,7 @@ impl Writer {
     pub async fn spawn(&self, call: CallInsert) -> Result<CallInserted, StoreError> {
         let (answer, rx) = oneshot::channel();
         self.jobs
-            .send(Message::Spawn(call, answer))
+            .send(Message::Spawn(Box::new(call), answer))
             .map_err(|_| closed())?;
         rx.await.map_err(|_| {
             StoreError::Unavailable("the write was not applied: the writer stopped".into())
@@ -264,7 +264,7 @@ fn write_loop(open: Open, rx: mpsc::Receiver<Message>) {
         for message in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             match message {
                 Message::Write(job) => group.push(job),
-                Message::Spawn(call, answer) => spawns.push((call, answer)),
+                Message::Spawn(call, answer) => spawns.push((*call, answer)),
                 Message::Close(done) => {
                     closing = Some(done);
                     break;

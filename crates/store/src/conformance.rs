@@ -70,6 +70,7 @@ macro_rules! conformance_suite {
             one_batch_ends_many_calls_each_once,
             first_inputs_are_read_for_many_calls_at_once,
             failed_inputs_are_found_across_calls_and_reruns_name_what_they_rerun,
+            a_delayed_call_is_not_leased_before_it_starts_nor_its_later_chunks,
             every_way_an_input_ends_appears_once_in_completion_order,
             only_the_lease_holder_can_complete_or_log,
             a_recorded_attempt_is_never_rewritten,
@@ -172,6 +173,7 @@ async fn spawn_n(store: &dyn Store, function: &str, inputs: usize, now: i64) -> 
             discard_results: false,
             schedule: None,
             rerun_of: None,
+            starts_at: None,
             now,
         })
         .await
@@ -377,6 +379,7 @@ pub async fn an_idempotency_key_returns_the_same_call(store: Arc<dyn Store>) {
         discard_results: false,
         schedule: None,
         rerun_of: None,
+        starts_at: None,
         now: T0,
     };
     let first = match store.call_insert(insert(CallId::generate())).await.unwrap() {
@@ -411,6 +414,7 @@ pub async fn an_idempotency_key_of_another_function_conflicts(store: Arc<dyn Sto
         discard_results: false,
         schedule: None,
         rerun_of: None,
+        starts_at: None,
         now: T0,
     };
     store.call_insert(insert("ok")).await.unwrap();
@@ -448,6 +452,7 @@ fn one(input: i64, key: Option<&str>) -> CallInsert {
         discard_results: false,
         schedule: None,
         rerun_of: None,
+        starts_at: None,
         now: T0,
     }
 }
@@ -578,6 +583,7 @@ pub async fn concurrent_spawns_with_one_idempotency_key_make_one_call(store: Arc
                     discard_results: false,
                     schedule: None,
                     rerun_of: None,
+                    starts_at: None,
                     now: T0,
                 })
                 .await
@@ -1251,6 +1257,7 @@ async fn open_map(store: &dyn Store, first: usize, discard_results: bool) -> Cal
             discard_results,
             schedule: None,
             rerun_of: None,
+            starts_at: None,
             now: T0,
         })
         .await
@@ -1493,6 +1500,7 @@ pub async fn an_empty_closed_map_has_ended(store: Arc<dyn Store>) {
             discard_results: false,
             schedule: None,
             rerun_of: None,
+            starts_at: None,
             now: T0,
         })
         .await
@@ -1565,6 +1573,7 @@ fn fire_params(name: &str, due_at: i64, missed: Vec<i64>, manual: bool) -> Sched
             discard_results: false,
             schedule: Some((format!("a.{name}"), due_at)),
             rerun_of: None,
+            starts_at: None,
             now: due_at,
         },
         manual,
@@ -2287,6 +2296,61 @@ pub async fn failed_inputs_are_found_across_calls_and_reruns_name_what_they_reru
     );
     assert_eq!(reruns[0].idempotency_key.as_deref(), Some("rerun-of-2"));
     assert_eq!(reruns[0].state, InputState::Pending);
+}
+
+pub async fn a_delayed_call_is_not_leased_before_it_starts_nor_its_later_chunks(
+    store: Arc<dyn Store>,
+) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    let starts = T0 + 60_000;
+    let mut delayed = one(1, None);
+    delayed.starts_at = Some(starts);
+    let CallInserted::Created(call) = store.call_insert(delayed).await.unwrap() else {
+        panic!("a new call");
+    };
+    assert_eq!(call.starts_at, Some(starts));
+    assert_eq!(
+        store.call_get(&call.id).await.unwrap().unwrap().starts_at,
+        Some(starts)
+    );
+    // A delayed map: its first inputs and a chunk appended later wait for its start too.
+    let mut map = one(2, None);
+    map.origin = Origin::Map;
+    map.accepting_inputs = true;
+    map.starts_at = Some(starts);
+    let CallInserted::Created(map) = store.call_insert(map).await.unwrap() else {
+        panic!("a new map");
+    };
+    store
+        .input_append(InputAppend {
+            call_id: map.id.clone(),
+            start: 1,
+            inputs: vec![json!({ "i": 3 }).to_string()],
+            done: true,
+            now: T0 + 10,
+        })
+        .await
+        .unwrap();
+    assert!(lease(&*store, &w, "ok", 10, starts - 1).await.is_empty());
+    assert_eq!(
+        store.input_next_due(&[key("ok")]).await.unwrap(),
+        Some(starts),
+        "the dispatcher sleeps until the start"
+    );
+    let leased = lease(&*store, &w, "ok", 10, starts).await;
+    let mut got: Vec<(CallId, i64)> = leased
+        .iter()
+        .map(|l| (l.call_id.clone(), l.index))
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (call.id.clone(), 0),
+        (map.id.clone(), 0),
+        (map.id.clone(), 1),
+    ];
+    want.sort();
+    assert_eq!(got, want);
 }
 
 /// The call's completion order: `(index, done_seq)` of every ended input.

@@ -99,6 +99,8 @@ pub struct CallInsert {
     pub schedule: Option<(String, UnixMillis)>,
     /// The call and input index this call re-runs (origin `rerun`).
     pub rerun_of: Option<(CallId, i64)>,
+    /// Delay the call: its inputs (a map's later ones too) are due at this time, not before.
+    pub starts_at: Option<UnixMillis>,
     pub now: UnixMillis,
 }
 

@@ -41,6 +41,8 @@ pub struct CallRow {
     pub schedule: Option<(String, UnixMillis)>,
     /// The call and input index this call re-runs (origin `rerun`).
     pub rerun_of: Option<(CallId, i64)>,
+    /// A delayed call: when its inputs become due.
+    pub starts_at: Option<UnixMillis>,
     pub created_at: UnixMillis,
     pub finished_at: Option<UnixMillis>,
 }

@@ -334,6 +334,8 @@ async fn bulk(n: u64) -> anyhow::Result<Figures> {
                     .map(|i| SpawnRequest {
                         input: Value::from(i),
                         idempotency_key: None,
+                        delay: None,
+                        start_at: None,
                     })
                     .collect();
                 let t = Instant::now();

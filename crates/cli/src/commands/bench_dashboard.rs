@@ -76,6 +76,7 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
                         discard_results: false,
                         schedule: None,
                         rerun_of: None,
+                        starts_at: None,
                         now: now(),
                     })
                     .await

@@ -8,7 +8,7 @@ use hopper_sdk::{CallFilter, Client};
 use serde_json::Value;
 
 use super::{call_id, client, duration, read_input};
-use crate::args::{ClientArgs, InputArgs};
+use crate::args::{ClientArgs, InputArgs, StartArgs};
 use crate::exit::{self, Code, Coded};
 use crate::output;
 
@@ -17,13 +17,26 @@ pub async fn spawn(
     function: &str,
     input: &InputArgs,
     key: Option<String>,
+    start: StartArgs,
 ) -> anyhow::Result<Code> {
     let input = read_input(input)?;
-    let call = client(args)?.spawn(function, input, key).await?;
+    let request = SpawnRequest {
+        input,
+        idempotency_key: key,
+        delay: start.delay,
+        start_at: start.start_at,
+    };
+    let call = client(args)?.spawn_request(function, &request).await?;
     if args.json {
         output::json(&call);
     } else {
         crate::output::line(format_args!("{}", call.id));
+        if let Some(at) = &call.starts_at {
+            eprintln!(
+                "starts at {at} (pending until then; hopper cancel {} stops it)",
+                call.id
+            );
+        }
     }
     Ok(Code::Ok)
 }
@@ -34,6 +47,7 @@ pub async fn spawn_each_line(
     function: &str,
     input: &InputArgs,
     key: Option<String>,
+    start: StartArgs,
 ) -> anyhow::Result<Code> {
     let Some(path) = &input.input_file else {
         return Err(exit::usage(
@@ -63,6 +77,8 @@ pub async fn spawn_each_line(
         calls.push(SpawnRequest {
             input,
             idempotency_key: key.as_ref().map(|k| format!("{k}:{}", n + 1)),
+            delay: start.delay.clone(),
+            start_at: start.start_at.clone(),
         });
     }
     if calls.is_empty() {
@@ -241,10 +257,15 @@ pub async fn list(args: &ClientArgs, filter: CallFilter) -> anyhow::Result<Code>
         .calls
         .iter()
         .map(|c| {
+            // A delayed call waits for its start.
+            let state = match (&c.starts_at, c.state) {
+                (Some(at), InputState::Pending) => format!("pending until {at}"),
+                _ => c.state.to_string(),
+            };
             vec![
                 c.id.to_string(),
                 c.function.clone(),
-                c.state.to_string(),
+                state,
                 c.origin.as_str().to_string(),
                 inputs_cell(&c.inputs),
                 c.created_at.clone(),

@@ -59,15 +59,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             input,
             idempotency_key,
             each_line: false,
+            start,
             client,
-        } => calls::spawn(&client, &function, &input, idempotency_key).await,
+        } => calls::spawn(&client, &function, &input, idempotency_key, start).await,
         Command::Spawn {
             function,
             input,
             idempotency_key,
             each_line: true,
+            start,
             client,
-        } => calls::spawn_each_line(&client, &function, &input, idempotency_key).await,
+        } => calls::spawn_each_line(&client, &function, &input, idempotency_key, start).await,
         Command::Get {
             call_id,
             timeout,
@@ -81,6 +83,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             starmap,
             for_each,
             chunk_size,
+            delay,
             client,
         } => {
             let options = hopper_sdk::MapOptions {
@@ -89,6 +92,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
                 starmap,
                 discard_results: for_each,
                 chunk_size,
+                delay: delay
+                    .as_deref()
+                    .map(|d| duration("--delay", d))
+                    .transpose()?,
             };
             map::map(&client, &function, &inputs, options).await
         }

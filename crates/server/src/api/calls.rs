@@ -36,6 +36,73 @@ pub struct SpawnBody {
     input: Box<serde_json::value::RawValue>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    delay: Option<String>,
+    #[serde(default)]
+    start_at: Option<String>,
+}
+
+/// How far ahead a call may be delayed.
+const MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 3600);
+/// A `start_at` this far in the past is taken as now (clocks differ); further is refused.
+const PAST_SLACK_MS: i64 = 60_000;
+
+/// When a delayed call starts, from its `delay` (a duration) or `start_at` (RFC 3339); `None`
+/// when it starts at once. `what` names the request's part (`calls[3]` of a bulk spawn).
+pub fn starts_at(
+    state: &AppState,
+    delay: Option<&str>,
+    start_at: Option<&str>,
+    what: &str,
+) -> Result<Option<i64>, ApiError> {
+    let now = state.now();
+    let at = match (delay, start_at) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_delay",
+                format!("{what}delay and {what}start_at: give one of them, not both"),
+            ))
+        }
+        (Some(delay), None) => {
+            let d = hopper_core::duration::parse(delay)
+                .map_err(|e| ApiError::bad_request("invalid_delay", format!("{what}delay: {e}")))?;
+            if d > MAX_DELAY {
+                return Err(ApiError::bad_request(
+                    "invalid_delay",
+                    format!("{what}delay: {delay:?} is longer than a year, the longest delay"),
+                ));
+            }
+            now + d.as_millis() as i64
+        }
+        (None, Some(text)) => {
+            let t = chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        "invalid_delay",
+                        format!("{what}start_at: {text:?} is not an RFC 3339 time (2026-12-24T18:00:00Z): {e}"),
+                    )
+                })?
+                .timestamp_millis();
+            if t < now - PAST_SLACK_MS {
+                return Err(ApiError::bad_request(
+                    "invalid_delay",
+                    format!(
+                        "{what}start_at: {text} is in the past (the server's time is {})",
+                        views::time(now)
+                    ),
+                ));
+            }
+            if t > now + MAX_DELAY.as_millis() as i64 {
+                return Err(ApiError::bad_request(
+                    "invalid_delay",
+                    format!("{what}start_at: {text} is more than a year ahead, the longest delay"),
+                ));
+            }
+            t
+        }
+    };
+    Ok((at > now).then_some(at))
 }
 
 /// `POST /v1/functions/{name}/calls?wait=SECONDS`: with `wait`, the answer comes once the
@@ -65,13 +132,13 @@ pub async fn spawn(
         ));
     }
     let key = idempotency_key(&headers, req.idempotency_key)?;
+    let start = starts_at(&state, req.delay.as_deref(), req.start_at.as_deref(), "")?;
     // Subscribed before the call exists, so its end is heard however soon it comes, and the
     // call as written is the wait's first look.
     let finished = state.events.watch_calls();
-    let inserted = state
-        .store
-        .call_insert(spawned(&function, input, key, state.now()))
-        .await?;
+    let mut insert = spawned(&function, input, key, state.now());
+    insert.starts_at = start;
+    let inserted = state.store.call_insert(insert).await?;
     let (status, call) = match inserted {
         CallInserted::Created(call) => {
             crate::metrics::call_started(format!("{}.{}", call.app, call.function), "spawn");
@@ -141,7 +208,15 @@ pub async fn spawn_batch(
         if let Some(key) = &call.idempotency_key {
             check_key(key, &format!("calls[{i}].idempotency_key"))?;
         }
-        inserts.push(spawned(&function, input, call.idempotency_key, now));
+        let start = starts_at(
+            &state,
+            call.delay.as_deref(),
+            call.start_at.as_deref(),
+            &format!("calls[{i}]."),
+        )?;
+        let mut insert = spawned(&function, input, call.idempotency_key, now);
+        insert.starts_at = start;
+        inserts.push(insert);
     }
     let ids: Vec<CallId> = inserts.iter().map(|c| c.id.clone()).collect();
     let inserted = match state.store.call_insert_many(inserts).await {
@@ -197,7 +272,7 @@ pub struct SpawnBatchBody {
 }
 
 /// A spawned call of `function`'s current version with one input (JSON text).
-fn spawned(
+pub fn spawned(
     function: &hopper_store::FunctionRow,
     input: String,
     idempotency_key: Option<String>,
@@ -215,6 +290,7 @@ fn spawned(
         discard_results: false,
         schedule: None,
         rerun_of: None,
+        starts_at: None,
         now,
     }
 }

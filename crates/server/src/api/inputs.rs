@@ -7,14 +7,16 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 use axum::Json;
+use hopper_core::api::Origin;
 use hopper_core::api::{
     FailedInputPage, FailedInputView, InputsRerunRequest, InputsRerunResponse, RerunDone,
 };
 use hopper_core::{CallId, FunctionName};
-use hopper_store::{FailedInputList, FailedInputRow};
+use hopper_store::{CallInserted, FailedInputList, FailedInputRow};
 use serde::Deserialize;
 
-use super::calls::{load, rerun_input, reruns_of, time_bound};
+use super::apps::resolve;
+use super::calls::{reruns_of, spawned, time_bound};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::views;
@@ -22,6 +24,9 @@ use crate::state::AppState;
 
 /// Inputs a page lists, and a bulk re-run runs, at most.
 const MAX_PAGE: u32 = 1_000;
+/// Re-runs written in one transaction, at most, and bytes of their inputs.
+const RERUN_GROUP: usize = 100;
+const RERUN_GROUP_BYTES: usize = 8 << 20;
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -156,6 +161,37 @@ pub async fn list(
     }))
 }
 
+/// Writes a group of re-runs in one transaction; returns each with the call that re-runs it
+/// (an existing one when its key was taken: a concurrent re-run of the same input).
+async fn write_reruns(
+    state: &AppState,
+    group: Vec<(RerunDone, hopper_store::CallInsert)>,
+) -> Result<Vec<RerunDone>, ApiError> {
+    if group.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut done, inserts): (Vec<RerunDone>, Vec<_>) = group.into_iter().unzip();
+    let made = state.store.call_insert_many(inserts).await?;
+    let mut woken: HashMap<(String, String), usize> = HashMap::new();
+    for (done, made) in done.iter_mut().zip(made) {
+        let call = match made {
+            CallInserted::Created(call) => {
+                crate::metrics::call_started(format!("{}.{}", call.app, call.function), "rerun");
+                *woken
+                    .entry((call.app.clone(), call.function.clone()))
+                    .or_default() += 1;
+                call
+            }
+            CallInserted::Existing(call) => call,
+        };
+        done.rerun_id = call.id;
+    }
+    for ((app, function), n) in woken {
+        state.events.inputs_for(&app, &function, n);
+    }
+    Ok(done)
+}
+
 fn call_ids(rows: &[FailedInputRow]) -> Vec<CallId> {
     let mut ids: Vec<CallId> = rows.iter().map(|r| r.call_id.clone()).collect();
     ids.sort();
@@ -185,32 +221,49 @@ pub async fn rerun(
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let earlier = reruns_of(&state, &call_ids(&rows)).await?;
-    let mut calls = HashMap::new();
+    let now = state.now();
+    let mut functions: HashMap<String, hopper_store::FunctionRow> = HashMap::new();
     let (mut rerun, mut skipped) = (Vec::new(), Vec::new());
+    // Written in groups (one transaction each), bounded in calls and in bytes of inputs.
+    let mut group: Vec<(RerunDone, hopper_store::CallInsert)> = Vec::new();
+    let mut bytes = 0;
     for row in &rows {
         let done = |rerun_id: CallId| RerunDone {
             call_id: row.call_id.clone(),
             index: row.index,
             rerun_id,
         };
-        // An input re-run before is represented by its re-run (listed itself if it failed).
-        if let Some(last) = earlier
+        let before = earlier
             .get(&(row.call_id.clone(), row.index))
-            .and_then(|r| r.last())
-            .filter(|_| !ask.force)
-        {
+            .map_or(&[][..], Vec::as_slice);
+        // An input re-run before is represented by its re-run (listed itself if it failed).
+        if let Some(last) = before.last().filter(|_| !ask.force) {
             skipped.push(done(last.call_id.clone()));
             continue;
         }
-        if !calls.contains_key(&row.call_id) {
-            calls.insert(row.call_id.clone(), load(&state, &row.call_id).await?);
+        let Some(input) = state.store.input_get(&row.call_id, row.index).await? else {
+            continue; // pruned since it was listed
+        };
+        let name = format!("{}.{}", row.app, row.function);
+        if !functions.contains_key(&name) {
+            functions.insert(name.clone(), resolve(&state, &name).await?);
         }
-        let Some(call) = calls.get(&row.call_id) else {
+        let Some(function) = functions.get(&name) else {
             continue;
         };
-        let (new, _) = rerun_input(&state, call, row.index, true, None, &earlier).await?;
-        rerun.push(done(new.id));
+        // The key a single re-run of this input would take: the two never both run.
+        let key = format!("rerun-{}-{}-{}", row.call_id, row.index, before.len());
+        bytes += input.input.len();
+        let mut insert = spawned(function, input.input, Some(key), now);
+        insert.origin = Origin::Rerun;
+        insert.rerun_of = Some((row.call_id.clone(), row.index));
+        group.push((done(insert.id.clone()), insert));
+        if group.len() >= RERUN_GROUP || bytes >= RERUN_GROUP_BYTES {
+            rerun.extend(write_reruns(&state, std::mem::take(&mut group)).await?);
+            bytes = 0;
+        }
     }
+    rerun.extend(write_reruns(&state, group).await?);
     Ok(Json(InputsRerunResponse {
         rerun,
         skipped,

@@ -25,8 +25,10 @@ pub const MAX_CHUNK: usize = 10_000;
 /// Longest a results request waits for new results.
 const MAX_RESULTS_WAIT: Duration = Duration::from_secs(60);
 
-/// A map's body as it came: each input's own text, checked before it is parsed.
+/// A map's body as it came: each input's own text, checked before it is parsed. Unknown
+/// fields are refused (a misspelt `done` would leave a map open).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MapBody {
     #[serde(default)]
     inputs: Vec<Box<RawValue>>,
@@ -38,10 +40,15 @@ pub struct MapBody {
     discard_results: bool,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    delay: Option<String>,
+    #[serde(default)]
+    start_at: Option<String>,
 }
 
 /// A chunk of a map's inputs as it came.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChunkBody {
     start: i64,
     #[serde(default)]
@@ -99,6 +106,8 @@ pub async fn map(
 ) -> Result<(StatusCode, Json<CallView>), ApiError> {
     let function = resolve(&state, &name).await?;
     let key = idempotency_key(&headers, req.idempotency_key)?;
+    let starts_at =
+        super::calls::starts_at(&state, req.delay.as_deref(), req.start_at.as_deref(), "")?;
     let inputs = encode_inputs(&state, &req.inputs, req.starmap, 0)?;
     let added = inputs.len();
     let inserted = state
@@ -115,6 +124,7 @@ pub async fn map(
             discard_results: req.discard_results,
             schedule: None,
             rerun_of: None,
+            starts_at,
             now: state.now(),
         })
         .await?;

@@ -69,6 +69,7 @@ pub fn call(row: &CallRow, first: Option<&InputRow>) -> CallView {
             index: *index,
         }),
         reruns: Vec::new(),
+        starts_at: row.starts_at.map(time),
     }
 }
 

@@ -382,7 +382,7 @@ function callsTable(calls) {
     h("tbody", {}, calls.map((c) => h("tr", { "data-call": c.id },
       h("td", { class: "mono" }, link(`/calls/${c.id}`, c.id)),
       h("td", {}, c.function),
-      h("td", {}, badge(c.state)),
+      h("td", {}, badge(c.state), c.starts_at && c.state === "pending" ? h("span", { class: "muted" }, ` starts ${new Date(c.starts_at).toLocaleString()}`) : null),
       h("td", {}, c.schedule ? `schedule ${c.schedule}` : c.origin),
       h("td", { class: "num" }, c.inputs.total === 1 ? "1" : `${num(c.inputs.succeeded + c.inputs.failed + c.inputs.cancelled)}/${num(c.inputs.total)}`),
       h("td", {}, when(c.created_at)),
@@ -657,6 +657,8 @@ function callPage({ id }) {
       ["Attempts", single ? c.attempts : "by input, below"],
     ];
     if (c.idempotency_key) facts.push(["Idempotency key", c.idempotency_key]);
+    // A delayed call: pending until then, and cancellable meanwhile.
+    if (c.starts_at) facts.push(["Starts", h("span", { id: "starts-at" }, new Date(c.starts_at).toLocaleString(), " (", when(c.starts_at), ")")]);
     if (c.reruns && c.reruns.length) {
       facts.push(["Re-runs", h("span", { id: "reruns" }, c.reruns.map((r) => h("span", {},
         single ? "" : `input ${r.index}: `, link(`/calls/${r.call_id}`, r.call_id), " ", badge(r.state), " ")))]);

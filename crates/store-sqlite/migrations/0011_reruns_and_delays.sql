@@ -7,3 +7,5 @@ CREATE INDEX inputs_failed_of_call_by_time ON inputs (call_id, finished_at, id) 
 ALTER TABLE calls ADD COLUMN rerun_of_call TEXT;
 ALTER TABLE calls ADD COLUMN rerun_of_index BIGINT;
 CREATE INDEX calls_reruns ON calls (rerun_of_call, rerun_of_index) WHERE rerun_of_call IS NOT NULL;
+-- A delayed call's inputs are due at this time, later ones of a map too (NULL: at once).
+ALTER TABLE calls ADD COLUMN starts_at BIGINT;
