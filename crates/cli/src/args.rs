@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use hopper_core::secret::Redacted;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,7 +54,7 @@ pub struct ClientArgs {
     pub server: Vec<String>,
     /// The server's token, if it has one.
     #[arg(long, env = "HOPPER_TOKEN", hide_env_values = true, global = true)]
-    pub token: Option<String>,
+    pub token: Option<Redacted<String>>,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -372,7 +373,7 @@ pub struct ServeArgs {
     /// Keep the data in PostgreSQL instead of SQLite, e.g. postgres://user:pass@host/db; any
     /// number of servers can share one database.
     #[arg(long, env = "HOPPER_DATABASE", hide_env_values = true)]
-    pub database: Option<String>,
+    pub database: Option<Redacted<String>>,
     /// Most connections to PostgreSQL per server.
     #[arg(long, default_value_t = 16)]
     pub database_pool: u32,
@@ -395,11 +396,11 @@ pub struct ServeArgs {
     pub max_bundle: String,
     /// Require this bearer token on every request (it has every scope).
     #[arg(long, env = "HOPPER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<Redacted<String>>,
     /// A token limited to some scopes, as SCOPES=TOKEN with scopes read, submit, work, admin
     /// (e.g. read,submit=s3cret); repeatable.
     #[arg(long = "scoped-token", value_name = "SCOPES=TOKEN")]
-    pub scoped_tokens: Vec<String>,
+    pub scoped_tokens: Vec<Redacted<String>>,
     /// Tokens from a file, one `name:scopes:token` a line (e.g. `ci:submit,read:s3cret`;
     /// `#` comments), read again on SIGHUP and when it changes: tokens are added and removed
     /// without a restart, and stay out of the command line.
@@ -457,7 +458,7 @@ pub struct ServeArgs {
     /// SMTP server for e-mail notifications: smtp://[user:pass@]host[:port], smtps://… or
     /// smtp+starttls://…
     #[arg(long, env = "HOPPER_SMTP", hide_env_values = true)]
-    pub smtp: Option<String>,
+    pub smtp: Option<Redacted<String>>,
     /// Sender of notification e-mails.
     #[arg(long, default_value = "hopper@localhost")]
     pub smtp_from: String,
@@ -534,4 +535,40 @@ pub struct StartArgs {
     /// Start the call at this time (RFC 3339, e.g. 2026-12-24T18:00:00Z).
     #[arg(long)]
     pub start_at: Option<String>,
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #![allow(clippy::unwrap_used)] // test code
+    use clap::Parser;
+
+    /// The parsed command line, logged with `{:?}`, shows no token or SMTP password.
+    #[test]
+    fn debug_of_the_command_line_shows_no_credential() {
+        let serve = super::Cli::try_parse_from([
+            "hopper",
+            "serve",
+            "--token",
+            "admin-t0ken",
+            "--scoped-token",
+            "read=read-t0ken",
+            "--smtp",
+            "smtps://mail:p4ssword@mail.example.com",
+            "--database",
+            "postgres://hopper:dbp4ss@db/hopper",
+        ])
+        .unwrap();
+        let calls =
+            super::Cli::try_parse_from(["hopper", "calls", "--token", "cl1ent-t0ken"]).unwrap();
+        let shown = format!("{serve:?} {calls:?}");
+        for secret in [
+            "admin-t0ken",
+            "read-t0ken",
+            "p4ssword",
+            "dbp4ss",
+            "cl1ent-t0ken",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
 }

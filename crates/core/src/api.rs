@@ -617,7 +617,7 @@ pub struct WorkerRegistered {
     /// to them as `HOPPER_TOKEN`, so a function can call others); none when the server needs
     /// no token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call_token: Option<String>,
+    pub call_token: Option<crate::secret::Redacted<String>>,
     /// The current spec of each function the worker serves, by `app.function@version`, so a
     /// worker can start what a function needs (a `serve` process) before its first input.
     #[serde(default)]
@@ -626,7 +626,7 @@ pub struct WorkerRegistered {
     /// worker (lease, heartbeat, complete, logs, deregister); no other worker can act as this
     /// one without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker_secret: Option<String>,
+    pub worker_secret: Option<crate::secret::Redacted<String>>,
 }
 
 /// A worker as the API shows it.
@@ -690,7 +690,7 @@ pub struct SecretPut {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretValue {
     pub key: String,
-    pub value: String,
+    pub value: crate::secret::Redacted<String>,
 }
 
 /// What `POST /v1/reseal` did: secrets sealed again with the first key of

@@ -28,6 +28,7 @@ pub mod manifest;
 pub mod notify;
 pub mod retry;
 pub mod schedule;
+pub mod secret;
 pub mod state;
 pub mod stats;
 pub mod suggest;

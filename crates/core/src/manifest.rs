@@ -930,7 +930,7 @@ fn notify_rule(
     Some(NotifyRule {
         on,
         functions: named,
-        webhook: r.webhook.as_ref().map(|w| w.get_ref().clone()),
+        webhook: r.webhook.as_ref().map(|w| w.get_ref().clone().into()),
         email,
         quiet_ms,
     })

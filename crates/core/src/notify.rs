@@ -45,9 +45,9 @@ pub struct NotifyRule {
     /// Function names within the app; empty means every function.
     #[serde(default)]
     pub functions: Vec<String>,
-    /// A secret: never shown in logs or the API.
+    /// A secret (its path is a credential): never shown in logs or the API.
     #[serde(default)]
-    pub webhook: Option<String>,
+    pub webhook: Option<crate::secret::Redacted<String>>,
     #[serde(default)]
     pub email: Vec<String>,
     /// At most one message per function and channel per this period. Default 5 minutes.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hopper_core::api::*;
+use hopper_core::secret::Redacted;
 use hopper_core::{CallId, WorkerId};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -163,9 +164,9 @@ pub struct Client {
     /// The index in `servers` of the one requests go to; moves on when that one fails. Shared
     /// by the clones of a client, so that they move together.
     current: Arc<AtomicUsize>,
-    token: Option<String>,
+    token: Option<Redacted<String>>,
     /// The secret of the worker this client acts for, sent with its worker requests.
-    worker_secret: Option<String>,
+    worker_secret: Option<Redacted<String>>,
 }
 
 impl Client {
@@ -205,7 +206,7 @@ impl Client {
             http,
             servers: servers.into(),
             current: Arc::new(AtomicUsize::new(0)),
-            token,
+            token: token.map(Redacted::new),
             worker_secret: None,
         })
     }
@@ -221,8 +222,9 @@ impl Client {
         self.servers.join(",")
     }
 
+    /// The bearer token this client sends, if any.
     pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+        self.token.as_ref().map(|t| t.expose().as_str())
     }
 
     /// Starts a map with a first chunk of inputs (`done` when there are no more).
@@ -267,7 +269,7 @@ impl Client {
 
     /// This client, sending `secret` (from [`WorkerRegistered::worker_secret`]) with every
     /// request about its worker, as the server requires.
-    pub fn with_worker_secret(mut self, secret: Option<String>) -> Self {
+    pub fn with_worker_secret(mut self, secret: Option<Redacted<String>>) -> Self {
         self.worker_secret = secret;
         self
     }
@@ -277,11 +279,11 @@ impl Client {
             .http
             .request(method, format!("{}{}", self.base_url(), path));
         if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
+            req = req.bearer_auth(token.expose());
         }
         if let Some(secret) = &self.worker_secret {
             if path.starts_with("/v1/workers/") {
-                req = req.header("x-hopper-worker-secret", secret);
+                req = req.header("x-hopper-worker-secret", secret.expose());
             }
         }
         req
@@ -706,7 +708,10 @@ impl Client {
         let body = hopper_core::api::SecretPut {
             values: values
                 .into_iter()
-                .map(|(key, value)| hopper_core::api::SecretValue { key, value })
+                .map(|(key, value)| hopper_core::api::SecretValue {
+                    key,
+                    value: value.into(),
+                })
                 .collect(),
         };
         self.send(
@@ -876,4 +881,32 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         );
     }
     text
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #![allow(clippy::unwrap_used)] // test code
+
+    /// A client or a worker's configuration logged with `{:?}` shows neither its token nor
+    /// its worker's secret.
+    #[test]
+    fn debug_of_a_client_shows_no_token_or_secret() {
+        let client = super::Client::new("http://127.0.0.1:1", Some("cl1ent-t0ken".into()))
+            .unwrap()
+            .with_worker_secret(Some("w0rker-secret".to_string().into()));
+        let config = crate::WorkerConfig {
+            server: "http://127.0.0.1:1".into(),
+            token: Some("w0rker-t0ken".to_string().into()),
+            functions: Vec::new(),
+            concurrency: 1,
+            host: "h".into(),
+            drain: std::time::Duration::from_secs(1),
+        };
+        let shown = format!("{client:?} {config:?}");
+        for secret in ["cl1ent-t0ken", "w0rker-secret", "w0rker-t0ken"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("token: Some(***)"), "{shown}");
+        assert_eq!(client.token(), Some("cl1ent-t0ken"));
+    }
 }

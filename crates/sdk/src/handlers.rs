@@ -254,7 +254,7 @@ impl Worker {
             .sum();
         let config = WorkerConfig {
             server: self.client.server_list(),
-            token: self.client.token().map(String::from),
+            token: self.client.token().map(|t| t.to_string().into()),
             functions: names,
             concurrency: slots.max(1),
             host: "in-process".into(),

@@ -27,7 +27,7 @@ pub struct WorkerConfig {
     /// Base URL of the server, e.g. `http://127.0.0.1:7433`, or of several servers of one
     /// cluster, comma-separated (see [`Client::new`]).
     pub server: String,
-    pub token: Option<String>,
+    pub token: Option<hopper_core::secret::Redacted<String>>,
     /// `app.function` names served.
     pub functions: Vec<String>,
     /// Inputs held at once (for a batched function, batch size × batches at once).
@@ -125,7 +125,7 @@ pub struct Registration {
     /// [`Client::new`]).
     pub server: String,
     /// A `read` and `submit` token for functions to call others with (none without tokens).
-    pub call_token: Option<String>,
+    pub call_token: Option<hopper_core::secret::Redacted<String>>,
     /// The worker's own client (its token and secret), for what its functions need from the
     /// server besides inputs, such as their code snapshots.
     pub client: Client,
@@ -176,7 +176,8 @@ pub async fn run(
     executor: Arc<dyn Executor>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    let client = Client::new(&config.server, config.token.clone()).map_err(WorkerError::Refused)?;
+    let token = config.token.clone().map(|t| t.into_inner());
+    let client = Client::new(&config.server, token).map_err(WorkerError::Refused)?;
     let Some(registered) = register(&client, &config, &shutdown).await? else {
         return Ok(());
     };

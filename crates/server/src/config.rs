@@ -44,9 +44,9 @@ impl Scope {
 pub struct ServerConfig {
     /// Bearer token with every scope, required on every request but `/healthz`. Default none,
     /// which is allowed only on a loopback address (and with no scoped tokens either).
-    pub token: Option<String>,
+    pub token: Option<hopper_core::secret::Redacted<String>>,
     /// Tokens limited to some scopes (`--scoped-token read,submit=TOKEN`).
-    pub scoped_tokens: Vec<(Vec<Scope>, String)>,
+    pub scoped_tokens: Vec<(Vec<Scope>, hopper_core::secret::Redacted<String>)>,
     /// An open map whose client sends nothing (no inputs, no close, no read of the call or
     /// its results) for this long is cancelled (`--map-idle-timeout`; zero: never). Default
     /// 10 minutes.
@@ -80,11 +80,11 @@ pub struct ServerConfig {
     /// Default none.
     pub allow_hosts: Vec<String>,
     /// The `work` token given to local workers; set by the server at start.
-    pub worker_token: Option<String>,
+    pub worker_token: Option<hopper_core::secret::Redacted<String>>,
     /// The `read` and `submit` token handed to functions through their workers, so a function
     /// can call others; derived at start from the configured tokens (the same on every server
     /// with the same tokens).
-    pub call_token: Option<String>,
+    pub call_token: Option<hopper_core::secret::Redacted<String>>,
     /// How long a lease lasts without a heartbeat; a lost worker costs at most this. Default 30 s.
     pub lease: Duration,
     /// Time a worker gets between SIGTERM and SIGKILL of a timed-out command. Default 5 s.
@@ -103,7 +103,7 @@ pub struct ServerConfig {
     pub worker_log: Option<String>,
     /// The SMTP server for e-mail notifications: `smtp://[user:pass@]host[:port]` (plain),
     /// `smtps://…` (TLS) or `smtp+starttls://…`. A secret: never logged. Default none.
-    pub smtp: Option<String>,
+    pub smtp: Option<hopper_core::secret::Redacted<String>>,
     /// Sender of notification e-mails. Default `hopper@localhost`.
     pub smtp_from: String,
     /// Base URL of the dashboard in notification links. Default the listening address.
@@ -187,12 +187,12 @@ impl ServerConfig {
     /// The scopes of a presented token; `None` for an unknown token.
     pub fn scopes_of(&self, presented: &str) -> Option<Vec<Scope>> {
         let matches = |expected: &str| constant_time_eq(presented.as_bytes(), expected.as_bytes());
-        if self.token.as_deref().is_some_and(matches) {
+        if self.token.as_ref().is_some_and(|t| matches(t.expose())) {
             return Some(vec![Scope::Admin]);
         }
         self.scoped_tokens
             .iter()
-            .find(|(_, t)| matches(t))
+            .find(|(_, t)| matches(t.expose()))
             .map(|(scopes, _)| scopes.clone())
             .or_else(|| self.token_file.as_ref()?.scopes_of(presented))
     }
@@ -206,12 +206,12 @@ impl ServerConfig {
                 crate::api::session::session_value(token).as_bytes(),
             )
         };
-        if self.token.as_deref().is_some_and(matches) {
+        if self.token.as_ref().is_some_and(|t| matches(t.expose())) {
             return Some(vec![Scope::Admin]);
         }
         self.scoped_tokens
             .iter()
-            .find(|(_, t)| matches(t))
+            .find(|(_, t)| matches(t.expose()))
             .map(|(scopes, _)| scopes.clone())
             .or_else(|| self.token_file.as_ref()?.scopes_of_session(session))
     }
@@ -238,4 +238,36 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+    use super::{Scope, ServerConfig};
+
+    /// A configuration written to a log (`{:?}`) shows none of the credentials it holds.
+    #[test]
+    fn debug_of_a_config_shows_no_token_password_or_key() {
+        let config = ServerConfig {
+            token: Some("admin-t0ken".to_string().into()),
+            scoped_tokens: vec![(vec![Scope::Read], "read-t0ken".to_string().into())],
+            worker_token: Some("hw-w0rker".to_string().into()),
+            call_token: Some("hc-c4ll".to_string().into()),
+            smtp: Some("smtps://mail:p4ssword@mail.example.com".to_string().into()),
+            secret_keys: vec![crate::secrets::SecretKey::from_hex(&"ab".repeat(32)).unwrap()],
+            ..ServerConfig::default()
+        };
+        let shown = format!("{config:?}");
+        for secret in [
+            "admin-t0ken",
+            "read-t0ken",
+            "hw-w0rker",
+            "hc-c4ll",
+            "p4ssword",
+            "abab",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("token: Some(***)"), "{shown}");
+    }
 }

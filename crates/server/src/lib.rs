@@ -87,8 +87,8 @@ pub async fn run(
         let worker_token = format!("hw-{}", hopper_core::ids::random_hex());
         config
             .scoped_tokens
-            .push((vec![config::Scope::Work], worker_token.clone()));
-        config.worker_token = Some(worker_token);
+            .push((vec![config::Scope::Work], worker_token.clone().into()));
+        config.worker_token = Some(worker_token.into());
         // Functions get a token to spawn and read calls with, the same on every server that
         // shares these tokens (a function's worker may talk to any of them).
         // With a token file, the tokens it has at start.
@@ -97,13 +97,13 @@ pub async fn run(
             .as_ref()
             .map(|f| f.tokens())
             .unwrap_or_default();
-        let mut secrets: Vec<&str> = config.token.iter().map(String::as_str).collect();
+        let mut secrets: Vec<&str> = config.token.iter().map(|t| t.expose().as_str()).collect();
         secrets.extend(
             config
                 .scoped_tokens
                 .iter()
                 .filter(|(_, t)| Some(t) != config.worker_token.as_ref())
-                .map(|(_, t)| t.as_str()),
+                .map(|(_, t)| t.expose().as_str()),
         );
         secrets.extend(from_file.iter().map(String::as_str));
         secrets.sort_unstable();
@@ -113,9 +113,9 @@ pub async fn run(
         );
         config.scoped_tokens.push((
             vec![config::Scope::Read, config::Scope::Submit],
-            call_token.clone(),
+            call_token.clone().into(),
         ));
-        config.call_token = Some(call_token);
+        config.call_token = Some(call_token.into());
     }
     // Connections within the open-file limit, and workers' long-polls within half of them,
     // so waiting workers never hold what spawns, reads and `/healthz` need.

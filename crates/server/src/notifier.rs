@@ -53,7 +53,7 @@ struct Event {
 /// One channel of one rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Target {
-    Webhook(String),
+    Webhook(hopper_core::secret::Redacted<String>),
     Email(Vec<String>),
 }
 
@@ -139,8 +139,8 @@ impl Notifier {
         let smtp = state
             .config
             .smtp
-            .as_deref()
-            .map(smtp_transport)
+            .as_ref()
+            .map(|url| smtp_transport(url.expose()))
             .transpose()?
             .map(Arc::new);
         let from = state
@@ -381,7 +381,7 @@ impl Notifier {
                         Target::Email(_) => "email".into(),
                     },
                     target: match target {
-                        Target::Webhook(url) => redact_url(url),
+                        Target::Webhook(url) => redact_url(url.expose()),
                         Target::Email(to) => to.join(", "),
                     },
                     state: "ok".into(),
@@ -536,14 +536,14 @@ fn channel_id(app: &str, rule: usize, target: &Target) -> String {
 
 fn target_key(target: &Target) -> String {
     match target {
-        Target::Webhook(url) => format!("w {url}"),
+        Target::Webhook(url) => format!("w {}", url.expose()),
         Target::Email(to) => format!("e {}", to.join(",")),
     }
 }
 
 fn parse_target(key: &str) -> Option<Target> {
     match key.split_once(' ')? {
-        ("w", url) => Some(Target::Webhook(url.to_string())),
+        ("w", url) => Some(Target::Webhook(url.to_string().into())),
         ("e", to) => Some(Target::Email(to.split(',').map(String::from).collect())),
         _ => None,
     }
@@ -562,7 +562,7 @@ impl Delivery {
         let mut delay = Duration::from_millis(500);
         for attempt in 1..=DELIVERY_ATTEMPTS {
             let result = match &target {
-                Target::Webhook(url) => self.webhook(url, &message).await,
+                Target::Webhook(url) => self.webhook(url.expose(), &message).await,
                 Target::Email(to) => self.email(to, &message).await,
             };
             match result {

@@ -278,7 +278,7 @@ fn start(
         cmd.env("RUST_LOG", filter);
     }
     match &state.config.worker_token {
-        Some(token) => cmd.env("HOPPER_TOKEN", token),
+        Some(token) => cmd.env("HOPPER_TOKEN", token.expose()),
         None => cmd.env_remove("HOPPER_TOKEN"),
     };
     // The server's own secrets stay with the server: a function's process inherits its

@@ -93,8 +93,8 @@ fn lock_key(schema: Option<&str>, role: &str) -> i64 {
     hash as i64
 }
 
-/// How to connect.
-#[derive(Debug, Clone)]
+/// How to connect. Its `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct PgConfig {
     /// `postgres://user:password@host:port/database`.
     pub url: String,
@@ -103,6 +103,31 @@ pub struct PgConfig {
     /// Tables live in this schema (created if missing). Default none: the connection's
     /// `search_path`.
     pub schema: Option<String>,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &without_password(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// `url` with the password in its user part, if any, replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".into();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let name = user.split_once(':').map_or(user, |(name, _)| name);
+            format!("{scheme}://{name}:***@{host}{path}")
+        }
+        None => url.to_string(),
+    }
 }
 
 impl PgStore {
@@ -589,5 +614,23 @@ mod query_plan_test {
         super::PgStore::drop_schema(&url, &schema)
             .await
             .expect("drop the test schema");
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #[test]
+    fn debug_of_a_config_shows_no_password() {
+        let config = super::PgConfig {
+            url: "postgres://hopper:p4ss@db.example.com:5432/hopper?sslmode=require".into(),
+            max_connections: 1,
+            schema: None,
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("p4ss"), "{shown}");
+        assert!(
+            shown.contains("postgres://hopper:***@db.example.com:5432/hopper"),
+            "{shown}"
+        );
     }
 }

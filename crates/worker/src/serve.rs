@@ -161,7 +161,7 @@ impl ServeProcess {
 #[derive(Debug, Clone, Default)]
 pub struct WorkerEnv {
     pub server: String,
-    pub call_token: Option<String>,
+    pub call_token: Option<hopper_core::secret::Redacted<String>>,
     pub worker_id: String,
     pub kill_grace: Duration,
 }
@@ -186,7 +186,7 @@ impl WorkerEnv {
                 format!("{:.3}", self.kill_grace.as_secs_f64()),
             );
         match &self.call_token {
-            Some(token) => cmd.env("HOPPER_TOKEN", token),
+            Some(token) => cmd.env("HOPPER_TOKEN", token.expose()),
             None => cmd.env_remove("HOPPER_TOKEN"),
         };
     }
@@ -776,4 +776,19 @@ fn named_id(proc: &ServeProcess, line: &str) -> Option<String> {
         .keys()
         .find(|id| line.contains(&format!("\"{id}\"")))
         .cloned()
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    /// What a worker tells its processes, logged with `{:?}`, shows no token.
+    #[test]
+    fn debug_of_a_worker_env_shows_no_token() {
+        let env = super::WorkerEnv {
+            server: "http://127.0.0.1:1".into(),
+            call_token: Some("hc-c4ll-t0ken".to_string().into()),
+            ..Default::default()
+        };
+        let shown = format!("{env:?}");
+        assert!(!shown.contains("c4ll-t0ken"), "{shown}");
+    }
 }

@@ -195,7 +195,8 @@ pub fn explain(e: hopper_sdk::MapError) -> anyhow::Error {
 /// `host:port` means `http://host:port`.
 pub fn client(args: &ClientArgs) -> anyhow::Result<Client> {
     let server = server_urls(&args.server)?;
-    Client::new(&server, args.token.clone()).context("cannot create the HTTP client")
+    let token = args.token.clone().map(|t| t.into_inner());
+    Client::new(&server, token).context("cannot create the HTTP client")
 }
 
 /// `--server` / `HOPPER_SERVER` as the comma-separated URLs [`Client::new`] takes: `http://`

@@ -16,7 +16,7 @@ use crate::exit::{self, Code};
 fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     let mut faults = Vec::new();
     let mut config = ServerConfig {
-        token: args.token.clone().filter(|t| !t.is_empty()),
+        token: args.token.clone().filter(|t| !t.expose().is_empty()),
         deploy: args.deploy.clone(),
         ..ServerConfig::default()
     };
@@ -83,7 +83,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         config.secret_key_file = Some(args.data.join("secret.key"));
     }
     if let Some(smtp) = &args.smtp {
-        match hopper_server::notifier::smtp_transport(smtp) {
+        match hopper_server::notifier::smtp_transport(smtp.expose()) {
             Ok(_) => config.smtp = Some(smtp.clone()),
             Err(e) => faults.push(e),
         }
@@ -148,7 +148,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         }
     }
     for (n, spec) in args.scoped_tokens.iter().enumerate() {
-        let Some((scopes, token)) = spec.split_once('=') else {
+        let Some((scopes, token)) = spec.expose().split_once('=') else {
             faults.push(format!(
                 "--scoped-token #{}: expected SCOPES=TOKEN, e.g. read,submit=s3cret",
                 n + 1
@@ -158,7 +158,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         let parsed: Option<Vec<Scope>> =
             scopes.split(',').map(|s| Scope::parse(s.trim())).collect();
         match parsed {
-            Some(list) if !list.is_empty() && !token.is_empty() => config.scoped_tokens.push((list, token.to_string())),
+            Some(list) if !list.is_empty() && !token.is_empty() => config.scoped_tokens.push((list, token.to_string().into())),
             Some(_) => faults.push(format!("--scoped-token #{}: give at least one scope and a token", n + 1)),
             None => faults.push(format!(
                 "--scoped-token #{}: unknown scope in {scopes:?} (expected read, submit, work or admin)",
@@ -166,7 +166,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             )),
         }
     }
-    if let Some(url) = &args.database {
+    if let Some(url) = args.database.as_ref().map(|u| u.expose()) {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             faults.push("--database: expected a postgres:// URL".to_string());
         }
@@ -262,7 +262,7 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Opened> {
     if let Some(url) = &args.database {
         let schema = args.database_schema.clone().filter(|s| !s.is_empty());
         let store = PgStore::open(&PgConfig {
-            url: url.clone(),
+            url: url.expose().clone(),
             max_connections: args.database_pool,
             schema,
         })

@@ -152,7 +152,12 @@ pub async fn spawn(
     }
     let id = call.id.clone();
     let call = wait_from(&state, &id, wait, finished, Some(call)).await?;
-    let view = view(&state, &call).await?;
+    // A call this request made has no re-runs yet: the answer costs no read of them.
+    let view = if status == StatusCode::CREATED {
+        views::call(&call, shown_input(&state, &call).await?.as_ref())
+    } else {
+        view(&state, &call).await?
+    };
     Ok((status, Json(super::CanRead::filter(caller, view))))
 }
 

@@ -40,8 +40,11 @@ pub async fn put(
 ) -> Result<(StatusCode, Json<SecretView>), ApiError> {
     hopper_core::function::validate_name(&name, "secret")
         .map_err(|e| ApiError::bad_request("invalid_secret", e.to_string()))?;
-    let values: BTreeMap<String, String> =
-        req.values.into_iter().map(|v| (v.key, v.value)).collect();
+    let values: BTreeMap<String, String> = req
+        .values
+        .into_iter()
+        .map(|v| (v.key, v.value.into_inner()))
+        .collect();
     check_values(&values)?;
     // A key a function reads may not be dropped while the function is deployed or queued.
     let mut dropped = Vec::new();

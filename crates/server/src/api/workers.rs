@@ -124,7 +124,7 @@ pub async fn register(
             max_log_lines_per_attempt: Some(state.config.max_log_lines),
             call_token: state.config.call_token.clone(),
             functions: specs,
-            worker_secret: Some(secret),
+            worker_secret: Some(secret.into()),
         }),
     ))
 }
