@@ -264,7 +264,8 @@ def test_the_map_operator_runs_one_map_and_keeps_failures_in_place(
     assert mixed[1]["index"] == 1 and mixed[1]["error"]["code"] == "ValueError"
     assert "no negative numbers" in mixed[1]["error"]["message"]
     assert run.seen["__tis__"]["strict"] == "failed"
-    assert "1 of 3 inputs failed" in run.output
+    said = "1 of 3 inputs failed, the first: input 1: ValueError: no negative numbers"
+    assert said in run.output, run.output
 
 
 def test_the_map_operator_writes_large_results_to_a_path(

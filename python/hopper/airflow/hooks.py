@@ -65,10 +65,15 @@ def call_failed_message(call: dict[str, Any], dashboard: str, first_error: str =
     error = call.get("error") or {}
     code, message = error.get("code"), error.get("message") or ""
     inputs = call.get("inputs") or {}
-    if not error and call.get("origin") == "map":
+    if call.get("origin") == "map":
+        # The call's error is its first failed input's (at `failed_index`), when it has one.
+        first = first_error
+        if error:
+            first = f"input {call.get('failed_index', '?')}: {code}: {message}"
         message = f"{inputs.get('failed', 0)} of {inputs.get('total', 0)} inputs failed"
-        if first_error:
-            message += f", the first: {first_error}"
+        if first:
+            message += f", the first: {first}"
+        return f"Hopper call {call.get('id')} {state}: {message} (see {dashboard})"
     what = f"{code}: {message}" if code and code != state else message
     return f"Hopper call {call.get('id')} {state}: {what} (see {dashboard})"
 
