@@ -362,8 +362,9 @@ pub async fn results(pool: &DbPool, p: InputResults) -> Result<Vec<InputResultRo
         .collect()
 }
 
-pub async fn backlog(pool: &DbPool) -> Result<Vec<FunctionBacklog>, StoreError> {
+pub async fn backlog(pool: &DbPool, now: UnixMillis) -> Result<Vec<FunctionBacklog>, StoreError> {
     let rows = crate::db::query(&backlog_sql())
+        .bind(now)
         .fetch_all(pool)
         .await
         .map_err(db_err)?;
@@ -373,6 +374,7 @@ pub async fn backlog(pool: &DbPool) -> Result<Vec<FunctionBacklog>, StoreError> 
                 app: row.try_get("app").map_err(db_err)?,
                 function: row.try_get("function").map_err(db_err)?,
                 pending: row.try_get("pending").map_err(db_err)?,
+                delayed: row.try_get("delayed").map_err(db_err)?,
                 running: row.try_get("running").map_err(db_err)?,
             })
         })
@@ -380,9 +382,14 @@ pub async fn backlog(pool: &DbPool) -> Result<Vec<FunctionBacklog>, StoreError> 
 }
 
 /// Open calls' pending and running inputs per function (the `calls_open` partial index).
+/// Unfinished inputs per function: `pending` (due, or due when their retry's wait ends),
+/// `delayed` (of calls that have not started yet: `starts_at` after `$1`, now) and `running`.
 pub fn backlog_sql() -> String {
     format!(
-        "SELECT app, function, SUM(n_pending){SUM_AS_BIGINT} AS pending, SUM(n_running){SUM_AS_BIGINT} AS running
+        "SELECT app, function,
+                SUM(CASE WHEN starts_at > $1 THEN 0 ELSE n_pending END){SUM_AS_BIGINT} AS pending,
+                SUM(CASE WHEN starts_at > $1 THEN n_pending ELSE 0 END){SUM_AS_BIGINT} AS delayed,
+                SUM(n_running){SUM_AS_BIGINT} AS running
          FROM calls WHERE state IN ('pending', 'running') GROUP BY app, function"
     )
 }

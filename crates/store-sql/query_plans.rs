@@ -216,7 +216,7 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
         (
             // Open calls only (found by state), grouped by function.
             "backlog",
-            crate::db::query(&backlog_sql),
+            crate::db::query(&backlog_sql).bind(T0),
             Allow::SortFew,
         ),
         (
@@ -360,7 +360,7 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
             })
             .await
             .unwrap();
-        store.function_backlog().await.unwrap();
+        store.function_backlog(T0).await.unwrap();
         store.worker_list(now).await.unwrap();
     })
     .await;

@@ -113,8 +113,8 @@ impl Store for Backend {
             .await
     }
 
-    async fn function_backlog(&self) -> Result<Vec<FunctionBacklog>, StoreError> {
-        self.read(move |db| Box::pin(async move { calls::backlog(db).await }))
+    async fn function_backlog(&self, now: i64) -> Result<Vec<FunctionBacklog>, StoreError> {
+        self.read(move |db| Box::pin(async move { calls::backlog(db, now).await }))
             .await
     }
 

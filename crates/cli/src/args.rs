@@ -227,9 +227,9 @@ pub enum Command {
         /// The call whose input to run again.
         #[arg(required_unless_present = "failed", conflicts_with = "failed")]
         call_id: Option<String>,
-        /// With CALL_ID: the input's index (a map's); default 0.
-        #[arg(long, default_value_t = 0, conflicts_with = "failed")]
-        index: i64,
+        /// With CALL_ID: the input's index (a map's must be given).
+        #[arg(long, conflicts_with = "failed")]
+        index: Option<i64>,
         /// Re-run every failed input that --since, --until, --function and --app select.
         #[arg(long)]
         failed: bool,

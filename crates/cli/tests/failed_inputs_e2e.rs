@@ -122,7 +122,6 @@ async fn failed_inputs_are_found_across_calls_and_run_again_once() {
     // Bad selections are refused, naming what is wrong.
     for (query, says) in [
         ("state=succeeded", "failed inputs only"),
-        ("function=picky", "needs its app"),
         ("since=yesterday", "since must be"),
         ("limit=0", "limit must be"),
         ("cursor=zzz", "cursor"),
@@ -265,4 +264,138 @@ async fn failed_inputs_are_found_across_calls_and_run_again_once() {
     let out = cli(&url, &["rerun", "--failed"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--since"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bulk_rerun_runs_an_input_once_and_its_keys_cannot_be_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = "app = \"g\"\n[functions.bad]\ncommand = [\"sh\", \"-c\", \"exit 4\"]\n[functions.gone]\ncommand = [\"sh\", \"-c\", \"exit 4\"]\n";
+    let m = manifest(dir.path(), app);
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let (client, url) = (server.client(), server.url.clone());
+    let first = client.spawn("g.bad", json!(1), None).await.unwrap();
+    wait_done(&client, &first.id, Duration::from_secs(30)).await;
+    let doomed = client.spawn("g.gone", json!(2), None).await.unwrap();
+    wait_done(&client, &doomed.id, Duration::from_secs(30)).await;
+    // Re-run by hand twice; both fail again.
+    let rerun_url = format!("{url}/v1/calls/{}/rerun", first.id);
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let (status, again) = send(
+            reqwest::Method::POST,
+            rerun_url.clone(),
+            Some(json!({"force": true})),
+        )
+        .await;
+        assert_eq!(status, 201, "{again}");
+        let id: hopper_core::CallId = again["id"].as_str().unwrap().parse().unwrap();
+        wait_done(&client, &id, Duration::from_secs(30)).await;
+        made.push(id);
+    }
+    // The function `gone` is removed: its input is refused, the others are re-run all the same.
+    std::fs::write(
+        &m,
+        "app = \"g\"\n[functions.bad]\ncommand = [\"sh\", \"-c\", \"exit 4\"]\n",
+    )
+    .unwrap();
+    let out = cli(&url, &["deploy", m.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The original, and the first re-run, stand for one input: only its latest re-run is run.
+    let (status, answer) = send(
+        reqwest::Method::POST,
+        format!("{url}/v1/inputs/rerun"),
+        Some(json!({"app": "g", "since": "1h"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let rerun: Vec<&str> = answer["rerun"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rerun, [made[1].as_str()], "{answer}");
+    assert_eq!(answer["skipped"].as_array().unwrap().len(), 2, "{answer}");
+    assert_eq!(
+        answer["refused"][0]["call_id"],
+        doomed.id.as_str(),
+        "{answer}"
+    );
+    assert!(
+        answer["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("g.gone is no longer deployed"),
+        "{answer}"
+    );
+    // A selection is needed; Hopper's own keys cannot be taken; a key naming another call is
+    // refused, not answered with that call.
+    let (status, answer) = send(
+        reqwest::Method::POST,
+        format!("{url}/v1/inputs/rerun"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let squat = reqwest::Client::new()
+        .post(format!("{url}/v1/functions/g.bad/calls"))
+        .header("Idempotency-Key", format!("hopper:rerun:{}:0:9", first.id))
+        .json(&json!({"input": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(squat.status().as_u16(), 400);
+    let other = client
+        .spawn("g.bad", json!(1), Some("mine-1".into()))
+        .await
+        .unwrap();
+    let named = reqwest::Client::new()
+        .post(rerun_url.clone())
+        .header("Idempotency-Key", "mine-1")
+        .json(&json!({"force": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(named.status().as_u16(), 409);
+    let body: Value = named.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(other.id.as_str()),
+        "{body}"
+    );
+    // A map's input must be named; HEAD refuses a misspelt parameter as GET does.
+    let map = client
+        .map_start(
+            "g.bad",
+            &hopper_core::api::MapRequest {
+                inputs: vec![json!(1), json!(2)],
+                done: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_done(&client, &map.id, Duration::from_secs(30)).await;
+    let (status, answer) = send(
+        reqwest::Method::POST,
+        format!("{url}/v1/calls/{}/rerun", map.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("say which to re-run"),
+        "{answer}"
+    );
+    let head = reqwest::Client::new()
+        .head(format!("{url}/v1/calls?stat=failed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 400);
 }

@@ -29,7 +29,14 @@ env = { AWS = { secret = "aws", key = "ID" }, PLAIN = "visible" }
 [functions.leak]
 command = ["sh", "-c", "echo \"failed with $API_KEY\" >&2; exit 3"]
 secrets = ["stripe"]
+
+[functions.pyleak]
+# A Python exception quoting the value: its message and its traceback are both masked.
+serve = ["python3", "-m", "hopper._runner", "pyleak.py", "pyleak"]
+secrets = ["stripe"]
 "#;
+
+const PYLEAK: &str = "import os\nimport hopper\n\napp = hopper.App('shop')\n\n\n@app.function\ndef pyleak():\n    raise RuntimeError('boom key=' + os.environ['API_KEY'])\n";
 
 fn expected_digest() -> String {
     let out = Command::new("sh")
@@ -112,6 +119,7 @@ async fn a_secret_reaches_its_functions_environment_and_nowhere_else() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = Server::start(&data, &[]);
+    std::fs::write(dir.path().join("pyleak.py"), PYLEAK).unwrap();
     let manifest = manifest(dir.path(), MANIFEST);
     let manifest = manifest.to_str().unwrap();
 
@@ -162,12 +170,33 @@ async fn a_secret_reaches_its_functions_environment_and_nowhere_else() {
     let leak = client.spawn("shop.leak", json!(null), None).await.unwrap();
     let failed = wait_done(&client, &leak.id, Duration::from_secs(60)).await;
     assert_eq!(failed.state, CallState::Failed, "{failed:?}");
+    let pyleak = client
+        .spawn("shop.pyleak", json!(null), None)
+        .await
+        .unwrap();
+    let pyfailed = wait_done(&client, &pyleak.id, Duration::from_secs(60)).await;
+    let error = pyfailed.error.clone().unwrap();
+    assert_eq!(error.code, "RuntimeError", "{pyfailed:?}");
+    assert!(error.message.contains("boom key=***"), "{error:?}");
+    let traceback = error.traceback.clone().unwrap_or_default();
+    assert!(
+        traceback.contains("boom key=***"),
+        "the traceback is masked too: {traceback}"
+    );
 
     // The log line that printed the key shows stars; so does the failure's message.
     let logs = client.logs(&call.id, 0, None).await.unwrap();
     let lines: Vec<&str> = logs.lines.iter().map(|l| l.line.as_str()).collect();
     assert!(lines.contains(&"key is ***"), "{lines:?}");
-    let shown = everything_shown(&server, &[call.id.to_string(), leak.id.to_string()]).await;
+    let shown = everything_shown(
+        &server,
+        &[
+            call.id.to_string(),
+            leak.id.to_string(),
+            pyleak.id.to_string(),
+        ],
+    )
+    .await;
     for value in [API_KEY, AWS_ID] {
         assert!(!shown.contains(value), "{value} is shown by the server");
     }
@@ -191,7 +220,10 @@ async fn a_secret_reaches_its_functions_environment_and_nowhere_else() {
         serde_json::from_str(&stdout(&cli(&server.url, &["secrets", "list", "--json"]))).unwrap();
     assert_eq!(list[1]["name"], "stripe");
     assert_eq!(list[1]["keys"], json!(["API_KEY", "REGION"]));
-    assert_eq!(list[1]["used_by"], json!(["shop.leak", "shop.show"]));
+    assert_eq!(
+        list[1]["used_by"],
+        json!(["shop.leak", "shop.pyleak", "shop.show"])
+    );
     // Setting a secret without a key a deployed function reads is refused too.
     let out = cli(&server.url, &["secrets", "set", "aws", "SECRET=x"]);
     assert!(!out.status.success());
@@ -203,7 +235,7 @@ async fn a_secret_reaches_its_functions_environment_and_nowhere_else() {
     let out = cli(&server.url, &["secrets", "delete", "stripe"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("read by shop.leak, shop.show"),
+        stderr(&out).contains("read by shop.leak, shop.pyleak, shop.show"),
         "{}",
         stderr(&out)
     );

@@ -248,8 +248,9 @@ pub struct RerunView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RerunRequest {
-    #[serde(default)]
-    pub index: i64,
+    /// The input; may be left out only for a call of one input (a map's must be named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<i64>,
     /// Run it again even if a re-run of it has not failed (is pending, running or succeeded).
     #[serde(default)]
     pub force: bool,
@@ -286,8 +287,9 @@ pub struct FailedInputView {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputsRerunRequest {
-    /// `failed` (the only state re-run this way).
-    pub state: String,
+    /// `failed` (the default, and the only state re-run this way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     /// Only inputs of this call (a map's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call: Option<CallId>,
@@ -318,11 +320,23 @@ pub struct InputsRerunRequest {
 pub struct InputsRerunResponse {
     /// Each input re-run: `{call_id, index}` of the input, and the new call.
     pub rerun: Vec<RerunDone>,
-    /// Selected inputs left out, each with the re-run it already has.
+    /// Selected inputs left out, each with the re-run it already has (its latest).
     pub skipped: Vec<RerunDone>,
+    /// Selected inputs that cannot be re-run, each with why (e.g. its function is no longer
+    /// deployed); the others are re-run all the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RerunRefused>,
     /// More inputs matched than `limit`: send the request again with this `cursor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+}
+
+/// An input a bulk re-run could not run again, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RerunRefused {
+    pub call_id: CallId,
+    pub index: i64,
+    pub reason: String,
 }
 
 /// One input of a bulk re-run, and the call that re-runs it.

@@ -532,18 +532,23 @@ async fn run_batch(shared: Shared, spec: Arc<FunctionSpec>, jobs: Vec<Job>) {
     slot_freed.notify_one();
 }
 
-/// A failure's message without the secret values it may quote (it is stored, shown and sent
-/// in notifications).
+/// A failure's message and traceback without the secret values they may quote (both are
+/// stored, shown and sent in notifications; a traceback's last line repeats the message).
 fn redacted(outcome: Outcome, redact: &Redactor) -> Outcome {
+    let clean = |mut error: hopper_core::api::InputError| {
+        error.message = redact.apply(error.message);
+        error.traceback = error.traceback.map(|t| redact.apply(t));
+        error.module = error.module.map(|m| redact.apply(m));
+        error
+    };
     match outcome {
-        Outcome::Failed { mut error, retry } => {
-            error.message = redact.apply(error.message);
-            Outcome::Failed { error, retry }
-        }
-        Outcome::Returned { mut error } => {
-            error.message = redact.apply(error.message);
-            Outcome::Returned { error }
-        }
+        Outcome::Failed { error, retry } => Outcome::Failed {
+            error: clean(error),
+            retry,
+        },
+        Outcome::Returned { error } => Outcome::Returned {
+            error: clean(error),
+        },
         ok @ Outcome::Succeeded { .. } => ok,
     }
 }

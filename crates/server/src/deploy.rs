@@ -165,9 +165,9 @@ async fn secrets_exist(
 /// that still have queued or running inputs: they finish on the version they were spawned on.
 pub async fn stranded_notes(state: &AppState, row: &AppRow) -> Result<Vec<String>, ApiError> {
     let mut notes = Vec::new();
-    for b in state.store.function_backlog().await? {
+    for b in state.store.function_backlog(state.now()).await? {
         let removed = b.app == row.name && !row.functions.iter().any(|f| f.spec.name == b.function);
-        let open = b.pending + b.running;
+        let open = b.pending + b.delayed + b.running;
         if removed && open > 0 {
             notes.push(format!(
                 "{open} queued or running inputs of {}.{} (removed in version {}) will finish on the version they were spawned on",

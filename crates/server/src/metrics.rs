@@ -200,7 +200,7 @@ pub async fn render(state: &AppState) -> Result<String, hopper_store::StoreError
     for app in state.store.app_list().await? {
         functions.extend(app.functions.iter().map(|f| f.spec.qualified_name()));
     }
-    let backlog = state.store.function_backlog().await?;
+    let backlog = state.store.function_backlog(state.now()).await?;
     // A function a deploy removed still has a queue until its inputs end.
     for b in &backlog {
         let name = format!("{}.{}", b.app, b.function);

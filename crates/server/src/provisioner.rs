@@ -101,7 +101,8 @@ impl Provisioner {
                 }
             }
         }
-        let backlogs = self.state.store.function_backlog().await?;
+        // Delayed calls are not work yet: they start no workers before their time.
+        let backlogs = self.state.store.function_backlog(self.state.now()).await?;
         // A function a deploy removed keeps workers (of the last version that had it) while
         // inputs spawned on that version are queued: they finish on the version they were
         // spawned on. Only as many as its backlog needs: none once it is empty.

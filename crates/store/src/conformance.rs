@@ -1464,7 +1464,7 @@ pub async fn backlog_counts_unfinished_inputs_per_function(store: Arc<dyn Store>
     spawn_n(&*store, "ok", 5, T0).await;
     spawn_n(&*store, "retry", 2, T0).await;
     lease(&*store, &w, "ok", 2, T0).await;
-    let mut backlog = store.function_backlog().await.unwrap();
+    let mut backlog = store.function_backlog(T0).await.unwrap();
     backlog.sort_by(|a, b| a.function.cmp(&b.function));
     assert_eq!(backlog.len(), 2);
     assert_eq!(
@@ -2333,6 +2333,13 @@ pub async fn a_delayed_call_is_not_leased_before_it_starts_nor_its_later_chunks(
         .await
         .unwrap();
     assert!(lease(&*store, &w, "ok", 10, starts - 1).await.is_empty());
+    // Not work yet: no worker is started for it before its time.
+    let backlog = store.function_backlog(starts - 1).await.unwrap();
+    let ok = backlog.iter().find(|b| b.function == "ok").unwrap();
+    assert_eq!((ok.pending, ok.delayed), (0, 3), "{backlog:?}");
+    let backlog = store.function_backlog(starts).await.unwrap();
+    let ok = backlog.iter().find(|b| b.function == "ok").unwrap();
+    assert_eq!((ok.pending, ok.delayed), (3, 0), "{backlog:?}");
     assert_eq!(
         store.input_next_due(&[key("ok")]).await.unwrap(),
         Some(starts),

@@ -98,8 +98,9 @@ pub trait Store: Send + Sync + 'static {
     /// caller can stop at the first that has not ended) or in the order they ended.
     async fn input_results(&self, params: InputResults) -> Result<Vec<InputResultRow>, StoreError>;
 
-    /// Pending and running inputs per function, over calls that have not ended.
-    async fn function_backlog(&self) -> Result<Vec<FunctionBacklog>, StoreError>;
+    /// Pending and running inputs per function, over calls that have not ended; the pending
+    /// inputs of delayed calls that start after `now` apart (`delayed`: queued, not work yet).
+    async fn function_backlog(&self, now: i64) -> Result<Vec<FunctionBacklog>, StoreError>;
 
     /// Attempts ended per function and slot (recorded with every completion, rescue and
     /// timeout), oldest slot first; pruned with the calls.

@@ -65,7 +65,10 @@ pub struct InputResultRow {
 pub struct FunctionBacklog {
     pub app: String,
     pub function: String,
+    /// Pending inputs of calls that have started (due, or waiting out a retry's delay).
     pub pending: i64,
+    /// Pending inputs of delayed calls that have not started yet.
+    pub delayed: i64,
     pub running: i64,
 }
 

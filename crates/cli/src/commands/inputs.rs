@@ -104,7 +104,7 @@ pub async fn list(
 pub async fn rerun_one(
     args: &ClientArgs,
     id: &str,
-    index: i64,
+    index: Option<i64>,
     force: bool,
     key: Option<&str>,
 ) -> anyhow::Result<Code> {
@@ -115,7 +115,11 @@ pub async fn rerun_one(
         output::json(&call);
     } else {
         output::line(format_args!("{}", call.id));
-        eprintln!("re-runs input {index} of {id}: hopper get {}", call.id);
+        eprintln!(
+            "re-runs input {} of {id}: hopper get {}",
+            index.unwrap_or(0),
+            call.id
+        );
     }
     Ok(Code::Ok)
 }
@@ -141,7 +145,7 @@ pub async fn rerun_failed(
     let call = selection.call.as_deref().map(call_id).transpose()?;
     let client = client(args)?;
     let mut ask = InputsRerunRequest {
-        state: "failed".into(),
+        state: Some("failed".into()),
         call,
         app: selection.app,
         function: selection.function,
@@ -151,18 +155,19 @@ pub async fn rerun_failed(
         cursor: None,
         force,
     };
-    let (mut rerun, mut skipped) = (Vec::new(), Vec::new());
+    let (mut rerun, mut skipped, mut refused) = (Vec::new(), Vec::new(), Vec::new());
     loop {
         let answer = client.rerun_failed(&ask).await?;
         rerun.extend(answer.rerun);
         skipped.extend(answer.skipped);
+        refused.extend(answer.refused);
         match answer.next_cursor {
             Some(cursor) => ask.cursor = Some(cursor),
             None => break,
         }
     }
     if args.json {
-        output::json(&serde_json::json!({"rerun": rerun, "skipped": skipped}));
+        output::json(&serde_json::json!({"rerun": rerun, "skipped": skipped, "refused": refused}));
     } else {
         for r in &rerun {
             output::line(format_args!("{} {} {}", r.rerun_id, r.call_id, r.index));
@@ -179,6 +184,12 @@ pub async fn rerun_failed(
             "re-ran {}{left}",
             hopper_core::plural(rerun.len() as u64, "failed input")
         );
+        for r in &refused {
+            eprintln!(
+                "not re-run: input {} of {}: {}",
+                r.index, r.call_id, r.reason
+            );
+        }
     }
     Ok(Code::Ok)
 }

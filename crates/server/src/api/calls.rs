@@ -348,7 +348,23 @@ fn check_key(key: &str, what: &str) -> Result<(), ApiError> {
             format!("{what} holds {bad:?}: a key is visible ASCII characters only (no spaces)"),
         ));
     }
+    if key.starts_with(OWN_KEYS) {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("{what} starts with {OWN_KEYS:?}, which Hopper keeps for its own keys"),
+        ));
+    }
     Ok(())
+}
+
+/// The prefix of the keys Hopper gives calls itself (re-runs): no client's key has it, so no
+/// client can take one.
+const OWN_KEYS: &str = "hopper:";
+
+/// The key a re-run of input `index` of `call` takes when its caller gives none, after
+/// `earlier` re-runs of it: two requests to re-run it at once make one call.
+pub fn rerun_key(call: &CallId, index: i64, earlier: usize) -> String {
+    format!("{OWN_KEYS}rerun:{call}:{index}:{earlier}")
 }
 
 /// `call` as `GET /v1/calls/{id}` shows it: with its shown input and its re-runs.
@@ -834,8 +850,21 @@ pub async fn rerun(
             .0
     };
     let call = load(&state, &id).await?;
+    let index = match ask.index {
+        Some(index) => index,
+        None if call.counts.total == 1 && !call.accepting_inputs => 0,
+        None => {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                format!(
+                    "{id} has {}: say which to re-run ({{\"index\": N}}), or re-run its failed ones with POST /v1/inputs/rerun {{\"call\": \"{id}\"}}",
+                    hopper_core::plural(call.counts.total.max(0) as u64, "input")
+                ),
+            ))
+        }
+    };
     let earlier = reruns_of(&state, std::slice::from_ref(&call.id)).await?;
-    let (new, created) = rerun_input(&state, &call, ask.index, ask.force, key, &earlier).await?;
+    let (new, created) = rerun_input(&state, &call, index, ask.force, key, &earlier).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -922,7 +951,8 @@ pub async fn rerun_input(
     let function = resolve(state, &format!("{}.{}", call.app, call.function)).await?;
     // Without a key of the caller's, one of the input and its re-runs so far: two requests to
     // re-run it at once make one call.
-    let key = key.unwrap_or_else(|| format!("rerun-{}-{index}-{}", call.id, earlier.len()));
+    let given = key.clone();
+    let key = key.unwrap_or_else(|| rerun_key(&call.id, index, earlier.len()));
     let mut insert = spawned(&function, input.input, Some(key), state.now());
     insert.origin = Origin::Rerun;
     insert.rerun_of = Some((call.id.clone(), index));
@@ -932,7 +962,21 @@ pub async fn rerun_input(
             state.events.inputs_for(&new.app, &new.function, 1);
             Ok((new, true))
         }
-        CallInserted::Existing(new) => Ok((new, false)),
+        // The key named a call already: the same re-run (made at once by another request), or
+        // else a call that is not a re-run of this input, which the key cannot name too.
+        CallInserted::Existing(new) if new.rerun_of == Some((call.id.clone(), index)) => {
+            Ok((new, false))
+        }
+        CallInserted::Existing(other) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            format!(
+                "the idempotency key {:?} names call {}, which is not a re-run of input {index} of {}; give another key",
+                given.unwrap_or_default(),
+                other.id,
+                call.id
+            ),
+        )),
     }
 }
 

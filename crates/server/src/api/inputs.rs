@@ -10,13 +10,14 @@ use axum::Json;
 use hopper_core::api::Origin;
 use hopper_core::api::{
     FailedInputPage, FailedInputView, InputsRerunRequest, InputsRerunResponse, RerunDone,
+    RerunRefused,
 };
 use hopper_core::{CallId, FunctionName};
 use hopper_store::{CallInserted, FailedInputList, FailedInputRow};
 use serde::Deserialize;
 
 use super::apps::resolve;
-use super::calls::{reruns_of, spawned, time_bound};
+use super::calls::{rerun_key, reruns_of, spawned, time_bound};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::views;
@@ -76,14 +77,9 @@ fn select(
     let mut app = app.map(str::to_string);
     let function = match function {
         Some(text) => {
+            // As the calls list takes it: app.function, or a bare name in any app.
             let name = FunctionName::parse(text)
                 .map_err(|e| ApiError::bad_request("invalid_function_name", e.to_string()))?;
-            if name.app.is_none() && app.is_none() {
-                return Err(ApiError::bad_request(
-                    "invalid_function_name",
-                    format!("function {text:?} needs its app: app.function, or app= too"),
-                ));
-            }
             app = name.app.or(app);
             Some(name.function)
         }
@@ -205,11 +201,19 @@ pub async fn rerun(
     State(state): State<AppState>,
     ApiJson(ask): ApiJson<InputsRerunRequest>,
 ) -> Result<Json<InputsRerunResponse>, ApiError> {
+    // As `hopper rerun --failed`: a selection is needed, not every failure the server has.
+    let chosen = [&ask.since, &ask.function, &ask.app];
+    if ask.call.is_none() && chosen.iter().all(|c| c.is_none()) {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            "say which failed inputs to re-run: since (e.g. \"1h\"), call, function or app",
+        ));
+    }
     let limit = ask.limit.unwrap_or(MAX_PAGE);
     let mut selection = select(
         &state,
         ask.call.as_ref().map(CallId::as_str),
-        Some(ask.state.as_str()),
+        ask.state.as_deref(),
         ask.app.as_deref(),
         ask.function.as_deref(),
         (ask.since.as_deref(), ask.until.as_deref()),
@@ -221,9 +225,19 @@ pub async fn rerun(
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let earlier = reruns_of(&state, &call_ids(&rows)).await?;
+    // A failed input that is itself a re-run stands for its original input only while it is
+    // that input's latest re-run: one command re-runs an input at most once.
+    let mut rerun_of = HashMap::new();
+    for id in call_ids(&rows) {
+        if let Some(of) = state.store.call_get(&id).await?.and_then(|c| c.rerun_of) {
+            rerun_of.insert(id, of);
+        }
+    }
+    let originals: Vec<CallId> = rerun_of.values().map(|(c, _)| c.clone()).collect();
+    let latest = reruns_of(&state, &originals).await?;
     let now = state.now();
-    let mut functions: HashMap<String, hopper_store::FunctionRow> = HashMap::new();
-    let (mut rerun, mut skipped) = (Vec::new(), Vec::new());
+    let mut functions: HashMap<String, Option<hopper_store::FunctionRow>> = HashMap::new();
+    let (mut rerun, mut skipped, mut refused) = (Vec::new(), Vec::new(), Vec::new());
     // Written in groups (one transaction each), bounded in calls and in bytes of inputs.
     let mut group: Vec<(RerunDone, hopper_store::CallInsert)> = Vec::new();
     let mut bytes = 0;
@@ -241,18 +255,37 @@ pub async fn rerun(
             skipped.push(done(last.call_id.clone()));
             continue;
         }
+        let newer = rerun_of
+            .get(&row.call_id)
+            .and_then(|of| latest.get(of))
+            .and_then(|r| r.last())
+            .filter(|last| last.call_id != row.call_id);
+        if let Some(newer) = newer.filter(|_| !ask.force) {
+            skipped.push(done(newer.call_id.clone()));
+            continue;
+        }
         let Some(input) = state.store.input_get(&row.call_id, row.index).await? else {
             continue; // pruned since it was listed
         };
         let name = format!("{}.{}", row.app, row.function);
         if !functions.contains_key(&name) {
-            functions.insert(name.clone(), resolve(&state, &name).await?);
+            let found = match resolve(&state, &name).await {
+                Ok(f) => Some(f),
+                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => None,
+                Err(e) => return Err(e),
+            };
+            functions.insert(name.clone(), found);
         }
-        let Some(function) = functions.get(&name) else {
+        let Some(Some(function)) = functions.get(&name) else {
+            refused.push(RerunRefused {
+                call_id: row.call_id.clone(),
+                index: row.index,
+                reason: format!("{name} is no longer deployed"),
+            });
             continue;
         };
         // The key a single re-run of this input would take: the two never both run.
-        let key = format!("rerun-{}-{}-{}", row.call_id, row.index, before.len());
+        let key = rerun_key(&row.call_id, row.index, before.len());
         bytes += input.input.len();
         let mut insert = spawned(function, input.input, Some(key), now);
         insert.origin = Origin::Rerun;
@@ -267,6 +300,7 @@ pub async fn rerun(
     Ok(Json(InputsRerunResponse {
         rerun,
         skipped,
+        refused,
         next_cursor: rows.last().filter(|_| more).map(cursor),
     }))
 }

@@ -52,7 +52,11 @@ pub async fn refuse_unknown(req: Request, next: Next) -> Response {
 fn unknown(req: &Request) -> Option<ApiError> {
     let query = req.uri().query()?;
     let route = req.extensions().get::<MatchedPath>()?.as_str();
-    let method = req.method().as_str();
+    // HEAD is answered as GET is, parameters included.
+    let method = match req.method().as_str() {
+        "HEAD" => "GET",
+        other => other,
+    };
     let takes = TAKEN.get(&(method.to_string(), route.to_string()))?;
     let name = form_urlencoded::parse(query.as_bytes())
         .map(|(name, _)| name)

@@ -192,8 +192,8 @@ async fn readers(state: &AppState) -> Result<Vec<hopper_core::FunctionSpec>, Api
         .into_iter()
         .flat_map(|a| a.functions.into_iter().map(|f| f.spec))
         .collect();
-    for open in state.store.function_backlog().await? {
-        if open.pending + open.running == 0 {
+    for open in state.store.function_backlog(state.now()).await? {
+        if open.pending + open.delayed + open.running == 0 {
             continue;
         }
         let key = hopper_store::FunctionKey {

@@ -90,7 +90,7 @@ pub async fn stats(
             .0
             .merge(&row.tally);
     }
-    for backlog in state.store.function_backlog().await? {
+    for backlog in state.store.function_backlog(state.now()).await? {
         if only
             .as_ref()
             .is_some_and(|(a, f)| *a != backlog.app || *f != backlog.function)
