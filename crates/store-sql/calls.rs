@@ -13,7 +13,7 @@ use crate::dialect::{Conn, Db, DbPool, LOCK_ROWS, SUM_AS_BIGINT};
 
 use crate::map::{call_row, count_column, db_err, error_json, error_text, state, CALL_COLUMNS};
 
-/// Inputs per multi-row `INSERT`; 7 parameters each stays far below SQLite's 32,766.
+/// Inputs per multi-row `INSERT`; 9 parameters each stays far below SQLite's 32,766.
 const INSERT_CHUNK: usize = 500;
 
 pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, StoreError> {
@@ -29,8 +29,9 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
     let row = crate::db::query(&format!(
         "INSERT INTO calls (id, app, function, version, origin, state, idempotency_key, n_total, n_pending,
                             accepting_inputs, discard_results, created_at, schedule, due_at,
-                            rerun_of_call, rerun_of_index, starts_at)
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                            rerun_of_call, rerun_of_index, starts_at, priority, key)
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                 $16, $17)
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING {CALL_COLUMNS}"
     ))
     .bind(p.id.as_str())
@@ -48,6 +49,8 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
     .bind(p.rerun_of.as_ref().map(|(c, _)| c.as_str().to_string()))
     .bind(p.rerun_of.as_ref().map(|(_, i)| *i))
     .bind(p.starts_at)
+    .bind(i64::from(p.priority))
+    .bind(&p.key)
     .fetch_optional(&mut *tx)
     .await
     .map_err(db_err)?;
@@ -61,7 +64,7 @@ pub async fn insert(conn: &mut Conn, p: CallInsert) -> Result<CallInserted, Stor
         return existing(&mut tx, key, call, &p).await;
     };
     let mut call = call_row(&row)?;
-    insert_inputs(&mut tx, &call, 0, &p.inputs, p.now).await?;
+    insert_inputs(&mut tx, &call, 0, &p.inputs, &p.input_keys, p.now).await?;
     // An empty map that takes no more inputs has ended already.
     if settle(&mut tx, &p.id, &call, p.now).await?.is_some() {
         call = reload(&mut tx, &p.id).await?;
@@ -94,8 +97,12 @@ pub async fn insert_many(
     let mut out: Vec<Option<CallInserted>> = Vec::with_capacity(calls.len());
     let mut plain = Vec::new();
     for (i, p) in calls.into_iter().enumerate() {
-        let plain_one =
-            p.idempotency_key.is_none() && p.rerun_of.is_none() && p.starts_at.is_none();
+        let plain_one = p.idempotency_key.is_none()
+            && p.rerun_of.is_none()
+            && p.starts_at.is_none()
+            && p.priority == 0
+            && p.key.is_none()
+            && p.input_keys.iter().all(String::is_empty);
         if plain_one && p.inputs.len() == 1 && !p.accepting_inputs {
             out.push(None);
             plain.push((i, p));
@@ -167,6 +174,8 @@ pub async fn insert_many(
                 schedule: p.schedule,
                 rerun_of: None,
                 starts_at: None,
+                priority: 0,
+                key: None,
                 created_at: p.now,
                 finished_at: None,
             }));
@@ -224,28 +233,40 @@ async fn existing(
     Ok(CallInserted::Existing(call))
 }
 
+/// Writes a call's inputs from `start` on; `keys` are their keys from the function's
+/// `limits.key` (see [`CallInsert::input_keys`]), unless the call has its own.
 async fn insert_inputs(
     conn: &mut Conn,
     call: &CallRow,
     start: i64,
     inputs: &[String],
+    keys: &[String],
     now: UnixMillis,
 ) -> Result<(), StoreError> {
     // A delayed call's inputs, a map's later chunks too, are due when it starts.
     let due = call.starts_at.map_or(now, |at| at.max(now));
+    let key_of = |i: usize| -> &str {
+        match &call.key {
+            Some(key) => key,
+            None => keys.get(i).map_or("", String::as_str),
+        }
+    };
     for (chunk_no, chunk) in inputs.chunks(INSERT_CHUNK).enumerate() {
         let mut q: QueryBuilder<Db> = QueryBuilder::new(
-            "INSERT INTO inputs (call_id, idx, app, function, version, state, input, not_before) ",
+            "INSERT INTO inputs (call_id, idx, app, function, version, state, input, not_before, priority, key) ",
         );
         q.push_values(chunk.iter().enumerate(), |mut b, (i, input)| {
+            let n = chunk_no * INSERT_CHUNK + i;
             b.push_bind(call.id.as_str())
-                .push_bind(start + (chunk_no * INSERT_CHUNK + i) as i64)
+                .push_bind(start + n as i64)
                 .push_bind(&call.app)
                 .push_bind(&call.function)
                 .push_bind(call.version)
                 .push("'pending'")
                 .push_bind(input)
-                .push_bind(due);
+                .push_bind(due)
+                .push_bind(i64::from(call.priority))
+                .push_bind(key_of(n).to_string());
         });
         q.build().execute(&mut *conn).await.map_err(db_err)?;
     }
@@ -308,7 +329,7 @@ pub async fn append(conn: &mut Conn, p: InputAppend) -> Result<CallRow, StoreErr
             p.start, p.call_id
         )));
     }
-    insert_inputs(&mut tx, &call, p.start, &p.inputs, p.now).await?;
+    insert_inputs(&mut tx, &call, p.start, &p.inputs, &p.input_keys, p.now).await?;
     let n = p.inputs.len() as i64;
     crate::db::query(
         "UPDATE calls SET n_total = n_total + $2, n_pending = n_pending + $2, accepting_inputs = $3,

@@ -220,12 +220,15 @@ impl Specs {
     }
 }
 
-/// The pending inputs of `functions` the lease may take, as `SELECT id, not_before`: for each
-/// function the first `max` due in order, a walk of `inputs_pending` stopped by `LIMIT`,
-/// then the union of those. Written per function rather than as one `OR` of them, which
-/// both planners answer by finding every pending input of the functions and sorting them
-/// all (36.8 ms for a two-function worker over 50,000 pending inputs on PostgreSQL).
-/// On PostgreSQL each walk skips, and locks, the rows another lease is claiming.
+/// The pending inputs of `functions` the lease may take, as `SELECT id, priority, not_before`:
+/// for each function the first `max` due in order, a walk of `inputs_pending` stopped by
+/// `LIMIT`, then the union of those. Written per function rather than as one `OR` of them,
+/// which both planners answer by finding every pending input of the functions and sorting
+/// them all (36.8 ms for a two-function worker over 50,000 pending inputs on PostgreSQL).
+/// With each walk goes a probe of `inputs_pending_ranked` for one due input with a key or a
+/// priority: finding one (the index is empty for most functions) turns the function over to
+/// [`crate::limits::claim`]. On PostgreSQL each walk skips, and locks, the rows another lease
+/// is claiming.
 fn push_due_per_function(
     q: &mut QueryBuilder<'_, Db>,
     functions: &[FunctionKey],
@@ -237,7 +240,7 @@ fn push_due_per_function(
             q.push(" UNION ALL ");
         }
         q.push(
-            "SELECT id, not_before FROM (SELECT id, not_before FROM inputs \
+            "SELECT id, priority, not_before FROM (SELECT id, priority, not_before FROM inputs \
              WHERE state = 'pending' AND app = ",
         )
         .push_bind(f.app.clone())
@@ -248,13 +251,29 @@ fn push_due_per_function(
         .push(" ORDER BY not_before, id LIMIT ")
         .push_bind(max)
         .push(format!("{SKIP_LOCKED}) AS due{i}"));
+        q.push(format!(
+            " UNION ALL SELECT id, priority, not_before FROM (SELECT id, priority, not_before \
+             FROM inputs WHERE state = 'pending' AND {RANKED} AND app = "
+        ))
+        .push_bind(f.app.clone())
+        .push(" AND function = ")
+        .push_bind(f.function.clone())
+        .push(" AND not_before <= ")
+        .push_bind(now)
+        .push(format!(
+            " ORDER BY key, priority DESC, not_before, id LIMIT 1{SKIP_LOCKED}) AS probe{i}"
+        ));
     }
 }
 
-/// The statement that claims a batch of due inputs for `p.worker_id`, returning them. The
-/// deadline comes from each input's own function version; the lease (`now + lease_ms`) is
-/// always shorter, as the slack includes a lease.
-pub fn push_lease_query(q: &mut QueryBuilder<'_, Db>, p: &InputLease) {
+/// The predicate of `inputs_pending_ranked`: inputs with a key or a priority. Written the same
+/// in every query that walks it, so both planners match the partial index.
+pub const RANKED: &str = "(priority <> 0 OR key <> '')";
+
+/// The `UPDATE` that claims the inputs `ids_sql` selects for `p.worker_id` (up to `p.max`),
+/// returning them. The deadline comes from each input's own function version; the lease
+/// (`now + lease_ms`) is always shorter, as the slack includes a lease.
+pub fn push_claim(q: &mut QueryBuilder<'_, Db>, p: &InputLease) {
     q.push("UPDATE inputs SET state = 'running', attempt = attempt + 1, worker_id = ")
         .push_bind(p.worker_id.to_string())
         .push(", started_at = ")
@@ -266,28 +285,86 @@ pub fn push_lease_query(q: &mut QueryBuilder<'_, Db>, p: &InputLease) {
         .push(format!(
             " + COALESCE((SELECT {TIMEOUT_MS} FROM functions f
                WHERE f.app = inputs.app AND f.name = inputs.function AND f.version = inputs.version), 0)
-             WHERE id IN (SELECT id FROM ("
+             WHERE id IN "
         ));
-    push_due_per_function(q, &p.functions, p.now, i64::from(p.max));
-    q.push(") AS due ORDER BY not_before, id LIMIT ")
-        .push_bind(i64::from(p.max))
-        .push(") RETURNING id, call_id, idx, app, function, version, input, attempt");
+}
+
+/// What a claim returns of each input.
+pub const CLAIMED: &str =
+    " RETURNING id, call_id, idx, app, function, version, input, attempt, priority, key";
+
+/// The statement that claims a batch of due inputs of `functions` for `p.worker_id`, at most
+/// `max`, by the plain walk (see [`push_due_per_function`]).
+pub fn push_lease_query(
+    q: &mut QueryBuilder<'_, Db>,
+    p: &InputLease,
+    functions: &[FunctionKey],
+    max: i64,
+) {
+    push_claim(q, p);
+    q.push("(SELECT id FROM (");
+    push_due_per_function(q, functions, p.now, max);
+    q.push(") AS due ORDER BY priority DESC, not_before, id LIMIT ")
+        .push_bind(max)
+        .push(")");
+    q.push(CLAIMED);
 }
 
 /// Leases up to `p.max` due inputs of `p.functions`; their specs come from `versions` where
-/// the store has read them before.
+/// the store has read them before. Functions with `limits` (by `function`'s current version),
+/// or seen with keyed or prioritized inputs, are claimed by [`crate::limits::claim`] first,
+/// the others by the plain walk.
 pub async fn lease(
     conn: &mut Conn,
     p: InputLease,
+    limits: Vec<(FunctionKey, hopper_core::limits::Limits)>,
     versions: std::sync::Arc<VersionSpecs>,
-) -> Result<Vec<LeasedRow>, StoreError> {
+) -> Result<LeaseBatch, StoreError> {
     if p.functions.is_empty() || p.max == 0 {
-        return Ok(Vec::new());
+        return Ok(LeaseBatch::default());
     }
     let mut tx = conn.begin().await.map_err(db_err)?;
-    let mut q: QueryBuilder<Db> = QueryBuilder::new("");
-    push_lease_query(&mut q, &p);
-    let mut rows = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
+    let mut left = i64::from(p.max);
+    let mut rows = Vec::new();
+    let mut limited = None;
+    let mut plain = Vec::new();
+    for f in &p.functions {
+        let rules = limits.iter().find(|(k, _)| k == f).map(|(_, l)| l);
+        if rules.is_none() && !versions.ranked(f) {
+            plain.push(f.clone());
+            continue;
+        }
+        if left == 0 {
+            continue;
+        }
+        let claimed =
+            crate::limits::claim(&mut tx, &p, f, rules.cloned().unwrap_or_default(), left).await?;
+        left -= claimed.rows.len() as i64;
+        if let Some(until) = claimed.limited {
+            limited = Some(match (limited, until) {
+                (Some(Some(a)), Some(b)) => Some(std::cmp::min(a, b)),
+                (Some(a), None) => a,
+                (None, b) | (Some(None), b) => b,
+            });
+        }
+        rows.extend(claimed.rows);
+    }
+    if left > 0 && !plain.is_empty() {
+        let mut q: QueryBuilder<Db> = QueryBuilder::new("");
+        push_lease_query(&mut q, &p, &plain, left);
+        let found = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
+        for row in &found {
+            let priority: i64 = row.try_get("priority").map_err(db_err)?;
+            let key: String = row.try_get("key").map_err(db_err)?;
+            if priority != 0 || !key.is_empty() {
+                versions.mark_ranked(&FunctionKey {
+                    app: row.try_get("app").map_err(db_err)?,
+                    function: row.try_get("function").map_err(db_err)?,
+                });
+            }
+        }
+        rows.extend(found);
+    }
     rows.sort_by_key(|r| r.try_get::<i64, _>("id").unwrap_or(0));
     let mut specs = Specs {
         store: Some(versions),
@@ -329,7 +406,11 @@ pub async fn lease(
     )
     .await?;
     tx.commit().await.map_err(db_err)?;
-    Ok(leased)
+    // Only inputs waiting on a limit with nothing claimed make the caller wait for one.
+    Ok(LeaseBatch {
+        limited: if leased.is_empty() { limited } else { None },
+        rows: leased,
+    })
 }
 
 /// The first time an input of `functions` is due: the head of each function's walk of

@@ -46,7 +46,7 @@ pub fn stream(text: &str) -> Result<LogStream, StoreError> {
 }
 
 /// The columns [`call_row`] reads, in a `SELECT` or `RETURNING`.
-pub const CALL_COLUMNS: &str = "id, app, function, version, origin, state, idempotency_key, n_total, n_pending, n_running, n_succeeded, n_failed, n_cancelled, accepting_inputs, discard_results, schedule, due_at, rerun_of_call, rerun_of_index, starts_at, created_at, finished_at";
+pub const CALL_COLUMNS: &str = "id, app, function, version, origin, state, idempotency_key, n_total, n_pending, n_running, n_succeeded, n_failed, n_cancelled, accepting_inputs, discard_results, schedule, due_at, rerun_of_call, rerun_of_index, starts_at, priority, key, created_at, finished_at";
 
 pub fn call_row(row: &DbRow) -> Result<CallRow, StoreError> {
     let origin: String = row.try_get("origin").map_err(db_err)?;
@@ -79,6 +79,8 @@ pub fn call_row(row: &DbRow) -> Result<CallRow, StoreError> {
             _ => None,
         },
         starts_at: row.try_get("starts_at").map_err(db_err)?,
+        priority: row.try_get::<i64, _>("priority").map_err(db_err)? as i32,
+        key: row.try_get("key").map_err(db_err)?,
         created_at: row.try_get("created_at").map_err(db_err)?,
         finished_at: row.try_get("finished_at").map_err(db_err)?,
     })

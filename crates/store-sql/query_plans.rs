@@ -248,7 +248,7 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
             deadline_slack_ms: 60_000,
         };
         let mut q: QueryBuilder<Db> = QueryBuilder::new(plans::EXPLAIN);
-        inputs::push_lease_query(&mut q, &lease);
+        inputs::push_lease_query(&mut q, &lease, &lease.functions, i64::from(LEASE_MAX));
         let plan = plans::lines(q.build().fetch_all(write).await.unwrap());
         plans::assert_walks_per_function(
             &format!("a lease for a worker of {n} functions"),

@@ -159,13 +159,29 @@ impl Store for Backend {
             .await
     }
 
-    async fn input_lease_available(
-        &self,
-        params: InputLease,
-    ) -> Result<Vec<LeasedRow>, StoreError> {
+    async fn input_lease_available(&self, params: InputLease) -> Result<LeaseBatch, StoreError> {
+        // Each function's limits as its current version has them (the function cache: on
+        // PostgreSQL a deploy through another server is seen within a second).
+        let mut limits = Vec::new();
+        for function in &params.functions {
+            let found = self
+                .function_find(FunctionFind {
+                    app: Some(function.app.clone()),
+                    function: function.function.clone(),
+                })
+                .await?;
+            if let Some(row) = found.into_iter().find(|r| r.spec.limits.any()) {
+                limits.push((function.clone(), row.spec.limits));
+            }
+        }
         let versions = self.versions.clone();
         self.write_lease(move |conn| {
-            Box::pin(inputs::lease(conn, params.clone(), versions.clone()))
+            Box::pin(inputs::lease(
+                conn,
+                params.clone(),
+                limits.clone(),
+                versions.clone(),
+            ))
         })
         .await
     }

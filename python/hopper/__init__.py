@@ -16,7 +16,7 @@ Deploy with ``python -m hopper deploy shop.py``; call with
 from . import exception
 from .app import App, ClsDef, FunctionDef, batched, enter, exit, method
 from .client import Client, Function, FunctionCall
-from .options import Batch, Cron, NoRetry, Period, Retries, Secret
+from .options import Batch, Cron, Limits, NoRetry, Period, Retries, Secret
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "Function",
     "FunctionCall",
     "FunctionDef",
+    "Limits",
     "NoRetry",
     "Period",
     "Retries",

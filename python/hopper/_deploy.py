@@ -398,6 +398,10 @@ def _policy(fdef: FunctionDef[Any, Any], sdk: str | None = None) -> list[str]:
     if o.secrets:
         names = sorted({secret.name for secret in o.secrets})
         out.append(f"secrets = {_array(names)}")
+    if o.priority is not None:
+        out.append(f"priority = {o.priority}")
+    if o.limits is not None:
+        out.append(f"limits = {o.limits.toml()}")
     return out
 
 

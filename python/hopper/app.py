@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import inspect
 import os
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from ._durations import Duration, to_ms
-from .options import Batch, Cron, Period, Retries, Secret
+from .options import Batch, Cron, Limits, Period, Retries, Secret
 
 if TYPE_CHECKING:
     from .client import Client, Function
@@ -63,6 +64,8 @@ class FunctionOptions:
     schedule: Cron | Period | None = None
     retry_on: tuple[type[BaseException], ...] | None = None
     no_retry_on: tuple[type[BaseException], ...] = ()
+    limits: Limits | None = None
+    priority: int | None = None
 
     def check(self) -> None:
         """Raises ``ValueError`` for a value no manifest could hold."""
@@ -88,6 +91,10 @@ class FunctionOptions:
         for secret in self.secrets:
             if not isinstance(secret, Secret):
                 raise ValueError(f"secrets: expected hopper.Secret.from_name(...), not {secret!r}")
+        if self.limits is not None and not isinstance(self.limits, Limits):
+            raise ValueError(f"limits: expected hopper.Limits(...), not {self.limits!r}")
+        if self.priority is not None and not _int_in(self.priority, -1000, 1000):
+            raise ValueError(f"priority must be an int from -1000 to 1000, not {self.priority!r}")
 
 
 def _int_in(value: object, low: int, high: int) -> bool:
@@ -174,9 +181,19 @@ class FunctionDef(Generic[P, R]):
 
         return Function.from_name(self.qualified_name, client=client)
 
-    def with_options(self, *, idempotency_key: str | None = None) -> Function:
+    def with_options(
+        self,
+        *,
+        idempotency_key: str | None = None,
+        delay: str | float | datetime.timedelta | None = None,
+        start_at: str | datetime.datetime | None = None,
+        key: str | None = None,
+        priority: int | None = None,
+    ) -> Function:
         """The deployed function with options for its calls: see ``Function.with_options``."""
-        return self._remote_function().with_options(idempotency_key=idempotency_key)
+        return self._remote_function().with_options(
+            idempotency_key=idempotency_key, delay=delay, start_at=start_at, key=key, priority=priority
+        )
 
     # The deployed function's calls, for convenience: see hopper.Function.
     @property
@@ -373,6 +390,8 @@ class App:
         min_containers: int | None = None,
         max_containers: int | None = None,
         buffer_containers: int | None = None,
+        limits: Limits | None = None,
+        priority: int | None = None,
     ) -> Callable[[Callable[P, R]], FunctionDef[P, R]]: ...
 
     def function(
@@ -397,6 +416,8 @@ class App:
         min_containers: int | None = None,
         max_containers: int | None = None,
         buffer_containers: int | None = None,
+        limits: Limits | None = None,
+        priority: int | None = None,
     ) -> FunctionDef[P, R] | Callable[[Callable[P, R]], FunctionDef[P, R]]:
         """Makes a Python function a function of this app.
 
@@ -427,6 +448,10 @@ class App:
             no_retry_on: never retry these exception types.
             min_containers, max_containers, buffer_containers: Modal's spellings of the
                 ``*_workers`` options.
+            limits: :class:`hopper.Limits`: inputs running at once and started per period,
+                in total and per key, across every worker and server.
+            priority: the priority of a call that gives none, -1000 to 1000 (higher runs
+                first; default 0).
 
         Raises:
             ValueError: an option has a value no manifest can hold.
@@ -436,6 +461,8 @@ class App:
             retries=retries,
             concurrency=concurrency,
             batch=batch,
+            limits=limits,
+            priority=priority,
             min_workers=min_workers if min_workers is not None else min_containers,
             max_workers=max_workers if max_workers is not None else max_containers,
             buffer_workers=buffer_workers if buffer_workers is not None else buffer_containers,
@@ -520,6 +547,8 @@ class App:
         min_containers: int | None = None,
         max_containers: int | None = None,
         buffer_containers: int | None = None,
+        limits: Limits | None = None,
+        priority: int | None = None,
     ) -> Callable[[type[T]], type[T]]:
         """Makes a class's ``@hopper.method()`` methods functions of this app.
 
@@ -538,6 +567,8 @@ class App:
             timeout=timeout,
             retries=retries,
             concurrency=concurrency,
+            limits=limits,
+            priority=priority,
             min_workers=min_workers if min_workers is not None else min_containers,
             max_workers=max_workers if max_workers is not None else max_containers,
             buffer_workers=buffer_workers if buffer_workers is not None else buffer_containers,

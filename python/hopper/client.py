@@ -287,6 +287,36 @@ def _start_fields(delay: Any, start_at: Any) -> str:
     raise ValueError(f"start_at: expected a datetime or an RFC 3339 string, not {type(start_at).__name__}")
 
 
+def _queue_fields(key: Any, priority: Any) -> str:
+    """The JSON fields of a call's key and priority (``,"key":"acme","priority":5``), checked;
+    empty without them.
+
+    Raises:
+        ValueError: the key is not 1 to 200 bytes of UTF-8 without control characters, or the
+            priority not an integer from -1000 to 1000.
+    """
+    fields = ""
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key: expected a non-empty string, not {key!r}")
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError(f"key: {key!r} holds a lone surrogate, which is not text") from None
+        if size > 200:
+            raise ValueError(f"key: a key is at most 200 bytes, not {size}")
+        if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in key):
+            raise ValueError("key: a key has no control characters")
+        fields += ',"key":' + _codec.dumps(key)
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValueError(f"priority: expected an integer, not {priority!r}")
+        if not -1000 <= priority <= 1000:
+            raise ValueError(f"priority: a priority is between -1000 and 1000, not {priority}")
+        fields += f',"priority":{priority}'
+    return fields
+
+
 def _spawn_many_plan(name: str, inputs: list[str], keys: list[str], timing: str = "") -> Plan[list[str]]:
     """Spawns one call per input, up to :data:`SPAWN_BATCH` calls and
     :data:`SPAWN_BATCH_BYTES` of inputs to a request (each request one transaction); returns
@@ -1154,6 +1184,8 @@ class Function:
         idempotency_key: str | None = None,
         delay: str | float | datetime.timedelta | None = None,
         start_at: str | datetime.datetime | None = None,
+        key: str | None = None,
+        priority: int | None = None,
     ) -> Function:
         """This function with options for the calls made through what it returns.
 
@@ -1172,20 +1204,27 @@ class Function:
                 and can be cancelled before it starts; it survives a server restart.
             start_at: start them at this time instead: an aware :class:`datetime.datetime` or
                 an RFC 3339 string (not in the past, at most a year ahead).
+            key: the calls' key (a tenant, a customer; 1 to 200 bytes of UTF-8, no control
+                characters): their inputs are one group under the function's ``limits``
+                (``max_running_per_key``, ``rate_per_key``), and groups take turns. Without
+                it, the function's ``limits.key`` takes each input's key from the input.
+            priority: -1000 to 1000; higher runs first (within a key). Without it, the
+                function's ``priority`` (default 0).
 
         Returns:
             a new :class:`Function`; this one is unchanged.
 
         Raises:
-            ValueError: the key is not such a string; delay and start_at are both given, or
-                one is not a duration or a time (the server refuses a time in the past or
-                over a year ahead: :class:`InvalidInputError`).
+            ValueError: the idempotency key or key is not such a string, or the priority not
+                such an integer; delay and start_at are both given, or one is not a duration
+                or a time (the server refuses a time in the past or over a year ahead:
+                :class:`InvalidInputError`).
         """
         if idempotency_key is not None:
             _check_key(idempotency_key, "idempotency_key")
         bound = Function(self.name, self._client)
         bound._idempotency_key = idempotency_key
-        bound._start = _start_fields(delay, start_at)
+        bound._start = _start_fields(delay, start_at) + _queue_fields(key, priority)
         return bound
 
     def _one_call_only(self, what: str) -> None:

@@ -1,15 +1,16 @@
-"""Policy objects for ``@app.function(...)``: :class:`Retries`, :class:`Batch`, :class:`Cron`,
-:class:`Period`, and :class:`NoRetry`."""
+"""Policy objects for ``@app.function(...)``: :class:`Retries`, :class:`Batch`, :class:`Limits`,
+:class:`Cron`, :class:`Period`, and :class:`NoRetry`."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from dataclasses import dataclass
 
 from ._durations import Duration, format_ms, to_ms
 
-__all__ = ["Batch", "Cron", "NoRetry", "Period", "Retries", "Secret"]
+__all__ = ["Batch", "Cron", "Limits", "NoRetry", "Period", "Retries", "Secret"]
 
 _SECRET_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
@@ -81,6 +82,72 @@ class Retries:
             f'initial_delay = "{format_ms(to_ms(self.initial_delay, "initial_delay"))}", '
             f'max_delay = "{format_ms(to_ms(self.max_delay, "max_delay"))}" }}'
         )
+
+
+_RATE = re.compile(r"^[1-9][0-9]{0,6}/([0-9]+[a-z]+|[smhd])$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits on a function's inputs, kept by the server across every worker and server
+    (``[functions.f.limits]`` in a manifest). Every field is optional.
+
+    Args:
+        key: where each call's key comes from: the name of an argument the callers pass by
+            keyword (``"tenant"`` for ``f.spawn(tenant="acme", ...)``), or a JSON pointer
+            into the call's JSON input (``"/$args/0"`` for the first of several positional
+            arguments, ``"/tenant"`` for a function given one dict). A call without that
+            value has no key; a call's own ``with_options(key=...)`` comes first. Inputs of
+            one key are a group, and groups take turns.
+        max_running: inputs of the function running at once, 1 to 1,000,000.
+        max_running_per_key: inputs of one key running at once.
+        rate: attempts started per period, in any window of it: ``"50/s"``, ``"3000/m"``,
+            ``"10/5m"`` (period 1 s to 1 day).
+        rate_per_key: the same, per key.
+
+    Inputs held back by a limit stay ``pending`` and never hold back other keys.
+    """
+
+    key: str | None = None
+    max_running: int | None = None
+    max_running_per_key: int | None = None
+    rate: str | None = None
+    rate_per_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.key is not None and (
+            not isinstance(self.key, str) or not (self.key.startswith("/") or self.key.isidentifier())
+        ):
+            raise ValueError(
+                f'Limits.key must be an argument name such as "tenant" or a JSON pointer such as "/tenant", '
+                f"not {self.key!r}"
+            )
+        for name in ("max_running", "max_running_per_key"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000
+            ):
+                raise ValueError(f"Limits.{name} must be an int from 1 to 1000000, not {value!r}")
+        for name in ("rate", "rate_per_key"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not _RATE.match(value)):
+                raise ValueError(
+                    f'Limits.{name} must be a count per period such as "50/s" or "3000/m", not {value!r}'
+                )
+
+    def toml(self) -> str:
+        """The manifest's inline table for these limits."""
+        fields = []
+        if self.key is not None:
+            pointer = self.key if self.key.startswith("/") else f"/$kwargs/{self.key}"
+            fields.append(f"key = {json.dumps(pointer)}")
+        for name in ("max_running", "max_running_per_key", "rate", "rate_per_key"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                fields.append(f"{name} = {json.dumps(value)}")
+            elif value is not None:
+                fields.append(f"{name} = {value}")
+        return "{ " + ", ".join(fields) + " }"
 
 
 @dataclass(frozen=True)

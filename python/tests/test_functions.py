@@ -4,6 +4,7 @@ batching, retries, schedules, start-up, and a serve runner killed mid-batch."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -141,6 +142,52 @@ def test_a_class_called_locally_enters_once_per_instance() -> None:
             asyncio.run(in_a_notebook())
     finally:
         hopper.App._all.remove(app)
+
+
+def test_limits_and_keys_hold_back_a_busy_tenant_not_the_others(deploy: Any, server: Server) -> None:
+    d = deploy(
+        """
+        import time
+        @app.function(concurrency=8, priority=2,
+                      limits=hopper.Limits(key="tenant", max_running_per_key=1, max_running=4))
+        def fetch(tenant, n):
+            time.sleep(0.3)
+            return [tenant, n]
+        """
+    )
+    spec = server.get(f"/v1/functions/{d.app}.fetch")["spec"]
+    assert spec["limits"] == {"key": "/$kwargs/tenant", "max_running": 4, "max_running_per_key": 1}
+    assert spec["priority"] == 2
+    fetch = d.fn("fetch")
+    fetch.remote("warm", 0)
+    # acme's six inputs run one at a time; beta's two do not wait for them.
+    calls = [fetch.spawn(tenant="acme", n=i) for i in range(6)]
+    calls += [fetch.spawn(tenant="beta", n=i) for i in range(2)]
+    assert [c.get(timeout=30) for c in calls[6:]] == [["beta", 0], ["beta", 1]]
+    assert calls[5].get(timeout=30) == ["acme", 5]
+    spans: dict[str, list[tuple[str, str]]] = {}
+    for c in calls:
+        tenant = c.get(timeout=30)[0]
+        (a,) = server.get(f"/v1/calls/{c.object_id}/attempts")
+        spans.setdefault(tenant, []).append((a["started_at"], a["finished_at"]))
+    for tenant, runs in spans.items():
+        runs.sort()
+        for (_, end), (start, _) in itertools.pairwise(runs):
+            assert start >= end, f"{tenant} ran two at once: {runs}"
+    # beta's second input started before acme's last one: the busy key held back nobody.
+    assert spans["beta"][1][0] < spans["acme"][5][0]
+    # A call's own key and priority come before the function's.
+    keyed = fetch.with_options(key="tenant-9", priority=-5).spawn(tenant="acme", n=9)
+    info = keyed.info()
+    assert (info["key"], info["priority"]) == ("tenant-9", -5)
+    assert server.get(f"/v1/calls/{calls[0].object_id}")["priority"] == 2
+    for bad in ({"key": ""}, {"key": "k" * 201}, {"priority": 1001}, {"priority": True}, {"key": "a\nb"}):
+        with pytest.raises(ValueError):
+            fetch.with_options(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_running must be an int"):
+        hopper.Limits(max_running=0)
+    with pytest.raises(ValueError, match="rate"):
+        hopper.Limits(rate="5/fortnightly!")
 
 
 def test_n_slow_inputs_take_one_inputs_time_with_concurrency_n(deploy: Any) -> None:

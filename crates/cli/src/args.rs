@@ -154,6 +154,8 @@ pub enum Command {
         #[arg(long)]
         delay: Option<String>,
         #[command(flatten)]
+        queue: QueueArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
     /// Print a map's results from a cursor (to resume after a disconnect).
@@ -525,7 +527,8 @@ pub struct InputSelection {
     pub until: Option<String>,
 }
 
-/// When a spawned call starts: at once, after `--delay`, or at `--start-at`.
+/// A spawned call's options: when it starts (at once, after `--delay`, or at `--start-at`),
+/// its key and its priority.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct StartArgs {
     /// Start the call this long from now (e.g. 10m, 1h30m; at most a year): it is stored at
@@ -535,6 +538,21 @@ pub struct StartArgs {
     /// Start the call at this time (RFC 3339, e.g. 2026-12-24T18:00:00Z).
     #[arg(long)]
     pub start_at: Option<String>,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+}
+
+/// Where a call stands in its function's queue.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct QueueArgs {
+    /// The call's key (a tenant, a customer; at most 200 bytes): its inputs are one group
+    /// under the function's limits, and groups take turns. Default: the function's
+    /// limits.key taken from each input.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Higher runs first, -1000 to 1000. Default: the function's priority (0 unless set).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i64>,
 }
 
 #[cfg(test)]

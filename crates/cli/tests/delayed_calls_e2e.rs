@@ -48,6 +48,8 @@ async fn a_delayed_call_waits_for_its_start_through_a_kill_and_can_be_cancelled(
         idempotency_key: None,
         delay: Some(delay.into()),
         start_at: None,
+        key: None,
+        priority: None,
     };
     let call = client
         .spawn_request("w.echo", &delayed(json!("later"), "3s"))

@@ -110,6 +110,14 @@ pub struct SpawnRequest {
     /// Start the call at this time (RFC 3339); instead of `delay`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_at: Option<String>,
+    /// The call's key (a tenant, a customer; at most 200 bytes): its inputs are one group
+    /// under the function's `limits` (`max_running_per_key`, `rate_per_key`), and groups take
+    /// turns. Without it, the function's `limits.key` takes one from the input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Higher runs first, -1000 to 1000; the function's `priority` (default 0) without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 /// `POST /v1/functions/{name}/calls/batch`: spawn many calls of one function, each with one
@@ -218,6 +226,12 @@ pub struct CallView {
     /// For a delayed call: when its inputs become due (they are `pending` until then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starts_at: Option<String>,
+    /// Higher runs first (-1000 to 1000); from the spawn, else the function's.
+    #[serde(default)]
+    pub priority: i32,
+    /// The key given with the spawn: its inputs are one group under the function's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Re-runs of this call's inputs, oldest first (`GET /v1/calls/{id}` only, at most
     /// [`MAX_RERUNS_SHOWN`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -412,6 +426,12 @@ pub struct MapRequest {
     /// Start the map at this time (RFC 3339); instead of `delay`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_at: Option<String>,
+    /// Every input's key (see [`SpawnRequest::key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Every input's priority (see [`SpawnRequest::priority`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 /// `POST /v1/calls/{id}/inputs`: the next chunk of a map's inputs. `start` is the index of the

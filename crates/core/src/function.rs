@@ -61,6 +61,17 @@ pub struct FunctionSpec {
     pub batch: Option<BatchPolicy>,
     #[serde(default)]
     pub scaling: ScalingPolicy,
+    /// Limits on running and starting its inputs, in total and per key.
+    #[serde(default, skip_serializing_if = "crate::limits::Limits::is_none")]
+    pub limits: crate::limits::Limits,
+    /// The priority of a call that gives none (`MIN_PRIORITY..=MAX_PRIORITY`; higher runs
+    /// first). Default 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// A Python environment: a virtual environment a worker builds with the machine's `python3`

@@ -9,6 +9,7 @@
 //! - [`retry`]: the retry policy and its backoff.
 //! - [`duration`]: the `"60s"`, `"1m30s"`, `"7d"` durations used in manifests and flags.
 //! - [`function`]: a function's resolved specification (command and policy).
+//! - [`limits`]: keys, priorities, and limits on running and starting inputs.
 //! - [`manifest`]: parsing `hopper.toml` into an app, with errors that name file, line and key.
 //! - [`cron`]: cron expressions in time zones, correct across daylight-saving changes.
 //! - [`schedule`]: schedules (cron or period) and their next due times.
@@ -24,6 +25,7 @@ pub mod duration;
 pub mod function;
 pub mod ids;
 pub mod json;
+pub mod limits;
 pub mod manifest;
 pub mod notify;
 pub mod retry;

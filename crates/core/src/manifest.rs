@@ -18,6 +18,7 @@ use crate::function::{
     validate_function_name, validate_name, BatchPolicy, FunctionSpec, PythonEnv, ScalingPolicy,
     SecretRef, DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_MS, MAX_TIMEOUT,
 };
+use crate::limits::{self, Limits, Rate};
 use crate::notify::{NotifyOn, NotifyRule, DEFAULT_QUIET_MS};
 use crate::retry::RetryPolicy;
 use crate::schedule::{Overlap, ScheduleSpec, When};
@@ -131,6 +132,17 @@ struct RawFunction {
     workdir: Option<Spanned<String>>,
     /// `python = { requirements = "requirements.txt" }` or `{ requirements = ["six"] }`.
     python: Option<Spanned<toml::Value>>,
+    limits: Option<Spanned<RawLimits>>,
+    priority: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+struct RawLimits {
+    key: Option<Spanned<String>>,
+    max_running: Option<Spanned<i64>>,
+    max_running_per_key: Option<Spanned<i64>>,
+    rate: Option<Spanned<String>>,
+    rate_per_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -228,11 +240,24 @@ const FUNCTION_KEYS: Keys = Keys {
         "secrets",
         "workdir",
         "python",
+        "limits",
+        "priority",
     ],
     nested: &[
         ("batch", Nested::Table(&BATCH_KEYS)),
         ("retries", Nested::Table(&RETRY_KEYS)),
+        ("limits", Nested::Table(&LIMIT_KEYS)),
     ],
+};
+const LIMIT_KEYS: Keys = Keys {
+    known: &[
+        "key",
+        "max_running",
+        "max_running_per_key",
+        "rate",
+        "rate_per_key",
+    ],
+    nested: &[],
 };
 const BATCH_KEYS: Keys = Keys {
     known: &["max_size", "wait"],
@@ -538,6 +563,18 @@ fn function(
         }
     }
     let python = python_env(faults, key, f, base_dir);
+    let limits = f
+        .limits
+        .as_ref()
+        .map(|l| limits(faults, key, l.get_ref()))
+        .unwrap_or_default();
+    let priority = match &f.priority {
+        None => 0,
+        Some(p) => limits::validate_priority(*p.get_ref()).unwrap_or_else(|e| {
+            faults.push(p.span(), Some(format!("{key}.priority")), e);
+            0
+        }),
+    };
     let workdir = match &f.workdir {
         None => normalize(base_dir),
         Some(w) => normalize(&base_dir.join(w.get_ref())),
@@ -561,7 +598,62 @@ fn function(
         timeout_ms,
         retries,
         concurrency,
+        limits,
+        priority,
     })
+}
+
+/// A function's `limits` table; `key` is the function's dotted key.
+fn limits(faults: &mut Faults<'_>, key: &str, raw: &RawLimits) -> Limits {
+    let mut count = |field: &str, value: &Option<Spanned<i64>>| {
+        let v = value.as_ref()?;
+        if (1..=i64::from(limits::MAX_RUNNING)).contains(v.get_ref()) {
+            Some(*v.get_ref() as u32)
+        } else {
+            faults.push(
+                v.span(),
+                Some(format!("{key}.limits.{field}")),
+                format!(
+                    "must be between 1 and {}, not {}",
+                    limits::MAX_RUNNING,
+                    v.get_ref()
+                ),
+            );
+            None
+        }
+    };
+    let max_running = count("max_running", &raw.max_running);
+    let max_running_per_key = count("max_running_per_key", &raw.max_running_per_key);
+    let mut rate = |field: &str, value: &Option<Spanned<String>>| {
+        let v = value.as_ref()?;
+        Rate::parse(v.get_ref())
+            .map_err(|e| faults.push(v.span(), Some(format!("{key}.limits.{field}")), e))
+            .ok()
+    };
+    let rate_all = rate("rate", &raw.rate);
+    let rate_per_key = rate("rate_per_key", &raw.rate_per_key);
+    let pointer = raw.key.as_ref().and_then(|k| {
+        let text = k.get_ref();
+        if text.starts_with('/') && text.len() <= 1024 {
+            Some(text.clone())
+        } else {
+            faults.push(
+                k.span(),
+                Some(format!("{key}.limits.key")),
+                format!(
+                    "the key is a JSON pointer into the input, such as \"/tenant\", not {text:?}"
+                ),
+            );
+            None
+        }
+    });
+    Limits {
+        key: pointer,
+        max_running,
+        max_running_per_key,
+        rate: rate_all,
+        rate_per_key,
+    }
 }
 
 /// A function's `python` table: its requirements, as a file (relative to the manifest's
@@ -1256,6 +1348,42 @@ retries = 2
         parse("hopper.toml", text, Path::new("/srv/app"))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn limits_and_priority_resolve_and_bad_ones_name_their_key() {
+        let app = parse_ok(
+            "app = \"a\"\n[functions.f]\ncommand = [\"x\"]\npriority = 5\n\
+             [functions.f.limits]\nkey = \"/tenant\"\nmax_running = 10\nmax_running_per_key = 2\n\
+             rate = \"3000/m\"\nrate_per_key = \"5/s\"\n",
+        );
+        let f = &app.functions[0];
+        assert_eq!(f.priority, 5);
+        assert_eq!(f.limits.key.as_deref(), Some("/tenant"));
+        assert_eq!(f.limits.max_running, Some(10));
+        assert_eq!(f.limits.max_running_per_key, Some(2));
+        assert_eq!(
+            f.limits.rate.map(|r| r.to_string()).as_deref(),
+            Some("3000/m")
+        );
+        assert_eq!(f.limits.rate_per_key.map(|r| r.period_ms), Some(1000));
+        let err = parse_err(
+            "app = \"a\"\n[functions.f]\ncommand = [\"x\"]\npriority = 5000\n\
+             limits = { max_running = 0, max_running_per_key = -2, rate = \"5/fortnight\", key = \"tenant\" }\n",
+        );
+        for expected in [
+            "functions.f.priority: a priority is between -1000 and 1000, not 5000",
+            "functions.f.limits.max_running: must be between 1 and 1000000, not 0",
+            "functions.f.limits.max_running_per_key: must be between 1 and 1000000, not -2",
+            "functions.f.limits.rate: rate \"5/fortnight\"",
+            "functions.f.limits.key: the key is a JSON pointer",
+        ] {
+            assert!(err.contains(expected), "{expected} missing from {err}");
+        }
+        let err = parse_err(
+            "app = \"a\"\n[functions.f]\ncommand = [\"x\"]\nlimits = { max_runing = 1 }\n",
+        );
+        assert!(err.contains("did you mean `max_running`"), "{err}");
     }
 
     #[test]

@@ -419,14 +419,16 @@ impl Client {
             idempotency_key,
             delay: None,
             start_at: None,
+            key: None,
+            priority: None,
         };
         self.spawn_request(function, &body).await
     }
 
     /// Spawns a call of `function` as `request` says: its input and the per-call options
-    /// (`idempotency_key`, `delay` or `start_at`). A delayed call is stored at once and its
-    /// input becomes due at its start (`CallView::starts_at`); errors name a bad option
-    /// (`invalid_delay`).
+    /// (`idempotency_key`, `delay` or `start_at`, `key`, `priority`). A delayed call is stored
+    /// at once and its input becomes due at its start (`CallView::starts_at`); errors name a
+    /// bad option (`invalid_delay`, `invalid_key`, `invalid_priority`).
     pub async fn spawn_request(
         &self,
         function: &str,
@@ -519,6 +521,8 @@ impl Client {
             idempotency_key: None,
             delay: None,
             start_at: None,
+            key: None,
+            priority: None,
         };
         let call: CallView = self
             .send(

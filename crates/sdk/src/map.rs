@@ -32,6 +32,11 @@ pub struct MapOptions {
     /// Start the map this long from now (its inputs are stored at once and become due
     /// then). Default: at once.
     pub delay: Option<Duration>,
+    /// Every input's key under the function's limits (at most 200 bytes). Default: each
+    /// input's own, by the function's `limits.key`.
+    pub key: Option<String>,
+    /// Every input's priority, -1000 to 1000 (higher runs first). Default: the function's.
+    pub priority: Option<i32>,
 }
 
 impl Default for MapOptions {
@@ -43,6 +48,8 @@ impl Default for MapOptions {
             discard_results: false,
             chunk_size: 1_000,
             delay: None,
+            key: None,
+            priority: None,
         }
     }
 }
@@ -113,6 +120,8 @@ impl Client {
                     idempotency_key: None,
                     delay: options.delay.map(hopper_core::duration::format),
                     start_at: None,
+                    key: options.key.clone(),
+                    priority: options.priority,
                 },
             )
             .await?;

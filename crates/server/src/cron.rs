@@ -134,6 +134,12 @@ impl Cron {
                     schedule: Some((spec.qualified_name(), due_at)),
                     rerun_of: None,
                     starts_at: None,
+                    priority: function.spec.priority,
+                    key: None,
+                    input_keys: crate::api::calls::input_keys(
+                        &function.spec,
+                        &[spec.input.to_string()],
+                    ),
                     now,
                 },
                 manual,

@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use hopper_core::api::{LeaseRequest, LeaseResponse, LeasedInput};
 use hopper_core::WorkerId;
-use hopper_store::{FunctionKey, InputLease, LeasedRow};
+use hopper_store::{FunctionKey, InputLease, LeaseBatch, LeasedRow};
 
 use crate::api::error::ApiError;
 use crate::state::AppState;
 
 /// Longest a lease request is held open; the worker simply asks again.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a lease request whose inputs wait on `max_running` looks again, for ends of
+/// inputs on other servers.
+const LIMITED_POLL_MS: i64 = 1_000;
 
 pub async fn lease(
     state: &AppState,
@@ -39,9 +43,9 @@ pub async fn lease(
         } else {
             Some(state.store.input_next_due(functions).await?)
         };
-        let rows = match due {
-            Some(None) => Vec::new(),
-            Some(Some(at)) if at > state.now() => Vec::new(),
+        let batch = match due {
+            Some(None) => LeaseBatch::default(),
+            Some(Some(at)) if at > state.now() => LeaseBatch::default(),
             _ => {
                 state
                     .store
@@ -56,6 +60,7 @@ pub async fn lease(
                     .await?
             }
         };
+        let rows = batch.rows;
         let leased: Vec<FunctionKey> = rows
             .iter()
             .map(|r| FunctionKey {
@@ -68,12 +73,16 @@ pub async fn lease(
         if !rows.is_empty() || now >= deadline {
             return response(state, rows).await;
         }
-        // Sleep until the next retry falls due, new inputs arrive, or the wait ends.
-        let due = match due {
+        // Sleep until the next retry falls due, new inputs arrive, or the wait ends; inputs
+        // waiting on a limit, until the rate allows a start or an input ends (this server
+        // wakes its waiters when one of a limited function does; another server's, seen
+        // within a second).
+        let due = match (batch.limited, due) {
+            (Some(until), _) => Some(until.unwrap_or(state.now() + LIMITED_POLL_MS)),
             // Read just before a lease that found nothing: the lease may have changed it.
-            Some(Some(at)) if at > state.now() => Some(at),
-            Some(None) => None,
-            _ => state.store.input_next_due(functions).await?,
+            (None, Some(Some(at))) if at > state.now() => Some(at),
+            (None, Some(None)) => None,
+            (None, _) => state.store.input_next_due(functions).await?,
         };
         let until = match due {
             Some(due) => {

@@ -166,7 +166,8 @@ pub mod plans {
             scans, functions,
             "{what}: scans of inputs_pending in {plan:#?}"
         );
-        let few = functions as u64 * u64::from(max);
+        // Each function's walk, and its probe for a keyed or prioritized input.
+        let few = functions as u64 * (u64::from(max) + 1);
         for line in plan {
             let sorted = line.contains("Sort  (")
                 && line

@@ -20,6 +20,8 @@ mod db;
 mod dialect;
 #[path = "../../store-sql/inputs.rs"]
 mod inputs;
+#[path = "../../store-sql/limits.rs"]
+mod limits;
 #[path = "../../store-sql/map.rs"]
 mod map;
 pub mod migrate;

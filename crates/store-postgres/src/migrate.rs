@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "reruns_and_delays",
         include_str!("../migrations/0011_reruns_and_delays.sql"),
     ),
+    (
+        12,
+        "queue_controls",
+        include_str!("../migrations/0012_queue_controls.sql"),
+    ),
 ];
 
 /// Arbitrary key of the advisory lock that serialises migrations across servers.

@@ -142,7 +142,9 @@ pub mod plans {
         for line in plan {
             let scanned = line.strip_prefix("SCAN ").unwrap_or("heads");
             let bad = line.contains("MULTI-INDEX OR")
-                || !(scanned.starts_with("due") || scanned.starts_with("heads"));
+                || !(scanned.starts_with("due")
+                    || scanned.starts_with("probe")
+                    || scanned.starts_with("heads"));
             assert!(!bad, "{what}: `{line}` in the plan {plan:#?}");
         }
     }

@@ -78,6 +78,14 @@ macro_rules! conformance_suite {
             a_failure_that_cannot_get_better_skips_its_retries,
             a_nul_character_in_a_log_line_loses_no_line,
             cancels_completions_rescues_and_heartbeats_of_the_same_calls_never_deadlock,
+            higher_priorities_lease_first_and_each_priority_in_order,
+            max_running_holds_and_a_place_frees_when_an_input_ends_or_is_cancelled,
+            keys_take_turns_so_a_late_small_key_is_not_stuck_behind_a_big_one,
+            max_running_per_key_holds_per_key_and_never_blocks_other_keys,
+            a_rate_allows_its_count_per_window_and_says_when_the_next_start_is,
+            a_rate_per_key_holds_per_key,
+            limits_changed_by_a_redeploy_apply_to_inputs_already_waiting,
+            concurrent_leases_never_exceed_max_running,
             secrets_are_stored_replaced_listed_and_deleted,
             snapshots_are_kept_while_a_version_needs_them,
             a_pause_moves_running_leases_and_deadlines_on,
@@ -155,6 +163,375 @@ fn key(function: &str) -> FunctionKey {
     }
 }
 
+/// Deploys app `a` again with `lim` (no retries) limited by `limits`.
+async fn deploy_limited(store: &dyn Store, limits: hopper_core::limits::Limits, now: i64) {
+    let mut limited = spec("a", "lim", 0, 60_000);
+    limited.limits = limits;
+    store
+        .app_deploy(AppDeploy {
+            app: "a".into(),
+            manifest: "app = \"a\"".into(),
+            functions: vec![spec("a", "ok", 0, 60_000), limited],
+            schedules: Vec::new(),
+            notify: Vec::new(),
+            snapshot: None,
+            now,
+        })
+        .await
+        .unwrap();
+}
+
+/// Spawns one call of `function` per entry of `calls`: `(key, priority, input)`.
+async fn spawn_keyed(
+    store: &dyn Store,
+    function: &str,
+    calls: &[(Option<&str>, i32, i64)],
+    now: i64,
+) -> Vec<CallId> {
+    let version = store
+        .function_find(FunctionFind {
+            app: Some("a".into()),
+            function: function.into(),
+        })
+        .await
+        .unwrap()[0]
+        .version;
+    let mut ids = Vec::new();
+    for (key, priority, input) in calls {
+        let id = CallId::generate();
+        store
+            .call_insert(CallInsert {
+                id: id.clone(),
+                app: "a".into(),
+                function: function.into(),
+                version,
+                origin: Origin::Spawn,
+                idempotency_key: None,
+                inputs: vec![json!(input).to_string()],
+                accepting_inputs: false,
+                discard_results: false,
+                schedule: None,
+                rerun_of: None,
+                starts_at: None,
+                priority: *priority,
+                key: key.map(str::to_string),
+                input_keys: Vec::new(),
+                now,
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// The inputs (JSON numbers) of leased rows, in the order of the lease.
+fn inputs_of(rows: &[LeasedRow]) -> Vec<i64> {
+    let mut got: Vec<i64> = rows.iter().map(|r| r.input.parse().unwrap()).collect();
+    got.sort();
+    got
+}
+
+async fn lease_batch(
+    store: &dyn Store,
+    worker: &WorkerId,
+    function: &str,
+    max: u32,
+    now: i64,
+) -> LeaseBatch {
+    store
+        .input_lease_available(InputLease {
+            worker_id: worker.clone(),
+            functions: vec![key(function)],
+            max,
+            now,
+            lease_ms: LEASE_MS,
+            deadline_slack_ms: SLACK_MS,
+        })
+        .await
+        .unwrap()
+}
+
+/// Limits as a manifest's `limits` table writes them, one `name = value` a line.
+fn limits(text: &str) -> hopper_core::limits::Limits {
+    let mut l = hopper_core::limits::Limits::default();
+    for line in text.lines() {
+        let (name, value) = line.split_once('=').unwrap();
+        let value = value.trim().trim_matches('"');
+        let count = || Some(value.parse::<u32>().unwrap());
+        let rate = || Some(hopper_core::limits::Rate::parse(value).unwrap());
+        match name.trim() {
+            "key" => l.key = Some(value.into()),
+            "max_running" => l.max_running = count(),
+            "max_running_per_key" => l.max_running_per_key = count(),
+            "rate" => l.rate = rate(),
+            "rate_per_key" => l.rate_per_key = rate(),
+            other => panic!("no limit {other}"),
+        }
+    }
+    l
+}
+
+pub async fn higher_priorities_lease_first_and_each_priority_in_order(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let w = worker(&*store).await;
+    spawn_keyed(
+        &*store,
+        "ok",
+        &[
+            (None, 0, 1),
+            (None, 5, 2),
+            (None, -3, 3),
+            (None, 5, 4),
+            (None, 0, 5),
+            (None, 9, 6),
+        ],
+        T0,
+    )
+    .await;
+    let mut order = Vec::new();
+    loop {
+        let got = lease(&*store, &w, "ok", 1, T0 + 1).await;
+        if got.is_empty() {
+            break;
+        }
+        order.extend(inputs_of(&got));
+    }
+    assert_eq!(order, [6, 2, 4, 1, 5, 3]);
+    // A batch takes the highest first too.
+    spawn_keyed(
+        &*store,
+        "ok",
+        &[(None, 0, 7), (None, 1, 8), (None, 2, 9)],
+        T0 + 2,
+    )
+    .await;
+    let got = lease(&*store, &w, "ok", 2, T0 + 3).await;
+    assert_eq!(inputs_of(&got), [8, 9]);
+}
+
+pub async fn max_running_holds_and_a_place_frees_when_an_input_ends_or_is_cancelled(
+    store: Arc<dyn Store>,
+) {
+    deploy_limited(&*store, limits("max_running = 2"), T0).await;
+    let w = worker(&*store).await;
+    let ids = spawn_keyed(
+        &*store,
+        "lim",
+        &[(None, 0, 1), (None, 0, 2), (None, 0, 3), (None, 0, 4)],
+        T0,
+    )
+    .await;
+    let first = lease_batch(&*store, &w, "lim", 10, T0 + 1).await;
+    assert_eq!(inputs_of(&first.rows), [1, 2]);
+    let held = lease_batch(&*store, &w, "lim", 10, T0 + 2).await;
+    assert!(held.rows.is_empty());
+    assert_eq!(held.limited, Some(None), "only an end frees a place");
+    complete(
+        &*store,
+        &w,
+        first.rows[0].lease,
+        Outcome::Succeeded { output: json!(1) },
+        T0 + 3,
+    )
+    .await;
+    let next = lease(&*store, &w, "lim", 10, T0 + 4).await;
+    assert_eq!(inputs_of(&next), [3]);
+    // A cancelled running input frees its place at once.
+    let running = first.rows[1].call_id.clone();
+    assert!(ids.contains(&running));
+    store
+        .call_cancel(CallCancel {
+            id: running,
+            now: T0 + 5,
+        })
+        .await
+        .unwrap();
+    let last = lease(&*store, &w, "lim", 10, T0 + 6).await;
+    assert_eq!(inputs_of(&last), [4]);
+    // Other functions are not held back.
+    spawn_keyed(
+        &*store,
+        "ok",
+        &[(None, 0, 5), (None, 0, 6), (None, 0, 7)],
+        T0 + 7,
+    )
+    .await;
+    assert_eq!(lease(&*store, &w, "ok", 10, T0 + 8).await.len(), 3);
+}
+
+pub async fn keys_take_turns_so_a_late_small_key_is_not_stuck_behind_a_big_one(
+    store: Arc<dyn Store>,
+) {
+    deploy_limited(&*store, limits("key = \"/tenant\""), T0).await;
+    let w = worker(&*store).await;
+    let big: Vec<(Option<&str>, i32, i64)> = (0..50).map(|i| (Some("big"), 0, i)).collect();
+    spawn_keyed(&*store, "lim", &big, T0).await;
+    spawn_keyed(
+        &*store,
+        "lim",
+        &[(Some("small"), 0, 100), (Some("small"), 0, 101)],
+        T0 + 10,
+    )
+    .await;
+    spawn_keyed(&*store, "lim", &[(None, 0, 200)], T0 + 20).await;
+    // Three groups (two keys and the inputs without one) share each lease.
+    let got = lease(&*store, &w, "lim", 6, T0 + 30).await;
+    let got = inputs_of(&got);
+    assert!(
+        got.contains(&100) && got.contains(&101) && got.contains(&200),
+        "{got:?}"
+    );
+    assert_eq!(got.len(), 6, "{got:?}");
+    // Within a key, oldest first; one input at a time, the keys in turn.
+    let mut order = Vec::new();
+    for i in 0..4 {
+        order.extend(inputs_of(&lease(&*store, &w, "lim", 1, T0 + 40 + i).await));
+    }
+    assert_eq!(order, [3, 4, 5, 6], "only the big key is left");
+    // The input's key comes from the spawn; keyless spawns of a keyed function run too.
+    let rest = lease(&*store, &w, "lim", 100, T0 + 50).await;
+    assert_eq!(rest.len(), 50 - 7);
+}
+
+pub async fn max_running_per_key_holds_per_key_and_never_blocks_other_keys(store: Arc<dyn Store>) {
+    deploy_limited(&*store, limits("max_running_per_key = 1"), T0).await;
+    let w = worker(&*store).await;
+    let a: Vec<(Option<&str>, i32, i64)> = (0..10).map(|i| (Some("acme"), 0, i)).collect();
+    spawn_keyed(&*store, "lim", &a, T0).await;
+    spawn_keyed(
+        &*store,
+        "lim",
+        &[(Some("beta"), 0, 20), (Some("beta"), 0, 21)],
+        T0 + 1,
+    )
+    .await;
+    let first = lease_batch(&*store, &w, "lim", 10, T0 + 2).await;
+    assert_eq!(inputs_of(&first.rows), [0, 20]);
+    let held = lease_batch(&*store, &w, "lim", 10, T0 + 3).await;
+    assert!(held.rows.is_empty());
+    assert_eq!(held.limited, Some(None));
+    // beta's end lets beta's next run; acme still waits.
+    let beta = first.rows.iter().find(|r| r.input == "20").unwrap().lease;
+    complete(
+        &*store,
+        &w,
+        beta,
+        Outcome::Succeeded { output: json!(1) },
+        T0 + 4,
+    )
+    .await;
+    assert_eq!(
+        inputs_of(&lease(&*store, &w, "lim", 10, T0 + 5).await),
+        [21]
+    );
+    // An expired lease frees its key's place once it is rescued.
+    store
+        .lease_rescue_expired(LeaseRescue {
+            now: T0 + 2 + LEASE_MS + 1,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let again = lease(&*store, &w, "lim", 10, T0 + 2 + LEASE_MS + 2).await;
+    assert_eq!(
+        again.len(),
+        1,
+        "acme's one place is free again, and only one"
+    );
+}
+
+pub async fn a_rate_allows_its_count_per_window_and_says_when_the_next_start_is(
+    store: Arc<dyn Store>,
+) {
+    deploy_limited(&*store, limits("rate = \"3/s\""), T0).await;
+    let w = worker(&*store).await;
+    let calls: Vec<(Option<&str>, i32, i64)> = (0..10).map(|i| (None, 0, i)).collect();
+    spawn_keyed(&*store, "lim", &calls, T0).await;
+    let first = lease_batch(&*store, &w, "lim", 10, T0 + 5).await;
+    assert_eq!(first.rows.len(), 3);
+    let held = lease_batch(&*store, &w, "lim", 10, T0 + 500).await;
+    assert!(held.rows.is_empty());
+    let at = held.limited.flatten().expect("a rate says when");
+    assert!(at > T0 + 1000 && at <= T0 + 1020, "{}", at - T0);
+    assert!(lease(&*store, &w, "lim", 10, at - 1).await.is_empty());
+    assert_eq!(lease(&*store, &w, "lim", 10, at).await.len(), 3);
+    // Starts spread over the window count too.
+    assert!(lease(&*store, &w, "lim", 10, at + 999).await.is_empty());
+    assert_eq!(lease(&*store, &w, "lim", 10, at + 1010).await.len(), 3);
+}
+
+pub async fn a_rate_per_key_holds_per_key(store: Arc<dyn Store>) {
+    deploy_limited(&*store, limits("rate_per_key = \"2/m\""), T0).await;
+    let w = worker(&*store).await;
+    let mut calls: Vec<(Option<&str>, i32, i64)> = (0..5).map(|i| (Some("a"), 0, i)).collect();
+    calls.extend((10..15).map(|i| (Some("b"), 0, i)));
+    spawn_keyed(&*store, "lim", &calls, T0).await;
+    assert_eq!(
+        inputs_of(&lease(&*store, &w, "lim", 10, T0 + 1).await),
+        [0, 1, 10, 11]
+    );
+    let held = lease_batch(&*store, &w, "lim", 10, T0 + 30_000).await;
+    assert!(held.rows.is_empty());
+    assert!(held.limited.flatten().is_some());
+    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 61_000).await.len(), 4);
+}
+
+pub async fn limits_changed_by_a_redeploy_apply_to_inputs_already_waiting(store: Arc<dyn Store>) {
+    deploy_limited(&*store, limits("max_running = 1"), T0).await;
+    let w = worker(&*store).await;
+    let calls: Vec<(Option<&str>, i32, i64)> = (0..6).map(|i| (None, 0, i)).collect();
+    spawn_keyed(&*store, "lim", &calls, T0).await;
+    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 1).await.len(), 1);
+    assert!(lease(&*store, &w, "lim", 10, T0 + 2).await.is_empty());
+    // Raised: two more run (3 at once).
+    deploy_limited(&*store, limits("max_running = 3"), T0 + 3).await;
+    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 4).await.len(), 2);
+    // Lowered below what runs: nothing more starts.
+    deploy_limited(&*store, limits("max_running = 2"), T0 + 5).await;
+    assert!(lease(&*store, &w, "lim", 10, T0 + 6).await.is_empty());
+    // Removed: the rest run.
+    deploy_limited(&*store, hopper_core::limits::Limits::default(), T0 + 7).await;
+    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 8).await.len(), 3);
+}
+
+pub async fn concurrent_leases_never_exceed_max_running(store: Arc<dyn Store>) {
+    deploy_limited(
+        &*store,
+        limits("max_running = 5\nmax_running_per_key = 2"),
+        T0,
+    )
+    .await;
+    let mut calls: Vec<(Option<&str>, i32, i64)> = Vec::new();
+    for i in 0..60 {
+        calls.push((Some(["k1", "k2", "k3", "k4"][i % 4]), 0, i as i64));
+    }
+    spawn_keyed(&*store, "lim", &calls, T0).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let w = worker(&*store).await;
+            let mut got = Vec::new();
+            for i in 0..5 {
+                got.extend(lease(&*store, &w, "lim", 3, T0 + 1 + i).await);
+            }
+            got
+        }));
+    }
+    let mut leased = Vec::new();
+    for t in tasks {
+        leased.extend(t.await.unwrap());
+    }
+    assert_eq!(leased.len(), 5, "max_running across concurrent leases");
+    let mut per_key = std::collections::HashMap::new();
+    for row in &leased {
+        let n: i64 = row.input.parse().unwrap();
+        *per_key.entry(n % 4).or_insert(0) += 1;
+    }
+    assert!(per_key.values().all(|&n| n <= 2), "{per_key:?}");
+}
+
 async fn spawn_n(store: &dyn Store, function: &str, inputs: usize, now: i64) -> CallRow {
     let inserted = store
         .call_insert(CallInsert {
@@ -174,6 +551,9 @@ async fn spawn_n(store: &dyn Store, function: &str, inputs: usize, now: i64) -> 
             schedule: None,
             rerun_of: None,
             starts_at: None,
+            priority: 0,
+            key: None,
+            input_keys: Vec::new(),
             now,
         })
         .await
@@ -202,6 +582,7 @@ async fn lease(
         })
         .await
         .unwrap()
+        .rows
 }
 
 async fn complete(
@@ -380,6 +761,9 @@ pub async fn an_idempotency_key_returns_the_same_call(store: Arc<dyn Store>) {
         schedule: None,
         rerun_of: None,
         starts_at: None,
+        priority: 0,
+        key: None,
+        input_keys: Vec::new(),
         now: T0,
     };
     let first = match store.call_insert(insert(CallId::generate())).await.unwrap() {
@@ -415,6 +799,9 @@ pub async fn an_idempotency_key_of_another_function_conflicts(store: Arc<dyn Sto
         schedule: None,
         rerun_of: None,
         starts_at: None,
+        priority: 0,
+        key: None,
+        input_keys: Vec::new(),
         now: T0,
     };
     store.call_insert(insert("ok")).await.unwrap();
@@ -453,6 +840,9 @@ fn one(input: i64, key: Option<&str>) -> CallInsert {
         schedule: None,
         rerun_of: None,
         starts_at: None,
+        priority: 0,
+        key: None,
+        input_keys: Vec::new(),
         now: T0,
     }
 }
@@ -584,6 +974,9 @@ pub async fn concurrent_spawns_with_one_idempotency_key_make_one_call(store: Arc
                     schedule: None,
                     rerun_of: None,
                     starts_at: None,
+                    priority: 0,
+                    key: None,
+                    input_keys: Vec::new(),
                     now: T0,
                 })
                 .await
@@ -1258,6 +1651,9 @@ async fn open_map(store: &dyn Store, first: usize, discard_results: bool) -> Cal
             schedule: None,
             rerun_of: None,
             starts_at: None,
+            priority: 0,
+            key: None,
+            input_keys: Vec::new(),
             now: T0,
         })
         .await
@@ -1280,6 +1676,7 @@ async fn append(
             call_id: call.clone(),
             start,
             inputs: (start..start + n).map(|i| json!(i).to_string()).collect(),
+            input_keys: Vec::new(),
             done,
             now: T0,
         })
@@ -1501,6 +1898,9 @@ pub async fn an_empty_closed_map_has_ended(store: Arc<dyn Store>) {
             schedule: None,
             rerun_of: None,
             starts_at: None,
+            priority: 0,
+            key: None,
+            input_keys: Vec::new(),
             now: T0,
         })
         .await
@@ -1574,6 +1974,9 @@ fn fire_params(name: &str, due_at: i64, missed: Vec<i64>, manual: bool) -> Sched
             schedule: Some((format!("a.{name}"), due_at)),
             rerun_of: None,
             starts_at: None,
+            priority: 0,
+            key: None,
+            input_keys: Vec::new(),
             now: due_at,
         },
         manual,
@@ -2327,6 +2730,7 @@ pub async fn a_delayed_call_is_not_leased_before_it_starts_nor_its_later_chunks(
             call_id: map.id.clone(),
             start: 1,
             inputs: vec![json!({ "i": 3 }).to_string()],
+            input_keys: Vec::new(),
             done: true,
             now: T0 + 10,
         })

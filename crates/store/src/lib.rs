@@ -125,9 +125,12 @@ pub trait Store: Send + Sync + 'static {
     /// The first input (index 0) of each call given that has one, in any order.
     async fn input_first_many(&self, calls: &[CallId]) -> Result<Vec<InputRow>, StoreError>;
 
-    /// Leases up to `max` pending inputs that are due, of the given functions, oldest first.
-    async fn input_lease_available(&self, params: InputLease)
-        -> Result<Vec<LeasedRow>, StoreError>;
+    /// Leases up to `max` pending inputs that are due, of the given functions: higher
+    /// priority first, then oldest first. Within each function's current limits
+    /// (`hopper_core::limits::Limits`): never more running at once than `max_running` (per key:
+    /// `max_running_per_key`), never more started in any window of a rate's period than it
+    /// allows; the keys of a function with keyed inputs or limits take turns (round robin).
+    async fn input_lease_available(&self, params: InputLease) -> Result<LeaseBatch, StoreError>;
 
     /// The earliest `not_before` of a pending input of these functions, to sleep until.
     async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError>;
@@ -291,6 +294,10 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct VersionSpecs(
     std::sync::Mutex<std::collections::HashMap<(String, String, i64), hopper_core::FunctionSpec>>,
+    /// Functions seen with keyed or prioritized inputs: their leases take keys in turn and
+    /// walk priorities (a function never seen so leases by the plain walk, which finds such an
+    /// input and adds it here).
+    std::sync::Mutex<std::collections::HashSet<FunctionKey>>,
 );
 
 impl VersionSpecs {
@@ -307,6 +314,18 @@ impl VersionSpecs {
         let kept = self.0.lock().ok()?;
         kept.get(&(app.to_string(), function.to_string(), version))
             .cloned()
+    }
+
+    /// Whether `function` has been seen with keyed or prioritized inputs.
+    pub fn ranked(&self, function: &FunctionKey) -> bool {
+        self.1.lock().is_ok_and(|kept| kept.contains(function))
+    }
+
+    /// Remembers that `function` has keyed or prioritized inputs.
+    pub fn mark_ranked(&self, function: &FunctionKey) {
+        if let Ok(mut kept) = self.1.lock() {
+            kept.insert(function.clone());
+        }
     }
 
     /// Keeps a spec read from the store.

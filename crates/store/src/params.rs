@@ -101,6 +101,13 @@ pub struct CallInsert {
     pub rerun_of: Option<(CallId, i64)>,
     /// Delay the call: its inputs (a map's later ones too) are due at this time, not before.
     pub starts_at: Option<UnixMillis>,
+    /// Higher runs first; a map's later inputs take it too.
+    pub priority: i32,
+    /// The key of every input, given with the spawn.
+    pub key: Option<String>,
+    /// Without `key`: each input's key from the function's `limits.key`, in the order of
+    /// `inputs` (empty: no input has one; `""`: that input has none).
+    pub input_keys: Vec<String>,
     pub now: UnixMillis,
 }
 
@@ -110,6 +117,9 @@ pub struct InputAppend {
     /// Index of the first input in `inputs`.
     pub start: i64,
     pub inputs: Vec<String>,
+    /// Each input's key from the function's `limits.key`, as in [`CallInsert::input_keys`]
+    /// (the call's own key, if it has one, comes first).
+    pub input_keys: Vec<String>,
     /// No more inputs after these.
     pub done: bool,
     pub now: UnixMillis,

@@ -43,6 +43,11 @@ pub struct CallRow {
     pub rerun_of: Option<(CallId, i64)>,
     /// A delayed call: when its inputs become due.
     pub starts_at: Option<UnixMillis>,
+    /// Higher runs first (`hopper_core::limits`); a map's later inputs take it too.
+    pub priority: i32,
+    /// The key given with the spawn, if any: every input's key (else each input's own, from
+    /// the function's `limits.key`).
+    pub key: Option<String>,
     pub created_at: UnixMillis,
     pub finished_at: Option<UnixMillis>,
 }
@@ -133,6 +138,16 @@ pub struct LeasedRow {
     /// JSON text.
     pub input: String,
     pub spec: FunctionSpec,
+}
+
+/// What a lease claimed, and whether due inputs were left waiting on a limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaseBatch {
+    pub rows: Vec<LeasedRow>,
+    /// Some when due inputs of the functions asked for wait on a limit (`max_running`, a rate,
+    /// per key or not): the time a rate allows the next start, or None when only a running
+    /// input's end frees a place.
+    pub limited: Option<Option<UnixMillis>>,
 }
 
 /// What one result of a completion batch did.

@@ -336,6 +336,8 @@ async fn bulk(n: u64) -> anyhow::Result<Figures> {
                         idempotency_key: None,
                         delay: None,
                         start_at: None,
+                        key: None,
+                        priority: None,
                     })
                     .collect();
                 let t = Instant::now();

@@ -77,6 +77,9 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
                         schedule: None,
                         rerun_of: None,
                         starts_at: None,
+                        priority: 0,
+                        key: None,
+                        input_keys: Vec::new(),
                         now: now(),
                     })
                     .await
@@ -114,7 +117,8 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
                 lease_ms: 60_000,
                 deadline_slack_ms: 120_000,
             })
-            .await?;
+            .await?
+            .rows;
         if leased.is_empty() {
             break;
         }

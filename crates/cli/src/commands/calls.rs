@@ -25,6 +25,8 @@ pub async fn spawn(
         idempotency_key: key,
         delay: start.delay,
         start_at: start.start_at,
+        key: super::queue_key(start.queue.key)?,
+        priority: start.queue.priority.map(super::priority).transpose()?,
     };
     let call = client(args)?.spawn_request(function, &request).await?;
     if args.json {
@@ -65,6 +67,8 @@ pub async fn spawn_each_line(
             )));
         }
     }
+    let queue_key = super::queue_key(start.queue.key.clone())?;
+    let priority = start.queue.priority.map(super::priority).transpose()?;
     // Every line is checked before the first request: a bad line spawns nothing.
     let mut calls = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -79,6 +83,8 @@ pub async fn spawn_each_line(
             idempotency_key: key.as_ref().map(|k| format!("{k}:{}", n + 1)),
             delay: start.delay.clone(),
             start_at: start.start_at.clone(),
+            key: queue_key.clone(),
+            priority,
         });
     }
     if calls.is_empty() {

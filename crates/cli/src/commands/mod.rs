@@ -84,9 +84,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             for_each,
             chunk_size,
             delay,
+            queue,
             client,
         } => {
             let options = hopper_sdk::MapOptions {
+                key: queue_key(queue.key)?,
+                priority: queue.priority.map(priority).transpose()?,
                 ordered: !unordered,
                 return_exceptions,
                 starmap,
@@ -282,6 +285,20 @@ pub fn check_json(text: &str, source: &str) -> anyhow::Result<()> {
 
 pub fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
     hopper_core::duration::parse(text).map_err(|e| exit::usage(format!("{flag}: {e}")))
+}
+
+/// `--priority`, checked: -1000 to 1000.
+pub fn priority(value: i64) -> anyhow::Result<i32> {
+    hopper_core::limits::validate_priority(value)
+        .map_err(|e| exit::usage(format!("--priority: {e}")))
+}
+
+/// `--key`, checked: not empty, at most 200 bytes, no control characters.
+pub fn queue_key(key: Option<String>) -> anyhow::Result<Option<String>> {
+    if let Some(k) = &key {
+        hopper_core::limits::validate_key(k).map_err(|e| exit::usage(format!("--key: {e}")))?;
+    }
+    Ok(key)
 }
 
 pub fn call_id(text: &str) -> anyhow::Result<CallId> {

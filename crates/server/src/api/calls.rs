@@ -40,6 +40,56 @@ pub struct SpawnBody {
     delay: Option<String>,
     #[serde(default)]
     start_at: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    priority: Option<i64>,
+}
+
+/// Sets a call's key and priority as its spawn gives them (`what` names where, e.g.
+/// `calls[3].`), checked: 400 `invalid_key` or `invalid_priority`, nothing stored. Without
+/// them the call keeps what [`spawned`] gave it (the function's priority, keys from the
+/// function's `limits.key`).
+pub fn controls(
+    insert: &mut CallInsert,
+    key: Option<String>,
+    priority: Option<i64>,
+    what: &str,
+) -> Result<(), ApiError> {
+    if let Some(key) = key {
+        hopper_core::limits::validate_key(&key)
+            .map_err(|e| ApiError::bad_request("invalid_key", format!("{what}key: {e}")))?;
+        insert.key = Some(key);
+        insert.input_keys.clear();
+    }
+    if let Some(priority) = priority {
+        insert.priority = hopper_core::limits::validate_priority(priority).map_err(|e| {
+            ApiError::bad_request("invalid_priority", format!("{what}priority: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// Each input's key by the function's `limits.key` pointer (JSON texts in, `""` for an input
+/// without one); empty when the function has no pointer or no input a key.
+pub fn input_keys(spec: &hopper_core::FunctionSpec, inputs: &[String]) -> Vec<String> {
+    if spec.limits.key.is_none() {
+        return Vec::new();
+    }
+    let keys: Vec<String> = inputs
+        .iter()
+        .map(|text| {
+            serde_json::from_str(text)
+                .ok()
+                .and_then(|v| spec.limits.key_of(&v))
+                .unwrap_or_default()
+        })
+        .collect();
+    if keys.iter().all(String::is_empty) {
+        Vec::new()
+    } else {
+        keys
+    }
 }
 
 /// How far ahead a call may be delayed.
@@ -138,6 +188,7 @@ pub async fn spawn(
     let finished = state.events.watch_calls();
     let mut insert = spawned(&function, input, key, state.now());
     insert.starts_at = start;
+    controls(&mut insert, req.key, req.priority, "")?;
     let inserted = state.store.call_insert(insert).await?;
     let (status, call) = match inserted {
         CallInserted::Created(call) => {
@@ -221,6 +272,12 @@ pub async fn spawn_batch(
         )?;
         let mut insert = spawned(&function, input, call.idempotency_key, now);
         insert.starts_at = start;
+        controls(
+            &mut insert,
+            call.key,
+            call.priority,
+            &format!("calls[{i}]."),
+        )?;
         inserts.push(insert);
     }
     let ids: Vec<CallId> = inserts.iter().map(|c| c.id.clone()).collect();
@@ -276,13 +333,15 @@ pub struct SpawnBatchBody {
     calls: Vec<Box<serde_json::value::RawValue>>,
 }
 
-/// A spawned call of `function`'s current version with one input (JSON text).
+/// A spawned call of `function`'s current version with one input (JSON text), at the
+/// function's priority, keyed by its `limits.key` if it has one.
 pub fn spawned(
     function: &hopper_store::FunctionRow,
     input: String,
     idempotency_key: Option<String>,
     now: i64,
 ) -> CallInsert {
+    let input_keys = input_keys(&function.spec, std::slice::from_ref(&input));
     CallInsert {
         id: CallId::generate(),
         app: function.spec.app.clone(),
@@ -296,6 +355,9 @@ pub fn spawned(
         schedule: None,
         rerun_of: None,
         starts_at: None,
+        priority: function.spec.priority,
+        key: None,
+        input_keys,
         now,
     }
 }
@@ -956,6 +1018,12 @@ pub async fn rerun_input(
     let mut insert = spawned(&function, input.input, Some(key), state.now());
     insert.origin = Origin::Rerun;
     insert.rerun_of = Some((call.id.clone(), index));
+    // A re-run keeps the key and priority its call was given.
+    if call.key.is_some() {
+        insert.key = call.key.clone();
+        insert.input_keys.clear();
+    }
+    insert.priority = call.priority;
     match state.store.call_insert(insert).await? {
         CallInserted::Created(new) => {
             crate::metrics::call_started(format!("{}.{}", new.app, new.function), "rerun");

@@ -44,6 +44,10 @@ pub struct MapBody {
     delay: Option<String>,
     #[serde(default)]
     start_at: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    priority: Option<i64>,
 }
 
 /// A chunk of a map's inputs as it came.
@@ -110,24 +114,27 @@ pub async fn map(
         super::calls::starts_at(&state, req.delay.as_deref(), req.start_at.as_deref(), "")?;
     let inputs = encode_inputs(&state, &req.inputs, req.starmap, 0)?;
     let added = inputs.len();
-    let inserted = state
-        .store
-        .call_insert(CallInsert {
-            id: CallId::generate(),
-            app: function.spec.app.clone(),
-            function: function.spec.name.clone(),
-            version: function.version,
-            origin: Origin::Map,
-            idempotency_key: key,
-            inputs,
-            accepting_inputs: !req.done,
-            discard_results: req.discard_results,
-            schedule: None,
-            rerun_of: None,
-            starts_at,
-            now: state.now(),
-        })
-        .await?;
+    let input_keys = super::calls::input_keys(&function.spec, &inputs);
+    let mut insert = CallInsert {
+        id: CallId::generate(),
+        app: function.spec.app.clone(),
+        function: function.spec.name.clone(),
+        version: function.version,
+        origin: Origin::Map,
+        idempotency_key: key,
+        inputs,
+        accepting_inputs: !req.done,
+        discard_results: req.discard_results,
+        schedule: None,
+        rerun_of: None,
+        starts_at,
+        priority: function.spec.priority,
+        key: None,
+        input_keys,
+        now: state.now(),
+    };
+    super::calls::controls(&mut insert, req.key, req.priority, "")?;
+    let inserted = state.store.call_insert(insert).await?;
     match inserted {
         CallInserted::Created(call) => {
             crate::metrics::call_started(format!("{}.{}", call.app, call.function), "map");
@@ -146,6 +153,32 @@ pub async fn map(
     }
 }
 
+/// The keys of a chunk's inputs by the map's function's `limits.key`, unless the map has a
+/// key of its own (then the store gives every input that one).
+async fn chunk_keys(
+    state: &AppState,
+    id: &CallId,
+    inputs: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let Some(call) = state.store.call_get(id).await? else {
+        return Ok(Vec::new());
+    };
+    if call.key.is_some() {
+        return Ok(Vec::new());
+    }
+    let found = state
+        .store
+        .function_find(hopper_store::FunctionFind {
+            app: Some(call.app.clone()),
+            function: call.function.clone(),
+        })
+        .await?;
+    Ok(found
+        .first()
+        .map(|f| super::calls::input_keys(&f.spec, inputs))
+        .unwrap_or_default())
+}
+
 pub async fn append(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -160,12 +193,14 @@ pub async fn append(
     }
     let inputs = encode_inputs(&state, &chunk.inputs, false, chunk.start)?;
     let added = inputs.len();
+    let input_keys = chunk_keys(&state, &id, &inputs).await?;
     let call = state
         .store
         .input_append(InputAppend {
             call_id: id.clone(),
             start: chunk.start,
             inputs,
+            input_keys,
             done: chunk.done,
             now: state.now(),
         })

@@ -70,6 +70,8 @@ pub fn call(row: &CallRow, first: Option<&InputRow>) -> CallView {
         }),
         reruns: Vec::new(),
         starts_at: row.starts_at.map(time),
+        priority: row.priority,
+        key: row.key.clone(),
     }
 }
 

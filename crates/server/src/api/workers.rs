@@ -518,9 +518,40 @@ pub async fn complete(
     if requeued {
         state.events.inputs_available();
     }
+    wake_limited(&state, &rows).await?;
     Ok(Json(CompleteResponse {
         recorded: rows.iter().map(|r| r.recorded).collect(),
     }))
+}
+
+/// Inputs that ended free places under their function's limits: as many of its waiting
+/// workers are woken, so inputs held back by `max_running` start at once.
+async fn wake_limited(
+    state: &AppState,
+    rows: &[hopper_store::CompletionRow],
+) -> Result<(), ApiError> {
+    let mut ended: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for row in rows.iter().filter(|r| r.recorded) {
+        if let Some(function) = &row.function {
+            *ended.entry(function.as_str()).or_default() += 1;
+        }
+    }
+    for (function, n) in ended {
+        let Some((app, name)) = function.split_once('.') else {
+            continue;
+        };
+        let found = state
+            .store
+            .function_find(hopper_store::FunctionFind {
+                app: Some(app.to_string()),
+                function: name.to_string(),
+            })
+            .await?;
+        if found.iter().any(|f| f.spec.limits.any()) {
+            state.events.inputs_for(app, name, n);
+        }
+    }
+    Ok(())
 }
 
 pub async fn logs(

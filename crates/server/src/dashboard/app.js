@@ -303,6 +303,18 @@ function rate(r) {
   return r === undefined || r === null ? "—" : `${(100 * r).toFixed(r === 1 ? 0 : 1)}%`;
 }
 
+/** A function's limits in one line: "key /tenant · 20 running · 2 per key · 3000/m". */
+function limitsText(l) {
+  if (!l) return "none";
+  const parts = [];
+  if (l.key) parts.push(`key ${l.key}`);
+  if (l.max_running) parts.push(`${l.max_running} running`);
+  if (l.max_running_per_key) parts.push(`${l.max_running_per_key} running per key`);
+  if (l.rate) parts.push(`${l.rate} started`);
+  if (l.rate_per_key) parts.push(`${l.rate_per_key} started per key`);
+  return parts.join(" · ");
+}
+
 function functionPage({ name }) {
   const el = h("div", {});
   async function refresh() {
@@ -320,6 +332,8 @@ function functionPage({ name }) {
       ["Concurrency", spec.concurrency],
       ["Batching", spec.batch ? `up to ${spec.batch.max_size} inputs, waiting ${span(spec.batch.wait_ms / 1000)}` : "no"],
       ["Scaling", spec.scaling ? `${spec.scaling.min_workers}–${spec.scaling.max_workers} workers, buffer ${spec.scaling.buffer_workers}, scale down after ${span(spec.scaling.scaledown_window_ms / 1000)}` : "—"],
+      ["Priority", String(spec.priority || 0)],
+      ["Limits", limitsText(spec.limits)],
     ];
     el.replaceChildren(
       h("h1", {}, f.name, h("span", { class: "muted" }, `v${f.version}`)),

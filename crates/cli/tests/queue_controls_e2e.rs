@@ -1,0 +1,286 @@
+//! Queue controls through the real binary: a function's `limits` (max_running,
+//! max_running_per_key, keys taken from the input) hold for a map run by several workers,
+//! counted from the attempts' start and end times, on SQLite and on two servers over
+//! PostgreSQL; priorities and keys given with a spawn from the CLI and HTTP are shown on the
+//! call; bad values are refused naming the field, nothing stored.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use hopper_core::InputState;
+use hopper_sdk::MapOptions;
+use serde_json::{json, Value};
+
+const LIMITED: &str = "app = \"q\"\n\
+[functions.fetch]\n\
+command = [\"sh\", \"-c\", \"sleep 0.3; cat\"]\n\
+concurrency = 4\n\
+min_workers = 2\n\
+max_workers = 2\n\
+[functions.fetch.limits]\n\
+key = \"/tenant\"\n\
+max_running = 3\n\
+max_running_per_key = 1\n";
+
+fn millis(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// The most attempts running at once among `spans` (start, end).
+fn most_at_once(spans: &[(i64, i64)]) -> usize {
+    let mut edges: Vec<(i64, i32)> = spans.iter().flat_map(|&(s, e)| [(s, 1), (e, -1)]).collect();
+    // An end at the same instant as a start frees its place first.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// Runs a 12-input map over three tenants and checks the limits from its attempts. Each
+/// attempt's end counts `slack_ms` early: two servers' clocks (each kept to the database's)
+/// may differ by a few milliseconds, and the attempts last 300 ms or more.
+async fn limits_hold(client: &hopper_sdk::Client, slack_ms: i64) {
+    let tenants = [
+        "acme", "acme", "acme", "acme", "acme", "acme", "beta", "beta", "beta", "beta", "gamma",
+        "gamma",
+    ];
+    let inputs: Vec<Value> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"tenant": t, "n": i}))
+        .collect();
+    let mut run = client
+        .map::<Value, Value, _>(
+            "q.fetch",
+            futures_util::stream::iter(inputs.clone()),
+            MapOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut n = 0;
+    while let Some(item) = run.next().await {
+        assert_eq!(item.unwrap().result.unwrap(), inputs[n]);
+        n += 1;
+    }
+    assert_eq!(n, 12);
+    let maps = client
+        .calls(&hopper_sdk::CallFilter {
+            origin: Some("map".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let attempts = client.attempts(&maps.calls[0].id).await.unwrap();
+    let mut all = Vec::new();
+    let mut per_key: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
+    for a in &attempts {
+        let span = (
+            millis(&a.started_at),
+            millis(a.finished_at.as_deref().unwrap()) - slack_ms,
+        );
+        all.push(span);
+        per_key
+            .entry(tenants[a.index as usize])
+            .or_default()
+            .push(span);
+    }
+    assert!(most_at_once(&all) <= 3, "max_running = 3: {attempts:#?}");
+    for (key, spans) in &per_key {
+        assert_eq!(most_at_once(spans), 1, "{key} ran more than one at once");
+    }
+    // The limits did not run everything one at a time: keys ran side by side.
+    assert!(most_at_once(&all) >= 2, "{attempts:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_across_workers_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), LIMITED);
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    limits_hold(&server.client(), 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_hold_across_two_servers_on_postgres() {
+    let Some((url, schema)) = test_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), LIMITED);
+    let db = [
+        "--database",
+        url.as_str(),
+        "--database-schema",
+        schema.as_str(),
+    ];
+    let a = Server::start(
+        &dir.path().join("a"),
+        &[&db[..], &["--deploy", m.to_str().unwrap()]].concat(),
+    );
+    let client = a.client();
+    // The app is written before the second server reads it.
+    client.functions().await.unwrap();
+    let b = Server::start(&dir.path().join("b"), &db);
+    eventually(
+        "workers on both servers",
+        Duration::from_secs(30),
+        || async {
+            let active = client
+                .workers()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|w| w.state == "active")
+                .count();
+            (active >= 4).then_some(())
+        },
+    )
+    .await;
+    limits_hold(&client, 50).await;
+    drop((a, b));
+    drop_test_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_priorities_are_given_and_shown_and_bad_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "app = \"p\"\n[functions.echo]\ncommand = [\"cat\"]\npriority = 3\n",
+    );
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let url = &server.url;
+    let client = server.client();
+    // The function's priority, unless the spawn gives one.
+    let out = cli(
+        url,
+        &[
+            "spawn",
+            "p.echo",
+            "--input",
+            "1",
+            "--key",
+            "acme",
+            "--priority",
+            "-7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = stdout(&out).trim().parse().unwrap();
+    let call = wait_done(&client, &id, Duration::from_secs(30)).await;
+    assert_eq!((call.priority, call.key.as_deref()), (-7, Some("acme")));
+    assert_eq!(call.state, InputState::Succeeded);
+    let plain = client.spawn("p.echo", json!(2), None).await.unwrap();
+    assert_eq!((plain.priority, plain.key), (3, None));
+    let out = cli(url, &["get", id.to_string().as_str()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Bad values: 400 naming the field, nothing stored.
+    let http = reqwest::Client::new();
+    let before = client.calls(&Default::default()).await.unwrap().calls.len();
+    let long = "k".repeat(201);
+    for (path, body, code, says) in [
+        (
+            "calls",
+            json!({"input": 1, "priority": 1001}),
+            "invalid_priority",
+            "priority: a priority is between -1000 and 1000, not 1001",
+        ),
+        (
+            "calls",
+            json!({"input": 1, "priority": -5000}),
+            "invalid_priority",
+            "not -5000",
+        ),
+        (
+            "calls",
+            json!({"input": 1, "key": long}),
+            "invalid_key",
+            "key: a key is at most 200 bytes, not 201",
+        ),
+        (
+            "calls",
+            json!({"input": 1, "key": ""}),
+            "invalid_key",
+            "key: a key is not empty",
+        ),
+        (
+            "calls/batch",
+            json!({"calls": [{"input": 1}, {"input": 2, "priority": 2000}]}),
+            "invalid_priority",
+            "calls[1].priority: ",
+        ),
+        (
+            "map",
+            json!({"inputs": [1], "done": true, "key": "a\u{7}b"}),
+            "invalid_key",
+            "key: a key has no control characters",
+        ),
+    ] {
+        let r = http
+            .post(format!("{url}/v1/functions/p.echo/{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    assert_eq!(
+        client.calls(&Default::default()).await.unwrap().calls.len(),
+        before
+    );
+    // The CLI checks before it sends.
+    let out = cli(
+        url,
+        &["spawn", "p.echo", "--input", "1", "--priority", "1001"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--priority: a priority is between -1000 and 1000"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(url, &["spawn", "p.echo", "--input", "1", "--key", &long]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--key: a key is at most 200 bytes"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A manifest's bad limits are refused at deploy, each naming its key.
+    let bad = manifest(
+        dir.path(),
+        "app = \"p\"\n[functions.echo]\ncommand = [\"cat\"]\npriority = 5000\n\
+         [functions.echo.limits]\nmax_running = 0\nmax_running_per_key = -1\nrate = \"5/fortnight\"\n",
+    );
+    let out = cli(url, &["deploy", bad.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(0));
+    for says in [
+        "functions.echo.priority",
+        "functions.echo.limits.max_running: must be between 1 and 1000000, not 0",
+        "functions.echo.limits.max_running_per_key",
+        "functions.echo.limits.rate: rate \"5/fortnight\"",
+    ] {
+        assert!(stderr(&out).contains(says), "{says}: {}", stderr(&out));
+    }
+    assert_eq!(
+        client.apps().await.unwrap()[0].version,
+        1,
+        "nothing deployed"
+    );
+}

@@ -1,0 +1,22 @@
+-- Queue controls. A call's priority and key, and each input's (a key comes with the spawn or
+-- from the input by the function's limits.key; '' is no key). Inputs without either stay in
+-- inputs_pending alone; the others are also in inputs_pending_ranked, walked key by key and
+-- by priority. Running inputs are counted per function and key for max_running.
+ALTER TABLE calls ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN key TEXT;
+ALTER TABLE inputs ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE inputs ADD COLUMN key TEXT NOT NULL DEFAULT '';
+CREATE INDEX inputs_pending_ranked ON inputs (app, function, key, priority DESC, not_before, id)
+    WHERE state = 'pending' AND (priority <> 0 OR key <> '');
+CREATE INDEX inputs_running_by_key ON inputs (app, function, key) WHERE state = 'running';
+-- A limited function's lease state: the key served last (keys take turns after it), and the
+-- starts of the rate's window as "SLOT:COUNT" pairs (SLOT in ms since 1970), for the function
+-- (key '') and for each key with a rate_per_key.
+CREATE TABLE limiters (
+    app       TEXT NOT NULL,
+    function  TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    last_key  TEXT NOT NULL DEFAULT '',
+    starts    TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (app, function, key)
+);

@@ -1,0 +1,495 @@
+//! Leasing under a function's limits and keys (`hopper_core::limits`), inside the lease's
+//! transaction so that they hold across every worker and server:
+//!
+//! - `max_running` and `max_running_per_key` count the function's running inputs
+//!   (`inputs_running_by_key`);
+//! - a rate counts the starts of its window, kept in the function's `limiters` row (and one
+//!   row per key for `rate_per_key`) as slots of a hundredth of the period: a slot that
+//!   overlaps the window counts whole, so no window of the period ever holds more starts than
+//!   the rate allows, and a lease is allowed what is left;
+//! - keys take turns: a lease walks the keys after the one served last (`limiters.last_key`),
+//!   one index search per key in `inputs_pending_ranked`, and gives each a share;
+//! - within a key, higher priority first, then first in first out.
+//!
+//! On PostgreSQL a limited function's lease locks its `limiters` row first, so leases of that
+//! function on every server take turns; leases of other functions do not wait.
+
+use std::collections::HashMap;
+
+use crate::db::{QueryBuilder, Row};
+use hopper_core::limits::{Limits, Rate};
+use hopper_core::UnixMillis;
+use hopper_store::{FunctionKey, InputLease, StoreError};
+
+use crate::dialect::{Conn, Db, DbRow, LOCK_ROWS, SKIP_LOCKED};
+use crate::inputs::{push_claim, CLAIMED, RANKED};
+use crate::map::db_err;
+
+/// Keys one lease looks at, at most.
+const MAX_KEYS: i64 = 1_000;
+
+/// What [`claim`] leased, and whether due inputs were left waiting on a limit: `Some(at)`
+/// with the time a rate allows the next start, `Some(None)` when only an input's end frees
+/// a place.
+pub struct Claimed {
+    pub rows: Vec<DbRow>,
+    pub limited: Option<Option<UnixMillis>>,
+}
+
+fn wait_also(limited: &mut Option<Option<UnixMillis>>, until: Option<UnixMillis>) {
+    *limited = Some(match (*limited, until) {
+        (Some(Some(a)), Some(b)) => Some(a.min(b)),
+        (Some(None), _) | (_, None) => None,
+        (None, b) => b,
+    });
+}
+
+/// Claims up to `want` due inputs of `function` for `p.worker_id` within `limits`.
+pub async fn claim(
+    conn: &mut Conn,
+    p: &InputLease,
+    function: &FunctionKey,
+    limits: Limits,
+    want: i64,
+) -> Result<Claimed, StoreError> {
+    let enforced = limits.max_running.is_some()
+        || limits.max_running_per_key.is_some()
+        || limits.rate.is_some()
+        || limits.rate_per_key.is_some();
+    crate::db::query(
+        "INSERT INTO limiters (app, function, key) VALUES ($1, $2, '') ON CONFLICT DO NOTHING",
+    )
+    .bind(&function.app)
+    .bind(&function.function)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    let lock = if enforced { LOCK_ROWS } else { "" };
+    let row = crate::db::query(&format!(
+        "SELECT last_key, starts FROM limiters WHERE app = $1 AND function = $2 AND key = ''{lock}"
+    ))
+    .bind(&function.app)
+    .bind(&function.function)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    let last_key: String = row.try_get("last_key").map_err(db_err)?;
+    let mut window = Window::parse(&row.try_get::<String, _>("starts").map_err(db_err)?);
+
+    let mut limited = None;
+    let mut allowance = want;
+    let running = if limits.max_running.is_some() || limits.max_running_per_key.is_some() {
+        running_per_key(conn, function).await?
+    } else {
+        HashMap::new()
+    };
+    if let Some(max) = limits.max_running {
+        let free = i64::from(max) - running.values().sum::<i64>();
+        if free < allowance {
+            allowance = free.max(0);
+            wait_also(&mut limited, None);
+        }
+    }
+    if let Some(rate) = limits.rate {
+        let free = i64::from(rate.count) - window.used(rate, p.now);
+        if free < allowance {
+            allowance = free.max(0);
+            wait_also(&mut limited, Some(window.next_free(rate, p.now)));
+        }
+    }
+    if allowance == 0 {
+        return Ok(Claimed {
+            rows: Vec::new(),
+            limited,
+        });
+    }
+
+    // The keys in turn after the one served last, then the inputs without a key, then the
+    // keys from the first on; enough to fill the allowance past the keys at their limits.
+    let full = limits.max_running_per_key.map_or(0, |max| {
+        running
+            .iter()
+            .filter(|(k, n)| !k.is_empty() && **n >= i64::from(max))
+            .count() as i64
+    });
+    let wanted = (allowance + full + 1).min(MAX_KEYS);
+    let mut keys = keys_after(conn, function, &last_key, wanted).await?;
+    if (keys.len() as i64) < wanted {
+        keys.push(String::new());
+        if !last_key.is_empty() {
+            let more = keys_after(conn, function, "", wanted - keys.len() as i64).await?;
+            keys.extend(more.into_iter().filter(|k| *k <= last_key));
+        }
+    }
+    let mut key_windows = match limits.rate_per_key {
+        Some(_) => key_windows(conn, function, &keys, lock).await?,
+        None => HashMap::new(),
+    };
+
+    // Each key's share, in turn, within its own limits.
+    let mut caps: Vec<(String, i64)> = Vec::new();
+    for key in keys {
+        let mut cap = allowance;
+        if !key.is_empty() {
+            if let Some(max) = limits.max_running_per_key {
+                let free = i64::from(max) - running.get(&key).copied().unwrap_or(0);
+                if free <= 0 {
+                    wait_also(&mut limited, None);
+                    continue;
+                }
+                cap = cap.min(free);
+            }
+            if let Some(rate) = limits.rate_per_key {
+                let w = key_windows.entry(key.clone()).or_default();
+                let free = i64::from(rate.count) - w.used(rate, p.now);
+                if free <= 0 {
+                    wait_also(&mut limited, Some(w.next_free(rate, p.now)));
+                    continue;
+                }
+                cap = cap.min(free);
+            }
+        }
+        caps.push((key, cap));
+    }
+    // Rounds: each group its share of what is left; a group that had fewer due inputs than
+    // its share drops out, and the others share the rest.
+    let mut rows: Vec<DbRow> = Vec::new();
+    let mut served_last: Option<String> = None;
+    for _ in 0..3 {
+        let left = allowance - rows.len() as i64;
+        if left <= 0 || caps.is_empty() {
+            break;
+        }
+        let share = (left + caps.len() as i64 - 1) / caps.len() as i64;
+        let mut quotas: Vec<(String, i64)> = Vec::new();
+        let mut given = 0;
+        for (key, cap) in &caps {
+            let quota = share.min(*cap).min(left - given);
+            if quota <= 0 {
+                break;
+            }
+            given += quota;
+            quotas.push((key.clone(), quota));
+        }
+        if quotas.is_empty() {
+            break;
+        }
+        served_last = quotas.last().map(|(k, _)| k.clone()).or(served_last);
+        let mut q: QueryBuilder<Db> = QueryBuilder::new("");
+        push_claim(&mut q, p);
+        q.push("(SELECT id FROM (");
+        for (i, (key, quota)) in quotas.iter().enumerate() {
+            if i > 0 {
+                q.push(" UNION ALL ");
+            }
+            push_key_walk(&mut q, function, key, *quota, p.now, i);
+        }
+        q.push(") AS picked)");
+        q.push(CLAIMED);
+        let claimed = q.build().fetch_all(&mut *conn).await.map_err(db_err)?;
+        let mut taken: HashMap<String, i64> = HashMap::new();
+        for row in &claimed {
+            let key: String = row.try_get("key").map_err(db_err)?;
+            *taken.entry(key).or_default() += 1;
+        }
+        // Groups that filled their quota may have more; the rest are done.
+        caps = caps
+            .into_iter()
+            .filter_map(|(key, cap)| {
+                let quota = quotas.iter().find(|(k, _)| *k == key).map(|(_, q)| *q);
+                let got = taken.get(&key).copied().unwrap_or(0);
+                match quota {
+                    Some(q) if got < q => None,
+                    _ if cap - got <= 0 => None,
+                    _ => Some((key, cap - got)),
+                }
+            })
+            .collect();
+        rows.extend(claimed);
+    }
+    let Some(served_last) = served_last else {
+        return Ok(Claimed {
+            rows: Vec::new(),
+            limited,
+        });
+    };
+
+    let mut per_key: HashMap<String, i64> = HashMap::new();
+    for row in &rows {
+        let key: String = row.try_get("key").map_err(db_err)?;
+        *per_key.entry(key).or_default() += 1;
+    }
+    if let Some(rate) = limits.rate {
+        window.add(rate, p.now, rows.len() as i64);
+    }
+    crate::db::query(
+        "UPDATE limiters SET last_key = $3, starts = $4 WHERE app = $1 AND function = $2 AND key = ''",
+    )
+    .bind(&function.app)
+    .bind(&function.function)
+    .bind(&served_last)
+    .bind(window.text())
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    if let Some(rate) = limits.rate_per_key {
+        for (key, n) in per_key.iter().filter(|(k, _)| !k.is_empty()) {
+            let w = key_windows.entry(key.clone()).or_default();
+            w.add(rate, p.now, *n);
+            crate::db::query(
+                "INSERT INTO limiters (app, function, key, starts) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (app, function, key) DO UPDATE SET starts = excluded.starts",
+            )
+            .bind(&function.app)
+            .bind(&function.function)
+            .bind(key)
+            .bind(w.text())
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        }
+    }
+    Ok(Claimed { rows, limited })
+}
+
+/// The due inputs of one key (`""`: those without a key), up to `quota`, highest priority
+/// first, then oldest first: a walk of `inputs_pending_ranked` for a key; for no key, that
+/// index's walk of the prioritized ones and `inputs_pending`'s of the rest.
+fn push_key_walk(
+    q: &mut QueryBuilder<'_, Db>,
+    function: &FunctionKey,
+    key: &str,
+    quota: i64,
+    now: UnixMillis,
+    i: usize,
+) {
+    if key.is_empty() {
+        q.push(format!(
+            "SELECT id FROM (SELECT id FROM (SELECT id, priority, not_before FROM (SELECT id, \
+             priority, not_before FROM inputs WHERE state = 'pending' AND {RANKED} AND key = '' \
+             AND app = "
+        ))
+        .push_bind(function.app.clone())
+        .push(" AND function = ")
+        .push_bind(function.function.clone())
+        .push(" AND not_before <= ")
+        .push_bind(now)
+        .push(" ORDER BY priority DESC, not_before, id LIMIT ")
+        .push_bind(quota)
+        .push(format!(
+            "{SKIP_LOCKED}) AS ranked{i} UNION ALL SELECT id, priority, not_before FROM (\
+             SELECT id, priority, not_before FROM inputs WHERE state = 'pending' AND app = "
+        ))
+        .push_bind(function.app.clone())
+        .push(" AND function = ")
+        .push_bind(function.function.clone())
+        .push(" AND not_before <= ")
+        .push_bind(now)
+        .push(" AND priority = 0 AND key = '' ORDER BY not_before, id LIMIT ")
+        .push_bind(quota)
+        .push(format!(
+            "{SKIP_LOCKED}) AS plain{i}) AS unkeyed{i} ORDER BY priority DESC, not_before, id LIMIT "
+        ))
+        .push_bind(quota)
+        .push(format!(") AS group{i}"));
+    } else {
+        q.push(format!(
+            "SELECT id FROM (SELECT id FROM inputs WHERE state = 'pending' AND {RANKED} AND app = "
+        ))
+        .push_bind(function.app.clone())
+        .push(" AND function = ")
+        .push_bind(function.function.clone())
+        .push(" AND key = ")
+        .push_bind(key.to_string())
+        .push(" AND not_before <= ")
+        .push_bind(now)
+        .push(" ORDER BY priority DESC, not_before, id LIMIT ")
+        .push_bind(quota)
+        .push(format!("{SKIP_LOCKED}) AS key{i}"));
+    }
+}
+
+/// The function's running inputs per key (`""`: without one).
+async fn running_per_key(
+    conn: &mut Conn,
+    function: &FunctionKey,
+) -> Result<HashMap<String, i64>, StoreError> {
+    let rows = crate::db::query(
+        "SELECT key, COUNT(*) AS n FROM inputs WHERE state = 'running' AND app = $1 AND function = $2
+         GROUP BY key",
+    )
+    .bind(&function.app)
+    .bind(&function.function)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("key").map_err(db_err)?,
+                r.try_get("n").map_err(db_err)?,
+            ))
+        })
+        .collect()
+}
+
+/// Up to `n` keys after `after` with pending inputs, in order: one index search per key
+/// (a loose walk of `inputs_pending_ranked`), however many inputs each key has.
+async fn keys_after(
+    conn: &mut Conn,
+    function: &FunctionKey,
+    after: &str,
+    n: i64,
+) -> Result<Vec<String>, StoreError> {
+    if n <= 0 {
+        return Ok(Vec::new());
+    }
+    let next = format!(
+        "SELECT MIN(key) FROM inputs WHERE state = 'pending' AND {RANKED} AND app = $1 AND function = $2"
+    );
+    let rows = crate::db::query(&format!(
+        "WITH RECURSIVE k(key, n) AS (
+             SELECT ({next} AND key > $3), 1
+             UNION ALL
+             SELECT ({next} AND key > k.key), k.n + 1 FROM k WHERE k.key IS NOT NULL AND k.n < $4
+         )
+         SELECT key FROM k WHERE key IS NOT NULL"
+    ))
+    .bind(&function.app)
+    .bind(&function.function)
+    .bind(after)
+    .bind(n)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("key").map_err(db_err))
+        .collect()
+}
+
+/// The rate windows of `keys`, locked with the function's row on PostgreSQL.
+async fn key_windows(
+    conn: &mut Conn,
+    function: &FunctionKey,
+    keys: &[String],
+    lock: &str,
+) -> Result<HashMap<String, Window>, StoreError> {
+    let keys: Vec<&String> = keys.iter().filter(|k| !k.is_empty()).collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut q: QueryBuilder<Db> =
+        QueryBuilder::new("SELECT key, starts FROM limiters WHERE app = ");
+    q.push_bind(function.app.clone())
+        .push(" AND function = ")
+        .push_bind(function.function.clone())
+        .push(" AND key IN (");
+    let mut list = q.separated(", ");
+    for key in keys {
+        list.push_bind(key.clone());
+    }
+    q.push(format!("){lock}"));
+    let rows = q.build().fetch_all(&mut *conn).await.map_err(db_err)?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("key").map_err(db_err)?,
+                Window::parse(&r.try_get::<String, _>("starts").map_err(db_err)?),
+            ))
+        })
+        .collect()
+}
+
+/// The starts of a rate's window: `(slot start, starts in it)`, oldest first, as
+/// `"SLOT:COUNT,…"` text in `limiters.starts`.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Window(Vec<(i64, i64)>);
+
+impl Window {
+    /// Unreadable text counts as no starts: the rate then allows a full period's at once.
+    fn parse(text: &str) -> Window {
+        Window(
+            text.split(',')
+                .filter_map(|pair| {
+                    let (slot, n) = pair.split_once(':')?;
+                    Some((slot.parse().ok()?, n.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    fn text(&self) -> String {
+        self.0
+            .iter()
+            .map(|(slot, n)| format!("{slot}:{n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn slot_ms(rate: Rate) -> i64 {
+        (rate.period_ms as i64 / 100).max(10)
+    }
+
+    /// Drops the slots wholly before the window `(now - period, now]`.
+    fn trim(&mut self, rate: Rate, now: UnixMillis) {
+        let len = Self::slot_ms(rate);
+        let from = now - rate.period_ms as i64;
+        self.0.retain(|(slot, _)| slot + len > from);
+    }
+
+    /// Starts counted in the window that ends now.
+    fn used(&mut self, rate: Rate, now: UnixMillis) -> i64 {
+        self.trim(rate, now);
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    /// When the oldest counted slot leaves the window.
+    fn next_free(&self, rate: Rate, now: UnixMillis) -> UnixMillis {
+        let len = Self::slot_ms(rate);
+        self.0.first().map_or(now + 1, |(slot, _)| {
+            (slot + len + rate.period_ms as i64).max(now + 1)
+        })
+    }
+
+    fn add(&mut self, rate: Rate, now: UnixMillis, n: i64) {
+        if n == 0 {
+            return;
+        }
+        self.trim(rate, now);
+        let slot = now - now.rem_euclid(Self::slot_ms(rate));
+        match self.0.last_mut() {
+            Some((last, count)) if *last == slot => *count += n,
+            _ => self.0.push((slot, n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn no_window_of_the_period_holds_more_starts_than_the_rate() {
+        let rate = Rate::parse("100/s").unwrap();
+        let mut w = Window::default();
+        let mut starts = Vec::new();
+        // Ask for 7 starts every 3 ms for 5 s; take what the window allows.
+        let mut now = 1_000_000;
+        while now < 1_005_000 {
+            let free = (100 - w.clone().used(rate, now)).clamp(0, 7);
+            w.add(rate, now, free);
+            starts.extend(std::iter::repeat_n(now, free as usize));
+            now += 3;
+        }
+        for (i, &t) in starts.iter().enumerate() {
+            let in_window = starts[i..].iter().take_while(|&&s| s < t + 1000).count();
+            assert!(
+                in_window <= 100,
+                "{in_window} starts in the second from {t}"
+            );
+        }
+        // And the rate is used: at least 97% of it.
+        assert!(starts.len() >= 485, "{} starts in 5 s", starts.len());
+        assert_eq!(Window::parse(&w.text()), w);
+    }
+}
