@@ -241,7 +241,7 @@ fn push_due_per_function(
         }
         q.push(
             "SELECT id, priority, not_before FROM (SELECT id, priority, not_before FROM inputs \
-             WHERE state = 'pending' AND app = ",
+             WHERE state = 'pending' AND key = '' AND app = ",
         )
         .push_bind(f.app.clone())
         .push(" AND function = ")
@@ -413,18 +413,28 @@ pub async fn lease(
     })
 }
 
-/// The first time an input of `functions` is due: the head of each function's walk of
-/// `inputs_pending`, the earliest of those.
+/// The first time an input of `functions` is due: the heads of each function's walks of
+/// `inputs_pending` (inputs without a key) and `inputs_pending_keyed`, the earliest of those.
 pub fn push_next_due_query(q: &mut QueryBuilder<'_, Db>, functions: &[FunctionKey]) {
     q.push("SELECT MIN(first) FROM (");
     for (i, f) in functions.iter().enumerate() {
         if i > 0 {
             q.push(" UNION ALL ");
         }
-        q.push("SELECT MIN(not_before) AS first FROM inputs WHERE state = 'pending' AND app = ")
-            .push_bind(f.app.clone())
-            .push(" AND function = ")
-            .push_bind(f.function.clone());
+        q.push(
+            "SELECT MIN(not_before) AS first FROM inputs WHERE state = 'pending' AND key = '' \
+             AND app = ",
+        )
+        .push_bind(f.app.clone())
+        .push(" AND function = ")
+        .push_bind(f.function.clone())
+        .push(
+            " UNION ALL SELECT MIN(not_before) AS first FROM inputs WHERE state = 'pending' \
+             AND key <> '' AND app = ",
+        )
+        .push_bind(f.app.clone())
+        .push(" AND function = ")
+        .push_bind(f.function.clone());
     }
     q.push(") AS heads");
 }

@@ -27,6 +27,10 @@ use crate::map::db_err;
 
 /// Keys one lease looks at, at most.
 const MAX_KEYS: i64 = 1_000;
+/// Groups one claiming statement walks, at most (SQLite takes 500 terms of a `UNION ALL`).
+const MAX_WALKS: usize = 100;
+/// Claiming statements one lease of a function runs, at most.
+const MAX_ROUNDS: usize = 4;
 
 /// What [`claim`] leased, and whether due inputs were left waiting on a limit: `Some(at)`
 /// with the time a rate allows the next start, `Some(None)` when only an input's end frees
@@ -91,7 +95,7 @@ pub async fn claim(
         }
     }
     if let Some(rate) = limits.rate {
-        let free = i64::from(rate.count) - window.used(rate, p.now);
+        let free = window.free(rate, p.now);
         if free < allowance {
             allowance = free.max(0);
             wait_also(&mut limited, Some(window.next_free(rate, p.now)));
@@ -104,81 +108,103 @@ pub async fn claim(
         });
     }
 
-    // The keys in turn after the one served last, then the inputs without a key, then the
-    // keys from the first on; enough to fill the allowance past the keys at their limits.
-    let full = limits.max_running_per_key.map_or(0, |max| {
-        running
-            .iter()
-            .filter(|(k, n)| !k.is_empty() && **n >= i64::from(max))
-            .count() as i64
-    });
-    let wanted = (allowance + full + 1).min(MAX_KEYS);
-    let mut keys = keys_after(conn, function, &last_key, wanted).await?;
-    if (keys.len() as i64) < wanted {
-        keys.push(String::new());
-        if !last_key.is_empty() {
-            let more = keys_after(conn, function, "", wanted - keys.len() as i64).await?;
-            keys.extend(more.into_iter().filter(|k| *k <= last_key));
-        }
-    }
-    let mut key_windows = match limits.rate_per_key {
-        Some(_) => key_windows(conn, function, &keys, lock).await?,
-        None => HashMap::new(),
-    };
-
-    // Each key's share, in turn, within its own limits.
+    // The groups in turn: the keys after the one served last, then the inputs without a key,
+    // then the keys from the first on, until enough of them are under their own limits to
+    // fill the allowance (keys at their limits are passed over, however many there are, up
+    // to MAX_KEYS a lease; the next lease goes on from the last one looked at).
     let mut caps: Vec<(String, i64)> = Vec::new();
-    for key in keys {
-        let mut cap = allowance;
-        if !key.is_empty() {
-            if let Some(max) = limits.max_running_per_key {
-                let free = i64::from(max) - running.get(&key).copied().unwrap_or(0);
-                if free <= 0 {
-                    wait_also(&mut limited, None);
-                    continue;
-                }
-                cap = cap.min(free);
-            }
-            if let Some(rate) = limits.rate_per_key {
-                let w = key_windows.entry(key.clone()).or_default();
-                let free = i64::from(rate.count) - w.used(rate, p.now);
-                if free <= 0 {
-                    wait_also(&mut limited, Some(w.next_free(rate, p.now)));
-                    continue;
-                }
-                cap = cap.min(free);
+    let mut key_windows: HashMap<String, Window> = HashMap::new();
+    let mut cursor = last_key.clone();
+    let mut wrapped = false;
+    let mut looked = 0;
+    let mut looked_last: Option<String> = None;
+    while (caps.len() as i64) < allowance && looked < MAX_KEYS {
+        let page = (allowance - caps.len() as i64 + 16).min(MAX_KEYS - looked);
+        let found = keys_after(conn, function, &cursor, page).await?;
+        let ended = (found.len() as i64) < page;
+        // Past the one served last: the circle is closed.
+        let past = wrapped && found.last().is_some_and(|k| *k > last_key);
+        let keys: Vec<String> = if wrapped {
+            found.into_iter().filter(|k| *k <= last_key).collect()
+        } else {
+            found
+        };
+        if limits.rate_per_key.is_some() {
+            key_windows.extend(key_windows_of(conn, function, &keys, lock).await?);
+        }
+        looked += keys.len() as i64;
+        if let Some(k) = keys.last() {
+            cursor = k.clone();
+            looked_last = Some(k.clone());
+        }
+        for key in keys {
+            if let Some(cap) = key_cap(
+                &limits,
+                &running,
+                &mut key_windows,
+                &key,
+                allowance,
+                p.now,
+                &mut limited,
+            ) {
+                caps.push((key, cap));
             }
         }
-        caps.push((key, cap));
+        if ended || past || (wrapped && cursor >= last_key) {
+            // The inputs without a key come after the last key, before the first.
+            if !wrapped && unkeyed_due(conn, function, p.now).await? {
+                caps.push((String::new(), allowance));
+            }
+            if wrapped || last_key.is_empty() {
+                break;
+            }
+            wrapped = true;
+            cursor = String::new();
+        }
     }
-    // Rounds: each group its share of what is left; a group that had fewer due inputs than
-    // its share drops out, and the others share the rest.
+    // Rounds: the next groups in turn (at most MAX_WALKS, one statement) each get their share
+    // of what is left; a group that had fewer due inputs than its share drops out, one that
+    // filled it goes to the back of the line.
+    let mut caps: std::collections::VecDeque<(usize, String, i64)> = caps
+        .into_iter()
+        .enumerate()
+        .map(|(place, (key, cap))| (place, key, cap))
+        .collect();
     let mut rows: Vec<DbRow> = Vec::new();
-    let mut served_last: Option<String> = None;
-    for _ in 0..3 {
+    let mut furthest: Option<(usize, String)> = None;
+    for _ in 0..MAX_ROUNDS {
         let left = allowance - rows.len() as i64;
         if left <= 0 || caps.is_empty() {
             break;
         }
-        let share = (left + caps.len() as i64 - 1) / caps.len() as i64;
-        let mut quotas: Vec<(String, i64)> = Vec::new();
+        let turn: Vec<(usize, String, i64)> = caps.drain(..caps.len().min(MAX_WALKS)).collect();
+        let share = (left + turn.len() as i64 - 1) / turn.len() as i64;
+        let mut quotas: Vec<(usize, String, i64)> = Vec::new();
         let mut given = 0;
-        for (key, cap) in &caps {
+        for (place, key, cap) in &turn {
             let quota = share.min(*cap).min(left - given);
             if quota <= 0 {
                 break;
             }
             given += quota;
-            quotas.push((key.clone(), quota));
+            quotas.push((*place, key.clone(), quota));
+        }
+        // Groups of this turn left without a quota keep their place at the front.
+        for waiting in turn.iter().skip(quotas.len()).rev() {
+            caps.push_front(waiting.clone());
         }
         if quotas.is_empty() {
             break;
         }
-        served_last = quotas.last().map(|(k, _)| k.clone()).or(served_last);
+        if let Some((place, key, _)) = quotas.iter().max_by_key(|(place, _, _)| *place) {
+            if furthest.as_ref().is_none_or(|(p, _)| place > p) {
+                furthest = Some((*place, key.clone()));
+            }
+        }
         let mut q: QueryBuilder<Db> = QueryBuilder::new("");
         push_claim(&mut q, p);
         q.push("(SELECT id FROM (");
-        for (i, (key, quota)) in quotas.iter().enumerate() {
+        for (i, (_, key, quota)) in quotas.iter().enumerate() {
             if i > 0 {
                 q.push(" UNION ALL ");
             }
@@ -192,21 +218,21 @@ pub async fn claim(
             let key: String = row.try_get("key").map_err(db_err)?;
             *taken.entry(key).or_default() += 1;
         }
-        // Groups that filled their quota may have more; the rest are done.
-        caps = caps
-            .into_iter()
-            .filter_map(|(key, cap)| {
-                let quota = quotas.iter().find(|(k, _)| *k == key).map(|(_, q)| *q);
-                let got = taken.get(&key).copied().unwrap_or(0);
-                match quota {
-                    Some(q) if got < q => None,
-                    _ if cap - got <= 0 => None,
-                    _ => Some((key, cap - got)),
-                }
-            })
-            .collect();
+        for (place, key, quota) in quotas {
+            let got = taken.get(&key).copied().unwrap_or(0);
+            let cap = turn
+                .iter()
+                .find(|(p, _, _)| *p == place)
+                .map_or(0, |(_, _, cap)| *cap);
+            if got == quota && cap > got {
+                caps.push_back((place, key, cap - got));
+            }
+        }
         rows.extend(claimed);
     }
+    // Served last: the furthest group served, or else the furthest key looked at, so that
+    // the next lease goes on past keys held at their limits.
+    let served_last = furthest.map(|(_, key)| key).or(looked_last);
     let Some(served_last) = served_last else {
         return Ok(Claimed {
             rows: Vec::new(),
@@ -309,6 +335,60 @@ fn push_key_walk(
     }
 }
 
+/// What a key may start now within its own limits (at most `allowance`), or None when a limit
+/// holds it back (noted in `limited`). The inputs without a key (`""`) have no key's limits.
+fn key_cap(
+    limits: &Limits,
+    running: &HashMap<String, i64>,
+    windows: &mut HashMap<String, Window>,
+    key: &str,
+    allowance: i64,
+    now: UnixMillis,
+    limited: &mut Option<Option<UnixMillis>>,
+) -> Option<i64> {
+    let mut cap = allowance;
+    if key.is_empty() {
+        return Some(cap);
+    }
+    if let Some(max) = limits.max_running_per_key {
+        let free = i64::from(max) - running.get(key).copied().unwrap_or(0);
+        if free <= 0 {
+            wait_also(limited, None);
+            return None;
+        }
+        cap = cap.min(free);
+    }
+    if let Some(rate) = limits.rate_per_key {
+        let w = windows.entry(key.to_string()).or_default();
+        let free = w.free(rate, now);
+        if free <= 0 {
+            wait_also(limited, Some(w.next_free(rate, now)));
+            return None;
+        }
+        cap = cap.min(free);
+    }
+    Some(cap)
+}
+
+/// Whether the function has a due input without a key (the head of `inputs_pending`).
+async fn unkeyed_due(
+    conn: &mut Conn,
+    function: &FunctionKey,
+    now: UnixMillis,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> = crate::db::query_scalar(
+        "SELECT id FROM inputs WHERE state = 'pending' AND key = '' AND app = $1 AND function = $2
+         AND not_before <= $3 LIMIT 1",
+    )
+    .bind(&function.app)
+    .bind(&function.function)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(found.is_some())
+}
+
 /// The function's running inputs per key (`""`: without one).
 async fn running_per_key(
     conn: &mut Conn,
@@ -368,7 +448,7 @@ async fn keys_after(
 }
 
 /// The rate windows of `keys`, locked with the function's row on PostgreSQL.
-async fn key_windows(
+async fn key_windows_of(
     conn: &mut Conn,
     function: &FunctionKey,
     keys: &[String],
@@ -443,9 +523,37 @@ impl Window {
         self.0.iter().map(|(_, n)| n).sum()
     }
 
-    /// When the oldest counted slot leaves the window.
+    /// Starts one slot may hold: the rate's count spread over its slots, so that starts come
+    /// evenly through the period rather than a period's worth at once.
+    fn slot_cap(rate: Rate) -> i64 {
+        let slots = (rate.period_ms as i64 / Self::slot_ms(rate)).max(1);
+        (i64::from(rate.count) + slots - 1) / slots
+    }
+
+    fn slot_of(rate: Rate, now: UnixMillis) -> i64 {
+        now - now.rem_euclid(Self::slot_ms(rate))
+    }
+
+    /// Starts the rate allows now: what the window has left, at most what the current slot has.
+    fn free(&mut self, rate: Rate, now: UnixMillis) -> i64 {
+        let in_window = i64::from(rate.count) - self.used(rate, now);
+        let slot = Self::slot_of(rate, now);
+        let in_slot = self
+            .0
+            .last()
+            .filter(|(s, _)| *s == slot)
+            .map_or(0, |(_, n)| *n);
+        in_window.min(Self::slot_cap(rate) - in_slot).max(0)
+    }
+
+    /// When the rate next allows a start: the next slot when this one is full, else when the
+    /// oldest counted slot leaves the window.
     fn next_free(&self, rate: Rate, now: UnixMillis) -> UnixMillis {
         let len = Self::slot_ms(rate);
+        let used: i64 = self.0.iter().map(|(_, n)| n).sum();
+        if used < i64::from(rate.count) {
+            return Self::slot_of(rate, now) + len;
+        }
         self.0.first().map_or(now + 1, |(slot, _)| {
             (slot + len + rate.period_ms as i64).max(now + 1)
         })
@@ -456,7 +564,7 @@ impl Window {
             return;
         }
         self.trim(rate, now);
-        let slot = now - now.rem_euclid(Self::slot_ms(rate));
+        let slot = Self::slot_of(rate, now);
         match self.0.last_mut() {
             Some((last, count)) if *last == slot => *count += n,
             _ => self.0.push((slot, n)),
@@ -476,7 +584,7 @@ mod window_tests {
         // Ask for 7 starts every 3 ms for 5 s; take what the window allows.
         let mut now = 1_000_000;
         while now < 1_005_000 {
-            let free = (100 - w.clone().used(rate, now)).clamp(0, 7);
+            let free = w.free(rate, now).min(7);
             w.add(rate, now, free);
             starts.extend(std::iter::repeat_n(now, free as usize));
             now += 3;
@@ -488,8 +596,15 @@ mod window_tests {
                 "{in_window} starts in the second from {t}"
             );
         }
-        // And the rate is used: at least 97% of it.
+        // And the rate is used: at least 97% of it, and evenly: never more than one start in a
+        // slot of 10 ms.
         assert!(starts.len() >= 485, "{} starts in 5 s", starts.len());
+        for pair in starts.windows(2) {
+            assert!(
+                pair[0] / 10 != pair[1] / 10,
+                "two starts in one slot: {pair:?}"
+            );
+        }
         assert_eq!(Window::parse(&w.text()), w);
     }
 }

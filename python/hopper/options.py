@@ -84,7 +84,22 @@ class Retries:
         )
 
 
-_RATE = re.compile(r"^[1-9][0-9]{0,6}/([0-9]+[a-z]+|[smhd])$")
+def _check_rate(name: str, text: object) -> None:
+    """Raises ``ValueError`` unless ``text`` is a rate the server takes: ``COUNT/PERIOD``, a
+    count from 1 to 1,000,000 and a period (a unit or a duration) from 1 s to 1 day."""
+    if isinstance(text, str) and "/" in text:
+        count, period = (part.strip() for part in text.split("/", 1))
+        unit = period if period[:1].isdigit() else f"1{period}"
+        try:
+            ms = to_ms(unit, name)
+        except ValueError:
+            ms = -1
+        if count.isdigit() and 1 <= int(count) <= 1_000_000 and 1_000 <= ms <= 86_400_000:
+            return
+    raise ValueError(
+        f"Limits.{name} must be a count (1 to 1000000) per period (s, m, h, d, or 1s to 1d), "
+        f'such as "50/s", "3000/m" or "10/5m", not {text!r}'
+    )
 
 
 @dataclass(frozen=True)
@@ -116,7 +131,9 @@ class Limits:
 
     def __post_init__(self) -> None:
         if self.key is not None and (
-            not isinstance(self.key, str) or not (self.key.startswith("/") or self.key.isidentifier())
+            not isinstance(self.key, str)
+            or not (self.key.startswith("/") or self.key.isidentifier())
+            or re.search(r"~(?![01])", self.key)
         ):
             raise ValueError(
                 f'Limits.key must be an argument name such as "tenant" or a JSON pointer such as "/tenant", '
@@ -130,10 +147,8 @@ class Limits:
                 raise ValueError(f"Limits.{name} must be an int from 1 to 1000000, not {value!r}")
         for name in ("rate", "rate_per_key"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not _RATE.match(value)):
-                raise ValueError(
-                    f'Limits.{name} must be a count per period such as "50/s" or "3000/m", not {value!r}'
-                )
+            if value is not None:
+                _check_rate(name, value)
 
     def toml(self) -> str:
         """The manifest's inline table for these limits."""

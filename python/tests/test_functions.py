@@ -186,8 +186,12 @@ def test_limits_and_keys_hold_back_a_busy_tenant_not_the_others(deploy: Any, ser
             fetch.with_options(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_running must be an int"):
         hopper.Limits(max_running=0)
-    with pytest.raises(ValueError, match="rate"):
-        hopper.Limits(rate="5/fortnightly!")
+    for rate in ("5/fortnightly!", "5/0s", "5/500ms", "5/25h", "1000001/s", "0/s", 5):
+        with pytest.raises(ValueError, match=r"Limits\.rate must be a count"):
+            hopper.Limits(rate=rate)  # type: ignore[arg-type]
+    assert hopper.Limits(rate_per_key="10 / 5m").rate_per_key == "10 / 5m"
+    with pytest.raises(ValueError, match="JSON pointer"):
+        hopper.Limits(key="/a~2b")
 
 
 def test_n_slow_inputs_take_one_inputs_time_with_concurrency_n(deploy: Any) -> None:

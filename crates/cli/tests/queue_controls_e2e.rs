@@ -184,6 +184,12 @@ async fn keys_and_priorities_are_given_and_shown_and_bad_ones_refused() {
     assert_eq!((plain.priority, plain.key), (3, None));
     let out = cli(url, &["get", id.to_string().as_str()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = cli(url, &["calls"]);
+    assert!(
+        stdout(&out).contains("p.echo (key acme, priority -7)"),
+        "{}",
+        stdout(&out)
+    );
 
     // Bad values: 400 naming the field, nothing stored.
     let http = reqwest::Client::new();
@@ -219,6 +225,24 @@ async fn keys_and_priorities_are_given_and_shown_and_bad_ones_refused() {
             json!({"calls": [{"input": 1}, {"input": 2, "priority": 2000}]}),
             "invalid_priority",
             "calls[1].priority: ",
+        ),
+        (
+            "calls",
+            json!({"input": 1, "priority": "high"}),
+            "invalid_priority",
+            "priority: expected an integer from -1000 to 1000, not \"high\"",
+        ),
+        (
+            "calls",
+            json!({"input": 1, "priority": 1.5}),
+            "invalid_priority",
+            "not 1.5",
+        ),
+        (
+            "calls",
+            json!({"input": 1, "key": 5}),
+            "invalid_key",
+            "key: expected a string, not 5",
         ),
         (
             "map",

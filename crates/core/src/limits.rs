@@ -58,27 +58,57 @@ impl Limits {
     }
 
     /// The key of `input` by the `key` pointer, if the function has one and the input a value
-    /// there: a string as it is, any other value as its JSON text, cut to [`MAX_KEY_BYTES`].
+    /// there other than null or `""`: a string as it is, any other value as its JSON text (so
+    /// `5` and `"5"` are one key). A key over [`MAX_KEY_BYTES`] is its first bytes and a hash
+    /// of the whole, so that long keys stay apart.
     pub fn key_of(&self, input: &serde_json::Value) -> Option<String> {
         let found = input.pointer(self.key.as_deref()?)?;
         let text = match found {
             serde_json::Value::Null => return None,
+            serde_json::Value::String(s) if s.is_empty() => return None,
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        Some(cut(text))
+        Some(fit(text))
     }
 }
 
-fn cut(mut text: String) -> String {
-    if text.len() > MAX_KEY_BYTES {
-        let mut end = MAX_KEY_BYTES;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
+/// `text` within [`MAX_KEY_BYTES`]: as it is, or cut with `#` and 16 hex digits of its SHA-256.
+fn fit(mut text: String) -> String {
+    use sha2::Digest;
+    if text.len() <= MAX_KEY_BYTES {
+        return text;
     }
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let mut end = MAX_KEY_BYTES - 17;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('#');
+    text.push_str(&hash);
     text
+}
+
+/// Checks a JSON pointer (RFC 6901) for `limits.key`: empty (the whole input) or `/`-separated
+/// tokens, where `~` is only `~0` or `~1`.
+pub fn validate_pointer(pointer: &str) -> Result<(), String> {
+    if !pointer.starts_with('/') {
+        return Err(format!(
+            "the key is a JSON pointer into the input, such as \"/tenant\", not {pointer:?}"
+        ));
+    }
+    let bad_escape = pointer
+        .split('~')
+        .skip(1)
+        .any(|rest| !(rest.starts_with('0') || rest.starts_with('1')));
+    if bad_escape {
+        return Err(format!(
+            "{pointer:?} is not a JSON pointer: `~` is written ~0 and `/` inside a name ~1"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a key given with a spawn: at most [`MAX_KEY_BYTES`], not empty, no control characters.
@@ -213,8 +243,14 @@ mod tests {
         assert_eq!(limits.key_of(&input).as_deref(), Some("42"));
         assert_eq!(limits.key_of(&serde_json::json!({"x": 1})), None);
         assert_eq!(limits.key_of(&serde_json::json!({"tenant": null})), None);
-        let long = serde_json::json!({"tenant": "é".repeat(150)});
-        assert_eq!(limits.key_of(&long).unwrap().len(), 200);
+        // Long keys stay apart: cut, with a hash of the whole.
+        let a = limits.key_of(&serde_json::json!({"tenant": format!("{}A", "é".repeat(150))}));
+        let b = limits.key_of(&serde_json::json!({"tenant": format!("{}B", "é".repeat(150))}));
+        assert!(a.as_ref().unwrap().len() <= 200 && a != b, "{a:?} {b:?}");
+        assert_eq!(limits.key_of(&serde_json::json!({"tenant": ""})), None);
+        assert!(validate_pointer("/a~2b").is_err());
+        assert!(validate_pointer("/a~1b/~0").is_ok());
+        assert!(validate_pointer("tenant").is_err());
         assert!(validate_key(&"k".repeat(201)).is_err());
         assert!(validate_key("").is_err());
         assert!(validate_priority(1001).is_err());

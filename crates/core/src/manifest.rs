@@ -633,19 +633,10 @@ fn limits(faults: &mut Faults<'_>, key: &str, raw: &RawLimits) -> Limits {
     let rate_all = rate("rate", &raw.rate);
     let rate_per_key = rate("rate_per_key", &raw.rate_per_key);
     let pointer = raw.key.as_ref().and_then(|k| {
-        let text = k.get_ref();
-        if text.starts_with('/') && text.len() <= 1024 {
-            Some(text.clone())
-        } else {
-            faults.push(
-                k.span(),
-                Some(format!("{key}.limits.key")),
-                format!(
-                    "the key is a JSON pointer into the input, such as \"/tenant\", not {text:?}"
-                ),
-            );
-            None
-        }
+        limits::validate_pointer(k.get_ref())
+            .map_err(|e| faults.push(k.span(), Some(format!("{key}.limits.key")), e))
+            .ok()
+            .map(|()| k.get_ref().clone())
     });
     Limits {
         key: pointer,
@@ -1200,6 +1191,14 @@ fn plain_types(message: &str) -> String {
         ("expected u64", "expected a whole number"),
         ("expected f64", "expected a number"),
         ("expected a boolean", "expected true or false"),
+        (
+            "expected struct RawLimits",
+            "expected a table of limits, such as limits = { max_running = 10 }",
+        ),
+        (
+            "expected struct RawBatch",
+            "expected a table, such as batch = { max_size = 64, wait = \"50ms\" }",
+        ),
     ]
     .iter()
     .fold(message.to_string(), |text, (from, to)| {

@@ -1,11 +1,18 @@
 -- Queue controls. A call's priority and key, and each input's (a key comes with the spawn or
--- from the input by the function's limits.key; '' is no key). Inputs without either stay in
--- inputs_pending alone; the others are also in inputs_pending_ranked, walked key by key and
--- by priority. Running inputs are counted per function and key for max_running.
+-- from the input by the function's limits.key; '' is no key). inputs_pending keeps the
+-- inputs without a key (walked by due time; plain inputs are in it alone), and
+-- inputs_pending_ranked those with a key or a priority (walked key by key, by priority); a
+-- keyed input's due time is also in inputs_pending_keyed, for when the next one is due.
+-- Running inputs are counted per function and key for max_running.
 ALTER TABLE calls ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE calls ADD COLUMN key TEXT;
 ALTER TABLE inputs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE inputs ADD COLUMN key TEXT NOT NULL DEFAULT '';
+DROP INDEX inputs_pending;
+CREATE INDEX inputs_pending ON inputs (app, function, not_before, id)
+    WHERE state = 'pending' AND key = '';
+CREATE INDEX inputs_pending_keyed ON inputs (app, function, not_before)
+    WHERE state = 'pending' AND key <> '';
 CREATE INDEX inputs_pending_ranked ON inputs (app, function, key, priority DESC, not_before, id)
     WHERE state = 'pending' AND (priority <> 0 OR key <> '');
 CREATE INDEX inputs_running_by_key ON inputs (app, function, key) WHERE state = 'running';

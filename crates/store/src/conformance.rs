@@ -84,6 +84,7 @@ macro_rules! conformance_suite {
             max_running_per_key_holds_per_key_and_never_blocks_other_keys,
             a_rate_allows_its_count_per_window_and_says_when_the_next_start_is,
             a_rate_per_key_holds_per_key,
+            keys_at_their_limits_never_hold_back_other_keys,
             limits_changed_by_a_redeploy_apply_to_inputs_already_waiting,
             concurrent_leases_never_exceed_max_running,
             secrets_are_stored_replaced_listed_and_deleted,
@@ -448,17 +449,43 @@ pub async fn a_rate_allows_its_count_per_window_and_says_when_the_next_start_is(
     let w = worker(&*store).await;
     let calls: Vec<(Option<&str>, i32, i64)> = (0..10).map(|i| (None, 0, i)).collect();
     spawn_keyed(&*store, "lim", &calls, T0).await;
-    let first = lease_batch(&*store, &w, "lim", 10, T0 + 5).await;
-    assert_eq!(first.rows.len(), 3);
+    // Spread through the period: one start per slot (10 ms) at most, three per second.
+    assert_eq!(
+        lease_batch(&*store, &w, "lim", 10, T0 + 5).await.rows.len(),
+        1
+    );
+    let held = lease_batch(&*store, &w, "lim", 10, T0 + 6).await;
+    assert!(held.rows.is_empty());
+    assert_eq!(held.limited, Some(Some(T0 + 10)), "the next slot");
+    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 10).await.len(), 1);
+    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 25).await.len(), 1);
     let held = lease_batch(&*store, &w, "lim", 10, T0 + 500).await;
     assert!(held.rows.is_empty());
     let at = held.limited.flatten().expect("a rate says when");
-    assert!(at > T0 + 1000 && at <= T0 + 1020, "{}", at - T0);
+    assert_eq!(
+        at,
+        T0 + 1010,
+        "when the first start's slot leaves the window"
+    );
     assert!(lease(&*store, &w, "lim", 10, at - 1).await.is_empty());
-    assert_eq!(lease(&*store, &w, "lim", 10, at).await.len(), 3);
-    // Starts spread over the window count too.
-    assert!(lease(&*store, &w, "lim", 10, at + 999).await.is_empty());
-    assert_eq!(lease(&*store, &w, "lim", 10, at + 1010).await.len(), 3);
+    assert_eq!(lease(&*store, &w, "lim", 10, at).await.len(), 1);
+    // Over any window of a second, three at most; over ten seconds, the rate is met.
+    let mut started = vec![T0 + 5, T0 + 10, T0 + 25, at];
+    let mut now = at;
+    while now < T0 + 4_000 {
+        now += 7;
+        for _ in lease(&*store, &w, "lim", 10, now).await {
+            started.push(now);
+        }
+    }
+    for (i, t) in started.iter().enumerate() {
+        let within = started[i..].iter().take_while(|s| **s < t + 1000).count();
+        assert!(
+            within <= 3,
+            "{within} starts in the second from {t}: {started:?}"
+        );
+    }
+    assert_eq!(started.len(), 10, "all ten ran within 4 s: {started:?}");
 }
 
 pub async fn a_rate_per_key_holds_per_key(store: Arc<dyn Store>) {
@@ -467,14 +494,55 @@ pub async fn a_rate_per_key_holds_per_key(store: Arc<dyn Store>) {
     let mut calls: Vec<(Option<&str>, i32, i64)> = (0..5).map(|i| (Some("a"), 0, i)).collect();
     calls.extend((10..15).map(|i| (Some("b"), 0, i)));
     spawn_keyed(&*store, "lim", &calls, T0).await;
+    // One per key per slot (600 ms), two per key per minute.
     assert_eq!(
         inputs_of(&lease(&*store, &w, "lim", 10, T0 + 1).await),
-        [0, 1, 10, 11]
+        [0, 10]
+    );
+    assert!(lease(&*store, &w, "lim", 10, T0 + 2).await.is_empty());
+    assert_eq!(
+        inputs_of(&lease(&*store, &w, "lim", 10, T0 + 700).await),
+        [1, 11]
     );
     let held = lease_batch(&*store, &w, "lim", 10, T0 + 30_000).await;
     assert!(held.rows.is_empty());
     assert!(held.limited.flatten().is_some());
-    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 61_000).await.len(), 4);
+    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 61_000).await.len(), 2);
+}
+
+/// Keys held back by their own limits, however many, never hold back other keys nor the
+/// inputs without a key.
+pub async fn keys_at_their_limits_never_hold_back_other_keys(store: Arc<dyn Store>) {
+    deploy_limited(&*store, limits("key = \"/t\"\nrate_per_key = \"1/h\""), T0).await;
+    let w = worker(&*store).await;
+    let busy: Vec<(Option<&str>, i32, i64)> = (0..30)
+        .map(|i| {
+            (
+                Some(["k0", "k1", "k2", "k3", "k4", "k5"][i % 6]),
+                0,
+                i as i64,
+            )
+        })
+        .collect();
+    spawn_keyed(&*store, "lim", &busy, T0).await;
+    // Each of the six keys starts one, and then waits an hour.
+    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 1).await.len(), 6);
+    for i in 0..3 {
+        assert!(lease(&*store, &w, "lim", 1, T0 + 2 + i).await.is_empty());
+    }
+    spawn_keyed(
+        &*store,
+        "lim",
+        &[(Some("zz"), 0, 100), (None, 0, 101), (Some("aa"), 0, 102)],
+        T0 + 10,
+    )
+    .await;
+    let mut got = Vec::new();
+    for i in 0..6 {
+        got.extend(inputs_of(&lease(&*store, &w, "lim", 1, T0 + 11 + i).await));
+    }
+    got.sort();
+    assert_eq!(got, [100, 101, 102]);
 }
 
 pub async fn limits_changed_by_a_redeploy_apply_to_inputs_already_waiting(store: Arc<dyn Store>) {

@@ -18,7 +18,7 @@ use crate::args::BenchArgs;
 use crate::exit::{self, Code};
 use crate::output;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 11] = [
     "enqueue",
     "bulk",
     "in-process",
@@ -27,11 +27,14 @@ const SCENARIOS: [&str; 8] = [
     "map",
     "dashboard",
     "crowd",
+    "keys",
+    "rate",
+    "fairness",
 ];
 
-/// Scenarios that run only when asked for: the dashboard's fill takes minutes, and the crowd
-/// holds thousands of connections.
-const ON_REQUEST: [&str; 2] = ["dashboard", "crowd"];
+/// Scenarios that run only when asked for: the dashboard's fill takes minutes, the crowd
+/// holds thousands of connections, and the queue controls' are about limits, not speed.
+const ON_REQUEST: [&str; 5] = ["dashboard", "crowd", "keys", "rate", "fairness"];
 
 /// Inputs the crowd scenario dispatches one at a time, with its workers waiting.
 const CROWD_DISPATCHES: u64 = 500;
@@ -54,6 +57,9 @@ struct Figures {
     /// `crowd`: the server with its workers waiting.
     #[serde(skip_serializing_if = "Option::is_none")]
     crowd: Option<super::bench_crowd::CrowdFigures>,
+    /// `keys`, `rate`, `fairness`: what the limits did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<super::bench_limits::LimitFigures>,
 }
 
 /// A `hopper serve` child on a temporary data dir.
@@ -215,8 +221,9 @@ concurrency = 16
 batch = {{ max_size = 64, wait = "2ms" }}
 min_workers = 1
 max_workers = 1
-"#,
-        exe = exe.display().to_string()
+{limited}"#,
+        exe = exe.display().to_string(),
+        limited = super::bench_limits::FUNCTIONS,
     ))
 }
 
@@ -288,7 +295,32 @@ fn figures(
         server_cpu_seconds: server.cpu_seconds(),
         pages: Vec::new(),
         crowd: None,
+        limits: None,
     }
+}
+
+/// The queue controls' scenarios (`bench_limits`): `n` inputs, and `fairness`'s 100 more.
+async fn limited(scenario: &str, n: u64) -> anyhow::Result<Figures> {
+    let server = Cluster::start()?;
+    let clients = server.clients().await?;
+    let (elapsed, measured, inputs) = match scenario {
+        "keys" => {
+            let (e, m) = super::bench_limits::keys(&clients[0], n).await?;
+            (e, m, n)
+        }
+        "rate" => {
+            let (e, m) = super::bench_limits::rate(&clients[0], n).await?;
+            (e, m, n)
+        }
+        _ => {
+            let (e, m) = super::bench_limits::fairness(&clients[0], n).await?;
+            (e, m, n + 100)
+        }
+    };
+    let mut out = figures(scenario, inputs, elapsed, Vec::new(), &server);
+    out.limits = Some(measured);
+    server.finish().await;
+    Ok(out)
 }
 
 async fn enqueue(n: u64) -> anyhow::Result<Figures> {
@@ -603,6 +635,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
             "latency" => latency(count(1_000)).await?,
             "dashboard" => dashboard(count(1_000_000)).await?,
             "crowd" => crowd(count(5_000)).await?,
+            "keys" => limited("keys", count(20_000)).await?,
+            "rate" => limited("rate", count(20_000)).await?,
+            "fairness" => limited("fairness", count(50_000)).await?,
             _ => map_through("map", "bench.noop", count(1_000_000), true).await?,
         };
         all.push(figures);
@@ -679,6 +714,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
                 c.healthz_p50_ms,
                 c.healthz_p99_ms,
             ));
+        }
+        for (f, l) in all.iter().filter_map(|f| Some((f, f.limits.as_ref()?))) {
+            let mut said = Vec::new();
+            if let (Some(rate), Some(most)) = (l.achieved_per_s, l.most_in_a_second) {
+                said.push(format!(
+                    "{rate:.0} starts/s achieved (limit 2000/s), at most {most} in any one second"
+                ));
+            }
+            if let Some(most) = l.most_per_key {
+                said.push(format!(
+                    "at most {most} of one key running at once (limit 1), over 1,000 keys"
+                ));
+            }
+            if let (Some(p50), Some(p99)) = (l.small_wait_p50_ms, l.small_wait_p99_ms) {
+                said.push(format!(
+                    "a key spawning 100 inputs behind one with {} queued waited p50 {p50:.1} ms, p99 {p99:.1} ms to start",
+                    f.inputs - 100
+                ));
+            }
+            crate::output::line(format_args!("\n{}: {}", f.scenario, said.join("; ")));
         }
         crate::output::line(format_args!(
             "machine: {} cores, {}; {}{}",

@@ -268,9 +268,21 @@ pub async fn list(args: &ClientArgs, filter: CallFilter) -> anyhow::Result<Code>
                 (Some(at), InputState::Pending) => format!("pending until {at}"),
                 _ => c.state.to_string(),
             };
+            // Where it stands in its function's queue, when the spawn said.
+            let mut function = c.function.clone();
+            let queue: Vec<String> = [
+                c.key.as_ref().map(|k| format!("key {k}")),
+                (c.priority != 0).then(|| format!("priority {}", c.priority)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !queue.is_empty() {
+                function = format!("{function} ({})", queue.join(", "));
+            }
             vec![
                 c.id.to_string(),
-                c.function.clone(),
+                function,
                 state,
                 c.origin.as_str().to_string(),
                 inputs_cell(&c.inputs),

@@ -4,6 +4,7 @@ mod apps;
 mod bench;
 mod bench_crowd;
 mod bench_dashboard;
+mod bench_limits;
 mod calls;
 mod inputs;
 mod map;

@@ -41,9 +41,9 @@ pub struct SpawnBody {
     #[serde(default)]
     start_at: Option<String>,
     #[serde(default)]
-    key: Option<String>,
+    key: Option<serde_json::Value>,
     #[serde(default)]
-    priority: Option<i64>,
+    priority: Option<serde_json::Value>,
 }
 
 /// Sets a call's key and priority as its spawn gives them (`what` names where, e.g.
@@ -52,20 +52,39 @@ pub struct SpawnBody {
 /// function's `limits.key`).
 pub fn controls(
     insert: &mut CallInsert,
-    key: Option<String>,
-    priority: Option<i64>,
+    key: Option<serde_json::Value>,
+    priority: Option<serde_json::Value>,
     what: &str,
 ) -> Result<(), ApiError> {
-    if let Some(key) = key {
-        hopper_core::limits::validate_key(&key)
-            .map_err(|e| ApiError::bad_request("invalid_key", format!("{what}key: {e}")))?;
-        insert.key = Some(key);
-        insert.input_keys.clear();
+    use serde_json::Value;
+    match key {
+        None | Some(Value::Null) => {}
+        Some(Value::String(key)) => {
+            hopper_core::limits::validate_key(&key)
+                .map_err(|e| ApiError::bad_request("invalid_key", format!("{what}key: {e}")))?;
+            insert.key = Some(key);
+            insert.input_keys.clear();
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_key",
+                format!("{what}key: expected a string, not {other}"),
+            ))
+        }
     }
-    if let Some(priority) = priority {
-        insert.priority = hopper_core::limits::validate_priority(priority).map_err(|e| {
-            ApiError::bad_request("invalid_priority", format!("{what}priority: {e}"))
-        })?;
+    match priority {
+        None | Some(Value::Null) => {}
+        Some(given) => {
+            let n = given.as_i64().ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_priority",
+                    format!("{what}priority: expected an integer from -1000 to 1000, not {given}"),
+                )
+            })?;
+            insert.priority = hopper_core::limits::validate_priority(n).map_err(|e| {
+                ApiError::bad_request("invalid_priority", format!("{what}priority: {e}"))
+            })?;
+        }
     }
     Ok(())
 }

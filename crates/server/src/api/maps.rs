@@ -45,9 +45,9 @@ pub struct MapBody {
     #[serde(default)]
     start_at: Option<String>,
     #[serde(default)]
-    key: Option<String>,
+    key: Option<serde_json::Value>,
     #[serde(default)]
-    priority: Option<i64>,
+    priority: Option<serde_json::Value>,
 }
 
 /// A chunk of a map's inputs as it came.
