@@ -273,8 +273,13 @@ pub const RANKED: &str = "(priority <> 0 OR key <> '')";
 /// The `UPDATE` that claims the inputs `ids_sql` selects for `p.worker_id` (up to `p.max`),
 /// returning them. The deadline comes from each input's own function version; the lease
 /// (`now + lease_ms`) is always shorter, as the slack includes a lease.
-pub fn push_claim(q: &mut QueryBuilder<'_, Db>, p: &InputLease) {
-    q.push("UPDATE inputs SET state = 'running', attempt = attempt + 1, worker_id = ")
+///
+/// `limited`: the inputs are leased under limits and marked so (counted for `max_running`).
+pub fn push_claim(q: &mut QueryBuilder<'_, Db>, p: &InputLease, limited: bool) {
+    let mark = if limited { "limited = 1, " } else { "" };
+    q.push(format!(
+        "UPDATE inputs SET {mark}state = 'running', attempt = attempt + 1, worker_id = "
+    ))
         .push_bind(p.worker_id.to_string())
         .push(", started_at = ")
         .push_bind(p.now)
@@ -301,7 +306,7 @@ pub fn push_lease_query(
     functions: &[FunctionKey],
     max: i64,
 ) {
-    push_claim(q, p);
+    push_claim(q, p, false);
     q.push("(SELECT id FROM (");
     push_due_per_function(q, functions, p.now, max);
     q.push(") AS due ORDER BY priority DESC, not_before, id LIMIT ")

@@ -70,7 +70,8 @@ pub async fn claim(
     .map_err(db_err)?;
     let lock = if enforced { LOCK_ROWS } else { "" };
     let row = crate::db::query(&format!(
-        "SELECT last_key, starts FROM limiters WHERE app = $1 AND function = $2 AND key = ''{lock}"
+        "SELECT last_key, starts, limits, changed_at FROM limiters
+         WHERE app = $1 AND function = $2 AND key = ''{lock}"
     ))
     .bind(&function.app)
     .bind(&function.function)
@@ -78,6 +79,11 @@ pub async fn claim(
     .await
     .map_err(db_err)?;
     let last_key: String = row.try_get("last_key").map_err(db_err)?;
+    if enforced {
+        let seen: String = row.try_get("limits").map_err(db_err)?;
+        let changed_at: i64 = row.try_get("changed_at").map_err(db_err)?;
+        mark_running(conn, function, &limits, &seen, changed_at, p.now).await?;
+    }
     let mut window = Window::parse(&row.try_get::<String, _>("starts").map_err(db_err)?);
 
     let mut limited = None;
@@ -202,7 +208,7 @@ pub async fn claim(
             }
         }
         let mut q: QueryBuilder<Db> = QueryBuilder::new("");
-        push_claim(&mut q, p);
+        push_claim(&mut q, p, enforced);
         q.push("(SELECT id FROM (");
         for (i, (_, key, quota)) in quotas.iter().enumerate() {
             if i > 0 {
@@ -370,6 +376,52 @@ fn key_cap(
     Some(cap)
 }
 
+/// How long after a function's limits change its leases mark the inputs running without
+/// them: those leased by another server before it saw the change (it keeps a function's
+/// spec a second at most).
+const REMARK_MS: i64 = 5_000;
+
+/// Marks the function's running inputs as limited when its limits changed (from `seen`, as
+/// the last lease saw them) and for [`REMARK_MS`] after, so that inputs leased before the
+/// limits applied count for `max_running` too; records the change.
+async fn mark_running(
+    conn: &mut Conn,
+    function: &FunctionKey,
+    limits: &Limits,
+    seen: &str,
+    changed_at: i64,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    let current = serde_json::to_string(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let changed = current != seen;
+    if !changed && now - changed_at >= REMARK_MS {
+        return Ok(());
+    }
+    crate::db::query(
+        "UPDATE inputs SET limited = 1 WHERE state = 'running' AND limited = 0 AND app = $1
+         AND function = $2",
+    )
+    .bind(&function.app)
+    .bind(&function.function)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    if changed {
+        crate::db::query(
+            "UPDATE limiters SET limits = $3, changed_at = $4 WHERE app = $1 AND function = $2
+             AND key = ''",
+        )
+        .bind(&function.app)
+        .bind(&function.function)
+        .bind(current)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// Whether the function has a due input without a key (the head of `inputs_pending`).
 async fn unkeyed_due(
     conn: &mut Conn,
@@ -395,8 +447,8 @@ async fn running_per_key(
     function: &FunctionKey,
 ) -> Result<HashMap<String, i64>, StoreError> {
     let rows = crate::db::query(
-        "SELECT key, COUNT(*) AS n FROM inputs WHERE state = 'running' AND app = $1 AND function = $2
-         GROUP BY key",
+        "SELECT key, COUNT(*) AS n FROM inputs WHERE state = 'running' AND limited = 1 AND app = $1
+         AND function = $2 GROUP BY key",
     )
     .bind(&function.app)
     .bind(&function.function)

@@ -3,7 +3,6 @@
 -- inputs without a key (walked by due time; plain inputs are in it alone), and
 -- inputs_pending_ranked those with a key or a priority (walked key by key, by priority); a
 -- keyed input's due time is also in inputs_pending_keyed, for when the next one is due.
--- Running inputs are counted per function and key for max_running.
 ALTER TABLE calls ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE calls ADD COLUMN key TEXT;
 ALTER TABLE inputs ADD COLUMN priority BIGINT NOT NULL DEFAULT 0;
@@ -15,7 +14,11 @@ CREATE INDEX inputs_pending_keyed ON inputs (app, function, not_before)
     WHERE state = 'pending' AND key <> '';
 CREATE INDEX inputs_pending_ranked ON inputs (app, function, key, priority DESC, not_before, id)
     WHERE state = 'pending' AND (priority <> 0 OR key <> '');
-CREATE INDEX inputs_running_by_key ON inputs (app, function, key) WHERE state = 'running';
+-- Inputs leased under limits (or running when a function's limits changed) are marked, and
+-- counted per function and key for max_running; plain leases pay nothing for it.
+ALTER TABLE inputs ADD COLUMN limited INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX inputs_running_limited ON inputs (app, function, key)
+    WHERE state = 'running' AND limited = 1;
 -- A limited function's lease state: the key served last (keys take turns after it), and the
 -- starts of the rate's window as "SLOT:COUNT" pairs (SLOT in ms since 1970), for the function
 -- (key '') and for each key with a rate_per_key.
@@ -25,5 +28,8 @@ CREATE TABLE limiters (
     key       TEXT NOT NULL,
     last_key  TEXT NOT NULL DEFAULT '',
     starts    TEXT NOT NULL DEFAULT '',
+    -- The function's limits (JSON) as its last lease saw them, and when they last changed.
+    limits     TEXT NOT NULL DEFAULT '',
+    changed_at BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (app, function, key)
 );

@@ -87,6 +87,7 @@ macro_rules! conformance_suite {
             keys_at_their_limits_never_hold_back_other_keys,
             limits_changed_by_a_redeploy_apply_to_inputs_already_waiting,
             concurrent_leases_never_exceed_max_running,
+            inputs_running_before_limits_count_for_them,
             secrets_are_stored_replaced_listed_and_deleted,
             snapshots_are_kept_while_a_version_needs_them,
             a_pause_moves_running_leases_and_deadlines_on,
@@ -561,6 +562,32 @@ pub async fn limits_changed_by_a_redeploy_apply_to_inputs_already_waiting(store:
     // Removed: the rest run.
     deploy_limited(&*store, hopper_core::limits::Limits::default(), T0 + 7).await;
     assert_eq!(lease(&*store, &w, "lim", 10, T0 + 8).await.len(), 3);
+}
+
+/// Inputs that were running when a deploy first gave their function limits count for them.
+pub async fn inputs_running_before_limits_count_for_them(store: Arc<dyn Store>) {
+    deploy_limited(&*store, hopper_core::limits::Limits::default(), T0).await;
+    let w = worker(&*store).await;
+    let calls: Vec<(Option<&str>, i32, i64)> = (0..6).map(|i| (None, 0, i)).collect();
+    spawn_keyed(&*store, "lim", &calls, T0).await;
+    let running = lease(&*store, &w, "lim", 3, T0 + 1).await;
+    assert_eq!(running.len(), 3);
+    deploy_limited(&*store, limits("max_running = 4"), T0 + 2).await;
+    assert_eq!(
+        lease(&*store, &w, "lim", 10, T0 + 3).await.len(),
+        1,
+        "3 run already"
+    );
+    complete(
+        &*store,
+        &w,
+        running[0].lease,
+        Outcome::Succeeded { output: json!(1) },
+        T0 + 4,
+    )
+    .await;
+    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 5).await.len(), 1);
+    assert!(lease(&*store, &w, "lim", 10, T0 + 6).await.is_empty());
 }
 
 pub async fn concurrent_leases_never_exceed_max_running(store: Arc<dyn Store>) {
