@@ -1,8 +1,9 @@
 //! Queue controls through the real binary: a function's `limits` (max_running,
 //! max_running_per_key, keys taken from the input) hold for a map run by several workers,
 //! counted from the attempts' start and end times, on SQLite and on two servers over
-//! PostgreSQL; priorities and keys given with a spawn from the CLI and HTTP are shown on the
-//! call; bad values are refused naming the field, nothing stored.
+//! PostgreSQL; a rate and max_running hold, and delayed calls wait, through a `kill -9` of the
+//! server with nothing lost; priorities and keys given with a spawn from the CLI and HTTP are
+//! shown on the call; bad values are refused naming the field, nothing stored.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -149,6 +150,70 @@ async fn limits_hold_across_two_servers_on_postgres() {
     limits_hold(&client, 50).await;
     drop((a, b));
     drop_test_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_max_running_and_delayed_calls_hold_through_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "app = \"r\"\n[functions.call_api]\ncommand = [\"sh\", \"-c\", \"sleep 0.2; cat\"]\n\
+         concurrency = 4\nmax_workers = 2\n\
+         [functions.call_api.limits]\nmax_running = 1\nrate = \"2/s\"\n",
+    );
+    let args = ["--deploy", m.to_str().unwrap(), "--lease", "2s"];
+    let mut server = Server::start(&dir.path().join("data"), &args);
+    let client = server.client();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(client.spawn("r.call_api", json!(i), None).await.unwrap().id);
+    }
+    let mut delayed = Vec::new();
+    for i in 0..2 {
+        let request = hopper_core::api::SpawnRequest {
+            input: json!(100 + i),
+            idempotency_key: None,
+            delay: Some("4s".into()),
+            start_at: None,
+            key: Some(format!("late-{i}")),
+            priority: Some(5),
+        };
+        delayed.push(client.spawn_request("r.call_api", &request).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    server.kill9();
+    let server = Server::start_again(&server, &args);
+    let client = server.client();
+    let mut spans = Vec::new();
+    for (n, id) in ids.iter().chain(delayed.iter().map(|c| &c.id)).enumerate() {
+        let done = wait_done(&client, id, Duration::from_secs(60)).await;
+        assert_eq!(done.state, InputState::Succeeded, "{done:?}");
+        let expected = if n < 6 { n as i64 } else { 100 + n as i64 - 6 };
+        assert_eq!(done.output, Some(json!(expected)));
+        for a in client.attempts(id).await.unwrap() {
+            let end = a.finished_at.as_deref().map_or(i64::MAX, millis);
+            spans.push((millis(&a.started_at), end));
+        }
+    }
+    for call in &delayed {
+        let starts = millis(call.starts_at.as_deref().unwrap());
+        for a in client.attempts(&call.id).await.unwrap() {
+            assert!(millis(&a.started_at) >= starts, "{a:?} before {starts}");
+        }
+    }
+    // max_running = 1: no two attempts at once, the one cut by the kill included (its lease
+    // held its place until it was rescued).
+    assert_eq!(most_at_once(&spans), 1, "{spans:?}");
+    // rate = 2/s: no window of a second holds more than two starts.
+    let mut starts: Vec<i64> = spans.iter().map(|(s, _)| *s).collect();
+    starts.sort();
+    for (i, t) in starts.iter().enumerate() {
+        let within = starts[i..].iter().take_while(|s| **s < t + 1000).count();
+        assert!(
+            within <= 2,
+            "{within} starts in the second from {t}: {starts:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
