@@ -346,11 +346,7 @@ pub async fn lease(
             crate::limits::claim(&mut tx, &p, f, rules.cloned().unwrap_or_default(), left).await?;
         left -= claimed.rows.len() as i64;
         if let Some(until) = claimed.limited {
-            limited = Some(match (limited, until) {
-                (Some(Some(a)), Some(b)) => Some(std::cmp::min(a, b)),
-                (Some(a), None) => a,
-                (None, b) | (Some(None), b) => b,
-            });
+            crate::limits::sooner(&mut limited, until);
         }
         rows.extend(claimed.rows);
     }

@@ -40,11 +40,23 @@ pub struct Claimed {
     pub limited: Option<Option<UnixMillis>>,
 }
 
+/// Adds a limit that must free too (the function's own, all of which hold at once): an end
+/// of an input (`None`) outweighs any time.
 fn wait_also(limited: &mut Option<Option<UnixMillis>>, until: Option<UnixMillis>) {
     *limited = Some(match (*limited, until) {
         (Some(Some(a)), Some(b)) => Some(a.min(b)),
         (Some(None), _) | (_, None) => None,
         (None, b) => b,
+    });
+}
+
+/// Adds a limit of which any one freeing lets a lease start something (another key's, another
+/// function's): the earliest known time wins over an end of an input (`None`).
+pub fn sooner(limited: &mut Option<Option<UnixMillis>>, until: Option<UnixMillis>) {
+    *limited = Some(match (*limited, until) {
+        (Some(Some(a)), Some(b)) => Some(a.min(b)),
+        (Some(Some(a)), None) | (Some(None) | None, Some(a)) => Some(a),
+        (Some(None) | None, None) => None,
     });
 }
 
@@ -342,7 +354,7 @@ fn push_key_walk(
 }
 
 /// What a key may start now within its own limits (at most `allowance`), or None when a limit
-/// holds it back (noted in `limited`). The inputs without a key (`""`) have no key's limits.
+/// holds it back (noted in `limited`: the soonest of the keys' frees a lease). The inputs without a key (`""`) have no key's limits.
 fn key_cap(
     limits: &Limits,
     running: &HashMap<String, i64>,
@@ -359,7 +371,7 @@ fn key_cap(
     if let Some(max) = limits.max_running_per_key {
         let free = i64::from(max) - running.get(key).copied().unwrap_or(0);
         if free <= 0 {
-            wait_also(limited, None);
+            sooner(limited, None);
             return None;
         }
         cap = cap.min(free);
@@ -368,7 +380,7 @@ fn key_cap(
         let w = windows.entry(key.to_string()).or_default();
         let free = w.free(rate, now);
         if free <= 0 {
-            wait_also(limited, Some(w.next_free(rate, now)));
+            sooner(limited, Some(w.next_free(rate, now)));
             return None;
         }
         cap = cap.min(free);

@@ -227,7 +227,7 @@ async fn spawn_keyed(
     ids
 }
 
-/// The inputs (JSON numbers) of leased rows, in the order of the lease.
+/// The inputs (JSON numbers) of leased rows, sorted.
 fn inputs_of(rows: &[LeasedRow]) -> Vec<i64> {
     let mut got: Vec<i64> = rows.iter().map(|r| r.input.parse().unwrap()).collect();
     got.sort();
