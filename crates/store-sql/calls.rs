@@ -641,6 +641,13 @@ pub async fn prune(conn: &mut Conn, p: CallPrune) -> Result<u64, StoreError> {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+    // A key's rate window not written for a day longer than the retention: every start in it
+    // is older than the longest period (a day).
+    crate::db::query("DELETE FROM limiters WHERE key <> '' AND changed_at < $1")
+        .bind(p.finished_before - 86_400_000)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
     tx.commit().await.map_err(db_err)?;
     Ok(deleted)
 }

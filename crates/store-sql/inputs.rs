@@ -332,6 +332,7 @@ pub async fn lease(
     let mut left = i64::from(p.max);
     let mut rows = Vec::new();
     let mut limited = None;
+    let mut held = Vec::new();
     let mut plain = Vec::new();
     for f in &p.functions {
         let rules = limits.iter().find(|(k, _)| k == f).map(|(_, l)| l);
@@ -347,6 +348,12 @@ pub async fn lease(
         left -= claimed.rows.len() as i64;
         if let Some(until) = claimed.limited {
             crate::limits::sooner(&mut limited, until);
+        }
+        if !claimed.held.is_empty() {
+            let mut kinds = claimed.held;
+            kinds.sort();
+            kinds.dedup();
+            held.push((f.clone(), kinds));
         }
         rows.extend(claimed.rows);
     }
@@ -410,6 +417,7 @@ pub async fn lease(
     // Only inputs waiting on a limit with nothing claimed make the caller wait for one.
     Ok(LeaseBatch {
         limited: if leased.is_empty() { limited } else { None },
+        held,
         rows: leased,
     })
 }

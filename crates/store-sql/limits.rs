@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use crate::db::{QueryBuilder, Row};
 use hopper_core::limits::{Limits, Rate};
 use hopper_core::UnixMillis;
-use hopper_store::{FunctionKey, InputLease, StoreError};
+use hopper_store::{FunctionKey, Hold, InputLease, LimitKind, LimitsRead, LimitsState, StoreError};
 
-use crate::dialect::{Conn, Db, DbRow, LOCK_ROWS, SKIP_LOCKED};
+use crate::dialect::{Conn, Db, DbPool, DbRow, LOCK_ROWS, SKIP_LOCKED};
 use crate::inputs::{push_claim, CLAIMED, RANKED};
 use crate::map::db_err;
 
@@ -38,6 +38,8 @@ const MAX_ROUNDS: usize = 4;
 pub struct Claimed {
     pub rows: Vec<DbRow>,
     pub limited: Option<Option<UnixMillis>>,
+    /// The limits that held due inputs back.
+    pub held: Vec<LimitKind>,
 }
 
 /// Adds a limit that must free too (the function's own, all of which hold at once): an end
@@ -99,6 +101,7 @@ pub async fn claim(
     let mut window = Window::parse(&row.try_get::<String, _>("starts").map_err(db_err)?);
 
     let mut limited = None;
+    let mut held = Vec::new();
     let mut allowance = want;
     let running = if limits.max_running.is_some() || limits.max_running_per_key.is_some() {
         running_per_key(conn, function).await?
@@ -110,6 +113,7 @@ pub async fn claim(
         if free < allowance {
             allowance = free.max(0);
             wait_also(&mut limited, None);
+            held.push(LimitKind::MaxRunning);
         }
     }
     if let Some(rate) = limits.rate {
@@ -117,12 +121,14 @@ pub async fn claim(
         if free < allowance {
             allowance = free.max(0);
             wait_also(&mut limited, Some(window.next_free(rate, p.now)));
+            held.push(LimitKind::Rate);
         }
     }
     if allowance == 0 {
         return Ok(Claimed {
             rows: Vec::new(),
             limited,
+            held,
         });
     }
 
@@ -164,6 +170,7 @@ pub async fn claim(
                 allowance,
                 p.now,
                 &mut limited,
+                &mut held,
             ) {
                 caps.push((key, cap));
             }
@@ -255,6 +262,7 @@ pub async fn claim(
         return Ok(Claimed {
             rows: Vec::new(),
             limited,
+            held,
         });
     };
 
@@ -281,19 +289,26 @@ pub async fn claim(
             let w = key_windows.entry(key.clone()).or_default();
             w.add(rate, p.now, *n);
             crate::db::query(
-                "INSERT INTO limiters (app, function, key, starts) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (app, function, key) DO UPDATE SET starts = excluded.starts",
+                "INSERT INTO limiters (app, function, key, starts, changed_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (app, function, key) DO UPDATE
+                 SET starts = excluded.starts, changed_at = excluded.changed_at",
             )
             .bind(&function.app)
             .bind(&function.function)
             .bind(key)
             .bind(w.text())
+            .bind(p.now)
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
         }
     }
-    Ok(Claimed { rows, limited })
+    Ok(Claimed {
+        rows,
+        limited,
+        held,
+    })
 }
 
 /// The due inputs of one key (`""`: those without a key), up to `quota`, highest priority
@@ -354,7 +369,9 @@ fn push_key_walk(
 }
 
 /// What a key may start now within its own limits (at most `allowance`), or None when a limit
-/// holds it back (noted in `limited`: the soonest of the keys' frees a lease). The inputs without a key (`""`) have no key's limits.
+/// holds it back (noted in `limited`, where the soonest of the keys' frees a lease, and in
+/// `held`). The inputs without a key (`""`) have no key's limits.
+#[allow(clippy::too_many_arguments)]
 fn key_cap(
     limits: &Limits,
     running: &HashMap<String, i64>,
@@ -363,6 +380,7 @@ fn key_cap(
     allowance: i64,
     now: UnixMillis,
     limited: &mut Option<Option<UnixMillis>>,
+    held: &mut Vec<LimitKind>,
 ) -> Option<i64> {
     let mut cap = allowance;
     if key.is_empty() {
@@ -372,6 +390,7 @@ fn key_cap(
         let free = i64::from(max) - running.get(key).copied().unwrap_or(0);
         if free <= 0 {
             sooner(limited, None);
+            held.push(LimitKind::MaxRunningPerKey);
             return None;
         }
         cap = cap.min(free);
@@ -381,6 +400,7 @@ fn key_cap(
         let free = w.free(rate, now);
         if free <= 0 {
             sooner(limited, Some(w.next_free(rate, now)));
+            held.push(LimitKind::RatePerKey);
             return None;
         }
         cap = cap.min(free);
@@ -453,20 +473,12 @@ async fn unkeyed_due(
     Ok(found.is_some())
 }
 
-/// The function's running inputs per key (`""`: without one).
-async fn running_per_key(
-    conn: &mut Conn,
-    function: &FunctionKey,
-) -> Result<HashMap<String, i64>, StoreError> {
-    let rows = crate::db::query(
-        "SELECT key, COUNT(*) AS n FROM inputs WHERE state = 'running' AND limited = 1 AND app = $1
-         AND function = $2 GROUP BY key",
-    )
-    .bind(&function.app)
-    .bind(&function.function)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_err)?;
+/// The function's running inputs that count for its limits, per key (`""`: without one).
+const RUNNING_PER_KEY: &str = "SELECT key, COUNT(*) AS n FROM inputs WHERE state = 'running' \
+     AND limited = 1 AND app = $1 AND function = $2 GROUP BY key";
+
+/// `(key, n)` rows as a map.
+fn key_counts(rows: &[DbRow]) -> Result<HashMap<String, i64>, StoreError> {
     rows.iter()
         .map(|r| {
             Ok((
@@ -475,6 +487,19 @@ async fn running_per_key(
             ))
         })
         .collect()
+}
+
+async fn running_per_key(
+    conn: &mut Conn,
+    function: &FunctionKey,
+) -> Result<HashMap<String, i64>, StoreError> {
+    let rows = crate::db::query(RUNNING_PER_KEY)
+        .bind(&function.app)
+        .bind(&function.function)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    key_counts(&rows)
 }
 
 /// Up to `n` keys after `after` with pending inputs, in order: one index search per key
@@ -542,6 +567,161 @@ async fn key_windows_of(
             ))
         })
         .collect()
+}
+
+/// Keys a [`state`] lists held back by their own limits, at most.
+const MAX_HELD_KEYS: usize = 1_000;
+
+/// What holds the due inputs of `p.function` back now (see [`LimitsState`]): read without
+/// locks, so it is what a lease would have found a moment ago.
+pub async fn state(pool: &DbPool, p: LimitsRead) -> Result<LimitsState, StoreError> {
+    let (f, limits, now) = (&p.function, &p.limits, p.now);
+    let rows = crate::db::query(RUNNING_PER_KEY)
+        .bind(&f.app)
+        .bind(&f.function)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
+    let running = key_counts(&rows)?;
+    let total: i64 = running.values().sum();
+    let mut busiest: Vec<(String, i64)> = running
+        .iter()
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, n)| (k.clone(), *n))
+        .collect();
+    busiest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    busiest.truncate(10);
+    let hold = |limit, key: Option<&str>, running, next_at| Hold {
+        limit,
+        key: key.map(str::to_string),
+        running,
+        next_at,
+        waiting: 0,
+    };
+
+    let mut holds = Vec::new();
+    if limits
+        .max_running
+        .is_some_and(|max| total >= i64::from(max))
+    {
+        holds.push(hold(LimitKind::MaxRunning, None, total, None));
+    }
+    if let Some(rate) = limits.rate {
+        let starts: Option<String> = crate::db::query_scalar(
+            "SELECT starts FROM limiters WHERE app = $1 AND function = $2 AND key = ''",
+        )
+        .bind(&f.app)
+        .bind(&f.function)
+        .fetch_optional(pool)
+        .await
+        .map_err(db_err)?;
+        let mut window = Window::parse(starts.as_deref().unwrap_or_default());
+        if window.free(rate, now) == 0 {
+            let next = window.next_free(rate, now);
+            holds.push(hold(LimitKind::Rate, None, total, Some(next)));
+        }
+    }
+    let mut held: Vec<Hold> = Vec::new();
+    if let Some(max) = limits.max_running_per_key {
+        for (key, n) in running.iter().filter(|(k, _)| !k.is_empty()) {
+            if *n >= i64::from(max) {
+                held.push(hold(LimitKind::MaxRunningPerKey, Some(key), *n, None));
+            }
+        }
+    }
+    if let Some(rate) = limits.rate_per_key {
+        let rows = crate::db::query(
+            "SELECT key, starts FROM limiters WHERE app = $1 AND function = $2 AND key <> ''
+             ORDER BY key LIMIT 10000",
+        )
+        .bind(&f.app)
+        .bind(&f.function)
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
+        for row in &rows {
+            let key: String = row.try_get("key").map_err(db_err)?;
+            let mut window = Window::parse(&row.try_get::<String, _>("starts").map_err(db_err)?);
+            if window.free(rate, now) == 0 {
+                let n = running.get(&key).copied().unwrap_or(0);
+                let next = window.next_free(rate, now);
+                held.push(hold(LimitKind::RatePerKey, Some(&key), n, Some(next)));
+            }
+        }
+    }
+    held.sort_by(|a, b| (&a.key, a.limit).cmp(&(&b.key, b.limit)));
+    held.truncate(MAX_HELD_KEYS);
+
+    if p.count {
+        if !holds.is_empty() {
+            let due: i64 = crate::db::query_scalar(
+                "SELECT (SELECT COUNT(*) FROM inputs WHERE state = 'pending' AND key = ''
+                         AND app = $1 AND function = $2 AND not_before <= $3)
+                      + (SELECT COUNT(*) FROM inputs WHERE state = 'pending' AND key <> ''
+                         AND app = $1 AND function = $2 AND not_before <= $3)",
+            )
+            .bind(&f.app)
+            .bind(&f.function)
+            .bind(now)
+            .fetch_one(pool)
+            .await
+            .map_err(db_err)?;
+            for h in &mut holds {
+                h.waiting = due;
+            }
+        }
+        if !held.is_empty() {
+            let mut q: QueryBuilder<Db> = QueryBuilder::new(format!(
+                "SELECT key, COUNT(*) AS n FROM inputs WHERE state = 'pending' AND {RANKED} AND app = "
+            ));
+            q.push_bind(f.app.clone())
+                .push(" AND function = ")
+                .push_bind(f.function.clone())
+                .push(" AND not_before <= ")
+                .push_bind(now)
+                .push(" AND key IN (");
+            let mut list = q.separated(", ");
+            for key in held.iter().filter_map(|h| h.key.clone()) {
+                list.push_bind(key);
+            }
+            q.push(") GROUP BY key");
+            let due = key_counts(&q.build().fetch_all(pool).await.map_err(db_err)?)?;
+            for h in &mut held {
+                h.waiting = h
+                    .key
+                    .as_ref()
+                    .and_then(|k| due.get(k))
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    holds.extend(held);
+    if p.count {
+        // A limit at its bound with nothing due behind it holds nothing back.
+        holds.retain(|h| h.waiting > 0);
+    }
+
+    let mut call_keys = Vec::new();
+    if let Some(call) = &p.call {
+        let rows = crate::db::query(
+            "SELECT DISTINCT key FROM (SELECT key FROM inputs WHERE call_id = $1
+             AND state = 'pending' LIMIT 1000) AS pending ORDER BY key",
+        )
+        .bind(call.as_str())
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
+        for row in &rows {
+            call_keys.push(row.try_get::<String, _>("key").map_err(db_err)?);
+        }
+    }
+    Ok(LimitsState {
+        running: total,
+        busiest,
+        holds,
+        call_keys,
+    })
 }
 
 /// The starts of a rate's window: `(slot start, starts in it)`, oldest first, as

@@ -186,6 +186,11 @@ impl Store for Backend {
         .await
     }
 
+    async fn limits_state(&self, params: LimitsRead) -> Result<LimitsState, StoreError> {
+        self.read(move |db| Box::pin(crate::limits::state(db, params)))
+            .await
+    }
+
     async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError> {
         let functions = functions.to_owned();
         self.read(move |db| Box::pin(async move { inputs::next_due(db, &functions).await }))

@@ -1599,7 +1599,9 @@ class FunctionCall:
         """The call as the server shows it (``GET /v1/calls/{id}``): ``state`` (``pending``,
         ``running``, ``succeeded``, ``failed``, ``cancelled``), ``function``, ``origin``,
         ``inputs`` counts by state, ``attempts``, and once ended ``output`` or ``error``
-        (``{"code", "message"}``) for a one-input call.
+        (``{"code", "message"}``) for a one-input call; while the function's limits hold its
+        inputs back, ``waiting`` says why (``"key acme at 2 running (max_running_per_key
+        2)"``).
 
         Args:
             wait: seconds (at most 300) to hold the request while the call runs: the answer

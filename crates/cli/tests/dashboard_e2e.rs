@@ -22,6 +22,8 @@ command = ["sh", "-c", "echo 'starting the import'; echo 'the database said no' 
 [functions.slow]
 command = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.4; done"]
 timeout = "5m"
+[functions.slow.limits]
+max_running = 1
 [functions.ok]
 command = ["sh", "-c", "cat"]
 [[notify]]
@@ -152,6 +154,17 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         },
     )
     .await;
+    // A second slow call waits on max_running.
+    let held = client.spawn("d.slow", json!(2), None).await.unwrap();
+    eventually(
+        "the held call to say why",
+        Duration::from_secs(30),
+        || async {
+            let c = client.get(&held.id, Duration::ZERO).await.unwrap();
+            c.waiting.is_some().then_some(())
+        },
+    )
+    .await;
 
     let token = "dashboard-secret-7";
     let locked = Server::start(&dir.path().join("locked"), &["--token", token]);
@@ -170,6 +183,7 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         .env("MAP_ID", map.id.as_str())
         .env("BIG_MAP_ID", big.id.as_str())
         .env("FAILED_MAP_ID", failed_map.id.as_str())
+        .env("HELD_ID", held.id.as_str())
         .env("OUT_DIR", &out_dir)
         .kill_on_drop(true)
         .output();

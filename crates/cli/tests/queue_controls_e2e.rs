@@ -373,3 +373,174 @@ async fn keys_and_priorities_are_given_and_shown_and_bad_ones_refused() {
         "nothing deployed"
     );
 }
+
+/// The value of the `/metrics` series `name{labels}`, if it is there.
+fn series(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_inputs_wait_is_shown_and_a_limit_does_not_hold_up_another_function_of_a_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "app = \"w\"\n\
+         [functions.slow]\ncommand = [\"sh\", \"-c\", \"sleep 4; cat\"]\nconcurrency = 4\n\
+         [functions.slow.limits]\nkey = \"/tenant\"\nmax_running_per_key = 1\n\
+         [functions.once]\ncommand = [\"cat\"]\nconcurrency = 4\n\
+         [functions.once.limits]\nrate = \"1/h\"\n\
+         [functions.quick]\ncommand = [\"cat\"]\nconcurrency = 4\n",
+    );
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--no-workers", "--deploy", m.to_str().unwrap()],
+    );
+    let url = &server.url;
+    let client = server.client();
+    let worker = |functions: &[&str]| {
+        let mut command = std::process::Command::new(BIN);
+        command.args(["worker", "--server", url, "--concurrency", "4"]);
+        for f in functions {
+            command.args(["--function", f]);
+        }
+        Worker(
+            command
+                .env("RUST_LOG", "warn")
+                .env_remove("HOPPER_TOKEN")
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _slow = worker(&["w.slow"]);
+    // One worker serves a rate-limited function and another.
+    let _both = worker(&["w.once", "w.quick"]);
+
+    // A key at its max_running_per_key: its next call says why it waits; another key's runs.
+    let first = client
+        .spawn("w.slow", json!({"tenant": "acme", "n": 1}), None)
+        .await
+        .unwrap();
+    eventually(
+        "acme's first call runs",
+        Duration::from_secs(20),
+        || async {
+            (client.get(&first.id, Duration::ZERO).await.unwrap().state == InputState::Running)
+                .then_some(())
+        },
+    )
+    .await;
+    let second = client
+        .spawn("w.slow", json!({"tenant": "acme", "n": 2}), None)
+        .await
+        .unwrap();
+    let other = client
+        .spawn("w.slow", json!({"tenant": "beta"}), None)
+        .await
+        .unwrap();
+    eventually("beta's call runs", Duration::from_secs(20), || async {
+        (client.get(&other.id, Duration::ZERO).await.unwrap().state == InputState::Running)
+            .then_some(())
+    })
+    .await;
+    let why = "key acme at 1 running (max_running_per_key 1)";
+    let call = client.get(&second.id, Duration::ZERO).await.unwrap();
+    assert_eq!(call.state, InputState::Pending);
+    assert_eq!(call.waiting.as_deref(), Some(why), "{call:?}");
+    assert_eq!(
+        client.get(&other.id, Duration::ZERO).await.unwrap().waiting,
+        None
+    );
+    let f: Value = reqwest::get(format!("{url}/v1/functions/w.slow"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let state = &f["limits_state"];
+    assert_eq!(state["running"], 2, "{f}");
+    assert_eq!(
+        state["busiest_keys"],
+        json!([{"key": "acme", "running": 1}, {"key": "beta", "running": 1}])
+    );
+    assert_eq!(
+        state["holds"],
+        json!([{"limit": "max_running_per_key", "key": "acme", "waiting": 1, "reason": why}])
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(
+        series(
+            &metrics,
+            "hopper_queue_limited{function=\"w.slow\",limit=\"max_running_per_key\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    let out = cli(url, &["get", &second.id.to_string(), "--timeout", "200ms"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("is still pending; waiting: {why}")),
+        "{}",
+        stderr(&out)
+    );
+
+    // A rate of 1/h: the second call waits on it, and says so.
+    let ran = client.spawn("w.once", json!(1), None).await.unwrap();
+    assert_eq!(
+        wait_done(&client, &ran.id, Duration::from_secs(20))
+            .await
+            .state,
+        InputState::Succeeded
+    );
+    let held = client.spawn("w.once", json!(2), None).await.unwrap();
+    eventually("the rate holds w.once", Duration::from_secs(10), || async {
+        let m = server.metrics().await;
+        series(
+            &m,
+            "hopper_limit_holds_total{function=\"w.once\",limit=\"rate\"}",
+        )
+        .filter(|n| *n >= 1.0)
+    })
+    .await;
+    let call = client.get(&held.id, Duration::ZERO).await.unwrap();
+    assert_eq!(call.waiting.as_deref(), Some("rate limit 1/h"));
+    let f: Value = reqwest::get(format!("{url}/v1/functions/w.once"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hold = &f["limits_state"]["holds"][0];
+    assert_eq!(
+        (&hold["limit"], &hold["waiting"]),
+        (&json!("rate"), &json!(1))
+    );
+    let next = millis(hold["next_start_at"].as_str().unwrap());
+    assert!(
+        next > chrono::Utc::now().timestamp_millis() + 1_800_000,
+        "{f}"
+    );
+
+    // The worker that waits on w.once's rate still starts w.quick's delayed call on time,
+    // not when its long-poll ends.
+    let quick = client
+        .spawn_request(
+            "w.quick",
+            &hopper_core::api::SpawnRequest {
+                input: json!("q"),
+                delay: Some("1s".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let done = wait_done(&client, &quick.id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, InputState::Succeeded);
+    let attempts = client.attempts(&quick.id).await.unwrap();
+    let late = millis(&attempts[0].started_at) - millis(quick.starts_at.as_deref().unwrap());
+    assert!(
+        (0..1_500).contains(&late),
+        "started {late} ms after its time"
+    );
+}

@@ -79,6 +79,46 @@ pub struct FunctionView {
     pub name: String,
     pub version: i64,
     pub spec: FunctionSpec,
+    /// For a function with limits: where they stand now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits_state: Option<LimitsStateView>,
+}
+
+/// Where a function's limits stand now, as the store has them (`GET /v1/functions/{name}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitsStateView {
+    /// Its inputs running now that count for its limits.
+    pub running: i64,
+    /// The keys with the most inputs running (at most 10), most first.
+    pub busiest_keys: Vec<KeyRunningView>,
+    /// The limits at their bound now, each with the due inputs it holds back: the function's
+    /// own first, then each key's (at most 1,000 keys).
+    pub holds: Vec<HoldView>,
+}
+
+/// Inputs of one key running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRunningView {
+    pub key: String,
+    pub running: i64,
+}
+
+/// A limit at its bound, holding due inputs back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldView {
+    /// `max_running`, `max_running_per_key`, `rate` or `rate_per_key`.
+    pub limit: String,
+    /// The key held back, for a key's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Due inputs it holds back.
+    pub waiting: i64,
+    /// Why, in words: `max_running: 20 of 20 running`, `rate limit 50/s`,
+    /// `key acme at 2 running (max_running_per_key 2)`, `key acme at its rate limit 5/s`.
+    pub reason: String,
+    /// For a rate: when it next allows a start (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start_at: Option<String>,
 }
 
 /// `GET /v1/functions/{name}/versions`: one version of a function.
@@ -232,6 +272,11 @@ pub struct CallView {
     /// The key given with the spawn: its inputs are one group under the function's limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Why its due pending inputs wait now (`GET /v1/calls/{id}` only): the function's limits
+    /// at their bound that hold them back, e.g. `key acme at 2 running (max_running_per_key
+    /// 2)`; several are joined by `; `. Absent when no limit holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     /// Re-runs of this call's inputs, oldest first (`GET /v1/calls/{id}` only, at most
     /// [`MAX_RERUNS_SHOWN`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

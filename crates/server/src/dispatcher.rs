@@ -60,6 +60,9 @@ pub async fn lease(
                     .await?
             }
         };
+        for (function, kinds) in &batch.held {
+            crate::metrics::held(function, kinds);
+        }
         let rows = batch.rows;
         let leased: Vec<FunctionKey> = rows
             .iter()
@@ -78,7 +81,21 @@ pub async fn lease(
         // wakes its waiters when one of a limited function does; another server's, seen
         // within a second).
         let due = match (batch.limited, due) {
-            (Some(until), _) => Some(until.unwrap_or(state.now() + LIMITED_POLL_MS)),
+            // The functions a limit did not hold back may have inputs falling due sooner.
+            (Some(until), _) => {
+                let limited = until.unwrap_or(state.now() + LIMITED_POLL_MS);
+                let others: Vec<FunctionKey> = functions
+                    .iter()
+                    .filter(|f| !batch.held.iter().any(|(h, _)| h == *f))
+                    .cloned()
+                    .collect();
+                let sooner = if others.is_empty() {
+                    None
+                } else {
+                    state.store.input_next_due(&others).await?
+                };
+                Some(sooner.map_or(limited, |at| at.min(limited)))
+            }
             // Read just before a lease that found nothing: the lease may have changed it.
             (None, Some(Some(at))) if at > state.now() => Some(at),
             (None, Some(None)) => None,

@@ -2,9 +2,12 @@
 //! (completions, firings, deliveries); gauges of the queue and the workers are read from the
 //! store at each scrape, so every server of a cluster reports the same truth.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use hopper_store::LimitKind;
 
 use crate::state::AppState;
 
@@ -68,6 +71,14 @@ fn describe() {
         "hopper_queue_running",
         "Inputs leased to workers, by function."
     );
+    metrics::describe_gauge!(
+        "hopper_queue_limited",
+        "Due inputs a limit holds back, by function and limit (max_running, max_running_per_key, rate, rate_per_key)."
+    );
+    metrics::describe_counter!(
+        "hopper_limit_holds_total",
+        "Leases that left due inputs of the function waiting on a limit, by function and limit (rate: starts the rate put off)."
+    );
     metrics::describe_gauge!("hopper_workers", "Registered workers, by state.");
     metrics::describe_gauge!(
         "hopper_clock_offset_seconds",
@@ -129,6 +140,15 @@ fn describe() {
         "hopper_notifications_total",
         "Notification deliveries, by channel kind and outcome."
     );
+}
+
+/// Counts a lease in which `kinds` of `function`'s limits held due inputs back.
+pub fn held(function: &hopper_store::FunctionKey, kinds: &[hopper_store::LimitKind]) {
+    let name = format!("{}.{}", function.app, function.function);
+    for kind in kinds {
+        metrics::counter!("hopper_limit_holds_total", "function" => name.clone(), "limit" => kind.name())
+            .increment(1);
+    }
 }
 
 /// Records what a batch of completions did: counters once per function and effect, each
@@ -197,8 +217,15 @@ pub async fn render(state: &AppState) -> Result<String, hopper_store::StoreError
         return Ok(String::new());
     };
     let mut functions: Vec<String> = Vec::new();
+    let mut limited: Vec<(String, hopper_core::limits::Limits)> = Vec::new();
     for app in state.store.app_list().await? {
         functions.extend(app.functions.iter().map(|f| f.spec.qualified_name()));
+        limited.extend(
+            app.functions
+                .iter()
+                .filter(|f| f.spec.limits.any())
+                .map(|f| (f.spec.qualified_name(), f.spec.limits.clone())),
+        );
     }
     let backlog = state.store.function_backlog(state.now()).await?;
     // A function a deploy removed still has a queue until its inputs end.
@@ -206,6 +233,43 @@ pub async fn render(state: &AppState) -> Result<String, hopper_store::StoreError
         let name = format!("{}.{}", b.app, b.function);
         if !functions.contains(&name) {
             functions.push(name);
+        }
+    }
+    let now = state.now();
+    for (name, limits) in limited {
+        let Some((app, function)) = name.split_once('.') else {
+            continue;
+        };
+        let pending = backlog
+            .iter()
+            .any(|b| b.app == app && b.function == function && b.pending > 0);
+        let mut waiting: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for kind in LimitKind::ALL {
+            waiting.insert(kind.name(), 0);
+        }
+        if pending {
+            let now_held = state
+                .store
+                .limits_state(hopper_store::LimitsRead {
+                    function: hopper_store::FunctionKey {
+                        app: app.to_string(),
+                        function: function.to_string(),
+                    },
+                    limits,
+                    call: None,
+                    count: true,
+                    now,
+                })
+                .await?;
+            for hold in &now_held.holds {
+                *waiting.entry(hold.limit.name()).or_default() += hold.waiting;
+            }
+        }
+        for (limit, n) in waiting {
+            metrics::gauge!("hopper_queue_limited", "function" => name.clone(), "limit" => limit)
+                .set(n as f64);
+            metrics::counter!("hopper_limit_holds_total", "function" => name.clone(), "limit" => limit)
+                .increment(0);
         }
     }
     for f in &functions {
@@ -227,7 +291,6 @@ pub async fn render(state: &AppState) -> Result<String, hopper_store::StoreError
         metrics::gauge!("hopper_queue_pending", "function" => f.clone()).set(pending as f64);
         metrics::gauge!("hopper_queue_running", "function" => f.clone()).set(running as f64);
     }
-    let now = state.now();
     let workers = state.store.worker_list(now - 3_600_000).await?;
     for s in ["active", "lost", "stopped"] {
         let n = workers

@@ -82,6 +82,8 @@ macro_rules! conformance_suite {
             max_running_holds_and_a_place_frees_when_an_input_ends_or_is_cancelled,
             keys_take_turns_so_a_late_small_key_is_not_stuck_behind_a_big_one,
             max_running_per_key_holds_per_key_and_never_blocks_other_keys,
+            the_limits_state_names_what_holds_inputs_back,
+            a_lease_names_the_limits_that_held_inputs_back,
             a_rate_allows_its_count_per_window_and_says_when_the_next_start_is,
             a_rate_per_key_holds_per_key,
             keys_at_their_limits_never_hold_back_other_keys,
@@ -440,6 +442,124 @@ pub async fn max_running_per_key_holds_per_key_and_never_blocks_other_keys(store
         again.len(),
         1,
         "acme's one place is free again, and only one"
+    );
+}
+
+/// What a function's limits hold back, read as the API, the dashboard and `/metrics` show it.
+pub async fn the_limits_state_names_what_holds_inputs_back(store: Arc<dyn Store>) {
+    let rules = limits("max_running = 3\nmax_running_per_key = 1\nrate_per_key = \"1/h\"");
+    deploy_limited(&*store, rules.clone(), T0).await;
+    let w = worker(&*store).await;
+    let ids = spawn_keyed(
+        &*store,
+        "lim",
+        &[
+            (Some("acme"), 0, 1),
+            (Some("acme"), 0, 2),
+            (Some("acme"), 0, 3),
+            (Some("beta"), 0, 4),
+            (Some("gamma"), 0, 5),
+            (Some("gamma"), 0, 6),
+            (None, 0, 7),
+        ],
+        T0,
+    )
+    .await;
+    assert_eq!(
+        inputs_of(&lease(&*store, &w, "lim", 10, T0 + 1).await),
+        [1, 4, 5]
+    );
+    let read = |call: Option<CallId>, count: bool, now: i64| LimitsRead {
+        function: key("lim"),
+        limits: rules.clone(),
+        call,
+        count,
+        now,
+    };
+    let state = store.limits_state(read(None, true, T0 + 2)).await.unwrap();
+    assert_eq!(state.running, 3);
+    assert_eq!(
+        state.busiest,
+        [("acme".into(), 1), ("beta".into(), 1), ("gamma".into(), 1)]
+    );
+    let holds: Vec<(LimitKind, Option<&str>, i64, i64)> = state
+        .holds
+        .iter()
+        .map(|h| (h.limit, h.key.as_deref(), h.running, h.waiting))
+        .collect();
+    // max_running holds all four due inputs; each key with inputs due behind it is held by
+    // both its limits (beta has none left, so it holds nothing back).
+    assert_eq!(
+        holds,
+        [
+            (LimitKind::MaxRunning, None, 3, 4),
+            (LimitKind::MaxRunningPerKey, Some("acme"), 1, 2),
+            (LimitKind::RatePerKey, Some("acme"), 1, 2),
+            (LimitKind::MaxRunningPerKey, Some("gamma"), 1, 1),
+            (LimitKind::RatePerKey, Some("gamma"), 1, 1),
+        ]
+    );
+    let rate = &state.holds[2];
+    assert!(rate.next_at.is_some_and(|at| at > T0 + 2));
+    // A call's view: the keys of its pending inputs, holds not counted.
+    let state = store
+        .limits_state(read(Some(ids[1].clone()), false, T0 + 2))
+        .await
+        .unwrap();
+    assert_eq!(state.call_keys, ["acme"]);
+    assert!(state.holds.iter().all(|h| h.waiting == 0));
+    assert_eq!(state.holds.len(), 7, "beta's limits are at their bound too");
+    let state = store
+        .limits_state(read(Some(ids[6].clone()), false, T0 + 2))
+        .await
+        .unwrap();
+    assert_eq!(state.call_keys, [""]);
+}
+
+/// A lease says which limits held due inputs back, per function, even when it claimed others.
+pub async fn a_lease_names_the_limits_that_held_inputs_back(store: Arc<dyn Store>) {
+    deploy_limited(&*store, limits("max_running_per_key = 1"), T0).await;
+    let w = worker(&*store).await;
+    spawn_keyed(
+        &*store,
+        "lim",
+        &[
+            (Some("acme"), 0, 1),
+            (Some("acme"), 0, 2),
+            (Some("beta"), 0, 3),
+        ],
+        T0,
+    )
+    .await;
+    let first = lease_batch(&*store, &w, "lim", 10, T0 + 1).await;
+    assert_eq!(inputs_of(&first.rows), [1, 3]);
+    assert!(first.held.is_empty(), "{:?}", first.held);
+    spawn_keyed(&*store, "lim", &[(Some("gamma"), 0, 4)], T0 + 2).await;
+    let next = lease_batch(&*store, &w, "lim", 10, T0 + 3).await;
+    assert_eq!(inputs_of(&next.rows), [4]);
+    assert_eq!(next.held, [(key("lim"), vec![LimitKind::MaxRunningPerKey])]);
+    let spent = lease_batch(&*store, &w, "lim", 10, T0 + 4).await;
+    assert!(spent.rows.is_empty());
+    assert_eq!(
+        spent.held,
+        [(key("lim"), vec![LimitKind::MaxRunningPerKey])]
+    );
+    spawn_keyed(&*store, "ok", &[(None, 0, 5)], T0 + 5).await;
+    let plain = store
+        .input_lease_available(InputLease {
+            worker_id: w.clone(),
+            functions: vec![key("lim"), key("ok")],
+            max: 10,
+            now: T0 + 6,
+            lease_ms: LEASE_MS,
+            deadline_slack_ms: SLACK_MS,
+        })
+        .await
+        .unwrap();
+    assert_eq!(inputs_of(&plain.rows), [5]);
+    assert_eq!(
+        plain.held,
+        [(key("lim"), vec![LimitKind::MaxRunningPerKey])]
     );
 }
 

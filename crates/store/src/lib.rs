@@ -132,6 +132,10 @@ pub trait Store: Send + Sync + 'static {
     /// allows; the keys of a function with keyed inputs or limits take turns (round robin).
     async fn input_lease_available(&self, params: InputLease) -> Result<LeaseBatch, StoreError>;
 
+    /// What holds the due inputs of a function with limits back now: its limits at their
+    /// bound, and its keys' (read only; nothing is locked).
+    async fn limits_state(&self, params: LimitsRead) -> Result<LimitsState, StoreError>;
+
     /// The earliest `not_before` of a pending input of these functions, to sleep until.
     async fn input_next_due(&self, functions: &[FunctionKey]) -> Result<Option<i64>, StoreError>;
 

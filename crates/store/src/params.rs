@@ -206,6 +206,18 @@ pub struct CallPrune {
     pub limit: u32,
 }
 
+/// [`crate::Store::limits_state`]: the function, its current limits, and what to look at.
+#[derive(Debug, Clone)]
+pub struct LimitsRead {
+    pub function: FunctionKey,
+    pub limits: hopper_core::limits::Limits,
+    /// Also read the keys of this call's pending inputs.
+    pub call: Option<CallId>,
+    /// Count the due inputs each hold keeps back (reads every such input's index entry).
+    pub count: bool,
+    pub now: UnixMillis,
+}
+
 #[derive(Debug, Clone)]
 pub struct InputLease {
     pub worker_id: WorkerId,

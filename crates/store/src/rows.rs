@@ -148,6 +148,66 @@ pub struct LeaseBatch {
     /// per key or not): the time a rate allows the next start, or None when only a running
     /// input's end frees a place.
     pub limited: Option<Option<UnixMillis>>,
+    /// The functions whose due inputs a limit held back in this lease (whether or not it
+    /// claimed others), with the limits that did.
+    pub held: Vec<(crate::FunctionKey, Vec<LimitKind>)>,
+}
+
+/// One of a function's limits (`hopper_core::limits::Limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LimitKind {
+    MaxRunning,
+    MaxRunningPerKey,
+    Rate,
+    RatePerKey,
+}
+
+impl LimitKind {
+    pub const ALL: [LimitKind; 4] = [
+        LimitKind::MaxRunning,
+        LimitKind::MaxRunningPerKey,
+        LimitKind::Rate,
+        LimitKind::RatePerKey,
+    ];
+
+    /// The limit's name in the manifest (`max_running`, `rate_per_key`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKind::MaxRunning => "max_running",
+            LimitKind::MaxRunningPerKey => "max_running_per_key",
+            LimitKind::Rate => "rate",
+            LimitKind::RatePerKey => "rate_per_key",
+        }
+    }
+}
+
+/// What holds a limited function's due inputs back now ([`crate::Store::limits_state`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitsState {
+    /// Its inputs running now that count for its limits.
+    pub running: i64,
+    /// Running inputs of the keys with the most running (at most 10), most first.
+    pub busiest: Vec<(String, i64)>,
+    /// The limits at their bound now: the function's own, then each key's (at most 1,000
+    /// keys), each with the due inputs it holds back when counted (then only those that
+    /// hold some back).
+    pub holds: Vec<Hold>,
+    /// The keys of the asked call's pending inputs (of its first 1,000), when a call was asked.
+    pub call_keys: Vec<String>,
+}
+
+/// A limit at its bound.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub limit: LimitKind,
+    /// The key held back, for a key's limit.
+    pub key: Option<String>,
+    /// Inputs running that count for it (of the function, or of the key).
+    pub running: i64,
+    /// When a rate next allows a start.
+    pub next_at: Option<UnixMillis>,
+    /// Due pending inputs it holds back (with [`crate::LimitsRead::count`]), else 0.
+    pub waiting: i64,
 }
 
 /// What one result of a completion batch did.

@@ -222,9 +222,14 @@ pub fn report(call: &CallView, json: bool, server: Option<&str>) -> anyhow::Resu
                     c.pending
                 ));
             }
+            let waiting = call
+                .waiting
+                .as_ref()
+                .map(|why| format!("; waiting: {why}"))
+                .unwrap_or_default();
             let message = match server {
                 Some(_) => format!(
-                    "call {} is still {} (it goes on; wait for it with `hopper get {}`)",
+                    "call {} is still {}{waiting} (it goes on; wait for it with `hopper get {}`)",
                     call.id, call.state, call.id
                 ),
                 // `run`: the temporary server is gone, and the call with it.

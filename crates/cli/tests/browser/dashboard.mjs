@@ -2,7 +2,8 @@
 //   HOPPER_URL         a server with app "d" deployed, a failed d.fail call and a running d.slow call
 //   HOPPER_LOCKED_URL  a server that requires HOPPER_TOKEN
 //   FAILED_ID, FAILED_CODE, SLOW_ID, MAP_ID (a 5-input map of d.ok), BIG_MAP_ID (120 inputs),
-//   FAILED_MAP_ID (a 2-input map of d.fail), OUT_DIR (screenshots)
+//   FAILED_MAP_ID (a 2-input map of d.fail), HELD_ID (a d.slow call its max_running holds
+//   back), OUT_DIR (screenshots)
 // Exits non-zero, naming the step, at the first check that fails.
 import { chromium } from "playwright-core";
 import path from "node:path";
@@ -21,6 +22,7 @@ const slowId = env("SLOW_ID");
 const mapId = env("MAP_ID");
 const bigMapId = env("BIG_MAP_ID");
 const failedMapId = env("FAILED_MAP_ID");
+const heldId = env("HELD_ID");
 const outDir = env("OUT_DIR");
 
 const browser = await chromium.launch({
@@ -62,8 +64,8 @@ try {
     await page.getByRole("link", { name: "d.slow" }).first().waitFor();
     const tiles = await page.locator(".tile").allInnerTexts();
     assert(tiles.some((t) => /WORKER/i.test(t)), `no worker tile in ${tiles}`);
-    // The slow call is running: one input of d.slow shows as running.
-    await page.getByText("1 running · 0 queued").first().waitFor();
+    // The slow call is running, and a second waits on d.slow's max_running.
+    await page.getByText("1 running · 1 queued").first().waitFor();
     await shot(page, "overview");
   });
 
@@ -186,6 +188,19 @@ try {
     await page.keyboard.press("Enter");
     await page.waitForURL(`**/calls/${failedId}`);
     await page.locator("#error").waitFor();
+  });
+
+  await check("a call a limit holds back says why, and its function's page shows the limits now", async () => {
+    await page.goto(`${url}/calls/${heldId}`);
+    await page.locator("#waiting").waitFor();
+    const why = await page.locator("#waiting").innerText();
+    assert(why === "max_running: 1 of 1 running", `the held call's wait: ${why}`);
+    await page.goto(`${url}/functions/d.slow`);
+    await page.getByRole("heading", { name: "Limits now: 1 running" }).waitFor();
+    const held = await page.locator("#holds tbody tr").allInnerTexts();
+    assert(held.length === 1 && /^1\s+max_running: 1 of 1 running\s+when one ends$/.test(held[0]),
+      `the function's held-back inputs: ${held}`);
+    await shot(page, "limits");
   });
 
   await check("a running call's log grows live and the cancel button ends it", async () => {

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use hopper_core::api::{AppView, DeployRequest, FunctionVersionView, FunctionView};
 use hopper_core::FunctionName;
-use hopper_store::{FunctionFind, FunctionKey, FunctionRow};
+use hopper_store::{FunctionFind, FunctionKey, FunctionRow, LimitsRead};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
@@ -76,7 +76,25 @@ pub async fn function(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<FunctionView>, ApiError> {
-    Ok(Json(views::function(&resolve(&state, &name).await?)))
+    let row = resolve(&state, &name).await?;
+    let mut view = views::function(&row);
+    if row.spec.limits.any() {
+        let now = state
+            .store
+            .limits_state(LimitsRead {
+                function: FunctionKey {
+                    app: row.spec.app.clone(),
+                    function: row.spec.name.clone(),
+                },
+                limits: row.spec.limits.clone(),
+                call: None,
+                count: true,
+                now: state.now(),
+            })
+            .await?;
+        view.limits_state = Some(views::limits_state(&row.spec.limits, &now));
+    }
+    Ok(Json(view))
 }
 
 /// The function's versions, newest first (the last 50).

@@ -460,7 +460,63 @@ pub async fn view(state: &AppState, call: &CallRow) -> Result<CallView, ApiError
         .len()
         .saturating_sub(hopper_core::api::MAX_RERUNS_SHOWN);
     view.reruns = reruns.iter().skip(skip).map(views::rerun).collect();
+    view.waiting = waiting(state, call).await?;
     Ok(view)
+}
+
+/// The current version of the call's function, unless a deploy removed it.
+pub async fn function_of(
+    state: &AppState,
+    call: &CallRow,
+) -> Result<Option<hopper_store::FunctionRow>, ApiError> {
+    let found = state
+        .store
+        .function_find(hopper_store::FunctionFind {
+            app: Some(call.app.clone()),
+            function: call.function.clone(),
+        })
+        .await?;
+    Ok(found.into_iter().next())
+}
+
+/// Why the call's due pending inputs wait, when its function's limits hold them back: the
+/// function's own limits at their bound, and those of the keys its pending inputs have.
+async fn waiting(state: &AppState, call: &CallRow) -> Result<Option<String>, ApiError> {
+    let now = state.now();
+    if call.counts.pending == 0 || call.starts_at.is_some_and(|at| at > now) {
+        return Ok(None);
+    }
+    let Some(limits) = function_of(state, call)
+        .await?
+        .map(|row| row.spec.limits)
+        .filter(|limits| limits.any())
+    else {
+        return Ok(None);
+    };
+    let held = state
+        .store
+        .limits_state(hopper_store::LimitsRead {
+            function: hopper_store::FunctionKey {
+                app: call.app.clone(),
+                function: call.function.clone(),
+            },
+            limits: limits.clone(),
+            call: Some(call.id.clone()),
+            count: false,
+            now,
+        })
+        .await?;
+    let reasons: Vec<String> = held
+        .holds
+        .iter()
+        .filter(|hold| {
+            hold.key
+                .as_ref()
+                .is_none_or(|key| held.call_keys.contains(key))
+        })
+        .map(|hold| views::hold_reason(&limits, hold))
+        .collect();
+    Ok((!reasons.is_empty()).then(|| reasons.join("; ")))
 }
 
 /// The input a call's view shows: a one-input call's, or the first failed input of a map.

@@ -166,15 +166,8 @@ async fn chunk_keys(
     if call.key.is_some() {
         return Ok(Vec::new());
     }
-    let found = state
-        .store
-        .function_find(hopper_store::FunctionFind {
-            app: Some(call.app.clone()),
-            function: call.function.clone(),
-        })
-        .await?;
-    Ok(found
-        .first()
+    Ok(super::calls::function_of(state, &call)
+        .await?
         .map(|f| super::calls::input_keys(&f.spec, inputs))
         .unwrap_or_default())
 }

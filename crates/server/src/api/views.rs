@@ -1,11 +1,14 @@
 //! Store rows into the API's JSON views.
 
 use hopper_core::api::{
-    AppView, AttemptView, CallView, FunctionView, InputRef, LogView, RerunView, WorkerView,
+    AppView, AttemptView, CallView, FunctionView, HoldView, InputRef, KeyRunningView,
+    LimitsStateView, LogView, RerunView, WorkerView,
 };
+use hopper_core::limits::Limits;
 use hopper_core::{InputState, UnixMillis};
 use hopper_store::{
-    AppRow, AttemptRow, CallRow, FunctionRow, InputRow, LogRow, RerunRow, WorkerRow,
+    AppRow, AttemptRow, CallRow, FunctionRow, Hold, InputRow, LimitKind, LimitsState, LogRow,
+    RerunRow, WorkerRow,
 };
 
 /// RFC 3339 with milliseconds, in UTC.
@@ -20,6 +23,56 @@ pub fn function(row: &FunctionRow) -> FunctionView {
         name: row.spec.qualified_name(),
         version: row.version,
         spec: row.spec.clone(),
+        limits_state: None,
+    }
+}
+
+/// Where a function's `limits` stand, as the store read them.
+pub fn limits_state(limits: &Limits, state: &LimitsState) -> LimitsStateView {
+    LimitsStateView {
+        running: state.running,
+        busiest_keys: state
+            .busiest
+            .iter()
+            .map(|(key, running)| KeyRunningView {
+                key: key.clone(),
+                running: *running,
+            })
+            .collect(),
+        holds: state
+            .holds
+            .iter()
+            .map(|hold| HoldView {
+                limit: hold.limit.name().to_string(),
+                key: hold.key.clone(),
+                waiting: hold.waiting,
+                reason: hold_reason(limits, hold),
+                next_start_at: hold.next_at.map(time),
+            })
+            .collect(),
+    }
+}
+
+/// Why `hold` keeps inputs waiting, in words.
+pub fn hold_reason(limits: &Limits, hold: &Hold) -> String {
+    let key = hold.key.as_deref().unwrap_or_default();
+    let bound = |max: Option<u32>| max.map_or_else(String::new, |m| m.to_string());
+    let rate = |r: Option<hopper_core::limits::Rate>| r.map_or_else(String::new, |r| r.to_string());
+    match hold.limit {
+        LimitKind::MaxRunning => format!(
+            "max_running: {} of {} running",
+            hold.running,
+            bound(limits.max_running)
+        ),
+        LimitKind::Rate => format!("rate limit {}", rate(limits.rate)),
+        LimitKind::MaxRunningPerKey => format!(
+            "key {key} at {} running (max_running_per_key {})",
+            hold.running,
+            bound(limits.max_running_per_key)
+        ),
+        LimitKind::RatePerKey => {
+            format!("key {key} at its rate limit {}", rate(limits.rate_per_key))
+        }
     }
 }
 
@@ -72,6 +125,7 @@ pub fn call(row: &CallRow, first: Option<&InputRow>) -> CallView {
         starts_at: row.starts_at.map(time),
         priority: row.priority,
         key: row.key.clone(),
+        waiting: None,
     }
 }
 

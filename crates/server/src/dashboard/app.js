@@ -315,6 +315,29 @@ function limitsText(l) {
   return parts.join(" · ");
 }
 
+/** Where a function's limits stand now: what runs, the busiest keys (where keys are in use),
+ * and what waits and why. */
+function limitsPanel(st, limits) {
+  const holds = st.holds.length
+    ? h("table", { id: "holds" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Waiting"), h("th", {}, "Why"), h("th", {}, "Next start"))),
+      h("tbody", {}, st.holds.map((x) => h("tr", {},
+        h("td", {}, num(x.waiting)), h("td", {}, x.reason),
+        h("td", {}, x.next_start_at ? when(x.next_start_at) : "when one ends")))))
+    : h("p", { class: "muted" }, "No limit holds inputs back now.");
+  const keys = st.busiest_keys.length
+    ? h("table", { id: "busiest-keys" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Key"), h("th", {}, "Running"))),
+      h("tbody", {}, st.busiest_keys.map((k) => h("tr", {}, h("td", {}, k.key), h("td", {}, num(k.running))))))
+    : h("p", { class: "muted" }, "No key has inputs running.");
+  return h("section", { class: "panel wide", id: "limits-state" },
+    h("h2", {}, `Limits now: ${num(st.running)} running`),
+    h("div", { class: "grid" },
+      limits.key || limits.max_running_per_key || limits.rate_per_key || st.busiest_keys.length
+        ? h("div", {}, h("h3", {}, "Busiest keys"), keys) : null,
+      h("div", {}, h("h3", {}, "Held back"), holds)));
+}
+
 function functionPage({ name }) {
   const el = h("div", {});
   async function refresh() {
@@ -349,6 +372,7 @@ function functionPage({ name }) {
             { name: "succeeded", color: "var(--ok)", values: st.timeline.map((p) => (p.succeeded * 60000) / st.step_ms) },
             { name: "failed", color: "var(--bad)", values: st.timeline.map((p) => (p.failed * 60000) / st.step_ms) },
           ], "/min")),
+        f.limits_state ? limitsPanel(f.limits_state, spec.limits || {}) : null,
         h("section", { class: "panel wide" }, h("h2", {}, "Recent calls ", link(`/calls?function=${q}`, "all →")),
           callsTable(calls.calls)),
         h("section", { class: "panel wide" }, h("h2", {}, "Versions"), versionsTable(versions))));
@@ -673,6 +697,8 @@ function callPage({ id }) {
     if (c.idempotency_key) facts.push(["Idempotency key", c.idempotency_key]);
     // A delayed call: pending until then, and cancellable meanwhile.
     if (c.starts_at) facts.push(["Starts", h("span", { id: "starts-at" }, new Date(c.starts_at).toLocaleString(), " (", when(c.starts_at), ")")]);
+    // What of the function's limits holds its due inputs back now.
+    if (c.waiting) facts.push(["Waiting", h("span", { id: "waiting" }, c.waiting)]);
     if (c.reruns && c.reruns.length) {
       facts.push(["Re-runs", h("span", { id: "reruns" }, c.reruns.map((r) => h("span", {},
         single ? "" : `input ${r.index}: `, link(`/calls/${r.call_id}`, r.call_id), " ", badge(r.state), " ")))]);
