@@ -449,6 +449,11 @@ async fn why_inputs_wait_is_shown_and_a_limit_does_not_hold_up_another_function_
     assert_eq!(call.state, InputState::Pending);
     assert_eq!(call.waiting.as_deref(), Some(why), "{call:?}");
     assert_eq!(
+        call.key.as_deref(),
+        Some("acme"),
+        "the key taken from the input"
+    );
+    assert_eq!(
         client.get(&other.id, Duration::ZERO).await.unwrap().waiting,
         None
     );

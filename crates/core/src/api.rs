@@ -269,7 +269,8 @@ pub struct CallView {
     /// Higher runs first (-1000 to 1000); from the spawn, else the function's.
     #[serde(default)]
     pub priority: i32,
-    /// The key given with the spawn: its inputs are one group under the function's limits.
+    /// Its key: given with the spawn, or for a call of one input the key the function's
+    /// `limits.key` takes from it. Its inputs are one group under the function's limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Why its due pending inputs wait now (`GET /v1/calls/{id}` only): the function's limits

@@ -83,6 +83,7 @@ macro_rules! conformance_suite {
             keys_take_turns_so_a_late_small_key_is_not_stuck_behind_a_big_one,
             max_running_per_key_holds_per_key_and_never_blocks_other_keys,
             the_limits_state_names_what_holds_inputs_back,
+            a_key_whose_every_input_is_cancelled_frees_its_place,
             a_lease_names_the_limits_that_held_inputs_back,
             a_rate_allows_its_count_per_window_and_says_when_the_next_start_is,
             a_rate_per_key_holds_per_key,
@@ -514,6 +515,56 @@ pub async fn the_limits_state_names_what_holds_inputs_back(store: Arc<dyn Store>
         .await
         .unwrap();
     assert_eq!(state.call_keys, [""]);
+}
+
+/// Cancelling every input of a key, the running one too, frees the key's place at once:
+/// nothing waits for an input that will never end.
+pub async fn a_key_whose_every_input_is_cancelled_frees_its_place(store: Arc<dyn Store>) {
+    deploy_limited(
+        &*store,
+        limits("max_running = 1\nmax_running_per_key = 1"),
+        T0,
+    )
+    .await;
+    let w = worker(&*store).await;
+    let acme = spawn_keyed(
+        &*store,
+        "lim",
+        &[(Some("acme"), 0, 1), (Some("acme"), 0, 2)],
+        T0,
+    )
+    .await;
+    spawn_keyed(&*store, "lim", &[(Some("beta"), 0, 3)], T0 + 1).await;
+    assert_eq!(inputs_of(&lease(&*store, &w, "lim", 10, T0 + 2).await), [1]);
+    assert!(lease(&*store, &w, "lim", 10, T0 + 3).await.is_empty());
+    for id in &acme {
+        store
+            .call_cancel(CallCancel {
+                id: id.clone(),
+                now: T0 + 4,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let state = store
+        .limits_state(LimitsRead {
+            function: key("lim"),
+            limits: limits("max_running = 1\nmax_running_per_key = 1"),
+            call: None,
+            count: true,
+            now: T0 + 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!((state.running, state.holds.len()), (0, 0), "{state:?}");
+    assert_eq!(inputs_of(&lease(&*store, &w, "lim", 10, T0 + 5).await), [3]);
+    spawn_keyed(&*store, "lim", &[(Some("acme"), 0, 4)], T0 + 6).await;
+    let w2 = worker(&*store).await;
+    assert!(
+        lease(&*store, &w2, "lim", 10, T0 + 7).await.is_empty(),
+        "max_running"
+    );
 }
 
 /// A lease says which limits held due inputs back, per function, even when it claimed others.

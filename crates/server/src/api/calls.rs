@@ -353,14 +353,17 @@ pub struct SpawnBatchBody {
 }
 
 /// A spawned call of `function`'s current version with one input (JSON text), at the
-/// function's priority, keyed by its `limits.key` if it has one.
+/// function's priority, with the key its `limits.key` takes from the input, if any (the
+/// call shows it).
 pub fn spawned(
     function: &hopper_store::FunctionRow,
     input: String,
     idempotency_key: Option<String>,
     now: i64,
 ) -> CallInsert {
-    let input_keys = input_keys(&function.spec, std::slice::from_ref(&input));
+    let key = input_keys(&function.spec, std::slice::from_ref(&input))
+        .pop()
+        .filter(|k| !k.is_empty());
     CallInsert {
         id: CallId::generate(),
         app: function.spec.app.clone(),
@@ -375,8 +378,8 @@ pub fn spawned(
         rerun_of: None,
         starts_at: None,
         priority: function.spec.priority,
-        key: None,
-        input_keys,
+        key,
+        input_keys: Vec::new(),
         now,
     }
 }
