@@ -136,6 +136,25 @@ async fn bad_requests_get_an_error_and_change_nothing() {
             "{message}"
         );
     }
+    // A known parameter with a bad value, or given twice, is named with what it must be.
+    for (path, says) in [
+        (
+            "calls?limit=-1",
+            "limit must be a whole number (0 or more), not \"-1\"",
+        ),
+        (
+            "inputs?limit=ten",
+            "limit must be a whole number (0 or more), not \"ten\"",
+        ),
+        (
+            "calls?limit=1&limit=2",
+            "the query parameter limit is given more than once; give it once",
+        ),
+    ] {
+        let (status, body) = raw(reqwest::Method::GET, format!("{url}/v1/{path}"), None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["message"], says, "{path}");
+    }
     let (status, body) = raw(
         post.clone(),
         format!("{url}/v1/functions/demo.echo/calls?wiat=5"),

@@ -149,7 +149,73 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+            .map_err(|e| {
+                let query = parts.uri.query().unwrap_or_default();
+                ApiError::bad_request("invalid_query", query_fault(query, &e.body_text()))
+            })
+    }
+}
+
+/// A query string's fault in words, from the deserializer's `text` about `query`: the
+/// parameter, what it must be and the value given (`limit must be a whole number, not
+/// "-1"`), or that it was given twice.
+fn query_fault(query: &str, text: &str) -> String {
+    let text = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    if let Some((field, _)) = text
+        .strip_prefix("duplicate field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        return format!("the query parameter {field} is given more than once; give it once");
+    }
+    let Some((field, why)) = text.split_once(": ") else {
+        return text.to_string();
+    };
+    let Some(value) = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == field)
+        .map(|(_, value)| value.into_owned())
+    else {
+        return text.to_string();
+    };
+    let expected = if why.contains("invalid digit") || why.contains("number too") {
+        "a whole number (0 or more)"
+    } else if why.contains("float") {
+        "a number"
+    } else if why.contains("`true` or `false`") {
+        "true or false"
+    } else {
+        why
+    };
+    format!("{field} must be {expected}, not {value:?}")
+}
+
+#[cfg(test)]
+mod query_fault_tests {
+    use super::query_fault;
+
+    #[test]
+    fn a_bad_query_value_is_named_with_what_it_must_be() {
+        let says = |query: &str, text: &str| query_fault(query, text);
+        assert_eq!(
+            says(
+                "limit=-1",
+                "Failed to deserialize query string: limit: invalid digit found in string"
+            ),
+            "limit must be a whole number (0 or more), not \"-1\""
+        );
+        assert_eq!(
+            says(
+                "limit=1&limit=2",
+                "Failed to deserialize query string: duplicate field `limit`"
+            ),
+            "the query parameter limit is given more than once; give it once"
+        );
+        assert_eq!(
+            says("wait=soon", "wait: invalid float literal"),
+            "wait must be a number, not \"soon\""
+        );
+        assert_eq!(says("", "something else"), "something else");
     }
 }
 
