@@ -149,12 +149,10 @@ pub enum Command {
         /// Inputs per request.
         #[arg(long, default_value_t = 1000)]
         chunk_size: usize,
-        /// Start the map this long from now (e.g. 10m): its inputs are stored at once and
-        /// become due then.
-        #[arg(long)]
-        delay: Option<String>,
+        /// When the map starts (--delay, --start-at: its inputs are stored at once and become
+        /// due then), its key and its priority.
         #[command(flatten)]
-        queue: QueueArgs,
+        start: StartArgs,
         #[command(flatten)]
         client: ClientArgs,
     },

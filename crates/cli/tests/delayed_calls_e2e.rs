@@ -129,6 +129,41 @@ async fn a_delayed_call_waits_for_its_start_through_a_kill_and_can_be_cancelled(
     let map = &maps.calls[0];
     assert_eq!(map.inputs.succeeded, 5, "{map:?}");
     started_after_its_start(&client, map).await;
+    // A map at a time.
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let out = cli(
+        &server.url,
+        &["map", "w.echo", inputs.to_str().unwrap(), "--start-at", &at],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let maps = client
+        .calls(&hopper_sdk::CallFilter {
+            origin: Some("map".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let map = &maps.calls[0];
+    assert_eq!(map.starts_at.as_deref(), Some(at.as_str()), "{map:?}");
+    assert_eq!(map.inputs.succeeded, 5, "{map:?}");
+    started_after_its_start(&client, map).await;
+    let out = cli(
+        &server.url,
+        &[
+            "map",
+            "w.echo",
+            inputs.to_str().unwrap(),
+            "--start-at",
+            "soon",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("start_at: \"soon\" is not an RFC 3339 time"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,9 @@ pub struct MapOptions {
     /// Start the map this long from now (its inputs are stored at once and become due
     /// then). Default: at once.
     pub delay: Option<Duration>,
+    /// Start the map at this time instead (RFC 3339, e.g. `2026-12-24T18:00:00Z`; not in the
+    /// past, at most a year ahead: the server refuses it otherwise, `invalid_delay`).
+    pub start_at: Option<String>,
     /// Every input's key under the function's limits (at most 200 bytes). Default: each
     /// input's own, by the function's `limits.key`.
     pub key: Option<String>,
@@ -48,6 +51,7 @@ impl Default for MapOptions {
             discard_results: false,
             chunk_size: 1_000,
             delay: None,
+            start_at: None,
             key: None,
             priority: None,
         }
@@ -119,7 +123,7 @@ impl Client {
                     discard_results: options.discard_results,
                     idempotency_key: None,
                     delay: options.delay.map(hopper_core::duration::format),
-                    start_at: None,
+                    start_at: options.start_at.clone(),
                     key: options.key.clone(),
                     priority: options.priority,
                 },

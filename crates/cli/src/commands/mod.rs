@@ -84,22 +84,23 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
             starmap,
             for_each,
             chunk_size,
-            delay,
-            queue,
+            start,
             client,
         } => {
             let options = hopper_sdk::MapOptions {
-                key: queue_key(queue.key)?,
-                priority: queue.priority.map(priority).transpose()?,
+                key: queue_key(start.queue.key)?,
+                priority: start.queue.priority.map(priority).transpose()?,
                 ordered: !unordered,
                 return_exceptions,
                 starmap,
                 discard_results: for_each,
                 chunk_size,
-                delay: delay
+                delay: start
+                    .delay
                     .as_deref()
                     .map(|d| duration("--delay", d))
                     .transpose()?,
+                start_at: start.start_at,
             };
             map::map(&client, &function, &inputs, options).await
         }
