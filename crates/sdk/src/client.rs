@@ -553,12 +553,13 @@ impl Client {
     /// Waits for a call to end, up to `timeout`, asking again as long-polls expire. Returns the
     /// call as it is then, ended or not.
     ///
-    /// Once the server has answered, a transient failure (the server stopping or restarting,
-    /// a dropped connection) is retried with backoff, up to [`WAIT_RETRIES`] times in a row;
-    /// a server that never answered fails at once.
+    /// Once a server was there (it answered, or took the request and then stopped or broke
+    /// the connection: a restart), a transient failure is retried with backoff within
+    /// `timeout`, up to [`WAIT_RETRIES`] times in a row; a server that could never be reached
+    /// fails at once.
     pub async fn wait(&self, id: &CallId, timeout: Duration) -> Result<CallView, Error> {
         let deadline = std::time::Instant::now() + timeout;
-        let mut answered = false;
+        let mut reached = false;
         let mut failures = 0;
         let mut delay = Duration::from_millis(100);
         loop {
@@ -566,22 +567,26 @@ impl Client {
             match self.get(id, left.min(Duration::from_secs(60))).await {
                 Ok(call) if call.state.is_terminal() || left.is_zero() => return Ok(call),
                 Ok(_) => {
-                    answered = true;
+                    reached = true;
                     failures = 0;
                     delay = Duration::from_millis(100);
                 }
-                Err(e)
-                    if answered
+                Err(e) => {
+                    // A long-poll cut short by a stopping server (503) or a dropped
+                    // connection had a server; a refused connection may have none.
+                    reached |= !matches!(e, Error::Unreachable { .. });
+                    if !(reached
                         && failures < WAIT_RETRIES
                         && !left.is_zero()
-                        && crate::outbox::is_transient(&e) =>
-                {
+                        && crate::outbox::is_transient(&e))
+                    {
+                        return Err(e);
+                    }
                     tracing::debug!(error = %e, "waiting for a call: retrying");
                     failures += 1;
                     tokio::time::sleep(delay.min(left)).await;
                     delay = (delay * 2).min(Duration::from_secs(3));
                 }
-                Err(e) => return Err(e),
             }
         }
     }

@@ -15,6 +15,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::client::{Client, Error};
 
+/// Longest a map's inputs wait in a chunk that is not full before it is sent.
+const CHUNK_WAIT: Duration = Duration::from_millis(50);
+
 /// How a map runs.
 #[derive(Debug, Clone)]
 pub struct MapOptions {
@@ -27,7 +30,8 @@ pub struct MapOptions {
     pub starmap: bool,
     /// Keep no outputs (`for_each`): results carry only success or error.
     pub discard_results: bool,
-    /// Inputs per request. Default 1,000.
+    /// Inputs per request, at most. Default 1,000. A chunk is sent when full, or 50 ms after
+    /// its first input when inputs come slower than that.
     pub chunk_size: usize,
     /// Start the map this long from now (its inputs are stored at once and become due
     /// then). Default: at once.
@@ -141,9 +145,27 @@ impl Client {
             let inputs = inputs
                 .map(|i| serde_json::to_value(i).map_err(|e| MapError::Encode(e.to_string())));
             tokio::spawn(async move {
-                let mut inputs = std::pin::pin!(inputs.chunks(chunk_size));
+                let mut inputs = std::pin::pin!(inputs);
                 let mut start = 0i64;
-                while let Some(chunk) = inputs.next().await {
+                let mut ended = false;
+                while !ended {
+                    // A chunk is sent when full, or CHUNK_WAIT after its first input: inputs
+                    // that trickle in (a pipe, a slow producer) start without waiting for more.
+                    let Some(first) = inputs.next().await else {
+                        break;
+                    };
+                    let mut chunk = vec![first];
+                    let deadline = tokio::time::Instant::now() + CHUNK_WAIT;
+                    while chunk.len() < chunk_size {
+                        match tokio::time::timeout_at(deadline, inputs.next()).await {
+                            Ok(Some(input)) => chunk.push(input),
+                            Ok(None) => {
+                                ended = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     let chunk: Result<Vec<Value>, MapError> = chunk.into_iter().collect();
                     let chunk = match chunk {
                         Ok(c) => c,

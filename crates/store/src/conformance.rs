@@ -621,15 +621,20 @@ pub async fn a_rate_allows_its_count_per_window_and_says_when_the_next_start_is(
     let w = worker(&*store).await;
     let calls: Vec<(Option<&str>, i32, i64)> = (0..10).map(|i| (None, 0, i)).collect();
     spawn_keyed(&*store, "lim", &calls, T0).await;
-    // Spread through the period: one start per slot (10 ms) at most, three per second.
+    // Spread through the period: a slot (10 ms) and the one before it hold two shares at
+    // most (one each at 3/s), three per second.
     assert_eq!(
         lease_batch(&*store, &w, "lim", 10, T0 + 5).await.rows.len(),
-        1
+        2
     );
     let held = lease_batch(&*store, &w, "lim", 10, T0 + 6).await;
     assert!(held.rows.is_empty());
-    assert_eq!(held.limited, Some(Some(T0 + 10)), "the next slot");
-    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 10).await.len(), 1);
+    assert_eq!(
+        held.limited,
+        Some(Some(T0 + 20)),
+        "the slot after next: this one took two shares"
+    );
+    assert!(lease(&*store, &w, "lim", 10, T0 + 15).await.is_empty());
     assert_eq!(lease(&*store, &w, "lim", 10, T0 + 25).await.len(), 1);
     let held = lease_batch(&*store, &w, "lim", 10, T0 + 500).await;
     assert!(held.rows.is_empty());
@@ -637,12 +642,12 @@ pub async fn a_rate_allows_its_count_per_window_and_says_when_the_next_start_is(
     assert_eq!(
         at,
         T0 + 1010,
-        "when the first start's slot leaves the window"
+        "when the first starts' slot leaves the window"
     );
     assert!(lease(&*store, &w, "lim", 10, at - 1).await.is_empty());
-    assert_eq!(lease(&*store, &w, "lim", 10, at).await.len(), 1);
+    assert_eq!(lease(&*store, &w, "lim", 10, at).await.len(), 2);
     // Over any window of a second, three at most; over ten seconds, the rate is met.
-    let mut started = vec![T0 + 5, T0 + 10, T0 + 25, at];
+    let mut started = vec![T0 + 5, T0 + 5, T0 + 25, at, at];
     let mut now = at;
     while now < T0 + 4_000 {
         now += 7;
@@ -666,20 +671,20 @@ pub async fn a_rate_per_key_holds_per_key(store: Arc<dyn Store>) {
     let mut calls: Vec<(Option<&str>, i32, i64)> = (0..5).map(|i| (Some("a"), 0, i)).collect();
     calls.extend((10..15).map(|i| (Some("b"), 0, i)));
     spawn_keyed(&*store, "lim", &calls, T0).await;
-    // One per key per slot (600 ms), two per key per minute.
+    // Two per key per minute, in slots of 600 ms: a key's two starts may come at once.
     assert_eq!(
         inputs_of(&lease(&*store, &w, "lim", 10, T0 + 1).await),
-        [0, 10]
+        [0, 1, 10, 11]
     );
     assert!(lease(&*store, &w, "lim", 10, T0 + 2).await.is_empty());
-    assert_eq!(
-        inputs_of(&lease(&*store, &w, "lim", 10, T0 + 700).await),
-        [1, 11]
-    );
+    assert!(lease(&*store, &w, "lim", 10, T0 + 700).await.is_empty());
     let held = lease_batch(&*store, &w, "lim", 10, T0 + 30_000).await;
     assert!(held.rows.is_empty());
     assert!(held.limited.flatten().is_some());
-    assert_eq!(lease(&*store, &w, "lim", 10, T0 + 61_000).await.len(), 2);
+    assert_eq!(
+        inputs_of(&lease(&*store, &w, "lim", 10, T0 + 61_000).await),
+        [2, 3, 12, 13]
+    );
 }
 
 /// Keys held back by their own limits, however many, never hold back other keys nor the

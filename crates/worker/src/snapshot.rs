@@ -283,6 +283,7 @@ pub fn for_manifest(
     }
     let files = collect(&root, max_bytes, leave_out)?;
     requirements_shipped(manifest, text, &folder, &root, &files)?;
+    commands_shipped(manifest, text, &folder, &root, &files)?;
     let bytes = build(&files).map_err(|e| format!("cannot pack {}: {e}", root.display()))?;
     let regular = files
         .iter()
@@ -332,6 +333,50 @@ fn requirements_shipped(
                 f.name,
                 root.display()
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a snapshot that leaves out a file a function's `command` or `serve` names (an
+/// argument that is a file in its working folder, left out by an ignore file): its workers
+/// could never run it.
+fn commands_shipped(
+    manifest: &Path,
+    text: &str,
+    folder: &Path,
+    root: &Path,
+    files: &[Source],
+) -> Result<(), String> {
+    let Ok(parsed) = hopper_core::manifest::parse(&manifest.display().to_string(), text, folder)
+    else {
+        return Ok(());
+    };
+    for f in &parsed.functions {
+        let workdir = folder.join(&f.workdir);
+        for (field, args) in [("command", &f.command), ("serve", &f.serve)] {
+            for arg in args.iter().filter(|a| !a.is_empty() && !a.starts_with('-')) {
+                let path = workdir.join(arg);
+                let Ok(real) = std::fs::canonicalize(&path) else {
+                    continue;
+                };
+                let Some(inside) = real
+                    .strip_prefix(root)
+                    .ok()
+                    .filter(|_| real.is_file())
+                    .and_then(|p| p.to_str())
+                else {
+                    continue;
+                };
+                if !files.iter().any(|s| s.path == inside) {
+                    return Err(format!(
+                        "{}: functions.{}.{field}: {arg} is left out of the code snapshot of {} by .gitignore or .hopperignore, so no worker could run it; ship it, or deploy with --no-snapshot",
+                        manifest.display(),
+                        f.name,
+                        root.display()
+                    ));
+                }
+            }
         }
     }
     Ok(())

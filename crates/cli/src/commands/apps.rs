@@ -67,6 +67,12 @@ pub async fn deploy(
         })
         .await?
         .map_err(exit::usage)?;
+        if bundle.files == 0 {
+            eprintln!(
+                "warning: the code snapshot of {} holds no files: .gitignore or .hopperignore leave out everything",
+                bundle.root.display()
+            );
+        }
         if client.snapshot(&bundle.hash).await?.is_none() {
             match client
                 .snapshot_put(&bundle.hash, bundle.bytes.clone())

@@ -719,7 +719,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
             let mut said = Vec::new();
             if let (Some(rate), Some(most)) = (l.achieved_per_s, l.most_in_a_second) {
                 said.push(format!(
-                    "{rate:.0} starts/s achieved (limit 2000/s), at most {most} in any one second"
+                    "{rate:.0} starts/s achieved (limit 2000/s), at most {most} in any one second (leases, by the store's clock)"
                 ));
             }
             if let Some(most) = l.most_per_key {

@@ -88,7 +88,7 @@ pub async fn map(
     options: MapOptions,
 ) -> anyhow::Result<Code> {
     let (mut lines, total) = read_inputs(path)?;
-    let (bad_tx, mut bad_rx) = mpsc::channel::<String>(1);
+    let (bad_tx, bad_rx) = mpsc::channel::<String>(1);
     let inputs = async_stream(move |tx: mpsc::Sender<Value>| async move {
         while let Some(item) = lines.recv().await {
             match item {
@@ -98,8 +98,10 @@ pub async fn map(
                     }
                 }
                 Err(e) => {
+                    // The map stays open (it is not closed with the inputs sent so far):
+                    // the refusal cancels it.
                     let _ = bad_tx.send(e).await;
-                    return;
+                    std::future::pending::<()>().await;
                 }
             }
         }
@@ -114,11 +116,14 @@ pub async fn map(
         client: client.clone(),
         id: run.call_id.clone(),
     };
-    let result = print_results(run, options.discard_results, total, Some(owner)).await;
-    if let Ok(bad) = bad_rx.try_recv() {
-        return Err(exit::usage(bad));
-    }
-    result
+    print_results(
+        run,
+        options.discard_results,
+        total,
+        Some(owner),
+        Some(bad_rx),
+    )
+    .await
 }
 
 pub async fn results(
@@ -136,7 +141,7 @@ pub async fn results(
     };
     let start = after.unwrap_or(if ordered { -1 } else { 0 });
     let run: MapRun<Value> = client(args)?.map_results(&id, options, start);
-    print_results(run, false, None, None).await
+    print_results(run, false, None, None, None).await
 }
 
 /// The map this command started: stopping the command cancels what is left of it.
@@ -191,32 +196,45 @@ pub const EXIT_SIGTERM: i32 = 143;
 enum Stop {
     Interrupt,
     Terminate,
+    /// A line of streamed input was refused (what is wrong, and where).
+    BadInput(String),
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stopped() -> Stop {
+/// Resolves on SIGINT, SIGTERM, or a refused line of input from `bad`.
+async fn stopped(bad: Option<mpsc::Receiver<String>>) -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
+    let refused = async move {
+        match bad {
+            Some(mut bad) => match bad.recv().await {
+                Some(why) => why,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
     ) else {
-        return std::future::pending().await;
+        return Stop::BadInput(refused.await);
     };
     tokio::select! {
         _ = int.recv() => Stop::Interrupt,
         _ = term.recv() => Stop::Terminate,
+        why = refused => Stop::BadInput(why),
     }
 }
 
 /// Writes results as JSON lines, each flushed as soon as it is in order (or as soon as it
 /// ends, unordered), whatever stdout is; a progress bar on a terminal; a summary line on
-/// stderr at the end. With an owner, Ctrl-C, SIGTERM or a closed stdout cancel the map's
-/// remaining inputs.
+/// stderr at the end. With an owner, Ctrl-C, SIGTERM, a closed stdout or a line of input
+/// refused on `bad` (streamed from stdin) cancel the map's remaining inputs.
 async fn print_results(
     mut run: MapRun<Value>,
     discard: bool,
     total: Option<u64>,
     owner: Option<Owner>,
+    bad: Option<mpsc::Receiver<String>>,
 ) -> anyhow::Result<Code> {
     let started = std::time::Instant::now();
     let bar = progress_bar(total);
@@ -227,7 +245,7 @@ async fn print_results(
     let mut out = std::io::stdout().lock();
     let mut written = 0u64;
     let mut outcome = Ok(Code::Ok);
-    let signals = stopped();
+    let signals = stopped(bad);
     tokio::pin!(signals);
     loop {
         // Flush when nothing more is ready, so lines go out as they come without a write per line.
@@ -247,6 +265,13 @@ async fn print_results(
                         let (why, code) = match stop {
                             Stop::Interrupt => ("interrupted", EXIT_SIGINT),
                             Stop::Terminate => ("terminated", EXIT_SIGTERM),
+                            Stop::BadInput(bad) => {
+                                let _ = out.flush();
+                                if let Some(owner) = &owner {
+                                    owner.cancel("a line of input was refused", Some(written)).await;
+                                }
+                                return Err(exit::usage(bad));
+                            }
                         };
                         let _ = out.flush();
                         match &owner {

@@ -60,9 +60,51 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
         host: host_name(),
         drain: drain?,
     };
+    check_functions(&args).await?;
     let shutdown = stop_on_signals(format!("worker of {}", args.functions.join(", ")))?;
     hopper_worker::run(config, kill_grace?, snapshots, shutdown).await?;
     Ok(Code::Ok)
+}
+
+/// Refuses a function the server does not have when it has its app, or a name close to it
+/// (a typo would register and idle without a word), naming the closest deployed one. A
+/// function of an app not deployed at all is waited for (workers started before the deploy),
+/// and the log says so; an unreachable server is left to the worker's own retries.
+async fn check_functions(args: &WorkerArgs) -> anyhow::Result<()> {
+    let Ok(deployed) = super::client(&args.client)?.functions().await else {
+        return Ok(());
+    };
+    let names: Vec<String> = deployed.into_iter().map(|f| f.name).collect();
+    let mut faults = Vec::new();
+    for f in &args.functions {
+        if names.contains(f) {
+            continue;
+        }
+        let app = f.split_once('.').map_or(f.as_str(), |(app, _)| app);
+        let in_app: Vec<&str> = names
+            .iter()
+            .filter(|n| n.split_once('.').is_some_and(|(a, _)| a == app))
+            .map(String::as_str)
+            .collect();
+        match hopper_core::suggest::closest(f, &names) {
+            Some(close) => faults.push(format!(
+                "--function {f}: no such function is deployed; did you mean {close}?"
+            )),
+            None if !in_app.is_empty() => faults.push(format!(
+                "--function {f}: app {app} has no such function (it has {})",
+                in_app.join(", ")
+            )),
+            None => tracing::warn!(
+                function = %f,
+                "app {app} is not deployed (yet): this worker waits for it"
+            ),
+        }
+    }
+    if faults.is_empty() {
+        Ok(())
+    } else {
+        Err(exit::usage(faults.join("\n")))
+    }
 }
 
 fn host_name() -> String {

@@ -190,34 +190,6 @@ fn query_fault(query: &str, text: &str) -> String {
     format!("{field} must be {expected}, not {value:?}")
 }
 
-#[cfg(test)]
-mod query_fault_tests {
-    use super::query_fault;
-
-    #[test]
-    fn a_bad_query_value_is_named_with_what_it_must_be() {
-        let says = |query: &str, text: &str| query_fault(query, text);
-        assert_eq!(
-            says(
-                "limit=-1",
-                "Failed to deserialize query string: limit: invalid digit found in string"
-            ),
-            "limit must be a whole number (0 or more), not \"-1\""
-        );
-        assert_eq!(
-            says(
-                "limit=1&limit=2",
-                "Failed to deserialize query string: duplicate field `limit`"
-            ),
-            "the query parameter limit is given more than once; give it once"
-        );
-        assert_eq!(
-            says("wait=soon", "wait: invalid float literal"),
-            "wait must be a number, not \"soon\""
-        );
-        assert_eq!(says("", "something else"), "something else");
-    }
-}
 
 /// A `wait` query parameter in seconds: at least 0, capped at `max` (a larger number, however
 /// large, waits `max`).
@@ -249,5 +221,34 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
             .await
             .map(|p| ApiPath(p.0))
             .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod query_fault_tests {
+    use super::query_fault;
+
+    #[test]
+    fn a_bad_query_value_is_named_with_what_it_must_be() {
+        let says = |query: &str, text: &str| query_fault(query, text);
+        assert_eq!(
+            says(
+                "limit=-1",
+                "Failed to deserialize query string: limit: invalid digit found in string"
+            ),
+            "limit must be a whole number (0 or more), not \"-1\""
+        );
+        assert_eq!(
+            says(
+                "limit=1&limit=2",
+                "Failed to deserialize query string: duplicate field `limit`"
+            ),
+            "the query parameter limit is given more than once; give it once"
+        );
+        assert_eq!(
+            says("wait=soon", "wait: invalid float literal"),
+            "wait must be a number, not \"soon\""
+        );
+        assert_eq!(says("", "something else"), "something else");
     }
 }

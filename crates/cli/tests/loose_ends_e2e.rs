@@ -1,0 +1,180 @@
+//! Loose ends through the real binary: a worker for a function that is not deployed is
+//! refused naming the closest one; a line of input refused while `hopper map` streams stdin
+//! cancels the map it leaves behind; `hopper get --timeout` rides through a restart of its
+//! server; a snapshot that leaves out a file a command names is refused, and one that leaves
+//! out everything is warned about.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use hopper_core::InputState;
+use serde_json::json;
+
+const APP: &str = "app = \"le\"\n[functions.echo]\ncommand = [\"cat\"]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_for_a_function_not_deployed_is_refused_naming_the_closest() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), APP);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--no-workers", "--deploy", m.to_str().unwrap()],
+    );
+    for (function, says) in [
+        (
+            "le.ecoh",
+            "--function le.ecoh: no such function is deployed; did you mean le.echo?",
+        ),
+        (
+            "le.transcribe",
+            "--function le.transcribe: app le has no such function (it has le.echo)",
+        ),
+    ] {
+        // Bounded: a worker that is not refused registers and idles.
+        let out = std::process::Command::new("timeout")
+            .args(["20", BIN, "worker", "--server", &server.url])
+            .args(["--function", function])
+            .env_remove("HOPPER_TOKEN")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{function}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+    assert!(
+        server.client().workers().await.unwrap().is_empty(),
+        "nothing registered"
+    );
+    // An app not deployed yet (workers started before the deploy) is waited for.
+    let mut waiting = std::process::Command::new(BIN)
+        .args(["worker", "--server", &server.url, "--function", "later.f"])
+        .env("RUST_LOG", "warn")
+        .env_remove("HOPPER_TOKEN")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(waiting.try_wait().unwrap().is_none(), "the worker waits");
+    waiting.kill().unwrap();
+    let out = waiting.wait_with_output().unwrap();
+    assert!(
+        stderr(&out).contains("app later is not deployed (yet): this worker waits for it"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_line_of_streamed_input_cancels_the_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), APP);
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let mut map = std::process::Command::new(BIN)
+        .args(["map", "le.echo", "-"])
+        .env("HOPPER_SERVER", &server.url)
+        .env_remove("HOPPER_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = map.stdin.take().unwrap();
+    stdin.write_all(b"1\n2\n").unwrap();
+    stdin.flush().unwrap();
+    // The good lines are sent, and run, before the bad one comes.
+    let client = server.client();
+    eventually(
+        "the map's first inputs",
+        Duration::from_secs(20),
+        || async {
+            let maps = client.calls(&Default::default()).await.unwrap();
+            maps.calls
+                .first()
+                .filter(|c| c.inputs.succeeded == 2)
+                .map(|c| c.id.clone())
+        },
+    )
+    .await;
+    stdin.write_all(b"{\"not\": json}\n3\n").unwrap();
+    drop(stdin);
+    let out = map.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stdin:3: not valid JSON"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("a line of input was refused: cancelled the remaining inputs of map"),
+        "{}",
+        stderr(&out)
+    );
+    let call = &client.calls(&Default::default()).await.unwrap().calls[0];
+    assert_eq!(
+        (call.state, call.accepting_inputs, call.inputs.total),
+        (InputState::Cancelled, false, 2),
+        "{call:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopper_get_rides_through_a_restart_of_its_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), APP);
+    let mut server = Server::start(
+        &dir.path().join("data"),
+        &["--no-workers", "--deploy", m.to_str().unwrap()],
+    );
+    let call = server
+        .client()
+        .spawn("le.echo", json!("after the restart"), None)
+        .await
+        .unwrap();
+    let url = server.url.clone();
+    let id = call.id.to_string();
+    let waiting = std::thread::spawn(move || cli(&url, &["get", &id, "--timeout", "60s"]));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The long-poll is cut short by the stop (503), then the server is away for a while.
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let _again = Server::start_again(&server, &["--deploy", m.to_str().unwrap()]);
+    let out = waiting.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "\"after the restart\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_leaves_out_what_a_command_runs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let code = dir.path().join("code");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("run.sh"), "cat\n").unwrap();
+    let m = manifest(
+        &code,
+        "app = \"ig\"\n[functions.job]\ncommand = [\"sh\", \"run.sh\"]\n",
+    );
+    std::fs::write(code.join(".hopperignore"), "*.sh\n").unwrap();
+    let out = cli(&server.url, &["deploy", m.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("functions.job.command: run.sh is left out of the code snapshot of"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(server.client().apps().await.unwrap().is_empty());
+    // Everything left out, and nothing a command needs: deployed, with a warning.
+    std::fs::write(&m, "app = \"ig\"\n[functions.job]\ncommand = [\"cat\"]\n").unwrap();
+    std::fs::write(code.join(".hopperignore"), "*\n").unwrap();
+    let out = cli(&server.url, &["deploy", m.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds no files: .gitignore or .hopperignore leave out everything"),
+        "{}",
+        stderr(&out)
+    );
+}
