@@ -28,6 +28,8 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 _APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+#: An environment variable name a shell can export.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 Schedule = Cron | Period | int | float
 """``schedule=``: a :class:`Cron`, a :class:`Period`, or a period in seconds."""
@@ -86,8 +88,13 @@ class FunctionOptions:
         if self.scaledown_window is not None:
             to_ms(self.scaledown_window, "scaledown_window")
         for k, v in self.env.items():
-            if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k:
+            if not isinstance(k, str) or not isinstance(v, str):
                 raise ValueError(f"env: {k!r}={v!r} is not a valid variable (str names and values)")
+            if not _ENV_NAME.fullmatch(k):
+                raise ValueError(
+                    f"env: {k!r} is not an environment variable name a shell can export: letters, "
+                    "digits and _, not starting with a digit (e.g. API_KEY)"
+                )
         for secret in self.secrets:
             if not isinstance(secret, Secret):
                 raise ValueError(f"secrets: expected hopper.Secret.from_name(...), not {secret!r}")

@@ -2,7 +2,8 @@
 //! refused naming the closest one; a line of input refused while `hopper map` streams stdin
 //! cancels the map it leaves behind; `hopper get --timeout` rides through a restart of its
 //! server; a snapshot that leaves out a file a command names is refused, and one that leaves
-//! out everything is warned about.
+//! out everything is warned about; a byte-order mark at the start of an input is named; a
+//! secret's key or an `env` name a shell cannot export is refused, naming it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
@@ -177,4 +178,60 @@ async fn a_snapshot_that_leaves_out_what_a_command_runs_is_refused() {
         "{}",
         stderr(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_order_mark_and_names_a_shell_cannot_export_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), APP);
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let url = &server.url;
+    let file = dir.path().join("input.json");
+    std::fs::write(&file, "\u{feff}{\"a\": 1}\n").unwrap();
+    let path = file.to_str().unwrap();
+    for args in [
+        vec!["spawn", "le.echo", "--input-file", path],
+        vec!["map", "le.echo", path],
+    ] {
+        let out = cli(url, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("starts with a byte-order mark (U+FEFF)"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(server
+        .client()
+        .calls(&Default::default())
+        .await
+        .unwrap()
+        .calls
+        .is_empty());
+
+    for key in ["lower-key", "1ABC", "A B"] {
+        let out = cli(url, &["secrets", "set", "api", &format!("{key}=v")]);
+        assert_ne!(out.status.code(), Some(0), "{key}");
+        assert!(
+            stderr(&out).contains(&format!(
+                "{key:?} is not an environment variable name a shell can export"
+            )),
+            "{key}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(server.client().secrets().await.unwrap().is_empty());
+    let bad = manifest(
+        dir.path(),
+        "app = \"le\"\n[functions.echo]\ncommand = [\"cat\"]\nenv = { \"1ABC\" = \"x\" }\n",
+    );
+    let out = cli(url, &["deploy", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("functions.echo.env.1ABC: \"1ABC\" is not an environment variable name"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.client().apps().await.unwrap()[0].version, 1);
 }

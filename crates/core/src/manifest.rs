@@ -773,15 +773,19 @@ fn environment(
     (env, secret_env)
 }
 
-/// An environment variable's name as a secret's key or an `env` entry: non-empty, without
-/// `=` or NUL.
+/// An environment variable's name as a secret's key or an `env` entry: one a shell can
+/// export, `[A-Za-z_][A-Za-z0-9_]*` (at most 255 characters).
 pub fn validate_env_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.contains('=') || name.contains('\0') {
-        Err(format!(
-            "{name:?}: an environment variable name must be non-empty and contain neither '=' nor NUL"
-        ))
-    } else {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok && name.len() <= 255 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not an environment variable name a shell can export: letters, digits and _, not starting with a digit (e.g. API_KEY)"
+        ))
     }
 }
 

@@ -23,6 +23,9 @@ fn validate_file(path: &Path) -> anyhow::Result<u64> {
     let mut count = 0;
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| exit::usage(format!("{}:{}: {e}", path.display(), n + 1)))?;
+        if n == 0 && line.starts_with(super::BOM) {
+            return Err(exit::usage(super::bom_fault(&path.display().to_string())));
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -62,6 +65,7 @@ fn read_inputs(
     std::thread::spawn(move || {
         for (n, line) in reader.lines().enumerate() {
             let item = match line {
+                Ok(line) if n == 0 && line.starts_with(super::BOM) => Err(super::bom_fault(&name)),
                 Ok(line) if line.trim().is_empty() => continue,
                 Ok(line) => serde_json::from_str::<Value>(&line)
                     .map_err(|e| format!("{name}:{}: not valid JSON: {e}", n + 1))

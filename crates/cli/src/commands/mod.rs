@@ -270,11 +270,28 @@ pub fn read_text(path: &std::path::Path, what: &str) -> anyhow::Result<(String, 
         std::io::stdin()
             .read_to_string(&mut text)
             .map_err(|e| exit::usage(format!("cannot read {what} from stdin: {e}")))?;
+        if text.starts_with(BOM) {
+            return Err(exit::usage(bom_fault("stdin")));
+        }
         return Ok((text, "stdin".to_string()));
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| exit::usage(format!("cannot read {}: {e}", path.display())))?;
-    Ok((text, path.display().to_string()))
+    let source = path.display().to_string();
+    if text.starts_with(BOM) {
+        return Err(exit::usage(bom_fault(&source)));
+    }
+    Ok((text, source))
+}
+
+/// The byte-order mark some editors put at the start of a UTF-8 file.
+pub const BOM: char = '\u{feff}';
+
+/// What is wrong with text that starts with a [`BOM`], from `source`.
+pub fn bom_fault(source: &str) -> String {
+    format!(
+        "{source} starts with a byte-order mark (U+FEFF), which is not part of its text: save it as UTF-8 without a BOM"
+    )
 }
 
 /// Refuses what the server would refuse rather than send it changed: JSON nested deeper than

@@ -190,7 +190,6 @@ fn query_fault(query: &str, text: &str) -> String {
     format!("{field} must be {expected}, not {value:?}")
 }
 
-
 /// A `wait` query parameter in seconds: at least 0, capped at `max` (a larger number, however
 /// large, waits `max`).
 pub fn wait_seconds(
