@@ -235,3 +235,69 @@ async fn a_byte_order_mark_and_names_a_shell_cannot_export_are_refused_by_name()
     );
     assert_eq!(server.client().apps().await.unwrap()[0].version, 1);
 }
+
+/// The worker processes `hopper serve` started (its children running `hopper worker`).
+fn local_workers(server_pid: u32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{server_pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.split(|b| *b == 0).any(|arg| arg == b"worker") {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_command_left_running_dies_when_its_worker_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("code");
+    std::fs::create_dir_all(&code).unwrap();
+    // A grandchild that ignores SIGTERM and keeps a file open.
+    std::fs::write(
+        code.join("run.sh"),
+        "sh -c 'trap \"\" TERM; exec 3>\"$HELD\"; echo $$ > \"$PIDFILE\"; exec sleep 300' &\nsleep 300\n",
+    )
+    .unwrap();
+    let pidfile = dir.path().join("grandchild.pid");
+    let m = manifest(
+        &code,
+        &format!(
+            "app = \"orph\"\n[functions.f]\ncommand = [\"sh\", \"run.sh\"]\n\
+             env = {{ HELD = \"{}\", PIDFILE = \"{}\" }}\n",
+            dir.path().join("held.txt").display(),
+            pidfile.display()
+        ),
+    );
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    server
+        .client()
+        .spawn("orph.f", json!(1), None)
+        .await
+        .unwrap();
+    let grandchild: i32 = eventually("the grandchild starts", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    })
+    .await;
+    assert!(alive(grandchild));
+    let workers = local_workers(server.pid());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    signal_group(workers[0] as u32, libc::SIGKILL);
+    eventually(
+        "the grandchild is killed",
+        Duration::from_secs(15),
+        || async { (!alive(grandchild)).then_some(()) },
+    )
+    .await;
+}

@@ -233,6 +233,19 @@ pub async fn run(
     };
     let provisioner = match &config.worker_program {
         Some(program) => {
+            // What a local worker's commands leave behind when the worker dies (killed, out of
+            // memory) comes here rather than to init, and is killed.
+            match hopper_worker::process::adopt_orphans() {
+                Ok(()) => {
+                    loops.spawn(hopper_worker::process::kill_orphans(
+                        std::time::Duration::from_secs(1),
+                        stop.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot adopt what dead local workers leave behind")
+                }
+            }
             let server_url = local_url.clone();
             let p = provisioner::Provisioner::new(state.clone(), program.clone(), server_url);
             Some(tokio::spawn(p.run(stop.clone())))

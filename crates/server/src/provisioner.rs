@@ -289,7 +289,11 @@ fn start(
     }
     // A local worker must not outlive its server, even one killed with SIGKILL.
     process::isolate(&mut cmd, process::SIGKILL);
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        process::own(pid);
+    }
+    Ok(child)
 }
 
 #[cfg(test)]

@@ -89,6 +89,117 @@ pub fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<()> {
 
 pub use libc::{SIGKILL, SIGTERM};
 
+/// Children this process started and counts as its own; any other child is an orphan it
+/// adopted as a child subreaper ([`adopt_orphans`]).
+static OWN: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Counts `pid`, a child this process started, as its own: [`kill_orphans`] leaves it alone.
+pub fn own(pid: u32) {
+    if let Ok(mut own) = OWN.lock() {
+        own.insert(pid);
+    }
+}
+
+/// Makes this process the child subreaper of everything it starts (Linux): a process whose
+/// parent dies (a command's grandchild when the worker that ran it is killed) becomes its
+/// child, not init's, so [`kill_orphans`] can end it. Elsewhere it does nothing.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn adopt_orphans() -> io::Result<()> {
+    // SAFETY: `prctl` with integer arguments has no memory effects.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn adopt_orphans() -> io::Result<()> {
+    Ok(())
+}
+
+/// This process's children, from `/proc/self/task/*/children` (Linux).
+fn children() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            found.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// The process group of `pid`, from `/proc/PID/stat`.
+fn group_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's name in parentheses: state, ppid, pgrp, …
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Kills, every `every`, the adopted orphans ([`adopt_orphans`]): children this process did
+/// not start ([`own`]) that are still there a round later (one just started may not be
+/// counted yet), with their process group unless it is this process's or one of its own
+/// children's; then reaps them. Runs until `stop`.
+pub async fn kill_orphans(every: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
+    let mut seen: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let own: std::collections::BTreeSet<u32> = match OWN.lock() {
+            Ok(own) => own.clone(),
+            Err(_) => return,
+        };
+        let own_groups: std::collections::BTreeSet<u32> =
+            own.iter().filter_map(|p| group_of(*p)).collect();
+        let ours = group_of(std::process::id());
+        let mut now = std::collections::BTreeSet::new();
+        for pid in children().into_iter().filter(|p| !own.contains(p)) {
+            if seen.contains(&pid) {
+                if let Some(group) =
+                    group_of(pid).filter(|g| Some(*g) != ours && !own_groups.contains(g))
+                {
+                    let _ = signal_group(group, SIGKILL);
+                }
+                let _ = signal_process(pid, SIGKILL);
+                for _ in 0..100 {
+                    if reap(pid) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                tracing::warn!(pid, "killed a process left behind by a worker that died");
+            } else {
+                now.insert(pid);
+            }
+        }
+        seen = now;
+    }
+}
+
+/// Collects `pid`'s exit status if it has ended (a zombie), without waiting: whether it is
+/// gone (or was never this process's child).
+#[allow(unsafe_code)]
+fn reap(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    let mut status = 0;
+    // SAFETY: `waitpid` writes only to `status`, a local integer.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) != 0 }
+}
+
 /// Whether a reader waits for room in the worker's log queue after a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pace {
