@@ -301,3 +301,47 @@ async fn what_a_command_left_running_dies_when_its_worker_is_killed() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_folder_is_not_packed_again_and_a_changed_file_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let code = dir.path().join("code");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("data.txt"), "\"one\"").unwrap();
+    let m = manifest(
+        &code,
+        "app = \"dc\"\n[functions.cat]\ncommand = [\"cat\", \"data.txt\"]\n",
+    );
+    let a = Server::start(&dir.path().join("a"), &[]);
+    let b = Server::start(&dir.path().join("b"), &[]);
+    let deploy = |url: &str| {
+        let out = std::process::Command::new(BIN)
+            .args(["deploy", m.to_str().unwrap()])
+            .env("HOPPER_SERVER", url)
+            .env("XDG_CACHE_HOME", &cache)
+            .env_remove("HOPPER_TOKEN")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let first = deploy(&a.url);
+    assert!(!first.contains("unchanged"), "{first}");
+    let again = deploy(&a.url);
+    assert!(again.contains("unchanged since packed"), "{again}");
+    // Another server lacks the snapshot: it is packed for it, with the same hash.
+    let other = deploy(&b.url);
+    assert!(other.contains("unchanged since packed"), "{other}");
+    let hash = |text: &str| text.split("code ").nth(1).unwrap()[..12].to_string();
+    assert_eq!(hash(&other), hash(&first));
+    let client = b.client();
+    let call = client.spawn("dc.cat", json!(null), None).await.unwrap();
+    let done = wait_done(&client, &call.id, Duration::from_secs(30)).await;
+    assert_eq!(done.output, Some(json!("one")), "{done:?}");
+    // The same size, another content: packed again.
+    std::fs::write(code.join("data.txt"), "\"two\"").unwrap();
+    let changed = deploy(&a.url);
+    assert!(!changed.contains("unchanged"), "{changed}");
+    assert_ne!(hash(&changed), hash(&first));
+}

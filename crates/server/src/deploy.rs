@@ -206,9 +206,18 @@ pub async fn from_file(state: &AppState, path: &Path) -> Result<AppRow, ServerEr
         .map_err(|e| fail(e.to_string()))?
         .map_err(fail)?
     };
-    crate::api::snapshots::store(state, &bundle.hash, bundle.bytes.clone())
+    if state
+        .store
+        .snapshot_info(&bundle.hash)
         .await
-        .map_err(|e| fail(e.message))?;
+        .map_err(|e| fail(e.to_string()))?
+        .is_none()
+    {
+        let bytes = bundle.bytes().map_err(fail)?;
+        crate::api::snapshots::store(state, &bundle.hash, bytes)
+            .await
+            .map_err(|e| fail(e.message))?;
+    }
     manifest_text(
         state,
         &path.display().to_string(),

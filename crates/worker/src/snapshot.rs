@@ -246,8 +246,13 @@ fn mib(bytes: u64) -> String {
 /// A manifest's code, ready to upload.
 #[derive(Debug, Clone)]
 pub struct Bundle {
-    /// The gzip-compressed tar.
-    pub bytes: Vec<u8>,
+    /// The gzip-compressed tar, when it was packed (not when [`Self::unchanged`]).
+    packed: Option<Vec<u8>>,
+    sources: Vec<Source>,
+    /// The files are as they were when the folder was last packed on this machine (by path,
+    /// size, modification time, mode and link target: the digest cache), so `hash` is that
+    /// packing's and nothing was packed: [`Self::bytes`] packs only if asked.
+    pub unchanged: bool,
     pub hash: String,
     /// The folder shipped (canonical): the deploy's `snapshot_root`.
     pub root: PathBuf,
@@ -284,18 +289,158 @@ pub fn for_manifest(
     let files = collect(&root, max_bytes, leave_out)?;
     requirements_shipped(manifest, text, &folder, &root, &files)?;
     commands_shipped(manifest, text, &folder, &root, &files)?;
-    let bytes = build(&files).map_err(|e| format!("cannot pack {}: {e}", root.display()))?;
     let regular = files
         .iter()
         .filter(|f| std::fs::symlink_metadata(&f.from).is_ok_and(|m| m.is_file()))
         .count();
+    let listing = listing_digest(&files);
+    let cached = listing
+        .as_ref()
+        .and_then(|l| digests::read(&root).filter(|d| &d.listing == l));
+    if let Some(cached) = cached {
+        return Ok(Bundle {
+            packed: None,
+            sources: files,
+            unchanged: true,
+            hash: cached.hash,
+            folder,
+            files: regular,
+            root,
+        });
+    }
+    let bytes = build(&files).map_err(|e| format!("cannot pack {}: {e}", root.display()))?;
+    let hash = hash(&bytes);
+    if let Some(listing) = listing {
+        digests::write(
+            &root,
+            &digests::Digest {
+                listing,
+                hash: hash.clone(),
+            },
+        );
+    }
     Ok(Bundle {
-        hash: hash(&bytes),
-        bytes,
+        packed: Some(bytes),
+        sources: files,
+        unchanged: false,
+        hash,
         folder,
         files: regular,
         root,
     })
+}
+
+impl Bundle {
+    /// The gzip-compressed tar: as packed, or packed now when the files were
+    /// [`Self::unchanged`]. Fails when the files changed since (in content only, keeping
+    /// their size and modification time): the packing no longer has [`Self::hash`].
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        if let Some(bytes) = &self.packed {
+            return Ok(bytes.clone());
+        }
+        let bytes = build(&self.sources)
+            .map_err(|e| format!("cannot pack {}: {e}", self.root.display()))?;
+        if hash(&bytes) != self.hash {
+            digests::forget(&self.root);
+            return Err(format!(
+                "the files of {} changed while they were being deployed; deploy again",
+                self.root.display()
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+/// A digest of what packing `files` depends on: each one's path, size, modification time,
+/// mode and link target (and the packing's version). None when one cannot be read.
+fn listing_digest(files: &[Source]) -> Option<String> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let mut sorted: Vec<&Source> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut digest = sha2::Sha256::new();
+    digest.update(b"hopper snapshot listing 1\n");
+    for file in sorted {
+        let meta = std::fs::symlink_metadata(&file.from).ok()?;
+        let target = if meta.file_type().is_symlink() {
+            std::fs::read_link(&file.from).ok()?.display().to_string()
+        } else {
+            String::new()
+        };
+        digest.update(
+            format!(
+                "{}\0{}\0{}.{:09}\0{:o}\0{target}\n",
+                file.path,
+                meta.len(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.mode()
+            )
+            .as_bytes(),
+        );
+    }
+    Some(hex::encode(digest.finalize()))
+}
+
+/// The digest cache: per folder, the listing it was last packed with and that packing's hash,
+/// in `$XDG_CACHE_HOME/hopper/digests` (else `~/.cache/hopper/digests`). Best effort: a
+/// cache that cannot be read or written only costs a packing.
+mod digests {
+    use std::path::{Path, PathBuf};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub struct Digest {
+        pub listing: String,
+        pub hash: String,
+    }
+
+    fn file(root: &Path) -> Option<PathBuf> {
+        use sha2::Digest as _;
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        let name = hex::encode(sha2::Sha256::digest(root.as_os_str().as_encoded_bytes()));
+        Some(
+            base.join("hopper")
+                .join("digests")
+                .join(format!("{name}.json")),
+        )
+    }
+
+    pub fn read(root: &Path) -> Option<Digest> {
+        let text = std::fs::read_to_string(file(root)?).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Written whole or not at all (a temporary file renamed over the old one).
+    pub fn write(root: &Path, digest: &Digest) {
+        let Some(path) = file(root) else {
+            return;
+        };
+        let Some(dir) = path.parent() else {
+            return;
+        };
+        let Ok(text) = serde_json::to_string(digest) else {
+            return;
+        };
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| tempfile::NamedTempFile::new_in(dir))
+            .and_then(|mut tmp| {
+                std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+                tmp.persist(&path).map_err(|e| e.error)?;
+                Ok(())
+            });
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "cannot write the snapshot digest cache");
+        }
+    }
+
+    pub fn forget(root: &Path) {
+        if let Some(path) = file(root) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Refuses a snapshot without a requirements file its manifest names (missing, or left out

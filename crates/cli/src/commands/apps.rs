@@ -74,17 +74,15 @@ pub async fn deploy(
             );
         }
         if client.snapshot(&bundle.hash).await?.is_none() {
-            match client
-                .snapshot_put(&bundle.hash, bundle.bytes.clone())
-                .await
-            {
+            let bytes = bundle.bytes().map_err(exit::usage)?;
+            match client.snapshot_put(&bundle.hash, bytes.clone()).await {
                 Ok(_) => {}
                 // The server answers 413 before reading a body over its limit and closes the
                 // connection, which a client still sending sees as a broken pipe.
-                Err(hopper_sdk::Error::Transport(reason)) if bundle.bytes.len() > 1 << 20 => {
+                Err(hopper_sdk::Error::Transport(reason)) if bytes.len() > 1 << 20 => {
                     return Err(exit::usage(format!(
                         "the server closed the connection while the {:.1} MiB snapshot was being sent ({reason}): it is probably over the server's limit (hopper serve --max-bundle, 256MiB by default)",
-                        bundle.bytes.len() as f64 / 1_048_576.0
+                        bytes.len() as f64 / 1_048_576.0
                     )));
                 }
                 Err(e) => return Err(e.into()),
@@ -102,11 +100,16 @@ pub async fn deploy(
         let names: Vec<String> = app.functions.iter().map(|f| f.name.clone()).collect();
         let code = match &shipped {
             Some(b) => format!(
-                "code {} ({} file{} of {})",
+                "code {} ({} file{} of {}{})",
                 short_hash(&b.hash),
                 b.files,
                 if b.files == 1 { "" } else { "s" },
-                b.root.display()
+                b.root.display(),
+                if b.unchanged {
+                    ", unchanged since packed"
+                } else {
+                    ""
+                }
             ),
             None => format!(
                 "no snapshot: workers run the code in {} on their own machine",
