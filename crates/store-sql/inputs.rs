@@ -695,12 +695,13 @@ async fn requeue_lost(
             lost,
         }));
     }
+    // Back in its place in the queue: due since it first was, so it runs before what came
+    // after it.
     crate::db::query(
-        "UPDATE inputs SET state = 'pending', lost = $2, not_before = $3, worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
+        "UPDATE inputs SET state = 'pending', lost = $2, worker_id = NULL, lease_expires_at = NULL WHERE id = $1",
     )
     .bind(input.id)
     .bind(lost)
-    .bind(now)
     .execute(&mut *conn)
     .await
     .map_err(db_err)?;

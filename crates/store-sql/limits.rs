@@ -707,9 +707,10 @@ pub async fn state(pool: &DbPool, p: LimitsRead) -> Result<LimitsState, StoreErr
     if let Some(call) = &p.call {
         let rows = crate::db::query(
             "SELECT DISTINCT key FROM (SELECT key FROM inputs WHERE call_id = $1
-             AND state = 'pending' LIMIT 1000) AS pending ORDER BY key",
+             AND state = 'pending' AND not_before <= $2 LIMIT 1000) AS pending ORDER BY key",
         )
         .bind(call.as_str())
+        .bind(now)
         .fetch_all(pool)
         .await
         .map_err(db_err)?;

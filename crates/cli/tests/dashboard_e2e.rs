@@ -155,7 +155,18 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
     )
     .await;
     // A second slow call waits on max_running.
-    let held = client.spawn("d.slow", json!(2), None).await.unwrap();
+    let held = client
+        .spawn_request(
+            "d.slow",
+            &hopper_core::api::SpawnRequest {
+                input: json!(2),
+                key: Some("acme".into()),
+                priority: Some(7),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     eventually(
         "the held call to say why",
         Duration::from_secs(30),

@@ -50,6 +50,34 @@ async fn a_worker_for_a_function_not_deployed_is_refused_naming_the_closest() {
         server.client().workers().await.unwrap().is_empty(),
         "nothing registered"
     );
+    let out = std::process::Command::new("timeout")
+        .args([
+            "20",
+            BIN,
+            "worker",
+            "--server",
+            "http://127.0.0.1:9",
+            "--function",
+            "echo",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("--function echo: name it as app.function (the server could not be asked"),
+        "{}",
+        stderr(&out)
+    );
+    // A bare name deployed in one app is that app's function.
+    let _bare = worker(&server.url, "echo");
+    let call = server
+        .client()
+        .spawn("le.echo", json!("bare"), None)
+        .await
+        .unwrap();
+    let done = wait_done(&server.client(), &call.id, Duration::from_secs(30)).await;
+    assert_eq!(done.output, Some(json!("bare")));
     // An app not deployed yet (workers started before the deploy) is waited for.
     let mut waiting = std::process::Command::new(BIN)
         .args(["worker", "--server", &server.url, "--function", "later.f"])

@@ -148,8 +148,57 @@ async fn limits_hold_across_two_servers_on_postgres() {
     )
     .await;
     limits_hold(&client, 50).await;
+    // A key with control characters (NUL, which PostgreSQL's text cannot hold) is its JSON
+    // text.
+    let call = client
+        .spawn("q.fetch", json!({"tenant": "a\u{0}b", "n": 99}), None)
+        .await
+        .unwrap();
+    assert_eq!(call.key.as_deref(), Some("\"a\\u0000b\""));
+    let done = wait_done(&client, &call.id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, InputState::Succeeded, "{done:?}");
     drop((a, b));
     drop_test_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_waiting_out_a_retry_is_not_said_to_wait_on_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "app = \"bk\"\n[functions.job]\n\
+         command = [\"sh\", \"-c\", \"read x; case $x in *fail*) exit 1;; esac; sleep 30; echo $x\"]\n\
+         retries = { max_retries = 2, initial_delay = \"1h\", max_delay = \"1h\" }\n\
+         [functions.job.limits]\nmax_running = 1\n",
+    );
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let client = server.client();
+    let failing = client.spawn("bk.job", json!("fail"), None).await.unwrap();
+    eventually(
+        "the first attempt fails",
+        Duration::from_secs(20),
+        || async {
+            let c = client.get(&failing.id, Duration::ZERO).await.unwrap();
+            (c.attempts == 1 && c.state == InputState::Pending).then_some(())
+        },
+    )
+    .await;
+    let long = client.spawn("bk.job", json!("long"), None).await.unwrap();
+    eventually("the long call runs", Duration::from_secs(20), || async {
+        let c = client.get(&long.id, Duration::ZERO).await.unwrap();
+        (c.state == InputState::Running).then_some(())
+    })
+    .await;
+    let waiting = client.get(&failing.id, Duration::ZERO).await.unwrap();
+    assert_eq!(waiting.state, InputState::Pending);
+    assert_eq!(
+        waiting.waiting, None,
+        "it waits for its retry, not for max_running"
+    );
+    // One that is due says so.
+    let due = client.spawn("bk.job", json!("next"), None).await.unwrap();
+    let held = client.get(&due.id, Duration::ZERO).await.unwrap();
+    assert_eq!(held.waiting.as_deref(), Some("max_running: 1 of 1 running"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

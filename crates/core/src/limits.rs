@@ -58,14 +58,18 @@ impl Limits {
     }
 
     /// The key of `input` by the `key` pointer, if the function has one and the input a value
-    /// there other than null or `""`: a string as it is, any other value as its JSON text (so
-    /// `5` and `"5"` are one key). A key over [`MAX_KEY_BYTES`] is its first bytes and a hash
-    /// of the whole, so that long keys stay apart.
+    /// there other than null or `""`: a string as it is, any other value (and a string with
+    /// control characters) as its JSON text (so `5` and `"5"` are one key). A key over
+    /// [`MAX_KEY_BYTES`] is its first bytes and a hash of the whole, so that long keys stay
+    /// apart.
     pub fn key_of(&self, input: &serde_json::Value) -> Option<String> {
         let found = input.pointer(self.key.as_deref()?)?;
         let text = match found {
             serde_json::Value::Null => return None,
             serde_json::Value::String(s) if s.is_empty() => return None,
+            // A key is text without control characters: a string holding some (a newline,
+            // NUL) is its JSON text, quotes and escapes included.
+            serde_json::Value::String(s) if s.chars().any(char::is_control) => found.to_string(),
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };

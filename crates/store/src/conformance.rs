@@ -37,6 +37,7 @@ macro_rules! conformance_suite {
             a_failure_with_retries_left_waits_for_its_backoff,
             a_failure_without_retries_left_fails_the_call,
             an_expired_lease_goes_back_to_pending,
+            a_lost_input_goes_back_to_its_place_in_the_queue,
             a_lease_past_its_deadline_times_out,
             a_late_result_is_kept_as_an_attempt_not_a_result,
             heartbeats_extend_leases_and_report_lost_ones,
@@ -1444,6 +1445,32 @@ pub async fn an_expired_lease_goes_back_to_pending(store: Arc<dyn Store>) {
             .collect::<Vec<_>>(),
         ["lost", "running"]
     );
+}
+
+/// An input whose lease was lost runs before the inputs that came after it, keyed or not.
+pub async fn a_lost_input_goes_back_to_its_place_in_the_queue(store: Arc<dyn Store>) {
+    deploy_limited(&*store, limits("max_running_per_key = 5"), T0).await;
+    let w = worker(&*store).await;
+    for (function, key) in [("ok", None), ("lim", Some("acme"))] {
+        spawn_keyed(&*store, function, &[(key, 0, 1)], T0).await;
+        assert_eq!(inputs_of(&lease(&*store, &w, function, 1, T0).await), [1]);
+        spawn_keyed(&*store, function, &[(key, 0, 2), (key, 0, 3)], T0 + 1).await;
+    }
+    let report = store
+        .lease_rescue_expired(LeaseRescue {
+            now: T0 + LEASE_MS,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.requeued, 2);
+    for function in ["ok", "lim"] {
+        assert_eq!(
+            inputs_of(&lease(&*store, &w, function, 1, T0 + LEASE_MS + 1).await),
+            [1],
+            "{function}: the oldest first"
+        );
+    }
 }
 
 pub async fn a_lease_past_its_deadline_times_out(store: Arc<dyn Store>) {

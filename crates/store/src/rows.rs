@@ -192,7 +192,8 @@ pub struct LimitsState {
     /// keys), each with the due inputs it holds back when counted (then only those that
     /// hold some back).
     pub holds: Vec<Hold>,
-    /// The keys of the asked call's pending inputs (of its first 1,000), when a call was asked.
+    /// The keys of the asked call's due pending inputs (of its first 1,000; none while they
+    /// wait for their start or a retry's backoff), when a call was asked.
     pub call_keys: Vec<String>,
 }
 

@@ -10,10 +10,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
     init_logging("info");
     let mut faults = Vec::new();
     for f in &args.functions {
-        match hopper_core::FunctionName::parse(f) {
-            Ok(name) if name.app.is_some() => {}
-            Ok(_) => faults.push(format!("--function {f}: name it as app.function")),
-            Err(e) => faults.push(format!("--function {f}: {e}")),
+        if let Err(e) = hopper_core::FunctionName::parse(f) {
+            faults.push(format!("--function {f}: {e}"));
         }
     }
     if args.concurrency == 0 {
@@ -52,32 +50,58 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
         })?;
     let snapshots =
         hopper_worker::cache::SnapshotCache::new(cache_dir, cache_max.unwrap_or(0) as u64);
+    let functions = check_functions(&args).await?;
     let config = WorkerConfig {
         server: super::server_urls(&args.client.server)?,
         token: args.client.token.clone(),
-        functions: args.functions.clone(),
+        functions: functions.clone(),
         concurrency: args.concurrency,
         host: host_name(),
         drain: drain?,
     };
-    check_functions(&args).await?;
-    let shutdown = stop_on_signals(format!("worker of {}", args.functions.join(", ")))?;
+    let shutdown = stop_on_signals(format!("worker of {}", functions.join(", ")))?;
     hopper_worker::run(config, kill_grace?, snapshots, shutdown).await?;
     Ok(Code::Ok)
 }
 
-/// Refuses a function the server does not have when it has its app, or a name close to it
-/// (a typo would register and idle without a word), naming the closest deployed one. A
-/// function of an app not deployed at all is waited for (workers started before the deploy),
-/// and the log says so; an unreachable server is left to the worker's own retries.
-async fn check_functions(args: &WorkerArgs) -> anyhow::Result<()> {
-    let Ok(deployed) = super::client(&args.client)?.functions().await else {
-        return Ok(());
+/// The functions to serve, as `app.function`: a bare name is the one deployed function of
+/// that name. Refuses a function the server does not have when it has its app, or a name
+/// close to it (a typo would register and idle without a word), naming the closest deployed
+/// one. A function of an app not deployed at all is waited for (workers started before the
+/// deploy), and the log says so; an unreachable server is left to the worker's own retries,
+/// but then a bare name cannot be resolved.
+async fn check_functions(args: &WorkerArgs) -> anyhow::Result<Vec<String>> {
+    let deployed = super::client(&args.client)?.functions().await;
+    let names: Vec<String> = match &deployed {
+        Ok(found) => found.iter().map(|f| f.name.clone()).collect(),
+        Err(_) => Vec::new(),
     };
-    let names: Vec<String> = deployed.into_iter().map(|f| f.name).collect();
+    let mut resolved = Vec::new();
     let mut faults = Vec::new();
     for f in &args.functions {
-        if names.contains(f) {
+        if !f.contains('.') {
+            let of: Vec<&String> = names
+                .iter()
+                .filter(|n| n.split_once('.').is_some_and(|(_, name)| name == f))
+                .collect();
+            match (of.as_slice(), &deployed) {
+                ([one], _) => resolved.push((*one).clone()),
+                ([], Err(e)) => faults.push(format!(
+                    "--function {f}: name it as app.function (the server could not be asked which app has it: {e})"
+                )),
+                ([], Ok(_)) => faults.push(match hopper_core::suggest::closest(f, &names) {
+                    Some(close) => format!("--function {f}: no such function is deployed; did you mean {close}?"),
+                    None => format!("--function {f}: no such function is deployed; name it as app.function"),
+                }),
+                (many, _) => faults.push(format!(
+                    "--function {f}: several apps have it ({}): name one as app.function",
+                    many.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+                )),
+            }
+            continue;
+        }
+        resolved.push(f.clone());
+        if deployed.is_err() || names.contains(f) {
             continue;
         }
         let app = f.split_once('.').map_or(f.as_str(), |(app, _)| app);
@@ -101,7 +125,7 @@ async fn check_functions(args: &WorkerArgs) -> anyhow::Result<()> {
         }
     }
     if faults.is_empty() {
-        Ok(())
+        Ok(resolved)
     } else {
         Err(exit::usage(faults.join("\n")))
     }

@@ -195,8 +195,12 @@ try {
     await page.locator("#waiting").waitFor();
     const why = await page.locator("#waiting").innerText();
     assert(why === "max_running: 1 of 1 running", `the held call's wait: ${why}`);
+    const place = [await page.locator("#key").innerText(), await page.locator("#priority").innerText()];
+    assert(place.join() === "acme,7", `the held call's key and priority: ${place}`);
     await page.goto(`${url}/functions/d.slow`);
     await page.getByRole("heading", { name: "Limits now: 1 running" }).waitFor();
+    const listed = await page.locator(`tr[data-call="${heldId}"]`).innerText();
+    assert(listed.includes("d.slow (key acme, priority 7)"), `the recent calls list: ${listed}`);
     const held = await page.locator("#holds tbody tr").allInnerTexts();
     assert(held.length === 1 && /^1\s+max_running: 1 of 1 running\s+when one ends$/.test(held[0]),
       `the function's held-back inputs: ${held}`);

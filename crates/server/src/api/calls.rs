@@ -509,6 +509,10 @@ async fn waiting(state: &AppState, call: &CallRow) -> Result<Option<String>, Api
             now,
         })
         .await?;
+    // Inputs waiting for their start or a retry's backoff are not held by a limit (yet).
+    if held.call_keys.is_empty() {
+        return Ok(None);
+    }
     let reasons: Vec<String> = held
         .holds
         .iter()

@@ -413,13 +413,21 @@ function versionsTable(versions) {
     })));
 }
 
+/** A call's place in its function's queue, as `hopper calls` shows it: " (key acme, priority 5)". */
+function queueNote(c) {
+  const parts = [];
+  if (c.key) parts.push(`key ${c.key}`);
+  if (c.priority) parts.push(`priority ${c.priority}`);
+  return parts.length ? h("span", { class: "muted" }, ` (${parts.join(", ")})`) : null;
+}
+
 function callsTable(calls) {
   if (!calls.length) return h("p", { class: "muted" }, "No calls match.");
   return h("table", { id: "calls" },
     h("thead", {}, h("tr", {}, ["Call", "Function", "State", "Origin", "Inputs", "Created", "Duration", "Error"].map((t) => h("th", {}, t)))),
     h("tbody", {}, calls.map((c) => h("tr", { "data-call": c.id },
       h("td", { class: "mono" }, link(`/calls/${c.id}`, c.id)),
-      h("td", {}, c.function),
+      h("td", {}, c.function, queueNote(c)),
       h("td", {}, badge(c.state), c.starts_at && c.state === "pending" ? h("span", { class: "muted" }, ` starts ${new Date(c.starts_at).toLocaleString()}`) : null),
       h("td", {}, c.schedule ? `schedule ${c.schedule}` : c.origin),
       h("td", { class: "num" }, c.inputs.total === 1 ? "1" : `${num(c.inputs.succeeded + c.inputs.failed + c.inputs.cancelled)}/${num(c.inputs.total)}`),
@@ -695,6 +703,8 @@ function callPage({ id }) {
       ["Attempts", single ? c.attempts : "by input, below"],
     ];
     if (c.idempotency_key) facts.push(["Idempotency key", c.idempotency_key]);
+    if (c.key) facts.push(["Key", h("span", { id: "key" }, c.key)]);
+    if (c.priority) facts.push(["Priority", h("span", { id: "priority" }, String(c.priority))]);
     // A delayed call: pending until then, and cancellable meanwhile.
     if (c.starts_at) facts.push(["Starts", h("span", { id: "starts-at" }, new Date(c.starts_at).toLocaleString(), " (", when(c.starts_at), ")")]);
     // What of the function's limits holds its due inputs back now.
