@@ -15,6 +15,11 @@ mod output;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // The guard a worker puts between itself and each command (`hopper_worker::guard`).
+    let mut raw = std::env::args_os().skip(1);
+    if raw.next().is_some_and(|a| a == hopper_worker::guard::ARG) {
+        hopper_worker::guard::main(raw.collect());
+    }
     let cli = args::Cli::parse();
     if let Some(file) = cli
         .ca_cert

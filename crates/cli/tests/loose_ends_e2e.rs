@@ -285,49 +285,97 @@ fn local_workers(server_pid: u32) -> Vec<i32> {
     found
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_a_command_left_running_dies_when_its_worker_is_killed() {
-    let dir = tempfile::tempdir().unwrap();
-    let code = dir.path().join("code");
+/// A folder whose function `orph.f` starts a grandchild that ignores SIGTERM, keeps a file
+/// open and writes its pid to `grandchild.pid` in `dir`; the manifest's path.
+fn orphan_maker(dir: &std::path::Path) -> std::path::PathBuf {
+    let code = dir.join("code");
     std::fs::create_dir_all(&code).unwrap();
-    // A grandchild that ignores SIGTERM and keeps a file open.
     std::fs::write(
         code.join("run.sh"),
         "sh -c 'trap \"\" TERM; exec 3>\"$HELD\"; echo $$ > \"$PIDFILE\"; exec sleep 300' &\nsleep 300\n",
     )
     .unwrap();
-    let pidfile = dir.path().join("grandchild.pid");
-    let m = manifest(
+    manifest(
         &code,
         &format!(
             "app = \"orph\"\n[functions.f]\ncommand = [\"sh\", \"run.sh\"]\n\
              env = {{ HELD = \"{}\", PIDFILE = \"{}\" }}\n",
-            dir.path().join("held.txt").display(),
-            pidfile.display()
+            dir.join("held.txt").display(),
+            dir.join("grandchild.pid").display()
         ),
-    );
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
-    server
-        .client()
-        .spawn("orph.f", json!(1), None)
-        .await
-        .unwrap();
-    let grandchild: i32 = eventually("the grandchild starts", Duration::from_secs(30), || async {
-        std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
+    )
+}
+
+/// Spawns `orph.f` and waits for its grandchild's pid.
+async fn grandchild_of_a_call(client: &hopper_sdk::Client, dir: &std::path::Path) -> i32 {
+    client.spawn("orph.f", json!(1), None).await.unwrap();
+    let pidfile = dir.join("grandchild.pid");
+    let pid = eventually("the grandchild starts", Duration::from_secs(30), || async {
+        read_pid(&pidfile)
     })
     .await;
-    assert!(alive(grandchild));
+    assert!(alive(pid));
+    pid
+}
+
+async fn gone(pid: i32) {
+    let dead = eventually(
+        "the grandchild is killed",
+        Duration::from_secs(15),
+        || async { (!alive(pid)).then_some(()) },
+    );
+    // A failed run must not leave it behind either.
+    let guard = KillOnDrop(pid);
+    dead.await;
+    drop(guard);
+}
+
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        signal_group(self.0 as u32, libc::SIGKILL);
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_command_left_running_dies_when_its_worker_is_killed() {
+    // A local worker of `hopper serve`.
+    let dir = tempfile::tempdir().unwrap();
+    let m = orphan_maker(dir.path());
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let grandchild = grandchild_of_a_call(&server.client(), dir.path()).await;
     let workers = local_workers(server.pid());
     assert_eq!(workers.len(), 1, "{workers:?}");
     signal_group(workers[0] as u32, libc::SIGKILL);
-    eventually(
-        "the grandchild is killed",
-        Duration::from_secs(15),
-        || async { (!alive(grandchild)).then_some(()) },
-    )
-    .await;
+    gone(grandchild).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_command_left_running_dies_with_a_remote_worker_or_the_server() {
+    // A worker of its own, on another machine as far as it knows.
+    let dir = tempfile::tempdir().unwrap();
+    let m = orphan_maker(dir.path());
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--no-workers", "--deploy", m.to_str().unwrap()],
+    );
+    let mut remote = worker(&server.url, "orph.f");
+    let grandchild = grandchild_of_a_call(&server.client(), dir.path()).await;
+    remote.0.kill().unwrap();
+    gone(grandchild).await;
+    drop(server);
+
+    // A server killed with its local workers.
+    let dir = tempfile::tempdir().unwrap();
+    let m = orphan_maker(dir.path());
+    let mut server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let grandchild = grandchild_of_a_call(&server.client(), dir.path()).await;
+    server.kill9();
+    gone(grandchild).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,6 @@ use hopper_core::FunctionSpec;
 use hopper_sdk::runtime::{Job, LogSink};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::process::Command;
 
 use crate::process;
 use crate::serve::WorkerEnv;
@@ -49,7 +48,7 @@ pub async fn run(
     };
     let workdir = Path::new(&spec.workdir);
     let program_path = resolve_program(program, workdir);
-    let mut cmd = Command::new(&program_path);
+    let mut cmd = crate::guard::command(&program_path);
     cmd.args(args)
         .current_dir(workdir)
         .envs(&spec.env)
@@ -193,6 +192,16 @@ pub async fn run(
             (None, Some(sig)) => format!("was killed by signal {sig}"),
             (None, None) => "failed".to_string(),
         };
+        // The guard could not start the program (not found, not executable).
+        if status.code() == Some(crate::guard::CANNOT_START) {
+            if let Some(why) = stderr
+                .tail
+                .iter()
+                .find_map(|l| l.strip_prefix(crate::guard::CANNOT_START_PREFIX))
+            {
+                return Some(failed("spawn_failed", format!("cannot start {why}")));
+            }
+        }
         let tail = stderr.tail.join("\n");
         let message = if tail.is_empty() {
             format!("the command {how}")

@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod command;
+pub mod guard;
 pub mod process;
 pub mod pyenv;
 pub mod serve;

@@ -120,7 +120,7 @@ pub fn adopt_orphans() -> io::Result<()> {
 }
 
 /// This process's children, from `/proc/self/task/*/children` (Linux).
-fn children() -> Vec<u32> {
+pub(crate) fn children() -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };

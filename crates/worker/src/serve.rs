@@ -447,7 +447,7 @@ fn start(
         return Err("the function has no serve command".into());
     };
     let workdir = Path::new(&spec.workdir);
-    let mut cmd = Command::new(crate::command::resolve_program(program, workdir));
+    let mut cmd = crate::guard::command(&crate::command::resolve_program(program, workdir));
     cmd.args(args)
         .current_dir(workdir)
         .envs(&spec.env)

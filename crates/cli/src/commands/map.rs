@@ -392,12 +392,17 @@ fn summary(c: &CallCounts, took: Duration, ran: bool) -> String {
             parts.join(", ")
         );
     }
+    let per_second = ended as f64 / secs;
+    let rate = if per_second < 10.0 {
+        format!("{per_second:.1}")
+    } else {
+        thousands(per_second.round() as i64)
+    };
     format!(
-        "{} inputs: {} in {:.1} s ({}/s)",
+        "{} inputs: {} in {:.1} s ({rate}/s)",
         thousands(c.total),
         parts.join(", "),
         secs,
-        thousands((ended as f64 / secs).round() as i64)
     )
 }
 
@@ -497,6 +502,16 @@ mod tests {
         assert_eq!(
             summary(&c, Duration::from_millis(50), false),
             "10,000 inputs: 9,998 succeeded, 2 failed (results read in 0.1 s)"
+        );
+        // A few slow inputs: a rate under one a second is not 0/s.
+        let few = CallCounts {
+            total: 5,
+            succeeded: 5,
+            ..CallCounts::default()
+        };
+        assert_eq!(
+            summary(&few, Duration::from_millis(11_400), true),
+            "5 inputs: 5 succeeded in 11.4 s (0.4/s)"
         );
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(thousands(12), "12");

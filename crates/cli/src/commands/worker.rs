@@ -51,6 +51,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
     let snapshots =
         hopper_worker::cache::SnapshotCache::new(cache_dir, cache_max.unwrap_or(0) as u64);
     let functions = check_functions(&args).await?;
+    // Each command runs under a guard (this binary), so that nothing it starts outlives the
+    // worker.
+    if let Ok(exe) = std::env::current_exe() {
+        hopper_worker::guard::enable(exe);
+    }
     let config = WorkerConfig {
         server: super::server_urls(&args.client.server)?,
         token: args.client.token.clone(),
@@ -68,10 +73,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
 /// that name. Refuses a function the server does not have when it has its app, or a name
 /// close to it (a typo would register and idle without a word), naming the closest deployed
 /// one. A function of an app not deployed at all is waited for (workers started before the
-/// deploy), and the log says so; an unreachable server is left to the worker's own retries,
-/// but then a bare name cannot be resolved.
+/// deploy), and the log says so, as is a function a deploy removed that still has queued
+/// calls; an unreachable server is left to the worker's own retries, but then a bare name
+/// cannot be resolved.
 async fn check_functions(args: &WorkerArgs) -> anyhow::Result<Vec<String>> {
-    let deployed = super::client(&args.client)?.functions().await;
+    let client = super::client(&args.client)?;
+    let deployed = client.functions().await;
     let names: Vec<String> = match &deployed {
         Ok(found) => found.iter().map(|f| f.name.clone()).collect(),
         Err(_) => Vec::new(),
@@ -102,6 +109,23 @@ async fn check_functions(args: &WorkerArgs) -> anyhow::Result<Vec<String>> {
         }
         resolved.push(f.clone());
         if deployed.is_err() || names.contains(f) {
+            continue;
+        }
+        // A function a deploy removed keeps its queued calls, which run on their version.
+        let queued = client
+            .calls(&hopper_sdk::CallFilter {
+                function: Some(f.clone()),
+                state: Some("pending".into()),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .is_ok_and(|page| !page.calls.is_empty());
+        if queued {
+            tracing::warn!(
+                function = %f,
+                "no longer deployed: this worker runs the calls it left queued"
+            );
             continue;
         }
         let app = f.split_once('.').map_or(f.as_str(), |(app, _)| app);
