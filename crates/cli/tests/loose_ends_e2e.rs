@@ -35,6 +35,10 @@ async fn a_worker_for_a_function_not_deployed_is_refused_naming_the_closest() {
             "le.transcribe",
             "--function le.transcribe: app le has no such function (it has le.echo)",
         ),
+        (
+            "le",
+            "--function le: le is an app; name one of its functions (le.echo)",
+        ),
     ] {
         // Bounded: a worker that is not refused registers and idles.
         let out = std::process::Command::new("timeout")
@@ -148,6 +152,31 @@ async fn a_refused_line_of_streamed_input_cancels_the_map() {
         (InputState::Cancelled, false, 2),
         "{call:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopper_get_gives_up_on_a_server_that_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), APP);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--no-workers", "--deploy", m.to_str().unwrap()],
+    );
+    let call = server
+        .client()
+        .spawn("le.echo", json!(1), None)
+        .await
+        .unwrap();
+    // Stopped: it takes connections and answers nothing.
+    signal_group(server.pid(), libc::SIGSTOP);
+    let out = std::process::Command::new("timeout")
+        .args(["60", BIN, "get", call.id.as_str(), "--timeout", "1s"])
+        .env("HOPPER_SERVER", &server.url)
+        .env_remove("HOPPER_TOKEN")
+        .output()
+        .unwrap();
+    signal_group(server.pid(), libc::SIGCONT);
+    assert_eq!(out.status.code(), Some(4), "not a hang: {}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +321,8 @@ fn orphan_maker(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::create_dir_all(&code).unwrap();
     std::fs::write(
         code.join("run.sh"),
-        "sh -c 'trap \"\" TERM; exec 3>\"$HELD\"; echo $$ > \"$PIDFILE\"; exec sleep 300' &\nsleep 300\n",
+        "sh -c 'trap \"\" TERM; exec 3>\"$HELD\"; echo $$ > \"$PIDFILE\"; exec sleep 300' &\n\
+         setsid sh -c 'echo $$ > \"$PIDFILE.setsid\"; exec sleep 300' &\nsleep 300\n",
     )
     .unwrap();
     manifest(
@@ -306,28 +336,36 @@ fn orphan_maker(dir: &std::path::Path) -> std::path::PathBuf {
     )
 }
 
-/// Spawns `orph.f` and waits for its grandchild's pid.
-async fn grandchild_of_a_call(client: &hopper_sdk::Client, dir: &std::path::Path) -> i32 {
+/// Spawns `orph.f` and waits for its grandchildren's pids: one in the command's group, one in
+/// a session of its own.
+async fn grandchild_of_a_call(client: &hopper_sdk::Client, dir: &std::path::Path) -> [i32; 2] {
     client.spawn("orph.f", json!(1), None).await.unwrap();
-    let pidfile = dir.join("grandchild.pid");
-    let pid = eventually("the grandchild starts", Duration::from_secs(30), || async {
-        read_pid(&pidfile)
-    })
-    .await;
-    assert!(alive(pid));
-    pid
+    let mut pids = [0; 2];
+    for (i, file) in ["grandchild.pid", "grandchild.pid.setsid"]
+        .iter()
+        .enumerate()
+    {
+        let pidfile = dir.join(file);
+        pids[i] = eventually(
+            "the grandchildren start",
+            Duration::from_secs(30),
+            || async { read_pid(&pidfile) },
+        )
+        .await;
+        assert!(alive(pids[i]));
+    }
+    pids
 }
 
-async fn gone(pid: i32) {
-    let dead = eventually(
-        "the grandchild is killed",
+async fn gone(pids: [i32; 2]) {
+    // A failed run must not leave them behind either.
+    let _guards = pids.map(KillOnDrop);
+    eventually(
+        "the grandchildren are killed",
         Duration::from_secs(15),
-        || async { (!alive(pid)).then_some(()) },
-    );
-    // A failed run must not leave it behind either.
-    let guard = KillOnDrop(pid);
-    dead.await;
-    drop(guard);
+        || async { pids.iter().all(|p| !alive(*p)).then_some(()) },
+    )
+    .await;
 }
 
 struct KillOnDrop(i32);

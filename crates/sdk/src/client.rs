@@ -106,6 +106,9 @@ pub const WORKER_WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// minute) before it gives up.
 pub const WAIT_RETRIES: u32 = 20;
 
+/// How long past its long-poll a read of a call may take before it is given up on.
+pub const GET_SLACK: Duration = Duration::from_secs(10);
+
 /// The error an answer of `status` with the body `text` stands for: the API's JSON error, or
 /// the status and the start of whatever came instead.
 fn api_error(status: StatusCode, text: &str) -> Error {
@@ -539,13 +542,15 @@ impl Client {
             .await
     }
 
-    /// Reads a call, waiting up to `wait` for it to end.
+    /// Reads a call, waiting up to `wait` for it to end. A server that has not answered
+    /// [`GET_SLACK`] after `wait` is given up on (`Error::Transport`): one that accepts
+    /// connections but does not answer (stopped, hung) does not hold the caller for good.
     pub async fn get(&self, id: &CallId, wait: Duration) -> Result<CallView, Error> {
-        let mut req = self.request(Method::GET, &format!("/v1/calls/{id}"));
+        let mut req = self
+            .request(Method::GET, &format!("/v1/calls/{id}"))
+            .timeout(wait + GET_SLACK);
         if !wait.is_zero() {
-            req = req
-                .query(&[("wait", format!("{:.3}", wait.as_secs_f64()))])
-                .timeout(wait + Duration::from_secs(30));
+            req = req.query(&[("wait", format!("{:.3}", wait.as_secs_f64()))]);
         }
         self.send(req).await
     }
@@ -565,6 +570,11 @@ impl Client {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.get(id, left.min(Duration::from_secs(60))).await {
+                // A server that took the request and never answered: not worth another try
+                // past the deadline.
+                Err(e) if left.is_zero() || std::time::Instant::now() >= deadline + GET_SLACK => {
+                    return Err(e)
+                }
                 Ok(call) if call.state.is_terminal() || left.is_zero() => return Ok(call),
                 Ok(_) => {
                     reached = true;

@@ -117,10 +117,15 @@ pub async fn run(
             let _ = process::signal_group(pid, signal);
         }
     };
+    let end_group = || {
+        if let Some(pid) = pid {
+            process::end_group(pid);
+        }
+    };
     let status = match end {
         End::Exited(status) => Some(status),
         End::Cancelled => {
-            signal_group(process::SIGKILL);
+            end_group();
             let _ = child.wait().await;
             None
         }
@@ -144,7 +149,7 @@ pub async fn run(
                         hopper_core::duration::format(kill_grace)
                     ),
                 );
-                signal_group(process::SIGKILL);
+                end_group();
                 let _ = child.wait().await;
             }
             None

@@ -6,7 +6,8 @@
 //! pipeline, `nohup`, a daemonising tool) would run on under init. The guard is the command's
 //! parent and a child subreaper (whatever the command starts and leaves becomes the guard's
 //! child), and it asks for SIGUSR1 when the worker dies: it then kills every process it
-//! adopted and its process group, the command's. Otherwise it stays out of the way: it ignores
+//! adopted or started, whatever their session, and its process group, the command's; a worker
+//! ending a command asks the same with SIGUSR1. Otherwise it stays out of the way: it ignores
 //! the SIGTERM a timeout sends the group (the command gets it), reaps what it adopts, and when
 //! the command ends it kills what the command left and ends as the command did (its exit code,
 //! or the same signal), so the worker sees what it would have seen without it.
@@ -53,10 +54,17 @@ pub fn command(program: &Path) -> tokio::process::Command {
     }
 }
 
-static PARENT_DIED: AtomicBool = AtomicBool::new(false);
+/// Set by SIGUSR1: the worker died (the parent-death signal) or asks for the end of
+/// everything the command started ([`crate::process::end_group`]).
+static END: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn parent_died(_: libc::c_int) {
-    PARENT_DIED.store(true, Ordering::SeqCst);
+extern "C" fn end_asked(_: libc::c_int) {
+    END.store(true, Ordering::SeqCst);
+}
+
+/// Whether commands run under the guard ([`enable`]).
+pub fn enabled() -> bool {
+    PROGRAM.get().is_some() && cfg!(target_os = "linux")
 }
 
 /// SIGCHLD's handler: nothing to do, but a handled signal ends `sigsuspend`.
@@ -88,7 +96,7 @@ pub fn main(args: Vec<OsString>) -> ! {
         std::process::exit(2);
     };
     let rest = &args[3..];
-    handle(libc::SIGUSR1, parent_died);
+    handle(libc::SIGUSR1, end_asked);
     handle(libc::SIGCHLD, child_changed);
     // SAFETY: `sigprocmask`, `prctl` and `signal` take plain values; nothing else runs in
     // this process yet.
@@ -139,11 +147,13 @@ pub fn main(args: Vec<OsString>) -> ! {
         Ok(child) => child,
         Err(e) => {
             let cwd = std::env::current_dir().unwrap_or_default();
-            eprintln!(
-                "{CANNOT_START_PREFIX}{:?} in {}: {e}",
-                program,
-                cwd.display()
-            );
+            // A bare name is looked up on PATH, a path with a `/` in the working folder.
+            let looked = if program.as_encoded_bytes().contains(&b'/') {
+                format!("in {}", cwd.display())
+            } else {
+                "on PATH".to_string()
+            };
+            eprintln!("{CANNOT_START_PREFIX}{program:?} ({looked}): {e}");
             std::process::exit(CANNOT_START);
         }
     };
@@ -162,7 +172,7 @@ pub fn main(args: Vec<OsString>) -> ! {
         }
     }
     let status = 'waiting: loop {
-        if PARENT_DIED.load(Ordering::SeqCst) {
+        if END.load(Ordering::SeqCst) {
             end_all();
         }
         loop {
@@ -182,7 +192,7 @@ pub fn main(args: Vec<OsString>) -> ! {
         }
     };
     // What the command left: its group (the worker ends it too) and what escaped it.
-    kill_adopted();
+    kill_tree();
     // SAFETY: plain integer calls; the guard ends here either way.
     unsafe {
         if libc::WIFSIGNALED(status) {
@@ -201,11 +211,11 @@ pub fn main(_args: Vec<OsString>) -> ! {
     std::process::exit(2);
 }
 
-/// Kills every process the guard adopted or started, with their groups, then its own group
-/// (the command's, and the guard with it).
+/// Kills every process the guard started or adopted, then its own group (the command's, and
+/// the guard with it).
 #[allow(unsafe_code)]
 fn end_all() -> ! {
-    kill_adopted();
+    kill_tree();
     // SAFETY: plain integer calls.
     unsafe {
         libc::killpg(libc::getpgrp(), libc::SIGKILL);
@@ -213,23 +223,80 @@ fn end_all() -> ! {
     }
 }
 
-/// SIGKILL to each of the guard's children (the command and what it left to the guard) and
-/// to their process groups other than the guard's own.
+/// SIGKILL to every process descending from the guard (by parent links, whatever their group
+/// or session: `setsid` children of a command still running too), round after round until
+/// none is left (a process may start another while its parent is killed), reaping what
+/// becomes the guard's.
 #[allow(unsafe_code)]
-fn kill_adopted() {
-    // SAFETY: `getpgrp` has no effects.
-    let own = unsafe { libc::getpgrp() };
-    for pid in crate::process::children() {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
+fn kill_tree() {
+    for _ in 0..100 {
+        let found = descendants();
+        if found.is_empty() {
+            return;
+        }
+        for pid in found {
+            // SAFETY: plain integer calls.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        loop {
+            let mut status = 0;
+            // SAFETY: `waitpid` writes only to `status`.
+            if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The live processes descending from this one, from `/proc/*/stat` (zombies left out: they
+/// have ended).
+fn descendants() -> Vec<libc::pid_t> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut parents: Vec<(libc::pid_t, libc::pid_t)> = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
             continue;
         };
-        // SAFETY: plain integer calls.
-        unsafe {
-            let group = libc::getpgid(pid);
-            if group > 0 && group != own {
-                libc::killpg(group, libc::SIGKILL);
-            }
-            libc::kill(pid, libc::SIGKILL);
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command's name in parentheses: state, ppid, …
+        let mut fields = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace())
+            .into_iter()
+            .flatten();
+        let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if state == "Z" {
+            continue;
+        }
+        if let Ok(ppid) = ppid.parse() {
+            parents.push((pid, ppid));
         }
     }
+    let mut found = vec![std::process::id() as libc::pid_t];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }

@@ -89,6 +89,22 @@ pub fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<()> {
 
 pub use libc::{SIGKILL, SIGTERM};
 
+/// Ends the process group led by `pid` (a command or serve process this worker started) and
+/// everything it started: under the guard ([`crate::guard`]), by asking the guard (SIGUSR1),
+/// which kills the whole tree, other sessions too, then its group; SIGKILL to the group half
+/// a second later either way, for a guard that could not. Needs a Tokio runtime.
+pub fn end_group(pid: u32) {
+    if !crate::guard::enabled() {
+        let _ = signal_group(pid, SIGKILL);
+        return;
+    }
+    let _ = signal_process(pid, libc::SIGUSR1);
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let _ = signal_group(pid, SIGKILL);
+    });
+}
+
 /// Children this process started and counts as its own; any other child is an orphan it
 /// adopted as a child subreaper ([`adopt_orphans`]).
 static OWN: std::sync::Mutex<std::collections::BTreeSet<u32>> =

@@ -110,7 +110,7 @@ impl ServeProcess {
 
     fn kill(&self) {
         if let Some(pid) = self.pid {
-            let _ = process::signal_group(pid, process::SIGKILL);
+            process::end_group(pid);
         }
     }
 
@@ -289,8 +289,10 @@ impl ServePool {
         for p in &processes {
             p.stopping.store(true, Ordering::Release);
             p.stdin.lock().await.take();
+            // To its group: under the guard (which lets it pass) the process is the guard's
+            // child.
             if let Some(pid) = p.pid {
-                let _ = process::signal_process(pid, process::SIGTERM);
+                let _ = process::signal_group(pid, process::SIGTERM);
             }
         }
         let deadline = Instant::now() + grace;

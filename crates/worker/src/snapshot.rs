@@ -497,6 +497,7 @@ fn commands_shipped(
     else {
         return Ok(());
     };
+    let mut faults = Vec::new();
     for f in &parsed.functions {
         let workdir = folder.join(&f.workdir);
         for (field, args) in [("command", &f.command), ("serve", &f.serve)] {
@@ -514,7 +515,7 @@ fn commands_shipped(
                     continue;
                 };
                 if !files.iter().any(|s| s.path == inside) {
-                    return Err(format!(
+                    faults.push(format!(
                         "{}: functions.{}.{field}: {arg} is left out of the code snapshot of {} by .gitignore or .hopperignore, so no worker could run it; ship it, or deploy with --no-snapshot",
                         manifest.display(),
                         f.name,
@@ -524,7 +525,11 @@ fn commands_shipped(
             }
         }
     }
-    Ok(())
+    if faults.is_empty() {
+        Ok(())
+    } else {
+        Err(faults.join("\n"))
+    }
 }
 
 /// What a snapshot holds.

@@ -96,10 +96,17 @@ async fn check_functions(args: &WorkerArgs) -> anyhow::Result<Vec<String>> {
                 ([], Err(e)) => faults.push(format!(
                     "--function {f}: name it as app.function (the server could not be asked which app has it: {e})"
                 )),
-                ([], Ok(_)) => faults.push(match hopper_core::suggest::closest(f, &names) {
-                    Some(close) => format!("--function {f}: no such function is deployed; did you mean {close}?"),
-                    None => format!("--function {f}: no such function is deployed; name it as app.function"),
-                }),
+                ([], Ok(_)) => {
+                    let of_app = in_app(&names, f);
+                    faults.push(match hopper_core::suggest::closest(f, &names) {
+                        _ if !of_app.is_empty() => format!(
+                            "--function {f}: {f} is an app; name one of its functions ({})",
+                            of_app.join(", ")
+                        ),
+                        Some(close) => format!("--function {f}: no such function is deployed; did you mean {close}?"),
+                        None => format!("--function {f}: no such function is deployed; name it as app.function"),
+                    });
+                }
                 (many, _) => faults.push(format!(
                     "--function {f}: several apps have it ({}): name one as app.function",
                     many.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
@@ -129,30 +136,44 @@ async fn check_functions(args: &WorkerArgs) -> anyhow::Result<Vec<String>> {
             continue;
         }
         let app = f.split_once('.').map_or(f.as_str(), |(app, _)| app);
-        let in_app: Vec<&str> = names
-            .iter()
-            .filter(|n| n.split_once('.').is_some_and(|(a, _)| a == app))
-            .map(String::as_str)
-            .collect();
-        match hopper_core::suggest::closest(f, &names) {
-            Some(close) => faults.push(format!(
-                "--function {f}: no such function is deployed; did you mean {close}?"
-            )),
-            None if !in_app.is_empty() => faults.push(format!(
-                "--function {f}: app {app} has no such function (it has {})",
-                in_app.join(", ")
-            )),
-            None => tracing::warn!(
+        let of_app = in_app(&names, app);
+        let close = hopper_core::suggest::closest(f, &names);
+        if of_app.is_empty() {
+            // An app not deployed yet (workers started before its deploy), or a typo in its
+            // name: waited for, and said.
+            let hint = close
+                .map(|c| format!(" (did you mean {c}?)"))
+                .unwrap_or_default();
+            tracing::warn!(
                 function = %f,
-                "app {app} is not deployed (yet): this worker waits for it"
-            ),
+                "app {app} is not deployed (yet): this worker waits for it{hint}"
+            );
+            continue;
         }
+        faults.push(match close.filter(|c| c.starts_with(&format!("{app}."))) {
+            Some(close) => {
+                format!("--function {f}: no such function is deployed; did you mean {close}?")
+            }
+            None => format!(
+                "--function {f}: app {app} has no such function (it has {})",
+                of_app.join(", ")
+            ),
+        });
     }
     if faults.is_empty() {
         Ok(resolved)
     } else {
         Err(exit::usage(faults.join("\n")))
     }
+}
+
+/// The deployed functions (`app.function`) of `app`.
+fn in_app<'a>(names: &'a [String], app: &str) -> Vec<&'a str> {
+    names
+        .iter()
+        .filter(|n| n.split_once('.').is_some_and(|(a, _)| a == app))
+        .map(String::as_str)
+        .collect()
 }
 
 fn host_name() -> String {
