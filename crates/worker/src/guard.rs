@@ -1,6 +1,6 @@
-//! The guard: a small process between a worker and each command (and serve process) it runs,
-//! so that nothing the command starts outlives the worker, even a worker killed with SIGKILL
-//! or by the OOM killer (Linux).
+//! The guard: a small process between a worker and each command it runs (one process per
+//! input; serve processes are not guarded), so that nothing the command starts outlives the
+//! worker, even a worker killed with SIGKILL or by the OOM killer (Linux).
 //!
 //! A parent-death signal reaches direct children only, and a command's own children (a
 //! pipeline, `nohup`, a daemonising tool) would run on under init. The guard is the command's
@@ -38,11 +38,12 @@ pub fn enable(program: PathBuf) {
     let _ = PROGRAM.set(program);
 }
 
-/// A command that runs `program` under the guard when it is enabled, else `program` itself;
-/// arguments added to it go to `program`.
+/// A command that runs `program` under the guard when it is enabled (and the binary is still
+/// there: an upgrade may have removed it), else `program` itself; arguments added to it go to
+/// `program`.
 pub fn command(program: &Path) -> tokio::process::Command {
     match PROGRAM.get() {
-        Some(guard) if cfg!(target_os = "linux") => {
+        Some(guard) if cfg!(target_os = "linux") && guard.is_file() => {
             let mut cmd = tokio::process::Command::new(guard);
             cmd.arg(ARG)
                 .arg(std::process::id().to_string())
@@ -64,7 +65,7 @@ extern "C" fn end_asked(_: libc::c_int) {
 
 /// Whether commands run under the guard ([`enable`]).
 pub fn enabled() -> bool {
-    PROGRAM.get().is_some() && cfg!(target_os = "linux")
+    PROGRAM.get().is_some_and(|guard| guard.is_file()) && cfg!(target_os = "linux")
 }
 
 /// SIGCHLD's handler: nothing to do, but a handled signal ends `sigsuspend`.

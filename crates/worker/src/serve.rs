@@ -110,7 +110,7 @@ impl ServeProcess {
 
     fn kill(&self) {
         if let Some(pid) = self.pid {
-            process::end_group(pid);
+            let _ = process::signal_group(pid, process::SIGKILL);
         }
     }
 
@@ -289,10 +289,8 @@ impl ServePool {
         for p in &processes {
             p.stopping.store(true, Ordering::Release);
             p.stdin.lock().await.take();
-            // To its group: under the guard (which lets it pass) the process is the guard's
-            // child.
             if let Some(pid) = p.pid {
-                let _ = process::signal_group(pid, process::SIGTERM);
+                let _ = process::signal_process(pid, process::SIGTERM);
             }
         }
         let deadline = Instant::now() + grace;
@@ -449,7 +447,7 @@ fn start(
         return Err("the function has no serve command".into());
     };
     let workdir = Path::new(&spec.workdir);
-    let mut cmd = crate::guard::command(&crate::command::resolve_program(program, workdir));
+    let mut cmd = Command::new(crate::command::resolve_program(program, workdir));
     cmd.args(args)
         .current_dir(workdir)
         .envs(&spec.env)
