@@ -287,8 +287,12 @@ pub fn for_manifest(
         ));
     }
     let files = collect(&root, max_bytes, leave_out)?;
-    requirements_shipped(manifest, text, &folder, &root, &files)?;
-    commands_shipped(manifest, text, &folder, &root, &files)?;
+    // A manifest that does not parse is the server's to report, with every fault.
+    if let Ok(parsed) = hopper_core::manifest::parse(&manifest.display().to_string(), text, &folder)
+    {
+        requirements_shipped(manifest, &parsed.functions, &folder, &root, &files)?;
+        commands_shipped(manifest, &parsed.functions, &folder, &root, &files)?;
+    }
     let regular = files
         .iter()
         .filter(|f| std::fs::symlink_metadata(&f.from).is_ok_and(|m| m.is_file()))
@@ -447,17 +451,12 @@ mod digests {
 /// by an ignore file): the version could never build its environment.
 fn requirements_shipped(
     manifest: &Path,
-    text: &str,
+    functions: &[hopper_core::FunctionSpec],
     folder: &Path,
     root: &Path,
     files: &[Source],
 ) -> Result<(), String> {
-    // A manifest that does not parse is the server's to report, with every fault.
-    let Ok(parsed) = hopper_core::manifest::parse(&manifest.display().to_string(), text, folder)
-    else {
-        return Ok(());
-    };
-    for f in &parsed.functions {
+    for f in functions {
         let Some(file) = f.python.as_ref().and_then(|p| p.requirements_file.as_ref()) else {
             continue;
         };
@@ -488,17 +487,13 @@ fn requirements_shipped(
 /// could never run it.
 fn commands_shipped(
     manifest: &Path,
-    text: &str,
+    functions: &[hopper_core::FunctionSpec],
     folder: &Path,
     root: &Path,
     files: &[Source],
 ) -> Result<(), String> {
-    let Ok(parsed) = hopper_core::manifest::parse(&manifest.display().to_string(), text, folder)
-    else {
-        return Ok(());
-    };
     let mut faults = Vec::new();
-    for f in &parsed.functions {
+    for f in functions {
         let workdir = folder.join(&f.workdir);
         for (field, args) in [("command", &f.command), ("serve", &f.serve)] {
             for arg in args.iter().filter(|a| !a.is_empty() && !a.starts_with('-')) {
