@@ -315,6 +315,9 @@ pub fn push_lease_query(
     q.push(CLAIMED);
 }
 
+/// A lease request and the limits of its functions (by each function's current version).
+pub type LeaseJob = (InputLease, Vec<(FunctionKey, hopper_core::limits::Limits)>);
+
 /// Leases up to `p.max` due inputs of `p.functions`; their specs come from `versions` where
 /// the store has read them before. Functions with `limits` (by `function`'s current version),
 /// or seen with keyed or prioritized inputs, are claimed by [`crate::limits::claim`] first,
@@ -325,10 +328,69 @@ pub async fn lease(
     limits: Vec<(FunctionKey, hopper_core::limits::Limits)>,
     versions: std::sync::Arc<VersionSpecs>,
 ) -> Result<LeaseBatch, StoreError> {
-    if p.functions.is_empty() || p.max == 0 {
-        return Ok(LeaseBatch::default());
+    let mut batches = lease_many(conn, vec![(p, limits)], versions).await?;
+    Ok(batches.pop().unwrap_or_default())
+}
+
+/// Several workers' leases in one transaction, a batch for each job in order (see [`lease`]).
+/// Each job claims what the ones before it left; the calls whose inputs started are updated
+/// once for all, locked in id order, so groups cannot deadlock on them. Jobs whose functions
+/// have limits also lock their limiters' rows: the caller groups only jobs without them.
+pub async fn lease_many(
+    conn: &mut Conn,
+    jobs: Vec<LeaseJob>,
+    versions: std::sync::Arc<VersionSpecs>,
+) -> Result<Vec<LeaseBatch>, StoreError> {
+    let asks = |p: &InputLease| !p.functions.is_empty() && p.max > 0;
+    if !jobs.iter().any(|(p, _)| asks(p)) {
+        return Ok(vec![LeaseBatch::default(); jobs.len()]);
     }
     let mut tx = conn.begin().await.map_err(db_err)?;
+    crate::dialect::relaxed_commit(&mut tx).await?;
+    let mut specs = Specs {
+        store: Some(versions.clone()),
+        ..Specs::default()
+    };
+    let mut per_call: BTreeMap<String, i64> = BTreeMap::new();
+    let mut batches = Vec::with_capacity(jobs.len());
+    let mut now = 0;
+    for (p, limits) in &jobs {
+        if !asks(p) {
+            batches.push(LeaseBatch::default());
+            continue;
+        }
+        now = now.max(p.now);
+        let batch = claim(&mut tx, p, limits, &versions, &mut specs).await?;
+        for row in &batch.rows {
+            *per_call.entry(row.call_id.to_string()).or_default() += 1;
+        }
+        batches.push(batch);
+    }
+    let groups: Vec<(CallId, i64)> = per_call
+        .into_iter()
+        .map(|(call, n)| Ok((call_id(&call)?, n)))
+        .collect::<Result<_, StoreError>>()?;
+    shift_many(
+        &mut tx,
+        &groups,
+        InputState::Pending,
+        InputState::Running,
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(batches)
+}
+
+/// Claims one job's inputs inside the lease transaction `tx` (see [`lease_many`]); its
+/// calls' counters are left to the caller.
+async fn claim(
+    tx: &mut Conn,
+    p: &InputLease,
+    limits: &[(FunctionKey, hopper_core::limits::Limits)],
+    versions: &std::sync::Arc<VersionSpecs>,
+    specs: &mut Specs,
+) -> Result<LeaseBatch, StoreError> {
     let mut left = i64::from(p.max);
     let mut rows = Vec::new();
     let mut limited = None;
@@ -344,7 +406,7 @@ pub async fn lease(
             continue;
         }
         let claimed =
-            crate::limits::claim(&mut tx, &p, f, rules.cloned().unwrap_or_default(), left).await?;
+            crate::limits::claim(tx, p, f, rules.cloned().unwrap_or_default(), left).await?;
         left -= claimed.rows.len() as i64;
         if let Some(until) = claimed.limited {
             crate::limits::sooner(&mut limited, until);
@@ -359,7 +421,7 @@ pub async fn lease(
     }
     if left > 0 && !plain.is_empty() {
         let mut q: QueryBuilder<Db> = QueryBuilder::new("");
-        push_lease_query(&mut q, &p, &plain, left);
+        push_lease_query(&mut q, p, &plain, left);
         let found = q.build().fetch_all(&mut *tx).await.map_err(db_err)?;
         for row in &found {
             let priority: i64 = row.try_get("priority").map_err(db_err)?;
@@ -374,12 +436,7 @@ pub async fn lease(
         rows.extend(found);
     }
     rows.sort_by_key(|r| r.try_get::<i64, _>("id").unwrap_or(0));
-    let mut specs = Specs {
-        store: Some(versions),
-        ..Specs::default()
-    };
     let mut leased = Vec::with_capacity(rows.len());
-    let mut per_call: BTreeMap<String, i64> = BTreeMap::new();
     for row in &rows {
         let id: i64 = row.try_get("id").map_err(db_err)?;
         let call: String = row.try_get("call_id").map_err(db_err)?;
@@ -387,8 +444,7 @@ pub async fn lease(
         let function: String = row.try_get("function").map_err(db_err)?;
         let version: i64 = row.try_get("version").map_err(db_err)?;
         let attempt: i64 = row.try_get("attempt").map_err(db_err)?;
-        let spec = specs.get(&mut tx, &app, &function, version).await?;
-        *per_call.entry(call.clone()).or_default() += 1;
+        let spec = specs.get(tx, &app, &function, version).await?;
         leased.push(LeasedRow {
             lease: Lease {
                 input_id: id,
@@ -401,19 +457,6 @@ pub async fn lease(
             spec,
         });
     }
-    let groups: Vec<(CallId, i64)> = per_call
-        .into_iter()
-        .map(|(call, n)| Ok((call_id(&call)?, n)))
-        .collect::<Result<_, StoreError>>()?;
-    shift_many(
-        &mut tx,
-        &groups,
-        InputState::Pending,
-        InputState::Running,
-        p.now,
-    )
-    .await?;
-    tx.commit().await.map_err(db_err)?;
     // Only inputs waiting on a limit with nothing claimed make the caller wait for one.
     Ok(LeaseBatch {
         limited: if leased.is_empty() { limited } else { None },
@@ -425,25 +468,26 @@ pub async fn lease(
 /// The first time an input of `functions` is due: the heads of each function's walks of
 /// `inputs_pending` (inputs without a key) and `inputs_pending_keyed`, the earliest of those.
 pub fn push_next_due_query(q: &mut QueryBuilder<'_, Db>, functions: &[FunctionKey]) {
+    // Each head is an ordered walk stopped at its first row, whatever the planner's
+    // statistics say: an aggregate over the walk would read every pending input.
     q.push("SELECT MIN(first) FROM (");
     for (i, f) in functions.iter().enumerate() {
         if i > 0 {
             q.push(" UNION ALL ");
         }
-        q.push(
-            "SELECT MIN(not_before) AS first FROM inputs WHERE state = 'pending' AND key = '' \
-             AND app = ",
-        )
-        .push_bind(f.app.clone())
-        .push(" AND function = ")
-        .push_bind(f.function.clone())
-        .push(
-            " UNION ALL SELECT MIN(not_before) AS first FROM inputs WHERE state = 'pending' \
-             AND key <> '' AND app = ",
-        )
-        .push_bind(f.app.clone())
-        .push(" AND function = ")
-        .push_bind(f.function.clone());
+        for (j, key) in ["key = ''", "key <> ''"].into_iter().enumerate() {
+            if j > 0 {
+                q.push(" UNION ALL ");
+            }
+            q.push(format!(
+                "SELECT * FROM (SELECT not_before AS first FROM inputs WHERE state = 'pending' \
+                 AND {key} AND app = "
+            ))
+            .push_bind(f.app.clone())
+            .push(" AND function = ")
+            .push_bind(f.function.clone())
+            .push(" ORDER BY not_before LIMIT 1) AS head");
+        }
     }
     q.push(") AS heads");
 }
@@ -758,18 +802,9 @@ async fn past_holders(
 ) -> Result<HashMap<(i64, i64), Option<String>>, StoreError> {
     let mut holders = HashMap::with_capacity(leases.len());
     for chunk in leases.chunks(COMPLETE_CHUNK) {
-        let mut q: QueryBuilder<Db> = QueryBuilder::new(
-            "SELECT input_id, attempt, worker_id FROM attempts WHERE (input_id, attempt) IN (",
-        );
-        let mut list = q.separated(", ");
-        for lease in chunk {
-            list.push("(")
-                .push_bind_unseparated(lease.input_id)
-                .push_unseparated(", ")
-                .push_bind_unseparated(lease.attempt as i64)
-                .push_unseparated(")");
-        }
-        q.push(")");
+        let mut q: QueryBuilder<Db> =
+            QueryBuilder::new("SELECT input_id, attempt, worker_id FROM attempts WHERE TRUE");
+        push_leases(&mut q, "input_id", chunk);
         for row in q.build().fetch_all(&mut *conn).await.map_err(db_err)? {
             holders.insert(
                 (
@@ -834,20 +869,64 @@ fn not_holder(worker: &str, lease: &Lease) -> StoreError {
 /// Results (and log lines) per multi-row statement.
 const COMPLETE_CHUNK: usize = 300;
 
-pub async fn complete_many(
+/// One result of a worker's batch within a group of batches (see [`complete_groups`]).
+struct Reported<'a> {
+    /// The batch's place in the group.
+    job: usize,
+    lease: Lease,
+    outcome: &'a Outcome,
+    batch_size: Option<u32>,
+    worker: &'a str,
+    now: UnixMillis,
+}
+
+/// Several workers' batches of results in one transaction: the answer to each batch in
+/// order, its rows in the order of its results, or the conflict that refused it whole (a
+/// result for a lease its worker never held; nothing of that batch is written). All the
+/// batches' inputs are locked first, in id order, then their calls, so concurrent groups
+/// cannot deadlock. The outer error is one that failed the whole transaction.
+pub async fn complete_groups(
     conn: &mut Conn,
-    p: InputCompleteMany,
-) -> Result<Vec<CompletionRow>, StoreError> {
+    jobs: Vec<InputCompleteMany>,
+) -> Result<Vec<Result<Vec<CompletionRow>, StoreError>>, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
     let mut specs = Specs::default();
-    // One read for the whole batch, locked in id order: inputs first, then their calls.
-    let mut input_ids: Vec<i64> = p.results.iter().map(|(l, _)| l.input_id).collect();
+    // One read for every batch, locked in id order: inputs first, then their calls.
+    let mut input_ids: Vec<i64> = jobs
+        .iter()
+        .flat_map(|p| p.results.iter().map(|(l, _)| l.input_id))
+        .collect();
     input_ids.sort_unstable();
     input_ids.dedup();
     let rows = lock_inputs(&mut tx, &input_ids).await?;
-    let leases: Vec<Lease> = p.results.iter().map(|(l, _)| *l).collect();
-    check_holder(&mut tx, p.worker_id.as_str(), &leases, &rows).await?;
-    let mut out: Vec<CompletionRow> = (0..p.results.len())
+    let mut answers: Vec<Result<Vec<CompletionRow>, StoreError>> = Vec::with_capacity(jobs.len());
+    let mut reported: Vec<Reported> = Vec::new();
+    for (job, p) in jobs.iter().enumerate() {
+        let leases: Vec<Lease> = p.results.iter().map(|(l, _)| *l).collect();
+        match check_holder(&mut tx, p.worker_id.as_str(), &leases, &rows).await {
+            Err(e @ StoreError::Conflict(_)) => {
+                answers.push(Err(e));
+                continue;
+            }
+            Err(e) => return Err(e),
+            Ok(()) => answers.push(Ok(Vec::with_capacity(p.results.len()))),
+        }
+        reported.extend(
+            p.results
+                .iter()
+                .enumerate()
+                .map(|(n, (lease, outcome))| Reported {
+                    job,
+                    lease: *lease,
+                    outcome,
+                    batch_size: p.batch_sizes.get(n).copied(),
+                    worker: p.worker_id.as_str(),
+                    now: p.now,
+                }),
+        );
+    }
+    let now = jobs.iter().map(|p| p.now).max().unwrap_or_default();
+    let mut out: Vec<CompletionRow> = (0..reported.len())
         .map(|_| CompletionRow {
             recorded: false,
             call_finished: None,
@@ -856,21 +935,21 @@ pub async fn complete_many(
             effect: "late",
         })
         .collect();
-    // Which result is each input's current one (a second result for a lease in one batch is
+    // Which result is each input's current one (a second result for a lease in one group is
     // late), in input id order.
     let mut current: Vec<(usize, Running)> = Vec::new();
     let mut late: Vec<(usize, Running)> = Vec::new();
     let mut taken = std::collections::HashSet::new();
-    for (n, (lease, _)) in p.results.iter().enumerate() {
-        let Some(row) = rows.get(&lease.input_id) else {
+    for (n, r) in reported.iter().enumerate() {
+        let Some(row) = rows.get(&r.lease.input_id) else {
             continue; // the input is gone (pruned)
         };
         let mut input = running(row)?;
-        input.batch_size = p.batch_sizes.get(n).map(|b| *b as i64);
+        input.batch_size = r.batch_size.map(i64::from);
         let is_current = state(&row.try_get::<String, _>("state").map_err(db_err)?)?
             == InputState::Running
-            && input.attempt == lease.attempt as i64
-            && taken.insert(lease.input_id);
+            && input.attempt == r.lease.attempt as i64
+            && taken.insert(r.lease.input_id);
         if is_current {
             current.push((n, input));
         } else {
@@ -878,16 +957,26 @@ pub async fn complete_many(
         }
     }
     current.sort_by_key(|(_, input)| input.id);
-    lock_many(&mut tx, current.iter().map(|(_, i)| i.call_id.as_str())).await?;
+    // A failure or a returned input changes its call on its own (`fail`, `requeue_lost`), so
+    // the calls are locked first, in id order; results that all succeeded leave them to
+    // `end_many`, which locks them the same way, just before the commit, so a call many
+    // workers report to is held for as short a time as can be.
+    let all_succeeded = current
+        .iter()
+        .all(|(n, _)| matches!(reported[*n].outcome, Outcome::Succeeded { .. }));
+    if !all_succeeded {
+        lock_many(&mut tx, current.iter().map(|(_, i)| i.call_id.as_str())).await?;
+    }
     // Attempts ended, per function, for the dashboard's statistics.
     let mut tallies = crate::stats::Tallies::default();
     let mut ends: Vec<(usize, End)> = Vec::new();
-    let mut succeeded: Vec<&Running> = Vec::new();
+    let mut succeeded: Vec<(&Running, UnixMillis)> = Vec::new();
     for (n, input) in &current {
-        let duration = p.now - input.started_at;
-        let effect = match &p.results[*n].1 {
+        let r = &reported[*n];
+        let duration = r.now - input.started_at;
+        let effect = match r.outcome {
             Outcome::Succeeded { output } => {
-                succeeded.push(input);
+                succeeded.push((input, r.now));
                 ends.push((
                     *n,
                     End {
@@ -904,7 +993,7 @@ pub async fn complete_many(
                 "succeeded"
             }
             Outcome::Failed { error, retry } => {
-                match fail(&mut tx, &mut specs, input, error, *retry, p.now).await? {
+                match fail(&mut tx, &mut specs, input, error, *retry, r.now).await? {
                     Some(end) => {
                         ends.push((*n, end));
                         "failed"
@@ -913,7 +1002,7 @@ pub async fn complete_many(
                 }
             }
             Outcome::Returned { error } => {
-                match requeue_lost(&mut tx, input, error, p.now).await? {
+                match requeue_lost(&mut tx, input, error, r.now).await? {
                     Some(end) => {
                         ends.push((*n, end));
                         "failed"
@@ -935,7 +1024,7 @@ pub async fn complete_many(
         let mut q: QueryBuilder<Db> = QueryBuilder::new(
             "INSERT INTO attempts (input_id, attempt, call_id, idx, worker_id, outcome, started_at, finished_at, batch_size) ",
         );
-        q.push_values(chunk, |mut b, input| {
+        q.push_values(chunk, |mut b, (input, at)| {
             b.push_bind(input.id)
                 .push_bind(input.attempt)
                 .push_bind(input.call_id.as_str())
@@ -943,15 +1032,15 @@ pub async fn complete_many(
                 .push_bind(input.worker_id.clone())
                 .push("'succeeded'")
                 .push_bind(input.started_at)
-                .push_bind(p.now)
+                .push_bind(*at)
                 .push_bind(input.batch_size);
         });
         q.push(" ON CONFLICT (input_id, attempt) DO NOTHING");
         q.build().execute(&mut *tx).await.map_err(db_err)?;
     }
     let (positions, ends): (Vec<usize>, Vec<End>) = ends.into_iter().unzip();
-    let shifted = end_many(&mut tx, &ends, p.now).await?;
-    // A call that ended is reported with the last of its results in the batch.
+    let shifted = end_many(&mut tx, &ends, now).await?;
+    // A call that ended is reported with the last of its results in the group.
     for (n, end) in positions.iter().zip(&ends).rev() {
         if let Some(finished) = shifted.get(&end.call_id).and_then(|s| s.finished.clone()) {
             if !out
@@ -964,18 +1053,18 @@ pub async fn complete_many(
     }
     for (n, mut input) in late {
         // The lease was lost: keep what the attempt said, but not as the input's result.
-        let (lease, outcome) = &p.results[n];
-        input.attempt = lease.attempt as i64;
-        input.worker_id = Some(p.worker_id.to_string());
-        let (name, error) = match outcome {
+        let r = &reported[n];
+        input.attempt = r.lease.attempt as i64;
+        input.worker_id = Some(r.worker.to_string());
+        let (name, error) = match r.outcome {
             Outcome::Succeeded { .. } => ("succeeded", None),
             Outcome::Failed { error, .. } => ("failed", Some(error)),
             Outcome::Returned { error } => ("lost", Some(error)),
         };
-        attempt_record(&mut tx, &input, name, error, p.now, true).await?;
+        attempt_record(&mut tx, &input, name, error, r.now, true).await?;
         out[n].function = Some(format!("{}.{}", input.app, input.function));
     }
-    tallies.record(&mut tx, p.now).await?;
+    tallies.record(&mut tx, now).await?;
     crate::dialect::notify(&mut tx, "results").await?;
     if out
         .iter()
@@ -989,7 +1078,12 @@ pub async fn complete_many(
         }
     }
     tx.commit().await.map_err(db_err)?;
-    Ok(out)
+    for (r, row) in reported.iter().zip(out) {
+        if let Some(Ok(rows)) = answers.get_mut(r.job) {
+            rows.push(row);
+        }
+    }
+    Ok(answers)
 }
 
 /// Extends the leases (the worker's sighting is `workers::touch`'s, written apart).
@@ -998,30 +1092,68 @@ pub async fn heartbeat(conn: &mut Conn, p: LeaseHeartbeat) -> Result<Vec<Lease>,
         return Ok(Vec::new());
     }
     let mut tx = conn.begin().await.map_err(db_err)?;
-    let mut lost = Vec::new();
-    // In input id order, the order completions lock in, so a heartbeat and a completion of the
-    // same worker's leases on PostgreSQL cannot deadlock.
+    crate::dialect::relaxed_commit(&mut tx).await?;
     let mut leases = p.leases.clone();
     leases.sort_by_key(|l| l.input_id);
-    for lease in &leases {
-        let held = crate::db::query(&format!(
-            "UPDATE inputs SET lease_expires_at = {LEAST}($4, deadline_at)
-             WHERE id = $1 AND attempt = $2 AND worker_id = $3 AND state = 'running'"
-        ))
-        .bind(lease.input_id)
-        .bind(lease.attempt as i64)
-        .bind(p.worker_id.as_str())
-        .bind(p.now + p.lease_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
-        if held == 0 {
-            lost.push(*lease);
+    leases.dedup();
+    // One statement renews every lease still held. On PostgreSQL it skips rows another
+    // transaction is changing (this worker's results being recorded, most often) rather than
+    // wait behind it: those are looked at below, unlocked.
+    let mut renewed = std::collections::HashSet::new();
+    for chunk in leases.chunks(COMPLETE_CHUNK) {
+        let mut q: QueryBuilder<Db> =
+            QueryBuilder::new(format!("UPDATE inputs SET lease_expires_at = {LEAST}("));
+        q.push_bind(p.now + p.lease_ms)
+            .push(", deadline_at) WHERE id IN (SELECT id FROM inputs WHERE state = 'running' AND worker_id = ")
+            .push_bind(p.worker_id.as_str());
+        push_leases(&mut q, "id", chunk);
+        q.push(format!(" ORDER BY id{SKIP_LOCKED}) RETURNING id, attempt"));
+        for row in q.build().fetch_all(&mut *tx).await.map_err(db_err)? {
+            renewed.insert(lease_of(&row)?);
+        }
+    }
+    let skipped: Vec<Lease> = leases
+        .iter()
+        .filter(|l| !renewed.contains(l))
+        .copied()
+        .collect();
+    let mut held = std::collections::HashSet::new();
+    for chunk in skipped.chunks(COMPLETE_CHUNK) {
+        // As last committed: a lease whose row was being changed is still held unless that
+        // change ends it, and the next heartbeat renews it if not.
+        let mut q: QueryBuilder<Db> = QueryBuilder::new(
+            "SELECT id, attempt FROM inputs WHERE state = 'running' AND worker_id = ",
+        );
+        q.push_bind(p.worker_id.as_str());
+        push_leases(&mut q, "id", chunk);
+        for row in q.build().fetch_all(&mut *tx).await.map_err(db_err)? {
+            held.insert(lease_of(&row)?);
         }
     }
     tx.commit().await.map_err(db_err)?;
-    Ok(lost)
+    Ok(skipped.into_iter().filter(|l| !held.contains(l)).collect())
+}
+
+/// The lease a row of `inputs` with `id` and `attempt` holds.
+fn lease_of(row: &DbRow) -> Result<Lease, StoreError> {
+    Ok(Lease {
+        input_id: row.try_get("id").map_err(db_err)?,
+        attempt: row.try_get::<i64, _>("attempt").map_err(db_err)? as u32,
+    })
+}
+
+/// ` AND (ID, attempt) IN (…)` for `leases`, `ID` being the column of the input's id.
+fn push_leases(q: &mut QueryBuilder<'_, Db>, id: &str, leases: &[Lease]) {
+    q.push(format!(" AND ({id}, attempt) IN ("));
+    let mut list = q.separated(", ");
+    for lease in leases {
+        list.push("(")
+            .push_bind_unseparated(lease.input_id)
+            .push_unseparated(", ")
+            .push_bind_unseparated(lease.attempt as i64)
+            .push_unseparated(")");
+    }
+    q.push(")");
 }
 
 /// Gives back the leases of `rows` (locked, sorted by id): each is requeued, or fails once it

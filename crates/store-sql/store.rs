@@ -3,7 +3,9 @@
 //! connection or the pool), `write` (runs a write in a transaction, answering once it is
 //! durable), `insert_call` (a spawn, which a backend may write together with others),
 //! `write_lease` (a write whose loss in a power cut only sends inputs back to the
-//! queue, which a backend may commit without waiting for the disk), `functions` (a
+//! queue, which a backend may commit without waiting for the disk), `lease_inputs` and
+//! `complete_inputs` (a worker's lease and its batch of results, which a backend may write
+//! together with other workers'), `functions` (a
 //! [`FunctionCache`], enabled where no other process deploys), and the three things only a
 //! shared database has: `subscribe` (wake-ups from other servers), `lead` and `clock`.
 
@@ -174,16 +176,7 @@ impl Store for Backend {
                 limits.push((function.clone(), row.spec.limits));
             }
         }
-        let versions = self.versions.clone();
-        self.write_lease(move |conn| {
-            Box::pin(inputs::lease(
-                conn,
-                params.clone(),
-                limits.clone(),
-                versions.clone(),
-            ))
-        })
-        .await
+        self.lease_inputs(params, limits).await
     }
 
     async fn limits_state(&self, params: LimitsRead) -> Result<LimitsState, StoreError> {
@@ -201,8 +194,7 @@ impl Store for Backend {
         &self,
         params: InputCompleteMany,
     ) -> Result<Vec<CompletionRow>, StoreError> {
-        self.write(move |conn| Box::pin(inputs::complete_many(conn, params.clone())))
-            .await
+        self.complete_inputs(params).await
     }
 
     async fn lease_heartbeat(&self, params: LeaseHeartbeat) -> Result<Vec<Lease>, StoreError> {

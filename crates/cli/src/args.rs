@@ -296,11 +296,13 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Run one scenario: enqueue (64 single spawns in flight), bulk (spawns of 1,000),
-    /// in-process, command, latency, map, or dashboard (not run by default: it fills the store
-    /// with a million calls first).
+    /// in-process (one worker), workers (100 workers taking an input at a time), command,
+    /// latency, map, or dashboard (not run by default: it fills the store with a million
+    /// calls first).
     #[arg(long)]
     pub scenario: Option<String>,
-    /// Inputs per scenario (default: enqueue, in-process, command 100,000; bulk 200,000;
+    /// Inputs per scenario (default: enqueue, in-process, command 100,000; workers 20,000;
+    /// bulk 200,000;
     /// latency 1,000; map 1,000,000; dashboard: calls in the store, 1,000,000; crowd: workers
     /// waiting, 5,000).
     #[arg(long)]

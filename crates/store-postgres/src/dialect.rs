@@ -41,6 +41,17 @@ pub fn notify(_conn: &mut Conn, payload: &str) -> std::future::Ready<Result<(), 
     std::future::ready(Ok(()))
 }
 
+/// Lets the current transaction commit without waiting for its WAL to reach the disk: for
+/// writes whose loss in a crash of the database only sends inputs back to the queue (leases,
+/// heartbeats). A later durable commit flushes it with everything before it.
+pub async fn relaxed_commit(conn: &mut Conn) -> Result<(), StoreError> {
+    sqlx::query("SET LOCAL synchronous_commit TO OFF")
+        .execute(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
 pub fn db_err(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::PoolTimedOut

@@ -171,6 +171,32 @@ impl SqliteStore {
         self.writer.run(true, op).await
     }
 
+    /// Leases inputs: the writer's group already puts concurrent leases in one transaction.
+    async fn lease_inputs(
+        &self,
+        params: InputLease,
+        limits: Vec<(FunctionKey, hopper_core::limits::Limits)>,
+    ) -> Result<LeaseBatch, StoreError> {
+        let versions = self.versions.clone();
+        self.write_lease(move |conn| Box::pin(inputs::lease(conn, params, limits, versions)))
+            .await
+    }
+
+    /// Records a worker's results: the writer's group already puts concurrent batches in one
+    /// transaction.
+    async fn complete_inputs(
+        &self,
+        params: InputCompleteMany,
+    ) -> Result<Vec<CompletionRow>, StoreError> {
+        self.write(move |conn| {
+            Box::pin(async move {
+                let mut answers = inputs::complete_groups(conn, vec![params]).await?;
+                answers.pop().unwrap_or_else(|| Ok(Vec::new()))
+            })
+        })
+        .await
+    }
+
     /// One server per file: nobody else sends wake-ups.
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Wakeup>> {
         None

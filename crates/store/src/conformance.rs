@@ -49,6 +49,7 @@ macro_rules! conformance_suite {
             a_stopped_worker_hands_its_leases_back,
             a_lease_lost_too_often_fails_the_input,
             concurrent_leasing_never_hands_an_input_out_twice,
+            many_workers_leasing_and_reporting_at_once_are_each_answered_alone,
             a_streaming_map_takes_chunks_and_ends_only_when_closed,
             a_retried_chunk_is_taken_once_and_a_gap_is_refused,
             results_stream_by_index_and_by_completion,
@@ -1932,6 +1933,142 @@ pub async fn concurrent_leasing_never_hands_an_input_out_twice(store: Arc<dyn St
         }
     }
     assert_eq!(seen.len(), 500);
+}
+
+/// Many workers lease and report at once, as a backend that writes concurrent leases and
+/// results together in one transaction sees them: each gets its own inputs and its own
+/// answers, a worker reporting for a lease it does not hold is refused alone (the others'
+/// results in the same moment are recorded), and the calls' counters add up.
+pub async fn many_workers_leasing_and_reporting_at_once_are_each_answered_alone(
+    store: Arc<dyn Store>,
+) {
+    deploy(&*store).await;
+    // A map of 60 inputs and 20 spawns: leases of several calls at once.
+    let map = spawn_n(&*store, "ok", 60, T0).await;
+    let mut spawns = Vec::new();
+    for _ in 0..20 {
+        spawns.push(spawn_n(&*store, "ok", 1, T0).await.id);
+    }
+    let mut workers = Vec::new();
+    for _ in 0..20 {
+        workers.push(worker(&*store).await);
+    }
+    let leasing: Vec<_> = workers
+        .iter()
+        .map(|w| {
+            let (store, w) = (store.clone(), w.clone());
+            tokio::spawn(async move { lease(&*store, &w, "ok", 4, T0 + 1).await })
+        })
+        .collect();
+    let mut leased = Vec::new();
+    for task in leasing {
+        leased.push(task.await.unwrap());
+    }
+    let mut seen = HashSet::new();
+    for rows in &leased {
+        assert_eq!(rows.len(), 4, "each worker gets the 4 it asked for");
+        for row in rows {
+            assert!(seen.insert(row.lease), "{:?} was leased twice", row.lease);
+        }
+    }
+    let running: i64 = store
+        .call_list(CallList {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.counts.running)
+        .sum();
+    assert_eq!(running, 80, "every lease is counted on its call");
+    // Worker 0 reports worker 1's first lease as well as its own: refused whole, alone.
+    let impostor = InputCompleteMany {
+        worker_id: workers[0].clone(),
+        results: std::iter::once(leased[1][0].lease)
+            .chain(leased[0].iter().map(|r| r.lease))
+            .map(|l| {
+                (
+                    l,
+                    Outcome::Succeeded {
+                        output: json!("stolen"),
+                    },
+                )
+            })
+            .collect(),
+        batch_sizes: Vec::new(),
+        now: T0 + 2,
+    };
+    let honest: Vec<InputCompleteMany> = (1..20)
+        .map(|n| InputCompleteMany {
+            worker_id: workers[n].clone(),
+            results: leased[n]
+                .iter()
+                .map(|r| (r.lease, Outcome::Succeeded { output: json!(n) }))
+                .collect(),
+            batch_sizes: Vec::new(),
+            now: T0 + 2,
+        })
+        .collect();
+    let reporting: Vec<_> = std::iter::once(impostor)
+        .chain(honest)
+        .map(|p| {
+            let store = store.clone();
+            tokio::spawn(async move { store.input_complete_many(p).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in reporting {
+        answers.push(task.await.unwrap());
+    }
+    let mut answers = answers.into_iter();
+    match answers.next() {
+        Some(Err(StoreError::Conflict(_))) => {}
+        other => panic!("the impostor's batch: {other:?}"),
+    }
+    for (n, answer) in answers.enumerate() {
+        let rows = answer.unwrap_or_else(|e| panic!("worker {}'s batch: {e}", n + 1));
+        assert_eq!(rows.len(), 4);
+        assert!(
+            rows.iter().all(|r| r.recorded && r.effect == "succeeded"),
+            "{rows:?}"
+        );
+    }
+    for row in leased[1..].iter().flatten() {
+        let input = store
+            .input_get(&row.call_id, row.index)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(input.state, InputState::Succeeded);
+        assert_ne!(input.output.as_deref(), Some("\"stolen\""));
+    }
+    for row in &leased[0] {
+        let input = store
+            .input_get(&row.call_id, row.index)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            input.state,
+            InputState::Running,
+            "the refused batch wrote nothing"
+        );
+    }
+    // Each spawn whose one input ended was reported ended once, with its result.
+    let counts = store.call_get(&map.id).await.unwrap().unwrap().counts;
+    assert_eq!(counts.succeeded + counts.running + counts.pending, 60);
+    let ended = store
+        .call_list(CallList {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let succeeded: i64 = ended.iter().map(|c| c.counts.succeeded).sum();
+    assert_eq!(succeeded, 76, "19 workers' 4 results");
+    let running: i64 = ended.iter().map(|c| c.counts.running).sum();
+    assert_eq!(running, 4, "the refused worker's 4 still run");
 }
 
 async fn open_map(store: &dyn Store, first: usize, discard_results: bool) -> CallRow {

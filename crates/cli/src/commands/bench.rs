@@ -18,10 +18,11 @@ use crate::args::BenchArgs;
 use crate::exit::{self, Code};
 use crate::output;
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "enqueue",
     "bulk",
     "in-process",
+    "workers",
     "command",
     "latency",
     "map",
@@ -241,11 +242,23 @@ async fn deployed(server: &BenchServer) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// Workers the `workers` scenario runs, each taking one input at a time.
+const SMALL_WORKERS: usize = 100;
+
 /// An in-process worker serving `bench.noop`, until the token is cancelled.
 fn in_process_worker(client: &Client) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    worker_of(client, 1_000)
+}
+
+/// An in-process worker serving `bench.noop` with `concurrency` inputs at once, until the
+/// token is cancelled.
+fn worker_of(
+    client: &Client,
+    concurrency: u32,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
     let options = FunctionOptions {
-        concurrency: 1000,
+        concurrency,
         ..FunctionOptions::default()
     };
     let worker = Worker::new(client.clone(), "bench")
@@ -410,21 +423,35 @@ impl Drop for BackgroundLoad {
     }
 }
 
+/// In-process workers for [`map_through`].
+#[derive(Clone, Copy)]
+enum Workers {
+    /// None: the server's own (a `serve` function's).
+    Server,
+    /// One on each server, taking up to 1,000 inputs at a time.
+    One,
+    /// So many on each server, each taking one input at a time (as many small workers on
+    /// other machines would): their leases and results arrive apart, at once.
+    Small(usize),
+}
+
 /// Maps `n` no-op inputs over `function` and reads every result back.
 async fn map_through(
     scenario: &str,
     function: &str,
     n: u64,
-    in_process: bool,
+    in_process: Workers,
 ) -> anyhow::Result<Figures> {
     let server = Cluster::start()?;
     let clients = server.clients().await?;
     let client = clients[0].clone();
-    // An in-process worker on each server.
-    let workers: Vec<_> = if in_process {
-        clients.iter().map(in_process_worker).collect()
-    } else {
-        Vec::new()
+    let workers: Vec<_> = match in_process {
+        Workers::Server => Vec::new(),
+        Workers::One => clients.iter().map(in_process_worker).collect(),
+        Workers::Small(each) => clients
+            .iter()
+            .flat_map(|c| (0..each).map(|_| worker_of(c, 1)))
+            .collect(),
     };
     let started = Instant::now();
     let options = MapOptions {
@@ -630,15 +657,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
         let figures = match scenario {
             "enqueue" => enqueue(count(100_000)).await?,
             "bulk" => bulk(count(200_000)).await?,
-            "in-process" => map_through("in-process", "bench.noop", count(100_000), true).await?,
-            "command" => map_through("command", "bench.serve_noop", count(100_000), false).await?,
+            "in-process" => {
+                map_through("in-process", "bench.noop", count(100_000), Workers::One).await?
+            }
+            "workers" => {
+                let workers = Workers::Small(SMALL_WORKERS);
+                map_through("workers", "bench.noop", count(20_000), workers).await?
+            }
+            "command" => {
+                map_through(
+                    "command",
+                    "bench.serve_noop",
+                    count(100_000),
+                    Workers::Server,
+                )
+                .await?
+            }
             "latency" => latency(count(1_000)).await?,
             "dashboard" => dashboard(count(1_000_000)).await?,
             "crowd" => crowd(count(5_000)).await?,
             "keys" => limited("keys", count(20_000)).await?,
             "rate" => limited("rate", count(20_000)).await?,
             "fairness" => limited("fairness", count(50_000)).await?,
-            _ => map_through("map", "bench.noop", count(1_000_000), true).await?,
+            _ => map_through("map", "bench.noop", count(1_000_000), Workers::One).await?,
         };
         all.push(figures);
     }
