@@ -343,7 +343,9 @@ const COMPLETE_GROUP: usize = 1_000;
 /// `most` (by `weight`), in multi-row statements where `write` has them, so a job costs a
 /// share of a commit and of its round trips, not whole ones. What arrives while every writer
 /// is busy joins the next group; a job arriving alone is written at once. `write` answers each
-/// job of a group in order; its error fails the whole group.
+/// job of a group in order. A group whose transaction a statement refused (a job's data) is
+/// written again job by job, so that job alone fails; any other error (the database is away,
+/// a commit whose outcome is unknown) fails the whole group, and nothing is written twice.
 fn group_writer<J, A, W>(
     writes: Writes,
     writers: usize,
@@ -385,11 +387,33 @@ where
             let write = write.clone();
             tokio::spawn(async move {
                 let (jobs, answers): (Vec<J>, Vec<_>) = group.into_iter().unzip();
-                let written = writes.write(move |conn| write(conn, jobs.clone())).await;
+                let alone = jobs.len() == 1;
+                let group = jobs.clone();
+                let write_group = write.clone();
+                let written = writes
+                    .write(move |conn| write_group(conn, group.clone()))
+                    .await;
                 match written {
                     Ok(rows) => {
                         for (answer, row) in answers.into_iter().zip(rows) {
                             let _ = answer.send(row);
+                        }
+                    }
+                    // A statement refused one job's data and the group's transaction rolled
+                    // back whole: each job is written alone, so only that job fails.
+                    Err(StoreError::Database(e)) if !alone => {
+                        tracing::debug!(error = %e, "a group's write failed; writing its jobs one by one");
+                        for (job, answer) in jobs.into_iter().zip(answers) {
+                            let write = write.clone();
+                            let written = writes
+                                .write(move |conn| write(conn, vec![job.clone()]))
+                                .await
+                                .and_then(|mut rows| {
+                                    rows.pop().unwrap_or_else(|| {
+                                        Err(StoreError::Database("a job went unanswered".into()))
+                                    })
+                                });
+                            let _ = answer.send(written);
                         }
                     }
                     Err(e) => {

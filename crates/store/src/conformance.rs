@@ -50,6 +50,7 @@ macro_rules! conformance_suite {
             a_lease_lost_too_often_fails_the_input,
             concurrent_leasing_never_hands_an_input_out_twice,
             many_workers_leasing_and_reporting_at_once_are_each_answered_alone,
+            a_spawn_the_database_refuses_fails_alone_among_concurrent_spawns,
             a_streaming_map_takes_chunks_and_ends_only_when_closed,
             a_retried_chunk_is_taken_once_and_a_gap_is_refused,
             results_stream_by_index_and_by_completion,
@@ -2069,6 +2070,51 @@ pub async fn many_workers_leasing_and_reporting_at_once_are_each_answered_alone(
     assert_eq!(succeeded, 76, "19 workers' 4 results");
     let running: i64 = ended.iter().map(|c| c.counts.running).sum();
     assert_eq!(running, 4, "the refused worker's 4 still run");
+}
+
+/// A spawn whose data the database refuses (PostgreSQL takes no NUL in text) fails alone:
+/// the spawns arriving with it, which a backend may write in the same transaction, are made.
+pub async fn a_spawn_the_database_refuses_fails_alone_among_concurrent_spawns(
+    store: Arc<dyn Store>,
+) {
+    deploy(&*store).await;
+    for round in 0..3 {
+        let spawning: Vec<_> = (0..30)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let key = (n == 15).then(|| "bad\0key".to_string());
+                    let made = store
+                        .call_insert(CallInsert {
+                            id: CallId::generate(),
+                            app: "a".into(),
+                            function: "ok".into(),
+                            version: 1,
+                            origin: Origin::Spawn,
+                            idempotency_key: None,
+                            inputs: vec![json!(n).to_string()],
+                            accepting_inputs: false,
+                            discard_results: false,
+                            schedule: None,
+                            rerun_of: None,
+                            starts_at: None,
+                            priority: 0,
+                            key,
+                            input_keys: Vec::new(),
+                            now: T0,
+                        })
+                        .await;
+                    (n, made)
+                })
+            })
+            .collect();
+        for task in spawning {
+            let (n, made) = task.await.unwrap();
+            if n != 15 {
+                assert!(made.is_ok(), "round {round}: spawn {n}: {made:?}");
+            }
+        }
+    }
 }
 
 async fn open_map(store: &dyn Store, first: usize, discard_results: bool) -> CallRow {
