@@ -14,9 +14,15 @@ use crate::map::{corrupt, db_err, stream};
 pub async fn register(conn: &mut Conn, p: WorkerRegisterParams) -> Result<(), StoreError> {
     let functions =
         serde_json::to_string(&p.functions).map_err(|e| corrupt("worker functions", e))?;
+    let machine = p
+        .machine
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| corrupt("worker machine", e))?;
     crate::db::query(
-        "INSERT INTO workers (id, host, pid, functions, concurrency, registered_at, last_seen_at, secret)
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+        "INSERT INTO workers (id, host, pid, functions, concurrency, registered_at, last_seen_at, secret, machine)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
     )
     .bind(p.id.as_str())
     .bind(without_nul(&p.host))
@@ -25,6 +31,7 @@ pub async fn register(conn: &mut Conn, p: WorkerRegisterParams) -> Result<(), St
     .bind(p.concurrency as i64)
     .bind(p.now)
     .bind(&p.secret_hash)
+    .bind(machine)
     .execute(&mut *conn)
     .await
     .map_err(db_err)?;
@@ -46,7 +53,7 @@ pub async fn touch(conn: &mut Conn, id: &WorkerId, now: i64) -> Result<bool, Sto
 
 /// Workers seen lately, each with its running inputs (counted through `inputs_by_worker`).
 pub const LIST_SQL: &str =
-    "SELECT w.id, w.host, w.pid, w.functions, w.concurrency, w.registered_at, w.last_seen_at, w.stopped_at, w.secret,
+    "SELECT w.id, w.host, w.pid, w.functions, w.concurrency, w.registered_at, w.last_seen_at, w.stopped_at, w.secret, w.machine,
             (SELECT COUNT(*) FROM inputs i WHERE i.state = 'running' AND i.worker_id = w.id) AS running
      FROM workers w WHERE w.last_seen_at > $1 OR w.stopped_at IS NULL ORDER BY w.registered_at, w.id";
 
@@ -60,7 +67,12 @@ pub async fn list(pool: &DbPool, seen_after: i64) -> Result<Vec<WorkerRow>, Stor
         .map(|row| {
             let id: String = row.try_get("id").map_err(db_err)?;
             let functions: String = row.try_get("functions").map_err(db_err)?;
+            let machine: Option<String> = row.try_get("machine").map_err(db_err)?;
             Ok(WorkerRow {
+                machine: machine
+                    .map(|m| serde_json::from_str(&m))
+                    .transpose()
+                    .map_err(|e| corrupt("worker machine", e))?,
                 secret_hash: row.try_get("secret").map_err(db_err)?,
                 id: id.parse().map_err(|e| corrupt("worker id", e))?,
                 host: row.try_get("host").map_err(db_err)?,

@@ -402,6 +402,21 @@ def _policy(fdef: FunctionDef[Any, Any], sdk: str | None = None) -> list[str]:
         out.append(f"priority = {o.priority}")
     if o.limits is not None:
         out.append(f"limits = {o.limits.toml()}")
+    if isinstance(o.gpu, int):
+        out.append(f"gpu = {o.gpu}")
+    elif isinstance(o.gpu, str):
+        out.append(f"gpu = {_str(o.gpu)}")
+    elif o.gpu is not None:
+        out.append(f"gpu = {_array(list(o.gpu))}")
+    if o.cpu is not None:
+        out.append(f"cpu = {float(o.cpu)!r}")
+    if isinstance(o.memory, int):
+        out.append(f"memory = {o.memory}")
+    elif o.memory is not None:
+        out.append(f"memory = {_str(o.memory)}")
+    if o.labels:
+        pairs = ", ".join(f"{_key(k)} = {_str(v)}" for k, v in sorted(o.labels.items()))
+        out.append(f"labels = {{ {pairs} }}")
     return out
 
 

@@ -1,8 +1,9 @@
 """The serve runner: ``python -m hopper._runner FILE FUNCTION`` runs one function of the app in
 FILE as a ``serve`` process (docs/SERVE_PROTOCOL.md).
 
-- Imports FILE, instantiates the class and runs its ``@enter`` methods (for a method), then
-  writes ``{"ready": true}``. A failure there prints its traceback on stderr and exits with
+- Writes ``{"ready": false}`` (its worker leases nothing until it is ready), imports FILE,
+  instantiates the class and runs its ``@enter`` methods (for a method), then writes
+  ``{"ready": true}``. A failure there prints its traceback on stderr and exits with
   status 1: a start-up failure, not lost inputs.
 - Reads requests from stdin and runs up to ``concurrency`` of them at once: on a thread pool for
   a plain function, as tasks on one event loop for an ``async def``.
@@ -526,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     file, name = args
     protocol = _Protocol()
+    # Loading (imports, @enter) may take long: the worker leases nothing until the ready line.
+    protocol.send([{"ready": False}])
     fallback = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
     sys.stdout = _Router("stdout", fallback)
     sys.stderr = _Router("stderr", fallback)

@@ -32,6 +32,8 @@ _APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 Schedule = Cron | Period | int | float
+#: A GPU request: a count, a kind (``"A100"``, ``"H100:2"``, ``"any"``) or kinds in order of preference.
+Gpu = int | str | Sequence[str]
 """``schedule=``: a :class:`Cron`, a :class:`Period`, or a period in seconds."""
 
 
@@ -68,6 +70,10 @@ class FunctionOptions:
     no_retry_on: tuple[type[BaseException], ...] = ()
     limits: Limits | None = None
     priority: int | None = None
+    gpu: Gpu | None = None
+    cpu: float | None = None
+    memory: int | str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raises ``ValueError`` for a value no manifest could hold."""
@@ -102,6 +108,38 @@ class FunctionOptions:
             raise ValueError(f"limits: expected hopper.Limits(...), not {self.limits!r}")
         if self.priority is not None and not _int_in(self.priority, -1000, 1000):
             raise ValueError(f"priority must be an int from -1000 to 1000, not {self.priority!r}")
+        gpu = self.gpu
+        if gpu is not None and not (
+            _int_in(gpu, 1, 64)
+            or (isinstance(gpu, str) and gpu.strip())
+            or (isinstance(gpu, (list, tuple)) and gpu and all(isinstance(k, str) and k.strip() for k in gpu))
+        ):
+            raise ValueError(
+                'gpu must be a count from 1 to 64, a kind ("A100", "H100:2", "any") '
+                f"or a list of kinds, not {gpu!r}"
+            )
+        cpu = self.cpu
+        if cpu is not None and (
+            isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not 0 < cpu <= 1024
+        ):
+            raise ValueError(f"cpu must be a number of cores more than 0 and at most 1024, not {cpu!r}")
+        memory = self.memory
+        if memory is not None and not (
+            _int_in(memory, 1, 1 << 40) or (isinstance(memory, str) and memory.strip())
+        ):
+            raise ValueError(f'memory must be MiB as an int (4096) or a size ("4GiB"), not {memory!r}')
+        for k, v in self.labels.items():
+            if not isinstance(k, str) or not isinstance(v, str) or not k:
+                raise ValueError(f"labels: {k!r}={v!r} is not a label (str names and values)")
+
+
+def _labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """``labels`` as a dict; ``ValueError`` for anything but a mapping."""
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise ValueError(f'labels must be a dict of names to values ({{"zone": "eu"}}), not {labels!r}')
+    return dict(labels)
 
 
 def _int_in(value: object, low: int, high: int) -> bool:
@@ -399,6 +437,10 @@ class App:
         buffer_containers: int | None = None,
         limits: Limits | None = None,
         priority: int | None = None,
+        gpu: Gpu | None = None,
+        cpu: float | None = None,
+        memory: int | str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Callable[[Callable[P, R]], FunctionDef[P, R]]: ...
 
     def function(
@@ -425,6 +467,10 @@ class App:
         buffer_containers: int | None = None,
         limits: Limits | None = None,
         priority: int | None = None,
+        gpu: Gpu | None = None,
+        cpu: float | None = None,
+        memory: int | str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> FunctionDef[P, R] | Callable[[Callable[P, R]], FunctionDef[P, R]]:
         """Makes a Python function a function of this app.
 
@@ -439,8 +485,10 @@ class App:
                 function): threads for a plain function, tasks on one event loop for an
                 ``async def``. Default 1.
             batch: :class:`hopper.Batch`: the function takes a list and returns a list.
-            min_workers: worker processes kept running with no work (default 1).
-            max_workers: most worker processes at once (default ``max(min_workers, 1)``).
+            min_workers: worker processes kept running with no work (default 0: an idle
+                function has no process, and its first call starts one).
+            max_workers: most worker processes at once (default: the server's cores, at most
+                16, and at least ``min_workers``).
             buffer_workers: idle workers kept warm beyond demand (default 0).
             scaledown_window: a worker not needed for this long stops (default 60 s).
             env: extra environment variables of the function's process. Anyone who can
@@ -459,6 +507,16 @@ class App:
                 in total and per key, across every worker and server.
             priority: the priority of a call that gives none, -1000 to 1000 (higher runs
                 first; default 0).
+            gpu: GPUs each worker needs: a count (``1``), ``"any"``, a kind (``"A100"``,
+                ``"H100:2"`` for two) or a list of kinds in order of preference
+                (``["H100", "A100"]``). Its inputs go only to workers whose machine has them;
+                local workers each get their own (``CUDA_VISIBLE_DEVICES``). Default none.
+            cpu: cores each worker needs (fractional allowed): local workers of all
+                functions together stay within the server's. Default none.
+            memory: memory each worker needs: MiB as an int (``4096``) or a size
+                (``"4GiB"``). Default none.
+            labels: labels a worker's machine must have (``{"zone": "eu"}``, given to a
+                worker with ``hopper worker --label zone=eu``). Default none.
 
         Raises:
             ValueError: an option has a value no manifest can hold.
@@ -470,6 +528,10 @@ class App:
             batch=batch,
             limits=limits,
             priority=priority,
+            gpu=gpu,
+            cpu=cpu,
+            memory=memory,
+            labels=_labels(labels),
             min_workers=min_workers if min_workers is not None else min_containers,
             max_workers=max_workers if max_workers is not None else max_containers,
             buffer_workers=buffer_workers if buffer_workers is not None else buffer_containers,
@@ -556,6 +618,10 @@ class App:
         buffer_containers: int | None = None,
         limits: Limits | None = None,
         priority: int | None = None,
+        gpu: Gpu | None = None,
+        cpu: float | None = None,
+        memory: int | str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Callable[[type[T]], type[T]]:
         """Makes a class's ``@hopper.method()`` methods functions of this app.
 
@@ -576,6 +642,10 @@ class App:
             concurrency=concurrency,
             limits=limits,
             priority=priority,
+            gpu=gpu,
+            cpu=cpu,
+            memory=memory,
+            labels=_labels(labels),
             min_workers=min_workers if min_workers is not None else min_containers,
             max_workers=max_workers if max_workers is not None else max_containers,
             buffer_workers=buffer_workers if buffer_workers is not None else buffer_containers,

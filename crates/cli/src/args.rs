@@ -298,7 +298,9 @@ pub struct BenchArgs {
     /// Run one scenario: enqueue (64 single spawns in flight), bulk (spawns of 1,000),
     /// in-process (one worker), workers (100 workers taking an input at a time), command,
     /// latency, map, or dashboard (not run by default: it fills the store with a million
-    /// calls first).
+    /// calls first), or cold-start (not by default: a call of a command, a serve process and a
+    /// Python function with no worker, each round after the last worker stopped; --inputs
+    /// rounds, default 5).
     #[arg(long)]
     pub scenario: Option<String>,
     /// Inputs per scenario (default: enqueue, in-process, command 100,000; workers 20,000;
@@ -480,6 +482,50 @@ pub struct ServeArgs {
     /// How long a burst of failures is gathered into one notification.
     #[arg(long, default_value = "2s")]
     pub notify_gather: String,
+    #[command(flatten)]
+    pub machine: MachineArgs,
+}
+
+/// What this machine has, for placement; each is found when not given.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MachineArgs {
+    /// The GPUs to use, by index (0,1), each optionally with its kind (0=A100,4=L4); `none`
+    /// for none. Default: those `nvidia-smi` lists.
+    #[arg(long, env = "HOPPER_GPUS", value_name = "LIST")]
+    pub gpus: Option<String>,
+    /// The kind of the GPUs that --gpus gives no kind of (A100, H100, L4, …). Default: the
+    /// name `nvidia-smi` gives.
+    #[arg(long, env = "HOPPER_GPU_KIND", value_name = "KIND")]
+    pub gpu_kind: Option<String>,
+    /// Cores functions may ask for (`cpu`) in all. Default: this machine's.
+    #[arg(long, env = "HOPPER_CPUS")]
+    pub cpus: Option<String>,
+    /// Memory functions may ask for (`memory`) in all, e.g. 64GiB. Default: this machine's
+    /// (or its cgroup's limit).
+    #[arg(long, env = "HOPPER_MEMORY")]
+    pub memory: Option<String>,
+    /// A label functions may require (`labels = { zone = "eu" }`), as key=value; repeatable
+    /// (comma-separated in HOPPER_LABELS).
+    #[arg(
+        long = "label",
+        env = "HOPPER_LABELS",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub labels: Vec<String>,
+}
+
+impl MachineArgs {
+    /// The machine as found and overridden; errors name the flag.
+    pub fn resolve(&self) -> Result<hopper_core::resources::Machine, String> {
+        hopper_worker::machine::resolve(&hopper_worker::machine::Overrides {
+            gpus: self.gpus.clone(),
+            gpu_kind: self.gpu_kind.clone(),
+            cpus: self.cpus.clone(),
+            memory: self.memory.clone(),
+            labels: self.labels.clone(),
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -503,6 +549,8 @@ pub struct WorkerArgs {
     /// Time between SIGTERM and SIGKILL for a command over its timeout.
     #[arg(long, default_value = "5s")]
     pub kill_grace: String,
+    #[command(flatten)]
+    pub machine: MachineArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }

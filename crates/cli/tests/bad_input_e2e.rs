@@ -452,6 +452,7 @@ async fn scoped_tokens_allow_only_their_scopes() {
             host: "x".into(),
             pid: 1,
             concurrency: 1,
+            machine: None,
         })
         .await
         .unwrap_err();

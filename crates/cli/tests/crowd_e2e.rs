@@ -32,6 +32,7 @@ async fn simulated_worker(
             host: "sim".into(),
             pid: 1,
             concurrency: 1,
+            machine: None,
         })
         .await
         .unwrap();

@@ -105,12 +105,46 @@ async fn the_kubernetes_manifests_parse_and_name_a_metric_the_server_serves() {
         });
         assert!(budget.is_some(), "no PodDisruptionBudget for {name}");
     }
+    // A GPU worker asks Kubernetes for its GPU, runs on nodes of the labels it registers,
+    // and scales on the queue of the function it serves.
+    let gpu = docs
+        .iter()
+        .find(|d| {
+            d["metadata"]["name"] == "hopper-worker-vision-embed" && d["kind"] == "Deployment"
+        })
+        .expect("a GPU function's worker Deployment");
+    let pod = &gpu["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], 1);
+    for arg in container["args"].as_array().unwrap() {
+        if let Some((key, value)) = arg
+            .as_str()
+            .unwrap()
+            .strip_prefix("--label=")
+            .and_then(|l| l.split_once('='))
+        {
+            assert_eq!(
+                pod["nodeSelector"][key], value,
+                "the pods run where the label says"
+            );
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let quickstart =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart/hopper.toml");
+    let vision = manifest(
+        dir.path(),
+        "app = \"vision\"\n[functions.embed]\ncommand = [\"true\"]\ngpu = \"L4\"\nlabels = { pool = \"gpu-l4\" }\n",
+    );
     let server = Server::start(
         &dir.path().join("data"),
-        &["--deploy", quickstart.to_str().unwrap(), "--no-workers"],
+        &[
+            "--deploy",
+            quickstart.to_str().unwrap(),
+            "--deploy",
+            vision.to_str().unwrap(),
+            "--no-workers",
+        ],
     );
     // The probes of the server's Deployment answer.
     let servers = docs
@@ -123,33 +157,45 @@ async fn the_kubernetes_manifests_parse_and_name_a_metric_the_server_serves() {
         let answer = reqwest::get(format!("{}{path}", server.url)).await.unwrap();
         assert_eq!(answer.status(), 200, "{probe} {path}");
     }
-    // The autoscaler counts queued and running inputs, in series /metrics has.
-    let scaled = docs.iter().find(|d| d["kind"] == "ScaledObject").unwrap();
-    let query = scaled["spec"]["triggers"][0]["metadata"]["query"]
-        .as_str()
-        .unwrap();
-    let function = query
-        .split("function=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
-    let metrics: Vec<&str> = query
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("hopper_"))
-        .collect();
-    assert!(
-        metrics.contains(&"hopper_queue_pending") && metrics.contains(&"hopper_queue_running"),
-        "a scale-down must count running inputs: {query}"
-    );
+    // Each autoscaler counts queued and running inputs of the function its workers serve,
+    // from zero, in series /metrics has.
     let text = server.metrics().await;
-    for metric in metrics {
-        let series = format!("{metric}{{function=\"{function}\"}}");
+    for scaled in docs.iter().filter(|d| d["kind"] == "ScaledObject") {
+        assert_eq!(scaled["spec"]["minReplicaCount"], 0);
+        let query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+            .as_str()
+            .unwrap();
+        let function = query
+            .split("function=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let target = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "Deployment"
+                    && d["metadata"]["name"] == scaled["spec"]["scaleTargetRef"]["name"]
+            })
+            .expect("the ScaledObject's target");
+        let args = target["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(args.contains(&format!("--function={function}")), "{args}");
+        let metrics: Vec<&str> = query
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("hopper_"))
+            .collect();
         assert!(
-            text.contains(&series),
-            "{series} is not in /metrics:\n{text}"
+            metrics.contains(&"hopper_queue_pending") && metrics.contains(&"hopper_queue_running"),
+            "a scale-down must count running inputs: {query}"
         );
+        for metric in metrics {
+            let series = format!("{metric}{{function=\"{function}\"}}");
+            assert!(
+                text.contains(&series),
+                "{series} is not in /metrics:\n{text}"
+            );
+        }
     }
 }
 

@@ -23,7 +23,7 @@ async fn a_map_completes_exactly_once_while_a_second_server_is_killed_and_restar
     let dir = tempfile::tempdir().unwrap();
     let m = manifest(
         dir.path(),
-        "app = \"s\"\n[functions.double]\ncommand = [\"cat\"]\nconcurrency = 8\n",
+        "app = \"s\"\n[functions.double]\ncommand = [\"cat\"]\nconcurrency = 8\nmin_workers = 1\n",
     );
     let db = [
         "--database",

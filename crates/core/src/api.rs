@@ -82,6 +82,41 @@ pub struct FunctionView {
     /// For a function with limits: where they stand now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits_state: Option<LimitsStateView>,
+    /// Set while the function has work that no worker can take, with why: `waiting for a GPU
+    /// of kind H100: this server has 2 × L4, and no remote worker serving it has one`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// How its last worker process started, as a worker reported it to this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<StartupView>,
+}
+
+/// How a function's worker process last started (`FunctionView::startup`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartupView {
+    /// Milliseconds from the process's start to its ready line (imports, `@enter`), for the
+    /// last process that became ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ms: Option<u64>,
+    /// Set when the last process to start failed before it was ready (an `@enter` or import
+    /// that raised): the last line of its error output (`ValueError: no model file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    /// When that was reported (RFC 3339).
+    pub at: String,
+}
+
+/// `POST /v1/workers/{id}/starts`: how a process of one of the worker's functions started:
+/// ready after `ready_ms`, or `failed` before it was ready.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessStart {
+    /// `app.function`, one the worker serves.
+    pub function: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_ms: Option<u64>,
+    /// The last line of what it wrote before it exited (at most 1,000 characters kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// Where a function's limits stand now, as the store has them (`GET /v1/functions/{name}`).
@@ -671,6 +706,12 @@ pub struct WorkerRegister {
     pub pid: u32,
     /// Inputs the worker runs at once.
     pub concurrency: u32,
+    /// What the worker's machine has (GPUs, cores, memory, labels): its functions' inputs
+    /// reach it only if their `gpu`, `cpu`, `memory` and `labels` fit. None (a worker of an
+    /// older build, or an SDK program that says nothing): no GPU and no label, cores and
+    /// memory unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<crate::resources::Machine>,
 }
 
 /// The server's answer to a registration: the worker's id and the lease protocol's timing.
@@ -707,6 +748,10 @@ pub struct WorkerRegistered {
     /// one without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_secret: Option<crate::secret::Redacted<String>>,
+    /// The functions this worker's machine cannot run as they are deployed now, each with why
+    /// (`needs a GPU of kind H100; this machine has no GPU`): it is handed none of their inputs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unfit: BTreeMap<String, String>,
 }
 
 /// A worker as the API shows it.
@@ -723,6 +768,9 @@ pub struct WorkerView {
     pub last_seen_at: String,
     /// `active`, `stopped` (deregistered) or `lost` (not heard from for longer than a lease).
     pub state: String,
+    /// What its machine has, as it registered it; none for a worker that said nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<crate::resources::Machine>,
 }
 
 /// A worker's claim on one input: the input and which attempt it is. A result or heartbeat

@@ -68,6 +68,10 @@ pub struct FunctionSpec {
     /// first). Default 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// What each of its workers needs of a machine: GPUs, cores, memory, labels. Its inputs
+    /// go only to workers whose machine fits (see [`crate::resources`]).
+    #[serde(default, skip_serializing_if = "crate::resources::Resources::is_none")]
+    pub resources: crate::resources::Resources,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -106,9 +110,10 @@ pub struct BatchPolicy {
 /// How many local workers the provisioner runs for a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScalingPolicy {
-    /// Workers kept running with no work. Default 1.
+    /// Workers kept running with no work. Default 0: an idle function has no process.
     pub min_workers: u32,
-    /// Most workers at once. Default `max(min_workers, 1)`.
+    /// Most workers at once. Default in a manifest: the server's cores (at most 16), and at
+    /// least `min_workers`.
     pub max_workers: u32,
     /// Idle workers kept warm beyond current demand. Default 0.
     pub buffer_workers: u32,
@@ -119,7 +124,7 @@ pub struct ScalingPolicy {
 impl Default for ScalingPolicy {
     fn default() -> Self {
         Self {
-            min_workers: 1,
+            min_workers: 0,
             max_workers: 1,
             buffer_workers: 0,
             scaledown_window_ms: 60_000,

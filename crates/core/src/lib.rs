@@ -28,6 +28,7 @@ pub mod json;
 pub mod limits;
 pub mod manifest;
 pub mod notify;
+pub mod resources;
 pub mod retry;
 pub mod schedule;
 pub mod secret;

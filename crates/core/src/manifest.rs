@@ -20,6 +20,7 @@ use crate::function::{
 };
 use crate::limits::{self, Limits, Rate};
 use crate::notify::{NotifyOn, NotifyRule, DEFAULT_QUIET_MS};
+use crate::resources::Resources;
 use crate::retry::RetryPolicy;
 use crate::schedule::{Overlap, ScheduleSpec, When};
 
@@ -134,6 +135,13 @@ struct RawFunction {
     python: Option<Spanned<toml::Value>>,
     limits: Option<Spanned<RawLimits>>,
     priority: Option<Spanned<i64>>,
+    /// `1`, `"any"`, `"A100"`, `"H100:2"` or `["H100", "A100"]`.
+    gpu: Option<Spanned<toml::Value>>,
+    /// Cores, fractional allowed.
+    cpu: Option<Spanned<toml::Value>>,
+    /// MiB as a number, or a size (`"4GiB"`).
+    memory: Option<Spanned<toml::Value>>,
+    labels: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +250,10 @@ const FUNCTION_KEYS: Keys = Keys {
         "python",
         "limits",
         "priority",
+        "gpu",
+        "cpu",
+        "memory",
+        "labels",
     ],
     nested: &[
         ("batch", Nested::Table(&BATCH_KEYS)),
@@ -575,6 +587,7 @@ fn function(
             0
         }),
     };
+    let resources = resources(faults, key, f);
     let workdir = match &f.workdir {
         None => normalize(base_dir),
         Some(w) => normalize(&base_dir.join(w.get_ref())),
@@ -600,7 +613,69 @@ fn function(
         concurrency,
         limits,
         priority,
+        resources,
     })
+}
+
+/// A function's `gpu`, `cpu`, `memory` and `labels`; `key` is the function's dotted key.
+fn resources(faults: &mut Faults<'_>, key: &str, f: &RawFunction) -> Resources {
+    use crate::resources::{GpuValue, MemoryValue};
+    let mut out = Resources::default();
+    if let Some(g) = &f.gpu {
+        let value = match g.get_ref() {
+            toml::Value::Integer(n) => Ok(GpuValue::Count(*n)),
+            toml::Value::String(text) => Ok(GpuValue::Text(text)),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().ok_or("a list of GPU kinds holds strings (gpu = [\"H100\", \"A100\"])".to_string()))
+                .collect::<Result<Vec<_>, _>>()
+                .map(GpuValue::List),
+            other => Err(format!("expected a count (gpu = 1), a kind (gpu = \"A100\", \"H100:2\") or a list of kinds, not the {}", other.type_str())),
+        };
+        match value.and_then(|v| crate::resources::parse_gpu(&v)) {
+            Ok(gpu) => out.gpu = Some(gpu),
+            Err(e) => faults.push(g.span(), Some(format!("{key}.gpu")), e),
+        }
+    }
+    if let Some(c) = &f.cpu {
+        let value = match c.get_ref() {
+            toml::Value::Integer(n) => Ok(*n as f64),
+            toml::Value::Float(x) => Ok(*x),
+            other => Err(format!(
+                "expected a number of cores (cpu = 2 or 0.5), not the {}",
+                other.type_str()
+            )),
+        };
+        match value.and_then(crate::resources::check_cpu) {
+            Ok(cpu) => out.cpu = Some(cpu),
+            Err(e) => faults.push(c.span(), Some(format!("{key}.cpu")), e),
+        }
+    }
+    if let Some(m) = &f.memory {
+        let value = match m.get_ref() {
+            toml::Value::Integer(n) => Ok(MemoryValue::Mib(*n)),
+            toml::Value::String(text) => Ok(MemoryValue::Text(text)),
+            other => Err(format!(
+                "expected a size (memory = \"4GiB\") or a number of MiB, not the {}",
+                other.type_str()
+            )),
+        };
+        match value.and_then(crate::resources::parse_memory) {
+            Ok(bytes) => out.memory_bytes = Some(bytes),
+            Err(e) => faults.push(m.span(), Some(format!("{key}.memory")), e),
+        }
+    }
+    if let Some(labels) = &f.labels {
+        for (name, value) in labels.get_ref() {
+            match crate::resources::check_label(name, value) {
+                Ok(()) => {
+                    out.labels.insert(name.clone(), value.clone());
+                }
+                Err(e) => faults.push(labels.span(), Some(format!("{key}.labels")), e),
+            }
+        }
+    }
+    out
 }
 
 /// A function's `limits` table; `key` is the function's dotted key.

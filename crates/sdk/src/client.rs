@@ -876,6 +876,22 @@ impl Client {
         }
     }
 
+    /// Says how a process of one of the worker's functions started (`POST
+    /// /v1/workers/{id}/starts`).
+    pub async fn worker_start(
+        &self,
+        id: &WorkerId,
+        start: &hopper_core::api::ProcessStart,
+    ) -> Result<(), Error> {
+        self.send_raw(
+            self.request(Method::POST, &format!("/v1/workers/{id}/starts"))
+                .json(start)
+                .timeout(Duration::from_secs(30)),
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn worker_deregister(&self, id: &WorkerId) -> Result<(), Error> {
         self.send_raw(
             self.request(Method::DELETE, &format!("/v1/workers/{id}"))
@@ -920,6 +936,7 @@ mod redaction_tests {
             concurrency: 1,
             host: "h".into(),
             drain: std::time::Duration::from_secs(1),
+            machine: None,
         };
         let shown = format!("{client:?} {config:?}");
         for secret in ["cl1ent-t0ken", "w0rker-secret", "w0rker-t0ken"] {

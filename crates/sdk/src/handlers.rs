@@ -259,6 +259,7 @@ impl Worker {
             concurrency: slots.max(1),
             host: "in-process".into(),
             drain: self.drain,
+            machine: None,
         };
         let handlers: HashMap<String, Handler> =
             self.functions.into_iter().map(|(n, _, h)| (n, h)).collect();

@@ -37,6 +37,10 @@ pub struct WorkerConfig {
     /// After a stop is asked for, running inputs get this long to finish before they are
     /// stopped and handed back. Default 30 s.
     pub drain: Duration,
+    /// What this worker's machine has, registered so that it is handed only inputs of
+    /// functions whose `gpu`, `cpu`, `memory` and `labels` it fits. None: no GPU and no label,
+    /// cores and memory unknown (such a worker gets no GPU function's inputs).
+    pub machine: Option<hopper_core::resources::Machine>,
 }
 
 /// Why a worker stopped with an error.
@@ -140,6 +144,12 @@ pub trait Executor: Send + Sync + 'static {
     /// function needs (a long-lived process that loads a model) is ready when inputs come.
     fn prepare(&self, _spec: Arc<FunctionSpec>, _logs: LogSink) {}
 
+    /// Resolves when what `prepare` started has loaded: the worker leases nothing before, so
+    /// that inputs go to warm workers meanwhile. Default: at once.
+    fn ready(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+
     /// Called once at the end, after the drain: stops whatever the executor started.
     fn stop(&self) -> BoxFuture<'static, ()> {
         Box::pin(async {})
@@ -184,6 +194,9 @@ pub async fn run(
     let worker = registered.worker_id.clone();
     let client = client.with_worker_secret(registered.worker_secret.clone());
     tracing::info!(worker = %worker, functions = ?config.functions, concurrency = config.concurrency, "worker registered");
+    for (function, why) in &registered.unfit {
+        tracing::warn!(function = %function, "this worker is handed none of its inputs: it {why}");
+    }
     executor.registered(&Registration {
         worker_id: worker.clone(),
         server: client.server_list(),
@@ -265,6 +278,26 @@ pub async fn run(
                 _ = flush => {}
                 _ = shutdown.cancelled() => break,
             }
+            continue;
+        }
+        // Nothing is leased while a process is loading: inputs go to warm workers meanwhile.
+        let loading = async {
+            executor.ready().await;
+            false
+        };
+        let flush = async {
+            match next_flush {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+            true
+        };
+        let flushed = tokio::select! {
+            f = loading => f,
+            f = flush => f,
+            _ = shutdown.cancelled() => break,
+        };
+        if flushed {
             continue;
         }
         let wait = match next_flush {
@@ -426,6 +459,7 @@ async fn register(
         host: config.host.clone(),
         pid: std::process::id(),
         concurrency: config.concurrency,
+        machine: config.machine.clone(),
     };
     let mut backoff = Duration::from_millis(100);
     loop {

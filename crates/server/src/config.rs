@@ -136,6 +136,10 @@ pub struct ServerConfig {
     pub worker_cache_dir: Option<PathBuf>,
     /// The server's data folder (`--data`), left out of the snapshots it builds. Default none.
     pub data_dir: Option<PathBuf>,
+    /// What this server's machine has for its local workers (`--gpus`, `--cpus`, `--memory`,
+    /// `--label`, else found): the provisioner packs workers into it, each GPU to one worker.
+    /// Default: no GPU, cores and memory unknown (no bound).
+    pub machine: hopper_core::resources::Machine,
 }
 
 impl Default for ServerConfig {
@@ -174,6 +178,7 @@ impl Default for ServerConfig {
             dev: false,
             worker_cache_dir: None,
             data_dir: None,
+            machine: Default::default(),
         }
     }
 }

@@ -215,6 +215,11 @@ impl Events {
         self.deploys.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// How many deploys this server has seen.
+    pub fn deploys(&self) -> u64 {
+        *self.deploys.borrow()
+    }
+
     pub fn watch_deploys(&self) -> watch::Receiver<u64> {
         self.deploys.subscribe()
     }

@@ -80,6 +80,14 @@ fn describe() {
         "Leases that left due inputs of the function waiting on a limit, by function and limit (rate: starts the rate put off)."
     );
     metrics::describe_gauge!("hopper_workers", "Registered workers, by state.");
+    metrics::describe_histogram!(
+        "hopper_worker_startup_seconds",
+        "Seconds from a worker process's start to its ready line (imports, @enter), by function."
+    );
+    metrics::describe_gauge!(
+        "hopper_function_waiting_for_resources",
+        "1 for a function with work that no worker can take (it asks for GPUs, cores, memory or labels that no free local slot and no registered worker has: add a node that has them), else 0."
+    );
     metrics::describe_gauge!(
         "hopper_clock_offset_seconds",
         "How far the database's clock is ahead of this server's (servers keep the database's time)."
@@ -140,6 +148,18 @@ fn describe() {
         "hopper_notifications_total",
         "Notification deliveries, by channel kind and outcome."
     );
+}
+
+/// Records how long a worker process of `function` took to be ready.
+pub fn startup(function: &str, ms: u64) {
+    metrics::histogram!("hopper_worker_startup_seconds", "function" => function.to_string())
+        .record(ms as f64 / 1000.0);
+}
+
+/// Sets whether `function` has work that no worker can take (see the provisioner).
+pub fn unplaced(function: &str, waiting: bool) {
+    metrics::gauge!("hopper_function_waiting_for_resources", "function" => function.to_string())
+        .set(if waiting { 1.0 } else { 0.0 });
 }
 
 /// Counts a lease in which `kinds` of `function`'s limits held due inputs back.

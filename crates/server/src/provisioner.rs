@@ -4,6 +4,12 @@
 //! they have not been needed for `scaledown_window`. A worker that exits is replaced; a deploy
 //! that changes a function replaces its workers; the server's stop stops them all (SIGTERM,
 //! then SIGKILL).
+//!
+//! Workers are packed into the server's machine (`ServerConfig::machine`): a function that asks
+//! for GPUs gets a worker only while enough GPUs of a kind it accepts are free, each GPU to one
+//! worker (named to it in `CUDA_VISIBLE_DEVICES`), and the `cpu` and `memory` the workers of
+//! all functions ask for stay within the machine's. A function with work that no worker can
+//! take, here or registered from elsewhere, is recorded with why in `AppState::unplaced`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,6 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use hopper_core::function::Runner;
+use hopper_core::resources::{self, Gpu, Machine};
 use hopper_core::FunctionSpec;
 use hopper_worker::process;
 use tokio::process::{Child, Command};
@@ -30,7 +37,13 @@ const MIN_PASS_GAP: Duration = Duration::from_millis(50);
 
 struct Local {
     child: Child,
+    /// Its process id, kept: the child forgets it once it has exited.
+    pid: Option<u32>,
     started: Instant,
+    /// What it was given of the machine: its GPUs, and the cores and memory its function asks.
+    gpus: Vec<Gpu>,
+    cpu: f64,
+    memory: u64,
 }
 
 /// The workers of one function.
@@ -48,7 +61,9 @@ pub struct Provisioner {
     program: PathBuf,
     server_url: String,
     pools: HashMap<String, Pool>,
-    stopping: Vec<Child>,
+    /// Workers told to stop and not gone yet: they hold their GPUs, cores and memory until
+    /// they exit.
+    stopping: Vec<Local>,
 }
 
 /// Workers a function needs: enough slots for its backlog, plus the buffer, within its bounds.
@@ -130,7 +145,7 @@ impl Provisioner {
             .map(|b| (format!("{}.{}", b.app, b.function), b.pending + b.running))
             .collect();
         self.stopping
-            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+            .retain_mut(|w| !matches!(w.child.try_wait(), Ok(Some(_))));
 
         // Functions removed or changed by a deploy: their workers go.
         let names: Vec<String> = self.pools.keys().cloned().collect();
@@ -139,13 +154,23 @@ impl Provisioner {
                 if let Some(pool) = self.pools.remove(&name) {
                     tracing::info!(function = %name, workers = pool.workers.len(), "replacing local workers after a deploy");
                     for w in pool.workers {
-                        self.terminate(w.child);
+                        self.terminate(w);
                     }
                 }
             }
         }
 
         let now = Instant::now();
+        let mut room = Room::new(
+            &self.state.config.machine,
+            self.pools
+                .values()
+                .flat_map(|p| p.workers.iter())
+                .chain(&self.stopping),
+        );
+        let mut unplaced = Vec::new();
+        let mut died = Vec::new();
+        let names: Vec<String> = specs.keys().cloned().collect();
         for (name, spec) in specs {
             let want = wanted(&spec, backlog.get(&name).copied().unwrap_or(0)) as usize;
             let window = Duration::from_millis(spec.scaling.scaledown_window_ms);
@@ -157,16 +182,27 @@ impl Provisioner {
             });
             // Workers that exited are replaced (after a pause if they died young).
             let mut exited_young = false;
+            let mut gone = Vec::new();
             pool.workers.retain_mut(|w| match w.child.try_wait() {
                 Ok(Some(status)) => {
                     tracing::warn!(function = %name, %status, "local worker exited");
                     exited_young |= w.started.elapsed() < RESTART_BACKOFF;
+                    died.extend(w.pid.map(|pid| (pid, name.clone())));
+                    gone.push(Share {
+                        gpus: std::mem::take(&mut w.gpus),
+                        cpu: w.cpu,
+                        memory: w.memory,
+                    });
                     false
                 }
                 _ => true,
             });
             if exited_young {
                 pool.not_before = Some(now + RESTART_BACKOFF);
+            }
+            // What exited is free again (the room was counted before).
+            for w in gone.drain(..) {
+                room.give_back(w);
             }
             let have = pool.workers.len();
             if have > want {
@@ -175,8 +211,9 @@ impl Provisioner {
                     let surplus: Vec<Local> = pool.workers.drain(want..).collect();
                     tracing::info!(function = %name, stopping = surplus.len(), left = want, "scaling down idle workers");
                     pool.surplus_since = None;
+                    // Their GPUs, cores and memory stay taken until they have exited.
                     for w in surplus {
-                        terminate(&mut self.stopping, w.child);
+                        terminate(&mut self.stopping, w);
                     }
                 }
                 continue;
@@ -185,42 +222,130 @@ impl Provisioner {
             if have == want || pool.not_before.is_some_and(|t| now < t) {
                 continue;
             }
-            if want > 0 {
-                tracing::info!(function = %name, from = have, to = want, "scaling up workers");
-            }
+            let starting = have;
             for _ in have..want {
-                match start(&self.state, &self.program, &self.server_url, &spec) {
+                let share = match room.take(&spec) {
+                    Ok(share) => share,
+                    Err(why) => {
+                        if pool.workers.is_empty() {
+                            unplaced.push((name.clone(), spec.clone(), why));
+                        }
+                        break;
+                    }
+                };
+                match start(&self.state, &self.program, &self.server_url, &spec, &share) {
                     Ok(child) => pool.workers.push(Local {
+                        pid: child.id(),
                         child,
                         started: now,
+                        gpus: share.gpus,
+                        cpu: share.cpu,
+                        memory: share.memory,
                     }),
                     Err(e) => {
                         tracing::error!(function = %name, error = %e, program = %self.program.display(), "cannot start local worker");
+                        room.give_back(share);
                         pool.not_before = Some(now + RESTART_BACKOFF);
                         break;
                     }
                 }
             }
+            if pool.workers.len() > starting {
+                tracing::info!(function = %name, from = starting, to = pool.workers.len(), "scaling up workers");
+            }
+        }
+        self.hand_back(died).await?;
+        self.record_unplaced(&names, unplaced).await
+    }
+
+    /// Deregisters the local workers that died (`(pid, function)`), handing their leases back
+    /// at once: a worker killed (by the OOM killer, an operator) cannot say goodbye, and its
+    /// inputs would otherwise wait out their lease.
+    async fn hand_back(&self, died: Vec<(u32, String)>) -> Result<(), hopper_store::StoreError> {
+        if died.is_empty() {
+            return Ok(());
+        }
+        let host = hopper_worker::machine::host_name();
+        // Seen after now: only workers not stopped.
+        for w in self.state.store.worker_list(self.state.now()).await? {
+            let ours = w.stopped_at.is_none()
+                && w.host == host
+                && died
+                    .iter()
+                    .any(|(pid, name)| w.pid == *pid && w.functions.contains(name));
+            if ours {
+                let handed = self
+                    .state
+                    .store
+                    .worker_deregister(hopper_store::WorkerDeregister {
+                        id: w.id.clone(),
+                        now: self.state.now(),
+                    })
+                    .await?;
+                tracing::info!(worker = %w.id, leases = handed, "a local worker died: its leases go back to the queue");
+            }
         }
         Ok(())
     }
 
-    fn terminate(&mut self, child: Child) {
-        terminate(&mut self.stopping, child);
+    /// Records why each function in `unplaced` (no local worker could be started for its work)
+    /// waits, unless a worker registered from elsewhere fits it; and logs each change.
+    async fn record_unplaced(
+        &self,
+        names: &[String],
+        unplaced: Vec<(String, FunctionSpec, String)>,
+    ) -> Result<(), hopper_store::StoreError> {
+        let mut now = std::collections::BTreeMap::new();
+        if !unplaced.is_empty() {
+            let seen_after = self.state.now() - self.state.config.lease_ms();
+            let workers = self.state.store.worker_list(seen_after).await?;
+            for (name, spec, why) in unplaced {
+                let served = workers.iter().any(|w| {
+                    w.stopped_at.is_none()
+                        && w.last_seen_at > seen_after
+                        && w.functions.contains(&name)
+                        && w.machine
+                            .as_ref()
+                            .unwrap_or(&Machine::default())
+                            .fits(&spec.resources)
+                            .is_ok()
+                });
+                if !served {
+                    now.insert(name, waiting_for(&spec, &why));
+                }
+            }
+        }
+        if let Ok(mut shown) = self.state.unplaced.lock() {
+            for (name, why) in &now {
+                if shown.get(name) != Some(why) {
+                    tracing::warn!(function = %name, "{why}");
+                }
+            }
+            // Every local function has the series (0 while it can run), for alerts on it.
+            for name in names.iter().chain(shown.keys()) {
+                crate::metrics::unplaced(name, now.contains_key(name));
+            }
+            *shown = now;
+        }
+        Ok(())
+    }
+
+    fn terminate(&mut self, worker: Local) {
+        terminate(&mut self.stopping, worker);
     }
 
     async fn stop_all(&mut self) {
         let pools: Vec<Pool> = self.pools.drain().map(|(_, p)| p).collect();
         for pool in pools {
             for w in pool.workers {
-                self.terminate(w.child);
+                self.terminate(w);
             }
         }
         let deadline = Instant::now()
             + self.state.config.worker_drain
             + self.state.config.kill_grace
             + STOP_SLACK;
-        for mut child in self.stopping.drain(..) {
+        for Local { mut child, .. } in self.stopping.drain(..) {
             if tokio::time::timeout_at(deadline, child.wait())
                 .await
                 .is_err()
@@ -234,11 +359,11 @@ impl Provisioner {
     }
 }
 
-fn terminate(stopping: &mut Vec<Child>, child: Child) {
-    if let Some(pid) = child.id() {
+fn terminate(stopping: &mut Vec<Local>, worker: Local) {
+    if let Some(pid) = worker.child.id() {
         let _ = process::signal_process(pid, process::SIGTERM);
     }
-    stopping.push(child);
+    stopping.push(worker);
 }
 
 /// Environment variables the server reads that its local workers (and so every function) must
@@ -251,11 +376,109 @@ pub const SERVER_ONLY_ENV: &[&str] = &[
     "HOPPER_DATA",
 ];
 
+/// What one local worker is given of the machine.
+struct Share {
+    gpus: Vec<Gpu>,
+    cpu: f64,
+    memory: u64,
+}
+
+/// What is left of the machine for more workers: GPUs no worker holds, and the cores and
+/// memory that workers' functions have not asked for.
+struct Room {
+    machine: Machine,
+    free_gpus: Vec<Gpu>,
+    cpu_used: f64,
+    memory_used: u64,
+}
+
+impl Room {
+    fn new<'a>(machine: &Machine, workers: impl Iterator<Item = &'a Local>) -> Self {
+        let mut room = Self {
+            machine: machine.clone(),
+            free_gpus: machine.gpus.clone(),
+            cpu_used: 0.0,
+            memory_used: 0,
+        };
+        for w in workers {
+            room.free_gpus
+                .retain(|g| !w.gpus.iter().any(|h| h.index == g.index));
+            room.cpu_used += w.cpu;
+            room.memory_used += w.memory;
+        }
+        room
+    }
+
+    /// Takes what one worker of `spec` needs, or says why it does not fit now.
+    fn take(&mut self, spec: &FunctionSpec) -> Result<Share, String> {
+        let want = &spec.resources;
+        // Labels and sizes first against the whole machine: what it can never run.
+        self.machine
+            .fits(want)
+            .map_err(|why| why.replace("this machine has", "this server has"))?;
+        let gpus = match &want.gpu {
+            None => Vec::new(),
+            Some(gpu) => resources::pick_gpus(&self.free_gpus, gpu).ok_or_else(|| {
+                format!(
+                    "none free on this server (its {} are held by other workers)",
+                    self.machine.describe_gpus()
+                )
+            })?,
+        };
+        let cpu = want.cpu.unwrap_or(0.0);
+        if let Some(have) = self.machine.cpus {
+            if cpu > 0.0 && self.cpu_used + cpu > have + 1e-9 {
+                return Err(format!(
+                    "needs {cpu} cores; {} of this server's {have} are taken by other workers",
+                    self.cpu_used
+                ));
+            }
+        }
+        let memory = want.memory_bytes.unwrap_or(0);
+        if let Some(have) = self.machine.memory_bytes {
+            if memory > 0 && self.memory_used + memory > have {
+                return Err(format!(
+                    "needs {} of memory; {} of this server's {} are taken by other workers",
+                    resources::format_bytes(memory),
+                    resources::format_bytes(self.memory_used),
+                    resources::format_bytes(have)
+                ));
+            }
+        }
+        self.free_gpus
+            .retain(|g| !gpus.iter().any(|h| h.index == g.index));
+        self.cpu_used += cpu;
+        self.memory_used += memory;
+        Ok(Share { gpus, cpu, memory })
+    }
+
+    fn give_back(&mut self, share: Share) {
+        self.free_gpus.extend(share.gpus);
+        self.cpu_used = (self.cpu_used - share.cpu).max(0.0);
+        self.memory_used = self.memory_used.saturating_sub(share.memory);
+    }
+}
+
+/// `waiting for a GPU of kind H100: this server has 2 × L4, and no worker serving it
+/// elsewhere has one`, from why no local worker could start (`needs X; this server has Y`).
+fn waiting_for(spec: &FunctionSpec, why: &str) -> String {
+    let (needs, rest) = why
+        .strip_prefix("needs ")
+        .and_then(|w| w.split_once("; "))
+        .unwrap_or(("a worker that fits", why));
+    let what = match &spec.resources.gpu {
+        Some(gpu) if needs.contains("GPU") || rest.contains("GPU") => resources::describe_gpu(gpu),
+        _ => needs.to_string(),
+    };
+    format!("waiting for {what}: {rest}, and no worker serving it elsewhere fits")
+}
+
 fn start(
     state: &AppState,
     program: &PathBuf,
     server_url: &str,
     spec: &FunctionSpec,
+    share: &Share,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(program);
     cmd.arg("worker")
@@ -274,6 +497,38 @@ fn start(
         .stderr(Stdio::inherit());
     if let Some(dir) = &state.config.worker_cache_dir {
         cmd.arg("--cache-dir").arg(dir);
+    }
+    // The worker registers what it was given, and its processes see only its GPUs.
+    let machine = &state.config.machine;
+    if share.gpus.is_empty() {
+        cmd.arg("--gpus").arg("none");
+        cmd.env("CUDA_VISIBLE_DEVICES", "")
+            .env("NVIDIA_VISIBLE_DEVICES", "void");
+    } else {
+        let list: Vec<String> = share
+            .gpus
+            .iter()
+            .map(|g| format!("{}={}", g.index, g.kind))
+            .collect();
+        let visible = hopper_worker::machine::visible_devices(&share.gpus);
+        cmd.arg("--gpus").arg(list.join(","));
+        cmd.env("CUDA_VISIBLE_DEVICES", &visible)
+            .env("NVIDIA_VISIBLE_DEVICES", &visible);
+    }
+    cmd.env_remove("HOPPER_GPU_KIND");
+    match (share.cpu, machine.cpus) {
+        (c, _) if c > 0.0 => cmd.arg("--cpus").arg(c.to_string()),
+        (_, Some(c)) => cmd.arg("--cpus").arg(c.to_string()),
+        _ => &mut cmd,
+    };
+    match (share.memory, machine.memory_bytes) {
+        (m, _) if m > 0 => cmd.arg("--memory").arg(m.to_string()),
+        (_, Some(m)) => cmd.arg("--memory").arg(m.to_string()),
+        _ => &mut cmd,
+    };
+    cmd.env_remove("HOPPER_LABELS");
+    for (k, v) in &machine.labels {
+        cmd.arg("--label").arg(format!("{k}={v}"));
     }
     if let Some(filter) = &state.config.worker_log {
         cmd.env("RUST_LOG", filter);

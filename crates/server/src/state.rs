@@ -17,6 +17,35 @@ pub struct KnownWorker {
     pub functions: Vec<FunctionKey>,
     /// A hash of the secret it got at registration (none for workers registered without one).
     pub secret_hash: Option<String>,
+    /// What its machine has, as it registered it (none: no GPU, no label).
+    pub machine: Option<hopper_core::resources::Machine>,
+    /// Which of `functions` its machine fits as they are deployed now, and when that was
+    /// worked out (see [`crate::api::workers`]).
+    pub placed: Mutex<Option<Placed>>,
+}
+
+/// The functions a worker's machine fits, as worked out after the `deploys`th deploy this
+/// server saw, at `at`.
+#[derive(Debug)]
+pub struct Placed {
+    pub at: std::time::Instant,
+    pub deploys: u64,
+    pub functions: Vec<FunctionKey>,
+}
+
+impl KnownWorker {
+    pub fn new(
+        functions: Vec<FunctionKey>,
+        secret_hash: Option<String>,
+        machine: Option<hopper_core::resources::Machine>,
+    ) -> Self {
+        Self {
+            functions,
+            secret_hash,
+            machine,
+            placed: Mutex::new(None),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -48,6 +77,12 @@ pub struct AppState {
     pub waiting_warned: Arc<Mutex<Option<std::time::Instant>>>,
     /// When this server last wrote down that an open map's client is there, by map.
     pub maps_heard: Arc<Mutex<HashMap<hopper_core::CallId, std::time::Instant>>>,
+    /// Functions with work that no worker can take, by `app.function`, each with why
+    /// (`waiting for a GPU of kind H100: …`), as this server's provisioner last found.
+    pub unplaced: Arc<Mutex<std::collections::BTreeMap<String, String>>>,
+    /// How each function's worker processes last started, by `app.function`, as workers
+    /// reported it to this server.
+    pub startups: Arc<Mutex<std::collections::BTreeMap<String, hopper_core::api::StartupView>>>,
 }
 
 /// How often a server writes down that an open map's client is there.
@@ -80,6 +115,8 @@ impl AppState {
             waiting: Arc::new(tokio::sync::Semaphore::new(config_waiting)),
             waiting_warned: Arc::default(),
             maps_heard: Arc::default(),
+            unplaced: Arc::default(),
+            startups: Arc::default(),
         }
     }
 

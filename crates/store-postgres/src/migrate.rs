@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "queue_controls",
         include_str!("../migrations/0012_queue_controls.sql"),
     ),
+    (
+        13,
+        "placement",
+        include_str!("../migrations/0013_placement.sql"),
+    ),
 ];
 
 /// Arbitrary key of the advisory lock that serialises migrations across servers.

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "queue_controls",
         include_str!("../migrations/0012_queue_controls.sql"),
     ),
+    (
+        13,
+        "placement",
+        include_str!("../migrations/0013_placement.sql"),
+    ),
 ];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write

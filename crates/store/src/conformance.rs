@@ -47,6 +47,7 @@ macro_rules! conformance_suite {
             pruning_removes_only_old_ended_calls,
             logs_are_kept_per_attempt_in_order,
             a_stopped_worker_hands_its_leases_back,
+            a_worker_s_machine_is_kept_as_it_registered_it,
             a_lease_lost_too_often_fails_the_input,
             concurrent_leasing_never_hands_an_input_out_twice,
             many_workers_leasing_and_reporting_at_once_are_each_answered_alone,
@@ -889,6 +890,7 @@ async fn worker(store: &dyn Store) -> WorkerId {
             functions: vec!["a.ok".into()],
             concurrency: 4,
             now: T0,
+            machine: None,
         })
         .await
         .unwrap();
@@ -1889,6 +1891,41 @@ pub async fn a_stopped_worker_hands_its_leases_back(store: Arc<dyn Store>) {
     );
     let workers = store.worker_list(0).await.unwrap();
     assert_eq!(workers[0].stopped_at, Some(T0 + 1));
+}
+
+pub async fn a_worker_s_machine_is_kept_as_it_registered_it(store: Arc<dyn Store>) {
+    use hopper_core::resources::{Gpu, Machine};
+    let machine = Machine {
+        gpus: vec![Gpu {
+            index: 3,
+            kind: "NVIDIA A100-SXM4-80GB".into(),
+            memory_mib: Some(81_920),
+        }],
+        cpus: Some(3.5),
+        memory_bytes: Some(8 << 30),
+        labels: [("zone".to_string(), "eu".to_string())].into(),
+    };
+    for (id, machine) in [
+        (WorkerId::generate(), Some(machine)),
+        (WorkerId::generate(), None),
+    ] {
+        store
+            .worker_register(WorkerRegisterParams {
+                secret_hash: String::new(),
+                id: id.clone(),
+                host: "test".into(),
+                pid: 1,
+                functions: vec!["a.ok".into()],
+                concurrency: 1,
+                now: T0,
+                machine: machine.clone(),
+            })
+            .await
+            .unwrap();
+        let listed = store.worker_list(0).await.unwrap();
+        let row = listed.iter().find(|w| w.id == id).unwrap();
+        assert_eq!(row.machine, machine);
+    }
 }
 
 pub async fn a_lease_lost_too_often_fails_the_input(store: Arc<dyn Store>) {

@@ -333,6 +333,8 @@ pub struct WorkerRegisterParams {
     pub functions: Vec<String>,
     pub concurrency: u32,
     pub now: UnixMillis,
+    /// What its machine has, as it said; none if it said nothing.
+    pub machine: Option<hopper_core::resources::Machine>,
 }
 
 #[derive(Debug, Clone)]

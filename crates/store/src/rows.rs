@@ -322,6 +322,8 @@ pub struct WorkerRow {
     pub registered_at: UnixMillis,
     pub last_seen_at: UnixMillis,
     pub stopped_at: Option<UnixMillis>,
+    /// What its machine has, as it registered it.
+    pub machine: Option<hopper_core::resources::Machine>,
 }
 
 /// A schedule with its state.

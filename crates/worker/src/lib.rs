@@ -6,6 +6,7 @@
 //! - [`cache`]: the machine's unpacked code snapshots.
 //! - [`command`]: one input as a command process.
 //! - [`serve`]: the long-lived `serve` process and its protocol (docs/SERVE_PROTOCOL.md).
+//! - [`machine`]: what this machine has (GPUs, cores, memory, labels), for placement.
 //! - [`process`]: process groups and parent-death signals.
 //! - [`pyenv`]: Python environments built from a function's requirements.
 //! - [`snapshot`]: code snapshots: building, checking and unpacking them.
@@ -13,6 +14,7 @@
 pub mod cache;
 pub mod command;
 pub mod guard;
+pub mod machine;
 pub mod process;
 pub mod pyenv;
 pub mod serve;
@@ -37,6 +39,12 @@ pub struct ProcessExecutor {
     env: Arc<OnceLock<serve::WorkerEnv>>,
     snapshots: Arc<cache::SnapshotCache>,
     envs: Arc<pyenv::PythonEnvs>,
+    /// Set for every function's processes unless the function sets it: the GPUs this worker
+    /// may use (`CUDA_VISIBLE_DEVICES`).
+    machine_env: Arc<std::collections::BTreeMap<String, String>>,
+    /// `serve` processes still being prepared (their code unpacked, their environment built)
+    /// before they start: the worker leases nothing meanwhile.
+    preparing: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl ProcessExecutor {
@@ -50,7 +58,23 @@ impl ProcessExecutor {
             env: Arc::default(),
             envs: Arc::new(pyenv::PythonEnvs::new(snapshots.envs_dir())),
             snapshots: Arc::new(snapshots),
+            machine_env: Arc::default(),
+            preparing: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    /// Gives every function's processes the GPUs of `machine` (`CUDA_VISIBLE_DEVICES` and
+    /// `NVIDIA_VISIBLE_DEVICES`, unless a function sets them itself); none for a machine
+    /// without GPUs.
+    pub fn with_machine(mut self, machine: &hopper_core::resources::Machine) -> Self {
+        let mut env = std::collections::BTreeMap::new();
+        if !machine.gpus.is_empty() {
+            let visible = machine::visible_devices(&machine.gpus);
+            env.insert("CUDA_VISIBLE_DEVICES".to_string(), visible.clone());
+            env.insert("NVIDIA_VISIBLE_DEVICES".to_string(), visible);
+        }
+        self.machine_env = Arc::new(env);
+        self
     }
 }
 
@@ -67,12 +91,17 @@ struct Unready {
 async fn resolve(
     snapshots: &cache::SnapshotCache,
     envs: &pyenv::PythonEnvs,
+    machine_env: &std::collections::BTreeMap<String, String>,
     spec: Arc<FunctionSpec>,
 ) -> Result<Arc<FunctionSpec>, Unready> {
-    if spec.snapshot.is_none() && spec.python.is_none() {
+    let adds_env = machine_env.keys().any(|k| !spec.env.contains_key(k));
+    if spec.snapshot.is_none() && spec.python.is_none() && !adds_env {
         return Ok(spec);
     }
     let mut local = (*spec).clone();
+    for (k, v) in machine_env {
+        local.env.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     let mut root = None;
     if let Some(hash) = &spec.snapshot {
         let folder = snapshots
@@ -138,24 +167,38 @@ impl Executor for ProcessExecutor {
 
     fn prepare(&self, spec: Arc<FunctionSpec>, logs: LogSink) {
         if let Runner::Serve(_) = spec.runner() {
-            if spec.snapshot.is_none() && spec.python.is_none() {
+            if spec.snapshot.is_none() && spec.python.is_none() && self.machine_env.is_empty() {
                 self.serve.prepare(&spec, logs);
                 return;
             }
-            let (serve, snapshots, envs) = (
+            let (serve, snapshots, envs, machine_env, preparing) = (
                 self.serve.clone(),
                 self.snapshots.clone(),
                 self.envs.clone(),
+                self.machine_env.clone(),
+                self.preparing.clone(),
             );
+            preparing.send_modify(|n| *n += 1);
             tokio::spawn(async move {
-                match resolve(&snapshots, &envs, spec.clone()).await {
+                match resolve(&snapshots, &envs, &machine_env, spec.clone()).await {
                     Ok(local) => serve.prepare(&local, logs),
                     Err(e) => {
                         tracing::warn!(function = %spec.qualified_name(), error = %e.message, "cannot get the function's code or environment yet")
                     }
                 }
+                preparing.send_modify(|n| *n = n.saturating_sub(1));
             });
         }
+    }
+
+    fn ready(&self) -> BoxFuture<'static, ()> {
+        let serve = self.serve.clone();
+        let mut preparing = self.preparing.subscribe();
+        async move {
+            let _ = preparing.wait_for(|n| *n == 0).await;
+            serve.ready().await
+        }
+        .boxed()
     }
 
     fn stop(&self) -> BoxFuture<'static, ()> {
@@ -172,13 +215,14 @@ impl Executor for ProcessExecutor {
     ) -> BoxFuture<'static, Vec<Option<Outcome>>> {
         let kill_grace = self.kill_grace;
         let env = self.env.get().cloned().unwrap_or_default();
-        let (serve, snapshots, envs) = (
+        let (serve, snapshots, envs, machine_env) = (
             self.serve.clone(),
             self.snapshots.clone(),
             self.envs.clone(),
+            self.machine_env.clone(),
         );
         async move {
-            let spec = match resolve(&snapshots, &envs, spec).await {
+            let spec = match resolve(&snapshots, &envs, &machine_env, spec).await {
                 Ok(spec) => spec,
                 Err(unready) => {
                     for job in &jobs {
@@ -231,6 +275,9 @@ pub async fn run(
     snapshots: cache::SnapshotCache,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    let executor = ProcessExecutor::new(kill_grace, snapshots);
+    let mut executor = ProcessExecutor::new(kill_grace, snapshots);
+    if let Some(machine) = &config.machine {
+        executor = executor.with_machine(machine);
+    }
     hopper_sdk::runtime::run(config, Arc::new(executor), shutdown).await
 }

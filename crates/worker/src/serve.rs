@@ -9,6 +9,11 @@
 //! `{"code": …, "message": …, "retry": false}`); `{"id": "17.1", "log": "text", "stream":
 //! "stderr"}` adds a log line to that input; `{"ready": true}` says the process has loaded.
 //!
+//! A worker leases no input while one of its processes is loading: one that said
+//! `{"ready": false}` (it will say `{"ready": true}` when loaded) until it says so, and one that
+//! said nothing yet for its first [`START_GRACE`] (a process that never uses the ready line
+//! gets inputs after that). Inputs meanwhile go to warm workers.
+//!
 //! What the process prints before it is ready (or before its first answer) is start-up output:
 //! it goes to the worker's log, never into inputs' logs; after that, other stdout lines and
 //! every stderr line are logged to every input in flight. Bytes that are not UTF-8 are kept as
@@ -53,6 +58,11 @@ const YOUNG: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest such wait.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a new process that has not said `{"ready": false}` keeps its worker from leasing:
+/// one that says nothing by then is taken as one that never says it is ready.
+pub const START_GRACE: Duration = Duration::from_secs(1);
+/// How often a worker waiting for its processes to load looks again.
+const READY_POLL: Duration = Duration::from_millis(25);
 
 enum Answer {
     Output(Value),
@@ -82,6 +92,13 @@ struct ServeProcess {
     /// what the process wrote there before it (see [`read_stderr`]).
     ready_said: AtomicBool,
     ready_seen: tokio::sync::Notify,
+    reporter: Option<(hopper_sdk::Client, hopper_core::WorkerId)>,
+    /// Longest it may load (the function's `timeout`): past it, it is killed and its start
+    /// counts as failed, so a process stuck loading cannot hold its worker's inputs forever.
+    load_timeout: Duration,
+    /// The process said `{"ready": false}`: it is loading and will say when it is ready.
+    loading: AtomicBool,
+    started: Instant,
     /// The stderr reader has stopped (the pipe closed).
     stderr_closed: AtomicBool,
     /// Set when the worker stops it: its exit is expected.
@@ -114,14 +131,42 @@ impl ServeProcess {
         }
     }
 
+    /// Tells the server how this process started (see `POST /v1/workers/{id}/starts`); a
+    /// report that cannot be sent is only logged.
+    fn report(&self, start: hopper_core::api::ProcessStart) {
+        let Some((client, worker)) = self.reporter.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = client.worker_start(&worker, &start).await {
+                tracing::debug!(error = %e, "cannot report how a serve process started");
+            }
+        });
+    }
+
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether its worker should lease nothing yet: it is alive, not ready, and either said it
+    /// is loading or is new enough that it may still say so.
+    fn holds_leases(&self) -> bool {
+        !self.dead.is_cancelled()
+            && !self.is_ready()
+            && (self.loading.load(Ordering::Acquire) || self.started.elapsed() < START_GRACE)
     }
 
     /// The ready line was read on stdout. Lines the process wrote to stderr before it may not
     /// have been read yet (two pipes, two readers): the stderr reader takes those as start-up
     /// output first, then marks the process ready. With stderr closed, ready now.
     fn said_ready(&self) {
+        if !self.ready_said.load(Ordering::SeqCst) {
+            self.report(hopper_core::api::ProcessStart {
+                function: self.name.clone(),
+                ready_ms: Some(self.started.elapsed().as_millis() as u64),
+                failed: None,
+            });
+        }
         self.ready_said.store(true, Ordering::SeqCst);
         self.ready_seen.notify_one();
         if self.stderr_closed.load(Ordering::SeqCst) {
@@ -160,6 +205,8 @@ impl ServeProcess {
 /// What the processes a worker starts are told about where they run.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerEnv {
+    /// The worker's client and id, to report how its processes start.
+    pub reporter: Option<(hopper_sdk::Client, hopper_core::WorkerId)>,
     pub server: String,
     pub call_token: Option<hopper_core::secret::Redacted<String>>,
     pub worker_id: String,
@@ -169,6 +216,7 @@ pub struct WorkerEnv {
 impl WorkerEnv {
     pub fn from_registration(r: &Registration, kill_grace: Duration) -> Self {
         Self {
+            reporter: Some((r.client.clone(), r.worker_id.clone())),
             server: r.server.clone(),
             call_token: r.call_token.clone(),
             worker_id: r.worker_id.to_string(),
@@ -228,6 +276,39 @@ impl ServePool {
         let _ = self.logs.set(logs.clone());
         if let Err(e) = self.start_now(spec, &logs) {
             tracing::warn!(function = %spec.qualified_name(), error = %e, "cannot start the serve process");
+        }
+    }
+
+    /// Resolves once no process of this worker is loading (see [`START_GRACE`]). A process
+    /// still loading after its function's `timeout` is killed, and said to have failed at
+    /// start.
+    pub async fn ready(&self) {
+        loop {
+            let loading: Vec<Arc<ServeProcess>> = self
+                .processes
+                .lock()
+                .map(|p| p.values().filter(|p| p.holds_leases()).cloned().collect())
+                .unwrap_or_default();
+            if loading.is_empty() {
+                return;
+            }
+            for p in loading {
+                if p.started.elapsed() > p.load_timeout && !p.stopping.swap(true, Ordering::AcqRel)
+                {
+                    let message = format!(
+                        "not ready after {} (the function's timeout): the process was killed",
+                        hopper_core::duration::format(p.load_timeout)
+                    );
+                    tracing::warn!(function = %p.name, "{message}");
+                    p.report(hopper_core::api::ProcessStart {
+                        function: p.name.clone(),
+                        ready_ms: None,
+                        failed: Some(message),
+                    });
+                    p.kill();
+                }
+            }
+            tokio::time::sleep(READY_POLL).await;
         }
     }
 
@@ -479,6 +560,10 @@ fn start(
         stderr_tail: Mutex::new(VecDeque::new()),
         ready_said: AtomicBool::new(false),
         ready_seen: tokio::sync::Notify::new(),
+        loading: AtomicBool::new(false),
+        reporter: env.reporter.clone(),
+        load_timeout: Duration::from_millis(spec.timeout_ms.max(1)),
+        started,
         stderr_closed: AtomicBool::new(false),
         dead: CancellationToken::new(),
         pid: child.id(),
@@ -564,6 +649,19 @@ fn start(
         let tail = proc.stderr_tail();
         if !was_ready && !tail.is_empty() {
             tracing::warn!(function = %name, "the serve process failed at start:\n{tail}");
+        }
+        if failed_at_start {
+            // Said at once, so the function's status shows it before anyone calls it.
+            let last = tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map_or_else(|| how.clone(), |l| l.trim().to_string());
+            proc.report(hopper_core::api::ProcessStart {
+                function: name.clone(),
+                ready_ms: None,
+                failed: Some(last),
+            });
         }
         // With one input in flight, a death of the process's own doing is that input's: it
         // fails (the function's retries apply), so an input that kills its process every time
@@ -689,6 +787,10 @@ fn read_answer(proc: &ServeProcess, logs: &LogSink, line: String) -> process::Pa
     };
     if obj.get("ready").and_then(Value::as_bool) == Some(true) && !obj.contains_key("id") {
         proc.said_ready();
+        return process::Pace::Go;
+    }
+    if obj.get("ready").and_then(Value::as_bool) == Some(false) && !obj.contains_key("id") {
+        proc.loading.store(true, Ordering::Release);
         return process::Pace::Go;
     }
     let Some(id) = obj.get("id").and_then(Value::as_str) else {

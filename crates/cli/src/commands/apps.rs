@@ -213,6 +213,7 @@ pub async fn apps(args: &ClientArgs, versions: bool) -> anyhow::Result<Code> {
                     )),
                     f.spec.retries.max_retries.to_string(),
                     f.spec.concurrency.to_string(),
+                    needs(&f.spec.resources),
                     code_of(&f.spec),
                 ]
             })
@@ -226,11 +227,60 @@ pub async fn apps(args: &ClientArgs, versions: bool) -> anyhow::Result<Code> {
             "TIMEOUT",
             "RETRIES",
             "CONCURRENCY",
+            "NEEDS",
             "CODE",
         ],
         &rows,
     );
+    // What keeps a function from running, under the table.
+    for f in apps.iter().flat_map(|a| a.functions.iter()) {
+        if let Some(why) = &f.waiting_for {
+            eprintln!("{}: {why}", f.name);
+        }
+        if let Some(failed) = f.startup.as_ref().and_then(|s| s.failed.as_ref()) {
+            eprintln!("{}: its process failed at start: {failed}", f.name);
+        }
+    }
     Ok(Code::Ok)
+}
+
+/// A function's resource request as the table shows it: `gpu A100:2, cpu 4, 16GiB, zone=eu`.
+fn needs(r: &hopper_core::resources::Resources) -> String {
+    let mut parts = Vec::new();
+    if let Some(gpu) = &r.gpu {
+        parts.push(format!("gpu {}", gpu.describe()));
+    }
+    if let Some(cpu) = r.cpu {
+        parts.push(format!("cpu {cpu}"));
+    }
+    if let Some(m) = r.memory_bytes {
+        parts.push(hopper_core::resources::format_bytes(m));
+    }
+    parts.extend(r.labels.iter().map(|(k, v)| format!("{k}={v}")));
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// What a worker's machine has: `2 × NVIDIA L4, 8 cores, 16GiB, zone=eu`.
+fn machine(m: Option<&hopper_core::resources::Machine>) -> String {
+    let Some(m) = m else {
+        return "-".into();
+    };
+    let mut parts = Vec::new();
+    if !m.gpus.is_empty() {
+        parts.push(m.describe_gpus());
+    }
+    if let Some(c) = m.cpus {
+        parts.push(format!("{c} cores"));
+    }
+    if let Some(b) = m.memory_bytes {
+        parts.push(hopper_core::resources::format_bytes(b));
+    }
+    parts.extend(m.labels.iter().map(|(k, v)| format!("{k}={v}")));
+    parts.join(", ")
 }
 
 pub async fn workers(args: &ClientArgs) -> anyhow::Result<Code> {
@@ -248,6 +298,7 @@ pub async fn workers(args: &ClientArgs) -> anyhow::Result<Code> {
                 format!("{}:{}", w.host, w.pid),
                 w.functions.join(","),
                 format!("{}/{}", w.running, w.concurrency),
+                machine(w.machine.as_ref()),
                 w.last_seen_at.clone(),
             ]
         })
@@ -259,6 +310,7 @@ pub async fn workers(args: &ClientArgs) -> anyhow::Result<Code> {
             "HOST:PID",
             "FUNCTIONS",
             "RUNNING",
+            "MACHINE",
             "LAST SEEN",
         ],
         &rows,

@@ -18,7 +18,7 @@ use crate::args::BenchArgs;
 use crate::exit::{self, Code};
 use crate::output;
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "enqueue",
     "bulk",
     "in-process",
@@ -31,11 +31,23 @@ const SCENARIOS: [&str; 12] = [
     "keys",
     "rate",
     "fairness",
+    "cold-start",
 ];
 
 /// Scenarios that run only when asked for: the dashboard's fill takes minutes, the crowd
-/// holds thousands of connections, and the queue controls' are about limits, not speed.
-const ON_REQUEST: [&str; 5] = ["dashboard", "crowd", "keys", "rate", "fairness"];
+/// holds thousands of connections, the queue controls' are about limits, not speed, and the
+/// cold starts wait for each worker to stop between rounds.
+const ON_REQUEST: [&str; 6] = [
+    "dashboard",
+    "crowd",
+    "keys",
+    "rate",
+    "fairness",
+    "cold-start",
+];
+
+/// Rounds of the cold-start scenario, per kind of function, unless `--inputs` says.
+const COLD_ROUNDS: u64 = 5;
 
 /// Inputs the crowd scenario dispatches one at a time, with its workers waiting.
 const CROWD_DISPATCHES: u64 = 500;
@@ -654,6 +666,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
         if !args.json {
             eprintln!("running {scenario} …");
         }
+        if scenario == "cold-start" {
+            all.extend(cold_start(count(COLD_ROUNDS)).await?);
+            continue;
+        }
         let figures = match scenario {
             "enqueue" => enqueue(count(100_000)).await?,
             "bulk" => bulk(count(200_000)).await?,
@@ -797,11 +813,101 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
     Ok(Code::Ok)
 }
 
-/// `hopper bench-serve`: answers every `serve` request with `null`.
+/// `cold-start`: a call of a function that has no worker (as every function has when idle,
+/// with the default `min_workers = 0`), from the spawn to its result: a command, a `serve`
+/// process, and a Python SDK function (when this machine's `python3` has the SDK). Each round
+/// first waits for the function's last worker to stop (`scaledown_window = "1s"`).
+async fn cold_start(rounds: u64) -> anyhow::Result<Vec<Figures>> {
+    let server = Cluster::start()?;
+    let clients = server.clients().await?;
+    let client = clients[0].clone();
+    let exe = std::env::current_exe().context("cannot find this program")?;
+    let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let python = Command::new("python3")
+        .args(["-c", "import hopper"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut manifest = format!(
+        "app = \"cold\"\n[functions.command]\ncommand = [\"sh\", \"-c\", \"echo null\"]\nscaledown_window = \"1s\"\n\
+         [functions.serve]\nserve = [{exe:?}, \"bench-serve\"]\nscaledown_window = \"1s\"\n",
+        exe = exe.display().to_string(),
+    );
+    let mut kinds = vec!["command", "serve"];
+    if python {
+        std::fs::write(
+            dir.path().join("app.py"),
+            "import hopper\n\napp = hopper.App(\"cold\")\n\n\n@app.function()\ndef noop(x=None):\n    return None\n",
+        )
+        .context("cannot write the Python function")?;
+        manifest.push_str(
+            "[functions.python]\nserve = [\"python3\", \"-m\", \"hopper._runner\", \"app.py\", \"noop\"]\nscaledown_window = \"1s\"\n",
+        );
+        kinds.push("python");
+    } else {
+        eprintln!("cold-start: no Python SDK for python3 here (pip install hopper-queue): its row is left out");
+    }
+    client
+        .deploy(&DeployRequest {
+            manifest,
+            file: "<bench>".into(),
+            base_dir: dir.path().display().to_string(),
+            snapshot: None,
+            snapshot_root: None,
+        })
+        .await?;
+    let mut out = Vec::new();
+    for kind in kinds {
+        let function = format!("cold.{kind}");
+        let mut latencies = Vec::new();
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let workers = client.workers().await?;
+                let warm = workers
+                    .iter()
+                    .any(|w| w.state == "active" && w.functions.contains(&function));
+                if !warm {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("cold-start: {function}'s worker did not stop within 2 minutes");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let t = Instant::now();
+            let done = client
+                .remote(&function, Value::Null, Duration::from_secs(120))
+                .await?;
+            if done.state != hopper_core::CallState::Succeeded {
+                bail!(
+                    "cold-start: {function} ended {:?}: {:?}",
+                    done.state,
+                    done.error
+                );
+            }
+            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        out.push(figures(
+            &format!("cold-start {kind}"),
+            rounds,
+            started.elapsed(),
+            latencies,
+            &server,
+        ));
+    }
+    server.finish().await;
+    Ok(out)
+}
+
+/// `hopper bench-serve`: says it is ready, then answers every `serve` request with `null`.
 pub async fn serve_noop() -> anyhow::Result<Code> {
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    writeln!(out, "{}", serde_json::json!({ "ready": true }))?;
+    out.flush()?;
     for line in stdin.lock().lines() {
         let line = line?;
         let request: Value = match serde_json::from_str(&line) {

@@ -101,6 +101,7 @@ pub async fn fill(store: Arc<dyn Store>, manifest: &str, n: u64) -> anyhow::Resu
             functions: vec!["bench.noop".into()],
             concurrency: COMPLETE_BATCH,
             now: now(),
+            machine: None,
         })
         .await?;
     let mut done = 0u64;

@@ -129,6 +129,10 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         )),
     }
     config.dev = args.dev;
+    match args.machine.resolve() {
+        Ok(machine) => config.machine = machine,
+        Err(e) => faults.push(e),
+    }
     config.data_dir = Some(args.data.clone());
     config.worker_cache_dir = Some(
         std::path::absolute(args.data.join("snapshots"))
@@ -219,23 +223,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
 
 /// `4MiB`, `512KiB`, `1GiB`, `4MB` or plain bytes.
 pub fn parse_bytes(text: &str) -> Option<usize> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: usize = number.parse().ok()?;
-    let factor = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return None,
-    };
-    number.checked_mul(factor)
+    hopper_core::resources::parse_bytes(text).and_then(|n| usize::try_from(n).ok())
 }
 
 /// The store `serve` was asked for: SQLite in `--data`, or PostgreSQL at `--database`.

@@ -32,6 +32,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
             args.cache_max
         ));
     }
+    let machine = args.machine.resolve();
+    if let Err(e) = &machine {
+        faults.push(e.clone());
+    }
     if !faults.is_empty() {
         return Err(exit::usage(faults.join("\n")));
     }
@@ -61,8 +65,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<Code> {
         token: args.client.token.clone(),
         functions: functions.clone(),
         concurrency: args.concurrency,
-        host: host_name(),
+        host: hopper_worker::machine::host_name(),
         drain: drain?,
+        machine: machine.ok(),
     };
     let shutdown = stop_on_signals(format!("worker of {}", functions.join(", ")))?;
     hopper_worker::run(config, kill_grace?, snapshots, shutdown).await?;
@@ -174,14 +179,4 @@ fn in_app<'a>(names: &'a [String], app: &str) -> Vec<&'a str> {
         .filter(|n| n.split_once('.').is_some_and(|(a, _)| a == app))
         .map(String::as_str)
         .collect()
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_string())
 }

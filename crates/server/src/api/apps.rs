@@ -60,14 +60,16 @@ pub async fn deploy(
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<AppView>>, ApiError> {
     let apps = state.store.app_list().await?;
-    Ok(Json(apps.iter().map(views::app).collect()))
+    Ok(Json(
+        apps.iter().map(|a| views::app_here(&state, a)).collect(),
+    ))
 }
 
 pub async fn functions(State(state): State<AppState>) -> Result<Json<Vec<FunctionView>>, ApiError> {
     let apps = state.store.app_list().await?;
     Ok(Json(
         apps.iter()
-            .flat_map(|a| a.functions.iter().map(views::function))
+            .flat_map(|a| a.functions.iter().map(|f| views::function_here(&state, f)))
             .collect(),
     ))
 }
@@ -77,7 +79,7 @@ pub async fn function(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<FunctionView>, ApiError> {
     let row = resolve(&state, &name).await?;
-    let mut view = views::function(&row);
+    let mut view = views::function_here(&state, &row);
     if row.spec.limits.any() {
         let now = state
             .store

@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workers/{id}/heartbeat", post(workers::heartbeat))
         .route("/workers/{id}/complete", post(workers::complete))
         .route("/workers/{id}/logs", post(workers::logs))
+        .route("/workers/{id}/starts", post(workers::starts))
         .route("/workers/{id}/snapshots/{hash}", get(workers::snapshot))
         .route_layer(middleware::from_fn(query::refuse_unknown))
         .fallback(not_found)
@@ -557,6 +558,7 @@ mod tests {
             ("post", "/v1/workers/{id}/heartbeat"),
             ("post", "/v1/workers/{id}/complete"),
             ("post", "/v1/workers/{id}/logs"),
+            ("post", "/v1/workers/{id}/starts"),
             ("post", "/v1/reseal"),
             ("get", "/livez"),
             ("get", "/readyz"),

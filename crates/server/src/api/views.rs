@@ -24,7 +24,37 @@ pub fn function(row: &FunctionRow) -> FunctionView {
         version: row.version,
         spec: row.spec.clone(),
         limits_state: None,
+        waiting_for: None,
+        startup: None,
     }
+}
+
+/// `function(row)` with what this server knows of it beyond the store: why no worker can take
+/// its work, if none can.
+pub fn function_here(state: &crate::state::AppState, row: &FunctionRow) -> FunctionView {
+    let mut view = function(row);
+    view.waiting_for = state
+        .unplaced
+        .lock()
+        .ok()
+        .and_then(|u| u.get(&view.name).cloned());
+    view.startup = state
+        .startups
+        .lock()
+        .ok()
+        .and_then(|s| s.get(&view.name).cloned());
+    view
+}
+
+/// `app(row)` with what this server knows of its functions (see [`function_here`]).
+pub fn app_here(state: &crate::state::AppState, row: &AppRow) -> AppView {
+    let mut view = app(row);
+    view.functions = row
+        .functions
+        .iter()
+        .map(|f| function_here(state, f))
+        .collect();
+    view
 }
 
 /// Where a function's `limits` stand, as the store read them.
@@ -180,6 +210,7 @@ pub fn worker(row: &WorkerRow, now: UnixMillis, lease_ms: i64) -> WorkerView {
         registered_at: time(row.registered_at),
         last_seen_at: time(row.last_seen_at),
         state: state.to_string(),
+        machine: row.machine.clone(),
     }
 }
 

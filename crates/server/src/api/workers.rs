@@ -69,17 +69,20 @@ pub async fn register(
             "concurrency must be at least 1",
         ));
     }
-    // The current spec of each function, so the worker can start its processes at once.
+    if let Some(machine) = &req.machine {
+        check_machine(machine).map_err(|e| ApiError::bad_request("invalid_worker", e))?;
+    }
+    // The current spec of each function, so the worker can start its processes at once, and
+    // those its machine cannot run, so it can say so.
     let mut specs = std::collections::BTreeMap::new();
+    let mut unfit = std::collections::BTreeMap::new();
+    let machine = req.machine.clone().unwrap_or_default();
     for key in &keys {
-        let found = state
-            .store
-            .function_find(hopper_store::FunctionFind {
-                app: Some(key.app.clone()),
-                function: key.function.clone(),
-            })
-            .await?;
+        let found = deployed(&state, key).await?;
         for row in found {
+            if let Err(why) = machine.fits(&row.spec.resources) {
+                unfit.insert(row.spec.qualified_name(), why);
+            }
             specs.insert(
                 format!("{}@{}", row.spec.qualified_name(), row.version),
                 row.spec,
@@ -98,6 +101,7 @@ pub async fn register(
             functions: req.functions,
             concurrency: req.concurrency,
             now: state.now(),
+            machine: req.machine.clone(),
         })
         .await?;
     state
@@ -106,10 +110,11 @@ pub async fn register(
         .map_err(|_| poisoned())?
         .insert(
             id.clone(),
-            Arc::new(KnownWorker {
-                functions: keys,
-                secret_hash: Some(secret_hash(&secret)),
-            }),
+            Arc::new(KnownWorker::new(
+                keys,
+                Some(secret_hash(&secret)),
+                req.machine.clone(),
+            )),
         );
     Ok((
         StatusCode::CREATED,
@@ -125,8 +130,57 @@ pub async fn register(
             call_token: state.config.call_token.clone(),
             functions: specs,
             worker_secret: Some(secret.into()),
+            unfit,
         }),
     ))
+}
+
+/// Most GPUs a worker may say its machine has.
+const MAX_MACHINE_GPUS: usize = 1_024;
+
+/// Checks what a worker says its machine has: cores and memory more than zero, GPUs each
+/// named once, labels as `hopper worker --label` takes them.
+fn check_machine(m: &hopper_core::resources::Machine) -> Result<(), String> {
+    if m.cpus.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+        return Err("machine.cpus: more than 0 cores, or none when unknown".into());
+    }
+    if m.memory_bytes == Some(0) {
+        return Err("machine.memory_bytes: more than 0, or none when unknown".into());
+    }
+    if m.gpus.len() > MAX_MACHINE_GPUS {
+        return Err(format!("machine.gpus: at most {MAX_MACHINE_GPUS}"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for g in &m.gpus {
+        if !seen.insert(g.index) {
+            return Err(format!("machine.gpus: GPU {} is named twice", g.index));
+        }
+        if g.kind.len() > 128 || g.kind.chars().any(char::is_control) {
+            return Err(format!(
+                "machine.gpus: GPU {}'s kind is longer than 128 or has control characters",
+                g.index
+            ));
+        }
+    }
+    for (name, value) in &m.labels {
+        hopper_core::resources::check_label(name, value)
+            .map_err(|e| format!("machine.labels: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The function `key` as deployed now (none if no deploy has it).
+async fn deployed(
+    state: &AppState,
+    key: &FunctionKey,
+) -> Result<Vec<hopper_store::FunctionRow>, ApiError> {
+    Ok(state
+        .store
+        .function_find(hopper_store::FunctionFind {
+            app: Some(key.app.clone()),
+            function: key.function.clone(),
+        })
+        .await?)
 }
 
 fn poisoned() -> ApiError {
@@ -182,10 +236,11 @@ async fn known_worker(
                         format!("no active worker {id}: register again"),
                     )
                 })?;
-            let known = Arc::new(KnownWorker {
-                functions: function_keys(&row.functions),
-                secret_hash: row.secret_hash.filter(|h| !h.is_empty()),
-            });
+            let known = Arc::new(KnownWorker::new(
+                function_keys(&row.functions),
+                row.secret_hash.filter(|h| !h.is_empty()),
+                row.machine,
+            ));
             state
                 .worker_functions
                 .lock()
@@ -282,7 +337,117 @@ pub async fn lease(
     } else {
         None
     };
-    Ok(Json(dispatcher::lease(&state, &id, &known.functions, req).await?).into_response())
+    let functions = placed(&state, &known).await?;
+    if functions.is_empty() {
+        // Nothing this worker can run (a GPU function on a machine without one): it waits, as
+        // for an empty queue, and asks again.
+        let wait = std::time::Duration::from_millis(req.wait_ms)
+            .min(dispatcher::MAX_WAIT)
+            .min(state.config.max_wait);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = state.shutdown.cancelled() => {}
+        }
+        return Ok(Json(hopper_core::api::LeaseResponse::default()).into_response());
+    }
+    Ok(Json(dispatcher::lease(&state, &id, &functions, req).await?).into_response())
+}
+
+/// How long a worker's placement is trusted before it is worked out again: a deploy through
+/// another server of a cluster is seen within this.
+const PLACED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The functions of `known` whose deployed `gpu`, `cpu`, `memory` and `labels` its machine
+/// fits: the only ones it is handed inputs of. A function not deployed now (a deploy removed
+/// it; its app is not deployed yet) stays: its queued inputs run on the version they were
+/// spawned on.
+async fn placed(state: &AppState, known: &KnownWorker) -> Result<Vec<FunctionKey>, ApiError> {
+    let deploys = state.events.deploys();
+    if let Some(p) = known.placed.lock().map_err(|_| poisoned())?.as_ref() {
+        if p.deploys == deploys && p.at.elapsed() < PLACED_FOR {
+            return Ok(p.functions.clone());
+        }
+    }
+    let none = hopper_core::resources::Machine::default();
+    let machine = known.machine.as_ref().unwrap_or(&none);
+    let mut functions = Vec::with_capacity(known.functions.len());
+    for key in &known.functions {
+        let found = deployed(state, key).await?;
+        if found
+            .iter()
+            .all(|row| machine.fits(&row.spec.resources).is_ok())
+        {
+            functions.push(key.clone());
+        }
+    }
+    *known.placed.lock().map_err(|_| poisoned())? = Some(crate::state::Placed {
+        at: std::time::Instant::now(),
+        deploys,
+        functions: functions.clone(),
+    });
+    Ok(functions)
+}
+
+/// Longest error line kept from a process that failed at start.
+const MAX_START_ERROR: usize = 1_000;
+
+/// `POST /v1/workers/{id}/starts`: a worker says how a process of one of its functions
+/// started; the function's view shows it (`startup`), and `/metrics` the time it took.
+pub async fn starts(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<hopper_core::api::ProcessStart>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_worker(&id)?;
+    let known = known_worker(&state, &id, &headers).await?;
+    let serves = known
+        .functions
+        .iter()
+        .any(|k| format!("{}.{}", k.app, k.function) == req.function);
+    if !serves {
+        return Err(ApiError::bad_request(
+            "invalid_start",
+            format!("worker {id} does not serve {:?}", req.function),
+        ));
+    }
+    let failed = req.failed.map(|f| {
+        let line: String = f
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_START_ERROR)
+            .collect();
+        line
+    });
+    if req.ready_ms.is_none() && failed.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_start",
+            "give ready_ms (the process is ready) or failed (it failed at start)",
+        ));
+    }
+    if let Some(ms) = req.ready_ms {
+        crate::metrics::startup(&req.function, ms);
+    }
+    if let Some(why) = &failed {
+        tracing::warn!(function = %req.function, worker = %id, "a worker's process failed at start: {why}");
+    }
+    let mut startups = state.startups.lock().map_err(|_| poisoned())?;
+    let entry = startups
+        .entry(req.function)
+        .or_insert_with(|| hopper_core::api::StartupView {
+            last_ms: None,
+            failed: None,
+            at: String::new(),
+        });
+    entry.at = views::time(state.now());
+    match req.ready_ms {
+        Some(ms) => {
+            entry.last_ms = Some(ms);
+            entry.failed = None;
+        }
+        None => entry.failed = failed,
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// 503 `too_many_waiting` with `Connection: close` and `Retry-After: 1`; logged once a

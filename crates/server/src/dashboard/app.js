@@ -338,6 +338,17 @@ function limitsPanel(st, limits) {
       h("div", {}, h("h3", {}, "Held back"), holds)));
 }
 
+/** A function's resource request: `gpu A100:2, cpu 4, 16 GiB, zone=eu`, or "nothing". */
+function needsText(r) {
+  if (!r) return "nothing";
+  const parts = [];
+  if (r.gpu) parts.push(`gpu ${(r.gpu.kinds && r.gpu.kinds.length ? r.gpu.kinds.join("|") : "any")}${r.gpu.count > 1 ? `:${r.gpu.count}` : ""}`);
+  if (r.cpu) parts.push(`cpu ${r.cpu}`);
+  if (r.memory_bytes) parts.push(`${(r.memory_bytes / 1073741824).toFixed(1)} GiB`);
+  for (const [k, v] of Object.entries(r.labels || {})) parts.push(`${k}=${v}`);
+  return parts.length ? parts.join(", ") : "nothing";
+}
+
 function functionPage({ name }) {
   const el = h("div", {});
   async function refresh() {
@@ -357,9 +368,17 @@ function functionPage({ name }) {
       ["Scaling", spec.scaling ? `${spec.scaling.min_workers}–${spec.scaling.max_workers} workers, buffer ${spec.scaling.buffer_workers}, scale down after ${span(spec.scaling.scaledown_window_ms / 1000)}` : "—"],
       ["Priority", String(spec.priority || 0)],
       ["Limits", limitsText(spec.limits)],
+      ["Needs", needsText(spec.resources)],
+      ["Start-up", f.startup && f.startup.last_ms != null ? `${span(f.startup.last_ms / 1000)} (last worker to start)` : "—"],
     ];
+    const problems = [];
+    if (f.waiting_for) problems.push(h("p", { class: "panel problem", id: "waiting-for" }, f.waiting_for));
+    if (f.startup && f.startup.failed) {
+      problems.push(h("p", { class: "panel problem", id: "startup-failed" }, `Its process failed at start: ${f.startup.failed}`));
+    }
     el.replaceChildren(
       h("h1", {}, f.name, h("span", { class: "muted" }, `v${f.version}`)),
+      ...problems,
       h("div", { class: "tiles" },
         ...[[num(x.pending), "queued"], [num(x.running), "running"], [rate(x.success_rate), "success, 24h"],
           [ms(x.p50_ms), "p50, 24h"], [ms(x.p95_ms), "p95, 24h"], [ms(x.p99_ms), "p99, 24h"]]
