@@ -123,6 +123,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Events {
     waiting: Arc<Waiting>,
     inputs: watch::Sender<u64>,
+    /// Bumped whenever inputs arrive, for the provisioner: a function with no worker needs
+    /// one started (its waiters are woken by [`Events::inputs_for`] alone).
+    work: watch::Sender<u64>,
+    /// The functions (`app.function`) inputs arrived for since the provisioner last looked.
+    fresh: Arc<Mutex<std::collections::HashSet<String>>>,
     calls: broadcast::Sender<CallId>,
     cancels: broadcast::Sender<CallId>,
     deploys: watch::Sender<u64>,
@@ -135,6 +140,8 @@ impl Default for Events {
         Self {
             waiting: Arc::default(),
             inputs: watch::channel(0).0,
+            work: watch::channel(0).0,
+            fresh: Arc::default(),
             calls: broadcast::channel(1024).0,
             cancels: broadcast::channel(1024).0,
             deploys: watch::channel(0).0,
@@ -163,6 +170,24 @@ impl Events {
             function: function.to_string(),
         };
         self.waiting.wake(&key, n);
+        let name = format!("{app}.{function}");
+        let first = self.fresh.lock().is_ok_and(|mut fresh| fresh.insert(name));
+        if first {
+            self.work.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// The functions inputs arrived for since the last call, emptied.
+    pub fn take_fresh(&self) -> Vec<String> {
+        self.fresh
+            .lock()
+            .map(|mut f| f.drain().collect())
+            .unwrap_or_default()
+    }
+
+    /// Changes whenever inputs arrive (of any function).
+    pub fn watch_work(&self) -> watch::Receiver<u64> {
+        self.work.subscribe()
     }
 
     /// New inputs may be available to lease, of functions not known here: wakes every waiter.

@@ -61,6 +61,8 @@ pub struct Provisioner {
     program: PathBuf,
     server_url: String,
     pools: HashMap<String, Pool>,
+    /// The functions this server runs local workers for, as of the last pass.
+    local: std::collections::HashSet<String>,
     /// Workers told to stop and not gone yet: they hold their GPUs, cores and memory until
     /// they exit.
     stopping: Vec<Local>,
@@ -81,6 +83,7 @@ impl Provisioner {
             program,
             server_url,
             pools: HashMap::new(),
+            local: Default::default(),
             stopping: Vec::new(),
         }
     }
@@ -89,21 +92,36 @@ impl Provisioner {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut deploys = self.state.events.watch_deploys();
         let mut inputs = self.state.events.watch_inputs();
-        loop {
+        let mut work = self.state.events.watch_work();
+        'passes: loop {
             deploys.borrow_and_update();
             inputs.borrow_and_update();
+            work.borrow_and_update();
             if let Err(e) = self.reconcile().await {
                 tracing::warn!(error = %e, "provisioner pass failed; retrying");
             }
             tokio::time::sleep(MIN_PASS_GAP).await;
-            tokio::select! {
-                _ = deploys.changed() => {}
-                _ = inputs.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.cancelled() => break,
+            let tick = Instant::now() + Duration::from_secs(1);
+            loop {
+                tokio::select! {
+                    _ = deploys.changed() => break,
+                    _ = inputs.changed() => break,
+                    // A spawn for a function with no worker is a cold start: at once. Others
+                    // wait for the next tick, so a stream of spawns costs no pass each.
+                    _ = work.changed() => if self.cold_work() { break },
+                    _ = tokio::time::sleep_until(tick) => break,
+                    _ = shutdown.cancelled() => break 'passes,
+                }
             }
         }
         self.stop_all().await;
+    }
+
+    /// Whether inputs arrived for a local function that has no worker.
+    fn cold_work(&self) -> bool {
+        self.state.events.take_fresh().iter().any(|name| {
+            self.local.contains(name) && self.pools.get(name).is_none_or(|p| p.workers.is_empty())
+        })
     }
 
     /// Brings the running workers in line with the deployed functions and their backlogs.
@@ -171,6 +189,7 @@ impl Provisioner {
         let mut unplaced = Vec::new();
         let mut died = Vec::new();
         let names: Vec<String> = specs.keys().cloned().collect();
+        self.local = names.iter().cloned().collect();
         for (name, spec) in specs {
             let want = wanted(&spec, backlog.get(&name).copied().unwrap_or(0)) as usize;
             let window = Duration::from_millis(spec.scaling.scaledown_window_ms);
