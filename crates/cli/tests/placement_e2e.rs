@@ -380,7 +380,7 @@ async fn a_process_that_never_gets_ready_fails_its_start_and_its_calls_end() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("stuck.py"),
-        "import json, time\nprint(json.dumps({'ready': False}), flush=True)\ntime.sleep(600)\n",
+        "import json, sys, time\nprint(json.dumps({'ready': False}), flush=True)\nprint('loading forever', file=sys.stderr, flush=True)\ntime.sleep(600)\n",
     )
     .unwrap();
     let m = manifest(
@@ -401,13 +401,18 @@ async fn a_process_that_never_gets_ready_fails_its_start_and_its_calls_end() {
         },
     )
     .await;
-    assert_eq!(
-        why,
-        "not ready after 2s (the function's timeout): the process was killed"
+    assert!(
+        why.starts_with("not ready after 2s (the function's timeout): the process was killed"),
+        "{why}"
     );
-    // The call does not wait forever on a process that never loads: its attempt times out.
+    // The call does not wait forever on a process that never loads: it fails to start.
     let call = wait_done(&client, &id, Duration::from_secs(60)).await;
     assert_eq!(call.state, hopper_core::CallState::Failed, "{call:?}");
+    assert_eq!(
+        call.error.as_ref().unwrap().code,
+        "startup_failed",
+        "{call:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

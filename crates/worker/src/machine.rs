@@ -125,7 +125,8 @@ pub fn resolve(overrides: &Overrides) -> Result<Machine, String> {
         },
     };
     let mut labels = BTreeMap::new();
-    for item in &overrides.labels {
+    // An empty item (HOPPER_LABELS="", or "a=1,,b=2") is no label.
+    for item in overrides.labels.iter().filter(|i| !i.trim().is_empty()) {
         match item.split_once('=') {
             Some((k, v)) => match check_label(k.trim(), v.trim()) {
                 Ok(()) if labels.contains_key(k.trim()) => faults.push(format!(

@@ -98,6 +98,8 @@ struct ServeProcess {
     load_timeout: Duration,
     /// The process said `{"ready": false}`: it is loading and will say when it is ready.
     loading: AtomicBool,
+    /// It was killed for loading longer than `load_timeout`: a start-up failure.
+    load_timed_out: AtomicBool,
     started: Instant,
     /// The stderr reader has stopped (the pipe closed).
     stderr_closed: AtomicBool,
@@ -293,12 +295,17 @@ impl ServePool {
                 return;
             }
             for p in loading {
-                if p.started.elapsed() > p.load_timeout && !p.stopping.swap(true, Ordering::AcqRel)
+                if p.started.elapsed() > p.load_timeout
+                    && !p.load_timed_out.swap(true, Ordering::AcqRel)
                 {
-                    let message = format!(
+                    let mut message = format!(
                         "not ready after {} (the function's timeout): the process was killed",
                         hopper_core::duration::format(p.load_timeout)
                     );
+                    let tail = p.stderr_tail();
+                    if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
+                        message.push_str(&format!("; its last output: {}", last.trim()));
+                    }
                     tracing::warn!(function = %p.name, "{message}");
                     p.report(hopper_core::api::ProcessStart {
                         function: p.name.clone(),
@@ -471,10 +478,32 @@ async fn run_on(
             }),
             _ = tokio::time::sleep_until(deadline) => {
                 let took = hopper_core::duration::format(timeout);
-                logs.line(job.lease, LogStream::System, format!("timed out after {took}; killing the serve process"));
                 proc.answer(&lease_id(job.lease), Answer::Crashed("timed out".into()));
-                proc.kill();
-                Some(failed("timeout", format!("timed out after {took}; the serve process was killed"), true))
+                // A process that said it was loading and never said it was ready: not ready.
+                let loaded = proc.is_ready() || !proc.loading.load(Ordering::Acquire);
+                if loaded {
+                    logs.line(job.lease, LogStream::System, format!("timed out after {took}; killing the serve process"));
+                    proc.kill();
+                    Some(failed("timeout", format!("timed out after {took}; the serve process was killed"), true))
+                } else {
+                    // The input waited out its timeout for a process that never got ready: it
+                    // did not run; the process failed to start.
+                    let tail = proc.stderr_tail();
+                    let mut message = format!("the serve process was not ready after {took} (the function's timeout); it was killed");
+                    if !tail.is_empty() {
+                        message.push_str(&format!("; its last output:\n{tail}"));
+                    }
+                    logs.line(job.lease, LogStream::System, message.clone());
+                    if !proc.load_timed_out.swap(true, Ordering::AcqRel) {
+                        proc.report(hopper_core::api::ProcessStart {
+                            function: proc.name.clone(),
+                            ready_ms: None,
+                            failed: Some(format!("not ready after {took} (the function's timeout): the process was killed")),
+                        });
+                    }
+                    proc.kill();
+                    Some(failed("startup_failed", message, true))
+                }
             }
             _ = job.cancel.cancelled() => {
                 let id = lease_id(job.lease);
@@ -561,6 +590,7 @@ fn start(
         ready_said: AtomicBool::new(false),
         ready_seen: tokio::sync::Notify::new(),
         loading: AtomicBool::new(false),
+        load_timed_out: AtomicBool::new(false),
         reporter: env.reporter.clone(),
         load_timeout: Duration::from_millis(spec.timeout_ms.max(1)),
         started,
@@ -611,7 +641,9 @@ fn start(
             Err(e) => format!("the serve process was lost: {e}"),
         };
         let was_ready = proc.is_ready();
-        let failed_at_start = !was_ready && !signalled;
+        // Killed for not getting ready in time: a start-up failure too (already reported).
+        let load_timed_out = proc.load_timed_out.load(Ordering::Acquire);
+        let failed_at_start = !was_ready && (!signalled || load_timed_out);
         if proc.stopping.load(Ordering::Acquire) {
             tracing::info!(function = %name, "{how}");
             let waiting: Vec<Waiting> = proc
@@ -650,7 +682,7 @@ fn start(
         if !was_ready && !tail.is_empty() {
             tracing::warn!(function = %name, "the serve process failed at start:\n{tail}");
         }
-        if failed_at_start {
+        if failed_at_start && !load_timed_out {
             // Said at once, so the function's status shows it before anyone calls it.
             let last = tail
                 .lines()
