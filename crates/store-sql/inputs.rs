@@ -1293,10 +1293,17 @@ pub async fn worker_deregister(conn: &mut Conn, p: WorkerDeregister) -> Result<u
     .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
-    let error = InputError::new(
-        "worker_stopped",
-        "the worker stopped and handed the input back",
-    );
+    let error = if p.died {
+        InputError::new(
+            "worker_lost",
+            "the worker died while running the input; it goes back to the queue",
+        )
+    } else {
+        InputError::new(
+            "worker_stopped",
+            "the worker stopped and handed the input back",
+        )
+    };
     let finished = give_back(&mut tx, &rows, &error, p.now).await?;
     crate::db::query("UPDATE workers SET stopped_at = $2, last_seen_at = $2 WHERE id = $1")
         .bind(p.id.as_str())

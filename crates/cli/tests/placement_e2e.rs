@@ -452,4 +452,9 @@ async fn a_local_worker_killed_mid_input_hands_its_lease_back_at_once() {
     let attempts = client.attempts(&id).await.unwrap();
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(attempts[0].outcome, "lost", "{attempts:?}");
+    assert_eq!(
+        attempts[0].error.as_ref().unwrap().code,
+        "worker_lost",
+        "{attempts:?}"
+    );
 }

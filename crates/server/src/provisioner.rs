@@ -299,6 +299,7 @@ impl Provisioner {
                     .worker_deregister(hopper_store::WorkerDeregister {
                         id: w.id.clone(),
                         now: self.state.now(),
+                        died: true,
                     })
                     .await?;
                 tracing::info!(worker = %w.id, leases = handed, "a local worker died: its leases go back to the queue");

@@ -1871,6 +1871,7 @@ pub async fn a_stopped_worker_hands_its_leases_back(store: Arc<dyn Store>) {
         .worker_deregister(WorkerDeregister {
             id: w.clone(),
             now: T0 + 1,
+            died: false,
         })
         .await
         .unwrap();
@@ -1891,6 +1892,23 @@ pub async fn a_stopped_worker_hands_its_leases_back(store: Arc<dyn Store>) {
     );
     let workers = store.worker_list(0).await.unwrap();
     assert_eq!(workers[0].stopped_at, Some(T0 + 1));
+    let attempts = store.attempt_list(all_attempts(&call.id)).await.unwrap();
+    assert_eq!(attempts[0].error.as_ref().unwrap().code, "worker_stopped");
+    // A worker that died (the server noticed) is said to be lost, not to have handed back.
+    let dead = worker(&*store).await;
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    // The first call's two inputs, back in the queue, and this one.
+    assert_eq!(lease(&*store, &dead, "ok", 3, T0 + 3).await.len(), 3);
+    store
+        .worker_deregister(WorkerDeregister {
+            id: dead,
+            now: T0 + 4,
+            died: true,
+        })
+        .await
+        .unwrap();
+    let attempts = store.attempt_list(all_attempts(&call.id)).await.unwrap();
+    assert_eq!(attempts[0].error.as_ref().unwrap().code, "worker_lost");
 }
 
 pub async fn a_worker_s_machine_is_kept_as_it_registered_it(store: Arc<dyn Store>) {

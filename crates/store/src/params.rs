@@ -341,6 +341,9 @@ pub struct WorkerRegisterParams {
 pub struct WorkerDeregister {
     pub id: WorkerId,
     pub now: UnixMillis,
+    /// The worker died (its process exited without deregistering; the server noticed):
+    /// its inputs' attempts say so (`worker_lost`) instead of `worker_stopped`.
+    pub died: bool,
 }
 
 /// Stores a named secret's sealed values, replacing what it had.

@@ -202,9 +202,9 @@ pub async fn apps(args: &ClientArgs, versions: bool) -> anyhow::Result<Code> {
                     f.name.clone(),
                     a.version.to_string(),
                     match f.spec.runner() {
-                        hopper_core::function::Runner::Command(c) => c.join(" "),
+                        hopper_core::function::Runner::Command(c) => one_line(c),
                         hopper_core::function::Runner::Serve(c) => {
-                            format!("serve: {}", c.join(" "))
+                            format!("serve: {}", one_line(c))
                         }
                         hopper_core::function::Runner::External => "external".into(),
                     },
@@ -242,6 +242,21 @@ pub async fn apps(args: &ClientArgs, versions: bool) -> anyhow::Result<Code> {
         }
     }
     Ok(Code::Ok)
+}
+
+/// An argv on one line of a table: its control characters (a newline in a `python -c`
+/// script) escaped.
+fn one_line(argv: &[String]) -> String {
+    argv.join(" ")
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A function's resource request as the table shows it: `gpu A100:2, cpu 4, 16GiB, zone=eu`.

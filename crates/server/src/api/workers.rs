@@ -772,6 +772,7 @@ pub async fn deregister(
         .worker_deregister(WorkerDeregister {
             id: id.clone(),
             now: state.now(),
+            died: false,
         })
         .await?;
     if let Ok(mut cache) = state.worker_functions.lock() {
