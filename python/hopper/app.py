@@ -32,9 +32,11 @@ _APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 Schedule = Cron | Period | int | float
-#: A GPU request: a count, a kind (``"A100"``, ``"H100:2"``, ``"any"``) or kinds in order of preference.
-Gpu = int | str | Sequence[str]
 """``schedule=``: a :class:`Cron`, a :class:`Period`, or a period in seconds."""
+
+Gpu = int | str | Sequence[str]
+"""``gpu=``: a count (``1``), a kind (``"A100"``, ``"H100:2"``, ``"any"``) or kinds in order of
+preference (``["H100", "A100"]``)."""
 
 
 _NOTIFY_EVENTS = ("failed", "timed_out", "schedule_missed", "recovered")
