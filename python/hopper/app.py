@@ -127,9 +127,11 @@ class FunctionOptions:
             raise ValueError(f"cpu must be a number of cores more than 0 and at most 1024, not {cpu!r}")
         memory = self.memory
         if memory is not None and not (
-            _int_in(memory, 1, 1 << 40) or (isinstance(memory, str) and memory.strip())
+            _int_in(memory, 1, 1 << 30) or (isinstance(memory, str) and memory.strip())
         ):
-            raise ValueError(f'memory must be MiB as an int (4096) or a size ("4GiB"), not {memory!r}')
+            raise ValueError(
+                f'memory must be MiB as an int (4096, at most 1 PiB) or a size ("4GiB"), not {memory!r}'
+            )
         for k, v in self.labels.items():
             if not isinstance(k, str) or not isinstance(v, str) or not k:
                 raise ValueError(f"labels: {k!r}={v!r} is not a label (str names and values)")

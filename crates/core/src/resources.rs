@@ -93,45 +93,35 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Whether a worker on this machine can run a function asking for `want`; if not, why
-    /// (`"needs a GPU of kind H100; this machine has 2 × NVIDIA L4"`).
-    pub fn fits(&self, want: &Resources) -> Result<(), String> {
+    /// Whether a worker on this machine can run a function asking for `want`; if not, what it
+    /// lacks (shown as `needs a GPU of kind H100; this machine has 2 × NVIDIA L4`).
+    pub fn fits(&self, want: &Resources) -> Result<(), Misfit> {
+        let misfit = |needs: String, has: String| Err(Misfit { needs, has });
         for (key, value) in &want.labels {
             match self.labels.get(key) {
                 Some(have) if have == value => {}
                 Some(have) => {
-                    return Err(format!(
-                        "needs label {key}={value}; this machine has {key}={have}"
-                    ))
+                    return misfit(format!("label {key}={value}"), format!("{key}={have}"))
                 }
-                None => {
-                    return Err(format!(
-                        "needs label {key}={value}; this machine has no {key} label"
-                    ))
-                }
+                None => return misfit(format!("label {key}={value}"), format!("no {key} label")),
             }
         }
         if let Some(gpu) = &want.gpu {
             if pick_gpus(&self.gpus, gpu).is_none() {
-                return Err(format!(
-                    "needs {}; this machine has {}",
-                    describe_gpu(gpu),
-                    self.describe_gpus()
-                ));
+                return misfit(describe_gpu(gpu), self.describe_gpus());
             }
         }
         if let (Some(want), Some(have)) = (want.cpu, self.cpus) {
             if want > have + 1e-9 {
-                return Err(format!("needs {want} cores; this machine has {have}"));
+                return misfit(format!("{want} cores"), have.to_string());
             }
         }
         if let (Some(want), Some(have)) = (want.memory_bytes, self.memory_bytes) {
             if want > have {
-                return Err(format!(
-                    "needs {} of memory; this machine has {}",
-                    format_bytes(want),
-                    format_bytes(have)
-                ));
+                return misfit(
+                    format!("{} of memory", format_bytes(want)),
+                    format_bytes(have),
+                );
             }
         }
         Ok(())
@@ -154,6 +144,20 @@ impl Machine {
             .map(|(k, n)| format!("{n} × {}", if k.is_empty() { "GPU" } else { k }))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// What a machine lacks for a function: `needs` (`a GPU of kind H100`, `label zone=eu`,
+/// `8 cores`, `4GiB of memory`) and what it `has` of that (`2 × NVIDIA L4`, `no zone label`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misfit {
+    pub needs: String,
+    pub has: String,
+}
+
+impl std::fmt::Display for Misfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "needs {}; this machine has {}", self.needs, self.has)
     }
 }
 
@@ -535,7 +539,9 @@ mod tests {
         };
         assert!(m.fits(&want(Some(req(&["A100"], 2)))).is_ok());
         assert_eq!(
-            m.fits(&want(Some(req(&["H100"], 1)))).unwrap_err(),
+            m.fits(&want(Some(req(&["H100"], 1))))
+                .unwrap_err()
+                .to_string(),
             "needs a GPU of kind H100; this machine has 2 × A100, 1 × L4"
         );
         let picked = pick_gpus(&m.gpus, &req(&["H100", "L4"], 1)).unwrap();
@@ -543,13 +549,14 @@ mod tests {
         assert!(pick_gpus(&m.gpus, &req(&[], 4)).is_none());
         let mut big = want(None);
         big.memory_bytes = Some(32 << 30);
-        assert!(m.fits(&big).unwrap_err().contains("32GiB"));
+        assert!(m.fits(&big).unwrap_err().to_string().contains("32GiB"));
         let mut us = want(None);
         us.labels.insert("zone".into(), "us".into());
-        assert!(m.fits(&us).unwrap_err().contains("zone=eu"));
+        assert!(m.fits(&us).unwrap_err().to_string().contains("zone=eu"));
         assert!(Machine::default()
             .fits(&want(Some(req(&[], 1))))
             .unwrap_err()
+            .has
             .contains("no GPU"));
     }
 

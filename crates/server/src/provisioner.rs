@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use hopper_core::function::Runner;
-use hopper_core::resources::{self, Gpu, Machine};
+use hopper_core::resources::{self, Gpu, Machine, Misfit};
 use hopper_core::FunctionSpec;
 use hopper_worker::process;
 use tokio::process::{Child, Command};
@@ -313,7 +313,7 @@ impl Provisioner {
     async fn record_unplaced(
         &self,
         names: &[String],
-        unplaced: Vec<(String, FunctionSpec, String)>,
+        unplaced: Vec<(String, FunctionSpec, Misfit)>,
     ) -> Result<(), hopper_store::StoreError> {
         let mut now = std::collections::BTreeMap::new();
         if !unplaced.is_empty() {
@@ -331,7 +331,7 @@ impl Provisioner {
                             .is_ok()
                 });
                 if !served {
-                    now.insert(name, waiting_for(&spec, &why));
+                    now.insert(name, waiting_for(&why));
                 }
             }
         }
@@ -429,40 +429,48 @@ impl Room {
         room
     }
 
-    /// Takes what one worker of `spec` needs, or says why it does not fit now.
-    fn take(&mut self, spec: &FunctionSpec) -> Result<Share, String> {
+    /// Takes what one worker of `spec` needs, or says what is missing now: `needs` (what it
+    /// waits for) and why this server cannot give it.
+    fn take(&mut self, spec: &FunctionSpec) -> Result<Share, Misfit> {
         let want = &spec.resources;
         // Labels and sizes first against the whole machine: what it can never run.
-        self.machine
-            .fits(want)
-            .map_err(|why| why.replace("this machine has", "this server has"))?;
+        self.machine.fits(want).map_err(|m| Misfit {
+            has: format!("this server has {}", m.has),
+            ..m
+        })?;
         let gpus = match &want.gpu {
             None => Vec::new(),
-            Some(gpu) => resources::pick_gpus(&self.free_gpus, gpu).ok_or_else(|| {
-                format!(
+            Some(gpu) => resources::pick_gpus(&self.free_gpus, gpu).ok_or_else(|| Misfit {
+                needs: resources::describe_gpu(gpu),
+                has: format!(
                     "none free on this server (its {} are held by other workers)",
                     self.machine.describe_gpus()
-                )
+                ),
             })?,
         };
         let cpu = want.cpu.unwrap_or(0.0);
         if let Some(have) = self.machine.cpus {
             if cpu > 0.0 && self.cpu_used + cpu > have + 1e-9 {
-                return Err(format!(
-                    "needs {cpu} cores; {} of this server's {have} are taken by other workers",
-                    self.cpu_used
-                ));
+                return Err(Misfit {
+                    needs: format!("{cpu} cores"),
+                    has: format!(
+                        "{} of this server's {have} are taken by other workers",
+                        self.cpu_used
+                    ),
+                });
             }
         }
         let memory = want.memory_bytes.unwrap_or(0);
         if let Some(have) = self.machine.memory_bytes {
             if memory > 0 && self.memory_used + memory > have {
-                return Err(format!(
-                    "needs {} of memory; {} of this server's {} are taken by other workers",
-                    resources::format_bytes(memory),
-                    resources::format_bytes(self.memory_used),
-                    resources::format_bytes(have)
-                ));
+                return Err(Misfit {
+                    needs: format!("{} of memory", resources::format_bytes(memory)),
+                    has: format!(
+                        "{} of this server's {} are taken by other workers",
+                        resources::format_bytes(self.memory_used),
+                        resources::format_bytes(have)
+                    ),
+                });
             }
         }
         self.free_gpus
@@ -480,17 +488,12 @@ impl Room {
 }
 
 /// `waiting for a GPU of kind H100: this server has 2 × L4, and no worker serving it
-/// elsewhere has one`, from why no local worker could start (`needs X; this server has Y`).
-fn waiting_for(spec: &FunctionSpec, why: &str) -> String {
-    let (needs, rest) = why
-        .strip_prefix("needs ")
-        .and_then(|w| w.split_once("; "))
-        .unwrap_or(("a worker that fits", why));
-    let what = match &spec.resources.gpu {
-        Some(gpu) if needs.contains("GPU") || rest.contains("GPU") => resources::describe_gpu(gpu),
-        _ => needs.to_string(),
-    };
-    format!("waiting for {what}: {rest}, and no worker serving it elsewhere fits")
+/// elsewhere fits`, from what no local worker could be given.
+fn waiting_for(why: &Misfit) -> String {
+    format!(
+        "waiting for {}: {}, and no worker serving it elsewhere fits",
+        why.needs, why.has
+    )
 }
 
 fn start(

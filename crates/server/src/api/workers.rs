@@ -81,7 +81,7 @@ pub async fn register(
         let found = deployed(&state, key).await?;
         for row in found {
             if let Err(why) = machine.fits(&row.spec.resources) {
-                unfit.insert(row.spec.qualified_name(), why);
+                unfit.insert(row.spec.qualified_name(), why.to_string());
             }
             specs.insert(
                 format!("{}@{}", row.spec.qualified_name(), row.version),
