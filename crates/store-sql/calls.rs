@@ -370,13 +370,29 @@ pub async fn results(pool: &DbPool, p: InputResults) -> Result<Vec<InputResultRo
             "SELECT idx, state, output, error, done_seq FROM inputs WHERE call_id = $1 AND done_seq > $2 ORDER BY done_seq LIMIT $3"
         }
     };
-    let rows = crate::db::query(sql)
-        .bind(p.call_id.as_str())
-        .bind(p.after)
-        .bind(p.limit as i64)
-        .fetch_all(pool)
-        .await
-        .map_err(db_err)?;
+    // Read a row at a time, so a page of large outputs stops at its byte bound instead of
+    // holding `limit` of them.
+    let mut bytes = 0usize;
+    let rows = crate::db::fetch_until(
+        crate::db::query(sql)
+            .bind(p.call_id.as_str())
+            .bind(p.after)
+            .bind(p.limit as i64),
+        pool,
+        |row| {
+            for column in ["output", "error"] {
+                let size = row
+                    .try_get::<Option<String>, _>(column)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |t| t.len());
+                bytes = bytes.saturating_add(size);
+            }
+            bytes >= p.max_bytes
+        },
+    )
+    .await
+    .map_err(db_err)?;
     rows.iter()
         .map(|row| {
             Ok(InputResultRow {

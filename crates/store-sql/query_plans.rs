@@ -321,6 +321,7 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
                 index: None,
                 after_seq: 0,
                 limit: 1000,
+                max_bytes: None,
             })
             .await
             .unwrap();

@@ -14,7 +14,7 @@ use hopper_core::api::Lease;
 use hopper_core::{CallId, WorkerId};
 use hopper_store::*;
 
-use crate::{apps, calls, inputs, schedules, secrets, snapshots, stats, workers, Backend};
+use crate::{apps, blobs, calls, inputs, schedules, secrets, snapshots, stats, workers, Backend};
 
 #[async_trait]
 impl Store for Backend {
@@ -380,6 +380,44 @@ impl Store for Backend {
 
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError> {
         self.read(move |db| Box::pin(async move { workers::list(db, seen_after).await }))
+            .await
+    }
+
+    async fn blob_chunk_put(&self, params: BlobChunk) -> Result<(), StoreError> {
+        self.write(move |conn| Box::pin(blobs::chunk_put(conn, params.clone())))
+            .await
+    }
+
+    async fn blob_finish(&self, params: BlobFinish) -> Result<bool, StoreError> {
+        self.write(move |conn| Box::pin(blobs::finish(conn, params.clone())))
+            .await
+    }
+
+    async fn blob_info(&self, digest: &str) -> Result<Option<BlobRow>, StoreError> {
+        let digest = digest.to_owned();
+        self.read(move |db| Box::pin(async move { blobs::info(db, &digest).await }))
+            .await
+    }
+
+    async fn blob_chunk(&self, digest: &str, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let digest = digest.to_owned();
+        self.read(move |db| Box::pin(async move { blobs::chunk(db, &digest, seq).await }))
+            .await
+    }
+
+    async fn blob_claim(
+        &self,
+        call_id: &CallId,
+        digests: Vec<String>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let call_id = call_id.clone();
+        self.write(move |conn| Box::pin(blobs::claim(conn, call_id.clone(), digests.clone(), now)))
+            .await
+    }
+
+    async fn blob_prune(&self, params: BlobPrune) -> Result<u64, StoreError> {
+        self.write(move |conn| Box::pin(blobs::prune(conn, params.clone())))
             .await
     }
 }

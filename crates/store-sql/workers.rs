@@ -210,14 +210,23 @@ pub const LOG_LIST_SQL: &str = "SELECT seq, idx, attempt, stream, ts, line FROM 
      WHERE call_id = $1 AND seq > $2 AND ($3 IS NULL OR idx = $3) ORDER BY seq LIMIT $4";
 
 pub async fn log_list(pool: &DbPool, p: LogList) -> Result<Vec<LogRow>, StoreError> {
-    let rows = crate::db::query(LOG_LIST_SQL)
-        .bind(p.call_id.as_str())
-        .bind(p.after_seq)
-        .bind(p.index)
-        .bind(p.limit as i64)
-        .fetch_all(pool)
-        .await
-        .map_err(db_err)?;
+    let mut bytes = 0usize;
+    let bound = p.max_bytes.unwrap_or(usize::MAX);
+    let rows = crate::db::fetch_until(
+        crate::db::query(LOG_LIST_SQL)
+            .bind(p.call_id.as_str())
+            .bind(p.after_seq)
+            .bind(p.index)
+            .bind(p.limit as i64),
+        pool,
+        |row| {
+            let line = row.try_get::<String, _>("line").map_or(0, |l| l.len());
+            bytes = bytes.saturating_add(line);
+            bytes >= bound
+        },
+    )
+    .await
+    .map_err(db_err)?;
     rows.iter()
         .map(|row| {
             Ok(LogRow {

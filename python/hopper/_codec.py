@@ -4,7 +4,12 @@
   ``dict`` with string keys are JSON as they are; ``int``, ``float``, ``bool`` and ``None`` keys
   become strings, as in ``json.dumps``.
 - ``bytes`` (and ``bytearray``, ``memoryview``) travel as ``{"$bytes": "<base64>"}`` and come
-  back as ``bytes``; a dict of exactly that one key is reserved for it.
+  back as ``bytes``; a dict of exactly that one key is reserved for it. Over
+  :data:`INLINE_MAX` bytes they travel as they are, stored apart as a blob, and the value holds
+  ``{"$blob": "sha256:…", "size": N}`` (a dict with a ``"$blob"`` key is reserved for that); a
+  whole value whose JSON is over :data:`INLINE_MAX` travels as a blob too (``"type": "json"``).
+  Whoever encodes gives the function that stores a blob (``put``); whoever decodes, the one
+  that fetches it (``fetch``).
 - numpy scalars become Python numbers, numpy arrays nested lists (when numpy is installed).
 - NaN, infinities and every other type are refused with :class:`hopper.exception.EncodeError`
   naming the type and where in the value it is.
@@ -16,17 +21,38 @@ Arguments of a call become one JSON input: no argument → ``null``, one → tha
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .exception import EncodeError
 
 BYTES_KEY = "$bytes"
+BLOB_KEY = "$blob"
 ARGS_KEY = "$args"
 KWARGS_KEY = "$kwargs"
+
+
+def _inline_max() -> int:
+    try:
+        return max(0, int(os.environ.get("HOPPER_INLINE_MAX", "")))
+    except ValueError:
+        return 256 * 1024
+
+
+INLINE_MAX = _inline_max()
+"""Bytes above which a byte string, or a whole value's JSON, travels as a blob (256 KiB;
+``HOPPER_INLINE_MAX`` in the environment, in bytes, changes it)."""
+
+Put = Callable[[bytes], dict[str, Any]]
+"""Stores bytes as a blob and returns its reference, ``{"$blob": "sha256:…", "size": N}``."""
+
+Fetch = Callable[[str], bytes]
+"""The bytes of the blob a digest names, checked against it."""
 
 
 def _numpy_value(value: Any) -> tuple[bool, Any]:
@@ -40,25 +66,57 @@ def _numpy_value(value: Any) -> tuple[bool, Any]:
     return False, None
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {BYTES_KEY: base64.b64encode(bytes(value)).decode("ascii")}
-    converted, out = _numpy_value(value)
-    if converted:
-        return out
-    raise TypeError(type(value).__name__)
+class _PutFailed(Exception):
+    """Carries an error of ``put`` out of ``json.dumps`` untouched."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
-def dumps(value: Any, what: str = "the value") -> str:
-    """JSON text of ``value``; raises :class:`EncodeError` naming the faulty part."""
+def dumps(value: Any, what: str = "the value", put: Put | None = None) -> str:
+    """JSON text of ``value``; raises :class:`EncodeError` naming the faulty part. With
+    ``put``, byte strings and a whole text over :data:`INLINE_MAX` bytes are stored as blobs
+    (``put``'s errors propagate as they are)."""
+
+    def default(item: Any) -> Any:
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            data = bytes(item)
+            if put is not None and len(data) > INLINE_MAX:
+                try:
+                    return put(data)
+                except Exception as e:
+                    raise _PutFailed(e) from None
+            return {BYTES_KEY: base64.b64encode(data).decode("ascii")}
+        converted, out = _numpy_value(item)
+        if converted:
+            return out
+        raise TypeError(type(item).__name__)
+
     try:
         # Unescaped: UTF-8 on the wire (an emoji is 4 bytes, not 12), and a string UTF-8
         # cannot carry (a lone surrogate) is refused here, with its place, not by the server.
-        text = json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-        text.encode("utf-8")
-        return text
+        text = json.dumps(value, default=default, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        data = text.encode("utf-8")
+    except _PutFailed as e:
+        raise e.error from None
     except (TypeError, ValueError, RecursionError) as e:  # UnicodeEncodeError is a ValueError
         raise EncodeError(_explain(value, what) or f"{what} cannot be encoded as JSON: {e}") from None
+    if put is not None and len(data) > INLINE_MAX:
+        reference = dict(put(data))
+        reference["type"] = "json"
+        return json.dumps(reference, separators=(",", ":"))
+    return text
+
+
+def file_reference(data: bytes, folder: str, kind: str = "bytes") -> dict[str, Any]:
+    """Writes ``data`` to a file in ``folder`` and returns the output reference a worker stores
+    as a blob: ``{"$blob": None, "path": FILE, "type": kind}`` (the serve protocol)."""
+    name = hashlib.sha256(data).hexdigest()
+    path = os.path.join(folder, f"{name}-{os.getpid()}")
+    with open(path, "wb") as f:
+        f.write(data)
+    return {BLOB_KEY: None, "path": path, "type": kind}
 
 
 def to_json_value(value: Any, what: str = "the value") -> Any:
@@ -123,25 +181,52 @@ def _unencodable(text: str, path: str) -> str | None:
     return None
 
 
-def _object_hook(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and BYTES_KEY in obj and isinstance(obj[BYTES_KEY], str):
-        return base64.b64decode(obj[BYTES_KEY], validate=True)
-    return obj
+def _blob(obj: dict[str, Any], fetch: Fetch | None) -> Any:
+    """The value a blob reference stands for: its bytes (from its local ``path`` on a worker,
+    else from ``fetch``), or the JSON value they hold for ``"type": "json"``; the reference
+    itself where neither can give them."""
+    path, digest = obj.get("path"), obj.get(BLOB_KEY)
+    if isinstance(path, str):
+        with open(path, "rb") as f:
+            data = f.read()
+    elif fetch is not None and isinstance(digest, str):
+        data = fetch(digest)
+    else:
+        return obj
+    if obj.get("type") == "json":
+        return loads(data, fetch)
+    return data
 
 
-def loads(text: str | bytes) -> Any:
-    """A value from JSON text, with ``{"$bytes": ...}`` decoded to ``bytes``."""
-    return json.loads(text, object_hook=_object_hook)
+def _is_blob(obj: dict[str, Any]) -> bool:
+    return BLOB_KEY in obj and isinstance(obj.get("size", 0), int)
 
 
-def decode(value: Any) -> Any:
-    """A value parsed by a plain JSON parser (httpx), with ``{"$bytes": ...}`` decoded."""
+def loads(text: str | bytes, fetch: Fetch | None = None) -> Any:
+    """A value from JSON text, with ``{"$bytes": ...}`` decoded to ``bytes`` and blob
+    references to what they stand for (see :func:`_blob`)."""
+
+    def hook(obj: dict[str, Any]) -> Any:
+        if len(obj) == 1 and BYTES_KEY in obj and isinstance(obj[BYTES_KEY], str):
+            return base64.b64decode(obj[BYTES_KEY], validate=True)
+        if _is_blob(obj):
+            return _blob(obj, fetch)
+        return obj
+
+    return json.loads(text, object_hook=hook)
+
+
+def decode(value: Any, fetch: Fetch | None = None) -> Any:
+    """A value parsed by a plain JSON parser (httpx), with ``{"$bytes": ...}`` and blob
+    references decoded as :func:`loads` does."""
     if isinstance(value, dict):
         if len(value) == 1 and isinstance(value.get(BYTES_KEY), str):
             return base64.b64decode(value[BYTES_KEY], validate=True)
-        return {k: decode(v) for k, v in value.items()}
+        if _is_blob(value):
+            return _blob(value, fetch)
+        return {k: decode(v, fetch) for k, v in value.items()}
     if isinstance(value, list):
-        return [decode(v) for v in value]
+        return [decode(v, fetch) for v in value]
     return value
 
 

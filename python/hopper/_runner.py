@@ -274,10 +274,19 @@ class _Runner:
     # --- one request -----------------------------------------------------------------
 
     def answer(self, item_id: str, output: Any) -> dict[str, Any]:
+        # Large byte strings (and a large output as a whole) go to files the worker stores as
+        # blobs, instead of through the pipe as base64.
+        folder = os.environ.get("HOPPER_BLOB_DIR")
+        put = (lambda data: _codec.file_reference(data, folder)) if folder else None
         try:
-            return {"id": item_id, "output": json.loads(_codec.dumps(output, "the output"))}
+            return {"id": item_id, "output": json.loads(_codec.dumps(output, "the output", put))}
         except EncodeError as e:
             return {"id": item_id, "error": {"code": "bad_output", "message": str(e)}}
+        except OSError as e:
+            return {
+                "id": item_id,
+                "error": {"code": "bad_output", "message": f"cannot write the output: {e}"},
+            }
 
     def failed(self, ids: list[str], log: _InputLog, exc: BaseException) -> list[dict[str, Any]]:
         text = user_traceback(exc)
@@ -457,7 +466,7 @@ class _Runner:
         for item in items:
             try:
                 good.append({**item, "input": _codec.decode(item.get("input"))})
-            except (ValueError, TypeError, RecursionError) as e:
+            except (ValueError, TypeError, RecursionError, OSError) as e:
                 error = {"code": "bad_input", "message": f"the input cannot be decoded: {e}", "retry": False}
                 bad.append({"id": str(item["id"]), "error": error})
         if bad:

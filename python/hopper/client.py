@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import itertools
 import os
 import ssl
@@ -792,25 +793,70 @@ class Client:
     def _backoff(self, attempt: int) -> float:
         return float(min(0.1 * 3**attempt, 3.0))
 
-    def _check(self, response: httpx.Response) -> Any:
+    def _check(self, response: httpx.Response, blobs: bool = True) -> Any:
         if response.status_code < 300:
             if response.status_code == 204 or not response.content:
                 return None
             try:
-                return _codec.loads(response.content)
+                return _codec.loads(response.content, self._fetch_blob if blobs else None)
+            except Error:
+                raise
             except ValueError as e:
                 raise ServerError(f"the server's answer is not JSON: {e}", response.status_code) from None
         raise _error_from(response, self._token_hint)
 
-    def _send(self, req: _Req) -> Any:
+    def _put_blob(self, data: bytes) -> dict[str, Any]:
+        """Stores ``data`` as a blob (``POST /v1/blobs``, the bytes as they are) and returns
+        its reference; the retries and errors of any request (``InvalidInputError`` over the
+        server's ``--max-blob``)."""
+        req = _Req("POST", "/v1/blobs", body=None, timeout=max(self.timeout, 60.0 + len(data) / 10e6))
+        reference: dict[str, Any] = self._send(req, content=data, content_type="application/octet-stream")
+        if not isinstance(reference, dict) or not isinstance(reference.get(_codec.BLOB_KEY), str):
+            raise ServerError(f"the server stored a blob but answered {reference!r}", 200)
+        return reference
+
+    def _fetch_blob(self, digest: str) -> bytes:
+        """The bytes of blob ``digest`` (``GET /v1/blobs/{digest}``), checked against it.
+
+        Raises:
+            ServerError: the bytes do not match the digest (a damaged blob).
+            and the errors of any request (``NotFoundError`` for a blob not stored).
+        """
+        for attempt in range(self.retries):
+            at = self.server
+            try:
+                response = self._http().get(
+                    at + "/v1/blobs/" + digest, timeout=httpx.Timeout(None, connect=10.0)
+                )
+            except httpx.TransportError:
+                self._fail_over(at)
+                time.sleep(self._backoff(attempt))
+                continue
+            if response.status_code >= 300:
+                raise _error_from(response, self._token_hint)
+            data = response.content
+            got = "sha256:" + hashlib.sha256(data).hexdigest()
+            if got != digest:
+                raise ServerError(
+                    f"blob {digest} came back as {len(data)} bytes hashing to {got}: it is damaged", 200
+                )
+            return data
+        raise ConnectionError(", ".join(self.servers), f"cannot fetch blob {digest}", self._server_hint)
+
+    def _send(self, req: _Req, content: bytes | None = None, content_type: str | None = None) -> Any:
+        """Sends ``req`` (its body, or ``content`` of ``content_type``), retrying on a broken
+        connection or a 503 (moving to the next server when several are given); the answer
+        decoded (an upload's answer, a blob reference, kept as it is)."""
         last = ""
+        headers = {"content-type": content_type} if content_type else None
         for attempt in range(self.retries):
             at = self.server
             try:
                 response = self._http().request(
                     req.method,
                     at + req.path,
-                    content=req.body,
+                    content=req.body if content is None else content,
+                    headers=headers,
                     params=req.params,
                     timeout=httpx.Timeout(
                         (req.timeout if req.timeout is not None else self.timeout), connect=10.0
@@ -820,6 +866,13 @@ class Client:
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 if _large(req) and not isinstance(e, httpx.ConnectError) and self._reachable():
                     raise _too_large(req) from None
+                if content is not None and not isinstance(e, httpx.ConnectError) and self._reachable():
+                    raise InvalidInputError(
+                        f"the server broke off while receiving a {len(content):,}-byte blob: it is over "
+                        "the server's limit (hopper serve --max-blob, default 1 GiB)",
+                        "payload_too_large",
+                        413,
+                    ) from None
                 self._fail_over(at)
                 time.sleep(self._backoff(attempt))
                 continue
@@ -829,7 +882,7 @@ class Client:
                 self._fail_over(at)
                 time.sleep(self._backoff(attempt))
                 continue
-            return self._check(response)
+            return self._check(response, blobs=content is None)
         raise ConnectionError(", ".join(self.servers), last or "no answer", self._server_hint)
 
     def _reachable(self) -> bool:
@@ -1102,22 +1155,28 @@ class _AsyncMap:
             self._client._cancel_quietly(state.call_id)
 
 
-def _encode_input(args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the input") -> str:
-    return _codec.dumps(_codec.encode_args(args, kwargs), what)
+def _encode_input(
+    args: tuple[Any, ...], kwargs: dict[str, Any], what: str = "the input", put: _codec.Put | None = None
+) -> str:
+    return _codec.dumps(_codec.encode_args(args, kwargs), what, put)
 
 
-def _encode_inputs(iterables: tuple[Iterable[Any], ...], what: str) -> Iterator[str]:
+def _encode_inputs(
+    iterables: tuple[Iterable[Any], ...], what: str, put: _codec.Put | None = None
+) -> Iterator[str]:
     """The JSON inputs of a map over ``iterables`` (zipped when several: one argument from
     each), encoded as they are read; an input that cannot be raises :class:`EncodeError`
     naming it (``what`` and its index)."""
     items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
     several = len(iterables) > 1
-    return (_encode_input(tuple(x) if several else (x,), {}, f"{what} {i}") for i, x in enumerate(items))
+    return (_encode_input(tuple(x) if several else (x,), {}, f"{what} {i}", put) for i, x in enumerate(items))
 
 
-def _spawn_many_args(inputs: Iterable[Any], keys: Iterable[str] | None) -> tuple[list[str], list[str]]:
+def _spawn_many_args(
+    inputs: Iterable[Any], keys: Iterable[str] | None, put: _codec.Put | None = None
+) -> tuple[list[str], list[str]]:
     """A bulk spawn's encoded inputs and their keys (given, or new ones)."""
-    texts = list(_encode_inputs((inputs,), "spawn_many input"))
+    texts = list(_encode_inputs((inputs,), "spawn_many input", put))
     if keys is None:
         return texts, [f"py-{uuid.uuid4()}" for _ in texts]
     if isinstance(keys, (str, bytes)):
@@ -1261,14 +1320,24 @@ class Function:
         """
         client = self.client
         call = client._run(
-            _spawn_plan(self.name, _encode_input(args, kwargs), key=self._idempotency_key, start=self._start)
+            _spawn_plan(
+                self.name,
+                _encode_input(args, kwargs, put=client._put_blob),
+                key=self._idempotency_key,
+                start=self._start,
+            )
         )
         return FunctionCall(call["id"], client)
 
     async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
         client = self.client
         call = await client._arun(
-            _spawn_plan(self.name, _encode_input(args, kwargs), key=self._idempotency_key, start=self._start)
+            _spawn_plan(
+                self.name,
+                _encode_input(args, kwargs, put=client._put_blob),
+                key=self._idempotency_key,
+                start=self._start,
+            )
         )
         return FunctionCall(call["id"], client)
 
@@ -1298,7 +1367,7 @@ class Function:
         """
         client = self.client
         self._one_call_only("spawn_many")
-        texts, keys = _spawn_many_args(inputs, idempotency_keys)
+        texts, keys = _spawn_many_args(inputs, idempotency_keys, client._put_blob)
         plan = _spawn_many_plan(self.name, texts, keys, self._start)
         return [FunctionCall(i, client) for i in client._run(plan)]
 
@@ -1307,7 +1376,7 @@ class Function:
     ) -> list[FunctionCall]:
         client = self.client
         self._one_call_only("spawn_many")
-        texts, keys = _spawn_many_args(inputs, idempotency_keys)
+        texts, keys = _spawn_many_args(inputs, idempotency_keys, client._put_blob)
         ids = await client._arun(_spawn_many_plan(self.name, texts, keys, self._start))
         return [FunctionCall(i, client) for i in ids]
 
@@ -1325,12 +1394,16 @@ class Function:
             and everything :meth:`spawn` raises.
         """
         client = self.client
-        plan = _remote_plan(self.name, _encode_input(args, kwargs), self._idempotency_key, self._start)
+        plan = _remote_plan(
+            self.name, _encode_input(args, kwargs, put=client._put_blob), self._idempotency_key, self._start
+        )
         return _codec.decode(client._run(plan))
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
         client = self.client
-        plan = _remote_plan(self.name, _encode_input(args, kwargs), self._idempotency_key, self._start)
+        plan = _remote_plan(
+            self.name, _encode_input(args, kwargs, put=client._put_blob), self._idempotency_key, self._start
+        )
         return _codec.decode(await client._arun(plan))
 
     def _map_run(
@@ -1380,7 +1453,7 @@ class Function:
             and everything :meth:`spawn` raises. Leaving the loop early (``break``, an
             exception, ``KeyboardInterrupt``) cancels the map's remaining inputs.
         """
-        encoded = _encode_inputs(iterables, "map input")
+        encoded = _encode_inputs(iterables, "map input", self.client._put_blob)
         shown = _Progress(self.name, _total(iterables), progress)
         return self._stream(
             encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding, shown
@@ -1427,7 +1500,7 @@ class Function:
             async def encode_async() -> AsyncIterator[str]:
                 i = 0
                 async for x in source:
-                    yield _encode_input((x,), {}, f"map input {i}")
+                    yield _encode_input((x,), {}, f"map input {i}", self.client._put_blob)
                     i += 1
 
             encoded: Iterator[str] | AsyncIterator[str] = encode_async()
@@ -1435,7 +1508,7 @@ class Function:
             sync_items = [i for i in iterables if isinstance(i, Iterable)]
             if len(sync_items) != len(iterables):
                 raise TypeError("map.aio zips several iterables only when none is async")
-            encoded = _encode_inputs(tuple(sync_items), "map input")
+            encoded = _encode_inputs(tuple(sync_items), "map input", self.client._put_blob)
         shown = _Progress(self.name, _total(iterables), progress)
         return self._astream(
             encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding, shown
@@ -1453,7 +1526,10 @@ class Function:
     ) -> Iterator[Any]:
         """Like :meth:`map`, with each item unpacked into positional arguments:
         ``f.starmap([(1, 2), (3, 4)])`` calls ``f(1, 2)`` and ``f(3, 4)``."""
-        encoded = (_encode_input(tuple(x), {}, f"starmap input {i}") for i, x in enumerate(items))
+        encoded = (
+            _encode_input(tuple(x), {}, f"starmap input {i}", self.client._put_blob)
+            for i, x in enumerate(items)
+        )
         shown = _Progress(self.name, _total((items,)), progress)
         return self._stream(
             encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding, shown
@@ -1469,7 +1545,10 @@ class Function:
         max_outstanding: int = 10_000,
         progress: bool | None = None,
     ) -> AsyncIterator[Any]:
-        encoded = (_encode_input(tuple(x), {}, f"starmap input {i}") for i, x in enumerate(items))
+        encoded = (
+            _encode_input(tuple(x), {}, f"starmap input {i}", self.client._put_blob)
+            for i, x in enumerate(items)
+        )
         shown = _Progress(self.name, _total((items,)), progress)
         return self._astream(
             encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding, shown
@@ -1493,7 +1572,7 @@ class Function:
         Raises:
             InputFailedError: the first failed input, unless ``ignore_exceptions``.
         """
-        encoded = _encode_inputs(iterables, "map input")
+        encoded = _encode_inputs(iterables, "map input", self.client._put_blob)
         shown = _Progress(self.name, _total(iterables), progress)
         for _ in self._stream(encoded, False, ignore_exceptions, True, chunk_size, max_outstanding, shown):
             pass
@@ -1506,7 +1585,7 @@ class Function:
         max_outstanding: int = 10_000,
         progress: bool | None = None,
     ) -> None:
-        encoded = _encode_inputs(iterables, "map input")
+        encoded = _encode_inputs(iterables, "map input", self.client._put_blob)
         shown = _Progress(self.name, _total(iterables), progress)
         async for _ in self._astream(
             encoded, False, ignore_exceptions, True, chunk_size, max_outstanding, shown

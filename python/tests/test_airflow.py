@@ -190,6 +190,27 @@ def test_a_failed_call_fails_the_task_with_its_error(
     assert "ValueError: no negative numbers, got -3" in run.output
 
 
+def _killed_while_its_call_runs(
+    run_dag: Callable[..., Any], body: str, dag_id: str, server: Server, before: set[str]
+) -> list[dict[str, Any]]:
+    """Runs the DAG in the background, kills its Airflow process (SIGKILL) once the task's
+    call runs, and returns the calls made since ``before`` (the first try's)."""
+    first = run_dag(body, dag_id=dag_id, background=True)
+    try:
+        new: list[dict[str, Any]] = wait_for(
+            lambda: [
+                c for c in _calls(server, "afapp.double") if c["id"] not in before and c["state"] == "running"
+            ],
+            timeout=60,
+            what="the first try's call to run",
+        )
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert len(new) == 1
+    return new
+
+
 def test_a_retry_after_a_crash_attaches_to_the_running_call(
     run_dag: Callable[..., Any], af_app: Deployed, server: Server
 ) -> None:
@@ -207,25 +228,46 @@ def test_a_retry_after_a_crash_attaches_to_the_running_call(
         check(out.output)
     """
     before = {c["id"] for c in _calls(server, "afapp.double")}
-    first = run_dag(body, dag_id="retry_dag", background=True)
-    try:
-        new = wait_for(
-            lambda: [
-                c for c in _calls(server, "afapp.double") if c["id"] not in before and c["state"] == "running"
-            ],
-            timeout=60,
-            what="the first try's call to run",
-        )
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    assert len(new) == 1
+    new = _killed_while_its_call_runs(run_dag, body, "retry_dag", server, before)
     run = run_dag(body, dag_id="retry_dag")
     assert run.state == "success", run.output
     assert run.seen["output"] == 10
     assert run.seen["call_id"] == new[0]["id"]
     after = [c for c in _calls(server, "afapp.double") if c["id"] not in before]
     assert [c["id"] for c in after] == [new[0]["id"]], "the retry spawned a second call"
+
+
+def test_a_retry_whose_input_rendered_differently_cancels_the_earlier_call(
+    run_dag: Callable[..., Any], af_app: Deployed, server: Server, tmp_path: Path
+) -> None:
+    """The first try spawns with the input a file held then and is killed (SIGKILL) while its
+    call runs; the file changes, and the retry of the same task instance cancels that call,
+    says so in its log, and runs its own."""
+    source = tmp_path / "x.txt"
+    source.write_text("5")
+    body = f"""
+        x = int(open({str(source)!r}).read())
+        out = HopperOperator(task_id="slow", function="afapp.double", op_args=[x, 30],
+                             deferrable=False)
+
+        @task
+        def check(value):
+            record("output", value)
+
+        check(out.output)
+    """
+    before = {c["id"] for c in _calls(server, "afapp.double")}
+    new = _killed_while_its_call_runs(run_dag, body, "rerender_dag", server, before)
+    source.write_text("6")
+    body = body.replace("op_args=[x, 30]", "op_args=[x, 0]")
+    run = run_dag(body, dag_id="rerender_dag")
+    assert run.state == "success", run.output
+    assert run.seen["output"] == 12
+    assert f"Cancelled Hopper call {new[0]['id']} of an earlier try" in run.output, run.output
+    old = server.get(f"/v1/calls/{new[0]['id']}")
+    assert old["state"] == "cancelled", old
+    after = [c for c in _calls(server, "afapp.double") if c["id"] not in before]
+    assert len(after) == 2, after
 
 
 def test_a_retry_spawns_anew_when_the_earlier_call_failed(
@@ -376,7 +418,7 @@ def test_a_cleared_task_instance_gets_a_new_key_and_a_retry_keeps_its_own() -> N
 
     from hopper.airflow.operators import _task_key
 
-    def key(try_number: int, max_tries: int, map_index: int = -1) -> str:
+    def key(try_number: int, max_tries: int, map_index: int = -1, retries: int = 2) -> str:
         ti = SimpleNamespace(
             dag_id="d",
             task_id="t",
@@ -384,12 +426,14 @@ def test_a_cleared_task_instance_gets_a_new_key_and_a_retry_keeps_its_own() -> N
             map_index=map_index,
             try_number=try_number,
             max_tries=max_tries,
-            task=SimpleNamespace(retries=2),
+            task=SimpleNamespace(retries=retries),
         )
         return _task_key({"ti": ti})
 
     first = key(1, 2)
     assert key(2, 2) == key(3, 2) == first  # retries attach
+    # `retries` edited in the DAG between a crash and its retry: the same task instance.
+    assert key(2, 2, retries=5) == key(2, 2, retries=0) == first
     assert key(4, 5) != first  # cleared after try 3: a new call
     assert key(5, 5) == key(4, 5)  # and its retries attach to that one
     assert key(1, 2, map_index=0) != key(1, 2, map_index=1) != first

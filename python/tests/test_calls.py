@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import Deployed, Server, run_python, wait_for
 
@@ -420,11 +421,19 @@ def test_token_errors_and_token_use(token_server: Server, deploy: Any) -> None:
     assert token_server.client().function(f"{d.app}.hi").remote("you") == "hi you"
 
 
-def test_invalid_input_carries_the_servers_message(app: Deployed) -> None:
-    with pytest.raises(hx.InvalidInputError) as info:
-        app.fn("echo").remote("x" * (2 * 1024 * 1024))
-    assert info.value.status == 413
-    assert "limit" in str(info.value)
+def test_an_input_over_the_inline_limit_travels_as_a_blob_and_the_server_says_its_limit(
+    app: Deployed,
+) -> None:
+    # The SDK sends 2 MiB of text, over this server's 1 MiB inline limit, as a blob.
+    assert app.fn("echo").remote("x" * (2 * 1024 * 1024)) == "x" * (2 * 1024 * 1024)
+    # Sent inline (any HTTP client), it is refused naming the limit.
+    r = httpx.post(
+        f"{app.server.url}/v1/functions/{app.app}.echo/calls",
+        json={"input": "x" * (2 * 1024 * 1024)},
+        timeout=30,
+    )
+    assert r.status_code == 413, r.text
+    assert "--max-payload" in r.json()["error"]["message"]
 
 
 def test_values_json_cannot_hold_are_refused_before_sending(app: Deployed) -> None:

@@ -125,6 +125,10 @@ pub enum Command {
         /// and the call goes on. Default: wait until it ends.
         #[arg(long)]
         timeout: Option<String>,
+        /// Write the output to this file instead of printing it: bytes as they are (a blob is
+        /// streamed), anything else as its JSON text.
+        #[arg(long)]
+        output: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -300,7 +304,9 @@ pub struct BenchArgs {
     /// latency, map, or dashboard (not run by default: it fills the store with a million
     /// calls first), or cold-start (not by default: a call of a command, a serve process and a
     /// Python function with no worker, each round after the last worker stopped; --inputs
-    /// rounds, default 5).
+    /// rounds, default 5), or payloads (not by default: a 100 MiB blob up, through a command
+    /// and back, then --inputs byte strings of 1 MiB, default 1,000, mapped through a batched
+    /// function; MB/s and the server's memory).
     #[arg(long)]
     pub scenario: Option<String>,
     /// Inputs per scenario (default: enqueue, in-process, command 100,000; workers 20,000;
@@ -362,11 +368,15 @@ pub enum SecretAction {
 #[derive(Args, Debug)]
 pub struct InputArgs {
     /// The input as JSON, e.g. '"world"', '{"n": 3}' or -5.
-    #[arg(long, conflicts_with = "input_file", allow_hyphen_values = true)]
+    #[arg(long, conflicts_with_all = ["input_file", "input_bytes"], allow_hyphen_values = true)]
     pub input: Option<String>,
     /// Read the input JSON from a file, or from stdin with '-'.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "input_bytes")]
     pub input_file: Option<PathBuf>,
+    /// The input is this file's bytes, as they are (audio, an image, a Parquet file): stored as
+    /// a blob, streamed, and given to the function as bytes.
+    #[arg(long)]
+    pub input_bytes: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -425,9 +435,14 @@ pub struct ServeArgs {
     /// Ended calls, results and logs are deleted after this.
     #[arg(long, default_value = "7d")]
     pub retention: String,
-    /// Largest input or output, e.g. 4MiB, 512KiB or a number of bytes.
+    /// Largest input or output sent inline (as JSON in the request), e.g. 4MiB, 512KiB or a
+    /// number of bytes; larger ones travel as blobs (--max-blob).
     #[arg(long, default_value = "4MiB")]
     pub max_payload: String,
+    /// Largest blob: a byte string or payload stored apart from its input or output, which the
+    /// SDKs use for anything over 256 KiB.
+    #[arg(long, default_value = "1GiB")]
+    pub max_blob: String,
     /// Time between SIGTERM and SIGKILL for a command over its timeout.
     #[arg(long, default_value = "5s")]
     pub kill_grace: String,

@@ -53,6 +53,8 @@ pub fn code_of(e: &anyhow::Error) -> Code {
         if let Some(api) = cause.downcast_ref::<ApiError>() {
             return match api {
                 ApiError::Api { status, .. } if (400..500).contains(status) => Code::Usage,
+                ApiError::File(_) => Code::Usage,
+                ApiError::Corrupt(_) => Code::Internal,
                 _ => Code::Internal,
             };
         }

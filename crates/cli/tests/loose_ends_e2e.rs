@@ -459,3 +459,116 @@ async fn an_unchanged_folder_is_not_packed_again_and_a_changed_file_is_caught() 
     assert!(!changed.contains("unchanged"), "{changed}");
     assert_ne!(hash(&changed), hash(&first));
 }
+
+/// Whether this machine lets a process create memory cgroups (v1's hierarchy or v2's with
+/// the memory controller); where it does not, Hopper runs without memory limits.
+fn memory_cgroups() -> bool {
+    let probe = |dir: &str| {
+        let path = std::path::Path::new(dir).join(format!("hopper-probe-{}", std::process::id()));
+        std::fs::create_dir(&path).is_ok() && std::fs::remove_dir(&path).is_ok()
+    };
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
+        .is_ok_and(|t| t.split_whitespace().any(|c| c == "memory"));
+    (v2 && probe("/sys/fs/cgroup")) || probe("/sys/fs/cgroup/memory")
+}
+
+/// A serve process that holds `input` MiB while it answers.
+const HOG_PY: &str = r#"
+import json, sys
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    if "id" not in req:
+        continue
+    held = b"x" * (req["input"] << 20)
+    print(json.dumps({"id": req["id"], "output": len(held) >> 20}), flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_killed_for_going_over_its_memory_fails_as_out_of_memory() {
+    if !memory_cgroups() {
+        eprintln!("skipped: this machine gives no memory cgroups");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hog.py"), HOG_PY).unwrap();
+    let m = manifest(
+        dir.path(),
+        r#"
+app = "oom"
+[functions.command]
+command = ["python3", "-c", "import sys; held = b'x' * (int(sys.stdin.read()) << 20); print(len(held) >> 20)"]
+memory = "96MiB"
+retries = { max_retries = 1, initial_delay = "1s" }
+[functions.serve]
+serve = ["python3", "hog.py"]
+memory = "96MiB"
+retries = { max_retries = 1, initial_delay = "1s" }
+"#,
+    );
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let client = server.client();
+    for function in ["oom.command", "oom.serve"] {
+        // Within the limit: runs.
+        let small = client.spawn(function, json!(16), None).await.unwrap();
+        let call = wait_done(&client, &small.id, Duration::from_secs(60)).await;
+        assert_eq!(call.output, Some(json!(16)), "{function}: {call:?}");
+        // Over it: killed by the OOM killer, said so, and retried once as the policy says
+        // (not handed back to the queue to kill the next process, ten times).
+        let big = client.spawn(function, json!(400), None).await.unwrap();
+        let call = wait_done(&client, &big.id, Duration::from_secs(120)).await;
+        assert_eq!(
+            call.state,
+            hopper_core::CallState::Failed,
+            "{function}: {call:?}"
+        );
+        let error = call.error.unwrap();
+        assert_eq!(error.code, "out_of_memory", "{function}: {error:?}");
+        assert!(
+            error.message.contains("memory limit of 96MiB") && error.message.contains("OOM killer"),
+            "{function}: {error:?}"
+        );
+        assert_eq!(call.attempts, 2, "{function}: one try and one retry");
+        // The worker goes on: the next small input runs.
+        let after = client.spawn(function, json!(8), None).await.unwrap();
+        let call = wait_done(&client, &after.id, Duration::from_secs(60)).await;
+        assert_eq!(call.output, Some(json!(8)), "{function}: {call:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_keep_their_text_from_spawn_to_the_command_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // The command records what it read, and echoes it.
+    let seen = dir.path().join("seen.json");
+    let m = manifest(
+        dir.path(),
+        &format!(
+            "app = \"le\"\n[functions.echo]\ncommand = [\"sh\", \"-c\", \"tee {}\"]\n",
+            seen.display()
+        ),
+    );
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    // Digits as given; an exponent is written as `e+3` (its value and digits kept).
+    let text = "[-0, 0.1e-400, 1.50, 1E3, 12345678901234567890.5, -0.0]";
+    let kept = "[-0,0.1e-400,1.50,1e+3,12345678901234567890.5,-0.0]";
+    let out = cli(&server.url, &["spawn", "le.echo", "--input", text]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let got = cli(&server.url, &["get", &id, "--timeout", "30s"]);
+    assert_eq!(got.status.code(), Some(0), "{}", stderr(&got));
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        kept,
+        "the command reads the numbers as given"
+    );
+    assert_eq!(stdout(&got).trim(), kept, "and the output keeps them");
+    // Over HTTP too: the stored input, as the API shows it.
+    let body = reqwest::get(format!("{}/v1/calls/{id}/inputs/0", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains(&format!("\"input\":{kept}")), "{body}");
+}

@@ -14,7 +14,7 @@ use common::*;
 use serde_json::json;
 
 /// What this build knows: the newest migration as `NNNN_name`.
-const KNOWN: &str = "0013_placement";
+const KNOWN: &str = "0014_blobs";
 
 /// Records migration 999 as applied, as a newer build would.
 fn migrate_past(sqlite: Option<&Path>, postgres: Option<(&str, &str)>) {

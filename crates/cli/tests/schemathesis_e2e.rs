@@ -29,8 +29,8 @@ every = "1h"
 /// year), which a schema cannot say of generated times; a re-run of a map's input must name
 /// it, which a schema cannot say of a call it does not see; a worker's labels must have
 /// names a shell and Kubernetes take, which a schema cannot say of an object's keys; a worker
-/// reports only the starts of its own functions, which a schema cannot say of one it does not
-/// see.
+/// reports only the starts of its own functions, and stores blobs only as itself, which a
+/// schema cannot say of one it does not see.
 const CONFIG: &str = r#"
 [[operations]]
 include-name = "POST /v1/workers"
@@ -59,6 +59,10 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
 [[operations]]
 include-name = "POST /v1/functions/{name}/map"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
+
+[[operations]]
+include-name = "POST /v1/workers/{id}/blobs"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "403", "404"]
 
 [[operations]]
 include-name = "PUT /v1/snapshots/{hash}"

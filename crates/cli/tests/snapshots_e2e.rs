@@ -505,7 +505,7 @@ async fn the_cache_drops_the_least_recently_used_snapshot_no_worker_runs() {
             .map(|e| e.unwrap())
             .filter(|e| e.path().is_dir())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with("tmp-") && n != "envs")
+            .filter(|n| !n.starts_with("tmp-") && n != "envs" && n != "blobs")
             .collect()
     };
     // A cache of one byte keeps only the snapshot a worker runs.

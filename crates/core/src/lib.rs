@@ -19,6 +19,7 @@
 //! - [`api`]: the JSON shapes of the HTTP API, shared by the server and the SDK.
 
 pub mod api;
+pub mod blob;
 pub mod clock;
 pub mod cron;
 pub mod duration;

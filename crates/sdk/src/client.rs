@@ -33,6 +33,12 @@ pub enum Error {
     /// Anything else on the way: a broken connection, a timeout, an answer that is not JSON.
     #[error("talking to the Hopper server failed: {0}")]
     Transport(String),
+    /// A local file a blob is read from or written to (its path and the error).
+    #[error("{0}")]
+    File(String),
+    /// A blob whose bytes do not match its digest.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 impl Error {
@@ -862,6 +868,181 @@ impl Client {
                 .body(bytes),
         )
         .await
+    }
+
+    /// Stores `bytes` as a blob (`POST /v1/blobs`): the reference to put in a payload in their
+    /// place, `{"$blob": "sha256:…", "size": N}`. Errors: `payload_too_large` over the server's
+    /// `--max-blob`.
+    pub async fn blob_put(&self, bytes: Vec<u8>) -> Result<Value, Error> {
+        self.send(
+            self.request(Method::POST, "/v1/blobs")
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes),
+        )
+        .await
+    }
+
+    /// Stores the file at `path` as a blob, streamed (this process holds 1 MiB of it at a
+    /// time): the reference, as [`Self::blob_put`]. Errors: [`Error::File`] when the file
+    /// cannot be read, and those of [`Self::blob_put`].
+    pub async fn blob_put_file(&self, path: &std::path::Path) -> Result<Value, Error> {
+        self.put_file(self.request(Method::POST, "/v1/blobs"), path)
+            .await
+    }
+
+    /// A worker stores the file at `path` as a blob an output of `call` refers to (`POST
+    /// /v1/workers/{id}/blobs?call=…`), streamed; the reference.
+    pub async fn worker_blob_put_file(
+        &self,
+        id: &WorkerId,
+        call: &CallId,
+        path: &std::path::Path,
+    ) -> Result<Value, Error> {
+        let req = self
+            .request(Method::POST, &format!("/v1/workers/{id}/blobs"))
+            .query(&[("call", call.as_str())]);
+        self.put_file(req, path).await
+    }
+
+    async fn put_file(&self, req: RequestBuilder, path: &std::path::Path) -> Result<Value, Error> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::File(format!("cannot read {}: {e}", path.display())))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| Error::File(format!("cannot read {}: {e}", path.display())))?
+            .len();
+        let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+            use tokio::io::AsyncReadExt;
+            let mut file = file?;
+            let mut buf = vec![0u8; hopper_core::blob::CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(buf), Some(file)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let sent = self
+            .send(
+                req.header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .header(reqwest::header::CONTENT_LENGTH, size)
+                    .body(reqwest::Body::wrap_stream(chunks)),
+            )
+            .await;
+        match sent {
+            // A server refuses a blob over its limit as soon as it sees the length, and closes
+            // the connection while the body is still on its way: said as the refusal it was.
+            Err(Error::Transport(why)) if self.healthy().await => Err(Error::Api {
+                status: 413,
+                code: "payload_too_large".into(),
+                message: format!(
+                    "the server broke off while receiving a {size}-byte blob ({why}): it is over the server's limit (hopper serve --max-blob, default 1GiB)"
+                ),
+            }),
+            other => other,
+        }
+    }
+
+    /// Whether the server answers its health check.
+    async fn healthy(&self) -> bool {
+        self.send_raw(
+            self.request(Method::GET, "/healthz")
+                .timeout(Duration::from_secs(5)),
+        )
+        .await
+        .is_ok()
+    }
+
+    /// Blob `digest`'s bytes, in memory; for a large one, [`Self::blob_get_file`].
+    pub async fn blob_get(&self, digest: &str) -> Result<Vec<u8>, Error> {
+        let response = self
+            .send_raw(self.request(Method::GET, &format!("/v1/blobs/{digest}")))
+            .await?;
+        let bytes = response.bytes().await.map_err(|e| {
+            Error::Transport(format!("the blob's download broke off: {}", root_cause(&e)))
+        })?;
+        let got = hopper_core::blob::digest(&bytes);
+        if got != digest {
+            return Err(Error::Corrupt(format!(
+                "blob {digest} came back as {} bytes hashing to {got}: it is corrupt",
+                bytes.len()
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Writes blob `digest` to `path`, streamed, checking its length and SHA-256 (a file that
+    /// does not check out is removed, and the error says so); the bytes written.
+    pub async fn blob_get_file(&self, digest: &str, path: &std::path::Path) -> Result<u64, Error> {
+        self.get_file(
+            self.request(Method::GET, &format!("/v1/blobs/{digest}")),
+            digest,
+            path,
+        )
+        .await
+    }
+
+    /// [`Self::blob_get_file`] for a worker, of a blob an input it leased refers to.
+    pub async fn worker_blob_get_file(
+        &self,
+        id: &WorkerId,
+        digest: &str,
+        path: &std::path::Path,
+    ) -> Result<u64, Error> {
+        self.get_file(
+            self.request(Method::GET, &format!("/v1/workers/{id}/blobs/{digest}")),
+            digest,
+            path,
+        )
+        .await
+    }
+
+    async fn get_file(
+        &self,
+        req: RequestBuilder,
+        digest: &str,
+        path: &std::path::Path,
+    ) -> Result<u64, Error> {
+        use futures_util::StreamExt;
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let response = self.send_raw(req).await?;
+        let file_error =
+            |e: std::io::Error| Error::File(format!("cannot write {}: {e}", path.display()));
+        let mut file = tokio::fs::File::create(path).await.map_err(file_error)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        let mut body = response.bytes_stream();
+        let outcome = async {
+            while let Some(piece) = body.next().await {
+                let piece = piece.map_err(|e| {
+                    Error::Transport(format!(
+                        "the download of blob {digest} broke off after {size} bytes: {}",
+                        root_cause(&e)
+                    ))
+                })?;
+                hasher.update(&piece);
+                size += piece.len() as u64;
+                file.write_all(&piece).await.map_err(file_error)?;
+            }
+            file.flush().await.map_err(file_error)?;
+            let got = format!("sha256:{:x}", hasher.finalize());
+            if got != digest {
+                return Err(Error::Corrupt(format!(
+                    "blob {digest} came back as {size} bytes hashing to {got}: it is corrupt"
+                )));
+            }
+            Ok(size)
+        }
+        .await;
+        if outcome.is_err() {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        outcome
     }
 
     /// What a stored snapshot holds; `Ok(None)` if the server does not have it.

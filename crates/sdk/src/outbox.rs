@@ -482,6 +482,7 @@ pub fn is_transient(e: &Error) -> bool {
         // 507: the server's disk is full; what it was sent is kept once space comes back.
         Error::Api { status, .. } => matches!(*status, 502 | 503 | 504 | 507),
         Error::Unreachable { .. } | Error::Transport(_) => true,
+        Error::File(_) | Error::Corrupt(_) => false,
     }
 }
 

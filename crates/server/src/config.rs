@@ -128,6 +128,9 @@ pub struct ServerConfig {
     /// Most bytes a code snapshot may hold, compressed and unpacked (`--max-bundle`).
     /// Default 256 MiB.
     pub max_bundle_bytes: u64,
+    /// Most bytes one blob may hold (`--max-blob`): a byte string or a payload stored apart
+    /// from its input or output (`POST /v1/blobs`). Default 1 GiB.
+    pub max_blob_bytes: u64,
     /// `serve --dev`: manifests given with `deploy` run from their live folder instead of a
     /// snapshot, so an edited file takes effect without a deploy. Default false.
     pub dev: bool,
@@ -175,6 +178,7 @@ impl Default for ServerConfig {
             secret_keys: Vec::new(),
             secret_key_file: None,
             max_bundle_bytes: 256 * 1024 * 1024,
+            max_blob_bytes: 1024 * 1024 * 1024,
             dev: false,
             worker_cache_dir: None,
             data_dir: None,

@@ -441,6 +441,7 @@ impl Notifier {
                     index: None,
                     after_seq: 0,
                     limit: 10_000,
+                    max_bytes: None,
                 })
                 .await
             {

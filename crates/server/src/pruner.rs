@@ -1,9 +1,11 @@
 //! The pruner deletes calls (with their inputs, attempts and logs) that ended longer ago than
-//! the retention period, and code snapshots no version still needs.
+//! the retention period, code snapshots no version still needs, and blobs no call refers to
+//! (kept an hour after their upload, or the retention period if shorter, for the spawn or
+//! result that will refer to them).
 
 use std::time::Duration;
 
-use hopper_store::{CallPrune, SnapshotPrune, StoreError};
+use hopper_store::{BlobPrune, CallPrune, SnapshotPrune, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
@@ -58,6 +60,19 @@ impl Pruner {
                 snapshots,
                 "pruned code snapshots no version needs (kept: each app's last {KEEP_VERSIONS} versions', and those of versions with calls running)"
             );
+        }
+        // A blob's upload comes before the spawn or result that refers to it: one nothing
+        // refers to is kept an hour (or the retention period, if shorter) for it.
+        let grace = UPLOAD_GRACE_MS.min(retention);
+        let blobs = self
+            .state
+            .store
+            .blob_prune(BlobPrune {
+                created_before: self.state.now() - grace,
+            })
+            .await?;
+        if blobs > 0 {
+            tracing::info!(blobs, "pruned blobs no call refers to");
         }
         Ok(total)
     }

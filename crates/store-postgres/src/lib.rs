@@ -14,6 +14,8 @@
 
 #[path = "../../store-sql/apps.rs"]
 mod apps;
+#[path = "../../store-sql/blobs.rs"]
+mod blobs;
 #[path = "../../store-sql/calls.rs"]
 mod calls;
 mod db;

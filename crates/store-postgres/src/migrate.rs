@@ -53,6 +53,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "placement",
         include_str!("../migrations/0013_placement.sql"),
     ),
+    (14, "blobs", include_str!("../migrations/0014_blobs.sql")),
 ];
 
 /// Arbitrary key of the advisory lock that serialises migrations across servers.

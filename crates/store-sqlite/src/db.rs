@@ -220,6 +220,15 @@ impl<'q> Query<'q> {
 
     /// Prepares (or finds prepared), binds, steps through every row and reads them out.
     fn run(self, conn: &rusqlite::Connection) -> Result<(Vec<SqliteRow>, u64), Error> {
+        self.run_until(conn, |_| false)
+    }
+
+    /// [`Self::run`], stopping after the row `full` says fills the page.
+    fn run_until(
+        self,
+        conn: &rusqlite::Connection,
+        mut full: impl FnMut(&SqliteRow) -> bool,
+    ) -> Result<(Vec<SqliteRow>, u64), Error> {
         let mut statement = conn.prepare_cached(&self.sql)?;
         for i in 1..=statement.parameter_count() {
             let number = if self.in_order {
@@ -250,14 +259,29 @@ impl<'q> Query<'q> {
             for i in 0..width {
                 values.push(Value::from(row.get_ref(i)?));
             }
-            out.push(SqliteRow {
+            let row = SqliteRow {
                 columns: columns.clone(),
                 values,
-            });
+            };
+            let stop = full(&row);
+            out.push(row);
+            if stop {
+                break;
+            }
         }
         drop(rows);
         Ok((out, conn.changes()))
     }
+}
+
+/// The rows of `query`, read one at a time until `full` says the page is full after a row
+/// (that row is kept) or the rows end: a page bounded by bytes holds only what it returns.
+pub fn fetch_until<E: Executor>(
+    query: Query<'_>,
+    on: E,
+    full: impl FnMut(&SqliteRow) -> bool,
+) -> std::future::Ready<Result<Vec<SqliteRow>, Error>> {
+    std::future::ready(query.run_until(on.connection(), full).map(|(rows, _)| rows))
 }
 
 /// A statement whose rows are one value each.

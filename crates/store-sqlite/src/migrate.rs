@@ -51,6 +51,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "placement",
         include_str!("../migrations/0013_placement.sql"),
     ),
+    (14, "blobs", include_str!("../migrations/0014_blobs.sql")),
 ];
 
 /// Applies every migration not applied yet, each in its own transaction, under SQLite's write

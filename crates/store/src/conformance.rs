@@ -97,6 +97,7 @@ macro_rules! conformance_suite {
             inputs_running_before_limits_count_for_them,
             secrets_are_stored_replaced_listed_and_deleted,
             snapshots_are_kept_while_a_version_needs_them,
+            blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them,
             a_pause_moves_running_leases_and_deadlines_on,
             a_clock_step_moves_leases_deadlines_and_backoffs,
             a_result_after_a_timeout_is_kept_as_a_late_attempt,
@@ -1790,6 +1791,7 @@ pub async fn pruning_removes_only_old_ended_calls(store: Arc<dyn Store>) {
             index: None,
             after_seq: 0,
             limit: 10,
+            max_bytes: None,
         })
         .await
         .unwrap();
@@ -1831,6 +1833,7 @@ pub async fn logs_are_kept_per_attempt_in_order(store: Arc<dyn Store>) {
             index: None,
             after_seq: 0,
             limit: 100,
+            max_bytes: None,
         })
         .await
         .unwrap();
@@ -1845,6 +1848,7 @@ pub async fn logs_are_kept_per_attempt_in_order(store: Arc<dyn Store>) {
             index: Some(leased[1].index),
             after_seq: 0,
             limit: 100,
+            max_bytes: None,
         })
         .await
         .unwrap();
@@ -1855,10 +1859,31 @@ pub async fn logs_are_kept_per_attempt_in_order(store: Arc<dyn Store>) {
             index: None,
             after_seq: all[2].seq,
             limit: 100,
+            max_bytes: None,
         })
         .await
         .unwrap();
     assert_eq!(after.len(), 2);
+    // A page bounded by bytes ends at the line that reaches the bound, and goes on after it.
+    let mut seen = Vec::new();
+    let mut after_seq = 0;
+    loop {
+        let page = store
+            .log_list(LogList {
+                call_id: call.id.clone(),
+                index: None,
+                after_seq,
+                limit: 100,
+                max_bytes: Some(1),
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        assert_eq!(page.len(), 1, "one line per page of one byte");
+        after_seq = last.seq;
+        seen.push(last.seq);
+    }
+    assert_eq!(seen, all.iter().map(|l| l.seq).collect::<Vec<_>>());
 }
 
 pub async fn a_stopped_worker_hands_its_leases_back(store: Arc<dyn Store>) {
@@ -2310,6 +2335,7 @@ pub async fn results_stream_by_index_and_by_completion(store: Arc<dyn Store>) {
             order: ResultOrder::Index,
             after: -1,
             limit: 10,
+            max_bytes: usize::MAX,
         })
         .await
         .unwrap();
@@ -2328,6 +2354,7 @@ pub async fn results_stream_by_index_and_by_completion(store: Arc<dyn Store>) {
             order: ResultOrder::Completion,
             after: 0,
             limit: 10,
+            max_bytes: usize::MAX,
         })
         .await
         .unwrap();
@@ -2342,10 +2369,50 @@ pub async fn results_stream_by_index_and_by_completion(store: Arc<dyn Store>) {
             order: ResultOrder::Completion,
             after: by_completion[1].done_seq.unwrap(),
             limit: 10,
+            max_bytes: usize::MAX,
         })
         .await
         .unwrap();
     assert!(rest.is_empty());
+    // A page ends at the row that brings its outputs and errors to `max_bytes`: the rest
+    // come on the next page, from its cursor.
+    let first = store
+        .input_results(InputResults {
+            call_id: call.id.clone(),
+            order: ResultOrder::Completion,
+            after: 0,
+            limit: 10,
+            max_bytes: 3,
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.iter().map(|r| r.index).collect::<Vec<_>>(), [2]);
+    let next = store
+        .input_results(InputResults {
+            call_id: call.id.clone(),
+            order: ResultOrder::Completion,
+            after: first[0].done_seq.unwrap(),
+            limit: 10,
+            max_bytes: 3,
+        })
+        .await
+        .unwrap();
+    assert_eq!(next.iter().map(|r| r.index).collect::<Vec<_>>(), [0]);
+    let one = store
+        .input_results(InputResults {
+            call_id: call.id.clone(),
+            order: ResultOrder::Index,
+            after: -1,
+            limit: 10,
+            max_bytes: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        one.len(),
+        1,
+        "a page has at least one row, whatever its size"
+    );
 }
 
 pub async fn for_each_keeps_no_outputs(store: Arc<dyn Store>) {
@@ -2805,6 +2872,7 @@ pub async fn an_attempts_log_is_capped_with_a_marker(store: Arc<dyn Store>) {
             index: None,
             after_seq: 0,
             limit: 100,
+            max_bytes: None,
         })
         .await
         .unwrap();
@@ -3107,6 +3175,7 @@ pub async fn one_batch_ends_many_calls_each_once(store: Arc<dyn Store>) {
             order: ResultOrder::Completion,
             after: 0,
             limit: 10,
+            max_bytes: usize::MAX,
         })
         .await
         .unwrap();
@@ -3308,6 +3377,7 @@ async fn completion_order(store: &dyn Store, call: &CallId) -> Vec<(i64, i64)> {
             order: ResultOrder::Completion,
             after: 0,
             limit: 1_000,
+            max_bytes: usize::MAX,
         })
         .await
         .unwrap()
@@ -3491,6 +3561,7 @@ pub async fn only_the_lease_holder_can_complete_or_log(store: Arc<dyn Store>) {
             index: None,
             after_seq: 0,
             limit: 10,
+            max_bytes: None,
         })
         .await
         .unwrap();
@@ -3600,6 +3671,7 @@ pub async fn a_nul_character_in_a_log_line_loses_no_line(store: Arc<dyn Store>) 
             index: None,
             after_seq: 0,
             limit: 100,
+            max_bytes: None,
         })
         .await
         .unwrap();
@@ -4082,4 +4154,141 @@ pub async fn a_queued_call_runs_to_its_end(store: &dyn Store, call: &CallId) {
     assert!(done.recorded);
     let ended = store.call_get(call).await.unwrap().unwrap();
     assert_eq!(ended.state, InputState::Succeeded);
+}
+
+pub async fn blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them(store: Arc<dyn Store>) {
+    deploy(&*store).await;
+    let chunk = |upload: &str, seq: i64, data: &[u8], now: i64| BlobChunk {
+        upload: upload.into(),
+        seq,
+        data: data.to_vec(),
+        now,
+    };
+    let finish =
+        |upload: &str, digest: &str, size: u64, call: Option<CallId>, now: i64| BlobFinish {
+            upload: upload.into(),
+            digest: digest.into(),
+            size,
+            call,
+            now,
+        };
+    // Chunks written, one twice (a retried write keeps the first): no blob until finished.
+    store
+        .blob_chunk_put(chunk("u1", 0, b"hello ", T0))
+        .await
+        .unwrap();
+    store
+        .blob_chunk_put(chunk("u1", 1, b"world", T0))
+        .await
+        .unwrap();
+    store
+        .blob_chunk_put(chunk("u1", 1, b"WORLD", T0))
+        .await
+        .unwrap();
+    assert!(store.blob_info("sha256:a").await.unwrap().is_none());
+    assert!(store.blob_chunk("sha256:a", 0).await.unwrap().is_none());
+    assert!(store
+        .blob_finish(finish("u1", "sha256:a", 11, None, T0))
+        .await
+        .unwrap());
+    let info = store.blob_info("sha256:a").await.unwrap().unwrap();
+    assert_eq!((info.size, info.chunks, info.created_at), (11, 2, T0));
+    assert_eq!(
+        store.blob_chunk("sha256:a", 0).await.unwrap().unwrap(),
+        b"hello ".to_vec()
+    );
+    assert_eq!(
+        store.blob_chunk("sha256:a", 1).await.unwrap().unwrap(),
+        b"world".to_vec()
+    );
+    assert!(store.blob_chunk("sha256:a", 2).await.unwrap().is_none());
+    // The same bytes uploaded again: one blob, the second upload's chunks dropped.
+    store
+        .blob_chunk_put(chunk("u2", 0, b"hello world", T0))
+        .await
+        .unwrap();
+    assert!(!store
+        .blob_finish(finish("u2", "sha256:a", 11, None, T0))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.blob_info("sha256:a").await.unwrap().unwrap().chunks,
+        2
+    );
+
+    // A blob a call refers to is kept while the call is; one nobody refers to goes after the
+    // grace; an upload never finished goes too.
+    let call = spawn_n(&*store, "ok", 1, T0).await;
+    store
+        .blob_chunk_put(chunk("u3", 0, b"kept", T0))
+        .await
+        .unwrap();
+    store
+        .blob_finish(finish("u3", "sha256:kept", 4, Some(call.id.clone()), T0))
+        .await
+        .unwrap();
+    store
+        .blob_chunk_put(chunk("u4", 0, b"claimed", T0))
+        .await
+        .unwrap();
+    store
+        .blob_finish(finish("u4", "sha256:claimed", 7, None, T0))
+        .await
+        .unwrap();
+    store
+        .blob_claim(&call.id, vec!["sha256:claimed".into()], T0)
+        .await
+        .unwrap();
+    store
+        .blob_chunk_put(chunk("u5", 0, b"half", T0))
+        .await
+        .unwrap();
+    store
+        .blob_chunk_put(chunk("u6", 0, b"young", T0 + 100))
+        .await
+        .unwrap();
+    store
+        .blob_finish(finish("u6", "sha256:young", 5, None, T0 + 100))
+        .await
+        .unwrap();
+    let pruned = store
+        .blob_prune(BlobPrune {
+            created_before: T0 + 50,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1, "only sha256:a: unreferenced and past the grace");
+    assert!(store.blob_info("sha256:a").await.unwrap().is_none());
+    assert!(store.blob_chunk("sha256:a", 0).await.unwrap().is_none());
+    for kept in ["sha256:kept", "sha256:claimed", "sha256:young"] {
+        assert!(store.blob_info(kept).await.unwrap().is_some(), "{kept}");
+    }
+    // Once the call is pruned, its blobs go too.
+    let w = worker(&*store).await;
+    let l = lease(&*store, &w, "ok", 1, T0).await.remove(0);
+    complete(
+        &*store,
+        &w,
+        l.lease,
+        Outcome::Succeeded { output: json!(1) },
+        T0 + 1,
+    )
+    .await;
+    store
+        .call_prune_finished(CallPrune {
+            finished_before: T0 + 2,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let pruned = store
+        .blob_prune(BlobPrune {
+            created_before: T0 + 50,
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2);
+    assert!(store.blob_info("sha256:kept").await.unwrap().is_none());
+    assert!(store.blob_info("sha256:claimed").await.unwrap().is_none());
+    assert!(store.blob_chunk("sha256:kept", 0).await.unwrap().is_none());
 }

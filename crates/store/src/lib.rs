@@ -290,6 +290,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// Workers not stopped, and those stopped or last seen after `seen_after`.
     async fn worker_list(&self, seen_after: i64) -> Result<Vec<WorkerRow>, StoreError>;
+
+    /// Writes one chunk of a blob's upload (see [`BlobChunk`]); nothing refers to it yet.
+    async fn blob_chunk_put(&self, params: BlobChunk) -> Result<(), StoreError>;
+
+    /// Ends an upload (see [`BlobFinish`]); true if the blob is new.
+    async fn blob_finish(&self, params: BlobFinish) -> Result<bool, StoreError>;
+
+    /// A blob's size and chunk count; `None` if it is not stored.
+    async fn blob_info(&self, digest: &str) -> Result<Option<BlobRow>, StoreError>;
+
+    /// Chunk `seq` of a blob; `None` if the blob or the chunk is not stored.
+    async fn blob_chunk(&self, digest: &str, seq: i64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Records that `call_id` refers to these blobs, so they are kept as long as it is.
+    async fn blob_claim(
+        &self,
+        call_id: &CallId,
+        digests: Vec<String>,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes what [`BlobPrune`] says; how many blobs.
+    async fn blob_prune(&self, params: BlobPrune) -> Result<u64, StoreError>;
 }
 
 /// Function versions' specs a store has read. A version's spec never changes once deployed

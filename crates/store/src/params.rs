@@ -140,6 +140,10 @@ pub struct InputResults {
     pub order: ResultOrder,
     pub after: i64,
     pub limit: u32,
+    /// The page ends with the row whose output or error brings the page's to this many bytes
+    /// or more (it always has at least one row), so reading a call costs bounded memory
+    /// whatever its outputs' sizes.
+    pub max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -321,6 +325,9 @@ pub struct LogList {
     pub index: Option<i64>,
     pub after_seq: i64,
     pub limit: u32,
+    /// With a bound, the page ends with the line that brings its lines to this many bytes
+    /// (it always has at least one); the next page starts after its last `seq`.
+    pub max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -376,5 +383,37 @@ pub struct SnapshotPut {
 #[derive(Debug, Clone)]
 pub struct SnapshotPrune {
     pub keep_versions: u32,
+    pub created_before: UnixMillis,
+}
+
+/// One chunk of a blob's upload: `seq` counts from 0. A chunk written twice (a retried write)
+/// keeps the first.
+#[derive(Debug, Clone)]
+pub struct BlobChunk {
+    /// The upload's id (random, one per upload).
+    pub upload: String,
+    pub seq: i64,
+    pub data: Vec<u8>,
+    pub now: UnixMillis,
+}
+
+/// Ends an upload whose chunks are all written: the blob `digest` exists from now on, made of
+/// the upload's chunks, unless it existed already (then the upload's chunks are dropped and the
+/// stored blob stands). With `call`, that call refers to the blob (see [`Store::blob_claim`]).
+#[derive(Debug, Clone)]
+pub struct BlobFinish {
+    pub upload: String,
+    /// `sha256:` and the 64 hex digits of the bytes.
+    pub digest: String,
+    pub size: u64,
+    pub call: Option<CallId>,
+    pub now: UnixMillis,
+}
+
+/// What blob pruning deletes: references of calls that no longer exist, made before
+/// `created_before`; blobs no call refers to, stored before it; and chunks of uploads never
+/// finished, written before it.
+#[derive(Debug, Clone)]
+pub struct BlobPrune {
     pub created_before: UnixMillis,
 }

@@ -379,3 +379,14 @@ pub struct SnapshotRow {
     pub unpacked_bytes: u64,
     pub created_at: UnixMillis,
 }
+
+/// A stored blob, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRow {
+    pub digest: String,
+    /// Its length in bytes.
+    pub size: u64,
+    /// How many chunks hold it, read in order from 0 ([`crate::Store::blob_chunk`]).
+    pub chunks: i64,
+    pub created_at: UnixMillis,
+}

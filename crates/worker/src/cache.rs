@@ -72,6 +72,11 @@ impl SnapshotCache {
         base.join("hopper").join("snapshots")
     }
 
+    /// The folder the worker keeps blobs of its inputs and outputs in, beside the snapshots.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.dir.join("blobs")
+    }
+
     /// The folder Python environments are built in, beside the snapshots.
     pub fn envs_dir(&self) -> PathBuf {
         self.dir.join("envs")

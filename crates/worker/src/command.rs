@@ -63,6 +63,19 @@ pub async fn run(
         .kill_on_drop(true);
     env.apply(&mut cmd);
     process::isolate(&mut cmd, process::SIGKILL);
+    // The command and all it starts (the guard first) in a cgroup with the function's memory.
+    let memory = match crate::cgroup::for_function(spec) {
+        Ok(group) => group,
+        Err(why) => {
+            log(LogStream::System, why);
+            None
+        }
+    };
+    if let Some(group) = &memory {
+        if let Err(why) = group.join(cmd.as_std_mut()) {
+            log(LogStream::System, why);
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -189,6 +202,11 @@ pub async fn run(
         }
     };
     if !status.success() {
+        if let Some(group) = memory.as_ref().filter(|g| g.oom_kills() > 0) {
+            let message = crate::cgroup::out_of_memory("the command", group);
+            log(LogStream::System, message.clone());
+            return Some(failed("out_of_memory", message));
+        }
         let how = match (
             status.code(),
             std::os::unix::process::ExitStatusExt::signal(&status),

@@ -11,7 +11,9 @@
 //! - [`pyenv`]: Python environments built from a function's requirements.
 //! - [`snapshot`]: code snapshots: building, checking and unpacking them.
 
+pub mod blobs;
 pub mod cache;
+pub mod cgroup;
 pub mod command;
 pub mod guard;
 pub mod machine;
@@ -158,7 +160,11 @@ async fn resolve(
 
 impl Executor for ProcessExecutor {
     fn registered(&self, registration: &Registration) {
-        let env = serve::WorkerEnv::from_registration(registration, self.kill_grace);
+        let env = serve::WorkerEnv::from_registration(
+            registration,
+            self.kill_grace,
+            self.snapshots.blobs_dir(),
+        );
         self.serve.set_env(env.clone());
         let _ = self.env.set(env);
         self.snapshots
@@ -239,21 +245,53 @@ impl Executor for ProcessExecutor {
                         .collect();
                 }
             };
-            match spec.runner() {
+            // Blobs the inputs refer to, fetched first; an input whose blob cannot be had
+            // fails alone, and the others run.
+            let mut jobs = jobs;
+            let mut early: Vec<Option<Option<Outcome>>> = Vec::with_capacity(jobs.len());
+            let mut fetched = Vec::new();
+            if let Some(blobs) = &env.blobs {
+                for job in &mut jobs {
+                    let attempt = format!("{}-{}", job.lease.input_id, job.lease.attempt);
+                    match blobs.fetch(&mut job.input, &attempt).await {
+                        Ok(folder) => {
+                            fetched.extend(folder);
+                            early.push(None);
+                        }
+                        Err(outcome) => {
+                            if let Outcome::Failed { error, .. } = &outcome {
+                                logs.line(job.lease, LogStream::System, error.message.clone());
+                            }
+                            early.push(Some(Some(outcome)));
+                        }
+                    }
+                }
+            } else {
+                early.resize(jobs.len(), None);
+            }
+            let calls: Vec<_> = jobs.iter().map(|j| j.call_id.clone()).collect();
+            let runnable: Vec<Job> = jobs
+                .into_iter()
+                .zip(&early)
+                .filter(|(_, e)| e.is_none())
+                .map(|(j, _)| j)
+                .collect();
+            let ran = match spec.runner() {
                 Runner::Command(_) => {
-                    let mut out = Vec::with_capacity(jobs.len());
-                    for job in jobs {
+                    let mut out = Vec::with_capacity(runnable.len());
+                    for job in runnable {
                         out.push(command::run(&spec, &job, kill_grace, &env, &logs).await);
                     }
                     out
                 }
-                Runner::Serve(_) => serve.run(spec, jobs, logs).await,
+                Runner::Serve(_) => serve.run(spec, runnable, logs).await,
                 Runner::External => {
                     let message = format!(
                         "{} is external: it is served by its own workers, not by `hopper worker`",
                         spec.qualified_name()
                     );
-                    jobs.iter()
+                    runnable
+                        .iter()
                         .map(|_| {
                             Some(Outcome::Returned {
                                 error: InputError::new("not_served_here", message.clone()),
@@ -261,7 +299,27 @@ impl Executor for ProcessExecutor {
                         })
                         .collect()
                 }
+            };
+            // In input order again, the outputs' files stored as blobs of their calls (an
+            // output may name an input's own file: the attempts' folders go after this).
+            let mut ran = ran.into_iter();
+            let mut out = Vec::with_capacity(early.len());
+            for (early, call) in early.into_iter().zip(calls) {
+                let mut outcome = match early {
+                    Some(outcome) => outcome,
+                    None => ran.next().flatten(),
+                };
+                if let (Some(Outcome::Succeeded { output }), Some(blobs)) =
+                    (outcome.as_mut(), &env.blobs)
+                {
+                    if let Err(failed) = blobs.store(&call, output).await {
+                        outcome = Some(failed);
+                    }
+                }
+                out.push(outcome);
             }
+            drop(fetched);
+            out
         }
         .boxed()
     }

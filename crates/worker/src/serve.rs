@@ -30,7 +30,7 @@
 //! stdin is closed and it gets SIGTERM, then SIGKILL of its group after the kill grace.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -72,6 +72,8 @@ enum Answer {
     /// The process died of its own doing while this was its only input: a failed attempt.
     Died(String),
     StartupFailed(String),
+    /// The kernel's OOM killer killed the process for going over the function's `memory`.
+    OutOfMemory(String),
 }
 
 struct Waiting {
@@ -110,6 +112,8 @@ struct ServeProcess {
     /// Cancelled once the process has exited.
     dead: CancellationToken,
     pid: Option<u32>,
+    /// The cgroup limiting it to the function's `memory`, when it sets one.
+    memory: Option<crate::cgroup::MemoryGroup>,
 }
 
 impl ServeProcess {
@@ -213,22 +217,36 @@ pub struct WorkerEnv {
     pub call_token: Option<hopper_core::secret::Redacted<String>>,
     pub worker_id: String,
     pub kill_grace: Duration,
+    /// Fetches the blobs inputs refer to and stores those outputs name.
+    pub blobs: Option<crate::blobs::Blobs>,
 }
 
 impl WorkerEnv {
-    pub fn from_registration(r: &Registration, kill_grace: Duration) -> Self {
+    /// `blob_dir` is where the worker keeps blobs of its inputs and outputs.
+    pub fn from_registration(r: &Registration, kill_grace: Duration, blob_dir: PathBuf) -> Self {
         Self {
             reporter: Some((r.client.clone(), r.worker_id.clone())),
             server: r.server.clone(),
             call_token: r.call_token.clone(),
             worker_id: r.worker_id.to_string(),
             kill_grace,
+            blobs: Some(crate::blobs::Blobs::new(
+                r.client.clone(),
+                r.worker_id.clone(),
+                blob_dir,
+            )),
         }
     }
 
-    /// Sets `HOPPER_SERVER`, `HOPPER_TOKEN` (or removes it), `HOPPER_WORKER_ID` and
-    /// `HOPPER_KILL_GRACE` (seconds) on `cmd`.
+    /// Sets `HOPPER_SERVER`, `HOPPER_TOKEN` (or removes it), `HOPPER_WORKER_ID`,
+    /// `HOPPER_KILL_GRACE` (seconds) and `HOPPER_BLOB_DIR` (where a process writes the files
+    /// of large outputs) on `cmd`.
     pub fn apply(&self, cmd: &mut Command) {
+        if let Some(blobs) = &self.blobs {
+            let out = blobs.out_dir();
+            let _ = std::fs::create_dir_all(&out);
+            cmd.env("HOPPER_BLOB_DIR", out);
+        }
         cmd.env("HOPPER_SERVER", &self.server)
             .env("HOPPER_WORKER_ID", &self.worker_id)
             .env(
@@ -474,6 +492,7 @@ async fn run_on(
                 Ok(Answer::Crashed(message)) => crashed(message),
                 Ok(Answer::Died(message)) => failed("serve_crashed", message, true),
                 Ok(Answer::StartupFailed(message)) => failed("startup_failed", message, true),
+                Ok(Answer::OutOfMemory(message)) => failed("out_of_memory", message, true),
                 Err(_) => crashed("the serve process went away".into()),
             }),
             _ = tokio::time::sleep_until(deadline) => {
@@ -569,6 +588,18 @@ fn start(
         .kill_on_drop(true);
     env.apply(&mut cmd);
     process::isolate(&mut cmd, process::SIGKILL);
+    // The process and all it starts in a cgroup with the function's memory.
+    let memory = crate::cgroup::for_function(spec)
+        .and_then(|group| {
+            if let Some(group) = &group {
+                group.join(cmd.as_std_mut())?;
+            }
+            Ok(group)
+        })
+        .unwrap_or_else(|why| {
+            tracing::warn!(function = %spec.qualified_name(), "{why}");
+            None
+        });
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {program:?} in {}: {e}", workdir.display()))?;
@@ -597,6 +628,7 @@ fn start(
         stderr_closed: AtomicBool::new(false),
         dead: CancellationToken::new(),
         pid: child.id(),
+        memory,
     });
     let stderr_done = tokio::spawn(read_stderr(stderr, proc.clone(), logs.clone()));
     let proc_out = proc.clone();
@@ -682,7 +714,8 @@ fn start(
         if !was_ready && !tail.is_empty() {
             tracing::warn!(function = %name, "the serve process failed at start:\n{tail}");
         }
-        if failed_at_start && !load_timed_out {
+        let oom_killed = proc.memory.as_ref().is_some_and(|g| g.oom_kills() > 0);
+        if failed_at_start && !load_timed_out && !oom_killed {
             // Said at once, so the function's status shows it before anyone calls it.
             let last = tail
                 .lines()
@@ -700,8 +733,25 @@ fn start(
         // cannot cycle through the queue. With several in flight nobody can tell which one it
         // was: they all go back to the queue, as after a kill from outside.
         let blamed = !failed_at_start && own_doing && waiting.len() == 1;
+        // Killed by the OOM killer for going over the function's `memory`: every input in
+        // flight fails (retries apply) rather than going back to kill the next process too.
+        let oom = proc
+            .memory
+            .as_ref()
+            .filter(|g| g.oom_kills() > 0)
+            .map(|g| crate::cgroup::out_of_memory("the serve process", g));
+        if let Some(message) = oom.as_ref().filter(|_| !was_ready && !load_timed_out) {
+            proc.report(hopper_core::api::ProcessStart {
+                function: name.clone(),
+                ready_ms: None,
+                failed: Some(message.clone()),
+            });
+        }
         for w in waiting {
-            let answer = if blamed {
+            let answer = if let Some(message) = &oom {
+                logs.line(w.lease, LogStream::System, message.clone());
+                Answer::OutOfMemory(message.clone())
+            } else if blamed {
                 let message = if tail.is_empty() {
                     format!("{how} while running this input")
                 } else {

@@ -146,7 +146,13 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
         """The call's page on the server's dashboard."""
         return f"{self.get_conn().server}/calls/{call_id}"
 
-    def spawn(self, function: str, input: Any, key: str | None = None) -> dict[str, Any]:
+    def spawn(
+        self,
+        function: str,
+        input: Any,
+        key: str | None = None,
+        on_replaced: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
         """Spawns ``function`` with ``input`` (any JSON value; bytes travel as ``$bytes``) and
         returns the call (``GET /v1/calls/{id}``'s shape).
 
@@ -157,6 +163,10 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
         retry thereby re-attaches to its earlier try's call, and spawns anew when that call
         failed or when the input is not the same.
 
+        With ``on_replaced`` too, calls of ``function`` under ``key`` with another input that
+        have not ended (an earlier try's, whose input rendered differently) are cancelled
+        first, and ``on_replaced`` is told each one's id.
+
         Raises:
             hopper.exception.FunctionNotFoundError: no such function.
             hopper.exception.InvalidInputError: the input cannot be sent (e.g. over the size
@@ -164,11 +174,14 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
             hopper.exception.ConnectionError, AuthError: as the SDK's ``spawn``.
         """
         client = self.get_conn()
-        text = _codec.dumps(input, "the input")
+        text = _codec.dumps(input, "the input", client._put_blob)
         if key is None:
             return client._run(_spawn_plan(function, text))
-        key = f"{key}-{_digest([text])}"
-        return self._first_alive(key, _DEAD, lambda k: client._run(_spawn_plan(function, text, key=k)))
+        chain = self.try_key(key, [text])
+        if on_replaced is not None:
+            for call_id in self.cancel_other_tries(function, key, chain):
+                on_replaced(call_id)
+        return self._first_alive(chain, _DEAD, lambda k: client._run(_spawn_plan(function, text, key=k)))
 
     def start_map(
         self,
@@ -177,13 +190,14 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
         key: str | None = None,
         chunk_size: int = 1000,
         reuse_failed: bool = False,
+        on_replaced: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Starts a map of ``function`` over ``inputs`` (one JSON value each), sends them all
         and closes it; returns the map's call. With ``key`` it is idempotent as :meth:`spawn`
         is (the digest covers every input, in order): a retry finds the map of the earlier try
         and sends only the inputs it lacks. ``reuse_failed`` attaches to a map that ended
         ``failed`` too (its failed inputs are results to whoever keeps them); a cancelled map
-        is never reused.
+        is never reused. ``on_replaced`` as for :meth:`spawn`.
 
         Raises:
             hopper.exception.EncodeError: an input is not JSON (names its index).
@@ -193,7 +207,7 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
 
         def encoded() -> Iterator[str]:
             for i, value in enumerate(inputs):
-                yield _codec.dumps(value, f"map input {i}")
+                yield _codec.dumps(value, f"map input {i}", client._put_blob)
 
         texts = list(encoded())
 
@@ -203,7 +217,17 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
         if key is None:
             return start(None)
         dead = frozenset({"cancelled"}) if reuse_failed else _DEAD
-        return self._first_alive(f"{key}-{_digest(texts)}", dead, start)
+        chain = self.try_key(key, texts)
+        if on_replaced is not None:
+            for call_id in self.cancel_other_tries(function, key, chain):
+                on_replaced(call_id)
+        return self._first_alive(chain, dead, start)
+
+    @staticmethod
+    def try_key(key: str, texts: Iterable[str]) -> str:
+        """The key of the chain of calls :meth:`spawn` and :meth:`start_map` walk for ``key``
+        and these encoded inputs: ``key``, a dash and 16 hex digits of their digest."""
+        return f"{key}-{_digest(texts)}"
 
     def _first_alive(
         self, key: str, dead: frozenset[str], start: Callable[[str], dict[str, Any]]
@@ -216,6 +240,35 @@ class HopperHook(BaseHook):  # type: ignore[misc, unused-ignore]
                 return call
             self.log.info("call %s of an earlier try %s; starting another", call.get("id"), call.get("state"))
         raise RuntimeError(f"{MAX_RESPAWNS} calls under key {key} all failed or were cancelled")
+
+    def cancel_other_tries(self, function: str, task_key: str, keep: str) -> list[str]:
+        """Cancels the calls of ``function`` that an earlier try of the same task spawned with
+        another input and that have not ended: those whose idempotency key starts with
+        ``task_key`` but not with ``keep`` (this try's key and input digest). Returns their
+        ids. Reads the function's pending and running calls, a page of 1,000 at a time.
+
+        Raises:
+            hopper.exception.ConnectionError, AuthError: as the SDK's requests.
+        """
+        client = self.get_conn()
+        found: list[str] = []
+        for state in ("pending", "running"):
+            cursor: str | None = None
+            while True:
+                params: dict[str, Any] = {"function": function, "state": state, "limit": 1000}
+                if cursor:
+                    params["cursor"] = cursor
+                page = client._send(_Req("GET", "/v1/calls", params=params))
+                for call in page.get("calls", []):
+                    key = call.get("idempotency_key") or ""
+                    if key.startswith(f"{task_key}-") and not key.startswith(f"{keep}-"):
+                        found.append(call["id"])
+                cursor = page.get("next_cursor")
+                if not cursor:
+                    break
+        for call_id in found:
+            self.cancel(call_id)
+        return found
 
     def get_call(self, call_id: str, wait: float = 0.0) -> dict[str, Any]:
         """The call now, or once it ended within ``wait`` seconds (at most 300)."""

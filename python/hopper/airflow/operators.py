@@ -55,8 +55,11 @@ def raise_failed(hook: HopperHook, call: dict[str, Any], first_error: str = "") 
 def _task_key(context: Any) -> str:
     ti = context["ti"]
     map_index = getattr(ti, "map_index", -1)
-    retries = getattr(getattr(ti, "task", None), "retries", 0) or 0
-    generation = max(0, int(getattr(ti, "max_tries", 0) or 0) - int(retries))
+    # Airflow sets max_tries when the task instance is made (its retries) and when it is
+    # cleared (the try number plus its retries), and leaves it alone across retries: each
+    # clear is a new generation, and editing `retries` between a crash and its retry (which
+    # changes task.retries, not max_tries) is not.
+    generation = int(getattr(ti, "max_tries", 0) or 0)
     return task_idempotency_key(
         ti.dag_id, ti.task_id, ti.run_id, -1 if map_index is None else map_index, generation
     )
@@ -95,6 +98,16 @@ class _HopperBase(BaseOperator):  # type: ignore[misc, unused-ignore]
         self.log.info("Hopper call %s (%s): %s", call["id"], call.get("state"), self.call_url)
         context["ti"].xcom_push(key="call_id", value=call["id"])
         context["ti"].xcom_push(key=HopperCallLink().xcom_key, value=self.call_url)
+
+    def _replaced(self, call_id: str) -> None:
+        """Says in the task log that an earlier try's call, spawned with an input that rendered
+        differently and still running, was cancelled: one task instance runs one call."""
+        self.log.warning(
+            "Cancelled Hopper call %s of an earlier try of this task: its input rendered "
+            "differently, so this try starts a new call (%s)",
+            call_id,
+            self.hook.dashboard_url(call_id),
+        )
 
     def _wait(self, context: Any, call: dict[str, Any]) -> Any:
         """Defers until ``call`` ends (or waits here when not deferrable), then finishes."""
@@ -155,10 +168,11 @@ class HopperOperator(_HopperBase):
     with :class:`HopperCallFailed` (``"Hopper call hc-… failed: ValueError: … (see URL)"``).
 
     Retries are safe: the spawn's idempotency key is derived from the task instance (dag_id,
-    task_id, run_id, map_index), so a retry after a crash attaches to the call the earlier try
-    spawned while it runs or once it succeeded, and spawns a new call only if that one failed
-    or was cancelled. The input must render the same on every try (a different input answers
-    409 ``idempotency_conflict``).
+    task_id, run_id, map_index and the times it was cleared) and the input, so a retry after a
+    crash attaches to the call the earlier try spawned while it runs or once it succeeded, and
+    spawns a new call only if that one failed or was cancelled. A retry whose input rendered
+    differently cancels the earlier try's call if it still runs (said in the task log) and
+    starts its own. Clearing the task instance runs the function again.
 
     Args:
         function: ``"app.function"`` (or ``"app.Class.method"``); templated.
@@ -198,7 +212,7 @@ class HopperOperator(_HopperBase):
         value = self.input
         if self.op_args is not None or self.op_kwargs is not None:
             value = _codec.encode_args(tuple(self.op_args or ()), dict(self.op_kwargs or {}))
-        call = self.hook.spawn(self.function, value, key=_task_key(context))
+        call = self.hook.spawn(self.function, value, key=_task_key(context), on_replaced=self._replaced)
         self._attached(context, call)
         return self._wait(context, call)
 
@@ -266,7 +280,11 @@ class HopperMapOperator(_HopperBase):
         if local is not None:
             local.parent.mkdir(parents=True, exist_ok=True)  # fail now, not after the map
         call = self.hook.start_map(
-            self.function, inputs, key=_task_key(context), reuse_failed=self.return_exceptions
+            self.function,
+            inputs,
+            key=_task_key(context),
+            reuse_failed=self.return_exceptions,
+            on_replaced=self._replaced,
         )
         self._attached(context, call)
         return self._wait(context, call)

@@ -18,7 +18,7 @@ use crate::args::BenchArgs;
 use crate::exit::{self, Code};
 use crate::output;
 
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "enqueue",
     "bulk",
     "in-process",
@@ -32,18 +32,20 @@ const SCENARIOS: [&str; 13] = [
     "rate",
     "fairness",
     "cold-start",
+    "payloads",
 ];
 
 /// Scenarios that run only when asked for: the dashboard's fill takes minutes, the crowd
 /// holds thousands of connections, the queue controls' are about limits, not speed, and the
-/// cold starts wait for each worker to stop between rounds.
-const ON_REQUEST: [&str; 6] = [
+/// cold starts wait for each worker to stop between rounds, and the payloads' write gigabytes.
+const ON_REQUEST: [&str; 7] = [
     "dashboard",
     "crowd",
     "keys",
     "rate",
     "fairness",
     "cold-start",
+    "payloads",
 ];
 
 /// Rounds of the cold-start scenario, per kind of function, unless `--inputs` says.
@@ -54,7 +56,7 @@ const CROWD_DISPATCHES: u64 = 500;
 
 /// One scenario's figures.
 #[derive(Debug, Serialize)]
-struct Figures {
+pub(super) struct Figures {
     scenario: String,
     inputs: u64,
     seconds: f64,
@@ -73,6 +75,9 @@ struct Figures {
     /// `keys`, `rate`, `fairness`: what the limits did.
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<super::bench_limits::LimitFigures>,
+    /// `payloads`: bytes a second through blobs, and the server's memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) payloads: Option<super::bench_payloads::PayloadFigures>,
 }
 
 /// A `hopper serve` child on a temporary data dir.
@@ -159,12 +164,12 @@ impl Drop for BenchServer {
 static SERVERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 /// The servers of one scenario: one, or several over one PostgreSQL schema.
-struct Cluster {
+pub(super) struct Cluster {
     servers: Vec<BenchServer>,
 }
 
 impl Cluster {
-    fn start() -> anyhow::Result<Self> {
+    pub(super) fn start() -> anyhow::Result<Self> {
         let postgres = DATABASE.get().cloned().flatten().map(|url| {
             (
                 url,
@@ -178,8 +183,13 @@ impl Cluster {
         Ok(Self { servers })
     }
 
+    /// The first server's process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.servers.first().map_or(0, |s| s.child.id())
+    }
+
     /// A client of each server, after deploying the bench app through the first.
-    async fn clients(&self) -> anyhow::Result<Vec<Client>> {
+    pub(super) async fn clients(&self) -> anyhow::Result<Vec<Client>> {
         let mut clients = Vec::new();
         for (i, server) in self.servers.iter().enumerate() {
             clients.push(if i == 0 {
@@ -207,7 +217,7 @@ impl Cluster {
     }
 
     /// Stops the servers and drops their schema, if they had one.
-    async fn finish(self) {
+    pub(super) async fn finish(self) {
         let postgres = self.servers.first().and_then(|s| s.postgres.clone());
         drop(self);
         if let Some((url, schema)) = postgres {
@@ -296,7 +306,7 @@ pub(super) fn percentile(sorted_ms: &[f64], p: f64) -> Option<f64> {
     sorted_ms.get(rank.min(sorted_ms.len() - 1)).copied()
 }
 
-fn figures(
+pub(super) fn figures(
     scenario: &str,
     inputs: u64,
     elapsed: Duration,
@@ -321,6 +331,7 @@ fn figures(
         pages: Vec::new(),
         crowd: None,
         limits: None,
+        payloads: None,
     }
 }
 
@@ -695,6 +706,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
             "keys" => limited("keys", count(20_000)).await?,
             "rate" => limited("rate", count(20_000)).await?,
             "fairness" => limited("fairness", count(50_000)).await?,
+            "payloads" => super::bench_payloads::payloads(count(1_000)).await?,
             _ => map_through("map", "bench.noop", count(1_000_000), Workers::One).await?,
         };
         all.push(figures);
@@ -755,6 +767,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Code> {
                 })
                 .collect();
             output::table(&["PAGE", "P50 MS", "P99 MS"], &rows);
+        }
+        for p in all.iter().filter_map(|f| f.payloads.as_ref()) {
+            super::bench_payloads::print(p);
         }
         for (f, c) in all.iter().filter_map(|f| Some((f, f.crowd.as_ref()?))) {
             crate::output::line(format_args!(

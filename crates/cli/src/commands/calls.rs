@@ -19,7 +19,12 @@ pub async fn spawn(
     key: Option<String>,
     start: StartArgs,
 ) -> anyhow::Result<Code> {
-    let input = read_input(input)?;
+    let client = client(args)?;
+    let input = match &input.input_bytes {
+        // Streamed to the server as a blob; the input refers to it.
+        Some(path) => client.blob_put_file(path).await?,
+        None => read_input(input)?,
+    };
     let request = SpawnRequest {
         input,
         idempotency_key: key,
@@ -28,7 +33,7 @@ pub async fn spawn(
         key: super::queue_key(start.queue.key)?,
         priority: start.queue.priority.map(super::priority).transpose()?,
     };
-    let call = client(args)?.spawn_request(function, &request).await?;
+    let call = client.spawn_request(function, &request).await?;
     if args.json {
         output::json(&call);
     } else {
@@ -132,7 +137,12 @@ pub async fn spawn_each_line(
     Ok(Code::Ok)
 }
 
-pub async fn get(args: &ClientArgs, id: &str, timeout: Option<&str>) -> anyhow::Result<Code> {
+pub async fn get(
+    args: &ClientArgs,
+    id: &str,
+    timeout: Option<&str>,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<Code> {
     let id = call_id(id)?;
     let client = client(args)?;
     let call = match timeout {
@@ -145,7 +155,47 @@ pub async fn get(args: &ClientArgs, id: &str, timeout: Option<&str>) -> anyhow::
             }
         },
     };
+    if let (Some(path), InputState::Succeeded) = (output, call.state) {
+        let value = call.output.clone().unwrap_or(Value::Null);
+        let written = write_output(&client, &value, path).await?;
+        eprintln!("wrote {written} bytes to {}", path.display());
+        return Ok(Code::Ok);
+    }
     report(&call, args.json, Some(client.base_url()))
+}
+
+/// Writes an output to `path`: a blob's bytes streamed from the server, inline bytes
+/// (`{"$bytes": …}`) decoded, anything else as its JSON text; the bytes written.
+async fn write_output(
+    client: &hopper_sdk::Client,
+    value: &Value,
+    path: &std::path::Path,
+) -> anyhow::Result<u64> {
+    use base64::Engine;
+    let cannot = |e: std::io::Error| exit::usage(format!("cannot write {}: {e}", path.display()));
+    if let Ok(refs) = hopper_core::blob::refs(value, "the output") {
+        if let ([only], Some(_)) = (refs.as_slice(), value.get(hopper_core::blob::KEY)) {
+            return Ok(client.blob_get_file(&only.digest, path).await?);
+        }
+    }
+    let bytes = match value
+        .as_object()
+        .and_then(|o| o.get("$bytes"))
+        .and_then(Value::as_str)
+    {
+        Some(b64) if value.as_object().is_some_and(|o| o.len() == 1) => {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| exit::usage(format!("the output's $bytes is not base64: {e}")))?
+        }
+        _ => {
+            let mut text = value.to_string().into_bytes();
+            text.push(b'\n');
+            text
+        }
+    };
+    std::fs::write(path, &bytes).map_err(cannot)?;
+    Ok(bytes.len() as u64)
 }
 
 /// Prints a call the way `get` and `run` do, and gives the exit code its state means. A failure

@@ -5,6 +5,7 @@ mod bench;
 mod bench_crowd;
 mod bench_dashboard;
 mod bench_limits;
+mod bench_payloads;
 mod calls;
 mod inputs;
 mod map;
@@ -74,8 +75,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<Code> {
         Command::Get {
             call_id,
             timeout,
+            output,
             client,
-        } => calls::get(&client, &call_id, timeout.as_deref()).await,
+        } => calls::get(&client, &call_id, timeout.as_deref(), output.as_deref()).await,
         Command::Map {
             function,
             inputs,
@@ -244,6 +246,11 @@ fn server_url(text: &str) -> anyhow::Result<String> {
 /// The input JSON from `--input` or `--input-file` (`-` for stdin); one of them is required
 /// (`--input null` sends null).
 pub fn read_input(args: &InputArgs) -> anyhow::Result<Value> {
+    if args.input_bytes.is_some() {
+        return Err(exit::usage(
+            "--input-bytes works with hopper spawn (a server stores the bytes); here give --input or --input-file",
+        ));
+    }
     let (text, source) = match (&args.input, &args.input_file) {
         (Some(text), _) => (text.clone(), "--input".to_string()),
         (None, Some(path)) => read_text(path, "the input")?,

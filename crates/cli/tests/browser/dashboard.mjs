@@ -3,7 +3,8 @@
 //   HOPPER_LOCKED_URL  a server that requires HOPPER_TOKEN
 //   FAILED_ID, FAILED_CODE, SLOW_ID, MAP_ID (a 5-input map of d.ok), BIG_MAP_ID (120 inputs),
 //   FAILED_MAP_ID (a 2-input map of d.fail), HELD_ID (a d.slow call its max_running holds
-//   back), OUT_DIR (screenshots)
+//   back), BLOB_ID (a call whose input is 2,100,000 bytes stored as a blob), OUT_DIR
+//   (screenshots)
 // Exits non-zero, naming the step, at the first check that fails.
 import { chromium } from "playwright-core";
 import path from "node:path";
@@ -23,6 +24,7 @@ const mapId = env("MAP_ID");
 const bigMapId = env("BIG_MAP_ID");
 const failedMapId = env("FAILED_MAP_ID");
 const heldId = env("HELD_ID");
+const blobId = env("BLOB_ID");
 const outDir = env("OUT_DIR");
 
 const browser = await chromium.launch({
@@ -131,6 +133,16 @@ try {
     await page.locator("#logs .stderr").getByText("the database said no").waitFor();
     await page.locator("pre[data-json=input]").getByText('"orders"').waitFor();
     await shot(page, "call-failed");
+  });
+
+  await check("bytes show as their size and a download link, never their content", async () => {
+    await page.goto(`${url}/calls/${blobId}`);
+    const shown = page.locator("[data-blob=input]");
+    await shown.getByText("bytes, 2.1 MB").waitFor();
+    assert((await page.locator("pre[data-json=input]").count()) === 0, "no JSON of the bytes");
+    const href = await shown.getByRole("link", { name: "download" }).getAttribute("href");
+    const size = await page.evaluate(async (h) => (await (await fetch(h)).arrayBuffer()).byteLength, href);
+    assert(size === 2100000, `the download holds the bytes: ${size}`);
   });
 
   await check("a map shows its progress and any input by index", async () => {

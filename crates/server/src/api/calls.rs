@@ -208,6 +208,7 @@ pub async fn spawn(
     let mut insert = spawned(&function, input, key, state.now());
     insert.starts_at = start;
     controls(&mut insert, req.key, req.priority, "")?;
+    super::blobs::claim_refs(&state, &insert.id, &insert.inputs, |_| "the input".into()).await?;
     let inserted = state.store.call_insert(insert).await?;
     let (status, call) = match inserted {
         CallInserted::Created(call) => {
@@ -297,6 +298,7 @@ pub async fn spawn_batch(
             call.priority,
             &format!("calls[{i}]."),
         )?;
+        super::blobs::claim_refs(&state, &insert.id, &insert.inputs, |_| what.clone()).await?;
         inserts.push(insert);
     }
     let ids: Vec<CallId> = inserts.iter().map(|c| c.id.clone()).collect();
@@ -871,6 +873,7 @@ pub async fn logs(
                     ))
                 }
             },
+            max_bytes: Some(super::PAGE_BYTES),
         })
         .await?;
     Ok(Json(LogPage {
@@ -927,6 +930,7 @@ pub async fn log_stream(
                     index: f.index,
                     after_seq: f.after,
                     limit: 1_000,
+                    max_bytes: Some(super::PAGE_BYTES),
                 })
                 .await
                 .unwrap_or_default();
@@ -1106,6 +1110,10 @@ pub async fn rerun_input(
         insert.input_keys.clear();
     }
     insert.priority = call.priority;
+    super::blobs::claim_refs(state, &insert.id, &insert.inputs, |_| {
+        format!("input {index}")
+    })
+    .await?;
     match state.store.call_insert(insert).await? {
         CallInserted::Created(new) => {
             crate::metrics::call_started(format!("{}.{}", new.app, new.function), "rerun");

@@ -36,6 +36,20 @@ pub fn value(raw: &serde_json::value::RawValue, what: &str) -> Result<String, Ap
     Ok(parsed.to_string())
 }
 
+/// The media type a request's `Content-Type` names, lowercased, without its parameters
+/// (`application/json` of `Application/JSON; charset=utf-8`); empty without one.
+pub fn media_type(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Bytes allowed around the payload in a request body: ids, keys, field names.
 pub const ENVELOPE_BYTES: usize = 64 * 1024;
 
@@ -50,12 +64,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let media = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let media = media_type(req.headers());
         if media != "application/json"
             && !(media.starts_with("application/") && media.ends_with("+json"))
         {

@@ -167,6 +167,12 @@ async fn write_reruns(
         return Ok(Vec::new());
     }
     let (mut done, inserts): (Vec<RerunDone>, Vec<_>) = group.into_iter().unzip();
+    for (insert, d) in inserts.iter().zip(&done) {
+        super::blobs::claim_refs(state, &insert.id, &insert.inputs, |_| {
+            format!("input {} of {}", d.index, d.call_id)
+        })
+        .await?;
+    }
     let made = state.store.call_insert_many(inserts).await?;
     let mut woken: HashMap<(String, String), usize> = HashMap::new();
     for (done, made) in done.iter_mut().zip(made) {

@@ -134,6 +134,7 @@ pub async fn map(
         now: state.now(),
     };
     super::calls::controls(&mut insert, req.key, req.priority, "")?;
+    super::blobs::claim_refs(&state, &insert.id, &insert.inputs, |i| format!("input {i}")).await?;
     let inserted = state.store.call_insert(insert).await?;
     match inserted {
         CallInserted::Created(call) => {
@@ -185,6 +186,11 @@ pub async fn append(
         ));
     }
     let inputs = encode_inputs(&state, &chunk.inputs, false, chunk.start)?;
+    let start = chunk.start;
+    super::blobs::claim_refs(&state, &id, &inputs, |i| {
+        format!("input {}", start.saturating_add(i as i64))
+    })
+    .await?;
     let added = inputs.len();
     let input_keys = chunk_keys(&state, &id, &inputs).await?;
     let call = state
@@ -268,6 +274,7 @@ pub async fn results(
                 order,
                 after,
                 limit,
+                max_bytes: super::PAGE_BYTES,
             })
             .await?;
         let mut results = Vec::with_capacity(rows.len());

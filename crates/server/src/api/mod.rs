@@ -3,6 +3,7 @@
 //! `router(state)` is apart from serving, so tests can call it without a socket.
 
 pub mod apps;
+pub mod blobs;
 pub mod calls;
 pub mod error;
 pub mod events;
@@ -62,6 +63,8 @@ pub fn router(state: AppState) -> Router {
             get(secrets::get).put(secrets::put).delete(secrets::delete),
         )
         .route("/snapshots/{hash}", get(snapshots::get).put(snapshots::put))
+        .route("/blobs", post(blobs::upload))
+        .route("/blobs/{digest}", get(blobs::download))
         .route("/notifications", get(notifications))
         .route("/stats", get(stats::stats))
         .route("/events", get(events::events))
@@ -75,6 +78,8 @@ pub fn router(state: AppState) -> Router {
         .route("/workers/{id}/logs", post(workers::logs))
         .route("/workers/{id}/starts", post(workers::starts))
         .route("/workers/{id}/snapshots/{hash}", get(workers::snapshot))
+        .route("/workers/{id}/blobs", post(blobs::worker_upload))
+        .route("/workers/{id}/blobs/{digest}", get(blobs::worker_download))
         .route_layer(middleware::from_fn(query::refuse_unknown))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -127,6 +132,11 @@ async fn count_requests(req: Request, next: Next) -> Response {
     );
     response
 }
+
+/// Most bytes of outputs and errors in one page of results: a page ends early, with its
+/// cursor, at the result that brings it to this (and has at least one), so reading a call of
+/// large outputs costs the server and the client bounded memory.
+pub const PAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// How long `/readyz` waits for the database to answer.
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -545,6 +555,10 @@ mod tests {
             ("get", "/v1/snapshots/{hash}"),
             ("put", "/v1/snapshots/{hash}"),
             ("get", "/v1/workers/{id}/snapshots/{hash}"),
+            ("post", "/v1/blobs"),
+            ("get", "/v1/blobs/{digest}"),
+            ("post", "/v1/workers/{id}/blobs"),
+            ("get", "/v1/workers/{id}/blobs/{digest}"),
             ("get", "/v1/notifications"),
             ("get", "/v1/stats"),
             ("get", "/v1/events"),

@@ -22,16 +22,7 @@ pub async fn put(
     req: Request,
 ) -> Result<(StatusCode, Json<SnapshotView>), ApiError> {
     check_hash(&hash)?;
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let content_type = super::extract::media_type(req.headers());
     if !matches!(
         content_type.as_str(),
         "application/gzip" | "application/octet-stream"

@@ -32,7 +32,7 @@ pub const MAX_LEASE_BATCH: u32 = 1_000;
 /// Longest line kept in a log; longer ones are cut, with a marker.
 const MAX_LOG_LINE: usize = 16 * 1024;
 
-fn parse_worker(text: &str) -> Result<WorkerId, ApiError> {
+pub(super) fn parse_worker(text: &str) -> Result<WorkerId, ApiError> {
     text.parse().map_err(|e: hopper_core::ids::IdError| {
         ApiError::bad_request("invalid_worker_id", e.to_string())
     })
@@ -211,7 +211,7 @@ fn secret_hash(secret: &str) -> String {
 /// A worker the server knows, checked: the request must carry the worker's secret, so a
 /// token that may work (any worker's) cannot act as another worker. An unknown or stopped
 /// worker must register again.
-async fn known_worker(
+pub(super) async fn known_worker(
     state: &AppState,
     id: &WorkerId,
     headers: &HeaderMap,
@@ -658,7 +658,12 @@ pub async fn complete(
         .collect::<Result<Vec<_>, _>>()?;
     let reported: Vec<Option<u32>> = parsed.iter().map(|r| r.batch_size).collect();
     let batch_sizes = reported.iter().map(|b| b.unwrap_or(1).max(1)).collect();
-    let results: Vec<_> = parsed.into_iter().map(|r| (r.lease, r.outcome)).collect();
+    let mut results: Vec<_> = parsed.into_iter().map(|r| (r.lease, r.outcome)).collect();
+    for (_, outcome) in &mut results {
+        if let Some(fault) = output_blobs(&state, outcome).await? {
+            *outcome = fault;
+        }
+    }
     let rows = state
         .store
         .input_complete_many(InputCompleteMany {
@@ -687,6 +692,43 @@ pub async fn complete(
     Ok(Json(CompleteResponse {
         recorded: rows.iter().map(|r| r.recorded).collect(),
     }))
+}
+
+/// What becomes of an output that refers to blobs which are not stored as it says (the
+/// worker uploads them first, `POST /v1/workers/{id}/blobs`): a failure of its input, so no
+/// client is given a reference it cannot read.
+async fn output_blobs(state: &AppState, outcome: &Outcome) -> Result<Option<Outcome>, ApiError> {
+    let Outcome::Succeeded { output } = outcome else {
+        return Ok(None);
+    };
+    let refs = match hopper_core::blob::refs(output, "the output") {
+        Ok(refs) => refs,
+        Err(why) => return Ok(Some(bad_output(why))),
+    };
+    for r in refs {
+        match state.store.blob_info(&r.digest).await? {
+            Some(info) if info.size == r.size => {}
+            Some(info) => {
+                return Ok(Some(bad_output(format!(
+                    "the output gives blob {} a size of {} bytes; it holds {}",
+                    r.digest, r.size, info.size
+                ))))
+            }
+            None => {
+                return Ok(Some(Outcome::Failed {
+                    retry: true,
+                    error: hopper_core::api::InputError::new(
+                        "blob_missing",
+                        format!(
+                            "the output refers to blob {} which is not stored (the worker's upload did not arrive)",
+                            r.digest
+                        ),
+                    ),
+                }))
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Inputs that ended free places under their function's limits: as many of its waiting

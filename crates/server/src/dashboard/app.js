@@ -112,8 +112,38 @@ function num(n) {
   return (n || 0).toLocaleString();
 }
 
-/** Pretty JSON; large payloads start collapsed. */
+/** Bytes in words: "812 B", "5.2 MB". */
+function bytes(n) {
+  if (n < 1000) return `${n} B`;
+  const units = ["kB", "MB", "GB", "TB"];
+  let v = n, i = -1;
+  do { v /= 1000; i++; } while (v >= 1000 && i < units.length - 1);
+  return `${v.toFixed(1)} ${units[i]}`;
+}
+
+/** A byte string a payload holds (a blob reference, or inline base64), as its size and type
+ * with a download link, never its content; null for any other value. */
+function binary(value, label) {
+  if (!value || typeof value !== "object" || Array.isArray(value)) return null;
+  const keys = Object.keys(value);
+  if (typeof value.$blob === "string" && typeof value.size === "number") {
+    const kind = value.type === "json" ? "JSON stored as a blob" : "bytes";
+    return h("div", { "data-blob": label }, `${kind}, ${bytes(value.size)} `,
+      h("a", { href: `/v1/blobs/${value.$blob}`, download: `${label}-${value.$blob.slice(7, 19)}` }, "download"),
+      h("span", { class: "muted" }, ` ${value.$blob.slice(0, 19)}…`));
+  }
+  if (keys.length === 1 && typeof value.$bytes === "string") {
+    const size = Math.floor((value.$bytes.replace(/=+$/, "").length * 3) / 4);
+    return h("div", { "data-blob": label }, `bytes, ${bytes(size)} `,
+      h("a", { href: `data:application/octet-stream;base64,${value.$bytes}`, download: `${label}.bin` }, "download"));
+  }
+  return null;
+}
+
+/** Pretty JSON; large payloads start collapsed, bytes show as their size and a link. */
 function json(value, label) {
+  const shown = binary(value, label);
+  if (shown) return shown;
   const text = JSON.stringify(value, null, 2);
   if (text === undefined) return h("span", { class: "muted" }, "—");
   if (text.length <= 2000) return h("pre", { "data-json": label }, text);

@@ -1,0 +1,326 @@
+//! `/v1/blobs`: byte strings stored apart from the inputs and outputs that refer to them
+//! (`{"$blob": "sha256:…", "size": N}`, see [`hopper_core::blob`]). Uploads and downloads
+//! stream: the server holds one chunk (1 MiB) of a blob at a time, whatever its size.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use hopper_core::blob::{self, BlobRef, Kind};
+use hopper_core::CallId;
+use hopper_store::{BlobChunk, BlobFinish};
+use serde::Deserialize;
+use sha2::Digest;
+
+use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery};
+use crate::state::AppState;
+
+/// `POST /v1/blobs`: the body's bytes, as `application/octet-stream`, stored as a blob. 201
+/// with the reference to put in a payload (`{"$blob": "sha256:…", "size": N}`), or 200 when
+/// the same bytes were stored already. Over `--max-blob`: 413, and nothing is kept.
+pub async fn upload(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    receive(&state, req, None).await
+}
+
+#[derive(Deserialize)]
+pub struct WorkerUploadQuery {
+    /// The call whose output refers to the blob: it is kept as long as the call is.
+    call: String,
+}
+
+/// `POST /v1/workers/{id}/blobs?call=ID`: a worker's upload of (part of) an output of `call`.
+pub async fn worker_upload(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<WorkerUploadQuery>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let id = super::workers::parse_worker(&id)?;
+    super::workers::known_worker(&state, &id, &headers).await?;
+    let call = super::calls::parse_id(&q.call)?;
+    receive(&state, req, Some(call)).await
+}
+
+/// `GET /v1/blobs/{digest}`: a blob's bytes (`application/octet-stream`, with its length).
+pub async fn download(
+    State(state): State<AppState>,
+    ApiPath(digest): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    send(&state, digest).await
+}
+
+/// `GET /v1/workers/{id}/blobs/{digest}`: a blob an input the worker leased refers to.
+pub async fn worker_download(
+    State(state): State<AppState>,
+    ApiPath((id, digest)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = super::workers::parse_worker(&id)?;
+    super::workers::known_worker(&state, &id, &headers).await?;
+    send(&state, digest).await
+}
+
+async fn receive(
+    state: &AppState,
+    req: Request,
+    call: Option<CallId>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let media = super::extract::media_type(req.headers());
+    // Not a type a web page may send without asking first (a form, text/plain).
+    if media != "application/octet-stream" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the blob's bytes as they are, with Content-Type: application/octet-stream",
+        ));
+    }
+    let limit = state.config.max_blob_bytes;
+    let too_large = |size: u64| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the blob is {size} bytes or more, over the limit of {limit} bytes (hopper serve --max-blob)"
+            ),
+        )
+    };
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = announced.filter(|n| *n > limit) {
+        return Err(too_large(n));
+    }
+    let upload = uuid::Uuid::new_v4().simple().to_string();
+    let mut body = req.into_body().into_data_stream();
+    let mut hasher = sha2::Sha256::new();
+    let mut pending: Vec<u8> = Vec::with_capacity(blob::CHUNK);
+    let mut size = 0u64;
+    let mut seq = 0i64;
+    // Each piece must come within the request timeout; the whole may take as long as it needs.
+    let idle = state.config.request_timeout;
+    loop {
+        let piece = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the blob's bytes stopped coming for {} after {size} bytes",
+                    hopper_core::duration::format(idle)
+                ),
+            )
+        })?;
+        let Some(piece) = piece else { break };
+        let piece = piece.map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("the blob's upload broke off after {size} bytes: {e}"),
+            )
+        })?;
+        size += piece.len() as u64;
+        if size > limit {
+            return Err(too_large(size));
+        }
+        hasher.update(&piece);
+        let mut rest = &piece[..];
+        while !rest.is_empty() {
+            let take = (blob::CHUNK - pending.len()).min(rest.len());
+            pending.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if pending.len() == blob::CHUNK {
+                let data = std::mem::replace(&mut pending, Vec::with_capacity(blob::CHUNK));
+                write_chunk(state, &upload, seq, data).await?;
+                seq += 1;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        write_chunk(state, &upload, seq, pending).await?;
+    }
+    let digest = format!("sha256:{:x}", hasher.finalize());
+    let new = state
+        .store
+        .blob_finish(BlobFinish {
+            upload,
+            digest: digest.clone(),
+            size,
+            call,
+            now: state.now(),
+        })
+        .await?;
+    let reference = BlobRef {
+        digest,
+        size,
+        kind: Kind::Bytes,
+        at: String::new(),
+    };
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(reference.to_value())))
+}
+
+async fn write_chunk(
+    state: &AppState,
+    upload: &str,
+    seq: i64,
+    data: Vec<u8>,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .blob_chunk_put(BlobChunk {
+            upload: upload.to_string(),
+            seq,
+            data,
+            now: state.now(),
+        })
+        .await?;
+    Ok(())
+}
+
+async fn send(state: &AppState, digest: String) -> Result<Response, ApiError> {
+    check_digest(&digest)?;
+    let info = state
+        .store
+        .blob_info(&digest)
+        .await?
+        .ok_or_else(|| unknown(&digest))?;
+    // Every chunk but the last is full: a count that does not fit the size is a blob
+    // damaged in the database, said before any byte is sent.
+    let expected = info.size.div_ceil(blob::CHUNK as u64) as i64;
+    if info.chunks != expected {
+        tracing::error!(blob = %digest, chunks = info.chunks, expected, "a stored blob lacks chunks");
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "blob_corrupt",
+            format!(
+                "blob {digest} is damaged: {} of its {expected} chunks are stored",
+                info.chunks
+            ),
+        ));
+    }
+    let store = state.store.clone();
+    let chunks = info.chunks;
+    // One chunk read at a time, as the client takes them; a chunk gone missing ends the body
+    // short of its length, which the client sees as a broken download.
+    let stream = futures_util::stream::unfold(0i64, move |seq| {
+        let store = store.clone();
+        let digest = digest.clone();
+        async move {
+            if seq >= chunks {
+                return None;
+            }
+            let piece = match store.blob_chunk(&digest, seq).await {
+                Ok(Some(data)) => Ok(axum::body::Bytes::from(data)),
+                Ok(None) => Err(std::io::Error::other(format!(
+                    "chunk {seq} of blob {digest} is missing"
+                ))),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let next = if piece.is_ok() { seq + 1 } else { chunks };
+            Some((piece, next))
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, info.size.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn check_digest(digest: &str) -> Result<(), ApiError> {
+    if blob::is_digest(digest) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_blob",
+            format!("{digest:?} is not a blob digest (sha256: and 64 lowercase hex digits)"),
+        ))
+    }
+}
+
+fn unknown(digest: &str) -> ApiError {
+    ApiError::not_found(
+        "unknown_blob",
+        format!("no blob {digest} is stored; upload it with POST /v1/blobs"),
+    )
+}
+
+/// The blobs a payload (`text`, the JSON as stored) refers to, checked: each must be stored
+/// with the size the reference gives. `what` names the payload in errors (`the input`,
+/// `calls[3].input`). Returns their digests, for the call to claim.
+pub async fn check_refs(state: &AppState, text: &str, what: &str) -> Result<Vec<String>, ApiError> {
+    if !blob::may_refer(text) {
+        return Ok(Vec::new());
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("{what}: {e}")))?;
+    let refs =
+        blob::refs(&value, what).map_err(|why| ApiError::bad_request("invalid_blob", why))?;
+    let mut sizes: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for r in refs {
+        let stored = match sizes.get(&r.digest) {
+            Some(size) => *size,
+            None => {
+                let info = state.store.blob_info(&r.digest).await?.ok_or_else(|| {
+                    ApiError::bad_request(
+                        "unknown_blob",
+                        format!(
+                            "{} refers to blob {} which is not stored: upload it first with POST /v1/blobs",
+                            r.at, r.digest
+                        ),
+                    )
+                })?;
+                sizes.insert(r.digest.clone(), info.size);
+                info.size
+            }
+        };
+        if stored != r.size {
+            return Err(ApiError::bad_request(
+                "invalid_blob",
+                format!(
+                    "{} gives blob {} a size of {} bytes; it holds {stored}",
+                    r.at, r.digest, r.size
+                ),
+            ));
+        }
+    }
+    let digests: Vec<String> = sizes.into_keys().collect();
+    Ok(digests)
+}
+
+/// Checks the blobs `payloads` refer to ([`check_refs`]; `what(i)` names payload `i`) and
+/// records that `call` refers to them, before the call or its inputs are written: a blob is
+/// never pruned from under a call that was acknowledged.
+pub async fn claim_refs(
+    state: &AppState,
+    call: &CallId,
+    payloads: &[String],
+    what: impl Fn(usize) -> String,
+) -> Result<(), ApiError> {
+    let mut digests = Vec::new();
+    for (i, text) in payloads.iter().enumerate() {
+        for digest in check_refs(state, text, &what(i)).await? {
+            if !digests.contains(&digest) {
+                digests.push(digest);
+            }
+        }
+    }
+    if !digests.is_empty() {
+        state.store.blob_claim(call, digests, state.now()).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+-- Byte strings stored apart from the inputs and outputs that refer to them (`{"$blob":
+-- "sha256:…", "size": N}` in a payload), content-addressed by their SHA-256. An upload's
+-- bytes are written as chunks under its own id; the `blobs` row, written once the last chunk
+-- is in, is what makes the blob exist.
+CREATE TABLE blobs (
+    digest TEXT PRIMARY KEY,
+    upload TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE blob_chunks (
+    upload TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (upload, seq)
+);
+-- Which calls refer to which blobs: a blob is kept while a call that refers to it is, and
+-- pruned once none does (and it is older than the upload grace).
+CREATE TABLE blob_refs (
+    digest TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (digest, call_id)
+);
+CREATE INDEX blob_refs_call ON blob_refs (call_id);
+CREATE INDEX blobs_upload ON blobs (upload);
