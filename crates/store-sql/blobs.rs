@@ -16,7 +16,7 @@ pub async fn chunk_put(conn: &mut Conn, p: BlobChunk) -> Result<(), StoreError> 
     )
     .bind(&p.upload)
     .bind(p.seq)
-    .bind(&p.data)
+    .bind(p.data.as_slice())
     .bind(p.now)
     .execute(&mut *conn)
     .await
@@ -38,9 +38,13 @@ pub async fn finish(conn: &mut Conn, p: BlobFinish) -> Result<bool, StoreError> 
     .map_err(db_err)?;
     let new = done.rows_affected() > 0;
     if !new {
-        // Stored already (the same bytes uploaded before): this upload's copy goes.
-        crate::db::query("DELETE FROM blob_chunks WHERE upload = $1")
-            .bind(&p.upload)
+        // Stored already (the same bytes uploaded before): this upload's copy goes, and the
+        // stored blob's grace starts again, as for a new upload (the spawn that will refer to
+        // it may be on its way).
+        discard(conn, p.upload.clone()).await?;
+        crate::db::query("UPDATE blobs SET created_at = $2 WHERE digest = $1 AND created_at < $2")
+            .bind(&p.digest)
+            .bind(p.now)
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
@@ -49,6 +53,15 @@ pub async fn finish(conn: &mut Conn, p: BlobFinish) -> Result<bool, StoreError> 
         claim_one(conn, call, &p.digest, p.now).await?;
     }
     Ok(new)
+}
+
+pub async fn discard(conn: &mut Conn, upload: String) -> Result<(), StoreError> {
+    crate::db::query("DELETE FROM blob_chunks WHERE upload = $1")
+        .bind(&upload)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
 }
 
 async fn claim_one(

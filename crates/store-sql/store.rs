@@ -384,7 +384,16 @@ impl Store for Backend {
     }
 
     async fn blob_chunk_put(&self, params: BlobChunk) -> Result<(), StoreError> {
-        self.write(move |conn| Box::pin(blobs::chunk_put(conn, params.clone())))
+        // Without waiting for the disk: a chunk lost in a power cut only fails an upload that
+        // was never acknowledged, and the upload's last write (`blob_finish`, durable) makes
+        // every chunk before it durable too (one log, flushed in order).
+        self.write_lease(move |conn| Box::pin(blobs::chunk_put(conn, params.clone())))
+            .await
+    }
+
+    async fn blob_discard(&self, upload: &str) -> Result<(), StoreError> {
+        let upload = upload.to_owned();
+        self.write(move |conn| Box::pin(blobs::discard(conn, upload.clone())))
             .await
     }
 

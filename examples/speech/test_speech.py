@@ -44,6 +44,8 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "c16.wav").replace(raw)
     # A long clip (over 256 KiB: it travels as a blob): the first sentence four times over.
     speak(". ".join([CLIPS["a-mother"][0]] * 4), folder / "d-long.wav")
+    # A file that is not audio: said in its own line, without failing its batch.
+    (folder / "e-broken.wav").write_bytes(b"not a wav file")
     return folder
 
 
@@ -60,9 +62,12 @@ def test_a_folder_is_transcribed_in_batches_into_a_jsonl_file(
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    assert "4 files" in r.stdout and "batch sizes" in r.stdout, r.stdout
+    assert "5 files" in r.stdout and "batch sizes" in r.stdout, r.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [row["file"] for row in rows] == ["a-mother.wav", "b-coffee.wav", "c-report.wav", "d-long.wav"]
+    names = ["a-mother.wav", "b-coffee.wav", "c-report.wav", "d-long.wav", "e-broken.wav"]
+    assert [row["file"] for row in rows] == names
+    broken = rows.pop()
+    assert "not a WAV file" in broken["error"], broken
     for row in rows:
         name = row["file"].removesuffix(".wav")
         expected = CLIPS.get(name, CLIPS["a-mother"])[1]
@@ -70,7 +75,7 @@ def test_a_folder_is_transcribed_in_batches_into_a_jsonl_file(
         assert len(heard & expected) >= 2, (row, expected)
     assert rows[3]["seconds"] > 4 * rows[0]["seconds"] * 0.8
     # One model load per worker process, and the clips travelled in batches.
-    loads = {(row["pid"], row["loaded_at"]) for row in rows}
+    loads = {(row["pid"], row["loaded_at"]) for row in rows if "pid" in row}
     assert len(loads) <= 2, loads
     assert max(row["batch"] for row in rows) > 1, rows
 

@@ -70,10 +70,16 @@ class Transcriber:
     @hopper.batched(max_batch_size=8, wait_ms=200)
     def transcribe(self, clips: list[bytes]) -> list[dict]:
         """One WAV file's bytes in, ``{"text", "seconds" (of audio), "batch" (its size),
-        "pid", "loaded_at"}`` out; the worker gathers up to 8 waiting clips into one batch."""
+        "pid", "loaded_at"}`` out; the worker gathers up to 8 waiting clips into one batch. A
+        clip that is not a WAV file of 16-bit PCM gets ``{"error": why, ...}`` instead of
+        failing the clips batched with it."""
         out = []
         for wav in clips:
-            pcm = pcm16k(wav)
+            try:
+                pcm = pcm16k(wav)
+            except ValueError as e:
+                out.append({"error": str(e), "text": "", "seconds": 0.0, "batch": len(clips)})
+                continue
             self.decoder.start_utt()
             self.decoder.process_raw(pcm, full_utt=True)
             self.decoder.end_utt()

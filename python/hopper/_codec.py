@@ -21,11 +21,11 @@ Arguments of a call become one JSON input: no argument → ``null``, one → tha
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import math
 import os
 import sys
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -82,7 +82,8 @@ def dumps(value: Any, what: str = "the value", put: Put | None = None) -> str:
     def default(item: Any) -> Any:
         if isinstance(item, (bytes, bytearray, memoryview)):
             data = bytes(item)
-            if put is not None and len(data) > INLINE_MAX:
+            # Compared as base64 would be inline (4 bytes for every 3).
+            if put is not None and (len(data) + 2) // 3 * 4 > INLINE_MAX:
                 try:
                     return put(data)
                 except Exception as e:
@@ -112,8 +113,8 @@ def dumps(value: Any, what: str = "the value", put: Put | None = None) -> str:
 def file_reference(data: bytes, folder: str, kind: str = "bytes") -> dict[str, Any]:
     """Writes ``data`` to a file in ``folder`` and returns the output reference a worker stores
     as a blob: ``{"$blob": None, "path": FILE, "type": kind}`` (the serve protocol)."""
-    name = hashlib.sha256(data).hexdigest()
-    path = os.path.join(folder, f"{name}-{os.getpid()}")
+    # A name of its own: the folder is shared by every input of the process.
+    path = os.path.join(folder, f"output-{uuid.uuid4().hex}")
     with open(path, "wb") as f:
         f.write(data)
     return {BLOB_KEY: None, "path": path, "type": kind}
@@ -194,7 +195,12 @@ def _blob(obj: dict[str, Any], fetch: Fetch | None) -> Any:
     else:
         return obj
     if obj.get("type") == "json":
-        return loads(data, fetch)
+        try:
+            return loads(data, fetch)
+        except ValueError as e:
+            raise ValueError(
+                f'blob {digest} is said to hold JSON ("type": "json") but does not: {e}'
+            ) from None
     return data
 
 

@@ -125,8 +125,8 @@ pub enum Command {
         /// and the call goes on. Default: wait until it ends.
         #[arg(long)]
         timeout: Option<String>,
-        /// Write the output to this file instead of printing it: bytes as they are (a blob is
-        /// streamed), anything else as its JSON text.
+        /// Write the output to this file ('-': stdout) instead of printing it: bytes as they
+        /// are (a blob is streamed), anything else as its JSON text.
         #[arg(long)]
         output: Option<PathBuf>,
         #[command(flatten)]
@@ -373,8 +373,8 @@ pub struct InputArgs {
     /// Read the input JSON from a file, or from stdin with '-'.
     #[arg(long, conflicts_with = "input_bytes")]
     pub input_file: Option<PathBuf>,
-    /// The input is this file's bytes, as they are (audio, an image, a Parquet file): stored as
-    /// a blob, streamed, and given to the function as bytes.
+    /// The input is this file's bytes, as they are (audio, an image, a Parquet file), or
+    /// stdin's with '-': stored as a blob, streamed, and given to the function as bytes.
     #[arg(long)]
     pub input_bytes: Option<PathBuf>,
 }

@@ -34,6 +34,20 @@ command = ["python3", "reverse.py"]
 retries = 2
 [functions.big]
 command = ["python3", "-c", "import sys; n = int(sys.stdin.read()); print('\"' + 'x' * n + '\"')"]
+[functions.make]
+command = ["python3", "make.py"]
+"#;
+
+/// Writes `input` MiB to a file in `HOPPER_BLOB_DIR` and names it as its output.
+const MAKE_PY: &str = r#"
+import json, os, sys
+n = json.load(sys.stdin)
+out = os.path.join(os.environ["HOPPER_BLOB_DIR"], "made-%d" % os.getpid())
+block = bytes(range(256)) * 4096
+with open(out, "wb") as f:
+    for _ in range(n):
+        f.write(block)
+print(json.dumps({"$blob": None, "path": out}))
 "#;
 
 /// Bytes that are not text, `n` of them.
@@ -421,4 +435,92 @@ fn tokio_stream_of(
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_while_a_worker_stores_an_output_loses_and_fails_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("make.py"), MAKE_PY).unwrap();
+    let m = manifest(dir.path(), APP);
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &["--no-workers", "--deploy", m.to_str().unwrap()]);
+    let url = server.url.clone();
+    let _worker = worker(&url, "pay.make");
+    let db = data.join("hopper.db");
+    let (status, call) = spawn_raw(&url, "pay.make", json!(64)).await;
+    assert_eq!(status, 201, "{call}");
+    // The worker is storing the output (its chunks are arriving): the server dies.
+    eventually(
+        "the output's upload to start",
+        Duration::from_secs(60),
+        || async { (rows(&db, "blob_chunks") >= 2).then_some(()) },
+    )
+    .await;
+    server.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let server = Server::start_again(&server, &["--no-workers"]);
+    let id = call["id"].as_str().unwrap().parse().unwrap();
+    let done = wait_done(&server.client(), &id, Duration::from_secs(120)).await;
+    assert_eq!(done.state, CallState::Succeeded, "{done:?}");
+    assert_eq!(
+        done.attempts, 1,
+        "no attempt failed for the restart: {done:?}"
+    );
+    let output = done.output.unwrap();
+    assert_eq!(output["size"], json!(64u64 << 20), "{output}");
+    let block: Vec<u8> = (0..=255u8).collect::<Vec<u8>>().repeat(4096);
+    let expected = hopper_core::blob::digest(&block.repeat(64));
+    assert_eq!(
+        output["$blob"],
+        json!(expected),
+        "the bytes the function wrote"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_from_a_pipe_go_in_and_an_output_comes_out_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reverse.py"), REVERSE_PY).unwrap();
+    let m = manifest(dir.path(), APP);
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let data = noise(700_000);
+    for source in ["-", "/dev/stdin"] {
+        let mut child = std::process::Command::new(BIN)
+            .args(["spawn", "pay.reverse", "--input-bytes", source])
+            .env("HOPPER_SERVER", &server.url)
+            .env_remove("HOPPER_TOKEN")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&data).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{source}: {}", stderr(&out));
+        let id = stdout(&out).trim().to_string();
+        let got = cli(
+            &server.url,
+            &["get", &id, "--timeout", "60s", "--output", "-"],
+        );
+        assert_eq!(got.status.code(), Some(0), "{source}: {}", stderr(&got));
+        let mut reversed = data.clone();
+        reversed.reverse();
+        assert!(got.stdout == reversed, "{source}: the bytes on stdout");
+    }
+    // A folder is refused as such, before anything is sent.
+    let out = cli(
+        &server.url,
+        &[
+            "spawn",
+            "pay.reverse",
+            "--input-bytes",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is a folder"), "{}", stderr(&out));
 }

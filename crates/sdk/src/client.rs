@@ -412,6 +412,13 @@ impl Client {
         self.send(self.request(Method::GET, "/v1/apps")).await
     }
 
+    /// One function (`app.function`, or a bare name deployed in one app only). Errors:
+    /// `unknown_function` (404), naming the closest deployed names.
+    pub async fn function(&self, name: &str) -> Result<FunctionView, Error> {
+        self.send(self.request(Method::GET, &format!("/v1/functions/{name}")))
+            .await
+    }
+
     pub async fn functions(&self) -> Result<Vec<FunctionView>, Error> {
         self.send(self.request(Method::GET, "/v1/functions")).await
     }
@@ -908,11 +915,18 @@ impl Client {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::File(format!("cannot read {}: {e}", path.display())))?;
-        let size = file
+        let meta = file
             .metadata()
             .await
-            .map_err(|e| Error::File(format!("cannot read {}: {e}", path.display())))?
-            .len();
+            .map_err(|e| Error::File(format!("cannot read {}: {e}", path.display())))?;
+        if meta.is_dir() {
+            return Err(Error::File(format!(
+                "{} is a folder: give the file whose bytes to send",
+                path.display()
+            )));
+        }
+        // A pipe or a device (`/dev/stdin`) has no length: its bytes go as they come.
+        let size = meta.is_file().then_some(meta.len());
         let chunks = futures_util::stream::unfold(Some(file), |file| async move {
             use tokio::io::AsyncReadExt;
             let mut file = file?;
@@ -926,13 +940,14 @@ impl Client {
                 Err(e) => Some((Err(e), None)),
             }
         });
+        let mut req = req.header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+        if let Some(size) = size {
+            req = req.header(reqwest::header::CONTENT_LENGTH, size);
+        }
         let sent = self
-            .send(
-                req.header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                    .header(reqwest::header::CONTENT_LENGTH, size)
-                    .body(reqwest::Body::wrap_stream(chunks)),
-            )
+            .send(req.body(reqwest::Body::wrap_stream(chunks)))
             .await;
+        let size = size.map_or_else(|| "streamed".to_string(), |n| format!("{n}-byte"));
         match sent {
             // A server refuses a blob over its limit as soon as it sees the length, and closes
             // the connection while the body is still on its way: said as the refusal it was.
@@ -940,7 +955,7 @@ impl Client {
                 status: 413,
                 code: "payload_too_large".into(),
                 message: format!(
-                    "the server broke off while receiving a {size}-byte blob ({why}): it is over the server's limit (hopper serve --max-blob, default 1GiB)"
+                    "the server broke off while receiving a {size} blob ({why}), as it does for a blob over its limit (hopper serve --max-blob, default 1GiB)"
                 ),
             }),
             other => other,
@@ -1013,7 +1028,16 @@ impl Client {
         let response = self.send_raw(req).await?;
         let file_error =
             |e: std::io::Error| Error::File(format!("cannot write {}: {e}", path.display()));
-        let mut file = tokio::fs::File::create(path).await.map_err(file_error)?;
+        // Written beside the target and moved there once checked: a download that breaks off
+        // leaves whatever was at `path` as it was.
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "blob".into());
+        let partial = path.with_file_name(format!(".{name}.{}.part", std::process::id()));
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(file_error)?;
         let mut hasher = sha2::Sha256::new();
         let mut size = 0u64;
         let mut body = response.bytes_stream();
@@ -1039,10 +1063,19 @@ impl Client {
             Ok(size)
         }
         .await;
-        if outcome.is_err() {
-            let _ = tokio::fs::remove_file(path).await;
+        drop(file);
+        match outcome {
+            Ok(size) => {
+                tokio::fs::rename(&partial, path)
+                    .await
+                    .map_err(file_error)?;
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                Err(e)
+            }
         }
-        outcome
     }
 
     /// What a stored snapshot holds; `Ok(None)` if the server does not have it.

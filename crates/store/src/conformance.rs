@@ -4161,7 +4161,7 @@ pub async fn blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them(store
     let chunk = |upload: &str, seq: i64, data: &[u8], now: i64| BlobChunk {
         upload: upload.into(),
         seq,
-        data: data.to_vec(),
+        data: Arc::new(data.to_vec()),
         now,
     };
     let finish =
@@ -4216,6 +4216,39 @@ pub async fn blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them(store
         2
     );
 
+    // An upload refused half-way is dropped at once.
+    store
+        .blob_chunk_put(chunk("u9", 0, b"never", T0))
+        .await
+        .unwrap();
+    store.blob_discard("u9").await.unwrap();
+    store
+        .blob_chunk_put(chunk("u9b", 0, b"again", T0))
+        .await
+        .unwrap();
+    assert!(store
+        .blob_finish(finish("u9b", "sha256:again", 5, None, T0))
+        .await
+        .unwrap());
+    // Uploaded again later, a stored blob's grace starts again.
+    store
+        .blob_chunk_put(chunk("u10", 0, b"again", T0 + 60))
+        .await
+        .unwrap();
+    store
+        .blob_finish(finish("u10", "sha256:again", 5, None, T0 + 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .blob_info("sha256:again")
+            .await
+            .unwrap()
+            .unwrap()
+            .created_at,
+        T0 + 60
+    );
+
     // A blob a call refers to is kept while the call is; one nobody refers to goes after the
     // grace; an upload never finished goes too.
     let call = spawn_n(&*store, "ok", 1, T0).await;
@@ -4260,7 +4293,12 @@ pub async fn blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them(store
     assert_eq!(pruned, 1, "only sha256:a: unreferenced and past the grace");
     assert!(store.blob_info("sha256:a").await.unwrap().is_none());
     assert!(store.blob_chunk("sha256:a", 0).await.unwrap().is_none());
-    for kept in ["sha256:kept", "sha256:claimed", "sha256:young"] {
+    for kept in [
+        "sha256:kept",
+        "sha256:claimed",
+        "sha256:young",
+        "sha256:again",
+    ] {
         assert!(store.blob_info(kept).await.unwrap().is_some(), "{kept}");
     }
     // Once the call is pruned, its blobs go too.

@@ -294,7 +294,11 @@ pub trait Store: Send + Sync + 'static {
     /// Writes one chunk of a blob's upload (see [`BlobChunk`]); nothing refers to it yet.
     async fn blob_chunk_put(&self, params: BlobChunk) -> Result<(), StoreError>;
 
-    /// Ends an upload (see [`BlobFinish`]); true if the blob is new.
+    /// Drops the chunks of an upload that will not be finished (refused, broken off).
+    async fn blob_discard(&self, upload: &str) -> Result<(), StoreError>;
+
+    /// Ends an upload (see [`BlobFinish`]); true if the blob is new. An upload of bytes
+    /// stored already keeps the stored blob and starts its grace again.
     async fn blob_finish(&self, params: BlobFinish) -> Result<bool, StoreError>;
 
     /// A blob's size and chunk count; `None` if it is not stored.

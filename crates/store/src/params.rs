@@ -393,7 +393,8 @@ pub struct BlobChunk {
     /// The upload's id (random, one per upload).
     pub upload: String,
     pub seq: i64,
-    pub data: Vec<u8>,
+    /// Shared, so that a write tried again does not copy it.
+    pub data: std::sync::Arc<Vec<u8>>,
     pub now: UnixMillis,
 }
 

@@ -7,19 +7,27 @@
 //!
 //! An output may hold `{"$blob": null, "path": "/file", "type": "bytes"|"json"}`: the
 //! worker stores that file as a blob (streamed, claimed for the input's call) and reports
-//! the reference in its place. Files under the folder `HOPPER_BLOB_DIR` names (where a process
-//! should write them) are removed once stored.
+//! the reference in its place (a relative path is the function's working folder's). Files
+//! under the folder `HOPPER_BLOB_DIR` names (where a process should write them: a command's is
+//! its attempt's own, removed after it; a `serve` process's is its worker's, shared by its
+//! inputs, so names must be unique) are removed once stored. A file said to hold JSON is
+//! checked to be JSON first.
 //!
 //! A blob that is not stored, or whose bytes do not match its digest, fails the input at once
-//! (`blob_missing`, `blob_corrupt`; no retry, it would find the same); one the server could not
-//! be asked for fails it as `blob_unavailable` (retries apply).
+//! (`blob_missing`, `blob_corrupt`; no retry, it would find the same). A server that cannot be
+//! reached (restarting, its database away) is asked again for up to a minute, and then the
+//! input goes back to the queue (`blob_unavailable`, no retry used): a restart of the server
+//! fails no input.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hopper_core::api::{InputError, Outcome};
 use hopper_core::blob;
 use hopper_core::{CallId, WorkerId};
 use hopper_sdk::Client;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// Fetches and stores the blobs of one worker's inputs and outputs.
@@ -49,9 +57,59 @@ impl Blobs {
         }
     }
 
-    /// Where processes write the files of large outputs (`HOPPER_BLOB_DIR`).
+    /// Where processes write the files of large outputs.
     pub fn out_dir(&self) -> PathBuf {
         self.dir.join("out")
+    }
+
+    /// The `HOPPER_BLOB_DIR` of a command's attempt (`attempt`: `INPUT-ATTEMPT`), its own.
+    pub fn attempt_out(&self, attempt: &str) -> PathBuf {
+        self.out_dir().join(attempt)
+    }
+
+    /// The `HOPPER_BLOB_DIR` of this worker's `serve` processes, shared by their inputs.
+    pub fn serve_out(&self) -> PathBuf {
+        self.out_dir().join(format!("serve-{}", std::process::id()))
+    }
+
+    /// Creates a command attempt's output folder; removed (with what is left in it) when the
+    /// returned guard is dropped.
+    pub fn make_attempt_out(&self, attempt: &str) -> Option<AttemptBlobs> {
+        let folder = self.attempt_out(attempt);
+        std::fs::create_dir_all(&folder).ok()?;
+        Some(AttemptBlobs(folder))
+    }
+
+    /// Removes what workers that are gone left here: `serve` output folders of processes that
+    /// no longer run, and attempts' folders a day old (a worker killed mid-attempt).
+    pub fn sweep(&self) {
+        let old = |path: &Path| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(24 * 3600))
+        };
+        for folder in [self.dir.clone(), self.out_dir()] {
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                let gone = match name.strip_prefix("serve-") {
+                    Some(pid) => {
+                        pid.parse::<u32>()
+                            .is_ok_and(|pid| pid != std::process::id())
+                            && !Path::new(&format!("/proc/{pid}")).exists()
+                    }
+                    None => name != "out" && old(&path),
+                };
+                if gone {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+            }
+        }
     }
 
     /// Fetches the blobs `input` refers to into a folder named by `attempt` and gives each
@@ -83,33 +141,37 @@ impl Blobs {
             if path.exists() {
                 continue;
             }
-            self.client
-                .worker_blob_get_file(&self.worker, &r.digest, &path)
-                .await
-                .map_err(|e| match &e {
-                    hopper_sdk::Error::Api { status: 404, .. } => failed(
-                        "blob_missing",
-                        format!("the input refers to blob {} which is not stored", r.digest),
-                        false,
-                    ),
-                    hopper_sdk::Error::Api { code, .. } if code == "blob_corrupt" => {
-                        failed("blob_corrupt", e.to_string(), false)
-                    }
-                    hopper_sdk::Error::Corrupt(_) => failed("blob_corrupt", e.to_string(), false),
-                    _ => failed(
-                        "blob_unavailable",
-                        format!("cannot fetch blob {}: {e}", r.digest),
-                        true,
-                    ),
-                })?;
+            patiently(|| {
+                self.client
+                    .worker_blob_get_file(&self.worker, &r.digest, &path)
+            })
+            .await
+            .map_err(|e| match &e {
+                hopper_sdk::Error::Api { status: 404, .. } => failed(
+                    "blob_missing",
+                    format!("the input refers to blob {} which is not stored", r.digest),
+                    false,
+                ),
+                hopper_sdk::Error::Api { code, .. } if code == "blob_corrupt" => {
+                    failed("blob_corrupt", e.to_string(), false)
+                }
+                hopper_sdk::Error::Corrupt(_) => failed("blob_corrupt", e.to_string(), false),
+                _ => returned(format!("cannot fetch blob {}: {e}", r.digest)),
+            })?;
         }
         set_paths(input, &folder);
         Ok(Some(guard))
     }
 
-    /// Stores the files an output's references name (`"path"`) as blobs of `call`, and puts
-    /// the references the server gave in their place. `Err` is the input's outcome.
-    pub async fn store(&self, call: &CallId, output: &mut Value) -> Result<(), Outcome> {
+    /// Stores the files an output's references name (`"path"`, relative to `workdir`) as
+    /// blobs of `call`, and puts the references the server gave in their place. `Err` is the
+    /// input's outcome.
+    pub async fn store(
+        &self,
+        call: &CallId,
+        output: &mut Value,
+        workdir: &Path,
+    ) -> Result<(), Outcome> {
         let mut files = Vec::new();
         collect_files(output, &mut files);
         if files.is_empty() {
@@ -117,30 +179,88 @@ impl Blobs {
         }
         let out = self.out_dir();
         let mut stored = Vec::with_capacity(files.len());
-        for path in &files {
-            let reference = self
-                .client
-                .worker_blob_put_file(&self.worker, call, Path::new(path))
-                .await
-                .map_err(|e| match e {
-                    hopper_sdk::Error::File(why) => failed("bad_output", why, false),
-                    hopper_sdk::Error::Api { status: 413, .. } => {
-                        failed("output_too_large", e.to_string(), false)
-                    }
-                    e => failed(
-                        "blob_unavailable",
-                        format!("cannot store the output's file {path}: {e}"),
-                        true,
-                    ),
-                })?;
+        for (file, json) in &files {
+            let path = workdir.join(file);
+            if *json {
+                check_json(&path).await?;
+            }
+            let path = path.as_path();
+            let reference =
+                patiently(|| self.client.worker_blob_put_file(&self.worker, call, path))
+                    .await
+                    .map_err(|e| match e {
+                        hopper_sdk::Error::File(why) => failed("bad_output", why, false),
+                        hopper_sdk::Error::Api { status: 413, .. } => {
+                            failed("output_too_large", e.to_string(), false)
+                        }
+                        e => returned(format!(
+                            "cannot store the output's file {}: {e}",
+                            path.display()
+                        )),
+                    })?;
             stored.push(reference);
-            if Path::new(path).starts_with(&out) {
+            if path.starts_with(&out) {
                 let _ = std::fs::remove_file(path);
             }
         }
         let mut stored = stored.into_iter();
         replace_files(output, &mut stored);
         Ok(())
+    }
+}
+
+/// Checks that the file at `path`, said to hold a JSON value, does (read as it streams,
+/// building nothing).
+async fn check_json(path: &Path) -> Result<(), Outcome> {
+    let owned = path.to_path_buf();
+    let checked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&owned)
+            .map_err(|e| format!("cannot read the output's file {}: {e}", owned.display()))?;
+        let mut reader = serde_json::Deserializer::from_reader(std::io::BufReader::new(file));
+        serde::de::IgnoredAny::deserialize(&mut reader)
+            .and_then(|_| reader.end())
+            .map_err(|e| {
+                format!(
+                    "the output's file {} is said to hold JSON (\"type\": \"json\") but does not: {e}",
+                    owned.display()
+                )
+            })
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the check of an output's file failed: {e}")));
+    checked.map_err(|why| failed("bad_output", why, false))
+}
+
+/// How long a blob's fetch or store is tried again while the server cannot be reached.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// `op`, tried again with a growing pause while its error is one that passes (the server
+/// restarting, its database away), for up to [`PATIENCE`].
+async fn patiently<T, F, Fut>(mut op: F) -> Result<T, hopper_sdk::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, hopper_sdk::Error>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match op().await {
+            Err(e)
+                if hopper_sdk::outbox::is_transient(&e) && started.elapsed() + pause < PATIENCE =>
+            {
+                tracing::warn!(error = %e, retry_in = ?pause, "a blob's transfer failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The input goes back to the queue without using a retry: the server could not be asked.
+fn returned(message: String) -> Outcome {
+    Outcome::Returned {
+        error: InputError::new("blob_unavailable", message),
     }
 }
 
@@ -171,12 +291,14 @@ fn set_paths(value: &mut Value, folder: &Path) {
     }
 }
 
-/// The `path` of every blob reference in `value` that has one, in document order.
-fn collect_files(value: &Value, out: &mut Vec<String>) {
+/// The `path` of every blob reference in `value` that has one, in document order, and
+/// whether it is said to hold JSON.
+fn collect_files(value: &Value, out: &mut Vec<(String, bool)>) {
     match value {
         Value::Object(map) if map.contains_key(blob::KEY) => {
             if let Some(path) = map.get("path").and_then(Value::as_str) {
-                out.push(path.to_string());
+                let json = map.get("type").and_then(Value::as_str) == Some("json");
+                out.push((path.to_string(), json));
             }
         }
         Value::Object(map) => map.values().for_each(|v| collect_files(v, out)),

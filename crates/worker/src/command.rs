@@ -62,6 +62,12 @@ pub async fn run(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     env.apply(&mut cmd);
+    // Where the command writes the files of large outputs: its attempt's own folder, made
+    // (and removed) by the executor.
+    if let Some(blobs) = &env.blobs {
+        let attempt = format!("{}-{}", ctx.lease.input_id, ctx.lease.attempt);
+        cmd.env("HOPPER_BLOB_DIR", blobs.attempt_out(&attempt));
+    }
     process::isolate(&mut cmd, process::SIGKILL);
     // The command and all it starts (the guard first) in a cgroup with the function's memory.
     let memory = match crate::cgroup::for_function(spec) {
@@ -86,10 +92,32 @@ pub async fn run(
     };
     let pid = child.id();
     if let Some(mut stdin) = child.stdin.take() {
-        let bytes = ctx.input.to_string().into_bytes();
+        // An input stored as a JSON blob (too large to send inline) reaches the command as
+        // the JSON it holds, read from the worker's copy, as any other input would.
+        let json_file = ctx
+            .input
+            .as_object()
+            .filter(|o| o.contains_key(hopper_core::blob::KEY))
+            .filter(|o| o.get("type").and_then(Value::as_str) == Some("json"))
+            .and_then(|o| o.get("path"))
+            .and_then(Value::as_str)
+            .map(PathBuf::from);
+        let bytes = match &json_file {
+            Some(_) => Vec::new(),
+            None => ctx.input.to_string().into_bytes(),
+        };
         // A command that never reads its input closes the pipe early; that is not an error.
         tokio::spawn(async move {
-            let _ = stdin.write_all(&bytes).await;
+            match json_file {
+                Some(path) => {
+                    if let Ok(mut file) = tokio::fs::File::open(&path).await {
+                        let _ = tokio::io::copy(&mut file, &mut stdin).await;
+                    }
+                }
+                None => {
+                    let _ = stdin.write_all(&bytes).await;
+                }
+            }
             let _ = stdin.shutdown().await;
         });
     }

@@ -165,6 +165,9 @@ impl Executor for ProcessExecutor {
             self.kill_grace,
             self.snapshots.blobs_dir(),
         );
+        if let Some(blobs) = &env.blobs {
+            blobs.sweep();
+        }
         self.serve.set_env(env.clone());
         let _ = self.env.set(env);
         self.snapshots
@@ -250,16 +253,22 @@ impl Executor for ProcessExecutor {
             let mut jobs = jobs;
             let mut early: Vec<Option<Option<Outcome>>> = Vec::with_capacity(jobs.len());
             let mut fetched = Vec::new();
+            let command = matches!(spec.runner(), Runner::Command(_));
             if let Some(blobs) = &env.blobs {
                 for job in &mut jobs {
                     let attempt = format!("{}-{}", job.lease.input_id, job.lease.attempt);
+                    if command {
+                        fetched.extend(blobs.make_attempt_out(&attempt));
+                    }
                     match blobs.fetch(&mut job.input, &attempt).await {
                         Ok(folder) => {
                             fetched.extend(folder);
                             early.push(None);
                         }
                         Err(outcome) => {
-                            if let Outcome::Failed { error, .. } = &outcome {
+                            if let Outcome::Failed { error, .. } | Outcome::Returned { error } =
+                                &outcome
+                            {
                                 logs.line(job.lease, LogStream::System, error.message.clone());
                             }
                             early.push(Some(Some(outcome)));
@@ -276,7 +285,9 @@ impl Executor for ProcessExecutor {
                 .filter(|(_, e)| e.is_none())
                 .map(|(j, _)| j)
                 .collect();
+            let workdir = std::path::PathBuf::from(&spec.workdir);
             let ran = match spec.runner() {
+                _ if runnable.is_empty() => Vec::new(),
                 Runner::Command(_) => {
                     let mut out = Vec::with_capacity(runnable.len());
                     for job in runnable {
@@ -312,7 +323,7 @@ impl Executor for ProcessExecutor {
                 if let (Some(Outcome::Succeeded { output }), Some(blobs)) =
                     (outcome.as_mut(), &env.blobs)
                 {
-                    if let Err(failed) = blobs.store(&call, output).await {
+                    if let Err(failed) = blobs.store(&call, output, &workdir).await {
                         outcome = Some(failed);
                     }
                 }

@@ -238,15 +238,9 @@ impl WorkerEnv {
         }
     }
 
-    /// Sets `HOPPER_SERVER`, `HOPPER_TOKEN` (or removes it), `HOPPER_WORKER_ID`,
-    /// `HOPPER_KILL_GRACE` (seconds) and `HOPPER_BLOB_DIR` (where a process writes the files
-    /// of large outputs) on `cmd`.
+    /// Sets `HOPPER_SERVER`, `HOPPER_TOKEN` (or removes it), `HOPPER_WORKER_ID` and
+    /// `HOPPER_KILL_GRACE` (seconds) on `cmd`.
     pub fn apply(&self, cmd: &mut Command) {
-        if let Some(blobs) = &self.blobs {
-            let out = blobs.out_dir();
-            let _ = std::fs::create_dir_all(&out);
-            cmd.env("HOPPER_BLOB_DIR", out);
-        }
         cmd.env("HOPPER_SERVER", &self.server)
             .env("HOPPER_WORKER_ID", &self.worker_id)
             .env(
@@ -587,6 +581,12 @@ fn start(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     env.apply(&mut cmd);
+    // Where the process writes the files of large outputs: its worker's, for all its inputs.
+    if let Some(blobs) = &env.blobs {
+        let out = blobs.serve_out();
+        let _ = std::fs::create_dir_all(&out);
+        cmd.env("HOPPER_BLOB_DIR", out);
+    }
     process::isolate(&mut cmd, process::SIGKILL);
     // The process and all it starts in a cgroup with the function's memory.
     let memory = crate::cgroup::for_function(spec)

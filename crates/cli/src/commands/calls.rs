@@ -21,8 +21,11 @@ pub async fn spawn(
 ) -> anyhow::Result<Code> {
     let client = client(args)?;
     let input = match &input.input_bytes {
-        // Streamed to the server as a blob; the input refers to it.
-        Some(path) => client.blob_put_file(path).await?,
+        // Streamed to the server as a blob (the function known first); the input refers to it.
+        Some(path) => {
+            client.function(function).await?;
+            upload(&client, path).await?
+        }
         None => read_input(input)?,
     };
     let request = SpawnRequest {
@@ -156,12 +159,76 @@ pub async fn get(
         },
     };
     if let (Some(path), InputState::Succeeded) = (output, call.state) {
+        if call.inputs.total != 1 {
+            return Err(exit::usage(format!(
+                "call {} is a map of {} inputs: it has no one output to write (hopper results {} prints them)",
+                call.id, call.inputs.total, call.id
+            )));
+        }
         let value = call.output.clone().unwrap_or(Value::Null);
         let written = write_output(&client, &value, path).await?;
-        eprintln!("wrote {written} bytes to {}", path.display());
+        if path.as_os_str() != "-" {
+            eprintln!("wrote {written} bytes to {}", path.display());
+        }
         return Ok(Code::Ok);
     }
+    let mut call = call;
+    // An output stored as a JSON blob is printed as the value it holds.
+    if let Some(output) = &call.output {
+        let json_ref = hopper_core::blob::refs(output, "the output")
+            .ok()
+            .filter(|_| output.get(hopper_core::blob::KEY).is_some())
+            .and_then(|refs| refs.into_iter().next())
+            .filter(|r| r.kind == hopper_core::blob::Kind::Json);
+        if let Some(r) = json_ref {
+            let bytes = patiently(|| client.blob_get(&r.digest)).await?;
+            let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!("the output's blob {} does not hold JSON: {e}", r.digest)
+            })?;
+            call.output = Some(value);
+        }
+    }
     report(&call, args.json, Some(client.base_url()))
+}
+
+/// How long a blob's transfer from the CLI is tried again while the server cannot be reached
+/// (a restart).
+const TRANSFER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// `op` tried again, with a growing pause, while its error is one that passes, for up to
+/// [`TRANSFER_PATIENCE`].
+async fn patiently<T, F, Fut>(mut op: F) -> Result<T, hopper_sdk::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, hopper_sdk::Error>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match op().await {
+            Err(e)
+                if hopper_sdk::outbox::is_transient(&e)
+                    && started.elapsed() + pause < TRANSFER_PATIENCE =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Stores the bytes of `path` (stdin for `-`, through a temporary file) as a blob: its
+/// reference. A restart of the server meanwhile is ridden through.
+async fn upload(client: &Client, path: &std::path::Path) -> anyhow::Result<Value> {
+    if path.as_os_str() == "-" {
+        let mut spooled = tempfile::NamedTempFile::new()
+            .map_err(|e| exit::usage(format!("cannot make a temporary file for stdin: {e}")))?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut spooled)
+            .map_err(|e| exit::usage(format!("cannot read the input's bytes from stdin: {e}")))?;
+        return Ok(patiently(|| client.blob_put_file(spooled.path())).await?);
+    }
+    Ok(patiently(|| client.blob_put_file(path)).await?)
 }
 
 /// Writes an output to `path`: a blob's bytes streamed from the server, inline bytes
@@ -173,9 +240,19 @@ async fn write_output(
 ) -> anyhow::Result<u64> {
     use base64::Engine;
     let cannot = |e: std::io::Error| exit::usage(format!("cannot write {}: {e}", path.display()));
+    let stdout = path.as_os_str() == "-";
     if let Ok(refs) = hopper_core::blob::refs(value, "the output") {
         if let ([only], Some(_)) = (refs.as_slice(), value.get(hopper_core::blob::KEY)) {
-            return Ok(client.blob_get_file(&only.digest, path).await?);
+            if stdout {
+                // Through a temporary file, so that what reaches stdout is checked whole.
+                let spooled = tempfile::NamedTempFile::new()
+                    .map_err(|e| exit::usage(format!("cannot make a temporary file: {e}")))?;
+                let n = patiently(|| client.blob_get_file(&only.digest, spooled.path())).await?;
+                let mut file = std::fs::File::open(spooled.path()).map_err(cannot)?;
+                std::io::copy(&mut file, &mut std::io::stdout().lock()).map_err(cannot)?;
+                return Ok(n);
+            }
+            return Ok(patiently(|| client.blob_get_file(&only.digest, path)).await?);
         }
     }
     let bytes = match value
@@ -194,7 +271,12 @@ async fn write_output(
             text
         }
     };
-    std::fs::write(path, &bytes).map_err(cannot)?;
+    if stdout {
+        use std::io::Write;
+        std::io::stdout().lock().write_all(&bytes).map_err(cannot)?;
+    } else {
+        std::fs::write(path, &bytes).map_err(cannot)?;
+    }
     Ok(bytes.len() as u64)
 }
 

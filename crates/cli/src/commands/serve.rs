@@ -131,7 +131,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     match parse_bytes(&args.max_blob) {
         Some(n) if n > 0 => config.max_blob_bytes = n as u64,
         _ => faults.push(format!(
-            "--max-blob: {:?} is not a size (expected e.g. 1GiB, 100MiB or 1000000)",
+            "--max-blob: {:?} is not a size of at least 1 byte (expected e.g. 1GiB, 100MiB or 1000000)",
             args.max_blob
         )),
     }

@@ -82,24 +82,66 @@ async fn receive(
         ));
     }
     let limit = state.config.max_blob_bytes;
-    let too_large = |size: u64| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "the blob is {size} bytes or more, over the limit of {limit} bytes (hopper serve --max-blob)"
-            ),
-        )
-    };
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = announced.filter(|n| *n > limit) {
-        return Err(too_large(n));
+        return Err(too_large(n.to_string(), limit));
     }
     let upload = uuid::Uuid::new_v4().simple().to_string();
+    let (digest, size) = match take(state, req, &upload, limit).await {
+        Ok(done) => done,
+        Err(refused) => {
+            // Nothing of a refused or broken-off upload is kept.
+            if let Err(e) = state.store.blob_discard(&upload).await {
+                tracing::warn!(error = %e, "cannot drop the chunks of an upload that did not finish; the pruner will");
+            }
+            return Err(refused);
+        }
+    };
+    let new = state
+        .store
+        .blob_finish(BlobFinish {
+            upload,
+            digest: digest.clone(),
+            size,
+            call,
+            now: state.now(),
+        })
+        .await?;
+    let reference = BlobRef {
+        digest,
+        size,
+        kind: Kind::Bytes,
+        at: String::new(),
+    };
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(reference.to_value())))
+}
+
+fn too_large(size: String, limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "the blob is {size} bytes, over the limit of {limit} bytes (hopper serve --max-blob)"
+        ),
+    )
+}
+
+/// Reads an upload's body into chunks of `upload`, hashing it: its digest and size.
+async fn take(
+    state: &AppState,
+    req: Request,
+    upload: &str,
+    limit: u64,
+) -> Result<(String, u64), ApiError> {
     let mut body = req.into_body().into_data_stream();
     let mut hasher = sha2::Sha256::new();
     let mut pending: Vec<u8> = Vec::with_capacity(blob::CHUNK);
@@ -127,47 +169,25 @@ async fn receive(
         })?;
         size += piece.len() as u64;
         if size > limit {
-            return Err(too_large(size));
+            return Err(too_large(format!("{size} or more"), limit));
         }
         hasher.update(&piece);
         let mut rest = &piece[..];
         while !rest.is_empty() {
-            let take = (blob::CHUNK - pending.len()).min(rest.len());
-            pending.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
+            let room = (blob::CHUNK - pending.len()).min(rest.len());
+            pending.extend_from_slice(&rest[..room]);
+            rest = &rest[room..];
             if pending.len() == blob::CHUNK {
                 let data = std::mem::replace(&mut pending, Vec::with_capacity(blob::CHUNK));
-                write_chunk(state, &upload, seq, data).await?;
+                write_chunk(state, upload, seq, data).await?;
                 seq += 1;
             }
         }
     }
     if !pending.is_empty() {
-        write_chunk(state, &upload, seq, pending).await?;
+        write_chunk(state, upload, seq, pending).await?;
     }
-    let digest = format!("sha256:{:x}", hasher.finalize());
-    let new = state
-        .store
-        .blob_finish(BlobFinish {
-            upload,
-            digest: digest.clone(),
-            size,
-            call,
-            now: state.now(),
-        })
-        .await?;
-    let reference = BlobRef {
-        digest,
-        size,
-        kind: Kind::Bytes,
-        at: String::new(),
-    };
-    let status = if new {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(reference.to_value())))
+    Ok((format!("sha256:{:x}", hasher.finalize()), size))
 }
 
 async fn write_chunk(
@@ -181,7 +201,7 @@ async fn write_chunk(
         .blob_chunk_put(BlobChunk {
             upload: upload.to_string(),
             seq,
-            data,
+            data: std::sync::Arc::new(data),
             now: state.now(),
         })
         .await?;
@@ -302,15 +322,13 @@ pub async fn check_refs(state: &AppState, text: &str, what: &str) -> Result<Vec<
     Ok(digests)
 }
 
-/// Checks the blobs `payloads` refer to ([`check_refs`]; `what(i)` names payload `i`) and
-/// records that `call` refers to them, before the call or its inputs are written: a blob is
-/// never pruned from under a call that was acknowledged.
-pub async fn claim_refs(
+/// The blobs `payloads` refer to, checked ([`check_refs`]; `what(i)` names payload `i`),
+/// each once.
+pub async fn checked_refs(
     state: &AppState,
-    call: &CallId,
     payloads: &[String],
     what: impl Fn(usize) -> String,
-) -> Result<(), ApiError> {
+) -> Result<Vec<String>, ApiError> {
     let mut digests = Vec::new();
     for (i, text) in payloads.iter().enumerate() {
         for digest in check_refs(state, text, &what(i)).await? {
@@ -319,8 +337,25 @@ pub async fn claim_refs(
             }
         }
     }
+    Ok(digests)
+}
+
+/// Records that `call` refers to these blobs, before the call or its inputs are written: a
+/// blob is never pruned from under a call that was acknowledged.
+pub async fn claim(state: &AppState, call: &CallId, digests: Vec<String>) -> Result<(), ApiError> {
     if !digests.is_empty() {
         state.store.blob_claim(call, digests, state.now()).await?;
     }
     Ok(())
+}
+
+/// [`checked_refs`], then [`claim`] for `call`.
+pub async fn claim_refs(
+    state: &AppState,
+    call: &CallId,
+    payloads: &[String],
+    what: impl Fn(usize) -> String,
+) -> Result<(), ApiError> {
+    let digests = checked_refs(state, payloads, what).await?;
+    claim(state, call, digests).await
 }

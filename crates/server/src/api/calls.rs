@@ -260,6 +260,7 @@ pub async fn spawn_batch(
     let function = resolve(&state, &name).await?;
     let now = state.now();
     let mut inserts = Vec::with_capacity(req.calls.len());
+    let mut claims = Vec::with_capacity(req.calls.len());
     let mut bytes = 0;
     for (i, raw) in req.calls.into_iter().enumerate() {
         // Each entry an object (serde would also take `[input, key]`), its faults named by place.
@@ -298,8 +299,12 @@ pub async fn spawn_batch(
             call.priority,
             &format!("calls[{i}]."),
         )?;
-        super::blobs::claim_refs(&state, &insert.id, &insert.inputs, |_| what.clone()).await?;
+        // Checked here, claimed once every entry is: a refused batch claims nothing.
+        claims.push(super::blobs::checked_refs(&state, &insert.inputs, |_| what.clone()).await?);
         inserts.push(insert);
+    }
+    for (insert, digests) in inserts.iter().zip(claims) {
+        super::blobs::claim(&state, &insert.id, digests).await?;
     }
     let ids: Vec<CallId> = inserts.iter().map(|c| c.id.clone()).collect();
     let inserted = match state.store.call_insert_many(inserts).await {

@@ -720,8 +720,8 @@ async fn output_blobs(state: &AppState, outcome: &Outcome) -> Result<Option<Outc
                     error: hopper_core::api::InputError::new(
                         "blob_missing",
                         format!(
-                            "the output refers to blob {} which is not stored (the worker's upload did not arrive)",
-                            r.digest
+                            "{} refers to blob {} which is not stored (the worker did not store it first, or it was pruned)",
+                            r.at, r.digest
                         ),
                     ),
                 }))
