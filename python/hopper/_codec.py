@@ -183,15 +183,17 @@ def _unencodable(text: str, path: str) -> str | None:
 
 
 def _blob(obj: dict[str, Any], fetch: Fetch | None) -> Any:
-    """The value a blob reference stands for: its bytes (from its local ``path`` on a worker,
-    else from ``fetch``), or the JSON value they hold for ``"type": "json"``; the reference
-    itself where neither can give them."""
+    """The value a blob reference stands for: its bytes (from ``fetch``, or, where there is
+    none, from its local ``path``, on a worker), or the JSON value they hold for ``"type":
+    "json"``; the reference itself where neither can give them."""
     path, digest = obj.get("path"), obj.get(BLOB_KEY)
-    if isinstance(path, str):
+    if fetch is not None and isinstance(digest, str):
+        data = fetch(digest)
+    elif fetch is None and isinstance(path, str):
+        # Only where nothing fetches (a worker's runner, given the file its worker fetched):
+        # a client never reads a local file a payload names.
         with open(path, "rb") as f:
             data = f.read()
-    elif fetch is not None and isinstance(digest, str):
-        data = fetch(digest)
     else:
         return obj
     if obj.get("type") == "json":

@@ -476,6 +476,28 @@ where
     }
 }
 
+/// `op`, tried again with a pause that doubles (from 250 ms to 5 s) while its error is
+/// [`is_transient`] (the server restarting, its database away), for up to `patience`; then
+/// its last answer. Blob transfers use it: a restart of the server fails none of them.
+pub async fn patiently<T, F, Fut>(patience: std::time::Duration, mut op: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(250);
+    loop {
+        match op().await {
+            Err(e) if is_transient(&e) && started.elapsed() + pause < patience => {
+                tracing::warn!(error = %e, retry_in = ?pause, "a transfer failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Errors worth trying again: the server or its database is briefly unavailable.
 pub fn is_transient(e: &Error) -> bool {
     match e {

@@ -19,13 +19,13 @@
 //! input goes back to the queue (`blob_unavailable`, no retry used): a restart of the server
 //! fails no input.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hopper_core::api::{InputError, Outcome};
 use hopper_core::blob;
 use hopper_core::{CallId, WorkerId};
+use hopper_sdk::outbox::patiently;
 use hopper_sdk::Client;
 use serde::Deserialize;
 use serde_json::Value;
@@ -141,7 +141,7 @@ impl Blobs {
             if path.exists() {
                 continue;
             }
-            patiently(|| {
+            patiently(PATIENCE, || {
                 self.client
                     .worker_blob_get_file(&self.worker, &r.digest, &path)
             })
@@ -185,19 +185,20 @@ impl Blobs {
                 check_json(&path).await?;
             }
             let path = path.as_path();
-            let reference =
-                patiently(|| self.client.worker_blob_put_file(&self.worker, call, path))
-                    .await
-                    .map_err(|e| match e {
-                        hopper_sdk::Error::File(why) => failed("bad_output", why, false),
-                        hopper_sdk::Error::Api { status: 413, .. } => {
-                            failed("output_too_large", e.to_string(), false)
-                        }
-                        e => returned(format!(
-                            "cannot store the output's file {}: {e}",
-                            path.display()
-                        )),
-                    })?;
+            let reference = patiently(PATIENCE, || {
+                self.client.worker_blob_put_file(&self.worker, call, path)
+            })
+            .await
+            .map_err(|e| match e {
+                hopper_sdk::Error::File(why) => failed("bad_output", why, false),
+                hopper_sdk::Error::Api { status: 413, .. } => {
+                    failed("output_too_large", e.to_string(), false)
+                }
+                e => returned(format!(
+                    "cannot store the output's file {}: {e}",
+                    path.display()
+                )),
+            })?;
             stored.push(reference);
             if path.starts_with(&out) {
                 let _ = std::fs::remove_file(path);
@@ -233,29 +234,6 @@ async fn check_json(path: &Path) -> Result<(), Outcome> {
 
 /// How long a blob's fetch or store is tried again while the server cannot be reached.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// `op`, tried again with a growing pause while its error is one that passes (the server
-/// restarting, its database away), for up to [`PATIENCE`].
-async fn patiently<T, F, Fut>(mut op: F) -> Result<T, hopper_sdk::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, hopper_sdk::Error>>,
-{
-    let started = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(250);
-    loop {
-        match op().await {
-            Err(e)
-                if hopper_sdk::outbox::is_transient(&e) && started.elapsed() + pause < PATIENCE =>
-            {
-                tracing::warn!(error = %e, retry_in = ?pause, "a blob's transfer failed; trying again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
-}
 
 /// The input goes back to the queue without using a retry: the server could not be asked.
 fn returned(message: String) -> Outcome {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use hopper_core::api::{CallView, LogView, SpawnRequest};
 use hopper_core::InputState;
+use hopper_sdk::outbox::patiently;
 use hopper_sdk::{CallFilter, Client};
 use serde_json::Value;
 
@@ -181,7 +182,7 @@ pub async fn get(
             .and_then(|refs| refs.into_iter().next())
             .filter(|r| r.kind == hopper_core::blob::Kind::Json);
         if let Some(r) = json_ref {
-            let bytes = patiently(|| client.blob_get(&r.digest)).await?;
+            let bytes = patiently(TRANSFER_PATIENCE, || client.blob_get(&r.digest)).await?;
             let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
                 anyhow::anyhow!("the output's blob {} does not hold JSON: {e}", r.digest)
             })?;
@@ -195,29 +196,6 @@ pub async fn get(
 /// (a restart).
 const TRANSFER_PATIENCE: Duration = Duration::from_secs(60);
 
-/// `op` tried again, with a growing pause, while its error is one that passes, for up to
-/// [`TRANSFER_PATIENCE`].
-async fn patiently<T, F, Fut>(mut op: F) -> Result<T, hopper_sdk::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, hopper_sdk::Error>>,
-{
-    let started = std::time::Instant::now();
-    let mut pause = Duration::from_millis(250);
-    loop {
-        match op().await {
-            Err(e)
-                if hopper_sdk::outbox::is_transient(&e)
-                    && started.elapsed() + pause < TRANSFER_PATIENCE =>
-            {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Stores the bytes of `path` (stdin for `-`, through a temporary file) as a blob: its
 /// reference. A restart of the server meanwhile is ridden through.
 async fn upload(client: &Client, path: &std::path::Path) -> anyhow::Result<Value> {
@@ -226,9 +204,9 @@ async fn upload(client: &Client, path: &std::path::Path) -> anyhow::Result<Value
             .map_err(|e| exit::usage(format!("cannot make a temporary file for stdin: {e}")))?;
         std::io::copy(&mut std::io::stdin().lock(), &mut spooled)
             .map_err(|e| exit::usage(format!("cannot read the input's bytes from stdin: {e}")))?;
-        return Ok(patiently(|| client.blob_put_file(spooled.path())).await?);
+        return Ok(patiently(TRANSFER_PATIENCE, || client.blob_put_file(spooled.path())).await?);
     }
-    Ok(patiently(|| client.blob_put_file(path)).await?)
+    Ok(patiently(TRANSFER_PATIENCE, || client.blob_put_file(path)).await?)
 }
 
 /// Writes an output to `path`: a blob's bytes streamed from the server, inline bytes
@@ -247,12 +225,18 @@ async fn write_output(
                 // Through a temporary file, so that what reaches stdout is checked whole.
                 let spooled = tempfile::NamedTempFile::new()
                     .map_err(|e| exit::usage(format!("cannot make a temporary file: {e}")))?;
-                let n = patiently(|| client.blob_get_file(&only.digest, spooled.path())).await?;
+                let n = patiently(TRANSFER_PATIENCE, || {
+                    client.blob_get_file(&only.digest, spooled.path())
+                })
+                .await?;
                 let mut file = std::fs::File::open(spooled.path()).map_err(cannot)?;
                 std::io::copy(&mut file, &mut std::io::stdout().lock()).map_err(cannot)?;
                 return Ok(n);
             }
-            return Ok(patiently(|| client.blob_get_file(&only.digest, path)).await?);
+            return Ok(patiently(TRANSFER_PATIENCE, || {
+                client.blob_get_file(&only.digest, path)
+            })
+            .await?);
         }
     }
     let bytes = match value
