@@ -26,13 +26,14 @@ pub async fn chunk_put(conn: &mut Conn, p: BlobChunk) -> Result<(), StoreError> 
 
 pub async fn finish(conn: &mut Conn, p: BlobFinish) -> Result<bool, StoreError> {
     let done = crate::db::query(
-        "INSERT INTO blobs (digest, upload, size, created_at) VALUES ($1, $2, $3, $4)
+        "INSERT INTO blobs (digest, upload, size, created_at, location) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (digest) DO NOTHING",
     )
     .bind(&p.digest)
     .bind(&p.upload)
     .bind(p.size as i64)
     .bind(p.now)
+    .bind(p.location.as_deref())
     .execute(&mut *conn)
     .await
     .map_err(db_err)?;
@@ -97,7 +98,7 @@ pub async fn claim(
 
 pub async fn info(pool: &DbPool, digest: &str) -> Result<Option<BlobRow>, StoreError> {
     let row = crate::db::query(
-        "SELECT b.digest, b.size, b.created_at,
+        "SELECT b.digest, b.size, b.created_at, b.location,
                 (SELECT COUNT(*) FROM blob_chunks c WHERE c.upload = b.upload) AS chunks
            FROM blobs b WHERE b.digest = $1",
     )
@@ -113,7 +114,22 @@ pub async fn info(pool: &DbPool, digest: &str) -> Result<Option<BlobRow>, StoreE
         size: row.try_get::<i64, _>("size").map_err(db_err)?.max(0) as u64,
         chunks: row.try_get("chunks").map_err(db_err)?,
         created_at: row.try_get("created_at").map_err(db_err)?,
+        location: row.try_get("location").map_err(db_err)?,
     }))
+}
+
+pub async fn locations(pool: &DbPool, locations: Vec<String>) -> Result<Vec<String>, StoreError> {
+    let mut known = Vec::new();
+    for location in locations {
+        let named: Option<String> =
+            crate::db::query_scalar("SELECT location FROM blobs WHERE location = $1 LIMIT 1")
+                .bind(&location)
+                .fetch_optional(pool)
+                .await
+                .map_err(db_err)?;
+        known.extend(named);
+    }
+    Ok(known)
 }
 
 pub async fn chunk(pool: &DbPool, digest: &str, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {

@@ -414,6 +414,11 @@ impl Store for Backend {
             .await
     }
 
+    async fn blob_locations(&self, locations: Vec<String>) -> Result<Vec<String>, StoreError> {
+        self.read(move |db| Box::pin(async move { blobs::locations(db, locations).await }))
+            .await
+    }
+
     async fn blob_claim(
         &self,
         call_id: &CallId,

@@ -5,10 +5,19 @@
 //! damaged or gone before a worker fetches it fails the input at once, without retries; a blob
 //! over `--max-blob` is refused naming the setting and nothing is kept; a page of large results
 //! ends at its byte bound and the rest come from its cursor.
+//!
+//! With blobs in an S3-compatible bucket (`serve --blobs s3://bucket/prefix`, against moto's S3
+//! server, where `HOPPER_EXAMPLES_PYTHON` names a Python with `moto[server]`; `.ci/run` sets
+//! it): bytes go through the bucket, in parts, with nothing of them in the database; a second
+//! server on the same PostgreSQL database and bucket reads what the first stored; an object
+//! deleted from the bucket by hand fails its input once, saying so; a `kill -9` during an upload
+//! keeps what was acknowledged; the pruner deletes the objects no blob names and leaves other
+//! names alone; a bucket that is not there stops the server at start.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 mod common;
 
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -55,9 +64,10 @@ fn noise(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7919 % 251) as u8).collect()
 }
 
-async fn round_trip(server: &Server, dir: &std::path::Path) {
+/// `size` bytes spawned from a file through `pay.reverse`, and its output read back into a file.
+async fn round_trip(server: &Server, dir: &std::path::Path, size: usize) {
     let input = dir.join("in.bin");
-    let data = noise(5 * 1024 * 1024 + 17);
+    let data = noise(size);
     std::fs::write(&input, &data).unwrap();
     let out = cli(
         &server.url,
@@ -114,7 +124,7 @@ async fn bytes_from_a_file_reach_a_command_and_come_back_as_a_file() {
     std::fs::write(dir.path().join("reverse.py"), REVERSE_PY).unwrap();
     let m = manifest(dir.path(), APP);
     let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
-    round_trip(&server, dir.path()).await;
+    round_trip(&server, dir.path(), 5 * 1024 * 1024 + 17).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +147,7 @@ async fn bytes_round_trip_on_postgresql_with_blobs_in_the_database() {
                 m.to_str().unwrap(),
             ],
         );
-        round_trip(&server, dir.path()).await;
+        round_trip(&server, dir.path(), 5 * 1024 * 1024 + 17).await;
     }
     drop_test_schema(&url, &schema).await;
 }
@@ -272,7 +282,7 @@ async fn references_are_checked_and_a_blob_lost_before_its_worker_fails_the_inpu
         reference["$blob"].as_str().unwrap(),
         other_ref["$blob"].as_str().unwrap()
     );
-    let out = std::process::Command::new("python3")
+    let out = Command::new("python3")
         .args(["-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()"])
         .arg(&db)
         .arg(&sql)
@@ -341,7 +351,7 @@ async fn a_page_of_large_results_ends_at_its_byte_bound() {
 
 /// Rows of a table of the SQLite database at `db`.
 fn rows(db: &std::path::Path, table: &str) -> u64 {
-    let out = std::process::Command::new("python3")
+    let out = Command::new("python3")
         .args([
             "-c",
             "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT COUNT(*) FROM ' + sys.argv[2]).fetchone()[0])",
@@ -375,22 +385,7 @@ async fn a_server_killed_during_an_upload_keeps_what_it_acknowledged_and_prunes_
     assert_eq!(status, 201, "{call}");
     // An upload of 64 MiB that stops coming after 8: its chunks are in the database when the
     // server is killed.
-    let url = server.url.clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let sending = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{url}/v1/blobs"))
-            .header("content-type", "application/octet-stream")
-            .header("content-length", (64u64 << 20).to_string())
-            .body(reqwest::Body::wrap_stream(tokio_stream_of(rx)))
-            .send()
-            .await
-    });
-    for i in 0..8 {
-        tx.send(Ok(noise(1 << 20).into_iter().map(|b| b ^ i).collect()))
-            .await
-            .unwrap();
-    }
+    let (tx, sending) = upload_of_64mib_cut_after(&server.url, 8).await;
     let db = data.join("hopper.db");
     eventually(
         "the upload's chunks to be written",
@@ -426,6 +421,34 @@ async fn a_server_killed_during_an_upload_keeps_what_it_acknowledged_and_prunes_
     let id = call["id"].as_str().unwrap().parse().unwrap();
     let done = wait_done(&server.client(), &id, Duration::from_secs(60)).await;
     assert_eq!(done.state, CallState::Succeeded, "{done:?}");
+}
+
+/// An upload announced as 64 MiB of which `mib` MiB are sent: the sender that would send the
+/// rest (drop it to end the body short), and the request.
+async fn upload_of_64mib_cut_after(
+    url: &str,
+    mib: u8,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let url = url.to_string();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    let sending = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/blobs"))
+            .header("content-type", "application/octet-stream")
+            .header("content-length", (64u64 << 20).to_string())
+            .body(reqwest::Body::wrap_stream(tokio_stream_of(rx)))
+            .send()
+            .await
+    });
+    for i in 0..mib {
+        tx.send(Ok(noise(1 << 20).into_iter().map(|b| b ^ i).collect()))
+            .await
+            .unwrap();
+    }
+    (tx, sending)
 }
 
 /// A stream of the chunks `rx` receives.
@@ -485,7 +508,7 @@ async fn bytes_from_a_pipe_go_in_and_an_output_comes_out_on_stdout() {
     let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
     let data = noise(700_000);
     for source in ["-", "/dev/stdin"] {
-        let mut child = std::process::Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["spawn", "pay.reverse", "--input-bytes", source])
             .env("HOPPER_SERVER", &server.url)
             .env_remove("HOPPER_TOKEN")
@@ -523,4 +546,349 @@ async fn bytes_from_a_pipe_go_in_and_an_output_comes_out_on_stdout() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("is a folder"), "{}", stderr(&out));
+}
+
+// Blobs kept in an S3-compatible bucket (`serve --blobs s3://…`), against moto's S3 server.
+
+const BUCKET: &str = "hopper-blobs";
+const PREFIX: &str = "cluster-a/blobs";
+
+/// moto's S3 server on a free loopback port, stopped when dropped.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    async fn start(python: &str) -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let url = moto.endpoint.clone();
+        eventually("moto to listen", Duration::from_secs(60), || {
+            let url = url.clone();
+            async move { reqwest::get(&url).await.ok().map(|_| ()) }
+        })
+        .await;
+        let made = reqwest::Client::new()
+            .put(format!("{}/{BUCKET}", moto.endpoint))
+            .send()
+            .await
+            .unwrap();
+        assert!(made.status().is_success(), "{:?}", made.text().await);
+        moto
+    }
+
+    /// What `hopper serve` needs to reach the bucket.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    /// The keys in the bucket under `prefix`, with their sizes.
+    async fn objects(&self, prefix: &str) -> Vec<(String, u64)> {
+        let xml = reqwest::get(format!(
+            "{}/{BUCKET}?list-type=2&prefix={prefix}",
+            self.endpoint
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        xml.split("<Contents>")
+            .skip(1)
+            .map(|item| {
+                let field = |name: &str| {
+                    item.split(&format!("<{name}>"))
+                        .nth(1)
+                        .and_then(|rest| rest.split(&format!("</{name}>")).next())
+                        .unwrap()
+                        .to_string()
+                };
+                (field("Key"), field("Size").parse().unwrap())
+            })
+            .collect()
+    }
+
+    async fn put(&self, key: &str, body: &'static [u8]) {
+        let put = reqwest::Client::new()
+            .put(format!("{}/{BUCKET}/{key}", self.endpoint))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success());
+    }
+
+    async fn delete(&self, key: &str) {
+        let deleted = reqwest::Client::new()
+            .delete(format!("{}/{BUCKET}/{key}", self.endpoint))
+            // moto checks no signature, but refuses a deletion that names no credential.
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(deleted.status().is_success(), "{:?}", deleted.text().await);
+    }
+}
+
+fn start(moto: &Moto, data: &std::path::Path, args: &[&str]) -> Server {
+    let env = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let blobs = format!("s3://{BUCKET}/{PREFIX}/");
+    let mut all = vec!["--blobs", blobs.as_str()];
+    all.extend_from_slice(args);
+    Server::start_with_env(&env, data, &all)
+}
+
+async fn download(url: &str, reference: &Value) -> (u16, Vec<u8>) {
+    let response = reqwest::get(format!(
+        "{url}/v1/blobs/{}",
+        reference["$blob"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+fn moto_python() -> Option<String> {
+    let python = std::env::var("HOPPER_EXAMPLES_PYTHON").ok();
+    if python.is_none() {
+        // CI must not skip it.
+        assert!(
+            std::env::var_os("HOPPER_TEST_EXAMPLES").is_none(),
+            "HOPPER_TEST_EXAMPLES is set but HOPPER_EXAMPLES_PYTHON is not"
+        );
+        eprintln!("HOPPER_EXAMPLES_PYTHON is not set (a Python with moto[server]): skipped");
+    }
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_travel_through_the_bucket_and_the_pruner_keeps_it_to_what_blobs_name() {
+    let Some(python) = moto_python() else {
+        return;
+    };
+    let moto = Moto::start(&python).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reverse.py"), REVERSE_PY).unwrap();
+    let m = manifest(dir.path(), APP);
+    let data = dir.path().join("data");
+    let server = start(
+        &moto,
+        &data,
+        &["--retention", "8s", "--deploy", m.to_str().unwrap()],
+    );
+
+    // 20 MiB in (three parts of a multipart upload), reversed by a command, 20 MiB out.
+    let size = 20 * 1024 * 1024 + 3;
+    round_trip(&server, dir.path(), size).await;
+    // Both live in the bucket under the prefix, and none of them in the database.
+    let objects = moto.objects(PREFIX).await;
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    assert!(
+        objects
+            .iter()
+            .all(|(key, n)| key.starts_with(&format!("{PREFIX}/")) && *n == size as u64),
+        "{objects:?}"
+    );
+    assert_eq!(rows(&data.join("hopper.db"), "blob_chunks"), 0);
+
+    // The same bytes uploaded again: one object still.
+    let small = noise(300_000);
+    let (status, first) = upload(&server.url, small.clone()).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = upload(&server.url, small.clone()).await;
+    assert_eq!((status, &again), (200, &first));
+    let (status, read) = download(&server.url, &first).await;
+    assert!(status == 200 && read == small, "{status}");
+    assert_eq!(moto.objects(PREFIX).await.len(), 3);
+
+    // An object deleted from the bucket by hand: its input fails once, saying so.
+    let (_, lost) = upload(&server.url, noise(400_001)).await;
+    let before: Vec<String> = objects.iter().map(|(k, _)| k.clone()).collect();
+    let lost_key = moto
+        .objects(PREFIX)
+        .await
+        .into_iter()
+        .find(|(key, size)| *size == 400_001 && !before.contains(key))
+        .unwrap()
+        .0;
+    moto.delete(&lost_key).await;
+    let out = cli(
+        &server.url,
+        &["spawn", "pay.reverse", "--input", &lost.to_string()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lost_call = stdout(&out).trim().parse().unwrap();
+    let done = wait_done(&server.client(), &lost_call, Duration::from_secs(60)).await;
+    assert_eq!(done.state, CallState::Failed, "{done:?}");
+    let error = done.error.unwrap();
+    assert_eq!(error.code, "blob_corrupt", "{error:?}");
+    assert!(error.message.contains("gone from the bucket"), "{error:?}");
+    assert_eq!(done.attempts, 1, "no retry: it would find the same");
+
+    // What no blob names goes: a crash's object (an upload's name, nobody's row), and the
+    // unclaimed blobs past their grace; another tool's file under the prefix stays.
+    let stray = format!("{PREFIX}/0123456789abcdef0123456789abcdef");
+    moto.put(&stray, b"left by a crash").await;
+    let other = format!("{PREFIX}/README.txt");
+    moto.put(&other, b"not hopper's").await;
+    eventually(
+        "the pruner to delete the objects no blob names",
+        Duration::from_secs(60),
+        || async {
+            let keys: Vec<String> = moto
+                .objects(PREFIX)
+                .await
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            (keys == vec![other.clone()]).then_some(())
+        },
+    )
+    .await;
+    let (status, _) = download(&server.url, &first).await;
+    assert_eq!(status, 404, "the unclaimed blob is pruned with its object");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_upload_keeps_what_it_acknowledged_and_servers_share_the_bucket() {
+    let Some(python) = moto_python() else {
+        return;
+    };
+    let moto = Moto::start(&python).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reverse.py"), REVERSE_PY).unwrap();
+    let m = manifest(dir.path(), APP);
+    let pg = test_database();
+    let mut args: Vec<String> = vec![
+        "--no-workers".into(),
+        "--deploy".into(),
+        m.to_str().unwrap().into(),
+    ];
+    if let Some((url, schema)) = &pg {
+        args.extend([
+            "--database".into(),
+            url.clone(),
+            "--database-schema".into(),
+            schema.clone(),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let data = dir.path().join("data");
+    let mut server = start(&moto, &data, &args);
+    let kept = noise(9 * 1024 * 1024);
+    let (status, reference) = upload(&server.url, kept.clone()).await;
+    assert_eq!(status, 201, "{reference}");
+    let spawned = reqwest::Client::new()
+        .post(format!("{}/v1/functions/pay.reverse/calls", server.url))
+        .json(&json!({ "input": reference }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spawned.status().as_u16(), 201);
+    let call: Value = spawned.json().await.unwrap();
+
+    // 24 MiB of a 64 MiB upload sent (parts on their way to the bucket), then kill -9.
+    let (tx, sending) = upload_of_64mib_cut_after(&server.url, 24).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.kill9();
+    drop(tx);
+    let _ = sending.await;
+    assert_eq!(
+        moto.objects(PREFIX).await.len(),
+        1,
+        "only the acknowledged blob's object"
+    );
+
+    // Back up (and, on PostgreSQL, a second server beside it): the acknowledged blob is whole
+    // from either, and its call runs.
+    let server = start(&moto, &data, &args);
+    let second = pg
+        .as_ref()
+        .map(|_| start(&moto, &dir.path().join("data2"), &args));
+    for s in std::iter::once(&server).chain(second.as_ref()) {
+        let (status, read) = download(&s.url, &reference).await;
+        assert!(status == 200 && read == kept, "{status} from {}", s.url);
+    }
+    let _worker = worker(&server.url, "pay.reverse");
+    let id = call["id"].as_str().unwrap().parse().unwrap();
+    let done = wait_done(&server.client(), &id, Duration::from_secs(60)).await;
+    assert_eq!(done.state, CallState::Succeeded, "{done:?}");
+    drop(second);
+    drop(server);
+    if let Some((url, schema)) = pg {
+        drop_test_schema(&url, &schema).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_is_not_there_stops_the_server_at_start() {
+    let Some(python) = moto_python() else {
+        return;
+    };
+    let moto = Moto::start(&python).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hopper"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .args(["--blobs", "s3://no-such-bucket/x"])
+        .envs(moto.env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--blobs s3://no-such-bucket/x: cannot list"),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_hopper"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .args(["--blobs", "s3:/bucket"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("expected database or s3://bucket/prefix"),
+        "{}",
+        stderr(&out)
+    );
 }

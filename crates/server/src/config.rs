@@ -131,6 +131,9 @@ pub struct ServerConfig {
     /// Most bytes one blob may hold (`--max-blob`): a byte string or a payload stored apart
     /// from its input or output (`POST /v1/blobs`). Default 1 GiB.
     pub max_blob_bytes: u64,
+    /// Where blobs' bytes are kept (`--blobs`): `None`, the database (chunk rows), or an
+    /// S3-compatible bucket. Default the database.
+    pub blobs: Option<crate::objects::ObjectBlobs>,
     /// `serve --dev`: manifests given with `deploy` run from their live folder instead of a
     /// snapshot, so an edited file takes effect without a deploy. Default false.
     pub dev: bool,
@@ -179,6 +182,7 @@ impl Default for ServerConfig {
             secret_key_file: None,
             max_bundle_bytes: 256 * 1024 * 1024,
             max_blob_bytes: 1024 * 1024 * 1024,
+            blobs: None,
             dev: false,
             worker_cache_dir: None,
             data_dir: None,

@@ -33,6 +33,7 @@ pub mod events;
 pub mod listen;
 pub mod metrics;
 pub mod notifier;
+pub mod objects;
 pub mod provisioner;
 pub mod pruner;
 pub mod reaper;

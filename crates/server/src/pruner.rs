@@ -16,6 +16,9 @@ const BATCH: u32 = 500;
 const KEEP_VERSIONS: u32 = 10;
 /// A snapshot no version names yet is kept this long: its deploy may be on its way.
 const UPLOAD_GRACE_MS: i64 = 3_600_000;
+/// The least age of an object in the blob bucket that no blob names before it is deleted:
+/// between an upload's object being made whole and its row being written.
+const OBJECT_GRACE_MS: i64 = 5_000;
 
 pub struct Pruner {
     state: AppState,
@@ -73,6 +76,22 @@ impl Pruner {
             .await?;
         if blobs > 0 {
             tracing::info!(blobs, "pruned blobs no call refers to");
+        }
+        if let Some(objects) = &self.state.config.blobs {
+            // The objects of the blobs just pruned, and of uploads refused, broken off or cut
+            // by a crash: whatever no blob names. An object is made whole a moment before its
+            // row is written, so a young one is left for the next pass.
+            let before = self.state.now() - grace.max(OBJECT_GRACE_MS);
+            match objects.sweep(&*self.state.store, before).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(objects = deleted, bucket = %objects.url(), "deleted blob objects no blob names")
+                }
+                Err(crate::objects::SweepError::Store(e)) => return Err(e),
+                Err(crate::objects::SweepError::Bucket(why)) => {
+                    tracing::warn!(error = %why, "cannot sweep the blob bucket; the next pass tries again")
+                }
+            }
         }
         Ok(total)
     }

@@ -1,12 +1,14 @@
 -- Byte strings stored apart from the inputs and outputs that refer to them (`{"$blob":
 -- "sha256:…", "size": N}` in a payload), content-addressed by their SHA-256. An upload's
 -- bytes are written as chunks under its own id; the `blobs` row, written once the last chunk
--- is in, is what makes the blob exist.
+-- is in, is what makes the blob exist. A blob kept in an object store (`serve --blobs
+-- s3://…`) has no chunks: `location` is its object's URL (NULL: its chunks are here).
 CREATE TABLE blobs (
     digest TEXT PRIMARY KEY,
     upload TEXT NOT NULL,
     size BIGINT NOT NULL,
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    location TEXT
 );
 CREATE TABLE blob_chunks (
     upload TEXT NOT NULL,
@@ -25,3 +27,4 @@ CREATE TABLE blob_refs (
 );
 CREATE INDEX blob_refs_call ON blob_refs (call_id);
 CREATE INDEX blobs_upload ON blobs (upload);
+CREATE INDEX blobs_location ON blobs (location);

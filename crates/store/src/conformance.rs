@@ -4169,6 +4169,7 @@ pub async fn blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them(store
             upload: upload.into(),
             digest: digest.into(),
             size,
+            location: None,
             call,
             now,
         };
@@ -4329,4 +4330,37 @@ pub async fn blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them(store
     assert!(store.blob_info("sha256:kept").await.unwrap().is_none());
     assert!(store.blob_info("sha256:claimed").await.unwrap().is_none());
     assert!(store.blob_chunk("sha256:kept", 0).await.unwrap().is_none());
+
+    // A blob kept in an object store: no chunks, its object's URL; named until pruned.
+    let object = "s3://bucket/pre/u7".to_string();
+    let new = store
+        .blob_finish(BlobFinish {
+            location: Some(object.clone()),
+            ..finish("u7", "sha256:object", 3, None, T0)
+        })
+        .await
+        .unwrap();
+    assert!(new);
+    let info = store.blob_info("sha256:object").await.unwrap().unwrap();
+    assert_eq!((info.size, info.chunks), (3, 0));
+    assert_eq!(info.location.as_deref(), Some(object.as_str()));
+    let gone = "s3://bucket/pre/u8".to_string();
+    assert_eq!(
+        store
+            .blob_locations(vec![object.clone(), gone.clone()])
+            .await
+            .unwrap(),
+        vec![object.clone()]
+    );
+    store
+        .blob_prune(BlobPrune {
+            created_before: T0 + 50,
+        })
+        .await
+        .unwrap();
+    assert!(store
+        .blob_locations(vec![object, gone])
+        .await
+        .unwrap()
+        .is_empty());
 }

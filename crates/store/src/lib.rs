@@ -315,6 +315,11 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<(), StoreError>;
 
+    /// Which of these object URLs a stored blob's `location` names (see
+    /// [`BlobFinish::location`]): an object none names is an unfinished upload's or a pruned
+    /// blob's, for the pruner to delete.
+    async fn blob_locations(&self, locations: Vec<String>) -> Result<Vec<String>, StoreError>;
+
     /// Deletes what [`BlobPrune`] says; how many blobs.
     async fn blob_prune(&self, params: BlobPrune) -> Result<u64, StoreError>;
 }

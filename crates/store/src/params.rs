@@ -407,6 +407,9 @@ pub struct BlobFinish {
     /// `sha256:` and the 64 hex digits of the bytes.
     pub digest: String,
     pub size: u64,
+    /// Where the bytes are when they are not the upload's chunks: the URL of the object that
+    /// holds them (`s3://bucket/prefix/<upload>`, see `serve --blobs`). `None`: the chunks.
+    pub location: Option<String>,
     pub call: Option<CallId>,
     pub now: UnixMillis,
 }

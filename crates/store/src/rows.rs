@@ -386,7 +386,11 @@ pub struct BlobRow {
     pub digest: String,
     /// Its length in bytes.
     pub size: u64,
-    /// How many chunks hold it, read in order from 0 ([`crate::Store::blob_chunk`]).
+    /// How many chunks hold it, read in order from 0 ([`crate::Store::blob_chunk`]); 0 for
+    /// a blob kept in an object store.
     pub chunks: i64,
+    /// The URL of the object that holds it, for a blob kept in an object store (`serve
+    /// --blobs s3://…`); `None` for one whose chunks are in the database.
+    pub location: Option<String>,
     pub created_at: UnixMillis,
 }

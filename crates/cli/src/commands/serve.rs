@@ -135,6 +135,12 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             args.max_blob
         )),
     }
+    if args.blobs != "database" {
+        match hopper_server::objects::ObjectBlobs::from_url(&args.blobs) {
+            Ok(objects) => config.blobs = Some(objects),
+            Err(e) => faults.push(e),
+        }
+    }
     config.dev = args.dev;
     match args.machine.resolve() {
         Ok(machine) => config.machine = machine,
@@ -320,6 +326,12 @@ fn lock_data(data: &std::path::Path) -> anyhow::Result<std::fs::File> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<Code> {
     init_logging("info");
     let config = config(&args)?;
+    if let Some(objects) = &config.blobs {
+        objects
+            .check()
+            .await
+            .map_err(|e| exit::usage(format!("--blobs {}: {e}", objects.url())))?;
+    }
     let store = open_store(&args).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -1,6 +1,8 @@
 //! `/v1/blobs`: byte strings stored apart from the inputs and outputs that refer to them
 //! (`{"$blob": "sha256:…", "size": N}`, see [`hopper_core::blob`]). Uploads and downloads
-//! stream: the server holds one chunk (1 MiB) of a blob at a time, whatever its size.
+//! stream: the server holds one chunk (1 MiB) of a blob at a time, whatever its size, or, with
+//! `--blobs s3://…`, the parts of its object on their way to the bucket
+//! ([`crate::objects`]).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -91,26 +93,51 @@ async fn receive(
         return Err(too_large(n.to_string(), limit));
     }
     let upload = uuid::Uuid::new_v4().simple().to_string();
-    let (digest, size) = match take(state, req, &upload, limit).await {
+    let mut sink = match &state.config.blobs {
+        Some(objects) => Sink::Object(objects.upload(&upload)),
+        None => Sink::Chunks {
+            upload: upload.clone(),
+            pending: Vec::with_capacity(blob::CHUNK),
+            seq: 0,
+        },
+    };
+    let taken = take(state, req, &mut sink, limit).await;
+    let taken = match taken {
+        Ok(taken) => sink.finish(state).await.map(|location| (taken, location)),
+        Err(refused) => Err(refused),
+    };
+    let ((digest, size), location) = match taken {
         Ok(done) => done,
         Err(refused) => {
             // Nothing of a refused or broken-off upload is kept.
-            if let Err(e) = state.store.blob_discard(&upload).await {
-                tracing::warn!(error = %e, "cannot drop the chunks of an upload that did not finish; the pruner will");
-            }
+            sink_dropped(state, &upload).await;
             return Err(refused);
         }
     };
-    let new = state
+    let finished = state
         .store
         .blob_finish(BlobFinish {
             upload,
             digest: digest.clone(),
             size,
+            location: location.clone(),
             call,
             now: state.now(),
         })
-        .await?;
+        .await;
+    let new = match finished {
+        Ok(new) => new,
+        Err(e) => {
+            if let Some(location) = &location {
+                drop_object(state, location).await;
+            }
+            return Err(e.into());
+        }
+    };
+    if let (false, Some(location)) = (new, &location) {
+        // The same bytes were stored already: this upload's copy goes.
+        drop_object(state, location).await;
+    }
     let reference = BlobRef {
         digest,
         size,
@@ -135,18 +162,128 @@ fn too_large(size: String, limit: u64) -> ApiError {
     )
 }
 
-/// Reads an upload's body into chunks of `upload`, hashing it: its digest and size.
+/// Where an upload's bytes go: chunk rows of the database, or an object in a bucket.
+enum Sink {
+    Chunks {
+        upload: String,
+        pending: Vec<u8>,
+        seq: i64,
+    },
+    Object(crate::objects::Upload),
+    /// Finished or abandoned.
+    Done,
+}
+
+impl Sink {
+    async fn put(&mut self, state: &AppState, piece: axum::body::Bytes) -> Result<(), ApiError> {
+        match self {
+            Sink::Chunks {
+                upload,
+                pending,
+                seq,
+            } => {
+                let mut rest = &piece[..];
+                while !rest.is_empty() {
+                    let room = (blob::CHUNK - pending.len()).min(rest.len());
+                    pending.extend_from_slice(&rest[..room]);
+                    rest = &rest[room..];
+                    if pending.len() == blob::CHUNK {
+                        let data = std::mem::replace(pending, Vec::with_capacity(blob::CHUNK));
+                        write_chunk(state, upload, *seq, data).await?;
+                        *seq += 1;
+                    }
+                }
+                Ok(())
+            }
+            Sink::Object(object) => object.put(piece).await.map_err(bucket_unavailable),
+            Sink::Done => Ok(()),
+        }
+    }
+
+    /// Writes what is left: the object's URL, for an object.
+    async fn finish(&mut self, state: &AppState) -> Result<Option<String>, ApiError> {
+        match std::mem::replace(self, Sink::Done) {
+            Sink::Chunks {
+                upload,
+                pending,
+                seq,
+            } => {
+                if !pending.is_empty() {
+                    write_chunk(state, &upload, seq, pending).await?;
+                }
+                Ok(None)
+            }
+            Sink::Object(object) => {
+                let location = object.location().to_string();
+                object.finish().await.map_err(bucket_unavailable)?;
+                Ok(Some(location))
+            }
+            Sink::Done => Ok(None),
+        }
+    }
+
+    /// Drops what was sent of an upload that will not finish (its chunks go with
+    /// [`sink_dropped`]).
+    async fn abandon(&mut self) {
+        if let Sink::Object(object) = std::mem::replace(self, Sink::Done) {
+            object.abort().await;
+        }
+    }
+}
+
+/// Deletes what a refused or broken-off upload wrote: its chunks, or its object.
+async fn sink_dropped(state: &AppState, upload: &str) {
+    match &state.config.blobs {
+        Some(objects) => drop_object(state, &objects.location(upload)).await,
+        None => {
+            if let Err(e) = state.store.blob_discard(upload).await {
+                tracing::warn!(error = %e, "cannot drop the chunks of an upload that did not finish; the pruner will");
+            }
+        }
+    }
+}
+
+async fn drop_object(state: &AppState, location: &str) {
+    if let Some(objects) = &state.config.blobs {
+        if let Err(e) = objects.delete(location).await {
+            tracing::warn!(error = %e, "cannot delete the object of a blob upload that is not kept; the pruner will");
+        }
+    }
+}
+
+fn bucket_unavailable(why: String) -> ApiError {
+    tracing::warn!(error = %why, "the blob store did not take an upload");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "blob_store_unavailable",
+        format!("the blob was not stored: {why}; try again"),
+    )
+}
+
+/// Reads an upload's body into `sink`, hashing it: its digest and size. On an error, what
+/// the sink sent is dropped.
 async fn take(
     state: &AppState,
     req: Request,
-    upload: &str,
+    sink: &mut Sink,
+    limit: u64,
+) -> Result<(String, u64), ApiError> {
+    let taken = take_into(state, req, sink, limit).await;
+    if taken.is_err() {
+        sink.abandon().await;
+    }
+    taken
+}
+
+async fn take_into(
+    state: &AppState,
+    req: Request,
+    sink: &mut Sink,
     limit: u64,
 ) -> Result<(String, u64), ApiError> {
     let mut body = req.into_body().into_data_stream();
     let mut hasher = sha2::Sha256::new();
-    let mut pending: Vec<u8> = Vec::with_capacity(blob::CHUNK);
     let mut size = 0u64;
-    let mut seq = 0i64;
     // Each piece must come within the request timeout; the whole may take as long as it needs.
     let idle = state.config.request_timeout;
     loop {
@@ -172,20 +309,7 @@ async fn take(
             return Err(too_large(format!("{size} or more"), limit));
         }
         hasher.update(&piece);
-        let mut rest = &piece[..];
-        while !rest.is_empty() {
-            let room = (blob::CHUNK - pending.len()).min(rest.len());
-            pending.extend_from_slice(&rest[..room]);
-            rest = &rest[room..];
-            if pending.len() == blob::CHUNK {
-                let data = std::mem::replace(&mut pending, Vec::with_capacity(blob::CHUNK));
-                write_chunk(state, upload, seq, data).await?;
-                seq += 1;
-            }
-        }
-    }
-    if !pending.is_empty() {
-        write_chunk(state, upload, seq, pending).await?;
+        sink.put(state, piece).await?;
     }
     Ok((format!("sha256:{:x}", hasher.finalize()), size))
 }
@@ -215,6 +339,9 @@ async fn send(state: &AppState, digest: String) -> Result<Response, ApiError> {
         .blob_info(&digest)
         .await?
         .ok_or_else(|| unknown(&digest))?;
+    if let Some(location) = &info.location {
+        return send_object(state, &digest, location, info.size).await;
+    }
     // Every chunk but the last is full: a count that does not fit the size is a blob
     // damaged in the database, said before any byte is sent.
     let expected = info.size.div_ceil(blob::CHUNK as u64) as i64;
@@ -257,6 +384,49 @@ async fn send(state: &AppState, digest: String) -> Result<Response, ApiError> {
             (header::CONTENT_LENGTH, info.size.to_string()),
         ],
         Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A blob kept in a bucket: its object, streamed as the bucket sends it.
+async fn send_object(
+    state: &AppState,
+    digest: &str,
+    location: &str,
+    size: u64,
+) -> Result<Response, ApiError> {
+    let Some(objects) = &state.config.blobs else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "blob_store_unavailable",
+            format!("blob {digest} is kept at {location}, and this server was started without --blobs to reach it"),
+        ));
+    };
+    let body = match objects.read(location, size).await {
+        Ok(body) => body,
+        Err(crate::objects::ReadError::Damaged(why)) => {
+            tracing::error!(blob = %digest, error = %why, "a stored blob's object is damaged");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "blob_corrupt",
+                format!("blob {digest} is damaged: {why}"),
+            ));
+        }
+        Err(crate::objects::ReadError::Unavailable(why)) => {
+            tracing::warn!(blob = %digest, error = %why, "cannot read a blob's object");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "blob_store_unavailable",
+                format!("blob {digest} cannot be read now: {why}"),
+            ));
+        }
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        Body::from_stream(body),
     )
         .into_response())
 }

@@ -1,0 +1,356 @@
+//! Blobs kept in an S3-compatible bucket (`hopper serve --blobs s3://bucket/prefix`) instead
+//! of the database: one object per upload, `PREFIX/<upload id>`, written as the upload
+//! streams in (in parts of [`PART`] once it outgrows one), its URL recorded on the blob's row
+//! once it is whole. The database still says which blobs exist and which calls keep them;
+//! the bucket holds only bytes, so every server of a cluster given the same `--blobs` reads
+//! every blob, and workers never need the bucket's credentials (they fetch through a server).
+//!
+//! Credentials, region and endpoint come from the standard `AWS_*` variables
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` or
+//! `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` for another S3-compatible service,
+//! `AWS_ALLOW_HTTP=true` for one without TLS), or the machine's role, through the
+//! `object_store` crate.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use hopper_store::{Store, StoreError};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+
+/// The size of each part of a multipart upload (S3's least is 5 MiB); an upload smaller than
+/// one part is written with one request. At most [`PARTS_IN_FLIGHT`] parts are sent at once,
+/// so an upload holds at most that many parts in memory.
+pub const PART: usize = 8 * 1024 * 1024;
+/// Parts of one upload sent at the same time.
+pub const PARTS_IN_FLIGHT: usize = 2;
+/// How many object URLs the pruner asks the database about at once.
+const SWEEP_BATCH: usize = 500;
+
+/// An S3-compatible bucket and the prefix under which blobs' objects go.
+#[derive(Clone)]
+pub struct ObjectBlobs {
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    /// Without slashes at either end; may be empty.
+    prefix: String,
+}
+
+impl std::fmt::Debug for ObjectBlobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the client: its configuration holds the credentials.
+        write!(f, "ObjectBlobs({})", self.url())
+    }
+}
+
+/// Why a blob's bytes cannot be read from the bucket.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The object is not there, or does not hold the blob's size (damaged or deleted by hand).
+    #[error("{0}")]
+    Damaged(String),
+    /// The bucket did not answer as it should (unreachable, refused, a server error).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ObjectBlobs {
+    /// The bucket of `url` (`s3://bucket` or `s3://bucket/prefix`), reached with the
+    /// `AWS_*` variables of this process. Errors name what is wrong with `url`; nothing is
+    /// sent to the bucket yet (see [`ObjectBlobs::check`]).
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("--blobs {url:?}: expected database or s3://bucket/prefix"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !valid_bucket {
+            return Err(format!(
+                "--blobs {url:?}: {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, '-' and '.')"
+            ));
+        }
+        let prefix = prefix.trim_matches('/').to_string();
+        if prefix
+            .split('/')
+            .any(|part| part == "." || part == ".." || (part.is_empty() && !prefix.is_empty()))
+            || prefix.contains(['?', '#', '\\'])
+        {
+            return Err(format!(
+                "--blobs {url:?}: the prefix {prefix:?} holds an empty, '.' or '..' part, or one of ?#\\"
+            ));
+        }
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // `AWS_REGION` is the variable the AWS tools read first; object_store reads
+        // `AWS_DEFAULT_REGION`.
+        if let Ok(region) = std::env::var("AWS_REGION") {
+            builder = builder.with_region(region);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| format!("--blobs {url:?}: {e}"))?;
+        Ok(Self {
+            store: Arc::new(store),
+            bucket: bucket.to_string(),
+            prefix,
+        })
+    }
+
+    /// `s3://bucket/prefix`, as given to `--blobs` (without a trailing slash).
+    pub fn url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    /// The URL of the object an upload writes: `s3://bucket/prefix/<upload>`.
+    pub fn location(&self, upload: &str) -> String {
+        format!("{}/{upload}", self.url())
+    }
+
+    fn path(&self, name: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(name)
+        } else {
+            Path::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    /// The object of a blob row's `location`, if it is in this bucket under this prefix.
+    fn path_of(&self, location: &str) -> Option<Path> {
+        let name = location.strip_prefix(&format!("{}/", self.url()))?;
+        (!name.is_empty() && !name.contains('/')).then(|| self.path(name))
+    }
+
+    /// Lists the prefix once, so that a server whose bucket is wrong or unreachable says so
+    /// when it starts rather than at its first blob.
+    pub async fn check(&self) -> Result<(), String> {
+        let prefix = self.path("");
+        let mut list = self.store.list(Some(&prefix));
+        match list.next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(format!("cannot list {}: {e}", self.url())),
+        }
+    }
+
+    /// A writer for the object of `upload`: bytes given to it are sent in parts as they come.
+    pub fn upload(&self, upload: &str) -> Upload {
+        Upload {
+            store: self.store.clone(),
+            path: self.path(upload),
+            location: self.location(upload),
+            buffered: Vec::new(),
+            len: 0,
+            parts: None,
+        }
+    }
+
+    /// The bytes of the object at `location`, which must hold `size` of them, as a stream.
+    pub async fn read(
+        &self,
+        location: &str,
+        size: u64,
+    ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, ReadError> {
+        let path = self.path_of(location).ok_or_else(|| {
+            ReadError::Unavailable(format!(
+                "it is kept at {location}, outside this server's --blobs {}",
+                self.url()
+            ))
+        })?;
+        let got = self.store.get(&path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => {
+                ReadError::Damaged(format!("its object {location} is gone from the bucket"))
+            }
+            e => ReadError::Unavailable(format!("cannot read {location}: {e}")),
+        })?;
+        if got.meta.size != size {
+            return Err(ReadError::Damaged(format!(
+                "its object {location} holds {} bytes, not {size}",
+                got.meta.size
+            )));
+        }
+        Ok(got.into_stream().map_err(std::io::Error::other).boxed())
+    }
+
+    /// Deletes the object at `location`; one already gone is no error.
+    pub async fn delete(&self, location: &str) -> Result<(), String> {
+        let Some(path) = self.path_of(location) else {
+            return Ok(());
+        };
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(format!("cannot delete {location}: {e}")),
+        }
+    }
+
+    /// Deletes the objects under the prefix that no blob's row names and that were last
+    /// written before `before` (Unix ms): a pruned blob's, an upload's refused or broken off,
+    /// or one a server was killed during. How many.
+    pub async fn sweep(&self, store: &dyn Store, before: i64) -> Result<u64, SweepError> {
+        let prefix = self.path("");
+        let mut list = self.store.list(Some(&prefix));
+        let mut batch: Vec<String> = Vec::new();
+        let mut deleted = 0;
+        loop {
+            let next = list
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| SweepError::Bucket(format!("cannot list {}: {e}", self.url())))?;
+            if let Some(meta) = &next {
+                let name = meta.location.as_ref();
+                let name = name
+                    .strip_prefix(prefix.as_ref())
+                    .unwrap_or(name)
+                    .trim_start_matches('/');
+                // Only what an upload writes: one level, no other tool's files.
+                if !name.contains('/')
+                    && is_upload_name(name)
+                    && meta.last_modified.timestamp_millis() < before
+                {
+                    batch.push(self.location(name));
+                }
+            }
+            if batch.len() >= SWEEP_BATCH || (next.is_none() && !batch.is_empty()) {
+                let named = store
+                    .blob_locations(batch.clone())
+                    .await
+                    .map_err(SweepError::Store)?;
+                for location in batch.drain(..).filter(|l| !named.contains(l)) {
+                    self.delete(&location).await.map_err(SweepError::Bucket)?;
+                    deleted += 1;
+                }
+            }
+            if next.is_none() {
+                return Ok(deleted);
+            }
+        }
+    }
+}
+
+/// The object of one upload, written as its bytes come: kept in memory up to one [`PART`],
+/// then sent as a multipart upload, [`PARTS_IN_FLIGHT`] parts at a time.
+pub struct Upload {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    location: String,
+    /// What came before the upload outgrew one part.
+    buffered: Vec<Bytes>,
+    len: usize,
+    parts: Option<WriteMultipart>,
+}
+
+impl Upload {
+    /// The object's URL, for the blob's row.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Sends `bytes` on, waiting while [`PARTS_IN_FLIGHT`] parts are on their way.
+    pub async fn put(&mut self, bytes: Bytes) -> Result<(), String> {
+        if self.parts.is_none() {
+            self.len += bytes.len();
+            self.buffered.push(bytes);
+            if self.len < PART {
+                return Ok(());
+            }
+            let upload = self
+                .store
+                .put_multipart(&self.path)
+                .await
+                .map_err(|e| self.failed(e))?;
+            let mut parts = WriteMultipart::new_with_chunk_size(upload, PART);
+            for piece in self.buffered.drain(..) {
+                parts.put(piece);
+            }
+            self.parts = Some(parts);
+            return Ok(());
+        }
+        if let Some(parts) = &mut self.parts {
+            parts
+                .wait_for_capacity(PARTS_IN_FLIGHT)
+                .await
+                .map_err(|e| format!("cannot write {}: {e}", self.location))?;
+            parts.put(bytes);
+        }
+        Ok(())
+    }
+
+    /// Makes the object whole: it exists from here on.
+    pub async fn finish(self) -> Result<(), String> {
+        let done = match self.parts {
+            Some(parts) => parts.finish().await,
+            None => {
+                let payload: PutPayload = self.buffered.into_iter().collect();
+                self.store.put(&self.path, payload).await
+            }
+        };
+        done.map(|_| ())
+            .map_err(|e| format!("cannot write {}: {e}", self.location))
+    }
+
+    /// Drops what was sent of an upload that will not finish.
+    pub async fn abort(self) {
+        if let Some(parts) = self.parts {
+            if let Err(e) = parts.abort().await {
+                tracing::warn!(object = %self.location, error = %e, "cannot abort the multipart upload of a blob that did not finish; a lifecycle rule on the bucket removes its parts");
+            }
+        }
+    }
+
+    fn failed(&self, e: object_store::Error) -> String {
+        format!("cannot write {}: {e}", self.location)
+    }
+}
+
+/// An upload's id: 32 lowercase hex digits (a v4 UUID's simple form).
+fn is_upload_name(name: &str) -> bool {
+    name.len() == 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Why a sweep of the bucket stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("{0}")]
+    Bucket(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_the_bucket_and_prefix() {
+        let b = ObjectBlobs::from_url("s3://my-bucket/hopper/blobs/").unwrap();
+        assert_eq!(b.url(), "s3://my-bucket/hopper/blobs");
+        assert_eq!(b.location("ab"), "s3://my-bucket/hopper/blobs/ab");
+        assert!(b.path_of("s3://my-bucket/hopper/blobs/ab").is_some());
+        assert!(b.path_of("s3://my-bucket/hopper/other/ab").is_none());
+        assert!(b.path_of("s3://my-bucket/hopper/blobs/a/b").is_none());
+        let bare = ObjectBlobs::from_url("s3://bucket").unwrap();
+        assert_eq!(bare.location("x"), "s3://bucket/x");
+        assert!(format!("{bare:?}").contains("s3://bucket"));
+        for bad in [
+            "bucket",
+            "s3://",
+            "s3://B",
+            "s3://bucket/a//b",
+            "s3://bucket/../x",
+        ] {
+            let e = ObjectBlobs::from_url(bad).unwrap_err();
+            assert!(e.starts_with("--blobs"), "{bad}: {e}");
+        }
+    }
+}
