@@ -2,7 +2,7 @@
 //! written one transaction each, made a blob by one last row, and kept while a call refers
 //! to them.
 
-use crate::db::Row;
+use crate::db::{Connection, Row};
 use hopper_core::CallId;
 use hopper_store::{BlobChunk, BlobFinish, BlobPrune, BlobRow, StoreError};
 
@@ -10,6 +10,11 @@ use crate::dialect::{Conn, DbPool};
 use crate::map::db_err;
 
 pub async fn chunk_put(conn: &mut Conn, p: BlobChunk) -> Result<(), StoreError> {
+    // Without waiting for the disk: a chunk lost in a crash only fails an upload that was never
+    // acknowledged, and the upload's last write (`finish`, durable) flushes every chunk before
+    // it.
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    crate::dialect::relaxed_commit(&mut tx).await?;
     crate::db::query(
         "INSERT INTO blob_chunks (upload, seq, data, created_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (upload, seq) DO NOTHING",
@@ -18,9 +23,10 @@ pub async fn chunk_put(conn: &mut Conn, p: BlobChunk) -> Result<(), StoreError> 
     .bind(p.seq)
     .bind(p.data.as_slice())
     .bind(p.now)
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await
     .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
     Ok(())
 }
 

@@ -443,17 +443,17 @@ pub struct ServeArgs {
     /// SDKs use for anything over 256 KiB.
     #[arg(long, default_value = "1GiB")]
     pub max_blob: String,
-    /// Where blobs' bytes are kept: `database` (chunks in the SQLite file or in PostgreSQL), or
-    /// an S3-compatible bucket, `s3://bucket/prefix`, reached with the AWS_* variables
-    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
-    /// Give every server of a cluster the same.
+    /// Where blobs' bytes are kept: `files` (in DATA/blobs; SQLite only), `database` (chunks in
+    /// the SQLite file or in PostgreSQL), or an S3-compatible bucket, `s3://bucket/prefix`,
+    /// reached with the AWS_* variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP). Give every server of a cluster the same. Default:
+    /// files with SQLite, database with PostgreSQL.
     #[arg(
         long,
         env = "HOPPER_BLOBS",
-        default_value = "database",
-        value_name = "database|s3://BUCKET/PREFIX"
+        value_name = "files|database|s3://BUCKET/PREFIX"
     )]
-    pub blobs: String,
+    pub blobs: Option<String>,
     /// Time between SIGTERM and SIGKILL for a command over its timeout.
     #[arg(long, default_value = "5s")]
     pub kill_grace: String,

@@ -45,6 +45,19 @@ retries = 2
 command = ["python3", "-c", "import sys; n = int(sys.stdin.read()); print('\"' + 'x' * n + '\"')"]
 [functions.make]
 command = ["python3", "make.py"]
+[functions.late]
+command = ["python3", "late.py"]
+"#;
+
+/// Writes its input's text to a file in `HOPPER_BLOB_DIR`, waits its input's seconds, and names
+/// the file as its output.
+const LATE_PY: &str = r#"
+import json, os, sys, time
+n = json.load(sys.stdin)
+out = os.path.join(os.environ["HOPPER_BLOB_DIR"], "late")
+open(out, "w").write("waited %d s" % n)
+time.sleep(n)
+print(json.dumps({"$blob": None, "path": out}))
 "#;
 
 /// Writes `input` MiB to a file in `HOPPER_BLOB_DIR` and names it as its output.
@@ -123,8 +136,37 @@ async fn bytes_from_a_file_reach_a_command_and_come_back_as_a_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("reverse.py"), REVERSE_PY).unwrap();
     let m = manifest(dir.path(), APP);
-    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--deploy", m.to_str().unwrap()]);
     round_trip(&server, dir.path(), 5 * 1024 * 1024 + 17).await;
+    // With SQLite, blobs are files of the data folder by default: the input and the output.
+    assert_eq!(left(&data, "files"), (2, 0));
+    assert_eq!(left(&data, "database"), (0, 0));
+    // A file cut short behind the server's back: the blob is damaged, and said to be.
+    let (_, reference) = upload(&server.url, noise(300_001)).await;
+    let file = std::fs::read_dir(data.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().len() == 300_001)
+        .unwrap();
+    std::fs::write(&file, b"short").unwrap();
+    let response = reqwest::get(format!(
+        "{}/v1/blobs/{}",
+        server.url,
+        reference["$blob"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "blob_corrupt", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("holds 5 bytes, not 300001"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,6 +227,8 @@ async fn references_are_checked_and_a_blob_lost_before_its_worker_fails_the_inpu
         &data_dir,
         &[
             "--no-workers",
+            "--blobs",
+            "database",
             "--max-blob",
             "3MiB",
             "--deploy",
@@ -364,14 +408,40 @@ fn rows(db: &std::path::Path, table: &str) -> u64 {
     stdout(&out).trim().parse().unwrap()
 }
 
+/// What an upload left in the data folder: chunk rows (`--blobs database`), or files of
+/// `DATA/blobs`, whole and partial (a cut multipart upload's, `<upload>#<part>`).
+fn left(data: &std::path::Path, blobs: &str) -> (u64, u64) {
+    if blobs == "database" {
+        return (rows(&data.join("hopper.db"), "blob_chunks"), 0);
+    }
+    let names: Vec<String> = std::fs::read_dir(data.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let partial = names.iter().filter(|n| n.contains('#')).count() as u64;
+    (names.len() as u64 - partial, partial)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_during_an_upload_keeps_what_it_acknowledged_and_prunes_the_rest() {
+    killed_during_an_upload("database").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_an_upload_to_files_keeps_what_it_acknowledged_and_prunes_the_rest()
+{
+    killed_during_an_upload("files").await;
+}
+
+async fn killed_during_an_upload(blobs: &str) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("reverse.py"), REVERSE_PY).unwrap();
     let m = manifest(dir.path(), APP);
     let data = dir.path().join("data");
     let args = [
         "--no-workers",
+        "--blobs",
+        blobs,
         "--retention",
         "2s",
         "--deploy",
@@ -383,14 +453,18 @@ async fn a_server_killed_during_an_upload_keeps_what_it_acknowledged_and_prunes_
     let (_, reference) = upload(&server.url, kept.clone()).await;
     let (status, call) = spawn_raw(&server.url, "pay.reverse", reference.clone()).await;
     assert_eq!(status, 201, "{call}");
-    // An upload of 64 MiB that stops coming after 8: its chunks are in the database when the
-    // server is killed.
-    let (tx, sending) = upload_of_64mib_cut_after(&server.url, 8).await;
-    let db = data.join("hopper.db");
+    // Acknowledged: 4 chunks, or 1 file.
+    let whole = if blobs == "database" { 4 } else { 1 };
+    // An upload of 64 MiB that stops coming after 24: its chunks are in the database (or its
+    // parts in a partial file) when the server is killed.
+    let (tx, sending) = upload_of_64mib_cut_after(&server.url, 24).await;
     eventually(
         "the upload's chunks to be written",
         Duration::from_secs(30),
-        || async { (rows(&db, "blob_chunks") >= 4 + 6).then_some(()) },
+        || async {
+            let (done, partial) = left(&data, blobs);
+            (done >= whole + 6 || partial > 0).then_some(())
+        },
     )
     .await;
     server.kill9();
@@ -403,7 +477,7 @@ async fn a_server_killed_during_an_upload_keeps_what_it_acknowledged_and_prunes_
     eventually(
         "the half upload to be pruned",
         Duration::from_secs(30),
-        || async { (rows(&db, "blob_chunks") == 4).then_some(()) },
+        || async { (left(&data, blobs) == (whole, 0)).then_some(()) },
     )
     .await;
     let fetched = reqwest::get(format!(
@@ -469,14 +543,13 @@ async fn a_server_killed_while_a_worker_stores_an_output_loses_and_fails_nothing
     let mut server = Server::start(&data, &["--no-workers", "--deploy", m.to_str().unwrap()]);
     let url = server.url.clone();
     let _worker = worker(&url, "pay.make");
-    let db = data.join("hopper.db");
     let (status, call) = spawn_raw(&url, "pay.make", json!(64)).await;
     assert_eq!(status, 201, "{call}");
-    // The worker is storing the output (its chunks are arriving): the server dies.
+    // The worker is storing the output (its parts are arriving): the server dies.
     eventually(
         "the output's upload to start",
         Duration::from_secs(60),
-        || async { (rows(&db, "blob_chunks") >= 2).then_some(()) },
+        || async { (left(&data, "files").1 > 0).then_some(()) },
     )
     .await;
     server.kill9();
@@ -498,6 +571,39 @@ async fn a_server_killed_while_a_worker_stores_an_output_loses_and_fails_nothing
         json!(expected),
         "the bytes the function wrote"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_of_two_servers_on_one_machine_keep_their_attempts_files_apart() {
+    // Input 1's attempt 1 on each server: the same name. The first still runs when the second
+    // ends, and the second's end must not remove the first's output file.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("late.py"), LATE_PY).unwrap();
+    let m = manifest(dir.path(), APP);
+    let args = ["--no-workers", "--deploy", m.to_str().unwrap()];
+    let first = Server::start(&dir.path().join("data1"), &args);
+    let second = Server::start(&dir.path().join("data2"), &args);
+    let _workers = [
+        worker(&first.url, "pay.late"),
+        worker(&second.url, "pay.late"),
+    ];
+    let (_, slow) = spawn_raw(&first.url, "pay.late", json!(4)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, fast) = spawn_raw(&second.url, "pay.late", json!(0)).await;
+    for (server, call, text) in [
+        (&second, &fast, "waited 0 s"),
+        (&first, &slow, "waited 4 s"),
+    ] {
+        let id = call["id"].as_str().unwrap().parse().unwrap();
+        let done = wait_done(&server.client(), &id, Duration::from_secs(60)).await;
+        assert_eq!(done.state, CallState::Succeeded, "{done:?}");
+        let output = done.output.unwrap();
+        let (status, bytes) = download(&server.url, &output).await;
+        assert_eq!(
+            (status, String::from_utf8(bytes).unwrap()),
+            (200, text.to_string())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -887,7 +993,7 @@ async fn a_bucket_that_is_not_there_stops_the_server_at_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("expected database or s3://bucket/prefix"),
+        stderr(&out).contains("expected files, database or s3://bucket/prefix"),
         "{}",
         stderr(&out)
     );

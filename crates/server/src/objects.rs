@@ -1,9 +1,11 @@
-//! Blobs kept in an S3-compatible bucket (`hopper serve --blobs s3://bucket/prefix`) instead
-//! of the database: one object per upload, `PREFIX/<upload id>`, written as the upload
-//! streams in (in parts of [`PART`] once it outgrows one), its URL recorded on the blob's row
-//! once it is whole. The database still says which blobs exist and which calls keep them;
-//! the bucket holds only bytes, so every server of a cluster given the same `--blobs` reads
-//! every blob, and workers never need the bucket's credentials (they fetch through a server).
+//! Blobs kept as objects instead of chunk rows: in files of the data folder (`hopper serve
+//! --blobs files`, SQLite's default: `DATA/blobs/<upload id>`) or in an S3-compatible bucket
+//! (`--blobs s3://bucket/prefix`: `PREFIX/<upload id>`). One object per upload, written as
+//! the upload streams in (in parts of [`PART`] once it outgrows one), its URL recorded on the
+//! blob's row once it is whole (and, for a file, on the disk). The database still says which
+//! blobs exist and which calls keep them; a bucket holds only bytes, so every server of a
+//! cluster given the same `--blobs` reads every blob, and workers never need the bucket's
+//! credentials (they fetch through a server).
 //!
 //! Credentials, region and endpoint come from the standard `AWS_*` variables
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` or
@@ -30,19 +32,26 @@ pub const PARTS_IN_FLIGHT: usize = 2;
 /// How many object URLs the pruner asks the database about at once.
 const SWEEP_BATCH: usize = 500;
 
-/// An S3-compatible bucket and the prefix under which blobs' objects go.
+/// Where blobs' objects go: an S3-compatible bucket and a prefix in it, or a folder.
 #[derive(Clone)]
 pub struct ObjectBlobs {
     store: Arc<dyn ObjectStore>,
-    bucket: String,
-    /// Without slashes at either end; may be empty.
+    /// What objects' URLs start with: `s3://bucket[/prefix]`, or [`FOLDER_URL`].
+    base: String,
+    /// Within the store, without slashes at either end; may be empty.
     prefix: String,
+    /// The folder, for blobs kept in files.
+    folder: Option<std::path::PathBuf>,
 }
+
+/// The URL of the data folder's `blobs` folder in blobs' rows (`files:blobs/<upload>`), so
+/// that a data folder moved elsewhere keeps its blobs.
+pub const FOLDER_URL: &str = "files:blobs";
 
 impl std::fmt::Debug for ObjectBlobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the client: its configuration holds the credentials.
-        write!(f, "ObjectBlobs({})", self.url())
+        write!(f, "ObjectBlobs({})", self.describe())
     }
 }
 
@@ -62,9 +71,9 @@ impl ObjectBlobs {
     /// `AWS_*` variables of this process. Errors name what is wrong with `url`; nothing is
     /// sent to the bucket yet (see [`ObjectBlobs::check`]).
     pub fn from_url(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| format!("--blobs {url:?}: expected database or s3://bucket/prefix"))?;
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            format!("--blobs {url:?}: expected files, database or s3://bucket/prefix")
+        })?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let valid_bucket = (3..=63).contains(&bucket.len())
             && bucket
@@ -94,25 +103,46 @@ impl ObjectBlobs {
         let store = builder
             .build()
             .map_err(|e| format!("--blobs {url:?}: {e}"))?;
+        let base = if prefix.is_empty() {
+            format!("s3://{bucket}")
+        } else {
+            format!("s3://{bucket}/{prefix}")
+        };
         Ok(Self {
             store: Arc::new(store),
-            bucket: bucket.to_string(),
+            base,
             prefix,
+            folder: None,
         })
     }
 
-    /// `s3://bucket/prefix`, as given to `--blobs` (without a trailing slash).
-    pub fn url(&self) -> String {
-        if self.prefix.is_empty() {
-            format!("s3://{}", self.bucket)
-        } else {
-            format!("s3://{}/{}", self.bucket, self.prefix)
+    /// Files in `folder` (the data folder's `blobs`), made if it is not there.
+    pub fn in_folder(folder: &std::path::Path) -> Result<Self, String> {
+        let failed =
+            |e: &dyn std::fmt::Display| format!("cannot use {} for blobs: {e}", folder.display());
+        std::fs::create_dir_all(folder).map_err(|e| failed(&e))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(folder)
+            .map_err(|e| failed(&e))?;
+        Ok(Self {
+            store: Arc::new(store),
+            base: FOLDER_URL.to_string(),
+            prefix: String::new(),
+            folder: Some(folder.to_path_buf()),
+        })
+    }
+
+    /// Where blobs go, for people: `s3://bucket/prefix`, or the folder's path.
+    pub fn describe(&self) -> String {
+        match &self.folder {
+            Some(folder) => folder.display().to_string(),
+            None => self.base.clone(),
         }
     }
 
-    /// The URL of the object an upload writes: `s3://bucket/prefix/<upload>`.
+    /// The URL of the object an upload writes: `s3://bucket/prefix/<upload>` or
+    /// `files:blobs/<upload>`.
     pub fn location(&self, upload: &str) -> String {
-        format!("{}/{upload}", self.url())
+        format!("{}/{upload}", self.base)
     }
 
     fn path(&self, name: &str) -> Path {
@@ -125,7 +155,7 @@ impl ObjectBlobs {
 
     /// The object of a blob row's `location`, if it is in this bucket under this prefix.
     fn path_of(&self, location: &str) -> Option<Path> {
-        let name = location.strip_prefix(&format!("{}/", self.url()))?;
+        let name = location.strip_prefix(&format!("{}/", self.base))?;
         (!name.is_empty() && !name.contains('/')).then(|| self.path(name))
     }
 
@@ -136,7 +166,7 @@ impl ObjectBlobs {
         let mut list = self.store.list(Some(&prefix));
         match list.next().await {
             None | Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(format!("cannot list {}: {e}", self.url())),
+            Some(Err(e)) => Err(format!("cannot list {}: {e}", self.describe())),
         }
     }
 
@@ -146,6 +176,7 @@ impl ObjectBlobs {
             store: self.store.clone(),
             path: self.path(upload),
             location: self.location(upload),
+            file: self.folder.as_ref().map(|folder| folder.join(upload)),
             buffered: Vec::new(),
             len: 0,
             parts: None,
@@ -161,9 +192,12 @@ impl ObjectBlobs {
         let path = self.path_of(location).ok_or_else(|| {
             ReadError::Unavailable(format!(
                 "it is kept at {location}, outside this server's --blobs {}",
-                self.url()
+                self.describe()
             ))
         })?;
+        if let Some(folder) = &self.folder {
+            return read_file(&folder.join(path.as_ref()), location, size).await;
+        }
         let got = self.store.get(&path).await.map_err(|e| match e {
             object_store::Error::NotFound { .. } => {
                 ReadError::Damaged(format!("its object {location} is gone from the bucket"))
@@ -199,11 +233,10 @@ impl ObjectBlobs {
         let mut batch: Vec<String> = Vec::new();
         let mut deleted = 0;
         loop {
-            let next = list
-                .next()
-                .await
-                .transpose()
-                .map_err(|e| SweepError::Bucket(format!("cannot list {}: {e}", self.url())))?;
+            let next =
+                list.next().await.transpose().map_err(|e| {
+                    SweepError::Bucket(format!("cannot list {}: {e}", self.describe()))
+                })?;
             if let Some(meta) = &next {
                 let name = meta.location.as_ref();
                 let name = name
@@ -229,9 +262,38 @@ impl ObjectBlobs {
                 }
             }
             if next.is_none() {
-                return Ok(deleted);
+                return Ok(deleted + self.sweep_staging(before));
             }
         }
+    }
+
+    /// In a folder, the partial files of uploads a crash cut (`<upload>#<n>`, which listing
+    /// leaves out) last written before `before`: how many were deleted.
+    fn sweep_staging(&self, before: i64) -> u64 {
+        let Some(folder) = &self.folder else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir(folder) else {
+            return 0;
+        };
+        let mut deleted = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let staged = name
+                .to_str()
+                .and_then(|n| n.split_once('#'))
+                .is_some_and(|(upload, _)| is_upload_name(upload));
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|t| (t.as_millis() as i64) < before);
+            if staged && old && std::fs::remove_file(entry.path()).is_ok() {
+                deleted += 1;
+            }
+        }
+        deleted
     }
 }
 
@@ -241,6 +303,8 @@ pub struct Upload {
     store: Arc<dyn ObjectStore>,
     path: Path,
     location: String,
+    /// For a blob kept in a file: the file, made durable when the upload finishes.
+    file: Option<std::path::PathBuf>,
     /// What came before the upload outgrew one part.
     buffered: Vec<Bytes>,
     len: usize,
@@ -292,8 +356,16 @@ impl Upload {
                 self.store.put(&self.path, payload).await
             }
         };
-        done.map(|_| ())
-            .map_err(|e| format!("cannot write {}: {e}", self.location))
+        done.map_err(|e| format!("cannot write {}: {e}", self.location))?;
+        if let Some(file) = self.file {
+            // On the disk before the blob's row says it exists: a power cut keeps both or
+            // neither.
+            tokio::task::spawn_blocking(move || durable(&file))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|done| done)?;
+        }
+        Ok(())
     }
 
     /// Drops what was sent of an upload that will not finish.
@@ -307,6 +379,71 @@ impl Upload {
 
     fn failed(&self, e: object_store::Error) -> String {
         format!("cannot write {}: {e}", self.location)
+    }
+}
+
+/// How much of a file a download reads at a time.
+const READ: usize = 1024 * 1024;
+
+/// A blob's file, read [`READ`] bytes at a time (object_store's own reads take 8 KiB).
+async fn read_file(
+    file: &std::path::Path,
+    location: &str,
+    size: u64,
+) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, ReadError> {
+    use tokio::io::AsyncReadExt;
+    let opened = match tokio::fs::File::open(file).await {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ReadError::Damaged(format!(
+                "its file {} is gone",
+                file.display()
+            )))
+        }
+        Err(e) => {
+            return Err(ReadError::Unavailable(format!(
+                "cannot read {}: {e}",
+                file.display()
+            )))
+        }
+    };
+    let held = opened
+        .metadata()
+        .await
+        .map_err(|e| ReadError::Unavailable(format!("cannot read {}: {e}", file.display())))?
+        .len();
+    if held != size {
+        return Err(ReadError::Damaged(format!(
+            "its object {location} holds {held} bytes, not {size}"
+        )));
+    }
+    // After an error, the stream ends.
+    let chunks = futures_util::stream::unfold(Some(opened), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; READ];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok(chunks.boxed())
+}
+
+/// Flushes `file` and the folder that names it to the disk.
+fn durable(file: &std::path::Path) -> Result<(), String> {
+    let sync = |path: &std::path::Path| {
+        std::fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("cannot flush {} to the disk: {e}", path.display()))
+    };
+    sync(file)?;
+    match file.parent() {
+        Some(folder) => sync(folder),
+        None => Ok(()),
     }
 }
 
@@ -334,7 +471,7 @@ mod tests {
     #[test]
     fn urls_name_the_bucket_and_prefix() {
         let b = ObjectBlobs::from_url("s3://my-bucket/hopper/blobs/").unwrap();
-        assert_eq!(b.url(), "s3://my-bucket/hopper/blobs");
+        assert_eq!(b.describe(), "s3://my-bucket/hopper/blobs");
         assert_eq!(b.location("ab"), "s3://my-bucket/hopper/blobs/ab");
         assert!(b.path_of("s3://my-bucket/hopper/blobs/ab").is_some());
         assert!(b.path_of("s3://my-bucket/hopper/other/ab").is_none());

@@ -85,7 +85,7 @@ impl Pruner {
             match objects.sweep(&*self.state.store, before).await {
                 Ok(0) => {}
                 Ok(deleted) => {
-                    tracing::info!(objects = deleted, bucket = %objects.url(), "deleted blob objects no blob names")
+                    tracing::info!(objects = deleted, store = %objects.describe(), "deleted blob objects no blob names")
                 }
                 Err(crate::objects::SweepError::Store(e)) => return Err(e),
                 Err(crate::objects::SweepError::Bucket(why)) => {

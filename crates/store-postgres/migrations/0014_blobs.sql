@@ -17,6 +17,9 @@ CREATE TABLE blob_chunks (
     created_at BIGINT NOT NULL,
     PRIMARY KEY (upload, seq)
 );
+-- Out of line and never compressed: a blob is bytes the user has (audio, images, Parquet),
+-- rarely compressible, and trying costs a pass over each chunk.
+ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 -- Which calls refer to which blobs: a blob is kept while a call that refers to it is, and
 -- pruned once none does (and it is older than the upload grace).
 CREATE TABLE blob_refs (

@@ -35,7 +35,11 @@ use serde_json::Value;
 pub struct Blobs {
     client: Client,
     worker: WorkerId,
-    /// Attempts' folders of fetched blobs, and `out/` for what processes write.
+    /// The folder all workers of the machine share (`<cache>/blobs`).
+    root: PathBuf,
+    /// This worker process's own under it, `worker-<pid>`: attempts' folders of fetched
+    /// blobs, and `out/` for what processes write. Its own, because attempts' names
+    /// (`INPUT-ATTEMPT`) are one server's: two workers of two servers have the same.
     dir: PathBuf,
 }
 
@@ -49,10 +53,14 @@ impl Drop for AttemptBlobs {
 }
 
 impl Blobs {
-    pub fn new(client: Client, worker: WorkerId, dir: PathBuf) -> Self {
+    /// Blobs kept under `root` (shared with the machine's other workers), in a folder of this
+    /// process's own.
+    pub fn new(client: Client, worker: WorkerId, root: PathBuf) -> Self {
+        let dir = root.join(format!("worker-{}", std::process::id()));
         Self {
             client,
             worker,
+            root,
             dir,
         }
     }
@@ -69,7 +77,7 @@ impl Blobs {
 
     /// The `HOPPER_BLOB_DIR` of this worker's `serve` processes, shared by their inputs.
     pub fn serve_out(&self) -> PathBuf {
-        self.out_dir().join(format!("serve-{}", std::process::id()))
+        self.out_dir().join("serve")
     }
 
     /// Creates a command attempt's output folder; removed (with what is left in it) when the
@@ -80,8 +88,9 @@ impl Blobs {
         Some(AttemptBlobs(folder))
     }
 
-    /// Removes what workers that are gone left here: `serve` output folders of processes that
-    /// no longer run, and attempts' folders a day old (a worker killed mid-attempt).
+    /// Removes what workers that are gone left in the shared folder: the folders of worker
+    /// processes that no longer run (one killed mid-attempt), and anything else there a day
+    /// old.
     pub fn sweep(&self) {
         let old = |path: &Path| {
             std::fs::metadata(path)
@@ -90,24 +99,22 @@ impl Blobs {
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > Duration::from_secs(24 * 3600))
         };
-        for folder in [self.dir.clone(), self.out_dir()] {
-            let Ok(entries) = std::fs::read_dir(&folder) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let path = entry.path();
-                let gone = match name.strip_prefix("serve-") {
-                    Some(pid) => {
-                        pid.parse::<u32>()
-                            .is_ok_and(|pid| pid != std::process::id())
-                            && !Path::new(&format!("/proc/{pid}")).exists()
-                    }
-                    None => name != "out" && old(&path),
-                };
-                if gone {
-                    let _ = std::fs::remove_dir_all(&path);
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let gone = match name.strip_prefix("worker-") {
+                Some(pid) => {
+                    pid.parse::<u32>()
+                        .is_ok_and(|pid| pid != std::process::id())
+                        && !Path::new(&format!("/proc/{pid}")).exists()
                 }
+                None => old(&path),
+            };
+            if gone {
+                let _ = std::fs::remove_dir_all(&path);
             }
         }
     }

@@ -135,11 +135,23 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
             args.max_blob
         )),
     }
-    if args.blobs != "database" {
-        match hopper_server::objects::ObjectBlobs::from_url(&args.blobs) {
+    let postgres = args.database.is_some();
+    match args.blobs.as_deref() {
+        Some("database") => {}
+        Some("files") if postgres => faults.push(
+            "--blobs files: the blobs would be in this server's --data folder, which the other servers of a PostgreSQL cluster cannot read; use database or s3://bucket/prefix".to_string(),
+        ),
+        None if postgres => {}
+        Some("files") | None => {
+            match hopper_server::objects::ObjectBlobs::in_folder(&args.data.join("blobs")) {
+                Ok(objects) => config.blobs = Some(objects),
+                Err(e) => faults.push(format!("--blobs files: {e}")),
+            }
+        }
+        Some(url) => match hopper_server::objects::ObjectBlobs::from_url(url) {
             Ok(objects) => config.blobs = Some(objects),
             Err(e) => faults.push(e),
-        }
+        },
     }
     config.dev = args.dev;
     match args.machine.resolve() {
@@ -330,7 +342,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<Code> {
         objects
             .check()
             .await
-            .map_err(|e| exit::usage(format!("--blobs {}: {e}", objects.url())))?;
+            .map_err(|e| exit::usage(format!("--blobs {}: {e}", objects.describe())))?;
     }
     let store = open_store(&args).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
