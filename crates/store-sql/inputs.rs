@@ -72,7 +72,9 @@ pub async fn failed_list(
 ) -> Result<Vec<FailedInputRow>, StoreError> {
     let mut q = QueryBuilder::new("");
     push_failed_list_query(&mut q, &p);
-    let rows = q.build().fetch_all(pool).await.map_err(db_err)?;
+    let rows = crate::db::fetch_until(q.build(), pool, errors_up_to(p.max_bytes))
+        .await
+        .map_err(db_err)?;
     rows.iter()
         .map(|row| {
             Ok(FailedInputRow {
@@ -87,6 +89,24 @@ pub async fn failed_list(
             })
         })
         .collect()
+}
+
+/// For [`crate::db::fetch_until`]: whether the rows so far hold `max` bytes of errors' JSON
+/// (never, without a bound).
+fn errors_up_to(max: Option<usize>) -> impl FnMut(&crate::dialect::DbRow) -> bool {
+    let mut bytes = 0usize;
+    move |row| {
+        let Some(max) = max else {
+            return false;
+        };
+        let size = row
+            .try_get::<Option<String>, _>("error")
+            .ok()
+            .flatten()
+            .map_or(0, |t| t.len());
+        bytes = bytes.saturating_add(size);
+        bytes >= max
+    }
 }
 
 /// The calls that re-run inputs of `calls`, oldest first (the index of re-runs).
@@ -1359,7 +1379,9 @@ pub async fn attempt_list(pool: &DbPool, p: AttemptList) -> Result<Vec<AttemptRo
     if let Some(after) = p.after_index {
         q = q.bind(after);
     }
-    let rows = q.fetch_all(pool).await.map_err(db_err)?;
+    let rows = crate::db::fetch_until(q, pool, errors_up_to(p.max_bytes))
+        .await
+        .map_err(db_err)?;
     rows.iter()
         .map(|row| {
             Ok(AttemptRow {

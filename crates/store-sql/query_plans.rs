@@ -312,6 +312,7 @@ pub async fn check(store: &dyn Store, write: &DbPool, read: &DbPool) {
                 index: None,
                 after_index: None,
                 limit: 200,
+                max_bytes: None,
             })
             .await
             .unwrap();

@@ -47,6 +47,9 @@ command = ["python3", "-c", "import sys; n = int(sys.stdin.read()); print('\"' +
 command = ["python3", "make.py"]
 [functions.late]
 command = ["python3", "late.py"]
+[functions.loud]
+command = ["sh", "-c", "for i in 1 2 3 4 5; do head -c 15000 /dev/zero | tr '\\0' x >&2; echo >&2; done; exit 3"]
+retries = 1
 "#;
 
 /// Writes its input's text to a file in `HOPPER_BLOB_DIR`, waits its input's seconds, and names
@@ -391,6 +394,85 @@ async fn a_page_of_large_results_ends_at_its_byte_bound() {
         pages.iter().all(|n| *n <= 6),
         "no page holds much more than 16 MiB: {pages:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_failed_inputs_and_of_attempts_end_at_their_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), APP);
+    let server = Server::start(&dir.path().join("data"), &["--deploy", m.to_str().unwrap()]);
+    let client = server.client();
+    // 400 inputs, each failing twice with 64 KiB of stderr in its error: 800 attempts of 50 MiB
+    // of errors in all, 400 failed inputs of 25 MiB.
+    let inputs: Vec<Value> = (0..400).map(|i| json!(i)).collect();
+    let call = client
+        .map_start(
+            "pay.loud",
+            &hopper_core::api::MapRequest {
+                inputs,
+                done: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let call = wait_done(&client, &call.id, Duration::from_secs(300)).await;
+    assert_eq!(call.inputs.failed, 400, "{call:?}");
+    let get = |path: String| {
+        let url = format!("{}{path}", server.url);
+        async move { reqwest::get(url).await.unwrap() }
+    };
+
+    // Failed inputs, 1,000 a page at most: cut by bytes, each page with a cursor on.
+    let mut cursor = String::new();
+    let mut pages = Vec::new();
+    loop {
+        let page: Value = get(format!("/v1/inputs?call={}&limit=1000{cursor}", call.id))
+            .await
+            .json()
+            .await
+            .unwrap();
+        pages.push(page["inputs"].as_array().unwrap().len());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+        assert!(pages.len() < 20, "{pages:?}");
+    }
+    assert_eq!(pages.iter().sum::<usize>(), 400, "{pages:?}");
+    assert!(pages.len() >= 2 && pages[0] < 400, "{pages:?}");
+
+    // Attempts, 10,000 a page at most: cut at a whole input, the next page linked.
+    let mut path = format!("/v1/calls/{}/attempts?limit=10000", call.id);
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let response = get(path.clone()).await;
+        let link = response
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().unwrap().to_string());
+        let page: Vec<Value> = response.json().await.unwrap();
+        seen.extend(
+            page.iter()
+                .map(|a| (a["index"].as_i64().unwrap(), a["attempt"].as_i64().unwrap())),
+        );
+        pages += 1;
+        let Some(link) = link else { break };
+        path = link
+            .strip_prefix('<')
+            .and_then(|l| l.split_once(">; rel=\"next\""))
+            .unwrap()
+            .0
+            .to_string();
+        assert!(pages < 20, "{link}");
+    }
+    let expected: Vec<(i64, i64)> = (0..400).flat_map(|i| [(i, 1), (i, 2)]).collect();
+    assert_eq!(
+        seen, expected,
+        "every attempt once, in order, over {pages} pages"
+    );
+    assert!(pages >= 2, "{pages} page(s)");
 }
 
 /// Rows of a table of the SQLite database at `db`.

@@ -911,6 +911,7 @@ fn all_attempts(call: &CallId) -> AttemptList {
         index: None,
         after_index: None,
         limit: 1_000,
+        max_bytes: None,
     }
 }
 
@@ -3075,6 +3076,7 @@ pub async fn attempts_are_listed_by_input_up_to_a_limit(store: Arc<dyn Store>) {
         index,
         after_index: None,
         limit,
+        max_bytes: None,
     };
     let all = store.attempt_list(list(None, 100)).await.unwrap();
     assert_eq!(
@@ -3275,6 +3277,12 @@ pub async fn failed_inputs_are_found_across_calls_and_reruns_name_what_they_reru
         ..all.clone()
     };
     assert_eq!(list(after_first).await, newest_first[1..]);
+    // A page bounded by bytes ends after the row that fills it.
+    let small = FailedInputList {
+        max_bytes: Some(1),
+        ..all.clone()
+    };
+    assert_eq!(list(small).await, newest_first[..1]);
     // A map's first failed input is its lowest failed index, whenever it failed.
     let first = store.input_first_failed(&map.id).await.unwrap().unwrap();
     assert_eq!(first.index, 0);

@@ -174,6 +174,9 @@ pub struct FailedInputList {
     /// Only failures older than this one: `(finished_at, input row id)` of the last read.
     pub before: Option<(UnixMillis, i64)>,
     pub limit: u32,
+    /// With a bound, the page ends after the row that brings its errors' JSON to this many
+    /// bytes, however few rows that is.
+    pub max_bytes: Option<usize>,
 }
 
 /// Per-function statistics slots since a time, optionally of one app or function.
@@ -195,6 +198,9 @@ pub struct AttemptList {
     /// Only the attempts of inputs after this index (the next page of a map's attempts).
     pub after_index: Option<i64>,
     pub limit: u32,
+    /// With a bound, the page ends after the row that brings its errors' JSON to this many
+    /// bytes, however few rows that is (which may be part way through an input's attempts).
+    pub max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone)]

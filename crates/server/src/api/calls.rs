@@ -809,7 +809,8 @@ pub async fn attempts(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<AttemptQuery>,
-) -> Result<Json<Vec<AttemptView>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let id = parse_id(&id)?;
     let limit = q.limit.unwrap_or(1_000);
     if !(1..=10_000).contains(&limit) {
@@ -821,16 +822,47 @@ pub async fn attempts(
     non_negative("index", q.index)?;
     non_negative("after", q.after)?;
     load(&state, &id).await?;
-    let rows = state
+    let mut rows = state
         .store
         .attempt_list(AttemptList {
-            call_id: id,
+            call_id: id.clone(),
             index: q.index,
             after_index: q.after,
             limit,
+            max_bytes: Some(super::PAGE_BYTES),
         })
         .await?;
-    Ok(Json(rows.iter().map(views::attempt).collect()))
+    // A page the store may have cut at its byte bound (measured again here as JSON, a little
+    // off the stored text: past half the bound counts) ends at a whole input, and says where
+    // the next starts. A page of one input (`index`) is that input's attempts, bounded by its
+    // retries.
+    let bytes: usize = rows
+        .iter()
+        .filter_map(|row| row.error.as_ref())
+        .map(|e| serde_json::to_string(e).map_or(0, |t| t.len()))
+        .sum();
+    let mut next = None;
+    if q.index.is_none() && bytes >= super::PAGE_BYTES / 2 {
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            let (first, last) = (first.index, last.index);
+            if first != last {
+                rows.retain(|row| row.index != last);
+            }
+            let after = rows.last().map_or(last, |row| row.index);
+            next = Some(format!(
+                "</v1/calls/{id}/attempts?after={after}&limit={limit}>; rel=\"next\""
+            ));
+        }
+    }
+    let page = Json(
+        rows.iter()
+            .map(views::attempt)
+            .collect::<Vec<AttemptView>>(),
+    );
+    Ok(match next {
+        Some(link) => ([(axum::http::header::LINK, link)], page).into_response(),
+        None => page.into_response(),
+    })
 }
 
 #[derive(Deserialize)]

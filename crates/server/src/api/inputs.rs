@@ -94,8 +94,22 @@ fn select(
             until: until.map(|t| time_bound(state, "until", t)).transpose()?,
             before: None,
             limit,
+            max_bytes: Some(super::PAGE_BYTES),
         },
     })
+}
+
+/// Whether a page of failed inputs has more after it: it holds more than `limit` rows, or it
+/// may have ended at its byte bound. The errors are measured again here, as JSON that may
+/// differ a little from the stored text: a page past half the bound gets a cursor (at worst
+/// one more request, which finds nothing), so one the store cut never goes without.
+fn more_after(rows: &[FailedInputRow], limit: u32) -> bool {
+    let bytes: usize = rows
+        .iter()
+        .filter_map(|row| row.error.as_ref())
+        .map(|e| serde_json::to_string(e).map_or(0, |t| t.len()))
+        .sum();
+    rows.len() > limit as usize || bytes >= super::PAGE_BYTES / 2
 }
 
 /// A page's cursor: the last input's failure time and row id.
@@ -133,7 +147,7 @@ pub async fn list(
     selection.list.before = q.cursor.as_deref().map(parse_cursor).transpose()?;
     selection.list.limit = limit + 1;
     let mut rows = state.store.input_failed_list(selection.list).await?;
-    let more = rows.len() > limit as usize;
+    let more = more_after(&rows, limit);
     rows.truncate(limit as usize);
     let reruns = reruns_of(&state, &call_ids(&rows)).await?;
     let inputs = rows
@@ -228,7 +242,7 @@ pub async fn rerun(
     selection.list.before = ask.cursor.as_deref().map(parse_cursor).transpose()?;
     selection.list.limit = limit + 1;
     let mut rows = state.store.input_failed_list(selection.list).await?;
-    let more = rows.len() > limit as usize;
+    let more = more_after(&rows, limit);
     rows.truncate(limit as usize);
     let earlier = reruns_of(&state, &call_ids(&rows)).await?;
     // A failed input that is itself a re-run stands for its original input only while it is
