@@ -356,18 +356,7 @@ async fn a_page_of_large_results_ends_at_its_byte_bound() {
     let client = server.client();
     // 24 outputs of 3 MiB: 72 MiB of results, at most 16 MiB (plus one) in a page.
     let inputs: Vec<Value> = (0..24).map(|_| json!(3 * 1024 * 1024)).collect();
-    let call = client
-        .map_start(
-            "pay.big",
-            &hopper_core::api::MapRequest {
-                inputs,
-                done: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let call = wait_done(&client, &call.id, Duration::from_secs(120)).await;
+    let call = map_to_its_end(&client, "pay.big", inputs).await;
     assert_eq!(call.state, CallState::Succeeded, "{call:?}");
     let mut after = -1;
     let mut pages = Vec::new();
@@ -405,18 +394,7 @@ async fn pages_of_failed_inputs_and_of_attempts_end_at_their_byte_bound() {
     // 400 inputs, each failing twice with 64 KiB of stderr in its error: 800 attempts of 50 MiB
     // of errors in all, 400 failed inputs of 25 MiB.
     let inputs: Vec<Value> = (0..400).map(|i| json!(i)).collect();
-    let call = client
-        .map_start(
-            "pay.loud",
-            &hopper_core::api::MapRequest {
-                inputs,
-                done: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let call = wait_done(&client, &call.id, Duration::from_secs(300)).await;
+    let call = map_to_its_end(&client, "pay.loud", inputs).await;
     assert_eq!(call.inputs.failed, 400, "{call:?}");
     let get = |path: String| {
         let url = format!("{}{path}", server.url);
@@ -473,6 +451,26 @@ async fn pages_of_failed_inputs_and_of_attempts_end_at_their_byte_bound() {
         "every attempt once, in order, over {pages} pages"
     );
     assert!(pages >= 2, "{pages} page(s)");
+}
+
+/// A map of `inputs` through `function`, once it has ended.
+async fn map_to_its_end(
+    client: &hopper_sdk::Client,
+    function: &str,
+    inputs: Vec<Value>,
+) -> hopper_core::api::CallView {
+    let call = client
+        .map_start(
+            function,
+            &hopper_core::api::MapRequest {
+                inputs,
+                done: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_done(client, &call.id, Duration::from_secs(300)).await
 }
 
 /// Rows of a table of the SQLite database at `db`.
