@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,9 +39,16 @@ KWARGS_KEY = "$kwargs"
 
 
 def _inline_max() -> int:
+    text = os.environ.get("HOPPER_INLINE_MAX", "").strip()
+    if not text:
+        return 256 * 1024
     try:
-        return max(0, int(os.environ.get("HOPPER_INLINE_MAX", "")))
+        return max(0, int(text))
     except ValueError:
+        warnings.warn(
+            f"HOPPER_INLINE_MAX={text!r} is not a number of bytes; using 262144 (256 KiB)",
+            stacklevel=2,
+        )
         return 256 * 1024
 
 

@@ -143,3 +143,18 @@ def test_a_blob_over_the_servers_limit_is_refused_naming_it(tmp_path: Any) -> No
         assert srv.get("/v1/calls")["calls"] == []
     finally:
         srv.stop()
+
+
+def test_an_inline_bound_that_is_not_a_number_is_said_and_the_default_kept() -> None:
+    import subprocess
+    import sys
+
+    probe = "import hopper._codec as c; print(c.INLINE_MAX)"
+    env = {**os.environ, "HOPPER_INLINE_MAX": "256k"}
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(256 * 1024)
+    assert "HOPPER_INLINE_MAX='256k' is not a number of bytes" in r.stderr, r.stderr
+    env["HOPPER_INLINE_MAX"] = "4096"
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert (r.stdout.strip(), r.stderr) == ("4096", "")
