@@ -922,6 +922,9 @@ class Client:
                 self._fail_over(at)
                 await asyncio.sleep(self._backoff(attempt))
                 continue
+            if _codec.BLOB_KEY.encode() in response.content:
+                # Refers to blobs: fetched in a thread, off the event loop.
+                return await asyncio.to_thread(self._check, response)
             return self._check(response)
         raise ConnectionError(", ".join(self.servers), last or "no answer", self._server_hint)
 
@@ -1172,13 +1175,47 @@ def _encode_inputs(
     return (_encode_input(tuple(x) if several else (x,), {}, f"{what} {i}", put) for i, x in enumerate(items))
 
 
+class _NeedsBlob(Exception):
+    """Raised by the ``put`` of an encoding on the event loop: the input holds bytes to store
+    as a blob, an upload to make in a thread."""
+
+
+def _no_put(data: bytes) -> dict[str, Any]:
+    raise _NeedsBlob
+
+
+async def _aencode_input(args: tuple[Any, ...], kwargs: dict[str, Any], what: str, put: _codec.Put) -> str:
+    """:func:`_encode_input` without holding up the event loop: encoded on it, unless the input
+    needs a blob stored; then encoded again in a thread, which makes the upload."""
+    try:
+        return _encode_input(args, kwargs, what, _no_put)
+    except _NeedsBlob:
+        return await asyncio.to_thread(_encode_input, args, kwargs, what, put)
+
+
+async def _aencode_inputs(
+    iterables: tuple[Iterable[Any], ...], what: str, put: _codec.Put
+) -> AsyncIterator[str]:
+    """:func:`_encode_inputs` with :func:`_aencode_input`: the iterables are read on the event
+    loop, and only blob uploads leave it."""
+    items: Iterable[Any] = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
+    several = len(iterables) > 1
+    for i, x in enumerate(items):
+        yield await _aencode_input(tuple(x) if several else (x,), {}, f"{what} {i}", put)
+
+
 def _spawn_many_args(
     inputs: Iterable[Any], keys: Iterable[str] | None, put: _codec.Put | None = None
 ) -> tuple[list[str], list[str]]:
     """A bulk spawn's encoded inputs and their keys (given, or new ones)."""
     texts = list(_encode_inputs((inputs,), "spawn_many input", put))
+    return texts, _spawn_many_keys(texts, keys)
+
+
+def _spawn_many_keys(texts: list[str], keys: Iterable[str] | None) -> list[str]:
+    """The keys of a bulk spawn of ``texts``: those given, checked, or new ones."""
     if keys is None:
-        return texts, [f"py-{uuid.uuid4()}" for _ in texts]
+        return [f"py-{uuid.uuid4()}" for _ in texts]
     if isinstance(keys, (str, bytes)):
         raise ValueError("idempotency_keys is one key per input (a list of strings), not one string")
     given = list(keys)
@@ -1189,7 +1226,7 @@ def _spawn_many_args(
     for i, k in enumerate(given):
         if not isinstance(k, str) or not k:
             raise ValueError(f"idempotency_keys[{i}] must be a non-empty string, not {k!r}")
-    return texts, given
+    return given
 
 
 class Function:
@@ -1334,7 +1371,7 @@ class Function:
         call = await client._arun(
             _spawn_plan(
                 self.name,
-                _encode_input(args, kwargs, put=client._put_blob),
+                await _aencode_input(args, kwargs, "the input", client._put_blob),
                 key=self._idempotency_key,
                 start=self._start,
             )
@@ -1376,7 +1413,8 @@ class Function:
     ) -> list[FunctionCall]:
         client = self.client
         self._one_call_only("spawn_many")
-        texts, keys = _spawn_many_args(inputs, idempotency_keys, client._put_blob)
+        texts = [t async for t in _aencode_inputs((inputs,), "spawn_many input", client._put_blob)]
+        keys = _spawn_many_keys(texts, idempotency_keys)
         ids = await client._arun(_spawn_many_plan(self.name, texts, keys, self._start))
         return [FunctionCall(i, client) for i in ids]
 
@@ -1402,7 +1440,10 @@ class Function:
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
         client = self.client
         plan = _remote_plan(
-            self.name, _encode_input(args, kwargs, put=client._put_blob), self._idempotency_key, self._start
+            self.name,
+            await _aencode_input(args, kwargs, "the input", client._put_blob),
+            self._idempotency_key,
+            self._start,
         )
         return _codec.decode(await client._arun(plan))
 
@@ -1500,7 +1541,7 @@ class Function:
             async def encode_async() -> AsyncIterator[str]:
                 i = 0
                 async for x in source:
-                    yield _encode_input((x,), {}, f"map input {i}", self.client._put_blob)
+                    yield await _aencode_input((x,), {}, f"map input {i}", self.client._put_blob)
                     i += 1
 
             encoded: Iterator[str] | AsyncIterator[str] = encode_async()
@@ -1508,7 +1549,7 @@ class Function:
             sync_items = [i for i in iterables if isinstance(i, Iterable)]
             if len(sync_items) != len(iterables):
                 raise TypeError("map.aio zips several iterables only when none is async")
-            encoded = _encode_inputs(tuple(sync_items), "map input", self.client._put_blob)
+            encoded = _aencode_inputs(tuple(sync_items), "map input", self.client._put_blob)
         shown = _Progress(self.name, _total(iterables), progress)
         return self._astream(
             encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding, shown
@@ -1545,10 +1586,13 @@ class Function:
         max_outstanding: int = 10_000,
         progress: bool | None = None,
     ) -> AsyncIterator[Any]:
-        encoded = (
-            _encode_input(tuple(x), {}, f"starmap input {i}", self.client._put_blob)
-            for i, x in enumerate(items)
-        )
+        put = self.client._put_blob
+
+        async def encode() -> AsyncIterator[str]:
+            for i, x in enumerate(items):
+                yield await _aencode_input(tuple(x), {}, f"starmap input {i}", put)
+
+        encoded = encode()
         shown = _Progress(self.name, _total((items,)), progress)
         return self._astream(
             encoded, order_outputs, return_exceptions, False, chunk_size, max_outstanding, shown
@@ -1585,7 +1629,7 @@ class Function:
         max_outstanding: int = 10_000,
         progress: bool | None = None,
     ) -> None:
-        encoded = _encode_inputs(iterables, "map input", self.client._put_blob)
+        encoded = _aencode_inputs(iterables, "map input", self.client._put_blob)
         shown = _Progress(self.name, _total(iterables), progress)
         async for _ in self._astream(
             encoded, False, ignore_exceptions, True, chunk_size, max_outstanding, shown

@@ -143,3 +143,78 @@ def test_an_input_over_the_inline_limit_goes_through_the_async_client_as_a_blob(
         return await call.get.aio(timeout=60)
 
     assert asyncio.run(round_trip()) == "x" * 12_000_000
+
+
+def test_blob_transfers_leave_the_event_loop_free() -> None:
+    """A large argument's upload and a large output's download are made in a thread: other
+    tasks on the loop go on meanwhile (here, against a stand-in server that takes 1.5 s to
+    answer each transfer)."""
+    import hashlib
+    import http.server
+    import json
+    import threading
+
+    import hopper
+
+    data = b"\x00\x01" * (300 * 1024)  # over the 256 KiB inline bound: a blob
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    reference = {"$blob": digest, "size": len(data)}
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            pass
+
+        def answer(self, status: int, body: bytes, kind: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            sent = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.path == "/v1/blobs":
+                assert sent == data
+                time.sleep(1.5)
+                self.answer(201, json.dumps(reference).encode())
+            else:
+                assert digest in sent.decode(), sent  # the spawn refers to the blob
+                call = {"id": "hc-01M97Q0000000000000000000", "state": "succeeded", "output": reference}
+                self.answer(201, json.dumps(call).encode())
+
+        def do_GET(self) -> None:
+            assert self.path == "/v1/blobs/" + digest, self.path
+            time.sleep(1.5)
+            self.answer(200, data, "application/octet-stream")
+
+    stand_in = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=stand_in.serve_forever, daemon=True).start()
+    try:
+        client = hopper.Client(server=f"http://127.0.0.1:{stand_in.server_port}")
+        f = hopper.Function.from_name("a.f", client=client)
+
+        async def main() -> tuple[Any, float]:
+            gaps: list[float] = []
+            done = asyncio.Event()
+
+            async def tick() -> None:
+                last = time.monotonic()
+                while not done.is_set():
+                    await asyncio.sleep(0.02)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            ticker = asyncio.create_task(tick())
+            try:
+                out = await f.remote.aio(data)
+            finally:
+                done.set()
+                await ticker
+            return out, max(gaps)
+
+        out, longest = asyncio.run(main())
+        assert out == data
+        assert longest < 1.0, f"the loop stood still for {longest:.2f} s"
+    finally:
+        stand_in.shutdown()
