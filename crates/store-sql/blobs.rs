@@ -31,35 +31,111 @@ pub async fn chunk_put(conn: &mut Conn, p: BlobChunk) -> Result<(), StoreError> 
 }
 
 pub async fn finish(conn: &mut Conn, p: BlobFinish) -> Result<bool, StoreError> {
-    let done = crate::db::query(
-        "INSERT INTO blobs (digest, upload, size, created_at, location) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (digest) DO NOTHING",
-    )
-    .bind(&p.digest)
-    .bind(&p.upload)
-    .bind(p.size as i64)
-    .bind(p.now)
-    .bind(p.location.as_deref())
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    let new = done.rows_affected() > 0;
-    if !new {
-        // Stored already (the same bytes uploaded before): this upload's copy goes, and the
-        // stored blob's grace starts again, as for a new upload (the spawn that will refer to
-        // it may be on its way).
-        discard(conn, p.upload.clone()).await?;
-        crate::db::query("UPDATE blobs SET created_at = $2 WHERE digest = $1 AND created_at < $2")
+    let mut tx = conn.begin().await.map_err(db_err)?;
+    let stored = crate::db::query("SELECT upload, location FROM blobs WHERE digest = $1")
+        .bind(&p.digest)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let new = stored.is_none();
+    match stored {
+        None => {
+            crate::db::query(
+                "INSERT INTO blobs (digest, upload, size, created_at, location) VALUES ($1, $2, $3, $4, $5)",
+            )
             .bind(&p.digest)
+            .bind(&p.upload)
+            .bind(p.size as i64)
             .bind(p.now)
-            .execute(&mut *conn)
+            .bind(p.location.as_deref())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        Some(row) => {
+            // Stored already (the same bytes uploaded before): this upload's copy, just
+            // checked against the digest, takes the stored one's place, so an upload repairs a
+            // copy damaged or lost since; and the blob's grace starts again, as for a new
+            // upload (the spawn that will refer to it may be on its way).
+            let old_upload: String = row.try_get("upload").map_err(db_err)?;
+            let old_location: Option<String> = row.try_get("location").map_err(db_err)?;
+            crate::db::query(
+                "UPDATE blobs SET upload = $2, location = $3,
+                        created_at = CASE WHEN created_at < $4 THEN $4 ELSE created_at END
+                  WHERE digest = $1",
+            )
+            .bind(&p.digest)
+            .bind(&p.upload)
+            .bind(p.location.as_deref())
+            .bind(p.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if old_upload != p.upload {
+                match old_location {
+                    // Deleted after the grace: a download may be reading it.
+                    Some(old) => object_leaves(&mut tx, &old, p.now).await?,
+                    None => discard(&mut tx, old_upload).await?,
+                }
+            }
+        }
+    }
+    if let Some(location) = &p.location {
+        // A blob's now: no longer an upload under way.
+        crate::db::query("DELETE FROM blob_objects WHERE location = $1")
+            .bind(location)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?;
     }
     if let Some(call) = &p.call {
-        claim_one(conn, call, &p.digest, p.now).await?;
+        claim_one(&mut tx, call, &p.digest, p.now).await?;
     }
+    tx.commit().await.map_err(db_err)?;
     Ok(new)
+}
+
+/// Records that the object at `location` is nobody's blob (from `since`): the pruner deletes
+/// it once it is past the grace.
+async fn object_leaves(conn: &mut Conn, location: &str, since: i64) -> Result<(), StoreError> {
+    crate::db::query(
+        "INSERT INTO blob_objects (location, created_at) VALUES ($1, $2)
+         ON CONFLICT (location) DO NOTHING",
+    )
+    .bind(location)
+    .bind(since)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub async fn object_begin(conn: &mut Conn, location: String, now: i64) -> Result<(), StoreError> {
+    object_leaves(conn, &location, now).await
+}
+
+pub async fn objects_due(
+    pool: &DbPool,
+    before: i64,
+    limit: u32,
+) -> Result<Vec<String>, StoreError> {
+    crate::db::query_scalar(
+        "SELECT location FROM blob_objects WHERE created_at < $1 ORDER BY created_at LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(db_err)
+}
+
+pub async fn object_gone(conn: &mut Conn, location: String) -> Result<(), StoreError> {
+    crate::db::query("DELETE FROM blob_objects WHERE location = $1")
+        .bind(&location)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
 }
 
 pub async fn discard(conn: &mut Conn, upload: String) -> Result<(), StoreError> {
@@ -124,20 +200,6 @@ pub async fn info(pool: &DbPool, digest: &str) -> Result<Option<BlobRow>, StoreE
     }))
 }
 
-pub async fn locations(pool: &DbPool, locations: Vec<String>) -> Result<Vec<String>, StoreError> {
-    let mut known = Vec::new();
-    for location in locations {
-        let named: Option<String> =
-            crate::db::query_scalar("SELECT location FROM blobs WHERE location = $1 LIMIT 1")
-                .bind(&location)
-                .fetch_optional(pool)
-                .await
-                .map_err(db_err)?;
-        known.extend(named);
-    }
-    Ok(known)
-}
-
 pub async fn chunk(pool: &DbPool, digest: &str, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
     crate::db::query_scalar(
         "SELECT c.data FROM blobs b JOIN blob_chunks c ON c.upload = b.upload
@@ -151,40 +213,45 @@ pub async fn chunk(pool: &DbPool, digest: &str, seq: i64) -> Result<Option<Vec<u
 }
 
 pub async fn prune(conn: &mut Conn, p: BlobPrune) -> Result<u64, StoreError> {
+    let mut tx = conn.begin().await.map_err(db_err)?;
     // References of calls pruned (or never inserted: a spawn that failed after its claim).
     crate::db::query(
         "DELETE FROM blob_refs WHERE created_at < $1
             AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.id = blob_refs.call_id)",
     )
     .bind(p.created_before)
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await
     .map_err(db_err)?;
-    let unreferenced = "SELECT upload FROM blobs b WHERE b.created_at < $1
-        AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.digest = b.digest)";
-    crate::db::query(&format!(
-        "DELETE FROM blob_chunks WHERE upload IN ({unreferenced})"
-    ))
-    .bind(p.created_before)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    let done = crate::db::query(
+    // The blobs nobody refers to, decided once: their chunks go with them, and their objects
+    // to the pruner's list (all in this transaction, so a crash loses none of them).
+    let gone = crate::db::query(
         "DELETE FROM blobs WHERE created_at < $1
-            AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.digest = blobs.digest)",
+            AND NOT EXISTS (SELECT 1 FROM blob_refs r WHERE r.digest = blobs.digest)
+         RETURNING upload, location",
     )
     .bind(p.created_before)
-    .execute(&mut *conn)
+    .fetch_all(&mut *tx)
     .await
     .map_err(db_err)?;
+    for row in &gone {
+        match row
+            .try_get::<Option<String>, _>("location")
+            .map_err(db_err)?
+        {
+            Some(location) => object_leaves(&mut tx, &location, 0).await?,
+            None => discard(&mut tx, row.try_get("upload").map_err(db_err)?).await?,
+        }
+    }
     // Uploads that never finished (the client or the server went away mid-way).
     crate::db::query(
         "DELETE FROM blob_chunks WHERE created_at < $1
             AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.upload = blob_chunks.upload)",
     )
     .bind(p.created_before)
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await
     .map_err(db_err)?;
-    Ok(done.rows_affected())
+    tx.commit().await.map_err(db_err)?;
+    Ok(gone.len() as u64)
 }

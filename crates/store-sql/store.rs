@@ -414,8 +414,20 @@ impl Store for Backend {
             .await
     }
 
-    async fn blob_locations(&self, locations: Vec<String>) -> Result<Vec<String>, StoreError> {
-        self.read(move |db| Box::pin(async move { blobs::locations(db, locations).await }))
+    async fn blob_object_begin(&self, location: &str, now: i64) -> Result<(), StoreError> {
+        let location = location.to_owned();
+        self.write(move |conn| Box::pin(blobs::object_begin(conn, location.clone(), now)))
+            .await
+    }
+
+    async fn blob_objects_due(&self, before: i64, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.read(move |db| Box::pin(async move { blobs::objects_due(db, before, limit).await }))
+            .await
+    }
+
+    async fn blob_object_gone(&self, location: &str) -> Result<(), StoreError> {
+        let location = location.to_owned();
+        self.write(move |conn| Box::pin(blobs::object_gone(conn, location.clone())))
             .await
     }
 

@@ -29,8 +29,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 pub const PART: usize = 8 * 1024 * 1024;
 /// Parts of one upload sent at the same time.
 pub const PARTS_IN_FLIGHT: usize = 2;
-/// How many object URLs the pruner asks the database about at once.
-const SWEEP_BATCH: usize = 500;
+/// How many objects the pruner takes from the database at once.
+const SWEEP_BATCH: u32 = 500;
 
 /// Where blobs' objects go: an S3-compatible bucket and a prefix in it, or a folder.
 #[derive(Clone)]
@@ -64,6 +64,9 @@ pub enum ReadError {
     /// The bucket did not answer as it should (unreachable, refused, a server error).
     #[error("{0}")]
     Unavailable(String),
+    /// The object is in a folder or bucket this server was not given (`--blobs` changed).
+    #[error("{0}")]
+    Elsewhere(String),
 }
 
 impl ObjectBlobs {
@@ -88,13 +91,29 @@ impl ObjectBlobs {
         if prefix
             .split('/')
             .any(|part| part == "." || part == ".." || (part.is_empty() && !prefix.is_empty()))
-            || prefix.contains(['?', '#', '\\'])
+            || prefix.contains(['?', '#', '\\', '%'])
+            || prefix.chars().any(char::is_control)
         {
             return Err(format!(
-                "--blobs {url:?}: the prefix {prefix:?} holds an empty, '.' or '..' part, or one of ?#\\"
+                "--blobs {url:?}: the prefix {prefix:?} holds an empty, '.' or '..' part, a control character, or one of ?#%\\"
             ));
         }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if prefix.len() > 512 {
+            return Err(format!(
+                "--blobs {url:?}: the prefix is {} bytes; keep it under 512 (an object's key is at most 1,024)",
+                prefix.len()
+            ));
+        }
+        // A bucket that does not answer is given up on within half a minute (then the upload
+        // or download is tried again by its client), not after object_store's three.
+        let retry = object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(30),
+            ..Default::default()
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry);
         // `AWS_REGION` is the variable the AWS tools read first; object_store reads
         // `AWS_DEFAULT_REGION`.
         if let Ok(region) = std::env::var("AWS_REGION") {
@@ -166,7 +185,20 @@ impl ObjectBlobs {
         let mut list = self.store.list(Some(&prefix));
         match list.next().await {
             None | Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(format!("cannot list {}: {e}", self.describe())),
+            Some(Err(e)) => {
+                let e = e.to_string();
+                // What object_store says of a missing setting is about its consequence.
+                let hint = if e.contains("169.254.169.254") {
+                    " (no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where a role gives them)"
+                } else if e.contains("builder error") {
+                    " (an http:// endpoint needs AWS_ALLOW_HTTP=true)"
+                } else if e.contains("error sending request") {
+                    " (nothing answered at the endpoint: check AWS_ENDPOINT_URL and AWS_REGION)"
+                } else {
+                    ""
+                };
+                Err(format!("cannot list {}: {e}{hint}", self.describe()))
+            }
         }
     }
 
@@ -190,8 +222,8 @@ impl ObjectBlobs {
         size: u64,
     ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, ReadError> {
         let path = self.path_of(location).ok_or_else(|| {
-            ReadError::Unavailable(format!(
-                "it is kept at {location}, outside this server's --blobs {}",
+            ReadError::Elsewhere(format!(
+                "it is kept at {location}, outside this server's --blobs {}: start the server with the --blobs it was stored under, or upload its bytes again",
                 self.describe()
             ))
         })?;
@@ -224,44 +256,31 @@ impl ObjectBlobs {
         }
     }
 
-    /// Deletes the objects under the prefix that no blob's row names and that were last
-    /// written before `before` (Unix ms): a pruned blob's, an upload's refused or broken off,
-    /// or one a server was killed during. How many.
+    /// Deletes the objects the database lists as nobody's blob since before `before` (Unix
+    /// ms): uploads refused or cut short (a server killed mid-way), copies replaced, blobs
+    /// pruned. How many. Objects the database did not record (another installation's, sharing
+    /// the bucket) are never touched.
     pub async fn sweep(&self, store: &dyn Store, before: i64) -> Result<u64, SweepError> {
-        let prefix = self.path("");
-        let mut list = self.store.list(Some(&prefix));
-        let mut batch: Vec<String> = Vec::new();
         let mut deleted = 0;
         loop {
-            let next =
-                list.next().await.transpose().map_err(|e| {
-                    SweepError::Bucket(format!("cannot list {}: {e}", self.describe()))
-                })?;
-            if let Some(meta) = &next {
-                let name = meta.location.as_ref();
-                let name = name
-                    .strip_prefix(prefix.as_ref())
-                    .unwrap_or(name)
-                    .trim_start_matches('/');
-                // Only what an upload writes: one level, no other tool's files.
-                if !name.contains('/')
-                    && is_upload_name(name)
-                    && meta.last_modified.timestamp_millis() < before
-                {
-                    batch.push(self.location(name));
-                }
-            }
-            if batch.len() >= SWEEP_BATCH || (next.is_none() && !batch.is_empty()) {
-                let named = store
-                    .blob_locations(batch.clone())
-                    .await
-                    .map_err(SweepError::Store)?;
-                for location in batch.drain(..).filter(|l| !named.contains(l)) {
+            let due = store
+                .blob_objects_due(before, SWEEP_BATCH)
+                .await
+                .map_err(SweepError::Store)?;
+            let full = due.len() == SWEEP_BATCH as usize;
+            for location in due {
+                if self.path_of(&location).is_some() {
                     self.delete(&location).await.map_err(SweepError::Bucket)?;
                     deleted += 1;
+                } else {
+                    tracing::warn!(object = %location, blobs = %self.describe(), "an object no blob needs is outside this server's --blobs: left where it is");
                 }
+                store
+                    .blob_object_gone(&location)
+                    .await
+                    .map_err(SweepError::Store)?;
             }
-            if next.is_none() {
+            if !full {
                 return Ok(deleted + self.sweep_staging(before));
             }
         }

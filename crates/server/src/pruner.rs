@@ -16,8 +16,8 @@ const BATCH: u32 = 500;
 const KEEP_VERSIONS: u32 = 10;
 /// A snapshot no version names yet is kept this long: its deploy may be on its way.
 const UPLOAD_GRACE_MS: i64 = 3_600_000;
-/// The least age of an object in the blob bucket that no blob names before it is deleted:
-/// between an upload's object being made whole and its row being written.
+/// The least age of an object no blob needs before it is deleted (with a short `--retention`):
+/// an upload under way is one until its blob's row is written.
 const OBJECT_GRACE_MS: i64 = 5_000;
 
 pub struct Pruner {
@@ -78,14 +78,14 @@ impl Pruner {
             tracing::info!(blobs, "pruned blobs no call refers to");
         }
         if let Some(objects) = &self.state.config.blobs {
-            // The objects of the blobs just pruned, and of uploads refused, broken off or cut
-            // by a crash: whatever no blob names. An object is made whole a moment before its
-            // row is written, so a young one is left for the next pass.
+            // The objects the database lists as nobody's: the blobs just pruned, copies
+            // replaced, uploads refused, broken off or cut by a crash (recorded at their start,
+            // so one under way is left until it is past the grace, at least 5 s).
             let before = self.state.now() - grace.max(OBJECT_GRACE_MS);
             match objects.sweep(&*self.state.store, before).await {
                 Ok(0) => {}
                 Ok(deleted) => {
-                    tracing::info!(objects = deleted, store = %objects.describe(), "deleted blob objects no blob names")
+                    tracing::info!(objects = deleted, store = %objects.describe(), "deleted blob objects no blob needs")
                 }
                 Err(crate::objects::SweepError::Store(e)) => return Err(e),
                 Err(crate::objects::SweepError::Bucket(why)) => {

@@ -29,5 +29,15 @@ CREATE TABLE blob_refs (
     PRIMARY KEY (digest, call_id)
 );
 CREATE INDEX blob_refs_call ON blob_refs (call_id);
+-- Objects of blobs kept out of the database (`serve --blobs files|s3://…`) that are nobody's
+-- blob: an upload under way (recorded before its first byte), or one refused or cut short, a
+-- copy replaced by a later upload of the same bytes, a blob pruned. The pruner deletes each
+-- once it is past the upload grace, then its row; an object not recorded here is never
+-- touched (another installation may share the bucket).
+CREATE TABLE blob_objects (
+    location TEXT PRIMARY KEY,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX blob_objects_created ON blob_objects (created_at);
 CREATE INDEX blobs_upload ON blobs (upload);
 CREATE INDEX blobs_location ON blobs (location);

@@ -4211,7 +4211,8 @@ pub async fn blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them(store
         b"world".to_vec()
     );
     assert!(store.blob_chunk("sha256:a", 2).await.unwrap().is_none());
-    // The same bytes uploaded again: one blob, the second upload's chunks dropped.
+    // The same bytes uploaded again: one blob, the second upload's copy in the first's place
+    // (so an upload repairs a copy damaged since), the first's chunks dropped.
     store
         .blob_chunk_put(chunk("u2", 0, b"hello world", T0))
         .await
@@ -4222,7 +4223,11 @@ pub async fn blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them(store
         .unwrap());
     assert_eq!(
         store.blob_info("sha256:a").await.unwrap().unwrap().chunks,
-        2
+        1
+    );
+    assert_eq!(
+        store.blob_chunk("sha256:a", 0).await.unwrap().unwrap(),
+        b"hello world"
     );
 
     // An upload refused half-way is dropped at once.
@@ -4339,8 +4344,27 @@ pub async fn blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them(store
     assert!(store.blob_info("sha256:claimed").await.unwrap().is_none());
     assert!(store.blob_chunk("sha256:kept", 0).await.unwrap().is_none());
 
-    // A blob kept in an object store: no chunks, its object's URL; named until pruned.
+    // A blob kept in an object store: no chunks, its object's URL. An upload's object is
+    // nobody's from its start until its blob is written; a cut one stays so.
     let object = "s3://bucket/pre/u7".to_string();
+    let cut = "s3://bucket/pre/u8".to_string();
+    for location in [&object, &cut] {
+        store.blob_object_begin(location, T0).await.unwrap();
+    }
+    let due = |before: i64| {
+        let store = store.clone();
+        async move {
+            let mut due = store.blob_objects_due(before, 10).await.unwrap();
+            due.sort();
+            due
+        }
+    };
+    assert_eq!(
+        due(T0).await,
+        Vec::<String>::new(),
+        "not yet past the grace"
+    );
+    assert_eq!(due(T0 + 1).await, [object.clone(), cut.clone()]);
     let new = store
         .blob_finish(BlobFinish {
             location: Some(object.clone()),
@@ -4352,23 +4376,34 @@ pub async fn blobs_are_read_in_chunks_and_kept_while_a_call_refers_to_them(store
     let info = store.blob_info("sha256:object").await.unwrap().unwrap();
     assert_eq!((info.size, info.chunks), (3, 0));
     assert_eq!(info.location.as_deref(), Some(object.as_str()));
-    let gone = "s3://bucket/pre/u8".to_string();
     assert_eq!(
-        store
-            .blob_locations(vec![object.clone(), gone.clone()])
-            .await
-            .unwrap(),
-        vec![object.clone()]
+        due(T0 + 1).await,
+        std::slice::from_ref(&cut),
+        "a blob's object is nobody's no more"
     );
+    store.blob_object_gone(&cut).await.unwrap();
+    assert!(due(i64::MAX).await.is_empty());
+    // Uploaded again, the new copy takes the blob over and the old object is nobody's.
+    let again = "s3://bucket/pre/u9".to_string();
+    store.blob_object_begin(&again, T0 + 5).await.unwrap();
+    store
+        .blob_finish(BlobFinish {
+            location: Some(again.clone()),
+            ..finish("u9", "sha256:object", 3, None, T0 + 5)
+        })
+        .await
+        .unwrap();
+    let info = store.blob_info("sha256:object").await.unwrap().unwrap();
+    assert_eq!(info.location.as_deref(), Some(again.as_str()));
+    assert_eq!(due(i64::MAX).await, std::slice::from_ref(&object));
+    store.blob_object_gone(&object).await.unwrap();
+    // Pruned, its object is nobody's at once.
     store
         .blob_prune(BlobPrune {
             created_before: T0 + 50,
         })
         .await
         .unwrap();
-    assert!(store
-        .blob_locations(vec![object, gone])
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(store.blob_info("sha256:object").await.unwrap().is_none());
+    assert_eq!(due(1).await, [again]);
 }

@@ -315,10 +315,25 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<(), StoreError>;
 
-    /// Which of these object URLs a stored blob's `location` names (see
-    /// [`BlobFinish::location`]): an object none names is an unfinished upload's or a pruned
-    /// blob's, for the pruner to delete.
-    async fn blob_locations(&self, locations: Vec<String>) -> Result<Vec<String>, StoreError>;
+    /// Records, before its first byte is written, the object an upload writes (see
+    /// [`BlobFinish::location`]): until the upload finishes, it is nobody's blob.
+    async fn blob_object_begin(
+        &self,
+        location: &str,
+        now: hopper_core::UnixMillis,
+    ) -> Result<(), StoreError>;
+
+    /// Up to `limit` objects that are nobody's blob since before `before`: uploads refused or
+    /// cut short, copies replaced, blobs pruned. The pruner deletes each, then forgets it
+    /// ([`Store::blob_object_gone`]); an object this database did not record is never one.
+    async fn blob_objects_due(
+        &self,
+        before: hopper_core::UnixMillis,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Forgets an object deleted (or never written).
+    async fn blob_object_gone(&self, location: &str) -> Result<(), StoreError>;
 
     /// Deletes what [`BlobPrune`] says; how many blobs.
     async fn blob_prune(&self, params: BlobPrune) -> Result<u64, StoreError>;

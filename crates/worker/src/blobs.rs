@@ -159,8 +159,10 @@ impl Blobs {
                     format!("the input refers to blob {} which is not stored", r.digest),
                     false,
                 ),
-                hopper_sdk::Error::Api { code, .. } if code == "blob_corrupt" => {
-                    failed("blob_corrupt", e.to_string(), false)
+                hopper_sdk::Error::Api { code, .. }
+                    if code == "blob_corrupt" || code == "blob_unreachable" =>
+                {
+                    failed(code, e.to_string(), false)
                 }
                 hopper_sdk::Error::Corrupt(_) => failed("blob_corrupt", e.to_string(), false),
                 _ => returned(format!("cannot fetch blob {}: {e}", r.digest)),

@@ -93,6 +93,14 @@ async fn receive(
         return Err(too_large(n.to_string(), limit));
     }
     let upload = uuid::Uuid::new_v4().simple().to_string();
+    if let Some(objects) = &state.config.blobs {
+        // Recorded before its first byte: whatever happens to this upload, the pruner finds
+        // its object.
+        state
+            .store
+            .blob_object_begin(&objects.location(&upload), state.now())
+            .await?;
+    }
     let mut sink = match &state.config.blobs {
         Some(objects) => Sink::Object(objects.upload(&upload)),
         None => Sink::Chunks {
@@ -134,10 +142,6 @@ async fn receive(
             return Err(e.into());
         }
     };
-    if let (false, Some(location)) = (new, &location) {
-        // The same bytes were stored already: this upload's copy goes.
-        drop_object(state, location).await;
-    }
     let reference = BlobRef {
         digest,
         size,
@@ -243,11 +247,22 @@ async fn sink_dropped(state: &AppState, upload: &str) {
     }
 }
 
+/// Deletes the object of an upload that is not kept, and forgets it; left to the pruner if
+/// either fails.
 async fn drop_object(state: &AppState, location: &str) {
-    if let Some(objects) = &state.config.blobs {
-        if let Err(e) = objects.delete(location).await {
-            tracing::warn!(error = %e, "cannot delete the object of a blob upload that is not kept; the pruner will");
-        }
+    let Some(objects) = &state.config.blobs else {
+        return;
+    };
+    let dropped = match objects.delete(location).await {
+        Ok(()) => state
+            .store
+            .blob_object_gone(location)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = dropped {
+        tracing::warn!(error = %e, "cannot delete the object of a blob upload that is not kept; the pruner will");
     }
 }
 
@@ -396,11 +411,9 @@ async fn send_object(
     size: u64,
 ) -> Result<Response, ApiError> {
     let Some(objects) = &state.config.blobs else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "blob_store_unavailable",
-            format!("blob {digest} is kept at {location}, and this server was started without --blobs to reach it"),
-        ));
+        return Err(elsewhere(format!(
+            "blob {digest} is kept at {location}, and this server keeps blobs in the database (--blobs database): start it with the --blobs it was stored under, or upload its bytes again"
+        )));
     };
     let body = match objects.read(location, size).await {
         Ok(body) => body,
@@ -411,6 +424,11 @@ async fn send_object(
                 "blob_corrupt",
                 format!("blob {digest} is damaged: {why}"),
             ));
+        }
+        Err(crate::objects::ReadError::Elsewhere(why)) => {
+            return Err(elsewhere(format!(
+                "blob {digest} cannot be read here: {why}"
+            )));
         }
         Err(crate::objects::ReadError::Unavailable(why)) => {
             tracing::warn!(blob = %digest, error = %why, "cannot read a blob's object");
@@ -429,6 +447,12 @@ async fn send_object(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// A blob kept where this server does not look: said at once, not as an outage to wait out.
+fn elsewhere(why: String) -> ApiError {
+    tracing::error!(error = %why, "a blob is kept outside this server's --blobs");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "blob_unreachable", why)
 }
 
 fn check_digest(digest: &str) -> Result<(), ApiError> {
