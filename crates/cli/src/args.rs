@@ -373,8 +373,9 @@ pub struct InputArgs {
     /// Read the input JSON from a file, or from stdin with '-'.
     #[arg(long, conflicts_with = "input_bytes")]
     pub input_file: Option<PathBuf>,
-    /// The input is this file's bytes, as they are (audio, an image, a Parquet file), or
-    /// stdin's with '-': stored as a blob, streamed, and given to the function as bytes.
+    /// hopper spawn only: the input is this file's bytes, as they are (audio, an image, a
+    /// Parquet file), or stdin's with '-': stored as a blob, streamed, and given to the
+    /// function as bytes.
     #[arg(long)]
     pub input_bytes: Option<PathBuf>,
 }
