@@ -50,6 +50,11 @@ command = ["python3", "late.py"]
 [functions.loud]
 command = ["sh", "-c", "for i in 1 2 3 4 5; do head -c 15000 /dev/zero | tr '\\0' x >&2; echo >&2; done; exit 3"]
 retries = 1
+[functions.fifo]
+command = ["sh", "-c", "mkfifo $HOPPER_BLOB_DIR/ff && echo '{\"$blob\": null, \"path\": \"'$HOPPER_BLOB_DIR/ff'\"}'"]
+[functions.stubborn]
+command = ["sh", "-c", "for i in 1 2 3 4 5; do head -c 15000 /dev/zero | tr '\\0' x >&2; echo >&2; done; exit 3"]
+retries = { max_retries = 299, initial_delay = "0s" }
 "#;
 
 /// Writes its input's text to a file in `HOPPER_BLOB_DIR`, waits its input's seconds, and names
@@ -451,6 +456,19 @@ async fn pages_of_failed_inputs_and_of_attempts_end_at_their_byte_bound() {
         "every attempt once, in order, over {pages} pages"
     );
     assert!(pages >= 2, "{pages} page(s)");
+    assert!(pages <= 4, "pages end at 16 MiB, not before: {pages}");
+
+    // One input's 300 attempts, over the bound on their own: one page holds them all.
+    let call = map_to_its_end(&client, "pay.stubborn", vec![json!(0)]).await;
+    assert_eq!(call.inputs.failed, 1, "{call:?}");
+    for query in ["limit=10000", "index=0"] {
+        let page: Vec<Value> = get(format!("/v1/calls/{}/attempts?{query}", call.id))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 300, "{query}");
+    }
 }
 
 /// A map of `inputs` through `function`, once it has ended.
@@ -684,6 +702,46 @@ async fn workers_of_two_servers_on_one_machine_keep_their_attempts_files_apart()
             (200, text.to_string())
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_stay_readable_under_database_blobs_and_an_output_must_be_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), APP);
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &["--deploy", m.to_str().unwrap()]);
+    // An output naming a pipe fails at once (reading it would wait for a writer forever).
+    let (_, call) = spawn_raw(&server.url, "pay.fifo", json!(null)).await;
+    let id = call["id"].as_str().unwrap().parse().unwrap();
+    let done = wait_done(&server.client(), &id, Duration::from_secs(60)).await;
+    let error = done.error.unwrap();
+    assert_eq!(error.code, "bad_output", "{error:?}");
+    assert!(error.message.contains("not a regular file"), "{error:?}");
+    // A file of /proc says it is empty and is not: its bytes are sent all the same.
+    let out = cli(
+        &server.url,
+        &["spawn", "pay.reverse", "--input-bytes", "/proc/self/status"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let input: Value = reqwest::get(format!(
+        "{}/v1/calls/{}/inputs/0",
+        server.url,
+        stdout(&out).trim()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let size = input["input"]["size"].as_u64().unwrap();
+    assert!(size > 100, "{size} bytes of /proc/self/status");
+    // A blob stored as a file, read by the same data folder's server under --blobs database.
+    let bytes = noise(300_003);
+    let (_, reference) = upload(&server.url, bytes.clone()).await;
+    server.stop();
+    let server = Server::start(&data, &["--blobs", "database"]);
+    let (status, read) = download(&server.url, &reference).await;
+    assert!(status == 200 && read == bytes, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -926,7 +926,8 @@ impl Client {
             )));
         }
         // A pipe or a device (`/dev/stdin`) has no length: its bytes go as they come.
-        let size = meta.is_file().then_some(meta.len());
+        // A file of /proc says it holds 0 bytes and holds more: sent as a stream, like a pipe.
+        let size = (meta.is_file() && meta.len() > 0).then_some(meta.len());
         let chunks = futures_util::stream::unfold(Some(file), |file| async move {
             use tokio::io::AsyncReadExt;
             let mut file = file?;

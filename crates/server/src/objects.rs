@@ -135,11 +135,16 @@ impl ObjectBlobs {
         })
     }
 
-    /// Files in `folder` (the data folder's `blobs`), made if it is not there.
+    /// Files in `folder` (the data folder's `blobs`), made if it is not there; one this
+    /// process cannot write to is refused now rather than at the first upload.
     pub fn in_folder(folder: &std::path::Path) -> Result<Self, String> {
         let failed =
-            |e: &dyn std::fmt::Display| format!("cannot use {} for blobs: {e}", folder.display());
+            |e: &dyn std::fmt::Display| format!("cannot keep blobs in {}: {e}", folder.display());
         std::fs::create_dir_all(folder).map_err(|e| failed(&e))?;
+        let probe = folder.join(".hopper-write-probe");
+        std::fs::write(&probe, b"")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|e| failed(&e))?;
         let store = object_store::local::LocalFileSystem::new_with_prefix(folder)
             .map_err(|e| failed(&e))?;
         Ok(Self {
@@ -228,7 +233,7 @@ impl ObjectBlobs {
             ))
         })?;
         if let Some(folder) = &self.folder {
-            return read_file(&folder.join(path.as_ref()), location, size).await;
+            return read_in_folder(folder, location, size).await;
         }
         let got = self.store.get(&path).await.map_err(|e| match e {
             object_store::Error::NotFound { .. } => {
@@ -401,6 +406,22 @@ impl Upload {
     }
 }
 
+/// A blob's file in `folder` (the data folder's `blobs`) from its URL, `files:blobs/<upload>`:
+/// read whatever `--blobs` says now, so a server switched to `--blobs database` still reads
+/// what it wrote as files.
+pub async fn read_in_folder(
+    folder: &std::path::Path,
+    location: &str,
+    size: u64,
+) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, ReadError> {
+    let name = location
+        .strip_prefix(FOLDER_URL)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|name| is_upload_name(name))
+        .ok_or_else(|| ReadError::Elsewhere(format!("{location} is not a blob file's URL")))?;
+    read_file(&folder.join(name), location, size).await
+}
+
 /// How much of a file a download reads at a time.
 const READ: usize = 1024 * 1024;
 
@@ -414,22 +435,20 @@ async fn read_file(
     let opened = match tokio::fs::File::open(file).await {
         Ok(opened) => opened,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ReadError::Damaged(format!(
-                "its file {} is gone",
-                file.display()
-            )))
+            return Err(ReadError::Damaged(format!("its object {location} is gone")))
         }
+        // The server's log says which file; an API client is told only the blob's URL.
         Err(e) => {
+            tracing::error!(file = %file.display(), error = %e, "cannot read a blob's file");
             return Err(ReadError::Unavailable(format!(
-                "cannot read {}: {e}",
-                file.display()
-            )))
+                "cannot read {location}: {e}"
+            )));
         }
     };
     let held = opened
         .metadata()
         .await
-        .map_err(|e| ReadError::Unavailable(format!("cannot read {}: {e}", file.display())))?
+        .map_err(|e| ReadError::Unavailable(format!("cannot read {location}: {e}")))?
         .len();
     if held != size {
         return Err(ReadError::Damaged(format!(

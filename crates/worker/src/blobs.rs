@@ -190,6 +190,28 @@ impl Blobs {
         let mut stored = Vec::with_capacity(files.len());
         for (file, json) in &files {
             let path = workdir.join(file);
+            // A pipe or a device would hold the attempt open until someone wrote to it (or
+            // forever): only a regular file is an output's bytes.
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => {
+                    return Err(failed(
+                        "bad_output",
+                        format!(
+                            "the output names {}, which is not a regular file (a folder, a pipe or a device)",
+                            path.display()
+                        ),
+                        false,
+                    ))
+                }
+                Err(e) => {
+                    return Err(failed(
+                        "bad_output",
+                        format!("cannot read the output's file {}: {e}", path.display()),
+                        false,
+                    ))
+                }
+            }
             if *json {
                 check_json(&path).await?;
             }

@@ -145,7 +145,8 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         Some("files") | None => {
             match hopper_server::objects::ObjectBlobs::in_folder(&args.data.join("blobs")) {
                 Ok(objects) => config.blobs = Some(objects),
-                Err(e) => faults.push(format!("--blobs files: {e}")),
+                Err(e) if args.blobs.is_some() => faults.push(format!("--blobs files: {e}")),
+                Err(e) => faults.push(format!("--data {}: {e}", args.data.display())),
             }
         }
         Some(url) => match hopper_server::objects::ObjectBlobs::from_url(url) {

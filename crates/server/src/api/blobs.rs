@@ -268,6 +268,14 @@ async fn drop_object(state: &AppState, location: &str) {
 
 fn bucket_unavailable(why: String) -> ApiError {
     tracing::warn!(error = %why, "the blob store did not take an upload");
+    // A full disk under `--blobs files`: said as the database's is, not as an outage.
+    if why.contains("os error 28") {
+        return ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage_full",
+            "the server's disk is full: the blob was not stored; free space and try again",
+        );
+    }
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "blob_store_unavailable",
@@ -410,12 +418,19 @@ async fn send_object(
     location: &str,
     size: u64,
 ) -> Result<Response, ApiError> {
-    let Some(objects) = &state.config.blobs else {
-        return Err(elsewhere(format!(
-            "blob {digest} is kept at {location}, and this server keeps blobs in the database (--blobs database): start it with the --blobs it was stored under, or upload its bytes again"
-        )));
+    let in_data = location.starts_with(&format!("{}/", crate::objects::FOLDER_URL));
+    let read = match (&state.config.data_dir, &state.config.blobs) {
+        (Some(data), _) if in_data => {
+            crate::objects::read_in_folder(&data.join("blobs"), location, size).await
+        }
+        (_, Some(objects)) => objects.read(location, size).await,
+        (_, None) => {
+            return Err(elsewhere(format!(
+                "blob {digest} is kept at {location}, and this server keeps blobs in the database (--blobs database): start it with the --blobs it was stored under, or upload its bytes again"
+            )))
+        }
     };
-    let body = match objects.read(location, size).await {
+    let body = match read {
         Ok(body) => body,
         Err(crate::objects::ReadError::Damaged(why)) => {
             tracing::error!(blob = %digest, error = %why, "a stored blob's object is damaged");

@@ -822,6 +822,9 @@ pub async fn attempts(
     non_negative("index", q.index)?;
     non_negative("after", q.after)?;
     load(&state, &id).await?;
+    // One input's attempts (`index`) are bounded by its retries; a page of a call's inputs
+    // also by bytes.
+    let bound = q.index.is_none();
     let mut rows = state
         .store
         .attempt_list(AttemptList {
@@ -829,24 +832,29 @@ pub async fn attempts(
             index: q.index,
             after_index: q.after,
             limit,
-            max_bytes: Some(super::PAGE_BYTES),
+            max_bytes: bound.then_some(super::PAGE_BYTES),
         })
         .await?;
-    // A page the store may have cut at its byte bound (measured again here as JSON, a little
-    // off the stored text: past half the bound counts) ends at a whole input, and says where
-    // the next starts. A page of one input (`index`) is that input's attempts, bounded by its
-    // retries.
-    let bytes: usize = rows
-        .iter()
-        .filter_map(|row| row.error.as_ref())
-        .map(|e| serde_json::to_string(e).map_or(0, |t| t.len()))
-        .sum();
+    // Cut at its byte bound (measured as the store does, by the errors' JSON), the page ends
+    // at a whole input and says where the next starts; when one input's attempts fill it, the
+    // page holds all of them.
     let mut next = None;
-    if q.index.is_none() && bytes >= super::PAGE_BYTES / 2 {
+    if bound && super::errors_bytes(rows.iter().map(|r| r.error.as_ref())) >= super::PAGE_BYTES {
         if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
             let (first, last) = (first.index, last.index);
             if first != last {
                 rows.retain(|row| row.index != last);
+            } else {
+                rows = state
+                    .store
+                    .attempt_list(AttemptList {
+                        call_id: id.clone(),
+                        index: Some(first),
+                        after_index: None,
+                        limit: 10_000,
+                        max_bytes: None,
+                    })
+                    .await?;
             }
             let after = rows.last().map_or(last, |row| row.index);
             next = Some(format!(

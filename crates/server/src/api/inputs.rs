@@ -99,17 +99,11 @@ fn select(
     })
 }
 
-/// Whether a page of failed inputs has more after it: it holds more than `limit` rows, or it
-/// may have ended at its byte bound. The errors are measured again here, as JSON that may
-/// differ a little from the stored text: a page past half the bound gets a cursor (at worst
-/// one more request, which finds nothing), so one the store cut never goes without.
+/// Whether a page of failed inputs has more after it: it holds more than `limit` rows, or
+/// the store cut it at its byte bound.
 fn more_after(rows: &[FailedInputRow], limit: u32) -> bool {
-    let bytes: usize = rows
-        .iter()
-        .filter_map(|row| row.error.as_ref())
-        .map(|e| serde_json::to_string(e).map_or(0, |t| t.len()))
-        .sum();
-    rows.len() > limit as usize || bytes >= super::PAGE_BYTES / 2
+    rows.len() > limit as usize
+        || super::errors_bytes(rows.iter().map(|r| r.error.as_ref())) >= super::PAGE_BYTES
 }
 
 /// A page's cursor: the last input's failure time and row id.

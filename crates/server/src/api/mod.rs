@@ -138,6 +138,17 @@ async fn count_requests(req: Request, next: Next) -> Response {
 /// large outputs costs the server and the client bounded memory.
 pub const PAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The bytes of these errors' JSON, as the store measures a page of them against
+/// [`PAGE_BYTES`] (the same text: `code`, `message`, then `module` and `traceback` if any).
+pub fn errors_bytes<'a>(
+    errors: impl Iterator<Item = Option<&'a hopper_core::api::InputError>>,
+) -> usize {
+    errors
+        .flatten()
+        .map(|e| serde_json::to_string(e).map_or(0, |t| t.len()))
+        .sum()
+}
+
 /// How long `/readyz` waits for the database to answer.
 const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
