@@ -20,12 +20,27 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// `pg_ctlcluster` `action`; whether the cluster is then stopped, or up (takes
+    /// connections within 30 s) after a start or restart. Its own check after a start can fail
+    /// while the server runs (Debian's postgresql-common 248+deb12u2 does), so a start is
+    /// judged by the port (the local cluster's, 5432).
     fn ctl(&self, action: &str) -> bool {
-        Command::new("pg_ctlcluster")
+        let ran = Command::new("pg_ctlcluster")
             .args(["--skip-systemctl-redirect", &self.version, "main", action])
             .status()
             .map(|s| s.success())
-            .unwrap_or(false)
+            .unwrap_or(false);
+        if action == "stop" {
+            return ran;
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            if std::net::TcpStream::connect(("127.0.0.1", 5432)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        false
     }
 }
 

@@ -228,8 +228,8 @@ impl ObjectBlobs {
     ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, ReadError> {
         let path = self.path_of(location).ok_or_else(|| {
             ReadError::Elsewhere(format!(
-                "it is kept at {location}, outside this server's --blobs {}: start the server with the --blobs it was stored under, or upload its bytes again",
-                self.describe()
+                "it is kept at {location}, outside this server's --blobs ({}): start the server with the --blobs it was stored under, or upload its bytes again",
+                self.base
             ))
         })?;
         if let Some(folder) = &self.folder {
