@@ -32,55 +32,10 @@ pub async fn chunk_put(conn: &mut Conn, p: BlobChunk) -> Result<(), StoreError> 
 
 pub async fn finish(conn: &mut Conn, p: BlobFinish) -> Result<bool, StoreError> {
     let mut tx = conn.begin().await.map_err(db_err)?;
-    let stored = crate::db::query("SELECT upload, location FROM blobs WHERE digest = $1")
-        .bind(&p.digest)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-    let new = stored.is_none();
-    match stored {
-        None => {
-            crate::db::query(
-                "INSERT INTO blobs (digest, upload, size, created_at, location) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&p.digest)
-            .bind(&p.upload)
-            .bind(p.size as i64)
-            .bind(p.now)
-            .bind(p.location.as_deref())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        }
-        Some(row) => {
-            // Stored already (the same bytes uploaded before): this upload's copy, just
-            // checked against the digest, takes the stored one's place, so an upload repairs a
-            // copy damaged or lost since; and the blob's grace starts again, as for a new
-            // upload (the spawn that will refer to it may be on its way).
-            let old_upload: String = row.try_get("upload").map_err(db_err)?;
-            let old_location: Option<String> = row.try_get("location").map_err(db_err)?;
-            crate::db::query(
-                "UPDATE blobs SET upload = $2, location = $3,
-                        created_at = CASE WHEN created_at < $4 THEN $4 ELSE created_at END
-                  WHERE digest = $1",
-            )
-            .bind(&p.digest)
-            .bind(&p.upload)
-            .bind(p.location.as_deref())
-            .bind(p.now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            if old_upload != p.upload {
-                match old_location {
-                    // Deleted after the grace: a download may be reading it.
-                    Some(old) => object_leaves(&mut tx, &old, p.now).await?,
-                    None => discard(&mut tx, old_upload).await?,
-                }
-            }
-        }
-    }
-    if let Some(location) = &p.location {
+    // Uploads of the same new bytes may finish at once: one inserts, the others replace.
+    let new = insert(&mut tx, &p).await?;
+    let kept = new || replace(&mut tx, &p).await?;
+    if let (true, Some(location)) = (kept, &p.location) {
         // A blob's now: no longer an upload under way.
         crate::db::query("DELETE FROM blob_objects WHERE location = $1")
             .bind(location)
@@ -93,6 +48,77 @@ pub async fn finish(conn: &mut Conn, p: BlobFinish) -> Result<bool, StoreError> 
     }
     tx.commit().await.map_err(db_err)?;
     Ok(new)
+}
+
+/// Writes the blob's row for this upload, unless the digest has one: whether it did.
+async fn insert(tx: &mut Conn, p: &BlobFinish) -> Result<bool, StoreError> {
+    let inserted = crate::db::query(
+        "INSERT INTO blobs (digest, upload, size, created_at, location) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(&p.digest)
+    .bind(&p.upload)
+    .bind(p.size as i64)
+    .bind(p.now)
+    .bind(p.location.as_deref())
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(inserted.rows_affected() > 0)
+}
+
+/// A blob stored already (the same bytes uploaded before): this upload's copy, just checked
+/// against the digest, takes the stored one's place, so an upload repairs a copy damaged or
+/// lost since; and the blob's grace starts again, as for a new upload (the spawn that will
+/// refer to it may be on its way). The stored copy goes (its chunks now, its object to the
+/// pruner, after the grace: a download may be reading it). Replaced only if no other upload
+/// replaced it meanwhile (checked by the row's upload); after a few such races this copy
+/// goes instead (its chunks now; its object, still recorded as an upload's, to the pruner).
+/// Whether this copy is the blob's.
+async fn replace(tx: &mut Conn, p: &BlobFinish) -> Result<bool, StoreError> {
+    for _ in 0..5 {
+        let stored = crate::db::query("SELECT upload, location FROM blobs WHERE digest = $1")
+            .bind(&p.digest)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let Some(row) = stored else {
+            // Pruned meanwhile: this copy is the blob.
+            if insert(tx, p).await? {
+                return Ok(true);
+            }
+            continue;
+        };
+        let old_upload: String = row.try_get("upload").map_err(db_err)?;
+        let old_location: Option<String> = row.try_get("location").map_err(db_err)?;
+        if old_upload == p.upload {
+            return Ok(true);
+        }
+        let done = crate::db::query(
+            "UPDATE blobs SET upload = $2, location = $3,
+                    created_at = CASE WHEN created_at < $4 THEN $4 ELSE created_at END
+              WHERE digest = $1 AND upload = $5",
+        )
+        .bind(&p.digest)
+        .bind(&p.upload)
+        .bind(p.location.as_deref())
+        .bind(p.now)
+        .bind(&old_upload)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() > 0 {
+            match old_location {
+                Some(old) => object_leaves(tx, &old, p.now).await?,
+                None => discard(tx, old_upload).await?,
+            }
+            return Ok(true);
+        }
+    }
+    if p.location.is_none() {
+        discard(tx, p.upload.clone()).await?;
+    }
+    Ok(false)
 }
 
 /// Records that the object at `location` is nobody's blob (from `since`): the pruner deletes
