@@ -1,6 +1,7 @@
 //! `blob_*`: byte strings stored apart from the payloads that refer to them, as chunks
-//! written one transaction each, made a blob by one last row, and kept while a call refers
-//! to them.
+//! written one transaction each (or as an object outside the database, recorded in
+//! `blob_objects` while it is nobody's), made a blob by one last row, and kept while a call
+//! refers to them.
 
 use crate::db::{Connection, Row};
 use hopper_core::CallId;

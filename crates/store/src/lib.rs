@@ -298,7 +298,8 @@ pub trait Store: Send + Sync + 'static {
     async fn blob_discard(&self, upload: &str) -> Result<(), StoreError>;
 
     /// Ends an upload (see [`BlobFinish`]); true if the blob is new. An upload of bytes
-    /// stored already keeps the stored blob and starts its grace again.
+    /// stored already takes the stored copy's place (the old chunks are dropped, the old
+    /// object left to the pruner) and starts the blob's grace again.
     async fn blob_finish(&self, params: BlobFinish) -> Result<bool, StoreError>;
 
     /// A blob's size and chunk count; `None` if it is not stored.

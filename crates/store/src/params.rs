@@ -404,9 +404,10 @@ pub struct BlobChunk {
     pub now: UnixMillis,
 }
 
-/// Ends an upload whose chunks are all written: the blob `digest` exists from now on, made of
-/// the upload's chunks, unless it existed already (then the upload's chunks are dropped and the
-/// stored blob stands). With `call`, that call refers to the blob (see [`Store::blob_claim`]).
+/// Ends an upload whose chunks (or object, at `location`) are all written: the blob `digest`
+/// is made of them from now on, whether it is new or existed already (then the stored copy
+/// goes: this one was just checked against the digest, the stored one may have been damaged
+/// since). With `call`, that call refers to the blob (see [`Store::blob_claim`]).
 #[derive(Debug, Clone)]
 pub struct BlobFinish {
     pub upload: String,
